@@ -1,0 +1,59 @@
+// The plugin registry: finds mode plugins in the plugin directories, loads
+// them with Boost.DLL, checks their ABI version and descriptor, and reports
+// every broken one (with its file and the reason) while keeping the rest.
+#pragma once
+
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <modevisor/api/descriptor.hpp>
+#include <modevisor/api/host_capabilities.hpp>
+#include <modevisor/api/monitor.hpp>
+
+namespace boost::dll { class shared_library; }
+
+namespace modevisor::host {
+
+struct LoadedPlugin {
+  std::filesystem::path file;
+  api::PluginDescriptor descriptor;
+  std::string mode;  // "BT", "HV" or "HWMMU", from the descriptor's techniques
+  // The monitor is destroyed before the library that holds its code.
+  std::shared_ptr<boost::dll::shared_library> library;
+  std::shared_ptr<api::Monitor> monitor;
+};
+
+struct PluginProblem {
+  std::filesystem::path file;
+  std::string reason;
+};
+
+class PluginRegistry {
+ public:
+  explicit PluginRegistry(std::vector<std::filesystem::path> directories);
+  ~PluginRegistry();
+
+  // Scan the directories for *.so files: load the new ones, keep the ones
+  // already loaded, drop the ones whose file is gone.  Problems of this scan
+  // replace those of the last.
+  void rescan();
+
+  const std::vector<LoadedPlugin>& plugins() const { return plugins_; }
+  const std::vector<PluginProblem>& problems() const { return problems_; }
+  const std::vector<std::filesystem::path>& directories() const { return directories_; }
+  const LoadedPlugin* find(std::string_view name) const;
+
+ private:
+  std::vector<std::filesystem::path> directories_;
+  std::vector<LoadedPlugin> plugins_;
+  std::vector<PluginProblem> problems_;
+};
+
+// Why `plugin` cannot run on `host`: its descriptor's needs, then its own
+// probe (an exception thrown by probe() becomes a reason).  Empty: it can.
+std::vector<std::string> host_problems(const LoadedPlugin& plugin, const api::HostCapabilities& host);
+
+}  // namespace modevisor::host

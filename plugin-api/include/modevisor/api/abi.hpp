@@ -1,0 +1,21 @@
+// The binary contract between the host and a mode plugin.
+//
+// A plugin is a shared library exporting three C-linkage entry points.  The
+// host calls `modevisor_plugin_abi_version` first; only when it returns the
+// host's kAbiVersion are the other two (which pass C++ types) called.  Any
+// change to a type in plugin-api/ that alters its layout bumps kAbiVersion.
+#pragma once
+
+#include <cstdint>
+
+namespace modevisor::api {
+
+inline constexpr std::uint32_t kAbiVersion = 1;
+
+namespace symbols {
+inline constexpr const char* kAbiVersion = "modevisor_plugin_abi_version";
+inline constexpr const char* kDescribe = "modevisor_plugin_describe";
+inline constexpr const char* kCreate = "modevisor_plugin_create";
+}  // namespace symbols
+
+}  // namespace modevisor::api

@@ -1,0 +1,92 @@
+// The monitor interface every mode plugin implements.
+//
+//   Monitor         one per loaded plugin: probes the host, creates VMs
+//   VirtualMachine  one per running VM: runs its vCPUs, gives up and takes
+//                   back their architectural state (migration, mode switch)
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "modevisor/api/arch_state.hpp"
+#include "modevisor/api/descriptor.hpp"
+#include "modevisor/api/guest_memory.hpp"
+#include "modevisor/api/host_capabilities.hpp"
+#include "modevisor/api/platform.hpp"
+
+namespace modevisor::api {
+
+// A plugin refuses something (a VM it cannot run, a state it cannot load);
+// the message names what and why.
+class MonitorError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+struct VmSpec {
+  std::string name;
+  unsigned vcpus = 1;
+  std::uint64_t memory_bytes = 0;
+  unsigned guest_bits = 32;  // from the guest OS type
+  std::string guest_os;      // "linux-32", "windows-7-64", ...
+};
+
+// Everything the host lends a VM's monitor; outlives the VirtualMachine.
+struct VmServices {
+  GuestMemory& memory;
+  Platform& platform;
+  Logger& log;
+};
+
+enum class ExitKind {
+  Stopped,   // platform asked the vCPU to stop (guest exit, pause, operator)
+  Shutdown,  // triple fault or other shutdown condition
+  Error,     // the monitor could not go on (bad guest state, driver error)
+};
+
+struct RunExit {
+  ExitKind kind = ExitKind::Stopped;
+  std::string diagnostic;  // for Shutdown/Error: reason and register dump
+};
+
+// Named event counters, reported when a VM stops and by `run --stats`.
+using Counters = std::vector<std::pair<std::string, std::uint64_t>>;
+
+class VirtualMachine {
+ public:
+  virtual ~VirtualMachine() = default;
+
+  // Run vCPU `index` on the calling thread until it must stop.
+  virtual RunExit run(unsigned index) = 0;
+  // From any thread: make run(index) return soon (it then reports Stopped).
+  virtual void kick(unsigned index) = 0;
+
+  // Only while the vCPU is not running.
+  virtual VcpuState save_vcpu(unsigned index) = 0;
+  virtual void load_vcpu(unsigned index, const VcpuState& state) = 0;
+
+  virtual Counters counters() const = 0;
+
+  // Guest-physical pages (4 KiB) written by the guest since the last call,
+  // one bit per page; used for live migration.  Returns false where the
+  // monitor cannot track writes.
+  virtual bool collect_dirty_pages(std::vector<std::uint64_t>& bitmap) = 0;
+};
+
+class Monitor {
+ public:
+  virtual ~Monitor() = default;
+
+  // Can this plugin run on `host`, beyond what its descriptor declares?
+  // Returns the reasons it cannot; empty when it can.
+  virtual std::vector<std::string> probe(const HostCapabilities& host) = 0;
+
+  // Build a VM; throws MonitorError when it cannot run this VM here.
+  virtual std::unique_ptr<VirtualMachine> create_vm(const VmSpec& spec, VmServices services) = 0;
+};
+
+}  // namespace modevisor::api

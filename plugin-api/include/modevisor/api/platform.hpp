@@ -1,0 +1,49 @@
+// The platform a monitor runs its vCPUs against: the I/O and MMIO bus, the
+// interrupt controllers and the clock.  The host implements it once for every
+// mode, so device state never depends on the monitor mode.
+#pragma once
+
+#include <cstdint>
+#include <string_view>
+
+namespace modevisor::api {
+
+enum class LogLevel { Trace, Debug, Info, Warn, Error };
+
+// Messages from a plugin go to the VM's log, tagged with its log token.
+class Logger {
+ public:
+  virtual ~Logger() = default;
+  virtual void log(LogLevel level, std::string_view message) = 0;
+};
+
+class Platform {
+ public:
+  virtual ~Platform() = default;
+
+  // Port I/O; `size` is 1, 2 or 4.  Unclaimed ports read as all ones.
+  virtual std::uint32_t io_in(unsigned vcpu, std::uint16_t port, unsigned size) = 0;
+  virtual void io_out(unsigned vcpu, std::uint16_t port, unsigned size, std::uint32_t value) = 0;
+
+  // MMIO outside guest RAM; `size` is 1, 2, 4 or 8.  Unclaimed reads give all ones.
+  virtual std::uint64_t mmio_read(unsigned vcpu, std::uint64_t gpa, unsigned size) = 0;
+  virtual void mmio_write(unsigned vcpu, std::uint64_t gpa, unsigned size, std::uint64_t value) = 0;
+
+  // External interrupts (PIC/local APIC), for a vCPU whose IF allows them.
+  virtual bool interrupt_pending(unsigned vcpu) = 0;
+  virtual std::uint8_t acknowledge_interrupt(unsigned vcpu) = 0;  // INTA: returns the vector
+
+  // HLT with interrupts enabled: block until an interrupt is pending for this
+  // vCPU or the vCPU is asked to stop.
+  virtual void wait_for_interrupt(unsigned vcpu) = 0;
+
+  // The VM must leave its run loop (guest exit, pause for migration or a mode
+  // switch, operator stop).  Monitors check this after every platform call
+  // and whenever they are kicked.
+  virtual bool stop_requested() const = 0;
+
+  // Guest time in nanoseconds since power-on; drives the PIT, RTC and APIC timer.
+  virtual std::uint64_t now_ns() const = 0;
+};
+
+}  // namespace modevisor::api
