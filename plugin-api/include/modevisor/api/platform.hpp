@@ -44,6 +44,13 @@ class Platform {
 
   // Guest time in nanoseconds since power-on; drives the PIT, RTC and APIC timer.
   virtual std::uint64_t now_ns() const = 0;
+
+  // The guest time at which a device timer next raises an interrupt
+  // (UINT64_MAX: none armed).  Device timers are evaluated lazily when the
+  // platform is called, so a monitor that runs guest code for long stretches
+  // without calling in (translated code, KVM_RUN) arranges to come back by
+  // then, e.g. with a host timer that kicks the vCPU.
+  virtual std::uint64_t next_timer_deadline_ns() = 0;
 };
 
 }  // namespace modevisor::api

@@ -1,0 +1,272 @@
+#include "cli/commands.hpp"
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+#include <spdlog/sinks/basic_file_sink.h>
+
+#include <iostream>
+#include <nlohmann/json.hpp>
+
+#include "capabilities/cpu_profile.hpp"
+#include "config/vm_config.hpp"
+#include "platform/guest_ram.hpp"
+#include "platform/machine.hpp"
+#include "selection/mode_log.hpp"
+
+namespace modevisor::cli {
+
+namespace {
+
+using nlohmann::json;
+
+const char* yes_no(bool value) { return value ? "yes" : "no"; }
+
+std::string vendor_text(const api::HostCapabilities& h) {
+  return fmt::format("{} family {:#x} model {:#x} stepping {}", h.vendor_id.empty() ? "unknown" : h.vendor_id, h.family,
+                     h.model, h.stepping);
+}
+
+std::string driver_text(const api::HostCapabilities& h) {
+  const auto& d = h.driver;
+  if (!d.usable) return fmt::format("not usable ({})", d.detail.empty() ? "no driver" : d.detail);
+  std::string mmu;
+  if (d.mmu_selection == api::MmuSelection::PerVm)
+    mmu = "MMU chosen per VM";
+  else
+    mmu = fmt::format("MMU chosen for the whole host: nested paging {}", d.nested_paging_enabled ? "on" : "off");
+  return fmt::format("{} usable, {}", d.name, mmu);
+}
+
+json capabilities_json(const api::HostCapabilities& h) {
+  const auto& d = h.driver;
+  return json{{"source", h.source},
+              {"vendor", h.vendor_id},
+              {"model_name", h.model_name},
+              {"family", h.family},
+              {"model", h.model},
+              {"stepping", h.stepping},
+              {"long_mode", h.long_mode},
+              {"hardware_virtualization", h.hardware_virtualization},
+              {"nested_paging", h.nested_paging},
+              {"apic_virtualization", h.apic_virtualization},
+              {"long_mode_segment_limits", h.long_mode_segment_limits},
+              {"quirks", h.quirks},
+              {"masked", h.masked},
+              {"driver",
+               {{"present", d.present},
+                {"usable", d.usable},
+                {"name", d.name},
+                {"detail", d.detail},
+                {"mmu_selection", d.mmu_selection == api::MmuSelection::PerVm ? "per-vm" : "host-wide"},
+                {"nested_paging_enabled", d.nested_paging_enabled},
+                {"api_version", d.api_version}}},
+              {"usable",
+               {{"hardware_execution", api::can_use_hardware_execution(h)},
+                {"nested_paging", api::can_use_nested_paging(h)},
+                {"driver_shadow_paging", api::can_use_driver_shadow_paging(h)}}}};
+}
+
+void print_capabilities(const api::HostCapabilities& h) {
+  fmt::print("host:                      {}\n", h.source);
+  fmt::print("cpu:                       {}\n", vendor_text(h));
+  if (!h.model_name.empty()) fmt::print("model name:                {}\n", h.model_name);
+  fmt::print("long mode (x86-64):        {}\n", yes_no(h.long_mode));
+  fmt::print("hardware virtualization:   {} ({})\n", yes_no(h.hardware_virtualization),
+             h.vendor == api::CpuVendor::Intel ? "VT-x" : h.vendor == api::CpuVendor::Amd ? "AMD-V" : "VT-x/AMD-V");
+  fmt::print("nested paging:             {} ({})\n", yes_no(h.nested_paging),
+             h.vendor == api::CpuVendor::Intel ? "EPT" : h.vendor == api::CpuVendor::Amd ? "RVI/NPT" : "EPT/NPT");
+  fmt::print("APIC/TPR virtualization:   {}\n", yes_no(h.apic_virtualization));
+  fmt::print("long-mode segment limits:  {}{}\n", yes_no(h.long_mode_segment_limits),
+             h.long_mode_segment_limits ? " (BT64 possible)" : " (BT limited to 32-bit guests: BT32)");
+  if (!h.quirks.empty()) fmt::print("quirks:                    {}\n", fmt::join(h.quirks, ", "));
+  if (!h.masked.empty()) fmt::print("masked by configuration:   {}\n", fmt::join(h.masked, ", "));
+  fmt::print("driver:                    {}\n", driver_text(h));
+  fmt::print("modes the hardware offers: hardware execution {}, nested paging {}, shadow paging in the driver {}\n",
+             yes_no(api::can_use_hardware_execution(h)), yes_no(api::can_use_nested_paging(h)),
+             yes_no(api::can_use_driver_shadow_paging(h)));
+}
+
+const char* technique(api::Technique t) { return t == api::Technique::Hardware ? "hardware" : "software"; }
+
+std::string guests_text(const api::GuestSupport& g) {
+  std::vector<std::string> out;
+  if (g.bits32) out.emplace_back("32-bit");
+  if (g.bits64) out.emplace_back(g.bits64_needs_segment_limits ? "64-bit (needs long-mode segment limits)" : "64-bit");
+  return fmt::format("{}", fmt::join(out, ", "));
+}
+
+// The VM's own log: <log_dir>/<vm-name>.log, one per VM, appended to.
+std::shared_ptr<spdlog::logger> open_vm_log(const Context& context, const host::VmConfig& vm) {
+  std::filesystem::create_directories(context.host_config().log_dir);
+  auto path = context.host_config().log_dir / (vm.name + ".log");
+  auto sink = std::make_shared<spdlog::sinks::basic_file_sink_mt>(path.string());
+  sink->set_pattern("%Y-%m-%dT%H:%M:%S.%e| %v");
+  auto log = std::make_shared<spdlog::logger>(vm.name, sink);
+  log->set_level(parse_log_level(context.host_config().log_level));
+  log->flush_on(spdlog::level::trace);
+  return log;
+}
+
+// Plugin messages go to the VM log tagged with the plugin's log token.
+class VmLogSink final : public api::Logger {
+ public:
+  VmLogSink(std::shared_ptr<spdlog::logger> log, std::string token) : log_(std::move(log)), token_(std::move(token)) {}
+  void log(api::LogLevel level, std::string_view message) override {
+    static constexpr spdlog::level::level_enum kLevels[] = {spdlog::level::trace, spdlog::level::debug,
+                                                            spdlog::level::info, spdlog::level::warn, spdlog::level::err};
+    log_->log(kLevels[static_cast<int>(level)], "{}| {}", token_, message);
+  }
+
+ private:
+  std::shared_ptr<spdlog::logger> log_;
+  std::string token_;
+};
+
+}  // namespace
+
+int command_host(Context& context, bool json_output) {
+  if (json_output) {
+    std::cout << capabilities_json(context.host()).dump(2) << "\n";
+    return kExitOk;
+  }
+  print_capabilities(context.host());
+  return kExitOk;
+}
+
+int command_plugins(Context& context, bool json_output) {
+  const auto& registry = context.registry();
+  json out{{"host", context.host().source}, {"directories", json::array()}, {"plugins", json::array()},
+           {"problems", json::array()}};
+  for (const auto& dir : registry.directories()) out["directories"].push_back(dir.string());
+  for (const auto& plugin : registry.plugins()) {
+    const auto& d = plugin.descriptor;
+    auto problems = host::host_problems(plugin, context.host());
+    out["plugins"].push_back({{"name", d.name},
+                              {"version", d.version},
+                              {"mode", plugin.mode},
+                              {"log_token", d.log_token},
+                              {"abi_version", d.abi_version},
+                              {"file", plugin.file.string()},
+                              {"execution", technique(d.execution)},
+                              {"mmu", technique(d.mmu)},
+                              {"deterministic", d.deterministic},
+                              {"guests", guests_text(d.guests)},
+                              {"summary", d.summary},
+                              {"runs_here", problems.empty()},
+                              {"why_not", problems}});
+  }
+  for (const auto& problem : registry.problems())
+    out["problems"].push_back({{"file", problem.file.string()}, {"reason", problem.reason}});
+  if (json_output) {
+    std::cout << out.dump(2) << "\n";
+    return kExitOk;
+  }
+  std::vector<std::string> dirs;
+  for (const auto& dir : registry.directories()) dirs.push_back(dir.string());
+  fmt::print("plugin directories: {}\n", fmt::join(dirs, ", "));
+  fmt::print("host: {}\n\n", context.host().source);
+  for (const auto& p : out["plugins"]) {
+    fmt::print("{} {}  [{}]  ABI {}\n", p["name"].get<std::string>(), p["version"].get<std::string>(),
+               p["mode"].get<std::string>(), p["abi_version"].get<int>());
+    fmt::print("  file:       {}\n", p["file"].get<std::string>());
+    fmt::print("  technique:  {} execution, {} MMU{}\n", p["execution"].get<std::string>(), p["mmu"].get<std::string>(),
+               p["deterministic"].get<bool>() ? ", deterministic" : "");
+    fmt::print("  guests:     {}\n", p["guests"].get<std::string>());
+    fmt::print("  about:      {}\n", p["summary"].get<std::string>());
+    if (p["runs_here"].get<bool>()) {
+      fmt::print("  this host:  can run it\n\n");
+    } else {
+      fmt::print("  this host:  cannot run it\n");
+      for (const auto& why : p["why_not"]) fmt::print("              - {}\n", why.get<std::string>());
+      fmt::print("\n");
+    }
+  }
+  if (!registry.problems().empty()) {
+    fmt::print("skipped (broken plugins):\n");
+    for (const auto& problem : registry.problems()) fmt::print("  {}: {}\n", problem.file.string(), problem.reason);
+  }
+  return kExitOk;
+}
+
+int command_cpus(Context& context, bool json_output) {
+  json out = json::array();
+  for (const auto& name : host::list_cpu_profiles(context.config_dir())) {
+    auto caps = host::load_cpu_profile(host::find_cpu_profile(context.config_dir(), name));
+    out.push_back({{"name", name}, {"capabilities", capabilities_json(caps)}});
+  }
+  if (json_output) {
+    std::cout << out.dump(2) << "\n";
+    return kExitOk;
+  }
+  fmt::print("{:<24} {:<7} {:<6} {:<6} {:<6} {:<9}  {}\n", "profile", "vendor", "VT/SVM", "EPT/NPT", "APICv", "LM-limits",
+             "model");
+  for (const auto& p : out) {
+    const auto& c = p["capabilities"];
+    fmt::print("{:<24} {:<7} {:<6} {:<7} {:<6} {:<9}  {}\n", p["name"].get<std::string>(),
+               c["vendor"].get<std::string>() == "GenuineIntel" ? "Intel" : "AMD",
+               yes_no(c["hardware_virtualization"]), yes_no(c["nested_paging"]), yes_no(c["apic_virtualization"]),
+               yes_no(c["long_mode_segment_limits"]), c["model_name"].get<std::string>());
+  }
+  return kExitOk;
+}
+
+int command_explain(Context& context, const std::string& vm_file, bool json_output) {
+  host::VmConfig vm = host::load_vm_config(vm_file, context.guest_os());
+  host::Selection selection = host::select_monitor_mode(context.host(), context.candidates(), context.policy(), vm);
+  if (json_output) {
+    std::cout << host::to_json(selection).dump(2) << "\n";
+  } else {
+    fmt::print("VM {} ({}, {}-bit) on {}, policy {}\n", vm.name, vm.guest.os.name, vm.guest.os.bits,
+               context.host().source, context.policy().name);
+    if (!selection.preference_note.empty()) fmt::print("guest OS preference rule: {}\n", selection.preference_note);
+    for (const auto& line : host::monitor_mode_lines(selection)) fmt::print("{}\n", line);
+  }
+  return selection.selected ? kExitOk : kExitNoMode;
+}
+
+int command_run(Context& context, const std::string& vm_file, bool json_output, bool /*stats: counters come with the engines*/) {
+  host::VmConfig vm = host::load_vm_config(vm_file, context.guest_os());
+  auto vm_log = open_vm_log(context, vm);
+  vm_log->info("power on: VM {} from {}", vm.name, vm.file.string());
+  vm_log->info("host: {}; policy {}", context.host().source, context.policy().name);
+  host::Selection selection = host::select_monitor_mode(context.host(), context.candidates(), context.policy(), vm);
+  for (const auto& line : host::monitor_mode_lines(selection)) vm_log->info("{}", line);
+  if (json_output) std::cout << host::to_json(selection).dump(2) << "\n";
+  if (!selection.selected || !selection.selected_plugin) {
+    context.log()->error("VM {}: no monitor mode can run it here: {}", vm.name, selection.none_reason);
+    vm_log->error("power on failed: {}", selection.none_reason);
+    return kExitNoMode;
+  }
+  const host::LoadedPlugin* plugin = context.registry().find(selection.selected_plugin->descriptor.name);
+  if (!plugin) {
+    vm_log->error("power on failed: plugin {} vanished", selection.selected_plugin->descriptor.name);
+    return kExitMonitorFailed;
+  }
+  api::VmSpec spec;
+  spec.name = vm.name;
+  spec.vcpus = vm.vcpus;
+  spec.memory_bytes = vm.memory_bytes;
+  spec.guest_bits = vm.guest.os.bits;
+  spec.guest_os = vm.guest.os.name;
+
+  VmLogSink plugin_log(vm_log, plugin->descriptor.log_token);
+  try {
+    host::GuestRam ram(vm.memory_bytes);
+    host::Machine machine;
+    auto machine_vm = plugin->monitor->create_vm(spec, api::VmServices{ram, machine, plugin_log});
+    // Execution, devices and the kernel loader come with the engine issues.
+    throw api::MonitorError(fmt::format("{} built the VM but the host cannot boot it yet: the kernel loader and "
+                                        "devices are not built", plugin->descriptor.name));
+  } catch (const api::MonitorError& e) {
+    context.log()->error("VM {}: {}", vm.name, e.what());
+    vm_log->error("power on failed: {}", e.what());
+    if (!json_output) fmt::print(stderr, "modevisor: VM {} cannot run: {}\n", vm.name, e.what());
+    return kExitMonitorFailed;
+  } catch (const std::system_error& e) {
+    context.log()->error("VM {}: {}", vm.name, e.what());
+    vm_log->error("power on failed: {}", e.what());
+    return kExitMonitorFailed;
+  }
+}
+
+}  // namespace modevisor::cli

@@ -1,0 +1,20 @@
+// Rendering a Selection: the seed's "MONITOR MODE:" log lines (for the VM log
+// and `modevisor explain`) and JSON (for tools).
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "selection/selector.hpp"
+
+namespace modevisor::host {
+
+// The five lines of the seed's format, in its order, plus one line for each
+// mode that is not allowed, each hint ignored and each feature exclusion.
+std::vector<std::string> monitor_mode_lines(const Selection& selection);
+
+nlohmann::json to_json(const Selection& selection);
+
+}  // namespace modevisor::host

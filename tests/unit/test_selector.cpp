@@ -1,0 +1,285 @@
+// The selector against the seed's "Choice of Monitor Mode" examples, on the
+// shipped CPU profiles and policies, with the real plugins' descriptors.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "capabilities/cpu_profile.hpp"
+#include "plugins/registry.hpp"
+#include "selection/mode_log.hpp"
+#include "selection/policy.hpp"
+#include "selection/selector.hpp"
+
+namespace modevisor::host {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+using Modes = std::vector<std::string>;
+
+const std::filesystem::path kConfigs = std::filesystem::path(MODEVISOR_SOURCE_DIR) / "configs";
+
+class SelectorTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    registry_ = new PluginRegistry({MODEVISOR_DEFAULT_PLUGIN_DIR});
+    registry_->rescan();
+    guest_os_ = new GuestOsTable(GuestOsTable::load(kConfigs / "guest-os.yaml"));
+  }
+  static void TearDownTestSuite() {
+    delete registry_;
+    delete guest_os_;
+  }
+
+  static api::HostCapabilities cpu(const std::string& profile) {
+    return load_cpu_profile(find_cpu_profile(kConfigs, profile));
+  }
+
+  static VmConfig vm(const std::string& os, TechniqueHint exec = TechniqueHint::Automatic,
+                     TechniqueHint mmu = TechniqueHint::Automatic, bool ft = false) {
+    VmConfig config;
+    config.name = "test-vm";
+    const GuestOsType* type = guest_os_->find(os);
+    EXPECT_NE(type, nullptr) << os;
+    if (type) config.guest.os = *type;
+    config.memory_bytes = 256 << 20;
+    config.monitor.virtual_exec = exec;
+    config.monitor.virtual_mmu = mmu;
+    config.fault_tolerance = ft;
+    return config;
+  }
+
+  static Selection select(const api::HostCapabilities& host, const std::string& policy, const VmConfig& config) {
+    std::vector<PluginCandidate> candidates;
+    for (const auto& plugin : registry_->plugins())
+      candidates.push_back({plugin.file, plugin.descriptor, host_problems(plugin, host)});
+    return select_monitor_mode(host, candidates, load_policy(find_policy(kConfigs, policy)), config);
+  }
+
+  static Selection select(const std::string& profile, const std::string& policy, const VmConfig& config) {
+    return select(cpu(profile), policy, config);
+  }
+
+  static Modes display(const Selection& s, const Modes& modes) {
+    Modes out;
+    for (const auto& m : modes) out.push_back(s.display(m));
+    return out;
+  }
+
+  static PluginRegistry* registry_;
+  static GuestOsTable* guest_os_;
+};
+PluginRegistry* SelectorTest::registry_ = nullptr;
+GuestOsTable* SelectorTest::guest_os_ = nullptr;
+
+TEST_F(SelectorTest, RealPluginsAreInstalled) {
+  ASSERT_EQ(registry_->plugins().size(), 3u) << "the three mode plugins must be built";
+}
+
+// --- The seed's five examples -------------------------------------------------
+
+TEST_F(SelectorTest, Esx35OnShanghaiWith64BitGuestPicksHwMmuAmongBtAndHwMmu) {
+  Selection s = select("amd-shanghai", "esx-3.5", vm("linux-64"));
+  EXPECT_THAT(s.allowed, ElementsAre("BT", "HWMMU"));
+  EXPECT_EQ(s.selected, "HWMMU");
+}
+
+TEST_F(SelectorTest, Esx35OnNehalemWith64BitGuestRunsHvSwMmuBecauseNoEpt) {
+  Selection s = select("intel-nehalem", "esx-3.5", vm("windows-7-64"));
+  EXPECT_THAT(s.allowed, ElementsAre("HV"));
+  EXPECT_EQ(s.selected, "HV");
+  const auto& hwmmu = s.verdicts[2];
+  ASSERT_EQ(hwmmu.mode, "HWMMU");
+  EXPECT_THAT(hwmmu.reasons.front(), HasSubstr("esx-3.5"));
+}
+
+TEST_F(SelectorTest, Esx40OnShanghaiWith64BitGuestChoosesAmongAllThreeAndHwMmuWins) {
+  Selection s = select("amd-shanghai", "esx-4.0", vm("linux-64"));
+  EXPECT_THAT(s.allowed, ElementsAre("BT", "HV", "HWMMU"));
+  EXPECT_EQ(s.selected, "HWMMU");
+}
+
+TEST_F(SelectorTest, Esx40OnOpteronRevFWith64BitGuestHasOnlyBt) {
+  Selection s = select("amd-opteron-revf", "esx-4.0", vm("linux-64"));
+  EXPECT_THAT(s.allowed, ElementsAre("BT"));
+  EXPECT_EQ(s.selected, "BT");
+  EXPECT_THAT(s.verdicts[1].reasons.front(), HasSubstr("amd-v-revf-erratum"));
+}
+
+TEST_F(SelectorTest, Esx40OnNehalemWith64BitGuestAllowsHvAndHwMmuNotBt) {
+  Selection s = select("intel-nehalem", "esx-4.0", vm("windows-7-64"));
+  EXPECT_THAT(s.allowed, ElementsAre("HV", "HWMMU"));
+  EXPECT_EQ(s.selected, "HWMMU");
+  ASSERT_FALSE(s.verdicts[0].allowed);
+  EXPECT_EQ(s.display("BT"), "BT32");
+}
+
+// --- Features and priorities ---------------------------------------------------
+
+TEST_F(SelectorTest, FaultToleranceNarrowsToHvSwMmu) {
+  for (const char* profile : {"amd-shanghai", "intel-nehalem"}) {
+    Selection s = select(profile, "esx-4.0",
+                         vm("linux-64", TechniqueHint::Automatic, TechniqueHint::Automatic, /*ft=*/true));
+    EXPECT_THAT(s.filtered, ElementsAre("HV")) << profile;
+    EXPECT_EQ(s.selected, "HV") << profile;
+  }
+}
+
+TEST_F(SelectorTest, FaultToleranceDoesNotExistInEsx35) {
+  Selection s = select("amd-shanghai", "esx-3.5", vm("linux-64", TechniqueHint::Automatic, TechniqueHint::Automatic, true));
+  EXPECT_FALSE(s.selected);
+  EXPECT_THAT(s.feature_notes.front(), HasSubstr("no Fault Tolerance"));
+}
+
+TEST_F(SelectorTest, Esx35Prefers32BitBtAndHwMmuForOs2UnixWareOpenServer) {
+  EXPECT_EQ(select("amd-shanghai", "esx-3.5", vm("linux-32")).selected, "BT");
+  EXPECT_EQ(select("amd-shanghai", "esx-3.5", vm("windows-xp-32")).selected, "BT");
+  for (const char* os : {"os2", "unixware", "openserver"})
+    EXPECT_EQ(select("amd-shanghai", "esx-3.5", vm(os)).selected, "HWMMU") << os;
+}
+
+TEST_F(SelectorTest, Esx35On32BitIntelIsBtAnd64BitIntelIsHv) {
+  for (const char* profile : {"intel-core2-65nm", "intel-penryn", "intel-nehalem"}) {
+    EXPECT_EQ(select(profile, "esx-3.5", vm("windows-xp-32")).selected, "BT") << profile;
+    EXPECT_EQ(select(profile, "esx-3.5", vm("linux-64")).selected, "HV") << profile;
+  }
+}
+
+TEST_F(SelectorTest, Esx40WithApicVirtualizationOrdersHwMmuHvBt) {
+  Selection s = select("intel-nehalem", "esx-4.0", vm("windows-xp-32"));
+  EXPECT_THAT(display(s, s.preferred), ElementsAre("HWMMU", "HV", "BT32"));
+  Selection penryn = select("intel-penryn", "esx-4.0", vm("linux-32"));
+  EXPECT_THAT(display(penryn, penryn.preferred), ElementsAre("HV", "BT32"));
+  EXPECT_EQ(penryn.selected, "HV");
+}
+
+TEST_F(SelectorTest, Esx40Without32BitWindowsApicVirtualizationOrdersHwMmuBtHv) {
+  Selection s = select("amd-shanghai", "esx-4.0", vm("windows-xp-32"));
+  EXPECT_THAT(s.preferred, ElementsAre("HWMMU", "BT", "HV"));
+  Selection core2 = select("intel-core2-65nm", "esx-4.0", vm("windows-xp-32"));
+  EXPECT_THAT(display(core2, core2.allowed), ElementsAre("BT32", "HV"));
+  EXPECT_EQ(core2.selected, "BT");
+}
+
+TEST_F(SelectorTest, Esx40DisallowsBtForOs2UnixWareOpenServer) {
+  Selection s = select("intel-core2-65nm", "esx-4.0", vm("os2"));
+  EXPECT_THAT(s.preferred, ElementsAre("HV"));
+  EXPECT_EQ(s.selected, "HV");
+  Selection revc = select("amd-opteron-revc", "esx-4.0", vm("unixware"));
+  EXPECT_THAT(revc.allowed, ElementsAre("BT"));
+  EXPECT_FALSE(revc.selected) << "BT is the only mode and the guest disallows it";
+}
+
+TEST_F(SelectorTest, SeedLogExampleIsReproducedLineForLine) {
+  Selection s = select("amd-shanghai", "esx-4.0", vm("linux-32", TechniqueHint::Software));
+  EXPECT_THAT(monitor_mode_lines(s),
+              ElementsAre("MONITOR MODE: allowed modes          : BT HV HWMMU",
+                          "MONITOR MODE: user requested modes   : BT",
+                          "MONITOR MODE: guestOS preferred modes: BT HWMMU HV",
+                          "MONITOR MODE: filtered list          : BT",
+                          "MONITOR MODE: selected               : BT (bt-swmmu 0.1.0)"));
+}
+
+TEST_F(SelectorTest, BtIsListedAsBt32WhereLongModeHasNoSegmentLimits) {
+  for (const char* profile : {"intel-nehalem", "intel-sapphire-rapids", "amd-opteron-revc", "amd-genoa"}) {
+    Selection s = select(profile, "esx-4.0", vm("linux-32"));
+    EXPECT_TRUE(s.bt_limited_to_32bit) << profile;
+    EXPECT_THAT(monitor_mode_lines(s).front(), HasSubstr("BT32")) << profile;
+  }
+  EXPECT_FALSE(select("amd-barcelona", "esx-4.0", vm("linux-32")).bt_limited_to_32bit);
+}
+
+// --- Hints are hints -------------------------------------------------------------
+
+TEST_F(SelectorTest, ImpossibleHintIsIgnoredAndTakesEffectAgainOnACapableHost) {
+  const VmConfig wants_nested_paging = vm("linux-64", TechniqueHint::Automatic, TechniqueHint::Hardware);
+  Selection penryn = select("intel-penryn", "esx-4.0", wants_nested_paging);
+  ASSERT_EQ(penryn.ignored_hints.size(), 1u);
+  EXPECT_EQ(penryn.ignored_hints[0].hint, "monitor.virtual_mmu = hardware");
+  EXPECT_THAT(penryn.ignored_hints[0].reason, HasSubstr("nested paging"));
+  EXPECT_EQ(penryn.selected, "HV");
+
+  Selection nehalem = select("intel-nehalem", "esx-4.0", wants_nested_paging);
+  EXPECT_TRUE(nehalem.ignored_hints.empty());
+  EXPECT_THAT(nehalem.requested, ElementsAre("HWMMU"));
+  EXPECT_EQ(nehalem.selected, "HWMMU");
+}
+
+TEST_F(SelectorTest, SoftwareExecutionHintForA64BitGuestOnIntelIsIgnoredAndHonouredOnAmd) {
+  const VmConfig wants_bt = vm("linux-64", TechniqueHint::Software);
+  Selection intel = select("intel-nehalem", "esx-4.0", wants_bt);
+  ASSERT_EQ(intel.ignored_hints.size(), 1u);
+  EXPECT_THAT(intel.ignored_hints[0].reason, HasSubstr("BT32"));
+  EXPECT_EQ(intel.selected, "HWMMU");
+  Selection amd = select("amd-shanghai", "esx-4.0", wants_bt);
+  EXPECT_TRUE(amd.ignored_hints.empty());
+  EXPECT_EQ(amd.selected, "BT");
+}
+
+TEST_F(SelectorTest, Esx35DoesNotRecognizeVirtualExec) {
+  Selection s = select("amd-shanghai", "esx-3.5", vm("linux-64", TechniqueHint::Software));
+  ASSERT_EQ(s.ignored_hints.size(), 1u);
+  EXPECT_THAT(s.ignored_hints[0].reason, HasSubstr("does not recognize monitor.virtual_exec"));
+  EXPECT_EQ(s.selected, "HWMMU");
+  // virtual_mmu alone expresses every ESX 3.5 choice.
+  EXPECT_EQ(select("amd-shanghai", "esx-3.5", vm("linux-64", TechniqueHint::Automatic, TechniqueHint::Software)).selected,
+            "BT");
+}
+
+TEST_F(SelectorTest, SoftwareExecutionWithHardwareMmuIsNotAValidModeAndIsIgnored) {
+  Selection s = select("amd-shanghai", "esx-4.0", vm("linux-64", TechniqueHint::Software, TechniqueHint::Hardware));
+  ASSERT_EQ(s.ignored_hints.size(), 1u);
+  EXPECT_THAT(s.ignored_hints[0].reason, HasSubstr("not a valid monitor mode"));
+  EXPECT_EQ(s.requested, s.allowed);
+}
+
+TEST_F(SelectorTest, HintThatOnlyTheGuestOsForbidsIsIgnoredRatherThanStoppingTheVm) {
+  Selection s = select("amd-shanghai", "esx-4.0", vm("os2", TechniqueHint::Software));
+  ASSERT_EQ(s.ignored_hints.size(), 1u);
+  EXPECT_EQ(s.selected, "HWMMU");
+}
+
+// --- Linux KVM: the MMU is a host-wide choice --------------------------------------
+
+TEST_F(SelectorTest, KvmWithNestedPagingOffOffersHvNotHwMmuAndSaysWhy) {
+  api::HostCapabilities host = cpu("amd-genoa");
+  host.driver.name = "kvm_amd";
+  host.driver.mmu_selection = api::MmuSelection::HostWide;
+  host.driver.nested_paging_enabled = false;
+  Selection s = select(host, "default", vm("linux-64"));
+  EXPECT_THAT(s.allowed, ElementsAre("HV"));
+  EXPECT_THAT(s.verdicts[2].reasons.front(), HasSubstr("npt"));
+
+  host.driver.nested_paging_enabled = true;
+  Selection npt = select(host, "default", vm("linux-64"));
+  EXPECT_THAT(npt.allowed, ElementsAre("HWMMU"));
+  EXPECT_THAT(npt.verdicts[1].reasons.front(), HasSubstr("npt"));
+}
+
+TEST_F(SelectorTest, NoModeAtAllGivesAReason) {
+  api::HostCapabilities host = cpu("amd-genoa");
+  host.hardware_virtualization = false;
+  host.driver.usable = false;
+  Selection s = select(host, "default", vm("linux-64"));
+  EXPECT_TRUE(s.allowed.empty());
+  EXPECT_FALSE(s.selected);
+  EXPECT_THAT(monitor_mode_lines(s).back(), HasSubstr("selected               : none"));
+}
+
+TEST_F(SelectorTest, MaskedCapabilityIsReportedAsMasked) {
+  api::HostCapabilities host = cpu("intel-nehalem");
+  apply_capability_mask(host, {"nested_paging"});
+  Selection s = select(host, "esx-4.0", vm("linux-64"));
+  EXPECT_THAT(s.allowed, ElementsAre("HV"));
+  EXPECT_THAT(s.verdicts[2].reasons.front(), HasSubstr("masked"));
+}
+
+TEST_F(SelectorTest, JsonCarriesTheSameDecision) {
+  Selection s = select("amd-shanghai", "esx-4.0", vm("linux-64"));
+  nlohmann::json j = to_json(s);
+  EXPECT_EQ(j["selected"], "HWMMU");
+  EXPECT_EQ(j["plugin"]["name"], "hv-hwmmu");
+  EXPECT_EQ(j["allowed"].size(), 3u);
+}
+
+}  // namespace
+}  // namespace modevisor::host
