@@ -1,0 +1,143 @@
+// End-to-end: the modevisor binary as an operator runs it.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+#include <sys/wait.h>
+
+#include <array>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+
+namespace {
+
+using ::testing::HasSubstr;
+using ::testing::Not;
+namespace fs = std::filesystem;
+
+const fs::path kSource = MODEVISOR_SOURCE_DIR;
+const fs::path kBinary = fs::path(MODEVISOR_BINARY_DIR) / "bin" / "modevisor";
+
+struct Result {
+  int status = -1;
+  std::string out;  // stdout and stderr together
+};
+
+class CliTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    log_dir_ = fs::temp_directory_path() / ("modevisor-cli-" + std::to_string(::getpid()) + "-" +
+                                            ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(log_dir_);
+  }
+  void TearDown() override { fs::remove_all(log_dir_); }
+
+  Result run(const std::string& args) const {
+    const std::string command = "cd " + kSource.string() + " && " + kBinary.string() + " --log-dir " +
+                                log_dir_.string() + " " + args + " 2>&1";
+    Result result;
+    FILE* pipe = ::popen(command.c_str(), "r");
+    if (!pipe) return result;
+    std::array<char, 4096> buffer{};
+    while (std::fgets(buffer.data(), buffer.size(), pipe)) result.out += buffer.data();
+    int raw = ::pclose(pipe);
+    result.status = WIFEXITED(raw) ? WEXITSTATUS(raw) : -1;
+    return result;
+  }
+
+  std::string read_log(const std::string& name) const {
+    std::ifstream in(log_dir_ / name);
+    std::stringstream text;
+    text << in.rdbuf();
+    return text.str();
+  }
+
+  fs::path log_dir_;
+};
+
+TEST_F(CliTest, ExplainReproducesTheSeedsEsx40ShanghaiExample) {
+  Result r = run("explain configs/vms/linux-64.yaml --cpu amd-shanghai --policy esx-4.0");
+  EXPECT_EQ(r.status, 0) << r.out;
+  EXPECT_THAT(r.out, HasSubstr("MONITOR MODE: allowed modes          : BT HV HWMMU\n"));
+  EXPECT_THAT(r.out, HasSubstr("MONITOR MODE: selected               : HWMMU (hv-hwmmu 0.1.0)\n"));
+}
+
+TEST_F(CliTest, ExplainReproducesTheSeedsLogExample) {
+  Result r = run("explain configs/vms/bt-requested-32.yaml --cpu amd-shanghai --policy esx-4.0");
+  EXPECT_EQ(r.status, 0) << r.out;
+  EXPECT_THAT(r.out, HasSubstr("MONITOR MODE: allowed modes          : BT HV HWMMU\n"
+                               "MONITOR MODE: user requested modes   : BT\n"
+                               "MONITOR MODE: guestOS preferred modes: BT HWMMU HV\n"
+                               "MONITOR MODE: filtered list          : BT\n"
+                               "MONITOR MODE: selected               : BT (bt-swmmu 0.1.0)\n"));
+}
+
+TEST_F(CliTest, ExplainExitsThreeWhenNoModeCanRunTheVm) {
+  Result r = run("explain configs/vms/os2.yaml --cpu amd-opteron-revc --policy esx-4.0");
+  EXPECT_EQ(r.status, 3) << r.out;
+  EXPECT_THAT(r.out, HasSubstr("selected               : none"));
+}
+
+TEST_F(CliTest, ExplainJsonIsMachineReadable) {
+  Result r = run("explain configs/vms/linux-64.yaml --cpu intel-nehalem --policy esx-3.5 --json");
+  ASSERT_EQ(r.status, 0) << r.out;
+  auto j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["selected"], "HV");
+  EXPECT_EQ(j["plugin"]["name"], "hv-swmmu");
+}
+
+TEST_F(CliTest, BadYamlExitsTwoNamingFileLineAndColumn) {
+  fs::create_directories(log_dir_);
+  const fs::path bad = log_dir_ / "bad.yaml";
+  std::ofstream(bad) << "name: bad\nguest:\n  os: linux-64\n  kernal: x\nmemory: 1GiB\n";
+  Result r = run("explain " + bad.string());
+  EXPECT_EQ(r.status, 2) << r.out;
+  EXPECT_THAT(r.out, HasSubstr(bad.string() + ":4:3:"));
+  EXPECT_THAT(r.out, HasSubstr("kernal"));
+}
+
+TEST_F(CliTest, UnknownCpuProfileAndPolicyAreBadInput) {
+  EXPECT_EQ(run("explain configs/vms/linux-64.yaml --cpu intel-8086").status, 2);
+  Result r = run("explain configs/vms/linux-64.yaml --policy esx-9");
+  EXPECT_EQ(r.status, 2);
+  EXPECT_THAT(r.out, HasSubstr("esx-4.0"));  // lists the known ones
+}
+
+TEST_F(CliTest, PluginsListsTheThreeModesAndWhetherThisHostRunsThem) {
+  Result r = run("plugins --json");
+  ASSERT_EQ(r.status, 0) << r.out;
+  auto j = nlohmann::json::parse(r.out);
+  ASSERT_EQ(j["plugins"].size(), 3u);
+  for (const auto& p : j["plugins"]) {
+    EXPECT_EQ(p["abi_version"], 1);
+    if (!p["runs_here"].get<bool>()) EXPECT_FALSE(p["why_not"].empty()) << p.dump();
+  }
+}
+
+TEST_F(CliTest, PluginsOnADescribedKvmHostWithNestedPagingOffSaysWhyHwMmuCannotRun) {
+  Result r = run("--host-config configs/hosts/kvm-npt0-epyc.yaml plugins");
+  ASSERT_EQ(r.status, 0) << r.out;
+  EXPECT_THAT(r.out, HasSubstr("npt"));
+}
+
+TEST_F(CliTest, HostJsonDescribesTheDriver) {
+  Result r = run("host --json");
+  ASSERT_EQ(r.status, 0) << r.out;
+  auto j = nlohmann::json::parse(r.out);
+  EXPECT_TRUE(j.contains("driver"));
+  if (!j["driver"]["usable"].get<bool>()) EXPECT_FALSE(j["driver"]["detail"].get<std::string>().empty());
+}
+
+TEST_F(CliTest, RunWritesTheSelectionToTheVmLogAndRefusesWithoutAnEngine) {
+  Result r = run("run configs/vms/hello-32.yaml");
+  EXPECT_EQ(r.status, 4) << r.out;
+  EXPECT_THAT(r.out, HasSubstr("cannot run"));
+  const std::string log = read_log("hello-32.log");
+  EXPECT_THAT(log, HasSubstr("MONITOR MODE: allowed modes"));
+  EXPECT_THAT(log, HasSubstr("MONITOR MODE: selected"));
+  EXPECT_THAT(log, HasSubstr("power on failed"));
+}
+
+}  // namespace
