@@ -31,18 +31,33 @@ class YamlInput {
   void expect_map(const YAML::Node& node, std::string_view expected) const;
   // Unknown or duplicate keys in a map are errors; the message lists the known ones.
   void reject_unknown_keys(const YAML::Node& map, std::initializer_list<std::string_view> known) const;
-  // map[key], or an error at the map saying the key is missing.
+  // Keys that appear twice in a map are errors (yaml-cpp keeps both silently).
+  void reject_duplicate_keys(const YAML::Node& map) const;
+  // map[key], or an error at the map saying the key is missing.  A key written
+  // with no value ("memory:") is an error at the key, since yaml-cpp places an
+  // empty value at the next token, which would point the user at the wrong line.
   YAML::Node required(const YAML::Node& map, const std::string& key) const;
+  // map[key] when present (same empty-value rule), else an undefined node.
+  YAML::Node optional(const YAML::Node& map, const std::string& key) const;
 
   std::string scalar(const YAML::Node& node, std::string_view expected) const;
   bool boolean(const YAML::Node& node) const;
   std::uint64_t unsigned_value(const YAML::Node& node, std::string_view expected) const;
   std::vector<std::string> string_list(const YAML::Node& node, std::string_view expected) const;
-  // A path relative to the file's folder, made absolute.
+  // A scalar with ${NAME} replaced by environment variable NAME; an undefined
+  // or malformed reference is an error at the reference's own column.
+  std::string expanded_scalar(const YAML::Node& node, std::string_view expected) const;
+  // A path (after ${NAME} expansion) relative to the file's folder, made absolute.
   std::filesystem::path path(const YAML::Node& node, std::string_view expected) const;
 
  private:
+  // Column (1-based) of `needle` on the node's first line, or the node's own column.
+  int column_of(const YAML::Node& node, std::string_view needle) const;
+  // The key node itself (for its position), or an undefined node.
+  YAML::Node key_node(const YAML::Node& map, const std::string& key) const;
+
   std::filesystem::path file_;
+  std::vector<std::string> lines_;  // the raw text, to place errors inside a scalar
   YAML::Node root_;
 };
 

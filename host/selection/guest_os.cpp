@@ -12,6 +12,7 @@ GuestOsTable GuestOsTable::load(const std::filesystem::path& file) {
   GuestOsTable table;
   const YAML::Node root = in.root();
   in.expect_map(root, "guest OS types (a map from type name to {bits, family, description})");
+  in.reject_duplicate_keys(root);  // a repeated type would silently replace the first
   for (const auto& entry : root) {
     GuestOsType type;
     type.name = in.scalar(entry.first, "a guest OS type name");
