@@ -57,8 +57,10 @@ Context::Context(const GlobalOptions& options) {
   config_dir_ = !options.config_dir.empty()           ? options.config_dir
                 : !from_env("MODEVISOR_CONFIG_DIR").empty() ? from_env("MODEVISOR_CONFIG_DIR")
                                                             : MODEVISOR_DEFAULT_CONFIG_DIR;
-  // Example VMs name the build tree's guest kernels through this variable.
+  // Example configurations name the build tree's plugins and guest kernels
+  // through these; an operator's environment overrides them.
   ::setenv("MODEVISOR_PLUGIN_DIR", MODEVISOR_DEFAULT_PLUGIN_DIR, /*overwrite=*/0);
+  ::setenv("MODEVISOR_GUEST_DIR", MODEVISOR_DEFAULT_GUEST_DIR, /*overwrite=*/0);
 
   const std::string host_config_file =
       !options.host_config.empty() ? options.host_config : from_env("MODEVISOR_HOST_CONFIG");
