@@ -40,6 +40,7 @@ class Fd {
 
 KvmFacts probe_kvm(const std::filesystem::path& device, const std::filesystem::path& sys_module) {
   KvmFacts facts;
+  facts.device = device;
   std::error_code ec;
   facts.device_present = std::filesystem::exists(device, ec);
 

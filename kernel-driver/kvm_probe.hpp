@@ -9,6 +9,7 @@
 namespace modevisor::kvm {
 
 struct KvmFacts {
+  std::filesystem::path device = "/dev/kvm";  // the node probed, for messages
   bool device_present = false;  // the device node exists
   bool opens = false;           // open(O_RDWR) succeeded
   std::string open_error;       // strerror of the failed open

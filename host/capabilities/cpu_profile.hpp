@@ -22,8 +22,12 @@ std::vector<std::string> list_cpu_profiles(const std::filesystem::path& config_d
 
 // Names accepted by apply_capability_mask.
 const std::vector<std::string>& maskable_features();
-// Hide `features` from VMs: clears them and records them in `masked`.
-// Throws std::invalid_argument naming an unknown feature.
+// Hide `features` from VMs: clears them and records them in `masked` (once
+// each).  Masking hardware_virtualization also makes the driver unusable, with
+// a detail saying so; nested_paging and apic_virtualization then stay as CPU
+// facts but are unreachable, since every can_use_* needs hardware execution.
+// Masking nested_paging also clears driver.nested_paging_enabled.
+// Throws std::invalid_argument naming an unknown feature (nothing is changed).
 void apply_capability_mask(api::HostCapabilities& caps, const std::vector<std::string>& features);
 
 }  // namespace modevisor::host

@@ -37,10 +37,18 @@ class CpuidTable {
   static CpuidTable from_this_cpu();
   static CpuidTable parse(std::string_view text, const std::filesystem::path& origin);  // throws InputError
   std::optional<CpuidLeaf> find(std::uint32_t leaf, std::uint32_t subleaf = 0) const;
+  // The text form above, so a host's CPUID can be captured as a fixture.
+  std::string to_text() const;
   std::vector<CpuidLeaf> leaves;
 };
 
-// Pure: combine the three sources into capabilities.
+// The quirk names the probe can report (profiles may list only these).
+inline constexpr std::string_view kQuirkAmdVRevFErratum = "amd-v-revf-erratum";
+const std::vector<std::string>& known_quirks();
+
+// Pure: combine the three sources into capabilities.  Flags and CPUID bits
+// are OR-ed (either source may be missing); EPT is visible only in the
+// cpuinfo flags (its CPUID-less home is the IA32_VMX_PROCBASED_CTLS2 MSR).
 api::HostCapabilities capabilities_from(const CpuinfoFacts& cpuinfo, const CpuidTable& cpuid,
                                         const kvm::KvmFacts& kvm);
 
