@@ -191,10 +191,15 @@ const LoadedPlugin* PluginRegistry::find(std::string_view name) const {
 }
 
 void PluginRegistry::rescan() {
-  std::vector<PluginProblem> problems;
+  // Problems are reported in scan order: a directory's own problem, then its
+  // files' in name order.  The key is (index of the next file, 0 for a
+  // directory / 1 for a file).
+  std::vector<std::pair<std::pair<std::size_t, int>, PluginProblem>> problems;
   std::vector<Candidate> candidates;
   for (const auto& directory : directories_) {
-    auto files = list_plugin_files(directory, problems);
+    std::vector<PluginProblem> listing_problems;
+    auto files = list_plugin_files(directory, listing_problems);
+    for (auto& problem : listing_problems) problems.push_back({{candidates.size(), 0}, std::move(problem)});
     std::move(files.begin(), files.end(), std::back_inserter(candidates));
   }
 
@@ -219,14 +224,15 @@ void PluginRegistry::rescan() {
     if (slots[i]) continue;
     auto loaded = load_plugin(candidates[i]);
     if (auto* reason = std::get_if<std::string>(&loaded)) {
-      problems.push_back({candidates[i].file, std::move(*reason)});
+      problems.push_back({{i, 1}, {candidates[i].file, std::move(*reason)}});
       continue;
     }
     auto& plugin = std::get<LoadedPlugin>(loaded);
     auto [owner, inserted] = name_owner.emplace(plugin.descriptor.name, plugin.file);
     if (!inserted) {
-      problems.push_back({candidates[i].file, fmt::format("plugin name '{}' already provided by {}",
-                                                          plugin.descriptor.name, owner->second.string())});
+      problems.push_back({{i, 1},
+                          {candidates[i].file, fmt::format("plugin name '{}' already provided by {}",
+                                                           plugin.descriptor.name, owner->second.string())}});
       continue;  // `loaded` goes out of scope here: monitor first, then its library
     }
     slots[i] = std::move(plugin);
@@ -234,7 +240,11 @@ void PluginRegistry::rescan() {
 
   for (auto& slot : slots)
     if (slot) plugins_.push_back(std::move(*slot));
-  problems_ = std::move(problems);
+
+  std::stable_sort(problems.begin(), problems.end(),
+                   [](const auto& a, const auto& b) { return a.first < b.first; });
+  problems_.clear();
+  for (auto& [order, problem] : problems) problems_.push_back(std::move(problem));
 }
 
 // ---------------------------------------------------------------------------
