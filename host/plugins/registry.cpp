@@ -6,6 +6,7 @@
 #include <exception>
 #include <iterator>
 #include <map>
+#include <mutex>
 #include <optional>
 #include <system_error>
 #include <utility>
@@ -128,19 +129,59 @@ std::vector<Candidate> list_plugin_files(const fs::path& directory, std::vector<
   return files;
 }
 
+// Which version of each file this process has mapped.  The dynamic linker
+// returns the library it already has for a known path, so while any monitor
+// from an old version of a file is alive (held outside the registry, or by
+// another registry), dlopen of the replaced file silently yields the old
+// code.  Remembering the stamp each mapping was made from lets us say so.
+class MappedVersions {
+ public:
+  // Before loading: the stamp the file was mapped from, if it still is mapped.
+  std::optional<PluginFileStamp> still_mapped(const fs::path& file) {
+    void* handle = ::dlopen(file.c_str(), RTLD_LAZY | RTLD_NOLOAD);
+    if (!handle) return std::nullopt;
+    ::dlclose(handle);
+    std::lock_guard lock(mutex_);
+    auto it = versions_.find(file);
+    if (it == versions_.end()) return std::nullopt;  // mapped by someone else; nothing known
+    return it->second;
+  }
+  void record(const PluginFileStamp& stamp) {
+    std::lock_guard lock(mutex_);
+    versions_[stamp.canonical] = stamp;
+  }
+
+ private:
+  std::mutex mutex_;
+  std::map<fs::path, PluginFileStamp> versions_;  // by canonical path
+};
+
+MappedVersions& mapped_versions() {
+  static MappedVersions versions;
+  return versions;
+}
+
 // Loads one file and checks it all the way to a created monitor.  Returns the
 // plugin, or the reason it is refused.  Every call into the plugin happens
 // while `library` is alive, and every exception from it is turned into text
 // before the library can be unloaded.
 std::variant<LoadedPlugin, std::string> load_plugin(const Candidate& candidate) {
+  // Loaded by canonical path, so every name of one file maps to one entry.
+  const fs::path& path = candidate.stamp.canonical;
+  const auto earlier = mapped_versions().still_mapped(path);
+  if (earlier && *earlier != candidate.stamp)
+    return "the file was replaced, but its earlier version is still loaded in this process (a monitor "
+           "created from it is still in use); the new version loads on a rescan after that is released";
+
   auto library = std::make_shared<boost::dll::shared_library>();
   boost::dll::fs::error_code ec;
   ::dlerror();  // clear any stale message so the one read below is this load's
-  library->load(boost::dll::fs::path(candidate.file.native()), kLoadMode, ec);
+  library->load(boost::dll::fs::path(path.native()), kLoadMode, ec);
   if (ec || !library->is_loaded()) {
     const char* why = ::dlerror();
     return std::string("not a loadable shared library: ") + (why ? why : ec.message());
   }
+  if (!earlier) mapped_versions().record(candidate.stamp);
 
   if (!library->has(api::symbols::kAbiVersion))
     return fmt::format("not a modevisor plugin: no {} symbol", api::symbols::kAbiVersion);

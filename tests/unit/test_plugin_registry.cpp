@@ -282,6 +282,38 @@ TEST_F(PluginRegistryRescan, ReloadsAReplacedFile) {
   EXPECT_THAT(registry.problems(), IsEmpty());
 }
 
+TEST_F(PluginRegistryRescan, ReplacedFileWaitsWhileAMonitorOfTheOldVersionLives) {
+  PluginRegistry registry({dir_});
+  drop_in(kFixtures / "good" / "test-good.so", "plugin.so");
+  registry.rescan();
+  ASSERT_THAT(names_of(registry), ElementsAre("test-good"));
+  std::shared_ptr<api::Monitor> in_use = registry.plugins().front().monitor;
+
+  // The dynamic linker would hand back the old code for this path: the
+  // registry must say so rather than list the old plugin as the new file.
+  drop_in(kFixtures / "throws-probe" / "test-throws-probe.so", "plugin.so");
+  registry.rescan();
+  EXPECT_THAT(registry.plugins(), IsEmpty());
+  ASSERT_EQ(registry.problems().size(), 1u);
+  EXPECT_EQ(registry.problems().front().file, dir_ / "plugin.so");
+  EXPECT_THAT(registry.problems().front().reason, HasSubstr("earlier version is still loaded"));
+
+  in_use.reset();
+  registry.rescan();
+  EXPECT_THAT(names_of(registry), ElementsAre("test-throws-probe"));
+  EXPECT_THAT(registry.problems(), IsEmpty());
+}
+
+TEST_F(PluginRegistryRescan, TwoRegistriesShareOneUnchangedFile) {
+  drop_in(kFixtures / "good" / "test-good.so", "test-good.so");
+  PluginRegistry first({dir_}), second({dir_});
+  first.rescan();
+  second.rescan();
+  EXPECT_THAT(names_of(first), ElementsAre("test-good"));
+  EXPECT_THAT(names_of(second), ElementsAre("test-good"));
+  EXPECT_THAT(second.problems(), IsEmpty());
+}
+
 TEST_F(PluginRegistryRescan, ProblemsOfAScanReplaceThoseOfTheLast) {
   PluginRegistry registry({dir_});
   drop_in(kFixtures / "wrong-abi" / "test-wrong-abi.so", "broken.so");
