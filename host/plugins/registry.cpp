@@ -30,6 +30,9 @@ namespace {
 // RTLD_LOCAL: every plugin exports the same three entry points (and may carry
 // its own copies of third-party code); keeping each library's symbols out of
 // the global scope stops one plugin's definitions from binding into another's.
+// Not RTLD_DEEPBIND: it makes a plugin prefer its own copies of symbols C++
+// expects to be one per process (inline and template statics, a replaced
+// operator new), and it does not work under the sanitizers.
 constexpr auto kLoadMode = boost::dll::load_mode::rtld_now | boost::dll::load_mode::rtld_local;
 
 // [a-z0-9][a-z0-9._-]*: safe in file names, log lines and command lines.

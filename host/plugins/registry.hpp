@@ -28,15 +28,15 @@ struct PluginFileStamp {
 };
 
 struct LoadedPlugin {
+  // Declared first so it is destroyed last: everything below may hold objects
+  // made by the plugin's code.  The monitor's deleter holds the library too,
+  // so a monitor copied out of the registry keeps its code loaded for as long
+  // as it lives, and is always destroyed before the library is unloaded.
+  std::shared_ptr<boost::dll::shared_library> library;
   std::filesystem::path file;
   PluginFileStamp stamp;
   api::PluginDescriptor descriptor;
   std::string mode;  // "BT", "HV" or "HWMMU", from the descriptor's techniques
-  // The monitor is destroyed before the library that holds its code: the
-  // members are destroyed in reverse order, and the monitor's deleter itself
-  // holds the library, so a monitor copied out of the registry keeps its code
-  // loaded for as long as it lives.
-  std::shared_ptr<boost::dll::shared_library> library;
   std::shared_ptr<api::Monitor> monitor;
 };
 
