@@ -3,6 +3,7 @@
 // every broken one (with its file and the reason) while keeping the rest.
 #pragma once
 
+#include <cstdint>
 #include <filesystem>
 #include <memory>
 #include <string>
@@ -17,12 +18,25 @@ namespace boost::dll { class shared_library; }
 
 namespace modevisor::host {
 
+// What identifies one version of a plugin file: a rescan keeps a loaded plugin
+// only while all three are unchanged (a replaced file is loaded again).
+struct PluginFileStamp {
+  std::filesystem::path canonical;
+  std::filesystem::file_time_type modified{};
+  std::uintmax_t size = 0;
+  bool operator==(const PluginFileStamp&) const = default;
+};
+
 struct LoadedPlugin {
+  // Declared first so it is destroyed last: everything below may hold objects
+  // made by the plugin's code.  The monitor's deleter holds the library too,
+  // so a monitor copied out of the registry keeps its code loaded for as long
+  // as it lives, and is always destroyed before the library is unloaded.
+  std::shared_ptr<boost::dll::shared_library> library;
   std::filesystem::path file;
+  PluginFileStamp stamp;
   api::PluginDescriptor descriptor;
   std::string mode;  // "BT", "HV" or "HWMMU", from the descriptor's techniques
-  // The monitor is destroyed before the library that holds its code.
-  std::shared_ptr<boost::dll::shared_library> library;
   std::shared_ptr<api::Monitor> monitor;
 };
 
@@ -38,7 +52,9 @@ class PluginRegistry {
 
   // Scan the directories for *.so files: load the new ones, keep the ones
   // already loaded, drop the ones whose file is gone.  Problems of this scan
-  // replace those of the last.
+  // replace those of the last.  Plugins are listed directory by directory,
+  // files in name order.  When two files claim one name, a plugin loaded by an
+  // earlier scan wins, then the file that comes first.
   void rescan();
 
   const std::vector<LoadedPlugin>& plugins() const { return plugins_; }
