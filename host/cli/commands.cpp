@@ -71,10 +71,11 @@ void print_capabilities(const api::HostCapabilities& h) {
   fmt::print("cpu:                       {}\n", vendor_text(h));
   if (!h.model_name.empty()) fmt::print("model name:                {}\n", h.model_name);
   fmt::print("long mode (x86-64):        {}\n", yes_no(h.long_mode));
-  fmt::print("hardware virtualization:   {} ({})\n", yes_no(h.hardware_virtualization),
-             h.vendor == api::CpuVendor::Intel ? "VT-x" : h.vendor == api::CpuVendor::Amd ? "AMD-V" : "VT-x/AMD-V");
-  fmt::print("nested paging:             {} ({})\n", yes_no(h.nested_paging),
-             h.vendor == api::CpuVendor::Intel ? "EPT" : h.vendor == api::CpuVendor::Amd ? "RVI/NPT" : "EPT/NPT");
+  const bool intel = h.vendor == api::CpuVendor::Intel, amd = h.vendor == api::CpuVendor::Amd;
+  fmt::print("hardware virtualization:   {}\n",
+             h.hardware_virtualization ? fmt::format("yes ({})", intel ? "VT-x" : amd ? "AMD-V" : "VT-x/AMD-V") : "no");
+  fmt::print("nested paging:             {}\n",
+             h.nested_paging ? fmt::format("yes ({})", intel ? "EPT" : amd ? "RVI/NPT" : "EPT/NPT") : "no");
   fmt::print("APIC/TPR virtualization:   {}\n", yes_no(h.apic_virtualization));
   fmt::print("long-mode segment limits:  {}{}\n", yes_no(h.long_mode_segment_limits),
              h.long_mode_segment_limits ? " (BT64 possible)" : " (BT limited to 32-bit guests: BT32)");
@@ -198,7 +199,7 @@ int command_cpus(Context& context, bool json_output) {
     std::cout << out.dump(2) << "\n";
     return kExitOk;
   }
-  fmt::print("{:<24} {:<7} {:<6} {:<6} {:<6} {:<9}  {}\n", "profile", "vendor", "VT/SVM", "EPT/NPT", "APICv", "LM-limits",
+  fmt::print("{:<24} {:<7} {:<6} {:<7} {:<6} {:<9}  {}\n", "profile", "vendor", "VT/SVM", "EPT/NPT", "APICv", "LM-limits",
              "model");
   for (const auto& p : out) {
     const auto& c = p["capabilities"];
