@@ -26,6 +26,14 @@ int main(void)
   }
   CHECK(found);
   CHECK_EQ(cmdline_ulong("n", 7), 42);
+  /* QEMU fw_cfg: selector 0 (signature) reads "QEMU" from the data port */
+  char sig[5];
+  outw(0x510, 0x0000);
+  for (int i = 0; i < 4; i++)
+    sig[i] = (char)inb(0x511);
+  sig[4] = 0;
+  printf("fw_cfg signature: %s\n", sig);
+  CHECK(!strcmp(sig, "QEMU"));
   printf("hello from %s\n", "hello");
   rt_finish();
 }
