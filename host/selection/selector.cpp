@@ -128,7 +128,7 @@ std::string describe_rule(const PreferenceRule& rule) {
   if (rule.apic_virtualization)
     parts.push_back(*rule.apic_virtualization ? "CPU virtualizes the APIC/TPR" : "CPU does not virtualize the APIC/TPR");
   std::string text = parts.empty() ? "any guest" : fmt::format("{}", fmt::join(parts, ", "));
-  if (!rule.note.empty()) text += " (" + rule.note + ")";
+  if (!rule.note.empty()) text += ": " + rule.note;
   return text;
 }
 
@@ -170,8 +170,12 @@ Selection select_monitor_mode(const api::HostCapabilities& host, const std::vect
       if (problems.empty()) usable.push_back(&p);
       for (auto& problem : problems) plugin_problems.push_back(std::move(problem));
     }
-    if (!any_plugin) verdict.reasons.push_back(fmt::format("no installed plugin implements {}", mode));
-    else if (usable.empty()) verdict.reasons.insert(verdict.reasons.end(), plugin_problems.begin(), plugin_problems.end());
+    // The plugins' reasons matter only where the policy would allow the mode;
+    // otherwise they would restate the policy's.
+    if (!any_plugin)
+      verdict.reasons.push_back(fmt::format("no installed plugin implements {}", mode));
+    else if (usable.empty() && verdict.reasons.empty())
+      verdict.reasons = std::move(plugin_problems);
     verdict.plugin = best_plugin(usable);
     verdict.allowed = verdict.reasons.empty();
     if (verdict.allowed) s.allowed.push_back(mode);
