@@ -261,7 +261,6 @@ int command_run(Context& context, const std::string& vm_file, bool json_output, 
   } catch (const api::MonitorError& e) {
     context.log()->error("VM {}: {}", vm.name, e.what());
     vm_log->error("power on failed: {}", e.what());
-    if (!json_output) fmt::print(stderr, "modevisor: VM {} cannot run: {}\n", vm.name, e.what());
     return kExitMonitorFailed;
   } catch (const std::system_error& e) {
     context.log()->error("VM {}: {}", vm.name, e.what());

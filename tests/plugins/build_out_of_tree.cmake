@@ -2,8 +2,8 @@
 # project that finds plugin-api from the source tree, nothing installed.
 # Then drops the built .so into an empty directory and lets the registry list it.
 #
-# Inputs (-D): EXAMPLE_SOURCE_DIR PLUGIN_API_DIR WORK_DIR GENERATOR CXX_COMPILER CHECKER
-foreach(var EXAMPLE_SOURCE_DIR PLUGIN_API_DIR WORK_DIR GENERATOR CXX_COMPILER CHECKER)
+# Inputs (-D): EXAMPLE_SOURCE_DIR PLUGIN_API_DIR WORK_DIR GENERATOR CXX_COMPILER CHECKER MODEVISOR_CLI
+foreach(var EXAMPLE_SOURCE_DIR PLUGIN_API_DIR WORK_DIR GENERATOR CXX_COMPILER CHECKER MODEVISOR_CLI)
   if(NOT DEFINED ${var})
     message(FATAL_ERROR "build_out_of_tree.cmake: ${var} is not set")
   endif()
@@ -35,3 +35,17 @@ file(MAKE_DIRECTORY ${drop_dir})
 file(COPY ${built} DESTINATION ${drop_dir})
 
 run_step("listing the dropped-in plugin" ${CHECKER} ${drop_dir} example-bt BT)
+
+# And as an operator sees it: `modevisor plugins --plugin-dir DIR`.
+execute_process(COMMAND ${MODEVISOR_CLI} --plugin-dir ${drop_dir} --log-dir ${WORK_DIR}/logs plugins
+  RESULT_VARIABLE result OUTPUT_VARIABLE listing ERROR_VARIABLE errors)
+message("${listing}${errors}")
+if(NOT result EQUAL 0)
+  message(FATAL_ERROR "modevisor plugins failed (${result})")
+endif()
+if(NOT listing MATCHES "example-bt [0-9.]+  \\[BT\\]  ABI [0-9]+")
+  message(FATAL_ERROR "modevisor plugins does not list example-bt as a BT plugin")
+endif()
+if(listing MATCHES "skipped")
+  message(FATAL_ERROR "modevisor plugins reports a problem with the dropped-in plugin")
+endif()
