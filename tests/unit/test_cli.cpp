@@ -122,6 +122,16 @@ TEST_F(CliTest, PluginsOnADescribedKvmHostWithNestedPagingOffSaysWhyHwMmuCannotR
   EXPECT_THAT(r.out, HasSubstr("npt"));
 }
 
+TEST_F(CliTest, HostConfigMaskHidesNestedPagingLikeEvc) {
+  Result masked = run("--host-config configs/hosts/evc-masked.yaml explain configs/vms/linux-64.yaml --cpu intel-nehalem");
+  EXPECT_EQ(masked.status, 0) << masked.out;
+  EXPECT_THAT(masked.out, HasSubstr("not allowed            : HWMMU"));
+  EXPECT_THAT(masked.out, HasSubstr("masked by host configuration"));
+  EXPECT_THAT(masked.out, HasSubstr("selected               : HV (hv-swmmu"));
+  Result unmasked = run("explain configs/vms/linux-64.yaml --cpu intel-nehalem");
+  EXPECT_THAT(unmasked.out, HasSubstr("selected               : HWMMU (hv-hwmmu"));
+}
+
 TEST_F(CliTest, HostJsonDescribesTheDriver) {
   Result r = run("host --json");
   ASSERT_EQ(r.status, 0) << r.out;
