@@ -2,6 +2,7 @@
 // environment variables set for one test only.
 #pragma once
 
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -84,3 +85,12 @@ InputError expect_input_error(Load&& load) {
 }
 
 }  // namespace modevisor::host::testing
+
+// An InputError at this line and column whose message contains `text`.
+#define EXPECT_ERROR_AT(error, expected_line, expected_column, text)        \
+  do {                                                                      \
+    const ::modevisor::host::InputError& e_ = (error);                      \
+    EXPECT_EQ(e_.line(), expected_line) << e_.what();                       \
+    EXPECT_EQ(e_.column(), expected_column) << e_.what();                   \
+    EXPECT_THAT(e_.message(), ::testing::HasSubstr(text)) << e_.what();     \
+  } while (0)

@@ -20,14 +20,6 @@ using testing::TempDir;
 
 const std::filesystem::path kSourceDir = MODEVISOR_SOURCE_DIR;
 
-#define EXPECT_ERROR_AT(error, expected_line, expected_column, text) \
-  do {                                                              \
-    const InputError& e_ = (error);                                 \
-    EXPECT_EQ(e_.line(), expected_line) << e_.what();               \
-    EXPECT_EQ(e_.column(), expected_column) << e_.what();           \
-    EXPECT_THAT(e_.message(), HasSubstr(text)) << e_.what();        \
-  } while (0)
-
 class HostConfigTest : public ::testing::Test {
  protected:
   HostConfig load(const std::string& yaml) { return load_host_config(dir_.write("hosts/host.yaml", yaml)); }

@@ -20,14 +20,6 @@ const std::filesystem::path kFixtureDir = MODEVISOR_FIXTURE_DIR;
 
 constexpr std::uint64_t KiB = 1024, MiB = 1024 * KiB, GiB = 1024 * MiB;
 
-#define EXPECT_ERROR_AT(error, expected_line, expected_column, text) \
-  do {                                                              \
-    const InputError& e_ = (error);                                 \
-    EXPECT_EQ(e_.line(), expected_line) << e_.what();               \
-    EXPECT_EQ(e_.column(), expected_column) << e_.what();           \
-    EXPECT_THAT(e_.message(), HasSubstr(text)) << e_.what();        \
-  } while (0)
-
 class VmConfigTest : public ::testing::Test {
  protected:
   VmConfigTest() : guest_os_(GuestOsTable::load(kSourceDir / "configs/guest-os.yaml")) {
