@@ -143,8 +143,8 @@ static void test_ring3(void)
 }
 
 /* ---- #PF with paging ---- */
-static uint32_t pd[1024] __attribute__((aligned(4096)));
-static uint32_t pt0[1024] __attribute__((aligned(4096)));
+static volatile uint32_t pd[1024] __attribute__((aligned(4096)));
+static volatile uint32_t pt0[1024] __attribute__((aligned(4096)));
 static uint8_t frame[4096] __attribute__((aligned(4096)));
 #define TEST_VA 0x00300000u
 static volatile uint32_t pf_count, pf_cr2, pf_err;
