@@ -1,5 +1,6 @@
 /* exceptions: #DE #UD #BP #OF #GP faults/traps with resume, ring-3 #GP, #PF with
- * CR2/error code and demand paging, PIC+PIT timer, local APIC timer, TPR, self-IPI. */
+ * CR2/error code and demand paging, PIC+PIT timer, CMOS RTC via the slave PIC,
+ * local APIC timer/TPR/self-IPI, I/O APIC routing of the RTC. */
 #include "rt.h"
 
 static volatile uint32_t resume_eip;
@@ -143,8 +144,8 @@ static void test_ring3(void)
 }
 
 /* ---- #PF with paging ---- */
-static uint32_t pd[1024] __attribute__((aligned(4096)));
-static uint32_t pt0[1024] __attribute__((aligned(4096)));
+static volatile uint32_t pd[1024] __attribute__((aligned(4096)));
+static volatile uint32_t pt0[1024] __attribute__((aligned(4096)));
 static uint8_t frame[4096] __attribute__((aligned(4096)));
 #define TEST_VA 0x00300000u
 static volatile uint32_t pf_count, pf_cr2, pf_err;
@@ -237,6 +238,94 @@ static void test_pit(void)
   printf("PIC/PIT: >= 20 timer interrupts, ISR bit set before EOI and clear after\n");
 }
 
+/* ---- CMOS RTC periodic interrupt through the slave 8259 (IRQ8) ---- */
+static uint8_t cmos_read(uint8_t reg)
+{
+  outb(0x70, reg);
+  return inb(0x71);
+}
+static void cmos_write(uint8_t reg, uint8_t v)
+{
+  outb(0x70, reg);
+  outb(0x71, v);
+}
+static volatile uint32_t rtc_ticks, rtc_bad;
+static struct regs *rtc_irq(struct regs *r)
+{
+  if (!(cmos_read(0x0c) & 0x40)) /* reading C acknowledges; PF must be set */
+    rtc_bad++;
+  rtc_ticks++;
+  if (r->vec == 0x28)
+    pic_eoi(8);
+  else
+    lapic_eoi();
+  return r;
+}
+static void rtc_periodic(int on)
+{
+  cmos_write(0x0a, (uint8_t)((cmos_read(0x0a) & 0xf0) | 0x06)); /* 1024 Hz */
+  uint8_t b = cmos_read(0x0b);
+  cmos_write(0x0b, (uint8_t)(on ? (b | 0x40) : (b & ~0x40)));
+  (void)cmos_read(0x0c);
+}
+static void test_rtc(void)
+{
+  uint8_t b = cmos_read(0x0b), sec = cmos_read(0x00), min = cmos_read(0x02);
+  if (!(b & 0x04)) { /* BCD mode: digits must be valid BCD */
+    CHECK((sec & 0x0f) <= 9 && sec < 0x60);
+    CHECK((min & 0x0f) <= 9 && min < 0x60);
+  } else {
+    CHECK(sec < 60 && min < 60);
+  }
+  pic_init(0x20, 0x28);
+  isr_set(0x28, rtc_irq);
+  pic_unmask(8);
+  rtc_periodic(1);
+  while (rtc_ticks < 8)
+    sti_hlt();
+  cli();
+  rtc_periodic(0);
+  pic_mask_all();
+  CHECK(rtc_ticks >= 8);
+  CHECK_EQ(rtc_bad, 0);
+  printf("CMOS RTC: valid time digits, >= 8 periodic IRQ8s through the cascaded PIC\n");
+}
+
+/* ---- I/O APIC: RTC (GSI 8) routed to vector 0x48 ---- */
+#define IOAPIC_BASE 0xfec00000u
+static uint32_t ioapic_read(uint32_t idx)
+{
+  mmio_write32(IOAPIC_BASE, idx);
+  return mmio_read32(IOAPIC_BASE + 0x10);
+}
+static void ioapic_write(uint32_t idx, uint32_t v)
+{
+  mmio_write32(IOAPIC_BASE, idx);
+  mmio_write32(IOAPIC_BASE + 0x10, v);
+}
+static void test_ioapic(void)
+{
+  uint32_t ver = ioapic_read(0x01);
+  printf("I/O APIC: version 0x%02x, %u redirection entries\n", ver & 0xff, ((ver >> 16) & 0xff) + 1);
+  pic_mask_all();
+  rtc_ticks = 0;
+  rtc_bad = 0;
+  isr_set(0x48, rtc_irq);
+  uint32_t apic_id = lapic_read(LAPIC_ID) >> 24;
+  ioapic_write(0x10 + 2 * 8 + 1, apic_id << 24);
+  ioapic_write(0x10 + 2 * 8, 0x48); /* fixed, physical, edge, active high, unmasked */
+  CHECK_EQ(ioapic_read(0x10 + 2 * 8) & 0x1ffff, 0x48);
+  rtc_periodic(1);
+  while (rtc_ticks < 8)
+    sti_hlt();
+  cli();
+  rtc_periodic(0);
+  ioapic_write(0x10 + 2 * 8, 0x10000 | 0x48); /* mask */
+  CHECK(rtc_ticks >= 8);
+  CHECK_EQ(rtc_bad, 0);
+  printf("I/O APIC: >= 8 RTC interrupts via redirection entry 8 -> vector 0x48, LAPIC EOI\n");
+}
+
 /* ---- local APIC ---- */
 static volatile uint32_t apic_ticks, apic_isr_bad, ipi_count, spurious;
 static struct regs *apic_tick(struct regs *r)
@@ -305,6 +394,8 @@ int main(void)
   test_ring3();
   test_paging_faults();
   test_pit();
+  test_rtc();
   test_apic();
+  test_ioapic();
   rt_finish();
 }

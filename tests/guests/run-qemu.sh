@@ -2,7 +2,8 @@
 # QEMU oracle: run-qemu.sh GUEST.elf [cmdline]
 # Runs the guest under qemu-system-i386 (TCG), serial output on stdout,
 # exits with QEMU's exit status: (guest_code << 1) | 1 via isa-debug-exit,
-# 124 on timeout (GUEST_TIMEOUT seconds, default 60).
+# 124 on timeout (GUEST_TIMEOUT seconds, default 60).  Extra QEMU options
+# (e.g. "-cpu qemu32,+nx") can be given in QEMU_EXTRA_ARGS (word-split).
 #
 # QEMU passes "<kernel path> <-append string>" as the multiboot cmdline, so we
 # run from the ELF's directory with a bare file name: the guest then sees
@@ -20,4 +21,4 @@ base=$(basename "$elf")
 cd "$dir" || exit 2
 exec timeout "${GUEST_TIMEOUT:-60}" "$QEMU" -accel tcg -machine pc -m 128 -display none -no-reboot \
   -serial stdio -monitor none -device isa-debug-exit,iobase=0xf4,iosize=0x04 \
-  -kernel "$base" -append "$cmdline" </dev/null
+  ${QEMU_EXTRA_ARGS:-} -kernel "$base" -append "$cmdline" </dev/null
