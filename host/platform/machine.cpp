@@ -59,7 +59,8 @@ std::uint32_t Machine::io_in(unsigned, std::uint16_t port, unsigned size) {
   auto guard = lock();
   ++port_accesses_[port];
   poll_timers_locked();
-  if (PortRange* owner = port_owner(port)) return owner->device->port_read(port, size);
+  if (PortRange* owner = port_owner(port))
+    return static_cast<std::uint32_t>(owner->device->port_read(port, size) & all_ones(size));
   return static_cast<std::uint32_t>(all_ones(size));
 }
 
@@ -77,7 +78,7 @@ std::uint64_t Machine::mmio_read(unsigned vcpu, std::uint64_t gpa, unsigned size
   std::uint64_t offset = 0;
   if (MmioRange* owner = mmio_owner(gpa, offset)) {
     count_mmio(owner->device->name());
-    return owner->device->mmio_read(vcpu, offset, size);
+    return owner->device->mmio_read(vcpu, offset, size) & all_ones(size);
   }
   count_mmio("unclaimed");
   return all_ones(size);

@@ -17,7 +17,7 @@ unsigned priority_of(std::uint8_t mask, std::uint8_t priority_add) {
 }  // namespace
 
 Pic::Pic() {
-  // The PIIX forces IRQ0, 1, 2, 8 and 13 edge triggered.
+  // Every input starts edge triggered (ELCR 0); writes keep IRQ0-2, 8 and 13 edge.
   state_.chips[kMaster].elcr = 0;
   state_.chips[kSlave].elcr = 0;
 }
@@ -116,9 +116,6 @@ std::uint8_t Pic::poll_read(unsigned chip) {
   c.poll = false;
   const int irq = highest_request(chip);
   if (irq < 0) return 0;
-  if (chip == kMaster && irq == 2 && !c.single) {
-    // Polling the master for a cascaded request reports IRQ2.
-  }
   ack_chip(chip, static_cast<unsigned>(irq));
   update_cascade();
   return static_cast<std::uint8_t>(0x80 | irq);

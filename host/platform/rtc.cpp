@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "platform/device_state.hpp"
+
 namespace modevisor::host {
 
 namespace {
@@ -251,6 +253,20 @@ void Rtc::port_write(std::uint16_t port, unsigned, std::uint32_t value) {
     state_.index = value & 0x7f;  // bit 7: NMI mask, ignored
   else
     write_register(state_.index, static_cast<std::uint8_t>(value));
+}
+
+void to_json(nlohmann::json& j, const Rtc::State& s) {
+  j = {{"cmos", to_hex(s.cmos.data(), s.cmos.size())}, {"index", s.index}, {"base_seconds", s.base_seconds},
+       {"periodic_ticks", s.periodic_ticks}, {"seconds", s.seconds}, {"irq", s.irq}};
+}
+
+void from_json(const nlohmann::json& j, Rtc::State& s) {
+  from_hex(j.at("cmos").get<std::string>(), s.cmos.data(), s.cmos.size());
+  j.at("index").get_to(s.index);
+  j.at("base_seconds").get_to(s.base_seconds);
+  j.at("periodic_ticks").get_to(s.periodic_ticks);
+  j.at("seconds").get_to(s.seconds);
+  j.at("irq").get_to(s.irq);
 }
 
 }  // namespace modevisor::host

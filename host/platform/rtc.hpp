@@ -75,6 +75,8 @@ class Rtc final : public PortDevice, public TimerDevice {
   State state_;
 };
 
-NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(Rtc::State, cmos, index, base_seconds, periodic_ticks, seconds, irq)
+// cmos is a hex string in JSON.
+void to_json(nlohmann::json& j, const Rtc::State& s);
+void from_json(const nlohmann::json& j, Rtc::State& s);
 
 }  // namespace modevisor::host

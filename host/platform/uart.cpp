@@ -1,5 +1,7 @@
 #include "platform/uart.hpp"
 
+#include "platform/device_state.hpp"
+
 namespace modevisor::host {
 
 namespace {
@@ -170,6 +172,37 @@ void Uart::port_write(std::uint16_t port, unsigned, std::uint32_t value) {
       break;
   }
   update_irq();
+}
+
+namespace {
+std::string hex(const std::string& bytes) {
+  return to_hex(reinterpret_cast<const std::uint8_t*>(bytes.data()), bytes.size());
+}
+std::string unhex(const std::string& text) {
+  std::string out(text.size() / 2, '\0');
+  from_hex(text, reinterpret_cast<std::uint8_t*>(out.data()), out.size());
+  return out;
+}
+}  // namespace
+
+void to_json(nlohmann::json& j, const Uart::State& s) {
+  j = {{"divisor", s.divisor}, {"ier", s.ier}, {"lcr", s.lcr}, {"mcr", s.mcr}, {"lsr", s.lsr},
+       {"msr", s.msr}, {"scr", s.scr}, {"fcr", s.fcr}, {"thr_interrupt", s.thr_interrupt},
+       {"rx_fifo", hex(s.rx_fifo)}, {"input", hex(s.input)}};
+}
+
+void from_json(const nlohmann::json& j, Uart::State& s) {
+  j.at("divisor").get_to(s.divisor);
+  j.at("ier").get_to(s.ier);
+  j.at("lcr").get_to(s.lcr);
+  j.at("mcr").get_to(s.mcr);
+  j.at("lsr").get_to(s.lsr);
+  j.at("msr").get_to(s.msr);
+  j.at("scr").get_to(s.scr);
+  j.at("fcr").get_to(s.fcr);
+  j.at("thr_interrupt").get_to(s.thr_interrupt);
+  s.rx_fifo = unhex(j.at("rx_fifo").get<std::string>());
+  s.input = unhex(j.at("input").get<std::string>());
 }
 
 }  // namespace modevisor::host

@@ -67,7 +67,8 @@ class Uart final : public PortDevice {
   State state_;
 };
 
-NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(Uart::State, divisor, ier, lcr, mcr, lsr, msr, scr, fcr, thr_interrupt, rx_fifo,
-                                   input)
+// rx_fifo and input are hex strings in JSON (guest bytes need not be UTF-8).
+void to_json(nlohmann::json& j, const Uart::State& s);
+void from_json(const nlohmann::json& j, Uart::State& s);
 
 }  // namespace modevisor::host

@@ -36,6 +36,7 @@ void busy_pc(TestPc& t) {
   t.out8(0x3f9, 0x01);
   t.out8(0x3ff, 0x77);
   t.pc.push_console_input("the quick brown fox jumps over");
+  t.pc.push_console_input(std::string("\xff\x00\x80", 3));  // not UTF-8: JSON must still carry it
   // I/O APIC: level pin 10 with Remote IRR; local APIC timer armed, TPR set.
   t.apic_write(0xf0, 0x1ff);
   t.apic_write(0x80, 0x10);
