@@ -225,12 +225,16 @@ void Rtc::write_register(std::uint8_t index, std::uint8_t value) {
     }
     case kRegB: {
       const std::uint8_t old = c[kRegB];
-      if ((value & kSet) && !(old & kSet)) snapshot_time();
       if (value & kSet) value &= ~kUie;
-      c[kRegB] = value;
-      if (!(value & kSet) && (old & kSet)) {
-        commit_time();
+      if ((value & kSet) && !(old & kSet)) {
+        c[kRegB] = value;
+        snapshot_time();  // frozen in the format the guest will write them in
+      } else if (!(value & kSet) && (old & kSet)) {
+        commit_time();  // decoded in the format they were written in
+        c[kRegB] = value;
         state_.seconds = machine_.now_ns() / kNs;
+      } else {
+        c[kRegB] = value;
       }
       set_flags(0);  // enabling an interrupt whose flag is already set requests it
       break;

@@ -26,6 +26,18 @@ TEST(IoApicTest, IdVersionAndMaskedReset) {
   EXPECT_EQ(t.machine.mmio_read(0, 0xfec00000, 4), 0x3eu) << "IOREGSEL reads back";
 }
 
+TEST(IoApicTest, RedirectionReadOnlyBits) {
+  TestPc t;
+  enable_apic(t);
+  route(t, 3, 0x40, 0, true);
+  t.pc.ioapic().set_irq(3, true);
+  ASSERT_TRUE(t.ioapic_read(0x16) & (1u << 14));
+  t.ioapic_write(0x16, 0x41 | (1u << 15));  // rewrite: Remote IRR must survive
+  EXPECT_EQ(t.ioapic_read(0x16), 0x41u | (1u << 15) | (1u << 14));
+  t.ioapic_write(0x17, 0xffffffff);
+  EXPECT_EQ(t.ioapic_read(0x17), 0xff000000u) << "only the destination field";
+}
+
 TEST(IoApicTest, EdgeInterruptReachesTheLapic) {
   TestPc t;
   enable_apic(t);

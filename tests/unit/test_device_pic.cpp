@@ -167,6 +167,53 @@ TEST(PicTest, NoPicDeliveryWhenLint0Masked) {
   EXPECT_EQ(t.machine.mmio_read(0, 0xfee00030, 4), 0xffffffffu) << "disabled APIC window reads all ones";
 }
 
+TEST(PicTest, SpecialMaskModeAllowsLowerPriorities) {
+  TestPc t;
+  t.init_pics();
+  t.pc.pic().set_irq(3, true);
+  EXPECT_EQ(t.machine.acknowledge_interrupt(0), 0x23);
+  t.out8(0x21, 0x08);  // mask IRQ3 (in service)
+  t.out8(0x20, 0x68);  // OCW3: set special mask
+  t.pc.pic().set_irq(6, true);
+  ASSERT_TRUE(t.machine.interrupt_pending(0)) << "IRQ6 below the in-service IRQ3 gets through";
+  EXPECT_EQ(t.machine.acknowledge_interrupt(0), 0x26);
+  t.out8(0x20, 0x48);  // reset special mask
+  t.pc.pic().set_irq(7, true);
+  EXPECT_FALSE(t.machine.interrupt_pending(0));
+}
+
+TEST(PicTest, SpecialFullyNestedLetsTheSlaveNest) {
+  TestPc t;
+  t.out8(0x20, 0x11);
+  t.out8(0x21, 0x20);
+  t.out8(0x21, 0x04);
+  t.out8(0x21, 0x11);  // ICW4: SFNM, 8086
+  t.out8(0xa0, 0x11);
+  t.out8(0xa1, 0x28);
+  t.out8(0xa1, 0x02);
+  t.out8(0xa1, 0x01);
+  t.pc.pic().set_irq(12, true);
+  EXPECT_EQ(t.machine.acknowledge_interrupt(0), 0x2c);
+  t.pc.pic().set_irq(9, true);  // higher priority on the same slave
+  ASSERT_TRUE(t.machine.interrupt_pending(0)) << "SFNM: the cascade in service does not block the slave";
+  EXPECT_EQ(t.machine.acknowledge_interrupt(0), 0x29);
+}
+
+TEST(PicTest, InitialisationClearsImrAndIsr) {
+  TestPc t;
+  t.init_pics();
+  t.pc.pic().set_irq(1, true);
+  t.machine.acknowledge_interrupt(0);
+  t.out8(0x21, 0xaa);
+  t.init_pics(0x50, 0x58);
+  EXPECT_EQ(t.in8(0x21), 0x00);
+  t.out8(0x20, 0x0b);
+  EXPECT_EQ(t.in8(0x20), 0x00);
+  t.pc.pic().set_irq(1, false);
+  t.pc.pic().set_irq(1, true);
+  EXPECT_EQ(t.machine.acknowledge_interrupt(0), 0x51) << "new vector base";
+}
+
 TEST(PicTest, OnlyVcpu0SeesThePic) {
   TestPc t(2);
   t.init_pics();

@@ -186,6 +186,18 @@ TEST(RtcTest, SetBitFreezesAndSetsTheTime) {
   EXPECT_EQ(cmos(t, 0x07), 0x14) << "date untouched";
 }
 
+TEST(RtcTest, TwelveHourWrites) {
+  TestPc t;
+  cmos_write(t, 0x0b, 0x84);  // SET, binary, 12 hour
+  cmos_write(t, 0x04, 0x80 | 12);  // 12 PM = noon
+  cmos_write(t, 0x0b, 0x06);  // run, binary, 24 hour
+  EXPECT_EQ(cmos(t, 0x04), 12);
+  cmos_write(t, 0x0b, 0x84);
+  cmos_write(t, 0x04, 12);  // 12 AM = midnight
+  cmos_write(t, 0x0b, 0x06);
+  EXPECT_EQ(cmos(t, 0x04), 0);
+}
+
 TEST(RtcTest, RegistersAtoD) {
   TestPc t;
   EXPECT_EQ(cmos(t, 0x0a), 0x26);
