@@ -1,5 +1,7 @@
 #include "platform/pit.hpp"
 
+#include <algorithm>
+
 namespace modevisor::host {
 
 namespace {
@@ -25,8 +27,12 @@ std::uint64_t Pit::ticks(const Channel& c, std::uint64_t now) const {
 }
 
 std::uint64_t Pit::tick_time(const Channel& c, std::uint64_t tick) const {
-  if (tick == UINT64_MAX || tick < c.ticks_before) return tick == UINT64_MAX ? UINT64_MAX : c.load_ns;
-  const u128 ns = (u128(tick - c.ticks_before) * 1000000000u + kHz - 1) / kHz;
+  if (tick == UINT64_MAX) return UINT64_MAX;
+  // Ticks after load_ns; modular, since settle() rebases a segment by
+  // subtracting from ticks_before rather than moving load_ns (no rounding drift).
+  const std::uint64_t elapsed = tick - c.ticks_before;
+  if (elapsed > (1ull << 62)) return c.load_ns;  // before the load point
+  const u128 ns = (u128(elapsed) * 1000000000u + kHz - 1) / kHz;
   return c.load_ns + static_cast<std::uint64_t>(ns);
 }
 
@@ -73,18 +79,34 @@ bool Pit::output_at(const Channel& c, std::uint64_t now) const {
 std::uint16_t Pit::count(unsigned channel) const { return count_at(state_.channels[channel], machine_.now_ns()); }
 bool Pit::output(unsigned channel) const { return output_at(state_.channels[channel], machine_.now_ns()); }
 
+void Pit::settle(unsigned channel, std::uint64_t now) {
+  Channel& c = state_.channels[channel];
+  if (!c.reload_pending || ticks(c, now) < c.reload_tick) return;
+  c.ticks_before -= c.reload_tick;  // the new period starts at tick reload_tick (modular)
+  c.reload = c.pending_reload;
+  c.reload_pending = false;
+  c.irq_tick = period(c.reload);
+}
+
 std::uint64_t Pit::poll_timers(std::uint64_t now) {
+  for (unsigned i = 1; i < 3; ++i) settle(i, now);
   Channel& c = state_.channels[0];
-  if (!c.counting || c.irq_tick == UINT64_MAX) return UINT64_MAX;
-  const std::uint64_t t = ticks(c, now);
-  if (t >= c.irq_tick) {
-    irq0_.pulse();
-    if (c.mode == 2 || c.mode == 3) {
-      const std::uint64_t n = period(c.reload);
-      c.irq_tick = (t / n + 1) * n;
-    } else {
-      c.irq_tick = UINT64_MAX;
+  // The edge that ends the old period comes before a pending reload applies.
+  for (int round = 0; round < 2; ++round) {
+    if (!c.counting || c.irq_tick == UINT64_MAX) return UINT64_MAX;
+    const std::uint64_t t = ticks(c, now);
+    if (t >= c.irq_tick) {
+      irq0_.pulse();
+      if (c.mode == 2 || c.mode == 3) {
+        const std::uint64_t n = period(c.reload);
+        c.irq_tick = (t / n + 1) * n;
+        if (c.reload_pending) c.irq_tick = std::min(c.irq_tick, c.reload_tick);
+      } else {
+        c.irq_tick = UINT64_MAX;
+      }
     }
+    if (!c.reload_pending || t < c.reload_tick) break;
+    settle(0, now);
   }
   const bool paused = !c.gate && (c.mode == 0 || c.mode == 4 || c.mode == 2 || c.mode == 3);
   return paused ? UINT64_MAX : tick_time(c, c.irq_tick);
@@ -92,6 +114,15 @@ std::uint64_t Pit::poll_timers(std::uint64_t now) {
 
 void Pit::load_count(unsigned channel, std::uint16_t value) {
   Channel& c = state_.channels[channel];
+  if (c.counting && c.gate && (c.mode == 2 || c.mode == 3)) {
+    const std::uint64_t n = period(c.reload);
+    const std::uint64_t t = ticks(c, machine_.now_ns());
+    if (!c.reload_pending) c.reload_tick = (t / n + 1) * n;
+    c.pending_reload = value;
+    c.reload_pending = true;
+    return;
+  }
+  c.reload_pending = false;
   c.reload = value;
   c.counting = true;
   c.null_count = false;
@@ -115,6 +146,10 @@ void Pit::set_gate(unsigned channel, bool gate) {
   // A rising gate restarts the count in modes 1, 2, 3 and 5; modes 0 and 4 resume.
   if (c.mode == 1 || c.mode == 2 || c.mode == 3 || c.mode == 5) {
     c.ticks_before = 0;
+    if (c.reload_pending) {
+      c.reload = c.pending_reload;
+      c.reload_pending = false;
+    }
     if (c.counting) c.irq_tick = (c.mode == 5) ? period(c.reload) + 1 : period(c.reload);
   }
 }
@@ -204,6 +239,7 @@ void Pit::port_write(std::uint16_t port, unsigned, std::uint32_t value) {
     c.count_latched = false;
     c.status_latched = false;
     c.irq_tick = UINT64_MAX;
+    c.reload_pending = false;
     return;
   }
   const unsigned channel = port - 0x40;

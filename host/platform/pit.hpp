@@ -6,7 +6,8 @@
 // channel-0 interrupt falls due at its output's rising edge and is delivered
 // the next time the platform is called (periods nobody observed are
 // coalesced into one interrupt: lost ticks, as with a descheduled vCPU).
-// Modes 0-5 with 16-bit binary counts; lobyte, hibyte and lobyte/hibyte
+// A count written in mode 2 or 3 while counting takes effect at the end of
+// the current period, as on the 8254.  Modes 0-5 with 16-bit binary counts; lobyte, hibyte and lobyte/hibyte
 // access; counter latch and read-back (count and status); gate on channel 2.
 // Not modelled: BCD counting (the BCD bit is stored and reported but the
 // count is binary), mode 1/5 waiting for a gate trigger on channels 0/1.
@@ -35,7 +36,7 @@ class Pit final : public PortDevice, public TimerDevice {
     bool counting = false;     // a count was loaded since the mode was set
     bool null_count = true;
     std::uint64_t load_ns = 0;       // guest time counting (re)started
-    std::uint64_t ticks_before = 0;  // ticks counted before load_ns (gate pauses)
+    std::uint64_t ticks_before = 0;  // count position at load_ns (gate pauses; modular after a deferred reload)
     bool write_high_next = false;
     std::uint8_t write_low = 0;
     bool read_high_next = false;
@@ -45,6 +46,11 @@ class Pit final : public PortDevice, public TimerDevice {
     bool status_latched = false;
     std::uint8_t status = 0;
     std::uint64_t irq_tick = UINT64_MAX;  // tick of the next output rising edge to deliver (channel 0)
+    // Modes 2 and 3: a count written while counting takes effect at the end
+    // of the current period (tick reload_tick).
+    bool reload_pending = false;
+    std::uint16_t pending_reload = 0;
+    std::uint64_t reload_tick = 0;
   };
   struct State {
     std::array<Channel, 3> channels{};
@@ -71,6 +77,7 @@ class Pit final : public PortDevice, public TimerDevice {
   std::uint16_t count_at(const Channel& c, std::uint64_t now) const;
   bool output_at(const Channel& c, std::uint64_t now) const;
   void load_count(unsigned channel, std::uint16_t value);
+  void settle(unsigned channel, std::uint64_t now);  // apply a pending reload that fell due
   void set_gate(unsigned channel, bool gate);
   void latch_count(Channel& c);
 
@@ -81,7 +88,8 @@ class Pit final : public PortDevice, public TimerDevice {
 
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(Pit::Channel, reload, mode, access, bcd, gate, counting, null_count, load_ns,
                                    ticks_before, write_high_next, write_low, read_high_next, count_latched,
-                                   latched_count, latched_high_next, status_latched, status, irq_tick)
+                                   latched_count, latched_high_next, status_latched, status, irq_tick,
+                                   reload_pending, pending_reload, reload_tick)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(Pit::State, channels, port61)
 
 }  // namespace modevisor::host

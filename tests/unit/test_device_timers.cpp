@@ -45,6 +45,25 @@ TEST(PitTest, Mode2RateGeneratorPeriodsOnIrq0) {
   EXPECT_EQ(t.machine.next_timer_deadline_ns(), tick_ns(1193ull * 6));
 }
 
+TEST(PitTest, NewCountInMode2TakesEffectAtThePeriodEnd) {
+  TestPc t;
+  t.init_pics();
+  pit_program(t, 0, 2, 1000);
+  t.clock->set(tick_ns(300));
+  t.out8(0x40, 500 & 0xff);  // new count without a mode command
+  t.out8(0x40, 500 >> 8);
+  EXPECT_EQ(pit_latch_read(t, 0), 700) << "the old period continues";
+  t.clock->set(tick_ns(1000));
+  ASSERT_TRUE(t.machine.interrupt_pending(0)) << "the old period's end";
+  t.machine.acknowledge_interrupt(0);
+  t.out8(0x20, 0x20);
+  t.clock->set(tick_ns(1100));
+  EXPECT_EQ(pit_latch_read(t, 0), 400) << "now counting the new period";
+  EXPECT_EQ(t.machine.next_timer_deadline_ns(), tick_ns(1500));
+  t.clock->set(tick_ns(1500));
+  EXPECT_TRUE(t.machine.interrupt_pending(0));
+}
+
 TEST(PitTest, MissedPeriodsAreCoalesced) {
   TestPc t;
   t.init_pics();
