@@ -11,7 +11,7 @@ std::uint32_t IoApic::read_register(std::uint8_t index) const {
     case 0:
       return std::uint32_t{state_.id} << 24;
     case 1:
-      return ((kPins - 1) << 16) | 0x11;
+      return ((kPins - 1) << 16) | 0x20;
     case 2:
       return std::uint32_t{state_.id} << 24;
     default:
@@ -102,6 +102,8 @@ void IoApic::mmio_write(unsigned, std::uint64_t offset, unsigned, std::uint64_t 
     state_.select = static_cast<std::uint8_t>(value);
   else if ((offset & ~3ull) == 0x10)
     write_register(state_.select, static_cast<std::uint32_t>(value));
+  else if ((offset & ~3ull) == 0x40)
+    end_of_interrupt(static_cast<std::uint8_t>(value));
 }
 
 }  // namespace modevisor::host

@@ -1,6 +1,8 @@
-// The I/O APIC (82093AA-style, version 0x11, 24 pins) at 0xfec00000:
-// IOREGSEL at +0x00, IOWIN at +0x10; registers ID (0), version (1),
-// arbitration (2) and the redirection table (0x10 + 2n low, +1 high).
+// The I/O APIC (version 0x20, 24 pins, as QEMU's pc machine) at 0xfec00000:
+// IOREGSEL at +0x00, IOWIN at +0x10, the EOI register at +0x40 (version
+// 0x20: writing a vector clears Remote IRR of the level-triggered entries
+// with that vector); registers ID (0), version (1), arbitration (2) and the
+// redirection table (0x10 + 2n low, +1 high).
 //
 // Edge-triggered pins latch a rising edge and deliver it once (a masked edge
 // stays latched until unmasked, as QEMU does); level-triggered pins deliver

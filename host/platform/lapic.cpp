@@ -127,7 +127,7 @@ void Lapic::eoi() {
   const int v = highest(kIsr);
   if (v < 0) return;
   set_bit(kIsr, static_cast<unsigned>(v), false);
-  if (bit(kTmr, static_cast<unsigned>(v)) && !(reg(kSvr) & (1u << 12)))
+  if (bit(kTmr, static_cast<unsigned>(v)))
     bus_.broadcast_eoi(static_cast<std::uint8_t>(v));
   machine_.interrupt_raised(vcpu_);  // a lower-priority request may now be deliverable
 }
@@ -204,7 +204,7 @@ void Lapic::write(std::uint32_t offset, std::uint32_t value) {
       set_reg(kDfr, value | 0x0fffffff);
       break;
     case kSvr:
-      set_reg(kSvr, value & 0x13ff);
+      set_reg(kSvr, value & 0x3ff);  // no EOI-broadcast suppression (version bit 24 clear)
       if (!(value & 0x100))
         for (std::uint32_t r : {kLvtCmci, kLvtTimer, kLvtThermal, kLvtPerf, kLvtLint0, kLvtLint1, kLvtError})
           set_reg(r, reg(r) | kMasked);

@@ -1,8 +1,8 @@
 // The local APIC (xAPIC mode) of one vCPU, at 0xfee00000 (the window is per
 // vCPU: LapicWindow routes an access to the accessing vCPU's APIC).
 //
-// Modelled: ID, version (0x14, 6 LVT entries), TPR/PPR, EOI (with the I/O
-// APIC EOI broadcast for level-triggered vectors unless suppressed), LDR/DFR
+// Modelled: ID, version (0x14, 6 LVT entries, as QEMU), TPR/PPR, EOI (with
+// the I/O APIC EOI broadcast for level-triggered vectors), LDR/DFR
 // (flat and cluster logical destinations), SVR software enable (disabling
 // masks every LVT), ISR/TMR/IRR, ESR (illegal vector send/receive), ICR
 // (fixed and lowest-priority IPIs: no shorthand, self, all, all-but-self),

@@ -116,15 +116,15 @@ MultibootBoot load_multiboot(api::GuestMemory& ram, const MultibootRequest& requ
   const std::vector<std::uint8_t> kernel = read_file(request.kernel);
   std::vector<MultibootModuleImage> modules;
   for (const auto& m : request.modules) modules.push_back({m.file.string(), m.args, read_file(m.file)});
-  return load_multiboot(ram, request.kernel, kernel, request.args, modules);
+  return load_multiboot(ram, request.kernel, kernel, request.args, modules, request.memory_map);
 }
 
 MultibootBoot load_multiboot(api::GuestMemory& ram, const std::filesystem::path& kernel_name,
                              std::span<const std::uint8_t> image, const std::string& args,
-                             const std::vector<MultibootModuleImage>& modules) {
+                             const std::vector<MultibootModuleImage>& modules, MultibootMemoryMap memory_map) {
   Loader loader(ram, kernel_name);
   MultibootBoot boot;
-  if (ram.size() <= 0x100000) loader.fail("guest RAM must be larger than 1 MiB for a multiboot kernel");
+  if (ram.size() <= 0x200000) loader.fail("guest RAM must be larger than 2 MiB for a multiboot kernel");
 
   // 1. The header: 32-bit aligned, within the first 8192 bytes.
   std::optional<std::size_t> header;
@@ -262,31 +262,41 @@ MultibootBoot load_multiboot(api::GuestMemory& ram, const std::filesystem::path&
     return at;
   };
 
+  struct Region {
+    std::uint64_t base, length;
+    std::uint32_t type;
+  };
+  const bool qemu = memory_map == MultibootMemoryMap::Qemu;
+  const std::uint64_t ram_below_4g = std::min<std::uint64_t>(ram.size(), 0x100000000ull);
+  // SeaBIOS keeps its tables in the top 128 KiB of RAM and reports them reserved.
+  const std::uint64_t usable_end = qemu ? ram_below_4g - 0x20000 : ram_below_4g;
+  std::vector<Region> regions = {{0, 0x9fc00, 1},
+                                 {0x9fc00, 0x400, 2},
+                                 {0xf0000, 0x10000, 2},
+                                 {0x100000, usable_end - 0x100000, 1}};
+  if (qemu) {
+    regions.push_back({usable_end, ram_below_4g - usable_end, 2});
+    regions.push_back({0xfffc0000, 0x40000, 2});
+  }
+
   const std::uint32_t info = alloc(128, 8);  // 116 bytes used by the v1 structure
-  const std::uint32_t mmap = alloc(4 * 24, 8);
+  const std::uint32_t mmap_length = static_cast<std::uint32_t>(regions.size() * 24);
+  const std::uint32_t mmap = alloc(mmap_length, 8);
   const std::uint32_t mods = alloc(modules.size() * 16, 8);
   boot.cmdline = fmt::format("{} {}", kernel_name.string(), args);
   const std::uint32_t cmdline = put_string(boot.cmdline);
   const std::uint32_t loader_name = put_string("modevisor");
 
-  const std::uint64_t ram_below_4g = std::min<std::uint64_t>(ram.size(), 0x100000000ull);
   put32(info + 0, 0x1 | 0x4 | 0x8 | 0x40 | 0x200);  // mem, cmdline, mods, mmap, boot_loader_name
-  put32(info + 4, 640);
-  put32(info + 8, static_cast<std::uint32_t>((ram_below_4g - 0x100000) / 1024));
+  put32(info + 4, qemu ? 639 : 640);
+  put32(info + 8, static_cast<std::uint32_t>((usable_end - 0x100000) / 1024));
   put32(info + 16, cmdline);
   put32(info + 20, static_cast<std::uint32_t>(modules.size()));
   put32(info + 24, mods);
-  put32(info + 44, 4 * 24);
+  put32(info + 44, mmap_length);
   put32(info + 48, mmap);
   put32(info + 64, loader_name);
 
-  const struct {
-    std::uint64_t base, length;
-    std::uint32_t type;
-  } regions[] = {{0, 0x9fc00, 1},
-                 {0x9fc00, 0x400, 2},
-                 {0xf0000, 0x10000, 2},
-                 {0x100000, ram.size() - 0x100000, 1}};
   std::uint32_t entry_at = mmap;
   for (const auto& r : regions) {
     put32(entry_at, 20);  // size of the rest of the entry

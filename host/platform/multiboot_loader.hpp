@@ -12,7 +12,8 @@
 //
 // The multiboot information goes in a fixed low-memory area [kInfoBase,
 // kInfoEnd) that loaded segments must not overlap: the info structure (flags
-// mem, cmdline, mods, mmap, boot_loader_name; no boot_device), then the
+// mem, cmdline, mods, mmap, boot_loader_name; no boot_device; memory as
+// QEMU reports it unless MultibootMemoryMap::Plain is asked for), then the
 // memory map, the module list and the strings.  The kernel command line is
 // "<kernel file name> <args>" as QEMU builds it ("%s %s": a trailing space
 // when there are no args).  Modules are loaded page-aligned after the
@@ -36,10 +37,22 @@ struct MultibootModule {
   std::string args;
 };
 
+// How memory is reported in the multiboot information.
+//   Qemu:  exactly what QEMU 7.2 (-machine pc, SeaBIOS) reports, so guest
+//          transcripts match the QEMU oracle: mem_lower 639 KiB, mem_upper up
+//          to the 128 KiB SeaBIOS reserves at the top of RAM, and the map
+//          usable 0-0x9fc00, reserved 0x9fc00-0xa0000, reserved 0xf0000-
+//          0x100000, usable 1 MiB-(RAM end - 128 KiB), reserved (RAM end -
+//          128 KiB)-RAM end, reserved 0xfffc0000-4 GiB (the BIOS ROM).
+//   Plain: mem_lower 640, mem_upper = RAM end - 1 MiB, the map without the
+//          top-of-RAM and ROM entries.
+enum class MultibootMemoryMap { Qemu, Plain };
+
 struct MultibootRequest {
   std::filesystem::path kernel;
   std::string args;  // -append
   std::vector<MultibootModule> modules;
+  MultibootMemoryMap memory_map = MultibootMemoryMap::Qemu;
 };
 
 // A module already in memory (for callers and tests that have the bytes).
@@ -69,7 +82,8 @@ inline constexpr std::uint32_t kMultibootInfoEnd = 0x10000;
 MultibootBoot load_multiboot(api::GuestMemory& ram, const MultibootRequest& request);
 MultibootBoot load_multiboot(api::GuestMemory& ram, const std::filesystem::path& kernel_name,
                              std::span<const std::uint8_t> kernel, const std::string& args,
-                             const std::vector<MultibootModuleImage>& modules);
+                             const std::vector<MultibootModuleImage>& modules,
+                             MultibootMemoryMap memory_map = MultibootMemoryMap::Qemu);
 
 // The multiboot entry state: EAX magic, EBX info, flat 32-bit segments,
 // CR0.PE|ET, paging off, EFLAGS 0x2, TR a busy 32-bit TSS, LDTR unusable.

@@ -19,7 +19,7 @@ void route(TestPc& t, unsigned pin, std::uint8_t vector, std::uint8_t dest, bool
 
 TEST(IoApicTest, IdVersionAndMaskedReset) {
   TestPc t;
-  EXPECT_EQ(t.ioapic_read(1), 0x00170011u) << "24 pins, version 0x11";
+  EXPECT_EQ(t.ioapic_read(1), 0x00170020u) << "24 pins, version 0x20 (QEMU's)";
   t.ioapic_write(0, 0x0a000000);
   EXPECT_EQ(t.ioapic_read(0), 0x0a000000u);
   for (unsigned pin = 0; pin < 24; ++pin) EXPECT_EQ(t.ioapic_read(0x10 + 2 * pin) & (1u << 16), 1u << 16) << pin;
@@ -100,6 +100,18 @@ TEST(IoApicTest, LevelTriggeredRemoteIrrAndEoi) {
   t.apic_write(0xb0, 0);
   EXPECT_FALSE(t.ioapic_read(0x10 + 20) & (1u << 14));
   EXPECT_FALSE(t.machine.interrupt_pending(0));
+}
+
+TEST(IoApicTest, DirectedEoiRegister) {
+  TestPc t;
+  enable_apic(t);
+  route(t, 11, 0x58, 0, true);
+  t.pc.ioapic().set_irq(11, true);
+  EXPECT_EQ(t.machine.acknowledge_interrupt(0), 0x58);
+  EXPECT_TRUE(t.ioapic_read(0x10 + 22) & (1u << 14));
+  t.pc.ioapic().set_irq(11, false);
+  t.machine.mmio_write(0, 0xfec00040, 4, 0x58);
+  EXPECT_FALSE(t.ioapic_read(0x10 + 22) & (1u << 14)) << "the I/O APIC's own EOI register";
 }
 
 TEST(IoApicTest, PhysicalAndLogicalDestinations) {

@@ -117,8 +117,8 @@ TEST(MultibootTest, InfoStructureByteByByte) {
   const std::uint32_t mbi = boot.info_address;
   EXPECT_EQ(mbi, kMultibootInfoBase);
   EXPECT_EQ(r.u32(mbi + 0), 0x1u | 0x4 | 0x8 | 0x40 | 0x200) << "mem, cmdline, mods, mmap, loader name";
-  EXPECT_EQ(r.u32(mbi + 4), 640u) << "mem_lower";
-  EXPECT_EQ(r.u32(mbi + 8), (64u << 10) - 1024) << "mem_upper in KiB above 1 MiB";
+  EXPECT_EQ(r.u32(mbi + 4), 639u) << "mem_lower as QEMU reports it";
+  EXPECT_EQ(r.u32(mbi + 8), (64u << 10) - 1024 - 128) << "mem_upper: KiB above 1 MiB, below SeaBIOS' 128 KiB";
   EXPECT_EQ(r.u32(mbi + 12), 0u) << "boot_device absent";
   EXPECT_EQ(r.str(r.u32(mbi + 16)), "/boot/kernel.elf console=ttyS0 quiet");
   ASSERT_EQ(r.u32(mbi + 20), 2u);
@@ -133,13 +133,15 @@ TEST(MultibootTest, InfoStructureByteByByte) {
   EXPECT_EQ(r.ram.host_base()[0x102000], 0xab);
   EXPECT_EQ(r.ram.host_base()[0x104009], 0xcd);
   for (unsigned off = 28; off < 44; off += 4) EXPECT_EQ(r.u32(mbi + off), 0u) << "syms at " << off;
-  ASSERT_EQ(r.u32(mbi + 44), 96u) << "mmap_length";
+  ASSERT_EQ(r.u32(mbi + 44), 6u * 24) << "mmap_length";
   const std::uint32_t mmap = r.u32(mbi + 48);
+  // What qemu-system-i386 7.2 -m 64 reports (checked with tests/fixtures/platform/mbkernel.c).
   const struct {
     std::uint64_t base, length;
     std::uint32_t type;
-  } expected[] = {{0, 0x9fc00, 1}, {0x9fc00, 0x400, 2}, {0xf0000, 0x10000, 2}, {0x100000, (64ull << 20) - 0x100000, 1}};
-  for (unsigned i = 0; i < 4; ++i) {
+  } expected[] = {{0, 0x9fc00, 1},           {0x9fc00, 0x400, 2},     {0xf0000, 0x10000, 2},
+                  {0x100000, 0x3ee0000, 1},  {0x3fe0000, 0x20000, 2}, {0xfffc0000, 0x40000, 2}};
+  for (unsigned i = 0; i < 6; ++i) {
     const std::uint32_t e = mmap + 24 * i;
     EXPECT_EQ(r.u32(e), 20u) << i;
     EXPECT_EQ(r.u64(e + 4), expected[i].base) << i;
@@ -152,6 +154,32 @@ TEST(MultibootTest, InfoStructureByteByByte) {
   EXPECT_GE(r.u32(mods), kMultibootInfoEnd);
   EXPECT_GE(mmap, kMultibootInfoBase);
   EXPECT_LT(mmap, kMultibootInfoEnd);
+}
+
+TEST(MultibootTest, QemuMemoryValuesFor128MiB) {
+  // tests/guests/expected/hello.out (QEMU -m 128): mem_lower 639, mem_upper 129920.
+  GuestRam ram(128ull << 20);
+  const MultibootBoot boot =
+      load_multiboot(ram, "hello.elf", make_elf(0x100000, {{0x100000, 0x100000, code_bytes(64), 64}}), "", {});
+  std::uint32_t lower, upper;
+  std::memcpy(&lower, ram.host_base() + boot.info_address + 4, 4);
+  std::memcpy(&upper, ram.host_base() + boot.info_address + 8, 4);
+  EXPECT_EQ(lower, 639u);
+  EXPECT_EQ(upper, 129920u);
+}
+
+TEST(MultibootTest, PlainMemoryMap) {
+  Ram r;
+  const MultibootBoot boot = load_multiboot(r.ram, "k", make_elf(0x100000, {{0x100000, 0x100000, code_bytes(64), 64}}),
+                                            "", {}, MultibootMemoryMap::Plain);
+  const std::uint32_t mbi = boot.info_address;
+  EXPECT_EQ(r.u32(mbi + 4), 640u);
+  EXPECT_EQ(r.u32(mbi + 8), (64u << 10) - 1024);
+  ASSERT_EQ(r.u32(mbi + 44), 4u * 24);
+  const std::uint32_t last = r.u32(mbi + 48) + 3 * 24;
+  EXPECT_EQ(r.u64(last + 4), 0x100000u);
+  EXPECT_EQ(r.u64(last + 12), (64ull << 20) - 0x100000);
+  EXPECT_EQ(r.u32(last + 20), 1u);
 }
 
 TEST(MultibootTest, CmdlineWithoutArgsKeepsQemusTrailingSpace) {
