@@ -28,7 +28,7 @@ std::uint32_t FwCfg::port_read(std::uint16_t port, unsigned size) {
     std::uint8_t byte = 0;
     if (it != items_.end() && state_.offset < it->second.size()) byte = it->second[state_.offset];
     ++state_.offset;
-    v |= std::uint32_t{byte} << (8 * i);
+    v = (v << 8) | byte;  // wider reads return the bytes in string order (big-endian), as QEMU
   }
   return v;
 }

@@ -1,9 +1,10 @@
 // QEMU's fw_cfg device, traditional (non-DMA) interface: selector at 0x510
 // (16-bit write), data at 0x511 (byte reads walk the selected item; past its
-// end they read 0).  Items: signature "QEMU" (0x0000), ID 1 = traditional
-// interface only (0x0001), UUID (0x0002, zero), RAM size le64 (0x0003),
-// nb_cpus le16 (0x0005), max_cpus le16 (0x000f), file directory (0x0019,
-// empty: be32 count 0).  Unknown keys read as 0.  Writes to data are ignored.
+// end they read 0; a wider read returns the next bytes big-endian, as QEMU).
+// Items: signature "QEMU" (0x0000), ID 1 = traditional interface only
+// (0x0001), UUID (0x0002, zero), RAM size le64 (0x0003), nb_cpus le16
+// (0x0005), max_cpus le16 (0x000f), file directory (0x0019, empty: be32
+// count 0).  Unknown keys read as 0.  Writes to data are ignored.
 #pragma once
 
 #include <cstdint>

@@ -154,6 +154,13 @@ TEST(FwCfgTest, SignatureIdCpusRam) {
   EXPECT_EQ(fw_read(t, 0x0005, 4), (std::vector<std::uint8_t>{3, 0, 0, 0})) << "past the end reads 0";
 }
 
+TEST(FwCfgTest, WideDataReadsAreInStringOrder) {
+  TestPc t;
+  t.machine.io_out(0, 0x510, 2, 0);
+  EXPECT_EQ(t.machine.io_in(0, 0x511, 2), 0x5145u) << "'Q' 'E' as a big-endian value";
+  EXPECT_EQ(t.in8(0x511), 'M');
+}
+
 TEST(FwCfgTest, SelectorResetsTheOffset) {
   TestPc t;
   t.machine.io_out(0, 0x510, 2, 0);
