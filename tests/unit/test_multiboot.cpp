@@ -3,8 +3,12 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <sys/wait.h>
+
+#include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -322,6 +326,51 @@ TEST(MultibootTest, LoadsTheGccBuiltKernel) {
   EXPECT_EQ(magic, 0x1BADB002u);
   EXPECT_EQ(boot.cmdline, std::string(MODEVISOR_MBKERNEL) + " hello world");
   EXPECT_EQ(boot.vcpu.rip, 0x10000cu);
+}
+
+// The oracle: boot the fixture kernel under qemu-system-i386 (when installed)
+// and compare what it saw with what our loader builds for the same image,
+// file name, command line and RAM size.
+TEST(MultibootTest, QemuAgreesWithTheLoader) {
+  if (std::system("command -v qemu-system-i386 >/dev/null 2>&1") != 0) GTEST_SKIP() << "qemu-system-i386 not installed";
+  const std::filesystem::path kernel(MODEVISOR_MBKERNEL);
+  const std::string command = "cd '" + kernel.parent_path().string() +
+                              "' && timeout 60 qemu-system-i386 -display none -m 64 -serial stdio -monitor none "
+                              "-device isa-debug-exit,iobase=0xf4,iosize=0x04 -kernel mbkernel.elf "
+                              "-append 'a b=c  d' 2>/dev/null";
+  FILE* pipe = popen(command.c_str(), "r");
+  ASSERT_NE(pipe, nullptr);
+  std::string qemu;
+  char buf[512];
+  while (std::fgets(buf, sizeof buf, pipe)) qemu += buf;
+  const int status = pclose(pipe);
+  ASSERT_TRUE(WIFEXITED(status));
+  ASSERT_EQ(WEXITSTATUS(status), 33) << "debug-exit 0x10 => (0x10 << 1) | 1\n" << qemu;
+
+  GuestRam ram(64ull << 20);
+  std::ifstream in(kernel, std::ios::binary);
+  const Bytes image((std::istreambuf_iterator<char>(in)), {});
+  const MultibootBoot boot = load_multiboot(ram, "mbkernel.elf", image, "a b=c  d", {});
+  auto u32 = [&](std::uint64_t gpa) {
+    std::uint32_t v;
+    std::memcpy(&v, ram.host_base() + gpa, 4);
+    return v;
+  };
+  auto hex = [](std::uint32_t v) {
+    char out[16];
+    std::snprintf(out, sizeof out, "0x%08x", v);
+    return std::string(out);
+  };
+  const std::uint32_t mbi = boot.info_address;
+  std::ostringstream ours;
+  ours << "magic=0x2badb002 mem_upper=" << hex(u32(mbi + 8)) << " bss=0x00000000 data=0x12345678 cmdline=["
+       << boot.cmdline << "]\n";
+  // QEMU also reports a boot device (flag bit 1); we leave it out.
+  ours << "flags=" << hex(u32(mbi) | 0x2) << " mem_lower=" << hex(u32(mbi + 4)) << "\n";
+  for (std::uint32_t e = u32(mbi + 48); e < u32(mbi + 48) + u32(mbi + 44); e += 24)
+    ours << "mmap " << hex(u32(e + 8)) << hex(u32(e + 4)) << " len " << hex(u32(e + 16)) << hex(u32(e + 12))
+         << " type " << hex(u32(e + 20)) << "\n";
+  EXPECT_EQ(qemu, ours.str());
 }
 
 TEST(MultibootTest, MissingFileIsASystemError) {
