@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <stdexcept>
 
@@ -11,7 +12,8 @@ namespace {
 std::uint64_t all_ones(unsigned size) { return size >= 8 ? ~0ull : (1ull << (size * 8)) - 1; }
 }  // namespace
 
-Machine::Machine() : power_on_(std::chrono::steady_clock::now()) {}
+Machine::Machine(std::shared_ptr<TimeSource> clock)
+    : clock_(clock ? std::move(clock) : std::make_shared<HostClock>()) {}
 
 void Machine::attach_ports(std::uint16_t first, std::uint16_t count, PortDevice& device) {
   const unsigned end = unsigned{first} + count;
@@ -29,6 +31,8 @@ void Machine::attach_mmio(std::uint64_t base, std::uint64_t size, MmioDevice& de
   mmio_[base] = {size, &device};
 }
 
+void Machine::attach_timer(TimerDevice& device) { timers_.push_back(&device); }
+
 Machine::PortRange* Machine::port_owner(std::uint16_t port) {
   auto it = ports_.upper_bound(port);
   if (it == ports_.begin()) return nullptr;
@@ -45,55 +49,134 @@ Machine::MmioRange* Machine::mmio_owner(std::uint64_t gpa, std::uint64_t& offset
   return &it->second;
 }
 
+void Machine::count_mmio(std::string_view device) {
+  auto it = mmio_accesses_.find(device);
+  if (it == mmio_accesses_.end()) it = mmio_accesses_.emplace(std::string(device), 0).first;
+  ++it->second;
+}
+
 std::uint32_t Machine::io_in(unsigned, std::uint16_t port, unsigned size) {
+  auto guard = lock();
   ++port_accesses_[port];
-  if (PortRange* owner = port_owner(port)) return owner->device->port_read(port, size);
+  poll_timers_locked();
+  if (PortRange* owner = port_owner(port))
+    return static_cast<std::uint32_t>(owner->device->port_read(port, size) & all_ones(size));
   return static_cast<std::uint32_t>(all_ones(size));
 }
 
 void Machine::io_out(unsigned, std::uint16_t port, unsigned size, std::uint32_t value) {
+  auto guard = lock();
   ++port_accesses_[port];
+  poll_timers_locked();
   if (PortRange* owner = port_owner(port)) owner->device->port_write(port, size, value);
+  wake_.notify_all();  // a write may have unmasked an interrupt for a halted vCPU
 }
 
-std::uint64_t Machine::mmio_read(unsigned, std::uint64_t gpa, unsigned size) {
+std::uint64_t Machine::mmio_read(unsigned vcpu, std::uint64_t gpa, unsigned size) {
+  auto guard = lock();
+  poll_timers_locked();
   std::uint64_t offset = 0;
-  if (MmioRange* owner = mmio_owner(gpa, offset)) return owner->device->mmio_read(offset, size);
+  if (MmioRange* owner = mmio_owner(gpa, offset)) {
+    count_mmio(owner->device->name());
+    return owner->device->mmio_read(vcpu, offset, size) & all_ones(size);
+  }
+  count_mmio("unclaimed");
   return all_ones(size);
 }
 
-void Machine::mmio_write(unsigned, std::uint64_t gpa, unsigned size, std::uint64_t value) {
+void Machine::mmio_write(unsigned vcpu, std::uint64_t gpa, unsigned size, std::uint64_t value) {
+  auto guard = lock();
+  poll_timers_locked();
   std::uint64_t offset = 0;
-  if (MmioRange* owner = mmio_owner(gpa, offset)) owner->device->mmio_write(offset, size, value);
+  if (MmioRange* owner = mmio_owner(gpa, offset)) {
+    count_mmio(owner->device->name());
+    owner->device->mmio_write(vcpu, offset, size, value);
+  } else {
+    count_mmio("unclaimed");
+  }
+  wake_.notify_all();
 }
 
-// No interrupt controller is attached yet (the PIC/APIC models come with the
-// platform devices), so no external interrupt is ever pending.
-bool Machine::interrupt_pending(unsigned) { return false; }
-std::uint8_t Machine::acknowledge_interrupt(unsigned) { return 0xff; }  // spurious vector
+std::uint64_t Machine::poll_timers_locked() {
+  const std::uint64_t now = now_ns();
+  std::uint64_t next = UINT64_MAX;
+  for (TimerDevice* timer : timers_) next = std::min(next, timer->poll_timers(now));
+  return next;
+}
 
-// No timer device is attached yet.
-std::uint64_t Machine::next_timer_deadline_ns() { return UINT64_MAX; }
+std::uint64_t Machine::poll_timers() {
+  auto guard = lock();
+  return poll_timers_locked();
+}
 
-void Machine::wait_for_interrupt(unsigned) {
-  std::unique_lock lock(wait_mutex_);
-  wake_.wait(lock, [&] { return stop_requested(); });
+bool Machine::interrupt_pending(unsigned vcpu) {
+  auto guard = lock();
+  poll_timers_locked();
+  return controller_ && controller_->interrupt_pending(vcpu);
+}
+
+std::uint8_t Machine::acknowledge_interrupt(unsigned vcpu) {
+  auto guard = lock();
+  poll_timers_locked();
+  return controller_ ? controller_->acknowledge_interrupt(vcpu) : 0xff;
+}
+
+std::uint64_t Machine::next_timer_deadline_ns() {
+  auto guard = lock();
+  return poll_timers_locked();
+}
+
+void Machine::wait_for_interrupt(unsigned vcpu) {
+  auto guard = lock();
+  for (;;) {
+    const std::uint64_t next = poll_timers_locked();
+    if (stop_requested() || woken_.erase(vcpu) || (controller_ && controller_->interrupt_pending(vcpu))) return;
+    std::uint64_t deadline = UINT64_MAX;
+    if (next != UINT64_MAX) {
+      const std::int64_t offset = time_offset_.load();
+      deadline = offset > 0 && next < static_cast<std::uint64_t>(offset) ? 0 : next - offset;
+    }
+    clock_->wait_until(guard, wake_, deadline);
+  }
+}
+
+void Machine::wake(unsigned vcpu) {
+  auto guard = lock();
+  woken_.insert(vcpu);
+  wake_.notify_all();
+}
+
+void Machine::interrupt_raised(unsigned vcpu) {
+  wake_.notify_all();
+  if (notifier_) notifier_(vcpu);
 }
 
 std::uint64_t Machine::now_ns() const {
-  return static_cast<std::uint64_t>(
-      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - power_on_).count());
+  return static_cast<std::uint64_t>(static_cast<std::int64_t>(clock_->now_ns()) + time_offset_.load());
+}
+
+void Machine::set_guest_time(std::uint64_t now_ns) {
+  auto guard = lock();
+  time_offset_.store(static_cast<std::int64_t>(now_ns) - static_cast<std::int64_t>(clock_->now_ns()));
 }
 
 void Machine::request_stop(std::string reason, std::optional<int> exit_status) {
-  {
-    std::lock_guard lock(wait_mutex_);
-    if (stop_.load()) return;  // the first reason wins
-    stop_reason_ = std::move(reason);
-    exit_status_ = exit_status;
-    stop_.store(true, std::memory_order_release);
-  }
+  auto guard = lock();
+  if (stop_.load()) return;  // the first reason wins
+  stop_reason_ = std::move(reason);
+  exit_status_ = exit_status;
+  stop_.store(true, std::memory_order_release);
   wake_.notify_all();
+}
+
+std::string Machine::stop_reason() const {
+  auto guard = lock();
+  return stop_reason_;
+}
+
+std::optional<int> Machine::exit_status() const {
+  auto guard = lock();
+  return exit_status_;
 }
 
 }  // namespace modevisor::host

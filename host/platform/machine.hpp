@@ -1,21 +1,31 @@
-// The platform every monitor mode runs a VM against: guest RAM plus the
-// port-I/O and MMIO buses that devices attach to.  Device models live in
-// their own files and keep mode-neutral state, so a VM's devices are the same
-// whichever plugin runs its vCPUs.  Unclaimed ports and MMIO read as all ones
-// and ignore writes, as on a PC.
+// The platform every monitor mode runs a VM against: the port-I/O and MMIO
+// buses that devices attach to, the interrupt controller hook and guest time.
+// Device models live in their own files and keep mode-neutral state, so a
+// VM's devices are the same whichever plugin runs its vCPUs.  Unclaimed ports
+// and MMIO read as all ones and ignore writes, as on a PC.
+//
+// Concurrency: one (recursive) platform lock serialises every device access,
+// interrupt query and timer evaluation; vCPU threads and the host's input
+// thread take it through the Machine.  Timers have no threads: each platform
+// call first brings the timers up to now_ns().
 #pragma once
 
 #include <atomic>
-#include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include <modevisor/api/platform.hpp>
+
+#include "platform/clock.hpp"
 
 namespace modevisor::host {
 
@@ -27,21 +37,42 @@ class PortDevice {
   virtual void port_write(std::uint16_t port, unsigned size, std::uint32_t value) = 0;
 };
 
+// `vcpu` is the accessing vCPU (the local APIC window is per vCPU).
 class MmioDevice {
  public:
   virtual ~MmioDevice() = default;
   virtual std::string_view name() const = 0;
-  virtual std::uint64_t mmio_read(std::uint64_t offset, unsigned size) = 0;
-  virtual void mmio_write(std::uint64_t offset, unsigned size, std::uint64_t value) = 0;
+  virtual std::uint64_t mmio_read(unsigned vcpu, std::uint64_t offset, unsigned size) = 0;
+  virtual void mmio_write(unsigned vcpu, std::uint64_t offset, unsigned size, std::uint64_t value) = 0;
+};
+
+// A device whose interrupts depend on time (PIT, RTC, local APIC timer).
+class TimerDevice {
+ public:
+  virtual ~TimerDevice() = default;
+  // Raise whatever interrupts fell due by `now_ns`; return the guest time of
+  // the next one (UINT64_MAX: none armed).
+  virtual std::uint64_t poll_timers(std::uint64_t now_ns) = 0;
+};
+
+// Where external interrupts come from (the PC's PIC/I/O APIC/local APICs).
+class InterruptController {
+ public:
+  virtual ~InterruptController() = default;
+  virtual bool interrupt_pending(unsigned vcpu) = 0;
+  virtual std::uint8_t acknowledge_interrupt(unsigned vcpu) = 0;
 };
 
 class Machine : public api::Platform {
  public:
-  Machine();
+  // Without a time source the host's monotonic clock is used.
+  explicit Machine(std::shared_ptr<TimeSource> clock = nullptr);
 
   // Devices are attached before the VM runs and outlive the machine's use.
   void attach_ports(std::uint16_t first, std::uint16_t count, PortDevice& device);  // throws on overlap
   void attach_mmio(std::uint64_t base, std::uint64_t size, MmioDevice& device);     // throws on overlap
+  void attach_timer(TimerDevice& device);
+  void set_interrupt_controller(InterruptController* controller) { controller_ = controller; }
 
   // api::Platform
   std::uint32_t io_in(unsigned vcpu, std::uint16_t port, unsigned size) override;
@@ -55,13 +86,34 @@ class Machine : public api::Platform {
   std::uint64_t now_ns() const override;
   std::uint64_t next_timer_deadline_ns() override;
 
-  // The VM ends (debug-exit port, operator, fatal error): every vCPU leaves its loop.
+  // The VM ends (debug-exit port, reset, operator, fatal error): every vCPU
+  // leaves its loop.  The first reason wins.
   void request_stop(std::string reason, std::optional<int> exit_status = std::nullopt);
-  const std::string& stop_reason() const { return stop_reason_; }
-  std::optional<int> exit_status() const { return exit_status_; }
+  std::string stop_reason() const;
+  std::optional<int> exit_status() const;
 
-  // I/O exits by port, for the VM log and `run --stats`.
+  // Wake vCPU `vcpu` from wait_for_interrupt (a monitor's kick).
+  void wake(unsigned vcpu);
+  // Devices call this (under the platform lock) when an interrupt may have
+  // become pending for `vcpu`: wakes waiters and calls the notifier, which a
+  // monitor uses to kick a vCPU that is running guest code.  The notifier must
+  // not call back into the Machine.
+  void interrupt_raised(unsigned vcpu);
+  void set_interrupt_notifier(std::function<void(unsigned vcpu)> notifier) { notifier_ = std::move(notifier); }
+
+  // The platform lock, for host threads that touch devices (console input,
+  // state capture).  Recursive: device code may call back into the Machine.
+  std::unique_lock<std::recursive_mutex> lock() const { return std::unique_lock(mutex_); }
+
+  // Guest time is part of the platform state: a restored VM continues from
+  // the guest time it was saved at.
+  void set_guest_time(std::uint64_t now_ns);
+  // Bring every timer up to now (before saving device state).
+  std::uint64_t poll_timers();
+
+  // I/O exits by port, MMIO exits by device name, for the VM log and `run --stats`.
   const std::map<std::uint16_t, std::uint64_t>& port_accesses() const { return port_accesses_; }
+  const std::map<std::string, std::uint64_t, std::less<>>& mmio_accesses() const { return mmio_accesses_; }
 
  private:
   struct PortRange {
@@ -74,16 +126,24 @@ class Machine : public api::Platform {
   };
   PortRange* port_owner(std::uint16_t port);
   MmioRange* mmio_owner(std::uint64_t gpa, std::uint64_t& offset);
+  std::uint64_t poll_timers_locked();
+  void count_mmio(std::string_view device);
 
+  std::shared_ptr<TimeSource> clock_;
   std::map<std::uint16_t, PortRange> ports_;  // by first port
   std::map<std::uint64_t, MmioRange> mmio_;   // by base address
+  std::vector<TimerDevice*> timers_;
+  InterruptController* controller_ = nullptr;
+  std::function<void(unsigned)> notifier_;
   std::map<std::uint16_t, std::uint64_t> port_accesses_;
-  std::chrono::steady_clock::time_point power_on_;
+  std::map<std::string, std::uint64_t, std::less<>> mmio_accesses_;
+  std::atomic<std::int64_t> time_offset_{0};  // guest time = clock + offset
   std::atomic<bool> stop_{false};
   std::string stop_reason_;
   std::optional<int> exit_status_;
-  std::mutex wait_mutex_;
-  std::condition_variable wake_;
+  std::set<unsigned> woken_;
+  mutable std::recursive_mutex mutex_;
+  std::condition_variable_any wake_;
 };
 
 }  // namespace modevisor::host
