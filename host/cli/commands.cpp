@@ -4,13 +4,20 @@
 #include <fmt/ranges.h>
 #include <spdlog/sinks/basic_file_sink.h>
 
+#include <fcntl.h>
+#include <poll.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <csignal>
+#include <cstdio>
 #include <iostream>
+#include <thread>
 #include <nlohmann/json.hpp>
 
 #include "capabilities/cpu_profile.hpp"
 #include "config/vm_config.hpp"
-#include "platform/guest_ram.hpp"
-#include "platform/machine.hpp"
+#include "monitor/vm_session.hpp"
 #include "selection/mode_log.hpp"
 
 namespace modevisor::cli {
@@ -107,21 +114,6 @@ std::shared_ptr<spdlog::logger> open_vm_log(const Context& context, const host::
   log->flush_on(spdlog::level::trace);
   return log;
 }
-
-// Plugin messages go to the VM log tagged with the plugin's log token.
-class VmLogSink final : public api::Logger {
- public:
-  VmLogSink(std::shared_ptr<spdlog::logger> log, std::string token) : log_(std::move(log)), token_(std::move(token)) {}
-  void log(api::LogLevel level, std::string_view message) override {
-    static constexpr spdlog::level::level_enum kLevels[] = {spdlog::level::trace, spdlog::level::debug,
-                                                            spdlog::level::info, spdlog::level::warn, spdlog::level::err};
-    log_->log(kLevels[static_cast<int>(level)], "{}| {}", token_, message);
-  }
-
- private:
-  std::shared_ptr<spdlog::logger> log_;
-  std::string token_;
-};
 
 }  // namespace
 
@@ -225,47 +217,158 @@ int command_explain(Context& context, const std::string& vm_file, bool json_outp
   return selection.selected ? kExitOk : kExitNoMode;
 }
 
-int command_run(Context& context, const std::string& vm_file, bool json_output, bool /*stats: counters come with the engines*/) {
+namespace {
+
+// Serial input from the terminal and Ctrl-C, on a thread of their own: a
+// self-pipe wakes it from poll() when the VM ends or the operator interrupts.
+class ConsoleInput {
+ public:
+  explicit ConsoleInput(host::VmSession& session) : session_(session) {
+    if (::pipe2(wake_, O_CLOEXEC) != 0) wake_[0] = wake_[1] = -1;
+    instance_ = this;
+    previous_ = std::signal(SIGINT, [](int) {
+      if (instance_ && instance_->wake_[1] >= 0) {
+        const char c = 'i';
+        [[maybe_unused]] auto n = ::write(instance_->wake_[1], &c, 1);
+      }
+    });
+    thread_ = std::thread([this] { loop(); });
+  }
+  ~ConsoleInput() {
+    const char c = 'q';
+    if (wake_[1] >= 0) [[maybe_unused]] auto n = ::write(wake_[1], &c, 1);
+    thread_.join();
+    std::signal(SIGINT, previous_);
+    instance_ = nullptr;
+    for (int fd : wake_)
+      if (fd >= 0) ::close(fd);
+  }
+  bool interrupted() const { return interrupted_; }
+
+ private:
+  void loop() {
+    bool stdin_open = true;
+    for (;;) {
+      pollfd fds[2] = {{wake_[0], POLLIN, 0}, {STDIN_FILENO, static_cast<short>(stdin_open ? POLLIN : 0), 0}};
+      if (::poll(fds, 2, -1) < 0) {
+        if (errno == EINTR) continue;
+        return;
+      }
+      if (fds[0].revents & POLLIN) {
+        char c = 0;
+        if (::read(wake_[0], &c, 1) == 1 && c == 'i') {
+          interrupted_ = true;
+          session_.stop("interrupted by the operator (SIGINT)");
+          continue;
+        }
+        return;
+      }
+      if (fds[1].revents & (POLLIN | POLLHUP)) {
+        char buffer[256];
+        const ssize_t n = ::read(STDIN_FILENO, buffer, sizeof buffer);
+        if (n <= 0) stdin_open = false;
+        else session_.console_input(std::string_view(buffer, static_cast<std::size_t>(n)));
+      }
+    }
+  }
+
+  host::VmSession& session_;
+  int wake_[2] = {-1, -1};
+  std::thread thread_;
+  std::atomic<bool> interrupted_{false};
+  void (*previous_)(int) = SIG_DFL;
+  static inline ConsoleInput* instance_ = nullptr;
+};
+
+const char* result_kind(host::SessionResult::Kind kind) {
+  switch (kind) {
+    case host::SessionResult::Kind::GuestExit: return "guest-exit";
+    case host::SessionResult::Kind::Shutdown: return "shutdown";
+    case host::SessionResult::Kind::Stopped: return "stopped";
+    default: return "error";
+  }
+}
+
+}  // namespace
+
+int command_run(Context& context, const std::string& vm_file, bool json_output, bool stats) {
   host::VmConfig vm = host::load_vm_config(vm_file, context.guest_os());
   auto vm_log = open_vm_log(context, vm);
   vm_log->info("power on: VM {} from {}", vm.name, vm.file.string());
   vm_log->info("host: {}; policy {}", context.host().source, context.policy().name);
   host::Selection selection = host::select_monitor_mode(context.host(), context.candidates(), context.policy(), vm);
   for (const auto& line : host::monitor_mode_lines(selection)) vm_log->info("{}", line);
-  if (json_output) std::cout << host::to_json(selection).dump(2) << "\n";
+  json out{{"vm", vm.name}, {"selection", host::to_json(selection)}};
+  auto finish = [&](int status) {
+    out["exit_status"] = status;
+    if (json_output) std::cout << out.dump(2) << "\n";
+    return status;
+  };
   if (!selection.selected || !selection.selected_plugin) {
     context.log()->error("VM {}: no monitor mode can run it here: {}", vm.name, selection.none_reason);
     vm_log->error("power on failed: {}", selection.none_reason);
-    return kExitNoMode;
+    out["result"] = "no-mode";
+    return finish(kExitNoMode);
   }
   const host::LoadedPlugin* plugin = context.registry().find(selection.selected_plugin->descriptor.name);
   if (!plugin) {
     vm_log->error("power on failed: plugin {} vanished", selection.selected_plugin->descriptor.name);
-    return kExitMonitorFailed;
+    return finish(kExitMonitorFailed);
   }
-  api::VmSpec spec;
-  spec.name = vm.name;
-  spec.vcpus = vm.vcpus;
-  spec.memory_bytes = vm.memory_bytes;
-  spec.guest_bits = vm.guest.os.bits;
-  spec.guest_os = vm.guest.os.name;
 
-  VmLogSink plugin_log(vm_log, plugin->descriptor.log_token);
+  std::unique_ptr<host::VmSession> session;
   try {
-    host::GuestRam ram(vm.memory_bytes);
-    host::Machine machine;
-    auto machine_vm = plugin->monitor->create_vm(spec, api::VmServices{ram, machine, plugin_log});
-    // Execution, devices and the kernel loader come with the engine issues.
-    throw api::MonitorError(fmt::format("{} built the VM but the host cannot boot it yet: the kernel loader and "
-                                        "devices are not built", plugin->descriptor.name));
+    host::VmSession::ConsoleEcho echo;
+    if (!json_output) echo = [](std::uint8_t byte) {
+      std::fputc(byte, stdout);
+      if (byte == '\n') std::fflush(stdout);
+    };
+    session = std::make_unique<host::VmSession>(vm, *plugin, vm_log, echo);
   } catch (const api::MonitorError& e) {
     context.log()->error("VM {}: {}", vm.name, e.what());
     vm_log->error("power on failed: {}", e.what());
-    return kExitMonitorFailed;
+    out["result"] = "refused";
+    out["reason"] = e.what();
+    return finish(kExitMonitorFailed);
   } catch (const std::system_error& e) {
     context.log()->error("VM {}: {}", vm.name, e.what());
     vm_log->error("power on failed: {}", e.what());
-    return kExitMonitorFailed;
+    out["result"] = "error";
+    out["reason"] = e.what();
+    return finish(kExitMonitorFailed);
+  }
+
+  host::SessionResult result;
+  bool interrupted = false;
+  {
+    ConsoleInput input(*session);
+    result = session->run();
+    interrupted = input.interrupted();
+  }
+  std::fflush(stdout);
+  vm_log->info("power off: {} ({})", result_kind(result.kind), result.reason);
+  json counters = json::object();
+  for (const auto& [name, value] : result.counters) {
+    vm_log->info("counter {} = {}", name, value);
+    counters[name] = value;
+  }
+  out["result"] = result_kind(result.kind);
+  out["reason"] = result.reason;
+  out["console"] = session->pc().console_output();
+  out["counters"] = counters;
+  if (stats && !json_output) {
+    fmt::print(stderr, "modevisor: VM {} ended: {} ({})\n", vm.name, result_kind(result.kind), result.reason);
+    for (const auto& [name, value] : result.counters) fmt::print(stderr, "  {:<40} {}\n", name, value);
+  }
+  switch (result.kind) {
+    case host::SessionResult::Kind::GuestExit: return finish(*result.guest_status);
+    case host::SessionResult::Kind::Shutdown:
+      context.log()->error("VM {}: guest shut down: {}", vm.name, result.reason);
+      return finish(kExitGuestShutdown);
+    case host::SessionResult::Kind::Stopped: return finish(interrupted ? kExitInterrupted : kExitOk);
+    default:
+      context.log()->error("VM {}: monitor error: {}", vm.name, result.reason);
+      return finish(kExitMonitorFailed);
   }
 }
 

@@ -1,0 +1,174 @@
+#include "monitor/vm_session.hpp"
+
+#include <fmt/format.h>
+
+#include <chrono>
+#include <fstream>
+#include <iterator>
+
+#include "common/errors.hpp"
+#include "platform/multiboot_loader.hpp"
+
+namespace modevisor::host {
+
+// Plugin messages go to the VM log tagged with the plugin's log token.
+class VmSession::Logger final : public api::Logger {
+ public:
+  Logger(std::shared_ptr<spdlog::logger> log, std::string token) : log_(std::move(log)), token_(std::move(token)) {}
+  void log(api::LogLevel level, std::string_view message) override {
+    static constexpr spdlog::level::level_enum kLevels[] = {spdlog::level::trace, spdlog::level::debug,
+                                                            spdlog::level::info, spdlog::level::warn, spdlog::level::err};
+    log_->log(kLevels[static_cast<int>(level)], "{}| {}", token_, message);
+  }
+
+ private:
+  std::shared_ptr<spdlog::logger> log_;
+  std::string token_;
+};
+
+// COM1 output: whole lines to the VM log, every byte to the terminal.
+class VmSession::Console final : public ConsoleSink {
+ public:
+  Console(std::shared_ptr<spdlog::logger> log, ConsoleEcho echo) : log_(std::move(log)), echo_(std::move(echo)) {}
+  ~Console() override { flush(); }
+  void write(std::uint8_t byte) override {
+    if (echo_) echo_(byte);
+    if (byte == '\n') {
+      flush();
+    } else if (byte != '\r') {
+      line_.push_back(static_cast<char>(byte));
+      if (line_.size() >= 4096) flush();
+    }
+  }
+  void flush() {
+    if (!line_.empty()) log_->info("console| {}", line_);
+    line_.clear();
+  }
+
+ private:
+  std::shared_ptr<spdlog::logger> log_;
+  ConsoleEcho echo_;
+  std::string line_;
+};
+
+namespace {
+
+std::vector<std::uint8_t> read_kernel(const std::filesystem::path& file) {
+  std::ifstream in(file, std::ios::binary);
+  if (!in) throw InputError(file, 0, 0, "cannot read the kernel image");
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+std::string register_dump(const api::VcpuState& s) {
+  using namespace api::gpr;
+  return fmt::format(
+      "eip={:08x} eflags={:08x} eax={:08x} ebx={:08x} ecx={:08x} edx={:08x} esi={:08x} edi={:08x} ebp={:08x} "
+      "esp={:08x} cs={:04x} ss={:04x} cr0={:08x} cr2={:08x} cr3={:08x} cr4={:08x}",
+      s.rip, s.rflags, s.gpr[rax], s.gpr[rbx], s.gpr[rcx], s.gpr[rdx], s.gpr[rsi], s.gpr[rdi], s.gpr[rbp], s.gpr[rsp],
+      s.cs.selector, s.ss.selector, s.cr0, s.cr2, s.cr3, s.cr4);
+}
+
+}  // namespace
+
+VmSession::VmSession(const VmConfig& vm, const LoadedPlugin& plugin, std::shared_ptr<spdlog::logger> vm_log,
+                     ConsoleEcho echo)
+    : vm_(vm),
+      plugin_(plugin),
+      log_(std::move(vm_log)),
+      plugin_log_(std::make_unique<Logger>(log_, plugin.descriptor.log_token)),
+      console_(std::make_unique<Console>(log_, std::move(echo))),
+      ram_(vm.memory_bytes) {
+  if (vm.vcpus != 1)
+    throw api::MonitorError(fmt::format("VM {} declares {} vCPUs; the platform cannot start application processors "
+                                        "yet (no INIT/SIPI delivery), so only 1 vCPU is supported",
+                                        vm.name, vm.vcpus));
+  PcConfig config;
+  config.ram_bytes = vm.memory_bytes;
+  config.cpus = vm.vcpus;
+  pc_ = std::make_unique<Pc>(machine_, config);
+  pc_->set_console(console_.get());
+
+  // The kernel sees "<file name> <cmdline>", as QEMU's -kernel/-append give it.
+  const auto image = read_kernel(vm.guest.kernel);
+  MultibootBoot boot = load_multiboot(ram_, vm.guest.kernel.filename(), image, vm.guest.cmdline, {});
+  for (const auto& note : boot.notes) log_->info("loader: {}", note);
+  log_->info("loader: {} loaded at {:#x}-{:#x}, entry {:#x}, multiboot info at {:#x}, cmdline \"{}\"",
+             vm.guest.kernel.string(), boot.kernel_start, boot.kernel_end, boot.entry, boot.info_address, boot.cmdline);
+
+  api::VmSpec spec;
+  spec.name = vm.name;
+  spec.vcpus = vm.vcpus;
+  spec.memory_bytes = vm.memory_bytes;
+  spec.guest_bits = vm.guest.os.bits;
+  spec.guest_os = vm.guest.os.name;
+  machine_vm_ = plugin.monitor->create_vm(spec, api::VmServices{ram_, machine_, *plugin_log_});
+  boot.vcpu.lapic = pc_->save_lapic(0);
+  machine_vm_->load_vcpu(0, boot.vcpu);
+  // A device interrupt raised from another thread must pull the vCPU out of guest code.
+  machine_.set_interrupt_notifier([this](unsigned vcpu) {
+    if (machine_vm_) machine_vm_->kick(vcpu);
+  });
+}
+
+VmSession::~VmSession() {
+  stop("session ends");
+  if (timer_thread_.joinable()) timer_thread_.join();
+  machine_.set_interrupt_notifier(nullptr);
+  machine_vm_.reset();  // before the RAM and devices it uses
+}
+
+void VmSession::stop(const std::string& reason) {
+  machine_.request_stop(reason);
+  running_ = false;
+  timer_wake_.notify_all();
+  if (machine_vm_) machine_vm_->kick(0);
+}
+
+void VmSession::console_input(std::string_view bytes) { pc_->push_console_input(bytes); }
+
+// Device timers are evaluated lazily; this thread brings them up to date at
+// each deadline so that a vCPU running guest code without calling the
+// platform still gets its timer interrupts (through the notifier's kick).
+void VmSession::timer_loop() {
+  using namespace std::chrono;
+  std::unique_lock lock(timer_mutex_);
+  while (running_) {
+    const std::uint64_t now = machine_.now_ns();
+    const std::uint64_t deadline = machine_.next_timer_deadline_ns();
+    const std::uint64_t wait_ns = deadline <= now ? 50'000 : std::min<std::uint64_t>(deadline - now, 10'000'000);
+    timer_wake_.wait_for(lock, nanoseconds(std::max<std::uint64_t>(wait_ns, 50'000)));
+    if (!running_) break;
+    lock.unlock();
+    machine_.poll_timers();
+    lock.lock();
+  }
+}
+
+SessionResult VmSession::run() {
+  running_ = true;
+  timer_thread_ = std::thread([this] { timer_loop(); });
+  SessionResult result;
+  for (;;) {
+    api::RunExit exit = machine_vm_->run(0);
+    if (exit.kind == api::ExitKind::Stopped) {
+      if (!machine_.stop_requested()) continue;  // kicked: go on
+      result.guest_status = machine_.exit_status();
+      result.kind = result.guest_status ? SessionResult::Kind::GuestExit : SessionResult::Kind::Stopped;
+      result.reason = machine_.stop_reason();
+      break;
+    }
+    api::VcpuState state = machine_vm_->save_vcpu(0);
+    result.kind = exit.kind == api::ExitKind::Shutdown ? SessionResult::Kind::Shutdown : SessionResult::Kind::Error;
+    result.reason = exit.diagnostic.empty() ? register_dump(state) : exit.diagnostic + "; " + register_dump(state);
+    break;
+  }
+  running_ = false;
+  timer_wake_.notify_all();
+  timer_thread_.join();
+  console_->flush();
+  result.counters = machine_vm_->counters();
+  for (auto& counter : pc_->counters()) result.counters.push_back(std::move(counter));
+  return result;
+}
+
+}  // namespace modevisor::host

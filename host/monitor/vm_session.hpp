@@ -1,0 +1,78 @@
+// One VM's monitor: the platform (guest RAM and the PC devices), the loaded
+// kernel and the plugin's VirtualMachine, run until the guest ends.  One
+// session per process (`modevisor run`), so a fault in one plugin takes down
+// only its VM.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <mutex>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <vector>
+
+#include <spdlog/logger.h>
+
+#include <modevisor/api/monitor.hpp>
+
+#include "config/vm_config.hpp"
+#include "platform/guest_ram.hpp"
+#include "platform/machine.hpp"
+#include "platform/pc.hpp"
+#include "plugins/registry.hpp"
+
+namespace modevisor::host {
+
+// How a VM ended.
+struct SessionResult {
+  enum class Kind { GuestExit, Shutdown, Stopped, Error } kind = Kind::Error;
+  std::optional<int> guest_status;  // the debug-exit port's (v << 1) | 1
+  std::string reason;               // stop reason or diagnostic
+  api::Counters counters;           // the monitor's and the platform's
+};
+
+class VmSession {
+ public:
+  // Builds RAM, the PC, loads the kernel and asks `plugin` for a VM.
+  // Throws api::MonitorError when the plugin refuses, InputError for a bad kernel.
+  // Console output goes to the VM log line by line and, byte by byte, to `echo` (the terminal).
+  using ConsoleEcho = std::function<void(std::uint8_t)>;
+  VmSession(const VmConfig& vm, const LoadedPlugin& plugin, std::shared_ptr<spdlog::logger> vm_log,
+            ConsoleEcho echo = nullptr);
+  ~VmSession();
+
+  // Runs vCPU 0 on this thread until the guest ends or stop() is called.
+  SessionResult run();
+  // From any thread (a signal handler's thread, a control plane).
+  void stop(const std::string& reason);
+  // Bytes typed on the console (serial input).
+  void console_input(std::string_view bytes);
+
+  Pc& pc() { return *pc_; }
+
+ private:
+  class Logger;
+  class Console;
+  void timer_loop();
+
+  const VmConfig& vm_;
+  const LoadedPlugin& plugin_;
+  std::shared_ptr<spdlog::logger> log_;
+  std::unique_ptr<Logger> plugin_log_;
+  std::unique_ptr<Console> console_;
+  GuestRam ram_;
+  Machine machine_;
+  std::unique_ptr<Pc> pc_;
+  std::unique_ptr<api::VirtualMachine> machine_vm_;
+  std::atomic<bool> running_{false};
+  std::mutex timer_mutex_;
+  std::condition_variable timer_wake_;
+  std::thread timer_thread_;
+};
+
+}  // namespace modevisor::host
