@@ -492,25 +492,31 @@ def nano_suite(args, mv_runners):
     columns["host analogue"] = host_ops
     if note:
         notes.append("host analogue: " + note)
+    def repeated(label, run_once):
+        """args.nano_runs runs of the guest; per op the minimum over runs. Any failed run voids the column."""
+        best, runs = {}, []
+        for i in range(args.nano_runs):
+            log("nano: %-9s %s (run %d/%d)" % (label, cmdline, i + 1, args.nano_runs))
+            r = run_once()
+            if not r.ok:
+                notes.append("%s: %s" % (label, r.note))
+                return {}, runs
+            ops = parse_nano(r.text)
+            runs.append(ops)
+            for op, c in ops.items():
+                if op not in best or (c.get("cycles") is not None and c["cycles"] < best[op].get("cycles", 1e300)):
+                    best[op] = c
+        return best, runs
+
+    all_runs = {}
     qemu = Qemu(GUEST_DIR)
     if qemu.available():
-        log("nano: QEMU %s" % cmdline)
-        r = qemu.run("nanobench", cmdline, args.timeout)
-        columns["QEMU"] = parse_nano(r.text)
-        if not r.ok:
-            notes.append("QEMU: " + r.note)
+        columns["QEMU"], all_runs["QEMU"] = repeated("QEMU", lambda: qemu.run("nanobench", cmdline, args.timeout))
     counters = {}
     for mv in mv_runners:
-        log("nano: %s %s" % (mv.label, cmdline))
-        r = mv.run_elf(elf, "nanobench", cmdline, args.timeout, stats=True, tag="nano")
-        if not r.ok:
-            columns[mv.label] = {}
-            notes.append("%s: %s" % (mv.label, r.note))
-            continue
-        columns[mv.label] = parse_nano(r.text)
-        if r.counters is None:
-            counters[mv.label] = None
-            notes.append("%s: no counters in `modevisor run --stats --json` output" % mv.label)
+        columns[mv.label], all_runs[mv.label] = repeated(
+            mv.label, lambda: mv.run_elf(elf, "nanobench", cmdline, args.timeout, tag="nano"))
+        if not columns[mv.label]:
             continue
         # Per-op counters: (C(2N) - C(N)) / N with only=<op>, so boot and
         # baseline loops cancel out.
@@ -525,6 +531,9 @@ def nano_suite(args, mv_runners):
                 per_op[op] = None
                 continue
             per_op[op] = {k: (c[1].get(k, 0) - c[0].get(k, 0)) / n for k in set(c[0]) | set(c[1])}
+        if all(v is None for v in per_op.values()):
+            notes.append("%s: no counters in `modevisor run --stats --json` output" % mv.label)
+            per_op = None
         counters[mv.label] = per_op
     labels = list(columns)
     header = ["op"] + ["%s cyc/op" % l for l in labels] + ["%s counters/op" % m for m in counters]
@@ -546,8 +555,8 @@ def nano_suite(args, mv_runners):
             v = (per_op or {}).get(op)
             row.append(" ".join("%s=%.2f" % (k, x) for k, x in sorted(v.items()) if abs(x) >= 0.005) if v else "-")
         rows.append(row)
-    print("\n== nanobench: cycles per operation (rdtsc, minus empty-loop baseline; count=%d, best of %d trials) =="
-          % (args.nano_count, args.nano_trials))
+    print("\n== nanobench: cycles per operation (rdtsc, minus empty-loop baseline; count=%d, "
+          "best of %d trials x %d runs) ==" % (args.nano_count, args.nano_trials, args.nano_runs))
     print_table(header, rows)
     if getattr(args, "tsc_ghz", None):
         print("cycles are TSC ticks (%.3f GHz on this host; QEMU TCG's rdtsc reads the host TSC): "
@@ -561,7 +570,8 @@ def nano_suite(args, mv_runners):
             notes.append("%s: %s" % (mv.label, mv.not_runnable))
     for n in notes:
         print("note: " + n)
-    return {"cmdline": cmdline, "tsc_ghz": getattr(args, "tsc_ghz", None), "columns": columns, "counters": counters, "notes": notes}
+    return {"cmdline": cmdline, "runs": args.nano_runs, "all_runs": all_runs,
+            "tsc_ghz": getattr(args, "tsc_ghz", None), "columns": columns, "counters": counters, "notes": notes}
 
 
 # ------------------------------------------------------------------ main
@@ -605,6 +615,8 @@ def main():
     ap.add_argument("--timeout", type=int, default=600, help="seconds per run")
     ap.add_argument("--nano-count", type=int, default=None, help="nanobench iterations per op (default 20000; 5000 with --quick)")
     ap.add_argument("--nano-trials", type=int, default=None, help="nanobench trials per op, the minimum is reported (default 10; 5 with --quick)")
+    ap.add_argument("--nano-runs", type=int, default=None,
+                    help="nanobench guest runs per column, per-op minimum reported (default 3; 1 with --quick)")
     ap.add_argument("--counter-count", type=int, default=10000, help="iterations for the per-op counter runs")
     ap.add_argument("--modevisor", default=None, help="modevisor binary (default <build>/bin/modevisor)")
     ap.add_argument("--out", default=None, help="JSON output file (default bench/results/bench-<time>.json)")
@@ -612,6 +624,7 @@ def main():
     args.k = args.k or (1 if args.quick else 3)
     args.nano_count = args.nano_count or (5000 if args.quick else 20000)
     args.nano_trials = args.nano_trials or (5 if args.quick else 10)
+    args.nano_runs = args.nano_runs or (1 if args.quick else 3)
     args.guests = [g for g in args.guests.split(",") if g]
     for g in args.guests:
         if g not in GUESTS:
