@@ -26,7 +26,7 @@
  */
 #include "rt.h"
 
-extern uint32_t nb_edx_in, nb_edx_out;
+extern uint32_t nb_edx_in, nb_edx_out, nb_left;
 extern volatile uint32_t nb_int80_count, nb_sysenter_count, nb_pf_count, nb_pf_bad, nb_de_count;
 extern uint32_t nb_pf_pte, nb_pf_va;
 typedef uint64_t (*loop_fn)(uint32_t n, uint32_t a, uint32_t b);
@@ -152,6 +152,15 @@ static uint64_t run_ring3(loop_fn fn, uint32_t n)
 }
 static uint64_t min64(uint64_t a, uint64_t b) { return a < b ? a : b; }
 
+/* Iterations the last loop completed (the counter counts down to 0). */
+static uint32_t done_iters;
+static uint64_t timed(uint64_t cycles)
+{
+  CHECK_EQ(nb_left, 0);
+  done_iters = count - nb_left;
+  return cycles;
+}
+
 /* One line per op: deterministic part, then cycles/op only with timing=1. */
 static void report(const char *op, uint32_t iters, int handler, uint32_t hits, uint64_t best, uint64_t base)
 {
@@ -161,7 +170,7 @@ static void report(const char *op, uint32_t iters, int handler, uint32_t hits, u
   if (timing) {
     int64_t d = (int64_t)best - (int64_t)base;
     int neg = d < 0;
-    uint64_t m = (uint64_t)(neg ? -d : d), x10 = (m * 10 + iters / 2) / iters;
+    uint64_t m = (uint64_t)(neg ? -d : d), x10 = (m * 10 + count / 2) / count; /* timed over count iterations */
     printf(", %s%llu.%llu cycles/op", neg ? "-" : "", x10 / 10, x10 % 10);
   }
   printf("\n");
@@ -171,8 +180,8 @@ static void baselines(void)
 {
   base_ring0 = base_ring3 = ~0ull;
   for (uint32_t t = 0; t < trials; t++) {
-    base_ring0 = min64(base_ring0, nb_empty(count, 0, 0));
-    base_ring3 = min64(base_ring3, run_ring3(nb_empty, count));
+    base_ring0 = min64(base_ring0, timed(nb_empty(count, 0, 0)));
+    base_ring3 = min64(base_ring3, timed(run_ring3(nb_empty, count)));
   }
   if (timing) {
     uint64_t r0 = (base_ring0 * 10 + count / 2) / count, r3 = (base_ring3 * 10 + count / 2) / count;
@@ -186,11 +195,11 @@ static void op_syscall(void)
   uint64_t old = gate_set(0x80, nb_int80_stub, 3), best = ~0ull;
   for (uint32_t t = 0; t < trials; t++) {
     nb_int80_count = 0;
-    best = min64(best, run_ring3(nb_int80, count));
+    best = min64(best, timed(run_ring3(nb_int80, count)));
     CHECK_EQ(nb_int80_count, count);
   }
   gate_restore(0x80, old);
-  report("syscall", count, 1, nb_int80_count, best, base_ring3);
+  report("syscall", done_iters, 1, nb_int80_count, best, base_ring3);
 }
 
 static int have_sep(void)
@@ -218,38 +227,38 @@ static void op_sysenter(void)
   uint64_t best = ~0ull;
   for (uint32_t t = 0; t < trials; t++) {
     nb_sysenter_count = 0;
-    best = min64(best, run_ring3(nb_sysenter, count));
+    best = min64(best, timed(run_ring3(nb_sysenter, count)));
     CHECK_EQ(nb_sysenter_count, count);
   }
   wrmsr(MSR_SYSENTER_CS, 0);
-  report("sysenter", count, 1, nb_sysenter_count, best, base_ring3);
+  report("sysenter", done_iters, 1, nb_sysenter_count, best, base_ring3);
 }
 
 static void op_in(void)
 {
   uint64_t best = ~0ull;
   for (uint32_t t = 0; t < trials; t++)
-    best = min64(best, nb_in(count, 0, 0));
-  report("in", count, 0, 0, best, base_ring0);
+    best = min64(best, timed(nb_in(count, 0, 0)));
+  report("in", done_iters, 0, 0, best, base_ring0);
 }
 
 static void op_cr8wr(void)
 {
   uint64_t best = ~0ull;
   for (uint32_t t = 0; t < trials; t++) {
-    best = min64(best, nb_tpr(count, 0, 0));
+    best = min64(best, timed(nb_tpr(count, 0, 0)));
     CHECK_EQ(lapic_read(LAPIC_TPR) & 0xff, (count & 1) ? 0x10 : 0);
     lapic_write(LAPIC_TPR, 0);
   }
-  report("cr8wr", count, 0, 0, best, base_ring0);
+  report("cr8wr", done_iters, 0, 0, best, base_ring0);
 }
 
 static void op_callret(void)
 {
   uint64_t best = ~0ull;
   for (uint32_t t = 0; t < trials; t++)
-    best = min64(best, nb_call(count, 0, 0));
-  report("call/ret", count, 0, 0, best, base_ring0);
+    best = min64(best, timed(nb_call(count, 0, 0)));
+  report("call/ret", done_iters, 0, 0, best, base_ring0);
 }
 
 static void op_pgfault(void)
@@ -261,14 +270,14 @@ static void op_pgfault(void)
     nb_pf_count = 0;
     nb_pf_bad = 0;
     nb_edx_in = 0;
-    best = min64(best, nb_pgfault(count, TEST_VA, (uint32_t)&pt_test[0]));
+    best = min64(best, timed(nb_pgfault(count, TEST_VA, (uint32_t)&pt_test[0])));
     CHECK_EQ(nb_pf_count, count);
     CHECK_EQ(nb_pf_bad, 0);
     CHECK_EQ(nb_edx_out, count * PF_MARK);
     CHECK_EQ(pt_test[0] & 1, 0);
   }
   gate_restore(14, old);
-  report("pgfault", count, 1, nb_pf_count, best, base_ring0);
+  report("pgfault", done_iters, 1, nb_pf_count, best, base_ring0);
 }
 
 static void op_divzero(void)
@@ -276,11 +285,11 @@ static void op_divzero(void)
   uint64_t old = gate_set(0, nb_de_stub, 0), best = ~0ull;
   for (uint32_t t = 0; t < trials; t++) {
     nb_de_count = 0;
-    best = min64(best, nb_divzero(count, 0, 0));
+    best = min64(best, timed(nb_divzero(count, 0, 0)));
     CHECK_EQ(nb_de_count, count);
   }
   gate_restore(0, old);
-  report("divzero", count, 1, nb_de_count, best, base_ring0);
+  report("divzero", done_iters, 1, nb_de_count, best, base_ring0);
 }
 
 static void op_ptemod(void)
@@ -292,10 +301,10 @@ static void op_ptemod(void)
     invlpg(page);
     CHECK_EQ(*page, FRAME_A_MARK); /* the mapping is cached before the loop */
     nb_edx_in = frame_a ^ frame_b;
-    best = min64(best, nb_ptemod(count, TEST_VA + 4096, (uint32_t)&pt_test[1]));
+    best = min64(best, timed(nb_ptemod(count, TEST_VA + 4096, (uint32_t)&pt_test[1])));
     CHECK_EQ(*page, (count & 1) ? FRAME_B_MARK : FRAME_A_MARK);
   }
-  report("ptemod", count, 0, 0, best, base_ring0);
+  report("ptemod", done_iters, 0, 0, best, base_ring0);
 }
 
 int main(void)

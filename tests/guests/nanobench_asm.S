@@ -4,7 +4,7 @@
  *   uint64_t nb_<op>(uint32_t n, uint32_t a, uint32_t b)
  * counter in %ebx (n >= 1, counts down), a in %ebp, b in %ecx, the start
  * time in %edi:%esi, %edx = nb_edx_in on entry to the loop and stored to
- * nb_edx_out after it; %eax is free.  Returns the rdtsc delta in %edx:%eax.
+ * nb_edx_out after it, the counter's final value (0) to nb_left; %eax is free.  Returns the rdtsc delta in %edx:%eax.
  * The loop body sits between the start and end macros, so the empty loop
  * (nb_empty) is exactly the per-iteration overhead shared by all ops.
  */
@@ -12,10 +12,11 @@
 
   .section .data
   .align 4
-  .global nb_edx_in, nb_edx_out, nb_int80_count, nb_sysenter_count, nb_pf_count, nb_pf_bad, nb_de_count
+  .global nb_edx_in, nb_edx_out, nb_left, nb_int80_count, nb_sysenter_count, nb_pf_count, nb_pf_bad, nb_de_count
   .global nb_pf_pte, nb_pf_va
 nb_edx_in:         .long 0
 nb_edx_out:        .long 0
+nb_left:           .long 0   /* loop counter after the loop: 0 unless the loop exited early */
 nb_int80_count:    .long 0
 nb_sysenter_count: .long 0
 nb_pf_count:       .long 0
@@ -49,6 +50,7 @@ nb_pf_va:          .long 0   /* the linear address that is expected in CR2 */
   decl %ebx
   jnz 1b
   movl %edx, nb_edx_out
+  movl %ebx, nb_left
   rdtsc
   subl %esi, %eax
   sbbl %edi, %edx
