@@ -266,7 +266,7 @@ def modevisor_modes(exe, work_dir, want):
     for pl in sorted(info.get("plugins", []), key=lambda x: list(MODE_HINTS).index(x.get("mode"))
                      if x.get("mode") in MODE_HINTS else 9):
         mode = pl.get("mode")
-        if mode not in MODE_HINTS or mode in seen or (want and mode not in want):
+        if mode not in MODE_HINTS or mode in seen or mode not in want:
             continue
         seen.add(mode)
         if not pl.get("runs_here"):
@@ -274,7 +274,7 @@ def modevisor_modes(exe, work_dir, want):
                                                                     "; ".join(pl.get("why_not", [])) or "?"))
             continue
         runners.append(Modevisor(exe, mode, pl.get("name"), work_dir))
-    for mode in want or []:
+    for mode in want:
         if mode not in seen:
             notes.append("%s: no plugin installed" % mode)
     return runners, notes
@@ -644,7 +644,10 @@ def main():
         info.get("date"), info.get("nproc"), info.get("cpu", "?"),
         " ".join("%.2f" % x for x in info.get("loadavg_start", ())), info.get("qemu", "no QEMU")))
     mv_exe = args.modevisor or os.path.join(os.path.abspath(args.build), "bin", "modevisor")
-    mv_runners, mv_notes = modevisor_modes(mv_exe, args.work_dir, want)
+    if want:
+        mv_runners, mv_notes = modevisor_modes(mv_exe, args.work_dir, want)
+    else:
+        mv_runners, mv_notes = [], ["modevisor: not run (--modes '')"]
     for n in mv_notes:
         print("note: " + n)
     report = {"machine": info, "modes": [m.label for m in mv_runners], "mode_notes": mv_notes}
