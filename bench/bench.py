@@ -215,14 +215,17 @@ class Modevisor:
             cmd.append("--stats")
         rc, dt, out, err = run_timed(cmd, timeout)
         docs, serial = json_documents(out)
+        # `modevisor --json run` prints one document: {"selection": {...},
+        # "console": "<COM1 output>", "counters": {...}, "exit_status": N, ...}.
         for d in docs:
-            if isinstance(d, dict) and isinstance(d.get("serial"), str):
-                serial = d["serial"]
+            if isinstance(d, dict) and isinstance(d.get("console"), str):
+                serial = d["console"]
         # Which plugin did selection pick?  (hints can be ignored)
         picked = None
         for d in docs:
-            if isinstance(d, dict) and isinstance(d.get("plugin"), dict) and "selected" in d:
-                picked = d["plugin"].get("name")
+            sel = d.get("selection") if isinstance(d, dict) and isinstance(d.get("selection"), dict) else d
+            if isinstance(sel, dict) and isinstance(sel.get("plugin"), dict) and "selected" in sel:
+                picked = sel["plugin"].get("name")
                 break
         msg = ""
         for l in err.splitlines():
