@@ -16,6 +16,7 @@
 #include <mutex>
 #include <thread>
 
+#include "kernel-driver/kvm_abi.hpp"
 #include "kernel-driver/kvm_exit.hpp"
 #include "kernel-driver/kvm_state.hpp"
 
@@ -75,13 +76,14 @@ class KernelStats {
     if (fd_.get() < 0) return;
     kvm_stats_header h{};
     if (::pread(fd_.get(), &h, sizeof h, 0) != static_cast<ssize_t>(sizeof h)) return;
-    const std::size_t desc_size = sizeof(kvm_stats_desc) + h.name_size;
+    const std::size_t desc_size = abi::kStatsDescHeader + h.name_size;
     std::vector<std::uint8_t> descs(desc_size * h.num_desc);
     if (::pread(fd_.get(), descs.data(), descs.size(), h.desc_offset) != static_cast<ssize_t>(descs.size())) return;
     for (std::uint32_t i = 0; i < h.num_desc; ++i) {
       const auto* d = reinterpret_cast<const kvm_stats_desc*>(descs.data() + i * desc_size);
       if ((d->flags & KVM_STATS_TYPE_MASK) != KVM_STATS_TYPE_CUMULATIVE || d->size != 1) continue;
-      std::string name(d->name, strnlen(d->name, h.name_size));
+      const char* raw = reinterpret_cast<const char*>(d) + abi::kStatsDescHeader;
+      std::string name(raw, strnlen(raw, h.name_size));
       entries_.push_back({std::move(name), h.data_offset + d->offset});
     }
   }
@@ -102,6 +104,22 @@ class KernelStats {
   std::vector<Entry> entries_;
 };
 
+// A kvm_msrs argument in its C layout (see kvm_abi.hpp).
+class MsrBuffer {
+ public:
+  explicit MsrBuffer(std::size_t n) : buf_((abi::kMsrsHeader + n * sizeof(kvm_msr_entry) + 7) / 8) {
+    const std::uint32_t count = n;
+    std::memcpy(buf_.data(), &count, 4);
+  }
+  void* data() { return buf_.data(); }
+  kvm_msr_entry& entry(std::size_t i) {
+    return reinterpret_cast<kvm_msr_entry*>(reinterpret_cast<std::uint8_t*>(buf_.data()) + abi::kMsrsHeader)[i];
+  }
+
+ private:
+  std::vector<std::uint64_t> buf_;  // 8-byte aligned
+};
+
 class KvmVcpu final : public api::Vcpu {
  public:
   KvmVcpu(const KvmHypervisor& hv, int vm_fd, unsigned index, api::Platform& platform)
@@ -113,11 +131,11 @@ class KvmVcpu final : public api::Vcpu {
     if (m == MAP_FAILED) fail("mmap of kvm_run");
     run_ = static_cast<kvm_run*>(m);
     const auto entries = filter_cpuid(hv.supported_cpuid(), index);
-    std::vector<std::uint8_t> buf(sizeof(kvm_cpuid2) + entries.size() * sizeof(kvm_cpuid_entry2));
-    auto* cpuid = reinterpret_cast<kvm_cpuid2*>(buf.data());
-    cpuid->nent = entries.size();
-    std::memcpy(cpuid->entries, entries.data(), entries.size() * sizeof(kvm_cpuid_entry2));
-    if (::ioctl(fd_.get(), KVM_SET_CPUID2, cpuid) < 0) fail("KVM_SET_CPUID2");
+    std::vector<std::uint8_t> buf(abi::kCpuid2Header + entries.size() * sizeof(kvm_cpuid_entry2));
+    const std::uint32_t nent = entries.size();
+    std::memcpy(buf.data(), &nent, 4);
+    std::memcpy(buf.data() + abi::kCpuid2Header, entries.data(), entries.size() * sizeof(kvm_cpuid_entry2));
+    if (::ioctl(fd_.get(), abi::kSetCpuid2, buf.data()) < 0) fail("KVM_SET_CPUID2");
     if (hv.has_stats_fd()) stats_ = std::make_unique<KernelStats>(fd_.get());
   }
 
@@ -207,7 +225,7 @@ class KvmVcpu final : public api::Vcpu {
           if (xcrs.xcrs[i].xcr == 0) xcr0 = xcrs.xcrs[i].value;
       }
       auto xsave = std::make_unique<kvm_xsave>();
-      if (::ioctl(fd_.get(), KVM_GET_XSAVE, xsave.get()) < 0) fail("KVM_GET_XSAVE");
+      if (::ioctl(fd_.get(), abi::kGetXsave, xsave.get()) < 0) fail("KVM_GET_XSAVE");
       xsave_to_state(*xsave, xcr0, st.fpu);
     } else {
       kvm_fpu fpu{};
@@ -216,13 +234,11 @@ class KvmVcpu final : public api::Vcpu {
     }
     const auto& indices = hv_.state_msrs();
     if (!indices.empty()) {
-      std::vector<std::uint8_t> buf(sizeof(kvm_msrs) + indices.size() * sizeof(kvm_msr_entry));
-      auto* msrs = reinterpret_cast<kvm_msrs*>(buf.data());
-      msrs->nmsrs = indices.size();
-      for (std::size_t i = 0; i < indices.size(); ++i) msrs->entries[i].index = indices[i];
-      const int n = ::ioctl(fd_.get(), KVM_GET_MSRS, msrs);
+      MsrBuffer msrs(indices.size());
+      for (std::size_t i = 0; i < indices.size(); ++i) msrs.entry(i).index = indices[i];
+      const int n = ::ioctl(fd_.get(), abi::kGetMsrs, msrs.data());
       if (n < 0) fail("KVM_GET_MSRS");
-      for (int i = 0; i < n; ++i) st.msrs.push_back({msrs->entries[i].index, msrs->entries[i].data});
+      for (int i = 0; i < n; ++i) st.msrs.push_back({msrs.entry(i).index, msrs.entry(i).data});
     }
     kvm_vcpu_events ev{};
     if (::ioctl(fd_.get(), KVM_GET_VCPU_EVENTS, &ev) < 0) fail("KVM_GET_VCPU_EVENTS");
@@ -254,7 +270,7 @@ class KvmVcpu final : public api::Vcpu {
         if (::ioctl(fd_.get(), KVM_SET_XCRS, &xcrs) < 0) fail("KVM_SET_XCRS (XCR0 " + std::to_string(st.fpu.xcr0) + ")");
       }
       auto xsave = std::make_unique<kvm_xsave>(xsave_from_state(st.fpu, hv_.supported_xcr0()));
-      if (::ioctl(fd_.get(), KVM_SET_XSAVE, xsave.get()) < 0) fail("KVM_SET_XSAVE");
+      if (::ioctl(fd_.get(), abi::kSetXsave, xsave.get()) < 0) fail("KVM_SET_XSAVE");
     } else {
       kvm_fpu fpu = fpu_from_state(st.fpu);
       if (::ioctl(fd_.get(), KVM_SET_FPU, &fpu) < 0) fail("KVM_SET_FPU");
@@ -264,14 +280,12 @@ class KvmVcpu final : public api::Vcpu {
       for (auto idx : hv_.state_msrs())
         if (idx == m.index) wanted.push_back(m);
     if (!wanted.empty()) {
-      std::vector<std::uint8_t> buf(sizeof(kvm_msrs) + wanted.size() * sizeof(kvm_msr_entry));
-      auto* msrs = reinterpret_cast<kvm_msrs*>(buf.data());
-      msrs->nmsrs = wanted.size();
+      MsrBuffer msrs(wanted.size());
       for (std::size_t i = 0; i < wanted.size(); ++i) {
-        msrs->entries[i].index = wanted[i].index;
-        msrs->entries[i].data = wanted[i].value;
+        msrs.entry(i).index = wanted[i].index;
+        msrs.entry(i).data = wanted[i].value;
       }
-      const int n = ::ioctl(fd_.get(), KVM_SET_MSRS, msrs);
+      const int n = ::ioctl(fd_.get(), abi::kSetMsrs, msrs.data());
       if (n < 0) fail("KVM_SET_MSRS");
       if (static_cast<std::size_t>(n) < wanted.size()) {
         char buf2[96];
@@ -378,7 +392,11 @@ class KvmVcpu final : public api::Vcpu {
     api::RunExit e{kind, std::move(reason)};
     try {
       pending_completion_ = false;
-      e.diagnostic += "\n" + format_state(get_state());
+      const api::VcpuState st = get_state();
+      if (kind == api::ExitKind::Shutdown && st.cs.selector == 0xf000 && st.rip == 0xfff0)
+        e.diagnostic += "; the registers below are the vCPU's reset state: KVM on AMD reinitialises the VMCB "
+                        "after a shutdown intercept, so the faulting state is lost (run under hv on VT-x or bt for it)";
+      e.diagnostic += "\n" + format_state(st);
     } catch (const std::exception& x) {
       e.diagnostic += std::string("\n(no register dump: ") + x.what() + ")";
     }
@@ -524,11 +542,13 @@ std::unique_ptr<KvmHypervisor> KvmHypervisor::open(const std::filesystem::path& 
   if (hv->vcpu_mmap_size_ < static_cast<int>(sizeof(kvm_run))) fail("KVM_GET_VCPU_MMAP_SIZE");
 
   for (int n = 64;; n *= 2) {
-    std::vector<std::uint8_t> buf(sizeof(kvm_cpuid2) + n * sizeof(kvm_cpuid_entry2));
-    auto* c = reinterpret_cast<kvm_cpuid2*>(buf.data());
-    c->nent = n;
-    if (::ioctl(hv->fd_, KVM_GET_SUPPORTED_CPUID, c) == 0) {
-      hv->supported_cpuid_.assign(c->entries, c->entries + c->nent);
+    std::vector<std::uint8_t> buf(abi::kCpuid2Header + n * sizeof(kvm_cpuid_entry2));
+    std::uint32_t nent = n;
+    std::memcpy(buf.data(), &nent, 4);
+    if (::ioctl(hv->fd_, abi::kGetSupportedCpuid, buf.data()) == 0) {
+      std::memcpy(&nent, buf.data(), 4);
+      hv->supported_cpuid_.resize(nent);
+      std::memcpy(hv->supported_cpuid_.data(), buf.data() + abi::kCpuid2Header, nent * sizeof(kvm_cpuid_entry2));
       break;
     }
     if (errno != E2BIG || n > 4096) fail("KVM_GET_SUPPORTED_CPUID");
@@ -537,15 +557,14 @@ std::unique_ptr<KvmHypervisor> KvmHypervisor::open(const std::filesystem::path& 
     if (e.function == 0xd && e.index == 0) hv->supported_xcr0_ = (std::uint64_t{e.edx} << 32 | e.eax) | 3;
 
   {
-    kvm_msr_list probe{};
-    ::ioctl(hv->fd_, KVM_GET_MSR_INDEX_LIST, &probe);  // E2BIG, fills nmsrs
-    std::vector<std::uint8_t> buf(sizeof(kvm_msr_list) + probe.nmsrs * sizeof(std::uint32_t));
-    auto* list = reinterpret_cast<kvm_msr_list*>(buf.data());
-    list->nmsrs = probe.nmsrs;
-    if (::ioctl(hv->fd_, KVM_GET_MSR_INDEX_LIST, list) < 0) fail("KVM_GET_MSR_INDEX_LIST");
+    std::uint32_t count = 0;
+    ::ioctl(hv->fd_, abi::kGetMsrIndexList, &count);  // E2BIG, fills in the count
+    std::vector<std::uint32_t> list(1 + count);
+    list[0] = count;
+    if (::ioctl(hv->fd_, abi::kGetMsrIndexList, list.data()) < 0) fail("KVM_GET_MSR_INDEX_LIST");
     for (auto want : kStateMsrs)
-      for (std::uint32_t i = 0; i < list->nmsrs; ++i)
-        if (list->indices[i] == want) { hv->state_msrs_.push_back(want); break; }
+      for (std::uint32_t i = 0; i < list[0]; ++i)
+        if (list[1 + i] == want) { hv->state_msrs_.push_back(want); break; }
   }
 
   hv->info_.driver = facts.vendor_module.empty() ? "kvm" : facts.vendor_module;

@@ -33,7 +33,7 @@ inline constexpr std::array<std::uint32_t, 12> kStateMsrs = {
 
 inline constexpr std::size_t kXsaveLegacyBytes = 512;
 inline constexpr std::size_t kXsaveHeaderBytes = 64;
-inline constexpr std::size_t kXsaveBytes = sizeof(kvm_xsave);  // 4096
+inline constexpr std::size_t kXsaveBytes = 4096;  // kvm_xsave::region (sizeof may add padding for `extra`)
 
 void regs_to_state(const kvm_regs& regs, api::VcpuState& state);
 kvm_regs regs_from_state(const api::VcpuState& state);
