@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <system_error>
 
 #include "capabilities/probe.hpp"
@@ -147,6 +148,15 @@ KvmEnvironment& kvm_environment() {
     std::printf("[kvm] %s\n", e.mode_line.c_str());
     return e;
   }();
+  static const bool required = [] {
+    // Set where KVM must work (the test host): a skip would hide a failure.
+    if (std::getenv("MODEVISOR_KVM_REQUIRED") && !env.skip_reason.empty()) {
+      env.error = "MODEVISOR_KVM_REQUIRED is set but " + env.skip_reason;
+      env.skip_reason.clear();
+    }
+    return true;
+  }();
+  (void)required;
   return env;
 }
 
