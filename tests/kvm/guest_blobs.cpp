@@ -210,5 +210,28 @@ g_dirty_start:
     cli
     hlt
 g_dirty_end:
+# --- 64-bit long mode: 8-byte MMIO write, SYSCALL through LSTAR -------------
+    .code64
+    .globl g_lm_start, g_lm_end, g_lm_after_syscall, g_lm_syscall
+g_lm_start:
+    movabsq $0x1122334455667788, %rax
+    movabsq $0xd0000000, %rbx
+    movq %rax, (%rbx)                # MMIO write, 8 bytes
+    movq 8(%rbx), %rdx               # MMIO read, 8 bytes
+    movq %rdx, 0x3000                # keep it in RAM
+    syscall
+g_lm_after_syscall:
+    hlt
+g_lm_syscall:
+    movq %rcx, %rax                  # SYSCALL's return address
+    outl %eax, $0x15
+    movq %r11, %rax                  # SYSCALL's saved RFLAGS
+    outl %eax, $0x15
+    pushfq
+    popq %rax                        # RFLAGS masked by SFMASK
+    outl %eax, $0x15
+    cli
+    hlt
+g_lm_end:
     .text
 )");

@@ -14,6 +14,7 @@ extern const unsigned char g_state_start[], g_state_end[];
 extern const unsigned char g_triple_start[], g_triple_end[];
 extern const unsigned char g_irq_start[], g_irq_end[], g_irq_handler[], g_irq_spin[];
 extern const unsigned char g_dirty_start[], g_dirty_end[];
+extern const unsigned char g_lm_start[], g_lm_end[], g_lm_after_syscall[], g_lm_syscall[];
 }
 
 namespace modevisor::test {

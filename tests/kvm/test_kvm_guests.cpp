@@ -304,6 +304,36 @@ TEST_F(KvmGuest, InterruptsWakeAHaltedGuest) {
   EXPECT_EQ(counter(vm->counters(), "kvm.interrupts_injected"), 3u);
 }
 
+// A vCPU saved while halted in HLT resumes halted in a fresh VM and wakes on
+// the platform's next interrupt.
+TEST_F(KvmGuest, HaltedStateRoundTrip) {
+  TestRam ram(kRam);
+  api::VcpuState saved;
+  {
+    TestPlatform pf;  // no interrupts: the first HLT ends the run
+    ram.load(kCodeBase, blob(g_irq_start, g_irq_end));
+    write_idt(ram, {{0x30, guest_addr(g_irq_start, g_irq_handler)}});
+    auto vm = make_vm(ram, pf);
+    auto s = vm->save_vcpu(0);
+    set_flat_protected_mode(s, kCodeBase, false, ram);
+    vm->load_vcpu(0, s);
+    const auto e = vm->run(0);
+    ASSERT_EQ(e.kind, ExitKind::Stopped) << e.diagnostic;
+    saved = vm->save_vcpu(0);
+    ASSERT_EQ(saved.run_state, api::RunState::Halted);
+    EXPECT_EQ(saved.rip, kCodeBase + 2u);  // after STI; HLT
+  }
+  TestPlatform pf;
+  pf.interrupts_to_raise = 1;
+  auto vm = make_vm(ram, pf);
+  vm->load_vcpu(0, saved);
+  EXPECT_EQ(vm->save_vcpu(0).run_state, api::RunState::Halted);
+  const auto e = vm->run(0);
+  ASSERT_EQ(e.kind, ExitKind::Stopped) << e.diagnostic;
+  EXPECT_EQ(pf.values_on(0x13).size(), 1u);  // woke, took the interrupt, halted again
+  EXPECT_EQ(pf.halts, 2);
+}
+
 TEST_F(KvmGuest, DeviceTimerDeadlineInterruptsASpinningGuest) {
   TestRam ram(kRam);
   TestPlatform pf;
@@ -367,6 +397,53 @@ TEST_F(KvmGuest, DirtyPagesAreTracked) {
   for (std::uint64_t p = 0x300000; p < 0x305000; p += 0x1000) EXPECT_TRUE(dirty(p)) << std::hex << p;
   EXPECT_FALSE(dirty(0x305000));
   EXPECT_FALSE(dirty(0x200000));
+}
+
+TEST_F(KvmGuest, LongModeGuestUsesItsSyscallMsrs) {
+  TestRam ram(kRam);
+  TestPlatform pf;
+  ram.load(kCodeBase, blob(g_lm_start, g_lm_end));
+  // 4-level paging: PML4 0x20000 -> PDPT 0x21000 -> 4 PDs (0x22000..) of 2 MiB pages, identity for 4 GiB.
+  auto* pml4 = &ram.at<std::uint64_t>(0x20000);
+  auto* pdpt = &ram.at<std::uint64_t>(0x21000);
+  pml4[0] = 0x21000 | 3;
+  for (std::uint64_t i = 0; i < 4; ++i) {
+    pdpt[i] = (0x22000 + i * 0x1000) | 3;
+    auto* pd = &ram.at<std::uint64_t>(0x22000 + i * 0x1000);
+    for (std::uint64_t j = 0; j < 512; ++j) pd[j] = (i << 30) + (j << 21) + 0x83;
+  }
+  auto vm = make_vm(ram, pf);
+  auto s = vm->save_vcpu(0);
+  set_flat_protected_mode(s, kCodeBase, true, ram);
+  ram.at<std::uint64_t>(kGdtBase + 8) = 0x00af9b000000ffffull;  // 64-bit code
+  s.cs.l = true;
+  s.cs.db = false;
+  s.cr3 = 0x20000;
+  s.cr4 = 0x620;       // PAE | OSFXSR | OSXMMEXCPT
+  s.efer = 0x501;      // SCE | LME | LMA
+  s.rflags = 0x202;    // IF, to see SFMASK clear it
+  s.set_msr(0xc0000081, 0x0010000800000000ull);                        // STAR: SYSCALL CS 0x08
+  s.set_msr(0xc0000082, guest_addr(g_lm_start, g_lm_syscall));         // LSTAR
+  s.set_msr(0xc0000084, 0x200);                                        // SFMASK: IF
+  s.set_msr(0xc0000102, 0xffff800012345000ull);                        // KERNEL_GS_BASE
+  vm->load_vcpu(0, s);
+  const auto back = vm->save_vcpu(0);
+  EXPECT_EQ(back.msr(0xc0000082), s.msr(0xc0000082));
+  EXPECT_EQ(back.msr(0xc0000102), s.msr(0xc0000102));
+  EXPECT_EQ(back.efer & 0x501, 0x501u);
+  EXPECT_TRUE(back.cs.l);
+  const auto exit = vm->run(0);
+  ASSERT_EQ(exit.kind, ExitKind::Stopped) << exit.diagnostic;
+  ASSERT_EQ(pf.mmio.size(), 2u);
+  EXPECT_EQ(pf.mmio[0].size, 8u);
+  EXPECT_EQ(pf.mmio[0].value, 0x1122334455667788ull);
+  EXPECT_EQ(pf.mmio[1].size, 8u);
+  EXPECT_EQ(ram.at<std::uint64_t>(0x3000), pf.mmio_read_value);
+  const auto v = pf.values_on(0x15);
+  ASSERT_EQ(v.size(), 3u);
+  EXPECT_EQ(v[0], guest_addr(g_lm_start, g_lm_after_syscall));
+  EXPECT_EQ(v[1] & 0x200, 0x200u);  // R11: RFLAGS before, IF set
+  EXPECT_EQ(v[2] & 0x200, 0u);      // IF masked in the handler
 }
 
 TEST_F(KvmGuest, TheOtherHvPluginRefusesNamingTheModuleParameter) {
