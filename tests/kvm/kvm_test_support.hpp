@@ -8,7 +8,9 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <condition_variable>
 #include <map>
+#include <mutex>
 #include <memory>
 #include <optional>
 #include <string>
@@ -31,6 +33,8 @@ struct MmioAccess {
 class TestPlatform : public api::Platform {
  public:
   std::vector<std::pair<std::uint16_t, std::uint32_t>> outs;  // port, value
+  std::map<unsigned, std::vector<std::uint32_t>> outs_by_vcpu;  // values written to port 0x15, by vCPU
+  int vcpus_to_halt = 1;  // the run ends once this many vCPUs wait in HLT with nothing to raise
   std::map<std::uint16_t, unsigned> ins;                      // port -> count
   std::vector<MmioAccess> mmio;
   std::function<void(std::uint16_t, std::uint32_t)> on_out;   // called after recording
@@ -45,6 +49,7 @@ class TestPlatform : public api::Platform {
   std::atomic<bool> stop{false};
 
   std::uint32_t io_in(unsigned, std::uint16_t port, unsigned size) override {
+    std::lock_guard lock(mutex_);
     ++ins[port];
     if (on_in) on_in(port);
     switch (port) {
@@ -54,8 +59,10 @@ class TestPlatform : public api::Platform {
       default: return size == 4 ? 0xffffffffu : (1u << (size * 8)) - 1;
     }
   }
-  void io_out(unsigned, std::uint16_t port, unsigned, std::uint32_t value) override {
+  void io_out(unsigned vcpu, std::uint16_t port, unsigned, std::uint32_t value) override {
+    std::lock_guard lock(mutex_);
     outs.emplace_back(port, value);
+    if (port == 0x15) outs_by_vcpu[vcpu].push_back(value);
     if (on_out) on_out(port, value);
   }
   std::uint64_t mmio_read(unsigned, std::uint64_t gpa, unsigned size) override {
@@ -79,12 +86,16 @@ class TestPlatform : public api::Platform {
     return vector;
   }
   void wait_for_interrupt(unsigned) override {
+    std::unique_lock lock(mutex_);
     ++halts;
     if (interrupts_to_raise > 0) {
       --interrupts_to_raise;
       raised_ = true;
-    } else {
+    } else if (++idle_ >= vcpus_to_halt) {
       stop = true;  // nothing will ever wake the guest: end the run
+      idle_cv_.notify_all();
+    } else {
+      idle_cv_.wait(lock, [&] { return stop.load(); });
     }
   }
   bool stop_requested() const override { return stop.load(); }
@@ -100,6 +111,9 @@ class TestPlatform : public api::Platform {
 
  private:
   bool raised_ = false;
+  int idle_ = 0;
+  std::mutex mutex_;
+  std::condition_variable idle_cv_;
 };
 
 class NullLogger : public api::Logger {

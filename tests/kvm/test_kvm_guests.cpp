@@ -23,10 +23,11 @@ class KvmGuest : public ::testing::Test {
   }
   static KvmEnvironment& env() { return kvm_environment(); }
 
-  std::unique_ptr<api::VirtualMachine> make_vm(TestRam& ram, TestPlatform& platform, api::Monitor* monitor = nullptr) {
+  std::unique_ptr<api::VirtualMachine> make_vm(TestRam& ram, TestPlatform& platform, api::Monitor* monitor = nullptr,
+                                               unsigned vcpus = 1) {
     api::VmSpec spec;
     spec.name = "kvm-test";
-    spec.vcpus = 1;
+    spec.vcpus = vcpus;
     spec.memory_bytes = ram.size();
     spec.guest_bits = 32;
     spec.guest_os = "other-32";
@@ -444,6 +445,37 @@ TEST_F(KvmGuest, LongModeGuestUsesItsSyscallMsrs) {
   EXPECT_EQ(v[0], guest_addr(g_lm_start, g_lm_after_syscall));
   EXPECT_EQ(v[1] & 0x200, 0x200u);  // R11: RFLAGS before, IF set
   EXPECT_EQ(v[2] & 0x200, 0u);      // IF masked in the handler
+}
+
+// Two vCPUs of one VM, each on its own thread (own kick signal target and
+// timer), run the same code on their own registers and stacks.
+TEST_F(KvmGuest, TwoVcpusRunOnTheirOwnThreads) {
+  constexpr unsigned kPasses0 = 30, kPasses1 = 50;
+  TestRam ram(kRam);
+  TestPlatform pf;
+  pf.vcpus_to_halt = 2;
+  ram.load(kCodeBase, blob(g_state_start, g_state_end));
+  write_page_tables(ram);
+  auto vm = make_vm(ram, pf, nullptr, 2);
+  for (unsigned i = 0; i < 2; ++i) {
+    auto s = vm->save_vcpu(i);
+    set_flat_protected_mode(s, kCodeBase, true, ram);
+    s.gpr[api::gpr::rcx] = i == 0 ? kPasses0 : kPasses1;
+    s.gpr[api::gpr::rsp] = kStackTop - i * 0x400;
+    vm->load_vcpu(i, s);
+  }
+  api::RunExit exits[2];
+  std::thread t0([&] { exits[0] = vm->run(0); });
+  std::thread t1([&] { exits[1] = vm->run(1); });
+  t0.join();
+  t1.join();
+  for (const auto& e : exits) ASSERT_EQ(e.kind, ExitKind::Stopped) << e.diagnostic;
+  ASSERT_EQ(pf.outs_by_vcpu[0].size(), 1u);
+  ASSERT_EQ(pf.outs_by_vcpu[1].size(), 1u);
+  EXPECT_NE(pf.outs_by_vcpu[0][0], pf.outs_by_vcpu[1][0]);  // different pass counts, different sums
+  EXPECT_EQ(pf.ins[0x16], kPasses0 + kPasses1);
+  EXPECT_EQ(counter(vm->counters(), "kvm.exit.io_in"), kPasses0 + kPasses1);
+  EXPECT_EQ(counter(vm->counters(), "kvm.exit.hlt"), 2u);
 }
 
 TEST_F(KvmGuest, TheOtherHvPluginRefusesNamingTheModuleParameter) {
