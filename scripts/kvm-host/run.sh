@@ -28,7 +28,7 @@ rm -f "$W"/rc-npt*
   printf '%q ' "$@"; echo; } > "$W/cmd.sh"
 CPU=${KVM_HOST_CPU:-EPYC}; SMP=${KVM_HOST_SMP:-2}
 timeout --foreground -k 5 "$TIMEOUT" qemu-system-x86_64 -accel tcg -cpu "$CPU" -m 2G -smp "$SMP" \
-  -nographic -no-reboot -monitor none -serial stdio \
+  -nographic -no-reboot -monitor none -serial stdio -nic none \
   -kernel "$OUT/vmlinux" -initrd "$OUT/initramfs.cpio.gz" \
   -append "console=ttyS0 quiet panic=-1 npt=$(echo $NPTS | tr ' ' ,)" \
   -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap,id=hostroot \
