@@ -18,12 +18,15 @@ inline constexpr std::size_t kMsrsHeader = 8;      // kvm_msrs { u32 nmsrs; u32 
 inline constexpr std::size_t kMsrListHeader = 4;   // kvm_msr_list { u32 nmsrs; indices[] }
 inline constexpr std::size_t kXsaveSize = 4096;    // kvm_xsave { u32 region[1024]; extra[] }
 inline constexpr std::size_t kStatsDescHeader = 16;  // kvm_stats_desc { u32; s16; u16; u32; u32; char name[] }
+inline constexpr std::size_t kSignalMaskHeader = 4;  // kvm_signal_mask { u32 len; u8 sigset[] }
+inline constexpr std::size_t kKernelSigsetBytes = 8;  // the kernel's sigset_t on x86-64
 
 inline constexpr unsigned long kGetMsrIndexList = _IOC(_IOC_READ | _IOC_WRITE, KVMIO, 0x02, kMsrListHeader);
 inline constexpr unsigned long kGetSupportedCpuid = _IOC(_IOC_READ | _IOC_WRITE, KVMIO, 0x05, kCpuid2Header);
 inline constexpr unsigned long kGetMsrs = _IOC(_IOC_READ | _IOC_WRITE, KVMIO, 0x88, kMsrsHeader);
 inline constexpr unsigned long kSetMsrs = _IOC(_IOC_WRITE, KVMIO, 0x89, kMsrsHeader);
 inline constexpr unsigned long kSetCpuid2 = _IOC(_IOC_WRITE, KVMIO, 0x90, kCpuid2Header);
+inline constexpr unsigned long kSetSignalMask = _IOC(_IOC_WRITE, KVMIO, 0x8b, kSignalMaskHeader);
 inline constexpr unsigned long kGetXsave = _IOC(_IOC_READ, KVMIO, 0xa4, kXsaveSize);
 inline constexpr unsigned long kSetXsave = _IOC(_IOC_WRITE, KVMIO, 0xa5, kXsaveSize);
 

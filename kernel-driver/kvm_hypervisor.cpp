@@ -52,7 +52,10 @@ class Fd {
 };
 
 // The signal that kicks a vCPU thread out of KVM_RUN (and the one its device
-// timer raises).  The handler does nothing: the interrupted KVM_RUN returns EINTR.
+// timer raises).  The vCPU thread keeps it blocked except inside KVM_RUN
+// (KVM_SET_SIGNAL_MASK), so platform code on that thread never sees EINTR; a
+// signal that arrives outside KVM_RUN stays pending and makes the next KVM_RUN
+// return at once.  The handler does nothing.
 int kick_signal() { return SIGRTMIN + 1; }
 void install_kick_handler() {
   static std::once_flag once;
@@ -60,7 +63,7 @@ void install_kick_handler() {
     struct sigaction sa{};
     sa.sa_handler = [](int) {};
     sigemptyset(&sa.sa_mask);
-    sa.sa_flags = 0;  // no SA_RESTART: KVM_RUN must come back
+    sa.sa_flags = SA_RESTART;
     sigaction(kick_signal(), &sa, nullptr);
   });
 }
@@ -157,7 +160,7 @@ class KvmVcpu final : public api::Vcpu {
         v->in_run_ = false;
       }
     } leave{this};
-    unblock_kick_signal();
+    const SignalGuard signals(fd_.get(), signal_mask_set_);
     ensure_timer();
     ExitContext cx{platform_, index_, apic_base(), counters_, {}};
     for (;;) {
@@ -179,6 +182,7 @@ class KvmVcpu final : public api::Vcpu {
         if (errno == EINTR || errno == EAGAIN) {
           ++counters_.intr;
           run_->immediate_exit = 0;
+          SignalGuard::drain();
           continue;
         }
         return error("KVM_RUN failed: " + std::string(std::strerror(errno)));
@@ -315,12 +319,44 @@ class KvmVcpu final : public api::Vcpu {
  private:
   std::uint64_t apic_base() const { return 0xfee00000; }
 
-  void unblock_kick_signal() {
-    sigset_t set;
-    sigemptyset(&set);
-    sigaddset(&set, kick_signal());
-    pthread_sigmask(SIG_UNBLOCK, &set, nullptr);
-  }
+  // Blocks the kick signal on the calling thread for the duration of run()
+  // and tells KVM to unblock it while in KVM_RUN.
+  class SignalGuard {
+   public:
+    SignalGuard(int vcpu_fd, bool& mask_set) {
+      sigset_t kick;
+      sigemptyset(&kick);
+      sigaddset(&kick, kick_signal());
+      pthread_sigmask(SIG_BLOCK, &kick, &saved_);
+      if (!mask_set) {
+        sigset_t during_run = saved_;
+        sigdelset(&during_run, kick_signal());
+        std::uint8_t arg[abi::kSignalMaskHeader + abi::kKernelSigsetBytes] = {};
+        const std::uint32_t len = abi::kKernelSigsetBytes;
+        std::memcpy(arg, &len, 4);
+        std::memcpy(arg + abi::kSignalMaskHeader, &during_run, abi::kKernelSigsetBytes);
+        if (::ioctl(vcpu_fd, abi::kSetSignalMask, arg) < 0) fail("KVM_SET_SIGNAL_MASK");
+        mask_set = true;
+      }
+    }
+    ~SignalGuard() {
+      drain();
+      pthread_sigmask(SIG_SETMASK, &saved_, nullptr);
+    }
+    // Consume kick signals left pending (KVM returns EINTR with the signal
+    // still pending and blocked again).
+    static void drain() {
+      sigset_t kick;
+      sigemptyset(&kick);
+      sigaddset(&kick, kick_signal());
+      const timespec zero{};
+      while (sigtimedwait(&kick, nullptr, &zero) > 0) {
+      }
+    }
+
+   private:
+    sigset_t saved_;
+  };
 
   // A host timer that interrupts KVM_RUN when the platform's next device timer
   // is due, so the run loop asks the platform for interrupts again.
@@ -412,6 +448,7 @@ class KvmVcpu final : public api::Vcpu {
   std::unique_ptr<KernelStats> stats_;
   bool halted_ = false, halted_if_ = false;
   bool pending_completion_ = false;
+  bool signal_mask_set_ = false;
   std::atomic<bool> kick_{false};
   std::mutex thread_mutex_;
   pthread_t thread_{};

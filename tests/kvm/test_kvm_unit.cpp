@@ -183,6 +183,7 @@ TEST(KvmAbi, FlexibleArrayIoctlsUseTheCLayout) {
   EXPECT_EQ(kvm::abi::kGetMsrs, 0xc008ae88ul);
   EXPECT_EQ(kvm::abi::kSetMsrs, 0x4008ae89ul);
   EXPECT_EQ(kvm::abi::kSetCpuid2, 0x4008ae90ul);
+  EXPECT_EQ(kvm::abi::kSetSignalMask, 0x4004ae8bul);
   EXPECT_EQ(kvm::abi::kGetXsave, 0x9000aea4ul);
   EXPECT_EQ(kvm::abi::kSetXsave, 0x5000aea5ul);
   static_assert(sizeof(kvm_msr_entry) == 16 && sizeof(kvm_cpuid_entry2) == 40);
