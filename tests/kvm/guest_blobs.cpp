@@ -185,7 +185,7 @@ g_triple_end:
 
 # --- interrupts: STI, then HLT (or spin) until the platform's interrupts came;
 #     vector 0x30 handler reports on port 0x13 --------------------------------
-    .globl g_irq_start, g_irq_end, g_irq_handler, g_irq_spin
+    .globl g_irq_start, g_irq_end, g_irq_handler, g_irq_spin, g_irq_window
 g_irq_start:
     sti
 1:  hlt
@@ -193,6 +193,13 @@ g_irq_start:
 g_irq_spin:
     sti
 2:  jmp 2b
+g_irq_window:
+    cli
+    outb %al, $0x10                  # the platform raises an interrupt here, IF=0
+    outb %al, $0x12                  # still masked: this must come first
+    sti
+    nop                              # the STI shadow
+3:  jmp 3b
 g_irq_handler:
     outb %al, $0x13
     iret

@@ -102,6 +102,8 @@ class TestPlatform : public api::Platform {
   std::uint64_t now_ns() const override;
   std::uint64_t next_timer_deadline_ns() override { return deadline_ns; }
 
+  void raise() { raised_ = true; }  // an interrupt controller asserts `vector`
+
   std::vector<std::uint32_t> values_on(std::uint16_t port) const {
     std::vector<std::uint32_t> v;
     for (const auto& [p, value] : outs)
@@ -110,7 +112,7 @@ class TestPlatform : public api::Platform {
   }
 
  private:
-  bool raised_ = false;
+  std::atomic<bool> raised_{false};
   int idle_ = 0;
   std::mutex mutex_;
   std::condition_variable idle_cv_;

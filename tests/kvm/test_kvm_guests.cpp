@@ -335,6 +335,31 @@ TEST_F(KvmGuest, HaltedStateRoundTrip) {
   EXPECT_EQ(pf.halts, 2);
 }
 
+// An interrupt raised while the guest has IF=0 waits for the window KVM
+// reports when the guest can take it (after STI and its shadow).
+TEST_F(KvmGuest, MaskedInterruptWaitsForTheInterruptWindow) {
+  TestRam ram(kRam);
+  TestPlatform pf;
+  ram.load(kCodeBase, blob(g_irq_start, g_irq_end));
+  write_idt(ram, {{0x30, guest_addr(g_irq_start, g_irq_handler)}});
+  auto vm = make_vm(ram, pf);
+  auto s = vm->save_vcpu(0);
+  set_flat_protected_mode(s, guest_addr(g_irq_start, g_irq_window), false, ram);
+  vm->load_vcpu(0, s);
+  pf.on_out = [&](std::uint16_t port, std::uint32_t) {
+    if (port == 0x10) pf.raise();
+    if (port == 0x13) pf.stop = true;
+  };
+  const auto exit = vm->run(0);
+  ASSERT_EQ(exit.kind, ExitKind::Stopped) << exit.diagnostic;
+  std::vector<std::uint16_t> order;
+  for (const auto& [port, value] : pf.outs) order.push_back(port);
+  EXPECT_EQ(order, (std::vector<std::uint16_t>{0x10, 0x12, 0x13}));
+  const auto c = vm->counters();
+  EXPECT_EQ(counter(c, "kvm.exit.irq_window_open"), 1u);
+  EXPECT_EQ(counter(c, "kvm.interrupts_injected"), 1u);
+}
+
 TEST_F(KvmGuest, DeviceTimerDeadlineInterruptsASpinningGuest) {
   TestRam ram(kRam);
   TestPlatform pf;
