@@ -31,7 +31,7 @@ fi
 
 start=$(date +%s)
 NPTS="1 0" "$SRC/scripts/kvm-host/run.sh" -o "$OUT" -w "$OUT/work" -t "${KVM_HOST_TIMEOUT:-420}" -- \
-  sh -c "'$BUILD/bin/modevisor' plugins; MODEVISOR_KVM_REQUIRED=1 '$TESTS' --gtest_color=no"
+  sh -c "'$BUILD/bin/modevisor' plugins; MODEVISOR_KVM_REQUIRED=1 MODEVISOR_KVM_HANDOFF_DIR=/tmp/work '$TESTS' --gtest_color=no"
 rc=$?
 echo "test host: $(( $(date +%s) - start ))s wall"
 case $rc in

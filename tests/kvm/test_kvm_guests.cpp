@@ -6,6 +6,9 @@
 
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
 #include <thread>
 
 #include "kvm_test_support.hpp"
@@ -264,6 +267,123 @@ TEST_F(KvmGuest, StateRoundTripIntoFreshVcpu) {
   EXPECT_EQ(pf.values_on(0x14), want14);
   EXPECT_EQ(pf.values_on(0x15), want15);
   EXPECT_EQ(pf.ins[0x16], kPasses - kStopAfter);
+}
+
+// A byte stream of a VcpuState for the cross-MMU hand-off below (same binary
+// on both ends, so plain fields are copied as they lie).
+class StateFile {
+ public:
+  static void write(const std::filesystem::path& file, const api::VcpuState& st, TestRam& ram) {
+    std::ofstream out(file, std::ios::binary | std::ios::trunc);
+    auto put = [&](const auto& v) { out.write(reinterpret_cast<const char*>(&v), sizeof v); };
+    auto put_vec = [&](const auto& v) {
+      put(v.size());
+      out.write(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(v[0]));
+    };
+    put(st.gpr), put(st.rip), put(st.rflags);
+    for (const auto* seg : {&st.es, &st.cs, &st.ss, &st.ds, &st.fs, &st.gs, &st.ldtr, &st.tr}) put(*seg);
+    put(st.gdtr), put(st.idtr), put(st.cr0), put(st.cr2), put(st.cr3), put(st.cr4), put(st.cr8), put(st.efer), put(st.dr);
+    put_vec(st.msrs);
+    put(st.fpu.fxsave), put(st.fpu.xcr0);
+    put_vec(st.fpu.xsave_extended);
+    put(st.events.exception.has_value());
+    put(st.events.exception.value_or(api::PendingException{}));
+    put(st.events.interrupt.has_value()), put(st.events.interrupt.value_or(0));
+    put(st.events.nmi_pending), put(st.events.nmi_masked), put(st.events.interrupt_shadow);
+    put(st.lapic), put(st.run_state);
+    out.write(reinterpret_cast<const char*>(ram.host_base()), static_cast<std::streamsize>(ram.size()));
+    if (!out) throw std::runtime_error("cannot write " + file.string());
+  }
+  static api::VcpuState read(const std::filesystem::path& file, TestRam& ram) {
+    std::ifstream in(file, std::ios::binary);
+    api::VcpuState st;
+    auto get = [&](auto& v) { in.read(reinterpret_cast<char*>(&v), sizeof v); };
+    auto get_vec = [&](auto& v) {
+      std::size_t n = 0;
+      get(n);
+      v.resize(n);
+      in.read(reinterpret_cast<char*>(v.data()), n * sizeof(v[0]));
+    };
+    get(st.gpr), get(st.rip), get(st.rflags);
+    for (auto* seg : {&st.es, &st.cs, &st.ss, &st.ds, &st.fs, &st.gs, &st.ldtr, &st.tr}) get(*seg);
+    get(st.gdtr), get(st.idtr), get(st.cr0), get(st.cr2), get(st.cr3), get(st.cr4), get(st.cr8), get(st.efer), get(st.dr);
+    get_vec(st.msrs);
+    get(st.fpu.fxsave), get(st.fpu.xcr0);
+    get_vec(st.fpu.xsave_extended);
+    bool has = false;
+    api::PendingException e;
+    get(has), get(e);
+    if (has) st.events.exception = e;
+    std::uint8_t irq = 0;
+    get(has), get(irq);
+    if (has) st.events.interrupt = irq;
+    get(st.events.nmi_pending), get(st.events.nmi_masked), get(st.events.interrupt_shadow);
+    get(st.lapic), get(st.run_state);
+    in.read(reinterpret_cast<char*>(ram.host_base()), static_cast<std::streamsize>(ram.size()));
+    if (!in) throw std::runtime_error("cannot read " + file.string());
+    return st;
+  }
+};
+
+// The mode switch across MMUs: in the test host's npt=1 boot (hv-hwmmu) the
+// guest is stopped part way and its vCPU state and RAM are written to the
+// shared work dir; the npt=0 run (hv-swmmu) loads them into a fresh VM and
+// finishes: the result equals an uninterrupted run.
+TEST_F(KvmGuest, CrossMmuResumeFromNestedToShadowPaging) {
+  const char* dir = std::getenv("MODEVISOR_KVM_HANDOFF_DIR");
+  if (!dir) GTEST_SKIP() << "needs MODEVISOR_KVM_HANDOFF_DIR (set by run-kvm-tests.sh in the test host, which runs npt=1 then npt=0)";
+  const std::filesystem::path file = std::filesystem::path(dir) / "cross-mmu-state.bin";
+  constexpr unsigned kPasses = 40, kStopAfter = 23;
+  const bool nested = env().hypervisor->info().nested_paging;
+  TestRam ram(kRam);
+  if (nested) {
+    std::filesystem::remove(file);
+    ram.load(kCodeBase, blob(g_state_start, g_state_end));
+    write_page_tables(ram);
+    TestPlatform pf;
+    pf.on_in = [&](std::uint16_t port) {
+      if (port == 0x16 && pf.ins[0x16] == kStopAfter) pf.stop = true;
+    };
+    auto vm = make_vm(ram, pf);
+    auto s = vm->save_vcpu(0);
+    set_flat_protected_mode(s, kCodeBase, true, ram);
+    s.gpr[api::gpr::rcx] = kPasses;
+    vm->load_vcpu(0, s);
+    const auto e = vm->run(0);
+    ASSERT_EQ(e.kind, ExitKind::Stopped) << e.diagnostic;
+    StateFile::write(file, vm->save_vcpu(0), ram);
+    std::printf("[kvm] %s: stopped after %u of %u passes, state and RAM handed off in %s\n", env().plugin_name.c_str(),
+                kStopAfter, kPasses, file.c_str());
+    return;
+  }
+  if (!std::filesystem::exists(file)) GTEST_SKIP() << "no " << file << " from an npt=1 run before this one";
+  // Reference: the same guest uninterrupted, here.
+  std::vector<std::uint32_t> want14, want15;
+  {
+    TestRam ref(kRam);
+    ref.load(kCodeBase, blob(g_state_start, g_state_end));
+    write_page_tables(ref);
+    TestPlatform pf;
+    auto vm = make_vm(ref, pf);
+    auto s = vm->save_vcpu(0);
+    set_flat_protected_mode(s, kCodeBase, true, ref);
+    s.gpr[api::gpr::rcx] = kPasses;
+    vm->load_vcpu(0, s);
+    ASSERT_EQ(vm->run(0).kind, ExitKind::Stopped);
+    want14 = pf.values_on(0x14);
+    want15 = pf.values_on(0x15);
+  }
+  const api::VcpuState st = StateFile::read(file, ram);
+  std::filesystem::remove(file);
+  TestPlatform pf;
+  auto vm = make_vm(ram, pf);
+  vm->load_vcpu(0, st);
+  const auto e = vm->run(0);
+  ASSERT_EQ(e.kind, ExitKind::Stopped) << e.diagnostic;
+  EXPECT_EQ(pf.ins[0x16], kPasses - kStopAfter);
+  EXPECT_EQ(pf.values_on(0x14), want14);
+  EXPECT_EQ(pf.values_on(0x15), want15);
+  std::printf("[kvm] %s: resumed the hv-hwmmu vCPU (npt=1) and finished: results match\n", env().plugin_name.c_str());
 }
 
 TEST_F(KvmGuest, TripleFaultIsShutdownWithRegisterDump) {
