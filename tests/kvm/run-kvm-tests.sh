@@ -5,8 +5,10 @@
 #   - otherwise: build the KVM test host (scripts/kvm-host: QEMU TCG, AMD EPYC
 #     with SVM, Debian's kernel and kvm_amd) and run them inside it, with
 #     kvm_amd npt=1 (hv-hwmmu) and then npt=0 (hv-swmmu).
-# Exit 77 (ctest SKIP_RETURN_CODE) with the reason when neither is possible;
-# tests that skip inside the test host count as failures (MODEVISOR_KVM_REQUIRED).
+# Exit 77 (ctest SKIP_RETURN_CODE) with the reason when neither is possible
+# (or the test host itself hangs: QEMU's timeout); tests that skip inside the
+# test host count as failures (MODEVISOR_KVM_REQUIRED), and so does a test
+# binary that hangs inside it (timeout 150 there, exit 124).
 #   usage: run-kvm-tests.sh BUILD_DIR SOURCE_DIR
 set -uo pipefail
 BUILD=$(cd "$1" && pwd); SRC=$(cd "$2" && pwd)
@@ -31,7 +33,7 @@ fi
 
 start=$(date +%s)
 NPTS="1 0" "$SRC/scripts/kvm-host/run.sh" -o "$OUT" -w "$OUT/work" -t "${KVM_HOST_TIMEOUT:-420}" -- \
-  sh -c "'$BUILD/bin/modevisor' plugins; MODEVISOR_KVM_REQUIRED=1 MODEVISOR_KVM_HANDOFF_DIR=/tmp/work '$TESTS' --gtest_color=no"
+  sh -c "'$BUILD/bin/modevisor' plugins; MODEVISOR_KVM_REQUIRED=1 MODEVISOR_KVM_HANDOFF_DIR=$OUT/work timeout 150 '$TESTS' --gtest_color=no"
 rc=$?
 echo "test host: $(( $(date +%s) - start ))s wall"
 case $rc in
