@@ -11,6 +11,8 @@
 #include <fstream>
 #include <thread>
 
+#include <elf.h>
+
 #include "kvm_test_support.hpp"
 
 namespace modevisor::test {
@@ -635,6 +637,85 @@ TEST_F(KvmGuest, TheOtherHvPluginRefusesNamingTheModuleParameter) {
     EXPECT_TRUE(msg.find("npt") != std::string::npos || msg.find("ept") != std::string::npos) << msg;
   }
 }
+
+// The project's own multiboot compute guests (tests/guests), loaded from their
+// ELF and run to their isa-debug-exit; the serial output must equal what the
+// QEMU oracle prints (tests/guests/expected).  Only the devices they touch
+// without interrupts are needed: the UART's data and line status ports.
+class KvmMultibootGuest : public KvmGuest, public ::testing::WithParamInterface<const char*> {};
+
+std::vector<char> read_all(const std::filesystem::path& file) {
+  std::ifstream in(file, std::ios::binary);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+TEST_P(KvmMultibootGuest, SerialOutputMatchesTheOracle) {
+  const std::string name = GetParam();
+  const auto elf = read_all(std::filesystem::path(MODEVISOR_GUEST_DIR) / (name + ".elf"));
+  const auto expected = read_all(std::filesystem::path(MODEVISOR_SOURCE_DIR) / "tests/guests/expected" / (name + ".out"));
+  ASSERT_GT(elf.size(), sizeof(Elf32_Ehdr)) << name << ".elf missing";
+  ASSERT_FALSE(expected.empty());
+  constexpr std::uint64_t kGuestRam = 128 << 20;  // as the oracle's -m 128
+  TestRam ram(kGuestRam);
+  Elf32_Ehdr eh;
+  std::memcpy(&eh, elf.data(), sizeof eh);
+  ASSERT_EQ(std::memcmp(eh.e_ident, ELFMAG, SELFMAG), 0);
+  ASSERT_EQ(eh.e_machine, EM_386);
+  for (unsigned i = 0; i < eh.e_phnum; ++i) {
+    Elf32_Phdr ph;
+    std::memcpy(&ph, elf.data() + eh.e_phoff + i * eh.e_phentsize, sizeof ph);
+    if (ph.p_type != PT_LOAD) continue;
+    ASSERT_LE(std::uint64_t{ph.p_paddr} + ph.p_memsz, kGuestRam);
+    std::memcpy(ram.host_base() + ph.p_paddr, elf.data() + ph.p_offset, ph.p_filesz);
+  }
+  // Multiboot information: memory sizes and the command line ("<name>.elf", as
+  // QEMU passes the kernel's file name first).
+  constexpr std::uint32_t kMbi = 0x9000, kCmdline = 0x9100;
+  auto* mbi = &ram.at<std::uint32_t>(kMbi);
+  mbi[0] = (1u << 0) | (1u << 2);
+  mbi[1] = 639;
+  mbi[2] = static_cast<std::uint32_t>((kGuestRam >> 10) - 1024);
+  mbi[4] = kCmdline;
+  const std::string cmdline = name + ".elf ";
+  std::memcpy(ram.host_base() + kCmdline, cmdline.c_str(), cmdline.size() + 1);
+
+  TestPlatform pf;
+  std::string serial;
+  bool dlab = false;
+  std::optional<std::uint32_t> exit_code;
+  pf.on_out = [&](std::uint16_t port, std::uint32_t value) {
+    if (port == 0x3fb) dlab = value & 0x80;
+    if (port == 0x3f8 && !dlab) serial += static_cast<char>(value);
+    if (port == 0xf4) {
+      exit_code = value & 0xff;
+      pf.stop = true;
+    }
+  };
+  auto vm = make_vm(ram, pf);
+  auto s = vm->save_vcpu(0);
+  set_flat_protected_mode(s, eh.e_entry, false, ram);
+  s.cr0 = 0x11;  // PE | ET, as a multiboot loader leaves it
+  s.cr4 = 0;
+  s.gpr[api::gpr::rax] = 0x2badb002;
+  s.gpr[api::gpr::rbx] = kMbi;
+  vm->load_vcpu(0, s);
+  const auto t0 = std::chrono::steady_clock::now();
+  const auto exit = vm->run(0);
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  ASSERT_EQ(exit.kind, ExitKind::Stopped) << exit.diagnostic << "\nserial so far:\n" << serial;
+  EXPECT_EQ(exit_code, std::optional<std::uint32_t>(0)) << serial;
+  EXPECT_EQ(serial, std::string(expected.begin(), expected.end()));
+  const auto c = vm->counters();
+  std::printf("[kvm] %s under %s: %.2fs, %llu exits (%llu port 0x3f8, %llu LSR polls), kernel exits %llu\n",
+              name.c_str(), env().plugin_name.c_str(), secs, static_cast<unsigned long long>(counter(c, "kvm.exits")),
+              static_cast<unsigned long long>(counter(c, "kvm.io_port.0x03f8")),
+              static_cast<unsigned long long>(counter(c, "kvm.io_port.0x03fd")),
+              static_cast<unsigned long long>(counter(c, "kvm.kernel.exits")));
+}
+
+INSTANTIATE_TEST_SUITE_P(ComputeGuests, KvmMultibootGuest,
+                         ::testing::Values("sieve", "crc32", "sha256", "matmul", "sort"),
+                         [](const auto& info) { return std::string(info.param); });
 
 }  // namespace
 }  // namespace modevisor::test
