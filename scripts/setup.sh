@@ -12,6 +12,9 @@ PACKAGES=(
   libzydis-dev                              # x86 decoder for the translator
   gcc-multilib                              # -m32 freestanding guest kernels
   qemu-system-x86                           # the oracle the guests are checked against
+  # KVM test host (scripts/kvm-host, ctest label kvm): a QEMU TCG guest with
+  # nested SVM running Debian's kernel and kvm_amd
+  linux-image-amd64 busybox-static cpio
 )
 
 missing=()

@@ -2,6 +2,8 @@
 // page tables kept by the driver (the seed's HV-swMMU).
 #include <modevisor/api/plugin.hpp>
 
+#include "hv_vm.hpp"
+
 namespace {
 
 using namespace modevisor::api;
@@ -26,10 +28,8 @@ class HvSwMmuMonitor final : public Monitor {
  public:
   std::vector<std::string> probe(const HostCapabilities&) override { return {}; }
 
-  std::unique_ptr<VirtualMachine> create_vm(const VmSpec& spec, VmServices) override {
-    throw MonitorError("hv-swmmu 0.1.0 cannot run VM '" + spec.name +
-                       "' yet: its KVM execution loop is not built (see the HV on KVM issue); "
-                       "no guest code is executed");
+  std::unique_ptr<VirtualMachine> create_vm(const VmSpec& spec, VmServices services) override {
+    return modevisor::hv::create_hv_vm({"hv-swmmu", "0.1.0", false}, spec, services);
   }
 };
 

@@ -10,7 +10,7 @@
 
 namespace modevisor::api {
 
-inline constexpr std::uint32_t kAbiVersion = 1;
+inline constexpr std::uint32_t kAbiVersion = 2;  // 2: VmServices::hypervisor
 
 namespace symbols {
 inline constexpr const char* kAbiVersion = "modevisor_plugin_abi_version";

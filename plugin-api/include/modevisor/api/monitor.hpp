@@ -20,6 +20,8 @@
 
 namespace modevisor::api {
 
+class Hypervisor;  // modevisor/api/hypervisor.hpp
+
 // A plugin refuses something (a VM it cannot run, a state it cannot load);
 // the message names what and why.
 class MonitorError : public std::runtime_error {
@@ -40,6 +42,9 @@ struct VmServices {
   GuestMemory& memory;
   Platform& platform;
   Logger& log;
+  // The hardware-virtualization driver (KVM), when the host has a usable one;
+  // null otherwise.  Hardware-assisted plugins run their vCPUs through it.
+  Hypervisor* hypervisor = nullptr;
 };
 
 enum class ExitKind {
