@@ -17,6 +17,8 @@
 
 #include "capabilities/cpu_profile.hpp"
 #include "config/vm_config.hpp"
+#include <modevisor/api/hypervisor.hpp>
+
 #include "monitor/vm_session.hpp"
 #include "selection/mode_log.hpp"
 
@@ -325,6 +327,12 @@ int command_run(Context& context, const std::string& vm_file, bool json_output, 
     };
     session = std::make_unique<host::VmSession>(vm, *plugin, vm_log, echo);
   } catch (const api::MonitorError& e) {
+    context.log()->error("VM {}: {}", vm.name, e.what());
+    vm_log->error("power on failed: {}", e.what());
+    out["result"] = "refused";
+    out["reason"] = e.what();
+    return finish(kExitMonitorFailed);
+  } catch (const api::HypervisorError& e) {
     context.log()->error("VM {}: {}", vm.name, e.what());
     vm_log->error("power on failed: {}", e.what());
     out["result"] = "refused";

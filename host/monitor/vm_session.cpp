@@ -7,6 +7,7 @@
 #include <iterator>
 
 #include "common/errors.hpp"
+#include "kernel-driver/kvm_hypervisor.hpp"
 #include "platform/multiboot_loader.hpp"
 
 namespace modevisor::host {
@@ -101,7 +102,8 @@ VmSession::VmSession(const VmConfig& vm, const LoadedPlugin& plugin, std::shared
   spec.memory_bytes = vm.memory_bytes;
   spec.guest_bits = vm.guest.os.bits;
   spec.guest_os = vm.guest.os.name;
-  machine_vm_ = plugin.monitor->create_vm(spec, api::VmServices{ram_, machine_, *plugin_log_});
+  if (plugin.descriptor.execution == api::Technique::Hardware) hypervisor_ = kvm::KvmHypervisor::open();
+  machine_vm_ = plugin.monitor->create_vm(spec, api::VmServices{ram_, machine_, *plugin_log_, hypervisor_.get()});
   boot.vcpu.lapic = pc_->save_lapic(0);
   machine_vm_->load_vcpu(0, boot.vcpu);
   // A device interrupt raised from another thread must pull the vCPU out of guest code.

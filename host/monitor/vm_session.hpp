@@ -18,6 +18,7 @@
 
 #include <spdlog/logger.h>
 
+#include <modevisor/api/hypervisor.hpp>
 #include <modevisor/api/monitor.hpp>
 
 #include "config/vm_config.hpp"
@@ -39,7 +40,9 @@ struct SessionResult {
 class VmSession {
  public:
   // Builds RAM, the PC, loads the kernel and asks `plugin` for a VM.
-  // Throws api::MonitorError when the plugin refuses, InputError for a bad kernel.
+  // Plugins with hardware execution are lent the host's KVM (kernel-driver/).
+  // Throws api::MonitorError when the plugin refuses, api::HypervisorError when
+  // KVM cannot be opened, InputError for a bad kernel.
   // Console output goes to the VM log line by line and, byte by byte, to `echo` (the terminal).
   using ConsoleEcho = std::function<void(std::uint8_t)>;
   VmSession(const VmConfig& vm, const LoadedPlugin& plugin, std::shared_ptr<spdlog::logger> vm_log,
@@ -68,6 +71,7 @@ class VmSession {
   GuestRam ram_;
   Machine machine_;
   std::unique_ptr<Pc> pc_;
+  std::unique_ptr<api::Hypervisor> hypervisor_;
   std::unique_ptr<api::VirtualMachine> machine_vm_;
   std::atomic<bool> running_{false};
   std::mutex timer_mutex_;

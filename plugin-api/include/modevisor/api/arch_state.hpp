@@ -40,7 +40,16 @@ struct Msr {
 };
 
 // FXSAVE image: x87 (FCW, FSW, tag, FOP, FIP/FDP, ST0-7), MXCSR, XMM0-15.
+// Default-constructed it is the state after reset as KVM and QEMU set it:
+// FCW 0x037f (all x87 exceptions masked), MXCSR 0x1f80 (all SSE exceptions
+// masked), everything else zero.
 struct FpuState {
+  FpuState() {
+    fxsave[0] = 0x7f;  // FCW, little-endian
+    fxsave[1] = 0x03;
+    fxsave[25] = 0x1f;  // MXCSR = 0x00001f80 at bytes 24-27
+    fxsave[24] = 0x80;
+  }
   alignas(16) std::array<std::uint8_t, 512> fxsave{};
   std::uint64_t xcr0 = 1;
   std::vector<std::uint8_t> xsave_extended;  // XSAVE area beyond the legacy 512+64 bytes, if any
