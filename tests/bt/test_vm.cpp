@@ -1,0 +1,303 @@
+// Whole-VM tests: small hand-written 32-bit guests run under the BT engine
+// with a fake platform and a real memfd-backed guest RAM.
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <thread>
+
+#include "bt_test_support.hpp"
+#include "vcpu.hpp"
+
+using namespace bttest;
+using modevisor::bt::Vcpu;
+
+namespace {
+
+constexpr std::uint32_t kBase = 0x100000;
+
+struct Machine {
+  MemfdMemory mem{16u << 20};
+  FakePlatform plat;
+  NullLogger log;
+  std::unique_ptr<Vcpu> cpu = std::make_unique<Vcpu>(mem, plat, log, 0);
+  VcpuState state = multiboot_state(kBase);
+
+  void load(const unsigned char* b, const unsigned char* e, std::uint32_t at = kBase) {
+    mem.load(at, b, static_cast<std::size_t>(e - b));
+  }
+  // GDT: null, code0 0x08, data0 0x10, code3 0x1b, data3 0x23, TSS 0x28 (at 0x3000).
+  void tables() {
+    const std::uint64_t gdt[6] = {0, 0x00cf9a000000ffffull, 0x00cf92000000ffffull, 0x00cffa000000ffffull,
+                                  0x00cff2000000ffffull, 0x0000890000000067ull | (0x3000ull << 16)};
+    mem.load(0x1000, gdt, sizeof gdt);
+    state.gdtr = {0x1000, sizeof gdt - 1};
+    state.idtr = {0x2000, 256 * 8 - 1};
+    state.tr = Segment{};
+    state.tr.selector = 0x28;
+    state.tr.base = 0x3000;
+    state.tr.limit = 0x67;
+    state.tr.type = 0xb;
+    state.tr.present = true;
+    mem.w32(0x3004, 0x70000);  // esp0
+    mem.w32(0x3008, 0x10);     // ss0
+  }
+  void gate(unsigned vec, const unsigned char* handler, const unsigned char* start, unsigned dpl = 0,
+            bool trap = false) {
+    const std::uint32_t off = kBase + static_cast<std::uint32_t>(handler - start);
+    const std::uint64_t g = (off & 0xffff) | (0x08ull << 16) |
+                            (static_cast<std::uint64_t>(0x80 | (dpl << 5) | (trap ? 0xf : 0xe)) << 40) |
+                            (static_cast<std::uint64_t>(off >> 16) << 48);
+    mem.load(0x2000 + vec * 8, &g, 8);
+  }
+  RunExit run() {
+    cpu->load(state);
+    RunExit r = cpu->run();
+    state = cpu->save();
+    return r;
+  }
+  std::uint64_t counter(const std::string& name) const {
+    Counters c;
+    cpu->add_counters(c);
+    for (auto& [n, v] : c)
+      if (n == name) return v;
+    ADD_FAILURE() << "no counter " << name;
+    return 0;
+  }
+};
+
+}  // namespace
+
+BT_GUEST_PROGRAM(hello, 0x100000,
+  "  mov esi, BASE + msg - hello_start\n"
+  "  mov ecx, 5\n"
+  "1: mov al, [esi]\n"
+  "  mov dx, 0x3f8\n"
+  "  out dx, al\n"
+  "  inc esi\n"
+  "  dec ecx\n"
+  "  jnz 1b\n"
+  "  mov al, 0\n"
+  "  out 0xf4, al\n"
+  "msg: .ascii \"hello\"\n")
+
+TEST(BtVm, HelloPrintsToSerialAndExits) {
+  Machine m;
+  m.load(hello_start, hello_end);
+  RunExit r = m.run();
+  EXPECT_EQ(r.kind, ExitKind::Stopped) << r.diagnostic;
+  EXPECT_EQ(m.plat.serial, "hello");
+  EXPECT_EQ(m.plat.exit_code, 0);
+  EXPECT_EQ(m.state.gpr[gpr::rax] & 0xff, 0u);
+  EXPECT_GT(m.counter("bt.blocks_translated"), 0u);
+  EXPECT_EQ(m.counter("bt.io_exits"), 6u);
+}
+
+BT_GUEST_PROGRAM(fib, 0x100000,
+  "  mov eax, 20\n"
+  "  call fibf\n"
+  "  out 0x80, eax\n"
+  "  xor ecx, ecx\n"
+  "  xor eax, eax\n"
+  "  mov ecx, 1000\n"
+  "2: add eax, ecx\n"
+  "  loop 2b\n"
+  "  out 0x80, eax\n"
+  "  out 0xf4, al\n"
+  "fibf: cmp eax, 2\n"
+  "  jb 9f\n"
+  "  push eax\n"
+  "  dec eax\n"
+  "  call fibf\n"
+  "  mov edx, eax\n"
+  "  pop eax\n"
+  "  push edx\n"
+  "  sub eax, 2\n"
+  "  call fibf\n"
+  "  pop edx\n"
+  "  add eax, edx\n"
+  "9: ret\n")
+
+TEST(BtVm, RecursionCallRetAndLoop) {
+  Machine m;
+  m.load(fib_start, fib_end);
+  RunExit r = m.run();
+  ASSERT_EQ(r.kind, ExitKind::Stopped) << r.diagnostic;
+  ASSERT_EQ(m.plat.post.size(), 2u);
+  EXPECT_EQ(m.plat.post[0], 6765u);
+  EXPECT_EQ(m.plat.post[1], 500500u);
+  EXPECT_EQ(m.state.gpr[gpr::rsp], 0x80000u);
+  // Returns are served by the inline lookup; loops by chained jumps.
+  EXPECT_GT(m.counter("bt.indirect_lookup_hits"), 10000u);
+  EXPECT_GT(m.counter("bt.chained_jumps"), 0u);
+}
+
+BT_GUEST_PROGRAM(exc, 0x100000,
+  "  int 0x30\n"
+  "  mov eax, 5\n"
+  "  xor ecx, ecx\n"
+  "  div ecx\n"
+  "  ud2\n"
+  "  mov eax, 0xf0000000\n"
+  "  mov dword ptr [eax], 0xabcd1234\n"
+  "  mov ebx, [eax]\n"
+  "  movzx ecx, word ptr [eax+2]\n"
+  "  mov eax, ebx\n"
+  "  out 0x80, eax\n"
+  "  mov eax, ecx\n"
+  "  out 0x80, eax\n"
+  "  mov eax, [0xfe000000]\n"
+  "  out 0x80, eax\n"
+  "  out 0xf4, al\n"
+  ".globl exc_h30\n"
+  "exc_h30: push eax\n"
+  "  mov eax, 0x30\n"
+  "  out 0x80, eax\n"
+  "  pop eax\n"
+  "  iretd\n"
+  ".globl exc_hde\n"
+  "exc_hde: push eax\n"
+  "  mov eax, 0xde\n"
+  "  out 0x80, eax\n"
+  "  pop eax\n"
+  "  add dword ptr [esp], 2\n"
+  "  iretd\n"
+  ".globl exc_hud\n"
+  "exc_hud: push eax\n"
+  "  mov eax, 0x6\n"
+  "  out 0x80, eax\n"
+  "  pop eax\n"
+  "  add dword ptr [esp], 2\n"
+  "  iretd\n")
+extern "C" const unsigned char exc_h30[], exc_hde[], exc_hud[];
+
+TEST(BtVm, SoftwareInterruptsExceptionsAndMmio) {
+  Machine m;
+  m.load(exc_start, exc_end);
+  m.tables();
+  m.gate(0x30, exc_h30, exc_start);
+  m.gate(0, exc_hde, exc_start);
+  m.gate(6, exc_hud, exc_start);
+  RunExit r = m.run();
+  ASSERT_EQ(r.kind, ExitKind::Stopped) << r.diagnostic;
+  ASSERT_EQ(m.plat.post.size(), 6u);
+  EXPECT_EQ(m.plat.post[0], 0x30u);
+  EXPECT_EQ(m.plat.post[1], 0xdeu);
+  EXPECT_EQ(m.plat.post[2], 0x6u);
+  EXPECT_EQ(m.plat.post[3], 0xabcd1234u);
+  EXPECT_EQ(m.plat.post[4], 0xabcdu);
+  EXPECT_EQ(m.plat.post[5], 0xffffffffu);  // nothing there: reads all ones
+  EXPECT_EQ(m.state.gpr[gpr::rsp], 0x80000u);
+  EXPECT_GE(m.counter("bt.mmio_exits"), 3u);
+}
+
+BT_GUEST_PROGRAM(garbage, 0x100000, "  .byte 0xff, 0xff, 0xff, 0xff\n")
+
+TEST(BtVm, GarbageCodeWithoutIdtTripleFaults) {
+  Machine m;
+  m.load(garbage_start, garbage_end);
+  m.state.idtr = {0, 0};
+  RunExit r = m.run();
+  EXPECT_EQ(r.kind, ExitKind::Shutdown);
+  EXPECT_NE(r.diagnostic.find("triple fault"), std::string::npos) << r.diagnostic;
+  EXPECT_NE(r.diagnostic.find("EIP=00100000"), std::string::npos) << r.diagnostic;
+}
+
+BT_GUEST_PROGRAM(smc, 0x100000,
+  "  mov ecx, 3\n"
+  "1: call target\n"
+  "  out 0x80, eax\n"
+  "  add dword ptr [BASE + target - smc_start + 1], 1\n"
+  "  loop 1b\n"
+  "  out 0xf4, al\n"
+  "target: mov eax, 100\n"
+  "  ret\n")
+
+TEST(BtVm, SelfModifyingCodeIsRetranslated) {
+  Machine m;
+  m.load(smc_start, smc_end);
+  RunExit r = m.run();
+  ASSERT_EQ(r.kind, ExitKind::Stopped) << r.diagnostic;
+  ASSERT_EQ(m.plat.post.size(), 3u);
+  EXPECT_EQ(m.plat.post[0], 100u);
+  EXPECT_EQ(m.plat.post[1], 101u);
+  EXPECT_EQ(m.plat.post[2], 102u);
+  EXPECT_GE(m.counter("bt.smc_invalidations"), 2u);
+}
+
+BT_GUEST_PROGRAM(spin, 0x100000, "1: add eax, 1\n  jmp 1b\n")
+
+TEST(BtVm, KickStopsATightLoop) {
+  Machine m;
+  m.load(spin_start, spin_end);
+  std::thread t([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    m.cpu->kick();
+  });
+  RunExit r = m.run();
+  t.join();
+  EXPECT_EQ(r.kind, ExitKind::Stopped) << r.diagnostic;
+  EXPECT_GT(m.state.gpr[gpr::rax], 1000u);
+}
+
+BT_GUEST_PROGRAM(counter, 0x100000,
+  "  mov ecx, 0\n"
+  "1: inc ecx\n"
+  "  mov eax, ecx\n"
+  "  out 0x80, eax\n"
+  "  cmp ecx, 3\n"
+  "  jne 2f\n"
+  "  out 0xf4, al\n"
+  "2: cmp ecx, 6\n"
+  "  jne 1b\n"
+  "  mov al, 1\n"
+  "  out 0xf4, al\n")
+
+TEST(BtVm, SaveAndLoadResumeOnAFreshVcpu) {
+  Machine m;
+  m.load(counter_start, counter_end);
+  RunExit r = m.run();
+  ASSERT_EQ(r.kind, ExitKind::Stopped) << r.diagnostic;
+  ASSERT_EQ(m.plat.post.size(), 3u);
+  VcpuState saved = m.cpu->save();
+  EXPECT_EQ(saved.gpr[gpr::rcx], 3u);
+  // A new vCPU (as after a mode switch) continues from the saved state.
+  m.cpu = std::make_unique<Vcpu>(m.mem, m.plat, m.log, 0);
+  m.plat.stop = false;
+  m.state = saved;
+  r = m.run();
+  ASSERT_EQ(r.kind, ExitKind::Stopped) << r.diagnostic;
+  EXPECT_EQ(m.plat.post.size(), 6u);
+  EXPECT_EQ(m.plat.exit_code, 1);
+}
+
+TEST(BtVm, RefusesLongModeState) {
+  Machine m;
+  m.state.efer = 0x500;
+  EXPECT_THROW(m.cpu->load(m.state), MonitorError);
+}
+
+BT_GUEST_PROGRAM(irq, 0x100000,
+  "  sti\n"
+  "1: hlt\n"
+  "  cmp dword ptr [0x5000], 3\n"
+  "  jb 1b\n"
+  "  mov eax, [0x5000]\n"
+  "  out 0x80, eax\n"
+  "  out 0xf4, al\n"
+  ".globl irq_h20\n"
+  "irq_h20: inc dword ptr [0x5000]\n"
+  "  iretd\n")
+extern "C" const unsigned char irq_h20[];
+
+TEST(BtVm, ExternalInterruptsWakeHlt) {
+  Machine m;
+  m.load(irq_start, irq_end);
+  m.tables();
+  m.gate(0x20, irq_h20, irq_start);
+  m.plat.on_wait = [&] { m.plat.irqs.push_back(0x20); };
+  RunExit r = m.run();
+  ASSERT_EQ(r.kind, ExitKind::Stopped) << r.diagnostic;
+  ASSERT_EQ(m.plat.post.size(), 1u);
+  EXPECT_EQ(m.plat.post[0], 3u);
+  EXPECT_EQ(m.counter("bt.interrupts_delivered"), 3u);
+}
