@@ -1,1 +1,311 @@
-// placeholder
+// Shadow paging: the guest page-table walker (A/D bits, permissions, error
+// codes, 4K/4M/2M pages, PAE, NX) and whole-VM paging scenarios (hidden and
+// true faults, #PF delivery with CR2/error code, traced page-table writes,
+// user/supervisor separation).
+#include <gtest/gtest.h>
+
+#include <vector>
+
+#include "bt_test_support.hpp"
+#include "shadow.hpp"
+#include "vcpu.hpp"
+
+using namespace modevisor::bt;
+using namespace bttest;
+
+namespace {
+
+struct Phys {
+  std::vector<std::uint8_t> ram = std::vector<std::uint8_t>(16u << 20);
+  PhysMem pm{ram.data(), ram.size()};
+  void w32(std::uint64_t a, std::uint32_t v) { std::memcpy(&ram[a], &v, 4); }
+  void w64(std::uint64_t a, std::uint64_t v) { std::memcpy(&ram[a], &v, 8); }
+  std::uint32_t r32(std::uint64_t a) const {
+    std::uint32_t v;
+    std::memcpy(&v, &ram[a], 4);
+    return v;
+  }
+  std::uint64_t r64(std::uint64_t a) const {
+    std::uint64_t v;
+    std::memcpy(&v, &ram[a], 8);
+    return v;
+  }
+};
+
+PagingRegs regs32(std::uint32_t cr3, bool pse = false, bool wp = false) {
+  PagingRegs r;
+  r.cr0 = 0x80000011u | (wp ? 0x10000u : 0);
+  r.cr3 = cr3;
+  r.cr4 = pse ? 0x10 : 0;
+  return r;
+}
+
+}  // namespace
+
+TEST(BtWalker, PagingOffIsIdentity) {
+  Phys p;
+  PagingRegs r;
+  r.cr0 = 0x11;
+  WalkResult w = walk(p.pm, r, 0x123456, Access{true, true, false}, true);
+  ASSERT_TRUE(w.ok);
+  EXPECT_EQ(w.pa, 0x123456u);
+}
+
+TEST(BtWalker, FourKPageSetsAccessedThenDirty) {
+  Phys p;
+  p.w32(0x1000, 0x2000 | 7);
+  p.w32(0x2000 + 5 * 4, 0x9000 | 7);
+  WalkResult w = walk(p.pm, regs32(0x1000), 0x5123, Access{false, false, false}, true);
+  ASSERT_TRUE(w.ok);
+  EXPECT_EQ(w.pa, 0x9123u);
+  EXPECT_FALSE(w.dirty);
+  EXPECT_EQ(p.r32(0x1000) & 0x60, 0x20u);  // PDE: A
+  EXPECT_EQ(p.r32(0x2014) & 0x60, 0x20u);  // PTE: A, not D
+  EXPECT_EQ(w.n_pt, 2);
+  EXPECT_EQ(w.pt_pages[0], 0x1000u);
+  EXPECT_EQ(w.pt_pages[1], 0x2000u);
+  w = walk(p.pm, regs32(0x1000), 0x5123, Access{true, false, false}, true);
+  ASSERT_TRUE(w.ok);
+  EXPECT_TRUE(w.dirty);
+  EXPECT_EQ(p.r32(0x2014) & 0x60, 0x60u);  // PTE: A and D
+  EXPECT_EQ(p.r32(0x1000) & 0x40, 0x00u);  // PDE never gets D
+}
+
+TEST(BtWalker, WalkWithoutSetAdLeavesTablesAlone) {
+  Phys p;
+  p.w32(0x1000, 0x2000 | 7);
+  p.w32(0x2000, 0x9000 | 7);
+  ASSERT_TRUE(walk(p.pm, regs32(0x1000), 0x10, Access{true, false, false}, false).ok);
+  EXPECT_EQ(p.r32(0x2000), 0x9007u);
+}
+
+TEST(BtWalker, NotPresentErrorCodes) {
+  Phys p;
+  p.w32(0x1000, 0x2000 | 7);
+  WalkResult w = walk(p.pm, regs32(0x1000), 0x400000, Access{false, false, false}, true);
+  EXPECT_FALSE(w.ok);
+  EXPECT_EQ(w.error, 0u);
+  w = walk(p.pm, regs32(0x1000), 0x3000, Access{true, true, false}, true);
+  EXPECT_FALSE(w.ok);
+  EXPECT_EQ(w.error, kPfW | kPfU);
+}
+
+TEST(BtWalker, ProtectionUserSupervisorAndWriteProtect) {
+  Phys p;
+  p.w32(0x1000, 0x2000 | 7);
+  p.w32(0x2000 + 1 * 4, 0x9000 | 5);  // user, read-only
+  p.w32(0x2000 + 2 * 4, 0xa000 | 3);  // supervisor, writable
+  EXPECT_EQ(walk(p.pm, regs32(0x1000), 0x1000, Access{true, true, false}, true).error, kPfP | kPfW | kPfU);
+  EXPECT_TRUE(walk(p.pm, regs32(0x1000), 0x1000, Access{true, false, false}, true).ok);  // CR0.WP=0
+  EXPECT_EQ(walk(p.pm, regs32(0x1000, false, true), 0x1000, Access{true, false, false}, true).error, kPfP | kPfW);
+  EXPECT_EQ(walk(p.pm, regs32(0x1000), 0x2000, Access{false, true, false}, true).error, kPfP | kPfU);
+  WalkResult w = walk(p.pm, regs32(0x1000), 0x2000, Access{false, false, false}, true);
+  ASSERT_TRUE(w.ok);
+  EXPECT_FALSE(w.user);
+  EXPECT_TRUE(w.writable);
+}
+
+TEST(BtWalker, FourMegabytePagesNeedPse) {
+  Phys p;
+  p.w32(0x1000 + 1 * 4, 0x00c00000 | 0x83);  // 4M page -> 0xc00000
+  WalkResult w = walk(p.pm, regs32(0x1000, true), 0x401234, Access{true, false, false}, true);
+  ASSERT_TRUE(w.ok);
+  EXPECT_EQ(w.pa, 0xc01234u);
+  EXPECT_EQ(w.n_pt, 1);
+  EXPECT_EQ(p.r32(0x1004) & 0x60, 0x60u);
+  // Without CR4.PSE the PS bit is ignored: the entry points at a page table at 0xc00000.
+  p.w32(0xc00000 + 1 * 4, 0x7000 | 3);
+  w = walk(p.pm, regs32(0x1000, false), 0x401234, Access{false, false, false}, true);
+  ASSERT_TRUE(w.ok);
+  EXPECT_EQ(w.pa, 0x7234u);
+}
+
+TEST(BtWalker, PaeTwoMegabytePagesAndNx) {
+  Phys p;
+  PagingRegs r;
+  r.cr0 = 0x80000011u;
+  r.cr3 = 0x3000;
+  r.cr4 = 0x20;
+  r.efer = 0x800;  // NXE
+  p.w64(0x3000, 0x4000 | 1);
+  p.w64(0x4000, 0x5000 | 7);                                   // PD[0] -> PT
+  p.w64(0x4000 + 8, 0x200000 | 0x83);                          // PD[1]: 2M page
+  p.w64(0x5000 + 8, 0x6000 | 7 | (1ull << 63));                // PT[1]: NX
+  WalkResult w = walk(p.pm, r, 0x201000, Access{false, false, false}, true);
+  ASSERT_TRUE(w.ok);
+  EXPECT_EQ(w.pa, 0x201000u);
+  w = walk(p.pm, r, 0x1010, Access{false, false, false}, true);
+  ASSERT_TRUE(w.ok);
+  EXPECT_EQ(w.pa, 0x6010u);
+  EXPECT_EQ(p.r64(0x5008) >> 63, 1u);
+  w = walk(p.pm, r, 0x1010, Access{false, false, true}, true);
+  EXPECT_FALSE(w.ok);
+  EXPECT_EQ(w.error, kPfP | kPfI);
+  // Reserved bits in a PDPTE.
+  p.w64(0x3008, 0x7000 | 1 | 0x2);
+  w = walk(p.pm, r, 0x40000000, Access{false, false, false}, true);
+  EXPECT_FALSE(w.ok);
+  EXPECT_TRUE(w.error & kPfRsvd);
+}
+
+// ---------------------------------------------------------------- VM level
+
+namespace {
+
+constexpr std::uint32_t kBase = 0x100000;
+
+struct PagedMachine {
+  MemfdMemory mem{16u << 20};
+  FakePlatform plat;
+  NullLogger log;
+  std::unique_ptr<Vcpu> cpu = std::make_unique<Vcpu>(mem, plat, log, 0);
+  VcpuState state = multiboot_state(kBase);
+
+  PagedMachine() {
+    const std::uint64_t gdt[6] = {0, 0x00cf9a000000ffffull, 0x00cf92000000ffffull, 0x00cffa000000ffffull,
+                                  0x00cff2000000ffffull, 0x0000890000000067ull | (0x3000ull << 16)};
+    mem.load(0x1000, gdt, sizeof gdt);
+    state.gdtr = {0x1000, sizeof gdt - 1};
+    state.idtr = {0x2000, 256 * 8 - 1};
+    state.tr.selector = 0x28;
+    state.tr.base = 0x3000;
+    state.tr.limit = 0x67;
+    state.tr.type = 0xb;
+    state.tr.present = true;
+    mem.w32(0x3004, 0x70000);
+    mem.w32(0x3008, 0x10);
+    // Page directory at 0x10000; PT0 at 0x11000 identity-maps 0-4 MiB, user+writable;
+    // PT1 at 0x12000 identity-maps 4-8 MiB (installed by the guest's #PF handler).
+    mem.w32(0x10000, 0x11000 | 7);
+    for (std::uint32_t i = 0; i < 1024; ++i) {
+      mem.w32(0x11000 + 4 * i, (i << 12) | 7);
+      mem.w32(0x12000 + 4 * i, ((1024 + i) << 12) | 7);
+    }
+    mem.w32(0x11000 + 4 * 7, 0x7000 | 3);  // page 7: supervisor only
+    mem.w32(0x10000 + 4 * 2, 0x00400000 | 0x83);  // 8-12 MiB: 4M page onto 4-8 MiB
+  }
+  void gate(unsigned vec, const unsigned char* h, const unsigned char* start, unsigned dpl = 0) {
+    const std::uint32_t off = kBase + static_cast<std::uint32_t>(h - start);
+    const std::uint64_t g = (off & 0xffff) | (0x08ull << 16) |
+                            (static_cast<std::uint64_t>(0x8e | (dpl << 5)) << 40) |
+                            (static_cast<std::uint64_t>(off >> 16) << 48);
+    mem.load(0x2000 + vec * 8, &g, 8);
+  }
+  RunExit run() {
+    cpu->load(state);
+    RunExit r = cpu->run();
+    state = cpu->save();
+    return r;
+  }
+  std::uint64_t counter(const std::string& name) const {
+    Counters c;
+    cpu->add_counters(c);
+    for (auto& [n, v] : c)
+      if (n == name) return v;
+    return ~0ull;
+  }
+};
+
+}  // namespace
+
+BT_GUEST_PROGRAM(pg, 0x100000,
+  "  mov eax, 0x10000\n"
+  "  mov cr3, eax\n"
+  "  mov eax, cr4\n"
+  "  or eax, 0x10\n"
+  "  mov cr4, eax\n"
+  "  mov eax, cr0\n"
+  "  or eax, 0x80000000\n"
+  "  mov cr0, eax\n"
+  "  mov dword ptr [0x5000], 0x11111111\n"
+  "  mov eax, [0x6000]\n"
+  "  mov dword ptr [0x800010], 0x22222222\n"
+  "  mov eax, [0x400010]\n"
+  "  out 0x80, eax\n"
+  "  mov eax, [0x7000]\n"
+  "  out 0xf4, al\n"
+  ".globl pg_pf\n"
+  "pg_pf: push eax\n"
+  "  mov eax, cr2\n"
+  "  out 0x80, eax\n"
+  "  mov eax, [esp+4]\n"
+  "  out 0x80, eax\n"
+  "  mov dword ptr [0x10004], 0x12007\n"
+  "  pop eax\n"
+  "  add esp, 4\n"
+  "  iretd\n")
+extern "C" const unsigned char pg_pf[];
+
+TEST(BtPaging, HiddenAndTrueFaultsAccessedDirtyAndTracedTableWrites) {
+  PagedMachine m;
+  m.mem.load(kBase, pg_start, static_cast<std::size_t>(pg_end - pg_start));
+  m.gate(14, pg_pf, pg_start);
+  RunExit r = m.run();
+  ASSERT_EQ(r.kind, ExitKind::Stopped) << r.diagnostic;
+  ASSERT_EQ(m.plat.post.size(), 3u);
+  EXPECT_EQ(m.plat.post[0], 0x400010u);  // CR2
+  EXPECT_EQ(m.plat.post[1], 0u);         // not present, read, supervisor
+  EXPECT_EQ(m.plat.post[2], 0x22222222u);  // written through the 4M mapping, read through PT1
+  EXPECT_EQ(m.mem.r32(0x11000 + 5 * 4) & 0x60, 0x60u);  // A+D
+  EXPECT_EQ(m.mem.r32(0x11000 + 6 * 4) & 0x60, 0x20u);  // A only
+  EXPECT_EQ(m.mem.r32(0x10000 + 2 * 4) & 0x60, 0x60u);  // 4M page dirty
+  EXPECT_EQ(m.state.cr2, 0x400010u);
+  EXPECT_EQ(m.counter("swmmu.true_faults"), 1u);
+  EXPECT_GE(m.counter("swmmu.traced_pt_writes"), 1u);
+  EXPECT_GT(m.counter("swmmu.hidden_faults"), 3u);
+}
+
+BT_GUEST_PROGRAM(usr, 0x100000,
+  "  mov eax, 0x10000\n"
+  "  mov cr3, eax\n"
+  "  mov eax, cr0\n"
+  "  or eax, 0x80010000\n"
+  "  mov cr0, eax\n"
+  "  push 0x23\n"
+  "  push 0x90000\n"
+  "  push 0x202\n"
+  "  push 0x1b\n"
+  "  push BASE + user - usr_start\n"
+  "  iretd\n"
+  "user: mov eax, 42\n"
+  "  int 0x80\n"
+  "  mov ax, 0x23\n"
+  "  mov ds, ax\n"
+  "  mov eax, [0x7000]\n"
+  "  out 0xf4, al\n"
+  ".globl usr_sys\n"
+  "usr_sys: out 0x80, eax\n"
+  "  mov eax, [esp+4]\n"
+  "  out 0x80, eax\n"
+  "  mov eax, esp\n"
+  "  out 0x80, eax\n"
+  "  mov eax, [0x7000]\n"
+  "  iretd\n"
+  ".globl usr_pf\n"
+  "usr_pf: mov eax, cr2\n"
+  "  out 0x80, eax\n"
+  "  mov eax, [esp]\n"
+  "  out 0x80, eax\n"
+  "  mov eax, [esp+8]\n"
+  "  out 0x80, eax\n"
+  "  mov al, 7\n"
+  "  out 0xf4, al\n")
+extern "C" const unsigned char usr_sys[], usr_pf[];
+
+TEST(BtPaging, UserModeSystemCallAndSupervisorPageProtection) {
+  PagedMachine m;
+  m.mem.load(kBase, usr_start, static_cast<std::size_t>(usr_end - usr_start));
+  m.gate(0x80, usr_sys, usr_start, 3);
+  m.gate(14, usr_pf, usr_start);
+  RunExit r = m.run();
+  ASSERT_EQ(r.kind, ExitKind::Stopped) << r.diagnostic;
+  ASSERT_EQ(m.plat.post.size(), 6u);
+  EXPECT_EQ(m.plat.post[0], 42u);            // EAX from user mode
+  EXPECT_EQ(m.plat.post[1], 0x1bu);          // user CS pushed by the CPU
+  EXPECT_EQ(m.plat.post[2], 0x70000u - 20);  // ring-0 stack from the TSS, 5 dwords pushed
+  EXPECT_EQ(m.plat.post[3], 0x7000u);        // CR2 of the user access to a supervisor page
+  EXPECT_EQ(m.plat.post[4], kPfP | kPfU);    // error code: present, read, user
+  EXPECT_EQ(m.plat.post[5], 0x1bu);          // faulting CS
+  EXPECT_EQ(m.plat.exit_code, 7);
+  EXPECT_GE(m.counter("swmmu.space_switches"), 2u);
+}

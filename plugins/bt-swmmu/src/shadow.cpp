@@ -231,7 +231,7 @@ void ShadowMmu::destroy(Region* r) {
 }
 
 int ShadowMmu::prot_for(const Region::Map& m) const {
-  bool traced = code_pages_.count(m.gpa_page) || derived_.count(m.gpa_page);
+  bool traced = m.gpa_page != wt_page_ && (code_pages_.count(m.gpa_page) || derived_.count(m.gpa_page));
   return PROT_READ | ((m.guest_writable && !traced) ? PROT_WRITE : 0);
 }
 
@@ -277,7 +277,7 @@ FillResult ShadowMmu::fill(Region* r, const PagingRegs& regs, std::uint32_t la, 
     *out = w.pa;
     return FillResult::Mmio;
   }
-  if (write && (code_pages_.count(gpa_page) || derived_.count(gpa_page))) {
+  if (write && gpa_page != wt_page_ && (code_pages_.count(gpa_page) || derived_.count(gpa_page))) {
     *out = gpa_page;
     return FillResult::ProtectedWrite;
   }
@@ -320,10 +320,18 @@ void ShadowMmu::release_code_page(std::uint64_t gpa_page) {
   if (code_pages_.erase(gpa_page)) set_prot_all(gpa_page);
 }
 
-void ShadowMmu::release_pt_page(std::uint64_t gpa_page) {
+void ShadowMmu::end_write_through() {
+  const std::uint64_t p = wt_page_;
+  wt_page_ = ~0ull;
+  if (p == ~0ull) return;
+  release_pt_page(p, false);
+  set_prot_all(p);
+}
+
+void ShadowMmu::release_pt_page(std::uint64_t gpa_page, bool count) {
   auto it = derived_.find(gpa_page);
   if (it == derived_.end()) return;
-  ++stats.pt_writes;
+  if (count) ++stats.pt_writes;
   auto list = std::move(it->second);
   derived_.erase(it);
   for (auto& [r, la] : list) {

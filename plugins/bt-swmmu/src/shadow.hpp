@@ -121,7 +121,12 @@ class ShadowMmu {
   bool is_pt_page(std::uint64_t gpa_page) const { return derived_.count(gpa_page) != 0; }
   // The guest writes a traced page-table page: drop every shadow mapping
   // derived from it and stop tracing it (re-traced on the next walk through it).
-  void release_pt_page(std::uint64_t gpa_page);
+  void release_pt_page(std::uint64_t gpa_page, bool count = true);
+  // Let one guest instruction write a traced page (it may map itself); then
+  // end_write_through() drops whatever was derived from it meanwhile and
+  // restores the protection.
+  void set_write_through(std::uint64_t gpa_page) { wt_page_ = gpa_page; set_prot_all(gpa_page); }
+  void end_write_through();
   // Self-modifying code: the code page is no longer protected.
   void release_code_page(std::uint64_t gpa_page);
   // A code fetch walk through these tables produced translations at `la` in `r`.
@@ -154,6 +159,7 @@ class ShadowMmu {
   // traced page-table page -> (region, LA page) derived from it
   std::unordered_map<std::uint64_t, std::vector<std::pair<Region*, std::uint32_t>>> derived_;
   std::unordered_set<std::uint64_t> code_pages_;
+  std::uint64_t wt_page_ = ~0ull;
 };
 
 }  // namespace modevisor::bt

@@ -457,7 +457,7 @@ void Translator::flush() {
 }
 
 TranslateStatus Translator::translate(std::uint32_t eip, TKey tkey, const CodeWindow& code, Block** out,
-                                      std::uint32_t max_insns) {
+                                      std::uint32_t max_insns, bool transient) {
   *out = nullptr;
   auto blk = std::make_unique<Block>();
   Block* b = blk.get();
@@ -750,7 +750,7 @@ TranslateStatus Translator::translate(std::uint32_t eip, TKey tkey, const CodeWi
     ++stats.blocks_translated;
     stats.guest_insns_translated += b->n_insns;
   }
-  if (status == TranslateStatus::Ok || status == TranslateStatus::Special) {
+  if (!transient && (status == TranslateStatus::Ok || status == TranslateStatus::Special)) {
     blocks_[Key{eip, code.pa_page[0] | (eip & 0xfff), tkey}] = b;
     for (int i = 0; i < b->n_pages; ++i) by_page_[b->pa_page[i]].push_back(b);
   }

@@ -66,7 +66,7 @@ class Translator {
   // Translate the block at `eip`.  On FetchFault the first instruction runs
   // into the next page, which could not be fetched.
   TranslateStatus translate(std::uint32_t eip, TKey tkey, const CodeWindow& code, Block** out,
-                            std::uint32_t max_insns = kMaxInsns);
+                            std::uint32_t max_insns = kMaxInsns, bool transient = false);
   Block* find(std::uint32_t eip, std::uint64_t pa, TKey tkey);
 
   // Run translated code from `host` until it exits; returns ctx->exit_reason.

@@ -436,7 +436,7 @@ Block* Vcpu::lookup(std::uint32_t eip) {
   const std::uint32_t next_page = (eip & ~0xfffu) + 0x1000;
   WalkResult w2 = walk(pm, paging(), next_page, Access{false, user, true}, false);
   const bool have2 = w2.ok && (w2.pa & ~0xfffull) < pm.size;
-  Block* b = smc_step_ ? nullptr : translator_->find(eip, w.pa, tkey_);
+  Block* b = single_step_ ? nullptr : translator_->find(eip, w.pa, tkey_);
   if (b && b->n_pages == 2 && (!have2 || (w2.pa & ~0xfffull) != b->pa_page[1])) b = nullptr;
   if (b) {
     ++counters_.cache_hits;
@@ -458,7 +458,8 @@ Block* Vcpu::lookup(std::uint32_t eip) {
       cw.total += 16;
     }
     cw.bytes = buf;
-    TranslateStatus st = translator_->translate(eip, tkey_, cw, &b, smc_step_ ? 1 : Translator::kMaxInsns);
+    TranslateStatus st = translator_->translate(eip, tkey_, cw, &b, single_step_ ? 1 : Translator::kMaxInsns,
+                                                single_step_);
     if (st == TranslateStatus::FetchFault) {
       if (w2.ok) throw std::runtime_error("bt-swmmu: instruction fetch across into MMIO");
       walk(pm, paging(), next_page, Access{false, user, true}, true);
@@ -466,12 +467,12 @@ Block* Vcpu::lookup(std::uint32_t eip) {
       raise(14, true, w2.error);
     }
     if (st == TranslateStatus::Undefined) raise(6);
-    if (!smc_step_) {
+    if (!single_step_) {
       for (int i = 0; i < b->n_pages; ++i) shadow_->protect_code_page(b->pa_page[i]);
     }
   }
   if (b->n_pages == 2) walk(pm, paging(), next_page, Access{false, user, true}, true);
-  if (!smc_step_) {
+  if (!single_step_) {
     region_->blocks[eip] = b;
     shadow_->note_code_derivation(region_, eip, w);
     if (b->n_pages == 2) shadow_->note_code_derivation(region_, next_page, w2);
@@ -495,10 +496,17 @@ Vcpu::StepResult Vcpu::step() {
   activate_region();
   Block* b = lookup(eip_);
   if (pending_patch_) {
-    if (pending_patch_target_ == eip_ && !b->special && b->valid && b->n_pages == 1 && !smc_step_)
+    if (pending_patch_target_ == eip_ && !b->special && b->valid && b->n_pages == 1 && !single_step_)
       translator_->chain(pending_patch_, b);
     pending_patch_ = 0;
   }
+  const bool stepping = single_step_;
+  single_step_ = false;
+  struct EndStep {
+    ShadowMmu* s;
+    bool on;
+    ~EndStep() { if (on) s->end_write_through(); }
+  } end_step{shadow_.get(), stepping};
   if (b->special) {
     ++counters_.special_exits;
     emulate(eip_, false);
@@ -510,16 +518,10 @@ Vcpu::StepResult Vcpu::step() {
   in_guest_ = true;
   const std::uint64_t reason = translator_->enter(ctx_, b->entry);
   in_guest_ = false;
-  if (smc_step_) {
-    // The single-instruction block after a self-modifying write is not kept.
-    smc_step_ = false;
-    translator_->invalidate_page(b->pa_page[0]);
-    shadow_->clear_block_maps();
-  }
   switch (reason) {
     case kExitDispatch:
       eip_ = static_cast<std::uint32_t>(ctx_->next_eip);
-      if (ctx_->patch_site && !smc_step_) {
+      if (ctx_->patch_site && !stepping) {
         pending_patch_ = ctx_->patch_site;
         pending_patch_target_ = eip_;
       }
@@ -543,6 +545,8 @@ Vcpu::StepResult Vcpu::step() {
           emulate(eip_, true);
           break;
         case FaultKind::ProtectedWrite: {
+          // Drop what was derived from the page, then let the writing
+          // instruction run alone with the page writable.
           const std::uint64_t pa = ctx_->fault_addr;
           if (shadow_->is_pt_page(pa)) shadow_->release_pt_page(pa);
           if (shadow_->is_code_page(pa)) {
@@ -550,8 +554,9 @@ Vcpu::StepResult Vcpu::step() {
             shadow_->release_code_page(pa);
             shadow_->clear_block_maps();
             pending_patch_ = 0;
-            smc_step_ = true;
           }
+          shadow_->set_write_through(pa);
+          single_step_ = true;
           break;
         }
         case FaultKind::Exception:

@@ -136,7 +136,7 @@ class Vcpu {
   std::atomic<bool> kicked_{false};
   bool in_guest_ = false;
   bool in_run_ = false;
-  bool smc_step_ = false;
+  bool single_step_ = false;  // run one uncached instruction (after a traced-page write)
   bool trace_ = false;  // MODEVISOR_BT_TRACE set: log exceptions at Trace level
   sigjmp_buf bug_jmp_;
   std::string bug_message_;
