@@ -185,7 +185,7 @@ void Vcpu::string_op(const ZydisDecodedInstruction& insn, const ZydisDecodedOper
   // Bounded work per call: long REP loops resume through the dispatcher so
   // interrupts and stop requests are seen.
   for (int budget = 4096; budget > 0; --budget) {
-    if (rep && reg32(1) == 0) break;
+    if (rep && reg32(1) == 0) return;
     std::uint32_t& esi = reg32(6);
     std::uint32_t& edi = reg32(7);
     bool stop = false;

@@ -52,6 +52,10 @@ class Emitter {
   std::uint32_t off() const { return static_cast<std::uint32_t>(p_ - start_); }
   bool ok() const { return ok_; }
   bool enc_failed() const { return enc_failed_; }
+  void reset_to(std::uint8_t* p) {
+    p_ = p;
+    enc_failed_ = false;
+  }
   void b(std::uint8_t v) {
     if (p_ < end_) *p_++ = v; else ok_ = false;
   }
@@ -133,10 +137,14 @@ void store_ctx64(Emitter& e, std::int32_t off, std::int32_t v) {
   e.ins(ZYDIS_MNEMONIC_MOV, {M(ZYDIS_REGISTER_R15, off, 8), I(v)});
 }
 
+// Where guest ESP lives in host code: r14d, or a borrowed register (swaps).
+thread_local ZydisRegister t_esp32 = ZYDIS_REGISTER_R14D;
+thread_local ZydisRegister t_esp16 = ZYDIS_REGISTER_R14W;
+
 ZydisRegister rename(ZydisRegister r) {
   switch (r) {
-    case ZYDIS_REGISTER_ESP: return ZYDIS_REGISTER_R14D;
-    case ZYDIS_REGISTER_SP: return ZYDIS_REGISTER_R14W;
+    case ZYDIS_REGISTER_ESP: return t_esp32;
+    case ZYDIS_REGISTER_SP: return t_esp16;
     default: return r;
   }
 }
@@ -591,6 +599,42 @@ TranslateStatus Translator::translate(std::uint32_t eip, TKey tkey, const CodeWi
     bool ok = true;
     if (cls == InsnClass::Plain) {
       ok = reencode(e, insn, ops);
+      if (!ok && e.enc_failed()) {
+        // Typically ESP addressing plus AH..BH: borrow EBP/ESI/EDI for ESP.
+        const ZydisRegister cand32[3] = {ZYDIS_REGISTER_EBP, ZYDIS_REGISTER_ESI, ZYDIS_REGISTER_EDI};
+        const ZydisRegister cand16[3] = {ZYDIS_REGISTER_BP, ZYDIS_REGISTER_SI, ZYDIS_REGISTER_DI};
+        const ZydisRegister cand64[3] = {ZYDIS_REGISTER_RBP, ZYDIS_REGISTER_RSI, ZYDIS_REGISTER_RDI};
+        const unsigned cand_idx[3] = {5, 6, 7};
+        auto used = [&](ZydisRegister c) {
+          for (unsigned i = 0; i < insn.operand_count; ++i) {
+            const auto& o = ops[i];
+            auto big = [&](ZydisRegister r) {
+              return r != ZYDIS_REGISTER_NONE &&
+                     ZydisRegisterGetLargestEnclosing(ZYDIS_MACHINE_MODE_LEGACY_32, r) == c;
+            };
+            if (o.type == ZYDIS_OPERAND_TYPE_REGISTER && big(o.reg.value)) return true;
+            if (o.type == ZYDIS_OPERAND_TYPE_MEMORY && (big(o.mem.base) || big(o.mem.index))) return true;
+          }
+          return false;
+        };
+        for (int c = 0; c < 3 && !ok; ++c) {
+          if (used(cand32[c])) continue;
+          e.reset_to(insn_start);
+          e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_R12), R(cand64[c])});
+          e.ins(ZYDIS_MNEMONIC_MOV, {R(cand32[c]), R(kR14D)});
+          const std::uint32_t begin = e.off();
+          t_esp32 = cand32[c];
+          t_esp16 = cand16[c];
+          ok = reencode(e, insn, ops);
+          t_esp32 = ZYDIS_REGISTER_R14D;
+          t_esp16 = ZYDIS_REGISTER_R14W;
+          const std::uint32_t end = e.off();
+          e.ins(ZYDIS_MNEMONIC_MOV, {R(kR14D), R(cand32[c])});
+          e.ins(ZYDIS_MNEMONIC_MOV, {R(cand64[c]), R(ZYDIS_REGISTER_R12)});
+          if (ok && !e.enc_failed()) b->swaps.push_back({begin, end, cand_idx[c]});
+          else ok = false;
+        }
+      }
     } else if (cls == InsnClass::Stack) {
       const unsigned sz = insn.operand_width / 8;
       if (insn.mnemonic == ZYDIS_MNEMONIC_LEAVE) {

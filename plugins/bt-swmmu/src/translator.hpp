@@ -32,6 +32,14 @@ struct Block {
   std::uint32_t n_insns = 0;
   // host offset of each guest instruction's code -> guest EIP
   std::vector<std::pair<std::uint32_t, std::uint32_t>> side;
+  // Instructions that address ESP together with AH..BH cannot take the REX
+  // prefix R14D needs: they run with guest ESP in a borrowed register (index
+  // `reg`, saved in r12) between host offsets [begin, end).
+  struct Swap {
+    std::uint32_t begin, end;
+    unsigned reg;
+  };
+  std::vector<Swap> swaps;
 };
 
 // Code bytes for translation: up to the end of the first page, plus the

@@ -43,7 +43,7 @@ void install_handlers() {
     struct sigaction sa;
     std::memset(&sa, 0, sizeof(sa));
     sa.sa_sigaction = on_signal;
-    sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
+    sa.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_RESTART;
     sigemptyset(&sa.sa_mask);
     for (int s : {SIGSEGV, SIGBUS, SIGFPE, SIGILL, kKickSignal}) sigaction(s, &sa, &g_old[s]);
   });
@@ -248,6 +248,14 @@ bool Vcpu::handle_signal(int sig, void* info, void* uctx) {
     ctx_->gpr[6] = static_cast<std::uint32_t>(g[REG_RSI]);
     ctx_->gpr[7] = static_cast<std::uint32_t>(g[REG_RDI]);
     ctx_->rflags = static_cast<std::uint64_t>(g[REG_EFL]);
+    const auto off = static_cast<std::uint32_t>(pc - reinterpret_cast<std::uintptr_t>(b->host));
+    for (const auto& sw : b->swaps) {
+      if (off >= sw.begin && off < sw.end) {  // guest ESP is in the borrowed register
+        static const int host_reg[8] = {REG_RAX, REG_RCX, REG_RDX, REG_RBX, REG_RSP, REG_RBP, REG_RSI, REG_RDI};
+        ctx_->gpr[4] = static_cast<std::uint32_t>(g[host_reg[sw.reg]]);
+        ctx_->gpr[sw.reg] = static_cast<std::uint32_t>(g[REG_R12]);
+      }
+    }
     ctx_->fault_kind = kind;
     ctx_->fault_addr = addr;
     ctx_->fault_error = error;
