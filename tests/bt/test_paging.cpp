@@ -309,3 +309,94 @@ TEST(BtPaging, UserModeSystemCallAndSupervisorPageProtection) {
   EXPECT_EQ(m.plat.exit_code, 7);
   EXPECT_GE(m.counter("swmmu.space_switches"), 2u);
 }
+
+BT_GUEST_PROGRAM(sw, 0x100000,
+  "  mov eax, 0x10000\n"
+  "  mov cr3, eax\n"
+  "  mov eax, cr0\n"
+  "  or eax, 0x80000000\n"
+  "  mov cr0, eax\n"
+  "  mov dword ptr [0x9000], 0x1111\n"
+  "  mov ecx, 100\n"
+  "  xor ebx, ebx\n"
+  "1: mov eax, 0x13000\n"
+  "  mov cr3, eax\n"
+  "  add ebx, [0x9000]\n"
+  "  mov eax, 0x10000\n"
+  "  mov cr3, eax\n"
+  "  add ebx, [0x9000]\n"
+  "  loop 1b\n"
+  "  mov eax, ebx\n"
+  "  out 0x80, eax\n"
+  "  invlpg [0x9000]\n"
+  "  mov dword ptr [0x11000 + 9*4], 0xb007\n"
+  "  invlpg [0x9000]\n"
+  "  mov eax, [0x9000]\n"
+  "  out 0x80, eax\n"
+  "  out 0xf4, al\n")
+
+TEST(BtPaging, Cr3SwitchesReuseCachedShadowSpaces) {
+  PagedMachine m;
+  m.mem.load(kBase, sw_start, static_cast<std::size_t>(sw_end - sw_start));
+  // Second address space: same as the first except LA 0x9000 -> PA 0xa000.
+  m.mem.w32(0x13000, 0x14000 | 7);
+  for (std::uint32_t i = 0; i < 1024; ++i) m.mem.w32(0x14000 + 4 * i, m.mem.r32(0x11000 + 4 * i));
+  m.mem.w32(0x14000 + 9 * 4, 0xa000 | 7);
+  m.mem.w32(0xa000, 0x2222);
+  m.mem.w32(0xb000, 0x3333);
+  RunExit r = m.run();
+  ASSERT_EQ(r.kind, ExitKind::Stopped) << r.diagnostic;
+  ASSERT_EQ(m.plat.post.size(), 2u);
+  EXPECT_EQ(m.plat.post[0], 100u * (0x1111 + 0x2222));
+  EXPECT_EQ(m.plat.post[1], 0x3333u);  // remapped PTE seen after the traced write
+  EXPECT_GE(m.counter("swmmu.space_switch_hits"), 190u);
+  EXPECT_LE(m.counter("swmmu.space_rebuilds"), 4u);
+}
+
+BT_GUEST_PROGRAM(pae, 0x100000,
+  "  mov ecx, 0xc0000080\n"
+  "  rdmsr\n"
+  "  or eax, 0x800\n"
+  "  wrmsr\n"
+  "  mov eax, cr4\n"
+  "  or eax, 0x20\n"
+  "  mov cr4, eax\n"
+  "  mov eax, 0x15000\n"
+  "  mov cr3, eax\n"
+  "  mov eax, cr0\n"
+  "  or eax, 0x80000000\n"
+  "  mov cr0, eax\n"
+  "  mov eax, [0x200010]\n"
+  "  out 0x80, eax\n"
+  "  mov eax, 0x8000\n"
+  "  call eax\n"
+  "  out 0xf4, al\n"
+  ".globl pae_pf\n"
+  "pae_pf: mov eax, cr2\n"
+  "  out 0x80, eax\n"
+  "  mov eax, [esp]\n"
+  "  out 0x80, eax\n"
+  "  mov al, 5\n"
+  "  out 0xf4, al\n")
+extern "C" const unsigned char pae_pf[];
+
+TEST(BtPaging, PaeTwoMegabytePagesAndNoExecute) {
+  PagedMachine m;
+  m.mem.load(kBase, pae_start, static_cast<std::size_t>(pae_end - pae_start));
+  m.gate(14, pae_pf, pae_start);
+  auto w64 = [&](std::uint64_t a, std::uint64_t v) { m.mem.load(a, &v, 8); };
+  w64(0x15000, 0x16000 | 1);
+  w64(0x16000, 0x17000 | 7);
+  w64(0x16008, 0x600000 | 0x83);  // LA 2-4 MiB -> PA 6-8 MiB
+  for (std::uint64_t i = 0; i < 512; ++i) w64(0x17000 + 8 * i, (i << 12) | 7);
+  w64(0x17000 + 8 * 8, 0x8000 | 7 | (1ull << 63));  // NX
+  m.mem.w32(0x600010, 0x5a5a);
+  m.mem.w32(0x8000, 0xc3);  // ret
+  RunExit r = m.run();
+  ASSERT_EQ(r.kind, ExitKind::Stopped) << r.diagnostic;
+  ASSERT_EQ(m.plat.post.size(), 3u);
+  EXPECT_EQ(m.plat.post[0], 0x5a5au);
+  EXPECT_EQ(m.plat.post[1], 0x8000u);
+  EXPECT_EQ(m.plat.post[2], kPfP | kPfI);
+  EXPECT_EQ(m.plat.exit_code, 5);
+}

@@ -301,3 +301,90 @@ TEST(BtVm, ExternalInterruptsWakeHlt) {
   EXPECT_EQ(m.plat.post[0], 3u);
   EXPECT_EQ(m.counter("bt.interrupts_delivered"), 3u);
 }
+
+BT_GUEST_PROGRAM(fpu, 0x100000,
+  "  mov dword ptr [0x5000], 7\n"
+  "  mov eax, 3\n"
+  "  cvtsi2sd xmm1, eax\n"
+  "  fild dword ptr [0x5000]\n"
+  "  out 0x80, eax\n"
+  "  mulsd xmm1, xmm1\n"
+  "  cvttsd2si eax, xmm1\n"
+  "  out 0x80, eax\n"
+  "  fimul dword ptr [0x5000]\n"
+  "  fistp dword ptr [0x5004]\n"
+  "  mov eax, [0x5004]\n"
+  "  out 0x80, eax\n"
+  "  mov eax, cr0\n"
+  "  or eax, 8\n"
+  "  mov cr0, eax\n"
+  "  fld1\n"
+  "  fistp dword ptr [0x5008]\n"
+  "  mov eax, [0x5008]\n"
+  "  out 0x80, eax\n"
+  "  movd xmm2, eax\n"
+  "  out 0xf4, al\n"
+  ".globl fpu_nm\n"
+  "fpu_nm: clts\n"
+  "  mov eax, 0x77\n"
+  "  out 0x80, eax\n"
+  "  iretd\n")
+extern "C" const unsigned char fpu_nm[];
+
+TEST(BtVm, FpuAndSseStateSurviveMonitorExitsAndTsTraps) {
+  Machine m;
+  m.load(fpu_start, fpu_end);
+  m.tables();
+  m.gate(7, fpu_nm, fpu_start);
+  RunExit r = m.run();
+  ASSERT_EQ(r.kind, ExitKind::Stopped) << r.diagnostic;
+  ASSERT_EQ(m.plat.post.size(), 5u);
+  EXPECT_EQ(m.plat.post[0], 3u);
+  EXPECT_EQ(m.plat.post[1], 9u);
+  EXPECT_EQ(m.plat.post[2], 49u);
+  EXPECT_EQ(m.plat.post[3], 0x77u);  // #NM from fld1 with CR0.TS, handler did CLTS
+  EXPECT_EQ(m.plat.post[4], 1u);
+  EXPECT_EQ(m.state.cr0 & 8, 0u);
+  // XMM2 (FXSAVE offset 160+32) holds the last value; FCW is the reset 0x37f.
+  std::uint32_t xmm2, fcw = m.state.fpu.fxsave[0] | (m.state.fpu.fxsave[1] << 8);
+  std::memcpy(&xmm2, m.state.fpu.fxsave.data() + 160 + 32, 4);
+  EXPECT_EQ(xmm2, 1u);
+  EXPECT_EQ(fcw, 0x37fu);
+}
+
+BT_GUEST_PROGRAM(ring3gp, 0x100000,
+  "  push 0x23\n"
+  "  push 0x90000\n"
+  "  push 0x202\n"
+  "  push 0x1b\n"
+  "  push BASE + user3 - ring3gp_start\n"
+  "  iretd\n"
+  "user3: pushfd\n"
+  "  pop eax\n"
+  "  cli\n"
+  "  out 0xf4, al\n"
+  ".globl ring3gp_gp\n"
+  "ring3gp_gp: push eax\n"
+  "  mov eax, [esp+4]\n"
+  "  out 0x80, eax\n"
+  "  mov eax, [esp+8]\n"
+  "  out 0x80, eax\n"
+  "  pop eax\n"
+  "  out 0x80, eax\n"
+  "  mov al, 3\n"
+  "  out 0xf4, al\n")
+extern "C" const unsigned char ring3gp_gp[];
+
+TEST(BtVm, PrivilegedInstructionInUserModeRaisesGp) {
+  Machine m;
+  m.load(ring3gp_start, ring3gp_end);
+  m.tables();
+  m.gate(13, ring3gp_gp, ring3gp_start);
+  RunExit r = m.run();
+  ASSERT_EQ(r.kind, ExitKind::Stopped) << r.diagnostic;
+  ASSERT_EQ(m.plat.post.size(), 3u);
+  EXPECT_EQ(m.plat.post[0], 0u);                  // error code
+  EXPECT_EQ(m.plat.post[1], kBase + 0x16u);       // EIP of the CLI
+  EXPECT_EQ(m.plat.post[2], 0x202u);              // PUSHFD in user mode: IF=1, IOPL=0
+  EXPECT_EQ(m.plat.exit_code, 3);
+}
