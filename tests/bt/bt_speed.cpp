@@ -23,7 +23,7 @@ BT_GUEST_PROGRAM(k_alu, 0x100000,
   "  out 0xf4, al\n")
 
 BT_GUEST_PROGRAM(k_mem, 0x100000,
-  "  mov edx, 3000\n"
+  "  mov edx, 30000\n"
   "  xor eax, eax\n"
   "2: mov esi, 0x200000\n"
   "  mov ecx, 16384\n"
@@ -64,7 +64,7 @@ asm(".text\n.intel_syntax noprefix\n"
     "  mov ecx, 300000000\n  xor eax, eax\n"
     "1: add eax, ecx\n  rol eax, 3\n  xor eax, 0x5a5a5a5a\n  dec ecx\n  jnz 1b\n  ret\n"
     ".globl native_mem\nnative_mem:\n"
-    "  mov r8, rdi\n  mov edx, 3000\n  xor eax, eax\n"
+    "  mov r8, rdi\n  mov edx, 30000\n  xor eax, eax\n"
     "2: mov rsi, r8\n  mov ecx, 16384\n  call 3f\n  dec edx\n  jnz 2b\n  ret\n"
     "3: add eax, [rsi]\n  xor [rsi], eax\n  add rsi, 4\n  dec ecx\n  jnz 3b\n  ret\n"
     ".globl native_fib\nnative_fib:\n"

@@ -29,7 +29,7 @@ struct alignas(64) Context {
   };
   std::uint64_t rflags;        // 0x40 host RFLAGS image: guest arithmetic flags + DF
   std::uint64_t host_rsp;      // 0x48
-  std::uint64_t go;            // 0x50 nonzero: keep running; 0: exit at next block entry
+  std::uint64_t go;            // 0x50 unused (see kPollOffset)
   std::uint64_t next_eip;      // 0x58
   std::uint64_t patch_site;    // 0x60 address of the rel32 to patch, 0 if none
   std::uint64_t exit_reason;   // 0x68
@@ -56,6 +56,14 @@ static_assert(offsetof(Context, fast_table) == 0x70);
 static_assert(offsetof(Context, seg_base) == 0x78);
 static_assert(offsetof(Context, indirect_hits) == 0xa8);
 static_assert(offsetof(Context, guest_fx) == 0x100);
+
+// Every block starts with a load from the poll page at r15 + kPollOffset.
+// To make translated code return to the dispatcher, the page is made
+// PROT_NONE (kick, host timer tick); the load faults at a block boundary and
+// the fault handler exits with kExitInterrupt.  One load, no flags, no branch.
+inline constexpr std::int32_t kPollOffset = 4096;
+inline constexpr std::size_t kContextAlloc = 8192;  // context page + poll page
+static_assert(sizeof(Context) <= 4096);
 
 // Fast lookup table: 65536 entries indexed by the low 16 bits of the guest
 // EIP.  neg_eip holds -(eip+1) so that neg_eip + eip + 1 == 0 on a hit; an

@@ -14,7 +14,6 @@ namespace {
 constexpr std::int32_t kOffNextEip = offsetof(Context, next_eip);
 constexpr std::int32_t kOffPatch = offsetof(Context, patch_site);
 constexpr std::int32_t kOffReason = offsetof(Context, exit_reason);
-constexpr std::int32_t kOffGo = offsetof(Context, go);
 constexpr std::int32_t kOffFast = offsetof(Context, fast_table);
 constexpr std::int32_t kOffHits = offsetof(Context, indirect_hits);
 
@@ -477,19 +476,9 @@ TranslateStatus Translator::translate(std::uint32_t eip, TKey tkey, const CodeWi
   Emitter e(cur_, cache_end_);
   const std::uint32_t page_end = (eip & ~0xfffu) + 0x1000;
 
-  // IRQ stub, then the entry point with the go-flag check (flags untouched).
-  std::uint8_t* irq_stub = e.pos();
-  e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_RCX), R(ZYDIS_REGISTER_R13)});
-  store_ctx32(e, kOffNextEip, eip);
-  store_ctx64(e, kOffReason, kExitInterrupt);
-  store_ctx64(e, kOffPatch, 0);
-  e.jmp(exit_);
+  // Entry: poll the dispatcher's page (faults when the vCPU must stop by).
   b->entry = e.pos();
-  e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_R13), R(ZYDIS_REGISTER_RCX)});
-  e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_ECX), M(ZYDIS_REGISTER_R15, kOffGo, 4)});
-  e.b(0xe3);
-  e.b(static_cast<std::uint8_t>(irq_stub - (e.pos() + 1)));
-  e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_RCX), R(ZYDIS_REGISTER_R13)});
+  e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_R13D), M(ZYDIS_REGISTER_R15, kPollOffset, 4)});
 
   // Pending exits: patch sites that need a stub after the body.
   struct Stub {

@@ -1,6 +1,7 @@
 #include "vcpu.hpp"
 
 #include <asm/prctl.h>
+#include <sys/mman.h>
 #include <signal.h>
 #include <sys/auxv.h>
 #include <sys/syscall.h>
@@ -58,7 +59,8 @@ Vcpu::Vcpu(api::GuestMemory& mem, api::Platform& platform, api::Logger& log, uns
   install_handlers();
   shadow_ = std::make_unique<ShadowMmu>(mem.host_base(), mem.size(), mem.fd());
   translator_ = std::make_unique<Translator>();
-  void* p = ::operator new(sizeof(Context), std::align_val_t(64));
+  void* p = mmap(nullptr, kContextAlloc, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) throw std::runtime_error("bt-swmmu: cannot allocate the vCPU context");
   ctx_ = new (p) Context{};
   ctx_->guest_fx[0] = 0x7f;  // FCW 0x37f
   ctx_->guest_fx[1] = 0x03;
@@ -72,7 +74,7 @@ Vcpu::Vcpu(api::GuestMemory& mem, api::Platform& platform, api::Logger& log, uns
 
 Vcpu::~Vcpu() {
   if (timer_) timer_delete(static_cast<timer_t>(timer_));
-  ::operator delete(ctx_, std::align_val_t(64));
+  munmap(ctx_, kContextAlloc);
 }
 
 // ---------------------------------------------------------------- state
@@ -213,16 +215,20 @@ std::string Vcpu::dump() const {
 
 // ---------------------------------------------------------------- signals
 
+void Vcpu::block_poll() {
+  poll_blocked_.store(true, std::memory_order_seq_cst);
+  mprotect(poll_page(), 4096, PROT_NONE);
+}
+
 void Vcpu::kick() {
   kicked_.store(true, std::memory_order_seq_cst);
-  __atomic_store_n(&ctx_->go, 0, __ATOMIC_SEQ_CST);
-  if (tid_) syscall(SYS_tgkill, getpid(), tid_, kKickSignal);
+  block_poll();
 }
 
 bool Vcpu::handle_signal(int sig, void* info, void* uctx) {
   if (!in_run_) return false;
-  if (sig == kKickSignal) {
-    __atomic_store_n(&ctx_->go, 0, __ATOMIC_SEQ_CST);
+  if (sig == kKickSignal) {  // host timer tick
+    if (in_guest_) block_poll();
     return true;
   }
   auto* si = static_cast<siginfo_t*>(info);
@@ -268,6 +274,13 @@ bool Vcpu::handle_signal(int sig, void* info, void* uctx) {
   };
   switch (sig) {
     case SIGSEGV: {
+      if (si->si_addr >= static_cast<void*>(poll_page()) && si->si_addr < static_cast<void*>(poll_page() + 4096)) {
+        // A block entry polled a blocked page: leave at this block boundary.
+        leave(FaultKind::None, 0, 0, 0);
+        ctx_->exit_reason = kExitInterrupt;
+        ctx_->next_eip = geip;
+        return true;
+      }
       Region* r = nullptr;
       std::uint32_t la = 0;
       if (shadow_->contains(si->si_addr, &r, &la) && r == region_) {
@@ -520,7 +533,7 @@ Vcpu::StepResult Vcpu::step() {
     emulate(eip_, false);
     return StepResult::Continue;
   }
-  __atomic_store_n(&ctx_->go, 1, __ATOMIC_SEQ_CST);
+  if (poll_blocked_.exchange(false)) mprotect(poll_page(), 4096, PROT_READ);
   if (kicked_.load()) return StepResult::Continue;
   sync_seg_bases();
   in_guest_ = true;

@@ -134,6 +134,9 @@ class Vcpu {
   api::RunState run_state_ = api::RunState::Runnable;
 
   std::atomic<bool> kicked_{false};
+  std::atomic<bool> poll_blocked_{false};
+  void block_poll();
+  std::uint8_t* poll_page() const { return reinterpret_cast<std::uint8_t*>(ctx_) + kPollOffset; }
   bool in_guest_ = false;
   bool in_run_ = false;
   bool single_step_ = false;  // run one uncached instruction (after a traced-page write)
