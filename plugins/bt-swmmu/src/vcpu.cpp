@@ -35,7 +35,16 @@ void on_signal(int sig, siginfo_t* si, void* uc) {
   if (v && v->handle_signal(sig, si, uc)) return;
   if (sig == kKickSignal) return;
   // Not ours: hand it to whoever had it before.
-  sigaction(sig, &g_old[sig], nullptr);
+  const struct sigaction& old = g_old[sig];
+  if ((old.sa_flags & SA_SIGINFO) && old.sa_sigaction) {
+    old.sa_sigaction(sig, si, uc);
+  } else if (old.sa_handler == SIG_IGN) {
+    return;
+  } else if (old.sa_handler == SIG_DFL) {
+    signal(sig, SIG_DFL);  // returning re-executes the fault: default action
+  } else {
+    old.sa_handler(sig);
+  }
 }
 
 void install_handlers() {
@@ -286,7 +295,14 @@ bool Vcpu::handle_signal(int sig, void* info, void* uctx) {
       if (shadow_->contains(si->si_addr, &r, &la) && r == region_) {
         const bool write = (g[REG_ERR] & 2) != 0;
         std::uint64_t out = 0;
-        switch (shadow_->fill(r, paging(), la, write, &out)) {
+        FillResult fr;
+        try {
+          fr = shadow_->fill(r, paging(), la, write, &out);
+        } catch (const std::exception& e) {
+          bug_message_ = e.what();
+          return leave(FaultKind::Exception, 0, 0, 0x100);
+        }
+        switch (fr) {
           case FillResult::Mapped: return true;
           case FillResult::GuestFault: return leave(FaultKind::PageFault, la, static_cast<std::uint32_t>(out), 14);
           case FillResult::Mmio: return leave(FaultKind::Mmio, out, write, 0);
