@@ -43,7 +43,7 @@ std::string join(const std::vector<std::string>& v) {
 }
 
 Block* translate(Translator& t, const std::vector<std::uint8_t>& code, std::uint32_t eip = 0x1000,
-                 TranslateStatus* st = nullptr) {
+                 TranslateStatus* st = nullptr, TKey tkey = 0) {
   std::vector<std::uint8_t> buf(code);
   buf.resize(4096 - (eip & 0xfff), 0xcc);
   CodeWindow cw;
@@ -52,7 +52,7 @@ Block* translate(Translator& t, const std::vector<std::uint8_t>& code, std::uint
   cw.total = cw.first_page_bytes;
   cw.pa_page[0] = eip & ~0xfffu;
   Block* b = nullptr;
-  TranslateStatus s = t.translate(eip, 0, cw, &b);
+  TranslateStatus s = t.translate(eip, tkey, cw, &b);
   if (st) *st = s;
   return b;
 }
@@ -91,11 +91,15 @@ TEST(BtTranslator, PrologueAndExitStubsDisassemble) {
 TEST(BtTranslator, SpecialInstructionsEndBlocks) {
   Translator t;
   TranslateStatus st;
-  // cli as the first instruction: the whole "block" is the monitor's.
-  Block* b = translate(t, {0xfa, 0x90}, 0x2000, &st);
+  // cli in user-mode code as the first instruction: the whole "block" is the monitor's.
+  Block* b = translate(t, {0xfa, 0x90}, 0x2000, &st, kTKeyUser);
   ASSERT_NE(b, nullptr);
   EXPECT_EQ(st, TranslateStatus::Special);
   EXPECT_TRUE(b->special);
+  // At CPL 0, cli and pushfd are translated inline.
+  b = translate(t, {0xfa, 0x9c, 0xc3}, 0x2800, &st);
+  EXPECT_EQ(st, TranslateStatus::Ok);
+  EXPECT_EQ(b->n_insns, 3u);
   // nop; nop; out 0x80, al: two instructions translated, then an exit.
   b = translate(t, {0x90, 0x90, 0xe6, 0x80}, 0x3000, &st);
   EXPECT_EQ(st, TranslateStatus::Ok);
@@ -103,7 +107,7 @@ TEST(BtTranslator, SpecialInstructionsEndBlocks) {
   EXPECT_EQ(b->end_eip, 0x3002u);
   // pusha, daa, les, push ds, mov eax, cr0, rep movsb, int 0x80: all special
   for (std::vector<std::uint8_t> c : std::vector<std::vector<std::uint8_t>>{
-           {0x60}, {0x27}, {0xc4, 0x06}, {0x1e}, {0x0f, 0x20, 0xc0}, {0xf3, 0xa4}, {0xcd, 0x80}, {0x9c}, {0x9d}}) {
+           {0x60}, {0x27}, {0xc4, 0x06}, {0x1e}, {0x0f, 0x20, 0xc0}, {0xf3, 0xa4}, {0xcd, 0x80}, {0x9d}, {0xfb}}) {
     b = translate(t, c, 0x4000 + 0x100 * c[0], &st);
     EXPECT_EQ(st, TranslateStatus::Special) << int(c[0]);
   }

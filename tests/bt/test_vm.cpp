@@ -388,3 +388,28 @@ TEST(BtVm, PrivilegedInstructionInUserModeRaisesGp) {
   EXPECT_EQ(m.plat.post[2], 0x202u);              // PUSHFD in user mode: IF=1, IOPL=0
   EXPECT_EQ(m.plat.exit_code, 3);
 }
+
+BT_GUEST_PROGRAM(irqsave, 0x100000,
+  "  sti\n"
+  "  stc\n"
+  "  pushfd\n"
+  "  cli\n"
+  "  pushfd\n"
+  "  pop eax\n"
+  "  out 0x80, eax\n"
+  "  popfd\n"
+  "  pushfd\n"
+  "  pop eax\n"
+  "  out 0x80, eax\n"
+  "  out 0xf4, al\n")
+
+TEST(BtVm, InlinePushfAndCliKeepEflagsExact) {
+  Machine m;
+  m.load(irqsave_start, irqsave_end);
+  RunExit r = m.run();
+  ASSERT_EQ(r.kind, ExitKind::Stopped) << r.diagnostic;
+  ASSERT_EQ(m.plat.post.size(), 2u);
+  EXPECT_EQ(m.plat.post[0], 0x003u);  // CF, bit 1; IF cleared by the inline CLI
+  EXPECT_EQ(m.plat.post[1], 0x203u);  // POPFD restored IF
+  EXPECT_EQ(m.state.rflags & 0x200, 0x200u);
+}

@@ -39,7 +39,9 @@ struct alignas(64) Context {
   std::uint32_t host_mxcsr;    // 0xb0
   std::uint16_t host_fcw;      // 0xb4
   std::uint16_t pad0;
-  std::uint64_t pad1[9];
+  std::uint32_t sysflags;      // 0xb8 EFLAGS bits other than CF PF AF ZF SF OF DF (IF, IOPL, ...)
+  std::uint32_t pad2;
+  std::uint64_t pad1[8];
   alignas(16) std::uint8_t guest_fx[512];  // 0x100
 
   // Set by the fault handler (monitor side only).
@@ -55,6 +57,7 @@ static_assert(offsetof(Context, go) == 0x50);
 static_assert(offsetof(Context, fast_table) == 0x70);
 static_assert(offsetof(Context, seg_base) == 0x78);
 static_assert(offsetof(Context, indirect_hits) == 0xa8);
+static_assert(offsetof(Context, sysflags) == 0xb8);
 static_assert(offsetof(Context, guest_fx) == 0x100);
 
 // Every block starts with a load from the poll page at r15 + kPollOffset.

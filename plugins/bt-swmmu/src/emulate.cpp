@@ -221,7 +221,7 @@ void Vcpu::string_op(const ZydisDecodedInstruction& insn, const ZydisDecodedOper
         break;
       }
       case ZYDIS_MNEMONIC_INSB: case ZYDIS_MNEMONIC_INSW: case ZYDIS_MNEMONIC_INSD: {
-        if (cpl_ > ((sysflags_ & kIOPL) >> 12)) raise(13, true, 0);
+        if (cpl_ > ((ctx_->sysflags & kIOPL) >> 12)) raise(13, true, 0);
         // Probe the destination first so a #PF does not lose the port read.
         lin_to_phys(es_base + edi, true, user, false);
         ++counters_.io_exits;
@@ -231,7 +231,7 @@ void Vcpu::string_op(const ZydisDecodedInstruction& insn, const ZydisDecodedOper
         break;
       }
       case ZYDIS_MNEMONIC_OUTSB: case ZYDIS_MNEMONIC_OUTSW: case ZYDIS_MNEMONIC_OUTSD: {
-        if (cpl_ > ((sysflags_ & kIOPL) >> 12)) raise(13, true, 0);
+        if (cpl_ > ((ctx_->sysflags & kIOPL) >> 12)) raise(13, true, 0);
         std::uint32_t v = read(src_base + esi, size, user);
         ++counters_.io_exits;
         platform_.io_out(index_, static_cast<std::uint16_t>(reg32(2)), size, v);
@@ -270,7 +270,7 @@ void Vcpu::emulate(std::uint32_t eip, bool mmio) {
   }
   const std::uint32_t next = eip + insn.length;
   const unsigned opsize = insn.operand_width;
-  const unsigned iopl = (sysflags_ & kIOPL) >> 12;
+  const unsigned iopl = (ctx_->sysflags & kIOPL) >> 12;
   auto need_cpl0 = [&] { if (cpl_ != 0) raise(13, true, 0); };
   auto operand_value = [&](const ZydisDecodedOperand& o) -> std::uint32_t {
     switch (o.type) {
@@ -291,10 +291,10 @@ void Vcpu::emulate(std::uint32_t eip, bool mmio) {
     case ZYDIS_MNEMONIC_STI:
       if (cpl_ > iopl) raise(13, true, 0);
       if (insn.mnemonic == ZYDIS_MNEMONIC_CLI) {
-        sysflags_ &= ~kIF;
+        ctx_->sysflags &= ~kIF;
       } else {
-        if (!(sysflags_ & kIF)) interrupt_shadow_ = true;
-        sysflags_ |= kIF;
+        if (!(ctx_->sysflags & kIF)) interrupt_shadow_ = true;
+        ctx_->sysflags |= kIF;
       }
       break;
     case ZYDIS_MNEMONIC_PUSHFD:
@@ -377,7 +377,7 @@ void Vcpu::emulate(std::uint32_t eip, bool mmio) {
       s.selector = static_cast<std::uint16_t>((cs & 0xfffc) + 8);
       s.type = 3;
       cs_ = c; ss_ = s; cpl_ = 0;
-      sysflags_ &= ~(kIF | kVM | kRF);
+      ctx_->sysflags &= ~(kIF | kVM | kRF);
       reg32(4) = static_cast<std::uint32_t>(esp);
       sync_seg_bases();
       new_eip = static_cast<std::uint32_t>(eip2);

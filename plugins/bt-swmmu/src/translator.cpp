@@ -570,6 +570,10 @@ TranslateStatus Translator::translate(std::uint32_t eip, TKey tkey, const CodeWi
     }
     const std::uint32_t next = pc + insn.length;
     InsnClass cls = classify(insn, ops, tkey);
+    // Inline forms of two hot sensitive instructions (irqsave paths).
+    const bool inline_pushf = insn.mnemonic == ZYDIS_MNEMONIC_PUSHFD && insn.operand_width == 32;
+    const bool inline_cli = insn.mnemonic == ZYDIS_MNEMONIC_CLI && !(tkey & (kTKeyUser | kTKeyRing12));
+    if (inline_pushf || inline_cli) cls = InsnClass::Stack;
     if (cls == InsnClass::Special) {
       if (b->n_insns == 0) {
         b->special = true;
@@ -626,7 +630,19 @@ TranslateStatus Translator::translate(std::uint32_t eip, TKey tkey, const CodeWi
       }
     } else if (cls == InsnClass::Stack) {
       const unsigned sz = insn.operand_width / 8;
-      if (insn.mnemonic == ZYDIS_MNEMONIC_LEAVE) {
+      if (inline_cli) {
+        // IF lives in byte 1 of ctx->sysflags (with TF, which is not supported).
+        ok = e.ins(ZYDIS_MNEMONIC_MOV, {M(ZYDIS_REGISTER_R15, offsetof(Context, sysflags) + 1, 1), I(0)});
+      } else if (inline_pushf) {
+        // Merge host arithmetic flags with the monitor's system flags; flags
+        // are restored before the (possibly faulting) store.
+        ok = e.ins(ZYDIS_MNEMONIC_PUSHFQ, {}) &&
+             e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_R13), M(ZYDIS_REGISTER_RSP, 0, 8)}) &&
+             e.ins(ZYDIS_MNEMONIC_AND, {R(kR13D), I(0xcd5)}) &&
+             e.ins(ZYDIS_MNEMONIC_OR, {R(kR13D), M(ZYDIS_REGISTER_R15, offsetof(Context, sysflags), 4)}) &&
+             e.ins(ZYDIS_MNEMONIC_POPFQ, {});
+        push_value(R(kR13D), 4);
+      } else if (insn.mnemonic == ZYDIS_MNEMONIC_LEAVE) {
         // mov esp, ebp; pop ebp  (load first: restartable)
         ok = e.ins(ZYDIS_MNEMONIC_MOV, {R(kR11D), M(ZYDIS_REGISTER_EBP, 0, 4)}, true, true) &&
              e.ins(ZYDIS_MNEMONIC_LEA, {R(kR14D), M(ZYDIS_REGISTER_RBP, 4, 0)}) &&

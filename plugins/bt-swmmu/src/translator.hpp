@@ -17,6 +17,8 @@ namespace modevisor::bt {
 // Translation flavour: bit0 = FPU/SSE instructions must trap (#NM/#UD: CR0.TS/EM).
 using TKey = std::uint32_t;
 inline constexpr TKey kTKeyFpuTrap = 1;
+inline constexpr TKey kTKeyUser = 2;    // CPL 3
+inline constexpr TKey kTKeyRing12 = 4;  // CPL 1 or 2 (CPL 0 when neither bit)
 
 struct Block {
   std::uint32_t eip = 0;        // guest linear start

@@ -76,6 +76,7 @@ Vcpu::Vcpu(api::GuestMemory& mem, api::Platform& platform, api::Logger& log, uns
   const std::uint32_t mxcsr = 0x1f80;
   std::memcpy(ctx_->guest_fx + 24, &mxcsr, 4);
   ctx_->rflags = 0x202;
+  ctx_->sysflags = 0x2;
   cs_.db = true;
   tsc_offset_ = __rdtsc();
   trace_ = std::getenv("MODEVISOR_BT_TRACE") != nullptr;
@@ -89,12 +90,12 @@ Vcpu::~Vcpu() {
 // ---------------------------------------------------------------- state
 
 std::uint32_t Vcpu::eflags() const {
-  return (static_cast<std::uint32_t>(ctx_->rflags) & kHostFlags) | (sysflags_ & ~kHostFlags) | 2;
+  return (static_cast<std::uint32_t>(ctx_->rflags) & kHostFlags) | (ctx_->sysflags & ~kHostFlags) | 2;
 }
 
 void Vcpu::set_eflags(std::uint32_t v) {
   ctx_->rflags = (v & kHostFlags) | 0x202;
-  sysflags_ = (v & ~kHostFlags) | 2;
+  ctx_->sysflags = (v & ~kHostFlags) | 2;
 }
 
 api::Segment& Vcpu::seg(int i) {
@@ -400,7 +401,7 @@ api::RunExit Vcpu::run() {
           return ex;
         }
       }
-      const bool can_irq = (sysflags_ & kIF) && !interrupt_shadow_;
+      const bool can_irq = (ctx_->sysflags & kIF) && !interrupt_shadow_;
       interrupt_shadow_ = false;
       if (can_irq && (pending_interrupt_ || platform_.interrupt_pending(index_))) {
         std::uint8_t vec = pending_interrupt_ ? *pending_interrupt_ : platform_.acknowledge_interrupt(index_);
@@ -411,7 +412,7 @@ api::RunExit Vcpu::run() {
         continue;
       }
       if (run_state_ == api::RunState::Halted) {
-        if (!(sysflags_ & kIF)) {
+        if (!(ctx_->sysflags & kIF)) {
           ex.kind = api::ExitKind::Shutdown;
           ex.diagnostic = "HLT with interrupts disabled; " + dump();
           return ex;
@@ -524,12 +525,14 @@ Vcpu::StepResult Vcpu::step() {
     bug_message_ = "bt-swmmu: non-zero CS/DS/ES/SS segment bases are not supported";
     return StepResult::Error;
   }
-  const TKey tk = (cr0_ & 0xc) ? kTKeyFpuTrap : 0;  // TS or EM
-  if (tk != tkey_) {
-    tkey_ = tk;
+  // Region block maps hold blocks of one flavour; the user/supervisor part of
+  // the flavour follows the region view, the rest clears the maps on change.
+  const TKey tk = ((cr0_ & 0xc) ? kTKeyFpuTrap : 0) | ((cpl_ == 1 || cpl_ == 2) ? kTKeyRing12 : 0);
+  if (tk != (tkey_ & ~kTKeyUser)) {
     shadow_->clear_block_maps();
     pending_patch_ = 0;
   }
+  tkey_ = tk | (cpl_ == 3 ? kTKeyUser : 0);
   activate_region();
   Block* b = lookup(eip_);
   if (pending_patch_) {
@@ -814,7 +817,7 @@ void Vcpu::deliver(std::uint8_t vec, bool has_error, std::uint32_t error, bool s
   const std::uint32_t old_flags = eflags();
   const std::uint16_t old_cs = cs_.selector;
   if (new_cpl < cpl_) {
-    if (sysflags_ & kVM) throw std::runtime_error("bt-swmmu: virtual-8086 mode is not supported");
+    if (ctx_->sysflags & kVM) throw std::runtime_error("bt-swmmu: virtual-8086 mode is not supported");
     const std::uint32_t tss = static_cast<std::uint32_t>(tr_.base);
     if (tr_.unusable || tr_.limit < 8u * new_cpl + 11) raise(10, true, tr_.selector & 0xfffc);
     const std::uint32_t new_esp = read(tss + 4 + 8 * new_cpl, 4, false);
@@ -854,7 +857,7 @@ void Vcpu::deliver(std::uint8_t vec, bool has_error, std::uint32_t error, bool s
 
 void Vcpu::do_iret(unsigned opsize) {
   if (opsize != 32) throw std::runtime_error("bt-swmmu: 16-bit IRET is not supported");
-  if (sysflags_ & kNT) throw std::runtime_error("bt-swmmu: IRET task return is not supported");
+  if (ctx_->sysflags & kNT) throw std::runtime_error("bt-swmmu: IRET task return is not supported");
   const std::uint32_t esp0 = reg32(4);
   const std::uint32_t new_eip = pop32();
   const std::uint16_t new_cs = static_cast<std::uint16_t>(pop32());
@@ -867,7 +870,7 @@ void Vcpu::do_iret(unsigned opsize) {
     if (rpl < cpl_) raise(13, true, new_cs & 0xfffc);
     std::uint32_t mask = kPopfMask | kRF;
     if (cpl_ != 0) mask &= ~kIOPL;
-    if (cpl_ > ((sysflags_ & kIOPL) >> 12)) mask &= ~kIF;
+    if (cpl_ > ((ctx_->sysflags & kIOPL) >> 12)) mask &= ~kIF;
     const std::uint32_t flags = (eflags() & ~mask) | (new_fl & mask);
     if (rpl > cpl_) {
       const std::uint32_t new_esp = pop32();

@@ -116,7 +116,6 @@ class Vcpu {
 
   // Architectural state not held in ctx_.
   std::uint32_t eip_ = 0;
-  std::uint32_t sysflags_ = 0x2;  // EFLAGS bits other than CF PF AF ZF SF OF DF
   unsigned cpl_ = 0;
   api::Segment es_, cs_, ss_, ds_, fs_, gs_, ldtr_, tr_;
   api::DescriptorTable gdtr_, idtr_;
