@@ -40,7 +40,7 @@ BT_GUEST_PROGRAM(k_mem, 0x100000,
   "  ret\n")
 
 BT_GUEST_PROGRAM(k_fib, 0x100000,
-  "  mov eax, 32\n"
+  "  mov eax, 36\n"
   "  call fibf\n"
   "  out 0x80, eax\n"
   "  out 0xf4, al\n"
@@ -136,7 +136,7 @@ int main() {
   }
   {
     auto t0 = std::chrono::steady_clock::now();
-    std::uint32_t r = native_fib(32);
+    std::uint32_t r = native_fib(36);
     double n = secs(std::chrono::steady_clock::now() - t0);
     report("fib", n, r, guest(k_fib_start, k_fib_end));
   }
