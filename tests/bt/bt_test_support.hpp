@@ -5,6 +5,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -105,8 +106,10 @@ class FakePlatform final : public Platform {
     if (gpa >= 0xf0000000 && gpa + size <= 0xf0001000)
       std::memcpy(reinterpret_cast<std::uint8_t*>(mmio) + (gpa - 0xf0000000), &v, size);
   }
-  bool interrupt_pending(unsigned) override { return !irqs.empty(); }
+  std::atomic<int> async_irq{-1};  // raised from another thread
+  bool interrupt_pending(unsigned) override { return !irqs.empty() || async_irq.load() >= 0; }
   std::uint8_t acknowledge_interrupt(unsigned) override {
+    if (irqs.empty()) return static_cast<std::uint8_t>(async_irq.exchange(-1));
     std::uint8_t v = irqs.front();
     irqs.pop_front();
     return v;

@@ -413,3 +413,34 @@ TEST(BtVm, InlinePushfAndCliKeepEflagsExact) {
   EXPECT_EQ(m.plat.post[1], 0x203u);  // POPFD restored IF
   EXPECT_EQ(m.state.rflags & 0x200, 0x200u);
 }
+
+BT_GUEST_PROGRAM(spinirq, 0x100000,
+  "  sti\n"
+  "1: add ecx, 1\n"
+  "  cmp dword ptr [0x5000], 0\n"
+  "  je 1b\n"
+  "  mov eax, [0x5000]\n"
+  "  out 0x80, eax\n"
+  "  out 0xf4, al\n"
+  ".globl spinirq_h\n"
+  "spinirq_h: mov dword ptr [0x5000], 0x41\n"
+  "  iretd\n")
+extern "C" const unsigned char spinirq_h[];
+
+TEST(BtVm, AsynchronousInterruptReachesAChainedLoop) {
+  Machine m;
+  m.load(spinirq_start, spinirq_end);
+  m.tables();
+  m.gate(0x41, spinirq_h, spinirq_start);
+  std::thread t([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    m.plat.async_irq = 0x41;
+  });
+  RunExit r = m.run();
+  t.join();
+  ASSERT_EQ(r.kind, ExitKind::Stopped) << r.diagnostic;
+  ASSERT_EQ(m.plat.post.size(), 1u);
+  EXPECT_EQ(m.plat.post[0], 0x41u);
+  EXPECT_GT(m.state.gpr[gpr::rcx], 1000u);   // it really spun in translated code
+  EXPECT_GE(m.counter("bt.irq_check_exits"), 1u);
+}
