@@ -400,3 +400,43 @@ TEST(BtPaging, PaeTwoMegabytePagesAndNoExecute) {
   EXPECT_EQ(m.plat.post[2], kPfP | kPfI);
   EXPECT_EQ(m.plat.exit_code, 5);
 }
+
+BT_GUEST_PROGRAM(many, 0x100000,
+  "  mov eax, 0x10000\n"
+  "  mov cr3, eax\n"
+  "  mov eax, cr0\n"
+  "  or eax, 0x80000000\n"
+  "  mov cr0, eax\n"
+  "  xor ebx, ebx\n"
+  "  mov esi, 3\n"
+  "2: mov ecx, 80\n"
+  "  mov edx, 0x800000\n"
+  "1: mov cr3, edx\n"
+  "  add ebx, [0x9000]\n"
+  "  inc dword ptr [0x9004]\n"
+  "  add edx, 0x1000\n"
+  "  loop 1b\n"
+  "  dec esi\n"
+  "  jnz 2b\n"
+  "  mov eax, 0x10000\n"
+  "  mov cr3, eax\n"
+  "  mov eax, ebx\n"
+  "  out 0x80, eax\n"
+  "  mov eax, [0x9004]\n"
+  "  out 0x80, eax\n"
+  "  out 0xf4, al\n")
+
+TEST(BtPaging, MoreAddressSpacesThanTheCacheHoldsAreEvictedAndRebuilt) {
+  PagedMachine m;
+  m.mem.load(kBase, many_start, static_cast<std::size_t>(many_end - many_start));
+  // 80 page directories at 8 MiB.., all sharing PT0 (identity 0-4 MiB).
+  for (std::uint32_t i = 0; i < 80; ++i) m.mem.w32(0x800000 + i * 0x1000, 0x11000 | 7);
+  m.mem.w32(0x9000, 5);
+  RunExit r = m.run();
+  ASSERT_EQ(r.kind, ExitKind::Stopped) << r.diagnostic;
+  ASSERT_EQ(m.plat.post.size(), 2u);
+  EXPECT_EQ(m.plat.post[0], 3u * 80u * 5u);
+  EXPECT_EQ(m.plat.post[1], 240u);
+  EXPECT_GT(m.counter("swmmu.space_evictions"), 0u);
+  EXPECT_GT(m.counter("swmmu.space_rebuilds"), 64u);
+}

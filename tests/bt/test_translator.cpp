@@ -150,3 +150,15 @@ TEST(BtTranslator, AbsoluteAddressesAboveTwoGigabytesStay32Bit) {
   EXPECT_NE(code.find("mov ecx, gs:[r13d]"), std::string::npos) << code;
   EXPECT_EQ(code.find("0xFFFFFFFF"), std::string::npos) << code;
 }
+
+TEST(BtTranslator, AddressSizePrefixMattersOnlyWithMemoryOperands) {
+  Translator t;
+  TranslateStatus st;
+  Block* b = translate(t, {0x67, 0x97, 0xc3}, 0x9000, &st);  // addr16 xchg edi, eax: no address formed
+  EXPECT_EQ(st, TranslateStatus::Ok);
+  EXPECT_EQ(b->n_insns, 2u);
+  translate(t, {0x67, 0x8b, 0x00}, 0x9100, &st);  // mov eax, [bx+si]: 16-bit addressing
+  EXPECT_EQ(st, TranslateStatus::Special);
+  translate(t, {0x67, 0x8d, 0x00}, 0x9200, &st);  // lea eax, [bx+si]
+  EXPECT_EQ(st, TranslateStatus::Special);
+}

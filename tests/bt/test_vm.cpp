@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <random>
 #include <thread>
 
 #include "bt_test_support.hpp"
@@ -443,4 +444,64 @@ TEST(BtVm, AsynchronousInterruptReachesAChainedLoop) {
   EXPECT_EQ(m.plat.post[0], 0x41u);
   EXPECT_GT(m.state.gpr[gpr::rcx], 1000u);   // it really spun in translated code
   EXPECT_GE(m.counter("bt.irq_check_exits"), 1u);
+}
+
+BT_GUEST_PROGRAM(outside, 0x100000, "  mov eax, 0xfe000000\n  jmp eax\n")
+
+TEST(BtVm, ExecutingOutsideRamIsAnErrorNotACrash) {
+  Machine m;
+  m.load(outside_start, outside_end);
+  RunExit r = m.run();
+  EXPECT_EQ(r.kind, ExitKind::Error);
+  EXPECT_NE(r.diagnostic.find("outside RAM"), std::string::npos) << r.diagnostic;
+}
+
+TEST(BtVm, PageTablesOutsideRamFaultAndTripleFault) {
+  Machine m;
+  m.load(garbage_start, garbage_end);
+  m.state.cr0 = 0x80000011;
+  m.state.cr3 = 0xff000000;  // beyond RAM: entries read as not present
+  RunExit r = m.run();
+  EXPECT_EQ(r.kind, ExitKind::Shutdown) << r.diagnostic;
+}
+
+BT_GUEST_PROGRAM(stopper, 0x100000, "  out 0xf4, al\n")
+extern "C" const unsigned char stopper_start[];
+
+// Random bytes executed at CPL 0 with every vector handled: whatever the
+// guest does, the host must survive and report a RunExit; a signal in
+// monitor code would mean a host bug.
+TEST(BtVm, RandomGarbageNeverCrashesTheHost) {
+  std::mt19937 rng(7);
+  int kinds[3] = {0, 0, 0};
+  for (int round = 0; round < 60; ++round) {
+    Machine m;
+    m.tables();
+    m.load(stopper_start, stopper_start + 2, 0x180000);
+    for (unsigned v = 0; v < 256; ++v) {
+      const std::uint32_t off = 0x180000;
+      const std::uint64_t g = (off & 0xffff) | (0x08ull << 16) | (0x8eull << 40) | (static_cast<std::uint64_t>(off >> 16) << 48);
+      m.mem.load(0x2000 + v * 8, &g, 8);
+    }
+    std::vector<std::uint8_t> junk(256);
+    for (auto& b : junk) b = static_cast<std::uint8_t>(rng());
+    m.mem.load(kBase, junk.data(), junk.size());
+    if (std::getenv("BT_SHOW_GARBAGE") && round == std::atoi(std::getenv("BT_SHOW_GARBAGE"))) {
+      for (int i = 0; i < 40; ++i) std::printf("%02x ", junk[i]);
+      std::printf("\n");
+    }
+    std::atomic<bool> done{false};
+    std::thread watchdog([&] {
+      for (int i = 0; i < 50 && !done; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+      if (!done) m.cpu->kick();
+    });
+    m.cpu->load(m.state);
+    RunExit r = m.cpu->run();
+    done = true;
+    watchdog.join();
+    EXPECT_EQ(r.diagnostic.find("host signal"), std::string::npos) << "round " << round << ": " << r.diagnostic;
+    ++kinds[static_cast<int>(r.kind)];
+    if (std::getenv("BT_SHOW_GARBAGE")) std::printf("%d: r%d %s\n", static_cast<int>(r.kind), round, r.diagnostic.substr(0, 300).c_str());
+  }
+  std::printf("garbage rounds: stopped %d, shutdown %d, error %d\n", kinds[0], kinds[1], kinds[2]);
 }

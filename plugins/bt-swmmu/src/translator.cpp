@@ -178,7 +178,14 @@ bool is_fpu_like(const ZydisDecodedInstruction& insn) {
 }  // namespace
 
 InsnClass classify(const ZydisDecodedInstruction& insn, const ZydisDecodedOperand* ops, TKey tkey) {
-  if (insn.address_width != 32) return InsnClass::Special;  // 16-bit addressing
+  if (insn.address_width != 32) {  // 0x67: matters only where an address or eCX count is formed
+    if (insn.mnemonic == ZYDIS_MNEMONIC_JCXZ || insn.mnemonic == ZYDIS_MNEMONIC_JECXZ ||
+        insn.mnemonic == ZYDIS_MNEMONIC_LOOP || insn.mnemonic == ZYDIS_MNEMONIC_LOOPE ||
+        insn.mnemonic == ZYDIS_MNEMONIC_LOOPNE)
+      return InsnClass::Special;
+    for (unsigned i = 0; i < insn.operand_count; ++i)
+      if (ops[i].type == ZYDIS_OPERAND_TYPE_MEMORY) return InsnClass::Special;  // incl. LEA: 16-bit result
+  }
   if (insn.attributes & ZYDIS_ATTRIB_IS_PRIVILEGED) return InsnClass::Special;
   if ((tkey & kTKeyFpuTrap) && is_fpu_like(insn)) return InsnClass::Special;
   switch (insn.mnemonic) {
@@ -303,6 +310,7 @@ bool reencode(Emitter& e, const ZydisDecodedInstruction& insn, const ZydisDecode
   if (!ZYAN_SUCCESS(ZydisEncoderDecodedInstructionToEncoderRequest(&insn, ops, insn.operand_count_visible, &req)))
     return false;
   req.machine_mode = ZYDIS_MACHINE_MODE_LONG_64;
+  req.address_size_hint = ZYDIS_ADDRESS_SIZE_HINT_NONE;
   req.prefixes &= ~(ZYDIS_ATTRIB_HAS_SEGMENT | ZYDIS_ATTRIB_HAS_SEGMENT_CS | ZYDIS_ATTRIB_HAS_SEGMENT_SS |
                     ZYDIS_ATTRIB_HAS_SEGMENT_DS | ZYDIS_ATTRIB_HAS_SEGMENT_ES | ZYDIS_ATTRIB_HAS_SEGMENT_FS |
                     ZYDIS_ATTRIB_HAS_SEGMENT_GS | ZYDIS_ATTRIB_HAS_ADDRESSSIZE);
