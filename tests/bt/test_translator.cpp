@@ -162,3 +162,21 @@ TEST(BtTranslator, AddressSizePrefixMattersOnlyWithMemoryOperands) {
   translate(t, {0x67, 0x8d, 0x00}, 0x9200, &st);  // lea eax, [bx+si]
   EXPECT_EQ(st, TranslateStatus::Special);
 }
+
+TEST(BtTranslator, HighByteRegistersWithScratchAddressedOperandsBorrowARegister) {
+  Translator t;
+  TranslateStatus st;
+  // adc bh, [0x826feea7]; or fs:[esi-0x10], dh; mov ah, [esp+4]; ret
+  Block* b = translate(t, {0x12, 0x3d, 0xa7, 0xee, 0x6f, 0x82, 0x64, 0x08, 0x76, 0xf0, 0x8a, 0x64, 0x24, 0x04, 0xc3},
+                       0xa000, &st);
+  ASSERT_EQ(st, TranslateStatus::Ok);
+  EXPECT_EQ(b->n_insns, 4u);
+  ASSERT_EQ(b->swaps.size(), 3u);
+  EXPECT_FALSE(b->swaps[0].esp);
+  EXPECT_FALSE(b->swaps[1].esp);
+  EXPECT_TRUE(b->swaps[2].esp);
+  EXPECT_EQ(b->swaps[1].reg, 5u);  // EBP: ESI is used by the instruction
+  auto code = join(disasm64(b->entry, b->host_size - (b->entry - b->host)));
+  EXPECT_NE(code.find("adc bh, gs:[ebp]"), std::string::npos) << code;
+  EXPECT_NE(code.find("or gs:[ebp], dh"), std::string::npos) << code;
+}

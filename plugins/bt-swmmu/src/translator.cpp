@@ -304,8 +304,26 @@ bool host_mem(Emitter& e, const ZydisDecodedOperand& op, ZydisEncoderOperand* ou
   return true;
 }
 
+bool insn_uses(const ZydisDecodedInstruction& insn, const ZydisDecodedOperand* ops, ZydisRegister c) {
+  auto big = [&](ZydisRegister r) {
+    return r != ZYDIS_REGISTER_NONE && ZydisRegisterGetLargestEnclosing(ZYDIS_MACHINE_MODE_LEGACY_32, r) == c;
+  };
+  for (unsigned i = 0; i < insn.operand_count; ++i) {
+    const auto& o = ops[i];
+    if (o.type == ZYDIS_OPERAND_TYPE_REGISTER && big(o.reg.value)) return true;
+    if (o.type == ZYDIS_OPERAND_TYPE_MEMORY && (big(o.mem.base) || big(o.mem.index))) return true;
+  }
+  return false;
+}
+
+const ZydisRegister kBorrow32[3] = {ZYDIS_REGISTER_EBP, ZYDIS_REGISTER_ESI, ZYDIS_REGISTER_EDI};
+const ZydisRegister kBorrow16[3] = {ZYDIS_REGISTER_BP, ZYDIS_REGISTER_SI, ZYDIS_REGISTER_DI};
+const ZydisRegister kBorrow64[3] = {ZYDIS_REGISTER_RBP, ZYDIS_REGISTER_RSI, ZYDIS_REGISTER_RDI};
+const unsigned kBorrowIdx[3] = {5, 6, 7};
+
 // Re-encode a plain guest instruction for 64-bit mode.
-bool reencode(Emitter& e, const ZydisDecodedInstruction& insn, const ZydisDecodedOperand* ops) {
+bool reencode(Emitter& e, const ZydisDecodedInstruction& insn, const ZydisDecodedOperand* ops,
+              std::vector<Block::Swap>* swaps = nullptr) {
   ZydisEncoderRequest req;
   if (!ZYAN_SUCCESS(ZydisEncoderDecodedInstructionToEncoderRequest(&insn, ops, insn.operand_count_visible, &req)))
     return false;
@@ -335,7 +353,28 @@ bool reencode(Emitter& e, const ZydisDecodedInstruction& insn, const ZydisDecode
     req.prefixes |= ZYDIS_ATTRIB_HAS_SEGMENT_GS;
     req.address_size_hint = ZYDIS_ADDRESS_SIZE_HINT_32;
   }
-  return e.raw(req);
+  std::uint8_t* before = e.pos();
+  if (e.raw(req)) return true;
+  if (!e.enc_failed() || !swaps) return false;
+  // An r13d-based operand next to AH..BH: move the address into a borrowed register.
+  int mi = -1;
+  for (unsigned i = 0; i < req.operand_count; ++i)
+    if (req.operands[i].type == ZYDIS_OPERAND_TYPE_MEMORY && req.operands[i].mem.base == ZYDIS_REGISTER_R13D) mi = static_cast<int>(i);
+  if (mi < 0) return false;
+  for (int c = 0; c < 3; ++c) {
+    if (insn_uses(insn, ops, kBorrow32[c])) continue;
+    e.reset_to(before);
+    e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_R12), R(kBorrow64[c])});
+    e.ins(ZYDIS_MNEMONIC_MOV, {R(kBorrow32[c]), R(ZYDIS_REGISTER_R13D)});
+    const std::uint32_t begin = e.off();
+    req.operands[mi].mem.base = kBorrow32[c];
+    if (!e.raw(req)) return false;
+    const std::uint32_t end = e.off();
+    e.ins(ZYDIS_MNEMONIC_MOV, {R(kBorrow64[c]), R(ZYDIS_REGISTER_R12)});
+    swaps->push_back({begin, end, kBorrowIdx[c], false});
+    return e.ok() && !e.enc_failed();
+  }
+  return false;
 }
 
 const ZydisRegister kR14D = ZYDIS_REGISTER_R14D;
@@ -599,25 +638,14 @@ TranslateStatus Translator::translate(std::uint32_t eip, TKey tkey, const CodeWi
     b->side.emplace_back(e.off(), pc);
     bool ok = true;
     if (cls == InsnClass::Plain) {
-      ok = reencode(e, insn, ops);
+      ok = reencode(e, insn, ops, &b->swaps);
       if (!ok && e.enc_failed()) {
         // Typically ESP addressing plus AH..BH: borrow EBP/ESI/EDI for ESP.
-        const ZydisRegister cand32[3] = {ZYDIS_REGISTER_EBP, ZYDIS_REGISTER_ESI, ZYDIS_REGISTER_EDI};
-        const ZydisRegister cand16[3] = {ZYDIS_REGISTER_BP, ZYDIS_REGISTER_SI, ZYDIS_REGISTER_DI};
-        const ZydisRegister cand64[3] = {ZYDIS_REGISTER_RBP, ZYDIS_REGISTER_RSI, ZYDIS_REGISTER_RDI};
-        const unsigned cand_idx[3] = {5, 6, 7};
-        auto used = [&](ZydisRegister c) {
-          for (unsigned i = 0; i < insn.operand_count; ++i) {
-            const auto& o = ops[i];
-            auto big = [&](ZydisRegister r) {
-              return r != ZYDIS_REGISTER_NONE &&
-                     ZydisRegisterGetLargestEnclosing(ZYDIS_MACHINE_MODE_LEGACY_32, r) == c;
-            };
-            if (o.type == ZYDIS_OPERAND_TYPE_REGISTER && big(o.reg.value)) return true;
-            if (o.type == ZYDIS_OPERAND_TYPE_MEMORY && (big(o.mem.base) || big(o.mem.index))) return true;
-          }
-          return false;
-        };
+        const ZydisRegister* cand32 = kBorrow32;
+        const ZydisRegister* cand16 = kBorrow16;
+        const ZydisRegister* cand64 = kBorrow64;
+        const unsigned* cand_idx = kBorrowIdx;
+        auto used = [&](ZydisRegister c) { return insn_uses(insn, ops, c); };
         for (int c = 0; c < 3 && !ok; ++c) {
           if (used(cand32[c])) continue;
           e.reset_to(insn_start);

@@ -37,9 +37,12 @@ struct Block {
   // Instructions that address ESP together with AH..BH cannot take the REX
   // prefix R14D needs: they run with guest ESP in a borrowed register (index
   // `reg`, saved in r12) between host offsets [begin, end).
+  // With esp=false the borrowed register held a scratch address instead
+  // (FS/GS or >= 2 GiB absolute operands next to AH..BH).
   struct Swap {
     std::uint32_t begin, end;
     unsigned reg;
+    bool esp = true;
   };
   std::vector<Swap> swaps;
 };

@@ -268,7 +268,7 @@ bool Vcpu::handle_signal(int sig, void* info, void* uctx) {
     for (const auto& sw : b->swaps) {
       if (off >= sw.begin && off < sw.end) {  // guest ESP is in the borrowed register
         static const int host_reg[8] = {REG_RAX, REG_RCX, REG_RDX, REG_RBX, REG_RSP, REG_RBP, REG_RSI, REG_RDI};
-        ctx_->gpr[4] = static_cast<std::uint32_t>(g[host_reg[sw.reg]]);
+        if (sw.esp) ctx_->gpr[4] = static_cast<std::uint32_t>(g[host_reg[sw.reg]]);
         ctx_->gpr[sw.reg] = static_cast<std::uint32_t>(g[REG_R12]);
       }
     }
