@@ -448,12 +448,51 @@ TEST(BtVm, AsynchronousInterruptReachesAChainedLoop) {
 
 BT_GUEST_PROGRAM(outside, 0x100000, "  mov eax, 0xfe000000\n  jmp eax\n")
 
-TEST(BtVm, ExecutingOutsideRamIsAnErrorNotACrash) {
+TEST(BtVm, ExecutingUnclaimedBusSpaceIsInvalidOpcode) {
   Machine m;
   m.load(outside_start, outside_end);
+  m.state.idtr = {0, 0};
+  RunExit r = m.run();
+  EXPECT_EQ(r.kind, ExitKind::Shutdown) << r.diagnostic;  // #UD without an IDT
+  EXPECT_NE(r.diagnostic.find("EIP=fe000000"), std::string::npos) << r.diagnostic;
+}
+
+BT_GUEST_PROGRAM(devcode, 0x100000, "  mov eax, 0xf0000000\n  jmp eax\n")
+
+TEST(BtVm, ExecutingDeviceMemoryIsAnErrorNotACrash) {
+  Machine m;
+  m.load(devcode_start, devcode_end);
   RunExit r = m.run();
   EXPECT_EQ(r.kind, ExitKind::Error);
   EXPECT_NE(r.diagnostic.find("outside RAM"), std::string::npos) << r.diagnostic;
+}
+
+BT_GUEST_PROGRAM(mmiorw, 0x100000,
+  "  mov dword ptr [0xf0000000], 40\n"
+  "  add dword ptr [0xf0000000], 2\n"
+  "  mov ah, 0x10\n"
+  "  or ah, [0xf0000000]\n"
+  "  movzx eax, ah\n"
+  "  out 0x80, eax\n"
+  "  mov ecx, 0xf0000000\n"
+  "  cmp dword ptr [ecx], 42\n"
+  "  sete al\n"
+  "  out 0x80, eax\n"
+  "  xadd [ecx+4], ecx\n"
+  "  mov eax, [0xf0000004]\n"
+  "  out 0x80, eax\n"
+  "  out 0xf4, al\n")
+
+TEST(BtVm, MmioReadModifyWriteInstructionsRunNativelyOnAScratchWord) {
+  Machine m;
+  m.load(mmiorw_start, mmiorw_end);
+  RunExit r = m.run();
+  ASSERT_EQ(r.kind, ExitKind::Stopped) << r.diagnostic;
+  ASSERT_EQ(m.plat.post.size(), 3u);
+  EXPECT_EQ(m.plat.post[0], 0x3au);        // 0x10 | 42
+  EXPECT_EQ(m.plat.post[1] & 0xff, 1u);    // flags from the MMIO compare
+  EXPECT_EQ(m.plat.post[2], 0xf0000000u);  // xadd wrote ecx + old (0) to the device
+  EXPECT_EQ(m.plat.mmio[0], 42u);
 }
 
 TEST(BtVm, PageTablesOutsideRamFaultAndTripleFault) {

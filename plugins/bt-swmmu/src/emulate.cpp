@@ -1,6 +1,7 @@
 // Monitor-side emulation of the instructions translated code leaves to the
 // monitor: privileged and sensitive instructions, instructions invalid in
 // 64-bit mode, string instructions, and accesses that hit MMIO.
+#include <sys/mman.h>
 #include <x86intrin.h>
 
 #include <cstring>
@@ -246,6 +247,71 @@ void Vcpu::string_op(const ZydisDecodedInstruction& insn, const ZydisDecodedOper
     if (stop || reg32(1) == 0) return;
   }
   throw 0;  // budget exhausted: caller resumes this instruction later
+}
+
+// An instruction whose one memory operand is MMIO: read the device (if the
+// instruction reads memory), run the instruction natively with that operand
+// redirected to a host scratch word, then write the device (if it writes).
+bool Vcpu::emulate_mmio_native(std::uint32_t eip, const ZydisDecodedInstruction& insn,
+                               const ZydisDecodedOperand* ops) {
+  int mi = -1;
+  for (unsigned i = 0; i < insn.operand_count; ++i) {
+    if (ops[i].type != ZYDIS_OPERAND_TYPE_MEMORY) continue;
+    if (mi >= 0 || ops[i].visibility != ZYDIS_OPERAND_VISIBILITY_EXPLICIT) return false;
+    mi = static_cast<int>(i);
+  }
+  if (mi < 0 || ops[mi].size == 0 || ops[mi].size > 64 || insn.mnemonic == ZYDIS_MNEMONIC_LEA) return false;
+  const auto& op = ops[mi];
+  const unsigned size = op.size / 8;
+  const bool reads = op.actions & ZYDIS_OPERAND_ACTION_MASK_READ;
+  const bool writes = op.actions & ZYDIS_OPERAND_ACTION_MASK_WRITE;
+  const bool user = cpl_ == 3;
+  const std::uint32_t la = ea(op);
+  const std::uint64_t pa = lin_to_phys(la, writes, user, false);
+  if (pa < mem_.size()) return false;  // not MMIO after all
+  // Translate the single instruction with the operand redirected.
+  const PhysMem& pm = shadow_->phys();
+  WalkResult w = walk(pm, paging(), eip, Access{false, user, true}, false);
+  if (!w.ok || w.pa >= pm.size) return false;
+  std::uint8_t buf[4096 + 16];
+  CodeWindow cw;
+  const std::uint32_t next_page = (eip & ~0xfffu) + 0x1000;
+  cw.first_page_bytes = next_page - eip;
+  std::memcpy(buf, pm.base + w.pa, cw.first_page_bytes);
+  cw.total = cw.first_page_bytes;
+  cw.pa_page[0] = w.pa & ~0xfffull;
+  WalkResult w2 = walk(pm, paging(), next_page, Access{false, user, true}, false);
+  if (w2.ok && w2.pa < pm.size) {
+    cw.pa_page[1] = w2.pa & ~0xfffull;
+    std::memcpy(buf + cw.total, pm.base + cw.pa_page[1], 16);
+    cw.total += 16;
+  }
+  cw.bytes = buf;
+  if (translator_->needs_flush()) {
+    translator_->flush();
+    shadow_->clear_block_maps();
+    pending_patch_ = 0;
+  }
+  Block* b = nullptr;
+  if (translator_->translate(eip, tkey_, cw, &b, 1, true, mmio_scratch_) != TranslateStatus::Ok || b->special ||
+      b->n_insns != 1)
+    return false;
+  mmio_scratch_[0] = mmio_scratch_[1] = 0;
+  if (reads) mmio_scratch_[0] = platform_.mmio_read(index_, pa, size > 8 ? 8 : size);
+  std::uint64_t reason;
+  do {
+    if (poll_blocked_.exchange(false)) mprotect(poll_page(), 4096, PROT_READ);
+    in_guest_ = true;
+    reason = translator_->enter(ctx_, b->entry);
+    in_guest_ = false;
+  } while (reason == kExitInterrupt);
+  if (reason == kExitFault) {
+    eip_ = ctx_->fault_eip;
+    raise(static_cast<std::uint8_t>(ctx_->fault_vector), ctx_->fault_vector == 13, 0);
+  }
+  if (writes) platform_.mmio_write(index_, pa, size > 8 ? 8 : size, mmio_scratch_[0]);
+  eip_ = static_cast<std::uint32_t>(ctx_->next_eip);
+  return true;
 }
 
 void Vcpu::emulate(std::uint32_t eip, bool mmio) {
@@ -706,6 +772,7 @@ void Vcpu::emulate(std::uint32_t eip, bool mmio) {
       if (insn.attributes & ZYDIS_ATTRIB_IS_PRIVILEGED) {
         if (cpl_ != 0) raise(13, true, 0);
       }
+      if (mmio && emulate_mmio_native(eip, insn, ops)) return;
       throw std::runtime_error("bt-swmmu: cannot emulate '" + describe(insn, ops, eip) + "'" +
                                (mmio ? " (MMIO access)" : ""));
   }

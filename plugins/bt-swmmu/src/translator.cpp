@@ -139,6 +139,8 @@ void store_ctx64(Emitter& e, std::int32_t off, std::int32_t v) {
 // Where guest ESP lives in host code: r14d, or a borrowed register (swaps).
 thread_local ZydisRegister t_esp32 = ZYDIS_REGISTER_R14D;
 thread_local ZydisRegister t_esp16 = ZYDIS_REGISTER_R14W;
+// Set while translating an MMIO access: memory operands go to this host address.
+thread_local const void* t_redirect = nullptr;
 
 ZydisRegister rename(ZydisRegister r) {
   switch (r) {
@@ -272,6 +274,14 @@ bool host_mem(Emitter& e, const ZydisDecodedOperand& op, ZydisEncoderOperand* ou
   disp = static_cast<std::int32_t>(static_cast<std::uint32_t>(disp));
   out->type = ZYDIS_OPERAND_TYPE_MEMORY;
   out->mem.size = static_cast<ZyanU16>(op.size / 8);
+  if (t_redirect) {
+    e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_R13), I(static_cast<std::int64_t>(reinterpret_cast<std::uintptr_t>(t_redirect)))});
+    out->mem.base = ZYDIS_REGISTER_R13;  // 64-bit host address: no GS, no 0x67
+    out->mem.index = ZYDIS_REGISTER_NONE;
+    out->mem.scale = 0;
+    out->mem.displacement = 0;
+    return e.ok();
+  }
   if (op.mem.segment == ZYDIS_REGISTER_FS || op.mem.segment == ZYDIS_REGISTER_GS) {
     const int seg = op.mem.segment == ZYDIS_REGISTER_FS ? 4 : 5;
     if (base == ZYDIS_REGISTER_NONE && index == ZYDIS_REGISTER_NONE) {
@@ -346,7 +356,7 @@ bool reencode(Emitter& e, const ZydisDecodedInstruction& insn, const ZydisDecode
       }
       // Find the decoded operand for this memory operand (same position).
       if (!host_mem(e, ops[i], &o)) return false;
-      has_mem = true;
+      if (o.mem.base != ZYDIS_REGISTER_R13) has_mem = true;
     }
   }
   if (has_mem) {
@@ -359,15 +369,19 @@ bool reencode(Emitter& e, const ZydisDecodedInstruction& insn, const ZydisDecode
   // An r13d-based operand next to AH..BH: move the address into a borrowed register.
   int mi = -1;
   for (unsigned i = 0; i < req.operand_count; ++i)
-    if (req.operands[i].type == ZYDIS_OPERAND_TYPE_MEMORY && req.operands[i].mem.base == ZYDIS_REGISTER_R13D) mi = static_cast<int>(i);
+    if (req.operands[i].type == ZYDIS_OPERAND_TYPE_MEMORY &&
+        (req.operands[i].mem.base == ZYDIS_REGISTER_R13D || req.operands[i].mem.base == ZYDIS_REGISTER_R13))
+      mi = static_cast<int>(i);
   if (mi < 0) return false;
+  const bool wide = req.operands[mi].mem.base == ZYDIS_REGISTER_R13;  // redirected host address
   for (int c = 0; c < 3; ++c) {
     if (insn_uses(insn, ops, kBorrow32[c])) continue;
     e.reset_to(before);
     e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_R12), R(kBorrow64[c])});
-    e.ins(ZYDIS_MNEMONIC_MOV, {R(kBorrow32[c]), R(ZYDIS_REGISTER_R13D)});
+    if (wide) e.ins(ZYDIS_MNEMONIC_MOV, {R(kBorrow64[c]), R(ZYDIS_REGISTER_R13)});
+    else e.ins(ZYDIS_MNEMONIC_MOV, {R(kBorrow32[c]), R(ZYDIS_REGISTER_R13D)});
     const std::uint32_t begin = e.off();
-    req.operands[mi].mem.base = kBorrow32[c];
+    req.operands[mi].mem.base = wide ? kBorrow64[c] : kBorrow32[c];
     if (!e.raw(req)) return false;
     const std::uint32_t end = e.off();
     e.ins(ZYDIS_MNEMONIC_MOV, {R(kBorrow64[c]), R(ZYDIS_REGISTER_R12)});
@@ -511,7 +525,11 @@ void Translator::flush() {
 }
 
 TranslateStatus Translator::translate(std::uint32_t eip, TKey tkey, const CodeWindow& code, Block** out,
-                                      std::uint32_t max_insns, bool transient) {
+                                      std::uint32_t max_insns, bool transient, const void* redirect_mem) {
+  struct RedirectScope {
+    explicit RedirectScope(const void* p) { t_redirect = p; }
+    ~RedirectScope() { t_redirect = nullptr; }
+  } redirect_scope(redirect_mem);
   *out = nullptr;
   auto blk = std::make_unique<Block>();
   Block* b = blk.get();

@@ -76,10 +76,12 @@ class Translator {
   Translator(const Translator&) = delete;
   Translator& operator=(const Translator&) = delete;
 
-  // Translate the block at `eip`.  On FetchFault the first instruction runs
+  // Translate the block at `eip`.  With redirect_mem, the (single) guest
+  // memory operand is redirected to that host address (MMIO emulation).  On FetchFault the first instruction runs
   // into the next page, which could not be fetched.
   TranslateStatus translate(std::uint32_t eip, TKey tkey, const CodeWindow& code, Block** out,
-                            std::uint32_t max_insns = kMaxInsns, bool transient = false);
+                            std::uint32_t max_insns = kMaxInsns, bool transient = false,
+                            const void* redirect_mem = nullptr);
   Block* find(std::uint32_t eip, std::uint64_t pa, TKey tkey);
 
   // Run translated code from `host` until it exits; returns ctx->exit_reason.

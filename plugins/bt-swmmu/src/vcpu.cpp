@@ -470,7 +470,12 @@ Block* Vcpu::lookup(std::uint32_t eip) {
     cr2_ = eip;
     raise(14, true, w.error);
   }
-  if (w.pa >= pm.size) throw std::runtime_error("bt-swmmu: guest executes outside RAM (MMIO/ROM code is not supported)");
+  if (w.pa >= pm.size) {
+    // Unclaimed bus space reads as all ones, and 0xff 0xff is an invalid
+    // opcode: #UD like a PC.  Code that a device provides (ROM) is not run.
+    if (platform_.mmio_read(index_, w.pa & ~7ull, 8) == ~0ull) raise(6);
+    throw std::runtime_error("bt-swmmu: guest executes outside RAM (MMIO/ROM code is not supported)");
+  }
   const std::uint32_t next_page = (eip & ~0xfffu) + 0x1000;
   WalkResult w2 = walk(pm, paging(), next_page, Access{false, user, true}, false);
   const bool have2 = w2.ok && (w2.pa & ~0xfffull) < pm.size;

@@ -92,6 +92,8 @@ class Vcpu {
 
   // --- emulation
   void emulate(std::uint32_t eip, bool mmio);
+  bool emulate_mmio_native(std::uint32_t eip, const ZydisDecodedInstruction& insn, const ZydisDecodedOperand* ops);
+  alignas(16) std::uint64_t mmio_scratch_[2] = {};
   std::uint32_t ea(const ZydisDecodedOperand& op);
   std::uint32_t get_reg(int zreg) const;
   void set_reg(int zreg, std::uint32_t v);
