@@ -544,3 +544,21 @@ TEST(BtVm, RandomGarbageNeverCrashesTheHost) {
   }
   std::printf("garbage rounds: stopped %d, shutdown %d, error %d\n", kinds[0], kinds[1], kinds[2]);
 }
+
+TEST(BtVm, KickBeforeRunStopsTheNextRun) {
+  Machine m;
+  m.load(spin_start, spin_end);
+  m.cpu->load(m.state);
+  m.cpu->kick();
+  RunExit r = m.cpu->run();
+  EXPECT_EQ(r.kind, ExitKind::Stopped);
+  // The kick was consumed: a later run proceeds (and is kicked again).
+  std::thread t([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    m.cpu->kick();
+  });
+  r = m.cpu->run();
+  t.join();
+  EXPECT_EQ(r.kind, ExitKind::Stopped);
+  EXPECT_GT(m.cpu->save().gpr[gpr::rax], 1000u);
+}

@@ -383,7 +383,6 @@ api::RunExit Vcpu::run() {
     ex.diagnostic = bug_message_ + "; " + dump();
     return ex;
   }
-  kicked_.store(false);
   for (;;) {
     if (platform_.stop_requested() || kicked_.exchange(false)) {
       ex.kind = api::ExitKind::Stopped;
