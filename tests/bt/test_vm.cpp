@@ -562,3 +562,48 @@ TEST(BtVm, KickBeforeRunStopsTheNextRun) {
   EXPECT_EQ(r.kind, ExitKind::Stopped);
   EXPECT_GT(m.cpu->save().gpr[gpr::rax], 1000u);
 }
+
+BT_GUEST_PROGRAM(strops, 0x100000,
+  "  cld\n"
+  "  mov edi, 0x20ffc\n"        // crosses pages, 3 pages long
+  "  mov ecx, 3000\n"
+  "  mov eax, 0x11223344\n"
+  "  rep stosd\n"
+  "  mov esi, 0x20ffc\n"        // overlapping forward copy: replicates the first byte
+  "  mov edi, 0x20ffd\n"
+  "  mov ecx, 100\n"
+  "  rep movsb\n"
+  "  std\n"
+  "  mov esi, 0x30003\n"        // backward copy across a page boundary
+  "  mov edi, 0x40103\n"
+  "  mov ecx, 4100\n"
+  "  rep movsb\n"
+  "  cld\n"
+  "  mov eax, edi\n"
+  "  out 0x80, eax\n"
+  "  mov eax, ecx\n"
+  "  out 0x80, eax\n"
+  "  out 0xf4, al\n")
+
+TEST(BtVm, RepStringInstructionsMatchAReferenceModel) {
+  Machine m;
+  m.load(strops_start, strops_end);
+  std::vector<std::uint8_t> ref(m.mem.size());
+  for (std::uint32_t a = 0x2f000; a < 0x31000; ++a) {  // source pattern for the backward copy
+    const std::uint8_t v = static_cast<std::uint8_t>(a * 7);
+    m.mem.host_base()[a] = v;
+  }
+  std::memcpy(ref.data(), m.mem.host_base(), ref.size());
+  for (std::uint32_t i = 0; i < 3000; ++i) {
+    const std::uint32_t v = 0x11223344;
+    std::memcpy(&ref[0x20ffc + 4 * i], &v, 4);
+  }
+  for (std::uint32_t i = 0; i < 100; ++i) ref[0x20ffd + i] = ref[0x20ffc + i];
+  for (std::uint32_t i = 0; i < 4100; ++i) ref[0x40103 - i] = ref[0x30003 - i];
+  RunExit r = m.run();
+  ASSERT_EQ(r.kind, ExitKind::Stopped) << r.diagnostic;
+  ASSERT_EQ(m.plat.post.size(), 2u);
+  EXPECT_EQ(m.plat.post[0], 0x40103u - 4100u);
+  EXPECT_EQ(m.plat.post[1], 0u);
+  EXPECT_EQ(std::memcmp(ref.data() + 0x20000, m.mem.host_base() + 0x20000, 0x30000), 0);
+}

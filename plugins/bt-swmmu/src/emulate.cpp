@@ -4,6 +4,7 @@
 #include <sys/mman.h>
 #include <x86intrin.h>
 
+#include <algorithm>
 #include <cstring>
 #include <stdexcept>
 
@@ -183,6 +184,43 @@ void Vcpu::string_op(const ZydisDecodedInstruction& insn, const ZydisDecodedOper
   const std::int32_t step = (ctx_->rflags & kDF) ? -static_cast<std::int32_t>(size) : static_cast<std::int32_t>(size);
   const std::uint32_t mask = size == 4 ? 0xffffffffu : (1u << (8 * size)) - 1;
   const auto m = insn.mnemonic;
+  // Fast path for REP MOVS/STOS over RAM: whole page-bounded chunks straight
+  // on guest memory, element by element (so overlapping copies behave like
+  // the CPU's).  Falls back to the general loop at MMIO or page boundaries.
+  const bool is_movs = m == ZYDIS_MNEMONIC_MOVSB || m == ZYDIS_MNEMONIC_MOVSW || m == ZYDIS_MNEMONIC_MOVSD;
+  const bool is_stos = m == ZYDIS_MNEMONIC_STOSB || m == ZYDIS_MNEMONIC_STOSW || m == ZYDIS_MNEMONIC_STOSD;
+  if (rep && (is_movs || is_stos)) {
+    for (int chunks = 0; chunks < 64 && reg32(1) != 0; ++chunks) {
+      std::uint32_t& esi = reg32(6);
+      std::uint32_t& edi = reg32(7);
+      const std::uint32_t dla = es_base + edi;
+      const std::uint32_t sla = src_base + esi;
+      auto room = [&](std::uint32_t la) {  // whole elements before leaving the page
+        const std::uint32_t in_page = la & 0xfff;
+        const std::uint32_t bytes = step > 0 ? 0x1000 - in_page : in_page + size;
+        return bytes / size;
+      };
+      if ((dla & 0xfff) % size || (is_movs && (sla & 0xfff) % size)) break;  // misaligned: general loop
+      std::uint32_t n = std::min<std::uint32_t>(reg32(1), room(dla));
+      if (is_movs) n = std::min(n, room(sla));
+      if (n == 0) break;
+      const std::uint64_t dpa = lin_to_phys(dla, true, user, false);
+      const std::uint64_t spa = is_movs ? lin_to_phys(sla, false, user, false) : 0;
+      if (dpa + size > mem_.size() || (is_movs && spa + size > mem_.size())) break;
+      note_guest_write(dpa & ~0xfffull);
+      std::uint8_t* base = mem_.host_base();
+      for (std::uint32_t i = 0; i < n; ++i) {
+        const std::int64_t off = static_cast<std::int64_t>(i) * step;
+        std::uint32_t v = reg32(0) & mask;
+        if (is_movs) std::memcpy(&v, base + spa + off, size);
+        std::memcpy(base + dpa + off, &v, size);
+      }
+      edi += static_cast<std::uint32_t>(step * static_cast<std::int32_t>(n));
+      if (is_movs) esi += static_cast<std::uint32_t>(step * static_cast<std::int32_t>(n));
+      reg32(1) -= n;
+    }
+    if (reg32(1) == 0) return;
+  }
   // Bounded work per call: long REP loops resume through the dispatcher so
   // interrupts and stop requests are seen.
   for (int budget = 4096; budget > 0; --budget) {
