@@ -79,6 +79,7 @@ class FakePlatform final : public Platform {
   std::uint32_t mmio[1024] = {};
   std::vector<std::pair<std::uint64_t, std::uint64_t>> mmio_writes;
   std::function<void()> on_wait;
+  void* crash_target = nullptr;
 
   std::uint32_t io_in(unsigned, std::uint16_t port, unsigned size) override {
     if (port == 0x3fd) return 0x20;  // UART LSR: transmitter empty
@@ -88,6 +89,7 @@ class FakePlatform final : public Platform {
     outs.emplace_back(port, v);
     if (port == 0x3f8) serial.push_back(static_cast<char>(v));
     if (port == 0x80) post.push_back(v);
+    if (port == 0x99) *static_cast<volatile int*>(crash_target) = 1;  // a "host bug"
     if (port == 0xf4) {
       exit_code = static_cast<int>(v);
       stop = true;

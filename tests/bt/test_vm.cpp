@@ -607,3 +607,18 @@ TEST(BtVm, RepStringInstructionsMatchAReferenceModel) {
   EXPECT_EQ(m.plat.post[1], 0u);
   EXPECT_EQ(std::memcmp(ref.data() + 0x20000, m.mem.host_base() + 0x20000, 0x30000), 0);
 }
+
+BT_GUEST_PROGRAM(hostbug, 0x100000, "  mov al, 1\n  out 0x99, al\n  out 0xf4, al\n")
+
+TEST(BtVm, ASignalInMonitorCodeIsAnErrorExit) {
+  Machine m;
+  m.load(hostbug_start, hostbug_end);
+  RunExit r = m.run();
+  EXPECT_EQ(r.kind, ExitKind::Error);
+  EXPECT_NE(r.diagnostic.find("host signal 11 in monitor code"), std::string::npos) << r.diagnostic;
+  // The vCPU is still usable afterwards.
+  m.plat.crash_target = &m.plat.exit_code;
+  m.state.rip = kBase;
+  r = m.run();
+  EXPECT_EQ(r.kind, ExitKind::Stopped) << r.diagnostic;
+}

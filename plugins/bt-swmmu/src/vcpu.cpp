@@ -27,7 +27,8 @@ constexpr std::uint32_t kIF = 0x200, kTF = 0x100, kNT = 0x4000, kRF = 0x10000, k
 constexpr std::uint32_t kPopfMask = 0x00257fd5;
 constexpr int kKickSignal = 40;  // SIGRTMIN+6 on glibc (34+6): per-thread timer and kick
 
-thread_local Vcpu* t_current = nullptr;
+// initial-exec: the handler must not trigger lazy TLS allocation (dlopen'ed module).
+__attribute__((tls_model("initial-exec"))) thread_local Vcpu* t_current = nullptr;
 struct sigaction g_old[65];
 
 void on_signal(int sig, siginfo_t* si, void* uc) {
