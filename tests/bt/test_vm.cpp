@@ -130,6 +130,8 @@ TEST(BtVm, RecursionCallRetAndLoop) {
   // Returns are served by the inline lookup; loops by chained jumps.
   EXPECT_GT(m.counter("bt.indirect_lookup_hits"), 10000u);
   EXPECT_GT(m.counter("bt.chained_jumps"), 0u);
+  EXPECT_GE(m.counter("bt.indirect_lookup_misses"), 1u);
+  EXPECT_LT(m.counter("bt.indirect_lookup_misses"), 20u);
 }
 
 BT_GUEST_PROGRAM(exc, 0x100000,

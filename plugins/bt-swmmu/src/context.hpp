@@ -12,6 +12,7 @@ enum ExitReason : std::uint64_t {
   kExitInterrupt = 1,  // go flag was cleared at a block entry
   kExitSpecial = 2,    // next_eip holds an instruction the monitor emulates
   kExitFault = 3,      // set by the signal handler (see fault_* fields)
+  kExitIndirectMiss = 4,  // inline lookup missed: continue at next_eip
 };
 
 enum class FaultKind : std::uint32_t {

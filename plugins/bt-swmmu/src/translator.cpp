@@ -574,7 +574,7 @@ TranslateStatus Translator::translate(std::uint32_t eip, TKey tkey, const CodeWi
     e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_RCX), R(ZYDIS_REGISTER_R12)});
     e.ins(ZYDIS_MNEMONIC_MOV, {M(ZYDIS_REGISTER_R15, kOffNextEip, 4), R(ZYDIS_REGISTER_R13D)});
     store_ctx64(e, kOffPatch, 0);
-    store_ctx64(e, kOffReason, kExitDispatch);
+    store_ctx64(e, kOffReason, kExitIndirectMiss);
     e.jmp(exit_);
     *rel = static_cast<std::uint8_t>(e.pos() - (rel + 1));
     // hit

@@ -193,6 +193,7 @@ void Vcpu::add_counters(api::Counters& out) const {
   add("bt.translation_cache_hits", counters_.cache_hits + ctx_->indirect_hits);
   add("bt.chained_jumps", t.chains);
   add("bt.indirect_lookup_hits", ctx_->indirect_hits);
+  add("bt.indirect_lookup_misses", counters_.indirect_misses);
   add("bt.cache_flushes", t.flushes);
   add("bt.smc_invalidations", t.smc_invalidations);
   add("bt.special_exits", counters_.special_exits);
@@ -570,6 +571,10 @@ Vcpu::StepResult Vcpu::step() {
         pending_patch_ = ctx_->patch_site;
         pending_patch_target_ = eip_;
       }
+      break;
+    case kExitIndirectMiss:
+      ++counters_.indirect_misses;
+      eip_ = static_cast<std::uint32_t>(ctx_->next_eip);
       break;
     case kExitInterrupt:
       ++counters_.irq_exits;
