@@ -4,6 +4,9 @@
 // user/supervisor separation).
 #include <gtest/gtest.h>
 
+#include <atomic>
+#include <chrono>
+#include <thread>
 #include <vector>
 
 #include "bt_test_support.hpp"
@@ -439,4 +442,109 @@ TEST(BtPaging, MoreAddressSpacesThanTheCacheHoldsAreEvictedAndRebuilt) {
   EXPECT_EQ(m.plat.post[1], 240u);
   EXPECT_GT(m.counter("swmmu.space_evictions"), 0u);
   EXPECT_GT(m.counter("swmmu.space_rebuilds"), 64u);
+}
+
+// A miniature OS: a kernel enables paging, enters a user process that touches
+// 16 demand-paged pages (the #PF handler allocates frames and writes PTEs),
+// makes an INT 0x80 system call, spins until timer interrupts (raised
+// asynchronously by another thread, taken from user mode through the TSS)
+// have counted three ticks, then leaves through SYSENTER.
+BT_GUEST_PROGRAM(os, 0x100000,
+  "  mov ecx, 0x174\n"
+  "  mov eax, 0x08\n"
+  "  xor edx, edx\n"
+  "  wrmsr\n"
+  "  mov ecx, 0x175\n"
+  "  mov eax, 0x6f000\n"
+  "  wrmsr\n"
+  "  mov ecx, 0x176\n"
+  "  mov eax, BASE + os_sysenter - os_start\n"
+  "  wrmsr\n"
+  "  mov eax, 0x10000\n"
+  "  mov cr3, eax\n"
+  "  mov eax, cr0\n"
+  "  or eax, 0x80010000\n"
+  "  mov cr0, eax\n"
+  "  push 0x23\n"
+  "  push 0x402000 - 16\n"
+  "  push 0x202\n"
+  "  push 0x1b\n"
+  "  push 0x400000\n"
+  "  iretd\n"
+  ".globl os_pf\n"
+  "os_pf: push eax\n"
+  "  push ebx\n"
+  "  mov eax, cr2\n"
+  "  mov ebx, [BASE + os_next - os_start]\n"
+  "  add dword ptr [BASE + os_next - os_start], 0x1000\n"
+  "  or ebx, 7\n"
+  "  shr eax, 12\n"
+  "  and eax, 0x3ff\n"
+  "  mov [0x14000 + eax*4], ebx\n"
+  "  pop ebx\n"
+  "  pop eax\n"
+  "  add esp, 4\n"
+  "  iretd\n"
+  ".globl os_timer\n"
+  "os_timer: inc dword ptr [0x401000]\n"
+  "  iretd\n"
+  ".globl os_syscall\n"
+  "os_syscall: out 0x80, eax\n"
+  "  iretd\n"
+  "os_sysenter: out 0x80, eax\n"
+  "  mov eax, [0x401000]\n"
+  "  out 0x80, eax\n"
+  "  out 0xf4, al\n"
+  "os_next: .long 0x510000\n"
+  ".globl os_user\n"
+  "os_user: xor ecx, ecx\n"
+  "1: mov eax, [0x402000 + ecx*4]\n"
+  "  add eax, ecx\n"
+  "  mov [0x402000 + ecx*4], eax\n"
+  "  inc ecx\n"
+  "  cmp ecx, 16384\n"
+  "  jne 1b\n"
+  "  mov eax, [0x402000 + 4*100]\n"
+  "  int 0x80\n"
+  "2: cmp dword ptr [0x401000], 3\n"
+  "  jb 2b\n"
+  "  mov eax, 0xdead\n"
+  "  sysenter\n"
+  ".globl os_user_end\n"
+  "os_user_end:\n")
+extern "C" const unsigned char os_pf[], os_timer[], os_syscall[], os_user[], os_user_end[];
+
+TEST(BtPaging, MiniatureOsWithDemandPagingSyscallsAndTimerInterrupts) {
+  PagedMachine m;
+  m.mem.load(kBase, os_start, static_cast<std::size_t>(os_user - os_start));
+  m.mem.load(0x500000, os_user, static_cast<std::size_t>(os_user_end - os_user));
+  m.gate(14, os_pf, os_start);
+  m.gate(0x20, os_timer, os_start);
+  m.gate(0x80, os_syscall, os_start, 3);
+  // Kernel: 0-4 MiB supervisor-only.  User: PDE 1 -> PT at 0x14000.
+  for (std::uint32_t i = 0; i < 1024; ++i) m.mem.w32(0x11000 + 4 * i, (i << 12) | 3);
+  m.mem.w32(0x10000 + 4 * 1, 0x14000 | 7);
+  m.mem.w32(0x10000 + 4 * 2, 0);
+  m.mem.w32(0x14000 + 0, 0x500000 | 7);  // user code
+  m.mem.w32(0x14000 + 4, 0x501000 | 7);  // tick page, also the user stack (below 0x402000)
+  std::atomic<bool> done{false};
+  std::thread timer([&] {
+    while (!done) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(3));
+      m.plat.async_irq = 0x20;
+    }
+  });
+  RunExit r = m.run();
+  done = true;
+  timer.join();
+  ASSERT_EQ(r.kind, ExitKind::Stopped) << r.diagnostic;
+  ASSERT_EQ(m.plat.post.size(), 3u);
+  EXPECT_EQ(m.plat.post[0], 100u);
+  EXPECT_EQ(m.plat.post[1], 0xdeadu);
+  EXPECT_GE(m.plat.post[2], 3u);
+  EXPECT_GE(m.counter("swmmu.true_faults"), 16u);
+  EXPECT_GE(m.counter("swmmu.traced_pt_writes"), 1u);
+  EXPECT_GE(m.counter("bt.interrupts_delivered"), 3u);
+  // The user's data really landed in the allocated frames.
+  EXPECT_EQ(m.mem.r32(0x510000 + 4 * 100), 100u);
 }
