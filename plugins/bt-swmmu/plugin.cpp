@@ -56,7 +56,9 @@ class BtVm final : public VirtualMachine {
     for (auto& v : vcpus_) v->add_counters(c);
     return c;
   }
-  bool collect_dirty_pages(std::vector<std::uint64_t>&) override { return false; }
+  bool collect_dirty_pages(std::vector<std::uint64_t>& bitmap) override {
+    return vcpus_.empty() ? false : vcpus_[0]->collect_dirty_pages(bitmap);
+  }
 
  private:
   modevisor::bt::Vcpu& at(unsigned i) {

@@ -548,3 +548,43 @@ TEST(BtPaging, MiniatureOsWithDemandPagingSyscallsAndTimerInterrupts) {
   // The user's data really landed in the allocated frames.
   EXPECT_EQ(m.mem.r32(0x510000 + 4 * 100), 100u);
 }
+
+BT_GUEST_PROGRAM(dirt, 0x100000,
+  "1: mov eax, [0x5000]\n"
+  "  inc dword ptr [0x6000]\n"
+  "  mov edx, ecx\n"
+  "  shl edx, 12\n"
+  "  mov dword ptr [0x7000 + edx], 1\n"
+  "  inc ecx\n"
+  "  and ecx, 3\n"
+  "  jmp 1b\n")
+
+// Dirty logging while the guest runs: pages written by translated code show
+// up in the next collection; pages only read do not.
+TEST(BtPaging, DirtyPagesAreCollectedWhileRunning) {
+  PagedMachine m;
+  m.mem.load(kBase, dirt_start, static_cast<std::size_t>(dirt_end - dirt_start));
+  m.state.cr0 = 0x80000011;
+  m.state.cr3 = 0x10000;
+  m.mem.w32(0x11000 + 4 * 7, 0x7000 | 7);  // user+writable again
+  std::vector<std::uint64_t> first, second;
+  std::thread collector([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    m.cpu->collect_dirty_pages(first);   // starts logging
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    m.cpu->collect_dirty_pages(second);
+    m.cpu->kick();
+  });
+  RunExit r = m.run();
+  collector.join();
+  ASSERT_EQ(r.kind, ExitKind::Stopped) << r.diagnostic;
+  ASSERT_FALSE(first.empty());
+  EXPECT_EQ(first[0], ~0ull);
+  ASSERT_EQ(second.size(), first.size());
+  auto bit = [&](std::uint64_t gpa) { return (second[gpa >> 18] >> ((gpa >> 12) & 63)) & 1; };
+  EXPECT_EQ(bit(0x5000), 0u);  // only read
+  EXPECT_EQ(bit(0x6000), 1u);
+  for (std::uint64_t p = 0x7000; p < 0xb000; p += 0x1000) EXPECT_EQ(bit(p), 1u) << std::hex << p;
+  EXPECT_EQ(bit(0x100000), 0u);  // code
+  EXPECT_GE(m.counter("swmmu.dirty_log_faults"), 5u);
+}

@@ -64,7 +64,9 @@ TEST(BtPlugin, DescriptorAndCreateVmRunAGuest) {
   for (auto& [n, v] : vm->counters()) found |= n == "bt.io_exits" && v == 3;
   EXPECT_TRUE(found);
   std::vector<std::uint64_t> bitmap;
-  EXPECT_FALSE(vm->collect_dirty_pages(bitmap));
+  EXPECT_TRUE(vm->collect_dirty_pages(bitmap));  // first call: everything
+  EXPECT_EQ(bitmap.size(), (mem.size() / 4096 + 63) / 64);
+  EXPECT_EQ(bitmap[0], ~0ull);
   VcpuState lm = s;
   lm.efer = 0x500;
   EXPECT_THROW(vm->load_vcpu(0, lm), MonitorError);

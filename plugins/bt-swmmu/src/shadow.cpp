@@ -232,7 +232,8 @@ void ShadowMmu::destroy(Region* r) {
 
 int ShadowMmu::prot_for(const Region::Map& m) const {
   bool traced = m.gpa_page != wt_page_ && (code_pages_.count(m.gpa_page) || derived_.count(m.gpa_page));
-  return PROT_READ | ((m.guest_writable && !traced) ? PROT_WRITE : 0);
+  const bool logged_clean = dirty_logging_ && !is_dirty(m.gpa_page);
+  return PROT_READ | ((m.guest_writable && !traced && !logged_clean) ? PROT_WRITE : 0);
 }
 
 bool ShadowMmu::map_page(Region* r, std::uint32_t la_page, std::uint64_t gpa_page, int prot) {
@@ -283,6 +284,14 @@ FillResult ShadowMmu::fill(Region* r, const PagingRegs& regs, std::uint32_t la, 
   }
   Region::Map m{gpa_page, (w.writable || (!acc.user && !regs.wp())) && w.dirty};
   auto it = r->maps.find(la_page);
+  if (write && dirty_logging_ && !is_dirty(gpa_page)) {
+    mark_dirty(gpa_page);
+    if (it != r->maps.end() && it->second.gpa_page == gpa_page && it->second.guest_writable && m.guest_writable) {
+      ++stats.dirty_log_faults;
+      set_prot_all(gpa_page);  // first write since the last collection
+      return FillResult::Mapped;
+    }
+  }
   if (it != r->maps.end() && it->second.gpa_page == m.gpa_page && it->second.guest_writable == m.guest_writable) {
     if (!write || m.guest_writable) return FillResult::Repeat;
   }
@@ -369,6 +378,25 @@ void ShadowMmu::drop_all() {
   }
   rmap_.clear();
   derived_.clear();
+}
+
+void ShadowMmu::collect_dirty(std::vector<std::uint64_t>& bitmap) {
+  const std::size_t words = (phys_.size / 4096 + 63) / 64;
+  if (!dirty_logging_) {
+    dirty_logging_ = true;
+    dirty_.assign(words, 0);
+    bitmap.assign(words, ~0ull);  // everything may have been written before logging began
+    for (auto& [gpa, v] : rmap_) set_prot_all(gpa);
+    return;
+  }
+  bitmap = dirty_;
+  std::fill(dirty_.begin(), dirty_.end(), 0);
+  for (std::size_t w = 0; w < words; ++w) {
+    for (std::uint64_t bits = bitmap[w]; bits; bits &= bits - 1) {
+      const std::uint64_t gpa = (w * 64 + static_cast<std::uint64_t>(__builtin_ctzll(bits))) << 12;
+      set_prot_all(gpa);
+    }
+  }
 }
 
 void ShadowMmu::clear_block_maps() {

@@ -90,7 +90,7 @@ enum class FillResult { Mapped, GuestFault, Mmio, ProtectedWrite, Repeat };
 
 struct ShadowStats {
   std::uint64_t hidden_faults = 0, true_faults = 0, pt_writes = 0;
-  std::uint64_t switches = 0, switch_hits = 0, rebuilds = 0, evictions = 0, map_resets = 0;
+  std::uint64_t switches = 0, switch_hits = 0, rebuilds = 0, evictions = 0, map_resets = 0, dirty_log_faults = 0;
 };
 
 class ShadowMmu {
@@ -138,6 +138,17 @@ class ShadowMmu {
   // Forget dispatcher entries (translations were invalidated).
   void clear_block_maps();
 
+  // Dirty logging for migration: while on, guest-writable pages are mapped
+  // read-only until their first write after each collection.
+  bool dirty_logging() const { return dirty_logging_; }
+  void mark_dirty(std::uint64_t gpa_page) {
+    const std::uint64_t pfn = gpa_page >> 12;
+    if (pfn < dirty_.size() * 64) dirty_[pfn / 64] |= 1ull << (pfn % 64);
+  }
+  // Returns the pages dirtied since the last call (all pages on the first
+  // call, which starts logging) and write-protects them again.
+  void collect_dirty(std::vector<std::uint64_t>& bitmap);
+
   ShadowStats stats;
   std::function<void(Region*, std::uint32_t la_page)> on_code_page_dropped;
 
@@ -160,6 +171,12 @@ class ShadowMmu {
   std::unordered_map<std::uint64_t, std::vector<std::pair<Region*, std::uint32_t>>> derived_;
   std::unordered_set<std::uint64_t> code_pages_;
   std::uint64_t wt_page_ = ~0ull;
+  bool dirty_logging_ = false;
+  std::vector<std::uint64_t> dirty_;  // one bit per 4 KiB page of RAM
+  bool is_dirty(std::uint64_t gpa_page) const {
+    const std::uint64_t pfn = gpa_page >> 12;
+    return pfn < dirty_.size() * 64 && ((dirty_[pfn / 64] >> (pfn % 64)) & 1);
+  }
 };
 
 }  // namespace modevisor::bt

@@ -211,6 +211,7 @@ void Vcpu::add_counters(api::Counters& out) const {
   add("swmmu.space_rebuilds", m.rebuilds);
   add("swmmu.space_evictions", m.evictions);
   add("swmmu.map_resets", m.map_resets);
+  add("swmmu.dirty_log_faults", m.dirty_log_faults);
 }
 
 std::string Vcpu::dump() const {
@@ -223,6 +224,35 @@ std::string Vcpu::dump() const {
                 eip_, eflags(), cpl_, cs_.selector, ss_.selector, ds_.selector, unsigned(cr0_), unsigned(cr2_),
                 unsigned(cr3_), unsigned(cr4_));
   return buf;
+}
+
+// ---------------------------------------------------------------- dirty pages
+
+bool Vcpu::collect_dirty_pages(std::vector<std::uint64_t>& bitmap) {
+  std::unique_lock<std::mutex> lk(dirty_mu_);
+  if (!running_ || parked_) {
+    shadow_->collect_dirty(bitmap);
+    return true;
+  }
+  dirty_req_ = true;
+  dirty_done_ = false;
+  block_poll();  // make translated code come back to the dispatcher
+  dirty_cv_.wait(lk, [&] { return dirty_done_ || !running_ || parked_; });
+  if (!dirty_done_) {  // the vCPU stopped or parked first: do it here
+    dirty_req_ = false;
+    shadow_->collect_dirty(bitmap);
+    return true;
+  }
+  bitmap = std::move(dirty_out_);
+  return true;
+}
+
+void Vcpu::service_dirty_request() {  // vCPU thread, dirty_mu_ held
+  if (!dirty_req_) return;
+  dirty_req_ = false;
+  shadow_->collect_dirty(dirty_out_);
+  dirty_done_ = true;
+  dirty_cv_.notify_all();
 }
 
 // ---------------------------------------------------------------- signals
@@ -386,6 +416,10 @@ api::RunExit Vcpu::run() {
     return ex;
   }
   for (;;) {
+    if (dirty_req_) {
+      std::lock_guard<std::mutex> lk(dirty_mu_);
+      service_dirty_request();
+    }
     if (platform_.stop_requested() || kicked_.exchange(false)) {
       ex.kind = api::ExitKind::Stopped;
       return ex;
@@ -418,7 +452,17 @@ api::RunExit Vcpu::run() {
           ex.diagnostic = "HLT with interrupts disabled; " + dump();
           return ex;
         }
+        {
+          std::lock_guard<std::mutex> lk(dirty_mu_);
+          service_dirty_request();
+          parked_ = true;
+          dirty_cv_.notify_all();
+        }
         platform_.wait_for_interrupt(index_);
+        {
+          std::lock_guard<std::mutex> lk(dirty_mu_);
+          parked_ = false;
+        }
         continue;
       }
       if (run_state_ == api::RunState::Shutdown) {
@@ -647,6 +691,7 @@ std::uint64_t Vcpu::read_phys(std::uint64_t pa, unsigned size) {
 }
 
 void Vcpu::note_guest_write(std::uint64_t pa_page) {
+  if (shadow_->dirty_logging()) shadow_->mark_dirty(pa_page);
   if (shadow_->is_pt_page(pa_page)) shadow_->release_pt_page(pa_page);
   if (shadow_->is_code_page(pa_page)) {
     translator_->invalidate_page(pa_page);

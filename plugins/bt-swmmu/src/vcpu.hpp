@@ -6,6 +6,8 @@
 
 #include <array>
 #include <atomic>
+#include <condition_variable>
+#include <mutex>
 #include <optional>
 #include <vector>
 #include <csetjmp>
@@ -40,6 +42,8 @@ class Vcpu {
   api::VcpuState save() const;
   void load(const api::VcpuState& s);
   void add_counters(api::Counters& out) const;
+  // From any thread: pages written since the last call (see ShadowMmu).
+  bool collect_dirty_pages(std::vector<std::uint64_t>& bitmap);
 
   // Test hooks.
   const ShadowMmu& shadow() const { return *shadow_; }
@@ -135,6 +139,15 @@ class Vcpu {
   api::RunState run_state_ = api::RunState::Runnable;
 
   std::atomic<bool> kicked_{false};
+  // Dirty-page collection from another thread: done directly while the vCPU
+  // is not in run() or is parked in wait_for_interrupt, else by the vCPU
+  // thread at its next dispatcher iteration.
+  std::mutex dirty_mu_;
+  std::condition_variable dirty_cv_;
+  bool running_ = false, parked_ = false, dirty_done_ = false;
+  std::atomic<bool> dirty_req_{false};
+  std::vector<std::uint64_t> dirty_out_;
+  void service_dirty_request();
   std::atomic<bool> poll_blocked_{false};
   void block_poll();
   std::uint8_t* poll_page() const { return reinterpret_cast<std::uint8_t*>(ctx_) + kPollOffset; }
