@@ -624,3 +624,38 @@ TEST(BtVm, ASignalInMonitorCodeIsAnErrorExit) {
   r = m.run();
   EXPECT_EQ(r.kind, ExitKind::Stopped) << r.diagnostic;
 }
+
+BT_GUEST_PROGRAM(far, 0x100000,
+  "  ljmp 0x08, BASE + 1f - far_start\n"
+  "1: lcall 0x08, BASE + farfn - far_start\n"
+  "  out 0x80, eax\n"
+  "  mov ax, 0x10\n"
+  "  mov ds, ax\n"
+  "  mov es, ax\n"
+  "  push ds\n"
+  "  pop fs\n"
+  "  mov ax, fs\n"
+  "  movzx eax, ax\n"
+  "  out 0x80, eax\n"
+  "  mov eax, esp\n"
+  "  out 0x80, eax\n"
+  "  out 0xf4, al\n"
+  "farfn: mov eax, [esp+4]\n"
+  "  retf\n")
+
+TEST(BtVm, FarTransfersAndSegmentLoads) {
+  Machine m;
+  m.load(far_start, far_end);
+  m.tables();
+  RunExit r = m.run();
+  ASSERT_EQ(r.kind, ExitKind::Stopped) << r.diagnostic;
+  ASSERT_EQ(m.plat.post.size(), 3u);
+  EXPECT_EQ(m.plat.post[0], 0x08u);     // CS pushed by the far call
+  EXPECT_EQ(m.plat.post[1], 0x10u);     // FS after push ds / pop fs
+  EXPECT_EQ(m.plat.post[2], 0x80000u);  // stack balanced
+  EXPECT_EQ(m.state.fs.selector, 0x10);
+  EXPECT_TRUE(m.state.fs.present);
+  EXPECT_EQ(m.state.fs.limit, 0xffffffffu);
+  // The accessed bit was set in the GDT entry of 0x10.
+  EXPECT_EQ((m.mem.r32(0x1000 + 0x10 + 4) >> 8) & 1, 1u);
+}

@@ -196,6 +196,7 @@ InsnClass classify(const ZydisDecodedInstruction& insn, const ZydisDecodedOperan
       if (insn.meta.branch_type == ZYDIS_BRANCH_TYPE_FAR) return InsnClass::Special;
       return InsnClass::ControlFlow;
     case ZYDIS_MNEMONIC_RET:
+      if (insn.meta.branch_type == ZYDIS_BRANCH_TYPE_FAR) return InsnClass::Special;  // retf
       return InsnClass::ControlFlow;
     case ZYDIS_MNEMONIC_JB: case ZYDIS_MNEMONIC_JBE: case ZYDIS_MNEMONIC_JL: case ZYDIS_MNEMONIC_JLE:
     case ZYDIS_MNEMONIC_JNB: case ZYDIS_MNEMONIC_JNBE: case ZYDIS_MNEMONIC_JNL: case ZYDIS_MNEMONIC_JNLE:
