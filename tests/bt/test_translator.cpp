@@ -181,3 +181,10 @@ TEST(BtTranslator, HighByteRegistersWithScratchAddressedOperandsBorrowARegister)
   EXPECT_NE(code.find("adc bh, gs:[ebp]"), std::string::npos) << code;
   EXPECT_NE(code.find("or gs:[ebp], dh"), std::string::npos) << code;
 }
+
+TEST(BtTranslator, VexEncodedInstructionsAreLeftToTheMonitor) {
+  Translator t;
+  TranslateStatus st;
+  translate(t, {0xc5, 0xf8, 0x77}, 0xb000, &st);  // vzeroupper
+  EXPECT_EQ(st, TranslateStatus::Special);
+}

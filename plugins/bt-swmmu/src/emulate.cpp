@@ -372,6 +372,7 @@ void Vcpu::emulate(std::uint32_t eip, bool mmio) {
     if (n < 15) read(eip + n, 1, user, true);  // a fetch #PF, if that is why
     raise(6);
   }
+  if (insn.encoding != ZYDIS_INSTRUCTION_ENCODING_LEGACY && insn.encoding != ZYDIS_INSTRUCTION_ENCODING_3DNOW) raise(6);
   const std::uint32_t next = eip + insn.length;
   const unsigned opsize = insn.operand_width;
   const unsigned iopl = (ctx_->sysflags & kIOPL) >> 12;
@@ -404,6 +405,21 @@ void Vcpu::emulate(std::uint32_t eip, bool mmio) {
     case ZYDIS_MNEMONIC_PUSHFD:
       push32(eflags() & ~(kVM | kRF));
       break;
+    case ZYDIS_MNEMONIC_PUSHF: {  // 16-bit
+      const std::uint32_t esp = reg32(4) - 2;
+      write(esp + static_cast<std::uint32_t>(ss_.base), 2, eflags() & 0xffff, user);
+      reg32(4) = esp;
+      break;
+    }
+    case ZYDIS_MNEMONIC_POPF: {  // 16-bit
+      std::uint32_t v = read(reg32(4) + static_cast<std::uint32_t>(ss_.base), 2, user);
+      std::uint32_t mask = kPopfMask & 0xffff;
+      if (cpl_ != 0) mask &= ~kIOPL;
+      if (cpl_ > iopl) mask &= ~kIF;
+      reg32(4) += 2;
+      set_eflags((eflags() & ~mask) | (v & mask));
+      break;
+    }
     case ZYDIS_MNEMONIC_POPFD: {
       const std::uint32_t esp0 = reg32(4);
       std::uint32_t v = pop32();
@@ -641,6 +657,8 @@ void Vcpu::emulate(std::uint32_t eip, bool mmio) {
     }
     case ZYDIS_MNEMONIC_JMP:
     case ZYDIS_MNEMONIC_CALL: {  // far
+      if (insn.meta.branch_type != ZYDIS_BRANCH_TYPE_FAR)
+        throw std::runtime_error("bt-swmmu: 16-bit near branches are not supported: " + describe(insn, ops, eip));
       std::uint16_t sel;
       std::uint32_t off;
       if (ops[0].type == ZYDIS_OPERAND_TYPE_POINTER) {
@@ -655,6 +673,8 @@ void Vcpu::emulate(std::uint32_t eip, bool mmio) {
       return;
     }
     case ZYDIS_MNEMONIC_RET: {  // far return
+      if (insn.meta.branch_type != ZYDIS_BRANCH_TYPE_FAR)
+        throw std::runtime_error("bt-swmmu: 16-bit near returns are not supported");
       if (opsize != 32) throw std::runtime_error("bt-swmmu: 16-bit far return is not supported");
       const std::uint32_t esp0 = reg32(4);
       try {

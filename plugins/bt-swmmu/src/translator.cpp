@@ -189,6 +189,9 @@ InsnClass classify(const ZydisDecodedInstruction& insn, const ZydisDecodedOperan
       if (ops[i].type == ZYDIS_OPERAND_TYPE_MEMORY) return InsnClass::Special;  // incl. LEA: 16-bit result
   }
   if (insn.attributes & ZYDIS_ATTRIB_IS_PRIVILEGED) return InsnClass::Special;
+  // VEX/EVEX/XOP: not in the guest's CPUID (no AVX; XSAVE state is not kept).
+  if (insn.encoding != ZYDIS_INSTRUCTION_ENCODING_LEGACY && insn.encoding != ZYDIS_INSTRUCTION_ENCODING_3DNOW)
+    return InsnClass::Special;
   if ((tkey & kTKeyFpuTrap) && is_fpu_like(insn)) return InsnClass::Special;
   switch (insn.mnemonic) {
     case ZYDIS_MNEMONIC_JMP:
