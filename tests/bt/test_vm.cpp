@@ -659,3 +659,41 @@ TEST(BtVm, FarTransfersAndSegmentLoads) {
   // The accessed bit was set in the GDT entry of 0x10.
   EXPECT_EQ((m.mem.r32(0x1000 + 0x10 + 4) >> 8) & 1, 1u);
 }
+
+// A 256 KiB translation cache and ~12000 distinct blocks: the cache is
+// flushed several times while the guest runs, and it still computes the
+// right answer (region maps, fast tables and pending chains are reset).
+TEST(BtVm, TranslationCacheFlushesKeepTheGuestCorrect) {
+  MemfdMemory mem(16u << 20);
+  FakePlatform plat;
+  NullLogger log;
+  Vcpu cpu(mem, plat, log, 0, 256 * 1024);
+  std::vector<std::uint8_t> code;
+  // ecx = 3 outer rounds; then 4000 blocks "add eax, i; jmp +0"; then loop.
+  code.insert(code.end(), {0xb9, 3, 0, 0, 0, 0x31, 0xc0});  // mov ecx, 3; xor eax, eax
+  const std::size_t loop_top = code.size();
+  std::uint64_t expect = 0;
+  for (std::uint32_t i = 0; i < 4000; ++i) {
+    code.push_back(0x05);  // add eax, imm32
+    for (int k = 0; k < 4; ++k) code.push_back(static_cast<std::uint8_t>(i >> (8 * k)));
+    code.insert(code.end(), {0xeb, 0x00});  // jmp to the next instruction: ends the block
+    expect += i;
+  }
+  code.push_back(0x49);  // dec ecx
+  const std::int32_t back = static_cast<std::int32_t>(loop_top) - static_cast<std::int32_t>(code.size() + 6);
+  code.insert(code.end(), {0x0f, 0x85});  // jnz loop_top
+  for (int k = 0; k < 4; ++k) code.push_back(static_cast<std::uint8_t>(static_cast<std::uint32_t>(back) >> (8 * k)));
+  code.insert(code.end(), {0xe7, 0x80, 0xe6, 0xf4});  // out 0x80, eax; out 0xf4, al
+  mem.load(kBase, code.data(), code.size());
+  cpu.load(multiboot_state(kBase));
+  RunExit r = cpu.run();
+  ASSERT_EQ(r.kind, ExitKind::Stopped) << r.diagnostic;
+  ASSERT_EQ(plat.post.size(), 1u);
+  EXPECT_EQ(plat.post[0], static_cast<std::uint32_t>(3 * expect));
+  Counters c;
+  cpu.add_counters(c);
+  std::uint64_t flushes = 0;
+  for (auto& [n, v] : c)
+    if (n == "bt.cache_flushes") flushes = v;
+  EXPECT_GE(flushes, 2u);
+}

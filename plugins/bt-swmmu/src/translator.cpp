@@ -409,17 +409,17 @@ ZydisRegister sized(ZydisRegister r32, unsigned bytes) {
 
 }  // namespace
 
-Translator::Translator() {
-  void* p = mmap(nullptr, kCacheSize, PROT_READ | PROT_WRITE | PROT_EXEC, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+Translator::Translator(std::size_t cache_bytes) {
+  void* p = mmap(nullptr, cache_bytes, PROT_READ | PROT_WRITE | PROT_EXEC, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (p == MAP_FAILED) throw std::runtime_error("bt-swmmu: cannot allocate the translation cache");
   cache_ = static_cast<std::uint8_t*>(p);
-  cache_end_ = cache_ + kCacheSize;
+  cache_end_ = cache_ + cache_bytes;
   cur_ = cache_;
   ZydisDecoderInit(&decoder_, ZYDIS_MACHINE_MODE_LEGACY_32, ZYDIS_STACK_WIDTH_32);
   emit_routines();
 }
 
-Translator::~Translator() { munmap(cache_, kCacheSize); }
+Translator::~Translator() { munmap(cache_, static_cast<std::size_t>(cache_end_ - cache_)); }
 
 void Translator::emit_routines() {
   Emitter e(cur_, cache_end_);

@@ -68,10 +68,10 @@ InsnClass classify(const ZydisDecodedInstruction& insn, const ZydisDecodedOperan
 
 class Translator {
  public:
-  static constexpr std::size_t kCacheSize = 64u << 20;
+  static constexpr std::size_t kDefaultCacheSize = 64u << 20;
   static constexpr std::uint32_t kMaxInsns = 64;
 
-  Translator();
+  explicit Translator(std::size_t cache_bytes = kDefaultCacheSize);
   ~Translator();
   Translator(const Translator&) = delete;
   Translator& operator=(const Translator&) = delete;
@@ -88,7 +88,7 @@ class Translator {
   std::uint64_t enter(Context* ctx, const void* host);
 
   bool in_cache(std::uintptr_t pc) const {
-    return pc >= reinterpret_cast<std::uintptr_t>(cache_) && pc < reinterpret_cast<std::uintptr_t>(cache_) + kCacheSize;
+    return pc >= reinterpret_cast<std::uintptr_t>(cache_) && pc < reinterpret_cast<std::uintptr_t>(cache_end_);
   }
   // The block and guest EIP for a host PC inside translated code.
   Block* block_at(std::uintptr_t pc) const;

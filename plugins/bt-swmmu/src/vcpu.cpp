@@ -64,11 +64,12 @@ bool have_fsgsbase() { return (getauxval(AT_HWCAP2) & 2) != 0; }
 
 }  // namespace
 
-Vcpu::Vcpu(api::GuestMemory& mem, api::Platform& platform, api::Logger& log, unsigned index)
+Vcpu::Vcpu(api::GuestMemory& mem, api::Platform& platform, api::Logger& log, unsigned index,
+           std::size_t translation_cache_bytes)
     : mem_(mem), platform_(platform), log_(log), index_(index) {
   install_handlers();
   shadow_ = std::make_unique<ShadowMmu>(mem.host_base(), mem.size(), mem.fd());
-  translator_ = std::make_unique<Translator>();
+  translator_ = std::make_unique<Translator>(translation_cache_bytes);
   void* p = mmap(nullptr, kContextAlloc, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (p == MAP_FAILED) throw std::runtime_error("bt-swmmu: cannot allocate the vCPU context");
   ctx_ = new (p) Context{};

@@ -34,7 +34,8 @@ struct VcpuCounters {
 
 class Vcpu {
  public:
-  Vcpu(api::GuestMemory& mem, api::Platform& platform, api::Logger& log, unsigned index);
+  Vcpu(api::GuestMemory& mem, api::Platform& platform, api::Logger& log, unsigned index,
+       std::size_t translation_cache_bytes = Translator::kDefaultCacheSize);
   ~Vcpu();
 
   api::RunExit run();
