@@ -697,3 +697,24 @@ TEST(BtVm, TranslationCacheFlushesKeepTheGuestCorrect) {
     if (n == "bt.cache_flushes") flushes = v;
   EXPECT_GE(flushes, 2u);
 }
+
+// Two VMs on two threads at once: per-thread GS base, poll pages, timers and
+// fault handling stay separate.
+TEST(BtVm, TwoVmsRunConcurrentlyOnTwoThreads) {
+  for (int round = 0; round < 5; ++round) {
+    Machine a, b;
+    a.load(fib_start, fib_end);
+    b.load(smc_start, smc_end);
+    RunExit ra, rb;
+    std::thread ta([&] { ra = a.run(); });
+    std::thread tb([&] { rb = b.run(); });
+    ta.join();
+    tb.join();
+    ASSERT_EQ(ra.kind, ExitKind::Stopped) << ra.diagnostic;
+    ASSERT_EQ(rb.kind, ExitKind::Stopped) << rb.diagnostic;
+    ASSERT_EQ(a.plat.post.size(), 2u);
+    EXPECT_EQ(a.plat.post[0], 6765u);
+    ASSERT_EQ(b.plat.post.size(), 3u);
+    EXPECT_EQ(b.plat.post[2], 102u);
+  }
+}
