@@ -122,7 +122,12 @@ class FakePlatform final : public Platform {
   }
   bool stop_requested() const override { return stop; }
   std::uint64_t now_ns() const override { return 0; }
-  std::uint64_t next_timer_deadline_ns() override { return ~0ull; }
+  std::uint64_t deadline = ~0ull;
+  int deadline_queries = 0;
+  std::uint64_t next_timer_deadline_ns() override {
+    ++deadline_queries;
+    return deadline;
+  }
 };
 
 inline Segment flat_segment(std::uint16_t sel, bool code, unsigned dpl = 0) {

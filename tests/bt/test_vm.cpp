@@ -718,3 +718,18 @@ TEST(BtVm, TwoVmsRunConcurrentlyOnTwoThreads) {
     EXPECT_EQ(b.plat.post[2], 102u);
   }
 }
+
+TEST(BtVm, PlatformTimerDeadlinesArmAOneShotHostTimer) {
+  Machine m;
+  m.load(spin_start, spin_end);
+  m.plat.deadline = 200000;  // 200 us after "now" (the fake clock stays at 0)
+  std::thread t([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(30));
+    m.cpu->kick();
+  });
+  RunExit r = m.run();
+  t.join();
+  EXPECT_EQ(r.kind, ExitKind::Stopped) << r.diagnostic;
+  EXPECT_GT(m.plat.deadline_queries, 0);
+  EXPECT_GE(m.counter("bt.irq_check_exits"), 1u);
+}

@@ -372,10 +372,27 @@ void Vcpu::arm_timer() {
     return;
   }
   timer_ = t;
+  timer_t d;
+  deadline_timer_ = timer_create(CLOCK_MONOTONIC, &sev, &d) == 0 ? d : nullptr;
+  armed_deadline_ = ~0ull;
   // 1 ms tick: bounds how long translated code runs without the dispatcher
   // looking at device timers, interrupts and stop requests.
   struct itimerspec its{{0, 1000000}, {0, 1000000}};
   timer_settime(t, 0, &its, nullptr);
+}
+
+// Device timers are evaluated when the platform is called; make translated
+// code come back by the next deadline when that is sooner than the tick.
+void Vcpu::arm_deadline() {
+  if (!deadline_timer_) return;
+  const std::uint64_t dl = platform_.next_timer_deadline_ns();
+  if (dl == ~0ull || dl == armed_deadline_) return;
+  const std::uint64_t now = platform_.now_ns();
+  if (dl <= now || dl - now >= 1000000) return;  // due now (seen at the next exit) or the tick covers it
+  const std::uint64_t delta = dl - now;
+  struct itimerspec its{{0, 0}, {0, static_cast<long>(delta)}};
+  timer_settime(static_cast<timer_t>(deadline_timer_), 0, &its, nullptr);
+  armed_deadline_ = dl;
 }
 
 void Vcpu::set_gs_base(std::uint64_t base) {
@@ -403,11 +420,12 @@ api::RunExit Vcpu::run() {
       v->in_run_ = false;
       v->in_guest_ = false;
       t_current = nullptr;
-      if (v->timer_) {
+      for (void** t : {&v->timer_, &v->deadline_timer_}) {
+        if (!*t) continue;
         struct itimerspec off{};
-        timer_settime(static_cast<timer_t>(v->timer_), 0, &off, nullptr);
-        timer_delete(static_cast<timer_t>(v->timer_));
-        v->timer_ = nullptr;
+        timer_settime(static_cast<timer_t>(*t), 0, &off, nullptr);
+        timer_delete(static_cast<timer_t>(*t));
+        *t = nullptr;
       }
     }
   } guard{this};
@@ -605,6 +623,7 @@ Vcpu::StepResult Vcpu::step() {
   }
   if (poll_blocked_.exchange(false)) mprotect(poll_page(), 4096, PROT_READ);
   if (kicked_.load()) return StepResult::Continue;
+  arm_deadline();
   sync_seg_bases();
   in_guest_ = true;
   const std::uint64_t reason = translator_->enter(ctx_, b->entry);

@@ -163,7 +163,10 @@ class Vcpu {
   std::uint64_t gs_base_ = ~0ull;
   Region* region_ = nullptr;
   TKey tkey_ = 0;
-  void* timer_ = nullptr;
+  void* timer_ = nullptr;           // 1 ms periodic tick
+  void* deadline_timer_ = nullptr;  // one-shot for platform deadlines closer than the tick
+  std::uint64_t armed_deadline_ = ~0ull;
+  void arm_deadline();
   bool timer_armed_ = false;
   int tid_ = 0;
   VcpuCounters counters_;
