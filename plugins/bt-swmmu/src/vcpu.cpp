@@ -97,7 +97,7 @@ std::uint32_t Vcpu::eflags() const {
 
 void Vcpu::set_eflags(std::uint32_t v) {
   ctx_->rflags = (v & kHostFlags) | 0x202;
-  ctx_->sysflags = (v & ~kHostFlags) | 2;
+  ctx_->sysflags = (v & ~kHostFlags & ~kRF) | 2;  // RF is not modelled (and PUSHF never shows it)
 }
 
 api::Segment& Vcpu::seg(int i) {
