@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <random>
 #include <chrono>
 #include <thread>
 #include <vector>
@@ -587,4 +588,52 @@ TEST(BtPaging, DirtyPagesAreCollectedWhileRunning) {
   for (std::uint64_t p = 0x7000; p < 0xb000; p += 0x1000) EXPECT_EQ(bit(p), 1u) << std::hex << p;
   EXPECT_EQ(bit(0x100000), 0u);  // code
   EXPECT_GE(m.counter("swmmu.dirty_log_faults"), 5u);
+}
+
+BT_GUEST_PROGRAM(stop2, 0x100000, "  out 0xf4, al\n")
+extern "C" const unsigned char stop2_start[];
+
+// Random bytes run in user mode under paging (kernel pages supervisor-only):
+// every exception goes to a ring-0 handler that stops the VM; the host must
+// survive, and no user access may reach supervisor pages.
+TEST(BtPaging, RandomUserModeGarbageStaysInside) {
+  std::mt19937 rng(11);
+  int stopped = 0;
+  for (int round = 0; round < 40; ++round) {
+    PagedMachine m;
+    for (std::uint32_t i = 0; i < 1024; ++i) m.mem.w32(0x11000 + 4 * i, (i << 12) | 3);  // supervisor
+    m.mem.w32(0x11000 + 4 * 0x200, 0x200000 | 7);  // user code page at 0x200000
+    m.mem.w32(0x11000 + 4 * 0x201, 0x201000 | 7);  // user data/stack page
+    m.mem.load(0x180000, stop2_start, 2);
+    for (unsigned v = 0; v < 256; ++v) {
+      const std::uint32_t off = 0x180000;
+      const std::uint64_t g = (off & 0xffff) | (0x08ull << 16) | (0xeeull << 40) | (static_cast<std::uint64_t>(off >> 16) << 48);
+      m.mem.load(0x2000 + v * 8, &g, 8);
+    }
+    std::vector<std::uint8_t> junk(4096);
+    for (auto& b : junk) b = static_cast<std::uint8_t>(rng());
+    m.mem.load(0x200000, junk.data(), junk.size());
+    m.mem.w32(0x7000, 0x5a5a5a5a);  // a supervisor page the user must not change
+    m.state.cr0 = 0x80010011;
+    m.state.cr3 = 0x10000;
+    m.state.rip = 0x200000;
+    m.state.cs = flat_segment(0x1b, true, 3);
+    m.state.ss = m.state.ds = m.state.es = flat_segment(0x23, false, 3);
+    m.state.gpr[gpr::rsp] = 0x202000;
+    m.state.rflags = 0x202;
+    std::atomic<bool> done{false};
+    std::thread watchdog([&] {
+      for (int i = 0; i < 50 && !done; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+      if (!done) m.cpu->kick();
+    });
+    m.cpu->load(m.state);
+    RunExit r = m.cpu->run();
+    done = true;
+    watchdog.join();
+    EXPECT_EQ(r.diagnostic.find("host signal"), std::string::npos) << "round " << round << ": " << r.diagnostic;
+    EXPECT_EQ(m.mem.r32(0x7000), 0x5a5a5a5au) << "round " << round;
+    EXPECT_EQ(m.mem.r32(0x10000), 0x11000u | 7 | 0x20) << "round " << round;  // page directory intact
+    stopped += r.kind == ExitKind::Stopped;
+  }
+  EXPECT_GT(stopped, 30);
 }
