@@ -89,6 +89,7 @@ class FakePlatform final : public Platform {
     outs.emplace_back(port, v);
     if (port == 0x3f8) serial.push_back(static_cast<char>(v));
     if (port == 0x80) post.push_back(v);
+    if (port == 0x81) irqs.push_back(static_cast<std::uint8_t>(v));  // raise an interrupt
     if (port == 0x99) *static_cast<volatile int*>(crash_target) = 1;  // a "host bug"
     if (port == 0xf4) {
       exit_code = static_cast<int>(v);

@@ -96,10 +96,13 @@ TEST(BtTranslator, SpecialInstructionsEndBlocks) {
   ASSERT_NE(b, nullptr);
   EXPECT_EQ(st, TranslateStatus::Special);
   EXPECT_TRUE(b->special);
-  // At CPL 0, cli and pushfd are translated inline.
-  b = translate(t, {0xfa, 0x9c, 0xc3}, 0x2800, &st);
+  // At CPL 0, cli, pushfd, popfd and sti (followed by a plain instruction) are inline.
+  b = translate(t, {0xfa, 0x9c, 0x9d, 0xfb, 0x90, 0xc3}, 0x2800, &st);
   EXPECT_EQ(st, TranslateStatus::Ok);
-  EXPECT_EQ(b->n_insns, 3u);
+  EXPECT_EQ(b->n_insns, 6u);
+  // sti; hlt keeps STI in the monitor (the shadow must cover the HLT).
+  b = translate(t, {0xfb, 0xf4}, 0x2900, &st);
+  EXPECT_EQ(st, TranslateStatus::Special);
   // nop; nop; out 0x80, al: two instructions translated, then an exit.
   b = translate(t, {0x90, 0x90, 0xe6, 0x80}, 0x3000, &st);
   EXPECT_EQ(st, TranslateStatus::Ok);
@@ -109,7 +112,7 @@ TEST(BtTranslator, SpecialInstructionsEndBlocks) {
   for (std::vector<std::uint8_t> c : std::vector<std::vector<std::uint8_t>>{
            {0x60}, {0x27}, {0xc4, 0x06}, {0x1e}, {0x0f, 0x20, 0xc0}, {0xf3, 0xa4}, {0xcd, 0x80}, {0x9d}, {0xfb}, {0xcb}, {0xca, 0x04, 0x00},
            {0xea, 0, 0, 0, 0, 8, 0}, {0x9a, 0, 0, 0, 0, 8, 0}, {0xff, 0x18}, {0xff, 0x28}}) {
-    b = translate(t, c, 0x4000 + 0x100 * c[0] + c.back(), &st);
+    b = translate(t, c, 0x4000 + 0x100 * c[0] + c.back(), &st, kTKeyUser);
     EXPECT_EQ(st, TranslateStatus::Special) << int(c[0]);
   }
 }

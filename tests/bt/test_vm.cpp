@@ -733,3 +733,46 @@ TEST(BtVm, PlatformTimerDeadlinesArmAOneShotHostTimer) {
   EXPECT_GT(m.plat.deadline_queries, 0);
   EXPECT_GE(m.counter("bt.irq_check_exits"), 1u);
 }
+
+BT_GUEST_PROGRAM(window, 0x100000,
+  "  mov eax, 1\n"
+  "  sti\n"
+  "  nop\n"
+  ".globl window_after_sti\n"
+  "window_after_sti: mov eax, 2\n"
+  "  cli\n"
+  "  push eax\n"
+  "  mov al, 0x30\n"
+  "  out 0x81, al\n"
+  "  pop eax\n"
+  "  push 0x202\n"
+  "  popfd\n"
+  ".globl window_after_popf\n"
+  "window_after_popf: mov eax, 3\n"
+  "  out 0xf4, al\n"
+  ".globl window_h\n"
+  "window_h: push eax\n"
+  "  mov eax, [esp+4]\n"
+  "  out 0x80, eax\n"
+  "  pop eax\n"
+  "  out 0x80, eax\n"
+  "  iretd\n")
+extern "C" const unsigned char window_after_sti[], window_after_popf[], window_h[];
+
+// Interrupts waiting while IF=0 are taken right where inline STI (after its
+// shadow) and inline POPF open the window.
+TEST(BtVm, InlineStiAndPopfOpenTheInterruptWindowPrecisely) {
+  Machine m;
+  m.load(window_start, window_end);
+  m.tables();
+  m.gate(0x30, window_h, window_start);
+  m.plat.irqs = {0x30};  // the second is raised by the guest (port 0x81) with IF=0
+  RunExit r = m.run();
+  ASSERT_EQ(r.kind, ExitKind::Stopped) << r.diagnostic;
+  ASSERT_EQ(m.plat.post.size(), 4u);
+  EXPECT_EQ(m.plat.post[0], kBase + static_cast<std::uint32_t>(window_after_sti - window_start));
+  EXPECT_EQ(m.plat.post[1], 1u);
+  EXPECT_EQ(m.plat.post[2], kBase + static_cast<std::uint32_t>(window_after_popf - window_start));
+  EXPECT_EQ(m.plat.post[3], 2u);
+  EXPECT_EQ(m.counter("bt.irq_window_exits"), 2u);
+}

@@ -13,6 +13,7 @@ enum ExitReason : std::uint64_t {
   kExitSpecial = 2,    // next_eip holds an instruction the monitor emulates
   kExitFault = 3,      // set by the signal handler (see fault_* fields)
   kExitIndirectMiss = 4,  // inline lookup missed: continue at next_eip
+  kExitStiWindow = 5,     // inline STI/POPF opened IF while an interrupt waits (STI: with shadow)
 };
 
 enum class FaultKind : std::uint32_t {
@@ -41,7 +42,7 @@ struct alignas(64) Context {
   std::uint16_t host_fcw;      // 0xb4
   std::uint16_t pad0;
   std::uint32_t sysflags;      // 0xb8 EFLAGS bits other than CF PF AF ZF SF OF DF (IF, IOPL, ...)
-  std::uint32_t pad2;
+  std::uint32_t irq_hint;      // 0xbc nonzero: an interrupt waited for IF at the last dispatch
   std::uint64_t pad1[8];
   alignas(16) std::uint8_t guest_fx[512];  // 0x100
 

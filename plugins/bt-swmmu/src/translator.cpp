@@ -602,8 +602,26 @@ TranslateStatus Translator::translate(std::uint32_t eip, TKey tkey, const CodeWi
     e.ins(ZYDIS_MNEMONIC_LEA, {R(kR14D), M(ZYDIS_REGISTER_R14, -static_cast<std::int64_t>(bytes), 0)});
   };
 
+  // If an interrupt was waiting for IF at dispatch, leave after opening IF.
+  // If an interrupt was waiting for IF at dispatch (ctx->irq_hint), leave
+  // at `resume` after IF was opened; flags untouched.
+  auto window_exit = [&](std::uint32_t resume) {
+    e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_R13), R(ZYDIS_REGISTER_RCX)});
+    e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_ECX), M(ZYDIS_REGISTER_R15, offsetof(Context, irq_hint), 4)});
+    e.b(0xe3);  // jrcxz no_hint
+    std::uint8_t* rel = e.pos();
+    e.b(0);
+    e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_RCX), R(ZYDIS_REGISTER_R13)});
+    store_ctx32(e, kOffNextEip, resume);
+    store_ctx64(e, kOffReason, kExitStiWindow);
+    store_ctx64(e, kOffPatch, 0);
+    e.jmp(exit_);
+    *rel = static_cast<std::uint8_t>(e.pos() - (rel + 1));
+    e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_RCX), R(ZYDIS_REGISTER_R13)});  // no_hint:
+  };
   std::uint32_t pc = eip;
   bool ended = false;
+  bool sti_window_after_next = false;  // set by an inline STI
   TranslateStatus status = TranslateStatus::Ok;
   while (!ended) {
     const std::uint32_t off = pc - eip;
@@ -641,8 +659,23 @@ TranslateStatus Translator::translate(std::uint32_t eip, TKey tkey, const CodeWi
     InsnClass cls = classify(insn, ops, tkey);
     // Inline forms of two hot sensitive instructions (irqsave paths).
     const bool inline_pushf = insn.mnemonic == ZYDIS_MNEMONIC_PUSHFD && insn.operand_width == 32;
-    const bool inline_cli = insn.mnemonic == ZYDIS_MNEMONIC_CLI && !(tkey & (kTKeyUser | kTKeyRing12));
-    if (inline_pushf || inline_cli) cls = InsnClass::Stack;
+    const bool cpl0 = !(tkey & (kTKeyUser | kTKeyRing12));
+    const bool inline_cli = insn.mnemonic == ZYDIS_MNEMONIC_CLI && cpl0;
+    const bool inline_popf = insn.mnemonic == ZYDIS_MNEMONIC_POPFD && insn.operand_width == 32 && cpl0;
+    bool inline_sti = false;
+    if (insn.mnemonic == ZYDIS_MNEMONIC_STI && cpl0 && b->n_insns + 2 < max_insns) {
+      // Only when the next instruction runs in this block too: then the STI
+      // shadow holds by construction (no block-entry poll in between).
+      ZydisDecodedInstruction nx;
+      ZydisDecodedOperand nops[ZYDIS_MAX_OPERAND_COUNT];
+      const std::uint32_t noff = off + insn.length;
+      inline_sti = noff < code.first_page_bytes &&
+                   ZYAN_SUCCESS(ZydisDecoderDecodeFull(&decoder_, code.bytes + noff, code.total - noff, &nx, nops)) &&
+                   noff + nx.length <= code.first_page_bytes && classify(nx, nops, tkey) != InsnClass::Special &&
+                   classify(nx, nops, tkey) != InsnClass::ControlFlow && nx.mnemonic != ZYDIS_MNEMONIC_STI &&
+                   nx.mnemonic != ZYDIS_MNEMONIC_POPFD;
+    }
+    if (inline_pushf || inline_cli || inline_popf || inline_sti) cls = InsnClass::Stack;
     if (cls == InsnClass::Special) {
       if (b->n_insns == 0) {
         b->special = true;
@@ -691,6 +724,26 @@ TranslateStatus Translator::translate(std::uint32_t eip, TKey tkey, const CodeWi
       if (inline_cli) {
         // IF lives in byte 1 of ctx->sysflags (with TF, which is not supported).
         ok = e.ins(ZYDIS_MNEMONIC_MOV, {M(ZYDIS_REGISTER_R15, offsetof(Context, sysflags) + 1, 1), I(0)});
+      } else if (inline_sti) {
+        // IF=1; with an interrupt waiting, leave *after the next instruction*:
+        // translate that one here, then the window exit.
+        ok = e.ins(ZYDIS_MNEMONIC_MOV, {M(ZYDIS_REGISTER_R15, offsetof(Context, sysflags) + 1, 1), I(2)});
+        sti_window_after_next = true;
+      } else if (inline_popf) {
+        constexpr std::int32_t kSysMask = 0x257200;  // IF IOPL NT AC ID (TF not supported)
+        ok = e.ins(ZYDIS_MNEMONIC_MOV, {R(kR13D), M(kR14D, 0, 4)}, true, true) &&
+             e.ins(ZYDIS_MNEMONIC_LEA, {R(kR14D), M(ZYDIS_REGISTER_R14, 4, 0)}) &&
+             e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_R12D), R(kR13D)}) &&
+             e.ins(ZYDIS_MNEMONIC_AND, {R(ZYDIS_REGISTER_R12D), I(kSysMask)}) &&
+             e.ins(ZYDIS_MNEMONIC_MOV, {R(kR11D), M(ZYDIS_REGISTER_R15, offsetof(Context, sysflags), 4)}) &&
+             e.ins(ZYDIS_MNEMONIC_AND, {R(kR11D), I(~kSysMask)}) &&
+             e.ins(ZYDIS_MNEMONIC_OR, {R(kR11D), R(ZYDIS_REGISTER_R12D)}) &&
+             e.ins(ZYDIS_MNEMONIC_MOV, {M(ZYDIS_REGISTER_R15, offsetof(Context, sysflags), 4), R(kR11D)}) &&
+             e.ins(ZYDIS_MNEMONIC_AND, {R(kR13D), I(0xcd5)}) &&
+             e.ins(ZYDIS_MNEMONIC_OR, {R(kR13D), I(0x202)}) &&
+             e.ins(ZYDIS_MNEMONIC_PUSH, {R(ZYDIS_REGISTER_R13)}) &&
+             e.ins(ZYDIS_MNEMONIC_POPFQ, {});
+        window_exit(next);
       } else if (inline_pushf) {
         // Merge host arithmetic flags with the monitor's system flags; flags
         // are restored before the (possibly faulting) store.
@@ -819,6 +872,10 @@ TranslateStatus Translator::translate(std::uint32_t eip, TKey tkey, const CodeWi
     }
     ++b->n_insns;
     pc = next;
+    if (sti_window_after_next && !inline_sti && !ended) {
+      window_exit(pc);  // the STI shadow covered the instruction just emitted
+      sti_window_after_next = false;
+    }
     if (!ended && b->n_insns >= max_insns) {
       direct_exit(pc, pc - 1);
       ended = true;

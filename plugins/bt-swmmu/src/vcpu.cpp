@@ -195,6 +195,7 @@ void Vcpu::add_counters(api::Counters& out) const {
   add("bt.chained_jumps", t.chains);
   add("bt.indirect_lookup_hits", ctx_->indirect_hits);
   add("bt.indirect_lookup_misses", counters_.indirect_misses);
+  add("bt.irq_window_exits", counters_.irq_window_exits);
   add("bt.cache_flushes", t.flushes);
   add("bt.smc_invalidations", t.smc_invalidations);
   add("bt.special_exits", counters_.special_exits);
@@ -457,6 +458,8 @@ api::RunExit Vcpu::run() {
       }
       const bool can_irq = (ctx_->sysflags & kIF) && !interrupt_shadow_;
       interrupt_shadow_ = false;
+      // For inline STI/POPF: is an interrupt waiting for IF?
+      ctx_->irq_hint = !(ctx_->sysflags & kIF) && (pending_interrupt_ || platform_.interrupt_pending(index_));
       if (can_irq && (pending_interrupt_ || platform_.interrupt_pending(index_))) {
         std::uint8_t vec = pending_interrupt_ ? *pending_interrupt_ : platform_.acknowledge_interrupt(index_);
         pending_interrupt_.reset();
@@ -635,6 +638,10 @@ Vcpu::StepResult Vcpu::step() {
         pending_patch_ = ctx_->patch_site;
         pending_patch_target_ = eip_;
       }
+      break;
+    case kExitStiWindow:
+      ++counters_.irq_window_exits;
+      eip_ = static_cast<std::uint32_t>(ctx_->next_eip);
       break;
     case kExitIndirectMiss:
       ++counters_.indirect_misses;
