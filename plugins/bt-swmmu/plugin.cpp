@@ -1,6 +1,11 @@
 // bt-swmmu: binary translation with shadow page tables (the seed's BT-swMMU).
 #include <modevisor/api/plugin.hpp>
 
+#include <memory>
+#include <vector>
+
+#include "vcpu.hpp"
+
 namespace {
 
 using namespace modevisor::api;
@@ -16,6 +21,8 @@ PluginDescriptor describe() {
   d.summary = "binary translation with shadow page tables; needs no hardware virtualization";
   d.guests.bits32 = true;
   // BT64 is efficient only where long mode keeps segment limits (the seed).
+  // Declared as the seed's BT64 (the selector models it); create_vm refuses
+  // 64-bit guests until BT64 is implemented.
   d.guests.bits64 = true;
   d.guests.bits64_needs_segment_limits = true;
   return d;
@@ -29,12 +36,46 @@ class BtMonitor final : public Monitor {
     return problems;
   }
 
-  std::unique_ptr<VirtualMachine> create_vm(const VmSpec& spec, VmServices) override {
-    throw MonitorError("bt-swmmu 0.1.0 cannot run VM '" + spec.name +
-                       "' yet: its translation engine is not built (see the BT-swMMU issue); "
-                       "no guest code is executed");
-  }
+  std::unique_ptr<VirtualMachine> create_vm(const VmSpec& spec, VmServices services) override;
 };
+
+class BtVm final : public VirtualMachine {
+ public:
+  BtVm(const VmSpec& spec, VmServices s) {
+    if (spec.vcpus != 1)
+      throw MonitorError("bt-swmmu 0.1.0 runs one vCPU per VM; VM '" + spec.name + "' asks for " +
+                         std::to_string(spec.vcpus));
+    vcpus_.push_back(std::make_unique<modevisor::bt::Vcpu>(s.memory, s.platform, s.log, 0));
+  }
+  RunExit run(unsigned i) override { return at(i).run(); }
+  void kick(unsigned i) override { at(i).kick(); }
+  VcpuState save_vcpu(unsigned i) override { return at(i).save(); }
+  void load_vcpu(unsigned i, const VcpuState& s) override { at(i).load(s); }
+  Counters counters() const override {
+    Counters c;
+    for (auto& v : vcpus_) v->add_counters(c);
+    return c;
+  }
+  bool collect_dirty_pages(std::vector<std::uint64_t>& bitmap) override {
+    return vcpus_.empty() ? false : vcpus_[0]->collect_dirty_pages(bitmap);
+  }
+
+ private:
+  modevisor::bt::Vcpu& at(unsigned i) {
+    if (i >= vcpus_.size()) throw MonitorError("bt-swmmu: no vCPU " + std::to_string(i));
+    return *vcpus_[i];
+  }
+  std::vector<std::unique_ptr<modevisor::bt::Vcpu>> vcpus_;
+};
+
+std::unique_ptr<VirtualMachine> BtMonitor::create_vm(const VmSpec& spec, VmServices services) {
+  if (spec.guest_bits != 32)
+    throw MonitorError("bt-swmmu 0.1.0 cannot run VM '" + spec.name + "': it is a " +
+                       std::to_string(spec.guest_bits) + "-bit guest and BT64 is not implemented");
+  if (spec.memory_bytes > (1ull << 32))
+    throw MonitorError("bt-swmmu: VM '" + spec.name + "' has more than 4 GiB of RAM, which a 32-bit guest cannot use here");
+  return std::make_unique<BtVm>(spec, services);
+}
 
 std::unique_ptr<Monitor> create() { return std::make_unique<BtMonitor>(); }
 

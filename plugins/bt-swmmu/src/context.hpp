@@ -1,0 +1,83 @@
+// The per-vCPU context block that translated code addresses through r15.
+// Field offsets are baked into emitted code: keep this a standard-layout POD.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace modevisor::bt {
+
+enum ExitReason : std::uint64_t {
+  kExitDispatch = 0,   // continue at next_eip (patch_site != 0: chainable jump)
+  kExitInterrupt = 1,  // go flag was cleared at a block entry
+  kExitSpecial = 2,    // next_eip holds an instruction the monitor emulates
+  kExitFault = 3,      // set by the signal handler (see fault_* fields)
+  kExitIndirectMiss = 4,  // inline lookup missed: continue at next_eip
+  kExitStiWindow = 5,     // inline STI/POPF opened IF while an interrupt waits (STI: with shadow)
+};
+
+enum class FaultKind : std::uint32_t {
+  None,
+  PageFault,       // true guest #PF: fault_error, fault_addr
+  Mmio,            // access outside RAM: emulate the instruction
+  ProtectedWrite,  // write to a traced page-table or code page: fault_addr = gpa
+  Exception,       // other guest exception: fault_vector
+};
+
+struct alignas(64) Context {
+  union {                      // 0x00 guest EAX..EDI (ESP lives in host r14 while running)
+    std::uint64_t gpr[8];
+    std::uint32_t g32[16];     // g32[2*i]: low half of gpr[i] (GCC union punning)
+  };
+  std::uint64_t rflags;        // 0x40 host RFLAGS image: guest arithmetic flags + DF
+  std::uint64_t host_rsp;      // 0x48
+  std::uint64_t go;            // 0x50 unused (see kPollOffset)
+  std::uint64_t next_eip;      // 0x58
+  std::uint64_t patch_site;    // 0x60 address of the rel32 to patch, 0 if none
+  std::uint64_t exit_reason;   // 0x68
+  std::uint64_t fast_table;    // 0x70 current region's guest EIP -> host code table
+  std::uint64_t seg_base[6];   // 0x78 ES CS SS DS FS GS bases (runtime-added for FS/GS)
+  std::uint64_t indirect_hits; // 0xa8
+  std::uint32_t host_mxcsr;    // 0xb0
+  std::uint16_t host_fcw;      // 0xb4
+  std::uint16_t pad0;
+  std::uint32_t sysflags;      // 0xb8 EFLAGS bits other than CF PF AF ZF SF OF DF (IF, IOPL, ...)
+  std::uint32_t irq_hint;      // 0xbc nonzero: an interrupt waited for IF at the last dispatch
+  std::uint64_t pad1[8];
+  alignas(16) std::uint8_t guest_fx[512];  // 0x100
+
+  // Set by the fault handler (monitor side only).
+  FaultKind fault_kind;
+  std::uint32_t fault_error;
+  std::uint64_t fault_addr;
+  std::uint32_t fault_vector;
+  std::uint32_t fault_eip;
+};
+
+static_assert(offsetof(Context, rflags) == 0x40);
+static_assert(offsetof(Context, go) == 0x50);
+static_assert(offsetof(Context, fast_table) == 0x70);
+static_assert(offsetof(Context, seg_base) == 0x78);
+static_assert(offsetof(Context, indirect_hits) == 0xa8);
+static_assert(offsetof(Context, sysflags) == 0xb8);
+static_assert(offsetof(Context, guest_fx) == 0x100);
+
+// Every block starts with a load from the poll page at r15 + kPollOffset.
+// To make translated code return to the dispatcher, the page is made
+// PROT_NONE (kick, host timer tick); the load faults at a block boundary and
+// the fault handler exits with kExitInterrupt.  One load, no flags, no branch.
+inline constexpr std::int32_t kPollOffset = 4096;
+inline constexpr std::size_t kContextAlloc = 8192;  // context page + poll page
+static_assert(sizeof(Context) <= 4096);
+
+// Fast lookup table: 65536 entries indexed by the low 16 bits of the guest
+// EIP.  neg_eip holds -(eip+1) so that neg_eip + eip + 1 == 0 on a hit; an
+// all-zero entry never hits.
+struct FastEntry {
+  std::int64_t neg_eip;
+  std::uint64_t host;
+};
+inline constexpr std::size_t kFastEntries = 65536;
+inline constexpr std::size_t kFastTableBytes = kFastEntries * sizeof(FastEntry);
+
+}  // namespace modevisor::bt

@@ -1,0 +1,840 @@
+// Monitor-side emulation of the instructions translated code leaves to the
+// monitor: privileged and sensitive instructions, instructions invalid in
+// 64-bit mode, string instructions, and accesses that hit MMIO.
+#include <sys/mman.h>
+#include <x86intrin.h>
+
+#include <algorithm>
+#include <cstring>
+#include <stdexcept>
+
+#include "vcpu.hpp"
+
+namespace modevisor::bt {
+
+namespace {
+constexpr std::uint32_t kIF = 0x200, kIOPL = 0x3000, kAC = 0x40000, kVM = 0x20000, kRF = 0x10000;
+constexpr std::uint32_t kPopfMask = 0x00257fd5;
+constexpr std::uint32_t kCF = 1, kPF = 4, kAF = 0x10, kZF = 0x40, kSF = 0x80, kOF = 0x800, kDF = 0x400;
+
+std::uint32_t flags_of_cmp(std::uint32_t a, std::uint32_t b, unsigned size) {
+  std::uint64_t f;
+  switch (size) {
+    case 1: asm volatile("cmpb %b2, %b1\n\tpushfq\n\tpopq %0" : "=r"(f) : "q"(a), "q"(b) : "cc"); break;
+    case 2: asm volatile("cmpw %w2, %w1\n\tpushfq\n\tpopq %0" : "=r"(f) : "r"(a), "r"(b) : "cc"); break;
+    default: asm volatile("cmpl %2, %1\n\tpushfq\n\tpopq %0" : "=r"(f) : "r"(a), "r"(b) : "cc"); break;
+  }
+  return static_cast<std::uint32_t>(f) & 0x8d5;
+}
+
+std::uint32_t szp(std::uint8_t v) {
+  return (v == 0 ? kZF : 0) | (v & 0x80 ? kSF : 0) | (__builtin_parity(v) ? 0 : kPF);
+}
+
+std::string describe(const ZydisDecodedInstruction& insn, const ZydisDecodedOperand* ops, std::uint32_t eip) {
+  ZydisFormatter f;
+  ZydisFormatterInit(&f, ZYDIS_FORMATTER_STYLE_INTEL);
+  char buf[128];
+  ZydisFormatterFormatInstruction(&f, &insn, ops, insn.operand_count_visible, buf, sizeof buf, eip, nullptr);
+  return buf;
+}
+}  // namespace
+
+std::uint32_t Vcpu::get_reg(int zr) const {
+  auto r = static_cast<ZydisRegister>(zr);
+  const auto& g = ctx_->gpr;
+  switch (ZydisRegisterGetClass(r)) {
+    case ZYDIS_REGCLASS_GPR32: return static_cast<std::uint32_t>(g[r - ZYDIS_REGISTER_EAX]);
+    case ZYDIS_REGCLASS_GPR16: return static_cast<std::uint32_t>(g[r - ZYDIS_REGISTER_AX]) & 0xffff;
+    case ZYDIS_REGCLASS_GPR8: {
+      int id = r - ZYDIS_REGISTER_AL;
+      if (id < 4) return static_cast<std::uint32_t>(g[id]) & 0xff;
+      return (static_cast<std::uint32_t>(g[id - 4]) >> 8) & 0xff;
+    }
+    default: throw std::runtime_error("bt-swmmu: emulator: unexpected register operand");
+  }
+}
+
+void Vcpu::set_reg(int zr, std::uint32_t v) {
+  auto r = static_cast<ZydisRegister>(zr);
+  auto& g = ctx_->gpr;
+  switch (ZydisRegisterGetClass(r)) {
+    case ZYDIS_REGCLASS_GPR32: g[r - ZYDIS_REGISTER_EAX] = v; break;
+    case ZYDIS_REGCLASS_GPR16: {
+      auto& x = g[r - ZYDIS_REGISTER_AX];
+      x = (x & 0xffff0000u) | (v & 0xffff);
+      break;
+    }
+    case ZYDIS_REGCLASS_GPR8: {
+      int id = r - ZYDIS_REGISTER_AL;
+      if (id < 4) g[id] = (g[id] & 0xffffff00u) | (v & 0xff);
+      else g[id - 4] = (g[id - 4] & 0xffff00ffu) | ((v & 0xff) << 8);
+      break;
+    }
+    default: throw std::runtime_error("bt-swmmu: emulator: unexpected register operand");
+  }
+}
+
+std::uint32_t Vcpu::ea(const ZydisDecodedOperand& op) {
+  std::uint32_t a = op.mem.disp.has_displacement ? static_cast<std::uint32_t>(op.mem.disp.value) : 0;
+  if (op.mem.base != ZYDIS_REGISTER_NONE) a += get_reg(op.mem.base);
+  if (op.mem.index != ZYDIS_REGISTER_NONE) a += get_reg(op.mem.index) * op.mem.scale;
+  int s = op.mem.segment - ZYDIS_REGISTER_ES;
+  if (s >= 0 && s < 6) a += static_cast<std::uint32_t>(ctx_->seg_base[s]);
+  return a;
+}
+
+void Vcpu::do_cpuid() {
+  const std::uint32_t leaf = reg32(0), sub = reg32(1);
+  (void)sub;
+  std::uint32_t a = 0, b = 0, c = 0, d = 0;
+  auto str = [](const char* s, std::uint32_t& r1, std::uint32_t& r2, std::uint32_t& r3) {
+    std::memcpy(&r1, s, 4);
+    std::memcpy(&r2, s + 4, 4);
+    std::memcpy(&r3, s + 8, 4);
+  };
+  switch (leaf) {
+    case 0: a = 1; str("GenuineIntel", b, d, c); break;
+    case 1:
+      a = 0x000006f1;  // family 6, model 15, stepping 1
+      b = (index_ << 24) | (1u << 16) | (8u << 8);
+      c = 1u << 31;    // hypervisor present
+      d = (1u << 0) | (1u << 3) | (1u << 4) | (1u << 5) | (1u << 6) | (1u << 8) | (1u << 9) | (1u << 11) |
+          (1u << 13) | (1u << 15) | (1u << 16) | (1u << 23) | (1u << 24) | (1u << 25) | (1u << 26);
+      break;
+    case 0x40000000: a = 0x40000000; str("ModevisorBT ", b, c, d); break;
+    case 0x80000000: a = 0x80000001; break;
+    case 0x80000001: d = 1u << 20; break;  // NX
+    default: break;
+  }
+  reg32(0) = a; reg32(3) = b; reg32(1) = c; reg32(2) = d;
+}
+
+void Vcpu::do_rdmsr() {
+  if (cpl_ != 0) raise(13, true, 0);
+  const std::uint32_t idx = reg32(1);
+  std::uint64_t v = 0;
+  auto find = [&](std::uint32_t i, std::uint64_t def) {
+    for (auto& m : msrs_) if (m.index == i) return m.value;
+    return def;
+  };
+  switch (idx) {
+    case 0x10: v = __rdtsc() - tsc_offset_; break;
+    case 0x1b: v = lapic_.apic_base_msr; break;
+    case 0x1a0: v = find(idx, 0x1); break;
+    case 0x174: case 0x175: case 0x176: v = find(idx, 0); break;
+    case 0x277: v = find(idx, 0x0007040600070406ull); break;
+    case 0xc0000080: v = efer_; break;
+    default: raise(13, true, 0);
+  }
+  reg32(0) = static_cast<std::uint32_t>(v);
+  reg32(2) = static_cast<std::uint32_t>(v >> 32);
+}
+
+void Vcpu::do_wrmsr() {
+  if (cpl_ != 0) raise(13, true, 0);
+  const std::uint32_t idx = reg32(1);
+  const std::uint64_t v = reg32(0) | (static_cast<std::uint64_t>(reg32(2)) << 32);
+  auto set = [&](std::uint32_t i) {
+    for (auto& m : msrs_) if (m.index == i) { m.value = v; return; }
+    msrs_.push_back({i, v});
+  };
+  switch (idx) {
+    case 0x10: tsc_offset_ = __rdtsc() - v; break;
+    case 0x1b: lapic_.apic_base_msr = v; break;
+    case 0x1a0: case 0x174: case 0x175: case 0x176: case 0x277: set(idx); break;
+    case 0xc0000080:
+      if (v & ~0x800ull) raise(13, true, 0);  // only NXE: no long mode, no SYSCALL
+      efer_ = v;
+      break;
+    default: raise(13, true, 0);
+  }
+}
+
+void Vcpu::write_cr(unsigned n, std::uint32_t v) {
+  switch (n) {
+    case 0:
+      v |= 0x10;
+      if ((v & 0x80000000u) && !(v & 1)) raise(13, true, 0);
+      if (!(v & 1)) throw std::runtime_error("bt-swmmu: the guest left protected mode (real mode is not supported)");
+      cr0_ = v;
+      break;
+    case 2: cr2_ = v; break;
+    case 3: cr3_ = v; break;
+    case 4:
+      if (v & ~0x7ffu) raise(13, true, 0);
+      cr4_ = v;
+      break;
+    default: raise(6);
+  }
+}
+
+void Vcpu::string_op(const ZydisDecodedInstruction& insn, const ZydisDecodedOperand* ops) {
+  (void)ops;
+  const bool rep = insn.attributes & (ZYDIS_ATTRIB_HAS_REP | ZYDIS_ATTRIB_HAS_REPE | ZYDIS_ATTRIB_HAS_REPNE);
+  const bool repne = insn.attributes & ZYDIS_ATTRIB_HAS_REPNE;
+  const unsigned size = insn.operand_width / 8;
+  const bool user = cpl_ == 3;
+  const std::uint32_t ds_base = static_cast<std::uint32_t>(ctx_->seg_base[3]);
+  std::uint32_t src_base = ds_base;
+  for (unsigned i = 0; i < insn.operand_count; ++i)
+    if (ops[i].type == ZYDIS_OPERAND_TYPE_MEMORY && ops[i].mem.base == ZYDIS_REGISTER_ESI)
+      src_base = static_cast<std::uint32_t>(ctx_->seg_base[ops[i].mem.segment - ZYDIS_REGISTER_ES]);
+  const std::uint32_t es_base = static_cast<std::uint32_t>(ctx_->seg_base[0]);
+  const std::int32_t step = (ctx_->rflags & kDF) ? -static_cast<std::int32_t>(size) : static_cast<std::int32_t>(size);
+  const std::uint32_t mask = size == 4 ? 0xffffffffu : (1u << (8 * size)) - 1;
+  const auto m = insn.mnemonic;
+  // Fast path for REP MOVS/STOS over RAM: whole page-bounded chunks straight
+  // on guest memory, element by element (so overlapping copies behave like
+  // the CPU's).  Falls back to the general loop at MMIO or page boundaries.
+  const bool is_movs = m == ZYDIS_MNEMONIC_MOVSB || m == ZYDIS_MNEMONIC_MOVSW || m == ZYDIS_MNEMONIC_MOVSD;
+  const bool is_stos = m == ZYDIS_MNEMONIC_STOSB || m == ZYDIS_MNEMONIC_STOSW || m == ZYDIS_MNEMONIC_STOSD;
+  if (rep && (is_movs || is_stos)) {
+    for (int chunks = 0; chunks < 64 && reg32(1) != 0; ++chunks) {
+      std::uint32_t& esi = reg32(6);
+      std::uint32_t& edi = reg32(7);
+      const std::uint32_t dla = es_base + edi;
+      const std::uint32_t sla = src_base + esi;
+      auto room = [&](std::uint32_t la) {  // whole elements before leaving the page
+        const std::uint32_t in_page = la & 0xfff;
+        const std::uint32_t bytes = step > 0 ? 0x1000 - in_page : in_page + size;
+        return bytes / size;
+      };
+      if ((dla & 0xfff) % size || (is_movs && (sla & 0xfff) % size)) break;  // misaligned: general loop
+      std::uint32_t n = std::min<std::uint32_t>(reg32(1), room(dla));
+      if (is_movs) n = std::min(n, room(sla));
+      if (n == 0) break;
+      const std::uint64_t dpa = lin_to_phys(dla, true, user, false);
+      const std::uint64_t spa = is_movs ? lin_to_phys(sla, false, user, false) : 0;
+      if (dpa + size > mem_.size() || (is_movs && spa + size > mem_.size())) break;
+      note_guest_write(dpa & ~0xfffull);
+      std::uint8_t* base = mem_.host_base();
+      for (std::uint32_t i = 0; i < n; ++i) {
+        const std::int64_t off = static_cast<std::int64_t>(i) * step;
+        std::uint32_t v = reg32(0) & mask;
+        if (is_movs) std::memcpy(&v, base + spa + off, size);
+        std::memcpy(base + dpa + off, &v, size);
+      }
+      edi += static_cast<std::uint32_t>(step * static_cast<std::int32_t>(n));
+      if (is_movs) esi += static_cast<std::uint32_t>(step * static_cast<std::int32_t>(n));
+      reg32(1) -= n;
+    }
+    if (reg32(1) == 0) return;
+  }
+  // Bounded work per call: long REP loops resume through the dispatcher so
+  // interrupts and stop requests are seen.
+  for (int budget = 4096; budget > 0; --budget) {
+    if (rep && reg32(1) == 0) return;
+    std::uint32_t& esi = reg32(6);
+    std::uint32_t& edi = reg32(7);
+    bool stop = false;
+    switch (m) {
+      case ZYDIS_MNEMONIC_MOVSB: case ZYDIS_MNEMONIC_MOVSW: case ZYDIS_MNEMONIC_MOVSD:
+        write(es_base + edi, size, read(src_base + esi, size, user), user);
+        esi += step; edi += step;
+        break;
+      case ZYDIS_MNEMONIC_STOSB: case ZYDIS_MNEMONIC_STOSW: case ZYDIS_MNEMONIC_STOSD:
+        write(es_base + edi, size, reg32(0) & mask, user);
+        edi += step;
+        break;
+      case ZYDIS_MNEMONIC_LODSB: case ZYDIS_MNEMONIC_LODSW: case ZYDIS_MNEMONIC_LODSD: {
+        std::uint32_t v = read(src_base + esi, size, user);
+        reg32(0) = size == 4 ? v : (reg32(0) & ~mask) | v;
+        esi += step;
+        break;
+      }
+      case ZYDIS_MNEMONIC_CMPSB: case ZYDIS_MNEMONIC_CMPSW: case ZYDIS_MNEMONIC_CMPSD: {
+        std::uint32_t a = read(src_base + esi, size, user), b = read(es_base + edi, size, user);
+        std::uint32_t f = flags_of_cmp(a, b, size);
+        ctx_->rflags = (ctx_->rflags & ~0x8d5ull) | f;
+        esi += step; edi += step;
+        if (rep) stop = repne ? (f & kZF) : !(f & kZF);
+        break;
+      }
+      case ZYDIS_MNEMONIC_SCASB: case ZYDIS_MNEMONIC_SCASW: case ZYDIS_MNEMONIC_SCASD: {
+        std::uint32_t b = read(es_base + edi, size, user);
+        std::uint32_t f = flags_of_cmp(reg32(0) & mask, b, size);
+        ctx_->rflags = (ctx_->rflags & ~0x8d5ull) | f;
+        edi += step;
+        if (rep) stop = repne ? (f & kZF) : !(f & kZF);
+        break;
+      }
+      case ZYDIS_MNEMONIC_INSB: case ZYDIS_MNEMONIC_INSW: case ZYDIS_MNEMONIC_INSD: {
+        if (cpl_ > ((ctx_->sysflags & kIOPL) >> 12)) raise(13, true, 0);
+        // Probe the destination first so a #PF does not lose the port read.
+        lin_to_phys(es_base + edi, true, user, false);
+        ++counters_.io_exits;
+        std::uint32_t v = platform_.io_in(index_, static_cast<std::uint16_t>(reg32(2)), size);
+        write(es_base + edi, size, v & mask, user);
+        edi += step;
+        break;
+      }
+      case ZYDIS_MNEMONIC_OUTSB: case ZYDIS_MNEMONIC_OUTSW: case ZYDIS_MNEMONIC_OUTSD: {
+        if (cpl_ > ((ctx_->sysflags & kIOPL) >> 12)) raise(13, true, 0);
+        std::uint32_t v = read(src_base + esi, size, user);
+        ++counters_.io_exits;
+        platform_.io_out(index_, static_cast<std::uint16_t>(reg32(2)), size, v);
+        esi += step;
+        break;
+      }
+      default:
+        throw std::runtime_error("bt-swmmu: emulator: unexpected string instruction");
+    }
+    if (!rep) return;
+    reg32(1) -= 1;
+    if (stop || reg32(1) == 0) return;
+  }
+  throw 0;  // budget exhausted: caller resumes this instruction later
+}
+
+// An instruction whose one memory operand is MMIO: read the device (if the
+// instruction reads memory), run the instruction natively with that operand
+// redirected to a host scratch word, then write the device (if it writes).
+bool Vcpu::emulate_mmio_native(std::uint32_t eip, const ZydisDecodedInstruction& insn,
+                               const ZydisDecodedOperand* ops) {
+  int mi = -1;
+  for (unsigned i = 0; i < insn.operand_count; ++i) {
+    if (ops[i].type != ZYDIS_OPERAND_TYPE_MEMORY) continue;
+    if (mi >= 0 || ops[i].visibility != ZYDIS_OPERAND_VISIBILITY_EXPLICIT) return false;
+    mi = static_cast<int>(i);
+  }
+  if (mi < 0 || ops[mi].size == 0 || ops[mi].size > 64 || insn.mnemonic == ZYDIS_MNEMONIC_LEA) return false;
+  const auto& op = ops[mi];
+  const unsigned size = op.size / 8;
+  const bool reads = op.actions & ZYDIS_OPERAND_ACTION_MASK_READ;
+  const bool writes = op.actions & ZYDIS_OPERAND_ACTION_MASK_WRITE;
+  const bool user = cpl_ == 3;
+  const std::uint32_t la = ea(op);
+  const std::uint64_t pa = lin_to_phys(la, writes, user, false);
+  if (pa < mem_.size()) return false;  // not MMIO after all
+  // Translate the single instruction with the operand redirected.
+  const PhysMem& pm = shadow_->phys();
+  WalkResult w = walk(pm, paging(), eip, Access{false, user, true}, false);
+  if (!w.ok || w.pa >= pm.size) return false;
+  std::uint8_t buf[4096 + 16];
+  CodeWindow cw;
+  const std::uint32_t next_page = (eip & ~0xfffu) + 0x1000;
+  cw.first_page_bytes = next_page - eip;
+  std::memcpy(buf, pm.base + w.pa, cw.first_page_bytes);
+  cw.total = cw.first_page_bytes;
+  cw.pa_page[0] = w.pa & ~0xfffull;
+  WalkResult w2 = walk(pm, paging(), next_page, Access{false, user, true}, false);
+  if (w2.ok && w2.pa < pm.size) {
+    cw.pa_page[1] = w2.pa & ~0xfffull;
+    std::memcpy(buf + cw.total, pm.base + cw.pa_page[1], 16);
+    cw.total += 16;
+  }
+  cw.bytes = buf;
+  if (translator_->needs_flush()) {
+    translator_->flush();
+    shadow_->clear_block_maps();
+    pending_patch_ = 0;
+  }
+  Block* b = nullptr;
+  if (translator_->translate(eip, tkey_, cw, &b, 1, true, mmio_scratch_) != TranslateStatus::Ok || b->special ||
+      b->n_insns != 1)
+    return false;
+  mmio_scratch_[0] = mmio_scratch_[1] = 0;
+  if (reads) mmio_scratch_[0] = platform_.mmio_read(index_, pa, size > 8 ? 8 : size);
+  std::uint64_t reason;
+  do {
+    if (poll_blocked_.exchange(false)) mprotect(poll_page(), 4096, PROT_READ);
+    in_guest_ = true;
+    reason = translator_->enter(ctx_, b->entry);
+    in_guest_ = false;
+  } while (reason == kExitInterrupt);
+  if (reason == kExitFault) {
+    eip_ = ctx_->fault_eip;
+    raise(static_cast<std::uint8_t>(ctx_->fault_vector), ctx_->fault_vector == 13, 0);
+  }
+  if (writes) platform_.mmio_write(index_, pa, size > 8 ? 8 : size, mmio_scratch_[0]);
+  eip_ = static_cast<std::uint32_t>(ctx_->next_eip);
+  return true;
+}
+
+void Vcpu::emulate(std::uint32_t eip, bool mmio) {
+  const bool user = cpl_ == 3;
+  std::uint8_t bytes[16];
+  unsigned n = 0;
+  for (; n < 15; ++n) {
+    try {
+      bytes[n] = static_cast<std::uint8_t>(read(eip + n, 1, user, true));
+    } catch (const GuestException&) {
+      if (n == 0) throw;
+      break;
+    }
+  }
+  ZydisDecoder dec;
+  ZydisDecoderInit(&dec, ZYDIS_MACHINE_MODE_LEGACY_32, ZYDIS_STACK_WIDTH_32);
+  ZydisDecodedInstruction insn;
+  ZydisDecodedOperand ops[ZYDIS_MAX_OPERAND_COUNT];
+  if (!ZYAN_SUCCESS(ZydisDecoderDecodeFull(&dec, bytes, n, &insn, ops))) {
+    if (n < 15) read(eip + n, 1, user, true);  // a fetch #PF, if that is why
+    raise(6);
+  }
+  if (insn.encoding != ZYDIS_INSTRUCTION_ENCODING_LEGACY && insn.encoding != ZYDIS_INSTRUCTION_ENCODING_3DNOW) raise(6);
+  const std::uint32_t next = eip + insn.length;
+  const unsigned opsize = insn.operand_width;
+  const unsigned iopl = (ctx_->sysflags & kIOPL) >> 12;
+  auto need_cpl0 = [&] { if (cpl_ != 0) raise(13, true, 0); };
+  auto operand_value = [&](const ZydisDecodedOperand& o) -> std::uint32_t {
+    switch (o.type) {
+      case ZYDIS_OPERAND_TYPE_REGISTER: return get_reg(o.reg.value);
+      case ZYDIS_OPERAND_TYPE_MEMORY: return read(ea(o), o.size / 8, user);
+      case ZYDIS_OPERAND_TYPE_IMMEDIATE: return static_cast<std::uint32_t>(o.imm.value.u);
+      default: throw std::runtime_error("bt-swmmu: emulator: unexpected operand");
+    }
+  };
+  auto store = [&](const ZydisDecodedOperand& o, std::uint32_t v) {
+    if (o.type == ZYDIS_OPERAND_TYPE_REGISTER) set_reg(o.reg.value, v);
+    else write(ea(o), o.size / 8, v, user);
+  };
+  std::uint32_t new_eip = next;
+
+  switch (insn.mnemonic) {
+    case ZYDIS_MNEMONIC_CLI:
+    case ZYDIS_MNEMONIC_STI:
+      if (cpl_ > iopl) raise(13, true, 0);
+      if (insn.mnemonic == ZYDIS_MNEMONIC_CLI) {
+        ctx_->sysflags &= ~kIF;
+      } else {
+        if (!(ctx_->sysflags & kIF)) interrupt_shadow_ = true;
+        ctx_->sysflags |= kIF;
+      }
+      break;
+    case ZYDIS_MNEMONIC_PUSHFD:
+      push32(eflags() & ~(kVM | kRF));
+      break;
+    case ZYDIS_MNEMONIC_PUSHF: {  // 16-bit
+      const std::uint32_t esp = reg32(4) - 2;
+      write(esp + static_cast<std::uint32_t>(ss_.base), 2, eflags() & 0xffff, user);
+      reg32(4) = esp;
+      break;
+    }
+    case ZYDIS_MNEMONIC_POPF: {  // 16-bit
+      std::uint32_t v = read(reg32(4) + static_cast<std::uint32_t>(ss_.base), 2, user);
+      std::uint32_t mask = kPopfMask & 0xffff;
+      if (cpl_ != 0) mask &= ~kIOPL;
+      if (cpl_ > iopl) mask &= ~kIF;
+      reg32(4) += 2;
+      set_eflags((eflags() & ~mask) | (v & mask));
+      break;
+    }
+    case ZYDIS_MNEMONIC_POPFD: {
+      const std::uint32_t esp0 = reg32(4);
+      std::uint32_t v = pop32();
+      std::uint32_t mask = kPopfMask;
+      if (cpl_ != 0) mask &= ~kIOPL;
+      if (cpl_ > iopl) mask &= ~kIF;
+      (void)esp0;
+      set_eflags((eflags() & ~mask) | (v & mask));
+      break;
+    }
+    case ZYDIS_MNEMONIC_IN: {
+      if (cpl_ > iopl) raise(13, true, 0);
+      const std::uint16_t port = static_cast<std::uint16_t>(operand_value(ops[1]));
+      ++counters_.io_exits;
+      set_reg(ops[0].reg.value, platform_.io_in(index_, port, ops[0].size / 8));
+      break;
+    }
+    case ZYDIS_MNEMONIC_OUT: {
+      if (cpl_ > iopl) raise(13, true, 0);
+      const std::uint16_t port = static_cast<std::uint16_t>(operand_value(ops[0]));
+      ++counters_.io_exits;
+      platform_.io_out(index_, port, ops[1].size / 8, get_reg(ops[1].reg.value));
+      break;
+    }
+    case ZYDIS_MNEMONIC_HLT:
+      need_cpl0();
+      ++counters_.hlt_exits;
+      run_state_ = api::RunState::Halted;
+      break;
+    case ZYDIS_MNEMONIC_CPUID: do_cpuid(); break;
+    case ZYDIS_MNEMONIC_RDTSC: {
+      if ((cr4_ & 4) && cpl_ != 0) raise(13, true, 0);
+      std::uint64_t t = __rdtsc() - tsc_offset_;
+      reg32(0) = static_cast<std::uint32_t>(t);
+      reg32(2) = static_cast<std::uint32_t>(t >> 32);
+      break;
+    }
+    case ZYDIS_MNEMONIC_RDMSR: do_rdmsr(); break;
+    case ZYDIS_MNEMONIC_WRMSR: do_wrmsr(); break;
+    case ZYDIS_MNEMONIC_INT:
+      eip_ = eip;
+      deliver(static_cast<std::uint8_t>(ops[0].imm.value.u), false, 0, true, next);
+      return;
+    case ZYDIS_MNEMONIC_INT3:
+      eip_ = eip;
+      deliver(3, false, 0, true, next);
+      return;
+    case ZYDIS_MNEMONIC_INTO:
+      if (ctx_->rflags & kOF) {
+        eip_ = eip;
+        deliver(4, false, 0, true, next);
+        return;
+      }
+      break;
+    case ZYDIS_MNEMONIC_INT1:
+      eip_ = eip;
+      deliver(1, false, 0, false, next);
+      return;
+    case ZYDIS_MNEMONIC_IRETD:
+    case ZYDIS_MNEMONIC_IRET:
+      do_iret(opsize);
+      return;
+    case ZYDIS_MNEMONIC_SYSENTER: {
+      std::uint64_t cs = 0, esp = 0, eip2 = 0;
+      for (auto& m : msrs_) {
+        if (m.index == 0x174) cs = m.value;
+        if (m.index == 0x175) esp = m.value;
+        if (m.index == 0x176) eip2 = m.value;
+      }
+      if ((cs & 0xfffc) == 0) raise(13, true, 0);
+      api::Segment c;
+      c.selector = static_cast<std::uint16_t>(cs & 0xfffc);
+      c.limit = 0xffffffff; c.type = 0xb; c.s = true; c.dpl = 0; c.present = true; c.db = true; c.g = true;
+      api::Segment s = c;
+      s.selector = static_cast<std::uint16_t>((cs & 0xfffc) + 8);
+      s.type = 3;
+      cs_ = c; ss_ = s; cpl_ = 0;
+      ctx_->sysflags &= ~(kIF | kVM | kRF);
+      reg32(4) = static_cast<std::uint32_t>(esp);
+      sync_seg_bases();
+      new_eip = static_cast<std::uint32_t>(eip2);
+      break;
+    }
+    case ZYDIS_MNEMONIC_SYSEXIT: {
+      std::uint64_t cs = 0;
+      for (auto& m : msrs_) if (m.index == 0x174) cs = m.value;
+      if (cpl_ != 0 || (cs & 0xfffc) == 0) raise(13, true, 0);
+      api::Segment c;
+      c.selector = static_cast<std::uint16_t>(((cs & 0xfffc) + 16) | 3);
+      c.limit = 0xffffffff; c.type = 0xb; c.s = true; c.dpl = 3; c.present = true; c.db = true; c.g = true;
+      api::Segment s = c;
+      s.selector = static_cast<std::uint16_t>(((cs & 0xfffc) + 24) | 3);
+      s.type = 3;
+      cs_ = c; ss_ = s; cpl_ = 3;
+      reg32(4) = reg32(1);
+      new_eip = reg32(2);
+      sync_seg_bases();
+      break;
+    }
+    case ZYDIS_MNEMONIC_LGDT:
+    case ZYDIS_MNEMONIC_LIDT: {
+      need_cpl0();
+      const std::uint32_t a = ea(ops[0]);
+      std::uint16_t limit = static_cast<std::uint16_t>(read(a, 2, user));
+      std::uint32_t base = read(a + 2, 4, user);
+      if (opsize == 16) base &= 0xffffff;
+      auto& t = insn.mnemonic == ZYDIS_MNEMONIC_LGDT ? gdtr_ : idtr_;
+      t.base = base;
+      t.limit = limit;
+      break;
+    }
+    case ZYDIS_MNEMONIC_SGDT:
+    case ZYDIS_MNEMONIC_SIDT: {
+      const std::uint32_t a = ea(ops[0]);
+      auto& t = insn.mnemonic == ZYDIS_MNEMONIC_SGDT ? gdtr_ : idtr_;
+      write(a, 2, t.limit, user);
+      write(a + 2, 4, static_cast<std::uint32_t>(t.base), user);
+      break;
+    }
+    case ZYDIS_MNEMONIC_LLDT: {
+      need_cpl0();
+      const std::uint16_t sel = static_cast<std::uint16_t>(operand_value(ops[0]));
+      if ((sel & 0xfffc) == 0) {
+        ldtr_ = api::Segment{};
+        ldtr_.unusable = true;
+        break;
+      }
+      if (sel & 4) raise(13, true, sel & 0xfffc);
+      api::Segment s = parse_descriptor(read_descriptor(sel, sel & 0xfffc), sel);
+      if (s.s || s.type != 2) raise(13, true, sel & 0xfffc);
+      if (!s.present) raise(11, true, sel & 0xfffc);
+      ldtr_ = s;
+      break;
+    }
+    case ZYDIS_MNEMONIC_LTR: {
+      need_cpl0();
+      const std::uint16_t sel = static_cast<std::uint16_t>(operand_value(ops[0]));
+      if ((sel & 0xfffc) == 0 || (sel & 4)) raise(13, true, sel & 0xfffc);
+      std::uint64_t raw = read_descriptor(sel, sel & 0xfffc);
+      api::Segment s = parse_descriptor(raw, sel);
+      if (s.s || (s.type != 9 && s.type != 1)) raise(13, true, sel & 0xfffc);
+      if (!s.present) raise(11, true, sel & 0xfffc);
+      const std::uint32_t la = static_cast<std::uint32_t>(gdtr_.base + (sel & ~7u) + 5);
+      write(la, 1, static_cast<std::uint32_t>((raw >> 40) & 0xff) | 2, false);  // busy
+      s.type |= 2;
+      tr_ = s;
+      break;
+    }
+    case ZYDIS_MNEMONIC_SLDT: store(ops[0], ldtr_.selector); break;
+    case ZYDIS_MNEMONIC_STR: store(ops[0], tr_.selector); break;
+    case ZYDIS_MNEMONIC_SMSW:
+      store(ops[0], ops[0].type == ZYDIS_OPERAND_TYPE_REGISTER ? static_cast<std::uint32_t>(cr0_)
+                                                              : static_cast<std::uint32_t>(cr0_ & 0xffff));
+      break;
+    case ZYDIS_MNEMONIC_LMSW: {
+      need_cpl0();
+      std::uint32_t v = operand_value(ops[0]) & 0xf;
+      cr0_ = (cr0_ & ~0xeull) | (v & 0xe) | (cr0_ & 1) | (v & 1);
+      break;
+    }
+    case ZYDIS_MNEMONIC_CLTS: need_cpl0(); cr0_ &= ~8ull; break;
+    case ZYDIS_MNEMONIC_INVLPG: need_cpl0(); shadow_->invlpg(ea(ops[0])); break;
+    case ZYDIS_MNEMONIC_WBINVD: case ZYDIS_MNEMONIC_INVD: need_cpl0(); break;
+    case ZYDIS_MNEMONIC_MOV: {
+      auto cls0 = ops[0].type == ZYDIS_OPERAND_TYPE_REGISTER ? ZydisRegisterGetClass(ops[0].reg.value) : ZYDIS_REGCLASS_INVALID;
+      auto cls1 = ops[1].type == ZYDIS_OPERAND_TYPE_REGISTER ? ZydisRegisterGetClass(ops[1].reg.value) : ZYDIS_REGCLASS_INVALID;
+      if (cls0 == ZYDIS_REGCLASS_CONTROL) {
+        need_cpl0();
+        write_cr(ops[0].reg.value - ZYDIS_REGISTER_CR0, get_reg(ops[1].reg.value));
+      } else if (cls1 == ZYDIS_REGCLASS_CONTROL) {
+        need_cpl0();
+        const unsigned n2 = ops[1].reg.value - ZYDIS_REGISTER_CR0;
+        std::uint64_t v = n2 == 0 ? cr0_ : n2 == 2 ? cr2_ : n2 == 3 ? cr3_ : n2 == 4 ? cr4_ : 0;
+        if (n2 == 1 || n2 > 4) raise(6);
+        set_reg(ops[0].reg.value, static_cast<std::uint32_t>(v));
+      } else if (cls0 == ZYDIS_REGCLASS_DEBUG) {
+        need_cpl0();
+        dr_[ops[0].reg.value - ZYDIS_REGISTER_DR0] = get_reg(ops[1].reg.value);
+      } else if (cls1 == ZYDIS_REGCLASS_DEBUG) {
+        need_cpl0();
+        set_reg(ops[0].reg.value, static_cast<std::uint32_t>(dr_[ops[1].reg.value - ZYDIS_REGISTER_DR0]));
+      } else if (cls0 == ZYDIS_REGCLASS_SEGMENT) {
+        const int s = ops[0].reg.value - ZYDIS_REGISTER_ES;
+        if (s == 1) raise(6);
+        load_segment(s, static_cast<std::uint16_t>(operand_value(ops[1])));
+        if (s == 2) interrupt_shadow_ = true;
+      } else if (cls1 == ZYDIS_REGCLASS_SEGMENT) {
+        const std::uint16_t sel = seg(ops[1].reg.value - ZYDIS_REGISTER_ES).selector;
+        if (ops[0].type == ZYDIS_OPERAND_TYPE_MEMORY) write(ea(ops[0]), 2, sel, user);
+        else set_reg(ops[0].reg.value, sel);
+      } else if (mmio) {
+        store(ops[0], operand_value(ops[1]));
+      } else {
+        throw std::runtime_error("bt-swmmu: emulator: unexpected MOV form: " + describe(insn, ops, eip));
+      }
+      break;
+    }
+    case ZYDIS_MNEMONIC_MOVZX:
+      set_reg(ops[0].reg.value, operand_value(ops[1]));
+      break;
+    case ZYDIS_MNEMONIC_MOVSX: {
+      std::uint32_t v = operand_value(ops[1]);
+      v = ops[1].size == 8 ? static_cast<std::uint32_t>(static_cast<std::int8_t>(v))
+                           : static_cast<std::uint32_t>(static_cast<std::int16_t>(v));
+      set_reg(ops[0].reg.value, v);
+      break;
+    }
+    case ZYDIS_MNEMONIC_PUSH: {  // segment registers
+      push32(seg(ops[0].reg.value - ZYDIS_REGISTER_ES).selector);
+      break;
+    }
+    case ZYDIS_MNEMONIC_POP: {
+      const int s = ops[0].reg.value - ZYDIS_REGISTER_ES;
+      const std::uint32_t esp0 = reg32(4);
+      std::uint16_t sel = static_cast<std::uint16_t>(pop32());
+      try {
+        load_segment(s, sel);
+      } catch (...) {
+        reg32(4) = esp0;
+        throw;
+      }
+      if (s == 2) interrupt_shadow_ = true;
+      break;
+    }
+    case ZYDIS_MNEMONIC_LDS: case ZYDIS_MNEMONIC_LES: case ZYDIS_MNEMONIC_LFS: case ZYDIS_MNEMONIC_LGS:
+    case ZYDIS_MNEMONIC_LSS: {
+      const std::uint32_t a = ea(ops[1]);
+      const std::uint32_t off = read(a, opsize / 8, user);
+      const std::uint16_t sel = static_cast<std::uint16_t>(read(a + opsize / 8, 2, user));
+      const int s = insn.mnemonic == ZYDIS_MNEMONIC_LDS ? 3 : insn.mnemonic == ZYDIS_MNEMONIC_LES ? 0
+                  : insn.mnemonic == ZYDIS_MNEMONIC_LFS ? 4 : insn.mnemonic == ZYDIS_MNEMONIC_LGS ? 5 : 2;
+      load_segment(s, sel);
+      set_reg(ops[0].reg.value, off);
+      break;
+    }
+    case ZYDIS_MNEMONIC_JMP:
+    case ZYDIS_MNEMONIC_CALL: {  // far
+      if (insn.meta.branch_type != ZYDIS_BRANCH_TYPE_FAR)
+        throw std::runtime_error("bt-swmmu: 16-bit near branches are not supported: " + describe(insn, ops, eip));
+      std::uint16_t sel;
+      std::uint32_t off;
+      if (ops[0].type == ZYDIS_OPERAND_TYPE_POINTER) {
+        sel = ops[0].ptr.segment;
+        off = ops[0].ptr.offset;
+      } else {
+        const std::uint32_t a = ea(ops[0]);
+        off = read(a, opsize / 8, user);
+        sel = static_cast<std::uint16_t>(read(a + opsize / 8, 2, user));
+      }
+      far_transfer(sel, off, insn.mnemonic == ZYDIS_MNEMONIC_CALL, next, opsize);
+      return;
+    }
+    case ZYDIS_MNEMONIC_RET: {  // far return
+      if (insn.meta.branch_type != ZYDIS_BRANCH_TYPE_FAR)
+        throw std::runtime_error("bt-swmmu: 16-bit near returns are not supported");
+      if (opsize != 32) throw std::runtime_error("bt-swmmu: 16-bit far return is not supported");
+      const std::uint32_t esp0 = reg32(4);
+      try {
+        const std::uint32_t e2 = pop32();
+        const std::uint16_t sel = static_cast<std::uint16_t>(pop32());
+        const std::uint32_t extra = insn.operand_count_visible ? static_cast<std::uint32_t>(ops[0].imm.value.u) : 0;
+        const unsigned rpl = sel & 3;
+        if (rpl < cpl_) raise(13, true, sel & 0xfffc);
+        if (rpl > cpl_) {
+          reg32(4) += extra;
+          const std::uint32_t nesp = pop32();
+          const std::uint16_t nss = static_cast<std::uint16_t>(pop32());
+          load_cs(sel, rpl);
+          load_segment(2, nss);
+          reg32(4) = nesp + extra;
+        } else {
+          load_cs(sel, rpl);
+          reg32(4) += extra;
+        }
+        eip_ = e2;
+      } catch (const GuestException&) {
+        reg32(4) = esp0;
+        throw;
+      }
+      return;
+    }
+    case ZYDIS_MNEMONIC_PUSHAD: {
+      const std::uint32_t esp0 = reg32(4);
+      try {
+        for (int i = 0; i < 8; ++i) push32(i == 4 ? esp0 : reg32(i));
+      } catch (...) {
+        reg32(4) = esp0;
+        throw;
+      }
+      break;
+    }
+    case ZYDIS_MNEMONIC_POPAD: {
+      const std::uint32_t esp0 = reg32(4);
+      std::uint32_t v[8];
+      for (int i = 7; i >= 0; --i) v[i] = read(esp0 + (7 - i) * 4 + static_cast<std::uint32_t>(ss_.base), 4, user);
+      for (int i = 0; i < 8; ++i) if (i != 4) reg32(i) = v[i];
+      reg32(4) = esp0 + 32;
+      break;
+    }
+    case ZYDIS_MNEMONIC_ENTER: {
+      const std::uint32_t frame = static_cast<std::uint32_t>(ops[0].imm.value.u);
+      const unsigned level = static_cast<unsigned>(ops[1].imm.value.u) & 31;
+      if (level != 0) throw std::runtime_error("bt-swmmu: ENTER with nesting level > 0 is not supported");
+      const std::uint32_t esp0 = reg32(4);
+      try {
+        push32(reg32(5));
+      } catch (...) {
+        reg32(4) = esp0;
+        throw;
+      }
+      reg32(5) = reg32(4);
+      reg32(4) -= frame;
+      break;
+    }
+    case ZYDIS_MNEMONIC_XLAT: {
+      const int s = insn.attributes & ZYDIS_ATTRIB_HAS_SEGMENT ? ops[1].mem.segment - ZYDIS_REGISTER_ES : 3;
+      std::uint32_t v = read(static_cast<std::uint32_t>(ctx_->seg_base[s]) + reg32(3) + (reg32(0) & 0xff), 1, user);
+      reg32(0) = (reg32(0) & ~0xffu) | v;
+      break;
+    }
+    case ZYDIS_MNEMONIC_SALC:
+      reg32(0) = (reg32(0) & ~0xffu) | ((ctx_->rflags & kCF) ? 0xff : 0);
+      break;
+    case ZYDIS_MNEMONIC_DAA: case ZYDIS_MNEMONIC_DAS: {
+      std::uint8_t al = reg32(0) & 0xff, old_al = al;
+      bool cf = ctx_->rflags & kCF, af = ctx_->rflags & kAF, ncf = false, naf = false;
+      const bool add = insn.mnemonic == ZYDIS_MNEMONIC_DAA;
+      if ((al & 0xf) > 9 || af) {
+        al = add ? al + 6 : al - 6;
+        ncf = cf || (add ? old_al > 0xf9 : old_al < 6);
+        naf = true;
+      }
+      if (old_al > 0x99 || cf) {
+        al = add ? al + 0x60 : al - 0x60;
+        ncf = true;
+      }
+      reg32(0) = (reg32(0) & ~0xffu) | al;
+      ctx_->rflags = (ctx_->rflags & ~0x8d5ull) | szp(al) | (ncf ? kCF : 0) | (naf ? kAF : 0);
+      break;
+    }
+    case ZYDIS_MNEMONIC_AAA: case ZYDIS_MNEMONIC_AAS: {
+      std::uint32_t ax = reg32(0) & 0xffff;
+      const bool add = insn.mnemonic == ZYDIS_MNEMONIC_AAA;
+      bool c = false;
+      if ((ax & 0xf) > 9 || (ctx_->rflags & kAF)) {
+        ax = add ? ax + 0x106 : ax - 6 - 0x100;
+        c = true;
+      }
+      ax = (ax & 0xff0f);
+      reg32(0) = (reg32(0) & ~0xffffu) | (ax & 0xffff);
+      ctx_->rflags = (ctx_->rflags & ~0x8d5ull) | (c ? (kCF | kAF) : 0) | (ctx_->rflags & (kZF | kSF | kPF | kOF) & 0);
+      break;
+    }
+    case ZYDIS_MNEMONIC_AAM: {
+      const std::uint8_t base = static_cast<std::uint8_t>(ops[0].imm.value.u);
+      if (base == 0) raise(0);
+      std::uint8_t al = reg32(0) & 0xff;
+      std::uint8_t ah = al / base;
+      al = al % base;
+      reg32(0) = (reg32(0) & ~0xffffu) | (ah << 8) | al;
+      ctx_->rflags = (ctx_->rflags & ~0x8d5ull) | szp(al);
+      break;
+    }
+    case ZYDIS_MNEMONIC_AAD: {
+      const std::uint8_t base = static_cast<std::uint8_t>(ops[0].imm.value.u);
+      std::uint8_t al = static_cast<std::uint8_t>((reg32(0) & 0xff) + ((reg32(0) >> 8) & 0xff) * base);
+      reg32(0) = (reg32(0) & ~0xffffu) | al;
+      ctx_->rflags = (ctx_->rflags & ~0x8d5ull) | szp(al);
+      break;
+    }
+    case ZYDIS_MNEMONIC_BOUND: {
+      const std::uint32_t a = ea(ops[1]);
+      const std::int32_t idx = static_cast<std::int32_t>(get_reg(ops[0].reg.value));
+      const std::int32_t lo = static_cast<std::int32_t>(read(a, 4, user));
+      const std::int32_t hi = static_cast<std::int32_t>(read(a + 4, 4, user));
+      if (idx < lo || idx > hi) raise(5);
+      break;
+    }
+    case ZYDIS_MNEMONIC_MOVSB: case ZYDIS_MNEMONIC_MOVSW: case ZYDIS_MNEMONIC_MOVSD:
+    case ZYDIS_MNEMONIC_STOSB: case ZYDIS_MNEMONIC_STOSW: case ZYDIS_MNEMONIC_STOSD:
+    case ZYDIS_MNEMONIC_LODSB: case ZYDIS_MNEMONIC_LODSW: case ZYDIS_MNEMONIC_LODSD:
+    case ZYDIS_MNEMONIC_CMPSB: case ZYDIS_MNEMONIC_CMPSW: case ZYDIS_MNEMONIC_CMPSD:
+    case ZYDIS_MNEMONIC_SCASB: case ZYDIS_MNEMONIC_SCASW: case ZYDIS_MNEMONIC_SCASD:
+    case ZYDIS_MNEMONIC_INSB: case ZYDIS_MNEMONIC_INSW: case ZYDIS_MNEMONIC_INSD:
+    case ZYDIS_MNEMONIC_OUTSB: case ZYDIS_MNEMONIC_OUTSW: case ZYDIS_MNEMONIC_OUTSD:
+      if (insn.address_width != 32) throw std::runtime_error("bt-swmmu: 16-bit address-size string instruction");
+      try {
+        string_op(insn, ops);
+      } catch (int) {
+        return;  // budget exhausted: EIP stays, the dispatcher resumes the REP later
+      }
+      break;
+    case ZYDIS_MNEMONIC_UD0: case ZYDIS_MNEMONIC_UD1: case ZYDIS_MNEMONIC_UD2:
+    case ZYDIS_MNEMONIC_MONITOR: case ZYDIS_MNEMONIC_MWAIT: case ZYDIS_MNEMONIC_XGETBV:
+    case ZYDIS_MNEMONIC_XSETBV: case ZYDIS_MNEMONIC_RSM: case ZYDIS_MNEMONIC_SYSCALL:
+    case ZYDIS_MNEMONIC_SYSRET: case ZYDIS_MNEMONIC_RDPID: case ZYDIS_MNEMONIC_RDFSBASE:
+    case ZYDIS_MNEMONIC_RDGSBASE: case ZYDIS_MNEMONIC_WRFSBASE: case ZYDIS_MNEMONIC_WRGSBASE:
+    case ZYDIS_MNEMONIC_SWAPGS: case ZYDIS_MNEMONIC_FXSAVE64: case ZYDIS_MNEMONIC_FXRSTOR64:
+    case ZYDIS_MNEMONIC_XSAVE: case ZYDIS_MNEMONIC_XRSTOR: case ZYDIS_MNEMONIC_XSAVEOPT:
+    case ZYDIS_MNEMONIC_XSAVEC: case ZYDIS_MNEMONIC_XSAVES: case ZYDIS_MNEMONIC_XRSTORS:
+    case ZYDIS_MNEMONIC_RDPMC: case ZYDIS_MNEMONIC_ARPL:
+      raise(6);
+      break;
+    default:
+      if ((cr0_ & 0xc) && insn.meta.isa_ext == ZYDIS_ISA_EXT_X87) raise(7);
+      if ((cr0_ & 0x8) && !mmio) raise(7);  // SSE/MMX with CR0.TS
+      if ((cr0_ & 0x4)) raise(6);           // SSE/MMX with CR0.EM
+      if (insn.attributes & ZYDIS_ATTRIB_IS_PRIVILEGED) {
+        if (cpl_ != 0) raise(13, true, 0);
+      }
+      if (mmio && emulate_mmio_native(eip, insn, ops)) return;
+      throw std::runtime_error("bt-swmmu: cannot emulate '" + describe(insn, ops, eip) + "'" +
+                               (mmio ? " (MMIO access)" : ""));
+  }
+  eip_ = new_eip;
+}
+
+}  // namespace modevisor::bt

@@ -1,0 +1,410 @@
+#include "shadow.hpp"
+
+#include <sys/mman.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+
+namespace modevisor::bt {
+
+namespace {
+constexpr std::uint64_t kPageMask = ~0xfffull;
+constexpr std::uint64_t kPaeAddr = 0x000ffffffffff000ull;
+}  // namespace
+
+std::uint64_t PhysMem::read64(std::uint64_t pa) const {
+  if (pa + 8 > size) return 0;
+  std::uint64_t v;
+  std::memcpy(&v, base + pa, 8);
+  return v;
+}
+std::uint32_t PhysMem::read32(std::uint64_t pa) const {
+  if (pa + 4 > size) return 0;
+  std::uint32_t v;
+  std::memcpy(&v, base + pa, 4);
+  return v;
+}
+void PhysMem::or32(std::uint64_t pa, std::uint32_t bits) {
+  if (pa + 4 > size || (pa & 3)) return;
+  auto* p = reinterpret_cast<std::uint32_t*>(base + pa);
+  if ((__atomic_load_n(p, __ATOMIC_RELAXED) & bits) != bits) __atomic_fetch_or(p, bits, __ATOMIC_RELAXED);
+}
+
+WalkResult walk(const PhysMem& mem_in, const PagingRegs& regs, std::uint32_t la, Access acc, bool set_ad) {
+  PhysMem& mem = const_cast<PhysMem&>(mem_in);
+  WalkResult r;
+  if (!regs.paging()) {
+    r.ok = true;
+    r.pa = la;
+    return r;
+  }
+  const std::uint32_t ubit = acc.user ? kPfU : 0;
+  const std::uint32_t wbit = acc.write ? kPfW : 0;
+  const std::uint32_t ibit = (acc.fetch && regs.nxe() && regs.pae()) ? kPfI : 0;
+  auto fault = [&](bool present) {
+    r.ok = false;
+    r.error = (present ? kPfP : 0) | ubit | wbit | ibit;
+    return r;
+  };
+  bool user = true, writable = true, nx = false;
+  // Entries to mark accessed / dirty once the walk succeeds (address of the low dword).
+  std::uint64_t a_addrs[3];
+  int n_a = 0;
+  std::uint64_t final_addr = 0;
+  std::uint64_t pa_page = 0, page_offset_mask = 0xfff;
+  bool final_dirty = false;
+
+  if (!regs.pae()) {
+    const std::uint64_t pd = regs.cr3 & 0xfffff000u;
+    r.pt_pages[r.n_pt++] = pd;
+    const std::uint64_t pde_addr = pd + ((la >> 22) << 2);
+    const std::uint32_t pde = mem.read32(pde_addr);
+    if (!(pde & 1)) return fault(false);
+    user &= (pde >> 2) & 1;
+    writable &= (pde >> 1) & 1;
+    a_addrs[n_a++] = pde_addr;
+    if ((pde & 0x80) && regs.pse()) {
+      pa_page = (pde & 0xffc00000u) | (static_cast<std::uint64_t>((pde >> 13) & 0xff) << 32);
+      page_offset_mask = 0x3fffff;
+      final_addr = pde_addr;
+      final_dirty = (pde >> 6) & 1;
+    } else {
+      const std::uint64_t pt = pde & 0xfffff000u;
+      r.pt_pages[r.n_pt++] = pt;
+      const std::uint64_t pte_addr = pt + (((la >> 12) & 0x3ff) << 2);
+      const std::uint32_t pte = mem.read32(pte_addr);
+      if (!(pte & 1)) return fault(false);
+      user &= (pte >> 2) & 1;
+      writable &= (pte >> 1) & 1;
+      a_addrs[n_a++] = pte_addr;
+      pa_page = pte & 0xfffff000u;
+      final_addr = pte_addr;
+      final_dirty = (pte >> 6) & 1;
+    }
+  } else {
+    const std::uint64_t pdpt = regs.cr3 & 0xffffffe0u;
+    r.pt_pages[r.n_pt++] = pdpt & kPageMask;
+    const std::uint64_t pdpte = mem.read64(pdpt + ((la >> 30) << 3));
+    if (!(pdpte & 1)) return fault(false);
+    if (pdpte & 0x1e6) { r.ok = false; r.error = kPfP | kPfRsvd | ubit | wbit | ibit; return r; }
+    const std::uint64_t pd = pdpte & kPaeAddr;
+    r.pt_pages[r.n_pt++] = pd;
+    const std::uint64_t pde_addr = pd + (((la >> 21) & 0x1ff) << 3);
+    const std::uint64_t pde = mem.read64(pde_addr);
+    if (!(pde & 1)) return fault(false);
+    if (!regs.nxe() && (pde >> 63)) { r.ok = false; r.error = kPfP | kPfRsvd | ubit | wbit | ibit; return r; }
+    user &= (pde >> 2) & 1;
+    writable &= (pde >> 1) & 1;
+    nx |= regs.nxe() && (pde >> 63);
+    a_addrs[n_a++] = pde_addr;
+    if (pde & 0x80) {
+      pa_page = pde & 0x000fffffffe00000ull;
+      page_offset_mask = 0x1fffff;
+      final_addr = pde_addr;
+      final_dirty = (pde >> 6) & 1;
+    } else {
+      const std::uint64_t pt = pde & kPaeAddr;
+      r.pt_pages[r.n_pt++] = pt;
+      const std::uint64_t pte_addr = pt + (((la >> 12) & 0x1ff) << 3);
+      const std::uint64_t pte = mem.read64(pte_addr);
+      if (!(pte & 1)) return fault(false);
+      if (!regs.nxe() && (pte >> 63)) { r.ok = false; r.error = kPfP | kPfRsvd | ubit | wbit | ibit; return r; }
+      user &= (pte >> 2) & 1;
+      writable &= (pte >> 1) & 1;
+      nx |= regs.nxe() && (pte >> 63);
+      a_addrs[n_a++] = pte_addr;
+      pa_page = pte & kPaeAddr;
+      final_addr = pte_addr;
+      final_dirty = (pte >> 6) & 1;
+    }
+  }
+  // Permission checks.
+  if (acc.user && !user) return fault(true);
+  if (acc.write && !writable && (acc.user || regs.wp())) return fault(true);
+  if (acc.fetch && nx) return fault(true);
+  if (set_ad) {
+    for (int i = 0; i < n_a; ++i) mem.or32(a_addrs[i], 0x20);
+    if (acc.write) {
+      mem.or32(final_addr, 0x40);
+      final_dirty = true;
+    }
+  }
+  r.ok = true;
+  r.user = user;
+  r.writable = writable;
+  r.dirty = final_dirty;
+  r.pa = pa_page + (la & page_offset_mask);
+  return r;
+}
+
+RegionKey make_region_key(const PagingRegs& regs, bool user_view) {
+  RegionKey k;
+  if (regs.paging()) {
+    k.cr3 = regs.pae() ? (regs.cr3 & 0xffffffe0u) : (regs.cr3 & 0xfffff000u);
+    k.mode = 1 | (regs.pae() ? 2 : 0) | (regs.pse() ? 4 : 0) | (regs.wp() ? 8 : 0) | (regs.nxe() ? 16 : 0);
+  }
+  if (user_view) k.mode |= 32;
+  return k;
+}
+
+ShadowMmu::ShadowMmu(std::uint8_t* ram, std::uint64_t ram_size, int fd) : fd_(fd) {
+  phys_.base = ram;
+  phys_.size = ram_size;
+}
+
+ShadowMmu::~ShadowMmu() {
+  for (auto& r : regions_) {
+    munmap(r->base, kRegionSize + kRegionGuard);
+    munmap(r->fast, kFastTableBytes);
+  }
+}
+
+Region* ShadowMmu::activate(const RegionKey& key) {
+  ++clock_;
+  if (active_ && active_->key == key) {
+    active_->last_use = clock_;
+    return active_;
+  }
+  ++stats.switches;
+  for (auto& r : regions_) {
+    if (r->key == key) {
+      ++stats.switch_hits;
+      r->last_use = clock_;
+      active_ = r.get();
+      return active_;
+    }
+  }
+  ++stats.rebuilds;
+  if (regions_.size() >= kMaxRegions) {
+    auto victim = std::min_element(regions_.begin(), regions_.end(), [&](auto& a, auto& b) {
+      if (a.get() == active_) return false;
+      if (b.get() == active_) return true;
+      return a->last_use < b->last_use;
+    });
+    ++stats.evictions;
+    destroy(victim->get());
+    regions_.erase(victim);
+  }
+  auto r = std::make_unique<Region>();
+  r->key = key;
+  void* base = mmap(nullptr, kRegionSize + kRegionGuard, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (base == MAP_FAILED) throw std::runtime_error("bt-swmmu: cannot reserve a 4 GiB shadow region");
+  void* fast = mmap(nullptr, kFastTableBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (fast == MAP_FAILED) {
+    munmap(base, kRegionSize + kRegionGuard);
+    throw std::runtime_error("bt-swmmu: cannot allocate a lookup table");
+  }
+  r->base = static_cast<std::uint8_t*>(base);
+  r->fast = static_cast<FastEntry*>(fast);
+  r->last_use = clock_;
+  active_ = r.get();
+  regions_.push_back(std::move(r));
+  return active_;
+}
+
+bool ShadowMmu::contains(const void* host_addr, Region** region, std::uint32_t* la) const {
+  auto a = reinterpret_cast<std::uintptr_t>(host_addr);
+  for (auto& r : regions_) {
+    auto b = reinterpret_cast<std::uintptr_t>(r->base);
+    if (a >= b && a - b < kRegionSize) {
+      *region = r.get();
+      *la = static_cast<std::uint32_t>(a - b);
+      return true;
+    }
+  }
+  return false;
+}
+
+void ShadowMmu::destroy(Region* r) {
+  for (auto& [la, m] : r->maps) {
+    auto& v = rmap_[m.gpa_page];
+    v.erase(std::remove(v.begin(), v.end(), std::make_pair(r, la)), v.end());
+  }
+  for (auto& [pt, v] : derived_)
+    v.erase(std::remove_if(v.begin(), v.end(), [&](auto& e) { return e.first == r; }), v.end());
+  munmap(r->base, kRegionSize + kRegionGuard);
+  munmap(r->fast, kFastTableBytes);
+  if (active_ == r) active_ = nullptr;
+}
+
+int ShadowMmu::prot_for(const Region::Map& m) const {
+  bool traced = m.gpa_page != wt_page_ && (code_pages_.count(m.gpa_page) || derived_.count(m.gpa_page));
+  const bool logged_clean = dirty_logging_ && !is_dirty(m.gpa_page);
+  return PROT_READ | ((m.guest_writable && !traced && !logged_clean) ? PROT_WRITE : 0);
+}
+
+bool ShadowMmu::map_page(Region* r, std::uint32_t la_page, std::uint64_t gpa_page, int prot) {
+  void* p = mmap(r->base + la_page, 4096, prot, MAP_SHARED | MAP_FIXED, fd_, static_cast<off_t>(gpa_page));
+  return p != MAP_FAILED;
+}
+
+void ShadowMmu::unmap(Region* r, std::uint32_t la_page) {
+  auto it = r->maps.find(la_page);
+  if (it == r->maps.end()) return;
+  auto& v = rmap_[it->second.gpa_page];
+  v.erase(std::remove(v.begin(), v.end(), std::make_pair(r, la_page)), v.end());
+  if (v.empty()) rmap_.erase(it->second.gpa_page);
+  r->maps.erase(it);
+  mmap(r->base + la_page, 4096, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0);
+}
+
+void ShadowMmu::drop_region_code_page(Region* r, std::uint32_t la_page) {
+  if (!r->code_pages.erase(la_page)) return;
+  for (std::uint32_t eip = la_page; eip < la_page + 4096; ++eip) r->blocks.erase(eip);
+  // Fast-table slots for this page: index = low 16 bits of the EIP.
+  for (std::uint32_t i = 0; i < 4096; ++i) {
+    FastEntry& e = r->fast[(la_page + i) & 0xffff];
+    if (e.neg_eip == -static_cast<std::int64_t>(la_page + i) - 1) e = FastEntry{0, 0};
+  }
+  if (on_code_page_dropped) on_code_page_dropped(r, la_page);
+}
+
+FillResult ShadowMmu::fill(Region* r, const PagingRegs& regs, std::uint32_t la, bool write, std::uint64_t* out) {
+  const std::uint32_t la_page = la & ~0xfffu;
+  Access acc;
+  acc.write = write;
+  acc.user = r->user_view();
+  WalkResult w = walk(phys_, regs, la, acc, true);
+  if (!w.ok) {
+    ++stats.true_faults;
+    *out = w.error;
+    return FillResult::GuestFault;
+  }
+  const std::uint64_t gpa_page = w.pa & kPageMask;
+  if (gpa_page >= phys_.size) {
+    *out = w.pa;
+    return FillResult::Mmio;
+  }
+  if (write && gpa_page != wt_page_ && (code_pages_.count(gpa_page) || derived_.count(gpa_page))) {
+    *out = gpa_page;
+    return FillResult::ProtectedWrite;
+  }
+  Region::Map m{gpa_page, (w.writable || (!acc.user && !regs.wp())) && w.dirty};
+  auto it = r->maps.find(la_page);
+  if (write && dirty_logging_ && !is_dirty(gpa_page)) {
+    mark_dirty(gpa_page);
+    if (it != r->maps.end() && it->second.gpa_page == gpa_page && it->second.guest_writable && m.guest_writable) {
+      ++stats.dirty_log_faults;
+      set_prot_all(gpa_page);  // first write since the last collection
+      return FillResult::Mapped;
+    }
+  }
+  if (it != r->maps.end() && it->second.gpa_page == m.gpa_page && it->second.guest_writable == m.guest_writable) {
+    if (!write || m.guest_writable) return FillResult::Repeat;
+  }
+  if (it != r->maps.end()) unmap(r, la_page);
+  // Trace the tables this mapping was derived from.
+  for (int i = 0; i < w.n_pt; ++i) {
+    auto [dit, fresh] = derived_.try_emplace(w.pt_pages[i]);
+    dit->second.emplace_back(r, la_page);
+    if (fresh) set_prot_all(w.pt_pages[i]);
+  }
+  if (!map_page(r, la_page, gpa_page, prot_for(m))) {
+    // Probably out of VMAs (vm.max_map_count): start over with empty regions.
+    ++stats.map_resets;
+    drop_all();
+    for (int i = 0; i < w.n_pt; ++i) derived_[w.pt_pages[i]].emplace_back(r, la_page);
+    if (!map_page(r, la_page, gpa_page, prot_for(m))) throw std::runtime_error("bt-swmmu: mmap into a shadow region failed");
+  }
+  r->maps[la_page] = m;
+  rmap_[gpa_page].emplace_back(r, la_page);
+  ++stats.hidden_faults;
+  return FillResult::Mapped;
+}
+
+void ShadowMmu::set_prot_all(std::uint64_t gpa_page) {
+  auto it = rmap_.find(gpa_page);
+  if (it == rmap_.end()) return;
+  for (auto& [r, la] : it->second) mprotect(r->base + la, 4096, prot_for(r->maps[la]));
+}
+
+void ShadowMmu::protect_code_page(std::uint64_t gpa_page) {
+  if (code_pages_.insert(gpa_page).second) set_prot_all(gpa_page);
+}
+
+void ShadowMmu::release_code_page(std::uint64_t gpa_page) {
+  if (code_pages_.erase(gpa_page)) set_prot_all(gpa_page);
+}
+
+void ShadowMmu::end_write_through() {
+  const std::uint64_t p = wt_page_;
+  wt_page_ = ~0ull;
+  if (p == ~0ull) return;
+  release_pt_page(p, false);
+  set_prot_all(p);
+}
+
+void ShadowMmu::release_pt_page(std::uint64_t gpa_page, bool count) {
+  auto it = derived_.find(gpa_page);
+  if (it == derived_.end()) return;
+  if (count) ++stats.pt_writes;
+  auto list = std::move(it->second);
+  derived_.erase(it);
+  for (auto& [r, la] : list) {
+    unmap(r, la);
+    drop_region_code_page(r, la);
+  }
+  set_prot_all(gpa_page);
+}
+
+void ShadowMmu::note_code_derivation(Region* r, std::uint32_t la, const WalkResult& w) {
+  const std::uint32_t la_page = la & ~0xfffu;
+  r->code_pages.insert(la_page);
+  for (int i = 0; i < w.n_pt; ++i) {
+    auto [dit, fresh] = derived_.try_emplace(w.pt_pages[i]);
+    dit->second.emplace_back(r, la_page);
+    if (fresh) set_prot_all(w.pt_pages[i]);
+  }
+}
+
+void ShadowMmu::invlpg(std::uint32_t la) {
+  const std::uint32_t la_page = la & ~0xfffu;
+  for (auto& r : regions_) {
+    unmap(r.get(), la_page);
+    drop_region_code_page(r.get(), la_page);
+  }
+}
+
+void ShadowMmu::drop_all() {
+  for (auto& r : regions_) {
+    mmap(r->base, kRegionSize, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0);
+    r->maps.clear();
+    r->blocks.clear();
+    r->code_pages.clear();
+    madvise(r->fast, kFastTableBytes, MADV_DONTNEED);
+  }
+  rmap_.clear();
+  derived_.clear();
+}
+
+void ShadowMmu::collect_dirty(std::vector<std::uint64_t>& bitmap) {
+  const std::size_t words = (phys_.size / 4096 + 63) / 64;
+  if (!dirty_logging_) {
+    dirty_logging_ = true;
+    dirty_.assign(words, 0);
+    bitmap.assign(words, ~0ull);  // everything may have been written before logging began
+    for (auto& [gpa, v] : rmap_) set_prot_all(gpa);
+    return;
+  }
+  bitmap = dirty_;
+  std::fill(dirty_.begin(), dirty_.end(), 0);
+  for (std::size_t w = 0; w < words; ++w) {
+    for (std::uint64_t bits = bitmap[w]; bits; bits &= bits - 1) {
+      const std::uint64_t gpa = (w * 64 + static_cast<std::uint64_t>(__builtin_ctzll(bits))) << 12;
+      set_prot_all(gpa);
+    }
+  }
+}
+
+void ShadowMmu::clear_block_maps() {
+  for (auto& r : regions_) {
+    r->blocks.clear();
+    r->code_pages.clear();
+    madvise(r->fast, kFastTableBytes, MADV_DONTNEED);
+  }
+}
+
+}  // namespace modevisor::bt

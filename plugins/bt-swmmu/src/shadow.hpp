@@ -1,0 +1,182 @@
+// Guest page-table walker and shadow address spaces (the software MMU).
+//
+// A shadow address space ("region") is a 4 GiB PROT_NONE reservation of host
+// address space.  Guest linear page LA mapped by the guest's tables to guest
+// physical page P is an mmap(MAP_FIXED|MAP_SHARED) of the guest-RAM memfd at
+// offset P into region_base + LA, with the protection the guest's tables
+// allow for the region's privilege view.  Translated code reaches guest memory
+// as gs:[LA] with GS base = region base, so the host MMU does the work.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <unordered_map>
+#include <unordered_set>
+#include <vector>
+
+#include "context.hpp"
+
+namespace modevisor::bt {
+
+// Control registers relevant to translation.
+struct PagingRegs {
+  std::uint64_t cr0 = 0x60000010, cr3 = 0, cr4 = 0, efer = 0;
+  bool paging() const { return (cr0 & 0x80000001u) == 0x80000001u; }
+  bool pae() const { return (cr4 >> 5) & 1; }
+  bool pse() const { return (cr4 >> 4) & 1; }
+  bool wp() const { return (cr0 >> 16) & 1; }
+  bool nxe() const { return (efer >> 11) & 1; }
+};
+
+struct Access {
+  bool write = false;
+  bool user = false;   // CPL 3 access
+  bool fetch = false;
+};
+
+// #PF error-code bits.
+inline constexpr std::uint32_t kPfP = 1, kPfW = 2, kPfU = 4, kPfRsvd = 8, kPfI = 16;
+
+struct WalkResult {
+  bool ok = false;
+  std::uint32_t error = 0;      // #PF error code when !ok
+  std::uint64_t pa = 0;         // guest-physical address of the byte
+  bool user = true;             // page reachable from CPL 3
+  bool writable = true;         // guest entries allow writes (R/W chain)
+  bool dirty = true;            // final entry has D set (after this walk)
+  std::uint64_t pt_pages[3] = {};  // guest-physical pages of the tables used
+  int n_pt = 0;
+};
+
+// Guest physical memory as the walker sees it.
+struct PhysMem {
+  std::uint8_t* base = nullptr;
+  std::uint64_t size = 0;
+  std::uint64_t read64(std::uint64_t pa) const;   // 0 outside RAM
+  std::uint32_t read32(std::uint64_t pa) const;
+  void or32(std::uint64_t pa, std::uint32_t bits);  // atomic, ignored outside RAM
+};
+
+// Walk the guest tables for `la`; with set_ad, set Accessed (and Dirty on a
+// write) in the guest entries like the hardware does.
+WalkResult walk(const PhysMem& mem, const PagingRegs& regs, std::uint32_t la, Access acc, bool set_ad);
+
+// Region key: page-table root plus everything that changes the meaning of
+// the tables or the view.
+struct RegionKey {
+  std::uint64_t cr3 = 0;
+  std::uint32_t mode = 0;  // bit0 paging, bit1 PAE, bit2 PSE, bit3 WP, bit4 NXE, bit5 user view
+  bool operator==(const RegionKey&) const = default;
+};
+RegionKey make_region_key(const PagingRegs& regs, bool user_view);
+
+struct Region {
+  RegionKey key;
+  std::uint8_t* base = nullptr;
+  FastEntry* fast = nullptr;
+  std::uint64_t last_use = 0;
+  struct Map {
+    std::uint64_t gpa_page;
+    bool guest_writable;  // the guest's tables (incl. D) allow writes now
+  };
+  std::unordered_map<std::uint32_t, Map> maps;             // LA page -> mapping
+  std::unordered_map<std::uint32_t, void*> blocks;          // guest EIP -> Block* (dispatcher)
+  std::unordered_set<std::uint32_t> code_pages;             // LA pages with entries in `blocks`
+  bool user_view() const { return (key.mode >> 5) & 1; }
+};
+
+enum class FillResult { Mapped, GuestFault, Mmio, ProtectedWrite, Repeat };
+
+struct ShadowStats {
+  std::uint64_t hidden_faults = 0, true_faults = 0, pt_writes = 0;
+  std::uint64_t switches = 0, switch_hits = 0, rebuilds = 0, evictions = 0, map_resets = 0, dirty_log_faults = 0;
+};
+
+class ShadowMmu {
+ public:
+  static constexpr std::size_t kMaxRegions = 64;
+  static constexpr std::uint64_t kRegionSize = 1ull << 32;
+  static constexpr std::uint64_t kRegionGuard = 1ull << 16;  // never mapped: catches accesses wrapping past 4 GiB
+
+  ShadowMmu(std::uint8_t* ram, std::uint64_t ram_size, int fd);
+  ~ShadowMmu();
+  ShadowMmu(const ShadowMmu&) = delete;
+  ShadowMmu& operator=(const ShadowMmu&) = delete;
+
+  const PhysMem& phys() const { return phys_; }
+
+  // Find or create the region for the key (counts switches/rebuilds).
+  Region* activate(const RegionKey& key);
+  Region* active() const { return active_; }
+  bool contains(const void* host_addr, Region** region, std::uint32_t* la) const;
+
+  // Handle an access fault at `la` in `r`.  On GuestFault, *out is the #PF
+  // error code; on Mmio/ProtectedWrite, *out is the guest-physical address.
+  FillResult fill(Region* r, const PagingRegs& regs, std::uint32_t la, bool write, std::uint64_t* out);
+
+  // Translated code lives on this guest-physical page: write-protect it.
+  void protect_code_page(std::uint64_t gpa_page);
+  bool is_code_page(std::uint64_t gpa_page) const { return code_pages_.count(gpa_page) != 0; }
+  bool is_pt_page(std::uint64_t gpa_page) const { return derived_.count(gpa_page) != 0; }
+  // The guest writes a traced page-table page: drop every shadow mapping
+  // derived from it and stop tracing it (re-traced on the next walk through it).
+  void release_pt_page(std::uint64_t gpa_page, bool count = true);
+  // Let one guest instruction write a traced page (it may map itself); then
+  // end_write_through() drops whatever was derived from it meanwhile and
+  // restores the protection.
+  void set_write_through(std::uint64_t gpa_page) { wt_page_ = gpa_page; set_prot_all(gpa_page); }
+  void end_write_through();
+  // Self-modifying code: the code page is no longer protected.
+  void release_code_page(std::uint64_t gpa_page);
+  // A code fetch walk through these tables produced translations at `la` in `r`.
+  void note_code_derivation(Region* r, std::uint32_t la, const WalkResult& w);
+
+  // INVLPG: drop `la` in every region.  Drop everything: drop_all().
+  void invlpg(std::uint32_t la);
+  void drop_all();
+  // Forget dispatcher entries (translations were invalidated).
+  void clear_block_maps();
+
+  // Dirty logging for migration: while on, guest-writable pages are mapped
+  // read-only until their first write after each collection.
+  bool dirty_logging() const { return dirty_logging_; }
+  void mark_dirty(std::uint64_t gpa_page) {
+    const std::uint64_t pfn = gpa_page >> 12;
+    if (pfn < dirty_.size() * 64) dirty_[pfn / 64] |= 1ull << (pfn % 64);
+  }
+  // Returns the pages dirtied since the last call (all pages on the first
+  // call, which starts logging) and write-protects them again.
+  void collect_dirty(std::vector<std::uint64_t>& bitmap);
+
+  ShadowStats stats;
+  std::function<void(Region*, std::uint32_t la_page)> on_code_page_dropped;
+
+ private:
+  void unmap(Region* r, std::uint32_t la_page);
+  void drop_region_code_page(Region* r, std::uint32_t la_page);
+  bool map_page(Region* r, std::uint32_t la_page, std::uint64_t gpa_page, int prot);
+  void set_prot_all(std::uint64_t gpa_page);
+  void destroy(Region* r);
+  int prot_for(const Region::Map& m) const;
+
+  PhysMem phys_;
+  int fd_;
+  std::vector<std::unique_ptr<Region>> regions_;
+  Region* active_ = nullptr;
+  std::uint64_t clock_ = 0;
+  // gpa page -> shadow mappings of it (reverse map)
+  std::unordered_map<std::uint64_t, std::vector<std::pair<Region*, std::uint32_t>>> rmap_;
+  // traced page-table page -> (region, LA page) derived from it
+  std::unordered_map<std::uint64_t, std::vector<std::pair<Region*, std::uint32_t>>> derived_;
+  std::unordered_set<std::uint64_t> code_pages_;
+  std::uint64_t wt_page_ = ~0ull;
+  bool dirty_logging_ = false;
+  std::vector<std::uint64_t> dirty_;  // one bit per 4 KiB page of RAM
+  bool is_dirty(std::uint64_t gpa_page) const {
+    const std::uint64_t pfn = gpa_page >> 12;
+    return pfn < dirty_.size() * 64 && ((dirty_[pfn / 64] >> (pfn % 64)) & 1);
+  }
+};
+
+}  // namespace modevisor::bt

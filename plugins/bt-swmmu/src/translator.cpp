@@ -1,0 +1,926 @@
+#include "translator.hpp"
+
+#include <sys/mman.h>
+
+#include <cstddef>
+#include <algorithm>
+#include <cstring>
+#include <stdexcept>
+
+namespace modevisor::bt {
+
+namespace {
+
+constexpr std::int32_t kOffNextEip = offsetof(Context, next_eip);
+constexpr std::int32_t kOffPatch = offsetof(Context, patch_site);
+constexpr std::int32_t kOffReason = offsetof(Context, exit_reason);
+constexpr std::int32_t kOffFast = offsetof(Context, fast_table);
+constexpr std::int32_t kOffHits = offsetof(Context, indirect_hits);
+
+// ---- operand helpers for Zydis encoder requests -------------------------
+struct Op {
+  ZydisEncoderOperand o{};
+};
+Op R(ZydisRegister r) {
+  Op x;
+  x.o.type = ZYDIS_OPERAND_TYPE_REGISTER;
+  x.o.reg.value = r;
+  return x;
+}
+Op M(ZydisRegister base, std::int64_t disp, unsigned size, ZydisRegister index = ZYDIS_REGISTER_NONE, unsigned scale = 0) {
+  Op x;
+  x.o.type = ZYDIS_OPERAND_TYPE_MEMORY;
+  x.o.mem.base = base;
+  x.o.mem.index = index;
+  x.o.mem.scale = static_cast<ZyanU8>(index == ZYDIS_REGISTER_NONE ? 0 : scale);
+  x.o.mem.displacement = disp;
+  x.o.mem.size = static_cast<ZyanU16>(size);
+  return x;
+}
+Op I(std::int64_t v) {
+  Op x;
+  x.o.type = ZYDIS_OPERAND_TYPE_IMMEDIATE;
+  x.o.imm.s = v;
+  return x;
+}
+
+class Emitter {
+ public:
+  Emitter(std::uint8_t* p, std::uint8_t* end) : start_(p), p_(p), end_(end) {}
+  std::uint8_t* pos() const { return p_; }
+  std::uint32_t off() const { return static_cast<std::uint32_t>(p_ - start_); }
+  bool ok() const { return ok_; }
+  bool enc_failed() const { return enc_failed_; }
+  void reset_to(std::uint8_t* p) {
+    p_ = p;
+    enc_failed_ = false;
+  }
+  void b(std::uint8_t v) {
+    if (p_ < end_) *p_++ = v; else ok_ = false;
+  }
+  void d(std::uint32_t v) {
+    for (int i = 0; i < 4; ++i) b(static_cast<std::uint8_t>(v >> (8 * i)));
+  }
+  // Encode one instruction; `gs` adds the GS segment, `a32` the 32-bit address size.
+  bool ins(ZydisMnemonic m, std::initializer_list<Op> ops, bool gs = false, bool a32 = false) {
+    ZydisEncoderRequest req;
+    std::memset(&req, 0, sizeof(req));
+    req.machine_mode = ZYDIS_MACHINE_MODE_LONG_64;
+    req.mnemonic = m;
+    req.operand_count = static_cast<ZyanU8>(ops.size());
+    int i = 0;
+    for (auto& o : ops) req.operands[i++] = o.o;
+    if (gs) req.prefixes |= ZYDIS_ATTRIB_HAS_SEGMENT_GS;
+    if (a32) req.address_size_hint = ZYDIS_ADDRESS_SIZE_HINT_32;
+    if (m == ZYDIS_MNEMONIC_LEA && req.operands[1].mem.size == 0) {
+      // The encoder wants the memory operand size of LEA to match the address size.
+      for (ZyanU16 sz : {8, 4, 2}) {
+        req.operands[1].mem.size = sz;
+        ZyanUSize len = static_cast<ZyanUSize>(end_ - p_);
+        if (p_ < end_ && ZYAN_SUCCESS(ZydisEncoderEncodeInstruction(&req, p_, &len))) {
+          p_ += len;
+          return true;
+        }
+      }
+    }
+    return raw(req);
+  }
+  bool raw(const ZydisEncoderRequest& req) {
+    ZyanUSize len = static_cast<ZyanUSize>(end_ - p_);
+    if (p_ >= end_ || !ZYAN_SUCCESS(ZydisEncoderEncodeInstruction(&req, p_, &len))) {
+      if (end_ - p_ < 16) ok_ = false; else enc_failed_ = true;
+      return false;
+    }
+    p_ += len;
+    return true;
+  }
+  // jmp rel32 to an absolute target; returns the address of the rel32 field.
+  std::uint8_t* jmp(const void* target) {
+    b(0xe9);
+    std::uint8_t* site = p_;
+    rel32(target);
+    return site;
+  }
+  std::uint8_t* jcc(unsigned cc, const void* target) {
+    b(0x0f);
+    b(static_cast<std::uint8_t>(0x80 | cc));
+    std::uint8_t* site = p_;
+    rel32(target);
+    return site;
+  }
+  void rel32(const void* target) {
+    auto t = reinterpret_cast<std::intptr_t>(target);
+    auto next = reinterpret_cast<std::intptr_t>(p_) + 4;
+    d(static_cast<std::uint32_t>(static_cast<std::int32_t>(t - next)));
+  }
+  static void patch_rel32(std::uint8_t* site, const void* target) {
+    auto t = reinterpret_cast<std::intptr_t>(target);
+    auto next = reinterpret_cast<std::intptr_t>(site) + 4;
+    std::int32_t v = static_cast<std::int32_t>(t - next);
+    std::memcpy(site, &v, 4);
+  }
+
+ private:
+  std::uint8_t* start_;
+  std::uint8_t* p_;
+  std::uint8_t* end_;
+  bool ok_ = true;
+  bool enc_failed_ = false;
+};
+
+// mov [r15+off], imm32 (dword) / qword sign-extended
+void store_ctx32(Emitter& e, std::int32_t off, std::uint32_t v) {
+  e.ins(ZYDIS_MNEMONIC_MOV, {M(ZYDIS_REGISTER_R15, off, 4), I(static_cast<std::int32_t>(v))});
+}
+void store_ctx64(Emitter& e, std::int32_t off, std::int32_t v) {
+  e.ins(ZYDIS_MNEMONIC_MOV, {M(ZYDIS_REGISTER_R15, off, 8), I(v)});
+}
+
+// Where guest ESP lives in host code: r14d, or a borrowed register (swaps).
+thread_local ZydisRegister t_esp32 = ZYDIS_REGISTER_R14D;
+thread_local ZydisRegister t_esp16 = ZYDIS_REGISTER_R14W;
+// Set while translating an MMIO access: memory operands go to this host address.
+thread_local const void* t_redirect = nullptr;
+
+ZydisRegister rename(ZydisRegister r) {
+  switch (r) {
+    case ZYDIS_REGISTER_ESP: return t_esp32;
+    case ZYDIS_REGISTER_SP: return t_esp16;
+    default: return r;
+  }
+}
+
+bool is_string_op(ZydisMnemonic m) {
+  switch (m) {
+    case ZYDIS_MNEMONIC_MOVSB: case ZYDIS_MNEMONIC_MOVSW: case ZYDIS_MNEMONIC_MOVSD:
+    case ZYDIS_MNEMONIC_STOSB: case ZYDIS_MNEMONIC_STOSW: case ZYDIS_MNEMONIC_STOSD:
+    case ZYDIS_MNEMONIC_LODSB: case ZYDIS_MNEMONIC_LODSW: case ZYDIS_MNEMONIC_LODSD:
+    case ZYDIS_MNEMONIC_CMPSB: case ZYDIS_MNEMONIC_CMPSW: case ZYDIS_MNEMONIC_CMPSD:
+    case ZYDIS_MNEMONIC_SCASB: case ZYDIS_MNEMONIC_SCASW: case ZYDIS_MNEMONIC_SCASD:
+    case ZYDIS_MNEMONIC_INSB: case ZYDIS_MNEMONIC_INSW: case ZYDIS_MNEMONIC_INSD:
+    case ZYDIS_MNEMONIC_OUTSB: case ZYDIS_MNEMONIC_OUTSW: case ZYDIS_MNEMONIC_OUTSD:
+      return true;
+    default:
+      return false;
+  }
+}
+
+bool is_fpu_like(const ZydisDecodedInstruction& insn) {
+  switch (insn.meta.isa_ext) {
+    case ZYDIS_ISA_EXT_X87: case ZYDIS_ISA_EXT_MMX: case ZYDIS_ISA_EXT_SSE: case ZYDIS_ISA_EXT_SSE2:
+    case ZYDIS_ISA_EXT_SSE3: case ZYDIS_ISA_EXT_SSSE3: case ZYDIS_ISA_EXT_SSE4: case ZYDIS_ISA_EXT_SSE4A:
+    case ZYDIS_ISA_EXT_AMD3DNOW: case ZYDIS_ISA_EXT_AVX: case ZYDIS_ISA_EXT_AVX2:
+      return true;
+    default:
+      return insn.mnemonic == ZYDIS_MNEMONIC_FWAIT || insn.mnemonic == ZYDIS_MNEMONIC_FXSAVE ||
+             insn.mnemonic == ZYDIS_MNEMONIC_FXRSTOR;
+  }
+}
+
+}  // namespace
+
+InsnClass classify(const ZydisDecodedInstruction& insn, const ZydisDecodedOperand* ops, TKey tkey) {
+  if (insn.address_width != 32) {  // 0x67: matters only where an address or eCX count is formed
+    if (insn.mnemonic == ZYDIS_MNEMONIC_JCXZ || insn.mnemonic == ZYDIS_MNEMONIC_JECXZ ||
+        insn.mnemonic == ZYDIS_MNEMONIC_LOOP || insn.mnemonic == ZYDIS_MNEMONIC_LOOPE ||
+        insn.mnemonic == ZYDIS_MNEMONIC_LOOPNE)
+      return InsnClass::Special;
+    for (unsigned i = 0; i < insn.operand_count; ++i)
+      if (ops[i].type == ZYDIS_OPERAND_TYPE_MEMORY) return InsnClass::Special;  // incl. LEA: 16-bit result
+  }
+  if (insn.attributes & ZYDIS_ATTRIB_IS_PRIVILEGED) return InsnClass::Special;
+  // VEX/EVEX/XOP: not in the guest's CPUID (no AVX; XSAVE state is not kept).
+  if (insn.encoding != ZYDIS_INSTRUCTION_ENCODING_LEGACY && insn.encoding != ZYDIS_INSTRUCTION_ENCODING_3DNOW)
+    return InsnClass::Special;
+  if ((tkey & kTKeyFpuTrap) && is_fpu_like(insn)) return InsnClass::Special;
+  switch (insn.mnemonic) {
+    case ZYDIS_MNEMONIC_JMP:
+    case ZYDIS_MNEMONIC_CALL:
+      if (insn.meta.branch_type == ZYDIS_BRANCH_TYPE_FAR) return InsnClass::Special;
+      return InsnClass::ControlFlow;
+    case ZYDIS_MNEMONIC_RET:
+      if (insn.meta.branch_type == ZYDIS_BRANCH_TYPE_FAR) return InsnClass::Special;  // retf
+      return InsnClass::ControlFlow;
+    case ZYDIS_MNEMONIC_JB: case ZYDIS_MNEMONIC_JBE: case ZYDIS_MNEMONIC_JL: case ZYDIS_MNEMONIC_JLE:
+    case ZYDIS_MNEMONIC_JNB: case ZYDIS_MNEMONIC_JNBE: case ZYDIS_MNEMONIC_JNL: case ZYDIS_MNEMONIC_JNLE:
+    case ZYDIS_MNEMONIC_JNO: case ZYDIS_MNEMONIC_JNP: case ZYDIS_MNEMONIC_JNS: case ZYDIS_MNEMONIC_JNZ:
+    case ZYDIS_MNEMONIC_JO: case ZYDIS_MNEMONIC_JP: case ZYDIS_MNEMONIC_JS: case ZYDIS_MNEMONIC_JZ:
+    case ZYDIS_MNEMONIC_JECXZ: case ZYDIS_MNEMONIC_LOOP: case ZYDIS_MNEMONIC_LOOPE: case ZYDIS_MNEMONIC_LOOPNE:
+      return InsnClass::ControlFlow;
+    case ZYDIS_MNEMONIC_PUSH:
+    case ZYDIS_MNEMONIC_POP:
+      if (ops[0].type == ZYDIS_OPERAND_TYPE_REGISTER &&
+          ZydisRegisterGetClass(ops[0].reg.value) == ZYDIS_REGCLASS_SEGMENT)
+        return InsnClass::Special;
+      return InsnClass::Stack;
+    case ZYDIS_MNEMONIC_LEAVE:
+      return InsnClass::Stack;
+    // Sensitive, privileged-in-effect or invalid in 64-bit mode: the monitor emulates.
+    case ZYDIS_MNEMONIC_CLI: case ZYDIS_MNEMONIC_STI: case ZYDIS_MNEMONIC_PUSHFD: case ZYDIS_MNEMONIC_POPFD:
+    case ZYDIS_MNEMONIC_PUSHF: case ZYDIS_MNEMONIC_POPF:
+    case ZYDIS_MNEMONIC_IN: case ZYDIS_MNEMONIC_OUT: case ZYDIS_MNEMONIC_HLT: case ZYDIS_MNEMONIC_CPUID:
+    case ZYDIS_MNEMONIC_RDTSC: case ZYDIS_MNEMONIC_RDTSCP: case ZYDIS_MNEMONIC_RDMSR: case ZYDIS_MNEMONIC_WRMSR:
+    case ZYDIS_MNEMONIC_RDPMC:
+    case ZYDIS_MNEMONIC_INT: case ZYDIS_MNEMONIC_INT1: case ZYDIS_MNEMONIC_INT3: case ZYDIS_MNEMONIC_INTO:
+    case ZYDIS_MNEMONIC_IRET: case ZYDIS_MNEMONIC_IRETD: case ZYDIS_MNEMONIC_SYSENTER: case ZYDIS_MNEMONIC_SYSEXIT:
+    case ZYDIS_MNEMONIC_SYSCALL: case ZYDIS_MNEMONIC_SYSRET:
+    case ZYDIS_MNEMONIC_SGDT: case ZYDIS_MNEMONIC_SIDT: case ZYDIS_MNEMONIC_SLDT: case ZYDIS_MNEMONIC_STR:
+    case ZYDIS_MNEMONIC_SMSW: case ZYDIS_MNEMONIC_LAR: case ZYDIS_MNEMONIC_LSL: case ZYDIS_MNEMONIC_VERR:
+    case ZYDIS_MNEMONIC_VERW: case ZYDIS_MNEMONIC_ARPL:
+    case ZYDIS_MNEMONIC_LDS: case ZYDIS_MNEMONIC_LES: case ZYDIS_MNEMONIC_LFS: case ZYDIS_MNEMONIC_LGS:
+    case ZYDIS_MNEMONIC_LSS:
+    case ZYDIS_MNEMONIC_PUSHA: case ZYDIS_MNEMONIC_PUSHAD: case ZYDIS_MNEMONIC_POPA: case ZYDIS_MNEMONIC_POPAD:
+    case ZYDIS_MNEMONIC_DAA: case ZYDIS_MNEMONIC_DAS: case ZYDIS_MNEMONIC_AAA: case ZYDIS_MNEMONIC_AAS:
+    case ZYDIS_MNEMONIC_AAM: case ZYDIS_MNEMONIC_AAD: case ZYDIS_MNEMONIC_BOUND: case ZYDIS_MNEMONIC_SALC:
+    case ZYDIS_MNEMONIC_XLAT: case ZYDIS_MNEMONIC_ENTER: case ZYDIS_MNEMONIC_UD0: case ZYDIS_MNEMONIC_UD1:
+    case ZYDIS_MNEMONIC_UD2: case ZYDIS_MNEMONIC_MONITOR: case ZYDIS_MNEMONIC_MWAIT: case ZYDIS_MNEMONIC_XGETBV:
+    case ZYDIS_MNEMONIC_XSETBV: case ZYDIS_MNEMONIC_RSM: case ZYDIS_MNEMONIC_MASKMOVQ:
+    case ZYDIS_MNEMONIC_MASKMOVDQU: case ZYDIS_MNEMONIC_VMASKMOVDQU:
+    case ZYDIS_MNEMONIC_RDFSBASE: case ZYDIS_MNEMONIC_RDGSBASE: case ZYDIS_MNEMONIC_WRFSBASE:
+    case ZYDIS_MNEMONIC_WRGSBASE: case ZYDIS_MNEMONIC_SWAPGS: case ZYDIS_MNEMONIC_RDPID:
+    case ZYDIS_MNEMONIC_XSAVE: case ZYDIS_MNEMONIC_XRSTOR: case ZYDIS_MNEMONIC_XSAVEOPT:
+    case ZYDIS_MNEMONIC_XSAVEC: case ZYDIS_MNEMONIC_XSAVES: case ZYDIS_MNEMONIC_XRSTORS:
+    case ZYDIS_MNEMONIC_FXSAVE64: case ZYDIS_MNEMONIC_FXRSTOR64:
+      return InsnClass::Special;
+    default:
+      break;
+  }
+  if (is_string_op(insn.mnemonic)) return InsnClass::Special;
+  // Anything touching segment, control or debug registers, or an implicit memory operand.
+  for (unsigned i = 0; i < insn.operand_count; ++i) {
+    const auto& o = ops[i];
+    if (o.type == ZYDIS_OPERAND_TYPE_REGISTER) {
+      auto c = ZydisRegisterGetClass(o.reg.value);
+      if (c == ZYDIS_REGCLASS_SEGMENT || c == ZYDIS_REGCLASS_CONTROL || c == ZYDIS_REGCLASS_DEBUG ||
+          c == ZYDIS_REGCLASS_TEST)
+        return InsnClass::Special;
+      if (o.reg.value == ZYDIS_REGISTER_EIP || o.reg.value == ZYDIS_REGISTER_IP) return InsnClass::Special;
+      if ((o.reg.value == ZYDIS_REGISTER_ESP || o.reg.value == ZYDIS_REGISTER_SP) &&
+          o.visibility == ZYDIS_OPERAND_VISIBILITY_HIDDEN)
+        return InsnClass::Special;
+    }
+    if (o.type == ZYDIS_OPERAND_TYPE_MEMORY && o.visibility != ZYDIS_OPERAND_VISIBILITY_EXPLICIT)
+      return InsnClass::Special;
+    if (o.type == ZYDIS_OPERAND_TYPE_POINTER) return InsnClass::Special;
+  }
+  return InsnClass::Plain;
+}
+
+namespace {
+
+// Rewrite a guest memory operand into a host one addressing gs:[32-bit EA].
+// FS/GS-relative guest accesses add the guest segment base at run time
+// (r12/r13 scratch); DS/ES/SS/CS are flat (the monitor refuses other guests).
+bool host_mem(Emitter& e, const ZydisDecodedOperand& op, ZydisEncoderOperand* out, std::int64_t extra_disp = 0) {
+  ZydisRegister base = rename(op.mem.base);
+  ZydisRegister index = rename(op.mem.index);
+  std::int64_t disp = (op.mem.disp.has_displacement ? op.mem.disp.value : 0) + extra_disp;
+  disp = static_cast<std::int32_t>(static_cast<std::uint32_t>(disp));
+  out->type = ZYDIS_OPERAND_TYPE_MEMORY;
+  out->mem.size = static_cast<ZyanU16>(op.size / 8);
+  if (t_redirect) {
+    e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_R13), I(static_cast<std::int64_t>(reinterpret_cast<std::uintptr_t>(t_redirect)))});
+    out->mem.base = ZYDIS_REGISTER_R13;  // 64-bit host address: no GS, no 0x67
+    out->mem.index = ZYDIS_REGISTER_NONE;
+    out->mem.scale = 0;
+    out->mem.displacement = 0;
+    return e.ok();
+  }
+  if (op.mem.segment == ZYDIS_REGISTER_FS || op.mem.segment == ZYDIS_REGISTER_GS) {
+    const int seg = op.mem.segment == ZYDIS_REGISTER_FS ? 4 : 5;
+    if (base == ZYDIS_REGISTER_NONE && index == ZYDIS_REGISTER_NONE) {
+      e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_R13D), I(static_cast<std::int32_t>(disp))});
+    } else {
+      e.ins(ZYDIS_MNEMONIC_LEA, {R(ZYDIS_REGISTER_R13D), M(base, disp, 0, index, op.mem.scale)}, false, true);
+    }
+    e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_R12D), M(ZYDIS_REGISTER_R15, offsetof(Context, seg_base) + 8 * seg, 4)});
+    e.ins(ZYDIS_MNEMONIC_LEA, {R(ZYDIS_REGISTER_R13D), M(ZYDIS_REGISTER_R13, 0, 0, ZYDIS_REGISTER_R12, 1)});
+    out->mem.base = ZYDIS_REGISTER_R13D;
+    out->mem.index = ZYDIS_REGISTER_NONE;
+    out->mem.scale = 0;
+    out->mem.displacement = 0;
+    return e.ok();
+  }
+  if (base == ZYDIS_REGISTER_NONE && index == ZYDIS_REGISTER_NONE && disp < 0) {
+    // An absolute address >= 2 GiB: the encoder would sign-extend a
+    // [disp32] without the address-size prefix, so go through r13d.
+    e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_R13D), I(disp)});
+    out->mem.base = ZYDIS_REGISTER_R13D;
+    out->mem.index = ZYDIS_REGISTER_NONE;
+    out->mem.scale = 0;
+    out->mem.displacement = 0;
+    return e.ok();
+  }
+  out->mem.base = base;
+  out->mem.index = index;
+  out->mem.scale = index == ZYDIS_REGISTER_NONE ? 0 : op.mem.scale;
+  out->mem.displacement = disp;
+  return true;
+}
+
+bool insn_uses(const ZydisDecodedInstruction& insn, const ZydisDecodedOperand* ops, ZydisRegister c) {
+  auto big = [&](ZydisRegister r) {
+    return r != ZYDIS_REGISTER_NONE && ZydisRegisterGetLargestEnclosing(ZYDIS_MACHINE_MODE_LEGACY_32, r) == c;
+  };
+  for (unsigned i = 0; i < insn.operand_count; ++i) {
+    const auto& o = ops[i];
+    if (o.type == ZYDIS_OPERAND_TYPE_REGISTER && big(o.reg.value)) return true;
+    if (o.type == ZYDIS_OPERAND_TYPE_MEMORY && (big(o.mem.base) || big(o.mem.index))) return true;
+  }
+  return false;
+}
+
+const ZydisRegister kBorrow32[3] = {ZYDIS_REGISTER_EBP, ZYDIS_REGISTER_ESI, ZYDIS_REGISTER_EDI};
+const ZydisRegister kBorrow16[3] = {ZYDIS_REGISTER_BP, ZYDIS_REGISTER_SI, ZYDIS_REGISTER_DI};
+const ZydisRegister kBorrow64[3] = {ZYDIS_REGISTER_RBP, ZYDIS_REGISTER_RSI, ZYDIS_REGISTER_RDI};
+const unsigned kBorrowIdx[3] = {5, 6, 7};
+
+// Re-encode a plain guest instruction for 64-bit mode.
+bool reencode(Emitter& e, const ZydisDecodedInstruction& insn, const ZydisDecodedOperand* ops,
+              std::vector<Block::Swap>* swaps = nullptr) {
+  ZydisEncoderRequest req;
+  if (!ZYAN_SUCCESS(ZydisEncoderDecodedInstructionToEncoderRequest(&insn, ops, insn.operand_count_visible, &req)))
+    return false;
+  req.machine_mode = ZYDIS_MACHINE_MODE_LONG_64;
+  req.address_size_hint = ZYDIS_ADDRESS_SIZE_HINT_NONE;
+  req.prefixes &= ~(ZYDIS_ATTRIB_HAS_SEGMENT | ZYDIS_ATTRIB_HAS_SEGMENT_CS | ZYDIS_ATTRIB_HAS_SEGMENT_SS |
+                    ZYDIS_ATTRIB_HAS_SEGMENT_DS | ZYDIS_ATTRIB_HAS_SEGMENT_ES | ZYDIS_ATTRIB_HAS_SEGMENT_FS |
+                    ZYDIS_ATTRIB_HAS_SEGMENT_GS | ZYDIS_ATTRIB_HAS_ADDRESSSIZE);
+  bool has_mem = false;
+  for (unsigned i = 0; i < req.operand_count; ++i) {
+    auto& o = req.operands[i];
+    if (o.type == ZYDIS_OPERAND_TYPE_REGISTER) {
+      o.reg.value = rename(o.reg.value);
+    } else if (o.type == ZYDIS_OPERAND_TYPE_MEMORY) {
+      if (insn.mnemonic == ZYDIS_MNEMONIC_LEA) {
+        o.mem.base = rename(o.mem.base);
+        o.mem.index = rename(o.mem.index);
+        req.address_size_hint = ZYDIS_ADDRESS_SIZE_HINT_32;
+        continue;
+      }
+      // Find the decoded operand for this memory operand (same position).
+      if (!host_mem(e, ops[i], &o)) return false;
+      if (o.mem.base != ZYDIS_REGISTER_R13) has_mem = true;
+    }
+  }
+  if (has_mem) {
+    req.prefixes |= ZYDIS_ATTRIB_HAS_SEGMENT_GS;
+    req.address_size_hint = ZYDIS_ADDRESS_SIZE_HINT_32;
+  }
+  std::uint8_t* before = e.pos();
+  if (e.raw(req)) return true;
+  if (!e.enc_failed() || !swaps) return false;
+  // An r13d-based operand next to AH..BH: move the address into a borrowed register.
+  int mi = -1;
+  for (unsigned i = 0; i < req.operand_count; ++i)
+    if (req.operands[i].type == ZYDIS_OPERAND_TYPE_MEMORY &&
+        (req.operands[i].mem.base == ZYDIS_REGISTER_R13D || req.operands[i].mem.base == ZYDIS_REGISTER_R13))
+      mi = static_cast<int>(i);
+  if (mi < 0) return false;
+  const bool wide = req.operands[mi].mem.base == ZYDIS_REGISTER_R13;  // redirected host address
+  for (int c = 0; c < 3; ++c) {
+    if (insn_uses(insn, ops, kBorrow32[c])) continue;
+    e.reset_to(before);
+    e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_R12), R(kBorrow64[c])});
+    if (wide) e.ins(ZYDIS_MNEMONIC_MOV, {R(kBorrow64[c]), R(ZYDIS_REGISTER_R13)});
+    else e.ins(ZYDIS_MNEMONIC_MOV, {R(kBorrow32[c]), R(ZYDIS_REGISTER_R13D)});
+    const std::uint32_t begin = e.off();
+    req.operands[mi].mem.base = wide ? kBorrow64[c] : kBorrow32[c];
+    if (!e.raw(req)) return false;
+    const std::uint32_t end = e.off();
+    e.ins(ZYDIS_MNEMONIC_MOV, {R(kBorrow64[c]), R(ZYDIS_REGISTER_R12)});
+    swaps->push_back({begin, end, kBorrowIdx[c], false});
+    return e.ok() && !e.enc_failed();
+  }
+  return false;
+}
+
+const ZydisRegister kR14D = ZYDIS_REGISTER_R14D;
+const ZydisRegister kR13D = ZYDIS_REGISTER_R13D;
+const ZydisRegister kR11D = ZYDIS_REGISTER_R11D;
+
+ZydisRegister sized(ZydisRegister r32, unsigned bytes) {
+  // r11d/r13d -> r11w/r13w
+  if (bytes == 4) return r32;
+  if (r32 == kR11D) return ZYDIS_REGISTER_R11W;
+  if (r32 == kR13D) return ZYDIS_REGISTER_R13W;
+  return r32;
+}
+
+}  // namespace
+
+Translator::Translator(std::size_t cache_bytes) {
+  void* p = mmap(nullptr, cache_bytes, PROT_READ | PROT_WRITE | PROT_EXEC, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) throw std::runtime_error("bt-swmmu: cannot allocate the translation cache");
+  cache_ = static_cast<std::uint8_t*>(p);
+  cache_end_ = cache_ + cache_bytes;
+  cur_ = cache_;
+  ZydisDecoderInit(&decoder_, ZYDIS_MACHINE_MODE_LEGACY_32, ZYDIS_STACK_WIDTH_32);
+  emit_routines();
+}
+
+Translator::~Translator() { munmap(cache_, static_cast<std::size_t>(cache_end_ - cache_)); }
+
+void Translator::emit_routines() {
+  Emitter e(cur_, cache_end_);
+  using namespace std;
+  auto gpr = [](int i) { return static_cast<std::int32_t>(8 * i); };
+  const ZydisRegister g32[8] = {ZYDIS_REGISTER_EAX, ZYDIS_REGISTER_ECX, ZYDIS_REGISTER_EDX, ZYDIS_REGISTER_EBX,
+                                ZYDIS_REGISTER_R14D, ZYDIS_REGISTER_EBP, ZYDIS_REGISTER_ESI, ZYDIS_REGISTER_EDI};
+  const ZydisRegister g64[8] = {ZYDIS_REGISTER_RAX, ZYDIS_REGISTER_RCX, ZYDIS_REGISTER_RDX, ZYDIS_REGISTER_RBX,
+                                ZYDIS_REGISTER_R14, ZYDIS_REGISTER_RBP, ZYDIS_REGISTER_RSI, ZYDIS_REGISTER_RDI};
+  const ZydisRegister saved[6] = {ZYDIS_REGISTER_RBX, ZYDIS_REGISTER_RBP, ZYDIS_REGISTER_R12,
+                                  ZYDIS_REGISTER_R13, ZYDIS_REGISTER_R14, ZYDIS_REGISTER_R15};
+  // entry(rdi = ctx, rsi = host code)
+  entry_ = e.pos();
+  for (auto r : saved) e.ins(ZYDIS_MNEMONIC_PUSH, {R(r)});
+  e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_R15), R(ZYDIS_REGISTER_RDI)});
+  e.ins(ZYDIS_MNEMONIC_MOV, {M(ZYDIS_REGISTER_R15, offsetof(Context, host_rsp), 8), R(ZYDIS_REGISTER_RSP)});
+  e.ins(ZYDIS_MNEMONIC_STMXCSR, {M(ZYDIS_REGISTER_R15, offsetof(Context, host_mxcsr), 4)});
+  e.ins(ZYDIS_MNEMONIC_FNSTCW, {M(ZYDIS_REGISTER_R15, offsetof(Context, host_fcw), 2)});
+  e.ins(ZYDIS_MNEMONIC_FXRSTOR, {M(ZYDIS_REGISTER_R15, offsetof(Context, guest_fx), 512)});
+  e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_R13), R(ZYDIS_REGISTER_RSI)});
+  e.ins(ZYDIS_MNEMONIC_PUSH, {M(ZYDIS_REGISTER_R15, offsetof(Context, rflags), 8)});
+  e.ins(ZYDIS_MNEMONIC_POPFQ, {});
+  for (int i = 0; i < 8; ++i) e.ins(ZYDIS_MNEMONIC_MOV, {R(g32[i]), M(ZYDIS_REGISTER_R15, gpr(i), 4)});
+  e.ins(ZYDIS_MNEMONIC_JMP, {R(ZYDIS_REGISTER_R13)});
+  // exit: guest state in host registers
+  exit_ = e.pos();
+  e.ins(ZYDIS_MNEMONIC_PUSHFQ, {});
+  e.ins(ZYDIS_MNEMONIC_POP, {M(ZYDIS_REGISTER_R15, offsetof(Context, rflags), 8)});
+  for (int i = 0; i < 8; ++i) e.ins(ZYDIS_MNEMONIC_MOV, {M(ZYDIS_REGISTER_R15, gpr(i), 8), R(g64[i])});
+  // exit after a fault: the handler stored the registers already
+  exit_signal_ = e.pos();
+  e.ins(ZYDIS_MNEMONIC_CLD, {});
+  e.ins(ZYDIS_MNEMONIC_FXSAVE, {M(ZYDIS_REGISTER_R15, offsetof(Context, guest_fx), 512)});
+  e.ins(ZYDIS_MNEMONIC_FNINIT, {});
+  e.ins(ZYDIS_MNEMONIC_LDMXCSR, {M(ZYDIS_REGISTER_R15, offsetof(Context, host_mxcsr), 4)});
+  e.ins(ZYDIS_MNEMONIC_FLDCW, {M(ZYDIS_REGISTER_R15, offsetof(Context, host_fcw), 2)});
+  e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_RSP), M(ZYDIS_REGISTER_R15, offsetof(Context, host_rsp), 8)});
+  e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_RAX), M(ZYDIS_REGISTER_R15, kOffReason, 8)});
+  for (int i = 5; i >= 0; --i) e.ins(ZYDIS_MNEMONIC_POP, {R(saved[i])});
+  e.ins(ZYDIS_MNEMONIC_RET, {});
+  if (!e.ok()) throw std::runtime_error("bt-swmmu: emitting the entry/exit routines failed");
+  cur_ = e.pos();
+  cur_ = reinterpret_cast<std::uint8_t*>((reinterpret_cast<std::uintptr_t>(cur_) + 63) & ~std::uintptr_t(63));
+  blocks_start_ = cur_;
+}
+
+std::uint64_t Translator::enter(Context* ctx, const void* host) {
+  using Fn = std::uint64_t (*)(Context*, const void*);
+  return reinterpret_cast<Fn>(entry_)(ctx, host);
+}
+
+Block* Translator::find(std::uint32_t eip, std::uint64_t pa, TKey tkey) {
+  auto it = blocks_.find(Key{eip, pa, tkey});
+  return it == blocks_.end() ? nullptr : it->second;
+}
+
+Block* Translator::block_at(std::uintptr_t pc) const {
+  auto it = by_host_.upper_bound(pc);
+  if (it == by_host_.begin()) return nullptr;
+  --it;
+  Block* b = it->second;
+  if (pc >= reinterpret_cast<std::uintptr_t>(b->host) + b->host_size) return nullptr;
+  return b;
+}
+
+std::uint32_t Translator::guest_eip_at(const Block* b, std::uintptr_t pc) const {
+  const std::uint32_t off = static_cast<std::uint32_t>(pc - reinterpret_cast<std::uintptr_t>(b->host));
+  std::uint32_t eip = b->eip;
+  for (auto& [o, e] : b->side) {
+    if (o > off) break;
+    eip = e;
+  }
+  return eip;
+}
+
+void Translator::chain(std::uint64_t site, const Block* b) {
+  Emitter::patch_rel32(reinterpret_cast<std::uint8_t*>(site), b->entry);
+  ++stats.chains;
+}
+
+bool Translator::invalidate_page(std::uint64_t pa_page) {
+  auto it = by_page_.find(pa_page);
+  if (it == by_page_.end()) return false;
+  auto list = std::move(it->second);
+  by_page_.erase(it);
+  for (Block* b : list) {
+    if (!b->valid) continue;
+    b->valid = false;
+    blocks_.erase(Key{b->eip, b->pa_page[0] | (b->eip & 0xfff), b->tkey});
+    for (int i = 0; i < b->n_pages; ++i) {
+      if (b->pa_page[i] == pa_page) continue;
+      auto o = by_page_.find(b->pa_page[i]);
+      if (o != by_page_.end()) std::erase(o->second, b);
+    }
+  }
+  ++stats.smc_invalidations;
+  return true;
+}
+
+void Translator::flush() {
+  blocks_.clear();
+  by_page_.clear();
+  by_host_.clear();
+  all_.clear();
+  cur_ = blocks_start_;
+  ++stats.flushes;
+}
+
+TranslateStatus Translator::translate(std::uint32_t eip, TKey tkey, const CodeWindow& code, Block** out,
+                                      std::uint32_t max_insns, bool transient, const void* redirect_mem) {
+  struct RedirectScope {
+    explicit RedirectScope(const void* p) { t_redirect = p; }
+    ~RedirectScope() { t_redirect = nullptr; }
+  } redirect_scope(redirect_mem);
+  *out = nullptr;
+  auto blk = std::make_unique<Block>();
+  Block* b = blk.get();
+  b->eip = eip;
+  b->tkey = tkey;
+  b->pa_page[0] = code.pa_page[0];
+  b->host = cur_;
+
+  Emitter e(cur_, cache_end_);
+  const std::uint32_t page_end = (eip & ~0xfffu) + 0x1000;
+
+  // Entry: poll the dispatcher's page (faults when the vCPU must stop by).
+  b->entry = e.pos();
+  e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_R13D), M(ZYDIS_REGISTER_R15, kPollOffset, 4)});
+
+  // Pending exits: patch sites that need a stub after the body.
+  struct Stub {
+    std::uint8_t* site;   // rel32 to point at the stub
+    std::uint32_t target;
+    bool chainable;
+    std::uint64_t reason;
+  };
+  std::vector<Stub> stubs;
+  auto direct_exit = [&](std::uint32_t target, std::uint32_t insn_eip) {
+    std::uint8_t* site = e.jmp(e.pos());  // fixed up below
+    bool chainable = (target & ~0xfffu) == (insn_eip & ~0xfffu);
+    stubs.push_back({site, target, chainable, kExitDispatch});
+  };
+  auto lookup = [&]() {
+    // target guest EIP in r13d; flags preserved
+    e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_R12), R(ZYDIS_REGISTER_RCX)});
+    e.ins(ZYDIS_MNEMONIC_MOVZX, {R(ZYDIS_REGISTER_ECX), R(ZYDIS_REGISTER_R13W)});
+    e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_R11), M(ZYDIS_REGISTER_R15, kOffFast, 8)});
+    e.ins(ZYDIS_MNEMONIC_LEA, {R(ZYDIS_REGISTER_R11), M(ZYDIS_REGISTER_R11, 0, 0, ZYDIS_REGISTER_RCX, 8)});
+    e.ins(ZYDIS_MNEMONIC_LEA, {R(ZYDIS_REGISTER_R11), M(ZYDIS_REGISTER_R11, 0, 0, ZYDIS_REGISTER_RCX, 8)});
+    e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_RCX), M(ZYDIS_REGISTER_R11, 0, 8)});
+    e.ins(ZYDIS_MNEMONIC_LEA, {R(ZYDIS_REGISTER_RCX), M(ZYDIS_REGISTER_RCX, 1, 0, ZYDIS_REGISTER_R13, 1)});
+    e.b(0xe3);
+    std::uint8_t* rel = e.pos();
+    e.b(0);
+    // miss
+    e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_RCX), R(ZYDIS_REGISTER_R12)});
+    e.ins(ZYDIS_MNEMONIC_MOV, {M(ZYDIS_REGISTER_R15, kOffNextEip, 4), R(ZYDIS_REGISTER_R13D)});
+    store_ctx64(e, kOffPatch, 0);
+    store_ctx64(e, kOffReason, kExitIndirectMiss);
+    e.jmp(exit_);
+    *rel = static_cast<std::uint8_t>(e.pos() - (rel + 1));
+    // hit
+    e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_RCX), R(ZYDIS_REGISTER_R12)});
+    e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_R12), M(ZYDIS_REGISTER_R15, kOffHits, 8)});
+    e.ins(ZYDIS_MNEMONIC_LEA, {R(ZYDIS_REGISTER_R12), M(ZYDIS_REGISTER_R12, 1, 0)});
+    e.ins(ZYDIS_MNEMONIC_MOV, {M(ZYDIS_REGISTER_R15, kOffHits, 8), R(ZYDIS_REGISTER_R12)});
+    e.ins(ZYDIS_MNEMONIC_JMP, {M(ZYDIS_REGISTER_R11, 8, 8)});
+  };
+  // Load the value of operand `op` (register or memory) into r13d.
+  auto load_r13 = [&](const ZydisDecodedOperand& op) {
+    if (op.type == ZYDIS_OPERAND_TYPE_REGISTER) return e.ins(ZYDIS_MNEMONIC_MOV, {R(kR13D), R(rename(op.reg.value))});
+    ZydisEncoderOperand m{};
+    if (!host_mem(e, op, &m)) return false;
+    Op mo;
+    mo.o = m;
+    return e.ins(ZYDIS_MNEMONIC_MOV, {R(kR13D), mo}, true, true);
+  };
+  auto push_value = [&](Op value, unsigned bytes) {
+    e.ins(ZYDIS_MNEMONIC_MOV, {M(kR14D, -static_cast<std::int64_t>(bytes), bytes), value}, true, true);
+    e.ins(ZYDIS_MNEMONIC_LEA, {R(kR14D), M(ZYDIS_REGISTER_R14, -static_cast<std::int64_t>(bytes), 0)});
+  };
+
+  // If an interrupt was waiting for IF at dispatch, leave after opening IF.
+  // If an interrupt was waiting for IF at dispatch (ctx->irq_hint), leave
+  // at `resume` after IF was opened; flags untouched.
+  auto window_exit = [&](std::uint32_t resume) {
+    e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_R13), R(ZYDIS_REGISTER_RCX)});
+    e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_ECX), M(ZYDIS_REGISTER_R15, offsetof(Context, irq_hint), 4)});
+    e.b(0xe3);  // jrcxz no_hint
+    std::uint8_t* rel = e.pos();
+    e.b(0);
+    e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_RCX), R(ZYDIS_REGISTER_R13)});
+    store_ctx32(e, kOffNextEip, resume);
+    store_ctx64(e, kOffReason, kExitStiWindow);
+    store_ctx64(e, kOffPatch, 0);
+    e.jmp(exit_);
+    *rel = static_cast<std::uint8_t>(e.pos() - (rel + 1));
+    e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_RCX), R(ZYDIS_REGISTER_R13)});  // no_hint:
+  };
+  std::uint32_t pc = eip;
+  bool ended = false;
+  bool sti_window_after_next = false;  // set by an inline STI
+  TranslateStatus status = TranslateStatus::Ok;
+  while (!ended) {
+    const std::uint32_t off = pc - eip;
+    if (off >= code.first_page_bytes) {  // reached the next page: end the block
+      direct_exit(pc, pc - 1);
+      break;
+    }
+    ZydisDecodedInstruction insn;
+    ZydisDecodedOperand ops[ZYDIS_MAX_OPERAND_COUNT];
+    ZyanStatus st = ZydisDecoderDecodeFull(&decoder_, code.bytes + off, code.total - off, &insn, ops);
+    if (!ZYAN_SUCCESS(st)) {
+      if (b->n_insns == 0) {
+        // Ran out of fetchable bytes (next page not present) or invalid opcode.
+        bool truncated = st == ZYDIS_STATUS_NO_MORE_DATA && code.total < code.first_page_bytes + 15;
+        status = truncated ? TranslateStatus::FetchFault : TranslateStatus::Undefined;
+        b->special = true;
+        break;
+      }
+      store_ctx32(e, kOffNextEip, pc);
+      store_ctx64(e, kOffReason, kExitDispatch);
+      store_ctx64(e, kOffPatch, 0);
+      e.jmp(exit_);
+      break;
+    }
+    if (off + insn.length > code.first_page_bytes) {
+      // Straddles into the next page.
+      if (b->n_insns != 0) {
+        direct_exit(pc, pc - 1);
+        break;
+      }
+      b->pa_page[1] = code.pa_page[1];
+      b->n_pages = 2;
+    }
+    const std::uint32_t next = pc + insn.length;
+    InsnClass cls = classify(insn, ops, tkey);
+    // Inline forms of two hot sensitive instructions (irqsave paths).
+    const bool inline_pushf = insn.mnemonic == ZYDIS_MNEMONIC_PUSHFD && insn.operand_width == 32;
+    const bool cpl0 = !(tkey & (kTKeyUser | kTKeyRing12));
+    const bool inline_cli = insn.mnemonic == ZYDIS_MNEMONIC_CLI && cpl0;
+    const bool inline_popf = insn.mnemonic == ZYDIS_MNEMONIC_POPFD && insn.operand_width == 32 && cpl0;
+    bool inline_sti = false;
+    if (insn.mnemonic == ZYDIS_MNEMONIC_STI && cpl0 && b->n_insns + 2 < max_insns) {
+      // Only when the next instruction runs in this block too: then the STI
+      // shadow holds by construction (no block-entry poll in between).
+      ZydisDecodedInstruction nx;
+      ZydisDecodedOperand nops[ZYDIS_MAX_OPERAND_COUNT];
+      const std::uint32_t noff = off + insn.length;
+      inline_sti = noff < code.first_page_bytes &&
+                   ZYAN_SUCCESS(ZydisDecoderDecodeFull(&decoder_, code.bytes + noff, code.total - noff, &nx, nops)) &&
+                   noff + nx.length <= code.first_page_bytes && classify(nx, nops, tkey) != InsnClass::Special &&
+                   classify(nx, nops, tkey) != InsnClass::ControlFlow && nx.mnemonic != ZYDIS_MNEMONIC_STI &&
+                   nx.mnemonic != ZYDIS_MNEMONIC_POPFD;
+    }
+    if (inline_pushf || inline_cli || inline_popf || inline_sti) cls = InsnClass::Stack;
+    if (cls == InsnClass::Special) {
+      if (b->n_insns == 0) {
+        b->special = true;
+        status = TranslateStatus::Special;
+        b->end_eip = next;
+        break;
+      }
+      store_ctx32(e, kOffNextEip, pc);
+      store_ctx64(e, kOffReason, kExitSpecial);
+      store_ctx64(e, kOffPatch, 0);
+      e.jmp(exit_);
+      break;
+    }
+    std::uint8_t* insn_start = e.pos();
+    b->side.emplace_back(e.off(), pc);
+    bool ok = true;
+    if (cls == InsnClass::Plain) {
+      ok = reencode(e, insn, ops, &b->swaps);
+      if (!ok && e.enc_failed()) {
+        // Typically ESP addressing plus AH..BH: borrow EBP/ESI/EDI for ESP.
+        const ZydisRegister* cand32 = kBorrow32;
+        const ZydisRegister* cand16 = kBorrow16;
+        const ZydisRegister* cand64 = kBorrow64;
+        const unsigned* cand_idx = kBorrowIdx;
+        auto used = [&](ZydisRegister c) { return insn_uses(insn, ops, c); };
+        for (int c = 0; c < 3 && !ok; ++c) {
+          if (used(cand32[c])) continue;
+          e.reset_to(insn_start);
+          e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_R12), R(cand64[c])});
+          e.ins(ZYDIS_MNEMONIC_MOV, {R(cand32[c]), R(kR14D)});
+          const std::uint32_t begin = e.off();
+          t_esp32 = cand32[c];
+          t_esp16 = cand16[c];
+          ok = reencode(e, insn, ops);
+          t_esp32 = ZYDIS_REGISTER_R14D;
+          t_esp16 = ZYDIS_REGISTER_R14W;
+          const std::uint32_t end = e.off();
+          e.ins(ZYDIS_MNEMONIC_MOV, {R(kR14D), R(cand32[c])});
+          e.ins(ZYDIS_MNEMONIC_MOV, {R(cand64[c]), R(ZYDIS_REGISTER_R12)});
+          if (ok && !e.enc_failed()) b->swaps.push_back({begin, end, cand_idx[c]});
+          else ok = false;
+        }
+      }
+    } else if (cls == InsnClass::Stack) {
+      const unsigned sz = insn.operand_width / 8;
+      if (inline_cli) {
+        // IF lives in byte 1 of ctx->sysflags (with TF, which is not supported).
+        ok = e.ins(ZYDIS_MNEMONIC_MOV, {M(ZYDIS_REGISTER_R15, offsetof(Context, sysflags) + 1, 1), I(0)});
+      } else if (inline_sti) {
+        // IF=1; with an interrupt waiting, leave *after the next instruction*:
+        // translate that one here, then the window exit.
+        ok = e.ins(ZYDIS_MNEMONIC_MOV, {M(ZYDIS_REGISTER_R15, offsetof(Context, sysflags) + 1, 1), I(2)});
+        sti_window_after_next = true;
+      } else if (inline_popf) {
+        constexpr std::int32_t kSysMask = 0x257200;  // IF IOPL NT AC ID (TF not supported)
+        ok = e.ins(ZYDIS_MNEMONIC_MOV, {R(kR13D), M(kR14D, 0, 4)}, true, true) &&
+             e.ins(ZYDIS_MNEMONIC_LEA, {R(kR14D), M(ZYDIS_REGISTER_R14, 4, 0)}) &&
+             e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_R12D), R(kR13D)}) &&
+             e.ins(ZYDIS_MNEMONIC_AND, {R(ZYDIS_REGISTER_R12D), I(kSysMask)}) &&
+             e.ins(ZYDIS_MNEMONIC_MOV, {R(kR11D), M(ZYDIS_REGISTER_R15, offsetof(Context, sysflags), 4)}) &&
+             e.ins(ZYDIS_MNEMONIC_AND, {R(kR11D), I(~kSysMask)}) &&
+             e.ins(ZYDIS_MNEMONIC_OR, {R(kR11D), R(ZYDIS_REGISTER_R12D)}) &&
+             e.ins(ZYDIS_MNEMONIC_MOV, {M(ZYDIS_REGISTER_R15, offsetof(Context, sysflags), 4), R(kR11D)}) &&
+             e.ins(ZYDIS_MNEMONIC_AND, {R(kR13D), I(0xcd5)}) &&
+             e.ins(ZYDIS_MNEMONIC_OR, {R(kR13D), I(0x202)}) &&
+             e.ins(ZYDIS_MNEMONIC_PUSH, {R(ZYDIS_REGISTER_R13)}) &&
+             e.ins(ZYDIS_MNEMONIC_POPFQ, {});
+        window_exit(next);
+      } else if (inline_pushf) {
+        // Merge host arithmetic flags with the monitor's system flags; flags
+        // are restored before the (possibly faulting) store.
+        ok = e.ins(ZYDIS_MNEMONIC_PUSHFQ, {}) &&
+             e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_R13), M(ZYDIS_REGISTER_RSP, 0, 8)}) &&
+             e.ins(ZYDIS_MNEMONIC_AND, {R(kR13D), I(0xcd5)}) &&
+             e.ins(ZYDIS_MNEMONIC_OR, {R(kR13D), M(ZYDIS_REGISTER_R15, offsetof(Context, sysflags), 4)}) &&
+             e.ins(ZYDIS_MNEMONIC_POPFQ, {});
+        push_value(R(kR13D), 4);
+      } else if (insn.mnemonic == ZYDIS_MNEMONIC_LEAVE) {
+        // mov esp, ebp; pop ebp  (load first: restartable)
+        ok = e.ins(ZYDIS_MNEMONIC_MOV, {R(kR11D), M(ZYDIS_REGISTER_EBP, 0, 4)}, true, true) &&
+             e.ins(ZYDIS_MNEMONIC_LEA, {R(kR14D), M(ZYDIS_REGISTER_RBP, 4, 0)}) &&
+             e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_EBP), R(kR11D)});
+        if (insn.operand_width != 32) ok = false;
+      } else if (insn.mnemonic == ZYDIS_MNEMONIC_PUSH) {
+        const auto& o = ops[0];
+        if (o.type == ZYDIS_OPERAND_TYPE_REGISTER) {
+          push_value(R(rename(o.reg.value)), sz);
+        } else if (o.type == ZYDIS_OPERAND_TYPE_IMMEDIATE) {
+          std::int64_t v = o.imm.value.s;
+          if (sz == 2) v = static_cast<std::int16_t>(v);
+          else v = static_cast<std::int32_t>(v);
+          push_value(I(v), sz);
+        } else {
+          ZydisEncoderOperand m{};
+          ok = host_mem(e, o, &m);
+          Op mo;
+          mo.o = m;
+          ok = ok && e.ins(ZYDIS_MNEMONIC_MOV, {R(sized(kR11D, sz)), mo}, true, true);
+          push_value(R(sized(kR11D, sz)), sz);
+        }
+      } else {  // POP
+        const auto& o = ops[0];
+        if (o.type == ZYDIS_OPERAND_TYPE_REGISTER) {
+          ZydisRegister r = rename(o.reg.value);
+          ok = e.ins(ZYDIS_MNEMONIC_MOV, {R(r), M(kR14D, 0, sz)}, true, true);
+          if (r != kR14D && r != ZYDIS_REGISTER_R14W)
+            ok = ok && e.ins(ZYDIS_MNEMONIC_LEA, {R(kR14D), M(ZYDIS_REGISTER_R14, sz, 0)});
+        } else {
+          ok = e.ins(ZYDIS_MNEMONIC_MOV, {R(sized(kR11D, sz)), M(kR14D, 0, sz)}, true, true);
+          ZydisEncoderOperand m{};
+          // The destination address uses ESP after the increment.
+          bool esp_based = o.mem.base == ZYDIS_REGISTER_ESP;
+          ok = ok && host_mem(e, o, &m, esp_based ? sz : 0);
+          Op mo;
+          mo.o = m;
+          ok = ok && e.ins(ZYDIS_MNEMONIC_MOV, {mo, R(sized(kR11D, sz))}, true, true);
+          ok = ok && e.ins(ZYDIS_MNEMONIC_LEA, {R(kR14D), M(ZYDIS_REGISTER_R14, sz, 0)});
+        }
+      }
+    } else {  // control flow
+      ended = true;
+      switch (insn.mnemonic) {
+        case ZYDIS_MNEMONIC_JMP:
+          if (ops[0].type == ZYDIS_OPERAND_TYPE_IMMEDIATE) {
+            direct_exit(static_cast<std::uint32_t>(next + ops[0].imm.value.s), pc);
+          } else {
+            ok = load_r13(ops[0]);
+            lookup();
+          }
+          break;
+        case ZYDIS_MNEMONIC_CALL:
+          if (insn.operand_width != 32) { ok = false; break; }
+          if (ops[0].type == ZYDIS_OPERAND_TYPE_IMMEDIATE) {
+            push_value(I(static_cast<std::int32_t>(next)), 4);
+            direct_exit(static_cast<std::uint32_t>(next + ops[0].imm.value.s), pc);
+          } else {
+            ok = load_r13(ops[0]);
+            push_value(I(static_cast<std::int32_t>(next)), 4);
+            lookup();
+          }
+          break;
+        case ZYDIS_MNEMONIC_RET: {
+          if (insn.operand_width != 32) { ok = false; break; }
+          std::int64_t extra = insn.operand_count_visible > 0 && ops[0].type == ZYDIS_OPERAND_TYPE_IMMEDIATE ? ops[0].imm.value.u : 0;
+          ok = e.ins(ZYDIS_MNEMONIC_MOV, {R(kR13D), M(kR14D, 0, 4)}, true, true) &&
+               e.ins(ZYDIS_MNEMONIC_LEA, {R(kR14D), M(ZYDIS_REGISTER_R14, 4 + extra, 0)});
+          lookup();
+          break;
+        }
+        case ZYDIS_MNEMONIC_JECXZ: case ZYDIS_MNEMONIC_LOOP: case ZYDIS_MNEMONIC_LOOPE:
+        case ZYDIS_MNEMONIC_LOOPNE: {
+          const std::uint32_t target = static_cast<std::uint32_t>(next + ops[0].imm.value.s);
+          e.b(0x67);
+          e.b(insn.mnemonic == ZYDIS_MNEMONIC_JECXZ ? 0xe3 : insn.mnemonic == ZYDIS_MNEMONIC_LOOP ? 0xe2
+              : insn.mnemonic == ZYDIS_MNEMONIC_LOOPE ? 0xe1 : 0xe0);
+          e.b(5);
+          direct_exit(next, pc);
+          direct_exit(target, pc);
+          break;
+        }
+        default: {  // Jcc
+          if (insn.operand_width != 32 && insn.operand_width != 0) { /* jcc rel16 */ }
+          const unsigned cc = insn.opcode & 0xf;
+          const std::uint32_t target = static_cast<std::uint32_t>(next + ops[0].imm.value.s);
+          std::uint8_t* site = e.jcc(cc, e.pos());
+          stubs.push_back({site, target, (target & ~0xfffu) == (pc & ~0xfffu), kExitDispatch});
+          direct_exit(next, pc);
+          break;
+        }
+      }
+    }
+    if (!e.ok()) throw std::runtime_error("bt-swmmu: translation cache overflow");
+    if (!ok || e.enc_failed()) {
+      // Could not translate this one: leave it to the monitor.
+      if (b->n_insns != 0) {
+        Emitter back(insn_start, cache_end_);
+        e = back;
+        b->side.pop_back();
+        stubs.erase(std::remove_if(stubs.begin(), stubs.end(), [&](auto& s) { return s.site >= insn_start; }),
+                    stubs.end());
+        store_ctx32(e, kOffNextEip, pc);
+        store_ctx64(e, kOffReason, kExitSpecial);
+        store_ctx64(e, kOffPatch, 0);
+        e.jmp(exit_);
+        break;
+      }
+      e = Emitter(b->host, cache_end_);
+      b->special = true;
+      status = TranslateStatus::Special;
+      b->end_eip = next;
+      b->side.clear();
+      stubs.clear();
+      break;
+    }
+    ++b->n_insns;
+    pc = next;
+    if (sti_window_after_next && !inline_sti && !ended) {
+      window_exit(pc);  // the STI shadow covered the instruction just emitted
+      sti_window_after_next = false;
+    }
+    if (!ended && b->n_insns >= max_insns) {
+      direct_exit(pc, pc - 1);
+      ended = true;
+    }
+    if (pc >= page_end && !ended) {
+      direct_exit(pc, pc - 1);
+      ended = true;
+    }
+  }
+  // Exit stubs.
+  for (auto& s : stubs) {
+    Emitter::patch_rel32(s.site, e.pos());
+    store_ctx32(e, kOffNextEip, s.target);
+    store_ctx64(e, kOffReason, s.reason);
+    if (s.chainable) {
+      // lea r13, [rip + (site - next)] ; mov [r15+patch], r13
+      e.b(0x4c);
+      e.b(0x8d);
+      e.b(0x2d);
+      e.d(static_cast<std::uint32_t>(static_cast<std::int32_t>(s.site - (e.pos() + 4))));
+      e.ins(ZYDIS_MNEMONIC_MOV, {M(ZYDIS_REGISTER_R15, kOffPatch, 8), R(ZYDIS_REGISTER_R13)});
+    } else {
+      store_ctx64(e, kOffPatch, 0);
+    }
+    e.jmp(exit_);
+  }
+  if (!e.ok()) throw std::runtime_error("bt-swmmu: translation cache overflow");
+  if (!b->special) b->end_eip = pc;
+  b->host_size = static_cast<std::uint32_t>(e.pos() - b->host);
+  if (b->special) {
+    b->host_size = 0;
+    b->entry = nullptr;
+  } else {
+    cur_ = reinterpret_cast<std::uint8_t*>((reinterpret_cast<std::uintptr_t>(e.pos()) + 15) & ~std::uintptr_t(15));
+    by_host_[reinterpret_cast<std::uintptr_t>(b->host)] = b;
+    ++stats.blocks_translated;
+    stats.guest_insns_translated += b->n_insns;
+  }
+  if (!transient && (status == TranslateStatus::Ok || status == TranslateStatus::Special)) {
+    blocks_[Key{eip, code.pa_page[0] | (eip & 0xfff), tkey}] = b;
+    for (int i = 0; i < b->n_pages; ++i) by_page_[b->pa_page[i]].push_back(b);
+  }
+  *out = b;
+  all_.push_back(std::move(blk));
+  return status;
+}
+
+}  // namespace modevisor::bt

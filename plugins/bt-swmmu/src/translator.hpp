@@ -1,0 +1,137 @@
+// Guest basic blocks -> host x86-64 code in an executable translation cache.
+#pragma once
+
+#include <Zydis/Zydis.h>
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "context.hpp"
+
+namespace modevisor::bt {
+
+// Translation flavour: bit0 = FPU/SSE instructions must trap (#NM/#UD: CR0.TS/EM).
+using TKey = std::uint32_t;
+inline constexpr TKey kTKeyFpuTrap = 1;
+inline constexpr TKey kTKeyUser = 2;    // CPL 3
+inline constexpr TKey kTKeyRing12 = 4;  // CPL 1 or 2 (CPL 0 when neither bit)
+
+struct Block {
+  std::uint32_t eip = 0;        // guest linear start
+  std::uint32_t end_eip = 0;    // first byte after the last guest instruction
+  std::uint64_t pa_page[2] = {};  // guest-physical code pages
+  int n_pages = 1;
+  TKey tkey = 0;
+  bool special = false;         // first instruction is emulated by the monitor
+  bool valid = true;
+  std::uint8_t* host = nullptr;  // start of host code (IRQ stub)
+  std::uint8_t* entry = nullptr; // entry point (after the IRQ stub)
+  std::uint32_t host_size = 0;
+  std::uint32_t n_insns = 0;
+  // host offset of each guest instruction's code -> guest EIP
+  std::vector<std::pair<std::uint32_t, std::uint32_t>> side;
+  // Instructions that address ESP together with AH..BH cannot take the REX
+  // prefix R14D needs: they run with guest ESP in a borrowed register (index
+  // `reg`, saved in r12) between host offsets [begin, end).
+  // With esp=false the borrowed register held a scratch address instead
+  // (FS/GS or >= 2 GiB absolute operands next to AH..BH).
+  struct Swap {
+    std::uint32_t begin, end;
+    unsigned reg;
+    bool esp = true;
+  };
+  std::vector<Swap> swaps;
+};
+
+// Code bytes for translation: up to the end of the first page, plus the
+// first bytes of the next page when it can be fetched.
+struct CodeWindow {
+  const std::uint8_t* bytes = nullptr;
+  std::uint32_t first_page_bytes = 0;  // bytes available in the first page
+  std::uint32_t total = 0;             // including the next page's bytes
+  std::uint64_t pa_page[2] = {};
+};
+
+struct TranslatorStats {
+  std::uint64_t blocks_translated = 0, guest_insns_translated = 0, chains = 0, flushes = 0, smc_invalidations = 0;
+};
+
+enum class TranslateStatus { Ok, Special, FetchFault, Undefined };
+
+// Classify an instruction decoded in 32-bit mode.
+enum class InsnClass { Plain, ControlFlow, Stack, Special };
+InsnClass classify(const ZydisDecodedInstruction& insn, const ZydisDecodedOperand* ops, TKey tkey);
+
+class Translator {
+ public:
+  static constexpr std::size_t kDefaultCacheSize = 64u << 20;
+  static constexpr std::uint32_t kMaxInsns = 64;
+
+  explicit Translator(std::size_t cache_bytes = kDefaultCacheSize);
+  ~Translator();
+  Translator(const Translator&) = delete;
+  Translator& operator=(const Translator&) = delete;
+
+  // Translate the block at `eip`.  With redirect_mem, the (single) guest
+  // memory operand is redirected to that host address (MMIO emulation).  On FetchFault the first instruction runs
+  // into the next page, which could not be fetched.
+  TranslateStatus translate(std::uint32_t eip, TKey tkey, const CodeWindow& code, Block** out,
+                            std::uint32_t max_insns = kMaxInsns, bool transient = false,
+                            const void* redirect_mem = nullptr);
+  Block* find(std::uint32_t eip, std::uint64_t pa, TKey tkey);
+
+  // Run translated code from `host` until it exits; returns ctx->exit_reason.
+  std::uint64_t enter(Context* ctx, const void* host);
+
+  bool in_cache(std::uintptr_t pc) const {
+    return pc >= reinterpret_cast<std::uintptr_t>(cache_) && pc < reinterpret_cast<std::uintptr_t>(cache_end_);
+  }
+  // The block and guest EIP for a host PC inside translated code.
+  Block* block_at(std::uintptr_t pc) const;
+  std::uint32_t guest_eip_at(const Block* b, std::uintptr_t pc) const;
+
+  // Patch the rel32 at `site` to jump to `b`'s entry.
+  void chain(std::uint64_t site, const Block* b);
+  // Invalidate every block with code on this guest-physical page; true if any.
+  bool invalidate_page(std::uint64_t pa_page);
+  void flush();
+  bool needs_flush() const { return cache_end_ - cur_ < 64 * 1024; }
+  bool has_code_on(std::uint64_t pa_page) const { return by_page_.count(pa_page) != 0; }
+
+  std::uintptr_t exit_from_signal_routine() const { return reinterpret_cast<std::uintptr_t>(exit_signal_); }
+
+  TranslatorStats stats;
+
+ private:
+  struct Key {
+    std::uint32_t eip;
+    std::uint64_t pa;
+    TKey tkey;
+    bool operator==(const Key&) const = default;
+  };
+  struct KeyHash {
+    std::size_t operator()(const Key& k) const {
+      return std::hash<std::uint64_t>()(k.pa * 0x9e3779b97f4a7c15ull ^ (std::uint64_t(k.tkey) << 40) ^ k.eip);
+    }
+  };
+  void emit_routines();
+
+  std::uint8_t* cache_ = nullptr;
+  std::uint8_t* cache_end_ = nullptr;
+  std::uint8_t* cur_ = nullptr;
+  std::uint8_t* blocks_start_ = nullptr;
+  std::uint8_t* entry_ = nullptr;        // void entry(Context*, const void* host)
+  std::uint8_t* exit_ = nullptr;         // translated code jumps here to leave
+  std::uint8_t* exit_signal_ = nullptr;  // the fault handler resumes here (regs already saved)
+  ZydisDecoder decoder_;
+  std::unordered_map<Key, Block*, KeyHash> blocks_;
+  std::unordered_map<std::uint64_t, std::vector<Block*>> by_page_;
+  std::map<std::uintptr_t, Block*> by_host_;
+  std::vector<std::unique_ptr<Block>> all_;
+};
+
+}  // namespace modevisor::bt

@@ -1,0 +1,1006 @@
+#include "vcpu.hpp"
+
+#include <asm/prctl.h>
+#include <sys/mman.h>
+#include <signal.h>
+#include <sys/auxv.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <ucontext.h>
+#include <unistd.h>
+#include <x86intrin.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <new>
+#include <stdexcept>
+
+namespace modevisor::bt {
+
+namespace {
+
+constexpr std::uint32_t kArithFlags = 0x8d5;   // CF PF AF ZF SF OF
+constexpr std::uint32_t kHostFlags = 0xcd5;    // + DF: live in host RFLAGS
+constexpr std::uint32_t kIF = 0x200, kTF = 0x100, kNT = 0x4000, kRF = 0x10000, kVM = 0x20000, kIOPL = 0x3000;
+constexpr std::uint32_t kPopfMask = 0x00257fd5;
+constexpr int kKickSignal = 40;  // SIGRTMIN+6 on glibc (34+6): per-thread timer and kick
+
+// initial-exec: the handler must not trigger lazy TLS allocation (dlopen'ed module).
+__attribute__((tls_model("initial-exec"))) thread_local Vcpu* t_current = nullptr;
+struct sigaction g_old[65];
+
+void on_signal(int sig, siginfo_t* si, void* uc) {
+  Vcpu* v = t_current;
+  if (v && v->handle_signal(sig, si, uc)) return;
+  if (sig == kKickSignal) return;
+  // Not ours: hand it to whoever had it before.
+  const struct sigaction& old = g_old[sig];
+  if ((old.sa_flags & SA_SIGINFO) && old.sa_sigaction) {
+    old.sa_sigaction(sig, si, uc);
+  } else if (old.sa_handler == SIG_IGN) {
+    return;
+  } else if (old.sa_handler == SIG_DFL) {
+    signal(sig, SIG_DFL);  // returning re-executes the fault: default action
+  } else {
+    old.sa_handler(sig);
+  }
+}
+
+void install_handlers() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    struct sigaction sa;
+    std::memset(&sa, 0, sizeof(sa));
+    sa.sa_sigaction = on_signal;
+    sa.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_RESTART;
+    sigemptyset(&sa.sa_mask);
+    for (int s : {SIGSEGV, SIGBUS, SIGFPE, SIGILL, kKickSignal}) sigaction(s, &sa, &g_old[s]);
+  });
+}
+
+bool have_fsgsbase() { return (getauxval(AT_HWCAP2) & 2) != 0; }
+
+}  // namespace
+
+Vcpu::Vcpu(api::GuestMemory& mem, api::Platform& platform, api::Logger& log, unsigned index,
+           std::size_t translation_cache_bytes)
+    : mem_(mem), platform_(platform), log_(log), index_(index) {
+  install_handlers();
+  shadow_ = std::make_unique<ShadowMmu>(mem.host_base(), mem.size(), mem.fd());
+  translator_ = std::make_unique<Translator>(translation_cache_bytes);
+  void* p = mmap(nullptr, kContextAlloc, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) throw std::runtime_error("bt-swmmu: cannot allocate the vCPU context");
+  ctx_ = new (p) Context{};
+  ctx_->guest_fx[0] = 0x7f;  // FCW 0x37f
+  ctx_->guest_fx[1] = 0x03;
+  const std::uint32_t mxcsr = 0x1f80;
+  std::memcpy(ctx_->guest_fx + 24, &mxcsr, 4);
+  ctx_->rflags = 0x202;
+  ctx_->sysflags = 0x2;
+  cs_.db = true;
+  tsc_offset_ = __rdtsc();
+  trace_ = std::getenv("MODEVISOR_BT_TRACE") != nullptr;
+}
+
+Vcpu::~Vcpu() {
+  if (timer_) timer_delete(static_cast<timer_t>(timer_));
+  munmap(ctx_, kContextAlloc);
+}
+
+// ---------------------------------------------------------------- state
+
+std::uint32_t Vcpu::eflags() const {
+  return (static_cast<std::uint32_t>(ctx_->rflags) & kHostFlags) | (ctx_->sysflags & ~kHostFlags) | 2;
+}
+
+void Vcpu::set_eflags(std::uint32_t v) {
+  ctx_->rflags = (v & kHostFlags) | 0x202;
+  ctx_->sysflags = (v & ~kHostFlags & ~kRF) | 2;  // RF is not modelled (and PUSHF never shows it)
+}
+
+api::Segment& Vcpu::seg(int i) {
+  switch (i) {
+    case 0: return es_;
+    case 1: return cs_;
+    case 2: return ss_;
+    case 3: return ds_;
+    case 4: return fs_;
+    default: return gs_;
+  }
+}
+
+void Vcpu::sync_seg_bases() {
+  for (int i = 0; i < 6; ++i) {
+    const api::Segment& s = seg(i);
+    ctx_->seg_base[i] = s.unusable ? 0 : static_cast<std::uint32_t>(s.base);
+  }
+}
+
+bool Vcpu::flat() const {
+  auto ok = [](const api::Segment& s) { return s.unusable || s.base == 0; };
+  return ok(es_) && ok(cs_) && ok(ss_) && ok(ds_);
+}
+
+void Vcpu::load(const api::VcpuState& s) {
+  if ((s.efer & 0x400) || s.cs.l)
+    throw api::MonitorError("bt-swmmu: the vCPU is in long mode; BT64 (64-bit guests) is not implemented");
+  if (!(s.cr0 & 1))
+    throw api::MonitorError("bt-swmmu: real mode is not supported (the vCPU must be in protected mode)");
+  for (int i = 0; i < 8; ++i) ctx_->gpr[i] = static_cast<std::uint32_t>(s.gpr[i]);
+  eip_ = static_cast<std::uint32_t>(s.rip);
+  set_eflags(static_cast<std::uint32_t>(s.rflags));
+  es_ = s.es; cs_ = s.cs; ss_ = s.ss; ds_ = s.ds; fs_ = s.fs; gs_ = s.gs; ldtr_ = s.ldtr; tr_ = s.tr;
+  gdtr_ = s.gdtr; idtr_ = s.idtr;
+  cr0_ = s.cr0; cr2_ = s.cr2; cr3_ = s.cr3; cr4_ = s.cr4; cr8_ = s.cr8; efer_ = s.efer;
+  dr_ = s.dr;
+  msrs_ = s.msrs;
+  if (auto tsc = s.msr(0x10)) tsc_offset_ = __rdtsc() - *tsc;
+  bool zero = true;
+  for (auto b : s.fpu.fxsave) zero &= b == 0;
+  if (!zero) {
+    std::memcpy(ctx_->guest_fx, s.fpu.fxsave.data(), 512);
+    std::uint32_t mxcsr;
+    std::memcpy(&mxcsr, ctx_->guest_fx + 24, 4);
+    mxcsr &= 0xffff;
+    std::memcpy(ctx_->guest_fx + 24, &mxcsr, 4);
+  }
+  xcr0_ = s.fpu.xcr0;
+  xsave_extended_ = s.fpu.xsave_extended;
+  pending_exception_ = s.events.exception;
+  pending_interrupt_ = s.events.interrupt;
+  nmi_pending_ = s.events.nmi_pending;
+  nmi_masked_ = s.events.nmi_masked;
+  interrupt_shadow_ = s.events.interrupt_shadow;
+  lapic_ = s.lapic;
+  run_state_ = s.run_state;
+  cpl_ = cs_.selector & 3;
+  if (ss_.present && !ss_.unusable) cpl_ = ss_.dpl;
+  sync_seg_bases();
+}
+
+api::VcpuState Vcpu::save() const {
+  api::VcpuState s;
+  for (int i = 0; i < 8; ++i) s.gpr[i] = static_cast<std::uint32_t>(ctx_->gpr[i]);
+  s.rip = eip_;
+  s.rflags = eflags();
+  s.es = es_; s.cs = cs_; s.ss = ss_; s.ds = ds_; s.fs = fs_; s.gs = gs_; s.ldtr = ldtr_; s.tr = tr_;
+  s.gdtr = gdtr_; s.idtr = idtr_;
+  s.cr0 = cr0_; s.cr2 = cr2_; s.cr3 = cr3_; s.cr4 = cr4_; s.cr8 = cr8_; s.efer = efer_;
+  s.dr = dr_;
+  s.msrs = msrs_;
+  s.set_msr(0x10, __rdtsc() - tsc_offset_);
+  std::memcpy(s.fpu.fxsave.data(), ctx_->guest_fx, 512);
+  s.fpu.xcr0 = xcr0_;
+  s.fpu.xsave_extended = xsave_extended_;
+  s.events.exception = pending_exception_;
+  s.events.interrupt = pending_interrupt_;
+  s.events.nmi_pending = nmi_pending_;
+  s.events.nmi_masked = nmi_masked_;
+  s.events.interrupt_shadow = interrupt_shadow_;
+  s.lapic = lapic_;
+  s.run_state = run_state_;
+  return s;
+}
+
+void Vcpu::add_counters(api::Counters& out) const {
+  const auto& t = translator_->stats;
+  const auto& m = shadow_->stats;
+  auto add = [&](const char* n, std::uint64_t v) { out.emplace_back(n, v); };
+  add("bt.blocks_translated", t.blocks_translated);
+  add("bt.guest_insns_translated", t.guest_insns_translated);
+  add("bt.dispatcher_lookups", counters_.dispatches);
+  add("bt.translation_cache_hits", counters_.cache_hits + ctx_->indirect_hits);
+  add("bt.chained_jumps", t.chains);
+  add("bt.indirect_lookup_hits", ctx_->indirect_hits);
+  add("bt.indirect_lookup_misses", counters_.indirect_misses);
+  add("bt.irq_window_exits", counters_.irq_window_exits);
+  add("bt.cache_flushes", t.flushes);
+  add("bt.smc_invalidations", t.smc_invalidations);
+  add("bt.special_exits", counters_.special_exits);
+  add("bt.irq_check_exits", counters_.irq_exits);
+  add("bt.io_exits", counters_.io_exits);
+  add("bt.mmio_exits", counters_.mmio_exits);
+  add("bt.hlt_exits", counters_.hlt_exits);
+  add("bt.interrupts_delivered", counters_.interrupts);
+  add("bt.exceptions_delivered", counters_.exceptions);
+  add("swmmu.hidden_faults", m.hidden_faults);
+  add("swmmu.true_faults", m.true_faults);
+  add("swmmu.traced_pt_writes", m.pt_writes);
+  add("swmmu.space_switches", m.switches);
+  add("swmmu.space_switch_hits", m.switch_hits);
+  add("swmmu.space_rebuilds", m.rebuilds);
+  add("swmmu.space_evictions", m.evictions);
+  add("swmmu.map_resets", m.map_resets);
+  add("swmmu.dirty_log_faults", m.dirty_log_faults);
+}
+
+std::string Vcpu::dump() const {
+  char buf[512];
+  std::snprintf(buf, sizeof buf,
+                "EAX=%08x EBX=%08x ECX=%08x EDX=%08x ESI=%08x EDI=%08x EBP=%08x ESP=%08x EIP=%08x EFL=%08x "
+                "CPL=%u CS=%04x SS=%04x DS=%04x CR0=%08x CR2=%08x CR3=%08x CR4=%08x",
+                unsigned(ctx_->gpr[0]), unsigned(ctx_->gpr[3]), unsigned(ctx_->gpr[1]), unsigned(ctx_->gpr[2]),
+                unsigned(ctx_->gpr[6]), unsigned(ctx_->gpr[7]), unsigned(ctx_->gpr[5]), unsigned(ctx_->gpr[4]),
+                eip_, eflags(), cpl_, cs_.selector, ss_.selector, ds_.selector, unsigned(cr0_), unsigned(cr2_),
+                unsigned(cr3_), unsigned(cr4_));
+  return buf;
+}
+
+// ---------------------------------------------------------------- dirty pages
+
+bool Vcpu::collect_dirty_pages(std::vector<std::uint64_t>& bitmap) {
+  std::unique_lock<std::mutex> lk(dirty_mu_);
+  if (!running_ || parked_) {
+    shadow_->collect_dirty(bitmap);
+    return true;
+  }
+  dirty_req_ = true;
+  dirty_done_ = false;
+  block_poll();  // make translated code come back to the dispatcher
+  dirty_cv_.wait(lk, [&] { return dirty_done_ || !running_ || parked_; });
+  if (!dirty_done_) {  // the vCPU stopped or parked first: do it here
+    dirty_req_ = false;
+    shadow_->collect_dirty(bitmap);
+    return true;
+  }
+  bitmap = std::move(dirty_out_);
+  return true;
+}
+
+void Vcpu::service_dirty_request() {  // vCPU thread, dirty_mu_ held
+  if (!dirty_req_) return;
+  dirty_req_ = false;
+  shadow_->collect_dirty(dirty_out_);
+  dirty_done_ = true;
+  dirty_cv_.notify_all();
+}
+
+// ---------------------------------------------------------------- signals
+
+void Vcpu::block_poll() {
+  poll_blocked_.store(true, std::memory_order_seq_cst);
+  mprotect(poll_page(), 4096, PROT_NONE);
+}
+
+void Vcpu::kick() {
+  kicked_.store(true, std::memory_order_seq_cst);
+  block_poll();
+}
+
+bool Vcpu::handle_signal(int sig, void* info, void* uctx) {
+  if (!in_run_) return false;
+  if (sig == kKickSignal) {  // host timer tick
+    if (in_guest_) block_poll();
+    return true;
+  }
+  auto* si = static_cast<siginfo_t*>(info);
+  auto* uc = static_cast<ucontext_t*>(uctx);
+  greg_t* g = uc->uc_mcontext.gregs;
+  const auto pc = static_cast<std::uintptr_t>(g[REG_RIP]);
+  Block* b = in_guest_ && translator_->in_cache(pc) ? translator_->block_at(pc) : nullptr;
+  if (!b) {
+    char msg[160];
+    std::snprintf(msg, sizeof msg, "bt-swmmu: host signal %d in monitor code at %#lx (fault address %p)", sig,
+                  static_cast<unsigned long>(pc), si->si_addr);
+    bug_message_ = msg;
+    siglongjmp(bug_jmp_, 1);
+  }
+  const std::uint32_t geip = translator_->guest_eip_at(b, pc);
+  auto leave = [&](FaultKind kind, std::uint64_t addr, std::uint32_t error, std::uint32_t vector) {
+    ctx_->gpr[0] = static_cast<std::uint32_t>(g[REG_RAX]);
+    ctx_->gpr[1] = static_cast<std::uint32_t>(g[REG_RCX]);
+    ctx_->gpr[2] = static_cast<std::uint32_t>(g[REG_RDX]);
+    ctx_->gpr[3] = static_cast<std::uint32_t>(g[REG_RBX]);
+    ctx_->gpr[4] = static_cast<std::uint32_t>(g[REG_R14]);
+    ctx_->gpr[5] = static_cast<std::uint32_t>(g[REG_RBP]);
+    ctx_->gpr[6] = static_cast<std::uint32_t>(g[REG_RSI]);
+    ctx_->gpr[7] = static_cast<std::uint32_t>(g[REG_RDI]);
+    ctx_->rflags = static_cast<std::uint64_t>(g[REG_EFL]);
+    const auto off = static_cast<std::uint32_t>(pc - reinterpret_cast<std::uintptr_t>(b->host));
+    for (const auto& sw : b->swaps) {
+      if (off >= sw.begin && off < sw.end) {  // guest ESP is in the borrowed register
+        static const int host_reg[8] = {REG_RAX, REG_RCX, REG_RDX, REG_RBX, REG_RSP, REG_RBP, REG_RSI, REG_RDI};
+        if (sw.esp) ctx_->gpr[4] = static_cast<std::uint32_t>(g[host_reg[sw.reg]]);
+        ctx_->gpr[sw.reg] = static_cast<std::uint32_t>(g[REG_R12]);
+      }
+    }
+    ctx_->fault_kind = kind;
+    ctx_->fault_addr = addr;
+    ctx_->fault_error = error;
+    ctx_->fault_vector = vector;
+    ctx_->fault_eip = geip;
+    ctx_->exit_reason = kExitFault;
+    g[REG_R15] = reinterpret_cast<greg_t>(ctx_);
+    g[REG_RIP] = static_cast<greg_t>(translator_->exit_from_signal_routine());
+    return true;
+  };
+  switch (sig) {
+    case SIGSEGV: {
+      if (si->si_addr >= static_cast<void*>(poll_page()) && si->si_addr < static_cast<void*>(poll_page() + 4096)) {
+        // A block entry polled a blocked page: leave at this block boundary.
+        leave(FaultKind::None, 0, 0, 0);
+        ctx_->exit_reason = kExitInterrupt;
+        ctx_->next_eip = geip;
+        return true;
+      }
+      Region* r = nullptr;
+      std::uint32_t la = 0;
+      if (shadow_->contains(si->si_addr, &r, &la) && r == region_) {
+        const bool write = (g[REG_ERR] & 2) != 0;
+        std::uint64_t out = 0;
+        FillResult fr;
+        try {
+          fr = shadow_->fill(r, paging(), la, write, &out);
+        } catch (const std::exception& e) {
+          bug_message_ = e.what();
+          return leave(FaultKind::Exception, 0, 0, 0x100);
+        }
+        switch (fr) {
+          case FillResult::Mapped: return true;
+          case FillResult::GuestFault: return leave(FaultKind::PageFault, la, static_cast<std::uint32_t>(out), 14);
+          case FillResult::Mmio: return leave(FaultKind::Mmio, out, write, 0);
+          case FillResult::ProtectedWrite: return leave(FaultKind::ProtectedWrite, out, 0, 0);
+          case FillResult::Repeat: break;
+        }
+        char msg[160];
+        std::snprintf(msg, sizeof msg, "bt-swmmu: unexplained fault at guest LA %#x (EIP %#x)", la, geip);
+        bug_message_ = msg;
+        return leave(FaultKind::Exception, 0, 0, 0x100);
+      }
+      return leave(FaultKind::Exception, 0, 0, 13);  // e.g. an access wrapping past 4 GiB
+    }
+    case SIGFPE: return leave(FaultKind::Exception, 0, 0, 0);
+    case SIGILL: return leave(FaultKind::Exception, 0, 0, 6);
+    default: return leave(FaultKind::Exception, 0, 0, 13);
+  }
+}
+
+void Vcpu::arm_timer() {
+  const int tid = static_cast<int>(syscall(SYS_gettid));
+  if (timer_ && tid == tid_) return;
+  if (timer_) timer_delete(static_cast<timer_t>(timer_));
+  tid_ = tid;
+  struct sigevent sev;
+  std::memset(&sev, 0, sizeof sev);
+  sev.sigev_notify = SIGEV_THREAD_ID;
+  sev.sigev_signo = kKickSignal;
+  sev._sigev_un._tid = tid;
+  timer_t t;
+  if (timer_create(CLOCK_MONOTONIC, &sev, &t) != 0) {
+    timer_ = nullptr;
+    return;
+  }
+  timer_ = t;
+  timer_t d;
+  deadline_timer_ = timer_create(CLOCK_MONOTONIC, &sev, &d) == 0 ? d : nullptr;
+  armed_deadline_ = ~0ull;
+  // 1 ms tick: bounds how long translated code runs without the dispatcher
+  // looking at device timers, interrupts and stop requests.
+  struct itimerspec its{{0, 1000000}, {0, 1000000}};
+  timer_settime(t, 0, &its, nullptr);
+}
+
+// Device timers are evaluated when the platform is called; make translated
+// code come back by the next deadline when that is sooner than the tick.
+void Vcpu::arm_deadline() {
+  if (!deadline_timer_) return;
+  const std::uint64_t dl = platform_.next_timer_deadline_ns();
+  if (dl == ~0ull || dl == armed_deadline_) return;
+  const std::uint64_t now = platform_.now_ns();
+  if (dl <= now || dl - now >= 1000000) return;  // due now (seen at the next exit) or the tick covers it
+  const std::uint64_t delta = dl - now;
+  struct itimerspec its{{0, 0}, {0, static_cast<long>(delta)}};
+  timer_settime(static_cast<timer_t>(deadline_timer_), 0, &its, nullptr);
+  armed_deadline_ = dl;
+}
+
+void Vcpu::set_gs_base(std::uint64_t base) {
+  if (base == gs_base_) return;
+  static const bool fsgs = have_fsgsbase();
+  if (fsgs) {
+    asm volatile("wrgsbase %0" ::"r"(base) : "memory");
+  } else {
+    syscall(SYS_arch_prctl, ARCH_SET_GS, base);
+  }
+  gs_base_ = base;
+}
+
+// ---------------------------------------------------------------- run loop
+
+api::RunExit Vcpu::run() {
+  api::RunExit ex;
+  t_current = this;
+  in_run_ = true;
+  gs_base_ = ~0ull;
+  arm_timer();
+  struct Guard {
+    Vcpu* v;
+    ~Guard() {
+      v->in_run_ = false;
+      v->in_guest_ = false;
+      t_current = nullptr;
+      for (void** t : {&v->timer_, &v->deadline_timer_}) {
+        if (!*t) continue;
+        struct itimerspec off{};
+        timer_settime(static_cast<timer_t>(*t), 0, &off, nullptr);
+        timer_delete(static_cast<timer_t>(*t));
+        *t = nullptr;
+      }
+    }
+  } guard{this};
+  if (sigsetjmp(bug_jmp_, 1) != 0) {
+    ex.kind = api::ExitKind::Error;
+    ex.diagnostic = bug_message_ + "; " + dump();
+    return ex;
+  }
+  for (;;) {
+    if (dirty_req_) {
+      std::lock_guard<std::mutex> lk(dirty_mu_);
+      service_dirty_request();
+    }
+    if (platform_.stop_requested() || kicked_.exchange(false)) {
+      ex.kind = api::ExitKind::Stopped;
+      return ex;
+    }
+    try {
+      // Pending events.
+      if (pending_exception_) {
+        auto pe = *pending_exception_;
+        pending_exception_.reset();
+        if (!deliver_exception(GuestException{pe.vector, pe.has_error_code, pe.error_code})) {
+          ex.kind = api::ExitKind::Shutdown;
+          ex.diagnostic = "triple fault; " + dump();
+          run_state_ = api::RunState::Shutdown;
+          return ex;
+        }
+      }
+      const bool can_irq = (ctx_->sysflags & kIF) && !interrupt_shadow_;
+      interrupt_shadow_ = false;
+      // For inline STI/POPF: is an interrupt waiting for IF?
+      ctx_->irq_hint = !(ctx_->sysflags & kIF) && (pending_interrupt_ || platform_.interrupt_pending(index_));
+      if (can_irq && (pending_interrupt_ || platform_.interrupt_pending(index_))) {
+        std::uint8_t vec = pending_interrupt_ ? *pending_interrupt_ : platform_.acknowledge_interrupt(index_);
+        pending_interrupt_.reset();
+        run_state_ = api::RunState::Runnable;
+        ++counters_.interrupts;
+        deliver(vec, false, 0, false, eip_);
+        continue;
+      }
+      if (run_state_ == api::RunState::Halted) {
+        if (!(ctx_->sysflags & kIF)) {
+          ex.kind = api::ExitKind::Shutdown;
+          ex.diagnostic = "HLT with interrupts disabled; " + dump();
+          return ex;
+        }
+        {
+          std::lock_guard<std::mutex> lk(dirty_mu_);
+          service_dirty_request();
+          parked_ = true;
+          dirty_cv_.notify_all();
+        }
+        platform_.wait_for_interrupt(index_);
+        {
+          std::lock_guard<std::mutex> lk(dirty_mu_);
+          parked_ = false;
+        }
+        continue;
+      }
+      if (run_state_ == api::RunState::Shutdown) {
+        ex.kind = api::ExitKind::Shutdown;
+        ex.diagnostic = "vCPU is shut down; " + dump();
+        return ex;
+      }
+      StepResult r = step();
+      if (r == StepResult::Error) {
+        ex.kind = api::ExitKind::Error;
+        ex.diagnostic = bug_message_ + "; " + dump();
+        return ex;
+      }
+    } catch (const GuestException& ge) {
+      ++counters_.exceptions;
+      if (!deliver_exception(ge)) {
+        ex.kind = api::ExitKind::Shutdown;
+        ex.diagnostic = "triple fault; " + dump();
+        run_state_ = api::RunState::Shutdown;
+        return ex;
+      }
+    } catch (const std::exception& e) {
+      ex.kind = api::ExitKind::Error;
+      ex.diagnostic = std::string(e.what()) + "; " + dump();
+      return ex;
+    }
+  }
+}
+
+void Vcpu::activate_region() {
+  region_ = shadow_->activate(make_region_key(paging(), cpl_ == 3));
+  ctx_->fast_table = reinterpret_cast<std::uint64_t>(region_->fast);
+  set_gs_base(reinterpret_cast<std::uint64_t>(region_->base));
+}
+
+Block* Vcpu::lookup(std::uint32_t eip) {
+  ++counters_.dispatches;
+  auto it = region_->blocks.find(eip);
+  if (it != region_->blocks.end()) {
+    Block* b = static_cast<Block*>(it->second);
+    if (b->valid) {
+      ++counters_.cache_hits;
+      return b;
+    }
+  }
+  const bool user = cpl_ == 3;
+  const PhysMem& pm = shadow_->phys();
+  WalkResult w = walk(pm, paging(), eip, Access{false, user, true}, true);
+  if (!w.ok) {
+    cr2_ = eip;
+    raise(14, true, w.error);
+  }
+  if (w.pa >= pm.size) {
+    // Unclaimed bus space reads as all ones, and 0xff 0xff is an invalid
+    // opcode: #UD like a PC.  Code that a device provides (ROM) is not run.
+    if (platform_.mmio_read(index_, w.pa & ~7ull, 8) == ~0ull) raise(6);
+    throw std::runtime_error("bt-swmmu: guest executes outside RAM (MMIO/ROM code is not supported)");
+  }
+  const std::uint32_t next_page = (eip & ~0xfffu) + 0x1000;
+  WalkResult w2 = walk(pm, paging(), next_page, Access{false, user, true}, false);
+  const bool have2 = w2.ok && (w2.pa & ~0xfffull) < pm.size;
+  Block* b = single_step_ ? nullptr : translator_->find(eip, w.pa, tkey_);
+  if (b && b->n_pages == 2 && (!have2 || (w2.pa & ~0xfffull) != b->pa_page[1])) b = nullptr;
+  if (b) {
+    ++counters_.cache_hits;
+  } else {
+    if (translator_->needs_flush()) {
+      translator_->flush();
+      shadow_->clear_block_maps();
+      pending_patch_ = 0;
+    }
+    std::uint8_t buf[4096 + 16];
+    CodeWindow cw;
+    cw.first_page_bytes = next_page - eip;
+    std::memcpy(buf, pm.base + w.pa, cw.first_page_bytes);
+    cw.total = cw.first_page_bytes;
+    cw.pa_page[0] = w.pa & ~0xfffull;
+    if (have2) {
+      cw.pa_page[1] = w2.pa & ~0xfffull;
+      std::memcpy(buf + cw.total, pm.base + cw.pa_page[1], 16);
+      cw.total += 16;
+    }
+    cw.bytes = buf;
+    TranslateStatus st = translator_->translate(eip, tkey_, cw, &b, single_step_ ? 1 : Translator::kMaxInsns,
+                                                single_step_);
+    if (st == TranslateStatus::FetchFault) {
+      if (w2.ok) throw std::runtime_error("bt-swmmu: instruction fetch across into MMIO");
+      walk(pm, paging(), next_page, Access{false, user, true}, true);
+      cr2_ = next_page;
+      raise(14, true, w2.error);
+    }
+    if (st == TranslateStatus::Undefined) raise(6);
+    if (!single_step_) {
+      for (int i = 0; i < b->n_pages; ++i) shadow_->protect_code_page(b->pa_page[i]);
+    }
+  }
+  if (b->n_pages == 2) walk(pm, paging(), next_page, Access{false, user, true}, true);
+  if (!single_step_) {
+    region_->blocks[eip] = b;
+    shadow_->note_code_derivation(region_, eip, w);
+    if (b->n_pages == 2) shadow_->note_code_derivation(region_, next_page, w2);
+    if (!b->special) region_->fast[eip & 0xffff] = FastEntry{-static_cast<std::int64_t>(eip) - 1,
+                                                             reinterpret_cast<std::uint64_t>(b->entry)};
+  }
+  return b;
+}
+
+Vcpu::StepResult Vcpu::step() {
+  if (!flat()) {
+    bug_message_ = "bt-swmmu: non-zero CS/DS/ES/SS segment bases are not supported";
+    return StepResult::Error;
+  }
+  // Region block maps hold blocks of one flavour; the user/supervisor part of
+  // the flavour follows the region view, the rest clears the maps on change.
+  const TKey tk = ((cr0_ & 0xc) ? kTKeyFpuTrap : 0) | ((cpl_ == 1 || cpl_ == 2) ? kTKeyRing12 : 0);
+  if (tk != (tkey_ & ~kTKeyUser)) {
+    shadow_->clear_block_maps();
+    pending_patch_ = 0;
+  }
+  tkey_ = tk | (cpl_ == 3 ? kTKeyUser : 0);
+  activate_region();
+  Block* b = lookup(eip_);
+  if (pending_patch_) {
+    if (pending_patch_target_ == eip_ && !b->special && b->valid && b->n_pages == 1 && !single_step_)
+      translator_->chain(pending_patch_, b);
+    pending_patch_ = 0;
+  }
+  const bool stepping = single_step_;
+  single_step_ = false;
+  struct EndStep {
+    ShadowMmu* s;
+    bool on;
+    ~EndStep() { if (on) s->end_write_through(); }
+  } end_step{shadow_.get(), stepping};
+  if (b->special) {
+    ++counters_.special_exits;
+    emulate(eip_, false);
+    return StepResult::Continue;
+  }
+  if (poll_blocked_.exchange(false)) mprotect(poll_page(), 4096, PROT_READ);
+  if (kicked_.load()) return StepResult::Continue;
+  arm_deadline();
+  sync_seg_bases();
+  in_guest_ = true;
+  const std::uint64_t reason = translator_->enter(ctx_, b->entry);
+  in_guest_ = false;
+  switch (reason) {
+    case kExitDispatch:
+      eip_ = static_cast<std::uint32_t>(ctx_->next_eip);
+      if (ctx_->patch_site && !stepping) {
+        pending_patch_ = ctx_->patch_site;
+        pending_patch_target_ = eip_;
+      }
+      break;
+    case kExitStiWindow:
+      ++counters_.irq_window_exits;
+      eip_ = static_cast<std::uint32_t>(ctx_->next_eip);
+      break;
+    case kExitIndirectMiss:
+      ++counters_.indirect_misses;
+      eip_ = static_cast<std::uint32_t>(ctx_->next_eip);
+      break;
+    case kExitInterrupt:
+      ++counters_.irq_exits;
+      eip_ = static_cast<std::uint32_t>(ctx_->next_eip);
+      break;
+    case kExitSpecial:
+      eip_ = static_cast<std::uint32_t>(ctx_->next_eip);
+      break;
+    case kExitFault: {
+      eip_ = ctx_->fault_eip;
+      switch (ctx_->fault_kind) {
+        case FaultKind::PageFault:
+          cr2_ = ctx_->fault_addr;
+          raise(14, true, ctx_->fault_error);
+          break;
+        case FaultKind::Mmio:
+          ++counters_.mmio_exits;
+          emulate(eip_, true);
+          break;
+        case FaultKind::ProtectedWrite: {
+          // Drop what was derived from the page, then let the writing
+          // instruction run alone with the page writable.
+          const std::uint64_t pa = ctx_->fault_addr;
+          if (shadow_->is_pt_page(pa)) shadow_->release_pt_page(pa);
+          if (shadow_->is_code_page(pa)) {
+            translator_->invalidate_page(pa);
+            shadow_->release_code_page(pa);
+            shadow_->clear_block_maps();
+            pending_patch_ = 0;
+          }
+          shadow_->set_write_through(pa);
+          single_step_ = true;
+          break;
+        }
+        case FaultKind::Exception:
+          if (ctx_->fault_vector == 0x100) return StepResult::Error;
+          raise(static_cast<std::uint8_t>(ctx_->fault_vector), ctx_->fault_vector == 13, 0);
+          break;
+        case FaultKind::None:
+          break;
+      }
+      break;
+    }
+    default:
+      bug_message_ = "bt-swmmu: bad exit reason from translated code";
+      return StepResult::Error;
+  }
+  return StepResult::Continue;
+}
+
+// ---------------------------------------------------------------- memory
+
+std::uint64_t Vcpu::lin_to_phys(std::uint32_t la, bool write, bool user, bool fetch) {
+  WalkResult w = walk(shadow_->phys(), paging(), la, Access{write, user, fetch}, true);
+  if (!w.ok) {
+    cr2_ = la;
+    raise(14, true, w.error);
+  }
+  return w.pa;
+}
+
+std::uint64_t Vcpu::read_phys(std::uint64_t pa, unsigned size) {
+  if (pa + size <= mem_.size()) {
+    std::uint64_t v = 0;
+    std::memcpy(&v, mem_.host_base() + pa, size);
+    return v;
+  }
+  ++counters_.mmio_exits;
+  return platform_.mmio_read(index_, pa, size);
+}
+
+void Vcpu::note_guest_write(std::uint64_t pa_page) {
+  if (shadow_->dirty_logging()) shadow_->mark_dirty(pa_page);
+  if (shadow_->is_pt_page(pa_page)) shadow_->release_pt_page(pa_page);
+  if (shadow_->is_code_page(pa_page)) {
+    translator_->invalidate_page(pa_page);
+    shadow_->release_code_page(pa_page);
+    shadow_->clear_block_maps();
+    pending_patch_ = 0;
+  }
+}
+
+void Vcpu::write_phys(std::uint64_t pa, unsigned size, std::uint64_t v) {
+  if (pa + size <= mem_.size()) {
+    note_guest_write(pa & ~0xfffull);
+    std::memcpy(mem_.host_base() + pa, &v, size);
+    return;
+  }
+  ++counters_.mmio_exits;
+  platform_.mmio_write(index_, pa, size, v);
+}
+
+std::uint32_t Vcpu::read(std::uint32_t la, unsigned size, bool user, bool fetch) {
+  if ((la & 0xfff) + size > 0x1000) {
+    std::uint32_t v = 0;
+    for (unsigned i = 0; i < size; ++i) v |= read(la + i, 1, user, fetch) << (8 * i);
+    return v;
+  }
+  return static_cast<std::uint32_t>(read_phys(lin_to_phys(la, false, user, fetch), size));
+}
+
+void Vcpu::write(std::uint32_t la, unsigned size, std::uint32_t v, bool user) {
+  if ((la & 0xfff) + size > 0x1000) {
+    // Check both pages before writing anything.
+    lin_to_phys(la, true, user, false);
+    lin_to_phys(la + size - 1, true, user, false);
+    for (unsigned i = 0; i < size; ++i) write(la + i, 1, (v >> (8 * i)) & 0xff, user);
+    return;
+  }
+  write_phys(lin_to_phys(la, true, user, false), size, v);
+}
+
+void Vcpu::push32(std::uint32_t v) {
+  std::uint32_t esp = reg32(4) - 4;
+  write(esp + static_cast<std::uint32_t>(ss_.base), 4, v, cpl_ == 3);
+  reg32(4) = esp;
+}
+
+std::uint32_t Vcpu::pop32() {
+  std::uint32_t v = read(reg32(4) + static_cast<std::uint32_t>(ss_.base), 4, cpl_ == 3);
+  reg32(4) += 4;
+  return v;
+}
+
+// ---------------------------------------------------------------- segments
+
+api::Segment Vcpu::parse_descriptor(std::uint64_t d, std::uint16_t sel) {
+  api::Segment s;
+  s.selector = sel;
+  s.base = ((d >> 16) & 0xffffff) | (((d >> 56) & 0xff) << 24);
+  std::uint32_t limit = (d & 0xffff) | (((d >> 48) & 0xf) << 16);
+  s.g = (d >> 55) & 1;
+  s.limit = s.g ? (limit << 12) | 0xfff : limit;
+  s.type = (d >> 40) & 0xf;
+  s.s = (d >> 44) & 1;
+  s.dpl = (d >> 45) & 3;
+  s.present = (d >> 47) & 1;
+  s.avl = (d >> 52) & 1;
+  s.l = (d >> 53) & 1;
+  s.db = (d >> 54) & 1;
+  return s;
+}
+
+std::uint64_t Vcpu::read_descriptor(std::uint16_t sel, std::uint32_t error) {
+  const std::uint32_t index = sel & ~7u;
+  std::uint64_t base;
+  std::uint32_t limit;
+  if (sel & 4) {
+    if (ldtr_.unusable || !ldtr_.present) raise(13, true, error);
+    base = ldtr_.base;
+    limit = ldtr_.limit;
+  } else {
+    base = gdtr_.base;
+    limit = gdtr_.limit;
+  }
+  if (index + 7 > limit) raise(13, true, error);
+  const std::uint32_t la = static_cast<std::uint32_t>(base + index);
+  std::uint64_t lo = read(la, 4, false), hi = read(la + 4, 4, false);
+  return lo | (hi << 32);
+}
+
+void Vcpu::load_segment(int sreg, std::uint16_t sel) {
+  const std::uint32_t err = sel & 0xfffc;
+  if ((sel & 0xfffc) == 0) {
+    if (sreg == 2) raise(13, true, 0);
+    api::Segment s;
+    s.selector = sel;
+    s.unusable = true;
+    seg(sreg) = s;
+    sync_seg_bases();
+    return;
+  }
+  std::uint64_t raw = read_descriptor(sel, err);
+  api::Segment s = parse_descriptor(raw, sel);
+  const unsigned rpl = sel & 3;
+  const bool code = s.type & 8;
+  if (!s.s) raise(13, true, err);
+  if (sreg == 2) {
+    if (rpl != cpl_ || s.dpl != cpl_ || code || !(s.type & 2)) raise(13, true, err);
+    if (!s.present) raise(12, true, err);
+  } else {
+    if (code && !(s.type & 2)) raise(13, true, err);                  // execute-only code
+    const bool conforming_code = code && (s.type & 4);
+    if (!conforming_code && (s.dpl < cpl_ || s.dpl < rpl)) raise(13, true, err);
+    if (!s.present) raise(11, true, err);
+  }
+  if (!(s.type & 1)) {  // set the accessed bit
+    const std::uint32_t la = static_cast<std::uint32_t>(((sel & 4) ? ldtr_.base : gdtr_.base) + (sel & ~7u) + 5);
+    write(la, 1, static_cast<std::uint32_t>((raw >> 40) & 0xff) | 1, false);
+    s.type |= 1;
+  }
+  seg(sreg) = s;
+  sync_seg_bases();
+}
+
+void Vcpu::load_cs(std::uint16_t sel, unsigned new_cpl) {
+  std::uint64_t raw = read_descriptor(sel, sel & 0xfffc);
+  api::Segment s = parse_descriptor(raw, static_cast<std::uint16_t>((sel & ~3u) | new_cpl));
+  if (!s.s || !(s.type & 8)) raise(13, true, sel & 0xfffc);
+  if (!s.present) raise(11, true, sel & 0xfffc);
+  if (s.l) throw std::runtime_error("bt-swmmu: 64-bit code segment: BT64 is not implemented");
+  if (!s.db) throw std::runtime_error("bt-swmmu: 16-bit code segments are not supported");
+  s.type |= 1;
+  cs_ = s;
+  cpl_ = new_cpl;
+  sync_seg_bases();
+}
+
+// ---------------------------------------------------------------- events
+
+bool Vcpu::deliver_exception(const GuestException& ex) {
+  if (trace_) {
+    char m[96];
+    std::snprintf(m, sizeof m, "exception %u error %#x at EIP %#x CR2 %#x", ex.vector, ex.error, eip_,
+                  static_cast<unsigned>(cr2_));
+    log_.log(api::LogLevel::Trace, m);
+  }
+  try {
+    deliver(ex.vector, ex.has_error, ex.error, false, eip_);
+    return true;
+  } catch (const GuestException&) {
+    if (ex.vector == 8) return false;
+  }
+  try {
+    deliver(8, true, 0, false, eip_);
+    return true;
+  } catch (const GuestException&) {
+    return false;
+  }
+}
+
+void Vcpu::deliver(std::uint8_t vec, bool has_error, std::uint32_t error, bool software, std::uint32_t ret_eip) {
+  if (!(cr0_ & 1)) throw std::runtime_error("bt-swmmu: interrupt in real mode is not supported");
+  const std::uint32_t gerr = vec * 8 + 2 + (software ? 0 : 1);
+  if (vec * 8u + 7 > idtr_.limit) raise(13, true, gerr);
+  const std::uint32_t la = static_cast<std::uint32_t>(idtr_.base + vec * 8u);
+  const std::uint64_t gate = read(la, 4, false) | (static_cast<std::uint64_t>(read(la + 4, 4, false)) << 32);
+  const unsigned type = (gate >> 40) & 0x1f;
+  const unsigned gdpl = (gate >> 45) & 3;
+  if (type == 0x05) throw std::runtime_error("bt-swmmu: task gates are not supported");
+  if (type != 0x0e && type != 0x0f) raise(13, true, gerr);
+  if (software && gdpl < cpl_) raise(13, true, gerr);
+  if (!((gate >> 47) & 1)) raise(11, true, gerr);
+  const std::uint16_t sel = static_cast<std::uint16_t>((gate >> 16) & 0xffff);
+  const std::uint32_t off = static_cast<std::uint32_t>((gate & 0xffff) | ((gate >> 48) << 16));
+  if ((sel & 0xfffc) == 0) raise(13, true, 0);
+  api::Segment target = parse_descriptor(read_descriptor(sel, sel & 0xfffc), sel);
+  if (!target.s || !(target.type & 8) || target.dpl > cpl_) raise(13, true, sel & 0xfffc);
+  if (!target.present) raise(11, true, sel & 0xfffc);
+  const unsigned new_cpl = (target.type & 4) ? cpl_ : target.dpl;
+  const std::uint32_t old_flags = eflags();
+  const std::uint16_t old_cs = cs_.selector;
+  if (new_cpl < cpl_) {
+    if (ctx_->sysflags & kVM) throw std::runtime_error("bt-swmmu: virtual-8086 mode is not supported");
+    const std::uint32_t tss = static_cast<std::uint32_t>(tr_.base);
+    if (tr_.unusable || tr_.limit < 8u * new_cpl + 11) raise(10, true, tr_.selector & 0xfffc);
+    const std::uint32_t new_esp = read(tss + 4 + 8 * new_cpl, 4, false);
+    const std::uint16_t new_ss = static_cast<std::uint16_t>(read(tss + 8 + 8 * new_cpl, 2, false));
+    const std::uint32_t old_esp = reg32(4);
+    const std::uint16_t old_ss = ss_.selector;
+    api::Segment nss = parse_descriptor(read_descriptor(new_ss, new_ss & 0xfffc), new_ss);
+    if ((new_ss & 3) != new_cpl || nss.dpl != new_cpl || !nss.s || (nss.type & 8) || !(nss.type & 2))
+      raise(10, true, new_ss & 0xfffc);
+    if (!nss.present) raise(12, true, new_ss & 0xfffc);
+    const unsigned saved_cpl = cpl_;
+    const api::Segment saved_ss = ss_;
+    cpl_ = new_cpl;
+    ss_ = nss;
+    reg32(4) = new_esp;
+    try {
+      push32(old_ss);
+      push32(old_esp);
+    } catch (...) {
+      cpl_ = saved_cpl;
+      ss_ = saved_ss;
+      reg32(4) = old_esp;
+      throw;
+    }
+  }
+  push32(old_flags);
+  push32(old_cs);
+  push32(ret_eip);
+  if (has_error) push32(error);
+  load_cs(sel, new_cpl);
+  eip_ = off;
+  std::uint32_t f = old_flags & ~(kTF | kNT | kRF | kVM);
+  if (type == 0x0e) f &= ~kIF;
+  set_eflags(f);
+  run_state_ = api::RunState::Runnable;
+}
+
+void Vcpu::do_iret(unsigned opsize) {
+  if (opsize != 32) throw std::runtime_error("bt-swmmu: 16-bit IRET is not supported");
+  if (ctx_->sysflags & kNT) throw std::runtime_error("bt-swmmu: IRET task return is not supported");
+  const std::uint32_t esp0 = reg32(4);
+  const std::uint32_t new_eip = pop32();
+  const std::uint16_t new_cs = static_cast<std::uint16_t>(pop32());
+  const std::uint32_t new_fl = pop32();
+  const unsigned rpl = new_cs & 3;
+  try {
+    if (new_fl & kVM) {
+      if (cpl_ == 0) throw std::runtime_error("bt-swmmu: IRET to virtual-8086 mode is not supported");
+    }
+    if (rpl < cpl_) raise(13, true, new_cs & 0xfffc);
+    std::uint32_t mask = kPopfMask | kRF;
+    if (cpl_ != 0) mask &= ~kIOPL;
+    if (cpl_ > ((ctx_->sysflags & kIOPL) >> 12)) mask &= ~kIF;
+    const std::uint32_t flags = (eflags() & ~mask) | (new_fl & mask);
+    if (rpl > cpl_) {
+      const std::uint32_t new_esp = pop32();
+      const std::uint16_t new_ss = static_cast<std::uint16_t>(pop32());
+      load_cs(new_cs, rpl);
+      load_segment(2, new_ss);
+      reg32(4) = new_esp;
+      for (int i : {0, 3, 4, 5}) {  // ES DS FS GS: null if not accessible at the new CPL
+        api::Segment& s = seg(i);
+        const bool conforming_code = (s.type & 8) && (s.type & 4);
+        if (!s.unusable && !conforming_code && s.dpl < cpl_) {
+          s = api::Segment{};
+          s.unusable = true;
+        }
+      }
+      sync_seg_bases();
+    } else {
+      load_cs(new_cs, rpl);
+    }
+    set_eflags(flags);
+    eip_ = new_eip;
+  } catch (const GuestException&) {
+    reg32(4) = esp0;
+    throw;
+  }
+}
+
+void Vcpu::far_transfer(std::uint16_t sel, std::uint32_t off, bool call, std::uint32_t ret_eip, unsigned opsize) {
+  if (opsize != 32) throw std::runtime_error("bt-swmmu: 16-bit far transfers are not supported");
+  if ((sel & 0xfffc) == 0) raise(13, true, 0);
+  api::Segment t = parse_descriptor(read_descriptor(sel, sel & 0xfffc), sel);
+  if (!t.s) throw std::runtime_error("bt-swmmu: far transfers through gates/TSS are not supported");
+  if (!(t.type & 8)) raise(13, true, sel & 0xfffc);
+  const bool conforming = t.type & 4;
+  if (conforming ? t.dpl > cpl_ : ((sel & 3) > cpl_ || t.dpl != cpl_)) raise(13, true, sel & 0xfffc);
+  if (!t.present) raise(11, true, sel & 0xfffc);
+  if (call) {
+    const std::uint32_t esp0 = reg32(4);
+    try {
+      push32(cs_.selector);
+      push32(ret_eip);
+    } catch (...) {
+      reg32(4) = esp0;
+      throw;
+    }
+  }
+  load_cs(sel, cpl_);
+  eip_ = off;
+}
+
+}  // namespace modevisor::bt

@@ -1,0 +1,176 @@
+// One virtual CPU of the BT-swMMU engine: dispatcher, fault handling and the
+// monitor-side emulation of privileged and special instructions.
+#pragma once
+
+#include <modevisor/api/monitor.hpp>
+
+#include <array>
+#include <atomic>
+#include <condition_variable>
+#include <mutex>
+#include <optional>
+#include <vector>
+#include <csetjmp>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "context.hpp"
+#include "shadow.hpp"
+#include "translator.hpp"
+
+namespace modevisor::bt {
+
+struct GuestException {
+  std::uint8_t vector;
+  bool has_error;
+  std::uint32_t error;
+};
+
+struct VcpuCounters {
+  std::uint64_t dispatches = 0, cache_hits = 0, special_exits = 0, io_exits = 0, mmio_exits = 0;
+  std::uint64_t interrupts = 0, exceptions = 0, hlt_exits = 0, irq_exits = 0, indirect_misses = 0, irq_window_exits = 0;
+};
+
+class Vcpu {
+ public:
+  Vcpu(api::GuestMemory& mem, api::Platform& platform, api::Logger& log, unsigned index,
+       std::size_t translation_cache_bytes = Translator::kDefaultCacheSize);
+  ~Vcpu();
+
+  api::RunExit run();
+  void kick();
+  api::VcpuState save() const;
+  void load(const api::VcpuState& s);
+  void add_counters(api::Counters& out) const;
+  // From any thread: pages written since the last call (see ShadowMmu).
+  bool collect_dirty_pages(std::vector<std::uint64_t>& bitmap);
+
+  // Test hooks.
+  const ShadowMmu& shadow() const { return *shadow_; }
+  const Translator& translator() const { return *translator_; }
+  std::uint64_t indirect_hits() const { return ctx_->indirect_hits; }
+
+  // Called by the process-wide signal handler.
+  bool handle_signal(int sig, void* info, void* uctx);
+
+ private:
+  // --- state helpers
+  std::uint32_t eflags() const;
+  void set_eflags(std::uint32_t v);
+  std::uint32_t& reg32(unsigned i) { return ctx_->g32[2 * i]; }
+  PagingRegs paging() const { return PagingRegs{cr0_, cr3_, cr4_, efer_}; }
+  bool flat() const;
+  unsigned cpl() const { return cpl_; }
+
+  // --- dispatcher
+  enum class StepResult { Continue, Stop, Shutdown, Error };
+  StepResult step();
+  Block* lookup(std::uint32_t eip);
+  void activate_region();
+  void set_gs_base(std::uint64_t base);
+
+  // --- guest memory through the guest's page tables (monitor side)
+  std::uint64_t lin_to_phys(std::uint32_t la, bool write, bool user, bool fetch);
+  std::uint32_t read(std::uint32_t la, unsigned size, bool user, bool fetch = false);
+  void write(std::uint32_t la, unsigned size, std::uint32_t v, bool user);
+  std::uint64_t read_phys(std::uint64_t pa, unsigned size);
+  void write_phys(std::uint64_t pa, unsigned size, std::uint64_t v);
+  void note_guest_write(std::uint64_t pa_page);
+  void push32(std::uint32_t v);
+  std::uint32_t pop32();
+
+  // --- events
+  void raise(std::uint8_t vector, bool has_error = false, std::uint32_t error = 0) {
+    throw GuestException{vector, has_error, error};
+  }
+  bool deliver_exception(const GuestException& ex);  // false: triple fault
+  void deliver(std::uint8_t vector, bool has_error, std::uint32_t error, bool software, std::uint32_t return_eip);
+
+  // --- segments
+  std::uint64_t read_descriptor(std::uint16_t sel, std::uint32_t error);
+  static api::Segment parse_descriptor(std::uint64_t raw, std::uint16_t sel);
+  void load_segment(int sreg, std::uint16_t sel);  // 0 ES 1 CS 2 SS 3 DS 4 FS 5 GS
+  void load_cs(std::uint16_t sel, unsigned new_cpl);
+  api::Segment& seg(int i);
+  void sync_seg_bases();
+
+  // --- emulation
+  void emulate(std::uint32_t eip, bool mmio);
+  bool emulate_mmio_native(std::uint32_t eip, const ZydisDecodedInstruction& insn, const ZydisDecodedOperand* ops);
+  alignas(16) std::uint64_t mmio_scratch_[2] = {};
+  std::uint32_t ea(const ZydisDecodedOperand& op);
+  std::uint32_t get_reg(int zreg) const;
+  void set_reg(int zreg, std::uint32_t v);
+  void do_iret(unsigned opsize);
+  void do_cpuid();
+  void do_rdmsr();
+  void do_wrmsr();
+  void write_cr(unsigned n, std::uint32_t v);
+  void string_op(const ZydisDecodedInstruction& insn, const ZydisDecodedOperand* ops);
+  void far_transfer(std::uint16_t sel, std::uint32_t off, bool call, std::uint32_t ret_eip, unsigned opsize);
+
+  std::string dump() const;
+  void arm_timer();
+
+  api::GuestMemory& mem_;
+  api::Platform& platform_;
+  api::Logger& log_;
+  unsigned index_;
+  std::unique_ptr<ShadowMmu> shadow_;
+  std::unique_ptr<Translator> translator_;
+  Context* ctx_ = nullptr;
+
+  // Architectural state not held in ctx_.
+  std::uint32_t eip_ = 0;
+  unsigned cpl_ = 0;
+  api::Segment es_, cs_, ss_, ds_, fs_, gs_, ldtr_, tr_;
+  api::DescriptorTable gdtr_, idtr_;
+  std::uint64_t cr0_ = 0x60000010, cr2_ = 0, cr3_ = 0, cr4_ = 0, cr8_ = 0, efer_ = 0;
+  std::array<std::uint64_t, 8> dr_{0, 0, 0, 0, 0, 0, 0xffff0ff0, 0x400};
+  std::vector<api::Msr> msrs_;
+  std::uint64_t tsc_offset_ = 0;
+  api::LapicState lapic_;
+  std::vector<std::uint8_t> xsave_extended_;
+  std::uint64_t xcr0_ = 1;
+  std::optional<api::PendingException> pending_exception_;
+  std::optional<std::uint8_t> pending_interrupt_;
+  bool nmi_pending_ = false, nmi_masked_ = false;
+  bool interrupt_shadow_ = false;
+  api::RunState run_state_ = api::RunState::Runnable;
+
+  std::atomic<bool> kicked_{false};
+  // Dirty-page collection from another thread: done directly while the vCPU
+  // is not in run() or is parked in wait_for_interrupt, else by the vCPU
+  // thread at its next dispatcher iteration.
+  std::mutex dirty_mu_;
+  std::condition_variable dirty_cv_;
+  bool running_ = false, parked_ = false, dirty_done_ = false;
+  std::atomic<bool> dirty_req_{false};
+  std::vector<std::uint64_t> dirty_out_;
+  void service_dirty_request();
+  std::atomic<bool> poll_blocked_{false};
+  void block_poll();
+  std::uint8_t* poll_page() const { return reinterpret_cast<std::uint8_t*>(ctx_) + kPollOffset; }
+  bool in_guest_ = false;
+  bool in_run_ = false;
+  bool single_step_ = false;  // run one uncached instruction (after a traced-page write)
+  bool trace_ = false;  // MODEVISOR_BT_TRACE set: log exceptions at Trace level
+  sigjmp_buf bug_jmp_;
+  std::string bug_message_;
+  std::uint64_t pending_patch_ = 0;
+  std::uint32_t pending_patch_target_ = 0;
+  std::uint64_t gs_base_ = ~0ull;
+  Region* region_ = nullptr;
+  TKey tkey_ = 0;
+  void* timer_ = nullptr;           // 1 ms periodic tick
+  void* deadline_timer_ = nullptr;  // one-shot for platform deadlines closer than the tick
+  std::uint64_t armed_deadline_ = ~0ull;
+  void arm_deadline();
+  bool timer_armed_ = false;
+  int tid_ = 0;
+  VcpuCounters counters_;
+  std::string shutdown_reason_;
+};
+
+}  // namespace modevisor::bt

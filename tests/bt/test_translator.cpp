@@ -1,0 +1,193 @@
+// Translator unit tests: block formation, re-encoding of memory operands,
+// classification of special instructions, side tables.
+#include <gtest/gtest.h>
+
+#include <Zydis/Zydis.h>
+
+#include <string>
+#include <vector>
+
+#include "translator.hpp"
+
+using namespace modevisor::bt;
+
+namespace {
+
+std::vector<std::string> disasm64(const std::uint8_t* p, std::size_t n) {
+  ZydisDecoder d;
+  ZydisDecoderInit(&d, ZYDIS_MACHINE_MODE_LONG_64, ZYDIS_STACK_WIDTH_64);
+  ZydisFormatter f;
+  ZydisFormatterInit(&f, ZYDIS_FORMATTER_STYLE_INTEL);
+  std::vector<std::string> out;
+  std::size_t off = 0;
+  while (off < n) {
+    ZydisDecodedInstruction insn;
+    ZydisDecodedOperand ops[ZYDIS_MAX_OPERAND_COUNT];
+    if (!ZYAN_SUCCESS(ZydisDecoderDecodeFull(&d, p + off, n - off, &insn, ops))) {
+      out.push_back("??");
+      break;
+    }
+    char buf[128];
+    ZydisFormatterFormatInstruction(&f, &insn, ops, insn.operand_count_visible, buf, sizeof buf,
+                                    reinterpret_cast<std::uint64_t>(p + off), nullptr);
+    out.emplace_back(buf);
+    off += insn.length;
+  }
+  return out;
+}
+
+std::string join(const std::vector<std::string>& v) {
+  std::string s;
+  for (auto& x : v) s += x + "\n";
+  return s;
+}
+
+Block* translate(Translator& t, const std::vector<std::uint8_t>& code, std::uint32_t eip = 0x1000,
+                 TranslateStatus* st = nullptr, TKey tkey = 0) {
+  std::vector<std::uint8_t> buf(code);
+  buf.resize(4096 - (eip & 0xfff), 0xcc);
+  CodeWindow cw;
+  cw.bytes = buf.data();
+  cw.first_page_bytes = static_cast<std::uint32_t>(buf.size());
+  cw.total = cw.first_page_bytes;
+  cw.pa_page[0] = eip & ~0xfffu;
+  Block* b = nullptr;
+  TranslateStatus s = t.translate(eip, tkey, cw, &b);
+  if (st) *st = s;
+  return b;
+}
+
+}  // namespace
+
+TEST(BtTranslator, ReencodesMemoryOperandsWithGsAndAddr32) {
+  Translator t;
+  // mov eax, [ebx+ecx*4+8]; mov [esp+4], edx; add dword [0x1234], 5; lea eax,[esp+8]; ret
+  Block* b = translate(t, {0x8b, 0x44, 0x8b, 0x08, 0x89, 0x54, 0x24, 0x04, 0x83, 0x05, 0x34, 0x12, 0x00, 0x00,
+                           0x05, 0x8d, 0x44, 0x24, 0x08, 0xc3});
+  ASSERT_NE(b, nullptr);
+  ASSERT_FALSE(b->special);
+  EXPECT_EQ(b->n_insns, 5u);
+  auto code = join(disasm64(b->entry, b->host_size - (b->entry - b->host)));
+  EXPECT_NE(code.find("mov eax, gs:[ebx+ecx*4+0x08]"), std::string::npos) << code;
+  EXPECT_NE(code.find("mov gs:[r14d+0x04], edx"), std::string::npos) << code;
+  EXPECT_NE(code.find("add dword ptr gs:[0x0000000000001234], 0x05"), std::string::npos) << code;
+  EXPECT_EQ(code.find("rip"), std::string::npos) << code;
+  EXPECT_NE(code.find("lea eax, [r14d+0x08]"), std::string::npos) << code;
+  EXPECT_NE(code.find("mov r13d, gs:[r14d]"), std::string::npos) << code;
+  EXPECT_EQ(code.find("??"), std::string::npos) << code;
+}
+
+TEST(BtTranslator, PrologueAndExitStubsDisassemble) {
+  Translator t;
+  Block* b = translate(t, {0x40, 0x75, 0xfd});  // inc eax; jnz -3
+  ASSERT_NE(b, nullptr);
+  auto code = join(disasm64(b->host, b->host_size));
+  EXPECT_NE(code.find("mov r13d, [r15+0x1000]"), std::string::npos) << code;  // poll page
+  EXPECT_NE(code.find("inc eax"), std::string::npos) << code;
+  EXPECT_NE(code.find("jnz"), std::string::npos) << code;
+  EXPECT_EQ(code.find("??"), std::string::npos) << code;
+}
+
+TEST(BtTranslator, SpecialInstructionsEndBlocks) {
+  Translator t;
+  TranslateStatus st;
+  // cli in user-mode code as the first instruction: the whole "block" is the monitor's.
+  Block* b = translate(t, {0xfa, 0x90}, 0x2000, &st, kTKeyUser);
+  ASSERT_NE(b, nullptr);
+  EXPECT_EQ(st, TranslateStatus::Special);
+  EXPECT_TRUE(b->special);
+  // At CPL 0, cli, pushfd, popfd and sti (followed by a plain instruction) are inline.
+  b = translate(t, {0xfa, 0x9c, 0x9d, 0xfb, 0x90, 0xc3}, 0x2800, &st);
+  EXPECT_EQ(st, TranslateStatus::Ok);
+  EXPECT_EQ(b->n_insns, 6u);
+  // sti; hlt keeps STI in the monitor (the shadow must cover the HLT).
+  b = translate(t, {0xfb, 0xf4}, 0x2900, &st);
+  EXPECT_EQ(st, TranslateStatus::Special);
+  // nop; nop; out 0x80, al: two instructions translated, then an exit.
+  b = translate(t, {0x90, 0x90, 0xe6, 0x80}, 0x3000, &st);
+  EXPECT_EQ(st, TranslateStatus::Ok);
+  EXPECT_EQ(b->n_insns, 2u);
+  EXPECT_EQ(b->end_eip, 0x3002u);
+  // pusha, daa, les, push ds, mov eax, cr0, rep movsb, int 0x80: all special
+  for (std::vector<std::uint8_t> c : std::vector<std::vector<std::uint8_t>>{
+           {0x60}, {0x27}, {0xc4, 0x06}, {0x1e}, {0x0f, 0x20, 0xc0}, {0xf3, 0xa4}, {0xcd, 0x80}, {0x9d}, {0xfb}, {0xcb}, {0xca, 0x04, 0x00},
+           {0xea, 0, 0, 0, 0, 8, 0}, {0x9a, 0, 0, 0, 0, 8, 0}, {0xff, 0x18}, {0xff, 0x28}}) {
+    b = translate(t, c, 0x4000 + 0x100 * c[0] + c.back(), &st, kTKeyUser);
+    EXPECT_EQ(st, TranslateStatus::Special) << int(c[0]);
+  }
+}
+
+TEST(BtTranslator, SideTableMapsHostPcToGuestEip) {
+  Translator t;
+  Block* b = translate(t, {0x01, 0xd8, 0x8b, 0x03, 0x29, 0xc8, 0xc3}, 0x5000);  // add; mov eax,[ebx]; sub; ret
+  ASSERT_NE(b, nullptr);
+  ASSERT_EQ(b->side.size(), 4u);
+  EXPECT_EQ(b->side[1].second, 0x5002u);
+  auto pc = reinterpret_cast<std::uintptr_t>(b->host) + b->side[1].first + 1;
+  EXPECT_EQ(t.block_at(pc), b);
+  EXPECT_EQ(t.guest_eip_at(b, pc), 0x5002u);
+}
+
+TEST(BtTranslator, UndefinedOpcodeFirstIsReported) {
+  Translator t;
+  TranslateStatus st;
+  translate(t, {0xff, 0xff}, 0x6000, &st);
+  EXPECT_EQ(st, TranslateStatus::Undefined);
+}
+
+TEST(BtTranslator, InvalidateByPhysicalPage) {
+  Translator t;
+  Block* b = translate(t, {0x90, 0xc3}, 0x7000);
+  EXPECT_EQ(t.find(0x7000, 0x7000, 0), b);
+  EXPECT_TRUE(t.invalidate_page(0x7000));
+  EXPECT_EQ(t.find(0x7000, 0x7000, 0), nullptr);
+  EXPECT_FALSE(b->valid);
+}
+
+TEST(BtTranslator, AbsoluteAddressesAboveTwoGigabytesStay32Bit) {
+  Translator t;
+  // mov ecx, [0xc0001000]; mov [0xfe000000], eax; ret
+  Block* b = translate(t, {0x8b, 0x0d, 0x00, 0x10, 0x00, 0xc0, 0xa3, 0x00, 0x00, 0x00, 0xfe, 0xc3}, 0x8000);
+  ASSERT_NE(b, nullptr);
+  auto code = join(disasm64(b->entry, b->host_size - (b->entry - b->host)));
+  EXPECT_NE(code.find("mov r13d, 0xC0001000"), std::string::npos) << code;
+  EXPECT_NE(code.find("mov ecx, gs:[r13d]"), std::string::npos) << code;
+  EXPECT_EQ(code.find("0xFFFFFFFF"), std::string::npos) << code;
+}
+
+TEST(BtTranslator, AddressSizePrefixMattersOnlyWithMemoryOperands) {
+  Translator t;
+  TranslateStatus st;
+  Block* b = translate(t, {0x67, 0x97, 0xc3}, 0x9000, &st);  // addr16 xchg edi, eax: no address formed
+  EXPECT_EQ(st, TranslateStatus::Ok);
+  EXPECT_EQ(b->n_insns, 2u);
+  translate(t, {0x67, 0x8b, 0x00}, 0x9100, &st);  // mov eax, [bx+si]: 16-bit addressing
+  EXPECT_EQ(st, TranslateStatus::Special);
+  translate(t, {0x67, 0x8d, 0x00}, 0x9200, &st);  // lea eax, [bx+si]
+  EXPECT_EQ(st, TranslateStatus::Special);
+}
+
+TEST(BtTranslator, HighByteRegistersWithScratchAddressedOperandsBorrowARegister) {
+  Translator t;
+  TranslateStatus st;
+  // adc bh, [0x826feea7]; or fs:[esi-0x10], dh; mov ah, [esp+4]; ret
+  Block* b = translate(t, {0x12, 0x3d, 0xa7, 0xee, 0x6f, 0x82, 0x64, 0x08, 0x76, 0xf0, 0x8a, 0x64, 0x24, 0x04, 0xc3},
+                       0xa000, &st);
+  ASSERT_EQ(st, TranslateStatus::Ok);
+  EXPECT_EQ(b->n_insns, 4u);
+  ASSERT_EQ(b->swaps.size(), 3u);
+  EXPECT_FALSE(b->swaps[0].esp);
+  EXPECT_FALSE(b->swaps[1].esp);
+  EXPECT_TRUE(b->swaps[2].esp);
+  EXPECT_EQ(b->swaps[1].reg, 5u);  // EBP: ESI is used by the instruction
+  auto code = join(disasm64(b->entry, b->host_size - (b->entry - b->host)));
+  EXPECT_NE(code.find("adc bh, gs:[ebp]"), std::string::npos) << code;
+  EXPECT_NE(code.find("or gs:[ebp], dh"), std::string::npos) << code;
+}
+
+TEST(BtTranslator, VexEncodedInstructionsAreLeftToTheMonitor) {
+  Translator t;
+  TranslateStatus st;
+  translate(t, {0xc5, 0xf8, 0x77}, 0xb000, &st);  // vzeroupper
+  EXPECT_EQ(st, TranslateStatus::Special);
+}

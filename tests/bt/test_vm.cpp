@@ -1,0 +1,778 @@
+// Whole-VM tests: small hand-written 32-bit guests run under the BT engine
+// with a fake platform and a real memfd-backed guest RAM.
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <random>
+#include <thread>
+
+#include "bt_test_support.hpp"
+#include "vcpu.hpp"
+
+using namespace bttest;
+using modevisor::bt::Vcpu;
+
+namespace {
+
+constexpr std::uint32_t kBase = 0x100000;
+
+struct Machine {
+  MemfdMemory mem{16u << 20};
+  FakePlatform plat;
+  NullLogger log;
+  std::unique_ptr<Vcpu> cpu = std::make_unique<Vcpu>(mem, plat, log, 0);
+  VcpuState state = multiboot_state(kBase);
+
+  void load(const unsigned char* b, const unsigned char* e, std::uint32_t at = kBase) {
+    mem.load(at, b, static_cast<std::size_t>(e - b));
+  }
+  // GDT: null, code0 0x08, data0 0x10, code3 0x1b, data3 0x23, TSS 0x28 (at 0x3000).
+  void tables() {
+    const std::uint64_t gdt[6] = {0, 0x00cf9a000000ffffull, 0x00cf92000000ffffull, 0x00cffa000000ffffull,
+                                  0x00cff2000000ffffull, 0x0000890000000067ull | (0x3000ull << 16)};
+    mem.load(0x1000, gdt, sizeof gdt);
+    state.gdtr = {0x1000, sizeof gdt - 1};
+    state.idtr = {0x2000, 256 * 8 - 1};
+    state.tr = Segment{};
+    state.tr.selector = 0x28;
+    state.tr.base = 0x3000;
+    state.tr.limit = 0x67;
+    state.tr.type = 0xb;
+    state.tr.present = true;
+    mem.w32(0x3004, 0x70000);  // esp0
+    mem.w32(0x3008, 0x10);     // ss0
+  }
+  void gate(unsigned vec, const unsigned char* handler, const unsigned char* start, unsigned dpl = 0,
+            bool trap = false) {
+    const std::uint32_t off = kBase + static_cast<std::uint32_t>(handler - start);
+    const std::uint64_t g = (off & 0xffff) | (0x08ull << 16) |
+                            (static_cast<std::uint64_t>(0x80 | (dpl << 5) | (trap ? 0xf : 0xe)) << 40) |
+                            (static_cast<std::uint64_t>(off >> 16) << 48);
+    mem.load(0x2000 + vec * 8, &g, 8);
+  }
+  RunExit run() {
+    cpu->load(state);
+    RunExit r = cpu->run();
+    state = cpu->save();
+    return r;
+  }
+  std::uint64_t counter(const std::string& name) const {
+    Counters c;
+    cpu->add_counters(c);
+    for (auto& [n, v] : c)
+      if (n == name) return v;
+    ADD_FAILURE() << "no counter " << name;
+    return 0;
+  }
+};
+
+}  // namespace
+
+BT_GUEST_PROGRAM(hello, 0x100000,
+  "  mov esi, BASE + msg - hello_start\n"
+  "  mov ecx, 5\n"
+  "1: mov al, [esi]\n"
+  "  mov dx, 0x3f8\n"
+  "  out dx, al\n"
+  "  inc esi\n"
+  "  dec ecx\n"
+  "  jnz 1b\n"
+  "  mov al, 0\n"
+  "  out 0xf4, al\n"
+  "msg: .ascii \"hello\"\n")
+
+TEST(BtVm, HelloPrintsToSerialAndExits) {
+  Machine m;
+  m.load(hello_start, hello_end);
+  RunExit r = m.run();
+  EXPECT_EQ(r.kind, ExitKind::Stopped) << r.diagnostic;
+  EXPECT_EQ(m.plat.serial, "hello");
+  EXPECT_EQ(m.plat.exit_code, 0);
+  EXPECT_EQ(m.state.gpr[gpr::rax] & 0xff, 0u);
+  EXPECT_GT(m.counter("bt.blocks_translated"), 0u);
+  EXPECT_EQ(m.counter("bt.io_exits"), 6u);
+}
+
+BT_GUEST_PROGRAM(fib, 0x100000,
+  "  mov eax, 20\n"
+  "  call fibf\n"
+  "  out 0x80, eax\n"
+  "  xor ecx, ecx\n"
+  "  xor eax, eax\n"
+  "  mov ecx, 1000\n"
+  "2: add eax, ecx\n"
+  "  loop 2b\n"
+  "  out 0x80, eax\n"
+  "  out 0xf4, al\n"
+  "fibf: cmp eax, 2\n"
+  "  jb 9f\n"
+  "  push eax\n"
+  "  dec eax\n"
+  "  call fibf\n"
+  "  mov edx, eax\n"
+  "  pop eax\n"
+  "  push edx\n"
+  "  sub eax, 2\n"
+  "  call fibf\n"
+  "  pop edx\n"
+  "  add eax, edx\n"
+  "9: ret\n")
+
+TEST(BtVm, RecursionCallRetAndLoop) {
+  Machine m;
+  m.load(fib_start, fib_end);
+  RunExit r = m.run();
+  ASSERT_EQ(r.kind, ExitKind::Stopped) << r.diagnostic;
+  ASSERT_EQ(m.plat.post.size(), 2u);
+  EXPECT_EQ(m.plat.post[0], 6765u);
+  EXPECT_EQ(m.plat.post[1], 500500u);
+  EXPECT_EQ(m.state.gpr[gpr::rsp], 0x80000u);
+  // Returns are served by the inline lookup; loops by chained jumps.
+  EXPECT_GT(m.counter("bt.indirect_lookup_hits"), 10000u);
+  EXPECT_GT(m.counter("bt.chained_jumps"), 0u);
+  EXPECT_GE(m.counter("bt.indirect_lookup_misses"), 1u);
+  EXPECT_LT(m.counter("bt.indirect_lookup_misses"), 20u);
+}
+
+BT_GUEST_PROGRAM(exc, 0x100000,
+  "  int 0x30\n"
+  "  mov eax, 5\n"
+  "  xor ecx, ecx\n"
+  "  div ecx\n"
+  "  ud2\n"
+  "  mov eax, 0xf0000000\n"
+  "  mov dword ptr [eax], 0xabcd1234\n"
+  "  mov ebx, [eax]\n"
+  "  movzx ecx, word ptr [eax+2]\n"
+  "  mov eax, ebx\n"
+  "  out 0x80, eax\n"
+  "  mov eax, ecx\n"
+  "  out 0x80, eax\n"
+  "  mov eax, [0xfe000000]\n"
+  "  out 0x80, eax\n"
+  "  out 0xf4, al\n"
+  ".globl exc_h30\n"
+  "exc_h30: push eax\n"
+  "  mov eax, 0x30\n"
+  "  out 0x80, eax\n"
+  "  pop eax\n"
+  "  iretd\n"
+  ".globl exc_hde\n"
+  "exc_hde: push eax\n"
+  "  mov eax, 0xde\n"
+  "  out 0x80, eax\n"
+  "  pop eax\n"
+  "  add dword ptr [esp], 2\n"
+  "  iretd\n"
+  ".globl exc_hud\n"
+  "exc_hud: push eax\n"
+  "  mov eax, 0x6\n"
+  "  out 0x80, eax\n"
+  "  pop eax\n"
+  "  add dword ptr [esp], 2\n"
+  "  iretd\n")
+extern "C" const unsigned char exc_h30[], exc_hde[], exc_hud[];
+
+TEST(BtVm, SoftwareInterruptsExceptionsAndMmio) {
+  Machine m;
+  m.load(exc_start, exc_end);
+  m.tables();
+  m.gate(0x30, exc_h30, exc_start);
+  m.gate(0, exc_hde, exc_start);
+  m.gate(6, exc_hud, exc_start);
+  RunExit r = m.run();
+  ASSERT_EQ(r.kind, ExitKind::Stopped) << r.diagnostic;
+  ASSERT_EQ(m.plat.post.size(), 6u);
+  EXPECT_EQ(m.plat.post[0], 0x30u);
+  EXPECT_EQ(m.plat.post[1], 0xdeu);
+  EXPECT_EQ(m.plat.post[2], 0x6u);
+  EXPECT_EQ(m.plat.post[3], 0xabcd1234u);
+  EXPECT_EQ(m.plat.post[4], 0xabcdu);
+  EXPECT_EQ(m.plat.post[5], 0xffffffffu);  // nothing there: reads all ones
+  EXPECT_EQ(m.state.gpr[gpr::rsp], 0x80000u);
+  EXPECT_GE(m.counter("bt.mmio_exits"), 3u);
+}
+
+BT_GUEST_PROGRAM(garbage, 0x100000, "  .byte 0xff, 0xff, 0xff, 0xff\n")
+
+TEST(BtVm, GarbageCodeWithoutIdtTripleFaults) {
+  Machine m;
+  m.load(garbage_start, garbage_end);
+  m.state.idtr = {0, 0};
+  RunExit r = m.run();
+  EXPECT_EQ(r.kind, ExitKind::Shutdown);
+  EXPECT_NE(r.diagnostic.find("triple fault"), std::string::npos) << r.diagnostic;
+  EXPECT_NE(r.diagnostic.find("EIP=00100000"), std::string::npos) << r.diagnostic;
+}
+
+BT_GUEST_PROGRAM(smc, 0x100000,
+  "  mov ecx, 3\n"
+  "1: call target\n"
+  "  out 0x80, eax\n"
+  "  add dword ptr [BASE + target - smc_start + 1], 1\n"
+  "  loop 1b\n"
+  "  out 0xf4, al\n"
+  "target: mov eax, 100\n"
+  "  ret\n")
+
+TEST(BtVm, SelfModifyingCodeIsRetranslated) {
+  Machine m;
+  m.load(smc_start, smc_end);
+  RunExit r = m.run();
+  ASSERT_EQ(r.kind, ExitKind::Stopped) << r.diagnostic;
+  ASSERT_EQ(m.plat.post.size(), 3u);
+  EXPECT_EQ(m.plat.post[0], 100u);
+  EXPECT_EQ(m.plat.post[1], 101u);
+  EXPECT_EQ(m.plat.post[2], 102u);
+  EXPECT_GE(m.counter("bt.smc_invalidations"), 2u);
+}
+
+BT_GUEST_PROGRAM(spin, 0x100000, "1: add eax, 1\n  jmp 1b\n")
+
+TEST(BtVm, KickStopsATightLoop) {
+  Machine m;
+  m.load(spin_start, spin_end);
+  std::thread t([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    m.cpu->kick();
+  });
+  RunExit r = m.run();
+  t.join();
+  EXPECT_EQ(r.kind, ExitKind::Stopped) << r.diagnostic;
+  EXPECT_GT(m.state.gpr[gpr::rax], 1000u);
+}
+
+BT_GUEST_PROGRAM(counter, 0x100000,
+  "  mov ecx, 0\n"
+  "1: inc ecx\n"
+  "  mov eax, ecx\n"
+  "  out 0x80, eax\n"
+  "  cmp ecx, 3\n"
+  "  jne 2f\n"
+  "  out 0xf4, al\n"
+  "2: cmp ecx, 6\n"
+  "  jne 1b\n"
+  "  mov al, 1\n"
+  "  out 0xf4, al\n")
+
+TEST(BtVm, SaveAndLoadResumeOnAFreshVcpu) {
+  Machine m;
+  m.load(counter_start, counter_end);
+  RunExit r = m.run();
+  ASSERT_EQ(r.kind, ExitKind::Stopped) << r.diagnostic;
+  ASSERT_EQ(m.plat.post.size(), 3u);
+  VcpuState saved = m.cpu->save();
+  EXPECT_EQ(saved.gpr[gpr::rcx], 3u);
+  // A new vCPU (as after a mode switch) continues from the saved state.
+  m.cpu = std::make_unique<Vcpu>(m.mem, m.plat, m.log, 0);
+  m.plat.stop = false;
+  m.state = saved;
+  r = m.run();
+  ASSERT_EQ(r.kind, ExitKind::Stopped) << r.diagnostic;
+  EXPECT_EQ(m.plat.post.size(), 6u);
+  EXPECT_EQ(m.plat.exit_code, 1);
+}
+
+TEST(BtVm, RefusesLongModeState) {
+  Machine m;
+  m.state.efer = 0x500;
+  EXPECT_THROW(m.cpu->load(m.state), MonitorError);
+}
+
+BT_GUEST_PROGRAM(irq, 0x100000,
+  "  sti\n"
+  "1: hlt\n"
+  "  cmp dword ptr [0x5000], 3\n"
+  "  jb 1b\n"
+  "  mov eax, [0x5000]\n"
+  "  out 0x80, eax\n"
+  "  out 0xf4, al\n"
+  ".globl irq_h20\n"
+  "irq_h20: inc dword ptr [0x5000]\n"
+  "  iretd\n")
+extern "C" const unsigned char irq_h20[];
+
+TEST(BtVm, ExternalInterruptsWakeHlt) {
+  Machine m;
+  m.load(irq_start, irq_end);
+  m.tables();
+  m.gate(0x20, irq_h20, irq_start);
+  m.plat.on_wait = [&] { m.plat.irqs.push_back(0x20); };
+  RunExit r = m.run();
+  ASSERT_EQ(r.kind, ExitKind::Stopped) << r.diagnostic;
+  ASSERT_EQ(m.plat.post.size(), 1u);
+  EXPECT_EQ(m.plat.post[0], 3u);
+  EXPECT_EQ(m.counter("bt.interrupts_delivered"), 3u);
+}
+
+BT_GUEST_PROGRAM(fpu, 0x100000,
+  "  mov dword ptr [0x5000], 7\n"
+  "  mov eax, 3\n"
+  "  cvtsi2sd xmm1, eax\n"
+  "  fild dword ptr [0x5000]\n"
+  "  out 0x80, eax\n"
+  "  mulsd xmm1, xmm1\n"
+  "  cvttsd2si eax, xmm1\n"
+  "  out 0x80, eax\n"
+  "  fimul dword ptr [0x5000]\n"
+  "  fistp dword ptr [0x5004]\n"
+  "  mov eax, [0x5004]\n"
+  "  out 0x80, eax\n"
+  "  mov eax, cr0\n"
+  "  or eax, 8\n"
+  "  mov cr0, eax\n"
+  "  fld1\n"
+  "  fistp dword ptr [0x5008]\n"
+  "  mov eax, [0x5008]\n"
+  "  out 0x80, eax\n"
+  "  movd xmm2, eax\n"
+  "  out 0xf4, al\n"
+  ".globl fpu_nm\n"
+  "fpu_nm: clts\n"
+  "  mov eax, 0x77\n"
+  "  out 0x80, eax\n"
+  "  iretd\n")
+extern "C" const unsigned char fpu_nm[];
+
+TEST(BtVm, FpuAndSseStateSurviveMonitorExitsAndTsTraps) {
+  Machine m;
+  m.load(fpu_start, fpu_end);
+  m.tables();
+  m.gate(7, fpu_nm, fpu_start);
+  RunExit r = m.run();
+  ASSERT_EQ(r.kind, ExitKind::Stopped) << r.diagnostic;
+  ASSERT_EQ(m.plat.post.size(), 5u);
+  EXPECT_EQ(m.plat.post[0], 3u);
+  EXPECT_EQ(m.plat.post[1], 9u);
+  EXPECT_EQ(m.plat.post[2], 49u);
+  EXPECT_EQ(m.plat.post[3], 0x77u);  // #NM from fld1 with CR0.TS, handler did CLTS
+  EXPECT_EQ(m.plat.post[4], 1u);
+  EXPECT_EQ(m.state.cr0 & 8, 0u);
+  // XMM2 (FXSAVE offset 160+32) holds the last value; FCW is the reset 0x37f.
+  std::uint32_t xmm2, fcw = m.state.fpu.fxsave[0] | (m.state.fpu.fxsave[1] << 8);
+  std::memcpy(&xmm2, m.state.fpu.fxsave.data() + 160 + 32, 4);
+  EXPECT_EQ(xmm2, 1u);
+  EXPECT_EQ(fcw, 0x37fu);
+}
+
+BT_GUEST_PROGRAM(ring3gp, 0x100000,
+  "  push 0x23\n"
+  "  push 0x90000\n"
+  "  push 0x202\n"
+  "  push 0x1b\n"
+  "  push BASE + user3 - ring3gp_start\n"
+  "  iretd\n"
+  "user3: pushfd\n"
+  "  pop eax\n"
+  "  cli\n"
+  "  out 0xf4, al\n"
+  ".globl ring3gp_gp\n"
+  "ring3gp_gp: push eax\n"
+  "  mov eax, [esp+4]\n"
+  "  out 0x80, eax\n"
+  "  mov eax, [esp+8]\n"
+  "  out 0x80, eax\n"
+  "  pop eax\n"
+  "  out 0x80, eax\n"
+  "  mov al, 3\n"
+  "  out 0xf4, al\n")
+extern "C" const unsigned char ring3gp_gp[];
+
+TEST(BtVm, PrivilegedInstructionInUserModeRaisesGp) {
+  Machine m;
+  m.load(ring3gp_start, ring3gp_end);
+  m.tables();
+  m.gate(13, ring3gp_gp, ring3gp_start);
+  RunExit r = m.run();
+  ASSERT_EQ(r.kind, ExitKind::Stopped) << r.diagnostic;
+  ASSERT_EQ(m.plat.post.size(), 3u);
+  EXPECT_EQ(m.plat.post[0], 0u);                  // error code
+  EXPECT_EQ(m.plat.post[1], kBase + 0x16u);       // EIP of the CLI
+  EXPECT_EQ(m.plat.post[2], 0x202u);              // PUSHFD in user mode: IF=1, IOPL=0
+  EXPECT_EQ(m.plat.exit_code, 3);
+}
+
+BT_GUEST_PROGRAM(irqsave, 0x100000,
+  "  sti\n"
+  "  stc\n"
+  "  pushfd\n"
+  "  cli\n"
+  "  pushfd\n"
+  "  pop eax\n"
+  "  out 0x80, eax\n"
+  "  popfd\n"
+  "  pushfd\n"
+  "  pop eax\n"
+  "  out 0x80, eax\n"
+  "  out 0xf4, al\n")
+
+TEST(BtVm, InlinePushfAndCliKeepEflagsExact) {
+  Machine m;
+  m.load(irqsave_start, irqsave_end);
+  RunExit r = m.run();
+  ASSERT_EQ(r.kind, ExitKind::Stopped) << r.diagnostic;
+  ASSERT_EQ(m.plat.post.size(), 2u);
+  EXPECT_EQ(m.plat.post[0], 0x003u);  // CF, bit 1; IF cleared by the inline CLI
+  EXPECT_EQ(m.plat.post[1], 0x203u);  // POPFD restored IF
+  EXPECT_EQ(m.state.rflags & 0x200, 0x200u);
+}
+
+BT_GUEST_PROGRAM(spinirq, 0x100000,
+  "  sti\n"
+  "1: add ecx, 1\n"
+  "  cmp dword ptr [0x5000], 0\n"
+  "  je 1b\n"
+  "  mov eax, [0x5000]\n"
+  "  out 0x80, eax\n"
+  "  out 0xf4, al\n"
+  ".globl spinirq_h\n"
+  "spinirq_h: mov dword ptr [0x5000], 0x41\n"
+  "  iretd\n")
+extern "C" const unsigned char spinirq_h[];
+
+TEST(BtVm, AsynchronousInterruptReachesAChainedLoop) {
+  Machine m;
+  m.load(spinirq_start, spinirq_end);
+  m.tables();
+  m.gate(0x41, spinirq_h, spinirq_start);
+  std::thread t([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    m.plat.async_irq = 0x41;
+  });
+  RunExit r = m.run();
+  t.join();
+  ASSERT_EQ(r.kind, ExitKind::Stopped) << r.diagnostic;
+  ASSERT_EQ(m.plat.post.size(), 1u);
+  EXPECT_EQ(m.plat.post[0], 0x41u);
+  EXPECT_GT(m.state.gpr[gpr::rcx], 1000u);   // it really spun in translated code
+  EXPECT_GE(m.counter("bt.irq_check_exits"), 1u);
+}
+
+BT_GUEST_PROGRAM(outside, 0x100000, "  mov eax, 0xfe000000\n  jmp eax\n")
+
+TEST(BtVm, ExecutingUnclaimedBusSpaceIsInvalidOpcode) {
+  Machine m;
+  m.load(outside_start, outside_end);
+  m.state.idtr = {0, 0};
+  RunExit r = m.run();
+  EXPECT_EQ(r.kind, ExitKind::Shutdown) << r.diagnostic;  // #UD without an IDT
+  EXPECT_NE(r.diagnostic.find("EIP=fe000000"), std::string::npos) << r.diagnostic;
+}
+
+BT_GUEST_PROGRAM(devcode, 0x100000, "  mov eax, 0xf0000000\n  jmp eax\n")
+
+TEST(BtVm, ExecutingDeviceMemoryIsAnErrorNotACrash) {
+  Machine m;
+  m.load(devcode_start, devcode_end);
+  RunExit r = m.run();
+  EXPECT_EQ(r.kind, ExitKind::Error);
+  EXPECT_NE(r.diagnostic.find("outside RAM"), std::string::npos) << r.diagnostic;
+}
+
+BT_GUEST_PROGRAM(mmiorw, 0x100000,
+  "  mov dword ptr [0xf0000000], 40\n"
+  "  add dword ptr [0xf0000000], 2\n"
+  "  mov ah, 0x10\n"
+  "  or ah, [0xf0000000]\n"
+  "  movzx eax, ah\n"
+  "  out 0x80, eax\n"
+  "  mov ecx, 0xf0000000\n"
+  "  cmp dword ptr [ecx], 42\n"
+  "  sete al\n"
+  "  out 0x80, eax\n"
+  "  xadd [ecx+4], ecx\n"
+  "  mov eax, [0xf0000004]\n"
+  "  out 0x80, eax\n"
+  "  out 0xf4, al\n")
+
+TEST(BtVm, MmioReadModifyWriteInstructionsRunNativelyOnAScratchWord) {
+  Machine m;
+  m.load(mmiorw_start, mmiorw_end);
+  RunExit r = m.run();
+  ASSERT_EQ(r.kind, ExitKind::Stopped) << r.diagnostic;
+  ASSERT_EQ(m.plat.post.size(), 3u);
+  EXPECT_EQ(m.plat.post[0], 0x3au);        // 0x10 | 42
+  EXPECT_EQ(m.plat.post[1] & 0xff, 1u);    // flags from the MMIO compare
+  EXPECT_EQ(m.plat.post[2], 0xf0000000u);  // xadd wrote ecx + old (0) to the device
+  EXPECT_EQ(m.plat.mmio[0], 42u);
+}
+
+TEST(BtVm, PageTablesOutsideRamFaultAndTripleFault) {
+  Machine m;
+  m.load(garbage_start, garbage_end);
+  m.state.cr0 = 0x80000011;
+  m.state.cr3 = 0xff000000;  // beyond RAM: entries read as not present
+  RunExit r = m.run();
+  EXPECT_EQ(r.kind, ExitKind::Shutdown) << r.diagnostic;
+}
+
+BT_GUEST_PROGRAM(stopper, 0x100000, "  out 0xf4, al\n")
+extern "C" const unsigned char stopper_start[];
+
+// Random bytes executed at CPL 0 with every vector handled: whatever the
+// guest does, the host must survive and report a RunExit; a signal in
+// monitor code would mean a host bug.
+TEST(BtVm, RandomGarbageNeverCrashesTheHost) {
+  std::mt19937 rng(7);
+  int kinds[3] = {0, 0, 0};
+  for (int round = 0; round < 60; ++round) {
+    Machine m;
+    m.tables();
+    m.load(stopper_start, stopper_start + 2, 0x180000);
+    for (unsigned v = 0; v < 256; ++v) {
+      const std::uint32_t off = 0x180000;
+      const std::uint64_t g = (off & 0xffff) | (0x08ull << 16) | (0x8eull << 40) | (static_cast<std::uint64_t>(off >> 16) << 48);
+      m.mem.load(0x2000 + v * 8, &g, 8);
+    }
+    std::vector<std::uint8_t> junk(256);
+    for (auto& b : junk) b = static_cast<std::uint8_t>(rng());
+    m.mem.load(kBase, junk.data(), junk.size());
+    if (std::getenv("BT_SHOW_GARBAGE") && round == std::atoi(std::getenv("BT_SHOW_GARBAGE"))) {
+      for (int i = 0; i < 40; ++i) std::printf("%02x ", junk[i]);
+      std::printf("\n");
+    }
+    std::atomic<bool> done{false};
+    std::thread watchdog([&] {
+      for (int i = 0; i < 50 && !done; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+      if (!done) m.cpu->kick();
+    });
+    m.cpu->load(m.state);
+    RunExit r = m.cpu->run();
+    done = true;
+    watchdog.join();
+    EXPECT_EQ(r.diagnostic.find("host signal"), std::string::npos) << "round " << round << ": " << r.diagnostic;
+    ++kinds[static_cast<int>(r.kind)];
+    if (std::getenv("BT_SHOW_GARBAGE")) std::printf("%d: r%d %s\n", static_cast<int>(r.kind), round, r.diagnostic.substr(0, 300).c_str());
+  }
+  std::printf("garbage rounds: stopped %d, shutdown %d, error %d\n", kinds[0], kinds[1], kinds[2]);
+}
+
+TEST(BtVm, KickBeforeRunStopsTheNextRun) {
+  Machine m;
+  m.load(spin_start, spin_end);
+  m.cpu->load(m.state);
+  m.cpu->kick();
+  RunExit r = m.cpu->run();
+  EXPECT_EQ(r.kind, ExitKind::Stopped);
+  // The kick was consumed: a later run proceeds (and is kicked again).
+  std::thread t([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    m.cpu->kick();
+  });
+  r = m.cpu->run();
+  t.join();
+  EXPECT_EQ(r.kind, ExitKind::Stopped);
+  EXPECT_GT(m.cpu->save().gpr[gpr::rax], 1000u);
+}
+
+BT_GUEST_PROGRAM(strops, 0x100000,
+  "  cld\n"
+  "  mov edi, 0x20ffc\n"        // crosses pages, 3 pages long
+  "  mov ecx, 3000\n"
+  "  mov eax, 0x11223344\n"
+  "  rep stosd\n"
+  "  mov esi, 0x20ffc\n"        // overlapping forward copy: replicates the first byte
+  "  mov edi, 0x20ffd\n"
+  "  mov ecx, 100\n"
+  "  rep movsb\n"
+  "  std\n"
+  "  mov esi, 0x30003\n"        // backward copy across a page boundary
+  "  mov edi, 0x40103\n"
+  "  mov ecx, 4100\n"
+  "  rep movsb\n"
+  "  cld\n"
+  "  mov eax, edi\n"
+  "  out 0x80, eax\n"
+  "  mov eax, ecx\n"
+  "  out 0x80, eax\n"
+  "  out 0xf4, al\n")
+
+TEST(BtVm, RepStringInstructionsMatchAReferenceModel) {
+  Machine m;
+  m.load(strops_start, strops_end);
+  std::vector<std::uint8_t> ref(m.mem.size());
+  for (std::uint32_t a = 0x2f000; a < 0x31000; ++a) {  // source pattern for the backward copy
+    const std::uint8_t v = static_cast<std::uint8_t>(a * 7);
+    m.mem.host_base()[a] = v;
+  }
+  std::memcpy(ref.data(), m.mem.host_base(), ref.size());
+  for (std::uint32_t i = 0; i < 3000; ++i) {
+    const std::uint32_t v = 0x11223344;
+    std::memcpy(&ref[0x20ffc + 4 * i], &v, 4);
+  }
+  for (std::uint32_t i = 0; i < 100; ++i) ref[0x20ffd + i] = ref[0x20ffc + i];
+  for (std::uint32_t i = 0; i < 4100; ++i) ref[0x40103 - i] = ref[0x30003 - i];
+  RunExit r = m.run();
+  ASSERT_EQ(r.kind, ExitKind::Stopped) << r.diagnostic;
+  ASSERT_EQ(m.plat.post.size(), 2u);
+  EXPECT_EQ(m.plat.post[0], 0x40103u - 4100u);
+  EXPECT_EQ(m.plat.post[1], 0u);
+  EXPECT_EQ(std::memcmp(ref.data() + 0x20000, m.mem.host_base() + 0x20000, 0x30000), 0);
+}
+
+BT_GUEST_PROGRAM(hostbug, 0x100000, "  mov al, 1\n  out 0x99, al\n  out 0xf4, al\n")
+
+TEST(BtVm, ASignalInMonitorCodeIsAnErrorExit) {
+  Machine m;
+  m.load(hostbug_start, hostbug_end);
+  RunExit r = m.run();
+  EXPECT_EQ(r.kind, ExitKind::Error);
+  EXPECT_NE(r.diagnostic.find("host signal 11 in monitor code"), std::string::npos) << r.diagnostic;
+  // The vCPU is still usable afterwards.
+  m.plat.crash_target = &m.plat.exit_code;
+  m.state.rip = kBase;
+  r = m.run();
+  EXPECT_EQ(r.kind, ExitKind::Stopped) << r.diagnostic;
+}
+
+BT_GUEST_PROGRAM(far, 0x100000,
+  "  ljmp 0x08, BASE + 1f - far_start\n"
+  "1: lcall 0x08, BASE + farfn - far_start\n"
+  "  out 0x80, eax\n"
+  "  mov ax, 0x10\n"
+  "  mov ds, ax\n"
+  "  mov es, ax\n"
+  "  push ds\n"
+  "  pop fs\n"
+  "  mov ax, fs\n"
+  "  movzx eax, ax\n"
+  "  out 0x80, eax\n"
+  "  mov eax, esp\n"
+  "  out 0x80, eax\n"
+  "  out 0xf4, al\n"
+  "farfn: mov eax, [esp+4]\n"
+  "  retf\n")
+
+TEST(BtVm, FarTransfersAndSegmentLoads) {
+  Machine m;
+  m.load(far_start, far_end);
+  m.tables();
+  RunExit r = m.run();
+  ASSERT_EQ(r.kind, ExitKind::Stopped) << r.diagnostic;
+  ASSERT_EQ(m.plat.post.size(), 3u);
+  EXPECT_EQ(m.plat.post[0], 0x08u);     // CS pushed by the far call
+  EXPECT_EQ(m.plat.post[1], 0x10u);     // FS after push ds / pop fs
+  EXPECT_EQ(m.plat.post[2], 0x80000u);  // stack balanced
+  EXPECT_EQ(m.state.fs.selector, 0x10);
+  EXPECT_TRUE(m.state.fs.present);
+  EXPECT_EQ(m.state.fs.limit, 0xffffffffu);
+  // The accessed bit was set in the GDT entry of 0x10.
+  EXPECT_EQ((m.mem.r32(0x1000 + 0x10 + 4) >> 8) & 1, 1u);
+}
+
+// A 256 KiB translation cache and ~12000 distinct blocks: the cache is
+// flushed several times while the guest runs, and it still computes the
+// right answer (region maps, fast tables and pending chains are reset).
+TEST(BtVm, TranslationCacheFlushesKeepTheGuestCorrect) {
+  MemfdMemory mem(16u << 20);
+  FakePlatform plat;
+  NullLogger log;
+  Vcpu cpu(mem, plat, log, 0, 256 * 1024);
+  std::vector<std::uint8_t> code;
+  // ecx = 3 outer rounds; then 4000 blocks "add eax, i; jmp +0"; then loop.
+  code.insert(code.end(), {0xb9, 3, 0, 0, 0, 0x31, 0xc0});  // mov ecx, 3; xor eax, eax
+  const std::size_t loop_top = code.size();
+  std::uint64_t expect = 0;
+  for (std::uint32_t i = 0; i < 4000; ++i) {
+    code.push_back(0x05);  // add eax, imm32
+    for (int k = 0; k < 4; ++k) code.push_back(static_cast<std::uint8_t>(i >> (8 * k)));
+    code.insert(code.end(), {0xeb, 0x00});  // jmp to the next instruction: ends the block
+    expect += i;
+  }
+  code.push_back(0x49);  // dec ecx
+  const std::int32_t back = static_cast<std::int32_t>(loop_top) - static_cast<std::int32_t>(code.size() + 6);
+  code.insert(code.end(), {0x0f, 0x85});  // jnz loop_top
+  for (int k = 0; k < 4; ++k) code.push_back(static_cast<std::uint8_t>(static_cast<std::uint32_t>(back) >> (8 * k)));
+  code.insert(code.end(), {0xe7, 0x80, 0xe6, 0xf4});  // out 0x80, eax; out 0xf4, al
+  mem.load(kBase, code.data(), code.size());
+  cpu.load(multiboot_state(kBase));
+  RunExit r = cpu.run();
+  ASSERT_EQ(r.kind, ExitKind::Stopped) << r.diagnostic;
+  ASSERT_EQ(plat.post.size(), 1u);
+  EXPECT_EQ(plat.post[0], static_cast<std::uint32_t>(3 * expect));
+  Counters c;
+  cpu.add_counters(c);
+  std::uint64_t flushes = 0;
+  for (auto& [n, v] : c)
+    if (n == "bt.cache_flushes") flushes = v;
+  EXPECT_GE(flushes, 2u);
+}
+
+// Two VMs on two threads at once: per-thread GS base, poll pages, timers and
+// fault handling stay separate.
+TEST(BtVm, TwoVmsRunConcurrentlyOnTwoThreads) {
+  for (int round = 0; round < 5; ++round) {
+    Machine a, b;
+    a.load(fib_start, fib_end);
+    b.load(smc_start, smc_end);
+    RunExit ra, rb;
+    std::thread ta([&] { ra = a.run(); });
+    std::thread tb([&] { rb = b.run(); });
+    ta.join();
+    tb.join();
+    ASSERT_EQ(ra.kind, ExitKind::Stopped) << ra.diagnostic;
+    ASSERT_EQ(rb.kind, ExitKind::Stopped) << rb.diagnostic;
+    ASSERT_EQ(a.plat.post.size(), 2u);
+    EXPECT_EQ(a.plat.post[0], 6765u);
+    ASSERT_EQ(b.plat.post.size(), 3u);
+    EXPECT_EQ(b.plat.post[2], 102u);
+  }
+}
+
+TEST(BtVm, PlatformTimerDeadlinesArmAOneShotHostTimer) {
+  Machine m;
+  m.load(spin_start, spin_end);
+  m.plat.deadline = 200000;  // 200 us after "now" (the fake clock stays at 0)
+  std::thread t([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(30));
+    m.cpu->kick();
+  });
+  RunExit r = m.run();
+  t.join();
+  EXPECT_EQ(r.kind, ExitKind::Stopped) << r.diagnostic;
+  EXPECT_GT(m.plat.deadline_queries, 0);
+  EXPECT_GE(m.counter("bt.irq_check_exits"), 1u);
+}
+
+BT_GUEST_PROGRAM(window, 0x100000,
+  "  mov eax, 1\n"
+  "  sti\n"
+  "  nop\n"
+  ".globl window_after_sti\n"
+  "window_after_sti: mov eax, 2\n"
+  "  cli\n"
+  "  push eax\n"
+  "  mov al, 0x30\n"
+  "  out 0x81, al\n"
+  "  pop eax\n"
+  "  push 0x202\n"
+  "  popfd\n"
+  ".globl window_after_popf\n"
+  "window_after_popf: mov eax, 3\n"
+  "  out 0xf4, al\n"
+  ".globl window_h\n"
+  "window_h: push eax\n"
+  "  mov eax, [esp+4]\n"
+  "  out 0x80, eax\n"
+  "  pop eax\n"
+  "  out 0x80, eax\n"
+  "  iretd\n")
+extern "C" const unsigned char window_after_sti[], window_after_popf[], window_h[];
+
+// Interrupts waiting while IF=0 are taken right where inline STI (after its
+// shadow) and inline POPF open the window.
+TEST(BtVm, InlineStiAndPopfOpenTheInterruptWindowPrecisely) {
+  Machine m;
+  m.load(window_start, window_end);
+  m.tables();
+  m.gate(0x30, window_h, window_start);
+  m.plat.irqs = {0x30};  // the second is raised by the guest (port 0x81) with IF=0
+  RunExit r = m.run();
+  ASSERT_EQ(r.kind, ExitKind::Stopped) << r.diagnostic;
+  ASSERT_EQ(m.plat.post.size(), 4u);
+  EXPECT_EQ(m.plat.post[0], kBase + static_cast<std::uint32_t>(window_after_sti - window_start));
+  EXPECT_EQ(m.plat.post[1], 1u);
+  EXPECT_EQ(m.plat.post[2], kBase + static_cast<std::uint32_t>(window_after_popf - window_start));
+  EXPECT_EQ(m.plat.post[3], 2u);
+  EXPECT_EQ(m.counter("bt.irq_window_exits"), 2u);
+}
