@@ -19,6 +19,7 @@
 #include "config/vm_config.hpp"
 #include <modevisor/api/hypervisor.hpp>
 
+#include "common/errors.hpp"
 #include "monitor/vm_session.hpp"
 #include "selection/mode_log.hpp"
 
@@ -294,6 +295,11 @@ const char* result_kind(host::SessionResult::Kind kind) {
 }  // namespace
 
 int command_run(Context& context, const std::string& vm_file, bool json_output, bool stats) {
+  if (!context.host_is_probed())
+    throw host::InputError(context.host_config().file, 0, 0,
+                           "this host configuration describes another host (cpu_profile " +
+                               context.host_config().cpu_profile.value_or("?") +
+                               "); VMs run only on the host itself: use it with explain");
   host::VmConfig vm = host::load_vm_config(vm_file, context.guest_os());
   auto vm_log = open_vm_log(context, vm);
   vm_log->info("power on: VM {} from {}", vm.name, vm.file.string());

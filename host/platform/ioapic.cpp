@@ -57,7 +57,8 @@ void IoApic::set_irq(unsigned pin, bool level) {
       state_.irr |= bit;
     else
       state_.irr &= ~bit;
-  } else if (level && !was) {
+  } else if (level && !was && !(state_.redirection[pin] & kMask)) {
+    // An edge on a masked pin is ignored, not held pending (82093AA).
     state_.irr |= bit;
   }
   service();

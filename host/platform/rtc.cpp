@@ -129,7 +129,11 @@ void Rtc::update_flags(std::uint64_t now) {
   std::uint8_t flags = 0;
   if (const std::uint64_t units = periodic_period_units()) {
     const std::uint64_t ticks = static_cast<std::uint64_t>(u128(now) * 32768 / (u128(units) * kNs));
-    if (ticks > state_.periodic_ticks) flags |= kPf;
+    // PF only while PIE is set, as QEMU's RTC (the oracle) does: a PF left
+    // over from before PIE was enabled would request an interrupt at once,
+    // and the guest's usual read of C would then leave a latched edge whose
+    // handler finds PF clear.
+    if (ticks > state_.periodic_ticks && (state_.cmos[kRegB] & kPie)) flags |= kPf;
     state_.periodic_ticks = ticks;
   }
   const std::uint64_t seconds = now / kNs;

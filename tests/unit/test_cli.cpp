@@ -140,14 +140,42 @@ TEST_F(CliTest, HostJsonDescribesTheDriver) {
   if (!j["driver"]["usable"].get<bool>()) EXPECT_FALSE(j["driver"]["detail"].get<std::string>().empty());
 }
 
-TEST_F(CliTest, RunWritesTheSelectionToTheVmLogAndRefusesWithoutAnEngine) {
+TEST_F(CliTest, RunBootsTheGuestUnderTheSelectedModeAndReturnsItsExitStatus) {
   Result r = run("run configs/vms/hello-32.yaml");
-  EXPECT_EQ(r.status, 4) << r.out;
-  EXPECT_THAT(r.out, HasSubstr("cannot run"));
+  // hello writes 0 to the debug-exit port: QEMU's convention makes that (0 << 1) | 1.
+  EXPECT_EQ(r.status, 1) << r.out;
+  EXPECT_THAT(r.out, HasSubstr("hello from hello"));
   const std::string log = read_log("hello-32.log");
   EXPECT_THAT(log, HasSubstr("MONITOR MODE: allowed modes"));
   EXPECT_THAT(log, HasSubstr("MONITOR MODE: selected"));
-  EXPECT_THAT(log, HasSubstr("power on failed"));
+  EXPECT_THAT(log, HasSubstr("console| hello from hello"));
+  EXPECT_THAT(log, HasSubstr("power off: guest-exit"));
+}
+
+TEST_F(CliTest, RunJsonCarriesConsoleCountersAndExitStatus) {
+  Result r = run("--json run configs/vms/hello-32.yaml --stats");
+  ASSERT_EQ(r.status, 1) << r.out;
+  auto j = nlohmann::json::parse(r.out.substr(r.out.find('{')));
+  EXPECT_EQ(j["result"], "guest-exit");
+  EXPECT_EQ(j["exit_status"], 1);
+  EXPECT_THAT(j["console"].get<std::string>(), HasSubstr("RESULT: PASS"));
+  EXPECT_FALSE(j["counters"].empty());
+}
+
+TEST_F(CliTest, RunOfAVmNoModeCanRunExitsThreeAndSaysWhy) {
+  auto host = nlohmann::json::parse(run("host --json").out);
+  if (host["usable"]["hardware_execution"].get<bool>() || host["long_mode_segment_limits"].get<bool>())
+    GTEST_SKIP() << "this host can run 64-bit guests";
+  Result r = run("run configs/vms/linux-64.yaml");
+  EXPECT_EQ(r.status, 3) << r.out;
+  EXPECT_THAT(r.out, HasSubstr("no monitor mode can run it here"));
+  EXPECT_THAT(read_log("linux-64.log"), HasSubstr("power on failed"));
+}
+
+TEST_F(CliTest, RunRefusesAHostConfigurationThatDescribesAnotherHost) {
+  Result r = run("--host-config configs/hosts/esx40-shanghai.yaml run configs/vms/hello-32.yaml");
+  EXPECT_EQ(r.status, 2) << r.out;
+  EXPECT_THAT(r.out, HasSubstr("describes another host"));
 }
 
 }  // namespace

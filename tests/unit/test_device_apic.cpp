@@ -71,7 +71,9 @@ TEST(IoApicTest, PitIrq0ArrivesOnPin2) {
   EXPECT_EQ(t.machine.acknowledge_interrupt(0), 0x30);
 }
 
-TEST(IoApicTest, MaskedEdgeIsHeldUntilUnmasked) {
+// 82093AA: "Edge-sensitive interrupts signaled on a masked interrupt pin are
+// ignored (i.e., not delivered or held pending)."
+TEST(IoApicTest, MaskedEdgeIsIgnoredNotHeldPending) {
   TestPc t;
   enable_apic(t);
   t.ioapic_write(0x11 + 2 * 5, 0);
@@ -79,6 +81,10 @@ TEST(IoApicTest, MaskedEdgeIsHeldUntilUnmasked) {
   t.pc.ioapic().set_irq(5, true);
   EXPECT_FALSE(t.machine.interrupt_pending(0));
   t.ioapic_write(0x10 + 2 * 5, 0x45);
+  EXPECT_FALSE(t.machine.interrupt_pending(0)) << "the edge came while masked";
+  // The next edge after unmasking is delivered.
+  t.pc.ioapic().set_irq(5, false);
+  t.pc.ioapic().set_irq(5, true);
   ASSERT_TRUE(t.machine.interrupt_pending(0));
   EXPECT_EQ(t.machine.acknowledge_interrupt(0), 0x45);
 }

@@ -54,7 +54,7 @@ void busy_pc(TestPc& t) {
   t.out8(0x70, 0x0b);
   t.out8(0x71, 0x46);
   t.out8(0x70, 0x0a);
-  t.out8(0x71, 0x2d);
+  t.out8(0x71, 0x26);  // 1024 Hz periodic interrupts: several during the script
   t.out8(0x70, 0x0c);  // leave the index on C
   // fw_cfg halfway through the signature; PCI address latched.
   t.machine.io_out(0, 0x510, 2, 0);
