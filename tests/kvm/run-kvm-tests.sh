@@ -1,6 +1,7 @@
 #!/bin/bash
 # ctest "kvm_nested_host" (label kvm): run the KVM integration tests where KVM
-# is real.
+# is real, then boot every guest of tests/guests with `modevisor run` under the
+# HV plugin that KVM allows and compare with QEMU (run-guests-under-hv.sh).
 #   - /dev/kvm on this machine usable (per `modevisor host`): run them here.
 #   - otherwise: build the KVM test host (scripts/kvm-host: QEMU TCG, AMD EPYC
 #     with SVM, Debian's kernel and kvm_amd) and run them inside it, with
@@ -20,7 +21,8 @@ usable=$("$BUILD/bin/modevisor" --json host 2>/dev/null |
          python3 -c 'import json,sys; d=json.load(sys.stdin)["driver"]; print("yes" if d["usable"] else "no: " + d["name"] + ": " + d["detail"])' 2>&1)
 if [ "$usable" = yes ]; then
   echo "this machine's /dev/kvm is usable: running the KVM tests here"
-  MODEVISOR_KVM_REQUIRED=1 "$TESTS" --gtest_color=no
+  MODEVISOR_KVM_REQUIRED=1 "$TESTS" --gtest_color=no || exit 1
+  "$SRC/tests/kvm/run-guests-under-hv.sh" "$BUILD" "$SRC"
   exit $?
 fi
 echo "this machine's KVM is not usable ($usable); using the nested-SVM test host"
@@ -33,7 +35,7 @@ fi
 
 start=$(date +%s)
 NPTS="1 0" "$SRC/scripts/kvm-host/run.sh" -o "$OUT" -w "$OUT/work" -t "${KVM_HOST_TIMEOUT:-420}" -- \
-  sh -c "'$BUILD/bin/modevisor' plugins; MODEVISOR_KVM_REQUIRED=1 MODEVISOR_KVM_HANDOFF_DIR=$OUT/work timeout 150 '$TESTS' --gtest_color=no"
+  sh -c "'$BUILD/bin/modevisor' plugins; MODEVISOR_KVM_REQUIRED=1 MODEVISOR_KVM_HANDOFF_DIR=$OUT/work timeout 150 '$TESTS' --gtest_color=no && timeout 300 '$SRC/tests/kvm/run-guests-under-hv.sh' '$BUILD' '$SRC'"
 rc=$?
 echo "test host: $(( $(date +%s) - start ))s wall"
 case $rc in
