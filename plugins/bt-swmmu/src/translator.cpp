@@ -150,20 +150,10 @@ ZydisRegister rename(ZydisRegister r) {
   }
 }
 
-bool is_string_op(ZydisMnemonic m) {
-  switch (m) {
-    case ZYDIS_MNEMONIC_MOVSB: case ZYDIS_MNEMONIC_MOVSW: case ZYDIS_MNEMONIC_MOVSD:
-    case ZYDIS_MNEMONIC_STOSB: case ZYDIS_MNEMONIC_STOSW: case ZYDIS_MNEMONIC_STOSD:
-    case ZYDIS_MNEMONIC_LODSB: case ZYDIS_MNEMONIC_LODSW: case ZYDIS_MNEMONIC_LODSD:
-    case ZYDIS_MNEMONIC_CMPSB: case ZYDIS_MNEMONIC_CMPSW: case ZYDIS_MNEMONIC_CMPSD:
-    case ZYDIS_MNEMONIC_SCASB: case ZYDIS_MNEMONIC_SCASW: case ZYDIS_MNEMONIC_SCASD:
-    case ZYDIS_MNEMONIC_INSB: case ZYDIS_MNEMONIC_INSW: case ZYDIS_MNEMONIC_INSD:
-    case ZYDIS_MNEMONIC_OUTSB: case ZYDIS_MNEMONIC_OUTSW: case ZYDIS_MNEMONIC_OUTSD:
-      return true;
-    default:
-      return false;
-  }
-}
+// String instructions, by category: Zydis names SSE2's scalar-double MOVSD
+// and CMPSD (F2 0F 10/11, F2 0F C2) like the string MOVSD/CMPSD, and those
+// must be translated as SSE instructions, not emulated as string moves.
+bool is_string_op(const ZydisDecodedInstruction& insn) { return insn.meta.category == ZYDIS_CATEGORY_STRINGOP; }
 
 bool is_fpu_like(const ZydisDecodedInstruction& insn) {
   switch (insn.meta.isa_ext) {
@@ -245,7 +235,7 @@ InsnClass classify(const ZydisDecodedInstruction& insn, const ZydisDecodedOperan
     default:
       break;
   }
-  if (is_string_op(insn.mnemonic)) return InsnClass::Special;
+  if (is_string_op(insn)) return InsnClass::Special;
   // Anything touching segment, control or debug registers, or an implicit memory operand.
   for (unsigned i = 0; i < insn.operand_count; ++i) {
     const auto& o = ops[i];
