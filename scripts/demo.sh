@@ -29,6 +29,9 @@ run $MV --log-dir "$MODEVISOR_LOG_DIR" explain configs/vms/linux-64.yaml --cpu i
 run $MV --log-dir "$MODEVISOR_LOG_DIR" explain configs/vms/ft-64.yaml --cpu intel-nehalem --policy esx-4.0; echo
 run $MV --log-dir "$MODEVISOR_LOG_DIR" explain configs/vms/bt-requested-32.yaml --cpu amd-shanghai --policy esx-4.0; echo
 
-say "Running a VM (the engines come with the next issues: run refuses, and says why)"
-run $MV --log-dir "$MODEVISOR_LOG_DIR" run configs/vms/hello-32.yaml
-echo "VM log: $MODEVISOR_LOG_DIR/hello-32.log"; grep 'MONITOR MODE' "$MODEVISOR_LOG_DIR/hello-32.log" | tail -6 || true
+say "Running VMs on this host (each under the mode selected for it here)"
+run $MV --log-dir "$MODEVISOR_LOG_DIR" run --stats configs/vms/hello-32.yaml
+echo "VM log: $MODEVISOR_LOG_DIR/hello-32.log"
+grep -E 'MONITOR MODE|loader|power' "$MODEVISOR_LOG_DIR/hello-32.log" | tail -9 || true
+run $MV --log-dir "$MODEVISOR_LOG_DIR" run configs/vms/procs-32.yaml
+run $MV --log-dir "$MODEVISOR_LOG_DIR" run configs/vms/linux-64.yaml

@@ -152,6 +152,14 @@ TEST_F(CliTest, RunBootsTheGuestUnderTheSelectedModeAndReturnsItsExitStatus) {
   EXPECT_THAT(log, HasSubstr("power off: guest-exit"));
 }
 
+TEST_F(CliTest, EveryExample32BitVmRunsToItsPassLine) {
+  for (const char* vm : {"hello-32", "bt-requested-32", "os2", "windows-xp-32", "procs-32"}) {
+    Result r = run(std::string("run configs/vms/") + vm + ".yaml");
+    EXPECT_EQ(r.status, 1) << vm << ":\n" << r.out;
+    EXPECT_THAT(r.out, HasSubstr("RESULT: PASS")) << vm;
+  }
+}
+
 TEST_F(CliTest, RunJsonCarriesConsoleCountersAndExitStatus) {
   Result r = run("--json run configs/vms/hello-32.yaml --stats");
   ASSERT_EQ(r.status, 1) << r.out;
