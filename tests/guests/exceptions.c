@@ -252,12 +252,13 @@ static void cmos_write(uint8_t reg, uint8_t v)
 static volatile uint32_t rtc_ticks, rtc_bad;
 static struct regs *rtc_irq(struct regs *r)
 {
-  /* Reading C acknowledges; PF must be set.  Except on the first interrupt
-     after rtc_periodic(1): a tick between its write of B.PIE and its read of
-     C raises IRQ8 (latched by the edge-triggered PIC/I/O APIC) and that read
-     clears PF, so the interrupt arrives with PF clear.  The race is real on
-     hardware too; it shows where the guest runs slowly. */
-  if (!(cmos_read(0x0c) & 0x40) && rtc_ticks > 0)
+  /* Reading C acknowledges; PF must be set.  One interrupt with PF clear
+     can come from rtc_periodic(1) itself: a tick between its write of B.PIE
+     and its read of C raises IRQ8 (latched by the edge-triggered PIC/I/O
+     APIC) and that read clears PF.  The latched edge arrives later, first or
+     after a real tick consumed the flag.  The race is real on hardware too
+     and shows where the guest runs slowly, so rtc_bad may be 0 or 1. */
+  if (!(cmos_read(0x0c) & 0x40))
     rtc_bad++;
   rtc_ticks++;
   if (r->vec == 0x28)
@@ -292,7 +293,7 @@ static void test_rtc(void)
   rtc_periodic(0);
   pic_mask_all();
   CHECK(rtc_ticks >= 8);
-  CHECK_EQ(rtc_bad, 0);
+  CHECK(rtc_bad <= 1);
   printf("CMOS RTC: valid time digits, >= 8 periodic IRQ8s through the cascaded PIC\n");
 }
 
@@ -327,7 +328,7 @@ static void test_ioapic(void)
   rtc_periodic(0);
   ioapic_write(0x10 + 2 * 8, 0x10000 | 0x48); /* mask */
   CHECK(rtc_ticks >= 8);
-  CHECK_EQ(rtc_bad, 0);
+  CHECK(rtc_bad <= 1);
   printf("I/O APIC: >= 8 RTC interrupts via redirection entry 8 -> vector 0x48, LAPIC EOI\n");
 }
 

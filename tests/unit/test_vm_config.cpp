@@ -440,7 +440,7 @@ TEST_F(VmConfigTest, EveryShippedVmLoads) {
     VmConfig vm;
     ASSERT_NO_THROW(vm = load_vm_config(entry.path(), guest_os_));
     EXPECT_EQ(vm.name, entry.path().stem().string()) << "a VM's name should match its file";
-    EXPECT_EQ(vm.guest.kernel, kFixtureDir / "guests-placeholder/hello.elf");
+    EXPECT_EQ(vm.guest.kernel.parent_path(), kFixtureDir / "guests-placeholder") << "kernels come from ${MODEVISOR_GUEST_DIR}";
     ++loaded;
   }
   EXPECT_GE(loaded, 6);
