@@ -159,9 +159,10 @@ SessionResult VmSession::run() {
       result.reason = machine_.stop_reason();
       break;
     }
-    api::VcpuState state = machine_vm_->save_vcpu(0);
     result.kind = exit.kind == api::ExitKind::Shutdown ? SessionResult::Kind::Shutdown : SessionResult::Kind::Error;
-    result.reason = exit.diagnostic.empty() ? register_dump(state) : exit.diagnostic + "; " + register_dump(state);
+    // Monitors put the reason and their register dump in the diagnostic;
+    // the mode-neutral state is the fallback when one says nothing.
+    result.reason = exit.diagnostic.empty() ? register_dump(machine_vm_->save_vcpu(0)) : exit.diagnostic;
     break;
   }
   running_ = false;

@@ -160,6 +160,22 @@ TEST_F(CliTest, EveryExample32BitVmRunsToItsPassLine) {
   }
 }
 
+TEST_F(CliTest, ATripleFaultingGuestStopsWithARegisterDumpAndTheHostGoesOn) {
+  fs::create_directories(log_dir_);
+  const fs::path vm = log_dir_ / "triple.yaml";
+  std::ofstream(vm) << "name: triple\nguest:\n  os: other-32\n  kernel: " << MODEVISOR_BINARY_DIR
+                    << "/guests/triple.elf\nmemory: 16MiB\n";
+  Result r = run("run " + vm.string());
+  EXPECT_EQ(r.status, 6) << r.out;
+  EXPECT_THAT(r.out, HasSubstr("triple: loading an empty IDT"));
+  EXPECT_THAT(r.out, Not(HasSubstr("still running")));
+  const std::string log = read_log("triple.log");
+  EXPECT_THAT(log, HasSubstr("power off: shutdown"));
+  EXPECT_THAT(log, ::testing::ContainsRegex("(EIP|eip|RIP|rip)=[0-9a-f]+"));  // the register dump
+  // The host goes on: the next VM runs normally.
+  EXPECT_EQ(run("run configs/vms/hello-32.yaml").status, 1);
+}
+
 TEST_F(CliTest, RunJsonCarriesConsoleCountersAndExitStatus) {
   Result r = run("--json run configs/vms/hello-32.yaml --stats");
   ASSERT_EQ(r.status, 1) << r.out;
