@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "bt_test_support.hpp"
+#include "encoder_operands.hpp"
 #include "vcpu.hpp"
 
 using namespace bttest;
@@ -29,31 +30,10 @@ namespace {
 constexpr std::uint32_t kCode = 0x100000, kScratch = 0x200000, kScratchSize = 0x4000, kOut = 0x210000;
 constexpr std::uint32_t kStackTop = 0x2f8000;
 
-struct Op {
-  ZydisEncoderOperand o{};
-};
-Op R(ZydisRegister r) {
-  Op x;
-  x.o.type = ZYDIS_OPERAND_TYPE_REGISTER;
-  x.o.reg.value = r;
-  return x;
-}
-Op M(ZydisRegister base, std::int64_t disp, unsigned size, ZydisRegister index = ZYDIS_REGISTER_NONE, unsigned scale = 0) {
-  Op x;
-  x.o.type = ZYDIS_OPERAND_TYPE_MEMORY;
-  x.o.mem.base = base;
-  x.o.mem.index = index;
-  x.o.mem.scale = static_cast<ZyanU8>(index == ZYDIS_REGISTER_NONE ? 0 : scale);
-  x.o.mem.displacement = disp;
-  x.o.mem.size = static_cast<ZyanU16>(size);
-  return x;
-}
-Op I(std::int64_t v) {
-  Op x;
-  x.o.type = ZYDIS_OPERAND_TYPE_IMMEDIATE;
-  x.o.imm.s = v;
-  return x;
-}
+using modevisor::bt::encode::I;
+using modevisor::bt::encode::M;
+using modevisor::bt::encode::Op;
+using modevisor::bt::encode::R;
 
 struct Asm32 {
   std::vector<std::uint8_t> code;

@@ -1,5 +1,7 @@
 #include "translator.hpp"
 
+#include "encoder_operands.hpp"
+
 #include <sys/mman.h>
 
 #include <cstddef>
@@ -17,32 +19,10 @@ constexpr std::int32_t kOffReason = offsetof(Context, exit_reason);
 constexpr std::int32_t kOffFast = offsetof(Context, fast_table);
 constexpr std::int32_t kOffHits = offsetof(Context, indirect_hits);
 
-// ---- operand helpers for Zydis encoder requests -------------------------
-struct Op {
-  ZydisEncoderOperand o{};
-};
-Op R(ZydisRegister r) {
-  Op x;
-  x.o.type = ZYDIS_OPERAND_TYPE_REGISTER;
-  x.o.reg.value = r;
-  return x;
-}
-Op M(ZydisRegister base, std::int64_t disp, unsigned size, ZydisRegister index = ZYDIS_REGISTER_NONE, unsigned scale = 0) {
-  Op x;
-  x.o.type = ZYDIS_OPERAND_TYPE_MEMORY;
-  x.o.mem.base = base;
-  x.o.mem.index = index;
-  x.o.mem.scale = static_cast<ZyanU8>(index == ZYDIS_REGISTER_NONE ? 0 : scale);
-  x.o.mem.displacement = disp;
-  x.o.mem.size = static_cast<ZyanU16>(size);
-  return x;
-}
-Op I(std::int64_t v) {
-  Op x;
-  x.o.type = ZYDIS_OPERAND_TYPE_IMMEDIATE;
-  x.o.imm.s = v;
-  return x;
-}
+using encode::I;
+using encode::M;
+using encode::Op;
+using encode::R;
 
 class Emitter {
  public:
