@@ -10,9 +10,8 @@
 #include <thread>
 #include <vector>
 
-#include "bt_test_support.hpp"
+#include "bt_test_machine.hpp"
 #include "shadow.hpp"
-#include "vcpu.hpp"
 
 using namespace modevisor::bt;
 using namespace bttest;
@@ -156,28 +155,10 @@ TEST(BtWalker, PaeTwoMegabytePagesAndNx) {
 
 namespace {
 
-constexpr std::uint32_t kBase = 0x100000;
-
-struct PagedMachine {
-  MemfdMemory mem{16u << 20};
-  FakePlatform plat;
-  NullLogger log;
-  std::unique_ptr<Vcpu> cpu = std::make_unique<Vcpu>(mem, plat, log, 0);
-  VcpuState state = multiboot_state(kBase);
-
+// The test machine with the GDT/TSS and these page tables in guest RAM.
+struct PagedMachine : Machine {
   PagedMachine() {
-    const std::uint64_t gdt[6] = {0, 0x00cf9a000000ffffull, 0x00cf92000000ffffull, 0x00cffa000000ffffull,
-                                  0x00cff2000000ffffull, 0x0000890000000067ull | (0x3000ull << 16)};
-    mem.load(0x1000, gdt, sizeof gdt);
-    state.gdtr = {0x1000, sizeof gdt - 1};
-    state.idtr = {0x2000, 256 * 8 - 1};
-    state.tr.selector = 0x28;
-    state.tr.base = 0x3000;
-    state.tr.limit = 0x67;
-    state.tr.type = 0xb;
-    state.tr.present = true;
-    mem.w32(0x3004, 0x70000);
-    mem.w32(0x3008, 0x10);
+    tables();
     // Page directory at 0x10000; PT0 at 0x11000 identity-maps 0-4 MiB, user+writable;
     // PT1 at 0x12000 identity-maps 4-8 MiB (installed by the guest's #PF handler).
     mem.w32(0x10000, 0x11000 | 7);
@@ -187,26 +168,6 @@ struct PagedMachine {
     }
     mem.w32(0x11000 + 4 * 7, 0x7000 | 3);  // page 7: supervisor only
     mem.w32(0x10000 + 4 * 2, 0x00400000 | 0x83);  // 8-12 MiB: 4M page onto 4-8 MiB
-  }
-  void gate(unsigned vec, const unsigned char* h, const unsigned char* start, unsigned dpl = 0) {
-    const std::uint32_t off = kBase + static_cast<std::uint32_t>(h - start);
-    const std::uint64_t g = (off & 0xffff) | (0x08ull << 16) |
-                            (static_cast<std::uint64_t>(0x8e | (dpl << 5)) << 40) |
-                            (static_cast<std::uint64_t>(off >> 16) << 48);
-    mem.load(0x2000 + vec * 8, &g, 8);
-  }
-  RunExit run() {
-    cpu->load(state);
-    RunExit r = cpu->run();
-    state = cpu->save();
-    return r;
-  }
-  std::uint64_t counter(const std::string& name) const {
-    Counters c;
-    cpu->add_counters(c);
-    for (auto& [n, v] : c)
-      if (n == name) return v;
-    return ~0ull;
   }
 };
 
