@@ -24,21 +24,77 @@ std::uint8_t InterruptRouter::acknowledge_interrupt(unsigned vcpu) {
   return vcpu < lapics_.size() ? lapics_[vcpu]->acknowledge() : 0xff;
 }
 
+api::CpuEvents InterruptRouter::cpu_events(unsigned vcpu) {
+  return vcpu < lapics_.size() ? lapics_[vcpu]->cpu_events() : api::CpuEvents{};
+}
+
+bool InterruptRouter::acknowledge_nmi(unsigned vcpu) {
+  return vcpu < lapics_.size() && lapics_[vcpu]->acknowledge_nmi();
+}
+
+StartupEvents InterruptRouter::take_startup(unsigned vcpu) {
+  StartupEvents out;
+  if (vcpu >= lapics_.size()) return out;
+  const Lapic::Startup s = lapics_[vcpu]->take_startup();
+  out.init = s.init;
+  out.sipi_vector = s.sipi_vector;
+  return out;
+}
+
+namespace {
+enum : unsigned { kFixed = 0, kLowestPriority = 1, kSmi = 2, kNmi = 4, kInit = 5, kStartup = 6, kExtInt = 7 };
+}  // namespace
+
+void InterruptRouter::deliver_to(Lapic& lapic, unsigned delivery_mode, std::uint8_t vector, bool level_triggered) {
+  switch (delivery_mode) {
+    case kFixed:
+    case kLowestPriority:
+      lapic.accept(vector, level_triggered);
+      break;
+    case kNmi:
+      lapic.receive_nmi();
+      break;
+    case kInit:
+      lapic.receive_init();
+      break;
+    case kStartup:
+      lapic.receive_startup(vector);
+      break;
+    default:
+      break;
+  }
+}
+
 void InterruptRouter::deliver(std::uint8_t destination, bool logical, unsigned delivery_mode, std::uint8_t vector,
                               bool level_triggered) {
-  // Fixed and lowest priority (to the first matching APIC); ExtINT, NMI, SMI,
-  // INIT have no path to a monitor through the Platform API yet.
-  if (delivery_mode != 0 && delivery_mode != 1) return;
+  // Fixed, lowest priority (to the first matching APIC), NMI and INIT; SMI
+  // and ExtINT have no path to a monitor.
+  if (delivery_mode != kFixed && delivery_mode != kLowestPriority && delivery_mode != kNmi && delivery_mode != kInit)
+    return;
   for (Lapic* lapic : lapics_) {
     if (!lapic->matches(destination, logical)) continue;
-    lapic->accept(vector, level_triggered);
-    if (delivery_mode == 1) break;
+    deliver_to(*lapic, delivery_mode, vector, level_triggered);
+    if (delivery_mode == kLowestPriority) break;
   }
 }
 
 void InterruptRouter::send_ipi(unsigned source_vcpu, std::uint32_t icr_low, std::uint32_t icr_high) {
   const unsigned mode = (icr_low >> 8) & 7;
-  if (mode != 0 && mode != 1) return;  // INIT/SIPI/NMI/SMI: not deliverable through the Platform API
+  const bool level_trigger = icr_low & (1u << 15), assert_level = icr_low & (1u << 14);
+  if (mode == kInit && level_trigger && !assert_level) {
+    // INIT level de-assert: only resynchronises arbitration IDs (not on
+    // processors since the Pentium 4); no effect on any vCPU.
+    ++ipis_.init_deassert;
+    return;
+  }
+  switch (mode) {
+    case kFixed:
+    case kLowestPriority: ++ipis_.fixed; break;
+    case kNmi: ++ipis_.nmi; break;
+    case kInit: ++ipis_.init; break;
+    case kStartup: ++ipis_.startup; break;
+    default: ++ipis_.unsupported; return;  // SMI, reserved, ExtINT
+  }
   const std::uint8_t vector = static_cast<std::uint8_t>(icr_low & 0xff);
   const unsigned shorthand = (icr_low >> 18) & 3;
   const std::uint8_t destination = static_cast<std::uint8_t>(icr_high >> 24);
@@ -60,8 +116,8 @@ void InterruptRouter::send_ipi(unsigned source_vcpu, std::uint32_t icr_low, std:
         break;
     }
     if (!target) continue;
-    lapic->accept(vector, false);  // IPIs are edge triggered
-    if (mode == 1 && shorthand == 0) break;
+    deliver_to(*lapic, mode, vector, false);  // IPIs are edge triggered
+    if (mode == kLowestPriority && shorthand == 0) break;
   }
 }
 

@@ -1,6 +1,7 @@
 #include "platform/lapic.hpp"
 
 #include <cstring>
+#include <stdexcept>
 
 #include "platform/device_state.hpp"
 
@@ -13,10 +14,19 @@ constexpr std::uint32_t kTimerPeriodic = 1u << 17;
 constexpr std::uint32_t kTimerModeMask = 3u << 17;
 }  // namespace
 
-Lapic::Lapic(Machine& machine, ApicBus& bus, unsigned vcpu) : machine_(machine), bus_(bus), vcpu_(vcpu) { reset(); }
+Lapic::Lapic(Machine& machine, ApicBus& bus, unsigned vcpu) : machine_(machine), bus_(bus), vcpu_(vcpu) {
+  reset();
+  state_.wait_for_sipi = vcpu != 0;
+}
 
 void Lapic::reset() {
+  // The processor's start-up state and pending events are not the APIC's registers.
+  const State old = state_;
   state_ = State{};
+  state_.wait_for_sipi = old.wait_for_sipi;
+  state_.init_pending = old.init_pending;
+  state_.sipi_vector = old.sipi_vector;
+  state_.nmi_pending = old.nmi_pending;
   state_.apic_base = kDefaultBase | kBaseEnable | (vcpu_ == 0 ? kBaseBsp : 0);
   set_reg(kId, vcpu_ << 24);
   set_reg(kVersion, 0x00050014);
@@ -121,6 +131,57 @@ bool Lapic::accepts_pic() const {
   if (!hardware_enabled()) return true;
   const std::uint32_t lint0 = reg(kLvtLint0);
   return !(lint0 & kMasked) && (lint0 & (7u << 8)) == kDeliveryExtInt;
+}
+
+void Lapic::receive_nmi() {
+  if (state_.wait_for_sipi) return;  // a processor waiting for SIPI takes only INIT and STARTUP
+  state_.nmi_pending = true;
+  machine_.interrupt_raised(vcpu_);
+}
+
+void Lapic::receive_init() {
+  // The APIC returns to its power-on state except the ID (and the base MSR,
+  // which INIT does not change); pending interrupts and the timer are gone.
+  const std::uint64_t base = state_.apic_base;
+  const std::uint32_t id = reg(kId);
+  reset();
+  state_.apic_base = base;
+  set_reg(kId, id);
+  state_.init_pending = true;
+  state_.sipi_vector = -1;  // superseded
+  state_.nmi_pending = false;
+  state_.wait_for_sipi = !bsp();  // the BSP restarts at the reset vector instead
+  machine_.interrupt_raised(vcpu_);
+}
+
+void Lapic::receive_startup(std::uint8_t vector) {
+  if (!state_.wait_for_sipi) return;  // running (or started by an earlier STARTUP): ignored
+  state_.wait_for_sipi = false;
+  state_.sipi_vector = vector;
+  machine_.interrupt_raised(vcpu_);
+}
+
+api::CpuEvents Lapic::cpu_events() const {
+  api::CpuEvents e;
+  e.nmi = state_.nmi_pending;
+  e.init = state_.init_pending;
+  e.startup = state_.sipi_vector >= 0;
+  return e;
+}
+
+bool Lapic::acknowledge_nmi() {
+  const bool pending = state_.nmi_pending;
+  state_.nmi_pending = false;
+  return pending;
+}
+
+Lapic::Startup Lapic::take_startup() {
+  Startup s;
+  s.init = state_.init_pending;
+  if (state_.sipi_vector >= 0) s.sipi_vector = static_cast<std::uint8_t>(state_.sipi_vector);
+  state_.init_pending = false;
+  state_.sipi_vector = -1;
+  return s;
 }
 
 void Lapic::eoi() {
@@ -290,7 +351,11 @@ void to_json(nlohmann::json& j, const Lapic::State& s) {
   j = {{"apic_base", s.apic_base},
        {"registers", to_hex(s.registers.data(), s.registers.size())},
        {"timer_armed", s.timer_armed},
-       {"timer_deadline_ns", s.timer_deadline_ns}};
+       {"timer_deadline_ns", s.timer_deadline_ns},
+       {"wait_for_sipi", s.wait_for_sipi},
+       {"init_pending", s.init_pending},
+       {"sipi_vector", s.sipi_vector},
+       {"nmi_pending", s.nmi_pending}};
 }
 
 void from_json(const nlohmann::json& j, Lapic::State& s) {
@@ -298,6 +363,12 @@ void from_json(const nlohmann::json& j, Lapic::State& s) {
   from_hex(j.at("registers").get<std::string>(), s.registers.data(), s.registers.size());
   j.at("timer_armed").get_to(s.timer_armed);
   j.at("timer_deadline_ns").get_to(s.timer_deadline_ns);
+  // Absent in states saved before SMP: a processor that runs, nothing pending.
+  s.wait_for_sipi = j.value("wait_for_sipi", false);
+  s.init_pending = j.value("init_pending", false);
+  s.sipi_vector = j.value("sipi_vector", -1);
+  s.nmi_pending = j.value("nmi_pending", false);
+  if (s.sipi_vector < -1 || s.sipi_vector > 255) throw std::invalid_argument("lapic sipi_vector out of range");
 }
 
 }  // namespace modevisor::host

@@ -5,7 +5,8 @@
 // the I/O APIC EOI broadcast for level-triggered vectors), LDR/DFR
 // (flat and cluster logical destinations), SVR software enable (disabling
 // masks every LVT), ISR/TMR/IRR, ESR (illegal vector send/receive), ICR
-// (fixed and lowest-priority IPIs: no shorthand, self, all, all-but-self),
+// (fixed, lowest-priority, NMI, INIT and STARTUP IPIs: no shorthand, self,
+// all, all-but-self; INIT level de-assert is accepted and does nothing),
 // the LVT timer (one-shot and periodic; TSC-deadline mode is not supported
 // and never fires), divide configuration, initial/current count, LINT0 as
 // ExtINT (virtual wire mode: the 8259 reaches the CPU through the APIC) and
@@ -14,13 +15,22 @@
 // the divider), as under KVM and QEMU.  The register page is stored exactly as
 // api::LapicState's 1024-byte page, so to/from_arch_state are direct.
 //
+// The processor side of NMI, INIT and STARTUP (SDM 10.4.7.3, 8.4): INIT
+// resets the APIC (ID and base MSR kept) and, on an application processor,
+// puts the processor in wait-for-SIPI; a STARTUP is accepted only by a
+// processor waiting for one (any later one is ignored until the next INIT);
+// an NMI stays pending until the monitor takes it, and is ignored by a
+// processor waiting for SIPI.  Application processors power on waiting for
+// SIPI.  The host applies INIT and STARTUP to the vCPU's state
+// (take_startup), the monitor takes NMIs (acknowledge_nmi).
+//
 // Not modelled: x2APIC, relocating the APIC base (the window stays at
-// 0xfee00000), INIT/SIPI/NMI/SMI IPIs and LINT1 NMIs (the Platform API has
-// no way to hand them to a monitor yet), thermal/perf/CMCI sources.
+// 0xfee00000), SMI IPIs, LINT0/LINT1 in NMI mode, thermal/perf/CMCI sources.
 #pragma once
 
 #include <array>
 #include <cstdint>
+#include <optional>
 #include <vector>
 
 #include <modevisor/api/arch_state.hpp>
@@ -50,10 +60,23 @@ class Lapic final : public TimerDevice {
     std::array<std::uint8_t, 1024> registers{};
     bool timer_armed = false;
     std::uint64_t timer_deadline_ns = 0;  // guest time of the next timer interrupt
+    // The processor's start-up state and its pending non-vectored events.
+    bool wait_for_sipi = false;
+    bool init_pending = false;
+    int sipi_vector = -1;  // a STARTUP accepted and not yet applied (-1: none)
+    bool nmi_pending = false;
   };
 
+  // INIT and STARTUP not yet applied to the vCPU's state, in arrival order
+  // (INIT first; an INIT drops an earlier STARTUP it supersedes).
+  struct Startup {
+    bool init = false;
+    std::optional<std::uint8_t> sipi_vector;
+  };
+
+  // vCPU 0 is the bootstrap processor; the others power on waiting for SIPI.
   Lapic(Machine& machine, ApicBus& bus, unsigned vcpu);
-  void reset();
+  void reset();  // the APIC's registers to their power-on values
 
   std::uint32_t read(std::uint32_t offset);
   void write(std::uint32_t offset, std::uint32_t value);
@@ -75,6 +98,16 @@ class Lapic final : public TimerDevice {
   // Whether the 8259's INT reaches this CPU: APIC hardware-disabled, or LINT0
   // unmasked in ExtINT mode (virtual wire).
   bool accepts_pic() const;
+
+  // NMI, INIT and STARTUP messages arriving (from an IPI or the I/O APIC).
+  void receive_nmi();
+  void receive_init();
+  void receive_startup(std::uint8_t vector);
+  bool bsp() const { return state_.apic_base & kBaseBsp; }
+  bool waiting_for_sipi() const { return state_.wait_for_sipi; }
+  api::CpuEvents cpu_events() const;
+  bool acknowledge_nmi();
+  Startup take_startup();
 
   std::uint64_t poll_timers(std::uint64_t now_ns) override;
 

@@ -126,11 +126,40 @@ std::uint64_t Machine::next_timer_deadline_ns() {
   return poll_timers_locked();
 }
 
+api::CpuEvents Machine::cpu_events(unsigned vcpu) {
+  auto guard = lock();
+  return controller_ ? controller_->cpu_events(vcpu) : api::CpuEvents{};
+}
+
+bool Machine::acknowledge_nmi(unsigned vcpu) {
+  auto guard = lock();
+  return controller_ && controller_->acknowledge_nmi(vcpu);
+}
+
+StartupEvents Machine::take_startup(unsigned vcpu) {
+  auto guard = lock();
+  return controller_ ? controller_->take_startup(vcpu) : StartupEvents{};
+}
+
+void Machine::wait_for_startup(unsigned vcpu) {
+  auto guard = lock();
+  for (;;) {
+    if (stop_requested() || woken_.erase(vcpu)) return;
+    if (controller_) {
+      const api::CpuEvents e = controller_->cpu_events(vcpu);
+      if (e.init || e.startup) return;
+    }
+    clock_->wait_until(guard, wake_, UINT64_MAX);
+  }
+}
+
 void Machine::wait_for_interrupt(unsigned vcpu) {
   auto guard = lock();
   for (;;) {
     const std::uint64_t next = poll_timers_locked();
-    if (stop_requested() || woken_.erase(vcpu) || (controller_ && controller_->interrupt_pending(vcpu))) return;
+    if (stop_requested() || woken_.erase(vcpu) ||
+        (controller_ && (controller_->interrupt_pending(vcpu) || controller_->cpu_events(vcpu).any())))
+      return;
     std::uint64_t deadline = UINT64_MAX;
     if (next != UINT64_MAX) {
       const std::int64_t offset = time_offset_.load();
@@ -160,13 +189,14 @@ void Machine::set_guest_time(std::uint64_t now_ns) {
   time_offset_.store(static_cast<std::int64_t>(now_ns) - static_cast<std::int64_t>(clock_->now_ns()));
 }
 
-void Machine::request_stop(std::string reason, std::optional<int> exit_status) {
+bool Machine::request_stop(std::string reason, std::optional<int> exit_status) {
   auto guard = lock();
-  if (stop_.load()) return;  // the first reason wins
+  if (stop_.load()) return false;  // the first reason wins
   stop_reason_ = std::move(reason);
   exit_status_ = exit_status;
   stop_.store(true, std::memory_order_release);
   wake_.notify_all();
+  return true;
 }
 
 std::string Machine::stop_reason() const {

@@ -55,12 +55,23 @@ class TimerDevice {
   virtual std::uint64_t poll_timers(std::uint64_t now_ns) = 0;
 };
 
-// Where external interrupts come from (the PC's PIC/I/O APIC/local APICs).
+// INIT and STARTUP that reached a vCPU and are not yet applied to its state.
+struct StartupEvents {
+  bool init = false;                         // first: reset the vCPU
+  std::optional<std::uint8_t> sipi_vector;   // then: start it at vector << 12
+  bool any() const { return init || sipi_vector.has_value(); }
+};
+
+// Where external interrupts and processor events come from (the PC's
+// PIC/I/O APIC/local APICs).
 class InterruptController {
  public:
   virtual ~InterruptController() = default;
   virtual bool interrupt_pending(unsigned vcpu) = 0;
   virtual std::uint8_t acknowledge_interrupt(unsigned vcpu) = 0;
+  virtual api::CpuEvents cpu_events(unsigned vcpu) = 0;
+  virtual bool acknowledge_nmi(unsigned vcpu) = 0;
+  virtual StartupEvents take_startup(unsigned vcpu) = 0;
 };
 
 class Machine : public api::Platform {
@@ -82,18 +93,26 @@ class Machine : public api::Platform {
   bool interrupt_pending(unsigned vcpu) override;
   std::uint8_t acknowledge_interrupt(unsigned vcpu) override;
   void wait_for_interrupt(unsigned vcpu) override;
+  api::CpuEvents cpu_events(unsigned vcpu) override;
+  bool acknowledge_nmi(unsigned vcpu) override;
   bool stop_requested() const override { return stop_.load(std::memory_order_acquire); }
   std::uint64_t now_ns() const override;
   std::uint64_t next_timer_deadline_ns() override;
 
   // The VM ends (debug-exit port, reset, operator, fatal error): every vCPU
-  // leaves its loop.  The first reason wins.
-  void request_stop(std::string reason, std::optional<int> exit_status = std::nullopt);
+  // leaves its loop.  The first reason wins; true when this call was first.
+  bool request_stop(std::string reason, std::optional<int> exit_status = std::nullopt);
   std::string stop_reason() const;
   std::optional<int> exit_status() const;
 
   // Wake vCPU `vcpu` from wait_for_interrupt (a monitor's kick).
   void wake(unsigned vcpu);
+
+  // The host's side of INIT and STARTUP: take what reached `vcpu` (to apply
+  // to its state), and, for a vCPU waiting for SIPI, block until one of them
+  // arrives, wake(vcpu) is called or the VM stops.
+  StartupEvents take_startup(unsigned vcpu);
+  void wait_for_startup(unsigned vcpu);
   // Devices call this (under the platform lock) when an interrupt may have
   // become pending for `vcpu`: wakes waiters and calls the notifier, which a
   // monitor uses to kick a vCPU that is running guest code.  The notifier must

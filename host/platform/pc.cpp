@@ -141,6 +141,12 @@ std::vector<std::pair<std::string, std::uint64_t>> Pc::counters() const {
   std::vector<std::pair<std::string, std::uint64_t>> out;
   for (const auto& [port, count] : machine_.port_accesses()) out.emplace_back(fmt::format("io {:#06x}", port), count);
   for (const auto& [device, count] : machine_.mmio_accesses()) out.emplace_back(fmt::format("mmio {}", device), count);
+  // IPIs only where a guest sent some (a uniprocessor guest's list stays as it was).
+  const auto& ipi = router_.ipi_counters();
+  for (const auto& [name, count] : {std::pair{"ipi fixed", ipi.fixed}, {"ipi nmi", ipi.nmi}, {"ipi init", ipi.init},
+                                    {"ipi init de-assert", ipi.init_deassert}, {"ipi startup", ipi.startup},
+                                    {"ipi unsupported", ipi.unsupported}})
+    if (count) out.emplace_back(name, count);
   return out;
 }
 

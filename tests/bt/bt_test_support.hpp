@@ -121,6 +121,19 @@ class FakePlatform final : public Platform {
     if (on_wait) on_wait();
     if (irqs.empty()) stop = true;  // nothing will ever come: end the test
   }
+  bool nmi = false;  // an NMI is pending (the monitor takes it)
+  int nmis_taken = 0;
+  CpuEvents cpu_events(unsigned) override {
+    CpuEvents e;
+    e.nmi = nmi;
+    return e;
+  }
+  bool acknowledge_nmi(unsigned) override {
+    if (!nmi) return false;
+    nmi = false;
+    ++nmis_taken;
+    return true;
+  }
   bool stop_requested() const override { return stop; }
   std::uint64_t now_ns() const override { return 0; }
   std::uint64_t deadline = ~0ull;

@@ -47,6 +47,9 @@ class TestPlatform : public api::Platform {
   std::uint64_t deadline_ns = UINT64_MAX;  // a device timer: raises `vector` once due
   int acks = 0;
   std::atomic<bool> stop{false};
+  std::atomic<bool> nmi{false};   // an NMI is pending (the monitor takes it)
+  std::atomic<bool> init{false};  // an INIT is pending (the run loop must return)
+  std::atomic<int> nmis_taken{0};
 
   std::uint32_t io_in(unsigned, std::uint16_t port, unsigned size) override {
     std::lock_guard lock(mutex_);
@@ -97,6 +100,17 @@ class TestPlatform : public api::Platform {
     } else {
       idle_cv_.wait(lock, [&] { return stop.load(); });
     }
+  }
+  api::CpuEvents cpu_events(unsigned) override {
+    api::CpuEvents e;
+    e.nmi = nmi.load();
+    e.init = init.load();
+    return e;
+  }
+  bool acknowledge_nmi(unsigned) override {
+    if (!nmi.exchange(false)) return false;
+    ++nmis_taken;
+    return true;
   }
   bool stop_requested() const override { return stop.load(); }
   std::uint64_t now_ns() const override;

@@ -10,7 +10,9 @@
 
 namespace modevisor::api {
 
-inline constexpr std::uint32_t kAbiVersion = 2;  // 2: VmServices::hypervisor
+// 2: VmServices::hypervisor
+// 3: Platform::cpu_events/acknowledge_nmi (NMI, INIT, STARTUP), GuestSupport::max_vcpus
+inline constexpr std::uint32_t kAbiVersion = 3;
 
 namespace symbols {
 inline constexpr const char* kAbiVersion = "modevisor_plugin_abi_version";

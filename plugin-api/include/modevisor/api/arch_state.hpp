@@ -71,6 +71,10 @@ struct PendingEvents {
   bool interrupt_shadow = false;  // after STI or MOV SS
 };
 
+// Runnable: executing.  Halted: in HLT until an interrupt (or NMI).
+// WaitForSipi: after INIT (and an application processor from power-on): runs
+// no code until a STARTUP IPI; the host sets and clears it through load_vcpu.
+// Shutdown: after a triple fault.
 enum class RunState : std::uint8_t { Runnable, Halted, WaitForSipi, Shutdown };
 
 // xAPIC register page (as seen at 0xfee00000) plus the timer's progress.

@@ -25,6 +25,9 @@ struct GuestSupport {
   // 64-bit guests only where the CPU keeps segment limits in long mode
   // (the seed's BT64: AMD from Opteron Rev D, never Intel).
   bool bits64_needs_segment_limits = false;
+  // The most vCPUs one VM may have under this plugin; 0: no limit of the
+  // plugin's own (the driver may still have one).
+  unsigned max_vcpus = 0;
 };
 
 struct PluginDescriptor {

@@ -65,12 +65,16 @@ class VirtualMachine {
  public:
   virtual ~VirtualMachine() = default;
 
-  // Run vCPU `index` on the calling thread until it must stop.
+  // Run vCPU `index` on the calling thread until it must stop.  Each vCPU
+  // runs on a thread of its own, concurrently with the others.  A vCPU whose
+  // state has run_state WaitForSipi runs no guest code: run() returns Stopped
+  // (the host starts it by loading its STARTUP state, see Platform::cpu_events).
   virtual RunExit run(unsigned index) = 0;
   // From any thread: make run(index) return soon (it then reports Stopped).
   virtual void kick(unsigned index) = 0;
 
-  // Only while the vCPU is not running.
+  // Only while the vCPU is not running.  save_vcpu reports the run_state the
+  // vCPU is in (a state loaded with WaitForSipi stays WaitForSipi).
   virtual VcpuState save_vcpu(unsigned index) = 0;
   virtual void load_vcpu(unsigned index, const VcpuState& state) = 0;
 

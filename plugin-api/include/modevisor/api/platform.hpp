@@ -8,6 +8,15 @@
 
 namespace modevisor::api {
 
+// Processor events other than vectored interrupts that the local APICs send
+// a vCPU (the ICR's and the I/O APIC's delivery modes NMI, INIT and StartUp).
+struct CpuEvents {
+  bool nmi = false;      // an NMI waits to be taken (acknowledge_nmi) and injected
+  bool init = false;     // INIT arrived: the host resets the vCPU
+  bool startup = false;  // a STARTUP IPI arrived while the vCPU waited for one: the host starts it
+  bool any() const { return nmi || init || startup; }
+};
+
 enum class LogLevel { Trace, Debug, Info, Warn, Error };
 
 // Messages from a plugin go to the VM's log, tagged with its log token.
@@ -33,9 +42,25 @@ class Platform {
   virtual bool interrupt_pending(unsigned vcpu) = 0;
   virtual std::uint8_t acknowledge_interrupt(unsigned vcpu) = 0;  // INTA: returns the vector
 
-  // HLT with interrupts enabled: block until an interrupt is pending for this
-  // vCPU or the vCPU is asked to stop.
+  // HLT: block until an interrupt or one of cpu_events() is pending for this
+  // vCPU, or the vCPU is asked to stop (kicked, stop_requested).
   virtual void wait_for_interrupt(unsigned vcpu) = 0;
+
+  // NMI, INIT and STARTUP for this vCPU.
+  //
+  // INIT and STARTUP replace the vCPU's architectural state, so the host
+  // applies them, mode-neutrally, between runs: it saves the vCPU, loads the
+  // INIT state (run_state WaitForSipi; the bootstrap processor restarts at
+  // the reset vector instead) or, for STARTUP, real mode at CS = vector << 8
+  // (base vector << 12), IP 0, Runnable.  A run loop that sees `init` or
+  // `startup` therefore returns Stopped at once (the host also kicks it).
+  //
+  // An NMI is the monitor's: it takes it with acknowledge_nmi() as soon as it
+  // sees one and injects it (vector 2) once the guest is not blocking NMIs
+  // (from an NMI's delivery until the next IRET).
+  virtual CpuEvents cpu_events(unsigned vcpu) = 0;
+  // Takes the pending NMI: true when there was one (now the monitor's to inject).
+  virtual bool acknowledge_nmi(unsigned vcpu) = 0;
 
   // The VM must leave its run loop (guest exit, pause for migration or a mode
   // switch, operator stop).  Monitors check this after every platform call
