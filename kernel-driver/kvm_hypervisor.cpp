@@ -29,6 +29,7 @@ const std::vector<RequiredCapability> kRequiredCapabilities = {
     {"IMMEDIATE_EXIT", KVM_CAP_IMMEDIATE_EXIT, "race-free kicks and completing I/O before a state save"},
     {"VCPU_EVENTS", KVM_CAP_VCPU_EVENTS, "pending exceptions, interrupts and NMIs in the saved state"},
     {"SYNC_MMU", KVM_CAP_SYNC_MMU, "guest RAM mapping changes seen by the driver"},
+    {"USER_NMI", KVM_CAP_USER_NMI, "NMIs from the platform's local APICs (KVM_NMI)"},
 };
 
 namespace {
@@ -148,6 +149,8 @@ class KvmVcpu final : public api::Vcpu {
   }
 
   api::RunExit run() override {
+    // Waiting for SIPI: no guest code until the host loads the start-up state.
+    if (wait_for_sipi_) return stopped();
     {
       std::lock_guard lock(thread_mutex_);
       thread_ = pthread_self();
@@ -165,6 +168,14 @@ class KvmVcpu final : public api::Vcpu {
     ExitContext cx{platform_, index_, apic_base(), counters_, {}};
     for (;;) {
       if (kick_.exchange(false) || platform_.stop_requested()) return stopped();
+      const api::CpuEvents events = platform_.cpu_events(index_);
+      if (events.init || events.startup) return stopped();  // the host applies them to the state
+      if (events.nmi && platform_.acknowledge_nmi(index_)) {
+        // KVM queues it and injects it once the guest does not block NMIs.
+        if (::ioctl(fd_.get(), KVM_NMI, 0) < 0) return error("KVM_NMI failed: " + std::string(std::strerror(errno)));
+        ++counters_.nmis_injected;
+        halted_ = false;  // an NMI ends HLT
+      }
       if (halted_) {
         const bool if_flag = halted_if_;
         if (if_flag && platform_.interrupt_pending(index_)) {
@@ -255,7 +266,9 @@ class KvmVcpu final : public api::Vcpu {
     // With a userspace APIC the local APIC registers are the platform's; only
     // the APIC base MSR lives here.  Halt is tracked here too (KVM returns to
     // userspace on HLT and keeps the vCPU runnable).
-    st.run_state = halted_ ? api::RunState::Halted : api::RunState::Runnable;
+    st.run_state = wait_for_sipi_ ? api::RunState::WaitForSipi
+                   : halted_      ? api::RunState::Halted
+                                  : api::RunState::Runnable;
     return st;
   }
 
@@ -308,6 +321,7 @@ class KvmVcpu final : public api::Vcpu {
     run_->cr8 = st.cr8;
     halted_ = st.run_state == api::RunState::Halted;
     halted_if_ = (st.rflags & 0x200) != 0;
+    wait_for_sipi_ = st.run_state == api::RunState::WaitForSipi;
   }
 
   api::Counters counters() const override {
@@ -447,6 +461,7 @@ class KvmVcpu final : public api::Vcpu {
   ExitCounters counters_;
   std::unique_ptr<KernelStats> stats_;
   bool halted_ = false, halted_if_ = false;
+  bool wait_for_sipi_ = false;  // KVM's own INIT/SIPI states need its in-kernel APIC; this is ours
   bool pending_completion_ = false;
   bool signal_mask_set_ = false;
   std::atomic<bool> kick_{false};
