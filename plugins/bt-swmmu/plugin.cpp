@@ -25,6 +25,8 @@ PluginDescriptor describe() {
   // 64-bit guests until BT64 is implemented.
   d.guests.bits64 = true;
   d.guests.bits64_needs_segment_limits = true;
+  // One translator and shadow MMU per VM, not yet safe for concurrent vCPUs.
+  d.guests.max_vcpus = 1;
   return d;
 }
 
@@ -42,7 +44,7 @@ class BtMonitor final : public Monitor {
 class BtVm final : public VirtualMachine {
  public:
   BtVm(const VmSpec& spec, VmServices s) {
-    if (spec.vcpus != 1)
+    if (spec.vcpus != 1)  // the descriptor's max_vcpus: the selector never picks BT for such a VM
       throw MonitorError("bt-swmmu 0.1.0 runs one vCPU per VM; VM '" + spec.name + "' asks for " +
                          std::to_string(spec.vcpus));
     vcpus_.push_back(std::make_unique<modevisor::bt::Vcpu>(s.memory, s.platform, s.log, 0));

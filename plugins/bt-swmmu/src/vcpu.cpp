@@ -204,6 +204,7 @@ void Vcpu::add_counters(api::Counters& out) const {
   add("bt.mmio_exits", counters_.mmio_exits);
   add("bt.hlt_exits", counters_.hlt_exits);
   add("bt.interrupts_delivered", counters_.interrupts);
+  add("bt.nmis_delivered", counters_.nmis);
   add("bt.exceptions_delivered", counters_.exceptions);
   add("swmmu.hidden_faults", m.hidden_faults);
   add("swmmu.true_faults", m.true_faults);
@@ -411,6 +412,8 @@ void Vcpu::set_gs_base(std::uint64_t base) {
 
 api::RunExit Vcpu::run() {
   api::RunExit ex;
+  // Waiting for SIPI: no guest code until the host loads the start-up state.
+  if (run_state_ == api::RunState::WaitForSipi) return ex;
   t_current = this;
   in_run_ = true;
   gs_base_ = ~0ull;
@@ -444,6 +447,12 @@ api::RunExit Vcpu::run() {
       ex.kind = api::ExitKind::Stopped;
       return ex;
     }
+    const api::CpuEvents events = platform_.cpu_events(index_);
+    if (events.init || events.startup) {  // the host applies them to the state
+      ex.kind = api::ExitKind::Stopped;
+      return ex;
+    }
+    if (events.nmi && platform_.acknowledge_nmi(index_)) nmi_pending_ = true;
     try {
       // Pending events.
       if (pending_exception_) {
@@ -455,6 +464,15 @@ api::RunExit Vcpu::run() {
           run_state_ = api::RunState::Shutdown;
           return ex;
         }
+      }
+      // An NMI is blocked from the delivery of the last one until the next IRET.
+      if (nmi_pending_ && !nmi_masked_) {
+        nmi_pending_ = false;
+        nmi_masked_ = true;
+        run_state_ = api::RunState::Runnable;
+        ++counters_.nmis;
+        deliver(2, false, 0, false, eip_);
+        continue;
       }
       const bool can_irq = (ctx_->sysflags & kIF) && !interrupt_shadow_;
       interrupt_shadow_ = false;
@@ -940,6 +958,7 @@ void Vcpu::deliver(std::uint8_t vec, bool has_error, std::uint32_t error, bool s
 void Vcpu::do_iret(unsigned opsize) {
   if (opsize != 32) throw std::runtime_error("bt-swmmu: 16-bit IRET is not supported");
   if (ctx_->sysflags & kNT) throw std::runtime_error("bt-swmmu: IRET task return is not supported");
+  nmi_masked_ = false;  // IRET ends NMI blocking (even if it then faults, as on hardware)
   const std::uint32_t esp0 = reg32(4);
   const std::uint32_t new_eip = pop32();
   const std::uint16_t new_cs = static_cast<std::uint16_t>(pop32());

@@ -29,7 +29,7 @@ struct GuestException {
 
 struct VcpuCounters {
   std::uint64_t dispatches = 0, cache_hits = 0, special_exits = 0, io_exits = 0, mmio_exits = 0;
-  std::uint64_t interrupts = 0, exceptions = 0, hlt_exits = 0, irq_exits = 0, indirect_misses = 0, irq_window_exits = 0;
+  std::uint64_t interrupts = 0, nmis = 0, exceptions = 0, hlt_exits = 0, irq_exits = 0, indirect_misses = 0, irq_window_exits = 0;
 };
 
 class Vcpu {
