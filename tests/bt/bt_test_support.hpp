@@ -66,7 +66,8 @@ class NullLogger final : public Logger {
 };
 
 // Port 0x3f8: bytes appended to `serial`.  Port 0xf4: exit (stop requested).
-// Port 0x80: values recorded in `post`.  MMIO: a 4 KiB scratch device at 0xf0000000.
+// Port 0x80: values recorded in `post`.  Port 0x81: raise an interrupt (the
+// value is its vector); port 0x82: raise an NMI.  MMIO: a 4 KiB scratch device at 0xf0000000.
 class FakePlatform final : public Platform {
  public:
   std::string serial;
@@ -90,6 +91,7 @@ class FakePlatform final : public Platform {
     if (port == 0x3f8) serial.push_back(static_cast<char>(v));
     if (port == 0x80) post.push_back(v);
     if (port == 0x81) irqs.push_back(static_cast<std::uint8_t>(v));  // raise an interrupt
+    if (port == 0x82) nmi = true;  // raise an NMI
     if (port == 0x99) *static_cast<volatile int*>(crash_target) = 1;  // a "host bug"
     if (port == 0xf4) {
       exit_code = static_cast<int>(v);

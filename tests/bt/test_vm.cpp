@@ -247,6 +247,47 @@ TEST(BtVm, ExternalInterruptsWakeHlt) {
   EXPECT_EQ(m.counter("bt.interrupts_delivered"), 3u);
 }
 
+// An NMI raised by the guest's own I/O is delivered through IDT vector 2
+// before the next instruction; a second one raised inside the handler waits
+// for its IRET (NMIs do not nest), then is delivered too.
+BT_GUEST_PROGRAM(nmi, 0x100000,
+  "  out 0x82, al\n"
+  "  mov eax, [0x5000]\n"
+  "  out 0x80, eax\n"
+  "  out 0xf4, al\n"
+  ".globl nmi_h2\n"
+  "nmi_h2: inc dword ptr [0x5000]\n"
+  "  cmp dword ptr [0x5000], 1\n"
+  "  jne 1f\n"
+  "  out 0x82, al\n"
+  "  mov eax, [0x5000]\n"
+  "  out 0x80, eax\n"
+  "1: iretd\n")
+extern "C" const unsigned char nmi_h2[];
+
+TEST(BtVm, NmisAreDeliveredAndBlockedUntilIret) {
+  Machine m;
+  m.load(nmi_start, nmi_end);
+  m.tables();
+  m.gate(2, nmi_h2, nmi_start);
+  RunExit r = m.run();
+  ASSERT_EQ(r.kind, ExitKind::Stopped) << r.diagnostic;
+  EXPECT_EQ(m.plat.post, (std::vector<std::uint32_t>{1, 2})) << "the second NMI came after the first one's IRET";
+  EXPECT_EQ(m.plat.nmis_taken, 2);
+  EXPECT_EQ(m.counter("bt.nmis_delivered"), 2u);
+  EXPECT_FALSE(m.state.events.nmi_masked);
+}
+
+TEST(BtVm, AVcpuWaitingForSipiRunsNoCode) {
+  Machine m;
+  m.load(nmi_start, nmi_end);
+  m.state.run_state = RunState::WaitForSipi;
+  RunExit r = m.run();
+  EXPECT_EQ(r.kind, ExitKind::Stopped);
+  EXPECT_TRUE(m.plat.outs.empty());
+  EXPECT_EQ(m.state.run_state, RunState::WaitForSipi);
+}
+
 BT_GUEST_PROGRAM(fpu, 0x100000,
   "  mov dword ptr [0x5000], 7\n"
   "  mov eax, 3\n"
