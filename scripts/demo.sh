@@ -21,11 +21,11 @@ say "Example VMs on this host (policy: default)"
 for vm in configs/vms/*.yaml; do run $MV --log-dir "$MODEVISOR_LOG_DIR" explain "$vm"; echo; done
 
 say "The seed's examples (\"Choice of Monitor Mode\")"
-run $MV --log-dir "$MODEVISOR_LOG_DIR" explain configs/vms/linux-64.yaml --cpu amd-shanghai --policy esx-3.5; echo
-run $MV --log-dir "$MODEVISOR_LOG_DIR" explain configs/vms/linux-64.yaml --cpu intel-nehalem --policy esx-3.5; echo
-run $MV --log-dir "$MODEVISOR_LOG_DIR" explain configs/vms/linux-64.yaml --cpu amd-shanghai --policy esx-4.0; echo
-run $MV --log-dir "$MODEVISOR_LOG_DIR" explain configs/vms/linux-64.yaml --cpu amd-opteron-revf --policy esx-4.0; echo
-run $MV --log-dir "$MODEVISOR_LOG_DIR" explain configs/vms/linux-64.yaml --cpu intel-nehalem --policy esx-4.0; echo
+run $MV --log-dir "$MODEVISOR_LOG_DIR" explain configs/vms/seed-linux-64.yaml --cpu amd-shanghai --policy esx-3.5; echo
+run $MV --log-dir "$MODEVISOR_LOG_DIR" explain configs/vms/seed-linux-64.yaml --cpu intel-nehalem --policy esx-3.5; echo
+run $MV --log-dir "$MODEVISOR_LOG_DIR" explain configs/vms/seed-linux-64.yaml --cpu amd-shanghai --policy esx-4.0; echo
+run $MV --log-dir "$MODEVISOR_LOG_DIR" explain configs/vms/seed-linux-64.yaml --cpu amd-opteron-revf --policy esx-4.0; echo
+run $MV --log-dir "$MODEVISOR_LOG_DIR" explain configs/vms/seed-linux-64.yaml --cpu intel-nehalem --policy esx-4.0; echo
 run $MV --log-dir "$MODEVISOR_LOG_DIR" explain configs/vms/ft-64.yaml --cpu intel-nehalem --policy esx-4.0; echo
 run $MV --log-dir "$MODEVISOR_LOG_DIR" explain configs/vms/bt-requested-32.yaml --cpu amd-shanghai --policy esx-4.0; echo
 

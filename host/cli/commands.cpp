@@ -103,7 +103,9 @@ std::string guests_text(const api::GuestSupport& g) {
   std::vector<std::string> out;
   if (g.bits32) out.emplace_back("32-bit");
   if (g.bits64) out.emplace_back(g.bits64_needs_segment_limits ? "64-bit (needs long-mode segment limits)" : "64-bit");
-  return fmt::format("{}", fmt::join(out, ", "));
+  std::string text = fmt::format("{}", fmt::join(out, ", "));
+  if (g.max_vcpus) text += g.max_vcpus == 1 ? "; 1 vCPU" : fmt::format("; up to {} vCPUs", g.max_vcpus);
+  return text;
 }
 
 // The VM's own log: <log_dir>/<vm-name>.log, one per VM, appended to.
@@ -147,6 +149,7 @@ int command_plugins(Context& context, bool json_output) {
                               {"mmu", technique(d.mmu)},
                               {"deterministic", d.deterministic},
                               {"guests", guests_text(d.guests)},
+                              {"max_vcpus", d.guests.max_vcpus},
                               {"summary", d.summary},
                               {"runs_here", problems.empty()},
                               {"why_not", problems}});

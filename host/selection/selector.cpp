@@ -84,10 +84,11 @@ std::vector<std::string> policy_reasons(const api::HostCapabilities& host, const
   return reasons;
 }
 
-// Why `plugin` cannot run this guest on this host; empty if it can.
+// Why `plugin` cannot run this VM on this host; empty if it can.
 std::vector<std::string> plugin_reasons(const api::HostCapabilities& host, const PluginCandidate& plugin,
-                                        unsigned bits) {
+                                        const VmConfig& vm) {
   const auto& d = plugin.descriptor;
+  const unsigned bits = vm.guest.os.bits;
   std::vector<std::string> reasons;
   for (const auto& p : plugin.host_problems) reasons.push_back(fmt::format("{}: {}", d.name, p));
   if (bits == 32 && !d.guests.bits32) reasons.push_back(fmt::format("{} does not run 32-bit guests", d.name));
@@ -95,6 +96,11 @@ std::vector<std::string> plugin_reasons(const api::HostCapabilities& host, const
   if (bits == 64 && d.guests.bits64 && d.guests.bits64_needs_segment_limits && !host.long_mode_segment_limits)
     reasons.push_back(fmt::format("{} runs 64-bit guests only where long mode keeps segment limits: {}", d.name,
                                   describe_missing_capability(host, "long_mode_segment_limits")));
+  if (d.guests.max_vcpus && vm.vcpus > d.guests.max_vcpus)
+    reasons.push_back(d.guests.max_vcpus == 1
+                          ? fmt::format("{} runs only VMs with one vCPU; this VM has {}", d.name, vm.vcpus)
+                          : fmt::format("{} runs VMs of at most {} vCPUs; this VM has {}", d.name,
+                                        d.guests.max_vcpus, vm.vcpus));
   return reasons;
 }
 
@@ -166,7 +172,7 @@ Selection select_monitor_mode(const api::HostCapabilities& host, const std::vect
       const char* token = api::mode_token(p.descriptor.execution, p.descriptor.mmu);
       if (!token || mode != token) continue;
       any_plugin = true;
-      auto problems = plugin_reasons(host, p, bits);
+      auto problems = plugin_reasons(host, p, vm);
       if (problems.empty()) usable.push_back(&p);
       for (auto& problem : problems) plugin_problems.push_back(std::move(problem));
     }

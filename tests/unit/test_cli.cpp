@@ -57,11 +57,34 @@ class CliTest : public ::testing::Test {
   fs::path log_dir_;
 };
 
+// The seed's VM has one vCPU here: ESX's BT ran SMP guests, bt-swmmu does not
+// (configs/vms/seed-linux-64.yaml says so; the next test shows the 2-vCPU VM).
 TEST_F(CliTest, ExplainReproducesTheSeedsEsx40ShanghaiExample) {
-  Result r = run("explain configs/vms/linux-64.yaml --cpu amd-shanghai --policy esx-4.0");
+  Result r = run("explain configs/vms/seed-linux-64.yaml --cpu amd-shanghai --policy esx-4.0");
   EXPECT_EQ(r.status, 0) << r.out;
   EXPECT_THAT(r.out, HasSubstr("MONITOR MODE: allowed modes          : BT HV HWMMU\n"));
   EXPECT_THAT(r.out, HasSubstr("MONITOR MODE: selected               : HWMMU (hv-hwmmu 0.1.0)\n"));
+}
+
+TEST_F(CliTest, ExplainOfAnSmpVmSaysWhyBtIsNotAllowed) {
+  Result r = run("explain configs/vms/nested-hint-64.yaml --cpu amd-shanghai --policy esx-4.0");
+  EXPECT_EQ(r.status, 0) << r.out;
+  EXPECT_THAT(r.out, HasSubstr("MONITOR MODE: allowed modes          : HV HWMMU\n"));
+  EXPECT_THAT(r.out, HasSubstr("MONITOR MODE: not allowed            : BT (bt-swmmu runs only VMs with one vCPU; "
+                               "this VM has 4)\n"));
+  EXPECT_THAT(r.out, HasSubstr("MONITOR MODE: selected               : HWMMU (hv-hwmmu 0.1.0)\n"));
+  Result two = run("explain configs/vms/linux-64.yaml --cpu amd-shanghai --policy esx-4.0");
+  EXPECT_THAT(two.out, HasSubstr("BT (bt-swmmu runs only VMs with one vCPU; this VM has 2)"));
+}
+
+TEST_F(CliTest, PluginsShowsBtsVcpuLimit) {
+  Result r = run("plugins --json");
+  ASSERT_EQ(r.status, 0) << r.out;
+  for (const auto& p : nlohmann::json::parse(r.out)["plugins"]) {
+    const bool bt = p["name"] == "bt-swmmu";
+    EXPECT_EQ(p["max_vcpus"], bt ? 1 : 0) << p.dump();
+    EXPECT_EQ(p["guests"].get<std::string>().find("1 vCPU") != std::string::npos, bt) << p.dump();
+  }
 }
 
 TEST_F(CliTest, ExplainReproducesTheSeedsLogExample) {

@@ -12,6 +12,7 @@
 namespace modevisor::host {
 namespace {
 
+using ::testing::Contains;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 using Modes = std::vector<std::string>;
@@ -271,6 +272,51 @@ TEST_F(SelectorTest, MaskedCapabilityIsReportedAsMasked) {
   Selection s = select(host, "esx-4.0", vm("linux-64"));
   EXPECT_THAT(s.allowed, ElementsAre("HV"));
   EXPECT_THAT(s.verdicts[2].reasons.front(), HasSubstr("masked"));
+}
+
+// --- A plugin's vCPU limit (bt-swmmu: one vCPU) -----------------------------------
+
+TEST_F(SelectorTest, PluginsDeclareTheirVcpuLimit) {
+  for (const auto& plugin : registry_->plugins())
+    EXPECT_EQ(plugin.descriptor.guests.max_vcpus, plugin.descriptor.name == "bt-swmmu" ? 1u : 0u)
+        << plugin.descriptor.name;
+}
+
+TEST_F(SelectorTest, AnSmpVmRulesOutBtByItsPluginsVcpuLimitAndSaysSoInPlainWords) {
+  VmConfig smp = vm("linux-64");
+  smp.vcpus = 4;
+  Selection s = select("amd-shanghai", "esx-4.0", smp);
+  EXPECT_THAT(s.allowed, ElementsAre("HV", "HWMMU"));
+  ASSERT_EQ(s.verdicts[0].mode, "BT");
+  EXPECT_FALSE(s.verdicts[0].allowed);
+  EXPECT_THAT(s.verdicts[0].reasons, ElementsAre("bt-swmmu runs only VMs with one vCPU; this VM has 4"));
+  EXPECT_EQ(s.selected, "HWMMU");
+  EXPECT_THAT(monitor_mode_lines(s),
+              Contains("MONITOR MODE: not allowed            : BT (bt-swmmu runs only VMs with one vCPU; this VM has 4)"));
+  // The same VM with one vCPU: BT is allowed again, as in the seed's example.
+  smp.vcpus = 1;
+  EXPECT_THAT(select("amd-shanghai", "esx-4.0", smp).allowed, ElementsAre("BT", "HV", "HWMMU"));
+}
+
+TEST_F(SelectorTest, AnSmpVmWhereBtIsTheOnlyModeCannotRunAndTheReasonIsTheVcpuCount) {
+  VmConfig smp = vm("linux-32");
+  smp.vcpus = 2;
+  Selection s = select("amd-opteron-revc", "esx-4.0", smp);  // no AMD-V: BT or nothing
+  EXPECT_TRUE(s.allowed.empty());
+  EXPECT_FALSE(s.selected);
+  EXPECT_THAT(s.verdicts[0].reasons, ElementsAre("bt-swmmu runs only VMs with one vCPU; this VM has 2"));
+  smp.vcpus = 1;
+  EXPECT_EQ(select("amd-opteron-revc", "esx-4.0", smp).selected, "BT");
+}
+
+TEST_F(SelectorTest, ABtHintForAnSmpVmIsIgnoredWithTheReason) {
+  VmConfig smp = vm("linux-32", TechniqueHint::Software);
+  smp.vcpus = 2;
+  Selection s = select("amd-shanghai", "esx-4.0", smp);
+  ASSERT_EQ(s.ignored_hints.size(), 1u);
+  EXPECT_THAT(s.ignored_hints[0].reason, HasSubstr("bt-swmmu runs only VMs with one vCPU"));
+  EXPECT_TRUE(s.selected);
+  EXPECT_NE(*s.selected, "BT");
 }
 
 TEST_F(SelectorTest, JsonCarriesTheSameDecision) {
