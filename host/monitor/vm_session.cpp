@@ -8,6 +8,7 @@
 
 #include "common/errors.hpp"
 #include "kernel-driver/kvm_hypervisor.hpp"
+#include "platform/cpu_reset.hpp"
 #include "platform/multiboot_loader.hpp"
 
 namespace modevisor::host {
@@ -79,10 +80,6 @@ VmSession::VmSession(const VmConfig& vm, const LoadedPlugin& plugin, std::shared
       plugin_log_(std::make_unique<Logger>(log_, plugin.descriptor.log_token)),
       console_(std::make_unique<Console>(log_, std::move(echo))),
       ram_(vm.memory_bytes) {
-  if (vm.vcpus != 1)
-    throw api::MonitorError(fmt::format("VM {} declares {} vCPUs; the platform cannot start application processors "
-                                        "yet (no INIT/SIPI delivery), so only 1 vCPU is supported",
-                                        vm.name, vm.vcpus));
   PcConfig config;
   config.ram_bytes = vm.memory_bytes;
   config.cpus = vm.vcpus;
@@ -106,6 +103,7 @@ VmSession::VmSession(const VmConfig& vm, const LoadedPlugin& plugin, std::shared
   machine_vm_ = plugin.monitor->create_vm(spec, api::VmServices{ram_, machine_, *plugin_log_, hypervisor_.get()});
   boot.vcpu.lapic = pc_->save_lapic(0);
   machine_vm_->load_vcpu(0, boot.vcpu);
+  start_application_processors();
   // A device interrupt raised from another thread must pull the vCPU out of guest code.
   machine_.set_interrupt_notifier([this](unsigned vcpu) {
     if (machine_vm_) machine_vm_->kick(vcpu);
@@ -119,11 +117,27 @@ VmSession::~VmSession() {
   machine_vm_.reset();  // before the RAM and devices it uses
 }
 
+// The application processors power on as after INIT: waiting for SIPI.
+void VmSession::start_application_processors() {
+  waiting_for_sipi_.assign(vm_.vcpus, 0);
+  for (unsigned i = 1; i < vm_.vcpus; ++i) {
+    api::VcpuState s = state_after_init(machine_vm_->save_vcpu(i), /*bsp=*/false);
+    s.lapic = pc_->save_lapic(i);
+    machine_vm_->load_vcpu(i, s);
+    waiting_for_sipi_[i] = 1;
+  }
+}
+
+void VmSession::kick_all() {
+  if (!machine_vm_) return;
+  for (unsigned i = 0; i < vm_.vcpus; ++i) machine_vm_->kick(i);
+}
+
 void VmSession::stop(const std::string& reason) {
   machine_.request_stop(reason);
   running_ = false;
   timer_wake_.notify_all();
-  if (machine_vm_) machine_vm_->kick(0);
+  kick_all();
 }
 
 void VmSession::console_input(std::string_view bytes) { pc_->push_console_input(bytes); }
@@ -146,29 +160,95 @@ void VmSession::timer_loop() {
   }
 }
 
+// INIT and STARTUP change the whole architectural state, so they are applied
+// here, mode-neutrally, through save_vcpu/load_vcpu, on the vCPU's own thread
+// while it is not running.
+void VmSession::apply_startup(unsigned index, const StartupEvents& events) {
+  api::VcpuState s = machine_vm_->save_vcpu(index);
+  if (events.init) {
+    const bool bsp = pc_->apic_base(index) & Lapic::kBaseBsp;
+    s = state_after_init(s, bsp);
+    log_->info("vCPU {}: INIT{}", index, bsp ? " (bootstrap processor: restarts at the reset vector)" : ": waits for SIPI");
+  }
+  if (events.sipi_vector) {
+    s = state_after_startup(s, *events.sipi_vector);
+    log_->info("vCPU {}: STARTUP vector {:#04x}: real mode at {:04x}:0000", index, *events.sipi_vector,
+               s.cs.selector);
+  }
+  s.lapic = pc_->save_lapic(index);
+  machine_vm_->load_vcpu(index, s);
+  waiting_for_sipi_[index] = s.run_state == api::RunState::WaitForSipi;
+}
+
+// The first vCPU failure stops the VM and is the session's result; one that
+// comes after the VM was already stopping (guest exit, another failure) is
+// only logged.
+void VmSession::vcpu_failed(unsigned index, api::ExitKind kind, std::string diagnostic) {
+  // Monitors put the reason and their register dump in the diagnostic; the
+  // mode-neutral state is the fallback when one says nothing.
+  if (diagnostic.empty()) {
+    try {
+      diagnostic = register_dump(machine_vm_->save_vcpu(index));
+    } catch (const std::exception& e) {
+      diagnostic = std::string("(no register dump: ") + e.what() + ")";
+    }
+  }
+  if (vm_.vcpus > 1) diagnostic = fmt::format("vCPU {}: {}", index, diagnostic);
+  const char* what = kind == api::ExitKind::Shutdown ? "shutdown" : "monitor error";
+  if (machine_.request_stop(fmt::format("vCPU {}: {}", index, what))) {
+    std::lock_guard lock(failure_mutex_);
+    failure_ = Failure{kind, std::move(diagnostic)};
+  } else {
+    log_->warn("vCPU {}: {} while the VM was stopping ({}): {}", index, what, machine_.stop_reason(), diagnostic);
+  }
+  kick_all();
+}
+
+void VmSession::vcpu_loop(unsigned index) {
+  try {
+    for (;;) {
+      if (machine_.stop_requested()) {
+        // A guest exit or reset stops the machine from one vCPU's I/O; the
+        // others may be running guest code that makes no exits.
+        kick_all();
+        return;
+      }
+      const StartupEvents events = machine_.take_startup(index);
+      if (events.any()) apply_startup(index, events);
+      if (waiting_for_sipi_[index]) {
+        machine_.wait_for_startup(index);
+        continue;
+      }
+      api::RunExit exit = machine_vm_->run(index);
+      if (exit.kind == api::ExitKind::Stopped) continue;  // kicked, an INIT/STARTUP, or the VM stops
+      vcpu_failed(index, exit.kind, std::move(exit.diagnostic));
+      return;
+    }
+  } catch (const std::exception& e) {  // a MonitorError from save/load, or worse
+    vcpu_failed(index, api::ExitKind::Error, e.what());
+  }
+}
+
 SessionResult VmSession::run() {
   running_ = true;
   timer_thread_ = std::thread([this] { timer_loop(); });
-  SessionResult result;
-  for (;;) {
-    api::RunExit exit = machine_vm_->run(0);
-    if (exit.kind == api::ExitKind::Stopped) {
-      if (!machine_.stop_requested()) continue;  // kicked: go on
-      result.guest_status = machine_.exit_status();
-      result.kind = result.guest_status ? SessionResult::Kind::GuestExit : SessionResult::Kind::Stopped;
-      result.reason = machine_.stop_reason();
-      break;
-    }
-    result.kind = exit.kind == api::ExitKind::Shutdown ? SessionResult::Kind::Shutdown : SessionResult::Kind::Error;
-    // Monitors put the reason and their register dump in the diagnostic;
-    // the mode-neutral state is the fallback when one says nothing.
-    result.reason = exit.diagnostic.empty() ? register_dump(machine_vm_->save_vcpu(0)) : exit.diagnostic;
-    break;
-  }
+  std::vector<std::thread> application_processors;
+  for (unsigned i = 1; i < vm_.vcpus; ++i) application_processors.emplace_back([this, i] { vcpu_loop(i); });
+  vcpu_loop(0);
+  for (auto& thread : application_processors) thread.join();
   running_ = false;
   timer_wake_.notify_all();
   timer_thread_.join();
   console_->flush();
+  SessionResult result;
+  if (failure_) {
+    result.kind = failure_->kind == api::ExitKind::Shutdown ? SessionResult::Kind::Shutdown : SessionResult::Kind::Error;
+    result.reason = failure_->reason;
+  } else {
+    result.guest_status = machine_.exit_status();
+    result.kind = result.guest_status ? SessionResult::Kind::GuestExit : SessionResult::Kind::Stopped;
+    result.reason = machine_.stop_reason();
+  }
   result.counters = machine_vm_->counters();
   for (auto& counter : pc_->counters()) result.counters.push_back(std::move(counter));
   return result;

@@ -2,6 +2,13 @@
 // kernel and the plugin's VirtualMachine, run until the guest ends.  One
 // session per process (`modevisor run`), so a fault in one plugin takes down
 // only its VM.
+//
+// Every vCPU runs on a thread of its own: vCPU 0, the bootstrap processor,
+// from the loaded kernel's entry state; the application processors power on
+// waiting for SIPI and are started by the guest (INIT, STARTUP through its
+// local APIC), which the session applies to their state between runs
+// (platform/cpu_reset.hpp).  A shutdown or monitor error on any vCPU stops
+// the whole VM with that vCPU's diagnostic.
 #pragma once
 
 #include <atomic>
@@ -49,7 +56,8 @@ class VmSession {
             ConsoleEcho echo = nullptr);
   ~VmSession();
 
-  // Runs vCPU 0 on this thread until the guest ends or stop() is called.
+  // Runs the VM until the guest ends, a vCPU fails or stop() is called:
+  // vCPU 0 on this thread, every other vCPU on a thread of its own.
   SessionResult run();
   // From any thread (a signal handler's thread, a control plane).
   void stop(const std::string& reason);
@@ -62,6 +70,16 @@ class VmSession {
   class Logger;
   class Console;
   void timer_loop();
+  void start_application_processors();
+  void vcpu_loop(unsigned index);
+  void apply_startup(unsigned index, const StartupEvents& events);
+  void vcpu_failed(unsigned index, api::ExitKind kind, std::string diagnostic);
+  void kick_all();
+
+  struct Failure {
+    api::ExitKind kind;
+    std::string reason;
+  };
 
   const VmConfig& vm_;
   const LoadedPlugin& plugin_;
@@ -73,6 +91,9 @@ class VmSession {
   std::unique_ptr<Pc> pc_;
   std::unique_ptr<api::Hypervisor> hypervisor_;
   std::unique_ptr<api::VirtualMachine> machine_vm_;
+  std::vector<char> waiting_for_sipi_;  // by vCPU; only its own thread touches it once running
+  std::mutex failure_mutex_;
+  std::optional<Failure> failure_;  // the vCPU failure that stopped the VM
   std::atomic<bool> running_{false};
   std::mutex timer_mutex_;
   std::condition_variable timer_wake_;
