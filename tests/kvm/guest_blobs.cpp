@@ -205,6 +205,50 @@ g_irq_handler:
     iret
 g_irq_end:
 
+# --- NMIs: the platform raises one on OUT 0x10 (and on OUT 0x14, inside the
+#     handler: held until its IRET); the vector 2 handler counts them at
+#     0x3000 and reports the count on port 0x13 --------------------------------
+    .globl g_nmi_start, g_nmi_end, g_nmi_handler, g_nmi_hlt, g_nmi_init
+g_nmi_start:
+    cli
+    outb %al, $0x10                  # an NMI comes: IF=0 does not block it
+    outb %al, $0x12
+    hlt                              # IF=0: ends the run
+g_nmi_hlt:
+    cli
+    hlt                              # only an NMI (or INIT) ends this HLT
+    outb %al, $0x12
+    hlt
+g_nmi_init:
+    outb %al, $0x10                  # the platform has an INIT for this vCPU now
+    outb %al, $0x12                  # must not run: the host applies the INIT first
+    hlt
+g_nmi_handler:
+    incl 0x3000
+    movl 0x3000, %eax
+    cmpl $1, %eax
+    jne 1f
+    outb %al, $0x14
+    movl 0x3000, %eax                # still 1 unless the second NMI nested
+1:  outl %eax, $0x13
+    iret
+g_nmi_end:
+
+# --- start-up in real mode: report CS (the STARTUP vector << 8) and the IP of
+#     the instruction after a CALL (7 when execution began at IP 0) ------------
+    .code16
+    .globl g_sipi_start, g_sipi_end
+g_sipi_start:
+    movw %cs, %ax
+    outw %ax, $0x10
+    call 1f
+1:  popw %ax
+    outw %ax, $0x12
+    cli
+    hlt
+g_sipi_end:
+    .code32
+
 # --- dirty pages: write one dword to each of 5 pages from 0x300000 -----------
     .globl g_dirty_start, g_dirty_end
 g_dirty_start:

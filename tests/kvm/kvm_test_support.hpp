@@ -43,6 +43,7 @@ class TestPlatform : public api::Platform {
   std::uint64_t mmio_read_value = 0x8877665544332211ull;
   int halts = 0;
   int interrupts_to_raise = 0;   // raised one by one from wait_for_interrupt
+  int nmis_to_raise = 0;         // likewise, NMIs (before any interrupt)
   std::uint8_t vector = 0x30;
   std::uint64_t deadline_ns = UINT64_MAX;  // a device timer: raises `vector` once due
   int acks = 0;
@@ -91,7 +92,10 @@ class TestPlatform : public api::Platform {
   void wait_for_interrupt(unsigned) override {
     std::unique_lock lock(mutex_);
     ++halts;
-    if (interrupts_to_raise > 0) {
+    if (nmis_to_raise > 0) {
+      --nmis_to_raise;
+      nmi = true;
+    } else if (interrupts_to_raise > 0) {
       --interrupts_to_raise;
       raised_ = true;
     } else if (++idle_ >= vcpus_to_halt) {

@@ -14,6 +14,7 @@
 #include <elf.h>
 
 #include "kvm_test_support.hpp"
+#include "platform/cpu_reset.hpp"
 
 namespace modevisor::test {
 namespace {
@@ -623,6 +624,90 @@ TEST_F(KvmGuest, TwoVcpusRunOnTheirOwnThreads) {
   EXPECT_EQ(pf.ins[0x16], kPasses0 + kPasses1);
   EXPECT_EQ(counter(vm->counters(), "kvm.exit.io_in"), kPasses0 + kPasses1);
   EXPECT_EQ(counter(vm->counters(), "kvm.exit.hlt"), 2u);
+}
+
+// NMIs from the platform go in with KVM_NMI: taken even with IF=0, not nested
+// (the second, raised inside the handler, waits for its IRET).
+TEST_F(KvmGuest, PlatformNmisAreInjectedAndDoNotNest) {
+  TestRam ram(kRam);
+  TestPlatform pf;
+  pf.on_out = [&](std::uint16_t port, std::uint32_t) {
+    if (port == 0x10 || port == 0x14) pf.nmi = true;
+  };
+  ram.load(kCodeBase, blob(g_nmi_start, g_nmi_end));
+  write_idt(ram, {{2, guest_addr(g_nmi_start, g_nmi_handler)}});
+  auto vm = make_vm(ram, pf);
+  auto s = vm->save_vcpu(0);
+  set_flat_protected_mode(s, kCodeBase, false, ram);
+  vm->load_vcpu(0, s);
+  const auto exit = vm->run(0);
+  ASSERT_EQ(exit.kind, ExitKind::Stopped) << exit.diagnostic;
+  EXPECT_EQ(pf.values_on(0x13), (std::vector<std::uint32_t>{1, 2})) << "the second NMI came after the first IRET";
+  std::vector<std::uint16_t> order;
+  for (const auto& [port, value] : pf.outs)
+    if (port == 0x13 || port == 0x12) order.push_back(port);
+  EXPECT_EQ(order, (std::vector<std::uint16_t>{0x13, 0x13, 0x12})) << "delivered before the next instruction";
+  EXPECT_EQ(ram.at<std::uint32_t>(kDataBase), 2u);
+  EXPECT_EQ(pf.nmis_taken, 2);
+  EXPECT_EQ(counter(vm->counters(), "kvm.nmis_injected"), 2u);
+}
+
+TEST_F(KvmGuest, AnNmiEndsHltWithInterruptsDisabled) {
+  TestRam ram(kRam);
+  TestPlatform pf;
+  pf.nmis_to_raise = 1;
+  ram.load(kCodeBase, blob(g_nmi_start, g_nmi_end));
+  write_idt(ram, {{2, guest_addr(g_nmi_start, g_nmi_handler)}});
+  auto vm = make_vm(ram, pf);
+  auto s = vm->save_vcpu(0);
+  set_flat_protected_mode(s, guest_addr(g_nmi_start, g_nmi_hlt), false, ram);
+  vm->load_vcpu(0, s);
+  const auto exit = vm->run(0);
+  ASSERT_EQ(exit.kind, ExitKind::Stopped) << exit.diagnostic;
+  EXPECT_EQ(pf.values_on(0x13), std::vector<std::uint32_t>{1});
+  EXPECT_EQ(pf.values_on(0x12).size(), 1u) << "resumed after the HLT";
+  EXPECT_EQ(pf.halts, 2);
+}
+
+// INIT and STARTUP are the host's to apply: the run loop leaves before the
+// next instruction; a vCPU loaded waiting for SIPI runs nothing and says so;
+// the STARTUP state (platform/cpu_reset.hpp) runs in real mode at the
+// vector's page from IP 0.
+TEST_F(KvmGuest, InitLeavesTheRunLoopAndStartupStartsRealModeAtTheVector) {
+  TestRam ram(kRam);
+  TestPlatform pf;
+  pf.on_out = [&](std::uint16_t port, std::uint32_t) {
+    if (port == 0x10) pf.init = true;
+  };
+  ram.load(kCodeBase, blob(g_nmi_start, g_nmi_end));
+  auto vm = make_vm(ram, pf);
+  auto s = vm->save_vcpu(0);
+  set_flat_protected_mode(s, guest_addr(g_nmi_start, g_nmi_init), false, ram);
+  vm->load_vcpu(0, s);
+  auto exit = vm->run(0);
+  ASSERT_EQ(exit.kind, ExitKind::Stopped) << exit.diagnostic;
+  EXPECT_TRUE(pf.values_on(0x12).empty()) << "no guest instruction after the INIT arrived";
+
+  // What the host then does: the INIT state (an AP: waiting for SIPI) ...
+  pf.init = false;
+  pf.on_out = nullptr;
+  vm->load_vcpu(0, host::state_after_init(vm->save_vcpu(0), /*bsp=*/false));
+  EXPECT_EQ(vm->save_vcpu(0).run_state, api::RunState::WaitForSipi);
+  const std::size_t outs = pf.outs.size();
+  exit = vm->run(0);
+  EXPECT_EQ(exit.kind, ExitKind::Stopped);
+  EXPECT_EQ(pf.outs.size(), outs) << "waiting for SIPI: nothing ran";
+  EXPECT_EQ(vm->save_vcpu(0).run_state, api::RunState::WaitForSipi);
+
+  // ... and STARTUP vector 0x08: CS 0x0800, base 0x8000, IP 0.
+  pf.outs.clear();
+  ram.load(0x8000, blob(g_sipi_start, g_sipi_end));
+  vm->load_vcpu(0, host::state_after_startup(vm->save_vcpu(0), 0x08));
+  exit = vm->run(0);
+  ASSERT_EQ(exit.kind, ExitKind::Stopped) << exit.diagnostic;
+  EXPECT_EQ(pf.values_on(0x10), (std::vector<std::uint32_t>{0x0800}));
+  EXPECT_EQ(pf.values_on(0x12), (std::vector<std::uint32_t>{7}));
+  EXPECT_EQ(vm->save_vcpu(0).run_state, api::RunState::Halted);
 }
 
 TEST_F(KvmGuest, TheOtherHvPluginRefusesNamingTheModuleParameter) {
