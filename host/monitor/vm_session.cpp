@@ -120,6 +120,10 @@ VmSession::~VmSession() {
 // The application processors power on as after INIT: waiting for SIPI.
 void VmSession::start_application_processors() {
   waiting_for_sipi_.assign(vm_.vcpus, 0);
+  if (vm_.vcpus > 1)
+    log_->info("vCPUs: {}; vCPU 0 (the BSP) runs the kernel, vCPU{} 1{} wait{} for the guest's INIT/STARTUP", vm_.vcpus,
+               vm_.vcpus > 2 ? "s" : "", vm_.vcpus > 2 ? fmt::format("-{}", vm_.vcpus - 1) : "",
+               vm_.vcpus > 2 ? "" : "s");
   for (unsigned i = 1; i < vm_.vcpus; ++i) {
     api::VcpuState s = state_after_init(machine_vm_->save_vcpu(i), /*bsp=*/false);
     s.lapic = pc_->save_lapic(i);
