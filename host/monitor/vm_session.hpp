@@ -62,6 +62,7 @@ class VmSession {
   class Logger;
   class Console;
   void timer_loop();
+  api::VcpuState load_kernel(const VmConfig& vm, const std::vector<std::uint8_t>& image);
 
   const VmConfig& vm_;
   const LoadedPlugin& plugin_;
