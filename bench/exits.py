@@ -429,6 +429,10 @@ def parse_args(argv):
     args.counts = sorted({int(x) for x in args.counts.split(",") if x})
     if len(args.counts) < 2 or args.counts[0] < 1:
         ap.error("--counts needs at least two different counts >= 1")
+    if len({len(str(n)) for n in args.counts}) != 1:
+        # the guest prints N ("count=N", "N iterations"): each serial byte is
+        # an I/O access (an exit under HV), so N's digits would leak into the counts
+        ap.error("--counts must all have the same number of decimal digits (the guest prints them)")
     if args.repeat < 1:
         ap.error("--repeat must be at least 1")
     args.ops = [o for o in args.ops.split(",") if o]
