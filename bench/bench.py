@@ -15,6 +15,11 @@ absolute thresholds, nothing is asserted about speed):
            monitor's own event counters per op when `modevisor run --stats
            --json` reports them.
 
+A third suite, `--suite exits` (not part of `all`), counts exits, hidden
+faults and traces per nanobench operation under every plugin, the HV ones
+inside the nested KVM test host: bench/exits.py, whose options follow
+`--suite exits` (bench/run.sh --suite exits --help).
+
 See bench/README.md.  Results are printed and written as JSON to
 bench/results/ (gitignored).
 """
@@ -618,11 +623,17 @@ def machine_info():
 
 def main():
     global GUEST_DIR
+    argv = sys.argv[1:]
+    for i, a in enumerate(argv):
+        if a == "--suite" and argv[i + 1:i + 2] == ["exits"] or a == "--suite=exits":
+            import exits  # its own options; --build is shared
+            return exits.main(argv[:i] + argv[i + (1 if "=" in a else 2):])
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--build", default=os.path.join(REPO, "build"), help="build tree (default: <repo>/build)")
     ap.add_argument("--quick", action="store_true", help="ctest-sized compute runs, k=1, short nanobench")
     ap.add_argument("-k", type=int, default=None, help="runs per cell, best is reported (default 3; 1 with --quick)")
-    ap.add_argument("--suite", choices=["all", "compute", "nano"], default="all")
+    ap.add_argument("--suite", choices=["all", "compute", "nano", "exits"], default="all",
+                    help="all = compute + nano; exits: exits per op (bench/exits.py, own options)")
     ap.add_argument("--guests", default=",".join(GUESTS), help="comma-separated compute guests")
     ap.add_argument("--modes", default="BT,HV,HWMMU", help="modevisor modes to try (comma-separated, '' for none)")
     ap.add_argument("--timeout", type=int, default=600, help="seconds per run")

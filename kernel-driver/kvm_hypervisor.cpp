@@ -538,10 +538,24 @@ class KvmVm final : public api::Vm {
 }  // namespace
 
 std::vector<kvm_cpuid_entry2> filter_cpuid(const std::vector<kvm_cpuid_entry2>& supported, unsigned vcpu_index) {
+  // KVM_FEATURE_CLOCKSOURCE, _NOP_IO_DELAY, _CLOCKSOURCE2, _CLOCKSOURCE_STABLE_BIT
+  constexpr std::uint32_t kKvmClockFeatures = (1u << 0) | (1u << 1) | (1u << 3) | (1u << 24);
   std::vector<kvm_cpuid_entry2> out;
   for (auto e : supported) {
-    if (e.function >= 0x40000000 && e.function <= 0x4fffffff) continue;  // KVM's paravirtual leaves
+    if (e.function > 0x40000001 && e.function <= 0x4fffffff) continue;  // other paravirtual leaves
     switch (e.function) {
+      case 0x40000000:
+        e.eax = 0x40000001;  // "KVMKVMKVM", highest paravirtual leaf
+        break;
+      case 0x40000001:
+        // Only the paravirtual clock (and no-op port 0x80 delays): it lives
+        // in KVM and needs no in-kernel APIC.  Without it a guest calibrates
+        // its TSC against the PIT through exits, which is unreliable when
+        // exits are slow (nested hosts).  PV EOI, PV IPIs, async page faults
+        // and steal time need KVM's in-kernel APIC or are not modelled.
+        e.eax &= kKvmClockFeatures;
+        e.ebx = e.ecx = e.edx = 0;
+        break;
       case 1:
         e.ecx &= ~(1u << 5);   // VMX: no nested virtualization
         e.ecx &= ~(1u << 21);  // x2APIC: the platform's APIC is an xAPIC

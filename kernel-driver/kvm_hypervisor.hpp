@@ -27,7 +27,8 @@ extern const std::vector<RequiredCapability> kRequiredCapabilities;
 
 // Filter KVM_GET_SUPPORTED_CPUID to what a modevisor vCPU offers: no x2APIC or
 // TSC-deadline (the APIC is the platform's xAPIC), no VMX/SVM, the hypervisor
-// bit set, no KVM paravirtual leaves, APIC IDs = vCPU index.  Pure.
+// bit set, of KVM's paravirtual features only its clock (kvmclock), APIC IDs
+// = vCPU index.  Pure.
 std::vector<kvm_cpuid_entry2> filter_cpuid(const std::vector<kvm_cpuid_entry2>& supported, unsigned vcpu_index);
 
 class KvmHypervisor final : public api::Hypervisor {

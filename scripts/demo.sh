@@ -35,3 +35,17 @@ echo "VM log: $MODEVISOR_LOG_DIR/hello-32.log"
 grep -E 'MONITOR MODE|loader|power' "$MODEVISOR_LOG_DIR/hello-32.log" | tail -9 || true
 run $MV --log-dir "$MODEVISOR_LOG_DIR" run configs/vms/procs-32.yaml
 run $MV --log-dir "$MODEVISOR_LOG_DIR" run configs/vms/linux-64.yaml
+
+say "The hardware modes on a real KVM: the nested test host (QEMU TCG emulating an AMD EPYC with SVM)"
+echo "This machine's /dev/kvm cannot run guests, so the demo boots the test host of"
+echo "scripts/kvm-host/ twice: kvm_amd npt=1 (nested paging: HWMMU) and npt=0 (shadow paging: HV)."
+echo "In each, the selection for the Linux VM is explained, then Debian's kernel boots to a"
+echo "busybox prompt, answers a command typed on its serial console, and is rebooted (about 2 minutes)."
+ROOT=$(pwd)
+if command -v qemu-system-x86_64 >/dev/null && scripts/kvm-host/build.sh "$ROOT/build/kvm-host" >/dev/null 2>&1; then
+  mkdir -p "$ROOT/build/kvm-host/demo"
+  run scripts/kvm-host/run.sh -o "$ROOT/build/kvm-host" -w "$ROOT/build/kvm-host/demo" -- sh -c \
+    "'$ROOT/$MV' --log-dir '$ROOT/build/kvm-host/demo/logs' explain '$ROOT/configs/vms/linux-busybox.yaml'; '$ROOT/tests/kvm/run-linux-under-hv.sh' '$ROOT/build' '$ROOT'"
+else
+  echo "(the KVM test host cannot be built here: see scripts/kvm-host/README.md)"
+fi

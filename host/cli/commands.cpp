@@ -110,9 +110,21 @@ std::string guests_text(const api::GuestSupport& g) {
 
 // The VM's own log: <log_dir>/<vm-name>.log, one per VM, appended to.
 std::shared_ptr<spdlog::logger> open_vm_log(const Context& context, const host::VmConfig& vm) {
-  std::filesystem::create_directories(context.host_config().log_dir);
-  auto path = context.host_config().log_dir / (vm.name + ".log");
-  auto sink = std::make_shared<spdlog::sinks::basic_file_sink_mt>(path.string());
+  const auto path = context.host_config().log_dir / (vm.name + ".log");
+  auto unwritable = [&](const std::string& why) {
+    return host::InputError(context.host_config().file, 0, 0,
+                            "cannot write the VM log " + path.string() + " (" + why +
+                                "); point log_dir (or --log-dir) at a writable directory");
+  };
+  std::error_code ec;
+  std::filesystem::create_directories(context.host_config().log_dir, ec);
+  if (ec) throw unwritable(ec.message());
+  std::shared_ptr<spdlog::sinks::basic_file_sink_mt> sink;
+  try {
+    sink = std::make_shared<spdlog::sinks::basic_file_sink_mt>(path.string());
+  } catch (const spdlog::spdlog_ex& e) {
+    throw unwritable(e.what());
+  }
   sink->set_pattern("%Y-%m-%dT%H:%M:%S.%e| %v");
   auto log = std::make_shared<spdlog::logger>(vm.name, sink);
   log->set_level(parse_log_level(context.host_config().log_level));
@@ -331,8 +343,10 @@ int command_run(Context& context, const std::string& vm_file, bool json_output, 
   try {
     host::VmSession::ConsoleEcho echo;
     if (!json_output) echo = [](std::uint8_t byte) {
+      // Unbuffered: a prompt has no newline, and a byte costs the guest an
+      // exit anyway.
       std::fputc(byte, stdout);
-      if (byte == '\n') std::fflush(stdout);
+      std::fflush(stdout);
     };
     session = std::make_unique<host::VmSession>(vm, *plugin, vm_log, echo);
   } catch (const api::MonitorError& e) {

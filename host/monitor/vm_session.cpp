@@ -9,6 +9,8 @@
 #include "common/errors.hpp"
 #include "kernel-driver/kvm_hypervisor.hpp"
 #include "platform/cpu_reset.hpp"
+#include "platform/linux_loader.hpp"
+#include "platform/mptable.hpp"
 #include "platform/multiboot_loader.hpp"
 
 namespace modevisor::host {
@@ -55,9 +57,9 @@ class VmSession::Console final : public ConsoleSink {
 
 namespace {
 
-std::vector<std::uint8_t> read_kernel(const std::filesystem::path& file) {
+std::vector<std::uint8_t> read_file(const std::filesystem::path& file, const char* what) {
   std::ifstream in(file, std::ios::binary);
-  if (!in) throw InputError(file, 0, 0, "cannot read the kernel image");
+  if (!in) throw InputError(file, 0, 0, std::string("cannot read the ") + what);
   return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
 }
 
@@ -86,12 +88,11 @@ VmSession::VmSession(const VmConfig& vm, const LoadedPlugin& plugin, std::shared
   pc_ = std::make_unique<Pc>(machine_, config);
   pc_->set_console(console_.get());
 
-  // The kernel sees "<file name> <cmdline>", as QEMU's -kernel/-append give it.
-  const auto image = read_kernel(vm.guest.kernel);
-  MultibootBoot boot = load_multiboot(ram_, vm.guest.kernel.filename(), image, vm.guest.cmdline, {});
-  for (const auto& note : boot.notes) log_->info("loader: {}", note);
-  log_->info("loader: {} loaded at {:#x}-{:#x}, entry {:#x}, multiboot info at {:#x}, cmdline \"{}\"",
-             vm.guest.kernel.string(), boot.kernel_start, boot.kernel_end, boot.entry, boot.info_address, boot.cmdline);
+  const auto image = read_file(vm.guest.kernel, "kernel image");
+  const api::VcpuState boot_state = load_kernel(vm, image);
+  // The BIOS tables a PC firmware leaves behind (kernels without ACPI find
+  // their CPUs and interrupt routing there).
+  write_mp_table(ram_, MpTableConfig{vm.vcpus});
 
   api::VmSpec spec;
   spec.name = vm.name;
@@ -101,13 +102,42 @@ VmSession::VmSession(const VmConfig& vm, const LoadedPlugin& plugin, std::shared
   spec.guest_os = vm.guest.os.name;
   if (plugin.descriptor.execution == api::Technique::Hardware) hypervisor_ = kvm::KvmHypervisor::open();
   machine_vm_ = plugin.monitor->create_vm(spec, api::VmServices{ram_, machine_, *plugin_log_, hypervisor_.get()});
-  boot.vcpu.lapic = pc_->save_lapic(0);
-  machine_vm_->load_vcpu(0, boot.vcpu);
+  api::VcpuState bsp = boot_state;
+  bsp.lapic = pc_->save_lapic(0);
+  machine_vm_->load_vcpu(0, bsp);
   start_application_processors();
   // A device interrupt raised from another thread must pull the vCPU out of guest code.
   machine_.set_interrupt_notifier([this](unsigned vcpu) {
     if (machine_vm_) machine_vm_->kick(vcpu);
   });
+}
+
+// A Linux bzImage boots through the Linux boot protocol (with the VM's
+// initrd); anything else must be a multiboot kernel.
+api::VcpuState VmSession::load_kernel(const VmConfig& vm, const std::vector<std::uint8_t>& image) {
+  if (is_linux_bzimage(image)) {
+    std::vector<std::uint8_t> initrd;
+    if (!vm.guest.initrd.empty()) initrd = read_file(vm.guest.initrd, "initrd");
+    const LinuxBoot boot = load_linux(ram_, vm.guest.kernel, image, vm.guest.cmdline, vm.guest.initrd, initrd);
+    log_->info("loader: Linux {} ({}-bit, boot protocol {}.{:02}) at {:#x}-{:#x}, entry {:#x}, zero page {:#x}, "
+               "cmdline \"{}\"",
+               boot.kernel_version.empty() ? vm.guest.kernel.string() : boot.kernel_version,
+               boot.kernel_64bit ? 64 : 32, boot.protocol >> 8, boot.protocol & 0xff, boot.kernel_start,
+               boot.kernel_end, boot.vcpu.rip, boot.zero_page, boot.cmdline);
+    if (boot.initrd_end)
+      log_->info("loader: initrd {} at {:#x}-{:#x}", vm.guest.initrd.string(), boot.initrd_start, boot.initrd_end);
+    return boot.vcpu;
+  }
+  if (!vm.guest.initrd.empty())
+    throw InputError(vm.guest.initrd, 0, 0,
+                     "an initrd is only passed to Linux kernels, and " + vm.guest.kernel.string() +
+                         " is not a Linux bzImage (for a multiboot kernel use a module)");
+  // The kernel sees "<file name> <cmdline>", as QEMU's -kernel/-append give it.
+  MultibootBoot boot = load_multiboot(ram_, vm.guest.kernel.filename(), image, vm.guest.cmdline, {});
+  for (const auto& note : boot.notes) log_->info("loader: {}", note);
+  log_->info("loader: {} loaded at {:#x}-{:#x}, entry {:#x}, multiboot info at {:#x}, cmdline \"{}\"",
+             vm.guest.kernel.string(), boot.kernel_start, boot.kernel_end, boot.entry, boot.info_address, boot.cmdline);
+  return boot.vcpu;
 }
 
 VmSession::~VmSession() {

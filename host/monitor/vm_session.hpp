@@ -70,6 +70,7 @@ class VmSession {
   class Logger;
   class Console;
   void timer_loop();
+  api::VcpuState load_kernel(const VmConfig& vm, const std::vector<std::uint8_t>& image);
   void start_application_processors();
   void vcpu_loop(unsigned index);
   void apply_startup(unsigned index, const StartupEvents& events);

@@ -21,8 +21,10 @@
  *
  * cmdline: count=N iterations per op (default 1000), trials=T (default 1,
  * or 5 with timing=1; the minimum is reported), timing=1 prints cycles/op,
- * only=<op> runs one op (for counter differentials).  Without timing=1 the
- * transcript is deterministic: each op's iteration and handler counts.
+ * only=<op> runs one op (for counter differentials), only=none none (the
+ * empty-loop baselines alone: what a differential subtracts); any other
+ * only= value fails.  Without timing=1 the transcript is deterministic: each
+ * op's iteration and handler counts.
  */
 #include "rt.h"
 
@@ -73,6 +75,15 @@ static void parse_only(void)
   }
 }
 static int selected(const char *op) { return !only[0] || !strcmp(only, op); }
+static const char *const op_names[] = {"syscall", "sysenter", "in", "cr8wr", "call/ret", "pgfault", "divzero", "ptemod",
+                                       "none"};
+static int only_known(void)
+{
+  for (size_t i = 0; i < sizeof op_names / sizeof op_names[0]; i++)
+    if (!strcmp(only, op_names[i]))
+      return 1;
+  return 0;
+}
 
 /* ---- IDT gates pointing straight at our stubs ---- */
 static uint64_t *idt_base(void)
@@ -318,6 +329,8 @@ int main(void)
   if (trials < 1)
     trials = 1;
   printf("nanobench: count=%u trials=%u%s%s\n", count, trials, only[0] ? " only=" : "", only);
+  if (only[0] && !only_known())
+    rt_fail_now("unknown op in only= (known: syscall sysenter in cr8wr call/ret pgfault divzero ptemod none)");
   paging_on();
   lapic_enable(0xff);
   baselines();

@@ -1,7 +1,9 @@
 #!/bin/bash
 # ctest "kvm_nested_host" (label kvm): run the KVM integration tests where KVM
 # is real, then boot every guest of tests/guests with `modevisor run` under the
-# HV plugin that KVM allows and compare with QEMU (run-guests-under-hv.sh).
+# HV plugin that KVM allows and compare with QEMU (run-guests-under-hv.sh),
+# then boot Debian's kernel with a busybox initramfs to its shell prompt and
+# run a command over the serial console (run-linux-under-hv.sh).
 #   - /dev/kvm on this machine usable (per `modevisor host`): run them here.
 #   - otherwise: build the KVM test host (scripts/kvm-host: QEMU TCG, AMD EPYC
 #     with SVM, Debian's kernel and kvm_amd) and run them inside it, with
@@ -22,7 +24,8 @@ usable=$("$BUILD/bin/modevisor" --json host 2>/dev/null |
 if [ "$usable" = yes ]; then
   echo "this machine's /dev/kvm is usable: running the KVM tests here"
   MODEVISOR_KVM_REQUIRED=1 "$TESTS" --gtest_color=no || exit 1
-  "$SRC/tests/kvm/run-guests-under-hv.sh" "$BUILD" "$SRC"
+  "$SRC/tests/kvm/run-guests-under-hv.sh" "$BUILD" "$SRC" || exit 1
+  "$SRC/tests/kvm/run-linux-under-hv.sh" "$BUILD" "$SRC"
   exit $?
 fi
 echo "this machine's KVM is not usable ($usable); using the nested-SVM test host"
@@ -35,7 +38,7 @@ fi
 
 start=$(date +%s)
 NPTS="1 0" "$SRC/scripts/kvm-host/run.sh" -o "$OUT" -w "$OUT/work" -t "${KVM_HOST_TIMEOUT:-420}" -- \
-  sh -c "'$BUILD/bin/modevisor' plugins; MODEVISOR_KVM_REQUIRED=1 MODEVISOR_KVM_HANDOFF_DIR=$OUT/work timeout 150 '$TESTS' --gtest_color=no && timeout 300 '$SRC/tests/kvm/run-guests-under-hv.sh' '$BUILD' '$SRC'"
+  sh -c "'$BUILD/bin/modevisor' plugins; MODEVISOR_KVM_REQUIRED=1 MODEVISOR_KVM_HANDOFF_DIR=$OUT/work timeout 150 '$TESTS' --gtest_color=no && timeout 300 '$SRC/tests/kvm/run-guests-under-hv.sh' '$BUILD' '$SRC' && timeout 300 '$SRC/tests/kvm/run-linux-under-hv.sh' '$BUILD' '$SRC' 240"
 rc=$?
 echo "test host: $(( $(date +%s) - start ))s wall"
 case $rc in

@@ -410,6 +410,36 @@ TEST_F(KvmGuest, TripleFaultIsShutdownWithRegisterDump) {
   EXPECT_EQ(counter(vm->counters(), "kvm.exit.shutdown"), 1u);
 }
 
+// Code fetched from outside guest RAM (an MMIO address) cannot be emulated:
+// KVM reports an internal error, the VM stops with that diagnostic, and the
+// next VM on the same KVM runs normally.
+TEST_F(KvmGuest, InternalErrorStopsTheVmWithADiagnosticAndTheHostGoesOn) {
+  {
+    TestRam ram(kRam);
+    TestPlatform pf;
+    auto vm = make_vm(ram, pf);
+    auto s = vm->save_vcpu(0);
+    set_flat_protected_mode(s, kCodeBase, false, ram);
+    s.rip = 0xd0000000;  // no memory slot there
+    vm->load_vcpu(0, s);
+    const auto exit = vm->run(0);
+    EXPECT_EQ(exit.kind, ExitKind::Error) << exit.diagnostic;
+    EXPECT_NE(exit.diagnostic.find("KVM_EXIT_INTERNAL_ERROR"), std::string::npos) << exit.diagnostic;
+    EXPECT_NE(exit.diagnostic.find("RIP="), std::string::npos) << exit.diagnostic;
+    EXPECT_EQ(counter(vm->counters(), "kvm.exit.internal_error"), 1u);
+  }
+  TestRam ram(kRam);
+  TestPlatform pf;
+  ram.load(kCodeBase, blob(g_pm_mmio_start, g_pm_mmio_end));
+  auto vm = make_vm(ram, pf);
+  auto s = vm->save_vcpu(0);
+  set_flat_protected_mode(s, kCodeBase, false, ram);
+  vm->load_vcpu(0, s);
+  const auto exit = vm->run(0);
+  EXPECT_EQ(exit.kind, ExitKind::Stopped) << exit.diagnostic;
+  EXPECT_EQ(pf.mmio.size(), 4u);
+}
+
 TEST_F(KvmGuest, InterruptsWakeAHaltedGuest) {
   TestRam ram(kRam);
   TestPlatform pf;

@@ -303,20 +303,28 @@ TEST(KvmState, DumpNamesRegisters) {
 }
 
 TEST(KvmCpuid, FilterHidesX2apicTscDeadlineNestingAndSetsHypervisorBit) {
-  std::vector<kvm_cpuid_entry2> in(4);
+  std::vector<kvm_cpuid_entry2> in(6);
   in[0].function = 1;
   in[0].ecx = (1u << 21) | (1u << 24) | (1u << 5) | 1u;
   in[0].ebx = 0xff000800;
   in[1].function = 0x40000000;
-  in[2].function = 0x80000001;
-  in[2].ecx = 0x4 | 0x1;
-  in[3].function = 0xb;
+  in[1].eax = 0x40000010;
+  in[2].function = 0x40000001;
+  in[2].eax = 0x01007afb;  // clock, PV EOI, PV IPIs, async PF, steal time, ...
+  in[2].edx = 1;
+  in[3].function = 0x40000010;
+  in[4].function = 0x80000001;
+  in[4].ecx = 0x4 | 0x1;
+  in[5].function = 0xb;
   const auto out = kvm::filter_cpuid(in, 2);
-  ASSERT_EQ(out.size(), 3u);  // KVM's paravirtual leaf removed
+  ASSERT_EQ(out.size(), 5u);  // leaves above 0x40000001 removed
   EXPECT_EQ(out[0].ecx, (1u << 31) | 1u);
   EXPECT_EQ(out[0].ebx, 0x02000800u);
-  EXPECT_EQ(out[1].ecx, 0x1u);
-  EXPECT_EQ(out[2].edx, 2u);
+  EXPECT_EQ(out[1].eax, 0x40000001u);
+  EXPECT_EQ(out[2].eax, 0x0100000bu);  // kvmclock (both MSR sets), stable bit, no-op io delay
+  EXPECT_EQ(out[2].edx, 0u);
+  EXPECT_EQ(out[3].ecx, 0x1u);
+  EXPECT_EQ(out[4].edx, 2u);
 }
 
 TEST(KvmHypervisorOpen, RefusesKvmPvmWithoutOpeningIt) {

@@ -175,6 +175,26 @@ TEST_F(CliTest, RunBootsTheGuestUnderTheSelectedModeAndReturnsItsExitStatus) {
   EXPECT_THAT(log, HasSubstr("power off: guest-exit"));
 }
 
+TEST_F(CliTest, AnUnwritableLogDirectoryIsABadInputNotACrash) {
+  std::ofstream(log_dir_) << "a file where the log directory should be\n";
+  Result r = run("run configs/vms/hello-32.yaml");
+  EXPECT_EQ(r.status, 2) << r.out;
+  EXPECT_THAT(r.out, HasSubstr("cannot write the VM log"));
+  EXPECT_THAT(r.out, HasSubstr("hello-32.log"));
+  fs::remove(log_dir_);
+}
+
+TEST_F(CliTest, TheLinuxGuestNeedsA64BitModeAndSaysSoWhereThereIsNone) {
+  if (!fs::exists(fs::path(MODEVISOR_BINARY_DIR) / "guests/busybox-initramfs.cpio.gz"))
+    GTEST_SKIP() << "the Linux guest is not built (needs linux-image-amd64 and busybox-static)";
+  Result host = run("--json host");
+  const auto j = nlohmann::json::parse(host.out.substr(host.out.find('{')));
+  if (j["driver"]["usable"].get<bool>()) GTEST_SKIP() << "this host has a usable KVM: the HV modes run it";
+  Result r = run("run configs/vms/linux-busybox.yaml");
+  EXPECT_EQ(r.status, 3) << r.out;  // no mode: BT here runs 32-bit guests only
+  EXPECT_THAT(read_log("linux-busybox.log"), HasSubstr("MONITOR MODE: not allowed"));
+}
+
 TEST_F(CliTest, EveryExample32BitVmRunsToItsPassLine) {
   for (const char* vm : {"hello-32", "bt-requested-32", "os2", "windows-xp-32", "procs-32"}) {
     Result r = run(std::string("run configs/vms/") + vm + ".yaml");

@@ -206,6 +206,16 @@ TEST(SystemPortsTest, PostIsSwallowedAndPort92Resets) {
   EXPECT_FALSE(t.pc.exit_status().has_value());
 }
 
+TEST(SystemPortsTest, KeyboardControllerResetPulseResets) {
+  TestPc t;
+  EXPECT_EQ(t.in8(0x64), 0xff) << "no 8042: reads as unclaimed";
+  t.out8(0x64, 0xad);  // other commands do nothing
+  EXPECT_FALSE(t.machine.stop_requested());
+  t.out8(0x64, 0xfe);
+  EXPECT_TRUE(t.machine.stop_requested());
+  EXPECT_EQ(t.pc.stop_reason(), "reset");
+}
+
 TEST(MachineTest, UnclaimedPortsAndMmioReadAllOnes) {
   TestPc t;
   EXPECT_EQ(t.machine.io_in(0, 0x1234, 1), 0xffu);

@@ -1,0 +1,60 @@
+#!/bin/bash
+# Inside a host with a usable /dev/kvm (the nested test host runs it with
+# kvm_amd npt=1 and npt=0): what an operator sees there.
+#  1. `explain` offers the hardware mode this KVM allows, says why the other
+#     one is not offered (naming the module parameter), and selects as the
+#     policy says: HWMMU with nested paging, HV with shadow paging.
+#  2. `modevisor run` of every example VM in configs/vms (except the Linux
+#     guest: run-linux-under-hv.sh) uses the mode `explain` selected and
+#     reaches the guest's PASS line (exit status 1, the guest's exit code 0),
+#     or, when `explain` finds no mode, refuses with status 3.
+#   usage: run-example-vms.sh BUILD_DIR SOURCE_DIR
+set -u
+build=$1 src=$2
+mv=$build/bin/modevisor
+export MODEVISOR_GUEST_DIR=$build/guests
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+failed=0
+fail() { echo "FAIL $*"; failed=1; }
+
+npt=$(cat /sys/module/kvm_amd/parameters/npt 2>/dev/null || cat /sys/module/kvm_intel/parameters/ept 2>/dev/null)
+case $npt in
+  1|Y|y) want=HWMMU other=HV param="npt=1\|ept=1" ;;
+  *) want=HV other=HWMMU param="npt=0\|ept=0" ;;
+esac
+
+"$mv" --log-dir "$work/logs" explain "$src/configs/vms/linux-64.yaml" >"$work/explain" 2>&1
+cat "$work/explain"
+grep -q "allowed modes *:.* $want\b" "$work/explain" || fail "explain: $want is not among the allowed modes"
+grep -q "not allowed *: $other (.*\($param\)" "$work/explain" ||
+  fail "explain: does not say $other is impossible because of the host-wide KVM MMU setting"
+grep -q "selected *: $want " "$work/explain" || fail "explain: did not select $want for a 64-bit Linux VM"
+
+for vm in "$src"/configs/vms/*.yaml; do
+  name=$(basename "$vm" .yaml)
+  [ "$name" = linux-busybox ] && continue
+  "$mv" --log-dir "$work/logs" explain "$vm" >"$work/$name.explain" 2>&1
+  explain_status=$?
+  expected=$(sed -n 's/.*MONITOR MODE: selected *: //p' "$work/$name.explain" | tail -1)
+  timeout 120 "$mv" --log-dir "$work/logs" run "$vm" </dev/null >"$work/$name.out" 2>&1
+  status=$?
+  used=$(sed -n 's/.*MONITOR MODE: selected *: //p' "$work/logs/$name.log" | tail -1)
+  if [ "$explain_status" = 3 ]; then
+    [ "$status" = 3 ] && echo "PASS $name: no mode on this host, as explain says" ||
+      fail "$name: explain finds no mode, run exited $status"
+    continue
+  fi
+  if [ "$status" = 1 ] && [ "$used" = "$expected" ] && grep -q "RESULT: PASS" "$work/$name.out"; then
+    echo "PASS $name under $used"
+  elif [ "$status" = 4 ] && grep -q "BT64 is not implemented" "$work/logs/$name.log"; then
+    # bt-swmmu's descriptor declares the seed's BT64 (where the CPU keeps
+    # long-mode segment limits), which the engine does not implement yet.
+    echo "KNOWN GAP $name: selected ${used}, which refuses: BT64 is not implemented"
+  else
+    fail "$name: run exited $status under '${used:-nothing}' (explain selected '$expected')"
+    tail -5 "$work/$name.out"
+    grep -E "power off|error|refused" "$work/logs/$name.log" | tail -3
+  fi
+done
+exit $failed
