@@ -1,13 +1,18 @@
 #!/bin/bash
 # Inside a host with a usable /dev/kvm: boot the Linux guest VM
-# (configs/vms/linux-busybox.yaml: Debian's kernel, busybox initramfs) with
+# (configs/vms/linux-busybox.yaml: Debian's kernel, busybox initramfs; or
+# another VM of configs/vms, e.g. linux-busybox-smp with 2 vCPUs) with
 # `modevisor run`, under the HV plugin the selection picks on this host, wait
 # for its shell prompt on the serial console, type a command and check its
-# answer, then `reboot -f` and require the VM to stop with reason "reset"
-# (exit status 0).  Prints the console transcript and the exit counters.
-#   usage: run-linux-under-hv.sh BUILD_DIR SOURCE_DIR [BOOT_TIMEOUT_S]
+# answer and that the kernel has as many CPUs online as the VM has vCPUs,
+# then `reboot -f` and require the VM to stop with reason "reset" (exit
+# status 0).  Prints the console transcript and the exit counters.
+#   usage: run-linux-under-hv.sh BUILD_DIR SOURCE_DIR [BOOT_TIMEOUT_S] [VM_NAME]
 set -u
-build=$1 src=$2 boot_timeout=${3:-240}
+build=$1 src=$2 boot_timeout=${3:-240} vm=${4:-linux-busybox}
+vcpus=$(sed -n 's/^vcpus: *\([0-9]*\).*/\1/p' "$src/configs/vms/$vm.yaml")
+vcpus=${vcpus:-1}
+[ "$vcpus" -gt 1 ] && online="0-$((vcpus - 1))" || online=0
 export MODEVISOR_GUEST_DIR=$build/guests
 [ -f "$build/guests/busybox-initramfs.cpio.gz" ] && [ -e "$build/guests/linux-vmlinuz" ] || {
   echo "FAIL linux: the Linux guest is not built (needs linux-image-amd64 and busybox-static; see tests/guests/linux)"
@@ -16,7 +21,7 @@ export MODEVISOR_GUEST_DIR=$build/guests
 work=$(mktemp -d)
 trap 'kill $pid 2>/dev/null; rm -rf "$work"' EXIT
 mkfifo "$work/console"
-"$build/bin/modevisor" --log-dir "$work/logs" run --stats "$src/configs/vms/linux-busybox.yaml" \
+"$build/bin/modevisor" --log-dir "$work/logs" run --stats "$src/configs/vms/$vm.yaml" \
   <"$work/console" >"$work/out" 2>"$work/err" &
 pid=$!
 exec 3>"$work/console"
@@ -35,7 +40,7 @@ wait_for() {
 fail() {
   echo "FAIL linux: $*"
   echo "--- console"; cat "$work/out"; echo "--- stderr"; cat "$work/err"
-  echo "--- VM log (tail)"; tail -20 "$work/logs/linux-busybox.log" 2>/dev/null
+  echo "--- VM log (tail)"; tail -20 "$work/logs/$vm.log" 2>/dev/null
   exit 1
 }
 
@@ -45,16 +50,19 @@ booted=$(( $(date +%s) - start ))
 # The answer is computed by the guest's shell, so it cannot be the echo of the command line.
 printf 'echo "answer: $((6 * 7)) from $(uname -s) on $(uname -m)"\n' >&3
 wait_for "answer: 42 from Linux on x86_64" 60 || fail "the command sent over the serial console did not answer"
+printf 'echo "cpus online: $(cat /sys/devices/system/cpu/online)."\n' >&3
+wait_for "cpus online: $online." 60 || fail "the kernel does not have CPUs $online online (the VM has $vcpus vCPUs)"
 printf 'reboot -f\n' >&3
 deadline=$((SECONDS + 60))
 while [ $SECONDS -lt $deadline ] && kill -0 $pid 2>/dev/null; do sleep 0.2; done
 kill -0 $pid 2>/dev/null && fail "the VM did not stop after reboot -f"
 wait $pid; status=$?
 exec 3>&-
-mode=$(sed -n 's/.*MONITOR MODE: selected *: //p' "$work/logs/linux-busybox.log" | tail -1)
+mode=$(sed -n 's/.*MONITOR MODE: selected *: //p' "$work/logs/$vm.log" | tail -1)
 cat "$work/out"
 echo "--- modevisor: $mode; prompt after ${booted}s; exit status $status"
-grep -E "kvm.exits|kvm.exit.(io|mmio|hlt)|interrupts_injected" "$work/err" | head -12
+grep -E "kvm.exits|kvm.exit.(io|mmio|hlt)|interrupts_injected|^ *ipi " "$work/err" | head -16
+grep -E "vCPU [0-9]+: (INIT|STARTUP)" "$work/logs/$vm.log" | sed 's/.*| //' 
 [ "$status" = 0 ] || fail "exit status $status after reboot -f (expected 0: the guest reset the VM)"
-grep -q "reset" "$work/logs/linux-busybox.log" || fail "the VM log does not say the guest reset it"
-echo "PASS linux-busybox under $mode"
+grep -q "reset" "$work/logs/$vm.log" || fail "the VM log does not say the guest reset it"
+echo "PASS $vm under $mode ($vcpus vCPU$([ "$vcpus" -gt 1 ] && echo s), CPUs $online online)"
