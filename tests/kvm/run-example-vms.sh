@@ -57,4 +57,22 @@ for vm in "$src"/configs/vms/*.yaml; do
     grep -E "power off|error|refused" "$work/logs/$name.log" | tail -3
   fi
 done
+# A guest that triple-faults stops with status 6 and a register dump in its
+# log, and the next VM on this host runs normally.
+cat >"$work/triple.yaml" <<YAML
+name: triple
+guest:
+  os: other-32
+  kernel: $build/guests/triple.elf
+memory: 16MiB
+YAML
+timeout 60 "$mv" --log-dir "$work/logs" run "$work/triple.yaml" </dev/null >"$work/triple.out" 2>&1
+status=$?
+if [ "$status" = 6 ] && grep -q "power off: shutdown" "$work/logs/triple.log" && grep -q "RIP=" "$work/logs/triple.log"; then
+  echo "PASS triple: exit 6 under $(sed -n 's/.*MONITOR MODE: selected *: //p' "$work/logs/triple.log" | tail -1), register dump in the log"
+else
+  fail "triple: exit $status"; tail -5 "$work/logs/triple.log"
+fi
+timeout 60 "$mv" --log-dir "$work/logs" run "$src/configs/vms/hello-32.yaml" </dev/null >"$work/after.out" 2>&1
+[ $? = 1 ] && echo "PASS the next VM after the triple fault runs" || fail "the VM after the triple fault did not run"
 exit $failed
