@@ -45,8 +45,11 @@ for vm in "$src"/configs/vms/*.yaml; do
       fail "$name: explain finds no mode, run exited $status"
     continue
   fi
-  if [ "$status" = 1 ] && [ "$used" = "$expected" ] && grep -q "RESULT: PASS" "$work/$name.out"; then
-    echo "PASS $name under $used"
+  vcpus=$(sed -n 's/^vcpus: *\([0-9]*\).*/\1/p' "$vm"); vcpus=${vcpus:-1}
+  if [ "$vcpus" -gt 1 ] && ! grep -q "vCPUs: $vcpus; vCPU 0 (the BSP) runs the kernel" "$work/logs/$name.log"; then
+    fail "$name: the log does not name its $vcpus vCPUs"
+  elif [ "$status" = 1 ] && [ "$used" = "$expected" ] && grep -q "RESULT: PASS" "$work/$name.out"; then
+    echo "PASS $name under $used ($vcpus vCPUs)"
   elif [ "$status" = 4 ] && grep -q "BT64 is not implemented" "$work/logs/$name.log"; then
     # bt-swmmu's descriptor declares the seed's BT64 (where the CPU keeps
     # long-mode segment limits), which the engine does not implement yet.
@@ -68,7 +71,7 @@ memory: 16MiB
 YAML
 timeout 60 "$mv" --log-dir "$work/logs" run "$work/triple.yaml" </dev/null >"$work/triple.out" 2>&1
 status=$?
-if [ "$status" = 6 ] && grep -q "power off: shutdown" "$work/logs/triple.log" && grep -q "RIP=" "$work/logs/triple.log"; then
+if [ "$status" = 6 ] && grep -q "power off: shutdown" "$work/logs/triple.log" && grep -qE "(RIP|rip|EIP|eip)=" "$work/logs/triple.log"; then
   echo "PASS triple: exit 6 under $(sed -n 's/.*MONITOR MODE: selected *: //p' "$work/logs/triple.log" | tail -1), register dump in the log"
 else
   fail "triple: exit $status"; tail -5 "$work/logs/triple.log"

@@ -2,6 +2,7 @@
 # ctest "kvm_nested_host" (label kvm): run the KVM integration tests where KVM
 # is real, then boot every guest of tests/guests with `modevisor run` under the
 # HV plugin that KVM allows and compare with QEMU (run-guests-under-hv.sh),
+# check `explain` and run every example VM (run-example-vms.sh),
 # then boot Debian's kernel with a busybox initramfs to its shell prompt and
 # run a command over the serial console (run-linux-under-hv.sh), with 1 vCPU
 # and with 2 (linux-busybox-smp: the kernel starts its second CPU).
@@ -26,6 +27,7 @@ if [ "$usable" = yes ]; then
   echo "this machine's /dev/kvm is usable: running the KVM tests here"
   MODEVISOR_KVM_REQUIRED=1 "$TESTS" --gtest_color=no || exit 1
   "$SRC/tests/kvm/run-guests-under-hv.sh" "$BUILD" "$SRC" || exit 1
+  "$SRC/tests/kvm/run-example-vms.sh" "$BUILD" "$SRC" || exit 1
   "$SRC/tests/kvm/run-linux-under-hv.sh" "$BUILD" "$SRC" || exit 1
   "$SRC/tests/kvm/run-linux-under-hv.sh" "$BUILD" "$SRC" 240 linux-busybox-smp
   exit $?
@@ -40,7 +42,7 @@ fi
 
 start=$(date +%s)
 NPTS="1 0" "$SRC/scripts/kvm-host/run.sh" -o "$OUT" -w "$OUT/work" -t "${KVM_HOST_TIMEOUT:-540}" -- \
-  sh -c "'$BUILD/bin/modevisor' plugins; MODEVISOR_KVM_REQUIRED=1 MODEVISOR_KVM_HANDOFF_DIR=$OUT/work timeout 150 '$TESTS' --gtest_color=no && timeout 300 '$SRC/tests/kvm/run-guests-under-hv.sh' '$BUILD' '$SRC' && timeout 300 '$SRC/tests/kvm/run-linux-under-hv.sh' '$BUILD' '$SRC' 240 && timeout 300 '$SRC/tests/kvm/run-linux-under-hv.sh' '$BUILD' '$SRC' 240 linux-busybox-smp"
+  sh -c "'$BUILD/bin/modevisor' plugins; MODEVISOR_KVM_REQUIRED=1 MODEVISOR_KVM_HANDOFF_DIR=$OUT/work timeout 150 '$TESTS' --gtest_color=no && timeout 300 '$SRC/tests/kvm/run-guests-under-hv.sh' '$BUILD' '$SRC' && timeout 300 '$SRC/tests/kvm/run-example-vms.sh' '$BUILD' '$SRC' && timeout 300 '$SRC/tests/kvm/run-linux-under-hv.sh' '$BUILD' '$SRC' 240 && timeout 300 '$SRC/tests/kvm/run-linux-under-hv.sh' '$BUILD' '$SRC' 240 linux-busybox-smp"
 rc=$?
 echo "test host: $(( $(date +%s) - start ))s wall"
 case $rc in
