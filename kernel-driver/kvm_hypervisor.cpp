@@ -181,9 +181,10 @@ class KvmVcpu final : public api::Vcpu {
         if (if_flag && platform_.interrupt_pending(index_)) {
           halted_ = false;
         } else {
-          platform_.wait_for_interrupt(index_);
-          if (!if_flag && !platform_.stop_requested() && !kick_.load())
-            std::this_thread::sleep_for(std::chrono::milliseconds(1));  // HLT with IF=0: only NMI/INIT wake it
+          if (if_flag)
+            platform_.wait_for_interrupt(index_);
+          else
+            platform_.wait_for_cpu_event(index_);  // only an NMI, INIT or STARTUP wakes it
           continue;
         }
       }

@@ -143,14 +143,57 @@ StartupEvents Machine::take_startup(unsigned vcpu) {
 
 void Machine::wait_for_startup(unsigned vcpu) {
   auto guard = lock();
+  waiting_startup_.insert(vcpu);
   for (;;) {
-    if (stop_requested() || woken_.erase(vcpu)) return;
+    if (stop_requested() || woken_.erase(vcpu)) break;
     if (controller_) {
       const api::CpuEvents e = controller_->cpu_events(vcpu);
-      if (e.init || e.startup) return;
+      if (e.init || e.startup) break;
     }
+    stop_if_halted_for_good();
+    if (stop_requested()) break;
     clock_->wait_until(guard, wake_, UINT64_MAX);
   }
+  waiting_startup_.erase(vcpu);
+}
+
+void Machine::wait_for_cpu_event(unsigned vcpu) {
+  auto guard = lock();
+  halted_interrupts_off_.insert(vcpu);
+  for (;;) {
+    // Device timers cannot wake this vCPU, but they keep running for the others.
+    const std::uint64_t next = poll_timers_locked();
+    if (stop_requested() || woken_.erase(vcpu) || (controller_ && controller_->cpu_events(vcpu).any())) break;
+    stop_if_halted_for_good();
+    if (stop_requested()) break;
+    std::uint64_t deadline = UINT64_MAX;
+    if (next != UINT64_MAX) {
+      const std::int64_t offset = time_offset_.load();
+      deadline = offset > 0 && next < static_cast<std::uint64_t>(offset) ? 0 : next - offset;
+    }
+    clock_->wait_until(guard, wake_, deadline);
+  }
+  halted_interrupts_off_.erase(vcpu);
+}
+
+// A waiting vCPU that has something to take (a kick, an NMI, INIT or STARTUP)
+// is not stuck.
+bool Machine::can_wake(unsigned vcpu) {
+  return woken_.count(vcpu) || (controller_ && controller_->cpu_events(vcpu).any());
+}
+
+// Every vCPU is halted with interrupts off or waits for a STARTUP, and none
+// has an event to take: only another vCPU or a device could send one, and
+// none will (the I/O APIC's NMI/INIT pins aside, which nothing here drives).
+void Machine::stop_if_halted_for_good() {
+  if (halted_interrupts_off_.empty() || halted_interrupts_off_.size() + waiting_startup_.size() < vcpu_count_) return;
+  for (unsigned v : halted_interrupts_off_)
+    if (can_wake(v)) return;
+  for (unsigned v : waiting_startup_)
+    if (can_wake(v)) return;
+  request_stop(vcpu_count_ == 1 ? "halted: the vCPU halted with interrupts disabled, so nothing can wake it"
+                                : "halted: every vCPU is halted with interrupts disabled or waits for a STARTUP, "
+                                  "so nothing can wake the VM");
 }
 
 void Machine::wait_for_interrupt(unsigned vcpu) {

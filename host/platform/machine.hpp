@@ -84,6 +84,8 @@ class Machine : public api::Platform {
   void attach_mmio(std::uint64_t base, std::uint64_t size, MmioDevice& device);     // throws on overlap
   void attach_timer(TimerDevice& device);
   void set_interrupt_controller(InterruptController* controller) { controller_ = controller; }
+  // How many vCPUs the VM has (to know when all of them are halted for good).
+  void set_vcpu_count(unsigned count) { vcpu_count_ = count; }
 
   // api::Platform
   std::uint32_t io_in(unsigned vcpu, std::uint16_t port, unsigned size) override;
@@ -93,6 +95,7 @@ class Machine : public api::Platform {
   bool interrupt_pending(unsigned vcpu) override;
   std::uint8_t acknowledge_interrupt(unsigned vcpu) override;
   void wait_for_interrupt(unsigned vcpu) override;
+  void wait_for_cpu_event(unsigned vcpu) override;
   api::CpuEvents cpu_events(unsigned vcpu) override;
   bool acknowledge_nmi(unsigned vcpu) override;
   bool stop_requested() const override { return stop_.load(std::memory_order_acquire); }
@@ -146,6 +149,8 @@ class Machine : public api::Platform {
   PortRange* port_owner(std::uint16_t port);
   MmioRange* mmio_owner(std::uint64_t gpa, std::uint64_t& offset);
   std::uint64_t poll_timers_locked();
+  bool can_wake(unsigned vcpu);
+  void stop_if_halted_for_good();
   void count_mmio(std::string_view device);
 
   std::shared_ptr<TimeSource> clock_;
@@ -161,6 +166,9 @@ class Machine : public api::Platform {
   std::string stop_reason_;
   std::optional<int> exit_status_;
   std::set<unsigned> woken_;
+  unsigned vcpu_count_ = 1;
+  std::set<unsigned> halted_interrupts_off_;  // in wait_for_cpu_event
+  std::set<unsigned> waiting_startup_;        // in wait_for_startup
   mutable std::recursive_mutex mutex_;
   std::condition_variable_any wake_;
 };

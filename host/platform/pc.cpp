@@ -40,6 +40,7 @@ Pc::Pc(Machine& machine, const PcConfig& config)
   pci_.attach(machine);
   system_.attach(machine);
   machine.set_interrupt_controller(&router_);
+  machine.set_vcpu_count(config.cpus);
 }
 
 void Pc::Console::write(std::uint8_t byte) {

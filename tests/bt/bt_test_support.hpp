@@ -123,6 +123,12 @@ class FakePlatform final : public Platform {
     if (on_wait) on_wait();
     if (irqs.empty()) stop = true;  // nothing will ever come: end the test
   }
+  int cpu_event_waits = 0;
+  void wait_for_cpu_event(unsigned) override {
+    ++cpu_event_waits;
+    if (on_wait) on_wait();
+    if (!nmi) stop = true;  // only an NMI could wake it: end the test
+  }
   bool nmi = false;  // an NMI is pending (the monitor takes it)
   int nmis_taken = 0;
   CpuEvents cpu_events(unsigned) override {

@@ -42,6 +42,7 @@ class TestPlatform : public api::Platform {
   std::uint8_t port13_next = 0xa0;
   std::uint64_t mmio_read_value = 0x8877665544332211ull;
   int halts = 0;
+  int cpu_event_waits = 0;     // HLTs with IF=0 (wait_for_cpu_event)
   int interrupts_to_raise = 0;   // raised one by one from wait_for_interrupt
   int nmis_to_raise = 0;         // likewise, NMIs (before any interrupt)
   std::uint8_t vector = 0x30;
@@ -100,6 +101,21 @@ class TestPlatform : public api::Platform {
       raised_ = true;
     } else if (++idle_ >= vcpus_to_halt) {
       stop = true;  // nothing will ever wake the guest: end the run
+      idle_cv_.notify_all();
+    } else {
+      idle_cv_.wait(lock, [&] { return stop.load(); });
+    }
+  }
+  // HLT with IF=0: raises a pending NMI if the test asked for one, else
+  // nothing can wake the vCPU and, like the host's Machine, ends the run.
+  void wait_for_cpu_event(unsigned) override {
+    std::unique_lock lock(mutex_);
+    ++cpu_event_waits;
+    if (nmis_to_raise > 0) {
+      --nmis_to_raise;
+      nmi = true;
+    } else if (++idle_ >= vcpus_to_halt) {
+      stop = true;
       idle_cv_.notify_all();
     } else {
       idle_cv_.wait(lock, [&] { return stop.load(); });

@@ -29,7 +29,7 @@ if [ "$usable" = yes ]; then
   "$SRC/tests/kvm/run-guests-under-hv.sh" "$BUILD" "$SRC" || exit 1
   "$SRC/tests/kvm/run-example-vms.sh" "$BUILD" "$SRC" || exit 1
   "$SRC/tests/kvm/run-linux-under-hv.sh" "$BUILD" "$SRC" || exit 1
-  "$SRC/tests/kvm/run-linux-under-hv.sh" "$BUILD" "$SRC" 240 linux-busybox-smp
+  "$SRC/tests/kvm/run-linux-under-hv.sh" "$BUILD" "$SRC" 240 linux-busybox-smp poweroff
   exit $?
 fi
 echo "this machine's KVM is not usable ($usable); using the nested-SVM test host"
@@ -42,7 +42,7 @@ fi
 
 start=$(date +%s)
 NPTS="1 0" "$SRC/scripts/kvm-host/run.sh" -o "$OUT" -w "$OUT/work" -t "${KVM_HOST_TIMEOUT:-1100}" -- \
-  sh -c "'$BUILD/bin/modevisor' plugins; MODEVISOR_KVM_REQUIRED=1 MODEVISOR_KVM_HANDOFF_DIR=$OUT/work timeout 150 '$TESTS' --gtest_color=no && timeout 300 '$SRC/tests/kvm/run-guests-under-hv.sh' '$BUILD' '$SRC' && timeout 300 '$SRC/tests/kvm/run-example-vms.sh' '$BUILD' '$SRC' && timeout 300 '$SRC/tests/kvm/run-linux-under-hv.sh' '$BUILD' '$SRC' 240 && timeout 300 '$SRC/tests/kvm/run-linux-under-hv.sh' '$BUILD' '$SRC' 240 linux-busybox-smp"
+  sh -c "'$BUILD/bin/modevisor' plugins; MODEVISOR_KVM_REQUIRED=1 MODEVISOR_KVM_HANDOFF_DIR=$OUT/work timeout 150 '$TESTS' --gtest_color=no && timeout 300 '$SRC/tests/kvm/run-guests-under-hv.sh' '$BUILD' '$SRC' && timeout 300 '$SRC/tests/kvm/run-example-vms.sh' '$BUILD' '$SRC' && timeout 300 '$SRC/tests/kvm/run-linux-under-hv.sh' '$BUILD' '$SRC' 240 && timeout 300 '$SRC/tests/kvm/run-linux-under-hv.sh' '$BUILD' '$SRC' 240 linux-busybox-smp poweroff"
 rc=$?
 echo "test host: $(( $(date +%s) - start ))s wall"
 case $rc in

@@ -5,11 +5,19 @@
 # `modevisor run`, under the HV plugin the selection picks on this host, wait
 # for its shell prompt on the serial console, type a command and check its
 # answer and that the kernel has as many CPUs online as the VM has vCPUs,
-# then `reboot -f` and require the VM to stop with reason "reset" (exit
-# status 0).  Prints the console transcript and the exit counters.
-#   usage: run-linux-under-hv.sh BUILD_DIR SOURCE_DIR [BOOT_TIMEOUT_S] [VM_NAME]
+# then end it and require the VM to stop with status 0 and the reason:
+#   reboot   `reboot -f`: the 8042 reset pulse, reason "reset"
+#   poweroff `poweroff -f`: without ACPI the kernel halts every CPU with
+#            interrupts off, so nothing can wake the VM: reason "halted"
+# Prints the console transcript and the exit counters.
+#   usage: run-linux-under-hv.sh BUILD_DIR SOURCE_DIR [BOOT_TIMEOUT_S] [VM_NAME] [reboot|poweroff]
 set -u
-build=$1 src=$2 boot_timeout=${3:-240} vm=${4:-linux-busybox}
+build=$1 src=$2 boot_timeout=${3:-240} vm=${4:-linux-busybox} ending=${5:-reboot}
+case $ending in
+  reboot) reason=reset ;;
+  poweroff) reason=halted ;;
+  *) echo "usage: run-linux-under-hv.sh BUILD SRC [TIMEOUT] [VM] [reboot|poweroff]"; exit 2 ;;
+esac
 vcpus=$(sed -n 's/^vcpus: *\([0-9]*\).*/\1/p' "$src/configs/vms/$vm.yaml")
 vcpus=${vcpus:-1}
 [ "$vcpus" -gt 1 ] && online="0-$((vcpus - 1))" || online=0
@@ -52,10 +60,10 @@ printf 'echo "answer: $((6 * 7)) from $(uname -s) on $(uname -m)"\n' >&3
 wait_for "answer: 42 from Linux on x86_64" 60 || fail "the command sent over the serial console did not answer"
 printf 'echo "cpus online: $(cat /sys/devices/system/cpu/online)."\n' >&3
 wait_for "cpus online: $online." 60 || fail "the kernel does not have CPUs $online online (the VM has $vcpus vCPUs)"
-printf 'reboot -f\n' >&3
+printf '%s -f\n' "$ending" >&3
 deadline=$((SECONDS + 60))
 while [ $SECONDS -lt $deadline ] && kill -0 $pid 2>/dev/null; do sleep 0.2; done
-kill -0 $pid 2>/dev/null && fail "the VM did not stop after reboot -f"
+kill -0 $pid 2>/dev/null && fail "the VM did not stop after $ending -f"
 wait $pid; status=$?
 exec 3>&-
 mode=$(sed -n 's/.*MONITOR MODE: selected *: //p' "$work/logs/$vm.log" | tail -1)
@@ -63,6 +71,6 @@ cat "$work/out"
 echo "--- modevisor: $mode; prompt after ${booted}s; exit status $status"
 grep -E "kvm.exits|kvm.exit.(io|mmio|hlt)|interrupts_injected|^ *ipi " "$work/err" | head -16
 grep -E "vCPU [0-9]+: (INIT|STARTUP)" "$work/logs/$vm.log" | sed 's/.*| //' 
-[ "$status" = 0 ] || fail "exit status $status after reboot -f (expected 0: the guest reset the VM)"
-grep -q "reset" "$work/logs/$vm.log" || fail "the VM log does not say the guest reset it"
+[ "$status" = 0 ] || fail "exit status $status after $ending -f (expected 0)"
+grep -q "power off: stopped ($reason" "$work/logs/$vm.log" || fail "the VM log does not give the reason '$reason'"
 echo "PASS $vm under $mode ($vcpus vCPU$([ "$vcpus" -gt 1 ] && echo s), CPUs $online online)"

@@ -56,7 +56,7 @@ TEST_F(KvmGuest, RealModePortIoAndStringIo) {
   vm->load_vcpu(0, s);
   const auto exit = vm->run(0);
   EXPECT_EQ(exit.kind, ExitKind::Stopped) << exit.diagnostic;
-  EXPECT_EQ(pf.halts, 1);
+  EXPECT_EQ(pf.cpu_event_waits, 1) << "the final HLT, with IF=0";
   EXPECT_EQ(pf.values_on(0x10), std::vector<std::uint32_t>{0x5a});
   EXPECT_EQ(pf.values_on(0x12), (std::vector<std::uint32_t>{'h', 'e', 'l', 'l', 'o'}));
   EXPECT_EQ(ram.at<std::uint32_t>(kDataBase), 0xa3a2a1a0u);
@@ -696,7 +696,8 @@ TEST_F(KvmGuest, AnNmiEndsHltWithInterruptsDisabled) {
   ASSERT_EQ(exit.kind, ExitKind::Stopped) << exit.diagnostic;
   EXPECT_EQ(pf.values_on(0x13), std::vector<std::uint32_t>{1});
   EXPECT_EQ(pf.values_on(0x12).size(), 1u) << "resumed after the HLT";
-  EXPECT_EQ(pf.halts, 2);
+  EXPECT_EQ(pf.cpu_event_waits, 2) << "both HLTs wait for a processor event (IF=0)";
+  EXPECT_EQ(pf.halts, 0) << "not for an interrupt";
 }
 
 // INIT and STARTUP are the host's to apply: the run loop leaves before the

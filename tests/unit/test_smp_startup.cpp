@@ -402,3 +402,47 @@ TEST(CpuReset, StartupEntersRealModeAtTheVectorsPage) {
 
 }  // namespace
 }  // namespace modevisor::host::test
+
+// --- HLT with interrupts off: the VM stops once nothing can wake it ---------
+
+namespace modevisor::host::test {
+namespace {
+
+TEST(HaltedForGood, AUniprocessorHaltedWithInterruptsOffStopsTheVm) {
+  TestPc t(1);
+  t.machine.wait_for_cpu_event(0);
+  EXPECT_TRUE(t.machine.stop_requested());
+  EXPECT_THAT(t.machine.stop_reason(), ::testing::StartsWith("halted: "));
+  EXPECT_FALSE(t.machine.exit_status().has_value());
+}
+
+TEST(HaltedForGood, AnNmiWakesTheHaltedVcpuInstead) {
+  TestPc t(2);
+  startup(t, 0, 1, 0x10);
+  t.machine.take_startup(1);
+  std::thread halted([&] { t.machine.wait_for_cpu_event(1); });
+  send_ipi(t, 0, kNmi, 1);
+  halted.join();
+  EXPECT_FALSE(t.machine.stop_requested());
+  EXPECT_TRUE(t.machine.acknowledge_nmi(1));
+}
+
+TEST(HaltedForGood, TheVmStopsOnlyOnceEveryVcpuIsStuck) {
+  TestPc t(2);
+  std::atomic<bool> returned{false};
+  std::thread bsp([&] {
+    t.machine.wait_for_cpu_event(0);
+    returned = true;
+  });
+  // vCPU 1 has not reached a wait yet: it could still send an IPI.
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  EXPECT_FALSE(returned.load());
+  EXPECT_FALSE(t.machine.stop_requested());
+  t.machine.wait_for_startup(1);  // the AP waits for a STARTUP nobody will send
+  bsp.join();
+  EXPECT_TRUE(t.machine.stop_requested());
+  EXPECT_THAT(t.machine.stop_reason(), ::testing::HasSubstr("every vCPU is halted"));
+}
+
+}  // namespace
+}  // namespace modevisor::host::test

@@ -487,18 +487,17 @@ api::RunExit Vcpu::run() {
         continue;
       }
       if (run_state_ == api::RunState::Halted) {
-        if (!(ctx_->sysflags & kIF)) {
-          ex.kind = api::ExitKind::Shutdown;
-          ex.diagnostic = "HLT with interrupts disabled; " + dump();
-          return ex;
-        }
+        const bool interrupts_enabled = ctx_->sysflags & kIF;
         {
           std::lock_guard<std::mutex> lk(dirty_mu_);
           service_dirty_request();
           parked_ = true;
           dirty_cv_.notify_all();
         }
-        platform_.wait_for_interrupt(index_);
+        if (interrupts_enabled)
+          platform_.wait_for_interrupt(index_);
+        else
+          platform_.wait_for_cpu_event(index_);  // only an NMI (or INIT) wakes it
         {
           std::lock_guard<std::mutex> lk(dirty_mu_);
           parked_ = false;

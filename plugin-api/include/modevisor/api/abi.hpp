@@ -12,7 +12,8 @@ namespace modevisor::api {
 
 // 2: VmServices::hypervisor
 // 3: Platform::cpu_events/acknowledge_nmi (NMI, INIT, STARTUP), GuestSupport::max_vcpus
-inline constexpr std::uint32_t kAbiVersion = 3;
+// 4: Platform::wait_for_cpu_event (HLT with interrupts disabled)
+inline constexpr std::uint32_t kAbiVersion = 4;
 
 namespace symbols {
 inline constexpr const char* kAbiVersion = "modevisor_plugin_abi_version";

@@ -45,6 +45,13 @@ class Platform {
   // HLT: block until an interrupt or one of cpu_events() is pending for this
   // vCPU, or the vCPU is asked to stop (kicked, stop_requested).
   virtual void wait_for_interrupt(unsigned vcpu) = 0;
+  // HLT with interrupts disabled: only cpu_events() (an NMI, INIT or STARTUP
+  // from another vCPU or a device) can wake it; block until one is pending or
+  // the vCPU is asked to stop.  When every vCPU of the VM waits like this or
+  // for a STARTUP, nothing can wake the machine again: the platform stops the
+  // VM (reason "halted"), which is how a guest that halts the machine
+  // (Linux's `poweroff` without ACPI) ends.
+  virtual void wait_for_cpu_event(unsigned vcpu) = 0;
 
   // NMI, INIT and STARTUP for this vCPU.
   //
