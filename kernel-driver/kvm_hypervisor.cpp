@@ -126,7 +126,7 @@ class MsrBuffer {
 
 class KvmVcpu final : public api::Vcpu {
  public:
-  KvmVcpu(const KvmHypervisor& hv, int vm_fd, unsigned index, api::Platform& platform)
+  KvmVcpu(const KvmHypervisor& hv, int vm_fd, unsigned index, api::Platform& platform, const api::CpuidTable& model)
       : hv_(hv), index_(index), platform_(platform) {
     install_kick_handler();
     fd_ = Fd(::ioctl(vm_fd, KVM_CREATE_VCPU, index));
@@ -134,7 +134,8 @@ class KvmVcpu final : public api::Vcpu {
     void* m = ::mmap(nullptr, hv.vcpu_mmap_size(), PROT_READ | PROT_WRITE, MAP_SHARED, fd_.get(), 0);
     if (m == MAP_FAILED) fail("mmap of kvm_run");
     run_ = static_cast<kvm_run*>(m);
-    const auto entries = filter_cpuid(hv.supported_cpuid(), index);
+    const auto entries =
+        model.empty() ? filter_cpuid(hv.supported_cpuid(), index) : model_cpuid(hv.supported_cpuid(), model, index);
     std::vector<std::uint8_t> buf(abi::kCpuid2Header + entries.size() * sizeof(kvm_cpuid_entry2));
     const std::uint32_t nent = entries.size();
     std::memcpy(buf.data(), &nent, 4);
@@ -477,7 +478,8 @@ class KvmVcpu final : public api::Vcpu {
 
 class KvmVm final : public api::Vm {
  public:
-  KvmVm(const KvmHypervisor& hv, api::GuestMemory& memory, unsigned vcpus) : hv_(hv), memory_(memory) {
+  KvmVm(const KvmHypervisor& hv, api::GuestMemory& memory, unsigned vcpus, api::CpuidTable model)
+      : hv_(hv), memory_(memory), model_(std::move(model)) {
     if (memory.size() == 0 || memory.size() % 4096)
       throw api::HypervisorError("guest RAM of " + std::to_string(memory.size()) + " bytes is not a whole number of pages");
     if (memory.size() > kIdentityMapAddr)
@@ -497,7 +499,11 @@ class KvmVm final : public api::Vm {
   }
 
   std::unique_ptr<api::Vcpu> create_vcpu(unsigned index, api::Platform& platform) override {
-    return std::make_unique<KvmVcpu>(hv_, fd_.get(), index, platform);
+    return std::make_unique<KvmVcpu>(hv_, fd_.get(), index, platform, model_);
+  }
+
+  std::vector<std::string> hidden_cpuid_features() const override {
+    return model_.empty() ? std::vector<std::string>{} : cpuid_model_gaps(hv_.supported_cpuid(), model_);
   }
 
   void enable_dirty_log(bool on) override {
@@ -532,6 +538,7 @@ class KvmVm final : public api::Vm {
 
   const KvmHypervisor& hv_;
   api::GuestMemory& memory_;
+  api::CpuidTable model_;
   Fd fd_;
   bool dirty_log_ = false;
 };
@@ -580,6 +587,78 @@ std::vector<kvm_cpuid_entry2> filter_cpuid(const std::vector<kvm_cpuid_entry2>& 
     out.push_back(e);
   }
   return out;
+}
+
+namespace {
+
+// The registers of a leaf that hold feature flags: a model's bits there are
+// offered only where KVM supports them; everything else (vendor, signature,
+// brand, sizes) is the model's as written.
+struct FeatureRegs {
+  bool ebx, ecx, edx;
+};
+FeatureRegs feature_registers(std::uint32_t function) {
+  switch (function) {
+    case 1: return {false, true, true};
+    case 7: return {true, true, true};
+    case 0x80000001: return {false, true, true};
+    default: return {false, false, false};
+  }
+}
+
+const kvm_cpuid_entry2* find_supported(const std::vector<kvm_cpuid_entry2>& supported, std::uint32_t function,
+                                       std::uint32_t index) {
+  for (const auto& e : supported)
+    if (e.function == function && (!(e.flags & KVM_CPUID_FLAG_SIGNIFCANT_INDEX) || e.index == index)) return &e;
+  return nullptr;
+}
+
+// Bit 31 of leaf 1 ECX (hypervisor present) is the monitor's to set, not KVM's to support.
+constexpr std::uint32_t kHypervisorBit = 1u << 31;
+
+}  // namespace
+
+std::vector<kvm_cpuid_entry2> model_cpuid(const std::vector<kvm_cpuid_entry2>& supported,
+                                          const api::CpuidTable& model, unsigned vcpu_index) {
+  std::vector<kvm_cpuid_entry2> out;
+  for (const auto& leaf : model) {
+    kvm_cpuid_entry2 e{};
+    e.function = leaf.function;
+    e.index = leaf.index;
+    e.flags = leaf.indexed ? KVM_CPUID_FLAG_SIGNIFCANT_INDEX : 0;
+    e.eax = leaf.eax, e.ebx = leaf.ebx, e.ecx = leaf.ecx, e.edx = leaf.edx;
+    const FeatureRegs f = feature_registers(leaf.function);
+    const kvm_cpuid_entry2* s = find_supported(supported, leaf.function, leaf.index);
+    if (f.ebx) e.ebx &= s ? s->ebx : 0;
+    if (f.ecx) e.ecx &= (s ? s->ecx : 0) | (leaf.function == 1 ? kHypervisorBit : 0);
+    if (f.edx) e.edx &= s ? s->edx : 0;
+    if (leaf.function == 1) e.ebx = (e.ebx & 0x00ffffff) | (vcpu_index << 24);
+    out.push_back(e);
+  }
+  return out;
+}
+
+std::vector<std::string> cpuid_model_gaps(const std::vector<kvm_cpuid_entry2>& supported,
+                                          const api::CpuidTable& model) {
+  std::vector<std::string> gaps;
+  const auto offered = model_cpuid(supported, model, 0);
+  static constexpr const char* kRegs[] = {"ebx", "ecx", "edx"};
+  for (std::size_t i = 0; i < model.size(); ++i) {
+    const std::uint32_t wanted[3] = {model[i].ebx, model[i].ecx, model[i].edx};
+    const std::uint32_t got[3] = {offered[i].ebx, offered[i].ecx, offered[i].edx};
+    const FeatureRegs f = feature_registers(model[i].function);
+    const bool is_feature[3] = {f.ebx, f.ecx, f.edx};
+    for (int r = 0; r < 3; ++r) {
+      if (!is_feature[r]) continue;
+      for (unsigned bit = 0; bit < 32; ++bit)
+        if ((wanted[r] >> bit & 1) && !(got[r] >> bit & 1)) {
+          char line[64];
+          std::snprintf(line, sizeof line, "leaf %#x %s bit %u", model[i].function, kRegs[r], bit);
+          gaps.emplace_back(line);
+        }
+    }
+  }
+  return gaps;
 }
 
 std::unique_ptr<KvmHypervisor> KvmHypervisor::open(const std::filesystem::path& device,
@@ -647,8 +726,9 @@ KvmHypervisor::~KvmHypervisor() {
   if (fd_ >= 0) ::close(fd_);
 }
 
-std::unique_ptr<api::Vm> KvmHypervisor::create_vm(api::GuestMemory& memory, unsigned vcpus) {
-  return std::make_unique<KvmVm>(*this, memory, vcpus);
+std::unique_ptr<api::Vm> KvmHypervisor::create_vm(api::GuestMemory& memory, unsigned vcpus,
+                                                  const api::CpuidTable& cpuid) {
+  return std::make_unique<KvmVm>(*this, memory, vcpus, cpuid);
 }
 
 }  // namespace modevisor::kvm

@@ -31,6 +31,16 @@ extern const std::vector<RequiredCapability> kRequiredCapabilities;
 // = vCPU index.  Pure.
 std::vector<kvm_cpuid_entry2> filter_cpuid(const std::vector<kvm_cpuid_entry2>& supported, unsigned vcpu_index);
 
+// A VM's CPU model as KVM CPUID entries for vCPU `vcpu_index`: the model's
+// leaves as written, its feature bits (leaf 1 ECX/EDX, leaf 7 EBX/ECX/EDX,
+// leaf 0x80000001 ECX/EDX) only where KVM supports them, the initial APIC ID
+// in leaf 1 EBX.  Leaves the model lacks are absent.  Pure.
+std::vector<kvm_cpuid_entry2> model_cpuid(const std::vector<kvm_cpuid_entry2>& supported,
+                                          const api::CpuidTable& model, unsigned vcpu_index);
+// The model's feature bits KVM cannot provide ("leaf 0x1 ecx bit 28").  Pure.
+std::vector<std::string> cpuid_model_gaps(const std::vector<kvm_cpuid_entry2>& supported,
+                                          const api::CpuidTable& model);
+
 class KvmHypervisor final : public api::Hypervisor {
  public:
   // Opens the device and checks the API version and capabilities; throws
@@ -40,7 +50,7 @@ class KvmHypervisor final : public api::Hypervisor {
   ~KvmHypervisor() override;
 
   api::HypervisorInfo info() const override { return info_; }
-  std::unique_ptr<api::Vm> create_vm(api::GuestMemory& memory, unsigned vcpus) override;
+  std::unique_ptr<api::Vm> create_vm(api::GuestMemory& memory, unsigned vcpus, const api::CpuidTable& cpuid) override;
 
   int fd() const { return fd_; }
   const std::vector<kvm_cpuid_entry2>& supported_cpuid() const { return supported_cpuid_; }

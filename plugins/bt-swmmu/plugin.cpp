@@ -48,6 +48,8 @@ class BtVm final : public VirtualMachine {
       throw MonitorError("bt-swmmu 0.1.0 runs one vCPU per VM; VM '" + spec.name + "' asks for " +
                          std::to_string(spec.vcpus));
     vcpus_.push_back(std::make_unique<modevisor::bt::Vcpu>(s.memory, s.platform, s.log, 0));
+    for (const auto& hidden : vcpus_[0]->set_cpu_model(spec.cpuid))
+      s.log.log(LogLevel::Warn, "bt-swmmu: the CPU model's " + hidden + " is not implemented by the translator; hidden");
   }
   RunExit run(unsigned i) override { return at(i).run(); }
   void kick(unsigned i) override { at(i).kick(); }

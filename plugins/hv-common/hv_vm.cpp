@@ -12,7 +12,9 @@ class HvVirtualMachine final : public api::VirtualMachine {
  public:
   HvVirtualMachine(const HvMode& mode, const api::VmSpec& spec, api::VmServices services)
       : mode_(mode), memory_(services.memory) {
-    vm_ = services.hypervisor->create_vm(services.memory, spec.vcpus);
+    vm_ = services.hypervisor->create_vm(services.memory, spec.vcpus, spec.cpuid);
+    for (const auto& hidden : vm_->hidden_cpuid_features())
+      services.log.log(api::LogLevel::Warn, mode.plugin + ": the CPU model's " + hidden + " is not available here; hidden");
     for (unsigned i = 0; i < spec.vcpus; ++i) vcpus_.push_back(vm_->create_vcpu(i, services.platform));
   }
 

@@ -759,3 +759,48 @@ TEST(BtVm, InlineStiAndPopfOpenTheInterruptWindowPrecisely) {
   EXPECT_EQ(m.plat.post[3], 2u);
   EXPECT_EQ(m.counter("bt.irq_window_exits"), 2u);
 }
+
+// CPUID answers from the VM's CPU model, less what the translator does not
+// implement (AVX here), which set_cpu_model names; the APIC ID is the vCPU's.
+BT_GUEST_PROGRAM(cpuid_model, 0x100000,
+  "  xor eax, eax\n"
+  "  cpuid\n"
+  "  mov [0x5000], ebx\n"
+  "  mov [0x5004], edx\n"
+  "  mov [0x5008], ecx\n"
+  "  mov eax, 1\n"
+  "  cpuid\n"
+  "  mov [0x500c], eax\n"
+  "  mov [0x5010], ecx\n"
+  "  mov [0x5014], edx\n"
+  "  mov eax, 0x40000000\n"
+  "  cpuid\n"
+  "  mov [0x5018], ebx\n"
+  "  mov al, 0\n"
+  "  out 0xf4, al\n")
+
+TEST(BtVm, CpuidAnswersFromTheVmsCpuModel) {
+  Machine m;
+  modevisor::api::CpuidLeaf vendor;
+  vendor.eax = 1;
+  std::memcpy(&vendor.ebx, "Auth", 4);
+  std::memcpy(&vendor.edx, "enti", 4);
+  std::memcpy(&vendor.ecx, "cAMD", 4);
+  modevisor::api::CpuidLeaf basic;
+  basic.function = 1;
+  basic.eax = 0x00100f22;
+  basic.ecx = (1u << 28) | (1u << 31);  // AVX, hypervisor
+  basic.edx = (1u << 0) | (1u << 26);   // FPU, SSE2
+  const auto hidden = m.cpu->set_cpu_model({vendor, basic});
+  EXPECT_EQ(hidden, std::vector<std::string>{"leaf 0x1 ecx bit 28"});
+  m.load(cpuid_model_start, cpuid_model_end);
+  RunExit r = m.run();
+  ASSERT_EQ(r.kind, ExitKind::Stopped) << r.diagnostic;
+  char name[13] = {};
+  std::memcpy(name, m.mem.host_base() + 0x5000, 12);
+  EXPECT_STREQ(name, "AuthenticAMD");
+  EXPECT_EQ(m.mem.r32(0x500c), 0x00100f22u);
+  EXPECT_EQ(m.mem.r32(0x5010), 1u << 31) << "AVX hidden";
+  EXPECT_EQ(m.mem.r32(0x5014), (1u << 0) | (1u << 26));
+  EXPECT_EQ(m.mem.r32(0x5018), 0u) << "no hypervisor leaves in the model";
+}

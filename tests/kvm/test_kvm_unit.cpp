@@ -353,7 +353,7 @@ class FakeHypervisor : public api::Hypervisor {
  public:
   api::HypervisorInfo info_;
   api::HypervisorInfo info() const override { return info_; }
-  std::unique_ptr<api::Vm> create_vm(api::GuestMemory&, unsigned) override {
+  std::unique_ptr<api::Vm> create_vm(api::GuestMemory&, unsigned, const api::CpuidTable&) override {
     throw api::HypervisorError("fake: KVM_CREATE_VM: out of memory");
   }
 };
@@ -393,6 +393,45 @@ TEST(HvPlugins, CreateVmRefusalsAreMonitorErrors) {
   } catch (const api::MonitorError& e) {
     EXPECT_NE(std::string(e.what()).find("KVM_CREATE_VM: out of memory"), std::string::npos) << e.what();
   }
+}
+
+}  // namespace
+}  // namespace modevisor::test
+
+namespace modevisor::test {
+namespace {
+
+TEST(KvmCpuid, AModelIsPresentedAsWrittenWithOnlySupportedFeatures) {
+  std::vector<kvm_cpuid_entry2> supported(2);
+  supported[0].function = 1;
+  supported[0].ecx = 1u << 0;                 // SSE3 only, no AVX
+  supported[0].edx = 0xffffffff;
+  supported[1].function = 0x80000001;
+  supported[1].edx = 1u << 20;
+  api::CpuidLeaf vendor;  // leaf 0: copied as written
+  vendor.eax = 1;
+  vendor.ebx = 0x756e6547;
+  api::CpuidLeaf basic;
+  basic.function = 1;
+  basic.eax = 0x6f1;
+  basic.ebx = 0x00010800;
+  basic.ecx = (1u << 0) | (1u << 28) | (1u << 31);  // SSE3, AVX, hypervisor
+  basic.edx = 0x0781ab79;
+  api::CpuidLeaf ext;
+  ext.function = 0x80000001;
+  ext.edx = (1u << 20) | (1u << 29);  // NX, LM
+  const api::CpuidTable model{vendor, basic, ext};
+  const auto out = kvm::model_cpuid(supported, model, 3);
+  ASSERT_EQ(out.size(), 3u) << "exactly the model's leaves";
+  EXPECT_EQ(out[0].eax, 1u);
+  EXPECT_EQ(out[0].ebx, 0x756e6547u);
+  EXPECT_EQ(out[1].eax, 0x6f1u);
+  EXPECT_EQ(out[1].ebx, 0x03010800u) << "APIC ID of vCPU 3";
+  EXPECT_EQ(out[1].ecx, (1u << 0) | (1u << 31)) << "AVX hidden, hypervisor bit kept";
+  EXPECT_EQ(out[1].edx, 0x0781ab79u);
+  EXPECT_EQ(out[2].edx, 1u << 20) << "LM hidden";
+  EXPECT_EQ(kvm::cpuid_model_gaps(supported, model),
+            (std::vector<std::string>{"leaf 0x1 ecx bit 28", "leaf 0x80000001 edx bit 29"}));
 }
 
 }  // namespace

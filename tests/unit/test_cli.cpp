@@ -134,7 +134,7 @@ TEST_F(CliTest, PluginsListsTheThreeModesAndWhetherThisHostRunsThem) {
   auto j = nlohmann::json::parse(r.out);
   ASSERT_EQ(j["plugins"].size(), 3u);
   for (const auto& p : j["plugins"]) {
-    EXPECT_EQ(p["abi_version"], 4);  // kAbiVersion
+    EXPECT_EQ(p["abi_version"], 5);  // kAbiVersion
     if (!p["runs_here"].get<bool>()) EXPECT_FALSE(p["why_not"].empty()) << p.dump();
   }
 }
@@ -196,7 +196,7 @@ TEST_F(CliTest, TheLinuxGuestNeedsA64BitModeAndSaysSoWhereThereIsNone) {
 }
 
 TEST_F(CliTest, EveryExample32BitVmRunsToItsPassLine) {
-  for (const char* vm : {"hello-32", "bt-requested-32", "os2", "windows-xp-32", "procs-32"}) {
+  for (const char* vm : {"hello-32", "bt-requested-32", "os2", "windows-xp-32", "procs-32", "portable-32"}) {
     Result r = run(std::string("run configs/vms/") + vm + ".yaml");
     EXPECT_EQ(r.status, 1) << vm << ":\n" << r.out;
     EXPECT_THAT(r.out, HasSubstr("RESULT: PASS")) << vm;

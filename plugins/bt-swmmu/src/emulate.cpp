@@ -84,10 +84,59 @@ std::uint32_t Vcpu::ea(const ZydisDecodedOperand& op) {
   return a;
 }
 
+namespace {
+// What the engine implements, by feature register: leaf 1 EDX (FPU, PSE, TSC,
+// MSR, PAE, CX8, APIC, SEP, PGE, CMOV, PAT, MMX, FXSR, SSE, SSE2), leaf 1 ECX
+// (only "hypervisor present"), leaf 0x80000001 EDX (NX).  No leaf 7 features.
+constexpr std::uint32_t kLeaf1Edx = (1u << 0) | (1u << 3) | (1u << 4) | (1u << 5) | (1u << 6) | (1u << 8) |
+                                    (1u << 9) | (1u << 11) | (1u << 13) | (1u << 15) | (1u << 16) | (1u << 23) |
+                                    (1u << 24) | (1u << 25) | (1u << 26);
+constexpr std::uint32_t kLeaf1Ecx = 1u << 31;
+constexpr std::uint32_t kExt1Edx = 1u << 20;
+
+// The mask of a feature register (reg 0-3: eax..edx); ~0 for non-feature values.
+std::uint32_t supported_mask(std::uint32_t function, int reg) {
+  switch (function) {
+    case 1: return reg == 2 ? kLeaf1Ecx : reg == 3 ? kLeaf1Edx : ~0u;
+    case 7: return reg == 0 ? ~0u : 0;
+    case 0x80000001: return reg == 2 ? 0 : reg == 3 ? kExt1Edx : ~0u;
+    default: return ~0u;
+  }
+}
+}  // namespace
+
+std::vector<std::string> Vcpu::set_cpu_model(const api::CpuidTable& model) {
+  model_ = model;
+  std::vector<std::string> hidden;
+  static constexpr const char* kRegs[] = {"eax", "ebx", "ecx", "edx"};
+  for (auto& leaf : model_) {
+    std::uint32_t* regs[4] = {&leaf.eax, &leaf.ebx, &leaf.ecx, &leaf.edx};
+    for (int r = 0; r < 4; ++r) {
+      const std::uint32_t lost = *regs[r] & ~supported_mask(leaf.function, r);
+      for (unsigned bit = 0; bit < 32; ++bit)
+        if (lost >> bit & 1) {
+          char line[64];
+          std::snprintf(line, sizeof line, "leaf %#x %s bit %u", leaf.function, kRegs[r], bit);
+          hidden.emplace_back(line);
+        }
+      *regs[r] &= supported_mask(leaf.function, r);
+    }
+  }
+  return hidden;
+}
+
 void Vcpu::do_cpuid() {
   const std::uint32_t leaf = reg32(0), sub = reg32(1);
-  (void)sub;
   std::uint32_t a = 0, b = 0, c = 0, d = 0;
+  if (!model_.empty()) {
+    // The VM's CPU model (already reduced to what the engine implements).
+    if (const api::CpuidLeaf* m = api::find_cpuid_leaf(model_, leaf, sub)) {
+      a = m->eax, b = m->ebx, c = m->ecx, d = m->edx;
+      if (leaf == 1) b = (b & 0x00ffffff) | (index_ << 24);
+    }
+    reg32(0) = a; reg32(3) = b; reg32(1) = c; reg32(2) = d;
+    return;
+  }
   auto str = [](const char* s, std::uint32_t& r1, std::uint32_t& r2, std::uint32_t& r3) {
     std::memcpy(&r1, s, 4);
     std::memcpy(&r2, s + 4, 4);

@@ -38,6 +38,11 @@ class Vcpu {
        std::size_t translation_cache_bytes = Translator::kDefaultCacheSize);
   ~Vcpu();
 
+  // The VM's CPU model (api::VmSpec::cpuid): CPUID answers from it, minus
+  // the features the engine does not implement, which are returned as
+  // "leaf 0x1 ecx bit 28" lines.  Without one, the engine's own P6-class model.
+  std::vector<std::string> set_cpu_model(const api::CpuidTable& model);
+
   api::RunExit run();
   void kick();
   api::VcpuState save() const;
@@ -117,6 +122,7 @@ class Vcpu {
   api::Platform& platform_;
   api::Logger& log_;
   unsigned index_;
+  api::CpuidTable model_;  // empty: the engine's own CPUID
   std::unique_ptr<ShadowMmu> shadow_;
   std::unique_ptr<Translator> translator_;
   Context* ctx_ = nullptr;

@@ -13,7 +13,8 @@ namespace modevisor::api {
 // 2: VmServices::hypervisor
 // 3: Platform::cpu_events/acknowledge_nmi (NMI, INIT, STARTUP), GuestSupport::max_vcpus
 // 4: Platform::wait_for_cpu_event (HLT with interrupts disabled)
-inline constexpr std::uint32_t kAbiVersion = 4;
+// 5: VmSpec::cpuid (a VM's CPU model), Hypervisor::create_vm takes it
+inline constexpr std::uint32_t kAbiVersion = 5;
 
 namespace symbols {
 inline constexpr const char* kAbiVersion = "modevisor_plugin_abi_version";

@@ -60,14 +60,19 @@ class Vm {
   // `bitmap` (resized to cover RAM) and clears the log.  False: not enabled.
   virtual void enable_dirty_log(bool on) = 0;
   virtual bool collect_dirty_log(std::vector<std::uint64_t>& bitmap) = 0;
+  // The feature bits of the VM's CPU model (create_vm's `cpuid`) that the
+  // hardware and driver cannot provide, and which its vCPUs therefore hide,
+  // as "leaf 0x1 ecx bit 28" lines.  Empty without a model.
+  virtual std::vector<std::string> hidden_cpuid_features() const = 0;
 };
 
 class Hypervisor {
  public:
   virtual ~Hypervisor() = default;
   virtual HypervisorInfo info() const = 0;
-  // One VM over `memory` (registered whole, from guest-physical 0).
-  virtual std::unique_ptr<Vm> create_vm(GuestMemory& memory, unsigned vcpus) = 0;
+  // One VM over `memory` (registered whole, from guest-physical 0) whose
+  // vCPUs present the CPU model `cpuid` (empty: the driver's own CPUID).
+  virtual std::unique_ptr<Vm> create_vm(GuestMemory& memory, unsigned vcpus, const CpuidTable& cpuid) = 0;
 };
 
 }  // namespace modevisor::api

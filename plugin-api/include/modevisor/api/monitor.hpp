@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "modevisor/api/arch_state.hpp"
+#include "modevisor/api/cpuid.hpp"
 #include "modevisor/api/descriptor.hpp"
 #include "modevisor/api/guest_memory.hpp"
 #include "modevisor/api/host_capabilities.hpp"
@@ -35,6 +36,9 @@ struct VmSpec {
   std::uint64_t memory_bytes = 0;
   unsigned guest_bits = 32;  // from the guest OS type
   std::string guest_os;      // "linux-32", "windows-7-64", ...
+  // The guest's CPU model (the VM's `cpu_model:`).  Empty: the monitor's own
+  // CPUID (bt-swmmu: its fixed P6-class model; KVM: the host's, filtered).
+  CpuidTable cpuid;
 };
 
 // Everything the host lends a VM's monitor; outlives the VirtualMachine.
