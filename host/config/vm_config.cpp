@@ -13,6 +13,7 @@
 
 #include "common/errors.hpp"
 #include "common/yaml_input.hpp"
+#include "platform/cpu_model.hpp"
 
 namespace modevisor::host {
 
@@ -154,7 +155,7 @@ VmConfig load_vm_config(const std::filesystem::path& file, const GuestOsTable& g
   const YamlInput in(std::filesystem::absolute(file).lexically_normal());
   const YAML::Node root = in.root();
   in.expect_map(root, "a VM declaration (a map with name, guest, memory, ...)");
-  in.reject_unknown_keys(root, {"name", "guest", "memory", "vcpus", "monitor", "fault_tolerance"});
+  in.reject_unknown_keys(root, {"name", "guest", "memory", "vcpus", "monitor", "fault_tolerance", "cpu_model"});
 
   VmConfig vm;
   vm.file = in.file();
@@ -185,6 +186,13 @@ VmConfig load_vm_config(const std::filesystem::path& file, const GuestOsTable& g
   }
 
   if (const YAML::Node ft = in.optional(root, "fault_tolerance")) vm.fault_tolerance = in.boolean(ft);
+  if (const YAML::Node model = in.optional(root, "cpu_model")) {
+    vm.cpu_model = in.scalar(model, "a CPU model name");
+    const auto names = cpu_model_names();
+    if (std::find(names.begin(), names.end(), vm.cpu_model) == names.end())
+      throw in.error(model, fmt::format("unknown CPU model '{}'; the models are: {}", vm.cpu_model,
+                                        fmt::join(names, ", ")));
+  }
   return vm;
 }
 

@@ -30,6 +30,7 @@ struct VmConfig {
     TechniqueHint virtual_mmu = TechniqueHint::Automatic;
   } monitor;
   bool fault_tolerance = false;
+  std::string cpu_model = "host";  // a name from platform/cpu_model.hpp
 };
 
 // Parse and validate; relative paths are resolved against the file's folder.

@@ -9,6 +9,7 @@
 #include "common/errors.hpp"
 #include "kernel-driver/kvm_hypervisor.hpp"
 #include "platform/cpu_reset.hpp"
+#include "platform/cpu_model.hpp"
 #include "platform/linux_loader.hpp"
 #include "platform/mptable.hpp"
 #include "platform/multiboot_loader.hpp"
@@ -100,6 +101,8 @@ VmSession::VmSession(const VmConfig& vm, const LoadedPlugin& plugin, std::shared
   spec.memory_bytes = vm.memory_bytes;
   spec.guest_bits = vm.guest.os.bits;
   spec.guest_os = vm.guest.os.name;
+  spec.cpuid = cpu_model(vm.cpu_model);
+  if (vm.cpu_model != "host") log_->info("cpu: model {} ({} CPUID leaves)", vm.cpu_model, spec.cpuid.size());
   if (plugin.descriptor.execution == api::Technique::Hardware) hypervisor_ = kvm::KvmHypervisor::open();
   machine_vm_ = plugin.monitor->create_vm(spec, api::VmServices{ram_, machine_, *plugin_log_, hypervisor_.get()});
   api::VcpuState bsp = boot_state;

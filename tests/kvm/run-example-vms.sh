@@ -60,6 +60,24 @@ for vm in "$src"/configs/vms/*.yaml; do
     grep -E "power off|error|refused" "$work/logs/$name.log" | tail -3
   fi
 done
+# The CPU model travels with the VM: portable-32's guest must see the same
+# CPUID under this host's HV plugin as under BT (it checks the model), and,
+# to show the check can fail, not with the VM's `cpu_model: host`.
+case $want in HWMMU) mmu=hardware ;; *) mmu=software ;; esac
+for model in portable-32 host; do
+  sed "s/^cpu_model:.*/cpu_model: $model/" "$src/configs/vms/portable-32.yaml" >"$work/cpu-$model.yaml"
+  printf 'monitor:\n  virtual_exec: hardware\n  virtual_mmu: %s\n' "$mmu" >>"$work/cpu-$model.yaml"
+  timeout 60 "$mv" --log-dir "$work/logs-$model" run "$work/cpu-$model.yaml" </dev/null >"$work/cpu-$model.out" 2>&1
+  status=$?
+  used=$(sed -n 's/.*MONITOR MODE: selected *: //p' "$work/logs-$model/portable-32.log" | tail -1)
+  grep -q "^RESULT: FAIL" "$work/cpu-$model.out" && guest=fail || guest=pass
+  case "$model:$status:$guest:$used" in
+    "portable-32:1:pass:$want "*) echo "PASS cpu_model portable-32 under $used: $(grep '^cpuid 0x1:' "$work/cpu-$model.out")" ;;
+    "host:"*":fail:$want "*) echo "PASS cpu_model host under $used: the guest sees this host's CPU ($(grep '^cpuid 0x0:' "$work/cpu-$model.out"))" ;;
+    *) fail "cpu_model $model: exit $status under '${used:-nothing}'"; cat "$work/cpu-$model.out" ;;
+  esac
+done
+
 # A guest that triple-faults stops with status 6 and a register dump in its
 # log, and the next VM on this host runs normally.
 cat >"$work/triple.yaml" <<YAML

@@ -6,6 +6,7 @@
 #include <string>
 
 #include "config_test_support.hpp"
+#include "platform/cpu_model.hpp"
 
 namespace modevisor::host {
 namespace {
@@ -461,6 +462,34 @@ TEST_F(VmConfigTest, ShippedVmsNeedTheGuestDirVariable) {
   const ScopedEnv env("MODEVISOR_GUEST_DIR", std::nullopt);
   const InputError e = expect_input_error([&] { load_vm_config(kSourceDir / "configs/vms/hello-32.yaml", guest_os_); });
   EXPECT_THAT(e.message(), HasSubstr("'MODEVISOR_GUEST_DIR' is not defined"));
+}
+
+}  // namespace
+}  // namespace modevisor::host
+
+namespace modevisor::host {
+namespace {
+
+TEST_F(VmConfigTest, CpuModelIsANamedModelAndHostByDefault) {
+  EXPECT_EQ(load(with_memory("linux-32", "16MiB")).cpu_model, "host");
+  EXPECT_EQ(load(with_memory("linux-32", "16MiB") + "cpu_model: portable-32\n").cpu_model, "portable-32");
+  EXPECT_ERROR_AT(load_error(with_memory("linux-32", "16MiB") + "cpu_model: pentium-9\n"), 6, 12,
+                  "unknown CPU model 'pentium-9'; the models are: host, portable-32");
+}
+
+TEST(CpuModelTest, Portable32IsTheP6ClassModelEveryModePresents) {
+  EXPECT_TRUE(cpu_model("host").empty());
+  const api::CpuidTable t = cpu_model("portable-32");
+  const api::CpuidLeaf* basic = api::find_cpuid_leaf(t, 1);
+  ASSERT_NE(basic, nullptr);
+  EXPECT_EQ(basic->eax, 0x6f1u);
+  EXPECT_EQ(basic->edx, 0x0781ab79u);
+  EXPECT_EQ(basic->ecx, 1u << 31);
+  const api::CpuidLeaf* ext = api::find_cpuid_leaf(t, 0x80000001);
+  ASSERT_NE(ext, nullptr);
+  EXPECT_EQ(ext->edx, 1u << 20);
+  EXPECT_EQ(api::find_cpuid_leaf(t, 0x40000000), nullptr) << "no hypervisor leaves";
+  EXPECT_THROW(cpu_model("pentium-9"), std::invalid_argument);
 }
 
 }  // namespace
