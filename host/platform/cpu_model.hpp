@@ -8,6 +8,11 @@
 //                FXSR, SSE, SSE2 and NX, no hypervisor leaves: what every mode
 //                can present, for 32-bit guests that may move between modes
 //                and hosts (an EVC-like baseline).
+//   kvm64        QEMU's x86-64 baseline for KVM hosts ("Common KVM processor",
+//                GenuineIntel family 15 model 6: SSE3, CX16, LM, NX, SYSCALL)
+//                plus KVM's paravirtual clock: 64-bit guests that may move
+//                between KVM hosts.  The hardware modes only (bt-swmmu would
+//                hide long mode and the clock).
 #pragma once
 
 #include <string>

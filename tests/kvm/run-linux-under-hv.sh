@@ -60,6 +60,10 @@ printf 'echo "answer: $((6 * 7)) from $(uname -s) on $(uname -m)"\n' >&3
 wait_for "answer: 42 from Linux on x86_64" 60 || fail "the command sent over the serial console did not answer"
 printf 'echo "cpus online: $(cat /sys/devices/system/cpu/online)."\n' >&3
 wait_for "cpus online: $online." 60 || fail "the kernel does not have CPUs $online online (the VM has $vcpus vCPUs)"
+if grep -q "^cpu_model: kvm64" "$src/configs/vms/$vm.yaml"; then
+  printf 'echo "cpu: $(grep -m1 "model name" /proc/cpuinfo | cut -d: -f2)."\n' >&3
+  wait_for "cpu:  Common KVM processor." 60 || fail "the kernel does not see the VM's CPU model (kvm64)"
+fi
 printf '%s -f\n' "$ending" >&3
 deadline=$((SECONDS + 60))
 while [ $SECONDS -lt $deadline ] && kill -0 $pid 2>/dev/null; do sleep 0.2; done

@@ -474,7 +474,7 @@ TEST_F(VmConfigTest, CpuModelIsANamedModelAndHostByDefault) {
   EXPECT_EQ(load(with_memory("linux-32", "16MiB")).cpu_model, "host");
   EXPECT_EQ(load(with_memory("linux-32", "16MiB") + "cpu_model: portable-32\n").cpu_model, "portable-32");
   EXPECT_ERROR_AT(load_error(with_memory("linux-32", "16MiB") + "cpu_model: pentium-9\n"), 6, 12,
-                  "unknown CPU model 'pentium-9'; the models are: host, portable-32");
+                  "unknown CPU model 'pentium-9'; the models are: host, portable-32, kvm64");
 }
 
 TEST(CpuModelTest, Portable32IsTheP6ClassModelEveryModePresents) {
@@ -490,6 +490,26 @@ TEST(CpuModelTest, Portable32IsTheP6ClassModelEveryModePresents) {
   EXPECT_EQ(ext->edx, 1u << 20);
   EXPECT_EQ(api::find_cpuid_leaf(t, 0x40000000), nullptr) << "no hypervisor leaves";
   EXPECT_THROW(cpu_model("pentium-9"), std::invalid_argument);
+}
+
+TEST(CpuModelTest, Kvm64IsQemusX86_64BaselineWithTheKvmClock) {
+  const api::CpuidTable t = cpu_model("kvm64");
+  const api::CpuidLeaf* ext = api::find_cpuid_leaf(t, 0x80000001);
+  ASSERT_NE(ext, nullptr);
+  EXPECT_EQ(ext->edx, (1u << 11) | (1u << 20) | (1u << 29)) << "SYSCALL, NX, LM";
+  std::string brand;
+  for (std::uint32_t f = 0x80000002; f <= 0x80000004; ++f) {
+    const api::CpuidLeaf* l = api::find_cpuid_leaf(t, f);
+    ASSERT_NE(l, nullptr) << std::hex << f;
+    for (std::uint32_t r : {l->eax, l->ebx, l->ecx, l->edx})
+      for (int i = 0; i < 4; ++i)
+        if (char c = static_cast<char>(r >> (8 * i))) brand.push_back(c);
+  }
+  EXPECT_EQ(brand, "Common KVM processor");
+  const api::CpuidLeaf* kvm = api::find_cpuid_leaf(t, 0x40000000);
+  ASSERT_NE(kvm, nullptr);
+  EXPECT_EQ(kvm->ebx, 0x4b4d564bu) << "KVMK";
+  EXPECT_EQ(api::find_cpuid_leaf(t, 1)->eax, 0xf61u) << "family 15 model 6 stepping 1";
 }
 
 }  // namespace
