@@ -34,6 +34,8 @@ run $MV --log-dir "$MODEVISOR_LOG_DIR" run --stats configs/vms/hello-32.yaml
 echo "VM log: $MODEVISOR_LOG_DIR/hello-32.log"
 grep -E 'MONITOR MODE|loader|power' "$MODEVISOR_LOG_DIR/hello-32.log" | tail -9 || true
 run $MV --log-dir "$MODEVISOR_LOG_DIR" run configs/vms/procs-32.yaml
+echo "A VM that declares a CPU model (cpu_model: portable-32) sees the same CPUID under every mode:"
+run $MV --log-dir "$MODEVISOR_LOG_DIR" run configs/vms/portable-32.yaml
 run $MV --log-dir "$MODEVISOR_LOG_DIR" run configs/vms/linux-64.yaml
 
 say "The hardware modes on a real KVM: the nested test host (QEMU TCG emulating an AMD EPYC with SVM)"
