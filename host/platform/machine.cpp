@@ -141,6 +141,13 @@ StartupEvents Machine::take_startup(unsigned vcpu) {
   return controller_ ? controller_->take_startup(vcpu) : StartupEvents{};
 }
 
+// The time source's time at which guest time reaches `guest_ns` (UINT64_MAX: never).
+std::uint64_t Machine::clock_deadline(std::uint64_t guest_ns) const {
+  if (guest_ns == UINT64_MAX) return UINT64_MAX;
+  const std::int64_t offset = time_offset_.load();
+  return offset > 0 && guest_ns < static_cast<std::uint64_t>(offset) ? 0 : guest_ns - offset;
+}
+
 void Machine::wait_for_startup(unsigned vcpu) {
   auto guard = lock();
   waiting_startup_.insert(vcpu);
@@ -166,12 +173,7 @@ void Machine::wait_for_cpu_event(unsigned vcpu) {
     if (stop_requested() || woken_.erase(vcpu) || (controller_ && controller_->cpu_events(vcpu).any())) break;
     stop_if_halted_for_good();
     if (stop_requested()) break;
-    std::uint64_t deadline = UINT64_MAX;
-    if (next != UINT64_MAX) {
-      const std::int64_t offset = time_offset_.load();
-      deadline = offset > 0 && next < static_cast<std::uint64_t>(offset) ? 0 : next - offset;
-    }
-    clock_->wait_until(guard, wake_, deadline);
+    clock_->wait_until(guard, wake_, clock_deadline(next));
   }
   halted_interrupts_off_.erase(vcpu);
 }
@@ -203,12 +205,7 @@ void Machine::wait_for_interrupt(unsigned vcpu) {
     if (stop_requested() || woken_.erase(vcpu) ||
         (controller_ && (controller_->interrupt_pending(vcpu) || controller_->cpu_events(vcpu).any())))
       return;
-    std::uint64_t deadline = UINT64_MAX;
-    if (next != UINT64_MAX) {
-      const std::int64_t offset = time_offset_.load();
-      deadline = offset > 0 && next < static_cast<std::uint64_t>(offset) ? 0 : next - offset;
-    }
-    clock_->wait_until(guard, wake_, deadline);
+    clock_->wait_until(guard, wake_, clock_deadline(next));
   }
 }
 

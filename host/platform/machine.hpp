@@ -150,6 +150,7 @@ class Machine : public api::Platform {
   MmioRange* mmio_owner(std::uint64_t gpa, std::uint64_t& offset);
   std::uint64_t poll_timers_locked();
   bool can_wake(unsigned vcpu);
+  std::uint64_t clock_deadline(std::uint64_t guest_ns) const;
   void stop_if_halted_for_good();
   void count_mmio(std::string_view device);
 
