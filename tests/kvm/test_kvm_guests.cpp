@@ -41,6 +41,16 @@ class KvmGuest : public ::testing::Test {
         ->create_vm(spec, api::VmServices{ram, platform, log_, env().hypervisor.get()});
   }
 
+  // A VM whose vCPU 0 starts at `entry` in flat 32-bit protected mode.
+  std::unique_ptr<api::VirtualMachine> make_flat_vm(TestRam& ram, TestPlatform& platform,
+                                                    std::uint32_t entry = kCodeBase, bool paging = false) {
+    auto vm = make_vm(ram, platform);
+    auto s = vm->save_vcpu(0);
+    set_flat_protected_mode(s, entry, paging, ram);
+    vm->load_vcpu(0, s);
+    return vm;
+  }
+
   NullLogger log_;
 };
 
@@ -76,10 +86,7 @@ TEST_F(KvmGuest, ProtectedModeMmioExitsReachThePlatform) {
   TestRam ram(kRam);
   TestPlatform pf;
   ram.load(kCodeBase, blob(g_pm_mmio_start, g_pm_mmio_end));
-  auto vm = make_vm(ram, pf);
-  auto s = vm->save_vcpu(0);
-  set_flat_protected_mode(s, kCodeBase, false, ram);
-  vm->load_vcpu(0, s);
+  auto vm = make_flat_vm(ram, pf);
   const auto exit = vm->run(0);
   ASSERT_EQ(exit.kind, ExitKind::Stopped) << exit.diagnostic;
   ASSERT_EQ(pf.mmio.size(), 4u);
@@ -431,10 +438,7 @@ TEST_F(KvmGuest, InternalErrorStopsTheVmWithADiagnosticAndTheHostGoesOn) {
   TestRam ram(kRam);
   TestPlatform pf;
   ram.load(kCodeBase, blob(g_pm_mmio_start, g_pm_mmio_end));
-  auto vm = make_vm(ram, pf);
-  auto s = vm->save_vcpu(0);
-  set_flat_protected_mode(s, kCodeBase, false, ram);
-  vm->load_vcpu(0, s);
+  auto vm = make_flat_vm(ram, pf);
   const auto exit = vm->run(0);
   EXPECT_EQ(exit.kind, ExitKind::Stopped) << exit.diagnostic;
   EXPECT_EQ(pf.mmio.size(), 4u);
@@ -666,10 +670,7 @@ TEST_F(KvmGuest, PlatformNmisAreInjectedAndDoNotNest) {
   };
   ram.load(kCodeBase, blob(g_nmi_start, g_nmi_end));
   write_idt(ram, {{2, guest_addr(g_nmi_start, g_nmi_handler)}});
-  auto vm = make_vm(ram, pf);
-  auto s = vm->save_vcpu(0);
-  set_flat_protected_mode(s, kCodeBase, false, ram);
-  vm->load_vcpu(0, s);
+  auto vm = make_flat_vm(ram, pf);
   const auto exit = vm->run(0);
   ASSERT_EQ(exit.kind, ExitKind::Stopped) << exit.diagnostic;
   EXPECT_EQ(pf.values_on(0x13), (std::vector<std::uint32_t>{1, 2})) << "the second NMI came after the first IRET";
