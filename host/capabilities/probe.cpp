@@ -125,11 +125,14 @@ std::string kvm_unusable_reasons(const kvm::KvmFacts& kvm, const api::HostCapabi
                                       : caps.vendor == api::CpuVendor::Amd ? "kvm_amd"
                                                                            : "kvm_intel or kvm_amd";
   std::vector<std::string> reasons;
-  if (kvm.vendor_module == "kvm_pvm") {
-    reasons.push_back(fmt::format(
-        "{} is provided by kvm_pvm (PVM), which runs only PVM-aware guest kernels and offers no "
-        "VT-x/AMD-V to guests",
-        device));
+  // Three different hosts: no node at all, a node backed by kvm_pvm, a node
+  // of a vendor module.  kvm_pvm without a node provides nothing.
+  constexpr std::string_view kPvmLimits = "runs only PVM-aware guest kernels and offers no VT-x/AMD-V to guests";
+  if (kvm.vendor_module == "kvm_pvm" && kvm.device_present) {
+    reasons.push_back(fmt::format("{} is provided by kvm_pvm (PVM), which {}", device, kPvmLimits));
+  } else if (kvm.vendor_module == "kvm_pvm") {
+    reasons.push_back(fmt::format("no {}: the kvm_pvm module is loaded but there is no device node (and PVM {})",
+                                  device, kPvmLimits));
   } else if (!kvm.device_present) {
     if (kvm.vendor_module.empty())
       reasons.push_back(fmt::format("no {}: the {} module is not loaded", device, expected_module));
