@@ -40,7 +40,7 @@ template <typename Buffer>
 Buffer read_into(const std::filesystem::path& file, std::uint64_t limit, std::string_view what) {
   auto fail = [&](const std::string& why) { return InputError(file, 0, 0, fmt::format("{}: {}", what, why)); };
   const Descriptor fd(::open(file.c_str(), O_RDONLY | O_CLOEXEC));
-  if (fd.get() < 0) throw fail(fmt::format("cannot open the file ({})", std::strerror(errno)));
+  if (fd.get() < 0) throw fail(fmt::format("cannot read the file ({})", std::strerror(errno)));
   struct stat st {};
   if (::fstat(fd.get(), &st) != 0) throw fail(fmt::format("cannot stat the file ({})", std::strerror(errno)));
   if (S_ISDIR(st.st_mode)) throw fail("is a directory, not a file");

@@ -9,6 +9,7 @@
 #include <fmt/format.h>
 
 #include <cerrno>
+#include <cstdint>
 #include <cstdio>
 #include <cstring>
 
@@ -16,7 +17,9 @@ namespace modevisor::host {
 
 namespace {
 
-constexpr char kReportTag = 'R';  // first byte of a child's report
+// A piece is framed as its 8-byte length and its bytes; this length marks
+// the end: the child finished its work.
+constexpr std::uint64_t kEndMark = ~std::uint64_t{0};
 
 void write_all(int fd, const std::string& bytes) {
   std::size_t done = 0;
@@ -28,6 +31,13 @@ void write_all(int fd, const std::string& bytes) {
   }
 }
 
+void write_frame(int fd, std::uint64_t length, const std::string& bytes) {
+  std::string frame(sizeof length, '\0');
+  std::memcpy(frame.data(), &length, sizeof length);
+  frame += bytes;
+  write_all(fd, frame);
+}
+
 std::string signal_text(int sig) {
   const char* name = sigabbrev_np(sig);
   std::string text = fmt::format("signal {}{}", sig, name ? fmt::format(" SIG{}", name) : "");
@@ -36,25 +46,23 @@ std::string signal_text(int sig) {
   return text;
 }
 
-[[noreturn]] void child_main(int report_fd, const std::function<std::string()>& work) {
+[[noreturn]] void child_main(int report_fd, const std::function<void(const ChildEmit&)>& work) {
   // The host's own handlers (bt-swmmu's fault handler, a daemon's) mean
   // nothing here: a crash in plugin code must end this child, visibly.
   for (int sig : {SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT, SIGTERM, SIGINT, SIGHUP, SIGPIPE})
     ::signal(sig, SIG_DFL);
-  std::string report(1, kReportTag);
-  report += work();
-  write_all(report_fd, report);
+  work([&](const std::string& piece) { write_frame(report_fd, piece.size(), piece); });
+  write_frame(report_fd, kEndMark, {});
   ::_exit(0);  // no atexit handlers, no static destructors of the host's copy
 }
 
 }  // namespace
 
-std::variant<std::string, ChildFailure> run_in_child(const std::function<std::string()>& work,
-                                                     const std::string& activity,
-                                                     std::chrono::milliseconds timeout) {
+ChildTranscript run_in_child_streaming(const std::function<void(const ChildEmit&)>& work,
+                                       const std::string& activity, std::chrono::milliseconds timeout) {
   int fds[2];
   if (::pipe2(fds, O_CLOEXEC) != 0)
-    return ChildFailure{fmt::format("cannot vet it in a child process: pipe: {}", std::strerror(errno))};
+    return {{}, fmt::format("cannot vet it in a child process: pipe: {}", std::strerror(errno))};
   // Buffered output would otherwise be written twice if the plugin exit()s.
   std::fflush(nullptr);
   const pid_t pid = ::fork();
@@ -62,7 +70,7 @@ std::variant<std::string, ChildFailure> run_in_child(const std::function<std::st
     const int err = errno;
     ::close(fds[0]);
     ::close(fds[1]);
-    return ChildFailure{fmt::format("cannot vet it in a child process: fork: {}", std::strerror(err))};
+    return {{}, fmt::format("cannot vet it in a child process: fork: {}", std::strerror(err))};
   }
   if (pid == 0) {
     ::close(fds[0]);
@@ -98,17 +106,44 @@ std::variant<std::string, ChildFailure> run_in_child(const std::function<std::st
   while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
   }
 
+  ChildTranscript transcript;
+  bool finished = false;
+  std::size_t at = 0;
+  while (received.size() - at >= sizeof(std::uint64_t)) {
+    std::uint64_t length = 0;
+    std::memcpy(&length, received.data() + at, sizeof length);
+    at += sizeof length;
+    if (length == kEndMark) {
+      finished = true;
+      break;
+    }
+    if (received.size() - at < length) break;  // cut off mid-piece
+    transcript.pieces.push_back(received.substr(at, length));
+    at += length;
+  }
   if (timed_out)
-    return ChildFailure{fmt::format("did not finish {} within {} s (the vetting child was killed)", activity,
-                                    timeout.count() / 1000.0)};
-  if (WIFSIGNALED(status))
-    return ChildFailure{fmt::format("crashed while {} ({})", activity, signal_text(WTERMSIG(status)))};
-  if (WIFEXITED(status) && WEXITSTATUS(status) == 0 && !received.empty() && received.front() == kReportTag)
-    return received.substr(1);
-  if (WIFEXITED(status))
-    return ChildFailure{fmt::format("ended the process (exit status {}) while {}; a plugin must never exit",
-                                    WEXITSTATUS(status), activity)};
-  return ChildFailure{fmt::format("stopped reporting while {}", activity)};
+    transcript.failure = fmt::format("did not finish {} within {} s (the vetting child was killed)", activity,
+                                     timeout.count() / 1000.0);
+  else if (WIFSIGNALED(status))
+    transcript.failure = fmt::format("crashed while {} ({})", activity, signal_text(WTERMSIG(status)));
+  else if (WIFEXITED(status) && WEXITSTATUS(status) == 0 && finished)
+    transcript.failure.clear();
+  else if (WIFEXITED(status))
+    transcript.failure = fmt::format("ended the process (exit status {}) while {}; a plugin must never exit",
+                                     WEXITSTATUS(status), activity);
+  else
+    transcript.failure = fmt::format("stopped reporting while {}", activity);
+  return transcript;
+}
+
+std::variant<std::string, ChildFailure> run_in_child(const std::function<std::string()>& work,
+                                                     const std::string& activity,
+                                                     std::chrono::milliseconds timeout) {
+  ChildTranscript transcript =
+      run_in_child_streaming([&](const ChildEmit& emit) { emit(work()); }, activity, timeout);
+  if (!transcript.failure.empty()) return ChildFailure{std::move(transcript.failure)};
+  if (transcript.pieces.size() != 1) return ChildFailure{fmt::format("reported nothing readable while {}", activity)};
+  return std::move(transcript.pieces.front());
 }
 
 }  // namespace modevisor::host

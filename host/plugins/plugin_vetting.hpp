@@ -12,6 +12,7 @@
 #include <optional>
 #include <string>
 #include <variant>
+#include <vector>
 
 namespace modevisor::host {
 
@@ -29,5 +30,18 @@ struct ChildFailure {
 std::variant<std::string, ChildFailure> run_in_child(const std::function<std::string()>& work,
                                                      const std::string& activity,
                                                      std::chrono::milliseconds timeout = kPluginVettingTimeout);
+
+// The streaming form: `work` sends its output piece by piece through `emit`
+// (each piece reaches the parent at once, framed with its length), so every
+// whole piece a child sent before it died is kept.  `failure` is empty when
+// the child finished normally.
+struct ChildTranscript {
+  std::vector<std::string> pieces;
+  std::string failure;
+};
+using ChildEmit = std::function<void(const std::string&)>;
+ChildTranscript run_in_child_streaming(const std::function<void(const ChildEmit&)>& work,
+                                       const std::string& activity,
+                                       std::chrono::milliseconds timeout = kPluginVettingTimeout);
 
 }  // namespace modevisor::host

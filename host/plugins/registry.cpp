@@ -247,22 +247,46 @@ std::variant<OpenedPlugin, std::string> open_plugin(const fs::path& path) {
 
 // Loading, describing and creating a monitor first happen in a throwaway
 // child: a static initializer that throws, a crash or an exit() there is the
-// child's end and this plugin's refusal, not the host's end.  Empty: it
-// behaved; the host may now map it.
-std::string vet_in_child(const fs::path& path) {
-  auto outcome = run_in_child(
-      [&]() -> std::string {
-        auto opened = open_plugin(path);
-        if (auto* reason = std::get_if<std::string>(&opened)) return *reason;
-        return {};
-      },
-      "being loaded, described and creating its monitor");
-  if (auto* failure = std::get_if<ChildFailure>(&outcome)) return failure->reason;
-  return std::get<std::string>(outcome);
+// child's end and that plugin's refusal, not the host's end.  All files of a
+// scan share one child, which reports file by file; a file that takes the
+// child down gets the child's failure as its verdict and the files after it
+// go on in a new child.  Each verdict is empty when the file behaved.
+std::vector<std::string> vet_in_children(const std::vector<fs::path>& paths) {
+  std::vector<std::string> verdicts(paths.size());
+  std::size_t next = 0;
+  while (next < paths.size()) {
+    const std::size_t first = next;
+    ChildTranscript transcript = run_in_child_streaming(
+        [&](const ChildEmit& emit) {
+          // Kept open until the child ends: a crash while unloading one file
+          // must not be blamed on the next.
+          static std::vector<OpenedPlugin> kept;
+          for (std::size_t i = first; i < paths.size(); ++i) {
+            auto opened = open_plugin(paths[i]);
+            if (auto* reason = std::get_if<std::string>(&opened)) {
+              emit(*reason);
+            } else {
+              kept.push_back(std::move(std::get<OpenedPlugin>(opened)));
+              emit({});
+            }
+          }
+        },
+        "being loaded, described and creating its monitor");
+    for (auto& piece : transcript.pieces) {
+      if (next == paths.size()) break;
+      verdicts[next++] = std::move(piece);
+    }
+    if (next == paths.size()) break;
+    // The child ended before it reached this file's verdict: this file ended it.
+    verdicts[next++] =
+        transcript.failure.empty() ? std::string("its vetting child ended without a verdict") : transcript.failure;
+  }
+  return verdicts;
 }
 
-// Loads one file and checks it all the way to a created monitor.  Returns the
-// plugin, or the reason it is refused.
+// Loads one file, already vetted (or mapped here before), and checks it all
+// the way to a created monitor.  Returns the plugin, or the reason it is
+// refused.
 std::variant<LoadedPlugin, std::string> load_plugin(const Candidate& candidate) {
   // Loaded by canonical path, so every name of one file maps to one entry.
   const fs::path& path = candidate.stamp.canonical;
@@ -270,11 +294,6 @@ std::variant<LoadedPlugin, std::string> load_plugin(const Candidate& candidate) 
   if (earlier && *earlier != candidate.stamp)
     return "the file was replaced, but its earlier version is still loaded in this process (a monitor "
            "created from it is still in use); the new version loads on a rescan after that is released";
-
-  // A version this process already has mapped has run its initializers here
-  // without harm; anything else is vetted first.
-  if (!earlier)
-    if (std::string problem = vet_in_child(path); !problem.empty()) return problem;
 
   auto opened = open_plugin(path);
   if (auto* reason = std::get_if<std::string>(&opened)) return std::move(*reason);
@@ -336,8 +355,27 @@ void PluginRegistry::rescan() {
   }
   plugins_.clear();
 
+  // A version this process already has mapped has run its initializers here
+  // without harm; every other new file is vetted first.
+  std::vector<std::size_t> to_vet;
+  std::vector<fs::path> vet_paths;
+  for (std::size_t i = 0; i < candidates.size(); ++i) {
+    if (slots[i] || mapped_versions().still_mapped(candidates[i].stamp.canonical)) continue;
+    to_vet.push_back(i);
+    vet_paths.push_back(candidates[i].stamp.canonical);
+  }
+  std::vector<std::string> verdicts(candidates.size());
+  if (!vet_paths.empty()) {
+    auto vetted = vet_in_children(vet_paths);
+    for (std::size_t k = 0; k < to_vet.size(); ++k) verdicts[to_vet[k]] = std::move(vetted[k]);
+  }
+
   for (std::size_t i = 0; i < candidates.size(); ++i) {
     if (slots[i]) continue;
+    if (!verdicts[i].empty()) {
+      problems.push_back({{i, 1}, {candidates[i].file, std::move(verdicts[i])}});
+      continue;
+    }
     auto loaded = load_plugin(candidates[i]);
     if (auto* reason = std::get_if<std::string>(&loaded)) {
       problems.push_back({{i, 1}, {candidates[i].file, std::move(*reason)}});

@@ -576,6 +576,20 @@ TEST(BtVm, SseX87AndFxsaveOnMmioAreEmulatedNotRefused) {
   EXPECT_EQ(m.plat.mmio[0x218 / 4], 0x1f80u);          // and its MXCSR
 }
 
+// The stand-in is a page of its own between inaccessible guards: whatever an
+// instruction run on it does beyond it faults instead of touching the heap.
+TEST(BtMmioStage, IsAPageOfItsOwnBetweenGuards) {
+  modevisor::bt::MmioStage stage;
+  volatile std::uint8_t* p = stage.data();
+  p[0] = 1;
+  p[modevisor::bt::MmioStage::kBytes - 1] = 2;
+  EXPECT_TRUE(stage.contains(stage.data(), modevisor::bt::MmioStage::kBytes));
+  EXPECT_FALSE(stage.contains(stage.data() - 1, 1));
+  EXPECT_DEATH(p[-1] = 3, "");
+  EXPECT_DEATH(p[modevisor::bt::MmioStage::kBytes] = 4, "");
+  EXPECT_DEATH(p[-static_cast<std::ptrdiff_t>(modevisor::bt::MmioStage::kGuard)] = 5, "");
+}
+
 // Unassigned physical addresses read as all ones and ignore writes, as on a
 // PC and in QEMU: a stack above guest RAM is not a reason to stop.
 BT_GUEST_PROGRAM(highstack, 0x100000,

@@ -137,7 +137,7 @@ TEST(BoundedFile, AFileAtTheLimitIsReadWhole) {
 
 TEST(BoundedFile, AMissingFileNamesItself) {
   const InputError e = expect_input_error([] { read_bounded_file("/nonexistent/initrd", 1 << 20, "initrd"); });
-  EXPECT_THAT(e.what(), HasSubstr("/nonexistent/initrd: initrd: cannot open the file"));
+  EXPECT_THAT(e.what(), HasSubstr("/nonexistent/initrd: initrd: cannot read the file (No such file or directory)"));
 }
 
 }  // namespace

@@ -270,6 +270,28 @@ TEST(PluginRegistryBroken, TheHostGoesOnPastEveryBrokenPlugin) {
                           kFixtures / "no-such-case"));
 }
 
+// One scan vets every new file in one child; a plugin that ends that child
+// (exit(0) in a static initializer) is blamed alone, and the files after it
+// still get their own verdicts from a new child.
+TEST(PluginRegistryBroken, AChildEndedByOnePluginDoesNotTakeTheOthersVerdicts) {
+  std::vector<fs::path> dirs;
+  for (const char* c : {"good", "exits-while-loading", "throws-describe", "throws-static-init", "crashes-probe",
+                        "throws-create-vm", "dangling-link", "wrong-abi"})
+    dirs.push_back(kFixtures / c);
+  auto registry = scanned(dirs);
+  EXPECT_THAT(names_of(registry), ElementsAre("test-good", "test-crashes-probe", "test-throws-create-vm"));
+  std::vector<std::string> reasons;
+  for (const auto& p : registry.problems()) reasons.push_back(p.file.filename().string() + ": " + p.reason);
+  EXPECT_THAT(reasons,
+              ElementsAre("test-exits-while-loading.so: ended the process (exit status 0) while being loaded, "
+                          "described and creating its monitor; a plugin must never exit",
+                          "test-throws-describe.so: threw while describing itself: describe failed on purpose",
+                          "test-throws-static-init.so: threw while being loaded: static initializer failed on purpose",
+                          "dangling.so: a dangling symbolic link (-> no-such-plugin.so): its target does not exist",
+                          "test-wrong-abi.so: ABI version " + std::to_string(api::kAbiVersion + 6) +
+                              ", this host speaks " + std::to_string(api::kAbiVersion)));
+}
+
 TEST(PluginRegistryDirectories, MissingDirectoryIsAProblemForThatPath) {
   const fs::path missing = kFixtures / "no-such-case";
   auto registry = scanned({missing, kFixtures / "good"});
