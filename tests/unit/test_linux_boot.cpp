@@ -152,6 +152,11 @@ TEST(LinuxLoader, HeaderArithmeticThatWouldWrapIsRefused) {
   for (std::uint32_t init_size : {0xffffffffu, 0xfff00000u, 0xfff00001u, 0x80000000u})
     EXPECT_THAT(error(make_bzimage(0x020f, 0x01, init_size)), HasSubstr("/vm/bzImage: the kernel needs"))
         << std::hex << init_size;
+  // The crash: a payload larger than the RAM above 1 MiB, with an
+  // init_size that makes 32-bit "1 MiB + init_size" wrap below the RAM's end.
+  Bytes big = make_bzimage(0x020f, 0x01, 0xffffffff);
+  big.resize(3 * 512 + (16u << 20), 0x90);
+  EXPECT_THAT(error(big), HasSubstr("/vm/bzImage: the kernel needs"));
   // cmdline_size says "anything goes"; guest RAM and low memory do not.
   Bytes open_ended = make_bzimage();
   put<std::uint32_t>(open_ended, 0x238, 0xffffffff);
