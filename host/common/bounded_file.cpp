@@ -6,6 +6,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -77,6 +78,11 @@ std::vector<std::uint8_t> read_bounded_file(const std::filesystem::path& file, s
 
 std::string read_bounded_text(const std::filesystem::path& file, std::uint64_t limit, std::string_view what) {
   return read_into<std::string>(file, limit, what);
+}
+
+std::vector<std::uint8_t> read_guest_image(const std::filesystem::path& file, std::uint64_t ram_bytes,
+                                           std::string_view what) {
+  return read_bounded_file(file, std::min(ram_bytes, kMaxGuestImageBytes), what);
 }
 
 }  // namespace modevisor::host

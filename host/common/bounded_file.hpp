@@ -26,4 +26,9 @@ std::vector<std::uint8_t> read_bounded_file(const std::filesystem::path& file, s
                                             std::string_view what);
 std::string read_bounded_text(const std::filesystem::path& file, std::uint64_t limit, std::string_view what);
 
+// A kernel, initrd or module for a VM with `ram_bytes` of RAM: it is copied
+// into that RAM (below 4 GiB), so a larger file is refused unread.
+std::vector<std::uint8_t> read_guest_image(const std::filesystem::path& file, std::uint64_t ram_bytes,
+                                           std::string_view what);
+
 }  // namespace modevisor::host

@@ -27,13 +27,6 @@ std::uint16_t rd16(std::span<const std::uint8_t> b, std::size_t at) {
   return v;
 }
 
-// A kernel or module is copied into guest RAM below 4 GiB: a file larger
-// than that RAM cannot be loaded, so it is not read past it.
-std::vector<std::uint8_t> read_image(const std::filesystem::path& path, const api::GuestMemory& ram,
-                                     std::string_view what) {
-  return read_bounded_file(path, std::min<std::uint64_t>(ram.size(), kMaxGuestImageBytes), what);
-}
-
 constexpr std::uint64_t page_up(std::uint64_t v) { return (v + 0xfff) & ~0xfffull; }
 
 struct Segment {
@@ -116,10 +109,10 @@ api::VcpuState multiboot_entry_state(std::uint32_t entry, std::uint32_t info_add
 }
 
 MultibootBoot load_multiboot(api::GuestMemory& ram, const MultibootRequest& request) {
-  const std::vector<std::uint8_t> kernel = read_image(request.kernel, ram, "multiboot kernel");
+  const std::vector<std::uint8_t> kernel = read_guest_image(request.kernel, ram.size(), "multiboot kernel");
   std::vector<MultibootModuleImage> modules;
   for (const auto& m : request.modules)
-    modules.push_back({m.file.string(), m.args, read_image(m.file, ram, "multiboot module")});
+    modules.push_back({m.file.string(), m.args, read_guest_image(m.file, ram.size(), "multiboot module")});
   return load_multiboot(ram, request.kernel, kernel, request.args, modules, request.memory_map);
 }
 
