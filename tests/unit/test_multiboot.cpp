@@ -437,7 +437,7 @@ TEST(MultibootTest, AFileLargerThanGuestRamIsNotRead) {
   std::filesystem::remove(sparse);
 }
 
-TEST(MultibootTest, MissingFileIsASystemError) {
+TEST(MultibootTest, MissingFileIsAnInputErrorNamingIt) {
   GuestRam ram(64ull << 20);
   EXPECT_THROW(load_multiboot(ram, MultibootRequest{"/nonexistent/kernel", "", {}}), InputError);
 }
