@@ -9,11 +9,17 @@
  * all ones, QEMU 7.2's pc machine reads zeros.  So the guest learns it from
  * its first byte read and checks that every access agrees with it; the
  * transcript is the same either way.  Interrupts stay off while the stack is
- * above RAM. */
+ * above RAM.
+ *
+ * Built twice: `unassigned` without and `unassigned_wide` with the SSE and
+ * x87 accesses (UNASSIGNED_WIDE), which KVM's in-kernel instruction
+ * emulator cannot do on MMIO (KVM_EXIT_INTERNAL_ERROR), so the HV modes run
+ * only the first. */
 #include "rt.h"
 
 static uint32_t HOLE = 0x20000000u; /* 512 MiB: above the 128 MiB of RAM, below the PCI BARs */
 
+#ifdef UNASSIGNED_WIDE
 static void enable_sse(void)
 {
   uint32_t cr4;
@@ -26,6 +32,7 @@ static void enable_sse(void)
   cr0 |= 1u << 1;    /* MP */
   __asm__ volatile("mov %0, %%cr0" ::"r"(cr0));
 }
+#endif
 
 int main(void)
 {
@@ -79,6 +86,7 @@ int main(void)
   CHECK_EQ(leave_esp, HOLE + 0x2004);
   printf("pop, push and leave with the stack above RAM: esp %x, then %x\n", esp_after - HOLE, leave_esp - HOLE);
 
+#ifdef UNASSIGNED_WIDE
   /* SSE and x87 widths. */
   enable_sse();
   uint32_t v[4];
@@ -94,6 +102,7 @@ int main(void)
   CHECK_EQ(float_bits, fill);
   __asm__ volatile("fninit");
   printf("movdqu, movq and fld/fstp agree\n");
+#endif
 
   /* Bit tests with register offsets, cmpxchg8b, read-modify-write. */
   uint8_t cf;
