@@ -1,5 +1,7 @@
 #include "capabilities/probe.hpp"
 
+#include "common/bounded_file.hpp"
+
 #if defined(__x86_64__) || defined(__i386__)
 #include <cpuid.h>
 #endif
@@ -110,11 +112,7 @@ void signature_from_cpuid(const CpuidTable& cpuid, api::CpuVendor vendor, api::H
 }
 
 std::string read_file(const std::filesystem::path& file) {
-  std::ifstream in(file);
-  if (!in) throw InputError(file, 0, 0, "cannot read the file (missing or unreadable)");
-  std::stringstream text;
-  text << in.rdbuf();
-  return text.str();
+  return read_bounded_text(file, kMaxProcTextBytes, "CPU information");
 }
 
 // Why the KVM driver cannot give this CPU hardware-assisted execution; empty
