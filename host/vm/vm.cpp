@@ -217,9 +217,7 @@ void Vm::Impl::power_on() {
   // their CPUs and interrupt routing there).
   write_mp_table(*ram_, MpTableConfig{vm_.vcpus});
   create_monitor();
-  api::VcpuState bsp = boot_state;
-  bsp.lapic = pc_->save_lapic(0);
-  monitor_vm_->load_vcpu(0, bsp);
+  monitor_vm_->load_vcpu(0, boot_state);
   start_application_processors();
 }
 
@@ -260,9 +258,7 @@ void Vm::Impl::start_application_processors() {
                vm_.vcpus > 2 ? "s" : "", vm_.vcpus > 2 ? fmt::format("-{}", vm_.vcpus - 1) : "",
                vm_.vcpus > 2 ? "" : "s");
   for (unsigned i = 1; i < vm_.vcpus; ++i) {
-    api::VcpuState s = state_after_init(monitor_vm_->save_vcpu(i), /*bsp=*/false);
-    s.lapic = pc_->save_lapic(i);
-    monitor_vm_->load_vcpu(i, s);
+    monitor_vm_->load_vcpu(i, state_after_init(monitor_vm_->save_vcpu(i), /*bsp=*/false));
     waiting_for_sipi_[i] = 1;
   }
 }
@@ -291,11 +287,9 @@ void Vm::Impl::restore(const MachineState& state) {
   }
   create_monitor();
   for (unsigned i = 0; i < vm_.vcpus; ++i) {
-    api::VcpuState s = state.vcpus[i];
-    s.lapic = pc_->save_lapic(i);
-    monitor_vm_->load_vcpu(i, s);
-    parked_states_[i] = s;
-    waiting_for_sipi_[i] = s.run_state == api::RunState::WaitForSipi;
+    monitor_vm_->load_vcpu(i, state.vcpus[i]);
+    parked_states_[i] = state.vcpus[i];
+    waiting_for_sipi_[i] = state.vcpus[i].run_state == api::RunState::WaitForSipi;
   }
   std::lock_guard lock(mutex_);
   state_ = VmState::Paused;
@@ -454,7 +448,6 @@ void Vm::Impl::apply_startup(unsigned index, const StartupEvents& events) {
     log_->info("vCPU {}: STARTUP vector {:#04x}: real mode at {:04x}:0000", index, *events.sipi_vector,
                s.cs.selector);
   }
-  s.lapic = pc_->save_lapic(index);
   monitor_vm_->load_vcpu(index, s);
   waiting_for_sipi_[index] = s.run_state == api::RunState::WaitForSipi;
 }

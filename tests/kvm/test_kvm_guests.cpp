@@ -13,6 +13,7 @@
 
 #include <elf.h>
 
+#include "snapshot/vcpu_codec.hpp"
 #include "kvm_test_support.hpp"
 #include "platform/cpu_reset.hpp"
 
@@ -283,55 +284,26 @@ TEST_F(KvmGuest, StateRoundTripIntoFreshVcpu) {
 // on both ends, so plain fields are copied as they lie).
 class StateFile {
  public:
+  // The vCPU through the production codec (host/snapshot/vcpu_codec), then the RAM.
   static void write(const std::filesystem::path& file, const api::VcpuState& st, TestRam& ram) {
     std::ofstream out(file, std::ios::binary | std::ios::trunc);
-    auto put = [&](const auto& v) { out.write(reinterpret_cast<const char*>(&v), sizeof v); };
-    auto put_vec = [&](const auto& v) {
-      put(v.size());
-      out.write(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(v[0]));
-    };
-    put(st.gpr), put(st.rip), put(st.rflags);
-    for (const auto* seg : {&st.es, &st.cs, &st.ss, &st.ds, &st.fs, &st.gs, &st.ldtr, &st.tr}) put(*seg);
-    put(st.gdtr), put(st.idtr), put(st.cr0), put(st.cr2), put(st.cr3), put(st.cr4), put(st.cr8), put(st.efer), put(st.dr);
-    put_vec(st.msrs);
-    put(st.fpu.fxsave), put(st.fpu.xcr0);
-    put_vec(st.fpu.xsave_extended);
-    put(st.events.exception.has_value());
-    put(st.events.exception.value_or(api::PendingException{}));
-    put(st.events.interrupt.has_value()), put(st.events.interrupt.value_or(0));
-    put(st.events.nmi_pending), put(st.events.nmi_masked), put(st.events.interrupt_shadow);
-    put(st.lapic), put(st.run_state);
+    const std::vector<std::uint8_t> vcpu = host::encode_vcpu_state(st);
+    const std::uint64_t size = vcpu.size();
+    out.write(reinterpret_cast<const char*>(&size), sizeof size);
+    out.write(reinterpret_cast<const char*>(vcpu.data()), static_cast<std::streamsize>(vcpu.size()));
     out.write(reinterpret_cast<const char*>(ram.host_base()), static_cast<std::streamsize>(ram.size()));
     if (!out) throw std::runtime_error("cannot write " + file.string());
   }
   static api::VcpuState read(const std::filesystem::path& file, TestRam& ram) {
     std::ifstream in(file, std::ios::binary);
-    api::VcpuState st;
-    auto get = [&](auto& v) { in.read(reinterpret_cast<char*>(&v), sizeof v); };
-    auto get_vec = [&](auto& v) {
-      std::size_t n = 0;
-      get(n);
-      v.resize(n);
-      in.read(reinterpret_cast<char*>(v.data()), n * sizeof(v[0]));
-    };
-    get(st.gpr), get(st.rip), get(st.rflags);
-    for (auto* seg : {&st.es, &st.cs, &st.ss, &st.ds, &st.fs, &st.gs, &st.ldtr, &st.tr}) get(*seg);
-    get(st.gdtr), get(st.idtr), get(st.cr0), get(st.cr2), get(st.cr3), get(st.cr4), get(st.cr8), get(st.efer), get(st.dr);
-    get_vec(st.msrs);
-    get(st.fpu.fxsave), get(st.fpu.xcr0);
-    get_vec(st.fpu.xsave_extended);
-    bool has = false;
-    api::PendingException e;
-    get(has), get(e);
-    if (has) st.events.exception = e;
-    std::uint8_t irq = 0;
-    get(has), get(irq);
-    if (has) st.events.interrupt = irq;
-    get(st.events.nmi_pending), get(st.events.nmi_masked), get(st.events.interrupt_shadow);
-    get(st.lapic), get(st.run_state);
+    std::uint64_t size = 0;
+    in.read(reinterpret_cast<char*>(&size), sizeof size);
+    if (!in || size > (1u << 20)) throw std::runtime_error("bad state file " + file.string());
+    std::vector<std::uint8_t> vcpu(size);
+    in.read(reinterpret_cast<char*>(vcpu.data()), static_cast<std::streamsize>(size));
     in.read(reinterpret_cast<char*>(ram.host_base()), static_cast<std::streamsize>(ram.size()));
     if (!in) throw std::runtime_error("cannot read " + file.string());
-    return st;
+    return host::decode_vcpu_state(vcpu);
   }
 };
 
