@@ -288,7 +288,7 @@ void Vm::Impl::restore(const MachineState& state) {
   create_monitor();
   for (unsigned i = 0; i < vm_.vcpus; ++i) {
     monitor_vm_->load_vcpu(i, state.vcpus[i]);
-    parked_states_[i] = state.vcpus[i];
+    parked_states_[i] = monitor_vm_->save_vcpu(i);  // as the plugin holds it (what a save gives)
     waiting_for_sipi_[i] = state.vcpus[i].run_state == api::RunState::WaitForSipi;
   }
   std::lock_guard lock(mutex_);

@@ -13,7 +13,15 @@
 
 #include <elf.h>
 
+#include "config/vm_config.hpp"
+#include "plugins/registry.hpp"
+#include "selection/guest_os.hpp"
+#include "snapshot/snapshot.hpp"
 #include "snapshot/vcpu_codec.hpp"
+#include "vm/vm.hpp"
+#include <cpuid.h>
+#include <unistd.h>
+#include <spdlog/sinks/null_sink.h>
 #include "kvm_test_support.hpp"
 #include "platform/cpu_reset.hpp"
 
@@ -805,6 +813,148 @@ TEST_P(KvmMultibootGuest, SerialOutputMatchesTheOracle) {
 INSTANTIATE_TEST_SUITE_P(ComputeGuests, KvmMultibootGuest,
                          ::testing::Values("sieve", "crc32", "sha256", "matmul", "sort"),
                          [](const auto& info) { return std::string(info.param); });
+
+// XCR0 as the guest sets it with XSETBV reads back with XGETBV, and a save /
+// load round trip keeps it (and the XSAVE state) exactly.
+TEST_F(KvmGuest, Xcr0SetByTheGuestReadsBackAndSurvivesASaveLoadRoundTrip) {
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  ASSERT_TRUE(__get_cpuid_count(0xd, 0, &a, &b, &c, &d)) << "no CPUID leaf 0xd on this host";
+  std::vector<std::uint32_t> wanted{3};
+  if ((a & 7) == 7) wanted.push_back(7);  // AVX state where the host has it
+  for (std::uint32_t xcr0 : wanted) {
+    TestRam ram(kRam);
+    TestPlatform pf;
+    ram.load(kCodeBase, blob(g_xcr0_start, g_xcr0_end));
+    auto vm = make_flat_vm(ram, pf);
+    auto s = vm->save_vcpu(0);
+    s.gpr[api::gpr::rsi] = xcr0;
+    vm->load_vcpu(0, s);
+    const auto exit = vm->run(0);
+    ASSERT_EQ(exit.kind, ExitKind::Stopped) << "XCR0 " << xcr0 << ": " << exit.diagnostic;
+    EXPECT_EQ(pf.values_on(0x14), std::vector<std::uint32_t>{xcr0}) << "XGETBV after XSETBV " << xcr0;
+    api::VcpuState saved = vm->save_vcpu(0);
+    EXPECT_EQ(saved.fpu.xcr0, xcr0);
+    if (xcr0 & 4) {  // a recognisable upper half of YMM0 survives the round trip
+      if (saved.fpu.xsave_extended.size() < 16) saved.fpu.xsave_extended.resize(16);
+      for (int i = 0; i < 16; ++i) saved.fpu.xsave_extended[i] = static_cast<std::uint8_t>(0xa0 + i);
+    }
+    vm->load_vcpu(0, saved);
+    const api::VcpuState again = vm->save_vcpu(0);
+    EXPECT_EQ(again.fpu.xcr0, saved.fpu.xcr0);
+    EXPECT_EQ(again.fpu.fxsave, saved.fpu.fxsave);
+    if (xcr0 & 4) {
+      ASSERT_GE(again.fpu.xsave_extended.size(), 16u);
+      EXPECT_TRUE(std::equal(saved.fpu.xsave_extended.begin(), saved.fpu.xsave_extended.begin() + 16,
+                             again.fpu.xsave_extended.begin()));
+    }
+  }
+}
+
+// Pending and in-delivery events come back from a load/save round trip as loaded.
+TEST_F(KvmGuest, PendingAndInDeliveryEventsSurviveASaveLoadRoundTrip) {
+  TestRam ram(kRam);
+  TestPlatform pf;
+  ram.load(kCodeBase, blob(g_state_start, g_state_end));
+  auto vm = make_flat_vm(ram, pf);
+  const api::VcpuState base = vm->save_vcpu(0);
+  std::vector<api::PendingEvents> cases(4);
+  cases[0].exception = api::PendingException{11, true, 0x1a, true};  // #NP in delivery
+  cases[1].exception = api::PendingException{14, true, 0x2, true};   // #PF in delivery
+  cases[1].nmi_masked = true;
+  cases[2].interrupt = 0x31;                                          // an acknowledged interrupt
+  cases[2].interrupt_shadow = true;
+  cases[3].nmi_pending = true;
+  for (std::size_t i = 0; i < cases.size(); ++i) {
+    api::VcpuState s = base;
+    s.events = cases[i];
+    if (cases[i].interrupt_shadow) s.rflags |= 0x200;
+    vm->load_vcpu(0, s);
+    const api::PendingEvents got = vm->save_vcpu(0).events;
+    EXPECT_EQ(got.exception.has_value(), cases[i].exception.has_value()) << i;
+    if (got.exception && cases[i].exception) {
+      EXPECT_EQ(got.exception->vector, cases[i].exception->vector) << i;
+      EXPECT_EQ(got.exception->has_error_code, cases[i].exception->has_error_code) << i;
+      EXPECT_EQ(got.exception->error_code, cases[i].exception->error_code) << i;
+    }
+    EXPECT_EQ(got.interrupt, cases[i].interrupt) << i;
+    EXPECT_EQ(got.interrupt_shadow, cases[i].interrupt_shadow) << i;
+    EXPECT_EQ(got.nmi_pending, cases[i].nmi_pending) << i;
+    EXPECT_EQ(got.nmi_masked, cases[i].nmi_masked) << i;
+    // And through the production codec, as a snapshot or migration carries it.
+    api::VcpuState coded = host::decode_vcpu_state(host::encode_vcpu_state(vm->save_vcpu(0)));
+    EXPECT_EQ(coded.events.exception.has_value(), cases[i].exception.has_value()) << i;
+  }
+}
+
+// The VM lifecycle across modes: a 32-bit guest paused under the HV plugin
+// KVM allows, saved to a snapshot file and restored under bt-swmmu (and the
+// other way round), prints what an uninterrupted run prints.
+class KvmLifecycle : public KvmGuest {
+ protected:
+  void SetUp() override {
+    KvmGuest::SetUp();
+    if (IsSkipped()) return;
+    registry_ = std::make_unique<host::PluginRegistry>(std::vector<std::filesystem::path>{MODEVISOR_PLUGIN_DIR});
+    registry_->rescan();
+    guest_os_ = host::GuestOsTable::load(std::filesystem::path(MODEVISOR_SOURCE_DIR) / "configs" / "guest-os.yaml");
+    dir_ = std::filesystem::temp_directory_path() / ("modevisor-kvm-lifecycle-" + std::to_string(::getpid()));
+    std::filesystem::create_directories(dir_);
+    const std::filesystem::path file = dir_ / "vm.yaml";
+    std::ofstream(file) << "name: lifecycle\nguest:\n  os: other-32\n  kernel: " MODEVISOR_GUEST_DIR
+                           "/sieve.elf\n  cmdline: n=1000000 r=20\nmemory: 32MiB\n";
+    config_ = host::load_vm_config(file, guest_os_);
+  }
+  void TearDown() override {
+    if (!dir_.empty()) std::filesystem::remove_all(dir_);
+  }
+  std::shared_ptr<const host::LoadedPlugin> plugin(const std::string& name) {
+    const host::LoadedPlugin* p = registry_->find(name);
+    if (!p) return nullptr;
+    return std::make_shared<const host::LoadedPlugin>(*p);
+  }
+  static std::shared_ptr<spdlog::logger> log() {
+    return std::make_shared<spdlog::logger>("vm", std::make_shared<spdlog::sinks::null_sink_mt>());
+  }
+  // Paused under `from` after its first line, saved, restored under `to`: the whole output.
+  std::string switch_modes(const std::string& from, const std::string& to) {
+    auto vm = host::Vm::create(config_, plugin(from), log());
+    vm->start();
+    while (vm->console_output().find('\n') == std::string::npos && vm->state() == host::VmState::Running)
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    vm->pause();
+    EXPECT_EQ(vm->state(), host::VmState::Paused) << "the guest ended under " << from << " before the pause";
+    if (vm->state() != host::VmState::Paused) return {};
+    const std::string before = vm->console_output();
+    const auto file = dir_ / "vm.snapshot";
+    host::write_snapshot(file, vm->save_state(), vm->ram());
+    vm->stop("saved");
+    vm->wait();
+    auto snapshot = host::read_snapshot(file);
+    auto restored = host::Vm::restore(config_, snapshot.state, std::move(snapshot.ram), plugin(to), log());
+    restored->resume();
+    const auto r = restored->wait();
+    EXPECT_EQ(r.kind, host::SessionResult::Kind::GuestExit) << to << ": " << r.reason;
+    return before + restored->console_output();
+  }
+
+  std::unique_ptr<host::PluginRegistry> registry_;
+  host::GuestOsTable guest_os_;
+  std::filesystem::path dir_;
+  host::VmConfig config_;
+};
+
+TEST_F(KvmLifecycle, AGuestSavedUnderHvRestoresUnderBtAndBackWithIdenticalSerialOutput) {
+  const std::string hv = env().plugin_name;
+  ASSERT_TRUE(plugin(hv) && plugin("bt-swmmu")) << "plugins " << hv << " and bt-swmmu";
+  auto reference = host::Vm::create(config_, plugin(hv), log());
+  reference->start();
+  const auto r = reference->wait();
+  ASSERT_EQ(r.kind, host::SessionResult::Kind::GuestExit) << r.reason;
+  const std::string expected = reference->console_output();
+  ASSERT_NE(expected.find("known answer: checked"), std::string::npos) << expected;
+  EXPECT_EQ(switch_modes(hv, "bt-swmmu"), expected) << hv << " -> bt-swmmu";
+  EXPECT_EQ(switch_modes("bt-swmmu", hv), expected) << "bt-swmmu -> " << hv;
+}
 
 }  // namespace
 }  // namespace modevisor::test

@@ -173,6 +173,46 @@ TEST_F(VmLifecycleTest, ARestoredVmCanBeSavedAgainBeforeItRuns) {
   EXPECT_EQ(second.vcpus[0].rip, first.vcpus[0].rip);
 }
 
+TEST_F(VmLifecycleTest, PendingAndInDeliveryEventsSurviveARestoreAndSaveThroughBt) {
+  const VmConfig config = declare("sieve.elf", kSieve);
+  auto vm = Vm::create(config, plugin_, log());
+  vm->start();
+  wait_for_output(*vm, "sieve: n=");
+  vm->pause();
+  ASSERT_EQ(vm->state(), VmState::Paused) << "the guest ended before it could be paused";
+  MachineState state = vm->save_state();
+  auto ram = std::make_unique<GuestRam>(vm->ram().size());
+  std::memcpy(ram->host_base(), vm->ram().host_base(), ram->size());
+  vm->stop("done");
+  vm->wait();
+  api::PendingEvents cases[3];
+  cases[0].exception = api::PendingException{11, true, 0x1a, true};  // #NP in delivery
+  cases[0].nmi_masked = true;
+  cases[1].interrupt = 0x31;
+  cases[1].interrupt_shadow = true;
+  cases[2].exception = api::PendingException{14, true, 0x2, false};
+  cases[2].nmi_pending = true;
+  for (const auto& events : cases) {
+    MachineState s = state;
+    s.vcpus[0].events = events;
+    auto copy = std::make_unique<GuestRam>(ram->size());
+    std::memcpy(copy->host_base(), ram->host_base(), ram->size());
+    auto restored = Vm::restore(config, s, std::move(copy), plugin_, log());
+    const api::PendingEvents got = restored->save_state().vcpus[0].events;
+    ASSERT_EQ(got.exception.has_value(), events.exception.has_value());
+    if (got.exception) {
+      EXPECT_EQ(got.exception->vector, events.exception->vector);
+      EXPECT_EQ(got.exception->has_error_code, events.exception->has_error_code);
+      EXPECT_EQ(got.exception->error_code, events.exception->error_code);
+      EXPECT_EQ(got.exception->injected, events.exception->injected);
+    }
+    EXPECT_EQ(got.interrupt, events.interrupt);
+    EXPECT_EQ(got.interrupt_shadow, events.interrupt_shadow);
+    EXPECT_EQ(got.nmi_pending, events.nmi_pending);
+    EXPECT_EQ(got.nmi_masked, events.nmi_masked);
+  }
+}
+
 TEST_F(VmLifecycleTest, TransitionsTheStateDoesNotAllowAreErrorsNamingTheState) {
   const VmConfig config = declare("hello.elf", "hello=world n=42");
   auto vm = Vm::create(config, plugin_, log());
