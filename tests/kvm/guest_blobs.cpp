@@ -189,7 +189,12 @@ g_xcr0_start:
     xorl %ecx, %ecx
     xorl %eax, %eax
     xgetbv
-    outl %eax, $0x14
+    outl %eax, $0x14                 # at once
+    inb $0x16, %al                   # an exit to the host and back
+    xorl %ecx, %ecx
+    xorl %eax, %eax
+    xgetbv
+    outl %eax, $0x14                 # after an exit
     cli
     hlt
 g_xcr0_end:
