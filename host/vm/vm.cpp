@@ -19,6 +19,7 @@
 #include "platform/mptable.hpp"
 #include "platform/multiboot_loader.hpp"
 #include "platform/pc.hpp"
+#include "selection/guest_os.hpp"
 #include "vm/console_log.hpp"
 
 namespace modevisor::host {
@@ -603,6 +604,15 @@ std::unique_ptr<Vm> Vm::restore(const VmConfig& vm, const MachineState& state, s
   impl->vm_yaml_ = state.vm_yaml;
   impl->restore(state);
   return std::unique_ptr<Vm>(new Vm(std::move(impl)));
+}
+
+std::unique_ptr<Vm> Vm::restore(const MachineState& state, std::unique_ptr<GuestRam> ram,
+                                std::shared_ptr<const LoadedPlugin> plugin, std::shared_ptr<spdlog::logger> log,
+                                VmEvents events) {
+  const GuestOsTable guest_os =
+      GuestOsTable::load(std::filesystem::path(MODEVISOR_DEFAULT_CONFIG_DIR) / "guest-os.yaml");
+  const VmConfig vm = parse_vm_config(state.vm_yaml, state.vm_file, guest_os);
+  return restore(vm, state, std::move(ram), std::move(plugin), std::move(log), std::move(events));
 }
 
 void Vm::start() { impl_->start(); }
