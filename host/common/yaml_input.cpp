@@ -27,8 +27,10 @@ std::string describe(const YAML::Node& node) {
 
 }  // namespace
 
-YamlInput::YamlInput(std::filesystem::path file) : file_(std::move(file)) {
-  const std::string content = read_bounded_text(file_, kMaxYamlFileBytes, "YAML file");
+YamlInput::YamlInput(std::filesystem::path file)
+    : YamlInput(file, read_bounded_text(file, kMaxYamlFileBytes, "YAML file")) {}
+
+YamlInput::YamlInput(std::filesystem::path file, const std::string& content) : file_(std::move(file)) {
   std::istringstream line_reader(content);
   for (std::string line; std::getline(line_reader, line);) lines_.push_back(line);
   std::vector<YAML::Node> documents;

@@ -22,6 +22,8 @@ class YamlInput {
   // oversized file, a syntax error, a second YAML document or a key repeated
   // in any map of the file throws InputError at its position.
   explicit YamlInput(std::filesystem::path file);
+  // Parses `content` as if read from `file` (a declaration carried in a snapshot).
+  YamlInput(std::filesystem::path file, const std::string& content);
 
   const YAML::Node& root() const { return root_; }
   const std::filesystem::path& file() const { return file_; }

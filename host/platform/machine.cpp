@@ -136,6 +136,17 @@ bool Machine::acknowledge_nmi(unsigned vcpu) {
   return controller_ && controller_->acknowledge_nmi(vcpu);
 }
 
+std::uint64_t Machine::apic_base(unsigned vcpu) {
+  auto guard = lock();
+  return controller_ ? controller_->apic_base(vcpu) : 0xfee00000 | (vcpu == 0 ? 0x900 : 0x800);
+}
+
+void Machine::set_apic_base(unsigned vcpu, std::uint64_t value) {
+  auto guard = lock();
+  if (controller_) controller_->set_apic_base(vcpu, value);
+  wake_.notify_all();  // a hardware-disabled APIC hands the CPU to the 8259
+}
+
 StartupEvents Machine::take_startup(unsigned vcpu) {
   auto guard = lock();
   return controller_ ? controller_->take_startup(vcpu) : StartupEvents{};
@@ -221,12 +232,28 @@ void Machine::interrupt_raised(unsigned vcpu) {
 }
 
 std::uint64_t Machine::now_ns() const {
+  if (paused_.load(std::memory_order_acquire)) return frozen_time_.load(std::memory_order_acquire);
   return static_cast<std::uint64_t>(static_cast<std::int64_t>(clock_->now_ns()) + time_offset_.load());
 }
 
 void Machine::set_guest_time(std::uint64_t now_ns) {
   auto guard = lock();
+  frozen_time_.store(now_ns, std::memory_order_release);
   time_offset_.store(static_cast<std::int64_t>(now_ns) - static_cast<std::int64_t>(clock_->now_ns()));
+}
+
+void Machine::set_paused(bool paused) {
+  auto guard = lock();
+  if (paused == paused_.load()) return;
+  if (paused) {
+    frozen_time_.store(now_ns(), std::memory_order_release);
+    paused_.store(true, std::memory_order_release);
+  } else {
+    const std::uint64_t frozen = frozen_time_.load();
+    time_offset_.store(static_cast<std::int64_t>(frozen) - static_cast<std::int64_t>(clock_->now_ns()));
+    paused_.store(false, std::memory_order_release);
+  }
+  wake_.notify_all();
 }
 
 bool Machine::request_stop(std::string reason, std::optional<int> exit_status) {

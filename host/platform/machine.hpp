@@ -72,6 +72,8 @@ class InterruptController {
   virtual api::CpuEvents cpu_events(unsigned vcpu) = 0;
   virtual bool acknowledge_nmi(unsigned vcpu) = 0;
   virtual StartupEvents take_startup(unsigned vcpu) = 0;
+  virtual std::uint64_t apic_base(unsigned vcpu) = 0;
+  virtual void set_apic_base(unsigned vcpu, std::uint64_t value) = 0;
 };
 
 class Machine : public api::Platform {
@@ -98,7 +100,12 @@ class Machine : public api::Platform {
   void wait_for_cpu_event(unsigned vcpu) override;
   api::CpuEvents cpu_events(unsigned vcpu) override;
   bool acknowledge_nmi(unsigned vcpu) override;
-  bool stop_requested() const override { return stop_.load(std::memory_order_acquire); }
+  std::uint64_t apic_base(unsigned vcpu) override;
+  void set_apic_base(unsigned vcpu, std::uint64_t value) override;
+  // True while the VM ends or is paused: either way every vCPU leaves its run loop.
+  bool stop_requested() const override {
+    return stop_.load(std::memory_order_acquire) || paused_.load(std::memory_order_acquire);
+  }
   std::uint64_t now_ns() const override;
   std::uint64_t next_timer_deadline_ns() override;
 
@@ -107,6 +114,14 @@ class Machine : public api::Platform {
   bool request_stop(std::string reason, std::optional<int> exit_status = std::nullopt);
   std::string stop_reason() const;
   std::optional<int> exit_status() const;
+  // The VM ends (request_stop was called), as opposed to a pause.
+  bool stopping() const { return stop_.load(std::memory_order_acquire); }
+
+  // Pause: stop_requested() turns true so every vCPU leaves its run loop, and
+  // guest time stands still until the pause ends, then goes on from where it
+  // stood (no jump: the time the VM spent paused does not exist for the guest).
+  void set_paused(bool paused);
+  bool paused() const { return paused_.load(std::memory_order_acquire); }
 
   // Wake vCPU `vcpu` from wait_for_interrupt (a monitor's kick).
   void wake(unsigned vcpu);
@@ -164,6 +179,8 @@ class Machine : public api::Platform {
   std::map<std::string, std::uint64_t, std::less<>> mmio_accesses_;
   std::atomic<std::int64_t> time_offset_{0};  // guest time = clock + offset
   std::atomic<bool> stop_{false};
+  std::atomic<bool> paused_{false};
+  std::atomic<std::uint64_t> frozen_time_{0};  // guest time while paused
   std::string stop_reason_;
   std::optional<int> exit_status_;
   std::set<unsigned> woken_;
