@@ -252,9 +252,9 @@ void SnapshotReader::check_cpu_model(const MachineState& state) const {
 
 LoadedSnapshot SnapshotReader::read() {
   try {
-    bytes_ = read_bounded_file(file_, kMaxSnapshotBytes, "snapshot");
+    bytes_ = read_bounded_file(file_, kMaxSnapshotBytes, "file");
   } catch (const InputError& e) {
-    fail(e.what());
+    fail(e.message());
   }
   const auto sections = parse_layout();
   LoadedSnapshot out;

@@ -328,7 +328,7 @@ TEST_F(SnapshotFileTest, AMissingFileIsRefusedNamingIt) {
     read_snapshot(file_);
     FAIL();
   } catch (const SnapshotError& e) {
-    EXPECT_THAT(e.what(), HasSubstr(file_.string() + ": cannot open the file"));
+    EXPECT_THAT(e.what(), HasSubstr(file_.string() + ": file: cannot read the file (No such file or directory)"));
   }
 }
 
