@@ -269,7 +269,7 @@ void Daemon::dispatch(const json& message, const std::shared_ptr<Client>& client
     } else if (op == "vm.pause" || op == "vm.resume" || op == "vm.save") {
       forward(id, op.substr(3), args, client);
     } else if (op == "vm.restore") {
-      refuse(code::kUnsupported, "vm restore needs the VM lifecycle (host/vm) in this build");
+      vm_restore(id, args, client);
     } else {
       refuse(code::kProtocol, "unknown operation '" + op + "'");
     }
@@ -297,8 +297,7 @@ void Daemon::forward(const json& id, const std::string& op, const json& args, co
                                          reply["error"].value("message", op + " failed")));
       return;
     }
-    if (op == "pause") vm->set_state("paused");
-    if (op == "resume") vm->set_state("running");
+    if (reply.contains("result") && reply["result"].is_object()) vm->update_status(reply["result"]);
     json result = vm->summary();
     if (reply.contains("result") && reply["result"].is_object())
       for (const auto& [key, value] : reply["result"].items())
@@ -307,38 +306,7 @@ void Daemon::forward(const json& id, const std::string& op, const json& args, co
   });
 }
 
-void Daemon::vm_start(const json& id, const json& args, const std::shared_ptr<Client>& client) {
-  auto refuse = [&](const char* error, const std::string& text) { client->reply(control::reply_error(id, error, text)); };
-  const host::VmConfig vm = host::load_vm_config(args.value("file", ""), host_.guest_os());
-  if (!safe_vm_name(vm.name)) {
-    refuse(code::kBadInput, fmt::format("{}: VM name '{}' cannot name its files (letters, digits, '.', '_', '-')",
-                                        vm.file.string(), vm.name));
-    return;
-  }
-  if (auto existing = find(vm.name); existing && existing->active()) {
-    refuse(code::kExists, fmt::format("a VM named {} is already {} (monitor process {})", vm.name, existing->state(),
-                                      existing->pid()));
-    return;
-  }
-  host::check_kernel(vm);
-  const host::Selection selection = host_.select(vm);
-  const auto lines = host::monitor_mode_lines(selection);
-  if (!selection.selected || !selection.selected_plugin) {
-    client->reply(json{{"id", id},
-                       {"ok", false},
-                       {"error",
-                        {{"code", code::kNoMode},
-                         {"message", fmt::format("VM {}: no monitor mode can run it here: {}", vm.name,
-                                                 selection.none_reason)},
-                         {"selection", host::to_json(selection)}}}});
-    return;
-  }
-  const auto plugin = host_.registry().share(selection.selected_plugin->descriptor.name);
-  if (!plugin) {
-    refuse(code::kMonitorFailed, "plugin " + selection.selected_plugin->descriptor.name + " vanished");
-    return;
-  }
-
+Daemon::Spawned Daemon::spawn_monitor_process() {
   // The monitor process: its end of a socketpair becomes its fd 3; its own
   // session, so a terminal's Ctrl-C aimed at the daemon does not reach it.
   int pair[2];
@@ -363,44 +331,101 @@ void Daemon::vm_start(const json& id, const json& args, const std::shared_ptr<Cl
   const int spawned = ::posix_spawn(&pid, binary.c_str(), &actions, &attributes, argv, environ);
   posix_spawn_file_actions_destroy(&actions);
   posix_spawnattr_destroy(&attributes);
-  if (spawned != 0) {
-    refuse(code::kMonitorFailed, fmt::format("cannot start the monitor process {}: {}", binary, std::strerror(spawned)));
-    return;
-  }
-  theirs = control::Fd();
+  if (spawned != 0)
+    throw std::system_error(spawned, std::generic_category(), "cannot start the monitor process " + binary);
+  ++counters_["monitor_processes_started"];
+  return {pid, ours.release()};
+}
 
-  VmHandle::Identity identity{vm.name,
-                              vm.file.string(),
-                              plugin->descriptor.name,
-                              plugin->descriptor.version,
-                              selection.display(*selection.selected),
-                              (vm_dir_ / (vm.name + ".sock")).string(),
-                              (vm_dir_ / (vm.name + ".result.json")).string(),
-                              (vm_dir_ / (vm.name + ".json")).string()};
+VmHandle::Identity Daemon::identity_for(const host::VmConfig& vm, const host::LoadedPlugin& plugin,
+                                        const host::Selection& selection) const {
+  return {vm.name,
+          vm.file.string(),
+          plugin.descriptor.name,
+          plugin.descriptor.version,
+          selection.display(*selection.selected),
+          (vm_dir_ / (vm.name + ".sock")).string(),
+          (vm_dir_ / (vm.name + ".result.json")).string(),
+          (vm_dir_ / (vm.name + ".json")).string()};
+}
+
+json Daemon::power_on_args(const host::VmConfig& vm, const host::LoadedPlugin& plugin,
+                           const host::Selection& selection, const VmHandle::Identity& identity) const {
+  return json{{"vm_file", vm.file.string()},
+              {"config_dir", host_.config_dir().string()},
+              {"host_config", host_.config().file.string()},
+              {"plugin", plugin.descriptor.name},
+              {"plugin_file", plugin.file.string()},
+              {"log_dir", host_.config().log_dir.string()},
+              {"log_level", host_.config().log_level},
+              {"host_line", fmt::format("host: {}; policy {}", host_.capabilities().source, host_.policy().name)},
+              {"mode_lines", host::monitor_mode_lines(selection)},
+              {"socket", identity.socket},
+              {"result_file", identity.result_file}};
+}
+
+std::shared_ptr<VmHandle> Daemon::make_handle(const VmHandle::Identity& identity, pid_t pid) {
   std::error_code ignored;
   fs::remove(identity.result_file, ignored);
-  const json start{{"vm_file", vm.file.string()},
-                   {"config_dir", host_.config_dir().string()},
-                   {"host_config", host_.config().file.string()},
-                   {"plugin", plugin->descriptor.name},
-                   {"plugin_file", plugin->file.string()},
-                   {"log_dir", host_.config().log_dir.string()},
-                   {"log_level", host_.config().log_level},
-                   {"host_line", fmt::format("host: {}; policy {}", host_.capabilities().source, host_.policy().name)},
-                   {"mode_lines", lines},
-                   {"socket", identity.socket},
-                   {"result_file", identity.result_file}};
+  auto handle = std::make_shared<VmHandle>(identity, pid, /*child=*/true, [this](VmHandle& vm) { vm_changed(vm); });
+  vms_[identity.name] = handle;
+  ++counters_["vms_started"];
+  if (auto it = unclaimed_exits_.find(pid); it != unclaimed_exits_.end()) {
+    handle->child_exited(it->second);
+    unclaimed_exits_.erase(it);
+  }
+  return handle;
+}
+
+namespace {
+
+// Refusals shared by start and restore; true when the VM may be powered on.
+json no_mode_error(const json& id, const host::VmConfig& vm, const host::Selection& selection) {
+  return json{{"id", id},
+              {"ok", false},
+              {"error",
+               {{"code", code::kNoMode},
+                {"message", fmt::format("VM {}: no monitor mode can run it here: {}", vm.name, selection.none_reason)},
+                {"selection", host::to_json(selection)}}}};
+}
+
+}  // namespace
+
+void Daemon::vm_start(const json& id, const json& args, const std::shared_ptr<Client>& client) {
+  auto refuse = [&](const char* error, const std::string& text) { client->reply(control::reply_error(id, error, text)); };
+  const host::VmConfig vm = host::load_vm_config(args.value("file", ""), host_.guest_os());
+  if (!safe_vm_name(vm.name)) {
+    refuse(code::kBadInput, fmt::format("{}: VM name '{}' cannot name its files (letters, digits, '.', '_', '-')",
+                                        vm.file.string(), vm.name));
+    return;
+  }
+  if (auto existing = find(vm.name); existing && existing->active()) {
+    refuse(code::kExists, fmt::format("a VM named {} is already {} (monitor process {})", vm.name, existing->state(),
+                                      existing->pid()));
+    return;
+  }
+  host::check_kernel(vm);
+  const host::Selection selection = host_.select(vm);
+  if (!selection.selected || !selection.selected_plugin) {
+    client->reply(no_mode_error(id, vm, selection));
+    return;
+  }
+  const auto plugin = host_.registry().share(selection.selected_plugin->descriptor.name);
+  if (!plugin) {
+    refuse(code::kMonitorFailed, "plugin " + selection.selected_plugin->descriptor.name + " vanished");
+    return;
+  }
+  const Spawned process = spawn_monitor_process();
+  control::Fd ours(process.fd);
+  const auto identity = identity_for(vm, *plugin, selection);
   // The start request carries the plugin's sealed image: the monitor process
   // runs exactly the code this daemon vetted, whatever happens to the file.
-  control::send_with_fds(ours.get(), control::encode_line(control::request(1, "start", start)),
+  control::send_with_fds(ours.get(),
+                         control::encode_line(control::request(1, "start", power_on_args(vm, *plugin, selection, identity))),
                          {plugin->image->fd()});
-
-  auto handle = std::make_shared<VmHandle>(identity, pid, /*child=*/true, [this](VmHandle& vm) { vm_changed(vm); });
-  vms_[vm.name] = handle;
-  ++counters_["vms_started"];
-  handle->attach(std::make_shared<LineSocket>(stream_protocol::socket(io_, stream_protocol(), ours.release())));
-  host_.log()->info("VM {}: starting under {} ({}) in monitor process {}", vm.name, identity.mode, identity.plugin, pid);
-  // The reply to the start request (id 1).
+  auto handle = make_handle(identity, process.pid);
+  host_.log()->info("VM {}: starting under {} ({}) in monitor process {}", vm.name, identity.mode, identity.plugin,
+                    process.pid);
   handle->expect_start([this, handle, client, id](const json& reply) {
     if (!reply.value("ok", false)) {
       const json error = reply.value("error", json::object());
@@ -410,10 +435,84 @@ void Daemon::vm_start(const json& id, const json& args, const std::shared_ptr<Cl
       return;
     }
     handle->update_status(reply["result"]);
-    handle->set_state("running");
+    handle->set_state(reply["result"].value("state", "running"));
     write_record(*handle);
     client->reply(control::reply_ok(id, handle->summary()));
   });
+  handle->attach(std::make_shared<LineSocket>(stream_protocol::socket(io_, stream_protocol(), ours.release())));
+}
+
+// Restore in two steps: the monitor process reads the snapshot (its RAM is
+// read once, there) and reports the VM's declaration; the daemon selects a
+// mode for it on this host (not necessarily the one that saved it) and sends
+// the plugin; the VM comes back paused.
+void Daemon::vm_restore(const json& id, const json& args, const std::shared_ptr<Client>& client) {
+  const std::string file = args.value("file", "");
+  const Spawned process = spawn_monitor_process();
+  control::send_with_fds(process.fd, control::encode_line(control::request(1, "load-snapshot", {{"file", file}})));
+  auto link = std::make_shared<LineSocket>(stream_protocol::socket(io_, stream_protocol(), process.fd));
+  const pid_t pid = process.pid;
+  std::weak_ptr<LineSocket> weak_link = link;
+  link->start(
+      [this, weak_link, client, id, pid, file](const json& reply) {
+        auto link = weak_link.lock();
+        if (!link || reply.value("id", json()) != 1) return;
+        auto refuse = [&](const char* error, const std::string& text) {
+          client->reply(control::reply_error(id, error, text));
+          link->close("restore refused");  // the monitor process ends
+        };
+        if (!reply.value("ok", false)) {
+          const json error = reply.value("error", json::object());
+          refuse(code::kBadInput, error.value("message", "cannot read snapshot " + file));
+          return;
+        }
+        try {
+          const auto& loaded = reply["result"];
+          const host::VmConfig vm = host::parse_vm_config(loaded.value("vm_yaml", ""), loaded.value("vm_file", ""),
+                                                          host_.guest_os());
+          if (!safe_vm_name(vm.name)) return refuse(code::kBadInput, "VM name '" + vm.name + "' cannot name its files");
+          if (auto existing = find(vm.name); existing && existing->active())
+            return refuse(code::kExists, fmt::format("a VM named {} is already {} (monitor process {})", vm.name,
+                                                     existing->state(), existing->pid()));
+          const host::Selection selection = host_.select(vm);
+          if (!selection.selected || !selection.selected_plugin) {
+            client->reply(no_mode_error(id, vm, selection));
+            link->close("no mode");
+            return;
+          }
+          const auto plugin = host_.registry().share(selection.selected_plugin->descriptor.name);
+          if (!plugin) return refuse(code::kMonitorFailed, "plugin " + selection.selected_plugin->descriptor.name + " vanished");
+          const auto identity = identity_for(vm, *plugin, selection);
+          json restore_args = power_on_args(vm, *plugin, selection, identity);
+          restore_args["snapshot_file"] = file;
+          auto handle = make_handle(identity, pid);
+          handle->adopt(link);
+          handle->expect_start([this, handle, client, id](const json& reply) {
+            if (!reply.value("ok", false)) {
+              const json error = reply.value("error", json::object());
+              handle->mark_lost("failed", error.value("message", "the monitor process failed to restore the VM"));
+              client->reply(control::reply_error(id, error.value("code", code::kMonitorFailed),
+                                                 error.value("message", "restore failed")));
+              return;
+            }
+            handle->update_status(reply["result"]);
+            handle->set_state(reply["result"].value("state", "paused"));
+            write_record(*handle);
+            client->reply(control::reply_ok(id, handle->summary()));
+          });
+          host_.log()->info("VM {}: restoring from {} under {} ({}) in monitor process {}", vm.name, file,
+                            identity.mode, identity.plugin, pid);
+          if (!link->send_with_fds(control::request(1, "restore", restore_args), {plugin->image->fd()}))
+            link->close("cannot send the restore request");
+        } catch (const host::InputError& e) {
+          refuse(code::kBadInput, e.what());
+        }
+      },
+      [client, id, file](const std::string& why) {
+        // Only answers when the link ends before a VM handle took it over.
+        client->reply(control::reply_error(id, code::kMonitorFailed,
+                                           "restore of " + file + ": the monitor process went away (" + why + ")"));
+      });
 }
 
 void Daemon::write_record(const VmHandle& vm) {
@@ -503,6 +602,10 @@ void Daemon::reap_children() {
     int status = 0;
     const pid_t pid = ::waitpid(-1, &status, WNOHANG);
     if (pid <= 0) return;
+    bool claimed = false;
+    for (auto& [name, vm] : vms_)
+      if (vm->is_child() && vm->pid() == pid) claimed = true;
+    if (!claimed) unclaimed_exits_[pid] = status;
     for (auto& [name, vm] : vms_) {
       if (!vm->is_child() || vm->pid() != pid) continue;
       const bool was_active = vm->active();

@@ -37,6 +37,18 @@ class Daemon {
   void accept();
   void dispatch(const json& message, const std::shared_ptr<Client>& client);
   void vm_start(const json& id, const json& args, const std::shared_ptr<Client>& client);
+  void vm_restore(const json& id, const json& args, const std::shared_ptr<Client>& client);
+  struct Spawned {
+    pid_t pid = 0;
+    int fd = -1;  // the daemon's end of the socketpair (owned by the caller)
+  };
+  Spawned spawn_monitor_process();  // throws std::system_error
+  // The start/restore arguments of a VM's monitor process.
+  json power_on_args(const host::VmConfig& vm, const host::LoadedPlugin& plugin, const host::Selection& selection,
+                     const VmHandle::Identity& identity) const;
+  VmHandle::Identity identity_for(const host::VmConfig& vm, const host::LoadedPlugin& plugin,
+                                  const host::Selection& selection) const;
+  std::shared_ptr<VmHandle> make_handle(const VmHandle::Identity& identity, pid_t pid);
   void forward(const json& id, const std::string& op, const json& args, const std::shared_ptr<Client>& client);
   void recover();
   void on_signal(int signal);
@@ -61,6 +73,7 @@ class Daemon {
   boost::asio::steady_timer shutdown_timer_;
   std::map<std::string, std::shared_ptr<VmHandle>> vms_;
   std::map<std::string, std::uint64_t> counters_;  // per-host figures
+  std::map<pid_t, int> unclaimed_exits_;  // monitor processes that ended before a VM handle claimed them
   std::unique_ptr<Metrics> metrics_;
   bool shutting_down_ = false;
   int exit_status_ = 0;

@@ -1,5 +1,7 @@
 #include "daemon/line_socket.hpp"
 
+#include "control/unix_socket.hpp"
+
 namespace modevisor::daemon {
 
 void LineSocket::start(MessageHandler on_message, CloseHandler on_close) {
@@ -23,7 +25,9 @@ void LineSocket::read() {
         self->close("a message that is not a JSON object");
         return;
       }
-      self->on_message_(message);
+      // A handler may rebind the socket: keep the running one alive until it returns.
+      const MessageHandler handler = self->on_message_;
+      handler(message);
       if (self->closed_) return;
     }
     if (self->lines_.overflowed()) {
@@ -43,6 +47,12 @@ void LineSocket::send(const json& message) {
     return;
   }
   if (!writing_) write();
+}
+
+bool LineSocket::send_with_fds(const json& message, const std::vector<int>& fds) {
+  if (closed_ || writing_ || !queue_.empty()) return false;
+  // The socket is non-blocking under Asio; a short message on a fresh link fits its buffer.
+  return control::send_with_fds(socket_.native_handle(), control::encode_line(message), fds);
 }
 
 void LineSocket::write() {

@@ -9,6 +9,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "control/protocol.hpp"
 
@@ -27,7 +28,15 @@ class LineSocket : public std::enable_shared_from_this<LineSocket> {
 
   explicit LineSocket(Socket socket) : socket_(std::move(socket)) {}
   void start(MessageHandler on_message, CloseHandler on_close);
+  // Hands the connection to new handlers (its reading goes on).
+  void rebind(MessageHandler on_message, CloseHandler on_close) {
+    on_message_ = std::move(on_message);
+    on_close_ = std::move(on_close);
+  }
   void send(const json& message);
+  // Sends at once with descriptors attached (SCM_RIGHTS); only while no
+  // queued write is in flight.  False if that is not the case or it fails.
+  bool send_with_fds(const json& message, const std::vector<int>& fds);
   void close(const std::string& why);
   bool is_open() const { return !closed_; }
   int native_handle() { return socket_.native_handle(); }

@@ -37,6 +37,18 @@ void VmHandle::attach(std::shared_ptr<LineSocket> link) {
       });
 }
 
+void VmHandle::adopt(std::shared_ptr<LineSocket> link) {
+  link_ = std::move(link);
+  std::weak_ptr<VmHandle> weak = weak_from_this();
+  link_->rebind(
+      [weak](const json& message) {
+        if (auto self = weak.lock()) self->on_message(message);
+      },
+      [weak](const std::string& why) {
+        if (auto self = weak.lock()) self->on_link_closed(why);
+      });
+}
+
 void VmHandle::call(const std::string& op, json args, Reply reply) {
   if (!link_ || !link_->is_open()) {
     reply(control::reply_error(0, control::error_code::kWrongState,
@@ -93,7 +105,10 @@ void VmHandle::on_message(const json& message) {
     const json event = control::event("console", {{"vm", name()}, {"data", data}});
     for (auto& [id, listener] : std::map(listeners_)) listener(event);
   } else if (kind == "state") {
-    set_state(message.value("state", state_));
+    // Running and paused come from here; the end (stopped, failed) comes
+    // with its result in "ended".
+    const std::string state = message.value("state", state_);
+    if ((state == "running" || state == "paused") && state != state_ && active()) set_state(state);
   } else if (kind == "ended") {
     result_ = message;
     result_.erase("event");
@@ -114,7 +129,8 @@ void VmHandle::on_link_closed(const std::string& why) {
   if (!active()) return;
   if (child_ && !wait_status_) return;  // the exit status tells why; SIGCHLD follows
   end("failed", wait_status_ ? "the monitor process " + describe_wait_status(*wait_status_)
-                             : "the monitor process went away without reporting an end (" + why + ")");
+                             : fmt::format("lost: its monitor process {} went away without reporting an end ({})",
+                                           pid_, why));
 }
 
 void VmHandle::child_exited(int wait_status) {

@@ -33,6 +33,8 @@ class VmHandle : public std::enable_shared_from_this<VmHandle> {
 
   // Takes the link to the monitor process and starts reading it.
   void attach(std::shared_ptr<LineSocket> link);
+  // Takes a link that is already being read (a restore's first phase).
+  void adopt(std::shared_ptr<LineSocket> link);
   // A request to the monitor process; `reply` gets its answer or, if the
   // process goes away first, an error reply.
   void call(const std::string& op, json args, Reply reply);

@@ -22,7 +22,8 @@
 #include "config/vm_config.hpp"
 #include "control/protocol.hpp"
 #include "control/unix_socket.hpp"
-#include "monitor/vm_session.hpp"
+#include "snapshot/snapshot.hpp"
+#include "vm/vm.hpp"
 #include "plugins/registry.hpp"
 #include "runtime/exit_status.hpp"
 #include "runtime/host.hpp"
@@ -81,7 +82,10 @@ class MonitorProcess {
   int run();
 
  private:
-  bool start(const json& args, std::vector<int>& fds);
+  bool load_snapshot(const json& args);
+  bool power_on(const json& args, std::vector<int>& fds, const json& id);
+  std::shared_ptr<const host::LoadedPlugin> load_plugin(const json& args, std::vector<int>& fds);
+  host::VmEvents events();
   void handle(const json& message);
   bool send(const json& message);
   void drop_channel();
@@ -99,7 +103,8 @@ class MonitorProcess {
   host::VmConfig vm_;
   std::shared_ptr<const host::LoadedPlugin> plugin_;
   std::shared_ptr<spdlog::logger> log_;
-  std::unique_ptr<host::VmSession> session_;
+  std::unique_ptr<host::Vm> session_;
+  std::optional<host::LoadedSnapshot> snapshot_;  // between load-snapshot and restore
   std::thread vm_thread_;
   host::SessionResult result_;
   ConsoleHistory console_;
@@ -136,14 +141,16 @@ void MonitorProcess::accept_daemon() {
 
 json MonitorProcess::counters_json() const {
   json out = json::object();
-  for (const auto& [name, value] : result_.counters) out[name] = value;
+  const api::Counters counters = session_ ? session_->counters() : result_.counters;
+  for (const auto& [name, value] : counters) out[name] = value;
   return out;
 }
 
 json MonitorProcess::description() const {
   const auto uptime = std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count();
   return json{{"name", vm_.name},
-              {"state", stopping_ ? "stopping" : "running"},
+              {"state", stopping_ && session_->state() != host::VmState::Stopped ? "stopping"
+                                                                                    : host::to_string(session_->state())},
               {"pid", ::getpid()},
               {"vm_file", vm_.file.string()},
               {"plugin", plugin_ ? plugin_->descriptor.name : ""},
@@ -153,52 +160,92 @@ json MonitorProcess::description() const {
               {"uptime_s", uptime},
               {"console_bytes", console_.total()},
               {"vcpus", vm_.vcpus},
-              {"memory_bytes", vm_.memory_bytes}};
+              {"memory_bytes", vm_.memory_bytes},
+              {"counters", counters_json()}};
 }
 
-bool MonitorProcess::start(const json& args, std::vector<int>& fds) {
+host::VmEvents MonitorProcess::events() {
+  host::VmEvents events;
+  events.console_output = [this](std::uint8_t byte) {
+    console_.append(byte);
+    const char c = static_cast<char>(byte);
+    send(control::event("console", {{"data", control::base64_encode(std::string_view(&c, 1))}}));
+  };
+  events.state_changed = [this](host::VmState state) {
+    send(control::event("state", {{"state", host::to_string(state)}}));
+  };
+  return events;
+}
+
+// The plugin image the daemon vetted (SCM_RIGHTS), or a fresh copy of the file.
+std::shared_ptr<const host::LoadedPlugin> MonitorProcess::load_plugin(const json& args, std::vector<int>& fds) {
+  const std::filesystem::path plugin_file = args.at("plugin_file").get<std::string>();
+  std::shared_ptr<const host::PluginImage> image;
+  if (!fds.empty()) {
+    image = host::PluginImage::adopt(fds.front(), plugin_file);
+    fds.erase(fds.begin());
+  } else {
+    image = host::PluginImage::copy_of(plugin_file);
+  }
+  auto loaded = host::load_plugin_image(image, plugin_file, {});
+  if (auto* why = std::get_if<std::string>(&loaded)) throw std::runtime_error("plugin " + plugin_file.string() + ": " + *why);
+  auto plugin = std::get<std::shared_ptr<const host::LoadedPlugin>>(loaded);
+  if (plugin->descriptor.name != args.at("plugin").get<std::string>())
+    throw std::runtime_error(fmt::format("plugin file {} is now {}, not the {} the daemon selected", plugin_file.string(),
+                                         plugin->descriptor.name, args.at("plugin").get<std::string>()));
+  return plugin;
+}
+
+// Restore, phase 1: read the snapshot (RAM and all, once, here) and tell the
+// daemon the VM's declaration, so it can select a mode for it.
+bool MonitorProcess::load_snapshot(const json& args) {
   const json id = 1;
+  try {
+    snapshot_ = host::read_snapshot(args.at("file").get<std::string>());
+  } catch (const std::exception& e) {
+    send(control::reply_error(id, code::kBadInput, e.what()));
+    return false;
+  }
+  send(control::reply_ok(id, {{"vm_yaml", snapshot_->state.vm_yaml},
+                              {"vm_file", snapshot_->state.vm_file},
+                              {"cpu_model", snapshot_->state.cpu_model}}));
+  return true;
+}
+
+// Start (power-on from the declaration) or restore (phase 2: from the loaded snapshot, paused).
+bool MonitorProcess::power_on(const json& args, std::vector<int>& fds, const json& id) {
   auto fail = [&](const char* error, const std::string& message) {
     if (log_) log_->error("power on failed: {}", message);
     send(control::reply_error(id, error, message));
     return false;
   };
+  const bool restoring = snapshot_.has_value();
   try {
     start_args_ = args;
     socket_path_ = args.value("socket", "");
     result_file_ = args.value("result_file", "");
     const std::filesystem::path config_dir = args.at("config_dir").get<std::string>();
     const auto guest_os = host::GuestOsTable::load(config_dir / "guest-os.yaml");
-    vm_ = host::load_vm_config(args.at("vm_file").get<std::string>(), guest_os);
+    vm_ = restoring ? host::parse_vm_config(snapshot_->state.vm_yaml, snapshot_->state.vm_file, guest_os)
+                    : host::load_vm_config(args.at("vm_file").get<std::string>(), guest_os);
     log_ = host::open_vm_log(args.at("log_dir").get<std::string>(), vm_.name, args.value("log_level", "info"),
                              args.value("host_config", ""));
-    log_->info("power on: VM {} from {} (monitor process {})", vm_.name, vm_.file.string(), ::getpid());
+    if (restoring)
+      log_->info("restore: VM {} from {} (monitor process {})", vm_.name, args.value("snapshot_file", ""), ::getpid());
+    else
+      log_->info("power on: VM {} from {} (monitor process {})", vm_.name, vm_.file.string(), ::getpid());
     if (args.contains("host_line")) log_->info("{}", args["host_line"].get<std::string>());
     for (const auto& line : args.value("mode_lines", json::array())) log_->info("{}", line.get<std::string>());
-
-    // The plugin image the daemon vetted, or (no descriptor passed) a fresh copy of the file.
-    const std::filesystem::path plugin_file = args.at("plugin_file").get<std::string>();
-    std::shared_ptr<const host::PluginImage> image;
-    if (!fds.empty()) {
-      image = host::PluginImage::adopt(fds.front(), plugin_file);
-      fds.erase(fds.begin());
+    plugin_ = load_plugin(args, fds);
+    if (restoring) {
+      session_ = host::Vm::restore(vm_, snapshot_->state, std::move(snapshot_->ram), plugin_, log_, events());
+      snapshot_.reset();
     } else {
-      image = host::PluginImage::copy_of(plugin_file);
+      session_ = host::Vm::create(vm_, plugin_, log_, events());
     }
-    auto loaded = host::load_plugin_image(image, plugin_file, {});
-    if (auto* why = std::get_if<std::string>(&loaded)) return fail(code::kMonitorFailed, "plugin " + plugin_file.string() + ": " + *why);
-    plugin_ = std::get<std::shared_ptr<const host::LoadedPlugin>>(loaded);
-    if (plugin_->descriptor.name != args.at("plugin").get<std::string>())
-      return fail(code::kMonitorFailed, fmt::format("plugin file {} is now {}, not the {} the daemon selected",
-                                                     plugin_file.string(), plugin_->descriptor.name,
-                                                     args.at("plugin").get<std::string>()));
-
-    session_ = std::make_unique<host::VmSession>(vm_, *plugin_, log_, [this](std::uint8_t byte) {
-      console_.append(byte);
-      const char c = static_cast<char>(byte);
-      send(control::event("console", {{"data", control::base64_encode(std::string_view(&c, 1))}}));
-    });
   } catch (const host::InputError& e) {
+    return fail(code::kBadInput, e.what());
+  } catch (const host::VmStateError& e) {
     return fail(code::kBadInput, e.what());
   } catch (const api::MonitorError& e) {
     return fail(code::kMonitorFailed, e.what());
@@ -218,13 +265,13 @@ bool MonitorProcess::start(const json& args, std::vector<int>& fds) {
       log_->warn("vmm| no reattach socket ({}): a restarted daemon will not find this VM", e.what());
     }
   }
+  if (!restoring) session_->start();  // a restored VM stays paused until resumed
   vm_thread_ = std::thread([this] {
-    result_ = session_->run();
+    result_ = session_->wait();
     const char c = 'e';
     [[maybe_unused]] auto n = ::write(wake_[1], &c, 1);
   });
   send(control::reply_ok(id, description()));
-  send(control::event("state", {{"state", "running"}}));
   return true;
 }
 
@@ -247,8 +294,21 @@ void MonitorProcess::handle(const json& message) {
     out["console"] = control::base64_encode(console_.tail());
     send(control::reply_ok(id, out));
   } else if (op == "pause" || op == "resume" || op == "save") {
-    send(control::reply_error(id, code::kUnsupported,
-                              op + " needs the VM lifecycle (host/vm), which this build's monitor process lacks"));
+    try {
+      if (op == "pause") session_->pause();
+      if (op == "resume") session_->resume();
+      if (op == "save") {
+        const std::filesystem::path file = args.value("file", "");
+        if (file.empty()) throw std::invalid_argument("save needs a file");
+        host::write_snapshot(file, session_->save_state(), session_->ram());
+        log_->info("save: VM {} saved to {}", vm_.name, file.string());
+      }
+      send(control::reply_ok(id, description()));
+    } catch (const host::VmStateError& e) {
+      send(control::reply_error(id, code::kWrongState, e.what()));
+    } catch (const std::exception& e) {
+      send(control::reply_error(id, code::kBadInput, e.what()));
+    }
   } else {
     send(control::reply_error(id, code::kProtocol, "unknown operation '" + op + "'"));
   }
@@ -257,7 +317,6 @@ void MonitorProcess::handle(const json& message) {
 void MonitorProcess::finish() {
   vm_thread_.join();
   const char* kind = result_kind(result_.kind);
-  log_->info("power off: {} ({})", kind, result_.reason);
   for (const auto& [name, value] : result_.counters) log_->info("counter {} = {}", name, value);
   json ended{{"result", kind}, {"reason", result_.reason}, {"counters", counters_json()}};
   if (result_.guest_status) ended["exit_status"] = *result_.guest_status;
@@ -283,11 +342,18 @@ int MonitorProcess::run() {
 
   std::vector<int> fds;
   auto first = channel_->receive(&fds);
-  if (!first || first->value("op", "") != "start") {
+  if (first && first->value("op", "") == "load-snapshot") {
+    if (!load_snapshot(first->value("args", json::object()))) return host::kExitBadInput;
+    first = channel_->receive(&fds);
+    if (!first || first->value("op", "") != "restore") {
+      for (int fd : fds) ::close(fd);
+      return host::kExitOk;  // the daemon chose not to restore it (no mode, a name in use)
+    }
+  } else if (!first || first->value("op", "") != "start") {
     for (int fd : fds) ::close(fd);
     return host::kExitBadInput;
   }
-  const bool started = start(first->value("args", json::object()), fds);
+  const bool started = power_on(first->value("args", json::object()), fds, first->value("id", json(1)));
   for (int fd : fds) ::close(fd);
   if (!started) return host::kExitMonitorFailed;
 
