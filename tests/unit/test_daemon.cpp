@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include <array>
+#include <cstring>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -434,6 +435,29 @@ TEST_F(DaemonTest, MetricsEndpointServesVmAndHostFigures) {
   EXPECT_THAT(page, HasSubstr("modevisor_vm_info{vm=\"hello\",state=\"stopped\",mode=\"BT32\",plugin=\"bt-swmmu\"} 1"));
   EXPECT_THAT(page, ::testing::ContainsRegex("modevisor_vm_monitor_events_total\\{vm=\"hello\",counter=\"bt.blocks_translated\"\\} [1-9]"));
   EXPECT_THAT(page, ::testing::ContainsRegex("modevisor_host_vms_started [1-9]"));
+}
+
+// Type=notify: READY=1 once the control socket listens, STOPPING=1 on SIGTERM.
+TEST_F(DaemonTest, TellsSystemdWhenItIsReadyAndWhenItStops) {
+  const fs::path notify = dir_ / "notify.sock";
+  control::Fd listener(::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+  sockaddr_un address{};
+  address.sun_family = AF_UNIX;
+  std::strncpy(address.sun_path, notify.c_str(), sizeof address.sun_path - 1);
+  ASSERT_EQ(::bind(listener.get(), reinterpret_cast<sockaddr*>(&address), sizeof address), 0);
+  ::setenv("NOTIFY_SOCKET", notify.c_str(), 1);
+  start_daemon();
+  ::unsetenv("NOTIFY_SOCKET");
+  auto receive = [&] {
+    char buffer[512] = {};
+    const ssize_t n = ::recv(listener.get(), buffer, sizeof buffer - 1, 0);
+    return n > 0 ? std::string(buffer, static_cast<std::size_t>(n)) : std::string();
+  };
+  EXPECT_THAT(receive(), HasSubstr("READY=1"));
+  const pid_t daemon = daemon_;
+  ::kill(daemon, SIGTERM);
+  EXPECT_THAT(receive(), HasSubstr("STOPPING=1"));
+  EXPECT_EQ(stop_daemon(SIGTERM), 0);
 }
 
 TEST_F(DaemonTest, ErrorsAreJsonWithJsonAndStatusesDoNotCollide) {
