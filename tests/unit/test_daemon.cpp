@@ -6,6 +6,8 @@
 #include <nlohmann/json.hpp>
 
 #include <fcntl.h>
+#include <poll.h>
+#include <pty.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -475,6 +477,59 @@ TEST_F(DaemonTest, ErrorsAreJsonWithJsonAndStatusesDoNotCollide) {
   const Result bad = cli("--json vm start " + (dir_ / "nonexistent.yaml").string());
   EXPECT_EQ(bad.status, 2);
   EXPECT_EQ(json::parse(bad.out, nullptr, false)["error"]["code"], "bad-input");
+}
+
+}  // namespace
+
+namespace {
+
+// `vm console` on a terminal: raw mode, so Ctrl-C goes to the guest instead of
+// killing the client; Ctrl-] detaches.  A kernel file that is not a kernel is
+// refused by the monitor process, and the daemon goes on.
+TEST_F(DaemonTest, ConsoleOnATerminalPassesCtrlCAndDetachesOnCtrlBracket) {
+  start_daemon();
+  ASSERT_EQ(cli("vm start " + long_vm("busy").string()).status, 0);
+  ASSERT_TRUE(wait_state("busy", "running"));
+  int terminal = -1;
+  const pid_t child = ::forkpty(&terminal, nullptr, nullptr, nullptr);
+  if (child == 0) {
+    const std::string binary = (kBin / "modevisor").string();
+    ::execl(binary.c_str(), binary.c_str(), "--socket", socket_.c_str(), "vm", "console", "busy", nullptr);
+    ::_exit(127);
+  }
+  ASSERT_GT(child, 0);
+  std::string seen;
+  auto read_until = [&](const std::string& text) {
+    return eventually([&] {
+      char buffer[4096];
+      pollfd p{terminal, POLLIN, 0};
+      while (::poll(&p, 1, 0) > 0) {
+        const ssize_t n = ::read(terminal, buffer, sizeof buffer);
+        if (n <= 0) break;
+        seen.append(buffer, static_cast<std::size_t>(n));
+      }
+      return seen.find(text) != std::string::npos;
+    });
+  };
+  ASSERT_TRUE(read_until("escape: Ctrl-]")) << seen;
+  EXPECT_TRUE(read_until("sieve: n=100000000")) << seen;
+  ASSERT_EQ(::write(terminal, "\x03", 1), 1);  // Ctrl-C: to the guest, not a signal to the client
+  ::usleep(300000);
+  int status = 0;
+  EXPECT_EQ(::waitpid(child, &status, WNOHANG), 0) << "Ctrl-C ended the client";
+  ASSERT_EQ(::write(terminal, "\x1d", 1), 1);  // Ctrl-]
+  ASSERT_TRUE(read_until("detached")) << seen;
+  ::waitpid(child, &status, 0);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
+  ::close(terminal);
+  EXPECT_EQ(state_of("busy"), "running");
+
+  std::ofstream(dir_ / "junk.elf") << "not a kernel";
+  const Result junk = cli("vm start " + vm_yaml("junk", "../../../" + (dir_ / "junk.elf").string(), "").string());
+  EXPECT_EQ(junk.status, 2) << junk.out;
+  EXPECT_THAT(junk.out, HasSubstr("junk.elf"));
+  EXPECT_EQ(state_of("busy"), "running");
+  EXPECT_EQ(cli("vm stop busy").status, 0);
 }
 
 }  // namespace
