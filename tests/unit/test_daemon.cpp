@@ -222,6 +222,19 @@ TEST_F(DaemonTest, PauseResumeStop) {
   EXPECT_THAT(read_file(dir_ / "logs" / "busy.log"), HasSubstr("power off: stopped"));
   EXPECT_EQ(cli("vm stop busy").status, 12);
   EXPECT_EQ(cli("vm stop nosuch").status, 12);
+
+  // Paused and resumed, a guest's output goes on with no gap and no repeat.
+  const std::string cmdline = "n=10000000 r=8";
+  ASSERT_EQ(cli("vm start " + vm_yaml("reference", "sieve.elf", cmdline).string()).status, 0);
+  ASSERT_TRUE(wait_state("reference", "stopped"));
+  ASSERT_EQ(cli("vm start " + vm_yaml("paused", "sieve.elf", cmdline).string()).status, 0);
+  ASSERT_EQ(cli("vm pause paused").status, 0) << "the guest ended before it could be paused";
+  const auto bytes_at_pause = cli_json("vm status paused")["console_bytes"];
+  EXPECT_EQ(cli_json("vm status paused")["console_bytes"], bytes_at_pause);  // nothing runs while paused
+  ASSERT_EQ(cli("vm resume paused").status, 0);
+  ASSERT_TRUE(wait_state("paused", "stopped"));
+  EXPECT_EQ(cli("vm console paused --no-follow").out, cli("vm console reference --no-follow").out);
+  EXPECT_EQ(cli_json("vm status paused")["result"]["exit_status"], 1);
 }
 
 // Save a paused VM, stop it, restore it (paused, under the mode this host
