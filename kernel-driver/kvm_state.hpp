@@ -16,7 +16,7 @@ namespace modevisor::kvm {
 
 // The MSRs a vCPU's state carries besides what SREGS holds (EFER, FS/GS base,
 // APIC base), saved and restored when the driver lists them.
-inline constexpr std::array<std::uint32_t, 16> kStateMsrs = {
+inline constexpr std::array<std::uint32_t, 14> kStateMsrs = {
     0x10,        // IA32_TSC (as the guest reads it)
     0x174,       // SYSENTER_CS
     0x175,       // SYSENTER_ESP
@@ -30,10 +30,10 @@ inline constexpr std::array<std::uint32_t, 16> kStateMsrs = {
     0xc0000102,  // KERNEL_GS_BASE
     0xc0000103,  // TSC_AUX
     // KVM's paravirtual clock (cpu_model kvm64, and `host` where KVM offers
-    // it): where the guest placed its wall-clock and per-vCPU time pages.
-    0x11,        // MSR_KVM_WALL_CLOCK
+    // it): where the guest registered its per-vCPU time page.  The wall-clock
+    // MSRs are not state but a command (a write makes KVM store the wall
+    // clock at that guest address, at 0 for the value 0): never reloaded.
     0x12,        // MSR_KVM_SYSTEM_TIME
-    0x4b564d00,  // MSR_KVM_WALL_CLOCK_NEW
     0x4b564d01,  // MSR_KVM_SYSTEM_TIME_NEW
 };
 

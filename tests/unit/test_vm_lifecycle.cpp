@@ -140,6 +140,8 @@ TEST_F(VmLifecycleTest, SaveToASnapshotFileAndRestoreInANewVmContinuesAsAnUninte
   const std::string before = vm->console_output();
   const fs::path file = dir_ / "vm.snapshot";
   write_snapshot(file, vm->save_state(), vm->ram());
+  std::printf("[snapshot] %ju bytes for a VM of %ju MiB of RAM\n", static_cast<std::uintmax_t>(fs::file_size(file)),
+              static_cast<std::uintmax_t>(vm->ram().size() >> 20));
   vm->stop("saved");
   EXPECT_EQ(vm->wait().kind, SessionResult::Kind::Stopped);
   vm.reset();
