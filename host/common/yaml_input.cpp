@@ -2,12 +2,15 @@
 
 #include "common/bounded_file.hpp"
 
+#include <yaml-cpp/eventhandler.h>
+
 #include <fmt/format.h>
 
 #include <algorithm>
 #include <cctype>
 #include <charconv>
 #include <cstdlib>
+#include <optional>
 #include <set>
 #include <sstream>
 
@@ -25,6 +28,55 @@ std::string describe(const YAML::Node& node) {
   }
 }
 
+// Where a second YAML document starts, if the text holds one.  yaml-cpp's
+// LoadAll never returns on some malformed input (a lone ',' yields empty
+// documents forever), so documents are counted with the parser's events and
+// at most two are looked at.  A second document counts when it has content
+// or begins with its own "---" marker (the caller finds that line).
+class DocumentCounter final : public YAML::EventHandler {
+ public:
+  void OnDocumentStart(const YAML::Mark&) override { content_ = std::nullopt; }
+  void OnDocumentEnd() override {}
+  void OnNull(const YAML::Mark&, YAML::anchor_t) override {}  // an empty document is a null
+  void OnAlias(const YAML::Mark& mark, YAML::anchor_t) override { saw(mark); }
+  void OnScalar(const YAML::Mark& mark, const std::string&, YAML::anchor_t, const std::string&) override { saw(mark); }
+  void OnSequenceStart(const YAML::Mark& mark, const std::string&, YAML::anchor_t, YAML::EmitterStyle::value) override {
+    saw(mark);
+  }
+  void OnSequenceEnd() override {}
+  void OnMapStart(const YAML::Mark& mark, const std::string&, YAML::anchor_t, YAML::EmitterStyle::value) override {
+    saw(mark);
+  }
+  void OnMapEnd() override {}
+  const std::optional<YAML::Mark>& content() const { return content_; }
+
+ private:
+  void saw(const YAML::Mark& mark) {
+    if (!content_) content_ = mark;
+  }
+  std::optional<YAML::Mark> content_;
+};
+
+std::optional<YAML::Mark> second_document_start(const std::string& content) {
+  std::istringstream in(content);
+  YAML::Parser parser(in);
+  DocumentCounter counter;
+  if (!parser.HandleNextDocument(counter)) return std::nullopt;
+  if (!parser.HandleNextDocument(counter)) return std::nullopt;
+  if (counter.content() && !counter.content()->is_null() && counter.content()->line >= 0) {
+    // An explicit null ("---" alone) is reported at its marker instead.
+    return *counter.content();
+  }
+  // Empty: a real document only if a "---" marker opens it.
+  std::istringstream lines(content);
+  int markers = 0;
+  for (std::string line; std::getline(lines, line);)
+    if (line.rfind("---", 0) == 0) ++markers;
+  const bool first_has_marker = content.rfind("---", 0) == 0;
+  if (markers > (first_has_marker ? 1 : 0)) return YAML::Mark::null_mark();
+  return std::nullopt;
+}
+
 }  // namespace
 
 YamlInput::YamlInput(std::filesystem::path file)
@@ -33,36 +85,34 @@ YamlInput::YamlInput(std::filesystem::path file)
 YamlInput::YamlInput(std::filesystem::path file, const std::string& content) : file_(std::move(file)) {
   std::istringstream line_reader(content);
   for (std::string line; std::getline(line_reader, line);) lines_.push_back(line);
-  std::vector<YAML::Node> documents;
+  std::optional<YAML::Mark> second;
   try {
-    documents = YAML::LoadAll(content);
+    root_ = YAML::Load(content);
+    second = second_document_start(content);
   } catch (const YAML::ParserException& e) {
     throw InputError(file_, e.mark.line + 1, e.mark.column + 1, "YAML syntax error: " + e.msg);
   }
   // A second document would be silently dropped by YAML::Load: one file
   // declares one thing.
-  if (documents.size() > 1) {
-    YAML::Mark second = documents[1].Mark();
-    if (second.is_null() || second.line < 0 || documents[1].IsNull()) {
+  if (second) {
+    YAML::Mark at = *second;
+    if (at.is_null() || at.line < 0) {
       // An empty second document has no node to point at: its "---" does.
-      const YAML::Mark first = documents[0].Mark();
+      const YAML::Mark first = root_ ? root_.Mark() : YAML::Mark::null_mark();
       const int after = first.is_null() ? -1 : first.line;
       int markers_seen = 0;
       for (std::size_t i = 0; i < lines_.size(); ++i) {
         if (lines_[i].rfind("---", 0) != 0) continue;
         ++markers_seen;
         if (static_cast<int>(i) > after || markers_seen == 2) {
-          second.line = static_cast<int>(i);
-          second.column = 0;
+          at.line = static_cast<int>(i);
+          at.column = 0;
           break;
         }
       }
     }
-    throw InputError(file_, second.line + 1, second.column + 1,
-                     fmt::format("a second YAML document (the file holds {}; one is expected)",
-                                 documents.size()));
+    throw InputError(file_, at.line + 1, at.column + 1, "a second YAML document (one file declares one thing)");
   }
-  if (!documents.empty()) root_ = documents.front();
   if (!root_ || root_.IsNull()) throw InputError(file_, 1, 1, "the file is empty");
   reject_duplicate_keys_everywhere(root_, 0);
 }

@@ -161,38 +161,6 @@ std::vector<Candidate> list_plugin_files(const fs::path& directory, std::vector<
   return files;
 }
 
-// Which version of each file this process has mapped.  The dynamic linker
-// returns the library it already has for a known path, so while any monitor
-// from an old version of a file is alive (held outside the registry, or by
-// another registry), dlopen of the replaced file silently yields the old
-// code.  Remembering the stamp each mapping was made from lets us say so.
-class MappedVersions {
- public:
-  // Before loading: the stamp the file was mapped from, if it still is mapped.
-  std::optional<PluginFileStamp> still_mapped(const fs::path& file) {
-    void* handle = ::dlopen(file.c_str(), RTLD_LAZY | RTLD_NOLOAD);
-    if (!handle) return std::nullopt;
-    ::dlclose(handle);
-    std::lock_guard lock(mutex_);
-    auto it = versions_.find(file);
-    if (it == versions_.end()) return std::nullopt;  // mapped by someone else; nothing known
-    return it->second;
-  }
-  void record(const PluginFileStamp& stamp) {
-    std::lock_guard lock(mutex_);
-    versions_[stamp.canonical] = stamp;
-  }
-
- private:
-  std::mutex mutex_;
-  std::map<fs::path, PluginFileStamp> versions_;  // by canonical path
-};
-
-MappedVersions& mapped_versions() {
-  static MappedVersions versions;
-  return versions;
-}
-
 // A library opened and checked all the way to a created monitor.
 struct OpenedPlugin {
   std::shared_ptr<boost::dll::shared_library> library;
@@ -200,21 +168,31 @@ struct OpenedPlugin {
   std::unique_ptr<api::Monitor> monitor;  // destroyed before `library` by the caller
 };
 
-// Opens `path` and runs the plugin's entry points.  Returns the opened plugin
-// or the reason it is refused.  Every exception from plugin code is turned
-// into text before the library can be unloaded.
-std::variant<OpenedPlugin, std::string> open_plugin(const fs::path& path) {
-  auto library = std::make_shared<boost::dll::shared_library>();
+// Opens `image` (the private copy of `file`) and runs the plugin's entry
+// points.  Returns the opened plugin or the reason it is refused.  Every
+// exception from plugin code is turned into text before the library can be
+// unloaded.
+std::variant<OpenedPlugin, std::string> open_plugin(const std::shared_ptr<const PluginImage>& image,
+                                                    const fs::path& file) {
+  // The library's deleter holds the image: its fd (and so its unique load
+  // name) lives until the code is unmapped.
+  auto library = std::shared_ptr<boost::dll::shared_library>(new boost::dll::shared_library,
+                                                             [image](boost::dll::shared_library* l) { delete l; });
   boost::dll::fs::error_code ec;
   ::dlerror();  // clear any stale message so the one read below is this load's
   try {
-    library->load(boost::dll::fs::path(path.native()), kLoadMode, ec);
+    library->load(boost::dll::fs::path(image->load_path().native()), kLoadMode, ec);
   } catch (...) {
     return "threw while being loaded: " + current_exception_text();
   }
   if (ec || !library->is_loaded()) {
     const char* why = ::dlerror();
-    return std::string("not a loadable shared library: ") + (why ? why : ec.message());
+    std::string text = why ? why : ec.message();
+    // The linker names the image; the operator knows the file.
+    const std::string alias = image->load_path().string();
+    for (auto at = text.find(alias); at != std::string::npos; at = text.find(alias, at + 1))
+      text.replace(at, alias.size(), file.string());
+    return "not a loadable shared library: " + text;
   }
 
   if (!library->has(api::symbols::kAbiVersion))
@@ -247,22 +225,25 @@ std::variant<OpenedPlugin, std::string> open_plugin(const fs::path& path) {
 
 // Loading, describing and creating a monitor first happen in a throwaway
 // child: a static initializer that throws, a crash or an exit() there is the
-// child's end and that plugin's refusal, not the host's end.  All files of a
-// scan share one child, which reports file by file; a file that takes the
-// child down gets the child's failure as its verdict and the files after it
-// go on in a new child.  Each verdict is empty when the file behaved.
-std::vector<std::string> vet_in_children(const std::vector<fs::path>& paths) {
-  std::vector<std::string> verdicts(paths.size());
+// child's end and that plugin's refusal, not the host's end.  The child loads
+// the same image the host loads afterwards, so what was vetted is what runs.
+// All files of a scan share one child, which reports file by file; a file
+// that takes the child down gets the child's failure as its verdict and the
+// files after it go on in a new child.  Each verdict is empty when the file
+// behaved.
+std::vector<std::string> vet_in_children(const std::vector<std::shared_ptr<const PluginImage>>& images,
+                                         const std::vector<fs::path>& files) {
+  std::vector<std::string> verdicts(images.size());
   std::size_t next = 0;
-  while (next < paths.size()) {
+  while (next < images.size()) {
     const std::size_t first = next;
     ChildTranscript transcript = run_in_child_streaming(
         [&](const ChildEmit& emit) {
           // Kept open until the child ends: a crash while unloading one file
           // must not be blamed on the next.
           static std::vector<OpenedPlugin> kept;
-          for (std::size_t i = first; i < paths.size(); ++i) {
-            auto opened = open_plugin(paths[i]);
+          for (std::size_t i = first; i < images.size(); ++i) {
+            auto opened = open_plugin(images[i], files[i]);
             if (auto* reason = std::get_if<std::string>(&opened)) {
               emit(*reason);
             } else {
@@ -273,10 +254,10 @@ std::vector<std::string> vet_in_children(const std::vector<fs::path>& paths) {
         },
         "being loaded, described and creating its monitor");
     for (auto& piece : transcript.pieces) {
-      if (next == paths.size()) break;
+      if (next == images.size()) break;
       verdicts[next++] = std::move(piece);
     }
-    if (next == paths.size()) break;
+    if (next == images.size()) break;
     // The child ended before it reached this file's verdict: this file ended it.
     verdicts[next++] =
         transcript.failure.empty() ? std::string("its vetting child ended without a verdict") : transcript.failure;
@@ -284,33 +265,26 @@ std::vector<std::string> vet_in_children(const std::vector<fs::path>& paths) {
   return verdicts;
 }
 
-// Loads one file, already vetted (or mapped here before), and checks it all
-// the way to a created monitor.  Returns the plugin, or the reason it is
-// refused.
-std::variant<LoadedPlugin, std::string> load_plugin(const Candidate& candidate) {
-  // Loaded by canonical path, so every name of one file maps to one entry.
-  const fs::path& path = candidate.stamp.canonical;
-  const auto earlier = mapped_versions().still_mapped(path);
-  if (earlier && *earlier != candidate.stamp)
-    return "the file was replaced, but its earlier version is still loaded in this process (a monitor "
-           "created from it is still in use); the new version loads on a rescan after that is released";
-
-  auto opened = open_plugin(path);
+// Loads one image of `file` and checks it all the way to a created monitor.
+// Returns the plugin, or the reason it is refused.
+std::variant<std::shared_ptr<const LoadedPlugin>, std::string> load_from_image(
+    std::shared_ptr<const PluginImage> image, const fs::path& file, const PluginFileStamp& stamp) {
+  auto opened = open_plugin(image, file);
   if (auto* reason = std::get_if<std::string>(&opened)) return std::move(*reason);
   auto& plugin_code = std::get<OpenedPlugin>(opened);
-  if (!earlier) mapped_versions().record(candidate.stamp);
 
-  LoadedPlugin plugin;
-  plugin.file = candidate.file;
-  plugin.stamp = candidate.stamp;
-  plugin.descriptor = plugin_code.descriptor;
-  plugin.mode = api::mode_token(plugin.descriptor.execution, plugin.descriptor.mmu);
+  auto plugin = std::make_shared<LoadedPlugin>();
+  plugin->file = file;
+  plugin->stamp = stamp;
+  plugin->image = std::move(image);
+  plugin->descriptor = plugin_code.descriptor;
+  plugin->mode = api::mode_token(plugin->descriptor.execution, plugin->descriptor.mmu);
   // The guard owns a reference to the library: the monitor's destructor is
   // plugin code and runs before the last reference unloads it.
-  plugin.monitor = std::make_shared<GuardedMonitor>(plugin_code.library, std::move(plugin_code.monitor),
-                                                    plugin.descriptor.name);
-  plugin.library = std::move(plugin_code.library);
-  return plugin;
+  plugin->monitor = std::make_shared<GuardedMonitor>(plugin_code.library, std::move(plugin_code.monitor),
+                                                     plugin->descriptor.name);
+  plugin->library = std::move(plugin_code.library);
+  return std::shared_ptr<const LoadedPlugin>(std::move(plugin));
 }
 
 }  // namespace
@@ -319,10 +293,17 @@ PluginRegistry::PluginRegistry(std::vector<fs::path> directories) : directories_
 
 PluginRegistry::~PluginRegistry() = default;
 
-const LoadedPlugin* PluginRegistry::find(std::string_view name) const {
+const LoadedPlugin* PluginRegistry::find(std::string_view name) const { return share(name).get(); }
+
+std::shared_ptr<const LoadedPlugin> PluginRegistry::share(std::string_view name) const {
   for (const auto& plugin : plugins_)
-    if (plugin.descriptor.name == name) return &plugin;
+    if (plugin->descriptor.name == name) return plugin;
   return nullptr;
+}
+
+std::variant<std::shared_ptr<const LoadedPlugin>, std::string> load_plugin_image(
+    std::shared_ptr<const PluginImage> image, const fs::path& file, const PluginFileStamp& stamp) {
+  return load_from_image(std::move(image), file, stamp);
 }
 
 void PluginRegistry::rescan() {
@@ -338,35 +319,43 @@ void PluginRegistry::rescan() {
     std::move(files.begin(), files.end(), std::back_inserter(candidates));
   }
 
-  // Unchanged files keep their loaded plugin (and its live monitor).  The rest
-  // of the old plugins are released now, before loading anything: the dynamic
-  // linker hands back an already-open library for a path it knows, so a
-  // replaced file must be closed before it can be loaded afresh.
-  std::vector<std::optional<LoadedPlugin>> slots(candidates.size());
+  // Unchanged files keep their loaded plugin (and its live monitor).  The
+  // registry lets go of the rest; a VM that holds one keeps it loaded (each
+  // version is loaded from its own image, so the new file loads afresh).
+  std::vector<std::shared_ptr<const LoadedPlugin>> slots(candidates.size());
   std::map<std::string, fs::path> name_owner;  // plugin name -> file that provides it
   for (std::size_t i = 0; i < candidates.size(); ++i) {
-    auto old = std::find_if(plugins_.begin(), plugins_.end(),
-                            [&](const LoadedPlugin& p) { return p.stamp == candidates[i].stamp; });
+    auto old = std::find_if(plugins_.begin(), plugins_.end(), [&](const auto& p) {
+      return p->stamp == candidates[i].stamp && p->file == candidates[i].file;
+    });
     if (old == plugins_.end()) continue;
-    old->file = candidates[i].file;
-    name_owner.emplace(old->descriptor.name, old->file);
+    name_owner.emplace((*old)->descriptor.name, (*old)->file);
     slots[i] = std::move(*old);
     plugins_.erase(old);
   }
   plugins_.clear();
 
-  // A version this process already has mapped has run its initializers here
-  // without harm; every other new file is vetted first.
-  std::vector<std::size_t> to_vet;
-  std::vector<fs::path> vet_paths;
-  for (std::size_t i = 0; i < candidates.size(); ++i) {
-    if (slots[i] || mapped_versions().still_mapped(candidates[i].stamp.canonical)) continue;
-    to_vet.push_back(i);
-    vet_paths.push_back(candidates[i].stamp.canonical);
-  }
+  // Every new file is copied once; the copy is vetted in a child and then
+  // loaded here, so a file replaced in between cannot slip past the vetting.
+  std::vector<std::shared_ptr<const PluginImage>> images(candidates.size());
   std::vector<std::string> verdicts(candidates.size());
-  if (!vet_paths.empty()) {
-    auto vetted = vet_in_children(vet_paths);
+  std::vector<std::size_t> to_vet;
+  std::vector<std::shared_ptr<const PluginImage>> vet_images;
+  std::vector<fs::path> vet_files;
+  for (std::size_t i = 0; i < candidates.size(); ++i) {
+    if (slots[i]) continue;
+    try {
+      images[i] = PluginImage::copy_of(candidates[i].stamp.canonical);
+    } catch (const std::exception& e) {
+      verdicts[i] = e.what();
+      continue;
+    }
+    to_vet.push_back(i);
+    vet_images.push_back(images[i]);
+    vet_files.push_back(candidates[i].file);
+  }
+  if (!vet_images.empty()) {
+    auto vetted = vet_in_children(vet_images, vet_files);
     for (std::size_t k = 0; k < to_vet.size(); ++k) verdicts[to_vet[k]] = std::move(vetted[k]);
   }
 
@@ -376,24 +365,24 @@ void PluginRegistry::rescan() {
       problems.push_back({{i, 1}, {candidates[i].file, std::move(verdicts[i])}});
       continue;
     }
-    auto loaded = load_plugin(candidates[i]);
+    auto loaded = load_from_image(std::move(images[i]), candidates[i].file, candidates[i].stamp);
     if (auto* reason = std::get_if<std::string>(&loaded)) {
       problems.push_back({{i, 1}, {candidates[i].file, std::move(*reason)}});
       continue;
     }
-    auto& plugin = std::get<LoadedPlugin>(loaded);
-    auto [owner, inserted] = name_owner.emplace(plugin.descriptor.name, plugin.file);
+    auto& plugin = std::get<std::shared_ptr<const LoadedPlugin>>(loaded);
+    auto [owner, inserted] = name_owner.emplace(plugin->descriptor.name, plugin->file);
     if (!inserted) {
       problems.push_back({{i, 1},
                           {candidates[i].file, fmt::format("plugin name '{}' already provided by {}",
-                                                           plugin.descriptor.name, owner->second.string())}});
+                                                           plugin->descriptor.name, owner->second.string())}});
       continue;  // `loaded` goes out of scope here: monitor first, then its library
     }
     slots[i] = std::move(plugin);
   }
 
   for (auto& slot : slots)
-    if (slot) plugins_.push_back(std::move(*slot));
+    if (slot) plugins_.push_back(std::move(slot));
 
   std::stable_sort(problems.begin(), problems.end(),
                    [](const auto& a, const auto& b) { return a.first < b.first; });
