@@ -508,7 +508,7 @@ class KvmVcpu final : public api::Vcpu {
   std::uint64_t hold_slice_ns() const {
     return std::clamp<std::uint64_t>(4 * last_run_ns_, kMinHoldSliceNs, kMaxHoldSliceNs);
   }
-  static constexpr std::uint64_t kMinHoldSliceNs = 1'000'000, kMaxHoldSliceNs = 50'000'000;
+  static constexpr std::uint64_t kMinHoldSliceNs = 1'000'000, kMaxHoldSliceNs = 10'000'000;
 
   struct InjectionPoint {
     std::uint64_t rip, rsp;
