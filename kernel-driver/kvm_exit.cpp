@@ -177,6 +177,7 @@ api::Counters ExitCounters::to_counters() const {
       {"kvm.exit.other", other},
       {"kvm.interrupted", intr},
       {"kvm.interrupts_injected", interrupts_injected},
+      {"kvm.interrupts_held", interrupts_held},
       {"kvm.nmis_injected", nmis_injected},
   };
   std::vector<std::pair<std::uint16_t, std::uint64_t>> ports(io_ports.begin(), io_ports.end());

@@ -24,6 +24,7 @@ struct ExitCounters {
   std::uint64_t hlt = 0;
   std::uint64_t irq_window_open = 0;
   std::uint64_t interrupts_injected = 0;
+  std::uint64_t interrupts_held = 0;  // held back one guest run so the interrupted code progresses
   std::uint64_t nmis_injected = 0;
   std::uint64_t set_tpr = 0;         // KVM_EXIT_SET_TPR (CR8 lowered, userspace APIC)
   std::uint64_t intr = 0;            // KVM_RUN interrupted (kick, timer) / KVM_EXIT_INTR

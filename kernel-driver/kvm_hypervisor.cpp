@@ -9,12 +9,14 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
+#include <optional>
 #include <thread>
 
 #include "kernel-driver/kvm_abi.hpp"
@@ -209,7 +211,15 @@ class KvmVcpu final : public api::Vcpu {
       }
       prepare_interrupts();
       arm_timer();
-      if (::ioctl(fd_.get(), KVM_RUN, 0) < 0) {
+      const auto entered = std::chrono::steady_clock::now();
+      const int ran = ::ioctl(fd_.get(), KVM_RUN, 0);
+      const int run_errno = errno;
+      last_run_ns_ = static_cast<std::uint64_t>(
+          std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - entered).count());
+      holding_ = false;  // the held-back interrupt's slice is over, whatever ended it
+      window_opened_ = ran >= 0 ? run_->exit_reason == KVM_EXIT_IRQ_WINDOW_OPEN : window_opened_;
+      errno = run_errno;
+      if (ran < 0) {
         if (errno == EINTR || errno == EAGAIN) {
           ++counters_.intr;
           run_->immediate_exit = 0;
@@ -348,6 +358,8 @@ class KvmVcpu final : public api::Vcpu {
     run_->cr8 = st.cr8;
     halted_ = st.run_state == api::RunState::Halted;
     halted_if_ = (st.rflags & 0x200) != 0;
+    injected_at_.reset();  // a new state: no handler is returning into it
+    window_opened_ = holding_ = false;
     wait_for_sipi_ = st.run_state == api::RunState::WaitForSipi;
   }
 
@@ -423,7 +435,11 @@ class KvmVcpu final : public api::Vcpu {
 
   void arm_timer() {
     if (!timer_created_) return;
-    const std::uint64_t deadline = platform_.next_timer_deadline_ns();
+    // While an interrupt is held back the guest's slice is what ends the run
+    // (a device timer falling due meanwhile only coalesces into the pending
+    // request); otherwise the platform's next device timer.
+    const std::uint64_t deadline = holding_ ? platform_.now_ns() + hold_slice_ns()
+                                            : platform_.next_timer_deadline_ns();
     if (deadline == armed_deadline_) return;
     armed_deadline_ = deadline;
     itimerspec its{};
@@ -438,12 +454,37 @@ class KvmVcpu final : public api::Vcpu {
 
   // Userspace interrupt controller: inject the platform's pending interrupt
   // when the guest can take it, else ask KVM to exit when it can.
+  //
+  // Forward progress: when the interrupt window opens exactly where the last
+  // interrupt was injected (same RIP and RSP: its handler has just returned
+  // to the interrupted code, which has not run an instruction since), the
+  // next interrupt is held back for one run of the guest, until its next exit
+  // or a bounded slice.  Hardware would take it at once, but there a handler
+  // takes microseconds; here every exit of a handler costs a round trip
+  // through the driver (tens of microseconds, milliseconds on a loaded nested
+  // host), so a periodic timer whose period is shorter than one handler's
+  // round trips is due again at every IRET and the interrupted code never
+  // runs (a guest in `while (ticks < n) hlt;` never sees its count).
+  // Delaying an external interrupt is always architecturally allowed; the
+  // hold only happens when the guest would otherwise make no progress.
   void prepare_interrupts() {
     if (!platform_.interrupt_pending(index_)) {
       run_->request_interrupt_window = 0;
       return;
     }
     if (run_->ready_for_interrupt_injection && run_->if_flag) {
+      kvm_regs regs{};
+      if (::ioctl(fd_.get(), KVM_GET_REGS, &regs) < 0) fail("KVM_GET_REGS");
+      if (window_opened_ && injected_at_ && injected_at_->rip == regs.rip && injected_at_->rsp == regs.rsp) {
+        injected_at_.reset();  // one slice per injection: a guest spinning in place still gets the next one
+        window_opened_ = false;
+        holding_ = true;
+        ++counters_.interrupts_held;
+        run_->request_interrupt_window = 0;
+        return;
+      }
+      window_opened_ = false;
+      injected_at_ = InjectionPoint{regs.rip, regs.rsp};
       kvm_interrupt irq{};
       irq.irq = platform_.acknowledge_interrupt(index_);
       if (::ioctl(fd_.get(), KVM_INTERRUPT, &irq) < 0) fail("KVM_INTERRUPT");
@@ -496,6 +537,20 @@ class KvmVcpu final : public api::Vcpu {
   kvm_run* run_ = nullptr;
   ExitCounters counters_;
   std::unique_ptr<KernelStats> stats_;
+  // The slice a held-back interrupt waits: room for a few round trips into
+  // the guest as long as the last one took, at least kMinHoldSliceNs.
+  std::uint64_t hold_slice_ns() const {
+    return std::clamp<std::uint64_t>(4 * last_run_ns_, kMinHoldSliceNs, kMaxHoldSliceNs);
+  }
+  static constexpr std::uint64_t kMinHoldSliceNs = 1'000'000, kMaxHoldSliceNs = 10'000'000;
+
+  struct InjectionPoint {
+    std::uint64_t rip, rsp;
+  };
+  std::optional<InjectionPoint> injected_at_;  // where the last external interrupt was injected
+  bool window_opened_ = false;  // the last exit was KVM_EXIT_IRQ_WINDOW_OPEN (and nothing was injected since)
+  bool holding_ = false;        // this run holds a pending interrupt back (see prepare_interrupts)
+  std::uint64_t last_run_ns_ = 0;  // wall time of the last KVM_RUN
   bool halted_ = false, halted_if_ = false;
   bool wait_for_sipi_ = false;  // KVM's own INIT/SIPI states need its in-kernel APIC; this is ours
   bool pending_completion_ = false;

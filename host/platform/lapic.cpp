@@ -96,9 +96,17 @@ void Lapic::accept(std::uint8_t vector, bool level_triggered) {
     set_reg(kEsr, reg(kEsr) | (1u << 6));  // received illegal vector
     return;
   }
+  const bool already_requested = bit(kIrr, vector);
   set_bit(kIrr, vector, true);
   set_bit(kTmr, vector, level_triggered);
-  machine_.interrupt_raised(vcpu_);
+  // Announced (the vCPU kicked out of guest code) only when the CPU could
+  // take something now.  A request already in IRR was announced when it
+  // arrived, and one held off by the in-service class or the TPR is announced
+  // by the EOI or TPR write that releases it.  A periodic timer falling due
+  // while its last tick is still pending or in service would otherwise kick
+  // the vCPU once per period for nothing, which costs more than a short
+  // period when exits are slow (a loaded nested host).
+  if (!already_requested && pending_vector() >= 0) machine_.interrupt_raised(vcpu_);
 }
 
 bool Lapic::matches(std::uint8_t destination, bool logical) const {
@@ -190,7 +198,8 @@ void Lapic::eoi() {
   set_bit(kIsr, static_cast<unsigned>(v), false);
   if (bit(kTmr, static_cast<unsigned>(v)))
     bus_.broadcast_eoi(static_cast<std::uint8_t>(v));
-  machine_.interrupt_raised(vcpu_);  // a lower-priority request may now be deliverable
+  // A lower-priority request may now be deliverable (else nothing changed for the CPU).
+  if (pending_vector() >= 0) machine_.interrupt_raised(vcpu_);
 }
 
 std::uint64_t Lapic::timer_ns_per_count() const {

@@ -208,7 +208,7 @@ g_triple_end:
 
 # --- interrupts: STI, then HLT (or spin) until the platform's interrupts came;
 #     vector 0x30 handler reports on port 0x13 --------------------------------
-    .globl g_irq_start, g_irq_end, g_irq_handler, g_irq_spin, g_irq_window
+    .globl g_irq_start, g_irq_end, g_irq_handler, g_irq_spin, g_irq_window, g_irq_progress
 g_irq_start:
     sti
 1:  hlt
@@ -223,6 +223,10 @@ g_irq_window:
     sti
     nop                              # the STI shadow
 3:  jmp 3b
+g_irq_progress:
+    sti
+4:  outb %al, $0x14                  # the interrupted code reports each step it makes
+    jmp 4b
 g_irq_handler:
     outb %al, $0x13
     iret

@@ -46,6 +46,7 @@ class TestPlatform : public api::Platform {
   int interrupts_to_raise = 0;   // raised one by one from wait_for_interrupt
   int nmis_to_raise = 0;         // likewise, NMIs (before any interrupt)
   std::uint8_t vector = 0x30;
+  bool storm = false;  // taking the interrupt raises it again at once (a timer faster than its handler)
   std::uint64_t deadline_ns = UINT64_MAX;  // a device timer: raises `vector` once due
   int acks = 0;
   std::atomic<bool> stop{false};
@@ -86,7 +87,7 @@ class TestPlatform : public api::Platform {
     return raised_;
   }
   std::uint8_t acknowledge_interrupt(unsigned) override {
-    raised_ = false;
+    raised_ = storm;
     ++acks;
     return vector;
   }

@@ -82,7 +82,7 @@ exec 3>&-
 mode=$(sed -n 's/.*MONITOR MODE: selected *: //p' "$work/logs/$vm.log" | tail -1)
 cat "$work/out"
 echo "--- modevisor: $mode; prompt after ${booted}s; exit status $status"
-grep -E "kvm.exits|kvm.exit.(io|mmio|hlt)|interrupts_injected|^ *ipi " "$work/err" | head -16
+grep -E "kvm.exits|kvm.exit.(io|mmio|hlt)|interrupts_(injected|held)|^ *ipi " "$work/err" | head -17
 grep -E "vCPU [0-9]+: (INIT|STARTUP)" "$work/logs/$vm.log" | sed 's/.*| //' 
 [ "$status" = 0 ] || fail "exit status $status after $ending -f (expected 0)"
 grep -q "power off: stopped ($reason" "$work/logs/$vm.log" || fail "the VM log does not give the reason '$reason'"

@@ -373,6 +373,43 @@ TEST(MachineTimeTest, HostInputWakesAHaltedVcpu) {
   EXPECT_EQ(t.machine.acknowledge_interrupt(0), 0x24);
 }
 
+// The vCPU is kicked when a timer interrupt becomes deliverable, not each
+// time a periodic timer falls due while its last tick is still pending or in
+// service (a kick costs a guest exit, which can take longer than the period).
+TEST(LapicTimerTest, PeriodicTicksAreAnnouncedOnlyWhenDeliverable) {
+  TestPc t;
+  t.apic_write(0xf0, 0x1ff);
+  t.apic_write(0x350, 0x10000);  // LINT0 masked: no PIC
+  int kicks = 0;
+  t.machine.set_interrupt_notifier([&](unsigned) { ++kicks; });
+  t.apic_write(0x3e0, 0xb);       // divide by 1: 1 ns per count
+  t.apic_write(0x320, 0x20040);   // periodic, vector 0x40
+  t.apic_write(0x380, 1000);      // 1 us period
+  const auto irr40 = [&] { return (t.apic_read(0x200 + 0x20) & 1u) != 0; };
+
+  t.advance_ns(1000);
+  t.machine.next_timer_deadline_ns();
+  EXPECT_EQ(kicks, 1) << "the first tick is deliverable";
+  ASSERT_TRUE(irr40());
+  t.advance_ns(1000);
+  t.machine.next_timer_deadline_ns();
+  EXPECT_EQ(kicks, 1) << "the next tick coalesces into the pending one";
+
+  EXPECT_EQ(t.machine.acknowledge_interrupt(0), 0x40);
+  t.advance_ns(1000);
+  t.machine.next_timer_deadline_ns();
+  EXPECT_TRUE(irr40()) << "a tick during the handler is requested";
+  EXPECT_EQ(kicks, 1) << "but not announced: its own class is in service";
+  t.apic_write(0xb0, 0);  // EOI releases it
+  EXPECT_EQ(kicks, 2);
+  EXPECT_TRUE(t.machine.interrupt_pending(0));
+
+  EXPECT_EQ(t.machine.acknowledge_interrupt(0), 0x40);
+  t.apic_write(0xb0, 0);  // nothing left to deliver
+  EXPECT_EQ(kicks, 2);
+  EXPECT_FALSE(t.machine.interrupt_pending(0));
+}
+
 TEST(MachineTimeTest, HostClockWaitEndsOnStop) {
   Machine machine;  // real clock; no timing assertion
   std::thread stopper([&] { machine.request_stop("test", 3); });
