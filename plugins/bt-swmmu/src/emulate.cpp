@@ -195,12 +195,14 @@ void Vcpu::do_wrmsr() {
     case 0xc0000080:
       if (v & ~0x800ull) raise(13, true, 0);  // only NXE: no long mode, no SYSCALL
       efer_ = v;
+      monitor_tlb_flush();
       break;
     default: raise(13, true, 0);
   }
 }
 
 void Vcpu::write_cr(unsigned n, std::uint32_t v) {
+  monitor_tlb_flush();
   switch (n) {
     case 0:
       v |= 0x10;
@@ -313,7 +315,7 @@ void Vcpu::string_op(const ZydisDecodedInstruction& insn, const ZydisDecodedOper
         // Probe the destination first so a #PF does not lose the port read.
         lin_to_phys(es_base + edi, true, user, false);
         ++counters_.io_exits;
-        std::uint32_t v = platform_.io_in(index_, static_cast<std::uint16_t>(reg32(2)), size);
+        std::uint32_t v = platform_call().io_in(index_, static_cast<std::uint16_t>(reg32(2)), size);
         write(es_base + edi, size, v & mask, user);
         edi += step;
         break;
@@ -322,7 +324,7 @@ void Vcpu::string_op(const ZydisDecodedInstruction& insn, const ZydisDecodedOper
         if (cpl_ > ((ctx_->sysflags & kIOPL) >> 12)) raise(13, true, 0);
         std::uint32_t v = read(src_base + esi, size, user);
         ++counters_.io_exits;
-        platform_.io_out(index_, static_cast<std::uint16_t>(reg32(2)), size, v);
+        platform_call().io_out(index_, static_cast<std::uint16_t>(reg32(2)), size, v);
         esi += step;
         break;
       }
@@ -564,26 +566,46 @@ bool Vcpu::emulate_mmio_native(std::uint32_t eip, const ZydisDecodedInstruction&
   return true;
 }
 
-void Vcpu::emulate(std::uint32_t eip, bool mmio) {
+// The instruction at `eip`, decoded.  A special block's instruction is
+// decoded once and kept with the block (the block is dropped when its code
+// is written, and its lookup checked the fetch); anything else is fetched
+// through the guest's page tables, one walk per page.
+const DecodedInsn& Vcpu::fetch_decoded(std::uint32_t eip, Block* b, DecodedInsn& scratch) {
+  if (b && b->decoded && b->eip == eip) return *b->decoded;
   const bool user = cpl_ == 3;
   std::uint8_t bytes[16];
-  unsigned n = 0;
-  for (; n < 15; ++n) {
+  unsigned n = std::min(15u, 0x1000 - (eip & 0xfff));
+  const std::uint64_t pa = lin_to_phys(eip, false, user, true);
+  for (unsigned i = 0; i < n; ++i) bytes[i] = static_cast<std::uint8_t>(read_phys(pa + i, 1));
+  if (n < 15) {
     try {
-      bytes[n] = static_cast<std::uint8_t>(read(eip + n, 1, user, true));
+      const std::uint64_t pa2 = lin_to_phys(eip + n, false, user, true);
+      for (unsigned i = 0; n < 15; ++i, ++n) bytes[n] = static_cast<std::uint8_t>(read_phys(pa2 + i, 1));
     } catch (const GuestException&) {
-      if (n == 0) throw;
-      break;
     }
   }
-  ZydisDecoder dec;
-  ZydisDecoderInit(&dec, ZYDIS_MACHINE_MODE_LEGACY_32, ZYDIS_STACK_WIDTH_32);
-  ZydisDecodedInstruction insn;
-  ZydisDecodedOperand ops[ZYDIS_MAX_OPERAND_COUNT];
-  if (!ZYAN_SUCCESS(ZydisDecoderDecodeFull(&dec, bytes, n, &insn, ops))) {
+  static const ZydisDecoder dec = [] {
+    ZydisDecoder d;
+    ZydisDecoderInit(&d, ZYDIS_MACHINE_MODE_LEGACY_32, ZYDIS_STACK_WIDTH_32);
+    return d;
+  }();
+  if (!ZYAN_SUCCESS(ZydisDecoderDecodeFull(&dec, bytes, n, &scratch.insn, scratch.ops))) {
     if (n < 15) read(eip + n, 1, user, true);  // a fetch #PF, if that is why
     raise(6);
   }
+  if (b && b->special && b->eip == eip && (eip & 0xfff) + scratch.insn.length <= 0x1000) {
+    b->decoded = std::make_unique<DecodedInsn>(scratch);
+    return *b->decoded;
+  }
+  return scratch;
+}
+
+void Vcpu::emulate(std::uint32_t eip, bool mmio, Block* block) {
+  const bool user = cpl_ == 3;
+  DecodedInsn scratch;
+  const DecodedInsn& decoded = fetch_decoded(eip, block, scratch);
+  const ZydisDecodedInstruction& insn = decoded.insn;
+  const ZydisDecodedOperand* ops = decoded.ops;
   if (insn.encoding != ZYDIS_INSTRUCTION_ENCODING_LEGACY && insn.encoding != ZYDIS_INSTRUCTION_ENCODING_3DNOW) raise(6);
   const std::uint32_t next = eip + insn.length;
   const unsigned opsize = insn.operand_width;
@@ -648,14 +670,14 @@ void Vcpu::emulate(std::uint32_t eip, bool mmio) {
       if (cpl_ > iopl) raise(13, true, 0);
       const std::uint16_t port = static_cast<std::uint16_t>(operand_value(ops[1]));
       ++counters_.io_exits;
-      set_reg(ops[0].reg.value, platform_.io_in(index_, port, ops[0].size / 8));
+      set_reg(ops[0].reg.value, platform_call().io_in(index_, port, ops[0].size / 8));
       break;
     }
     case ZYDIS_MNEMONIC_OUT: {
       if (cpl_ > iopl) raise(13, true, 0);
       const std::uint16_t port = static_cast<std::uint16_t>(operand_value(ops[0]));
       ++counters_.io_exits;
-      platform_.io_out(index_, port, ops[1].size / 8, get_reg(ops[1].reg.value));
+      platform_call().io_out(index_, port, ops[1].size / 8, get_reg(ops[1].reg.value));
       break;
     }
     case ZYDIS_MNEMONIC_HLT:
@@ -795,7 +817,7 @@ void Vcpu::emulate(std::uint32_t eip, bool mmio) {
       break;
     }
     case ZYDIS_MNEMONIC_CLTS: need_cpl0(); cr0_ &= ~8ull; break;
-    case ZYDIS_MNEMONIC_INVLPG: need_cpl0(); shadow_->invlpg(ea(ops[0])); break;
+    case ZYDIS_MNEMONIC_INVLPG: need_cpl0(); monitor_tlb_flush(); shadow_->invlpg(ea(ops[0])); break;
     case ZYDIS_MNEMONIC_WBINVD: case ZYDIS_MNEMONIC_INVD: need_cpl0(); break;
     case ZYDIS_MNEMONIC_MOV: {
       auto cls0 = ops[0].type == ZYDIS_OPERAND_TYPE_REGISTER ? ZydisRegisterGetClass(ops[0].reg.value) : ZYDIS_REGCLASS_INVALID;

@@ -20,6 +20,13 @@ inline constexpr TKey kTKeyFpuTrap = 1;
 inline constexpr TKey kTKeyUser = 2;    // CPL 3
 inline constexpr TKey kTKeyRing12 = 4;  // CPL 1 or 2 (CPL 0 when neither bit)
 
+// A guest instruction as Zydis decodes it (kept with special blocks, so the
+// monitor decodes each emulated instruction once).
+struct DecodedInsn {
+  ZydisDecodedInstruction insn;
+  ZydisDecodedOperand ops[ZYDIS_MAX_OPERAND_COUNT];
+};
+
 struct Block {
   std::uint32_t eip = 0;        // guest linear start
   std::uint32_t end_eip = 0;    // first byte after the last guest instruction
@@ -45,6 +52,7 @@ struct Block {
     bool esp = true;
   };
   std::vector<Swap> swaps;
+  std::unique_ptr<DecodedInsn> decoded;  // special blocks: the instruction, once emulated
 };
 
 // Code bytes for translation: up to the end of the first page, plus the

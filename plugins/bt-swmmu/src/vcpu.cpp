@@ -200,6 +200,7 @@ void Vcpu::add_counters(api::Counters& out) const {
   add("bt.smc_invalidations", t.smc_invalidations);
   add("bt.special_exits", counters_.special_exits);
   add("bt.irq_check_exits", counters_.irq_exits);
+  add("bt.platform_polls", counters_.platform_polls);
   add("bt.io_exits", counters_.io_exits);
   add("bt.mmio_exits", counters_.mmio_exits);
   add("bt.hlt_exits", counters_.hlt_exits);
@@ -266,6 +267,14 @@ void Vcpu::block_poll() {
 }
 
 void Vcpu::kick() {
+  if (t_current == this && in_run_ && !in_guest_) {
+    // From the vCPU's own thread, inside a platform call the monitor made
+    // (e.g. a TPR write that unmasks an interrupt): the dispatcher looks at
+    // the platform before it runs guest code again; nothing to interrupt.
+    poll_needed_.store(true, std::memory_order_release);
+    return;
+  }
+  poll_needed_.store(true, std::memory_order_release);
   kicked_.store(true, std::memory_order_seq_cst);
   block_poll();
 }
@@ -273,6 +282,7 @@ void Vcpu::kick() {
 bool Vcpu::handle_signal(int sig, void* info, void* uctx) {
   if (!in_run_) return false;
   if (sig == kKickSignal) {  // host timer tick
+    poll_needed_.store(true, std::memory_order_release);
     if (in_guest_) block_poll();
     return true;
   }
@@ -416,6 +426,7 @@ api::RunExit Vcpu::run() {
   if (run_state_ == api::RunState::WaitForSipi) return ex;
   t_current = this;
   in_run_ = true;
+  poll_needed_.store(true);
   gs_base_ = ~0ull;
   arm_timer();
   struct Guard {
@@ -439,20 +450,36 @@ api::RunExit Vcpu::run() {
     return ex;
   }
   for (;;) {
+    monitor_tlb_flush();  // guest code may have changed its page tables since
     if (dirty_req_) {
       std::lock_guard<std::mutex> lk(dirty_mu_);
       service_dirty_request();
     }
-    if (platform_.stop_requested() || kicked_.exchange(false)) {
+    if (kicked_.exchange(false)) {
       ex.kind = api::ExitKind::Stopped;
       return ex;
     }
-    const api::CpuEvents events = platform_.cpu_events(index_);
-    if (events.init || events.startup) {  // the host applies them to the state
-      ex.kind = api::ExitKind::Stopped;
-      return ex;
+    // The platform's state (stop requests, CPU events, interrupt lines, timer
+    // deadlines) only changes through our own platform calls or with a kick
+    // (the interrupt notifier, stop requests) or the host tick: look at it
+    // then, and only then (it takes the machine's lock and reads the clock).
+    const bool poll = poll_needed_.exchange(false, std::memory_order_acq_rel) || platform_called_;
+    platform_called_ = false;
+    if (poll) {
+      ++counters_.platform_polls;
+      if (platform_.stop_requested()) {
+        ex.kind = api::ExitKind::Stopped;
+        return ex;
+      }
+      const api::CpuEvents events = platform_.cpu_events(index_);
+      if (events.init || events.startup) {  // the host applies them to the state
+        ex.kind = api::ExitKind::Stopped;
+        return ex;
+      }
+      if (events.nmi && platform_.acknowledge_nmi(index_)) nmi_pending_ = true;
+      irq_line_ = platform_.interrupt_pending(index_);
+      arm_deadline();
     }
-    if (events.nmi && platform_.acknowledge_nmi(index_)) nmi_pending_ = true;
     try {
       // Pending events.
       if (pending_exception_) {
@@ -477,10 +504,11 @@ api::RunExit Vcpu::run() {
       const bool can_irq = (ctx_->sysflags & kIF) && !interrupt_shadow_;
       interrupt_shadow_ = false;
       // For inline STI/POPF: is an interrupt waiting for IF?
-      ctx_->irq_hint = !(ctx_->sysflags & kIF) && (pending_interrupt_ || platform_.interrupt_pending(index_));
-      if (can_irq && (pending_interrupt_ || platform_.interrupt_pending(index_))) {
+      ctx_->irq_hint = !(ctx_->sysflags & kIF) && (pending_interrupt_ || irq_line_);
+      if (can_irq && (pending_interrupt_ || (irq_line_ && platform_.interrupt_pending(index_)))) {
         std::uint8_t vec = pending_interrupt_ ? *pending_interrupt_ : platform_.acknowledge_interrupt(index_);
         pending_interrupt_.reset();
+        platform_called_ = true;
         run_state_ = api::RunState::Runnable;
         ++counters_.interrupts;
         deliver(vec, false, 0, false, eip_);
@@ -502,6 +530,7 @@ api::RunExit Vcpu::run() {
           std::lock_guard<std::mutex> lk(dirty_mu_);
           parked_ = false;
         }
+        platform_called_ = true;
         continue;
       }
       if (run_state_ == api::RunState::Shutdown) {
@@ -557,6 +586,7 @@ Block* Vcpu::lookup(std::uint32_t eip) {
   if (w.pa >= pm.size) {
     // Unclaimed bus space reads as all ones, and 0xff 0xff is an invalid
     // opcode: #UD like a PC.  Code that a device provides (ROM) is not run.
+    platform_called_ = true;
     if (platform_.mmio_read(index_, w.pa & ~7ull, 8) == ~0ull) raise(6);
     throw std::runtime_error("bt-swmmu: guest executes outside RAM (MMIO/ROM code is not supported)");
   }
@@ -638,12 +668,11 @@ Vcpu::StepResult Vcpu::step() {
   } end_step{shadow_.get(), stepping};
   if (b->special) {
     ++counters_.special_exits;
-    emulate(eip_, false);
+    emulate(eip_, false, b);
     return StepResult::Continue;
   }
   if (poll_blocked_.exchange(false)) mprotect(poll_page(), 4096, PROT_READ);
-  if (kicked_.load()) return StepResult::Continue;
-  arm_deadline();
+  if (kicked_.load() || poll_needed_.load(std::memory_order_acquire)) return StepResult::Continue;
   sync_seg_bases();
   in_guest_ = true;
   const std::uint64_t reason = translator_->enter(ctx_, b->entry);
@@ -716,12 +745,25 @@ Vcpu::StepResult Vcpu::step() {
 // ---------------------------------------------------------------- memory
 
 std::uint64_t Vcpu::lin_to_phys(std::uint32_t la, bool write, bool user, bool fetch) {
+  const std::uint32_t tag = (la & ~0xfffu) | (fetch ? 4 : 0) | (write ? 2 : 0) | (user ? 1 : 0);
+  MonitorTlbEntry& e = mtlb_[(la >> 12) % mtlb_.size()];
+  if (e.gen == mtlb_gen_ && e.tag == tag) return e.pa_page | (la & 0xfff);
   WalkResult w = walk(shadow_->phys(), paging(), la, Access{write, user, fetch}, true);
   if (!w.ok) {
     cr2_ = la;
     raise(14, true, w.error);
   }
+  // Only 4 KiB granules are cached, whatever the guest page size.
+  e = MonitorTlbEntry{tag, mtlb_gen_, w.pa & ~0xfffull, {w.pt_pages[0], w.pt_pages[1], w.pt_pages[2]}, w.n_pt};
   return w.pa;
+}
+
+void Vcpu::monitor_tlb_drop_table(std::uint64_t pa_page) {
+  for (auto& e : mtlb_) {
+    if (e.gen != mtlb_gen_) continue;
+    for (int i = 0; i < e.n_pt; ++i)
+      if (e.pt[i] == pa_page) e.gen = 0;
+  }
 }
 
 std::uint64_t Vcpu::read_phys(std::uint64_t pa, unsigned size) {
@@ -731,10 +773,12 @@ std::uint64_t Vcpu::read_phys(std::uint64_t pa, unsigned size) {
     return v;
   }
   ++counters_.mmio_exits;
+  platform_called_ = true;
   return platform_.mmio_read(index_, pa, size);
 }
 
 void Vcpu::note_guest_write(std::uint64_t pa_page) {
+  monitor_tlb_drop_table(pa_page);
   if (shadow_->dirty_logging()) shadow_->mark_dirty(pa_page);
   if (shadow_->is_pt_page(pa_page)) shadow_->release_pt_page(pa_page);
   if (shadow_->is_code_page(pa_page)) {
@@ -752,6 +796,7 @@ void Vcpu::write_phys(std::uint64_t pa, unsigned size, std::uint64_t v) {
     return;
   }
   ++counters_.mmio_exits;
+  platform_called_ = true;
   platform_.mmio_write(index_, pa, size, v);
 }
 
