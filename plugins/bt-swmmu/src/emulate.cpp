@@ -600,6 +600,79 @@ const DecodedInsn& Vcpu::fetch_decoded(std::uint32_t eip, Block* b, DecodedInsn&
   return scratch;
 }
 
+// DIV/IDIV translated as a monitor call (it raised #DE before): #DE for a
+// zero divisor or a quotient that does not fit, else the host instruction on
+// the same operands, so the (architecturally undefined) flags are the CPU's.
+bool Vcpu::divide_faults(const ZydisDecodedInstruction& insn, std::uint32_t divisor) const {
+  const bool is_signed = insn.mnemonic == ZYDIS_MNEMONIC_IDIV;
+  const std::uint64_t lo = static_cast<std::uint32_t>(ctx_->gpr[0]), hi = static_cast<std::uint32_t>(ctx_->gpr[2]);
+  switch (insn.operand_width) {
+    case 8: {
+      const std::uint16_t ax = static_cast<std::uint16_t>(lo);
+      const std::uint8_t d = static_cast<std::uint8_t>(divisor);
+      if (d == 0) return true;
+      if (!is_signed) return ax / d > 0xff;
+      const int q = int(std::int16_t(ax)) / int(std::int8_t(d));
+      return q > 127 || q < -128;
+    }
+    case 16: {
+      const std::uint32_t n = static_cast<std::uint32_t>((hi & 0xffff) << 16 | (lo & 0xffff));
+      const std::uint16_t d = static_cast<std::uint16_t>(divisor);
+      if (d == 0) return true;
+      if (!is_signed) return n / d > 0xffff;
+      const std::int64_t q = std::int64_t(std::int32_t(n)) / std::int16_t(d);
+      return q > 0x7fff || q < -0x8000;
+    }
+    default: {
+      const std::uint64_t n = hi << 32 | lo;
+      if (divisor == 0) return true;
+      if (!is_signed) return n / divisor > 0xffffffffull;
+      const std::int64_t sn = static_cast<std::int64_t>(n), sd = static_cast<std::int32_t>(divisor);
+      if (sn == INT64_MIN) return true;  // any divisor: |quotient| >= 2^32
+      const std::int64_t q = sn / sd;
+      return q > INT32_MAX || q < INT32_MIN;
+    }
+  }
+}
+
+// DIV/IDIV translated as a monitor call (it raised #DE before): #DE for a
+// zero divisor or a quotient that does not fit, else the host instruction on
+// the same operands, so the (architecturally undefined) flags are the CPU's.
+void Vcpu::emulate_divide(const ZydisDecodedInstruction& insn, std::uint32_t divisor) {
+  if (divide_faults(insn, divisor)) raise(0);
+  const bool is_signed = insn.mnemonic == ZYDIS_MNEMONIC_IDIV;
+  auto& g = ctx_->gpr;
+  const std::uint64_t lo = static_cast<std::uint32_t>(g[0]), hi = static_cast<std::uint32_t>(g[2]);
+  std::uint64_t fl = ctx_->rflags;
+  if (insn.operand_width == 8) {
+    const std::uint8_t d = static_cast<std::uint8_t>(divisor);
+    std::uint16_t r = static_cast<std::uint16_t>(lo);
+    if (is_signed)
+      asm("pushq %[f]\n\tpopfq\n\tidivb %[d]\n\tpushfq\n\tpopq %[f]\n\tcld" : "+a"(r), [f] "+r"(fl) : [d] "q"(d) : "cc");
+    else
+      asm("pushq %[f]\n\tpopfq\n\tdivb %[d]\n\tpushfq\n\tpopq %[f]\n\tcld" : "+a"(r), [f] "+r"(fl) : [d] "q"(d) : "cc");
+    g[0] = (lo & 0xffff0000u) | r;
+  } else if (insn.operand_width == 16) {
+    const std::uint16_t d = static_cast<std::uint16_t>(divisor);
+    std::uint16_t a = static_cast<std::uint16_t>(lo), dx = static_cast<std::uint16_t>(hi);
+    if (is_signed)
+      asm("pushq %[f]\n\tpopfq\n\tidivw %[d]\n\tpushfq\n\tpopq %[f]\n\tcld" : "+a"(a), "+d"(dx), [f] "+r"(fl) : [d] "r"(d) : "cc");
+    else
+      asm("pushq %[f]\n\tpopfq\n\tdivw %[d]\n\tpushfq\n\tpopq %[f]\n\tcld" : "+a"(a), "+d"(dx), [f] "+r"(fl) : [d] "r"(d) : "cc");
+    g[0] = (lo & 0xffff0000u) | a;
+    g[2] = (hi & 0xffff0000u) | dx;
+  } else {
+    std::uint32_t a = static_cast<std::uint32_t>(lo), dx = static_cast<std::uint32_t>(hi);
+    if (is_signed)
+      asm("pushq %[f]\n\tpopfq\n\tidivl %[d]\n\tpushfq\n\tpopq %[f]\n\tcld" : "+a"(a), "+d"(dx), [f] "+r"(fl) : [d] "r"(divisor) : "cc");
+    else
+      asm("pushq %[f]\n\tpopfq\n\tdivl %[d]\n\tpushfq\n\tpopq %[f]\n\tcld" : "+a"(a), "+d"(dx), [f] "+r"(fl) : [d] "r"(divisor) : "cc");
+    g[0] = a;
+    g[2] = dx;
+  }
+  ctx_->rflags = (ctx_->rflags & ~0x8d5ull) | (fl & 0x8d5);
+}
+
 void Vcpu::emulate(std::uint32_t eip, bool mmio, Block* block) {
   const bool user = cpl_ == 3;
   DecodedInsn scratch;
@@ -853,6 +926,10 @@ void Vcpu::emulate(std::uint32_t eip, bool mmio, Block* block) {
       }
       break;
     }
+    case ZYDIS_MNEMONIC_DIV:
+    case ZYDIS_MNEMONIC_IDIV:
+      emulate_divide(insn, operand_value(ops[0]));
+      break;
     case ZYDIS_MNEMONIC_MOVZX:
       set_reg(ops[0].reg.value, operand_value(ops[1]));
       break;

@@ -627,6 +627,8 @@ TranslateStatus Translator::translate(std::uint32_t eip, TKey tkey, const CodeWi
     }
     const std::uint32_t next = pc + insn.length;
     InsnClass cls = classify(insn, ops, tkey);
+    const bool monitor_site = !transient && sites_ && off < code.first_page_bytes &&
+                              sites_->marked(code.pa_page[0] | (pc & 0xfff));
     // Inline forms of two hot sensitive instructions (irqsave paths).
     const bool inline_pushf = insn.mnemonic == ZYDIS_MNEMONIC_PUSHFD && insn.operand_width == 32;
     const bool cpl0 = !(tkey & (kTKeyUser | kTKeyRing12));
@@ -643,12 +645,15 @@ TranslateStatus Translator::translate(std::uint32_t eip, TKey tkey, const CodeWi
                    ZYAN_SUCCESS(ZydisDecoderDecodeFull(&decoder_, code.bytes + noff, code.total - noff, &nx, nops)) &&
                    noff + nx.length <= code.first_page_bytes && classify(nx, nops, tkey) != InsnClass::Special &&
                    classify(nx, nops, tkey) != InsnClass::ControlFlow && nx.mnemonic != ZYDIS_MNEMONIC_STI &&
-                   nx.mnemonic != ZYDIS_MNEMONIC_POPFD;
+                   nx.mnemonic != ZYDIS_MNEMONIC_POPFD &&
+                   !(sites_ && !transient && sites_->marked(code.pa_page[0] | ((pc + insn.length) & 0xfff)));
     }
     if (inline_pushf || inline_cli || inline_popf || inline_sti) cls = InsnClass::Stack;
+    if (monitor_site) cls = InsnClass::Special;
     if (cls == InsnClass::Special) {
       if (b->n_insns == 0) {
         b->special = true;
+        b->monitor_site = monitor_site;
         status = TranslateStatus::Special;
         b->end_eip = next;
         break;

@@ -10,6 +10,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "adaptive_sites.hpp"
 #include "context.hpp"
 
 namespace modevisor::bt {
@@ -34,6 +35,7 @@ struct Block {
   int n_pages = 1;
   TKey tkey = 0;
   bool special = false;         // first instruction is emulated by the monitor
+  bool monitor_site = false;    // ... because it kept faulting into the monitor (AdaptiveSites)
   bool valid = true;
   std::uint8_t* host = nullptr;  // start of host code (IRQ stub)
   std::uint8_t* entry = nullptr; // entry point (after the IRQ stub)
@@ -113,6 +115,8 @@ class Translator {
   std::uintptr_t exit_from_signal_routine() const { return reinterpret_cast<std::uintptr_t>(exit_signal_); }
 
   TranslatorStats stats;
+  // Instructions translated as monitor calls (owned by the vCPU).
+  void set_monitor_sites(const AdaptiveSites* sites) { sites_ = sites; }
 
  private:
   struct Key {
@@ -140,6 +144,7 @@ class Translator {
   std::unordered_map<std::uint64_t, std::vector<Block*>> by_page_;
   std::map<std::uintptr_t, Block*> by_host_;
   std::vector<std::unique_ptr<Block>> all_;
+  const AdaptiveSites* sites_ = nullptr;
 };
 
 }  // namespace modevisor::bt

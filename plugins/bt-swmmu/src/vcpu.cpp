@@ -70,6 +70,7 @@ Vcpu::Vcpu(api::GuestMemory& mem, api::Platform& platform, api::Logger& log, uns
   install_handlers();
   shadow_ = std::make_unique<ShadowMmu>(mem.host_base(), mem.size(), mem.fd());
   translator_ = std::make_unique<Translator>(translation_cache_bytes);
+  translator_->set_monitor_sites(&sites_);
   void* p = mmap(nullptr, kContextAlloc, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (p == MAP_FAILED) throw std::runtime_error("bt-swmmu: cannot allocate the vCPU context");
   ctx_ = new (p) Context{};
@@ -200,6 +201,8 @@ void Vcpu::add_counters(api::Counters& out) const {
   add("bt.smc_invalidations", t.smc_invalidations);
   add("bt.special_exits", counters_.special_exits);
   add("bt.irq_check_exits", counters_.irq_exits);
+  add("bt.monitor_sites_marked", sites_.marks);
+  add("bt.monitor_sites_unmarked", sites_.unmarks);
   add("bt.platform_polls", counters_.platform_polls);
   add("bt.io_exits", counters_.io_exits);
   add("bt.mmio_exits", counters_.mmio_exits);
@@ -544,6 +547,12 @@ api::RunExit Vcpu::run() {
         ex.diagnostic = bug_message_ + "; " + dump();
         return ex;
       }
+      if (r == StepResult::Shutdown) {
+        ex.kind = api::ExitKind::Shutdown;
+        ex.diagnostic = "triple fault; " + dump();
+        run_state_ = api::RunState::Shutdown;
+        return ex;
+      }
     } catch (const GuestException& ge) {
       ++counters_.exceptions;
       if (!deliver_exception(ge)) {
@@ -668,7 +677,10 @@ Vcpu::StepResult Vcpu::step() {
   } end_step{shadow_.get(), stepping};
   if (b->special) {
     ++counters_.special_exits;
-    emulate(eip_, false, b);
+    if (b->monitor_site)
+      return run_monitor_site(b);
+    else
+      emulate(eip_, false, b);
     return StepResult::Continue;
   }
   if (poll_blocked_.exchange(false)) mprotect(poll_page(), 4096, PROT_READ);
@@ -704,11 +716,12 @@ Vcpu::StepResult Vcpu::step() {
       eip_ = ctx_->fault_eip;
       switch (ctx_->fault_kind) {
         case FaultKind::PageFault:
+          note_fault_site(eip_, AdaptiveSites::Fault::PageFault);
           cr2_ = ctx_->fault_addr;
-          raise(14, true, ctx_->fault_error);
-          break;
+          return deliver_fault(GuestException{14, true, ctx_->fault_error});
         case FaultKind::Mmio:
           ++counters_.mmio_exits;
+          note_fault_site(eip_, AdaptiveSites::Fault::Mmio);
           emulate(eip_, true);
           break;
         case FaultKind::ProtectedWrite: {
@@ -724,12 +737,14 @@ Vcpu::StepResult Vcpu::step() {
           }
           shadow_->set_write_through(pa);
           single_step_ = true;
+          note_fault_site(eip_, AdaptiveSites::Fault::TracedWrite);
           break;
         }
         case FaultKind::Exception:
           if (ctx_->fault_vector == 0x100) return StepResult::Error;
-          raise(static_cast<std::uint8_t>(ctx_->fault_vector), ctx_->fault_vector == 13, 0);
-          break;
+          if (ctx_->fault_vector == 0) note_fault_site(eip_, AdaptiveSites::Fault::Divide);
+          return deliver_fault(
+              GuestException{static_cast<std::uint8_t>(ctx_->fault_vector), ctx_->fault_vector == 13, 0});
         case FaultKind::None:
           break;
       }
@@ -740,6 +755,111 @@ Vcpu::StepResult Vcpu::step() {
       return StepResult::Error;
   }
   return StepResult::Continue;
+}
+
+// ---------------------------------------------------------------- adaptive translation
+
+void Vcpu::drop_translations_of(std::uint64_t pa_page) {
+  translator_->invalidate_page(pa_page);
+  shadow_->clear_block_maps();
+  pending_patch_ = 0;
+}
+
+// A fault at `eip` took the monitor's attention (a host signal each time):
+// once the instruction is one the monitor can run exactly, and it keeps
+// faulting, translate it as a monitor call.
+void Vcpu::note_fault_site(std::uint32_t eip, AdaptiveSites::Fault kind) {
+  const PhysMem& pm = shadow_->phys();
+  const WalkResult w = walk(pm, paging(), eip, Access{false, cpl_ == 3, true}, false);
+  if (!w.ok || w.pa >= pm.size) return;
+  DecodedInsn scratch;
+  const DecodedInsn* d = nullptr;
+  try {
+    d = &fetch_decoded(eip, nullptr, scratch);
+  } catch (const GuestException&) {
+    return;
+  }
+  if ((eip & 0xfff) + d->insn.length > 0x1000) return;
+  bool eligible = false;
+  if (kind == AdaptiveSites::Fault::Divide) {
+    eligible = d->insn.mnemonic == ZYDIS_MNEMONIC_DIV || d->insn.mnemonic == ZYDIS_MNEMONIC_IDIV;
+  } else if (classify(d->insn, d->ops, tkey_) == InsnClass::Plain) {
+    // One explicit memory operand and nothing else in memory: what
+    // emulate_mmio_native runs exactly, against RAM as well as devices.
+    int mem = 0;
+    bool other = false;
+    for (unsigned i = 0; i < d->insn.operand_count; ++i) {
+      const auto& op = d->ops[i];
+      if (op.type != ZYDIS_OPERAND_TYPE_MEMORY) continue;
+      if (op.visibility != ZYDIS_OPERAND_VISIBILITY_EXPLICIT || op.mem.type != ZYDIS_MEMOP_TYPE_MEM) other = true;
+      ++mem;
+    }
+    eligible = mem == 1 && !other && d->insn.mnemonic != ZYDIS_MNEMONIC_LEA &&
+               d->insn.meta.category != ZYDIS_CATEGORY_BITBYTE;
+  }
+  if (eligible && sites_.fault(w.pa, kind)) drop_translations_of(w.pa & ~0xfffull);
+}
+
+// An instruction translated as a monitor call.  When it ran without needing
+// the monitor (RAM the shadow could map, no fault, no traced page) for long
+// enough, it goes back to native translation.
+Vcpu::StepResult Vcpu::run_monitor_site(Block* b) {
+  const std::uint64_t pa = b->pa_page[0] | (b->eip & 0xfff);
+  // The faults these sites exist for are found before emulating, and
+  // delivered without unwinding the monitor's stack.
+  DecodedInsn scratch;
+  const DecodedInsn& d = fetch_decoded(eip_, b, scratch);
+  if (auto fault = monitor_site_fault(d)) {
+    sites_.dirty(pa);
+    return deliver_fault(*fault);
+  }
+  monitor_needed_ = false;
+  const std::uint64_t mmio_before = counters_.mmio_exits;
+  try {
+    emulate(eip_, true, b);
+  } catch (const GuestException&) {
+    sites_.dirty(pa);
+    throw;
+  }
+  if (monitor_needed_ || counters_.mmio_exits != mmio_before)
+    sites_.dirty(pa);
+  else if (sites_.clean(pa))
+    drop_translations_of(pa & ~0xfffull);
+  return StepResult::Continue;
+}
+
+// The #DE or #PF a monitor site's instruction raises, if it does: checked
+// with walks that change nothing, so emulating it afterwards is exact.
+std::optional<GuestException> Vcpu::monitor_site_fault(const DecodedInsn& d) {
+  const auto& insn = d.insn;
+  if (insn.mnemonic == ZYDIS_MNEMONIC_DIV || insn.mnemonic == ZYDIS_MNEMONIC_IDIV) {
+    const auto& op = d.ops[0];
+    if (op.type != ZYDIS_OPERAND_TYPE_REGISTER) return std::nullopt;  // a memory divisor: emulate() checks
+    if (divide_faults(insn, get_reg(op.reg.value))) return GuestException{0, false, 0};
+    return std::nullopt;
+  }
+  for (unsigned i = 0; i < insn.operand_count; ++i) {
+    const auto& op = d.ops[i];
+    if (op.type != ZYDIS_OPERAND_TYPE_MEMORY || op.visibility != ZYDIS_OPERAND_VISIBILITY_EXPLICIT) continue;
+    const unsigned size = op.size / 8;
+    if (size == 0) return std::nullopt;
+    const bool writes = op.actions & ZYDIS_OPERAND_ACTION_MASK_WRITE;
+    const std::uint32_t la = ea(op);
+    for (std::uint32_t at = la; at - la < size; at = (at & ~0xfffu) + 0x1000) {
+      const WalkResult w = walk(shadow_->phys(), paging(), at, Access{writes, cpl_ == 3, false}, false);
+      if (!w.ok) {
+        cr2_ = at;
+        return GuestException{14, true, w.error};
+      }
+    }
+    return std::nullopt;
+  }
+  return std::nullopt;
+}
+
+Vcpu::StepResult Vcpu::deliver_fault(const GuestException& ex) {
+  ++counters_.exceptions;
+  return deliver_exception(ex) ? StepResult::Continue : StepResult::Shutdown;
 }
 
 // ---------------------------------------------------------------- memory
@@ -780,6 +900,7 @@ std::uint64_t Vcpu::read_phys(std::uint64_t pa, unsigned size) {
 void Vcpu::note_guest_write(std::uint64_t pa_page) {
   monitor_tlb_drop_table(pa_page);
   if (shadow_->dirty_logging()) shadow_->mark_dirty(pa_page);
+  if (shadow_->is_pt_page(pa_page) || shadow_->is_code_page(pa_page)) monitor_needed_ = true;
   if (shadow_->is_pt_page(pa_page)) shadow_->release_pt_page(pa_page);
   if (shadow_->is_code_page(pa_page)) {
     translator_->invalidate_page(pa_page);

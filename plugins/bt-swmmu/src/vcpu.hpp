@@ -119,6 +119,17 @@ class Vcpu {
 
   // --- emulation
   void emulate(std::uint32_t eip, bool mmio, Block* block = nullptr);
+  void emulate_divide(const ZydisDecodedInstruction& insn, std::uint32_t divisor);
+  // Adaptive translation: which instructions the monitor runs (see AdaptiveSites).
+  AdaptiveSites sites_;
+  bool monitor_needed_ = false;  // the last monitor-site execution touched MMIO or a traced page
+  void note_fault_site(std::uint32_t eip, AdaptiveSites::Fault kind);
+  StepResult run_monitor_site(Block* b);
+  std::optional<GuestException> monitor_site_fault(const DecodedInsn& d);
+  bool divide_faults(const ZydisDecodedInstruction& insn, std::uint32_t divisor) const;
+  // An exception found without a throw: delivered through the IDT (Shutdown on a triple fault).
+  StepResult deliver_fault(const GuestException& ex);
+  void drop_translations_of(std::uint64_t pa_page);
   const DecodedInsn& fetch_decoded(std::uint32_t eip, Block* block, DecodedInsn& scratch);
   bool emulate_mmio_native(std::uint32_t eip, const ZydisDecodedInstruction& insn, const ZydisDecodedOperand* ops);
   // Instructions whose memory access is not just their operand, when that
