@@ -315,7 +315,7 @@ void Vcpu::string_op(const ZydisDecodedInstruction& insn, const ZydisDecodedOper
         // Probe the destination first so a #PF does not lose the port read.
         lin_to_phys(es_base + edi, true, user, false);
         ++counters_.io_exits;
-        std::uint32_t v = platform_call().io_in(index_, static_cast<std::uint16_t>(reg32(2)), size);
+        std::uint32_t v = platform_read().io_in(index_, static_cast<std::uint16_t>(reg32(2)), size);
         write(es_base + edi, size, v & mask, user);
         edi += step;
         break;
@@ -743,7 +743,7 @@ void Vcpu::emulate(std::uint32_t eip, bool mmio, Block* block) {
       if (cpl_ > iopl) raise(13, true, 0);
       const std::uint16_t port = static_cast<std::uint16_t>(operand_value(ops[1]));
       ++counters_.io_exits;
-      set_reg(ops[0].reg.value, platform_call().io_in(index_, port, ops[0].size / 8));
+      set_reg(ops[0].reg.value, platform_read().io_in(index_, port, ops[0].size / 8));
       break;
     }
     case ZYDIS_MNEMONIC_OUT: {

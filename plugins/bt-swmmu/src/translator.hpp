@@ -139,6 +139,8 @@ class Translator {
   std::uint8_t* entry_ = nullptr;        // void entry(Context*, const void* host)
   std::uint8_t* exit_ = nullptr;         // translated code jumps here to leave
   std::uint8_t* exit_signal_ = nullptr;  // the fault handler resumes here (regs already saved)
+  std::uint8_t* fpu_load_ = nullptr;     // loads the guest FPU/SSE state (lazily, once per entry)
+  std::uint8_t* fpu_ret_ = nullptr;      // what Context::fpu_load points at once it is loaded
   ZydisDecoder decoder_;
   std::unordered_map<Key, Block*, KeyHash> blocks_;
   std::unordered_map<std::uint64_t, std::vector<Block*>> by_page_;

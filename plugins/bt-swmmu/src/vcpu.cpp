@@ -468,6 +468,11 @@ api::RunExit Vcpu::run() {
     // then, and only then (it takes the machine's lock and reads the clock).
     const bool poll = poll_needed_.exchange(false, std::memory_order_acq_rel) || platform_called_;
     platform_called_ = false;
+    if (!poll && platform_read_ && platform_.stop_requested()) {
+      ex.kind = api::ExitKind::Stopped;
+      return ex;
+    }
+    platform_read_ = false;
     if (poll) {
       ++counters_.platform_polls;
       if (platform_.stop_requested()) {
@@ -595,8 +600,7 @@ Block* Vcpu::lookup(std::uint32_t eip) {
   if (w.pa >= pm.size) {
     // Unclaimed bus space reads as all ones, and 0xff 0xff is an invalid
     // opcode: #UD like a PC.  Code that a device provides (ROM) is not run.
-    platform_called_ = true;
-    if (platform_.mmio_read(index_, w.pa & ~7ull, 8) == ~0ull) raise(6);
+    if (platform_read().mmio_read(index_, w.pa & ~7ull, 8) == ~0ull) raise(6);
     throw std::runtime_error("bt-swmmu: guest executes outside RAM (MMIO/ROM code is not supported)");
   }
   const std::uint32_t next_page = (eip & ~0xfffu) + 0x1000;
@@ -893,8 +897,7 @@ std::uint64_t Vcpu::read_phys(std::uint64_t pa, unsigned size) {
     return v;
   }
   ++counters_.mmio_exits;
-  platform_called_ = true;
-  return platform_.mmio_read(index_, pa, size);
+  return platform_read().mmio_read(index_, pa, size);
 }
 
 void Vcpu::note_guest_write(std::uint64_t pa_page) {
@@ -917,8 +920,7 @@ void Vcpu::write_phys(std::uint64_t pa, unsigned size, std::uint64_t v) {
     return;
   }
   ++counters_.mmio_exits;
-  platform_called_ = true;
-  platform_.mmio_write(index_, pa, size, v);
+  platform_call().mmio_write(index_, pa, size, v);
 }
 
 std::uint32_t Vcpu::read(std::uint32_t la, unsigned size, bool user, bool fetch) {

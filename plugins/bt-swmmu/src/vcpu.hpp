@@ -190,9 +190,17 @@ class Vcpu {
   // since the last look (a device access may have raised or lowered a line).
   std::atomic<bool> poll_needed_{true};
   bool platform_called_ = false;
-  // Device accesses and waits go through here, so the next iteration looks at the platform.
+  // Device writes and waits go through here, so the next iteration looks at the platform.
   api::Platform& platform_call() {
     platform_called_ = true;
+    return platform_;
+  }
+  // Device reads: a line a read raises reaches us as a kick (the interrupt
+  // notifier), one it lowers only makes irq_line_ stale (interrupt_pending is
+  // asked again before an interrupt is taken); a stop request is checked.
+  bool platform_read_ = false;
+  api::Platform& platform_read() {
+    platform_read_ = true;
     return platform_;
   }
   bool irq_line_ = false;  // the platform's interrupt_pending at the last look
