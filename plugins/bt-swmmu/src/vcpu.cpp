@@ -219,6 +219,7 @@ void Vcpu::add_counters(api::Counters& out) const {
   add("swmmu.space_evictions", m.evictions);
   add("swmmu.map_resets", m.map_resets);
   add("swmmu.dirty_log_faults", m.dirty_log_faults);
+  add("swmmu.prefilled_pages", m.prefilled);
 }
 
 std::string Vcpu::dump() const {
