@@ -1012,3 +1012,40 @@ TEST(BtVm, InstructionsThatKeepFaultingBecomeMonitorCallsAndGoBack) {
   EXPECT_GE(m.counter("bt.monitor_sites_unmarked"), 1u);  // the DIV, after 64 clean runs
   EXPECT_EQ(m.counter("bt.exceptions_delivered"), 3u);
 }
+
+// Paging off: one hidden fault maps its whole aligned 256 KiB of RAM, and a
+// code page inside such a run still traps the write that modifies it.
+BT_GUEST_PROGRAM(ahead, 0x100000,
+  "  mov byte ptr [0x108000], 1\n"   // maps the run around the code page
+  "  xor eax, eax\n"
+  "  mov ecx, 256\n"
+  "  mov edx, 0x400000\n"
+  "1: mov byte ptr [edx], cl\n"
+  "  movzx ebx, byte ptr [edx]\n"
+  "  add eax, ebx\n"
+  "  add edx, 4096\n"
+  "  loop 1b\n"
+  "  out 0x80, eax\n"
+  "  call ahead_target\n"
+  "  out 0x80, eax\n"
+  "  mov byte ptr [BASE + ahead_target - ahead_start + 1], 7\n"  // the immediate of mov eax, 5
+  "  call ahead_target\n"
+  "  out 0x80, eax\n"
+  "  out 0xf4, al\n"
+  ".globl ahead_target\n"
+  "ahead_target: mov eax, 5\n"
+  "  ret\n")
+
+TEST(BtVm, PagingOffFillsAheadAndKeepsCodePagesTraced) {
+  Machine m;
+  m.load(ahead_start, ahead_end);
+  RunExit r = m.run();
+  ASSERT_EQ(r.kind, ExitKind::Stopped) << r.diagnostic;
+  ASSERT_EQ(m.plat.post.size(), 3u);
+  EXPECT_EQ(m.plat.post[0], 255u * 256u / 2u);  // cl = 256 stores a 0
+  EXPECT_EQ(m.plat.post[1], 5u);
+  EXPECT_EQ(m.plat.post[2], 7u);
+  EXPECT_LT(m.counter("swmmu.hidden_faults"), 32u);  // 256 data pages in 4 runs, code, stack
+  EXPECT_GE(m.counter("swmmu.prefilled_pages"), 250u);
+  EXPECT_GE(m.counter("bt.smc_invalidations"), 1u);
+}
