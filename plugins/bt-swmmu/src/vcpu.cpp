@@ -892,9 +892,9 @@ void Vcpu::monitor_tlb_drop_table(std::uint64_t pa_page) {
 }
 
 std::uint64_t Vcpu::read_phys(std::uint64_t pa, unsigned size) {
-  if (pa + size <= mem_.size()) {
+  if (pa + size <= shadow_->phys().size) {
     std::uint64_t v = 0;
-    std::memcpy(&v, mem_.host_base() + pa, size);
+    std::memcpy(&v, shadow_->phys().base + pa, size);
     return v;
   }
   ++counters_.mmio_exits;
@@ -915,9 +915,9 @@ void Vcpu::note_guest_write(std::uint64_t pa_page) {
 }
 
 void Vcpu::write_phys(std::uint64_t pa, unsigned size, std::uint64_t v) {
-  if (pa + size <= mem_.size()) {
+  if (pa + size <= shadow_->phys().size) {
     note_guest_write(pa & ~0xfffull);
-    std::memcpy(mem_.host_base() + pa, &v, size);
+    std::memcpy(shadow_->phys().base + pa, &v, size);
     return;
   }
   ++counters_.mmio_exits;
