@@ -514,7 +514,8 @@ api::RunExit Vcpu::run() {
       interrupt_shadow_ = false;
       // For inline STI/POPF: is an interrupt waiting for IF?
       ctx_->irq_hint = !(ctx_->sysflags & kIF) && (pending_interrupt_ || irq_line_);
-      if (can_irq && (pending_interrupt_ || (irq_line_ && platform_.interrupt_pending(index_)))) {
+      if (can_irq && !pending_interrupt_ && irq_line_) irq_line_ = platform_.interrupt_pending(index_);  // still raised?
+      if (can_irq && (pending_interrupt_ || irq_line_)) {
         std::uint8_t vec = pending_interrupt_ ? *pending_interrupt_ : platform_.acknowledge_interrupt(index_);
         pending_interrupt_.reset();
         platform_called_ = true;
