@@ -954,3 +954,98 @@ TEST(BtVm, CpuidAnswersFromTheVmsCpuModel) {
   EXPECT_EQ(m.mem.r32(0x5014), (1u << 0) | (1u << 26));
   EXPECT_EQ(m.mem.r32(0x5018), 0u) << "no hypervisor leaves in the model";
 }
+
+// Adaptive translation: a DIV that raised #DE twice and an MMIO access are
+// translated as monitor calls; every result and every #DE stays exact, and
+// the DIV goes back to native translation once it stops faulting.
+BT_GUEST_PROGRAM(adapt, 0x100000,
+  "  xor esi, esi\n"            // #DE count (the handler)
+  "  xor edi, edi\n"            // sum of quotients
+  "  mov ebx, 0\n"              // iteration
+  "1: mov ecx, 7\n"
+  "  cmp ebx, 6\n"
+  "  jae 2f\n"
+  "  test ebx, 1\n"
+  "  jz 2f\n"
+  "  xor ecx, ecx\n"            // iterations 1, 3, 5 divide by zero
+  "2: lea eax, [ebx*8+ebx+100]\n"
+  "  xor edx, edx\n"
+  "  div ecx\n"                 // the handler skips it (2 bytes) on #DE
+  "  add edi, eax\n"
+  "  inc ebx\n"
+  "  cmp ebx, 300\n"
+  "  jb 1b\n"
+  "  mov eax, esi\n"
+  "  out 0x80, eax\n"
+  "  mov eax, edi\n"
+  "  out 0x80, eax\n"
+  "  mov eax, 0xf0000000\n"
+  "  mov dword ptr [eax], 10\n"
+  "  mov ecx, 50\n"
+  "3: add dword ptr [eax], 3\n"
+  "  loop 3b\n"
+  "  mov eax, [eax]\n"
+  "  out 0x80, eax\n"
+  "  out 0xf4, al\n"
+  ".globl adapt_hde\n"
+  "adapt_hde: inc esi\n"
+  "  xor eax, eax\n"
+  "  add dword ptr [esp], 2\n"
+  "  iretd\n")
+extern "C" const unsigned char adapt_hde[];
+
+TEST(BtVm, InstructionsThatKeepFaultingBecomeMonitorCallsAndGoBack) {
+  Machine m;
+  m.load(adapt_start, adapt_end);
+  m.tables();
+  m.gate(0, adapt_hde, adapt_start);
+  RunExit r = m.run();
+  ASSERT_EQ(r.kind, ExitKind::Stopped) << r.diagnostic;
+  std::uint32_t sum = 0;
+  for (std::uint32_t i = 0; i < 300; ++i)
+    if (!(i < 6 && (i & 1))) sum += (9 * i + 100) / 7;  // a #DE leaves eax = 0 (the handler)
+  ASSERT_EQ(m.plat.post.size(), 3u);
+  EXPECT_EQ(m.plat.post[0], 3u);
+  EXPECT_EQ(m.plat.post[1], sum);
+  EXPECT_EQ(m.plat.post[2], 160u);
+  EXPECT_GE(m.counter("bt.monitor_sites_marked"), 2u);    // the DIV and the MMIO add
+  EXPECT_GE(m.counter("bt.monitor_sites_unmarked"), 1u);  // the DIV, after 64 clean runs
+  EXPECT_EQ(m.counter("bt.exceptions_delivered"), 3u);
+}
+
+// Paging off: one hidden fault maps its whole aligned 256 KiB of RAM, and a
+// code page inside such a run still traps the write that modifies it.
+BT_GUEST_PROGRAM(ahead, 0x100000,
+  "  mov byte ptr [0x108000], 1\n"   // maps the run around the code page
+  "  xor eax, eax\n"
+  "  mov ecx, 256\n"
+  "  mov edx, 0x400000\n"
+  "1: mov byte ptr [edx], cl\n"
+  "  movzx ebx, byte ptr [edx]\n"
+  "  add eax, ebx\n"
+  "  add edx, 4096\n"
+  "  loop 1b\n"
+  "  out 0x80, eax\n"
+  "  call ahead_target\n"
+  "  out 0x80, eax\n"
+  "  mov byte ptr [BASE + ahead_target - ahead_start + 1], 7\n"  // the immediate of mov eax, 5
+  "  call ahead_target\n"
+  "  out 0x80, eax\n"
+  "  out 0xf4, al\n"
+  ".globl ahead_target\n"
+  "ahead_target: mov eax, 5\n"
+  "  ret\n")
+
+TEST(BtVm, PagingOffFillsAheadAndKeepsCodePagesTraced) {
+  Machine m;
+  m.load(ahead_start, ahead_end);
+  RunExit r = m.run();
+  ASSERT_EQ(r.kind, ExitKind::Stopped) << r.diagnostic;
+  ASSERT_EQ(m.plat.post.size(), 3u);
+  EXPECT_EQ(m.plat.post[0], 255u * 256u / 2u);  // cl = 256 stores a 0
+  EXPECT_EQ(m.plat.post[1], 5u);
+  EXPECT_EQ(m.plat.post[2], 7u);
+  EXPECT_LT(m.counter("swmmu.hidden_faults"), 32u);  // 256 data pages in 4 runs, code, stack
+  EXPECT_GE(m.counter("swmmu.prefilled_pages"), 250u);
+  EXPECT_GE(m.counter("bt.smc_invalidations"), 1u);
+}

@@ -43,7 +43,9 @@ struct alignas(64) Context {
   std::uint16_t pad0;
   std::uint32_t sysflags;      // 0xb8 EFLAGS bits other than CF PF AF ZF SF OF DF (IF, IOPL, ...)
   std::uint32_t irq_hint;      // 0xbc nonzero: an interrupt waited for IF at the last dispatch
-  std::uint64_t pad1[8];
+  std::uint64_t fpu_load;      // 0xc0 called before a block's first FPU/SSE instruction (a bare RET once loaded)
+  std::uint64_t fpu_live;      // 0xc8 nonzero: the guest's FPU/SSE state is in the host FPU
+  std::uint64_t pad1[6];
   alignas(16) std::uint8_t guest_fx[512];  // 0x100
 
   // Set by the fault handler (monitor side only).
@@ -60,6 +62,7 @@ static_assert(offsetof(Context, fast_table) == 0x70);
 static_assert(offsetof(Context, seg_base) == 0x78);
 static_assert(offsetof(Context, indirect_hits) == 0xa8);
 static_assert(offsetof(Context, sysflags) == 0xb8);
+static_assert(offsetof(Context, fpu_load) == 0xc0);
 static_assert(offsetof(Context, guest_fx) == 0x100);
 
 // Every block starts with a load from the poll page at r15 + kPollOffset.

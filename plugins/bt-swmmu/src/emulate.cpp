@@ -195,12 +195,14 @@ void Vcpu::do_wrmsr() {
     case 0xc0000080:
       if (v & ~0x800ull) raise(13, true, 0);  // only NXE: no long mode, no SYSCALL
       efer_ = v;
+      monitor_tlb_flush();
       break;
     default: raise(13, true, 0);
   }
 }
 
 void Vcpu::write_cr(unsigned n, std::uint32_t v) {
+  monitor_tlb_flush();
   switch (n) {
     case 0:
       v |= 0x10;
@@ -313,7 +315,7 @@ void Vcpu::string_op(const ZydisDecodedInstruction& insn, const ZydisDecodedOper
         // Probe the destination first so a #PF does not lose the port read.
         lin_to_phys(es_base + edi, true, user, false);
         ++counters_.io_exits;
-        std::uint32_t v = platform_.io_in(index_, static_cast<std::uint16_t>(reg32(2)), size);
+        std::uint32_t v = platform_read().io_in(index_, static_cast<std::uint16_t>(reg32(2)), size);
         write(es_base + edi, size, v & mask, user);
         edi += step;
         break;
@@ -322,7 +324,7 @@ void Vcpu::string_op(const ZydisDecodedInstruction& insn, const ZydisDecodedOper
         if (cpl_ > ((ctx_->sysflags & kIOPL) >> 12)) raise(13, true, 0);
         std::uint32_t v = read(src_base + esi, size, user);
         ++counters_.io_exits;
-        platform_.io_out(index_, static_cast<std::uint16_t>(reg32(2)), size, v);
+        platform_call().io_out(index_, static_cast<std::uint16_t>(reg32(2)), size, v);
         esi += step;
         break;
       }
@@ -564,26 +566,119 @@ bool Vcpu::emulate_mmio_native(std::uint32_t eip, const ZydisDecodedInstruction&
   return true;
 }
 
-void Vcpu::emulate(std::uint32_t eip, bool mmio) {
+// The instruction at `eip`, decoded.  A special block's instruction is
+// decoded once and kept with the block (the block is dropped when its code
+// is written, and its lookup checked the fetch); anything else is fetched
+// through the guest's page tables, one walk per page.
+const DecodedInsn& Vcpu::fetch_decoded(std::uint32_t eip, Block* b, DecodedInsn& scratch) {
+  if (b && b->decoded && b->eip == eip) return *b->decoded;
   const bool user = cpl_ == 3;
   std::uint8_t bytes[16];
-  unsigned n = 0;
-  for (; n < 15; ++n) {
+  unsigned n = std::min(15u, 0x1000 - (eip & 0xfff));
+  const std::uint64_t pa = lin_to_phys(eip, false, user, true);
+  for (unsigned i = 0; i < n; ++i) bytes[i] = static_cast<std::uint8_t>(read_phys(pa + i, 1));
+  if (n < 15) {
     try {
-      bytes[n] = static_cast<std::uint8_t>(read(eip + n, 1, user, true));
+      const std::uint64_t pa2 = lin_to_phys(eip + n, false, user, true);
+      for (unsigned i = 0; n < 15; ++i, ++n) bytes[n] = static_cast<std::uint8_t>(read_phys(pa2 + i, 1));
     } catch (const GuestException&) {
-      if (n == 0) throw;
-      break;
     }
   }
-  ZydisDecoder dec;
-  ZydisDecoderInit(&dec, ZYDIS_MACHINE_MODE_LEGACY_32, ZYDIS_STACK_WIDTH_32);
-  ZydisDecodedInstruction insn;
-  ZydisDecodedOperand ops[ZYDIS_MAX_OPERAND_COUNT];
-  if (!ZYAN_SUCCESS(ZydisDecoderDecodeFull(&dec, bytes, n, &insn, ops))) {
+  static const ZydisDecoder dec = [] {
+    ZydisDecoder d;
+    ZydisDecoderInit(&d, ZYDIS_MACHINE_MODE_LEGACY_32, ZYDIS_STACK_WIDTH_32);
+    return d;
+  }();
+  if (!ZYAN_SUCCESS(ZydisDecoderDecodeFull(&dec, bytes, n, &scratch.insn, scratch.ops))) {
     if (n < 15) read(eip + n, 1, user, true);  // a fetch #PF, if that is why
     raise(6);
   }
+  if (b && b->special && b->eip == eip && (eip & 0xfff) + scratch.insn.length <= 0x1000) {
+    b->decoded = std::make_unique<DecodedInsn>(scratch);
+    return *b->decoded;
+  }
+  return scratch;
+}
+
+// DIV/IDIV translated as a monitor call (it raised #DE before): #DE for a
+// zero divisor or a quotient that does not fit, else the host instruction on
+// the same operands, so the (architecturally undefined) flags are the CPU's.
+bool Vcpu::divide_faults(const ZydisDecodedInstruction& insn, std::uint32_t divisor) const {
+  const bool is_signed = insn.mnemonic == ZYDIS_MNEMONIC_IDIV;
+  const std::uint64_t lo = static_cast<std::uint32_t>(ctx_->gpr[0]), hi = static_cast<std::uint32_t>(ctx_->gpr[2]);
+  switch (insn.operand_width) {
+    case 8: {
+      const std::uint16_t ax = static_cast<std::uint16_t>(lo);
+      const std::uint8_t d = static_cast<std::uint8_t>(divisor);
+      if (d == 0) return true;
+      if (!is_signed) return ax / d > 0xff;
+      const int q = int(std::int16_t(ax)) / int(std::int8_t(d));
+      return q > 127 || q < -128;
+    }
+    case 16: {
+      const std::uint32_t n = static_cast<std::uint32_t>((hi & 0xffff) << 16 | (lo & 0xffff));
+      const std::uint16_t d = static_cast<std::uint16_t>(divisor);
+      if (d == 0) return true;
+      if (!is_signed) return n / d > 0xffff;
+      const std::int64_t q = std::int64_t(std::int32_t(n)) / std::int16_t(d);
+      return q > 0x7fff || q < -0x8000;
+    }
+    default: {
+      const std::uint64_t n = hi << 32 | lo;
+      if (divisor == 0) return true;
+      if (!is_signed) return n / divisor > 0xffffffffull;
+      const std::int64_t sn = static_cast<std::int64_t>(n), sd = static_cast<std::int32_t>(divisor);
+      if (sn == INT64_MIN) return true;  // any divisor: |quotient| >= 2^32
+      const std::int64_t q = sn / sd;
+      return q > INT32_MAX || q < INT32_MIN;
+    }
+  }
+}
+
+// DIV/IDIV translated as a monitor call (it raised #DE before): #DE for a
+// zero divisor or a quotient that does not fit, else the host instruction on
+// the same operands, so the (architecturally undefined) flags are the CPU's.
+void Vcpu::emulate_divide(const ZydisDecodedInstruction& insn, std::uint32_t divisor) {
+  if (divide_faults(insn, divisor)) raise(0);
+  const bool is_signed = insn.mnemonic == ZYDIS_MNEMONIC_IDIV;
+  auto& g = ctx_->gpr;
+  const std::uint64_t lo = static_cast<std::uint32_t>(g[0]), hi = static_cast<std::uint32_t>(g[2]);
+  std::uint64_t fl = ctx_->rflags;
+  if (insn.operand_width == 8) {
+    const std::uint8_t d = static_cast<std::uint8_t>(divisor);
+    std::uint16_t r = static_cast<std::uint16_t>(lo);
+    if (is_signed)
+      asm("pushq %[f]\n\tpopfq\n\tidivb %[d]\n\tpushfq\n\tpopq %[f]\n\tcld" : "+a"(r), [f] "+r"(fl) : [d] "q"(d) : "cc");
+    else
+      asm("pushq %[f]\n\tpopfq\n\tdivb %[d]\n\tpushfq\n\tpopq %[f]\n\tcld" : "+a"(r), [f] "+r"(fl) : [d] "q"(d) : "cc");
+    g[0] = (lo & 0xffff0000u) | r;
+  } else if (insn.operand_width == 16) {
+    const std::uint16_t d = static_cast<std::uint16_t>(divisor);
+    std::uint16_t a = static_cast<std::uint16_t>(lo), dx = static_cast<std::uint16_t>(hi);
+    if (is_signed)
+      asm("pushq %[f]\n\tpopfq\n\tidivw %[d]\n\tpushfq\n\tpopq %[f]\n\tcld" : "+a"(a), "+d"(dx), [f] "+r"(fl) : [d] "r"(d) : "cc");
+    else
+      asm("pushq %[f]\n\tpopfq\n\tdivw %[d]\n\tpushfq\n\tpopq %[f]\n\tcld" : "+a"(a), "+d"(dx), [f] "+r"(fl) : [d] "r"(d) : "cc");
+    g[0] = (lo & 0xffff0000u) | a;
+    g[2] = (hi & 0xffff0000u) | dx;
+  } else {
+    std::uint32_t a = static_cast<std::uint32_t>(lo), dx = static_cast<std::uint32_t>(hi);
+    if (is_signed)
+      asm("pushq %[f]\n\tpopfq\n\tidivl %[d]\n\tpushfq\n\tpopq %[f]\n\tcld" : "+a"(a), "+d"(dx), [f] "+r"(fl) : [d] "r"(divisor) : "cc");
+    else
+      asm("pushq %[f]\n\tpopfq\n\tdivl %[d]\n\tpushfq\n\tpopq %[f]\n\tcld" : "+a"(a), "+d"(dx), [f] "+r"(fl) : [d] "r"(divisor) : "cc");
+    g[0] = a;
+    g[2] = dx;
+  }
+  ctx_->rflags = (ctx_->rflags & ~0x8d5ull) | (fl & 0x8d5);
+}
+
+void Vcpu::emulate(std::uint32_t eip, bool mmio, Block* block) {
+  const bool user = cpl_ == 3;
+  DecodedInsn scratch;
+  const DecodedInsn& decoded = fetch_decoded(eip, block, scratch);
+  const ZydisDecodedInstruction& insn = decoded.insn;
+  const ZydisDecodedOperand* ops = decoded.ops;
   if (insn.encoding != ZYDIS_INSTRUCTION_ENCODING_LEGACY && insn.encoding != ZYDIS_INSTRUCTION_ENCODING_3DNOW) raise(6);
   const std::uint32_t next = eip + insn.length;
   const unsigned opsize = insn.operand_width;
@@ -648,14 +743,14 @@ void Vcpu::emulate(std::uint32_t eip, bool mmio) {
       if (cpl_ > iopl) raise(13, true, 0);
       const std::uint16_t port = static_cast<std::uint16_t>(operand_value(ops[1]));
       ++counters_.io_exits;
-      set_reg(ops[0].reg.value, platform_.io_in(index_, port, ops[0].size / 8));
+      set_reg(ops[0].reg.value, platform_read().io_in(index_, port, ops[0].size / 8));
       break;
     }
     case ZYDIS_MNEMONIC_OUT: {
       if (cpl_ > iopl) raise(13, true, 0);
       const std::uint16_t port = static_cast<std::uint16_t>(operand_value(ops[0]));
       ++counters_.io_exits;
-      platform_.io_out(index_, port, ops[1].size / 8, get_reg(ops[1].reg.value));
+      platform_call().io_out(index_, port, ops[1].size / 8, get_reg(ops[1].reg.value));
       break;
     }
     case ZYDIS_MNEMONIC_HLT:
@@ -795,7 +890,7 @@ void Vcpu::emulate(std::uint32_t eip, bool mmio) {
       break;
     }
     case ZYDIS_MNEMONIC_CLTS: need_cpl0(); cr0_ &= ~8ull; break;
-    case ZYDIS_MNEMONIC_INVLPG: need_cpl0(); shadow_->invlpg(ea(ops[0])); break;
+    case ZYDIS_MNEMONIC_INVLPG: need_cpl0(); monitor_tlb_flush(); shadow_->invlpg(ea(ops[0])); break;
     case ZYDIS_MNEMONIC_WBINVD: case ZYDIS_MNEMONIC_INVD: need_cpl0(); break;
     case ZYDIS_MNEMONIC_MOV: {
       auto cls0 = ops[0].type == ZYDIS_OPERAND_TYPE_REGISTER ? ZydisRegisterGetClass(ops[0].reg.value) : ZYDIS_REGCLASS_INVALID;
@@ -831,6 +926,10 @@ void Vcpu::emulate(std::uint32_t eip, bool mmio) {
       }
       break;
     }
+    case ZYDIS_MNEMONIC_DIV:
+    case ZYDIS_MNEMONIC_IDIV:
+      emulate_divide(insn, operand_value(ops[0]));
+      break;
     case ZYDIS_MNEMONIC_MOVZX:
       set_reg(ops[0].reg.value, operand_value(ops[1]));
       break;

@@ -312,7 +312,45 @@ FillResult ShadowMmu::fill(Region* r, const PagingRegs& regs, std::uint32_t la, 
   r->maps[la_page] = m;
   rmap_[gpa_page].emplace_back(r, la_page);
   ++stats.hidden_faults;
+  if (!regs.paging() && !dirty_logging_) fill_ahead_unpaged(r, la_page);
   return FillResult::Mapped;
+}
+
+// Paging off: linear = physical, and there are no accessed/dirty bits a
+// prefetch could set early.  Map the rest of the faulting page's aligned
+// 256 KiB of RAM too, one mmap per run of unmapped pages, so that a guest
+// walking through memory takes one hidden fault per 64 pages, not per page.
+// Traced pages (code) keep their own protection.
+void ShadowMmu::fill_ahead_unpaged(Region* r, std::uint32_t la_page) {
+  constexpr std::uint32_t kSpan = 64 * 4096;
+  const std::uint32_t start = la_page & ~(kSpan - 1);
+  std::uint32_t run_start = 0, n = 0;
+  auto map_run = [&] {
+    if (n == 0) return;
+    void* p = mmap(r->base + run_start, std::size_t{n} * 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd_,
+                   static_cast<off_t>(run_start));
+    if (p != MAP_FAILED) {
+      for (std::uint32_t i = 0; i < n; ++i) {
+        const std::uint32_t la = run_start + i * 4096;
+        const Region::Map m{la, true};
+        r->maps[la] = m;
+        rmap_[la].emplace_back(r, la);
+        const int prot = prot_for(m);
+        if (prot != (PROT_READ | PROT_WRITE)) mprotect(r->base + la, 4096, prot);
+      }
+      stats.prefilled += n;
+    }
+    n = 0;
+  };
+  for (std::uint64_t la = start; la < std::uint64_t{start} + kSpan; la += 4096) {
+    const bool fill = la + 4096 <= phys_.size && !r->maps.count(static_cast<std::uint32_t>(la));
+    if (!fill) {
+      map_run();
+      continue;
+    }
+    if (n++ == 0) run_start = static_cast<std::uint32_t>(la);
+  }
+  map_run();
 }
 
 void ShadowMmu::set_prot_all(std::uint64_t gpa_page) {

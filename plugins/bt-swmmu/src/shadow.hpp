@@ -91,6 +91,7 @@ enum class FillResult { Mapped, GuestFault, Mmio, ProtectedWrite, Repeat };
 struct ShadowStats {
   std::uint64_t hidden_faults = 0, true_faults = 0, pt_writes = 0;
   std::uint64_t switches = 0, switch_hits = 0, rebuilds = 0, evictions = 0, map_resets = 0, dirty_log_faults = 0;
+  std::uint64_t prefilled = 0;  // pages mapped ahead of a hidden fault (paging off)
 };
 
 class ShadowMmu {
@@ -156,6 +157,7 @@ class ShadowMmu {
   void unmap(Region* r, std::uint32_t la_page);
   void drop_region_code_page(Region* r, std::uint32_t la_page);
   bool map_page(Region* r, std::uint32_t la_page, std::uint64_t gpa_page, int prot);
+  void fill_ahead_unpaged(Region* r, std::uint32_t la_page);
   void set_prot_all(std::uint64_t gpa_page);
   void destroy(Region* r);
   int prot_for(const Region::Map& m) const;

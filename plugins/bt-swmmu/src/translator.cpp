@@ -377,6 +377,35 @@ ZydisRegister sized(ZydisRegister r32, unsigned bytes) {
   return r32;
 }
 
+// Whether the instruction reads or writes x87/MMX/SSE state (registers,
+// control/status words, MXCSR), i.e. needs the guest's FPU state loaded.
+bool uses_fpu_state(const ZydisDecodedInstruction& insn, const ZydisDecodedOperand* ops) {
+  switch (insn.meta.isa_ext) {
+    case ZYDIS_ISA_EXT_X87: case ZYDIS_ISA_EXT_MMX: case ZYDIS_ISA_EXT_SSE: case ZYDIS_ISA_EXT_SSE2:
+    case ZYDIS_ISA_EXT_SSE3: case ZYDIS_ISA_EXT_SSSE3: case ZYDIS_ISA_EXT_SSE4: case ZYDIS_ISA_EXT_SSE4A:
+    case ZYDIS_ISA_EXT_AMD3DNOW:
+      return true;
+    default: break;
+  }
+  if (insn.mnemonic == ZYDIS_MNEMONIC_FWAIT || insn.mnemonic == ZYDIS_MNEMONIC_FXSAVE ||
+      insn.mnemonic == ZYDIS_MNEMONIC_FXRSTOR || insn.mnemonic == ZYDIS_MNEMONIC_EMMS)
+    return true;
+  for (unsigned i = 0; i < insn.operand_count; ++i) {
+    if (ops[i].type != ZYDIS_OPERAND_TYPE_REGISTER) continue;
+    const ZydisRegister r = ops[i].reg.value;
+    switch (ZydisRegisterGetClass(r)) {
+      case ZYDIS_REGCLASS_X87: case ZYDIS_REGCLASS_MMX: case ZYDIS_REGCLASS_XMM: case ZYDIS_REGCLASS_YMM:
+      case ZYDIS_REGCLASS_ZMM:
+        return true;
+      default: break;
+    }
+    if (r == ZYDIS_REGISTER_MXCSR || r == ZYDIS_REGISTER_X87CONTROL || r == ZYDIS_REGISTER_X87STATUS ||
+        r == ZYDIS_REGISTER_X87TAG)
+      return true;
+  }
+  return false;
+}
+
 }  // namespace
 
 Translator::Translator(std::size_t cache_bytes) {
@@ -401,6 +430,27 @@ void Translator::emit_routines() {
                                 ZYDIS_REGISTER_R14, ZYDIS_REGISTER_RBP, ZYDIS_REGISTER_RSI, ZYDIS_REGISTER_RDI};
   const ZydisRegister saved[6] = {ZYDIS_REGISTER_RBX, ZYDIS_REGISTER_RBP, ZYDIS_REGISTER_R12,
                                   ZYDIS_REGISTER_R13, ZYDIS_REGISTER_R14, ZYDIS_REGISTER_R15};
+  auto movabs_rax = [&](const void* p) {
+    e.b(0x48);
+    e.b(0xb8);
+    const auto v = reinterpret_cast<std::uint64_t>(p);
+    e.d(static_cast<std::uint32_t>(v));
+    e.d(static_cast<std::uint32_t>(v >> 32));
+  };
+  // The guest's FPU/SSE state is loaded lazily: only a block that has an
+  // FPU/SSE instruction calls [r15 + fpu_load], which loads it once and then
+  // points at a bare RET; exits that find it unloaded skip FXSAVE.  Flags
+  // and registers are preserved.
+  fpu_ret_ = e.pos();
+  e.ins(ZYDIS_MNEMONIC_RET, {});
+  fpu_load_ = e.pos();
+  e.ins(ZYDIS_MNEMONIC_FXRSTOR, {M(ZYDIS_REGISTER_R15, offsetof(Context, guest_fx), 512)});
+  store_ctx64(e, offsetof(Context, fpu_live), 1);
+  e.ins(ZYDIS_MNEMONIC_PUSH, {R(ZYDIS_REGISTER_RAX)});
+  movabs_rax(fpu_ret_);
+  e.ins(ZYDIS_MNEMONIC_MOV, {M(ZYDIS_REGISTER_R15, offsetof(Context, fpu_load), 8), R(ZYDIS_REGISTER_RAX)});
+  e.ins(ZYDIS_MNEMONIC_POP, {R(ZYDIS_REGISTER_RAX)});
+  e.ins(ZYDIS_MNEMONIC_RET, {});
   // entry(rdi = ctx, rsi = host code)
   entry_ = e.pos();
   for (auto r : saved) e.ins(ZYDIS_MNEMONIC_PUSH, {R(r)});
@@ -408,7 +458,9 @@ void Translator::emit_routines() {
   e.ins(ZYDIS_MNEMONIC_MOV, {M(ZYDIS_REGISTER_R15, offsetof(Context, host_rsp), 8), R(ZYDIS_REGISTER_RSP)});
   e.ins(ZYDIS_MNEMONIC_STMXCSR, {M(ZYDIS_REGISTER_R15, offsetof(Context, host_mxcsr), 4)});
   e.ins(ZYDIS_MNEMONIC_FNSTCW, {M(ZYDIS_REGISTER_R15, offsetof(Context, host_fcw), 2)});
-  e.ins(ZYDIS_MNEMONIC_FXRSTOR, {M(ZYDIS_REGISTER_R15, offsetof(Context, guest_fx), 512)});
+  movabs_rax(fpu_load_);
+  e.ins(ZYDIS_MNEMONIC_MOV, {M(ZYDIS_REGISTER_R15, offsetof(Context, fpu_load), 8), R(ZYDIS_REGISTER_RAX)});
+  store_ctx64(e, offsetof(Context, fpu_live), 0);
   e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_R13), R(ZYDIS_REGISTER_RSI)});
   e.ins(ZYDIS_MNEMONIC_PUSH, {M(ZYDIS_REGISTER_R15, offsetof(Context, rflags), 8)});
   e.ins(ZYDIS_MNEMONIC_POPFQ, {});
@@ -422,10 +474,17 @@ void Translator::emit_routines() {
   // exit after a fault: the handler stored the registers already
   exit_signal_ = e.pos();
   e.ins(ZYDIS_MNEMONIC_CLD, {});
+  // Guest flags are saved by now: test whether the guest FPU state was loaded.
+  e.ins(ZYDIS_MNEMONIC_CMP, {M(ZYDIS_REGISTER_R15, offsetof(Context, fpu_live), 8), I(0)});
+  e.b(0x74);  // je not_loaded
+  std::uint8_t* skip = e.pos();
+  e.b(0);
   e.ins(ZYDIS_MNEMONIC_FXSAVE, {M(ZYDIS_REGISTER_R15, offsetof(Context, guest_fx), 512)});
   e.ins(ZYDIS_MNEMONIC_FNINIT, {});
   e.ins(ZYDIS_MNEMONIC_LDMXCSR, {M(ZYDIS_REGISTER_R15, offsetof(Context, host_mxcsr), 4)});
   e.ins(ZYDIS_MNEMONIC_FLDCW, {M(ZYDIS_REGISTER_R15, offsetof(Context, host_fcw), 2)});
+  store_ctx64(e, offsetof(Context, fpu_live), 0);
+  *skip = static_cast<std::uint8_t>(e.pos() - (skip + 1));
   e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_RSP), M(ZYDIS_REGISTER_R15, offsetof(Context, host_rsp), 8)});
   e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_RAX), M(ZYDIS_REGISTER_R15, kOffReason, 8)});
   for (int i = 5; i >= 0; --i) e.ins(ZYDIS_MNEMONIC_POP, {R(saved[i])});
@@ -590,6 +649,7 @@ TranslateStatus Translator::translate(std::uint32_t eip, TKey tkey, const CodeWi
     e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_RCX), R(ZYDIS_REGISTER_R13)});  // no_hint:
   };
   std::uint32_t pc = eip;
+  bool fpu_ready = false;  // the block called fpu_load already
   bool ended = false;
   bool sti_window_after_next = false;  // set by an inline STI
   TranslateStatus status = TranslateStatus::Ok;
@@ -627,6 +687,8 @@ TranslateStatus Translator::translate(std::uint32_t eip, TKey tkey, const CodeWi
     }
     const std::uint32_t next = pc + insn.length;
     InsnClass cls = classify(insn, ops, tkey);
+    const bool monitor_site = !transient && sites_ && off < code.first_page_bytes &&
+                              sites_->marked(code.pa_page[0] | (pc & 0xfff));
     // Inline forms of two hot sensitive instructions (irqsave paths).
     const bool inline_pushf = insn.mnemonic == ZYDIS_MNEMONIC_PUSHFD && insn.operand_width == 32;
     const bool cpl0 = !(tkey & (kTKeyUser | kTKeyRing12));
@@ -643,12 +705,15 @@ TranslateStatus Translator::translate(std::uint32_t eip, TKey tkey, const CodeWi
                    ZYAN_SUCCESS(ZydisDecoderDecodeFull(&decoder_, code.bytes + noff, code.total - noff, &nx, nops)) &&
                    noff + nx.length <= code.first_page_bytes && classify(nx, nops, tkey) != InsnClass::Special &&
                    classify(nx, nops, tkey) != InsnClass::ControlFlow && nx.mnemonic != ZYDIS_MNEMONIC_STI &&
-                   nx.mnemonic != ZYDIS_MNEMONIC_POPFD;
+                   nx.mnemonic != ZYDIS_MNEMONIC_POPFD &&
+                   !(sites_ && !transient && sites_->marked(code.pa_page[0] | ((pc + insn.length) & 0xfff)));
     }
     if (inline_pushf || inline_cli || inline_popf || inline_sti) cls = InsnClass::Stack;
+    if (monitor_site) cls = InsnClass::Special;
     if (cls == InsnClass::Special) {
       if (b->n_insns == 0) {
         b->special = true;
+        b->monitor_site = monitor_site;
         status = TranslateStatus::Special;
         b->end_eip = next;
         break;
@@ -661,6 +726,10 @@ TranslateStatus Translator::translate(std::uint32_t eip, TKey tkey, const CodeWi
     }
     std::uint8_t* insn_start = e.pos();
     b->side.emplace_back(e.off(), pc);
+    if (!fpu_ready && uses_fpu_state(insn, ops)) {
+      e.ins(ZYDIS_MNEMONIC_CALL, {M(ZYDIS_REGISTER_R15, offsetof(Context, fpu_load), 8)});
+      fpu_ready = true;
+    }
     bool ok = true;
     if (cls == InsnClass::Plain) {
       ok = reencode(e, insn, ops, &b->swaps);

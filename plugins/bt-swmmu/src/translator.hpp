@@ -10,6 +10,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "adaptive_sites.hpp"
 #include "context.hpp"
 
 namespace modevisor::bt {
@@ -20,6 +21,13 @@ inline constexpr TKey kTKeyFpuTrap = 1;
 inline constexpr TKey kTKeyUser = 2;    // CPL 3
 inline constexpr TKey kTKeyRing12 = 4;  // CPL 1 or 2 (CPL 0 when neither bit)
 
+// A guest instruction as Zydis decodes it (kept with special blocks, so the
+// monitor decodes each emulated instruction once).
+struct DecodedInsn {
+  ZydisDecodedInstruction insn;
+  ZydisDecodedOperand ops[ZYDIS_MAX_OPERAND_COUNT];
+};
+
 struct Block {
   std::uint32_t eip = 0;        // guest linear start
   std::uint32_t end_eip = 0;    // first byte after the last guest instruction
@@ -27,6 +35,7 @@ struct Block {
   int n_pages = 1;
   TKey tkey = 0;
   bool special = false;         // first instruction is emulated by the monitor
+  bool monitor_site = false;    // ... because it kept faulting into the monitor (AdaptiveSites)
   bool valid = true;
   std::uint8_t* host = nullptr;  // start of host code (IRQ stub)
   std::uint8_t* entry = nullptr; // entry point (after the IRQ stub)
@@ -45,6 +54,7 @@ struct Block {
     bool esp = true;
   };
   std::vector<Swap> swaps;
+  std::unique_ptr<DecodedInsn> decoded;  // special blocks: the instruction, once emulated
 };
 
 // Code bytes for translation: up to the end of the first page, plus the
@@ -105,6 +115,8 @@ class Translator {
   std::uintptr_t exit_from_signal_routine() const { return reinterpret_cast<std::uintptr_t>(exit_signal_); }
 
   TranslatorStats stats;
+  // Instructions translated as monitor calls (owned by the vCPU).
+  void set_monitor_sites(const AdaptiveSites* sites) { sites_ = sites; }
 
  private:
   struct Key {
@@ -127,11 +139,14 @@ class Translator {
   std::uint8_t* entry_ = nullptr;        // void entry(Context*, const void* host)
   std::uint8_t* exit_ = nullptr;         // translated code jumps here to leave
   std::uint8_t* exit_signal_ = nullptr;  // the fault handler resumes here (regs already saved)
+  std::uint8_t* fpu_load_ = nullptr;     // loads the guest FPU/SSE state (lazily, once per entry)
+  std::uint8_t* fpu_ret_ = nullptr;      // what Context::fpu_load points at once it is loaded
   ZydisDecoder decoder_;
   std::unordered_map<Key, Block*, KeyHash> blocks_;
   std::unordered_map<std::uint64_t, std::vector<Block*>> by_page_;
   std::map<std::uintptr_t, Block*> by_host_;
   std::vector<std::unique_ptr<Block>> all_;
+  const AdaptiveSites* sites_ = nullptr;
 };
 
 }  // namespace modevisor::bt

@@ -70,6 +70,7 @@ Vcpu::Vcpu(api::GuestMemory& mem, api::Platform& platform, api::Logger& log, uns
   install_handlers();
   shadow_ = std::make_unique<ShadowMmu>(mem.host_base(), mem.size(), mem.fd());
   translator_ = std::make_unique<Translator>(translation_cache_bytes);
+  translator_->set_monitor_sites(&sites_);
   void* p = mmap(nullptr, kContextAlloc, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (p == MAP_FAILED) throw std::runtime_error("bt-swmmu: cannot allocate the vCPU context");
   ctx_ = new (p) Context{};
@@ -198,6 +199,9 @@ void Vcpu::add_counters(api::Counters& out) const {
   add("bt.smc_invalidations", t.smc_invalidations);
   add("bt.special_exits", counters_.special_exits);
   add("bt.irq_check_exits", counters_.irq_exits);
+  add("bt.monitor_sites_marked", sites_.marks);
+  add("bt.monitor_sites_unmarked", sites_.unmarks);
+  add("bt.platform_polls", counters_.platform_polls);
   add("bt.io_exits", counters_.io_exits);
   add("bt.mmio_exits", counters_.mmio_exits);
   add("bt.hlt_exits", counters_.hlt_exits);
@@ -213,6 +217,7 @@ void Vcpu::add_counters(api::Counters& out) const {
   add("swmmu.space_evictions", m.evictions);
   add("swmmu.map_resets", m.map_resets);
   add("swmmu.dirty_log_faults", m.dirty_log_faults);
+  add("swmmu.prefilled_pages", m.prefilled);
 }
 
 std::string Vcpu::dump() const {
@@ -264,6 +269,14 @@ void Vcpu::block_poll() {
 }
 
 void Vcpu::kick() {
+  if (t_current == this && in_run_ && !in_guest_) {
+    // From the vCPU's own thread, inside a platform call the monitor made
+    // (e.g. a TPR write that unmasks an interrupt): the dispatcher looks at
+    // the platform before it runs guest code again; nothing to interrupt.
+    poll_needed_.store(true, std::memory_order_release);
+    return;
+  }
+  poll_needed_.store(true, std::memory_order_release);
   kicked_.store(true, std::memory_order_seq_cst);
   block_poll();
 }
@@ -271,6 +284,7 @@ void Vcpu::kick() {
 bool Vcpu::handle_signal(int sig, void* info, void* uctx) {
   if (!in_run_) return false;
   if (sig == kKickSignal) {  // host timer tick
+    poll_needed_.store(true, std::memory_order_release);
     if (in_guest_) block_poll();
     return true;
   }
@@ -414,6 +428,7 @@ api::RunExit Vcpu::run() {
   if (run_state_ == api::RunState::WaitForSipi) return ex;
   t_current = this;
   in_run_ = true;
+  poll_needed_.store(true);
   gs_base_ = ~0ull;
   arm_timer();
   struct Guard {
@@ -437,20 +452,41 @@ api::RunExit Vcpu::run() {
     return ex;
   }
   for (;;) {
+    monitor_tlb_flush();  // guest code may have changed its page tables since
     if (dirty_req_) {
       std::lock_guard<std::mutex> lk(dirty_mu_);
       service_dirty_request();
     }
-    if (platform_.stop_requested() || kicked_.exchange(false)) {
+    if (kicked_.exchange(false)) {
       ex.kind = api::ExitKind::Stopped;
       return ex;
     }
-    const api::CpuEvents events = platform_.cpu_events(index_);
-    if (events.init || events.startup) {  // the host applies them to the state
+    // The platform's state (stop requests, CPU events, interrupt lines, timer
+    // deadlines) only changes through our own platform calls or with a kick
+    // (the interrupt notifier, stop requests) or the host tick: look at it
+    // then, and only then (it takes the machine's lock and reads the clock).
+    const bool poll = poll_needed_.exchange(false, std::memory_order_acq_rel) || platform_called_;
+    platform_called_ = false;
+    if (!poll && platform_read_ && platform_.stop_requested()) {
       ex.kind = api::ExitKind::Stopped;
       return ex;
     }
-    if (events.nmi && platform_.acknowledge_nmi(index_)) nmi_pending_ = true;
+    platform_read_ = false;
+    if (poll) {
+      ++counters_.platform_polls;
+      if (platform_.stop_requested()) {
+        ex.kind = api::ExitKind::Stopped;
+        return ex;
+      }
+      const api::CpuEvents events = platform_.cpu_events(index_);
+      if (events.init || events.startup) {  // the host applies them to the state
+        ex.kind = api::ExitKind::Stopped;
+        return ex;
+      }
+      if (events.nmi && platform_.acknowledge_nmi(index_)) nmi_pending_ = true;
+      irq_line_ = platform_.interrupt_pending(index_);
+      arm_deadline();
+    }
     try {
       // Pending events.
       if (pending_exception_) {
@@ -475,10 +511,12 @@ api::RunExit Vcpu::run() {
       const bool can_irq = (ctx_->sysflags & kIF) && !interrupt_shadow_;
       interrupt_shadow_ = false;
       // For inline STI/POPF: is an interrupt waiting for IF?
-      ctx_->irq_hint = !(ctx_->sysflags & kIF) && (pending_interrupt_ || platform_.interrupt_pending(index_));
-      if (can_irq && (pending_interrupt_ || platform_.interrupt_pending(index_))) {
+      ctx_->irq_hint = !(ctx_->sysflags & kIF) && (pending_interrupt_ || irq_line_);
+      if (can_irq && !pending_interrupt_ && irq_line_) irq_line_ = platform_.interrupt_pending(index_);  // still raised?
+      if (can_irq && (pending_interrupt_ || irq_line_)) {
         std::uint8_t vec = pending_interrupt_ ? *pending_interrupt_ : platform_.acknowledge_interrupt(index_);
         pending_interrupt_.reset();
+        platform_called_ = true;
         run_state_ = api::RunState::Runnable;
         ++counters_.interrupts;
         deliver(vec, false, 0, false, eip_);
@@ -500,6 +538,7 @@ api::RunExit Vcpu::run() {
           std::lock_guard<std::mutex> lk(dirty_mu_);
           parked_ = false;
         }
+        platform_called_ = true;
         continue;
       }
       if (run_state_ == api::RunState::Shutdown) {
@@ -511,6 +550,12 @@ api::RunExit Vcpu::run() {
       if (r == StepResult::Error) {
         ex.kind = api::ExitKind::Error;
         ex.diagnostic = bug_message_ + "; " + dump();
+        return ex;
+      }
+      if (r == StepResult::Shutdown) {
+        ex.kind = api::ExitKind::Shutdown;
+        ex.diagnostic = "triple fault; " + dump();
+        run_state_ = api::RunState::Shutdown;
         return ex;
       }
     } catch (const GuestException& ge) {
@@ -555,7 +600,7 @@ Block* Vcpu::lookup(std::uint32_t eip) {
   if (w.pa >= pm.size) {
     // Unclaimed bus space reads as all ones, and 0xff 0xff is an invalid
     // opcode: #UD like a PC.  Code that a device provides (ROM) is not run.
-    if (platform_.mmio_read(index_, w.pa & ~7ull, 8) == ~0ull) raise(6);
+    if (platform_read().mmio_read(index_, w.pa & ~7ull, 8) == ~0ull) raise(6);
     throw std::runtime_error("bt-swmmu: guest executes outside RAM (MMIO/ROM code is not supported)");
   }
   const std::uint32_t next_page = (eip & ~0xfffu) + 0x1000;
@@ -636,12 +681,14 @@ Vcpu::StepResult Vcpu::step() {
   } end_step{shadow_.get(), stepping};
   if (b->special) {
     ++counters_.special_exits;
-    emulate(eip_, false);
+    if (b->monitor_site)
+      return run_monitor_site(b);
+    else
+      emulate(eip_, false, b);
     return StepResult::Continue;
   }
   if (poll_blocked_.exchange(false)) mprotect(poll_page(), 4096, PROT_READ);
-  if (kicked_.load()) return StepResult::Continue;
-  arm_deadline();
+  if (kicked_.load() || poll_needed_.load(std::memory_order_acquire)) return StepResult::Continue;
   sync_seg_bases();
   in_guest_ = true;
   const std::uint64_t reason = translator_->enter(ctx_, b->entry);
@@ -673,11 +720,12 @@ Vcpu::StepResult Vcpu::step() {
       eip_ = ctx_->fault_eip;
       switch (ctx_->fault_kind) {
         case FaultKind::PageFault:
+          note_fault_site(eip_, AdaptiveSites::Fault::PageFault);
           cr2_ = ctx_->fault_addr;
-          raise(14, true, ctx_->fault_error);
-          break;
+          return deliver_fault(GuestException{14, true, ctx_->fault_error});
         case FaultKind::Mmio:
           ++counters_.mmio_exits;
+          note_fault_site(eip_, AdaptiveSites::Fault::Mmio);
           emulate(eip_, true);
           break;
         case FaultKind::ProtectedWrite: {
@@ -693,12 +741,14 @@ Vcpu::StepResult Vcpu::step() {
           }
           shadow_->set_write_through(pa);
           single_step_ = true;
+          note_fault_site(eip_, AdaptiveSites::Fault::TracedWrite);
           break;
         }
         case FaultKind::Exception:
           if (ctx_->fault_vector == 0x100) return StepResult::Error;
-          raise(static_cast<std::uint8_t>(ctx_->fault_vector), ctx_->fault_vector == 13, 0);
-          break;
+          if (ctx_->fault_vector == 0) note_fault_site(eip_, AdaptiveSites::Fault::Divide);
+          return deliver_fault(
+              GuestException{static_cast<std::uint8_t>(ctx_->fault_vector), ctx_->fault_vector == 13, 0});
         case FaultKind::None:
           break;
       }
@@ -711,29 +761,149 @@ Vcpu::StepResult Vcpu::step() {
   return StepResult::Continue;
 }
 
+// ---------------------------------------------------------------- adaptive translation
+
+void Vcpu::drop_translations_of(std::uint64_t pa_page) {
+  translator_->invalidate_page(pa_page);
+  shadow_->clear_block_maps();
+  pending_patch_ = 0;
+}
+
+// A fault at `eip` took the monitor's attention (a host signal each time):
+// once the instruction is one the monitor can run exactly, and it keeps
+// faulting, translate it as a monitor call.
+void Vcpu::note_fault_site(std::uint32_t eip, AdaptiveSites::Fault kind) {
+  const PhysMem& pm = shadow_->phys();
+  const WalkResult w = walk(pm, paging(), eip, Access{false, cpl_ == 3, true}, false);
+  if (!w.ok || w.pa >= pm.size) return;
+  DecodedInsn scratch;
+  const DecodedInsn* d = nullptr;
+  try {
+    d = &fetch_decoded(eip, nullptr, scratch);
+  } catch (const GuestException&) {
+    return;
+  }
+  if ((eip & 0xfff) + d->insn.length > 0x1000) return;
+  bool eligible = false;
+  if (kind == AdaptiveSites::Fault::Divide) {
+    eligible = d->insn.mnemonic == ZYDIS_MNEMONIC_DIV || d->insn.mnemonic == ZYDIS_MNEMONIC_IDIV;
+  } else if (classify(d->insn, d->ops, tkey_) == InsnClass::Plain) {
+    // One explicit memory operand and nothing else in memory: what
+    // emulate_mmio_native runs exactly, against RAM as well as devices.
+    int mem = 0;
+    bool other = false;
+    for (unsigned i = 0; i < d->insn.operand_count; ++i) {
+      const auto& op = d->ops[i];
+      if (op.type != ZYDIS_OPERAND_TYPE_MEMORY) continue;
+      if (op.visibility != ZYDIS_OPERAND_VISIBILITY_EXPLICIT || op.mem.type != ZYDIS_MEMOP_TYPE_MEM) other = true;
+      ++mem;
+    }
+    eligible = mem == 1 && !other && d->insn.mnemonic != ZYDIS_MNEMONIC_LEA &&
+               d->insn.meta.category != ZYDIS_CATEGORY_BITBYTE;
+  }
+  if (eligible && sites_.fault(w.pa, kind)) drop_translations_of(w.pa & ~0xfffull);
+}
+
+// An instruction translated as a monitor call.  When it ran without needing
+// the monitor (RAM the shadow could map, no fault, no traced page) for long
+// enough, it goes back to native translation.
+Vcpu::StepResult Vcpu::run_monitor_site(Block* b) {
+  const std::uint64_t pa = b->pa_page[0] | (b->eip & 0xfff);
+  // The faults these sites exist for are found before emulating, and
+  // delivered without unwinding the monitor's stack.
+  DecodedInsn scratch;
+  const DecodedInsn& d = fetch_decoded(eip_, b, scratch);
+  if (auto fault = monitor_site_fault(d)) {
+    sites_.dirty(pa);
+    return deliver_fault(*fault);
+  }
+  monitor_needed_ = false;
+  const std::uint64_t mmio_before = counters_.mmio_exits;
+  try {
+    emulate(eip_, true, b);
+  } catch (const GuestException&) {
+    sites_.dirty(pa);
+    throw;
+  }
+  if (monitor_needed_ || counters_.mmio_exits != mmio_before)
+    sites_.dirty(pa);
+  else if (sites_.clean(pa))
+    drop_translations_of(pa & ~0xfffull);
+  return StepResult::Continue;
+}
+
+// The #DE or #PF a monitor site's instruction raises, if it does: checked
+// with walks that change nothing, so emulating it afterwards is exact.
+std::optional<GuestException> Vcpu::monitor_site_fault(const DecodedInsn& d) {
+  const auto& insn = d.insn;
+  if (insn.mnemonic == ZYDIS_MNEMONIC_DIV || insn.mnemonic == ZYDIS_MNEMONIC_IDIV) {
+    const auto& op = d.ops[0];
+    if (op.type != ZYDIS_OPERAND_TYPE_REGISTER) return std::nullopt;  // a memory divisor: emulate() checks
+    if (divide_faults(insn, get_reg(op.reg.value))) return GuestException{0, false, 0};
+    return std::nullopt;
+  }
+  for (unsigned i = 0; i < insn.operand_count; ++i) {
+    const auto& op = d.ops[i];
+    if (op.type != ZYDIS_OPERAND_TYPE_MEMORY || op.visibility != ZYDIS_OPERAND_VISIBILITY_EXPLICIT) continue;
+    const unsigned size = op.size / 8;
+    if (size == 0) return std::nullopt;
+    const bool writes = op.actions & ZYDIS_OPERAND_ACTION_MASK_WRITE;
+    const std::uint32_t la = ea(op);
+    for (std::uint32_t at = la; at - la < size; at = (at & ~0xfffu) + 0x1000) {
+      const WalkResult w = walk(shadow_->phys(), paging(), at, Access{writes, cpl_ == 3, false}, false);
+      if (!w.ok) {
+        cr2_ = at;
+        return GuestException{14, true, w.error};
+      }
+    }
+    return std::nullopt;
+  }
+  return std::nullopt;
+}
+
+Vcpu::StepResult Vcpu::deliver_fault(const GuestException& ex) {
+  ++counters_.exceptions;
+  return deliver_exception(ex) ? StepResult::Continue : StepResult::Shutdown;
+}
+
 // ---------------------------------------------------------------- memory
 
 std::uint64_t Vcpu::lin_to_phys(std::uint32_t la, bool write, bool user, bool fetch) {
+  const std::uint32_t tag = (la & ~0xfffu) | (fetch ? 4 : 0) | (write ? 2 : 0) | (user ? 1 : 0);
+  MonitorTlbEntry& e = mtlb_[(la >> 12) % mtlb_.size()];
+  if (e.gen == mtlb_gen_ && e.tag == tag) return e.pa_page | (la & 0xfff);
   WalkResult w = walk(shadow_->phys(), paging(), la, Access{write, user, fetch}, true);
   if (!w.ok) {
     cr2_ = la;
     raise(14, true, w.error);
   }
+  // Only 4 KiB granules are cached, whatever the guest page size.
+  e = MonitorTlbEntry{tag, mtlb_gen_, w.pa & ~0xfffull, {w.pt_pages[0], w.pt_pages[1], w.pt_pages[2]}, w.n_pt};
   return w.pa;
 }
 
+void Vcpu::monitor_tlb_drop_table(std::uint64_t pa_page) {
+  for (auto& e : mtlb_) {
+    if (e.gen != mtlb_gen_) continue;
+    for (int i = 0; i < e.n_pt; ++i)
+      if (e.pt[i] == pa_page) e.gen = 0;
+  }
+}
+
 std::uint64_t Vcpu::read_phys(std::uint64_t pa, unsigned size) {
-  if (pa + size <= mem_.size()) {
+  if (pa + size <= shadow_->phys().size) {
     std::uint64_t v = 0;
-    std::memcpy(&v, mem_.host_base() + pa, size);
+    std::memcpy(&v, shadow_->phys().base + pa, size);
     return v;
   }
   ++counters_.mmio_exits;
-  return platform_.mmio_read(index_, pa, size);
+  return platform_read().mmio_read(index_, pa, size);
 }
 
 void Vcpu::note_guest_write(std::uint64_t pa_page) {
+  monitor_tlb_drop_table(pa_page);
   if (shadow_->dirty_logging()) shadow_->mark_dirty(pa_page);
+  if (shadow_->is_pt_page(pa_page) || shadow_->is_code_page(pa_page)) monitor_needed_ = true;
   if (shadow_->is_pt_page(pa_page)) shadow_->release_pt_page(pa_page);
   if (shadow_->is_code_page(pa_page)) {
     translator_->invalidate_page(pa_page);
@@ -744,13 +914,13 @@ void Vcpu::note_guest_write(std::uint64_t pa_page) {
 }
 
 void Vcpu::write_phys(std::uint64_t pa, unsigned size, std::uint64_t v) {
-  if (pa + size <= mem_.size()) {
+  if (pa + size <= shadow_->phys().size) {
     note_guest_write(pa & ~0xfffull);
-    std::memcpy(mem_.host_base() + pa, &v, size);
+    std::memcpy(shadow_->phys().base + pa, &v, size);
     return;
   }
   ++counters_.mmio_exits;
-  platform_.mmio_write(index_, pa, size, v);
+  platform_call().mmio_write(index_, pa, size, v);
 }
 
 std::uint32_t Vcpu::read(std::uint32_t la, unsigned size, bool user, bool fetch) {

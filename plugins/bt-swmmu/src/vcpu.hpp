@@ -31,6 +31,7 @@ struct GuestException {
 struct VcpuCounters {
   std::uint64_t dispatches = 0, cache_hits = 0, special_exits = 0, io_exits = 0, mmio_exits = 0;
   std::uint64_t interrupts = 0, nmis = 0, exceptions = 0, hlt_exits = 0, irq_exits = 0, indirect_misses = 0, irq_window_exits = 0;
+  std::uint64_t platform_polls = 0;
 };
 
 class Vcpu {
@@ -78,6 +79,21 @@ class Vcpu {
 
   // --- guest memory through the guest's page tables (monitor side)
   std::uint64_t lin_to_phys(std::uint32_t la, bool write, bool user, bool fetch);
+  // The monitor's own accesses to guest memory during one dispatcher
+  // iteration (an exception frame, a gate, descriptors, an IRET frame) walk
+  // each page once: walks are cached until the iteration ends, the paging
+  // registers change, INVLPG, or the monitor writes a table a cached walk used.
+  struct MonitorTlbEntry {
+    std::uint32_t tag = 0;  // LA page | fetch 4 | write 2 | user 1
+    std::uint32_t gen = 0;
+    std::uint64_t pa_page = 0;
+    std::uint64_t pt[3] = {};
+    int n_pt = 0;
+  };
+  std::array<MonitorTlbEntry, 16> mtlb_{};
+  std::uint32_t mtlb_gen_ = 1;
+  void monitor_tlb_flush() { if (++mtlb_gen_ == 0) mtlb_gen_ = 1; }
+  void monitor_tlb_drop_table(std::uint64_t pa_page);
   std::uint32_t read(std::uint32_t la, unsigned size, bool user, bool fetch = false);
   void write(std::uint32_t la, unsigned size, std::uint32_t v, bool user);
   std::uint64_t read_phys(std::uint64_t pa, unsigned size);
@@ -102,7 +118,19 @@ class Vcpu {
   void sync_seg_bases();
 
   // --- emulation
-  void emulate(std::uint32_t eip, bool mmio);
+  void emulate(std::uint32_t eip, bool mmio, Block* block = nullptr);
+  void emulate_divide(const ZydisDecodedInstruction& insn, std::uint32_t divisor);
+  // Adaptive translation: which instructions the monitor runs (see AdaptiveSites).
+  AdaptiveSites sites_;
+  bool monitor_needed_ = false;  // the last monitor-site execution touched MMIO or a traced page
+  void note_fault_site(std::uint32_t eip, AdaptiveSites::Fault kind);
+  StepResult run_monitor_site(Block* b);
+  std::optional<GuestException> monitor_site_fault(const DecodedInsn& d);
+  bool divide_faults(const ZydisDecodedInstruction& insn, std::uint32_t divisor) const;
+  // An exception found without a throw: delivered through the IDT (Shutdown on a triple fault).
+  StepResult deliver_fault(const GuestException& ex);
+  void drop_translations_of(std::uint64_t pa_page);
+  const DecodedInsn& fetch_decoded(std::uint32_t eip, Block* block, DecodedInsn& scratch);
   bool emulate_mmio_native(std::uint32_t eip, const ZydisDecodedInstruction& insn, const ZydisDecodedOperand* ops);
   // Instructions whose memory access is not just their operand, when that
   // memory is MMIO or unassigned: emulated here, never run on the stage.
@@ -156,6 +184,25 @@ class Vcpu {
   api::RunState run_state_ = api::RunState::Runnable;
 
   std::atomic<bool> kicked_{false};
+  // Set by a kick, the host tick and run(): look at the platform at the next
+  // dispatcher iteration.  platform_called_: this thread called the platform
+  // since the last look (a device access may have raised or lowered a line).
+  std::atomic<bool> poll_needed_{true};
+  bool platform_called_ = false;
+  // Device writes and waits go through here, so the next iteration looks at the platform.
+  api::Platform& platform_call() {
+    platform_called_ = true;
+    return platform_;
+  }
+  // Device reads: a line a read raises reaches us as a kick (the interrupt
+  // notifier), one it lowers only makes irq_line_ stale (interrupt_pending is
+  // asked again before an interrupt is taken); a stop request is checked.
+  bool platform_read_ = false;
+  api::Platform& platform_read() {
+    platform_read_ = true;
+    return platform_;
+  }
+  bool irq_line_ = false;  // the platform's interrupt_pending at the last look
   // Dirty-page collection from another thread: done directly while the vCPU
   // is not in run() or is parked in wait_for_interrupt, else by the vCPU
   // thread at its next dispatcher iteration.
