@@ -10,7 +10,7 @@
 using namespace modevisor;
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
-  static const std::uint64_t kRamSizes[] = {32u << 20, 4u << 20, (1u << 20) + (64u << 10), 0x21000};
+  static const std::uint64_t kRamSizes[] = {32u << 20, 4u << 20, (1u << 20) + 4096, 0x21000};
   static fuzz::GuardedRam* rams[4] = {};
   fuzz::Reader in{{data, size}};
   const unsigned ram_index = in.u(1) % 4;

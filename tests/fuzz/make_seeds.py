@@ -133,11 +133,13 @@ def main():
     for name, (src, flags) in BT_PROGRAMS.items():
         write("bt", name, bt_input(src, flags=flags, irq=0x30 if "irq" in name else 0, handler=0x40,
                                    gpr=(1, 2, 3, 4, 0, 6, 0x200000, 0x200100)))
-    # Class 2: init_size near 4 GiB wraps the kernel's end below its start;
-    # a command line that fits cmdline_size but not guest RAM.
-    write_crash("bzimage", "class2-init-size-wraps", bzimage_input(bzimage(init_size=0xFFFFF000), b"quiet", ram=1))
-    write_crash("bzimage", "class2-cmdline-past-ram",
-                bzimage_input(bzimage(init_size=0x1000, cmdline_size=0x10000), b"c" * 0x2000, ram=3))
+    # Class 2: init_size near 4 GiB wraps the kernel's end (1 MiB + init_size,
+    # 32-bit) to 0, the RAM check passes, and the 128 KiB image is copied
+    # past the end of a 1 MiB + 4 KiB (or 132 KiB) guest RAM.
+    write_crash("bzimage", "class2-init-size-wraps",
+                bzimage_input(bzimage(init_size=0xFFF00000, kernel_bytes=0x20000), b"quiet", ram=2))
+    write_crash("bzimage", "class2-init-size-wraps-tiny-ram",
+                bzimage_input(bzimage(init_size=0xFFF00000, cmdline_size=0x10000), b"c" * 0x2000, ram=3))
     for name, src in BT_CRASHES.items():
         write_crash("bt", name, bt_input(src))
 
