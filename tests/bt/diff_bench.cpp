@@ -4,7 +4,7 @@
 // sequence's registers and arithmetic flags, and each program's scratch
 // memory, must match.  Reports sequences, instructions and divergences.
 //
-//   bt_diff_bench [--sequences N] [--seed S] [--per-program K] [--show D] [--no-bcd]
+//   bt_diff_bench [--sequences N] [--seed S] [--per-program K] [--show D] [--no-bcd] [--only P]
 //
 // --no-bcd leaves out AAA/AAS/DAA/DAS/AAM/AAD: invalid in 64-bit mode, so the
 // engine emulates them, and their architecturally undefined flags need not
@@ -35,6 +35,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <algorithm>
 #include <random>
 #include <string>
 #include <thread>
@@ -142,6 +143,17 @@ class Generator {
  private:
   bool acceptable(const ZydisDecodedInstruction& insn, const ZydisDecodedOperand* ops) {
     if (!allowed_category(insn.meta.category)) return false;
+    // P6 integer ISA only: no VEX/EVEX/XOP forms and no SSE/MMX conversions
+    // with a GPR operand (the engine's CPU model has no AVX: its #UD is right).
+    if (insn.encoding != ZYDIS_INSTRUCTION_ENCODING_LEGACY) return false;
+    switch (insn.meta.isa_set) {
+      case ZYDIS_ISA_SET_I86: case ZYDIS_ISA_SET_I186: case ZYDIS_ISA_SET_I286REAL: case ZYDIS_ISA_SET_I386:
+      case ZYDIS_ISA_SET_I486REAL: case ZYDIS_ISA_SET_PENTIUMREAL: case ZYDIS_ISA_SET_PPRO:
+      case ZYDIS_ISA_SET_CMOV: case ZYDIS_ISA_SET_LAHF: case ZYDIS_ISA_SET_FAT_NOP:
+        break;
+      default:
+        return false;
+    }
     if (!bcd_ && insn.meta.category == ZYDIS_CATEGORY_DECIMAL) return false;
     switch (insn.mnemonic) {  // within the categories: stack, flags image, faults, models
       case ZYDIS_MNEMONIC_PUSHFD: case ZYDIS_MNEMONIC_POPFD: case ZYDIS_MNEMONIC_PUSHF: case ZYDIS_MNEMONIC_POPF:
@@ -251,6 +263,7 @@ struct Outcome {
   std::vector<std::uint8_t> out;  // sequences * kCheckpoint
   std::vector<std::uint8_t> scratch;
   std::string error;
+  std::uint32_t eip = 0;  // BT: where the guest was when the run ended
 };
 
 // The persistent native helper; restarted when a program kills it.
@@ -374,8 +387,9 @@ Outcome run_bt(const Program& p, bool paging) {
   cv.notify_one();
   watchdog.join();
   Outcome o;
+  o.eip = static_cast<std::uint32_t>(cpu.save().rip);
   if (ex.kind != ExitKind::Stopped || plat.exit_code < 0) {
-    o.error = "the BT run did not finish: " + ex.diagnostic;
+    o.error = "the BT run did not finish: " + ex.diagnostic.substr(0, ex.diagnostic.find(';'));
     return o;
   }
   const std::uint32_t out_len = p.sequences * kCheckpoint;
@@ -417,6 +431,7 @@ int main(int argc, char** argv) {
   std::uint64_t want = 1000000, seed = 1;
   unsigned per_program = 64, show = 5;
   bool bcd = true;
+  std::uint64_t only = 0;  // run only this program (1-based), to look at one failure
   for (int i = 1; i < argc; i += 2) {
     std::string k = argv[i];
     if (k == "--no-bcd") {
@@ -430,14 +445,16 @@ int main(int argc, char** argv) {
     else if (k == "--seed") seed = v;
     else if (k == "--per-program") per_program = static_cast<unsigned>(v < 1 ? 1 : v > 512 ? 512 : v);
     else if (k == "--show") show = static_cast<unsigned>(v);
+    else if (k == "--only") only = v;
     else {
-      std::fprintf(stderr, "usage: %s [--sequences N] [--seed S] [--per-program K] [--show D] [--no-bcd]\n", argv[0]);
+      std::fprintf(stderr, "usage: %s [--sequences N] [--seed S] [--per-program K] [--show D] [--no-bcd] [--only P]\n", argv[0]);
       return 2;
     }
   }
   NativeRunner native(BT_NATIVE32_SERVER);
   Generator g(seed, bcd);
   std::uint64_t sequences = 0, instructions = 0, divergences = 0, programs = 0, native_faults = 0, bt_failures = 0;
+  std::uint64_t failed_sequences = 0;  // in programs whose BT run did not finish
   const auto start = std::chrono::steady_clock::now();
   auto report = [&](const Program& p, unsigned s, const std::string& what) {
     if (divergences + bt_failures > show) return;
@@ -450,6 +467,10 @@ int main(int argc, char** argv) {
     const bool paging = programs % 4 == 3;
     Program p = make_program(g, per_program);
     ++programs;
+    if (only && programs != only) {
+      if (programs > only) break;
+      continue;
+    }
     const Outcome n = native.run(p);
     if (!n.error.empty()) {  // the filter let through something that faults natively
       ++native_faults;
@@ -458,10 +479,15 @@ int main(int argc, char** argv) {
     const Outcome b = run_bt(p, paging);
     sequences += p.sequences;
     instructions += p.instructions;
-    if (!b.error.empty()) {
+    if (!b.error.empty()) {  // the CPU ran the program, the translator did not: a divergence too
       ++bt_failures;
-      if (bt_failures <= show) std::printf("BT FAILURE program %llu: %s\n", static_cast<unsigned long long>(programs),
-                                           b.error.c_str());
+      failed_sequences += p.sequences;
+      if (bt_failures <= show) {
+        std::printf("BT FAILURE program %llu%s: %s at EIP %#x:\n", static_cast<unsigned long long>(programs),
+                    paging ? " (paging on)" : "", b.error.c_str(), b.eip);
+        const std::size_t off = b.eip - kCode;
+        if (off < p.body.size()) std::printf("%s", disasm(p.body.data() + off, std::min<std::size_t>(15, p.body.size() - off), b.eip).c_str());
+      }
       continue;
     }
     static const char* names[] = {"EAX", "ECX", "EDX", "EBX", "ESP", "EBP", "ESI", "EDI"};
@@ -487,8 +513,9 @@ int main(int argc, char** argv) {
                                            static_cast<unsigned long long>(programs), paging ? " (paging on)" : "");
     }
     if (programs % 1000 == 0) {
-      std::fprintf(stderr, "  %llu sequences, %llu divergences...\n", static_cast<unsigned long long>(sequences),
-                   static_cast<unsigned long long>(divergences));
+      std::fprintf(stderr, "  %llu sequences, %llu divergences, %llu BT failures...\n",
+                   static_cast<unsigned long long>(sequences), static_cast<unsigned long long>(divergences),
+                   static_cast<unsigned long long>(bt_failures));
     }
   }
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -496,9 +523,10 @@ int main(int argc, char** argv) {
               static_cast<unsigned long long>(seed), static_cast<unsigned long long>(sequences),
               static_cast<unsigned long long>(instructions), static_cast<unsigned long long>(programs), per_program,
               secs);
-  std::printf("bt_diff_bench: divergences %llu, BT runs that did not finish %llu, programs skipped (faulted "
-              "natively) %llu, random decodes tried %llu\n",
+  std::printf("bt_diff_bench: divergences %llu, BT runs that did not finish %llu (%llu sequences not compared), "
+              "programs skipped (faulted natively) %llu, random decodes tried %llu\n",
               static_cast<unsigned long long>(divergences), static_cast<unsigned long long>(bt_failures),
+              static_cast<unsigned long long>(failed_sequences),
               static_cast<unsigned long long>(native_faults), static_cast<unsigned long long>(g.tried()));
   return divergences || bt_failures ? 1 : 0;
 }
