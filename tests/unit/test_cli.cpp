@@ -80,7 +80,10 @@ TEST_F(CliTest, ExplainOfAnSmpVmSaysWhyBtIsNotAllowed) {
 TEST_F(CliTest, PluginsShowsBtsVcpuLimit) {
   Result r = run("plugins --json");
   ASSERT_EQ(r.status, 0) << r.out;
-  for (const auto& p : nlohmann::json::parse(r.out)["plugins"]) {
+  // The parsed document must outlive the loop: a range-for over a member of
+  // a temporary dangles (ASan: heap-use-after-free).
+  const auto listing = nlohmann::json::parse(r.out);
+  for (const auto& p : listing["plugins"]) {
     const bool bt = p["name"] == "bt-swmmu";
     EXPECT_EQ(p["max_vcpus"], bt ? 1 : 0) << p.dump();
     EXPECT_EQ(p["guests"].get<std::string>().find("1 vCPU") != std::string::npos, bt) << p.dump();
