@@ -101,6 +101,11 @@ for t in "${targets[@]}"; do
     if is_known "$t" "$log"; then
       known=$((known + 1))
       cp "$log" "$work/known-crash-$known.log"
+      # A known crash kept in the corpus would stop every restart at once.
+      art=$(ls -t "$work"/artifacts/crash-* 2>/dev/null | head -1 || true)
+      if [ -n "$art" ]; then
+        for f in "$work"/corpus/*; do cmp -s "$f" "$art" && rm -f "$f"; done
+      fi
       continue
     fi
     outcome="CRASH (log $log)"
