@@ -25,6 +25,7 @@ bench/results/ (gitignored).
 """
 import argparse
 import datetime
+import errno
 import json
 import math
 import os
@@ -90,6 +91,10 @@ class RunResult:
         self.value, self.counters, self.status = value, counters, status
 
 
+# A column this host cannot run: reported with the reason, never a failure.
+NOT_RUNNABLE_HERE = "not runnable on this host:"
+
+
 def run_timed(cmd, timeout, env=None, cwd=None):
     t0 = time.perf_counter()
     try:
@@ -97,6 +102,8 @@ def run_timed(cmd, timeout, env=None, cwd=None):
                            cwd=cwd, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
         return None, time.perf_counter() - t0, "", "timeout after %ds" % timeout
+    except OSError as e:  # e.g. ENOEXEC: a program this kernel cannot run
+        return None, time.perf_counter() - t0, "", "cannot execute %s: %s" % (cmd[0], e.strerror)
     dt = time.perf_counter() - t0
     return p.returncode, dt, p.stdout.decode("utf-8", "replace"), p.stderr.decode("utf-8", "replace")
 
@@ -120,6 +127,22 @@ class Native:
 
     def available(self):
         return os.access(self.exe, os.X_OK)
+
+    def why_not_runnable(self):
+        """'' when this host runs the program (probed by running a tiny sieve),
+        else why not: some kernels run no 32-bit x86 programs at all."""
+        try:
+            p = subprocess.run([self.exe, "sieve", "n=1000", "r=1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               stdin=subprocess.DEVNULL, timeout=60)
+        except OSError as e:
+            hint = " (this kernel runs no 32-bit x86 programs)" if e.errno == errno.ENOEXEC and self.label == "native32" else ""
+            return "cannot execute %s: %s%s" % (os.path.relpath(self.exe), e.strerror, hint)
+        except subprocess.TimeoutExpired:
+            return "%s did not finish a tiny run in 60 s" % os.path.relpath(self.exe)
+        if p.returncode != 0:
+            return "%s exits with status %d on a tiny run: %s" % (os.path.relpath(self.exe), p.returncode,
+                                                                 p.stderr.decode("utf-8", "replace").strip()[:200])
+        return ""
 
     def run(self, guest, args, timeout):
         rc, dt, out, err = run_timed([self.exe, guest] + args.split(), timeout)
@@ -280,8 +303,8 @@ def modevisor_modes(exe, work_dir, want):
             continue
         seen.add(mode)
         if not pl.get("runs_here"):
-            notes.append("%s: cannot run on this host (%s: %s)" % (mode, pl.get("name"),
-                                                                    "; ".join(pl.get("why_not", [])) or "?"))
+            notes.append("%s: %s %s: %s" % (mode, NOT_RUNNABLE_HERE, pl.get("name"),
+                                            "; ".join(pl.get("why_not", [])) or "?"))
             continue
         runners.append(Modevisor(exe, mode, pl.get("name"), work_dir))
     for mode in want:
@@ -332,8 +355,14 @@ def compute_suite(args, mv_runners):
     natives = [Native(os.path.join(GUEST_DIR, "native_bench"), "native"),
                Native(os.path.join(GUEST_DIR, "native_bench32"), "native32")]
     qemu = Qemu(GUEST_DIR)
-    runners = [n for n in natives if n.available()]
-    notes = ["%s: %s not built" % (n.label, n.exe) for n in natives if not n.available()]
+    runners, notes = [], []
+    for n in natives:
+        if not n.available():
+            notes.append("%s: %s not built" % (n.label, n.exe))
+        elif n.why_not_runnable():
+            notes.append("%s: %s %s" % (n.label, NOT_RUNNABLE_HERE, n.why_not_runnable()))
+        else:
+            runners.append(n)
     if qemu.available():
         runners.append(qemu)
     else:

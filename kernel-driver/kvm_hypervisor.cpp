@@ -664,10 +664,15 @@ std::vector<std::string> cpuid_model_gaps(const std::vector<kvm_cpuid_entry2>& s
 std::unique_ptr<KvmHypervisor> KvmHypervisor::open(const std::filesystem::path& device,
                                                    const std::filesystem::path& sys_module) {
   const KvmFacts facts = probe_kvm(device, sys_module);
-  if (facts.vendor_module == "kvm_pvm")
+  if (facts.vendor_module == "kvm_pvm" && facts.device_present)
     throw api::HypervisorError(device.string() + " is provided by kvm_pvm (PVM), which cannot run unmodified guests; "
                                "load kvm_intel or kvm_amd instead");
-  if (!facts.device_present) throw api::HypervisorError("no " + device.string() + " (is kvm_intel or kvm_amd loaded?)");
+  if (!facts.device_present)
+    throw api::HypervisorError("no " + device.string() +
+                               (facts.vendor_module == "kvm_pvm"
+                                    ? " (kvm_pvm is loaded but has no device node here, and it cannot run "
+                                      "unmodified guests anyway: load kvm_intel or kvm_amd)"
+                                    : " (is kvm_intel or kvm_amd loaded?)"));
   std::unique_ptr<KvmHypervisor> hv(new KvmHypervisor);
   hv->fd_ = ::open(device.c_str(), O_RDWR | O_CLOEXEC);
   if (hv->fd_ < 0) fail("cannot open " + device.string());

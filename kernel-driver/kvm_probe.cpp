@@ -16,9 +16,14 @@ namespace {
 
 // A module parameter as the kernel prints it: "Y"/"N" for bools, "1"/"0" for ints.
 std::optional<bool> read_bool_param(const std::filesystem::path& file) {
+  // A parameter is a few characters: read no more than that (a stray file
+  // in its place must not be read without bound).
   std::ifstream in(file);
-  std::string value;
-  if (!(in >> value) || value.empty()) return std::nullopt;
+  char text[16] = {};
+  in.read(text, sizeof text - 1);
+  std::string value(text, static_cast<std::size_t>(in.gcount()));
+  while (!value.empty() && (value.back() == '\n' || value.back() == ' ')) value.pop_back();
+  if (value.empty()) return std::nullopt;
   if (value == "Y" || value == "y" || value == "1") return true;
   if (value == "N" || value == "n" || value == "0") return false;
   return std::nullopt;

@@ -39,7 +39,7 @@ run $MV --log-dir "$MODEVISOR_LOG_DIR" run configs/vms/portable-32.yaml
 run $MV --log-dir "$MODEVISOR_LOG_DIR" run configs/vms/linux-64.yaml
 
 say "The hardware modes on a real KVM: the nested test host (QEMU TCG emulating an AMD EPYC with SVM)"
-echo "This machine's /dev/kvm cannot run guests, so the demo boots the test host of"
+echo "This machine has no usable KVM (\`modevisor host\` says why), so the demo boots the test host of"
 echo "scripts/kvm-host/ twice: kvm_amd npt=1 (nested paging: HWMMU) and npt=0 (shadow paging: HV)."
 echo "In each, the selection for the Linux VM is explained, then Debian's kernel boots to a"
 echo "busybox prompt, answers a command typed on its serial console, and is rebooted (about 2 minutes)."

@@ -12,6 +12,7 @@ PACKAGES=(
   libzydis-dev                              # x86 decoder for the translator
   gcc-multilib                              # -m32 freestanding guest kernels
   qemu-system-x86                           # the oracle the guests are checked against
+  qemu-user                                 # qemu-i386: the BT differential tests' oracle where 32-bit code cannot run natively
   # KVM test host (scripts/kvm-host, ctest label kvm): a QEMU TCG guest with
   # nested SVM running Debian's kernel and kvm_amd
   linux-image-amd64 busybox-static cpio

@@ -1,5 +1,7 @@
 #include "capabilities/probe.hpp"
 
+#include "common/bounded_file.hpp"
+
 #if defined(__x86_64__) || defined(__i386__)
 #include <cpuid.h>
 #endif
@@ -110,11 +112,7 @@ void signature_from_cpuid(const CpuidTable& cpuid, api::CpuVendor vendor, api::H
 }
 
 std::string read_file(const std::filesystem::path& file) {
-  std::ifstream in(file);
-  if (!in) throw InputError(file, 0, 0, "cannot read the file (missing or unreadable)");
-  std::stringstream text;
-  text << in.rdbuf();
-  return text.str();
+  return read_bounded_text(file, kMaxProcTextBytes, "CPU information");
 }
 
 // Why the KVM driver cannot give this CPU hardware-assisted execution; empty
@@ -125,11 +123,14 @@ std::string kvm_unusable_reasons(const kvm::KvmFacts& kvm, const api::HostCapabi
                                       : caps.vendor == api::CpuVendor::Amd ? "kvm_amd"
                                                                            : "kvm_intel or kvm_amd";
   std::vector<std::string> reasons;
-  if (kvm.vendor_module == "kvm_pvm") {
-    reasons.push_back(fmt::format(
-        "{} is provided by kvm_pvm (PVM), which runs only PVM-aware guest kernels and offers no "
-        "VT-x/AMD-V to guests",
-        device));
+  // Three different hosts: no node at all, a node backed by kvm_pvm, a node
+  // of a vendor module.  kvm_pvm without a node provides nothing.
+  constexpr std::string_view kPvmLimits = "runs only PVM-aware guest kernels and offers no VT-x/AMD-V to guests";
+  if (kvm.vendor_module == "kvm_pvm" && kvm.device_present) {
+    reasons.push_back(fmt::format("{} is provided by kvm_pvm (PVM), which {}", device, kPvmLimits));
+  } else if (kvm.vendor_module == "kvm_pvm") {
+    reasons.push_back(fmt::format("no {}: the kvm_pvm module is loaded but there is no device node (and PVM {})",
+                                  device, kPvmLimits));
   } else if (!kvm.device_present) {
     if (kvm.vendor_module.empty())
       reasons.push_back(fmt::format("no {}: the {} module is not loaded", device, expected_module));

@@ -1,12 +1,13 @@
 #include "common/yaml_input.hpp"
 
+#include "common/bounded_file.hpp"
+
 #include <fmt/format.h>
 
 #include <algorithm>
 #include <cctype>
 #include <charconv>
 #include <cstdlib>
-#include <fstream>
 #include <set>
 #include <sstream>
 
@@ -27,19 +28,53 @@ std::string describe(const YAML::Node& node) {
 }  // namespace
 
 YamlInput::YamlInput(std::filesystem::path file) : file_(std::move(file)) {
-  std::ifstream in(file_);
-  if (!in) throw InputError(file_, 0, 0, "cannot read the file (missing or unreadable)");
-  std::stringstream text;
-  text << in.rdbuf();
-  const std::string content = text.str();
+  const std::string content = read_bounded_text(file_, kMaxYamlFileBytes, "YAML file");
   std::istringstream line_reader(content);
   for (std::string line; std::getline(line_reader, line);) lines_.push_back(line);
+  std::vector<YAML::Node> documents;
   try {
-    root_ = YAML::Load(content);
+    documents = YAML::LoadAll(content);
   } catch (const YAML::ParserException& e) {
     throw InputError(file_, e.mark.line + 1, e.mark.column + 1, "YAML syntax error: " + e.msg);
   }
+  // A second document would be silently dropped by YAML::Load: one file
+  // declares one thing.
+  if (documents.size() > 1) {
+    YAML::Mark second = documents[1].Mark();
+    if (second.is_null() || second.line < 0 || documents[1].IsNull()) {
+      // An empty second document has no node to point at: its "---" does.
+      const YAML::Mark first = documents[0].Mark();
+      const int after = first.is_null() ? -1 : first.line;
+      int markers_seen = 0;
+      for (std::size_t i = 0; i < lines_.size(); ++i) {
+        if (lines_[i].rfind("---", 0) != 0) continue;
+        ++markers_seen;
+        if (static_cast<int>(i) > after || markers_seen == 2) {
+          second.line = static_cast<int>(i);
+          second.column = 0;
+          break;
+        }
+      }
+    }
+    throw InputError(file_, second.line + 1, second.column + 1,
+                     fmt::format("a second YAML document (the file holds {}; one is expected)",
+                                 documents.size()));
+  }
+  if (!documents.empty()) root_ = documents.front();
   if (!root_ || root_.IsNull()) throw InputError(file_, 1, 1, "the file is empty");
+  reject_duplicate_keys_everywhere(root_, 0);
+}
+
+void YamlInput::reject_duplicate_keys_everywhere(const YAML::Node& node, int depth) const {
+  // Anchors and aliases can make a graph; a real declaration is shallow.
+  constexpr int kMaxDepth = 64;
+  if (depth > kMaxDepth) throw error(node, fmt::format("nested more than {} levels deep", kMaxDepth));
+  if (node.IsMap()) {
+    reject_duplicate_keys(node);
+    for (const auto& entry : node) reject_duplicate_keys_everywhere(entry.second, depth + 1);
+  } else if (node.IsSequence()) {
+    for (const auto& item : node) reject_duplicate_keys_everywhere(item, depth + 1);
+  }
 }
 
 InputError YamlInput::error(const YAML::Node& node, const std::string& message) const {
@@ -117,6 +152,19 @@ std::uint64_t YamlInput::unsigned_value(const YAML::Node& node, std::string_view
   if (ec != std::errc() || end != digits.data() + digits.size())
     throw error(node, fmt::format("expected {}, found '{}'", expected, text));
   return value;
+}
+
+std::uint64_t YamlInput::unsigned_in_range(const YAML::Node& node, std::uint64_t low, std::uint64_t high,
+                                            std::string_view expected) const {
+  const std::uint64_t value = unsigned_value(node, expected);
+  if (value < low || value > high) throw error(node, fmt::format("expected {}, found {}", expected, node.Scalar()));
+  return value;
+}
+
+unsigned YamlInput::bitness(const YAML::Node& node) const {
+  const std::uint64_t bits = unsigned_value(node, "32 or 64");
+  if (bits != 32 && bits != 64) throw error(node, fmt::format("expected 32 or 64, found {}", node.Scalar()));
+  return static_cast<unsigned>(bits);
 }
 
 std::vector<std::string> YamlInput::string_list(const YAML::Node& node, std::string_view expected) const {

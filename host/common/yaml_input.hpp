@@ -18,7 +18,9 @@ namespace modevisor::host {
 
 class YamlInput {
  public:
-  // Reads and parses; a missing/unreadable file or a syntax error throws InputError.
+  // Reads (at most kMaxYamlFileBytes) and parses.  A missing, unreadable or
+  // oversized file, a syntax error, a second YAML document or a key repeated
+  // in any map of the file throws InputError at its position.
   explicit YamlInput(std::filesystem::path file);
 
   const YAML::Node& root() const { return root_; }
@@ -32,6 +34,7 @@ class YamlInput {
   // Unknown or duplicate keys in a map are errors; the message lists the known ones.
   void reject_unknown_keys(const YAML::Node& map, std::initializer_list<std::string_view> known) const;
   // Keys that appear twice in a map are errors (yaml-cpp keeps both silently).
+  // The constructor already applies this to every map of the file.
   void reject_duplicate_keys(const YAML::Node& map) const;
   // map[key], or an error at the map saying the key is missing.  A key written
   // with no value ("memory:") is an error at the key, since yaml-cpp places an
@@ -43,6 +46,12 @@ class YamlInput {
   std::string scalar(const YAML::Node& node, std::string_view expected) const;
   bool boolean(const YAML::Node& node) const;
   std::uint64_t unsigned_value(const YAML::Node& node, std::string_view expected) const;
+  // unsigned_value() within [low, high]: a number outside is an error at the
+  // node, never truncated into range by the caller's narrower type.
+  std::uint64_t unsigned_in_range(const YAML::Node& node, std::uint64_t low, std::uint64_t high,
+                                  std::string_view expected) const;
+  // 32 or 64, as guest bitnesses are written.
+  unsigned bitness(const YAML::Node& node) const;
   std::vector<std::string> string_list(const YAML::Node& node, std::string_view expected) const;
   // A scalar with ${NAME} replaced by environment variable NAME; an undefined
   // or malformed reference is an error at the reference's own column.
@@ -53,6 +62,7 @@ class YamlInput {
  private:
   // Column (1-based) of `needle` on the node's first line, or the node's own column.
   int column_of(const YAML::Node& node, std::string_view needle) const;
+  void reject_duplicate_keys_everywhere(const YAML::Node& node, int depth) const;
   // The key node itself (for its position), or an undefined node.
   YAML::Node key_node(const YAML::Node& map, const std::string& key) const;
 

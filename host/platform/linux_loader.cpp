@@ -118,25 +118,35 @@ LinuxBoot load_linux(api::GuestMemory& ram, const std::filesystem::path& kernel_
   const std::size_t setup_bytes = (setup_sects + 1) * 512;
   if (setup_bytes >= kernel.size()) image.fail(fmt::format("truncated: {} setup sectors but {} bytes", setup_sects, kernel.size()));
   const auto payload = kernel.subspan(setup_bytes);
+  // Every header field below is arithmetic on untrusted 32-bit values: it is
+  // done in 64 bits and checked against guest RAM before anything is copied.
+  //
   // The kernel needs init_size bytes from its load address while it
   // decompresses (protocol 2.10+); older headers only promise the image.
-  const std::uint32_t init_size =
-      boot.protocol >= 0x020a ? std::max<std::uint32_t>(get<std::uint32_t>(kernel, kInitSize), payload.size())
-                              : static_cast<std::uint32_t>(payload.size() * 4);
-  boot.kernel_start = kLinuxKernelAddress;
-  boot.kernel_end = kLinuxKernelAddress + init_size;
+  const std::uint64_t init_size =
+      boot.protocol >= 0x020a ? std::max<std::uint64_t>(get<std::uint32_t>(kernel, kInitSize), payload.size())
+                              : std::uint64_t{payload.size()} * 4;
+  const std::uint64_t kernel_end = std::uint64_t{kLinuxKernelAddress} + init_size;
   const std::uint64_t usable_top = std::min<std::uint64_t>(ram.size(), kMmioHole);
-  if (boot.kernel_end > usable_top)
-    image.fail(fmt::format("the kernel needs {} MiB from 1 MiB (init_size {:#x}) but the VM has {} MiB of RAM",
-                           (boot.kernel_end + 0xfffff) >> 20, init_size, ram.size() >> 20));
+  if (kernel_end > usable_top)
+    image.fail(fmt::format("the kernel needs {} MiB from 1 MiB (init_size {:#x}) but the VM has {} MiB of RAM "
+                           "below the MMIO hole",
+                           (kernel_end + 0xfffff) >> 20, init_size, usable_top >> 20));
+  boot.kernel_start = kLinuxKernelAddress;
+  boot.kernel_end = static_cast<std::uint32_t>(kernel_end);  // < kMmioHole: fits
+
+  // Command line: within what the kernel takes (cmdline_size) and within the
+  // low memory between its slot and the EBDA (the header's size can be anything).
+  const std::uint64_t cmdline_max = get<std::uint32_t>(kernel, kCmdlineSize);
+  if (cmdline.size() > cmdline_max)
+    image.fail(fmt::format("the command line is {} bytes; this kernel takes at most {}", cmdline.size(), cmdline_max));
+  const std::uint64_t cmdline_room = std::min<std::uint64_t>(kLinuxCmdlineEnd, ram.size()) - kLinuxCmdline;
+  if (cmdline.size() + 1 > cmdline_room)
+    image.fail(fmt::format("the command line is {} bytes; the loader has room for {} (with its NUL)",
+                           cmdline.size(), cmdline_room));
 
   std::uint8_t* mem = ram.host_base();
   std::memcpy(mem + kLinuxKernelAddress, payload.data(), payload.size());
-
-  // Command line.
-  const std::uint32_t cmdline_max = get<std::uint32_t>(kernel, kCmdlineSize);
-  if (cmdline.size() > cmdline_max)
-    image.fail(fmt::format("the command line is {} bytes; this kernel takes at most {}", cmdline.size(), cmdline_max));
   std::memset(mem + kLinuxCmdline, 0, cmdline.size() + 1);
   std::memcpy(mem + kLinuxCmdline, cmdline.data(), cmdline.size());
   boot.cmdline = cmdline;
@@ -144,7 +154,8 @@ LinuxBoot load_linux(api::GuestMemory& ram, const std::filesystem::path& kernel_
   // Zero page: the setup header as the image has it, then the loader's fields.
   std::uint8_t* zp = mem + kLinuxZeroPage;
   std::memset(zp, 0, 4096);
-  const std::size_t header_end = std::min<std::size_t>(kJump + 2 + kernel[kJump + 1], 4096);
+  // The setup header ends where its jump (at 0x200, a short jmp) lands.
+  const std::size_t header_end = std::min<std::size_t>(kJump + 2 + kernel[kJump + 1], kernel.size());
   std::memcpy(zp + kSetupSects, kernel.data() + kSetupSects, header_end - kSetupSects);
   zp[kTypeOfLoader] = 0xff;  // "undefined" boot loader: no ID assigned
   zp[kLoadFlags] = loadflags | kCanUseHeap;
@@ -156,7 +167,7 @@ LinuxBoot load_linux(api::GuestMemory& ram, const std::filesystem::path& kernel_
     const std::uint64_t addr_max = std::uint64_t{get<std::uint32_t>(kernel, kInitrdAddrMax)} + 1;
     const std::uint64_t top = std::min(usable_top, addr_max);
     const std::uint64_t start = top > initrd.size() ? ((top - initrd.size()) & ~std::uint64_t{0xfff}) : 0;
-    if (start < boot.kernel_end)
+    if (start < kernel_end || start + initrd.size() > usable_top)
       throw InputError(initrd_name, 0, 0,
                        fmt::format("the initrd ({} KiB) does not fit between the kernel's end at {:#x} and {:#x}; "
                                    "give the VM more memory",

@@ -13,7 +13,8 @@
 //   0x500    the boot GDT (null, null, code 0x10, data 0x18)
 //   0x7000   the zero page: a copy of the image's setup header plus what the
 //            loader fills in (loader type, heap, cmd_line_ptr, ramdisk, e820)
-//   0x20000  the kernel command line (up to the header's cmdline_size)
+//   0x20000  the kernel command line (up to the header's cmdline_size, and
+//            below the EBDA at 0x9fc00 and the end of RAM)
 //   0x100000 the protected-mode kernel (code32_start); init_size bytes from
 //            here belong to the kernel while it decompresses and runs
 //   top      the initrd, page aligned, as high as initrd_addr_max and RAM
@@ -54,6 +55,7 @@ struct LinuxBoot {
 inline constexpr std::uint32_t kLinuxGdtAddress = 0x500;
 inline constexpr std::uint32_t kLinuxZeroPage = 0x7000;
 inline constexpr std::uint32_t kLinuxCmdline = 0x20000;
+inline constexpr std::uint32_t kLinuxCmdlineEnd = 0x9fc00;  // the EBDA starts here
 inline constexpr std::uint32_t kLinuxKernelAddress = 0x100000;
 
 // Whether `image` looks like a Linux bzImage (boot flag and "HdrS").

@@ -9,6 +9,7 @@
 #include <optional>
 #include <system_error>
 
+#include "common/bounded_file.hpp"
 #include "common/errors.hpp"
 
 namespace modevisor::host {
@@ -26,12 +27,6 @@ std::uint16_t rd16(std::span<const std::uint8_t> b, std::size_t at) {
   return v;
 }
 
-std::vector<std::uint8_t> read_file(const std::filesystem::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw std::system_error(errno, std::generic_category(), "reading " + path.string());
-  return std::vector<std::uint8_t>(std::istreambuf_iterator<char>(in), {});
-}
-
 constexpr std::uint64_t page_up(std::uint64_t v) { return (v + 0xfff) & ~0xfffull; }
 
 struct Segment {
@@ -45,7 +40,8 @@ class Loader {
   [[noreturn]] void fail(const std::string& message) const { throw InputError(name_, 0, 0, message); }
 
   void place(const std::filesystem::path& what, std::uint64_t address, std::uint64_t size, const char* kind) const {
-    if (address + size > ram_.size() || address + size < address)
+    // Multiboot addresses are 32-bit: everything must also end below 4 GiB.
+    if (address + size > std::min<std::uint64_t>(ram_.size(), 1ull << 32) || address + size < address)
       throw InputError(what, 0, 0,
                        fmt::format("{} at {:#x}-{:#x} lies beyond guest RAM ({:#x} bytes)", kind, address,
                                    address + size, ram_.size()));
@@ -113,9 +109,10 @@ api::VcpuState multiboot_entry_state(std::uint32_t entry, std::uint32_t info_add
 }
 
 MultibootBoot load_multiboot(api::GuestMemory& ram, const MultibootRequest& request) {
-  const std::vector<std::uint8_t> kernel = read_file(request.kernel);
+  const std::vector<std::uint8_t> kernel = read_guest_image(request.kernel, ram.size(), "multiboot kernel");
   std::vector<MultibootModuleImage> modules;
-  for (const auto& m : request.modules) modules.push_back({m.file.string(), m.args, read_file(m.file)});
+  for (const auto& m : request.modules)
+    modules.push_back({m.file.string(), m.args, read_guest_image(m.file, ram.size(), "multiboot module")});
   return load_multiboot(ram, request.kernel, kernel, request.args, modules, request.memory_map);
 }
 

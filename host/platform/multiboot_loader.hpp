@@ -77,8 +77,8 @@ inline constexpr std::uint32_t kMultibootBootMagic = 0x2BADB002;
 inline constexpr std::uint32_t kMultibootInfoBase = 0x8000;
 inline constexpr std::uint32_t kMultibootInfoEnd = 0x10000;
 
-// Throws InputError (naming the kernel or module file) on a bad image, and
-// std::system_error when a file cannot be read.
+// Throws InputError (naming the kernel or module file) on a bad image or a
+// file that cannot be read or is larger than guest RAM.
 MultibootBoot load_multiboot(api::GuestMemory& ram, const MultibootRequest& request);
 MultibootBoot load_multiboot(api::GuestMemory& ram, const std::filesystem::path& kernel_name,
                              std::span<const std::uint8_t> kernel, const std::string& args,

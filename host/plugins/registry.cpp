@@ -18,6 +18,9 @@
 #include <modevisor/api/abi.hpp>
 #include <modevisor/api/plugin.hpp>
 
+#include "plugins/guarded_monitor.hpp"
+#include "plugins/plugin_vetting.hpp"
+
 namespace modevisor::host {
 
 namespace fs = std::filesystem;
@@ -101,6 +104,28 @@ struct Candidate {
   PluginFileStamp stamp;
 };
 
+// Why a *.so directory entry cannot be a plugin (a symbolic link that leads
+// nowhere or in a circle, a device), or nothing when it is a regular file or
+// a link to one.  (Directories named *.so are skipped before this.)
+std::optional<std::string> unusable_entry(const fs::directory_entry& entry) {
+  std::error_code ec;
+  const bool link = entry.is_symlink(ec);
+  const fs::file_status target = fs::status(entry.path(), ec);
+  if (ec) {
+    if (!link) return fmt::format("cannot read it: {}", ec.message());
+    std::error_code link_ec;
+    const fs::path points_to = fs::read_symlink(entry.path(), link_ec);
+    const std::string where = link_ec ? std::string() : fmt::format(" (-> {})", points_to.string());
+    if (ec == std::errc::too_many_symbolic_link_levels)
+      return fmt::format("a symbolic link loop{}: it never reaches a file", where);
+    if (ec == std::errc::no_such_file_or_directory)
+      return fmt::format("a dangling symbolic link{}: its target does not exist", where);
+    return fmt::format("a symbolic link{} whose target cannot be read: {}", where, ec.message());
+  }
+  if (fs::is_regular_file(target)) return std::nullopt;
+  return std::string("not a regular file (a device, FIFO or socket)");
+}
+
 // The *.so regular files of one directory, in name order; a directory that
 // cannot be listed becomes a problem.
 std::vector<Candidate> list_plugin_files(const fs::path& directory, std::vector<PluginProblem>& problems) {
@@ -125,7 +150,11 @@ std::vector<Candidate> list_plugin_files(const fs::path& directory, std::vector<
       break;
     }
     const fs::path& file = it->path();
-    if (file.extension() != ".so" || !it->is_regular_file(ec)) continue;
+    if (file.extension() != ".so" || it->is_directory(ec)) continue;
+    if (auto problem = unusable_entry(*it)) {
+      problems.push_back({file, std::move(*problem)});
+      continue;
+    }
     if (auto stamp = stamp_of(file)) files.push_back({file, std::move(*stamp)});
   }
   std::sort(files.begin(), files.end(), [](const Candidate& a, const Candidate& b) { return a.file < b.file; });
@@ -164,27 +193,29 @@ MappedVersions& mapped_versions() {
   return versions;
 }
 
-// Loads one file and checks it all the way to a created monitor.  Returns the
-// plugin, or the reason it is refused.  Every call into the plugin happens
-// while `library` is alive, and every exception from it is turned into text
-// before the library can be unloaded.
-std::variant<LoadedPlugin, std::string> load_plugin(const Candidate& candidate) {
-  // Loaded by canonical path, so every name of one file maps to one entry.
-  const fs::path& path = candidate.stamp.canonical;
-  const auto earlier = mapped_versions().still_mapped(path);
-  if (earlier && *earlier != candidate.stamp)
-    return "the file was replaced, but its earlier version is still loaded in this process (a monitor "
-           "created from it is still in use); the new version loads on a rescan after that is released";
+// A library opened and checked all the way to a created monitor.
+struct OpenedPlugin {
+  std::shared_ptr<boost::dll::shared_library> library;
+  api::PluginDescriptor descriptor;
+  std::unique_ptr<api::Monitor> monitor;  // destroyed before `library` by the caller
+};
 
+// Opens `path` and runs the plugin's entry points.  Returns the opened plugin
+// or the reason it is refused.  Every exception from plugin code is turned
+// into text before the library can be unloaded.
+std::variant<OpenedPlugin, std::string> open_plugin(const fs::path& path) {
   auto library = std::make_shared<boost::dll::shared_library>();
   boost::dll::fs::error_code ec;
   ::dlerror();  // clear any stale message so the one read below is this load's
-  library->load(boost::dll::fs::path(path.native()), kLoadMode, ec);
+  try {
+    library->load(boost::dll::fs::path(path.native()), kLoadMode, ec);
+  } catch (...) {
+    return "threw while being loaded: " + current_exception_text();
+  }
   if (ec || !library->is_loaded()) {
     const char* why = ::dlerror();
     return std::string("not a loadable shared library: ") + (why ? why : ec.message());
   }
-  if (!earlier) mapped_versions().record(candidate.stamp);
 
   if (!library->has(api::symbols::kAbiVersion))
     return fmt::format("not a modevisor plugin: no {} symbol", api::symbols::kAbiVersion);
@@ -196,29 +227,89 @@ std::variant<LoadedPlugin, std::string> load_plugin(const Candidate& candidate) 
   for (const char* symbol : {api::symbols::kDescribe, api::symbols::kCreate})
     if (!library->has(symbol)) return fmt::format("not a modevisor plugin: no {} symbol", symbol);
 
-  LoadedPlugin plugin;
-  plugin.file = candidate.file;
-  plugin.stamp = candidate.stamp;
+  OpenedPlugin opened;
   try {
-    plugin.descriptor = library->get<api::DescribeFn>(api::symbols::kDescribe)();
+    opened.descriptor = library->get<api::DescribeFn>(api::symbols::kDescribe)();
   } catch (...) {
     return "threw while describing itself: " + current_exception_text();
   }
-  if (auto problems = descriptor_problems(plugin.descriptor); !problems.empty()) return problems;
-  plugin.mode = api::mode_token(plugin.descriptor.execution, plugin.descriptor.mmu);
+  if (auto problems = descriptor_problems(opened.descriptor); !problems.empty()) return problems;
 
-  std::unique_ptr<api::Monitor> monitor;
   try {
-    monitor = library->get<api::CreateFn>(api::symbols::kCreate)();
+    opened.monitor = library->get<api::CreateFn>(api::symbols::kCreate)();
   } catch (...) {
     return "threw while creating its monitor: " + current_exception_text();
   }
-  if (!monitor) return "created no monitor (its factory returned null)";
+  if (!opened.monitor) return "created no monitor (its factory returned null)";
+  opened.library = std::move(library);
+  return opened;
+}
 
-  // The deleter owns a reference to the library: the monitor's destructor is
-  // plugin code and must run before the last reference unloads it.
-  plugin.monitor = std::shared_ptr<api::Monitor>(monitor.release(), [library](api::Monitor* m) { delete m; });
-  plugin.library = std::move(library);
+// Loading, describing and creating a monitor first happen in a throwaway
+// child: a static initializer that throws, a crash or an exit() there is the
+// child's end and that plugin's refusal, not the host's end.  All files of a
+// scan share one child, which reports file by file; a file that takes the
+// child down gets the child's failure as its verdict and the files after it
+// go on in a new child.  Each verdict is empty when the file behaved.
+std::vector<std::string> vet_in_children(const std::vector<fs::path>& paths) {
+  std::vector<std::string> verdicts(paths.size());
+  std::size_t next = 0;
+  while (next < paths.size()) {
+    const std::size_t first = next;
+    ChildTranscript transcript = run_in_child_streaming(
+        [&](const ChildEmit& emit) {
+          // Kept open until the child ends: a crash while unloading one file
+          // must not be blamed on the next.
+          static std::vector<OpenedPlugin> kept;
+          for (std::size_t i = first; i < paths.size(); ++i) {
+            auto opened = open_plugin(paths[i]);
+            if (auto* reason = std::get_if<std::string>(&opened)) {
+              emit(*reason);
+            } else {
+              kept.push_back(std::move(std::get<OpenedPlugin>(opened)));
+              emit({});
+            }
+          }
+        },
+        "being loaded, described and creating its monitor");
+    for (auto& piece : transcript.pieces) {
+      if (next == paths.size()) break;
+      verdicts[next++] = std::move(piece);
+    }
+    if (next == paths.size()) break;
+    // The child ended before it reached this file's verdict: this file ended it.
+    verdicts[next++] =
+        transcript.failure.empty() ? std::string("its vetting child ended without a verdict") : transcript.failure;
+  }
+  return verdicts;
+}
+
+// Loads one file, already vetted (or mapped here before), and checks it all
+// the way to a created monitor.  Returns the plugin, or the reason it is
+// refused.
+std::variant<LoadedPlugin, std::string> load_plugin(const Candidate& candidate) {
+  // Loaded by canonical path, so every name of one file maps to one entry.
+  const fs::path& path = candidate.stamp.canonical;
+  const auto earlier = mapped_versions().still_mapped(path);
+  if (earlier && *earlier != candidate.stamp)
+    return "the file was replaced, but its earlier version is still loaded in this process (a monitor "
+           "created from it is still in use); the new version loads on a rescan after that is released";
+
+  auto opened = open_plugin(path);
+  if (auto* reason = std::get_if<std::string>(&opened)) return std::move(*reason);
+  auto& plugin_code = std::get<OpenedPlugin>(opened);
+  if (!earlier) mapped_versions().record(candidate.stamp);
+
+  LoadedPlugin plugin;
+  plugin.file = candidate.file;
+  plugin.stamp = candidate.stamp;
+  plugin.descriptor = plugin_code.descriptor;
+  plugin.mode = api::mode_token(plugin.descriptor.execution, plugin.descriptor.mmu);
+  // The guard owns a reference to the library: the monitor's destructor is
+  // plugin code and runs before the last reference unloads it.
+  plugin.monitor = std::make_shared<GuardedMonitor>(plugin_code.library, std::move(plugin_code.monitor),
+                                                    plugin.descriptor.name);
+  plugin.library = std::move(plugin_code.library);
   return plugin;
 }
 
@@ -264,8 +355,27 @@ void PluginRegistry::rescan() {
   }
   plugins_.clear();
 
+  // A version this process already has mapped has run its initializers here
+  // without harm; every other new file is vetted first.
+  std::vector<std::size_t> to_vet;
+  std::vector<fs::path> vet_paths;
+  for (std::size_t i = 0; i < candidates.size(); ++i) {
+    if (slots[i] || mapped_versions().still_mapped(candidates[i].stamp.canonical)) continue;
+    to_vet.push_back(i);
+    vet_paths.push_back(candidates[i].stamp.canonical);
+  }
+  std::vector<std::string> verdicts(candidates.size());
+  if (!vet_paths.empty()) {
+    auto vetted = vet_in_children(vet_paths);
+    for (std::size_t k = 0; k < to_vet.size(); ++k) verdicts[to_vet[k]] = std::move(vetted[k]);
+  }
+
   for (std::size_t i = 0; i < candidates.size(); ++i) {
     if (slots[i]) continue;
+    if (!verdicts[i].empty()) {
+      problems.push_back({{i, 1}, {candidates[i].file, std::move(verdicts[i])}});
+      continue;
+    }
     auto loaded = load_plugin(candidates[i]);
     if (auto* reason = std::get_if<std::string>(&loaded)) {
       problems.push_back({{i, 1}, {candidates[i].file, std::move(*reason)}});
@@ -370,6 +480,8 @@ std::vector<std::string> host_problems(const LoadedPlugin& plugin, const api::Ho
   }
   try {
     for (auto& reason : plugin.monitor->probe(host)) reasons.push_back(std::move(reason));
+  } catch (const PluginCrashed& e) {
+    reasons.push_back(std::string("probe failed: it ") + e.what());
   } catch (...) {
     reasons.push_back("probe threw: " + current_exception_text());
   }

@@ -1,6 +1,15 @@
 // The plugin registry: finds mode plugins in the plugin directories, loads
 // them with Boost.DLL, checks their ABI version and descriptor, and reports
 // every broken one (with its file and the reason) while keeping the rest.
+//
+// Plugin code is untrusted: a new file is first loaded, described and asked
+// for its monitor in a throwaway child process (plugin_vetting.hpp), so a
+// static initializer that throws, a crash or an exit() refuses that plugin
+// instead of ending the host.  The monitor a LoadedPlugin holds is the host's
+// GuardedMonitor (guarded_monitor.hpp): probe() runs in a child, and any
+// exception from create_vm() or a VM's methods reaches the host as
+// api::MonitorError.  A *.so entry that is a dangling or looping symbolic
+// link, or a device, is reported as a problem (a directory named *.so is skipped).
 #pragma once
 
 #include <cstdint>

@@ -1,5 +1,7 @@
 #include "selection/guest_os.hpp"
 
+#include <set>
+
 #include <yaml-cpp/yaml.h>
 
 #include "common/errors.hpp"
@@ -19,8 +21,7 @@ GuestOsTable GuestOsTable::load(const std::filesystem::path& file) {
     const YAML::Node& body = entry.second;
     in.expect_map(body, "a map with bits, family and description");
     in.reject_unknown_keys(body, {"bits", "family", "description"});
-    type.bits = in.unsigned_value(in.required(body, "bits"), "32 or 64");
-    if (type.bits != 32 && type.bits != 64) throw in.error(body["bits"], "expected 32 or 64");
+    type.bits = in.bitness(in.required(body, "bits"));
     type.family = in.scalar(in.required(body, "family"), "a family name such as linux or windows");
     if (body["description"]) type.description = in.scalar(body["description"], "a description");
     table.types_[type.name] = std::move(type);
@@ -37,6 +38,16 @@ std::vector<std::string> GuestOsTable::names() const {
   std::vector<std::string> out;
   for (const auto& [name, type] : types_) out.push_back(name);
   return out;
+}
+
+}  // namespace modevisor::host
+
+namespace modevisor::host {
+
+std::vector<std::string> GuestOsTable::families() const {
+  std::set<std::string> unique;
+  for (const auto& [name, type] : types_) unique.insert(type.family);
+  return {unique.begin(), unique.end()};
 }
 
 }  // namespace modevisor::host

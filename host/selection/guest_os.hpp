@@ -21,6 +21,7 @@ class GuestOsTable {
   static GuestOsTable load(const std::filesystem::path& file);  // throws InputError
   const GuestOsType* find(const std::string& name) const;
   std::vector<std::string> names() const;
+  std::vector<std::string> families() const;  // sorted, each once
 
  private:
   std::map<std::string, GuestOsType> types_;

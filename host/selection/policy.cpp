@@ -58,11 +58,7 @@ std::vector<std::string> mode_list(const YamlInput& in, const YAML::Node& node) 
 std::vector<unsigned> bitness_list(const YamlInput& in, const YAML::Node& node) {
   if (!node.IsSequence()) throw in.error(node, "expected a list of guest bitnesses, e.g. [32, 64]");
   std::vector<unsigned> out;
-  for (const auto& item : node) {
-    auto bits = static_cast<unsigned>(in.unsigned_value(item, "32 or 64"));
-    if (bits != 32 && bits != 64) throw in.error(item, "expected 32 or 64");
-    out.push_back(bits);
-  }
+  for (const auto& item : node) out.push_back(in.bitness(item));
   return out;
 }
 
@@ -87,19 +83,24 @@ ModeRule read_mode_rule(const YamlInput& in, const YAML::Node& node) {
   return rule;
 }
 
-PreferenceRule read_preference(const YamlInput& in, const YAML::Node& node) {
+PreferenceRule read_preference(const YamlInput& in, const YAML::Node& node,
+                               const std::vector<std::string>* known_families) {
   in.expect_map(node, "a preference rule {when, order, disallow, note}");
   in.reject_unknown_keys(node, {"when", "order", "disallow", "note"});
   PreferenceRule rule;
   if (const YAML::Node when = node["when"]) {
     in.expect_map(when, "conditions {os_family, bits, apic_virtualization}");
     in.reject_unknown_keys(when, {"os_family", "bits", "apic_virtualization"});
-    if (when["os_family"]) rule.os_families = in.string_list(when["os_family"], "guest OS families");
-    if (when["bits"]) {
-      auto bits = static_cast<unsigned>(in.unsigned_value(when["bits"], "32 or 64"));
-      if (bits != 32 && bits != 64) throw in.error(when["bits"], "expected 32 or 64");
-      rule.bits = bits;
+    if (when["os_family"]) {
+      rule.os_families = in.string_list(when["os_family"], "guest OS families");
+      for (std::size_t i = 0; i < rule.os_families.size() && known_families; ++i)
+        if (std::find(known_families->begin(), known_families->end(), rule.os_families[i]) ==
+            known_families->end())
+          throw in.error(when["os_family"][i],
+                         fmt::format("unknown guest OS family '{}' (the guest OS types know: {})",
+                                     rule.os_families[i], fmt::join(*known_families, ", ")));
     }
+    if (when["bits"]) rule.bits = in.bitness(when["bits"]);
     if (when["apic_virtualization"]) rule.apic_virtualization = in.boolean(when["apic_virtualization"]);
   }
   const YAML::Node order = in.required(node, "order");
@@ -140,6 +141,20 @@ bool Policy::recognizes(std::string_view hint) const {
 }
 
 Policy load_policy(const std::filesystem::path& file) {
+  // A policy in <config_dir>/policies/ is checked against <config_dir>/guest-os.yaml.
+  const std::filesystem::path sibling_table = file.parent_path().parent_path() / "guest-os.yaml";
+  std::error_code ec;
+  if (!file.parent_path().empty() && std::filesystem::is_regular_file(sibling_table, ec))
+    return load_policy(file, GuestOsTable::load(sibling_table));
+  return load_policy_checked(file, nullptr);
+}
+
+Policy load_policy(const std::filesystem::path& file, const GuestOsTable& guest_os) {
+  const std::vector<std::string> families = guest_os.families();
+  return load_policy_checked(file, &families);
+}
+
+Policy load_policy_checked(const std::filesystem::path& file, const std::vector<std::string>* known_families) {
   YamlInput in(file);
   const YAML::Node& root = in.root();
   in.expect_map(root, "a selection policy");
@@ -151,6 +166,7 @@ Policy load_policy(const std::filesystem::path& file) {
 
   const YAML::Node modes = in.required(root, "modes");
   in.expect_map(modes, "a map from mode (BT, HV, HWMMU) to its rules");
+  in.reject_duplicate_keys(modes);  // a repeated mode would add a second, silently merged rule set
   for (const auto& entry : modes) {
     ModePolicy mode;
     mode.mode = mode_token(in, entry.first);
@@ -170,7 +186,7 @@ Policy load_policy(const std::filesystem::path& file) {
 
   const YAML::Node preferences = in.required(root, "preferences");
   if (!preferences.IsSequence()) throw in.error(preferences, "expected a list of preference rules");
-  for (const auto& rule : preferences) policy.preferences.push_back(read_preference(in, rule));
+  for (const auto& rule : preferences) policy.preferences.push_back(read_preference(in, rule, known_families));
 
   if (const YAML::Node ft = root["fault_tolerance"]) {
     in.expect_map(ft, "{supported, requires_deterministic, avoid}");

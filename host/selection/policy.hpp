@@ -66,7 +66,14 @@ struct Policy {
   bool recognizes(std::string_view hint) const;
 };
 
-Policy load_policy(const std::filesystem::path& file);  // throws InputError
+// Throws InputError.  Every os_family a preference names must be a family of
+// `guest_os`; the one-argument form checks against the guest-os.yaml of the
+// config directory the policy lives in (<dir>/policies/X.yaml ->
+// <dir>/guest-os.yaml) when there is one.
+Policy load_policy(const std::filesystem::path& file);
+Policy load_policy(const std::filesystem::path& file, const GuestOsTable& guest_os);
+// known_families null: os_family values are not checked.
+Policy load_policy_checked(const std::filesystem::path& file, const std::vector<std::string>* known_families);
 // A name in <config_dir>/policies/ or a path; InputError lists known names.
 std::filesystem::path find_policy(const std::filesystem::path& config_dir, std::string_view name_or_path);
 std::vector<std::string> list_policies(const std::filesystem::path& config_dir);

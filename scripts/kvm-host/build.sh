@@ -11,10 +11,16 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 OUT=$(mkdir -p "${1:-$HERE/out}" && cd "${1:-$HERE/out}" && pwd)
 missing() { echo "kvm-host: cannot build: $*" >&2; exit 2; }
 
+# Debian's kernel version differs between machines and over time: take the
+# newest /boot/vmlinuz-<version> whose modules are installed, skipping names
+# that are no installed kernel (vmlinuz-<v>.old, .dpkg-*, backups).
 if [ -z "${KVER:-}" ]; then
-  k=$(ls -1 /boot/vmlinuz-* 2>/dev/null | sort -V | tail -1 || true)
-  [ -n "$k" ] || missing "no /boot/vmlinuz-* (install linux-image-amd64)"
-  KVER=${k#/boot/vmlinuz-}
+  for k in $(ls -1 /boot/vmlinuz-* 2>/dev/null | sort -rV); do
+    v=${k#/boot/vmlinuz-}
+    case $v in *.old|*.bak|*.dpkg-*|*~) continue ;; esac
+    if [ -r "$k" ] && [ -d "/lib/modules/$v/kernel" ]; then KVER=$v; break; fi
+  done
+  [ -n "${KVER:-}" ] || missing "no /boot/vmlinuz-<version> with modules in /lib/modules/<version> (install linux-image-amd64)"
 fi
 KERNEL=/boot/vmlinuz-$KVER
 MODS=/lib/modules/$KVER/kernel
@@ -35,25 +41,42 @@ if [ -f "$OUT/stamp" ] && [ "$(cat "$OUT/stamp")" = "$STAMP" ] && [ -f "$OUT/vml
   exit 0
 fi
 
-python3 "$HERE/extract-vmlinux.py" "$KERNEL" "$OUT/vmlinux.tmp" && mv "$OUT/vmlinux.tmp" "$OUT/vmlinux"
+if ! python3 "$HERE/extract-vmlinux.py" "$KERNEL" "$OUT/vmlinux.tmp"; then
+  echo "kvm-host: booting the bzImage itself instead (slower under TCG)" >&2
+  cp "$KERNEL" "$OUT/vmlinux.tmp"
+fi
+mv "$OUT/vmlinux.tmp" "$OUT/vmlinux"
 
 R=$OUT/initramfs
 rm -rf "$R" && mkdir -p "$R"/{bin,proc,sys,dev,tmp,newroot,lib/modules}
 cp "$BUSYBOX" "$R/bin/busybox"
 for a in $("$BUSYBOX" --list); do [ "$a" = busybox ] || ln -sf busybox "$R/bin/$a"; done
 # Load order (modinfo depends): irqbypass -> ccp -> kvm -> kvm-amd; virtio-pci; netfs/fscache -> 9p.
-for f in virt/lib/irqbypass drivers/crypto/ccp/ccp arch/x86/kvm/kvm arch/x86/kvm/kvm-amd \
-         drivers/virtio/virtio_ring drivers/virtio/virtio drivers/virtio/virtio_pci_legacy_dev \
-         drivers/virtio/virtio_pci_modern_dev drivers/virtio/virtio_pci fs/netfs/netfs fs/fscache/fscache \
+# A module built into this kernel (modules.builtin) needs no file; the ones
+# marked opt: exist only in some kernel versions (ccp only with SEV support,
+# fscache was merged into netfs).  init loads them in the order of load-order;
+# kvm-amd it loads itself, once per npt setting.
+: > "$R/lib/modules/load-order"
+for f in virt/lib/irqbypass opt:drivers/crypto/ccp/ccp arch/x86/kvm/kvm arch/x86/kvm/kvm-amd \
+         drivers/virtio/virtio_ring drivers/virtio/virtio opt:drivers/virtio/virtio_pci_legacy_dev \
+         opt:drivers/virtio/virtio_pci_modern_dev drivers/virtio/virtio_pci opt:fs/netfs/netfs opt:fs/fscache/fscache \
          net/9p/9pnet net/9p/9pnet_virtio fs/9p/9p; do
+  optional=0
+  case $f in opt:*) optional=1; f=${f#opt:} ;; esac
   src=""
   for ext in ko ko.xz ko.zst; do [ -f "$MODS/$f.$ext" ] && src="$MODS/$f.$ext" && break; done
-  [ -n "$src" ] || missing "module $f not found under $MODS"
+  if [ -z "$src" ]; then
+    grep -q "^kernel/$f.ko" "/lib/modules/$KVER/modules.builtin" 2>/dev/null && continue
+    [ "$optional" = 1 ] && continue
+    missing "module $f not found under $MODS (nor built in)"
+  fi
+  name=$(basename "$f")
   case $src in
-    *.xz) xz -dc "$src" > "$R/lib/modules/$(basename "$f").ko" ;;
-    *.zst) zstd -qdc "$src" > "$R/lib/modules/$(basename "$f").ko" ;;
+    *.xz) xz -dc "$src" > "$R/lib/modules/$name.ko" ;;
+    *.zst) zstd -qdc "$src" > "$R/lib/modules/$name.ko" ;;
     *) cp "$src" "$R/lib/modules/" ;;
   esac
+  [ "$name" = kvm-amd ] || echo "$name" >> "$R/lib/modules/load-order"
 done
 cp "$HERE/init" "$R/init" && chmod +x "$R/init"
 (cd "$R" && find . | cpio -o -H newc 2>/dev/null | gzip -1 > "$OUT/initramfs.cpio.gz")

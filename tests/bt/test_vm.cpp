@@ -480,6 +480,156 @@ TEST(BtVm, MmioReadModifyWriteInstructionsRunNativelyOnAScratchWord) {
   EXPECT_EQ(m.plat.mmio[0], 42u);
 }
 
+// Bit tests with a register bit offset reach the operand's address plus the
+// offset / 8: on MMIO they must reach the device word holding the bit (or
+// RAM, or unassigned space), never the host memory around the stand-in the
+// engine runs instructions on.
+BT_GUEST_PROGRAM(mmiobits, 0x100000,
+  "  mov ecx, 0xf0000800\n"
+  "  mov eax, -8189\n"              // word -256 (0xf0000400), bit 3
+  "  bts dword ptr [ecx], eax\n"
+  "  setc dl\n"
+  "  movzx eax, dl\n"
+  "  out 0x80, eax\n"
+  "  mov dword ptr [0xf00007fc], 0x1\n"
+  "  mov ax, 0xfff0\n"              // 16-bit: word -1 (0xf00007fe), bit 0
+  "  btr word ptr [ecx], ax\n"
+  "  mov eax, 0x7ffffff0\n"          // +0x0ffffffc bytes: wraps to 0x7fc (RAM), bit 16
+  "  btc dword ptr [ecx], eax\n"
+  "  mov eax, -0x10000000\n"         // -32 MiB: unassigned, reads all ones
+  "  bt dword ptr [ecx], eax\n"
+  "  setc dl\n"
+  "  movzx eax, dl\n"
+  "  out 0x80, eax\n"
+  // Many more offsets, none of them may leave the guest's own address space.
+  "  mov esi, 12345\n"
+  "  mov edi, 4000\n"
+  "1: imul esi, esi, 1103515245\n"
+  "  add esi, 12345\n"
+  "  mov eax, esi\n"
+  "  sar eax, 9\n"
+  "  and eax, 0xfffe7fff\n"
+  "  bts dword ptr [ecx], eax\n"
+  "  btr word ptr [ecx], ax\n"
+  "  dec edi\n"
+  "  jnz 1b\n"
+  "  out 0xf4, al\n")
+
+TEST(BtVm, MmioBitTestsWithRegisterOffsetsReachTheRightWordAndNothingElse) {
+  Machine m;
+  m.load(mmiobits_start, mmiobits_end);
+  RunExit r = m.run();
+  ASSERT_EQ(r.kind, ExitKind::Stopped) << r.diagnostic;
+  ASSERT_GE(m.plat.post.size(), 2u);
+  EXPECT_EQ(m.plat.post[0], 0u);                    // bit 3 of 0xf0000400 was clear
+  EXPECT_EQ(m.plat.post[1], 1u);                    // unassigned memory reads as ones
+  EXPECT_EQ(m.plat.mmio[0x400 / 4] & 0x8, 0x8u);    // set in the device
+  EXPECT_EQ(m.plat.mmio[0x7fc / 4] & 0x10000, 0u);  // 16-bit btr cleared bit 0 of 0xf00007fe
+  EXPECT_EQ(m.mem.r32(0x7fc), 0x10000u);            // the offset wrapped into RAM, as on a CPU
+}
+
+// SSE, x87 and FXSAVE widths on MMIO: emulated against the device in
+// 8-byte pieces (a device access is at most 8 bytes), not refused.
+BT_GUEST_PROGRAM(mmiosse, 0x100000,
+  "  mov dword ptr [0xf0000010], 0x11111111\n"
+  "  mov dword ptr [0xf0000014], 0x22222222\n"
+  "  mov dword ptr [0xf0000018], 0x33333333\n"
+  "  mov dword ptr [0xf000001c], 0x44444444\n"
+  "  movdqu xmm0, [0xf0000010]\n"
+  "  movdqu [0xf0000041], xmm0\n"      // unaligned, across device words
+  "  movaps xmm1, [0xf0000010]\n"
+  "  pxor xmm1, [0xf0000010]\n"
+  "  movd eax, xmm1\n"
+  "  out 0x80, eax\n"
+  "  movq [0xf0000080], xmm0\n"
+  "  fld1\n"
+  "  fstp tbyte ptr [0xf00000a0]\n"
+  "  fxsave [0xf0000200]\n"
+  "  mov eax, 0x33333333\n"
+  "  mov edx, 0x44444444\n"
+  "  mov ebx, 0xaaaaaaaa\n"
+  "  mov ecx, 0xbbbbbbbb\n"
+  "  cmpxchg8b [0xf0000018]\n"
+  "  setz al\n"
+  "  movzx eax, al\n"
+  "  out 0x80, eax\n"
+  "  out 0xf4, al\n")
+
+TEST(BtVm, SseX87AndFxsaveOnMmioAreEmulatedNotRefused) {
+  Machine m;
+  m.state.cr4 = 0x600;  // OSFXSR | OSXMMEXCPT
+  m.load(mmiosse_start, mmiosse_end);
+  RunExit r = m.run();
+  ASSERT_EQ(r.kind, ExitKind::Stopped) << r.diagnostic;
+  ASSERT_EQ(m.plat.post.size(), 2u);
+  EXPECT_EQ(m.plat.post[0], 0u);  // x ^ x
+  EXPECT_EQ(m.plat.post[1], 1u);  // cmpxchg8b found edx:eax in the device
+  EXPECT_EQ(m.plat.mmio[0x18 / 4], 0xaaaaaaaau);  // and stored ecx:ebx there
+  EXPECT_EQ(m.plat.mmio[0x1c / 4], 0xbbbbbbbbu);
+  const auto* bytes = reinterpret_cast<const std::uint8_t*>(m.plat.mmio);
+  for (int i = 0; i < 16; ++i) EXPECT_EQ(bytes[0x41 + i], 0x11 * (i / 4 + 1)) << i;  // the 16 bytes movdqu read
+  EXPECT_EQ(m.plat.mmio[0x80 / 4], 0x11111111u);
+  EXPECT_EQ(m.plat.mmio[0x84 / 4], 0x22222222u);
+  EXPECT_EQ(bytes[0xa7], 0x80);                       // 1.0 as an 80-bit real: explicit integer bit
+  EXPECT_EQ(bytes[0xa8] | bytes[0xa9] << 8, 0x3fff);  // and its exponent
+  EXPECT_EQ(m.plat.mmio[0x200 / 4] & 0xffff, 0x37fu);  // FXSAVE's FCW
+  EXPECT_EQ(m.plat.mmio[0x218 / 4], 0x1f80u);          // and its MXCSR
+}
+
+// The stand-in is a page of its own between inaccessible guards: whatever an
+// instruction run on it does beyond it faults instead of touching the heap.
+TEST(BtMmioStage, IsAPageOfItsOwnBetweenGuards) {
+  modevisor::bt::MmioStage stage;
+  volatile std::uint8_t* p = stage.data();
+  p[0] = 1;
+  p[modevisor::bt::MmioStage::kBytes - 1] = 2;
+  EXPECT_TRUE(stage.contains(stage.data(), modevisor::bt::MmioStage::kBytes));
+  EXPECT_FALSE(stage.contains(stage.data() - 1, 1));
+  EXPECT_DEATH(p[-1] = 3, "");
+  EXPECT_DEATH(p[modevisor::bt::MmioStage::kBytes] = 4, "");
+  EXPECT_DEATH(p[-static_cast<std::ptrdiff_t>(modevisor::bt::MmioStage::kGuard)] = 5, "");
+}
+
+// Unassigned physical addresses read as all ones and ignore writes, as on a
+// PC and in QEMU: a stack above guest RAM is not a reason to stop.
+BT_GUEST_PROGRAM(highstack, 0x100000,
+  "  mov esp, 0x40000000\n"
+  "  pop eax\n"
+  "  out 0x80, eax\n"
+  "  push 0x1234\n"
+  "  pop ebx\n"
+  "  mov eax, ebx\n"
+  "  out 0x80, eax\n"
+  "  push dword ptr [0x200000]\n"
+  "  pop dword ptr [0x200004]\n"
+  "  mov eax, [0x200004]\n"
+  "  out 0x80, eax\n"
+  "  call 1f\n"
+  "1: mov eax, esp\n"
+  "  out 0x80, eax\n"
+  "  mov ebp, 0x50000000\n"
+  "  leave\n"
+  "  mov eax, ebp\n"
+  "  out 0x80, eax\n"
+  "  mov eax, esp\n"
+  "  out 0x80, eax\n"
+  "  mov dword ptr [0x60000000], 7\n"
+  "  mov eax, [0x60000000]\n"
+  "  out 0x80, eax\n"
+  "  mov esp, 0x80000\n"
+  "  out 0xf4, al\n")
+
+TEST(BtVm, AStackAboveGuestRamReadsAllOnesAndGoesOn) {
+  Machine m;
+  m.load(highstack_start, highstack_end);
+  m.mem.w32(0x200000, 0xdeadbeef);
+  RunExit r = m.run();
+  ASSERT_EQ(r.kind, ExitKind::Stopped) << r.diagnostic;
+  const std::vector<std::uint32_t> expected = {0xffffffffu, 0xffffffffu, 0xffffffffu, 0x40000000u,
+                                               0xffffffffu, 0x50000004u, 0xffffffffu};
+  EXPECT_EQ(m.plat.post, expected);
+}
+
 TEST(BtVm, PageTablesOutsideRamFaultAndTripleFault) {
   Machine m;
   m.load(garbage_start, garbage_end);

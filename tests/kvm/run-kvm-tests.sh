@@ -9,7 +9,9 @@
 #   - /dev/kvm on this machine usable (per `modevisor host`): run them here.
 #   - otherwise: build the KVM test host (scripts/kvm-host: QEMU TCG, AMD EPYC
 #     with SVM, Debian's kernel and kvm_amd) and run them inside it, with
-#     kvm_amd npt=1 (hv-hwmmu) and then npt=0 (hv-swmmu).
+#     kvm_amd npt=1 (hv-hwmmu) and then npt=0 (hv-swmmu).  Special files
+#     (the Linux console's FIFO) go to TMPDIR, which must be the test host's
+#     own tmpfs: the 9p work share of some hosts has no FIFOs.
 # Exit 77 (ctest SKIP_RETURN_CODE) with the reason when neither is possible
 # (or the test host itself hangs: QEMU's timeout); tests that skip inside the
 # test host count as failures (MODEVISOR_KVM_REQUIRED), and so does a test
@@ -42,7 +44,7 @@ fi
 
 start=$(date +%s)
 NPTS="1 0" "$SRC/scripts/kvm-host/run.sh" -o "$OUT" -w "$OUT/work" -t "${KVM_HOST_TIMEOUT:-1100}" -- \
-  sh -c "'$BUILD/bin/modevisor' plugins; MODEVISOR_KVM_REQUIRED=1 MODEVISOR_KVM_HANDOFF_DIR=$OUT/work timeout 150 '$TESTS' --gtest_color=no && timeout 300 '$SRC/tests/kvm/run-guests-under-hv.sh' '$BUILD' '$SRC' && timeout 300 '$SRC/tests/kvm/run-example-vms.sh' '$BUILD' '$SRC' && timeout 300 '$SRC/tests/kvm/run-linux-under-hv.sh' '$BUILD' '$SRC' 240 && timeout 300 '$SRC/tests/kvm/run-linux-under-hv.sh' '$BUILD' '$SRC' 240 linux-busybox-smp poweroff"
+  sh -c "stat -f -c 'test host: TMPDIR %n is %T' \"\$TMPDIR\"; [ \"\$(stat -f -c %T \"\$TMPDIR\")\" = tmpfs ] || { echo 'FAIL: TMPDIR is not on the test host tmpfs'; exit 1; }; '$BUILD/bin/modevisor' plugins; MODEVISOR_KVM_REQUIRED=1 MODEVISOR_KVM_HANDOFF_DIR=$OUT/work timeout 150 '$TESTS' --gtest_color=no && timeout 300 '$SRC/tests/kvm/run-guests-under-hv.sh' '$BUILD' '$SRC' && timeout 300 '$SRC/tests/kvm/run-example-vms.sh' '$BUILD' '$SRC' && timeout 300 '$SRC/tests/kvm/run-linux-under-hv.sh' '$BUILD' '$SRC' 240 && timeout 300 '$SRC/tests/kvm/run-linux-under-hv.sh' '$BUILD' '$SRC' 240 linux-busybox-smp poweroff"
 rc=$?
 echo "test host: $(( $(date +%s) - start ))s wall"
 case $rc in

@@ -26,9 +26,18 @@ export MODEVISOR_GUEST_DIR=$build/guests
   echo "FAIL linux: the Linux guest is not built (needs linux-image-amd64 and busybox-static; see tests/guests/linux)"
   exit 1
 }
+# The serial console's input is a FIFO, which needs a filesystem that has
+# FIFOs: TMPDIR (the KVM test host keeps it on its own tmpfs; a 9p share may
+# refuse them), else /dev/shm.  Logs and transcripts are plain files beside it.
+pid=""
 work=$(mktemp -d)
-trap 'kill $pid 2>/dev/null; rm -rf "$work"' EXIT
-mkfifo "$work/console"
+trap '[ -n "$pid" ] && kill $pid 2>/dev/null; rm -rf "$work"' EXIT
+if ! mkfifo "$work/console" 2>"$work/mkfifo.err"; then
+  echo "note: no FIFO in $work ($(stat -f -c %T "$work" 2>/dev/null): $(cat "$work/mkfifo.err")); trying /dev/shm"
+  rm -rf "$work"
+  work=$(mktemp -d -p /dev/shm 2>/dev/null) && mkfifo "$work/console" ||
+    { echo "FAIL linux: cannot create the console FIFO in TMPDIR (${TMPDIR:-/tmp}) nor in /dev/shm"; exit 1; }
+fi
 "$build/bin/modevisor" --log-dir "$work/logs" run --stats "$src/configs/vms/$vm.yaml" \
   <"$work/console" >"$work/out" 2>"$work/err" &
 pid=$!

@@ -340,6 +340,21 @@ TEST(KvmHypervisorOpen, RefusesKvmPvmWithoutOpeningIt) {
   std::filesystem::remove_all(dir);
 }
 
+TEST(KvmHypervisorOpen, KvmPvmWithoutDeviceNodeIsAMissingDevice) {
+  const auto dir = std::filesystem::temp_directory_path() / ("modevisor-kvm-pvm-nonode-" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir / "sys/kvm_pvm");
+  try {
+    kvm::KvmHypervisor::open(dir / "kvm", dir / "sys");
+    FAIL() << "a missing device accepted";
+  } catch (const api::HypervisorError& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("no " + (dir / "kvm").string() + " (kvm_pvm is loaded but has no device node"),
+              std::string::npos) << what;
+    EXPECT_EQ(what.find("provided by"), std::string::npos) << what;
+  }
+  std::filesystem::remove_all(dir);
+}
+
 TEST(KvmHypervisorOpen, NamesAMissingDevice) {
   try {
     kvm::KvmHypervisor::open("/nonexistent/kvm", "/nonexistent/sys");

@@ -384,6 +384,75 @@ TEST(CapabilitiesFrom, PvmEvenWithWorkingDeviceIsNotUsable) {
             "to guests");
 }
 
+// What the probe finds decides what it says: a loaded kvm_pvm without a
+// device node (a paravirtualized host whose /dev/kvm is not passed in)
+// provides nothing, a node with kvm_pvm is PVM's, a node with kvm_amd/kvm_intel
+// is the vendor module's.  The node is the fixture's device path: absent, or
+// /dev/null (it opens but answers no KVM ioctl).
+TEST(CapabilitiesFrom, PvmLoadedWithoutDeviceNodeSaysThereIsNoNode) {
+  const auto kvm = kvm_fixture("kvm-pvm");
+  EXPECT_EQ(kvm.vendor_module, "kvm_pvm");
+  EXPECT_FALSE(kvm.device_present);
+  const auto caps = capabilities_from(cpuinfo_fixture("sandbox-amd-epyc-pvm.txt"),
+                                      cpuid_fixture("sandbox-amd-epyc-pvm.txt"), kvm);
+  EXPECT_FALSE(caps.driver.present);
+  EXPECT_FALSE(caps.driver.usable);
+  EXPECT_EQ(caps.driver.name, "kvm_pvm");
+  EXPECT_EQ(caps.driver.detail,
+            "no " + kNoDevice.string() +
+                ": the kvm_pvm module is loaded but there is no device node (and PVM runs only PVM-aware guest "
+                "kernels and offers no VT-x/AMD-V to guests); the CPU has no VT-x/AMD-V");
+  EXPECT_THAT(caps.driver.detail, Not(HasSubstr("provided by")));
+  EXPECT_THAT(caps.driver.detail, Not(HasSubstr("cannot open"))) << "nothing to open";
+}
+
+TEST(CapabilitiesFrom, PvmBesideKvmAmdWithoutDeviceNodeSaysThereIsNoNode) {
+  const auto caps = capabilities_from(cpuinfo_fixture("amd-epyc-9654-genoa-6.8.txt"), CpuidTable{},
+                                      kvm_fixture("kvm-pvm-beside-kvm-amd"));
+  EXPECT_FALSE(caps.driver.present);
+  EXPECT_FALSE(caps.driver.usable);
+  EXPECT_THAT(caps.driver.detail, StartsWith("no " + kNoDevice.string() + ": the kvm_pvm module is loaded"));
+  EXPECT_THAT(caps.driver.detail, Not(HasSubstr("provided by")));
+}
+
+TEST(CapabilitiesFrom, DeviceNodeOfKvmAmdIsTheVendorModules) {
+  const auto kvm = kvm_fixture("kvm-amd-npt1", "/dev/null");
+  EXPECT_TRUE(kvm.device_present);
+  EXPECT_TRUE(kvm.opens);
+  const auto caps = capabilities_from(cpuinfo_fixture("amd-epyc-9654-genoa-6.8.txt"), CpuidTable{}, kvm);
+  EXPECT_TRUE(caps.driver.present);
+  EXPECT_EQ(caps.driver.name, "kvm_amd");
+  EXPECT_FALSE(caps.driver.usable) << "/dev/null answers no KVM ioctl";
+  EXPECT_EQ(caps.driver.detail, "/dev/null reports KVM API version -1, expected 12");
+}
+
+TEST(CapabilitiesFrom, DeviceNodeOfKvmIntelIsTheVendorModules) {
+  const auto caps = capabilities_from(cpuinfo_fixture("intel-xeon-8480-sapphire-rapids-6.8.txt"), CpuidTable{},
+                                      kvm_fixture("kvm-intel-ept-y", "/dev/null"));
+  EXPECT_TRUE(caps.driver.present);
+  EXPECT_EQ(caps.driver.name, "kvm_intel");
+  EXPECT_TRUE(caps.driver.nested_paging_enabled);
+  EXPECT_EQ(caps.driver.detail, "/dev/null reports KVM API version -1, expected 12");
+}
+
+TEST(CapabilitiesFrom, VendorModuleWithoutDeviceNodeSaysTheNodeIsMissing) {
+  const auto caps = capabilities_from(cpuinfo_fixture("amd-epyc-9654-genoa-6.8.txt"), CpuidTable{},
+                                      kvm_fixture("kvm-amd-npt1"));
+  EXPECT_FALSE(caps.driver.present);
+  EXPECT_EQ(caps.driver.name, "kvm_amd");
+  EXPECT_EQ(caps.driver.detail, "no " + kNoDevice.string() +
+                                    " although kvm_amd is loaded (the device node is missing, e.g. not passed into "
+                                    "this container)");
+}
+
+TEST(CapabilitiesFrom, NoKvmModuleAndNoDeviceNode) {
+  const auto caps = capabilities_from(cpuinfo_fixture("amd-epyc-9654-genoa-6.8.txt"), CpuidTable{},
+                                      kvm_fixture("no-kvm"));
+  EXPECT_FALSE(caps.driver.present);
+  EXPECT_EQ(caps.driver.name, "none");
+  EXPECT_EQ(caps.driver.detail, "no " + kNoDevice.string() + ": the kvm_amd module is not loaded");
+}
+
 TEST(CapabilitiesFrom, IntelWithoutVmxAndNoKvm) {
   const auto caps = capabilities_from(cpuinfo_fixture("intel-xeon-8259cl-cloud-guest-no-vmx.txt"), CpuidTable{},
                                       kvm_fixture("no-kvm"));

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "common/errors.hpp"
+#include "guarded_guest_memory.hpp"
 #include "platform/guest_ram.hpp"
 #include "platform/linux_loader.hpp"
 #include "platform/mptable.hpp"
@@ -132,6 +133,78 @@ TEST(LinuxLoader, RefusesWhatItCannotBootNamingTheFile) {
   EXPECT_THAT(error_of(ram, make_bzimage(0x020f, 0x01, 32u << 20)), HasSubstr("needs 33 MiB"));
   EXPECT_THAT(error_of(ram, make_bzimage(), "", Bytes(15 << 20, 1)),
               HasSubstr("/vm/initrd: the initrd (15360 KiB) does not fit"));
+}
+
+// Header fields are untrusted 32-bit numbers: arithmetic on them must not
+// wrap, and nothing may be written outside guest RAM (the guard after it
+// turns such a write into a crash of this test).
+TEST(LinuxLoader, HeaderArithmeticThatWouldWrapIsRefused) {
+  GuardedGuestMemory ram(16 << 20);
+  auto error = [&](const Bytes& image, const std::string& cmdline = "") {
+    try {
+      load_linux(ram, "/vm/bzImage", image, cmdline, "/vm/initrd", {});
+    } catch (const InputError& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  // 1 MiB + init_size wraps below 1 MiB in 32 bits (and to exactly 0).
+  for (std::uint32_t init_size : {0xffffffffu, 0xfff00000u, 0xfff00001u, 0x80000000u})
+    EXPECT_THAT(error(make_bzimage(0x020f, 0x01, init_size)), HasSubstr("/vm/bzImage: the kernel needs"))
+        << std::hex << init_size;
+  // The crash: a payload larger than the RAM above 1 MiB, with an
+  // init_size that makes 32-bit "1 MiB + init_size" wrap below the RAM's end.
+  Bytes big = make_bzimage(0x020f, 0x01, 0xffffffff);
+  big.resize(3 * 512 + (16u << 20), 0x90);
+  EXPECT_THAT(error(big), HasSubstr("/vm/bzImage: the kernel needs"));
+  // cmdline_size says "anything goes"; guest RAM and low memory do not.
+  Bytes open_ended = make_bzimage();
+  put<std::uint32_t>(open_ended, 0x238, 0xffffffff);
+  EXPECT_EQ(error(open_ended, std::string(1000, 'x')), "no error");
+  EXPECT_THAT(error(open_ended, std::string(0x9fc00 - kLinuxCmdline, 'x')),
+              HasSubstr("the loader has room for 523264"));
+}
+
+TEST(LinuxLoader, CommandLineIsCheckedAgainstGuestRam) {
+  // Just enough RAM for the kernel: the command line must still fit below the EBDA.
+  GuardedGuestMemory ram(0x100000 + 0x20000);
+  Bytes image = make_bzimage();
+  put<std::uint32_t>(image, 0x238, 0xffffffff);
+  EXPECT_THROW(load_linux(ram, "/vm/bzImage", image, std::string(2u << 20, 'x'), "", {}), InputError);
+  EXPECT_NO_THROW(load_linux(ram, "/vm/bzImage", image, "console=ttyS0", "", {}));
+}
+
+// Every header field the loader reads, set to values at the edges of its
+// width: each load either succeeds within guest RAM or is an InputError.
+TEST(LinuxLoader, EveryHeaderFieldAtItsEdgesNeverEscapesGuestRam) {
+  struct Field {
+    std::size_t offset, width;
+  };
+  const Field fields[] = {{0x1f1, 1}, {0x201, 1}, {0x206, 2}, {0x20e, 2}, {0x211, 1}, {0x22c, 4},
+                          {0x236, 2}, {0x238, 4}, {0x260, 4}};
+  const std::uint64_t edges[] = {0, 1, 0x7f, 0x80, 0xff, 0x7fff, 0x8000, 0xffff, 0x100000, 0x7fffffff,
+                                 0x80000000, 0xfff00000, 0xfffff000, 0xffffffff};
+  int loaded = 0, refused = 0;
+  for (const auto& field : fields) {
+    for (std::uint64_t value : edges) {
+      Bytes image = make_bzimage();
+      std::memcpy(&image[field.offset], &value, field.width);
+      GuardedGuestMemory ram(8 << 20);
+      try {
+        const LinuxBoot boot = load_linux(ram, "/vm/bzImage", image, std::string(60, 'c'), "/vm/initrd",
+                                          Bytes(4096, 7));
+        EXPECT_LE(boot.kernel_end, ram.size());
+        EXPECT_LE(boot.initrd_end, ram.size());
+        EXPECT_GE(boot.kernel_end, boot.kernel_start);
+        ++loaded;
+      } catch (const InputError& e) {
+        EXPECT_THAT(e.what(), ::testing::StartsWith("/vm/")) << e.what();
+        ++refused;
+      }
+    }
+  }
+  EXPECT_GT(loaded, 0);
+  EXPECT_GT(refused, 0);
 }
 
 TEST(LinuxLoader, E820LeavesTheMmioHole) {

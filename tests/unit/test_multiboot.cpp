@@ -7,12 +7,14 @@
 
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <string>
 #include <vector>
 
 #include "common/errors.hpp"
+#include "guarded_guest_memory.hpp"
 #include "platform/guest_ram.hpp"
 #include "platform/multiboot_loader.hpp"
 
@@ -373,9 +375,71 @@ TEST(MultibootTest, QemuAgreesWithTheLoader) {
   EXPECT_EQ(qemu, ours.str());
 }
 
-TEST(MultibootTest, MissingFileIsASystemError) {
+// The a.out kludge's address fields and the ELF program header fields are
+// untrusted 32-bit numbers: at the edges of their width each load either
+// stays inside guest RAM (the guard after it would crash this test) or is an
+// InputError naming the kernel.
+TEST(MultibootTest, EveryAddressFieldAtItsEdgesNeverEscapesGuestRam) {
+  const std::uint32_t edges[] = {0, 1, 0xfff, 0x1000, 0x100000, 0x1ffffff, 0x2000000, 0x7fffffff, 0x80000000,
+                                 0xfffff000, 0xfffffffc, 0xffffffff};
+  int loaded = 0, refused = 0;
+  auto attempt = [&](const Bytes& image) {
+    GuardedGuestMemory ram(32 << 20);
+    try {
+      const MultibootBoot boot = load_multiboot(ram, "/boot/kernel.elf", image, "x", {{"mod", "", Bytes(5000, 1)}});
+      EXPECT_LE(boot.kernel_end, ram.size());
+      for (const auto& [start, end] : boot.modules) EXPECT_LE(end, ram.size());
+      ++loaded;
+    } catch (const InputError& e) {
+      EXPECT_THAT(e.what(), ::testing::AnyOf(::testing::StartsWith("/boot/kernel.elf: "), ::testing::StartsWith("mod: ")))
+          << e.what();
+      ++refused;
+    }
+  };
+  // a.out kludge: header_addr, load_addr, load_end_addr, bss_end_addr.
+  for (std::size_t field = 0; field < 4; ++field)
+    for (std::uint32_t value : edges) {
+      Bytes b(0x400, 0x90);
+      const std::uint32_t flags = 0x10003;
+      put32(b, 0x40, 0x1BADB002);
+      put32(b, 0x44, flags);
+      put32(b, 0x48, static_cast<std::uint32_t>(-(0x1BADB002 + flags)));
+      const std::uint32_t fields[4] = {0x200040, 0x200000, 0x200300, 0x201000};
+      for (std::size_t i = 0; i < 4; ++i) put32(b, 0x4c + 4 * i, i == field ? value : fields[i]);
+      put32(b, 0x5c, 0x200080);
+      attempt(b);
+    }
+  // ELF: p_offset, p_vaddr, p_paddr, p_filesz, p_memsz, then e_phoff.
+  for (std::size_t field = 0; field < 6; ++field)
+    for (std::uint32_t value : edges) {
+      Bytes b = make_elf(0x100000, {{0x100000, 0x100000, code_bytes(64), 4096}});
+      if (field < 5) put32(b, 52 + 4 + 4 * field, value);
+      else put32(b, 28, value);
+      attempt(b);
+    }
+  EXPECT_GT(loaded, 0);
+  EXPECT_GT(refused, 0);
+}
+
+TEST(MultibootTest, AFileLargerThanGuestRamIsNotRead) {
+  const std::filesystem::path sparse = std::filesystem::temp_directory_path() / "modevisor-sparse-kernel.elf";
+  {
+    std::ofstream out(sparse, std::ios::binary);
+  }
+  std::filesystem::resize_file(sparse, 8ull << 30);  // 8 GiB, sparse: no disk used
   GuestRam ram(64ull << 20);
-  EXPECT_THROW(load_multiboot(ram, MultibootRequest{"/nonexistent/kernel", "", {}}), std::system_error);
+  try {
+    load_multiboot(ram, MultibootRequest{sparse, "", {}});
+    ADD_FAILURE() << "an 8 GiB kernel was accepted";
+  } catch (const InputError& e) {
+    EXPECT_THAT(e.what(), HasSubstr("multiboot kernel: the file is 8589934592 bytes; at most 64 MiB are accepted"));
+  }
+  std::filesystem::remove(sparse);
+}
+
+TEST(MultibootTest, MissingFileIsAnInputErrorNamingIt) {
+  GuestRam ram(64ull << 20);
+  EXPECT_THROW(load_multiboot(ram, MultibootRequest{"/nonexistent/kernel", "", {}}), InputError);
 }
 
 }  // namespace

@@ -12,6 +12,8 @@
 
 #include <boost/dll/shared_library.hpp>
 
+#include "platform/guest_ram.hpp"
+#include "platform/machine.hpp"
 #include "plugins/registry.hpp"
 
 namespace modevisor::host {
@@ -136,7 +138,16 @@ INSTANTIATE_TEST_SUITE_P(
                    "its descriptor's log token 'HWMMU' does not match its mode HV (from its techniques)", ""},
         BrokenCase{"unrelated", "libunrelated.so",
                    "not a modevisor plugin: no modevisor_plugin_abi_version symbol", ""},
-        BrokenCase{"not-a-library", "garbage.so", "", "not a loadable shared library: "}),
+        BrokenCase{"not-a-library", "garbage.so", "", "not a loadable shared library: "},
+        // Plugin code that would take the host down runs first in a throwaway child.
+        BrokenCase{"throws-static-init", "test-throws-static-init.so",
+                   "threw while being loaded: static initializer failed on purpose", ""},
+        BrokenCase{"exits-while-loading", "test-exits-while-loading.so",
+                   "ended the process (exit status 0) while being loaded, described and creating its monitor; "
+                   "a plugin must never exit",
+                   ""},
+        BrokenCase{"dangling-link", "dangling.so",
+                   "a dangling symbolic link (-> no-such-plugin.so): its target does not exist", ""}),
     [](const auto& info) {
       std::string name = info.param.dir;
       for (char& ch : name)
@@ -172,6 +183,65 @@ TEST(PluginRegistryBroken, ThrowingProbeLoadsAndBecomesAHostProblem) {
   EXPECT_THAT(host_problems(*plugin, host), ElementsAre("probe threw: probe failed on purpose"));
 }
 
+TEST(PluginRegistryBroken, ALoopingLinkIsReportedForEachOfItsNames) {
+  auto registry = scanned({kFixtures / "looping-link"});
+  std::vector<fs::path> files;
+  for (const auto& p : registry.problems()) files.push_back(p.file);
+  EXPECT_THAT(files, ElementsAre(kFixtures / "looping-link" / "loop-a.so", kFixtures / "looping-link" / "loop-b.so"));
+  ASSERT_EQ(registry.problems().size(), 2u);
+  EXPECT_EQ(registry.problems()[0].reason, "a symbolic link loop (-> loop-b.so): it never reaches a file");
+  EXPECT_THAT(registry.plugins(), IsEmpty());
+}
+
+TEST(PluginRegistryBroken, CrashingProbeLoadsAndBecomesAHostProblem) {
+  auto registry = scanned({kFixtures / "crashes-probe"});
+  EXPECT_THAT(registry.problems(), IsEmpty());
+  const LoadedPlugin* plugin = registry.find("test-crashes-probe");
+  ASSERT_NE(plugin, nullptr);
+  HostCapabilities host;
+  host.long_mode = true;
+  // The probe ran in a child that died of it; this process is still here.
+  EXPECT_THAT(host_problems(*plugin, host),
+              ElementsAre("probe failed: it crashed while probing the host (signal 11 SIGSEGV: a bad memory "
+                          "access)"));
+  // And again: a crashed probe leaves the plugin usable for the next question.
+  EXPECT_EQ(host_problems(*plugin, host).size(), 1u);
+}
+
+TEST(PluginRegistryBroken, ProbeReasonsComeBackFromTheChildIntact) {
+  auto registry = scanned({kRealPlugins});
+  const LoadedPlugin* bt = registry.find("bt-swmmu");
+  ASSERT_NE(bt, nullptr);
+  HostCapabilities host;  // no long mode: bt-swmmu's probe explains why it cannot run
+  const auto direct = bt->monitor->probe(host);
+  ASSERT_FALSE(direct.empty());
+  EXPECT_THAT(host_problems(*bt, host), ::testing::IsSupersetOf(direct));
+}
+
+class NoLog final : public api::Logger {
+ public:
+  void log(api::LogLevel, std::string_view) override {}
+};
+
+TEST(PluginRegistryBroken, AnyExceptionFromCreateVmBecomesAMonitorError) {
+  auto registry = scanned({kFixtures / "throws-create-vm"});
+  ASSERT_THAT(registry.problems(), IsEmpty());
+  const LoadedPlugin* plugin = registry.find("test-throws-create-vm");
+  ASSERT_NE(plugin, nullptr);
+  GuestRam ram(1 << 20);
+  Machine machine;
+  NoLog log;
+  api::VmSpec spec;
+  spec.name = "victim";
+  try {
+    plugin->monitor->create_vm(spec, api::VmServices{ram, machine, log});
+    FAIL() << "create_vm returned";
+  } catch (const api::MonitorError& e) {
+    EXPECT_STREQ(e.what(),
+                 "plugin test-throws-create-vm failed while creating VM 'victim': create_vm failed on purpose");
+  }
+}
+
 TEST(PluginRegistryBroken, TheHostGoesOnPastEveryBrokenPlugin) {
   std::vector<fs::path> dirs{kRealPlugins};
   for (const char* c : {"bad-descriptor", "duplicate-name", "good", "missing-factory", "not-a-library",
@@ -198,6 +268,28 @@ TEST(PluginRegistryBroken, TheHostGoesOnPastEveryBrokenPlugin) {
                           kFixtures / "unrelated" / "libunrelated.so",
                           kFixtures / "wrong-abi" / "test-wrong-abi.so",
                           kFixtures / "no-such-case"));
+}
+
+// One scan vets every new file in one child; a plugin that ends that child
+// (exit(0) in a static initializer) is blamed alone, and the files after it
+// still get their own verdicts from a new child.
+TEST(PluginRegistryBroken, AChildEndedByOnePluginDoesNotTakeTheOthersVerdicts) {
+  std::vector<fs::path> dirs;
+  for (const char* c : {"good", "exits-while-loading", "throws-describe", "throws-static-init", "crashes-probe",
+                        "throws-create-vm", "dangling-link", "wrong-abi"})
+    dirs.push_back(kFixtures / c);
+  auto registry = scanned(dirs);
+  EXPECT_THAT(names_of(registry), ElementsAre("test-good", "test-crashes-probe", "test-throws-create-vm"));
+  std::vector<std::string> reasons;
+  for (const auto& p : registry.problems()) reasons.push_back(p.file.filename().string() + ": " + p.reason);
+  EXPECT_THAT(reasons,
+              ElementsAre("test-exits-while-loading.so: ended the process (exit status 0) while being loaded, "
+                          "described and creating its monitor; a plugin must never exit",
+                          "test-throws-describe.so: threw while describing itself: describe failed on purpose",
+                          "test-throws-static-init.so: threw while being loaded: static initializer failed on purpose",
+                          "dangling.so: a dangling symbolic link (-> no-such-plugin.so): its target does not exist",
+                          "test-wrong-abi.so: ABI version " + std::to_string(api::kAbiVersion + 6) +
+                              ", this host speaks " + std::to_string(api::kAbiVersion)));
 }
 
 TEST(PluginRegistryDirectories, MissingDirectoryIsAProblemForThatPath) {

@@ -336,9 +336,167 @@ void Vcpu::string_op(const ZydisDecodedInstruction& insn, const ZydisDecodedOper
   throw 0;  // budget exhausted: caller resumes this instruction later
 }
 
+// Guest-linear bytes through the guest's page tables, split at page
+// boundaries (each page may be RAM or a device) and into naturally sized
+// pieces of at most 8 bytes (what a device access can be).  Unassigned
+// physical addresses read as all ones and ignore writes (the platform's
+// answer, as on a PC and in QEMU).
+void Vcpu::read_linear(std::uint32_t la, std::uint8_t* bytes, unsigned size, bool user) {
+  unsigned done = 0;
+  while (done < size) {
+    const std::uint32_t at = la + done;
+    unsigned piece = std::min(size - done, 0x1000 - (at & 0xfff));
+    piece = piece >= 8 ? 8 : piece >= 4 ? 4 : piece >= 2 ? 2 : 1;
+    const std::uint64_t v = read_phys(lin_to_phys(at, false, user, false), piece);
+    std::memcpy(bytes + done, &v, piece);
+    done += piece;
+  }
+}
+
+void Vcpu::write_linear(std::uint32_t la, const std::uint8_t* bytes, unsigned size, bool user) {
+  // Every page is checked before anything is written, as the CPU does.
+  for (std::uint32_t at = la; at - la < size; at = (at & ~0xfffu) + 0x1000) lin_to_phys(at, true, user, false);
+  unsigned done = 0;
+  while (done < size) {
+    const std::uint32_t at = la + done;
+    unsigned piece = std::min(size - done, 0x1000 - (at & 0xfff));
+    piece = piece >= 8 ? 8 : piece >= 4 ? 4 : piece >= 2 ? 2 : 1;
+    std::uint64_t v = 0;
+    std::memcpy(&v, bytes + done, piece);
+    write_phys(lin_to_phys(at, true, user, false), piece, v);
+    done += piece;
+  }
+}
+
+// BT/BTS/BTR/BTC with a register bit offset reach memory at the operand's
+// address plus the signed offset divided by 8 (up to +-256 MiB): run natively
+// on the stage that would be outside it.  The word holding the bit is read
+// (and written back) through the guest's page tables instead.
+bool Vcpu::emulate_mmio_bit_test(const ZydisDecodedInstruction& insn, const ZydisDecodedOperand* ops,
+                                 std::uint32_t next) {
+  const auto m = insn.mnemonic;
+  if (m != ZYDIS_MNEMONIC_BT && m != ZYDIS_MNEMONIC_BTS && m != ZYDIS_MNEMONIC_BTR && m != ZYDIS_MNEMONIC_BTC)
+    return false;
+  if (ops[0].type != ZYDIS_OPERAND_TYPE_MEMORY) return false;
+  const bool user = cpl_ == 3;
+  const unsigned bits = ops[0].size;  // 16 or 32
+  const unsigned bytes = bits / 8;
+  std::int32_t offset;
+  if (ops[1].type == ZYDIS_OPERAND_TYPE_REGISTER) {
+    offset = bits == 16 ? static_cast<std::int16_t>(get_reg(ops[1].reg.value))
+                        : static_cast<std::int32_t>(get_reg(ops[1].reg.value));
+  } else {
+    offset = static_cast<std::int32_t>(ops[1].imm.value.u & (bits - 1));  // immediate: within the operand
+  }
+  // Floor division: a negative offset reaches the words below the operand.
+  const std::int32_t word = offset >= 0 ? offset / static_cast<std::int32_t>(bits)
+                                        : -((-(offset + 1)) / static_cast<std::int32_t>(bits)) - 1;
+  const unsigned bit = static_cast<unsigned>(offset - word * static_cast<std::int32_t>(bits));
+  const std::uint32_t la = ea(ops[0]) + static_cast<std::uint32_t>(word) * bytes;
+  std::uint8_t raw[4] = {};
+  read_linear(la, raw, bytes, user);
+  std::uint32_t value = 0;
+  std::memcpy(&value, raw, bytes);
+  const bool was_set = (value >> bit) & 1;
+  std::uint32_t updated = value;
+  if (m == ZYDIS_MNEMONIC_BTS) updated |= 1u << bit;
+  if (m == ZYDIS_MNEMONIC_BTR) updated &= ~(1u << bit);
+  if (m == ZYDIS_MNEMONIC_BTC) updated ^= 1u << bit;
+  if (m != ZYDIS_MNEMONIC_BT) {
+    std::memcpy(raw, &updated, bytes);
+    write_linear(la, raw, bytes, user);
+  }
+  ctx_->rflags = (ctx_->rflags & ~std::uint64_t{kCF}) | (was_set ? kCF : 0);  // other flags: as the CPU leaves them
+  eip_ = next;
+  return true;
+}
+
+// Stack and near-branch instructions whose stack or memory operand is MMIO
+// or unassigned (e.g. ESP above guest RAM): the stack accesses go to the
+// device or read all ones, as on hardware, instead of being refused.
+bool Vcpu::emulate_mmio_stack_or_branch(const ZydisDecodedInstruction& insn, const ZydisDecodedOperand* ops,
+                                        std::uint32_t next) {
+  const bool user = cpl_ == 3;
+  const auto ss = static_cast<std::uint32_t>(ss_.base);
+  const unsigned width = insn.operand_width / 8;  // 2 or 4
+  auto value_of = [&](const ZydisDecodedOperand& o) -> std::uint32_t {
+    switch (o.type) {
+      case ZYDIS_OPERAND_TYPE_REGISTER: return get_reg(o.reg.value);
+      case ZYDIS_OPERAND_TYPE_MEMORY: return read(ea(o), o.size / 8, user);
+      case ZYDIS_OPERAND_TYPE_IMMEDIATE: return static_cast<std::uint32_t>(o.imm.value.s);
+      default: throw std::runtime_error("bt-swmmu: emulator: unexpected operand");
+    }
+  };
+  auto is_segment = [](const ZydisDecodedOperand& o) {
+    return o.type == ZYDIS_OPERAND_TYPE_REGISTER && ZydisRegisterGetClass(o.reg.value) == ZYDIS_REGCLASS_SEGMENT;
+  };
+  auto mask = [&](std::uint32_t v) { return width == 2 ? v & 0xffff : v; };
+  const std::uint32_t esp = reg32(4);
+  switch (insn.mnemonic) {
+    case ZYDIS_MNEMONIC_PUSH: {
+      if (is_segment(ops[0])) return false;
+      const std::uint32_t v = value_of(ops[0]);  // ESP as it was before the push
+      write(ss + esp - width, width, v, user);
+      reg32(4) = esp - width;
+      eip_ = next;
+      return true;
+    }
+    case ZYDIS_MNEMONIC_POP: {
+      if (is_segment(ops[0])) return false;
+      const std::uint32_t v = read(ss + esp, width, user);
+      reg32(4) = esp + width;  // a memory destination is addressed with the incremented ESP
+      try {
+        if (ops[0].type == ZYDIS_OPERAND_TYPE_MEMORY) write(ea(ops[0]), width, v, user);
+        else set_reg(ops[0].reg.value, v);
+      } catch (...) {
+        reg32(4) = esp;
+        throw;
+      }
+      eip_ = next;
+      return true;
+    }
+    case ZYDIS_MNEMONIC_LEAVE: {
+      const std::uint32_t ebp = reg32(5);
+      const std::uint32_t v = read(ss + ebp, width, user);
+      reg32(4) = ebp + width;
+      if (width == 2) reg32(5) = (reg32(5) & 0xffff0000u) | (v & 0xffff);
+      else reg32(5) = v;
+      eip_ = next;
+      return true;
+    }
+    case ZYDIS_MNEMONIC_CALL: {
+      if (insn.meta.branch_type == ZYDIS_BRANCH_TYPE_FAR) return false;
+      const std::uint32_t target = ops[0].type == ZYDIS_OPERAND_TYPE_IMMEDIATE
+                                       ? next + static_cast<std::uint32_t>(ops[0].imm.value.s)
+                                       : value_of(ops[0]);
+      write(ss + esp - width, width, next, user);
+      reg32(4) = esp - width;
+      eip_ = mask(target);
+      return true;
+    }
+    case ZYDIS_MNEMONIC_RET: {
+      if (insn.meta.branch_type == ZYDIS_BRANCH_TYPE_FAR) return false;
+      const std::uint32_t target = read(ss + esp, width, user);
+      const std::uint32_t extra = insn.operand_count_visible ? static_cast<std::uint32_t>(ops[0].imm.value.u) : 0;
+      reg32(4) = esp + width + extra;
+      eip_ = mask(target);
+      return true;
+    }
+    case ZYDIS_MNEMONIC_JMP: {
+      if (insn.meta.branch_type == ZYDIS_BRANCH_TYPE_FAR || ops[0].type != ZYDIS_OPERAND_TYPE_MEMORY) return false;
+      eip_ = mask(value_of(ops[0]));
+      return true;
+    }
+    default:
+      return false;
+  }
+}
+
 // An instruction whose one memory operand is MMIO: read the device (if the
-// instruction reads memory), run the instruction natively with that operand
-// redirected to a host scratch word, then write the device (if it writes).
+// instruction reads memory) into the stage, run the instruction natively with
+// that operand redirected to the stage, then write the device (if it writes).
+// Only instructions whose whole access is their operand get here: the
+// operand's size bounds what they touch, and the stage holds the widest.
 bool Vcpu::emulate_mmio_native(std::uint32_t eip, const ZydisDecodedInstruction& insn,
                                const ZydisDecodedOperand* ops) {
   int mi = -1;
@@ -347,15 +505,19 @@ bool Vcpu::emulate_mmio_native(std::uint32_t eip, const ZydisDecodedInstruction&
     if (mi >= 0 || ops[i].visibility != ZYDIS_OPERAND_VISIBILITY_EXPLICIT) return false;
     mi = static_cast<int>(i);
   }
-  if (mi < 0 || ops[mi].size == 0 || ops[mi].size > 64 || insn.mnemonic == ZYDIS_MNEMONIC_LEA) return false;
+  if (mi < 0 || insn.mnemonic == ZYDIS_MNEMONIC_LEA) return false;
   const auto& op = ops[mi];
+  // VSIB operands address a vector of places; a bit test's register offset
+  // reaches beyond its operand (emulate_mmio_bit_test handles it).
+  if (op.mem.type != ZYDIS_MEMOP_TYPE_MEM) return false;
   const unsigned size = op.size / 8;
+  if (size == 0 || size > MmioStage::kBytes) return false;
   const bool reads = op.actions & ZYDIS_OPERAND_ACTION_MASK_READ;
   const bool writes = op.actions & ZYDIS_OPERAND_ACTION_MASK_WRITE;
   const bool user = cpl_ == 3;
   const std::uint32_t la = ea(op);
-  const std::uint64_t pa = lin_to_phys(la, writes, user, false);
-  if (pa < mem_.size()) return false;  // not MMIO after all
+  // Permission checks on every page of the operand, before any device access.
+  for (std::uint32_t at = la; at - la < size; at = (at & ~0xfffu) + 0x1000) lin_to_phys(at, writes, user, false);
   // Translate the single instruction with the operand redirected.
   const PhysMem& pm = shadow_->phys();
   WalkResult w = walk(pm, paging(), eip, Access{false, user, true}, false);
@@ -379,12 +541,13 @@ bool Vcpu::emulate_mmio_native(std::uint32_t eip, const ZydisDecodedInstruction&
     shadow_->clear_block_maps();
     pending_patch_ = 0;
   }
+  std::uint8_t* stage = mmio_stage_.data();
   Block* b = nullptr;
-  if (translator_->translate(eip, tkey_, cw, &b, 1, true, mmio_scratch_) != TranslateStatus::Ok || b->special ||
+  if (translator_->translate(eip, tkey_, cw, &b, 1, true, stage) != TranslateStatus::Ok || b->special ||
       b->n_insns != 1)
     return false;
-  mmio_scratch_[0] = mmio_scratch_[1] = 0;
-  if (reads) mmio_scratch_[0] = platform_.mmio_read(index_, pa, size > 8 ? 8 : size);
+  std::memset(stage, 0, size);
+  if (reads) read_linear(la, stage, size, user);
   std::uint64_t reason;
   do {
     if (poll_blocked_.exchange(false)) mprotect(poll_page(), 4096, PROT_READ);
@@ -396,7 +559,7 @@ bool Vcpu::emulate_mmio_native(std::uint32_t eip, const ZydisDecodedInstruction&
     eip_ = ctx_->fault_eip;
     raise(static_cast<std::uint8_t>(ctx_->fault_vector), ctx_->fault_vector == 13, 0);
   }
-  if (writes) platform_.mmio_write(index_, pa, size > 8 ? 8 : size, mmio_scratch_[0]);
+  if (writes) write_linear(la, stage, size, user);
   eip_ = static_cast<std::uint32_t>(ctx_->next_eip);
   return true;
 }
@@ -439,6 +602,8 @@ void Vcpu::emulate(std::uint32_t eip, bool mmio) {
     else write(ea(o), o.size / 8, v, user);
   };
   std::uint32_t new_eip = next;
+
+  if (mmio && (emulate_mmio_bit_test(insn, ops, next) || emulate_mmio_stack_or_branch(insn, ops, next))) return;
 
   switch (insn.mnemonic) {
     case ZYDIS_MNEMONIC_CLI:

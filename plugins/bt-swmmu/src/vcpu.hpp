@@ -17,6 +17,7 @@
 
 #include "context.hpp"
 #include "shadow.hpp"
+#include "mmio_stage.hpp"
 #include "translator.hpp"
 
 namespace modevisor::bt {
@@ -103,7 +104,17 @@ class Vcpu {
   // --- emulation
   void emulate(std::uint32_t eip, bool mmio);
   bool emulate_mmio_native(std::uint32_t eip, const ZydisDecodedInstruction& insn, const ZydisDecodedOperand* ops);
-  alignas(16) std::uint64_t mmio_scratch_[2] = {};
+  // Instructions whose memory access is not just their operand, when that
+  // memory is MMIO or unassigned: emulated here, never run on the stage.
+  bool emulate_mmio_bit_test(const ZydisDecodedInstruction& insn, const ZydisDecodedOperand* ops,
+                             std::uint32_t next);
+  bool emulate_mmio_stack_or_branch(const ZydisDecodedInstruction& insn, const ZydisDecodedOperand* ops,
+                                    std::uint32_t next);
+  // Moves `size` bytes between guest-linear `la` (RAM or device, split at
+  // pages and into device-sized pieces) and `bytes`.
+  void read_linear(std::uint32_t la, std::uint8_t* bytes, unsigned size, bool user);
+  void write_linear(std::uint32_t la, const std::uint8_t* bytes, unsigned size, bool user);
+  MmioStage mmio_stage_;
   std::uint32_t ea(const ZydisDecodedOperand& op);
   std::uint32_t get_reg(int zreg) const;
   void set_reg(int zreg, std::uint32_t v);
