@@ -70,7 +70,7 @@ for t in "${targets[@]}"; do
   # Known reproducers: replayed, reported, never failing the run.
   for r in tests/fuzz/crashes/"$t"/*; do
     [ -f "$r" ] || continue
-    if "$bin" "$r" >"$work/replay.log" 2>&1; then
+    if "$bin" -timeout=10 "$r" >"$work/replay.log" 2>&1; then
       echo "fuzz: $t: known reproducer $r: FIXED (runs clean now; move it to the corpus)"
     elif is_known "$t" "$work/replay.log"; then
       echo "fuzz: $t: known reproducer $r: still crashes (listed in tests/fuzz/known-crashes.txt)"
@@ -102,7 +102,7 @@ for t in "${targets[@]}"; do
       known=$((known + 1))
       cp "$log" "$work/known-crash-$known.log"
       # A known crash kept in the corpus would stop every restart at once.
-      art=$(ls -t "$work"/artifacts/crash-* 2>/dev/null | head -1 || true)
+      art=$(ls -t "$work"/artifacts/{crash,timeout,oom,leak}-* 2>/dev/null | head -1 || true)
       if [ -n "$art" ]; then
         for f in "$work"/corpus/*; do cmp -s "$f" "$art" && rm -f "$f"; done
       fi
