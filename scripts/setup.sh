@@ -18,6 +18,10 @@ PACKAGES=(
   # KVM test host (scripts/kvm-host, ctest label kvm): a QEMU TCG guest with
   # nested SVM running Debian's kernel and kvm_amd
   linux-image-amd64 busybox-static cpio
+  # robustness checks: libFuzzer targets (scripts/fuzz.sh, clang with its
+  # fuzzer/ASan/UBSan runtimes); gcc's ASan/UBSan (scripts/sanitize.sh) come
+  # with build-essential
+  clang libclang-rt-14-dev
 )
 
 missing=()

@@ -81,7 +81,14 @@ class FakePlatform final : public Platform {
   std::uint32_t mmio[1024] = {};
   std::vector<std::pair<std::uint64_t, std::uint64_t>> mmio_writes;
   std::function<void()> on_wait;
-  void* crash_target = nullptr;
+  // Where port 0x99 writes: an inaccessible page, so the write faults as a
+  // host bug would without being undefined behaviour (a store through a null
+  // pointer is, and UBSan stops the test there instead of the engine).
+  void* crash_target = inaccessible_page();
+  static void* inaccessible_page() {
+    static void* const page = mmap(nullptr, 4096, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    return page;
+  }
 
   std::uint32_t io_in(unsigned, std::uint16_t port, unsigned size) override {
     if (port == 0x3fd) return 0x20;  // UART LSR: transmitter empty
