@@ -580,7 +580,8 @@ Vm::~Vm() = default;
 std::unique_ptr<Vm> Vm::create(const VmConfig& vm, std::shared_ptr<const LoadedPlugin> plugin,
                                std::shared_ptr<spdlog::logger> log, VmEvents events) {
   auto impl = std::make_unique<Impl>(vm, std::move(plugin), std::move(log), std::move(events), nullptr);
-  impl->vm_yaml_ = read_bounded_text(vm.file, kMaxYamlFileBytes, "VM declaration");
+  // A VM built in code (tests) has no declaration file.
+  if (!vm.file.empty()) impl->vm_yaml_ = read_bounded_text(vm.file, kMaxYamlFileBytes, "VM declaration");
   impl->power_on();
   return std::unique_ptr<Vm>(new Vm(std::move(impl)));
 }
