@@ -628,11 +628,14 @@ void Vm::start_dirty_tracking() {
 
 bool Vm::collect_dirty_pages(std::vector<std::uint64_t>& bitmap) {
   const std::size_t words = (impl_->ram_->size() / 4096 + 63) / 64;
-  bitmap.assign(words, 0);
+  bitmap.assign(words, 0);  // filled, not accumulated (see vm.hpp)
   const bool tracked = impl_->monitor_vm_ && impl_->monitor_vm_->collect_dirty_pages(bitmap);
+  if (!tracked) bitmap.assign(words, 0);  // the plugin's bitmap is unspecified then
+  // The host's writes after the plugin's: either order is safe since a
+  // mark_dirty that misses this take lands in the next one.
   const auto host = impl_->ram_->take_host_dirty();
   for (std::size_t i = 0; i < host.size() && i < bitmap.size(); ++i) bitmap[i] |= host[i];
-  if (bitmap.size() < words) bitmap.resize(words, 0);
+  bitmap.resize(words, 0);  // exactly RAM's pages, whatever the plugin returned
   return tracked;
 }
 

@@ -115,8 +115,13 @@ class Vm {
   std::uint64_t guest_time_ns() const;  // the platform's clock (frozen while paused)
 
   // Live migration: dirty tracking of guest RAM (the plugin's tracking OR the
-  // host's own writes).  start_dirty_tracking() before the first round;
-  // collect returns pages written since the last collect, one bit per 4 KiB page.
+  // host's own writes).  start_dirty_tracking() before the first round.
+  // collect fills `bitmap` -- replaces it, whatever it held -- with the pages
+  // written since the last collect (or start), one bit per 4 KiB page, sized
+  // to cover RAM; callers that accumulate rounds OR it into their own.  Safe
+  // while vCPUs run; a page written after its bit was taken is in the next
+  // collect.  False: the plugin cannot track guest writes (bitmap then holds
+  // only the host's writes).
   void start_dirty_tracking();
   bool collect_dirty_pages(std::vector<std::uint64_t>& bitmap);
 

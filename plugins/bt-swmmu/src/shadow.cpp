@@ -30,7 +30,9 @@ std::uint32_t PhysMem::read32(std::uint64_t pa) const {
 void PhysMem::or32(std::uint64_t pa, std::uint32_t bits) {
   if (pa + 4 > size || (pa & 3)) return;
   auto* p = reinterpret_cast<std::uint32_t*>(base + pa);
-  if ((__atomic_load_n(p, __ATOMIC_RELAXED) & bits) != bits) __atomic_fetch_or(p, bits, __ATOMIC_RELAXED);
+  if ((__atomic_load_n(p, __ATOMIC_RELAXED) & bits) == bits) return;
+  __atomic_fetch_or(p, bits, __ATOMIC_RELAXED);
+  if (on_write) on_write(on_write_ctx, pa & ~0xfffull);
 }
 
 WalkResult walk(const PhysMem& mem_in, const PagingRegs& regs, std::uint32_t la, Access acc, bool set_ad) {
@@ -153,6 +155,11 @@ RegionKey make_region_key(const PagingRegs& regs, bool user_view) {
 ShadowMmu::ShadowMmu(std::uint8_t* ram, std::uint64_t ram_size, int fd) : fd_(fd) {
   phys_.base = ram;
   phys_.size = ram_size;
+  phys_.on_write_ctx = this;
+  phys_.on_write = [](void* self, std::uint64_t gpa_page) {
+    auto* mmu = static_cast<ShadowMmu*>(self);
+    if (mmu->dirty_logging_) mmu->mark_dirty(gpa_page);
+  };
 }
 
 ShadowMmu::~ShadowMmu() {
@@ -285,10 +292,9 @@ FillResult ShadowMmu::fill(Region* r, const PagingRegs& regs, std::uint32_t la, 
   Region::Map m{gpa_page, (w.writable || (!acc.user && !regs.wp())) && w.dirty};
   auto it = r->maps.find(la_page);
   if (write && dirty_logging_ && !is_dirty(gpa_page)) {
-    mark_dirty(gpa_page);
+    mark_dirty(gpa_page);  // first write since the last collection: unprotects every mapping of it
     if (it != r->maps.end() && it->second.gpa_page == gpa_page && it->second.guest_writable && m.guest_writable) {
       ++stats.dirty_log_faults;
-      set_prot_all(gpa_page);  // first write since the last collection
       return FillResult::Mapped;
     }
   }
@@ -424,6 +430,7 @@ void ShadowMmu::collect_dirty(std::vector<std::uint64_t>& bitmap) {
     dirty_logging_ = true;
     dirty_.assign(words, 0);
     bitmap.assign(words, ~0ull);  // everything may have been written before logging began
+    if (const std::uint64_t pages = phys_.size / 4096; pages % 64) bitmap.back() = (1ull << (pages % 64)) - 1;
     for (auto& [gpa, v] : rmap_) set_prot_all(gpa);
     return;
   }

@@ -56,6 +56,10 @@ struct PhysMem {
   std::uint64_t read64(std::uint64_t pa) const;   // 0 outside RAM
   std::uint32_t read32(std::uint64_t pa) const;
   void or32(std::uint64_t pa, std::uint32_t bits);  // atomic, ignored outside RAM
+  // Told about every page or32 really changed (A/D bits in guest tables are
+  // guest-visible RAM writes: dirty logging must see them).
+  void (*on_write)(void* ctx, std::uint64_t gpa_page) = nullptr;
+  void* on_write_ctx = nullptr;
 };
 
 // Walk the guest tables for `la`; with set_ad, set Accessed (and Dirty on a
@@ -142,12 +146,23 @@ class ShadowMmu {
   // Dirty logging for migration: while on, guest-writable pages are mapped
   // read-only until their first write after each collection.
   bool dirty_logging() const { return dirty_logging_; }
+  // The page's first write in this interval (a fill, an emulated store, an
+  // A/D bit): every shadow mapping of it, under any linear address or
+  // region, may write from now on, so no later write faults unexplained.
   void mark_dirty(std::uint64_t gpa_page) {
     const std::uint64_t pfn = gpa_page >> 12;
-    if (pfn < dirty_.size() * 64) dirty_[pfn / 64] |= 1ull << (pfn % 64);
+    if (pfn >= dirty_.size() * 64) return;
+    std::uint64_t& word = dirty_[pfn / 64];
+    const std::uint64_t bit = 1ull << (pfn % 64);
+    if (word & bit) return;
+    word |= bit;
+    set_prot_all(gpa_page);
   }
-  // Returns the pages dirtied since the last call (all pages on the first
-  // call, which starts logging) and write-protects them again.
+  // Fills `bitmap` with the pages dirtied since the last call (all pages on
+  // the first call, which starts logging) and write-protects every shadow
+  // mapping of them again.  Only on the vCPU thread or while it does not run
+  // (Vcpu::collect_dirty_pages): no guest write can fall between taking a
+  // page's bit and protecting it.
   void collect_dirty(std::vector<std::uint64_t>& bitmap);
 
   ShadowStats stats;

@@ -426,6 +426,12 @@ api::RunExit Vcpu::run() {
   api::RunExit ex;
   // Waiting for SIPI: no guest code until the host loads the start-up state.
   if (run_state_ == api::RunState::WaitForSipi) return ex;
+  {
+    // From here on only this thread touches the shadow MMU: a collector asks
+    // it (dirty_req_) instead of collecting concurrently with guest writes.
+    std::lock_guard<std::mutex> lk(dirty_mu_);
+    running_ = true;
+  }
   t_current = this;
   in_run_ = true;
   poll_needed_.store(true);
@@ -434,6 +440,11 @@ api::RunExit Vcpu::run() {
   struct Guard {
     Vcpu* v;
     ~Guard() {
+      {
+        std::lock_guard<std::mutex> lk(v->dirty_mu_);
+        v->running_ = false;
+        v->dirty_cv_.notify_all();  // a waiting collector collects itself now
+      }
       v->in_run_ = false;
       v->in_guest_ = false;
       t_current = nullptr;

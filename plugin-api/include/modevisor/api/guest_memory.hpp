@@ -16,7 +16,10 @@ class GuestMemory {
   virtual std::uint64_t size() const = 0;
   virtual int fd() const = 0;
   // A write that did not go through the guest's own accesses (device DMA,
-  // loader) dirtied these bytes; migration must send them again.
+  // loader) dirtied these bytes; migration must send them again.  Call it
+  // after the write: a collection between the write and the mark then
+  // reports the pages in the next round, where marking first could let the
+  // collector copy a page before the write lands.  Any thread.
   virtual void mark_dirty(std::uint64_t gpa, std::uint64_t length) = 0;
 };
 

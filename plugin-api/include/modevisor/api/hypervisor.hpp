@@ -57,7 +57,11 @@ class Vm {
   virtual std::unique_ptr<Vcpu> create_vcpu(unsigned index, Platform& platform) = 0;
   // Dirty-page logging of guest RAM: enable starts a fresh log; collect ORs
   // the pages written since the last collect (one bit per 4 KiB page) into
-  // `bitmap` (resized to cover RAM) and clears the log.  False: not enabled.
+  // `bitmap` (resized to cover RAM) and clears the log, atomically with
+  // respect to running vCPUs (KVM_GET_DIRTY_LOG: the pages it reports are
+  // write-protected again before it returns).  ORs, not replaces, so a
+  // caller can merge several sources; VirtualMachine::collect_dirty_pages
+  // clears `bitmap` first.  False: not enabled.
   virtual void enable_dirty_log(bool on) = 0;
   virtual bool collect_dirty_log(std::vector<std::uint64_t>& bitmap) = 0;
   // The feature bits of the VM's CPU model (create_vm's `cpuid`) that the

@@ -84,9 +84,17 @@ class VirtualMachine {
 
   virtual Counters counters() const = 0;
 
-  // Guest-physical pages (4 KiB) written by the guest since the last call,
-  // one bit per page; used for live migration.  Returns false where the
-  // monitor cannot track writes.
+  // Live migration's dirty log.  Fills `bitmap` (replacing its contents and
+  // size: one bit per 4 KiB guest-physical page of RAM, bits past the last
+  // page clear) with the pages written since the last call, and starts the
+  // next interval.  The first call starts tracking and reports every page.
+  // Any thread, also while vCPUs run: a write that lands after a page's bit
+  // was taken must be reported by the next call (protect or clear the
+  // hardware log first, then read-and-clear; never the other order).  Writes
+  // the monitor itself makes to guest RAM (emulated stores, A/D bits set by a
+  // software page walker) count as guest writes; the host's own writes
+  // (GuestMemory::mark_dirty) are merged by the host, not here.  Returns
+  // false where the monitor cannot track writes (bitmap then unspecified).
   virtual bool collect_dirty_pages(std::vector<std::uint64_t>& bitmap) = 0;
 };
 
