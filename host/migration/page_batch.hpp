@@ -1,0 +1,72 @@
+// Guest pages on the wire: batches of up to kMaxPagesPerBatch pages, zero
+// pages as bare entries, the rest zstd-compressed (protocol 2) or raw (1).
+//
+// Pages payload: round u32 | entries u16 | encoding u8 | reserved u8 |
+// data length u32 | entries x u64 (page index, bit 63 = zero page) | data.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "migration/messages.hpp"
+#include "migration/protocol.hpp"
+
+namespace modevisor::host::migration {
+
+enum class PageEncoding : std::uint8_t { Raw = 0, Zstd = 1 };
+
+bool is_zero_page(const std::uint8_t* page);
+
+class PageBatchEncoder {
+ public:
+  // zstd_level is ignored for Raw.
+  PageBatchEncoder(PageEncoding encoding, int zstd_level);
+  ~PageBatchEncoder();
+  void begin(std::uint32_t round);
+  void add_zero(std::uint64_t index);
+  void add_page(std::uint64_t index, const std::uint8_t* page);
+  bool empty() const { return entries_.empty(); }
+  bool full() const { return entries_.size() >= kMaxPagesPerBatch; }
+  // The Pages payload; valid until the next begin().
+  std::span<const std::uint8_t> finish();
+
+ private:
+  PageEncoding encoding_;
+  int level_;
+  std::uint32_t round_ = 0;
+  std::vector<std::uint64_t> entries_;
+  std::vector<std::uint8_t> raw_;
+  std::vector<std::uint8_t> out_;
+  struct Context;
+  std::unique_ptr<Context> zstd_;
+};
+
+struct AppliedBatch {
+  std::uint32_t round = 0;
+  std::uint32_t entries = 0;
+  std::uint32_t zero_pages = 0;
+};
+
+class PageBatchDecoder {
+ public:
+  // `allow_zstd`: the negotiated version compresses.
+  PageBatchDecoder(std::span<std::uint8_t> ram, bool allow_zstd);
+  ~PageBatchDecoder();
+  // Validates everything, then writes the pages into RAM; throws
+  // MigrationError(Protocol/Integrity) naming what was wrong.
+  AppliedBatch apply(std::span<const std::uint8_t> payload);
+
+ private:
+  std::span<std::uint8_t> ram_;
+  bool allow_zstd_;
+  std::vector<std::uint8_t> scratch_;
+  struct Context;
+  std::unique_ptr<Context> zstd_;
+};
+
+// XXH3-128 of all guest RAM.
+RamDigest digest_ram(std::span<const std::uint8_t> ram);
+
+}  // namespace modevisor::host::migration
