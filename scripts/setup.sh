@@ -10,6 +10,7 @@ PACKAGES=(
   libyaml-cpp-dev libspdlog-dev libfmt-dev libcli11-dev nlohmann-json3-dev
   libgtest-dev libgmock-dev                 # unit tests
   libzydis-dev                              # x86 decoder for the translator
+  libzstd-dev libxxhash-dev                 # snapshot files: compression and checksums
   gcc-multilib                              # -m32 freestanding guest kernels
   qemu-system-x86                           # the oracle the guests are checked against
   # KVM test host (scripts/kvm-host, ctest label kvm): a QEMU TCG guest with

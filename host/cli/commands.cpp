@@ -20,7 +20,7 @@
 #include <modevisor/api/hypervisor.hpp>
 
 #include "common/errors.hpp"
-#include "monitor/vm_session.hpp"
+#include "vm/vm.hpp"
 #include "selection/mode_log.hpp"
 
 namespace modevisor::cli {
@@ -241,7 +241,7 @@ namespace {
 // self-pipe wakes it from poll() when the VM ends or the operator interrupts.
 class ConsoleInput {
  public:
-  explicit ConsoleInput(host::VmSession& session) : session_(session) {
+  explicit ConsoleInput(host::Vm& session) : session_(session) {
     if (::pipe2(wake_, O_CLOEXEC) != 0) wake_[0] = wake_[1] = -1;
     instance_ = this;
     previous_ = std::signal(SIGINT, [](int) {
@@ -290,7 +290,7 @@ class ConsoleInput {
     }
   }
 
-  host::VmSession& session_;
+  host::Vm& session_;
   int wake_[2] = {-1, -1};
   std::thread thread_;
   std::atomic<bool> interrupted_{false};
@@ -339,16 +339,16 @@ int command_run(Context& context, const std::string& vm_file, bool json_output, 
     return finish(kExitMonitorFailed);
   }
 
-  std::unique_ptr<host::VmSession> session;
+  std::unique_ptr<host::Vm> session;
   try {
-    host::VmSession::ConsoleEcho echo;
-    if (!json_output) echo = [](std::uint8_t byte) {
+    host::VmEvents events;
+    if (!json_output) events.console_output = [](std::uint8_t byte) {
       // Unbuffered: a prompt has no newline, and a byte costs the guest an
       // exit anyway.
       std::fputc(byte, stdout);
       std::fflush(stdout);
     };
-    session = std::make_unique<host::VmSession>(vm, *plugin, vm_log, echo);
+    session = host::Vm::create(vm, std::make_shared<const host::LoadedPlugin>(*plugin), vm_log, std::move(events));
   } catch (const api::MonitorError& e) {
     context.log()->error("VM {}: {}", vm.name, e.what());
     vm_log->error("power on failed: {}", e.what());
@@ -373,11 +373,11 @@ int command_run(Context& context, const std::string& vm_file, bool json_output, 
   bool interrupted = false;
   {
     ConsoleInput input(*session);
-    result = session->run();
+    session->start();
+    result = session->wait();
     interrupted = input.interrupted();
   }
   std::fflush(stdout);
-  vm_log->info("power off: {} ({})", result_kind(result.kind), result.reason);
   json counters = json::object();
   for (const auto& [name, value] : result.counters) {
     vm_log->info("counter {} = {}", name, value);
@@ -385,7 +385,7 @@ int command_run(Context& context, const std::string& vm_file, bool json_output, 
   }
   out["result"] = result_kind(result.kind);
   out["reason"] = result.reason;
-  out["console"] = session->pc().console_output();
+  out["console"] = session->console_output();
   out["counters"] = counters;
   if (stats && !json_output) {
     fmt::print(stderr, "modevisor: VM {} ended: {} ({})\n", vm.name, result_kind(result.kind), result.reason);

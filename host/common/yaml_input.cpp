@@ -26,12 +26,19 @@ std::string describe(const YAML::Node& node) {
 
 }  // namespace
 
-YamlInput::YamlInput(std::filesystem::path file) : file_(std::move(file)) {
-  std::ifstream in(file_);
-  if (!in) throw InputError(file_, 0, 0, "cannot read the file (missing or unreadable)");
+namespace {
+std::string read_yaml_file(const std::filesystem::path& file) {
+  std::ifstream in(file);
+  if (!in) throw InputError(file, 0, 0, "cannot read the file (missing or unreadable)");
   std::stringstream text;
   text << in.rdbuf();
-  const std::string content = text.str();
+  return text.str();
+}
+}  // namespace
+
+YamlInput::YamlInput(std::filesystem::path file) : YamlInput(file, read_yaml_file(file)) {}
+
+YamlInput::YamlInput(std::filesystem::path file, const std::string& content) : file_(std::move(file)) {
   std::istringstream line_reader(content);
   for (std::string line; std::getline(line_reader, line);) lines_.push_back(line);
   try {

@@ -20,6 +20,8 @@ class YamlInput {
  public:
   // Reads and parses; a missing/unreadable file or a syntax error throws InputError.
   explicit YamlInput(std::filesystem::path file);
+  // Parses `content` as if read from `file` (a declaration carried in a snapshot).
+  YamlInput(std::filesystem::path file, const std::string& content);
 
   const YAML::Node& root() const { return root_; }
   const std::filesystem::path& file() const { return file_; }

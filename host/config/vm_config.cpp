@@ -151,8 +151,20 @@ std::uint64_t parse_memory_size(std::string_view text) {
   return number * unit->factor;
 }
 
+namespace {
+VmConfig parse_vm(const YamlInput& in, const GuestOsTable& guest_os);
+}  // namespace
+
 VmConfig load_vm_config(const std::filesystem::path& file, const GuestOsTable& guest_os) {
-  const YamlInput in(std::filesystem::absolute(file).lexically_normal());
+  return parse_vm(YamlInput(std::filesystem::absolute(file).lexically_normal()), guest_os);
+}
+
+VmConfig parse_vm_config(const std::string& yaml, const std::filesystem::path& file, const GuestOsTable& guest_os) {
+  return parse_vm(YamlInput(std::filesystem::absolute(file).lexically_normal(), yaml), guest_os);
+}
+
+namespace {
+VmConfig parse_vm(const YamlInput& in, const GuestOsTable& guest_os) {
   const YAML::Node root = in.root();
   in.expect_map(root, "a VM declaration (a map with name, guest, memory, ...)");
   in.reject_unknown_keys(root, {"name", "guest", "memory", "vcpus", "monitor", "fault_tolerance", "cpu_model"});
@@ -195,5 +207,7 @@ VmConfig load_vm_config(const std::filesystem::path& file, const GuestOsTable& g
   }
   return vm;
 }
+
+}  // namespace
 
 }  // namespace modevisor::host

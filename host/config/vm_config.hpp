@@ -36,6 +36,8 @@ struct VmConfig {
 // Parse and validate; relative paths are resolved against the file's folder.
 // Throws InputError naming file, line, column and what was expected.
 VmConfig load_vm_config(const std::filesystem::path& file, const GuestOsTable& guest_os);
+// The same from the declaration's text (as a snapshot carries it), as if read from `file`.
+VmConfig parse_vm_config(const std::string& yaml, const std::filesystem::path& file, const GuestOsTable& guest_os);
 
 // "256MiB", "1GiB", "512M", "1073741824" (bytes).  Throws std::invalid_argument.
 std::uint64_t parse_memory_size(std::string_view text);

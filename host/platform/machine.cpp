@@ -221,12 +221,28 @@ void Machine::interrupt_raised(unsigned vcpu) {
 }
 
 std::uint64_t Machine::now_ns() const {
+  if (paused_.load(std::memory_order_acquire)) return frozen_time_.load(std::memory_order_acquire);
   return static_cast<std::uint64_t>(static_cast<std::int64_t>(clock_->now_ns()) + time_offset_.load());
 }
 
 void Machine::set_guest_time(std::uint64_t now_ns) {
   auto guard = lock();
+  frozen_time_.store(now_ns, std::memory_order_release);
   time_offset_.store(static_cast<std::int64_t>(now_ns) - static_cast<std::int64_t>(clock_->now_ns()));
+}
+
+void Machine::set_paused(bool paused) {
+  auto guard = lock();
+  if (paused == paused_.load()) return;
+  if (paused) {
+    frozen_time_.store(now_ns(), std::memory_order_release);
+    paused_.store(true, std::memory_order_release);
+  } else {
+    const std::uint64_t frozen = frozen_time_.load();
+    time_offset_.store(static_cast<std::int64_t>(frozen) - static_cast<std::int64_t>(clock_->now_ns()));
+    paused_.store(false, std::memory_order_release);
+  }
+  wake_.notify_all();
 }
 
 bool Machine::request_stop(std::string reason, std::optional<int> exit_status) {

@@ -98,7 +98,10 @@ class Machine : public api::Platform {
   void wait_for_cpu_event(unsigned vcpu) override;
   api::CpuEvents cpu_events(unsigned vcpu) override;
   bool acknowledge_nmi(unsigned vcpu) override;
-  bool stop_requested() const override { return stop_.load(std::memory_order_acquire); }
+  // True while the VM ends or is paused: either way every vCPU leaves its run loop.
+  bool stop_requested() const override {
+    return stop_.load(std::memory_order_acquire) || paused_.load(std::memory_order_acquire);
+  }
   std::uint64_t now_ns() const override;
   std::uint64_t next_timer_deadline_ns() override;
 
@@ -107,6 +110,14 @@ class Machine : public api::Platform {
   bool request_stop(std::string reason, std::optional<int> exit_status = std::nullopt);
   std::string stop_reason() const;
   std::optional<int> exit_status() const;
+  // The VM ends (request_stop was called), as opposed to a pause.
+  bool stopping() const { return stop_.load(std::memory_order_acquire); }
+
+  // Pause: stop_requested() turns true so every vCPU leaves its run loop, and
+  // guest time stands still until the pause ends, then goes on from where it
+  // stood (no jump: the time the VM spent paused does not exist for the guest).
+  void set_paused(bool paused);
+  bool paused() const { return paused_.load(std::memory_order_acquire); }
 
   // Wake vCPU `vcpu` from wait_for_interrupt (a monitor's kick).
   void wake(unsigned vcpu);
@@ -164,6 +175,8 @@ class Machine : public api::Platform {
   std::map<std::string, std::uint64_t, std::less<>> mmio_accesses_;
   std::atomic<std::int64_t> time_offset_{0};  // guest time = clock + offset
   std::atomic<bool> stop_{false};
+  std::atomic<bool> paused_{false};
+  std::atomic<std::uint64_t> frozen_time_{0};  // guest time while paused
   std::string stop_reason_;
   std::optional<int> exit_status_;
   std::set<unsigned> woken_;

@@ -1,5 +1,5 @@
-// VmSession with several vCPUs, against a scripted monitor plugin (no KVM,
-// no translator): each vCPU on its own thread, application processors held
+// Vm with several vCPUs, against a scripted monitor plugin (no KVM, no
+// translator): each vCPU on its own thread, application processors held
 // in wait-for-SIPI until the guest starts them through its local APIC, INIT
 // and STARTUP applied to their state, stop and failures reaching every vCPU.
 #include <gmock/gmock.h>
@@ -17,7 +17,7 @@
 #include <thread>
 #include <vector>
 
-#include "monitor/vm_session.hpp"
+#include "vm/vm.hpp"
 
 namespace modevisor::host {
 namespace {
@@ -124,9 +124,9 @@ class ScriptedMonitor final : public api::Monitor {
   Script& script_;
 };
 
-class VmSessionTest : public ::testing::Test {
+class VmTest : public ::testing::Test {
  protected:
-  SessionResult run(unsigned vcpus, const std::function<void(VmSession&)>& while_running = nullptr) {
+  VmConfig config(unsigned vcpus) {
     VmConfig vm;
     vm.name = "smp-test";
     vm.guest.os = GuestOsType{"other-32", 32, "other", "test"};
@@ -138,21 +138,30 @@ class VmSessionTest : public ::testing::Test {
     plugin_.descriptor.version = "0";
     plugin_.mode = "BT";
     plugin_.monitor = std::make_shared<ScriptedMonitor>(script_);
+    return vm;
+  }
+  std::unique_ptr<Vm> create(unsigned vcpus) {
     auto log = std::make_shared<spdlog::logger>("smp-test", std::make_shared<spdlog::sinks::ostream_sink_mt>(log_));
-    VmSession session(vm, plugin_, log);
+    vm_config_ = config(vcpus);
+    return Vm::create(vm_config_, std::make_shared<const LoadedPlugin>(plugin_), log);
+  }
+  SessionResult run(unsigned vcpus, const std::function<void(Vm&)>& while_running = nullptr) {
+    auto vm = create(vcpus);
+    vm->start();
     std::thread side;
-    if (while_running) side = std::thread([&] { while_running(session); });
-    SessionResult result = session.run();
+    if (while_running) side = std::thread([&] { while_running(*vm); });
+    SessionResult result = vm->wait();
     if (side.joinable()) side.join();
     return result;
   }
 
   Script script_;
   LoadedPlugin plugin_;
+  VmConfig vm_config_;
   std::ostringstream log_;
 };
 
-TEST_F(VmSessionTest, ApsWaitForSipiThenRunOnTheirOwnThreadsFromTheVectorsPage) {
+TEST_F(VmTest, ApsWaitForSipiThenRunOnTheirOwnThreadsFromTheVectorsPage) {
   std::atomic<int> checked_in{0};
   std::vector<api::VcpuState> started(3);
   script_.step = [&](unsigned i, ScriptedVm& vm) -> std::optional<api::RunExit> {
@@ -194,7 +203,7 @@ TEST_F(VmSessionTest, ApsWaitForSipiThenRunOnTheirOwnThreadsFromTheVectorsPage) 
     EXPECT_EQ(started[ap].cr0 & 1, 0u);
   }
   EXPECT_EQ(script_.loads[0].size(), 1u) << "the BSP only got the kernel's entry state";
-  EXPECT_EQ(script_.run_threads[0].front(), std::this_thread::get_id()) << "vCPU 0 on the calling thread";
+  EXPECT_NE(script_.run_threads[0].front(), std::this_thread::get_id()) << "vCPU 0 on a thread of its own";
   EXPECT_NE(script_.run_threads[1].front(), script_.run_threads[0].front());
   EXPECT_NE(script_.run_threads[2].front(), script_.run_threads[0].front());
   EXPECT_NE(script_.run_threads[1].front(), script_.run_threads[2].front());
@@ -202,7 +211,7 @@ TEST_F(VmSessionTest, ApsWaitForSipiThenRunOnTheirOwnThreadsFromTheVectorsPage) 
   EXPECT_THAT(r.counters, ::testing::Contains(std::pair<std::string, std::uint64_t>("ipi startup", 4)));
 }
 
-TEST_F(VmSessionTest, InitPutsARunningApBackAndANewStartupRestartsItElsewhere) {
+TEST_F(VmTest, InitPutsARunningApBackAndANewStartupRestartsItElsewhere) {
   std::atomic<int> checked_in{0};
   std::vector<std::uint64_t> bases;
   std::mutex bases_mutex;
@@ -229,7 +238,7 @@ TEST_F(VmSessionTest, InitPutsARunningApBackAndANewStartupRestartsItElsewhere) {
   EXPECT_EQ(script_.loads[1].back().cs.selector, 0x8000);
 }
 
-TEST_F(VmSessionTest, ShutdownOfAnApStopsTheVmWithThatVcpusDiagnostic) {
+TEST_F(VmTest, ShutdownOfAnApStopsTheVmWithThatVcpusDiagnostic) {
   script_.step = [&](unsigned i, ScriptedVm& vm) -> std::optional<api::RunExit> {
     if (i == 0) {
       static thread_local bool sent = false;
@@ -244,7 +253,7 @@ TEST_F(VmSessionTest, ShutdownOfAnApStopsTheVmWithThatVcpusDiagnostic) {
   EXPECT_FALSE(r.guest_status);
 }
 
-TEST_F(VmSessionTest, AnErrorWithoutDiagnosticGetsTheVcpusRegisterDump) {
+TEST_F(VmTest, AnErrorWithoutDiagnosticGetsTheVcpusRegisterDump) {
   script_.step = [&](unsigned i, ScriptedVm& vm) -> std::optional<api::RunExit> {
     if (i == 0) {
       static thread_local bool sent = false;
@@ -259,7 +268,7 @@ TEST_F(VmSessionTest, AnErrorWithoutDiagnosticGetsTheVcpusRegisterDump) {
   EXPECT_THAT(r.reason, HasSubstr("cs=1000"));
 }
 
-TEST_F(VmSessionTest, StopReachesRunningVcpusAndThoseWaitingForSipi) {
+TEST_F(VmTest, StopReachesRunningVcpusAndThoseWaitingForSipi) {
   std::atomic<bool> ap_running{false};
   script_.step = [&](unsigned i, ScriptedVm& vm) -> std::optional<api::RunExit> {
     if (i == 0) {
@@ -270,7 +279,7 @@ TEST_F(VmSessionTest, StopReachesRunningVcpusAndThoseWaitingForSipi) {
     }
     return vm.wait_for_kick(i);
   };
-  const SessionResult r = run(3, [&](VmSession& session) {
+  const SessionResult r = run(3, [&](Vm& session) {
     while (!ap_running) std::this_thread::yield();
     session.stop("operator");
   });
@@ -280,7 +289,7 @@ TEST_F(VmSessionTest, StopReachesRunningVcpusAndThoseWaitingForSipi) {
   EXPECT_THAT(r.counters, ::testing::Contains(std::pair<std::string, std::uint64_t>("scripted.vcpus", 3)));
 }
 
-TEST_F(VmSessionTest, AnNmiIpiReachesTheTargetsRunLoop) {
+TEST_F(VmTest, AnNmiIpiReachesTheTargetsRunLoop) {
   script_.step = [&](unsigned i, ScriptedVm& vm) -> std::optional<api::RunExit> {
     if (i != 0) return std::nullopt;
     static thread_local int phase = 0;
@@ -294,7 +303,7 @@ TEST_F(VmSessionTest, AnNmiIpiReachesTheTargetsRunLoop) {
   EXPECT_EQ(script_.nmis, 1);
 }
 
-TEST_F(VmSessionTest, AUniprocessorVmRunsOnTheCallingThreadAlone) {
+TEST_F(VmTest, AUniprocessorVmRunsOnOneThreadOfItsOwn) {
   script_.step = [&](unsigned, ScriptedVm& vm) -> std::optional<api::RunExit> {
     vm.guest_exit(0, 3);
     return std::nullopt;
@@ -303,7 +312,7 @@ TEST_F(VmSessionTest, AUniprocessorVmRunsOnTheCallingThreadAlone) {
   EXPECT_EQ(r.kind, SessionResult::Kind::GuestExit);
   EXPECT_EQ(r.guest_status, std::optional<int>(7));
   ASSERT_EQ(script_.run_threads.size(), 1u);
-  EXPECT_EQ(script_.run_threads[0].front(), std::this_thread::get_id());
+  EXPECT_NE(script_.run_threads[0].front(), std::this_thread::get_id());
 }
 
 }  // namespace
