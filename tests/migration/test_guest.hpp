@@ -64,7 +64,7 @@ struct GuestState {
   std::uint64_t stamp_pages = 0;  // size of the incremented region
 
   std::vector<std::uint8_t> encode() const {
-    ByteWriter w;
+    migration::ByteWriter w;
     w.u32(0x54534554);  // "TEST"
     w.u64(ticks);
     w.u64(next_page);
@@ -72,7 +72,7 @@ struct GuestState {
     return w.take();
   }
   static GuestState decode(std::span<const std::uint8_t> bytes) {
-    ByteReader r(bytes, "test guest state");
+    migration::ByteReader r(bytes, "test guest state");
     if (r.u32("magic") != 0x54534554) throw std::runtime_error("not a test guest state");
     GuestState s;
     s.ticks = r.u64("ticks");
