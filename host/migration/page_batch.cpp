@@ -1,5 +1,8 @@
 #include "migration/page_batch.hpp"
 
+#include <unistd.h>
+
+#include <cerrno>
 #include <cstring>
 
 #include <zstd.h>
@@ -151,8 +154,39 @@ AppliedBatch PageBatchDecoder::apply(std::span<const std::uint8_t> payload) {
   return out;
 }
 
-RamDigest digest_ram(std::span<const std::uint8_t> ram) {
-  XXH128_hash_t h = XXH3_128bits(ram.data(), ram.size());
+std::vector<std::pair<std::uint64_t, std::uint64_t>> data_extents(int fd, std::uint64_t size) {
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> out;
+  if (fd < 0) return {{0, size}};
+  off_t at = 0;
+  while (static_cast<std::uint64_t>(at) < size) {
+    off_t data = ::lseek(fd, at, SEEK_DATA);
+    if (data < 0) {
+      if (errno == ENXIO) break;  // nothing but holes from here
+      return {{0, size}};
+    }
+    off_t hole = ::lseek(fd, data, SEEK_HOLE);
+    if (hole < 0) return {{0, size}};
+    const std::uint64_t begin = static_cast<std::uint64_t>(data) / kPageBytes * kPageBytes;
+    const std::uint64_t end =
+        std::min<std::uint64_t>(size, (static_cast<std::uint64_t>(hole) + kPageBytes - 1) / kPageBytes * kPageBytes);
+    if (begin < end) out.emplace_back(begin, end);
+    at = hole;
+  }
+  return out;
+}
+
+RamDigest digest_ram(std::span<const std::uint8_t> ram, int fd) {
+  XXH3_state_t state;
+  XXH3_128bits_reset(&state);
+  for (const auto& [begin, end] : data_extents(fd, ram.size())) {
+    for (std::uint64_t at = begin; at < end; at += kPageBytes) {
+      const std::uint8_t* page = ram.data() + at;
+      if (is_zero_page(page)) continue;
+      const std::uint64_t record[2] = {at / kPageBytes, XXH3_64bits(page, kPageBytes)};
+      XXH3_128bits_update(&state, record, sizeof record);
+    }
+  }
+  XXH128_hash_t h = XXH3_128bits_digest(&state);
   return RamDigest{h.high64, h.low64};
 }
 

@@ -66,7 +66,17 @@ class PageBatchDecoder {
   std::unique_ptr<Context> zstd_;
 };
 
-// XXH3-128 of all guest RAM.
-RamDigest digest_ram(std::span<const std::uint8_t> ram);
+// The parts of guest RAM that may hold data, as [begin, end) byte ranges in
+// whole pages: the memfd's data extents (SEEK_DATA/SEEK_HOLE), so pages that
+// were never written are skipped without being touched (reading a hole of a
+// memfd would allocate it).  Everything when `fd` is -1 or cannot tell.
+std::vector<std::pair<std::uint64_t, std::uint64_t>> data_extents(int fd, std::uint64_t size);
+
+// The digest of guest RAM's content: XXH3-128 over (page number, XXH3-64 of
+// the page) for every page that is not all zeros, in page order.  Zero pages
+// (holes included) contribute nothing, so both sides get the same value
+// whether a zero page is a hole or was written with zeros, and neither
+// touches its holes.
+RamDigest digest_ram(std::span<const std::uint8_t> ram, int fd = -1);
 
 }  // namespace modevisor::host::migration

@@ -46,6 +46,9 @@ nlohmann::json to_json(const MigrationReport& r) {
                       {"state_bytes", r.state_bytes},
                       {"throttle_percent", r.throttle_percent},
                       {"forced", r.forced}};
+  nlohmann::json phases = nlohmann::json::object();
+  for (const auto& [name, ms] : r.downtime_phases_ms) phases[name] = ms;
+  j["downtime_phases_ms"] = phases;
   if (r.outcome != Outcome::Completed) {
     j["failed_step"] = r.failed_step;
     j["reason"] = r.reason;
@@ -78,6 +81,11 @@ std::string summary(const MigrationReport& r) {
   out += fmt::format("\n  total time {:.0f} ms, downtime {}, rounds {}, {} sent ({} pages, {} zero pages elided)",
                      r.total_ms, r.downtime_ms ? fmt::format("{:.1f} ms", *r.downtime_ms) : std::string("none"),
                      r.rounds, bytes_text(static_cast<double>(r.bytes_sent)), r.pages_sent, r.zero_pages_elided);
+  if (!r.downtime_phases_ms.empty()) {
+    out += "\n  downtime:";
+    for (const auto& [name, ms] : r.downtime_phases_ms) out += fmt::format(" {} {:.1f} ms,", name, ms);
+    out.pop_back();
+  }
   if (!r.mode.empty()) out += fmt::format("\n  destination mode {} ({})", r.mode, r.plugin);
   if (r.throttle_percent) out += fmt::format(", vCPUs throttled up to {}%", r.throttle_percent);
   return out;

@@ -55,6 +55,9 @@ struct MigrationReport {
   std::uint64_t state_bytes = 0;
   unsigned throttle_percent = 0;         // the highest throttle applied (force-converge)
   bool forced = false;                   // switched over above the downtime limit
+  // Where the downtime went, in order: "pause", "final-pages", "state", "digest",
+  // "await-ready" (the destination hashes, restores), "commit", "go".
+  std::vector<std::pair<std::string, double>> downtime_phases_ms;
 };
 
 nlohmann::json to_json(const RoundProgress& p);

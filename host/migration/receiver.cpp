@@ -278,7 +278,9 @@ class MigrationReceiver::Session {
     }
 
     enter(ReceiverStep::AwaitDigest);
-    const RamDigest mine = digest_ram(ram_bytes);  // while the source hashes its copy
+    const auto digest_start = Clock::now();
+    const RamDigest mine = digest_ram(ram_bytes, ram->fd());  // while the source hashes its copy
+    const double digest_ms = std::chrono::duration<double, std::milli>(Clock::now() - digest_start).count();
     Frame f = ch_.receive();
     expect(f, MessageType::Digest);
     DigestMessage theirs = decode_digest(f.payload);
@@ -289,6 +291,7 @@ class MigrationReceiver::Session {
       throw MigrationError(Kind::Integrity, fmt::format("guest RAM digest mismatch: the source has {}, this host "
                                                         "received {}",
                                                         theirs.digest.hex(), mine.hex()));
+    const auto restore_start = Clock::now();
     try {
       vm_ = o_.host_.restore(config, *decision.accepted, state, std::move(ram));
     } catch (const std::exception& e) {
@@ -296,6 +299,8 @@ class MigrationReceiver::Session {
                                                     decision.accepted->plugin, e.what()));
     }
     if (!vm_) throw MigrationError(Kind::Local, "restoring " + config.vm_name + " gave no VM");
+    log_info("migration {}: RAM digest checked in {:.1f} ms, {} restored in {:.1f} ms", r_.migration_id, digest_ms,
+             config.vm_name, std::chrono::duration<double, std::milli>(Clock::now() - restore_start).count());
     o_.ledger_.set_ready(id_);
     enter(ReceiverStep::Ready);
     ch_.send(MessageType::Ready, std::span<const std::uint8_t>());

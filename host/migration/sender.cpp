@@ -210,6 +210,19 @@ class MigrationSender::Session {
     std::uint64_t data_pages = 0;
   };
 
+  // Round 0 covers the pages that may hold data; the rest (the memfd's holes) are zero, as on the destination.
+  std::vector<std::uint64_t> first_round_pages() {
+    std::vector<std::uint64_t> bitmap((page_count_ + 63) / 64, 0);
+    std::uint64_t covered = 0;
+    for (const auto& [begin, end] : data_extents(source_.ram().fd(), r_.ram_bytes))
+      for (std::uint64_t page = begin / kPageBytes; page < end / kPageBytes; ++page) {
+        bitmap[page / 64] |= 1ull << (page % 64);
+        ++covered;
+      }
+    r_.zero_pages_elided += page_count_ - covered;
+    return bitmap;
+  }
+
   RoundSent send_pages(const std::vector<std::uint64_t>& bitmap, std::uint32_t round, bool elide_zero,
                        PageBatchEncoder& enc) {
     RoundSent sent;
@@ -248,12 +261,10 @@ class MigrationSender::Session {
   // How long the final digest takes here (the destination hashes at the same time).
   double calibrate_digest_ms() {
     const auto* base = static_cast<const std::uint8_t*>(source_.ram().host_base());
-    const std::uint64_t sample = std::min<std::uint64_t>(r_.ram_bytes, 16ull << 20);
     const auto t0 = Clock::now();
-    volatile auto d = digest_ram(std::span(base, sample)).low;
+    volatile auto d = digest_ram(std::span(base, r_.ram_bytes), source_.ram().fd()).low;
     (void)d;
-    const double ms = Ms(Clock::now() - t0).count();
-    return ms * static_cast<double>(r_.ram_bytes) / static_cast<double>(sample);
+    return Ms(Clock::now() - t0).count();
   }
 
   void precopy() {
@@ -265,7 +276,7 @@ class MigrationSender::Session {
     source_.start_dirty_tracking();
     precopy_start_ = Clock::now();
     std::vector<std::uint64_t>& bitmap = pending_;
-    bitmap = all_pages(page_count_);
+    bitmap = first_round_pages();
     double bandwidth = 0;  // guest bytes per second, measured
     std::uint64_t page_bytes_sent = 0;
     for (std::uint32_t round = 0;; ++round) {
@@ -334,25 +345,41 @@ class MigrationSender::Session {
     throttle_.stop();
     check_cancel();
     paused_at_ = Clock::now();
+    phase_start_ = paused_at_;
     source_.pause();
     paused_ = true;
+    phase("pause");
     // What the last round left dirty, and what the guest wrote since.
-    if (!source_.collect_dirty_pages(pending_)) pending_ = all_pages(page_count_);
+    std::vector<std::uint64_t> since((page_count_ + 63) / 64, 0);
+    if (!source_.collect_dirty_pages(since)) since = all_pages(page_count_);
+    pending_.resize(std::max(pending_.size(), since.size()), 0);
+    for (std::size_t w = 0; w < since.size(); ++w) pending_[w] |= since[w];
     RoundSent sent = send_pages(pending_, r_.rounds, false, *encoder_);
     r_.final_pages = sent.entries;
+    phase("final-pages");
     std::vector<std::uint8_t> state = source_.save_state();
     if (state.size() > kMaxStateBytes)
       throw MigrationError(Kind::Local, fmt::format("the VM's saved state has {} bytes, more than the protocol's {}",
                                                     state.size(), kMaxStateBytes));
     r_.state_bytes = state.size();
     ch_.send(MessageType::State, state);
+    phase("state");
     const auto* base = static_cast<const std::uint8_t*>(source_.ram().host_base());
-    ch_.send(MessageType::Digest, encode(DigestMessage{digest_ram(std::span(base, r_.ram_bytes)), r_.ram_bytes}));
+    ch_.send(MessageType::Digest,
+             encode(DigestMessage{digest_ram(std::span(base, r_.ram_bytes), source_.ram().fd()), r_.ram_bytes}));
+    phase("digest");
+  }
+
+  void phase(const char* name) {
+    const auto now = Clock::now();
+    r_.downtime_phases_ms.emplace_back(name, Ms(now - phase_start_).count());
+    phase_start_ = now;
   }
 
   void await_ready() {
     Frame f = ch_.receive();
     if (f.type != MessageType::Ready) unexpected(f, "stop-and-copy");
+    phase("await-ready");
     check_cancel();
   }
 
@@ -402,6 +429,7 @@ class MigrationSender::Session {
       }
       if (f.type != MessageType::CommitAck) unexpected(f, "commit");
       acknowledged = true;
+      phase("commit");
     } catch (const std::exception& e) {
       r_.failed_step = "commit";
       r_.reason = e.what();
@@ -414,11 +442,13 @@ class MigrationSender::Session {
       return;
     }
     discard_source();
+    phase("discard");
     enter(SenderStep::Go);
     try {
       ch_.send(MessageType::Go, std::span<const std::uint8_t>());
       Frame f = ch_.receive();
       if (f.type != MessageType::Running) unexpected(f, "go");
+      phase("go");
       r_.downtime_ms = Ms(Clock::now() - paused_at_).count();
       r_.outcome = Outcome::Completed;
       enter(SenderStep::Done);
@@ -502,6 +532,7 @@ class MigrationSender::Session {
   MigrationReport r_;
   Clock::time_point precopy_start_{};
   Clock::time_point paused_at_{};
+  Clock::time_point phase_start_{};
   bool paused_ = false;
   bool discarded_ = false;
 };

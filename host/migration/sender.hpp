@@ -38,7 +38,8 @@ class MigrationSource {
   virtual std::vector<std::uint8_t> save_state() = 0;
   virtual api::GuestMemory& ram() = 0;
   virtual void start_dirty_tracking() = 0;
-  // ORs the pages written since the last collect into `bitmap`; false: cannot track.
+  // The pages written since the last collect, one bit per 4 KiB page, in
+  // `bitmap` (which it may overwrite or OR into); false: cannot track.
   virtual bool collect_dirty_pages(std::vector<std::uint64_t>& bitmap) = 0;
   // After commit: the VM now belongs to the destination; never resumed here again.
   virtual void discard(const std::string& reason) = 0;
