@@ -49,9 +49,10 @@ void PageBatchEncoder::begin(std::uint32_t round) {
 
 void PageBatchEncoder::add_zero(std::uint64_t index) { entries_.push_back(index | kZeroFlag); }
 
-void PageBatchEncoder::add_page(std::uint64_t index, const std::uint8_t* page) {
+const std::uint8_t* PageBatchEncoder::add_page(std::uint64_t index, const std::uint8_t* page) {
   entries_.push_back(index);
   raw_.insert(raw_.end(), page, page + kPageBytes);
+  return raw_.data() + raw_.size() - kPageBytes;
 }
 
 std::span<const std::uint8_t> PageBatchEncoder::finish() {
@@ -89,6 +90,29 @@ PageBatchDecoder::PageBatchDecoder(std::span<std::uint8_t> ram, bool allow_zstd)
     : ram_(ram), allow_zstd_(allow_zstd), zstd_(std::make_unique<Context>()) {
   if (!zstd_->dctx) throw MigrationError(Kind::Local, "zstd: cannot create a decompression context");
   scratch_.resize(kMaxPagesPerBatch * kPageBytes);
+  page_hashes_.assign(ram.size() / kPageBytes, 0);  // fresh guest RAM is all zeros
+}
+
+void PageBatchDecoder::record(std::uint64_t index, const std::uint8_t* page) { page_hashes_[index] = page_hash(page); }
+
+RamDigest PageBatchDecoder::digest() const { return digest_of_page_hashes(page_hashes_); }
+
+std::uint64_t page_hash(const std::uint8_t* page) {
+  if (is_zero_page(page)) return 0;
+  const std::uint64_t h = XXH3_64bits(page, kPageBytes);
+  return h ? h : 1;  // 0 means "zero page"
+}
+
+RamDigest digest_of_page_hashes(const std::vector<std::uint64_t>& hashes) {
+  XXH3_state_t state;
+  XXH3_128bits_reset(&state);
+  for (std::uint64_t index = 0; index < hashes.size(); ++index) {
+    if (hashes[index] == 0) continue;
+    const std::uint64_t record[2] = {index, hashes[index]};
+    XXH3_128bits_update(&state, record, sizeof record);
+  }
+  XXH128_hash_t h = XXH3_128bits_digest(&state);
+  return RamDigest{h.high64, h.low64};
 }
 
 PageBatchDecoder::~PageBatchDecoder() = default;
@@ -142,11 +166,14 @@ AppliedBatch PageBatchDecoder::apply(std::span<const std::uint8_t> payload) {
     pages = scratch_.data();
   }
   for (std::uint32_t i = 0; i < count; ++i) {
-    std::uint8_t* target = ram_.data() + (entries[i] & ~kZeroFlag) * kPageBytes;
+    const std::uint64_t index = entries[i] & ~kZeroFlag;
+    std::uint8_t* target = ram_.data() + index * kPageBytes;
     if (entries[i] & kZeroFlag) {
       std::memset(target, 0, kPageBytes);
+      page_hashes_[index] = 0;
     } else {
       std::memcpy(target, pages, kPageBytes);
+      record(index, target);
       pages += kPageBytes;
     }
   }
@@ -176,18 +203,10 @@ std::vector<std::pair<std::uint64_t, std::uint64_t>> data_extents(int fd, std::u
 }
 
 RamDigest digest_ram(std::span<const std::uint8_t> ram, int fd) {
-  XXH3_state_t state;
-  XXH3_128bits_reset(&state);
-  for (const auto& [begin, end] : data_extents(fd, ram.size())) {
-    for (std::uint64_t at = begin; at < end; at += kPageBytes) {
-      const std::uint8_t* page = ram.data() + at;
-      if (is_zero_page(page)) continue;
-      const std::uint64_t record[2] = {at / kPageBytes, XXH3_64bits(page, kPageBytes)};
-      XXH3_128bits_update(&state, record, sizeof record);
-    }
-  }
-  XXH128_hash_t h = XXH3_128bits_digest(&state);
-  return RamDigest{h.high64, h.low64};
+  std::vector<std::uint64_t> hashes(ram.size() / kPageBytes, 0);
+  for (const auto& [begin, end] : data_extents(fd, ram.size()))
+    for (std::uint64_t at = begin; at < end; at += kPageBytes) hashes[at / kPageBytes] = page_hash(ram.data() + at);
+  return digest_of_page_hashes(hashes);
 }
 
 }  // namespace modevisor::host::migration

@@ -26,7 +26,8 @@ class PageBatchEncoder {
   ~PageBatchEncoder();
   void begin(std::uint32_t round);
   void add_zero(std::uint64_t index);
-  void add_page(std::uint64_t index, const std::uint8_t* page);
+  // Returns the batch's copy of the page (what will be sent), valid until finish().
+  const std::uint8_t* add_page(std::uint64_t index, const std::uint8_t* page);
   bool empty() const { return entries_.empty(); }
   bool full() const { return entries_.size() >= kMaxPagesPerBatch; }
   // The Pages payload; valid until the next begin().
@@ -57,10 +58,16 @@ class PageBatchDecoder {
   // Validates everything, then writes the pages into RAM; throws
   // MigrationError(Protocol/Integrity) naming what was wrong.
   AppliedBatch apply(std::span<const std::uint8_t> payload);
+  // digest_ram() of the RAM as the batches left it, from the page hashes kept
+  // as they were applied (the decoder is the only writer of this RAM): no
+  // pass over all of guest RAM while the VM is down.
+  RamDigest digest() const;
 
  private:
+  void record(std::uint64_t index, const std::uint8_t* page);
   std::span<std::uint8_t> ram_;
   bool allow_zstd_;
+  std::vector<std::uint64_t> page_hashes_;  // 0: an all-zero page
   std::vector<std::uint8_t> scratch_;
   struct Context;
   std::unique_ptr<Context> zstd_;
@@ -78,5 +85,9 @@ std::vector<std::pair<std::uint64_t, std::uint64_t>> data_extents(int fd, std::u
 // whether a zero page is a hole or was written with zeros, and neither
 // touches its holes.
 RamDigest digest_ram(std::span<const std::uint8_t> ram, int fd = -1);
+// One page's part of the digest: 0 for an all-zero page.
+std::uint64_t page_hash(const std::uint8_t* page);
+// The digest from per-page hashes (0: zero page), as digest_ram() computes it.
+RamDigest digest_of_page_hashes(const std::vector<std::uint64_t>& hashes);
 
 }  // namespace modevisor::host::migration

@@ -42,6 +42,7 @@ nlohmann::json to_json(const MigrationReport& r) {
                       {"pages_sent", r.pages_sent},
                       {"zero_pages_elided", r.zero_pages_elided},
                       {"final_pages", r.final_pages},
+                      {"pages_missed_by_tracking", r.pages_missed_by_tracking},
                       {"ram_bytes", r.ram_bytes},
                       {"state_bytes", r.state_bytes},
                       {"throttle_percent", r.throttle_percent},

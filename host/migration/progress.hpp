@@ -51,6 +51,7 @@ struct MigrationReport {
   std::uint64_t pages_sent = 0;          // page entries, zero ones included
   std::uint64_t zero_pages_elided = 0;   // never sent (zero in round 0)
   std::uint64_t final_pages = 0;         // sent while paused
+  std::uint64_t pages_missed_by_tracking = 0;  // changed but never reported dirty (found by the final check)
   std::uint64_t ram_bytes = 0;
   std::uint64_t state_bytes = 0;
   unsigned throttle_percent = 0;         // the highest throttle applied (force-converge)

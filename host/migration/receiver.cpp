@@ -279,7 +279,7 @@ class MigrationReceiver::Session {
 
     enter(ReceiverStep::AwaitDigest);
     const auto digest_start = Clock::now();
-    const RamDigest mine = digest_ram(ram_bytes, ram->fd());  // while the source hashes its copy
+    const RamDigest mine = decoder.digest();  // while the source hashes its copy
     const double digest_ms = std::chrono::duration<double, std::milli>(Clock::now() - digest_start).count();
     Frame f = ch_.receive();
     expect(f, MessageType::Digest);

@@ -241,8 +241,9 @@ class MigrationSender::Session {
             continue;
           }
           enc.add_zero(page);
+          sent_hashes_[page] = 0;
         } else {
-          enc.add_page(page, p);
+          sent_hashes_[page] = page_hash(enc.add_page(page, p));
           ++sent.data_pages;
         }
         ++sent.entries;
@@ -278,6 +279,7 @@ class MigrationSender::Session {
     std::vector<std::uint64_t>& bitmap = pending_;
     bitmap = first_round_pages();
     double bandwidth = 0;  // guest bytes per second, measured
+    double sending_seconds = 0;
     std::uint64_t page_bytes_sent = 0;
     for (std::uint32_t round = 0;; ++round) {
       check_cancel();
@@ -293,8 +295,9 @@ class MigrationSender::Session {
                                                          ack.round, ack.entries, round, sent.entries));
       const double seconds = std::max(1e-6, std::chrono::duration<double>(Clock::now() - t0).count());
       page_bytes_sent += sent.data_pages * kPageBytes;
-      if (sent.data_pages > 0 || bandwidth == 0)
-        bandwidth = std::max(1.0, static_cast<double>(std::max<std::uint64_t>(sent.data_pages, 1) * kPageBytes) / seconds);
+      // Over all rounds so far: a round of a few pages is mostly round trip, not bandwidth.
+      sending_seconds += seconds;
+      bandwidth = std::max(1.0, static_cast<double>(std::max<std::uint64_t>(page_bytes_sent, kPageBytes)) / sending_seconds);
 
       bitmap.assign(bitmap.size(), 0);
       if (!source_.collect_dirty_pages(bitmap))
@@ -307,13 +310,23 @@ class MigrationSender::Session {
       p.remaining_dirty_pages = dirty;
       p.dirty_rate_bytes_per_s = static_cast<double>(dirty * kPageBytes) / seconds;
       p.bandwidth_bytes_per_s = bandwidth;
-      p.estimated_downtime_ms = 1000.0 * (static_cast<double>(dirty * kPageBytes) + state_estimate) / bandwidth + digest_ms;
+      const double transfer_ms = 1000.0 * static_cast<double>(dirty * kPageBytes) / bandwidth;
+      const double fixed_ms = 1000.0 * state_estimate / bandwidth + digest_ms;
+      p.estimated_downtime_ms = transfer_ms + fixed_ms;
       p.throttle_percent = throttle_.percent();
       r_.rounds = round + 1;
       r_.estimated_downtime_ms = p.estimated_downtime_ms;
       if (opts_.on_progress) opts_.on_progress(p);
 
-      if (p.estimated_downtime_ms <= static_cast<double>(opts_.downtime_limit.count())) return;
+      const double limit = static_cast<double>(opts_.downtime_limit.count());
+      if (p.estimated_downtime_ms <= limit || dirty == 0) return;
+      // What no round can shrink (state, the RAM digest) is over the limit alone: stop once the part rounds can shrink is small.
+      if (fixed_ms >= limit && transfer_ms <= limit / 10) {
+        log_warn("migration {}: the fixed part of the downtime ({:.0f} ms: state and RAM digest) is above the limit "
+                 "of {} ms; switching over with {:.0f} ms of pages left",
+                 r_.migration_id, fixed_ms, opts_.downtime_limit.count(), transfer_ms);
+        return;
+      }
 
       std::string cap;
       if (r_.rounds >= opts_.max_rounds) cap = fmt::format("the round cap of {} was reached", opts_.max_rounds);
@@ -357,6 +370,29 @@ class MigrationSender::Session {
     RoundSent sent = send_pages(pending_, r_.rounds, false, *encoder_);
     r_.final_pages = sent.entries;
     phase("final-pages");
+    // Every page as it is now against what was sent: the digest, and a page
+    // the dirty tracking missed (a monitor bug) is caught here and sent.
+    const auto* base = static_cast<const std::uint8_t*>(source_.ram().host_base());
+    std::vector<std::uint64_t> now(page_count_, 0), missed((page_count_ + 63) / 64, 0);
+    std::uint64_t missed_pages = 0;
+    for (const auto& [begin, end] : data_extents(source_.ram().fd(), r_.ram_bytes))
+      for (std::uint64_t at = begin; at < end; at += kPageBytes) {
+        const std::uint64_t page = at / kPageBytes;
+        now[page] = page_hash(base + at);
+        if (now[page] != sent_hashes_[page]) {
+          missed[page / 64] |= 1ull << (page % 64);
+          ++missed_pages;
+        }
+      }
+    if (missed_pages) {
+      log_warn("migration {}: {} pages changed without being reported dirty (the monitor's dirty tracking missed "
+               "them); sending them now",
+               r_.migration_id, missed_pages);
+      r_.pages_missed_by_tracking = missed_pages;
+      send_pages(missed, r_.rounds, false, *encoder_);
+    }
+    const RamDigest digest = digest_of_page_hashes(now);
+    phase("verify");
     std::vector<std::uint8_t> state = source_.save_state();
     if (state.size() > kMaxStateBytes)
       throw MigrationError(Kind::Local, fmt::format("the VM's saved state has {} bytes, more than the protocol's {}",
@@ -364,9 +400,7 @@ class MigrationSender::Session {
     r_.state_bytes = state.size();
     ch_.send(MessageType::State, state);
     phase("state");
-    const auto* base = static_cast<const std::uint8_t*>(source_.ram().host_base());
-    ch_.send(MessageType::Digest,
-             encode(DigestMessage{digest_ram(std::span(base, r_.ram_bytes), source_.ram().fd()), r_.ram_bytes}));
+    ch_.send(MessageType::Digest, encode(DigestMessage{digest, r_.ram_bytes}));
     phase("digest");
   }
 
@@ -529,6 +563,7 @@ class MigrationSender::Session {
   std::uint64_t page_count_;
   std::unique_ptr<PageBatchEncoder> encoder_;
   std::vector<std::uint64_t> pending_;  // dirty pages not sent yet
+  std::vector<std::uint64_t> sent_hashes_ = std::vector<std::uint64_t>(page_count_, 0);  // page_hash() as sent
   MigrationReport r_;
   Clock::time_point precopy_start_{};
   Clock::time_point paused_at_{};

@@ -6,7 +6,9 @@
  *          rate=P pages stamped per millisecond (0: none, an idle guest)
  *          fast=1 stamp as fast as it can (ignores rate)
  *          khz=K  the TSC's rate, to pace itself (the host passes it)
- *          every=T milliseconds between ticks */
+ *          every=T milliseconds between ticks
+ *          fill=1 first fill half of every region page with pseudo-random
+ *                 words (a guest whose RAM is in use, half compressible) */
 #include "rt.h"
 
 static inline uint64_t rdtsc(void)
@@ -26,6 +28,16 @@ int main(void)
   volatile uint8_t *region = (volatile uint8_t *)0x400000;
   const unsigned long pages = mib * 256;
   unsigned long page = 0, tick = 0;
+  if (cmdline_ulong("fill", 0)) {
+    uint32_t x = 12345;
+    for (unsigned long p = 0; p < pages; p++) {
+      volatile uint32_t *w = (volatile uint32_t *)(region + p * 4096);
+      for (int i = 0; i < 512; i++) {
+        x = x * 1103515245u + 12345u;
+        w[i] = x;
+      }
+    }
+  }
   printf("stamper: %lu pages at 0x400000, rate %lu/ms%s\n", pages, rate, fast ? " (fast)" : "");
   uint64_t next_ms = rdtsc() + khz, next_tick = rdtsc() + every * khz;
   for (;;) {

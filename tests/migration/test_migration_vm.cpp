@@ -178,6 +178,9 @@ TEST_P(RealVmMigration, GuestContinuesOnTheOtherVmWithItsMemoryAndOutput) {
   if (const char* show = std::getenv("MIGRATION_SHOW_LOG"); show && *show) std::cout << b.vm_log.str();
   for (const auto& l : lines) std::cout << "  " << l << "\n";
 
+  if (r.pages_missed_by_tracking)
+    std::cout << "KNOWN DEFECT: bt-swmmu's dirty tracking missed " << r.pages_missed_by_tracking
+              << " pages; the final check found and sent them\n";
   EXPECT_EQ(source->state(), VmState::Stopped);
   ASSERT_TRUE(receiver.wait_results(1, 5s));
   std::unique_ptr<Vm> moved = take_vm(std::move(receiver.results()[0].vm));
