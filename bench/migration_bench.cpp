@@ -120,7 +120,8 @@ double loopback_bandwidth() {
 
 int main(int argc, char** argv) {
   unsigned memory_mib = 256, rate = 0, runs = 3, downtime_ms = 300;
-  bool fill = true;
+  bool fill = true, trust_tracking = false;
+  int zstd_level = 1;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto next = [&] { return i + 1 < argc ? std::stoul(argv[++i]) : 0ul; };
@@ -129,8 +130,11 @@ int main(int argc, char** argv) {
     else if (a == "--runs") runs = static_cast<unsigned>(next());
     else if (a == "--downtime-ms") downtime_ms = static_cast<unsigned>(next());
     else if (a == "--no-fill") fill = false;
+    else if (a == "--trust-tracking") trust_tracking = true;
+    else if (a == "--zstd-level" && i + 1 < argc) zstd_level = std::stoi(argv[++i]);
     else {
-      std::cerr << "usage: migration_bench [--memory-mib N] [--rate PAGES_PER_MS] [--runs N] [--downtime-ms N] [--no-fill]\n";
+      std::cerr << "usage: migration_bench [--memory-mib N] [--rate PAGES_PER_MS] [--runs N] [--downtime-ms N] [--no-fill]"
+                   " [--trust-tracking] [--zstd-level L]\n";
       return 2;
     }
   }
@@ -175,6 +179,8 @@ int main(int argc, char** argv) {
     SenderOptions o;
     o.destination = listener.address();
     o.downtime_limit = std::chrono::milliseconds(downtime_ms);
+    o.verify_all_pages = !trust_tracking;
+    o.zstd_level = zstd_level;
     nlohmann::json rounds = nlohmann::json::array();
     o.on_progress = [&](const RoundProgress& p) {
       rounds.push_back(to_json(p));
@@ -203,6 +209,8 @@ int main(int argc, char** argv) {
     out["rate_pages_per_ms"] = rate;
     out["dirty_mb_per_s_declared"] = rate * 4096.0 * 1000 / 1e6;
     out["output_continues"] = continues;
+    out["verify_all_pages"] = !trust_tracking;
+    out["zstd_level"] = zstd_level;
     out["rounds_detail"] = rounds;
     std::cout << out.dump() << std::endl;
     std::cerr << summary(report) << "\n";

@@ -55,7 +55,12 @@ struct SenderOptions {
   std::chrono::milliseconds io_timeout{std::chrono::seconds(30)};
   std::chrono::milliseconds connect_timeout{std::chrono::seconds(5)};
   std::uint16_t max_version = kProtocolVersion;           // speak an older version (tests, mixed fleets)
-  int zstd_level = 1;
+  int zstd_level = 1;                                     // negative: zstd's fast levels
+  // While paused, hash every page of RAM against what was sent: pages the
+  // monitor's dirty tracking missed are found and sent.  Off: the digest
+  // comes from the hashes of what was sent (trusting the tracking), which
+  // takes a pass over all of RAM out of the downtime.
+  bool verify_all_pages = true;
   unsigned resolve_attempts = 3;                          // reconnects when the outcome is unknown
   std::chrono::milliseconds resolve_interval{std::chrono::milliseconds(300)};
   std::function<void(const RoundProgress&)> on_progress;  // the live line

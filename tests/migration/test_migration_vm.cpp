@@ -181,6 +181,9 @@ TEST_P(RealVmMigration, GuestContinuesOnTheOtherVmWithItsMemoryAndOutput) {
   if (r.pages_missed_by_tracking)
     std::cout << "KNOWN DEFECT: bt-swmmu's dirty tracking missed " << r.pages_missed_by_tracking
               << " pages; the final check found and sent them\n";
+  SessionResult ended = source->wait();  // the source gave its copy up
+  EXPECT_EQ(ended.kind, SessionResult::Kind::Stopped);
+  EXPECT_NE(ended.reason.find("migrated to 127.0.0.1:"), std::string::npos) << ended.reason;
   EXPECT_EQ(source->state(), VmState::Stopped);
   ASSERT_TRUE(receiver.wait_results(1, 5s));
   std::unique_ptr<Vm> moved = take_vm(std::move(receiver.results()[0].vm));
