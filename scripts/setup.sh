@@ -11,6 +11,7 @@ PACKAGES=(
   libgtest-dev libgmock-dev                 # unit tests
   libzydis-dev                              # x86 decoder for the translator
   libzstd-dev libxxhash-dev                 # snapshot files: compression and checksums
+  libsystemd-dev prometheus-cpp-dev         # modevisord: sd_notify, metrics endpoint
   gcc-multilib                              # -m32 freestanding guest kernels
   qemu-system-x86                           # the oracle the guests are checked against
   # KVM test host (scripts/kvm-host, ctest label kvm): a QEMU TCG guest with

@@ -20,10 +20,14 @@
 #include <modevisor/api/hypervisor.hpp>
 
 #include "common/errors.hpp"
+#include "control/protocol.hpp"
+#include "runtime/describe.hpp"
 #include "vm/vm.hpp"
 #include "selection/mode_log.hpp"
 
 namespace modevisor::cli {
+
+using namespace host;  // the exit statuses
 
 namespace {
 
@@ -47,35 +51,6 @@ std::string driver_text(const api::HostCapabilities& h) {
   return fmt::format("{} usable, {}", d.name, mmu);
 }
 
-json capabilities_json(const api::HostCapabilities& h) {
-  const auto& d = h.driver;
-  return json{{"source", h.source},
-              {"vendor", h.vendor_id},
-              {"model_name", h.model_name},
-              {"family", h.family},
-              {"model", h.model},
-              {"stepping", h.stepping},
-              {"long_mode", h.long_mode},
-              {"hardware_virtualization", h.hardware_virtualization},
-              {"nested_paging", h.nested_paging},
-              {"apic_virtualization", h.apic_virtualization},
-              {"long_mode_segment_limits", h.long_mode_segment_limits},
-              {"quirks", h.quirks},
-              {"masked", h.masked},
-              {"driver",
-               {{"present", d.present},
-                {"usable", d.usable},
-                {"name", d.name},
-                {"detail", d.detail},
-                {"mmu_selection", d.mmu_selection == api::MmuSelection::PerVm ? "per-vm" : "host-wide"},
-                {"nested_paging_enabled", d.nested_paging_enabled},
-                {"api_version", d.api_version}}},
-              {"usable",
-               {{"hardware_execution", api::can_use_hardware_execution(h)},
-                {"nested_paging", api::can_use_nested_paging(h)},
-                {"driver_shadow_paging", api::can_use_driver_shadow_paging(h)}}}};
-}
-
 void print_capabilities(const api::HostCapabilities& h) {
   fmt::print("host:                      {}\n", h.source);
   fmt::print("cpu:                       {}\n", vendor_text(h));
@@ -97,92 +72,61 @@ void print_capabilities(const api::HostCapabilities& h) {
              yes_no(api::can_use_driver_shadow_paging(h)));
 }
 
-const char* technique(api::Technique t) { return t == api::Technique::Hardware ? "hardware" : "software"; }
-
-std::string guests_text(const api::GuestSupport& g) {
-  std::vector<std::string> out;
-  if (g.bits32) out.emplace_back("32-bit");
-  if (g.bits64) out.emplace_back(g.bits64_needs_segment_limits ? "64-bit (needs long-mode segment limits)" : "64-bit");
-  std::string text = fmt::format("{}", fmt::join(out, ", "));
-  if (g.max_vcpus) text += g.max_vcpus == 1 ? "; 1 vCPU" : fmt::format("; up to {} vCPUs", g.max_vcpus);
+std::string guests_text(const json& plugin) {
+  std::vector<std::string> words;
+  for (const auto& g : plugin["guests"]) {
+    std::string word = g.get<std::string>();
+    if (word == "64-bit" && plugin["bits64_needs_segment_limits"].get<bool>()) word += " (needs long-mode segment limits)";
+    words.push_back(word);
+  }
+  std::string text = fmt::format("{}", fmt::join(words, ", "));
+  const unsigned max = plugin["max_vcpus"].get<unsigned>();
+  if (max) text += max == 1 ? "; 1 vCPU" : fmt::format("; up to {} vCPUs", max);
   return text;
 }
 
-// The VM's own log: <log_dir>/<vm-name>.log, one per VM, appended to.
-std::shared_ptr<spdlog::logger> open_vm_log(const Context& context, const host::VmConfig& vm) {
-  const auto path = context.host_config().log_dir / (vm.name + ".log");
-  auto unwritable = [&](const std::string& why) {
-    return host::InputError(context.host_config().file, 0, 0,
-                            "cannot write the VM log " + path.string() + " (" + why +
-                                "); point log_dir (or --log-dir) at a writable directory");
-  };
-  std::error_code ec;
-  std::filesystem::create_directories(context.host_config().log_dir, ec);
-  if (ec) throw unwritable(ec.message());
-  std::shared_ptr<spdlog::sinks::basic_file_sink_mt> sink;
-  try {
-    sink = std::make_shared<spdlog::sinks::basic_file_sink_mt>(path.string());
-  } catch (const spdlog::spdlog_ex& e) {
-    throw unwritable(e.what());
-  }
-  sink->set_pattern("%Y-%m-%dT%H:%M:%S.%e| %v");
-  auto log = std::make_shared<spdlog::logger>(vm.name, sink);
-  log->set_level(parse_log_level(context.host_config().log_level));
-  log->flush_on(spdlog::level::trace);
-  return log;
+// Guest console bytes as JSON: the text (bytes that are not UTF-8 become
+// U+FFFD when printed) and the exact bytes, base64.
+void put_console(json& out, const std::string& bytes) {
+  out["console"] = bytes;
+  out["console_base64"] = control::base64_encode(bytes);
 }
+
+std::string dump(const json& j) { return j.dump(2, ' ', false, json::error_handler_t::replace); }
 
 }  // namespace
 
-int command_host(Context& context, bool json_output) {
+int command_host(host::Host& context, bool json_output) {
   if (json_output) {
-    std::cout << capabilities_json(context.host()).dump(2) << "\n";
+    std::cout << dump(host::capabilities_json(context.capabilities())) << "\n";
     return kExitOk;
   }
-  print_capabilities(context.host());
+  print_capabilities(context.capabilities());
   return kExitOk;
 }
 
-int command_plugins(Context& context, bool json_output) {
-  const auto& registry = context.registry();
-  json out{{"host", context.host().source}, {"directories", json::array()}, {"plugins", json::array()},
-           {"problems", json::array()}};
-  for (const auto& dir : registry.directories()) out["directories"].push_back(dir.string());
-  for (const auto& plugin : registry.plugins()) {
-    const auto& d = plugin.descriptor;
-    auto problems = host::host_problems(plugin, context.host());
-    out["plugins"].push_back({{"name", d.name},
-                              {"version", d.version},
-                              {"mode", plugin.mode},
-                              {"log_token", d.log_token},
-                              {"abi_version", d.abi_version},
-                              {"file", plugin.file.string()},
-                              {"execution", technique(d.execution)},
-                              {"mmu", technique(d.mmu)},
-                              {"deterministic", d.deterministic},
-                              {"guests", guests_text(d.guests)},
-                              {"max_vcpus", d.guests.max_vcpus},
-                              {"summary", d.summary},
-                              {"runs_here", problems.empty()},
-                              {"why_not", problems}});
-  }
-  for (const auto& problem : registry.problems())
-    out["problems"].push_back({{"file", problem.file.string()}, {"reason", problem.reason}});
+int command_plugins(host::Host& context, bool json_output) {
+  const json out = host::plugins_json(context);
   if (json_output) {
-    std::cout << out.dump(2) << "\n";
+    std::cout << dump(out) << "\n";
     return kExitOk;
   }
+  print_plugins(out);
+  return kExitOk;
+}
+
+void print_plugins(const json& out) {
   std::vector<std::string> dirs;
-  for (const auto& dir : registry.directories()) dirs.push_back(dir.string());
+  for (const auto& dir : out["directories"]) dirs.push_back(dir.get<std::string>());
   fmt::print("plugin directories: {}\n", fmt::join(dirs, ", "));
-  fmt::print("host: {}\n\n", context.host().source);
+  fmt::print("host: {}\n\n", out["host"].get<std::string>());
   for (const auto& p : out["plugins"]) {
     fmt::print("{} {}  [{}]  ABI {}\n", p["name"].get<std::string>(), p["version"].get<std::string>(),
                p["mode"].get<std::string>(), p["abi_version"].get<int>());
     fmt::print("  file:       {}\n", p["file"].get<std::string>());
     fmt::print("  technique:  {} execution, {} MMU{}\n", p["execution"].get<std::string>(), p["mmu"].get<std::string>(),
                p["deterministic"].get<bool>() ? ", deterministic" : "");
-    fmt::print("  guests:     {}\n", p["guests"].get<std::string>());
+    fmt::print("  guests:     {}\n", guests_text(p));
     fmt::print("  about:      {}\n", p["summary"].get<std::string>());
     if (p["runs_here"].get<bool>()) {
       fmt::print("  this host:  can run it\n\n");
@@ -192,18 +136,18 @@ int command_plugins(Context& context, bool json_output) {
       fmt::print("\n");
     }
   }
-  if (!registry.problems().empty()) {
+  if (!out["problems"].empty()) {
     fmt::print("skipped (broken plugins):\n");
-    for (const auto& problem : registry.problems()) fmt::print("  {}: {}\n", problem.file.string(), problem.reason);
+    for (const auto& problem : out["problems"])
+      fmt::print("  {}: {}\n", problem["file"].get<std::string>(), problem["reason"].get<std::string>());
   }
-  return kExitOk;
 }
 
-int command_cpus(Context& context, bool json_output) {
+int command_cpus(host::Host& context, bool json_output) {
   json out = json::array();
   for (const auto& name : host::list_cpu_profiles(context.config_dir())) {
     auto caps = host::load_cpu_profile(host::find_cpu_profile(context.config_dir(), name));
-    out.push_back({{"name", name}, {"capabilities", capabilities_json(caps)}});
+    out.push_back({{"name", name}, {"capabilities", host::capabilities_json(caps)}});
   }
   if (json_output) {
     std::cout << out.dump(2) << "\n";
@@ -221,14 +165,15 @@ int command_cpus(Context& context, bool json_output) {
   return kExitOk;
 }
 
-int command_explain(Context& context, const std::string& vm_file, bool json_output) {
+int command_explain(host::Host& context, const std::string& vm_file, bool json_output) {
   host::VmConfig vm = host::load_vm_config(vm_file, context.guest_os());
-  host::Selection selection = host::select_monitor_mode(context.host(), context.candidates(), context.policy(), vm);
+  host::check_kernel(vm);  // refuse what run would refuse
+  host::Selection selection = context.select(vm);
   if (json_output) {
-    std::cout << host::to_json(selection).dump(2) << "\n";
+    std::cout << dump(host::to_json(selection)) << "\n";
   } else {
     fmt::print("VM {} ({}, {}-bit) on {}, policy {}\n", vm.name, vm.guest.os.name, vm.guest.os.bits,
-               context.host().source, context.policy().name);
+               context.capabilities().source, context.policy().name);
     if (!selection.preference_note.empty()) fmt::print("guest OS preference rule: {}\n", selection.preference_note);
     for (const auto& line : host::monitor_mode_lines(selection)) fmt::print("{}\n", line);
   }
@@ -237,26 +182,33 @@ int command_explain(Context& context, const std::string& vm_file, bool json_outp
 
 namespace {
 
-// Serial input from the terminal and Ctrl-C, on a thread of their own: a
-// self-pipe wakes it from poll() when the VM ends or the operator interrupts.
+// Serial input from the terminal and the operator's signals, on a thread of
+// their own: SIGINT (Ctrl-C), SIGTERM and SIGHUP stop the VM cleanly (power-off
+// line and counters in the VM log).  A self-pipe wakes the thread from poll()
+// when a signal arrives or the VM ends.
 class ConsoleInput {
  public:
   explicit ConsoleInput(host::Vm& session) : session_(session) {
     if (::pipe2(wake_, O_CLOEXEC) != 0) wake_[0] = wake_[1] = -1;
     instance_ = this;
-    previous_ = std::signal(SIGINT, [](int) {
-      if (instance_ && instance_->wake_[1] >= 0) {
-        const char c = 'i';
-        [[maybe_unused]] auto n = ::write(instance_->wake_[1], &c, 1);
-      }
-    });
+    for (int i = 0; i < 3; ++i) {
+      struct sigaction action {};
+      action.sa_handler = [](int signal) {
+        if (instance_ && instance_->wake_[1] >= 0) {
+          const char c = static_cast<char>(signal);
+          [[maybe_unused]] auto n = ::write(instance_->wake_[1], &c, 1);
+        }
+      };
+      sigemptyset(&action.sa_mask);
+      ::sigaction(kSignals[i], &action, &previous_[i]);
+    }
     thread_ = std::thread([this] { loop(); });
   }
   ~ConsoleInput() {
-    const char c = 'q';
+    const char c = 0;
     if (wake_[1] >= 0) [[maybe_unused]] auto n = ::write(wake_[1], &c, 1);
     thread_.join();
-    std::signal(SIGINT, previous_);
+    for (int i = 0; i < 3; ++i) ::sigaction(kSignals[i], &previous_[i], nullptr);
     instance_ = nullptr;
     for (int fd : wake_)
       if (fd >= 0) ::close(fd);
@@ -264,6 +216,8 @@ class ConsoleInput {
   bool interrupted() const { return interrupted_; }
 
  private:
+  static constexpr int kSignals[3] = {SIGINT, SIGTERM, SIGHUP};
+
   void loop() {
     bool stdin_open = true;
     for (;;) {
@@ -274,9 +228,9 @@ class ConsoleInput {
       }
       if (fds[0].revents & POLLIN) {
         char c = 0;
-        if (::read(wake_[0], &c, 1) == 1 && c == 'i') {
+        if (::read(wake_[0], &c, 1) == 1 && c != 0) {
           interrupted_ = true;
-          session_.stop("interrupted by the operator (SIGINT)");
+          session_.stop(fmt::format("interrupted by the operator ({})", sigabbrev_np(c) ? std::string("SIG") + sigabbrev_np(c) : "a signal"));
           continue;
         }
         return;
@@ -294,7 +248,7 @@ class ConsoleInput {
   int wake_[2] = {-1, -1};
   std::thread thread_;
   std::atomic<bool> interrupted_{false};
-  void (*previous_)(int) = SIG_DFL;
+  struct sigaction previous_[3] {};
   static inline ConsoleInput* instance_ = nullptr;
 };
 
@@ -309,22 +263,18 @@ const char* result_kind(host::SessionResult::Kind kind) {
 
 }  // namespace
 
-int command_run(Context& context, const std::string& vm_file, bool json_output, bool stats) {
-  if (!context.host_is_probed())
-    throw host::InputError(context.host_config().file, 0, 0,
-                           "this host configuration describes another host (cpu_profile " +
-                               context.host_config().cpu_profile.value_or("?") +
-                               "); VMs run only on the host itself: use it with explain");
+int command_run(host::Host& context, const std::string& vm_file, bool json_output, bool stats) {
+  context.require_this_host();
   host::VmConfig vm = host::load_vm_config(vm_file, context.guest_os());
-  auto vm_log = open_vm_log(context, vm);
+  auto vm_log = host::open_vm_log(context.config().log_dir, vm.name, context.config().log_level, context.config().file);
   vm_log->info("power on: VM {} from {}", vm.name, vm.file.string());
-  vm_log->info("host: {}; policy {}", context.host().source, context.policy().name);
-  host::Selection selection = host::select_monitor_mode(context.host(), context.candidates(), context.policy(), vm);
+  vm_log->info("host: {}; policy {}", context.capabilities().source, context.policy().name);
+  host::Selection selection = context.select(vm);
   for (const auto& line : host::monitor_mode_lines(selection)) vm_log->info("{}", line);
   json out{{"vm", vm.name}, {"selection", host::to_json(selection)}};
   auto finish = [&](int status) {
     out["exit_status"] = status;
-    if (json_output) std::cout << out.dump(2) << "\n";
+    if (json_output) std::cout << dump(out) << "\n";
     return status;
   };
   if (!selection.selected || !selection.selected_plugin) {
@@ -333,7 +283,8 @@ int command_run(Context& context, const std::string& vm_file, bool json_output, 
     out["result"] = "no-mode";
     return finish(kExitNoMode);
   }
-  const host::LoadedPlugin* plugin = context.registry().find(selection.selected_plugin->descriptor.name);
+  // Held for as long as the VM exists: no rescan can unload its code.
+  const std::shared_ptr<const host::LoadedPlugin> plugin = context.registry().share(selection.selected_plugin->descriptor.name);
   if (!plugin) {
     vm_log->error("power on failed: plugin {} vanished", selection.selected_plugin->descriptor.name);
     return finish(kExitMonitorFailed);
@@ -348,7 +299,7 @@ int command_run(Context& context, const std::string& vm_file, bool json_output, 
       std::fputc(byte, stdout);
       std::fflush(stdout);
     };
-    session = host::Vm::create(vm, std::make_shared<const host::LoadedPlugin>(*plugin), vm_log, std::move(events));
+    session = host::Vm::create(vm, plugin, vm_log, std::move(events));
   } catch (const api::MonitorError& e) {
     context.log()->error("VM {}: {}", vm.name, e.what());
     vm_log->error("power on failed: {}", e.what());
@@ -385,7 +336,7 @@ int command_run(Context& context, const std::string& vm_file, bool json_output, 
   }
   out["result"] = result_kind(result.kind);
   out["reason"] = result.reason;
-  out["console"] = session->console_output();
+  put_console(out, session->console_output());
   out["counters"] = counters;
   if (stats && !json_output) {
     fmt::print(stderr, "modevisor: VM {} ended: {} ({})\n", vm.name, result_kind(result.kind), result.reason);

@@ -1,37 +1,63 @@
-// modevisor: the command line of the host core.
+// modevisor: the command line of the host core.  One-shot commands build the
+// host runtime in this process; with --socket, commands go to modevisord.
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
+#include <nlohmann/json.hpp>
 
 #include <cstdio>
+#include <filesystem>
+#include <iostream>
 #include <stdexcept>
 
+#include "cli/client.hpp"
 #include "cli/commands.hpp"
-#include "cli/context.hpp"
 #include "common/errors.hpp"
+#include "runtime/exit_status.hpp"
+#include "runtime/host.hpp"
 
 using namespace modevisor;
+
+namespace {
+
+// With --json, errors are JSON too (on stdout, where the answer would be).
+int report_error(bool json, const char* code, const std::string& message, int status) {
+  if (json)
+    std::cout << nlohmann::json{{"error", {{"code", code}, {"message", message}}}, {"exit_status", status}}.dump(
+                     2, ' ', false, nlohmann::json::error_handler_t::replace)
+              << "\n";
+  else
+    fmt::print(stderr, "modevisor: {}\n", message);
+  return status;
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app{"modevisor: an x86 hypervisor whose monitor modes (BT, HV, HWMMU) are plugins loaded at run time"};
   app.set_version_flag("--version", std::string("modevisor ") + MODEVISOR_VERSION);
   app.require_subcommand(1);
   app.fallthrough();  // global options may follow the subcommand too
+  app.footer(host::kExitStatusTable);
 
-  cli::GlobalOptions options;
+  host::HostOptions options;
+  bool json = false;
+  std::string socket;
+  app.add_option("--socket", socket, "talk to modevisord on this control socket (vm, plugins, host)");
   app.add_option("--config-dir", options.config_dir, "folder with cpus/, policies/, guest-os.yaml ($MODEVISOR_CONFIG_DIR)");
   app.add_option("--host-config", options.host_config, "host configuration YAML ($MODEVISOR_HOST_CONFIG)");
-  app.add_option("--plugin-dir", options.plugin_dirs, "plugin directory (repeatable; replaces the configured ones)");
+  app.add_option("--plugin-dir", options.extra_plugin_dirs, "another plugin directory (repeatable; adds to the configured ones)");
   app.add_option("--log-level", options.log_level, "trace, debug, info, warn or error");
   app.add_option("--log-dir", options.log_dir, "where host.log and <vm>.log are written");
-  app.add_flag("--json", options.json, "machine-readable output");
+  app.add_flag("--json", json, "machine-readable output (errors too)");
 
   auto* host = app.add_subcommand("host", "this host's probed capabilities (or a CPU profile's with --cpu)");
   host->add_option("--cpu", options.cpu_profile, "describe the host with this CPU profile instead");
 
   auto* plugins = app.add_subcommand("plugins", "installed mode plugins and whether this host can run each");
   plugins->add_option("--cpu", options.cpu_profile, "evaluate against this CPU profile instead of this host");
+  auto* rescan = plugins->add_subcommand("rescan", "(--socket) make the daemon scan its plugin directories again");
 
-  app.add_subcommand("cpus", "the CPU profiles in configs/cpus");
+  auto* cpus = app.add_subcommand("cpus", "the CPU profiles in configs/cpus");
 
   std::string vm_file;
   auto* explain = app.add_subcommand("explain", "which monitor mode a VM gets on a host, and why");
@@ -40,31 +66,88 @@ int main(int argc, char** argv) {
   explain->add_option("--policy", options.policy, "selection policy: default, esx-3.5, esx-4.0 or a path");
 
   bool stats = false;
-  auto* run = app.add_subcommand("run", "power on a VM under the selected monitor mode");
+  auto* run = app.add_subcommand("run", "power on a VM under the selected monitor mode (in this process)");
   run->add_option("vm", vm_file, "VM declaration (YAML)")->required();
   run->add_option("--policy", options.policy, "selection policy");
   run->add_flag("--stats", stats, "print the monitor's counters when the VM stops");
 
-  for (auto* sub : {host, plugins, explain, run}) sub->add_flag("--json", options.json, "machine-readable output");
+  // The daemon's VMs (needs --socket).
+  cli::ClientRequest client;
+  auto* vm = app.add_subcommand("vm", "VMs of modevisord (needs --socket)");
+  vm->require_subcommand(1);
+  std::string name, file;
+  auto* vm_start = vm->add_subcommand("start", "start a VM from its YAML in its own monitor process");
+  vm_start->add_option("file", file, "VM declaration (YAML)")->required();
+  auto* vm_list = vm->add_subcommand("list", "the daemon's VMs: name, state, mode and plugin, uptime");
+  auto* vm_status = vm->add_subcommand("status", "one VM's state and counters");
+  auto* vm_log = vm->add_subcommand("log", "one VM's log (its MONITOR MODE lines included)");
+  auto* vm_console = vm->add_subcommand("console", "attach to the serial console (Ctrl-] detaches)");
+  bool no_follow = false;
+  vm_console->add_flag("--no-follow", no_follow, "print what the guest wrote so far and return");
+  auto* vm_pause = vm->add_subcommand("pause", "pause a running VM");
+  auto* vm_resume = vm->add_subcommand("resume", "resume a paused VM");
+  auto* vm_stop = vm->add_subcommand("stop", "stop a VM (its monitor process ends)");
+  auto* vm_save = vm->add_subcommand("save", "save a paused VM into a snapshot file");
+  auto* vm_restore = vm->add_subcommand("restore", "restore a VM from a snapshot file (paused)");
+  vm_restore->add_option("file", file, "snapshot file")->required();
+  for (auto* sub : {vm_status, vm_log, vm_console, vm_pause, vm_resume, vm_stop, vm_save})
+    sub->add_option("name", name, "VM name")->required();
+  vm_save->add_option("file", file, "snapshot file to write")->required();
+  (void)vm_list;
+
+  for (auto* sub : {host, plugins, rescan, cpus, explain, run, vm, vm_start, vm_list, vm_status, vm_log, vm_console,
+                    vm_pause, vm_resume, vm_stop, vm_save, vm_restore})
+    sub->add_flag("--json", json, "machine-readable output (errors too)");
 
   try {
     app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::Success& e) {
+    return app.exit(e);
   } catch (const CLI::ParseError& e) {
-    return app.exit(e) == 0 ? 0 : cli::kExitBadInput;
+    if (json) return report_error(true, "bad-input", e.what(), host::kExitBadInput);
+    app.exit(e);
+    return host::kExitBadInput;
+  }
+
+  const bool daemon_command = vm->parsed() || rescan->parsed() || (!socket.empty() && (host->parsed() || plugins->parsed()));
+  if (daemon_command) {
+    if (socket.empty())
+      return report_error(json, "bad-input",
+                          std::string(vm->parsed() ? "vm" : "plugins rescan") +
+                              " talks to modevisord: give its control socket with --socket PATH",
+                          host::kExitBadInput);
+    client.socket = socket;
+    client.json = json;
+    client.follow = !no_follow;
+    auto absolute = [](const std::string& path) { return std::filesystem::absolute(path).lexically_normal().string(); };
+    if (host->parsed()) client.words = {"host"};
+    else if (plugins->parsed()) client.words = rescan->parsed() ? std::vector<std::string>{"plugins", "rescan"}
+                                                                : std::vector<std::string>{"plugins"};
+    else if (vm_start->parsed()) client.words = {"vm", "start", absolute(file)};
+    else if (vm_list->parsed()) client.words = {"vm", "list"};
+    else if (vm_restore->parsed()) client.words = {"vm", "restore", absolute(file)};
+    else if (vm_save->parsed()) client.words = {"vm", "save", name, absolute(file)};
+    else
+      for (auto* sub : {vm_status, vm_log, vm_console, vm_pause, vm_resume, vm_stop})
+        if (sub->parsed()) client.words = {"vm", sub->get_name(), name};
+    return cli::run_client(client);
   }
 
   try {
-    cli::Context context(options);
-    if (host->parsed()) return cli::command_host(context, options.json);
-    if (plugins->parsed()) return cli::command_plugins(context, options.json);
-    if (explain->parsed()) return cli::command_explain(context, vm_file, options.json);
-    if (run->parsed()) return cli::command_run(context, vm_file, options.json, stats);
-    return cli::command_cpus(context, options.json);
+    options.log_to_file = run->parsed();  // commands that run no VM write no files
+    host::Host context(options);
+    if (host->parsed()) return cli::command_host(context, json);
+    if (plugins->parsed()) return cli::command_plugins(context, json);
+    if (explain->parsed()) return cli::command_explain(context, vm_file, json);
+    if (run->parsed()) return cli::command_run(context, vm_file, json, stats);
+    return cli::command_cpus(context, json);
   } catch (const host::InputError& e) {
-    fmt::print(stderr, "modevisor: {}\n", e.what());
-    return cli::kExitBadInput;
+    return report_error(json, "bad-input", e.what(), host::kExitBadInput);
   } catch (const std::invalid_argument& e) {
-    fmt::print(stderr, "modevisor: {}\n", e.what());
-    return cli::kExitBadInput;
+    return report_error(json, "bad-input", e.what(), host::kExitBadInput);
   }
 }

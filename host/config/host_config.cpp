@@ -1,7 +1,12 @@
 #include "config/host_config.hpp"
 
 #include <fmt/format.h>
+#include <sys/stat.h>
 #include <unistd.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
 
 #include <algorithm>
 #include <array>
@@ -33,7 +38,55 @@ std::string name_or_path(const YamlInput& in, const YAML::Node& node, std::strin
   return looks_like_path ? in.path(node, expected).string() : text;
 }
 
+// "address:port": a name or IPv4 literal, or an IPv6 literal in brackets.
+NetAddress net_address(const YamlInput& in, const YAML::Node& node) {
+  const std::string text = in.scalar(node, "address:port");
+  const auto colon = text.rfind(':');
+  if (colon == std::string::npos || colon == 0 || colon + 1 == text.size())
+    throw in.error(node, fmt::format("expected address:port (e.g. 127.0.0.1:9100), found '{}'", text));
+  NetAddress address;
+  address.host = text.substr(0, colon);
+  if (address.host.front() == '[') {
+    if (address.host.back() != ']') throw in.error(node, fmt::format("unbalanced brackets in '{}'", text));
+    address.host = address.host.substr(1, address.host.size() - 2);
+  }
+  const std::string port = text.substr(colon + 1);
+  unsigned long value = 0;
+  const bool digits = port.find_first_not_of("0123456789") == std::string::npos && port.size() <= 5;
+  if (digits) value = std::stoul(port);
+  if (!digits || value == 0 || value > 65535)
+    throw in.error(node, fmt::format("port '{}' is not a number from 1 to 65535", port));
+  address.port = static_cast<std::uint16_t>(value);
+  return address;
+}
+
+// The cluster secret must exist, be a regular file and be readable by its
+// owner only: a secret others can read is no secret.
+void check_secret_file(const YamlInput& in, const YAML::Node& node, const std::filesystem::path& file) {
+  struct stat st {};
+  if (::stat(file.c_str(), &st) != 0)
+    throw in.error(node, fmt::format("migration secret file '{}' cannot be read: {}", file.string(),
+                                     std::strerror(errno)));
+  if (!S_ISREG(st.st_mode))
+    throw in.error(node, fmt::format("migration secret file '{}' is not a regular file", file.string()));
+  if (st.st_mode & (S_IRWXG | S_IRWXO))
+    throw in.error(node, fmt::format("migration secret file '{}' is readable by others (mode {:04o}); "
+                                     "chmod 600 it",
+                                     file.string(), st.st_mode & 07777));
+  if (st.st_size == 0) throw in.error(node, fmt::format("migration secret file '{}' is empty", file.string()));
+}
+
+std::filesystem::path default_runtime_dir() {
+  if (::geteuid() == 0) return "/run/modevisor";
+  if (const char* xdg = std::getenv("XDG_RUNTIME_DIR"); xdg && *xdg) return std::filesystem::path(xdg) / "modevisor";
+  return std::filesystem::temp_directory_path() / ("modevisor-" + std::to_string(::geteuid()));
+}
+
 }  // namespace
+
+std::string NetAddress::text() const {
+  return (host.find(':') != std::string::npos ? "[" + host + "]" : host) + ":" + std::to_string(port);
+}
 
 HostConfig default_host_config() {
   HostConfig config;
@@ -44,6 +97,8 @@ HostConfig default_host_config() {
   config.log_dir = (ec ? std::filesystem::path("/tmp") : cwd) / "logs";
   config.log_level = "info";
   config.policy = "default";
+  config.daemon.control_socket = default_runtime_dir() / "control.sock";
+  config.daemon.state_dir = default_runtime_dir() / "state";
   return config;
 }
 
@@ -51,8 +106,8 @@ HostConfig load_host_config(const std::filesystem::path& file) {
   const YamlInput in(std::filesystem::absolute(file).lexically_normal());
   const YAML::Node root = in.root();
   in.expect_map(root, "a host configuration (a map with name, plugin_dirs, log_dir, ...)");
-  in.reject_unknown_keys(root,
-                         {"name", "plugin_dirs", "log_dir", "log_level", "policy", "cpu_profile", "kvm", "mask"});
+  in.reject_unknown_keys(root, {"name", "plugin_dirs", "log_dir", "log_level", "policy", "cpu_profile", "kvm", "mask",
+                                "control_socket", "state_dir", "metrics", "migration", "peers"});
 
   // Keys left out keep the built-in defaults.
   HostConfig config = default_host_config();
@@ -96,6 +151,37 @@ HostConfig load_host_config(const std::filesystem::path& file) {
 
   // Capability names are checked against the probe's vocabulary elsewhere.
   if (const YAML::Node mask = in.optional(root, "mask")) config.mask = in.string_list(mask, "capability names");
+
+  // The daemon's keys.
+  if (const YAML::Node socket = in.optional(root, "control_socket"))
+    config.daemon.control_socket = in.path(socket, "the control socket's path");
+  if (const YAML::Node state = in.optional(root, "state_dir"))
+    config.daemon.state_dir = in.path(state, "the daemon's state directory");
+  if (const YAML::Node metrics = in.optional(root, "metrics")) {
+    in.expect_map(metrics, "a map with listen");
+    in.reject_unknown_keys(metrics, {"listen"});
+    config.daemon.metrics_listen = net_address(in, in.required(metrics, "listen"));
+  }
+  if (const YAML::Node migration = in.optional(root, "migration")) {
+    in.expect_map(migration, "a map with listen and secret_file");
+    in.reject_unknown_keys(migration, {"listen", "secret_file"});
+    if (const YAML::Node listen = in.optional(migration, "listen"))
+      config.daemon.migration_listen = net_address(in, listen);
+    if (const YAML::Node secret = in.optional(migration, "secret_file")) {
+      config.daemon.migration_secret_file = in.path(secret, "the cluster's secret file");
+      check_secret_file(in, secret, config.daemon.migration_secret_file);
+    } else if (config.daemon.migration_listen) {
+      throw in.error(migration, "migration.listen needs migration.secret_file (the cluster's shared secret)");
+    }
+  }
+  if (const YAML::Node peers = in.optional(root, "peers")) {
+    in.expect_map(peers, "a map of peer names to address:port");
+    in.reject_duplicate_keys(peers);
+    for (const auto& entry : peers) {
+      const std::string name = in.scalar(entry.first, "a peer name");
+      config.daemon.peers[name] = net_address(in, entry.second);
+    }
+  }
 
   return config;
 }

@@ -3,12 +3,31 @@
 // optionally a CPU profile that makes this configuration describe another host.
 #pragma once
 
+#include <cstdint>
 #include <filesystem>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
 
 namespace modevisor::host {
+
+// address:port, as written (a host name or an IP literal; [v6] in brackets).
+struct NetAddress {
+  std::string host;
+  std::uint16_t port = 0;
+  std::string text() const;
+};
+
+// What the daemon (modevisord) reads; the one-shot CLI ignores it.
+struct DaemonConfig {
+  std::filesystem::path control_socket;  // absolute; created with mode 0600
+  std::filesystem::path state_dir;       // absolute; the daemon's records of its VMs
+  std::optional<NetAddress> metrics_listen;    // Prometheus endpoint
+  std::optional<NetAddress> migration_listen;  // where peers send VMs
+  std::filesystem::path migration_secret_file; // the cluster's shared secret (0600 or 0400)
+  std::map<std::string, NetAddress> peers;     // named hosts and their migration addresses
+};
 
 struct HostConfig {
   std::filesystem::path file;  // empty for the built-in defaults
@@ -22,12 +41,14 @@ struct HostConfig {
   // (kvm_amd npt= / kvm_intel ept=); absent means a per-VM choice, as the VMkernel.
   std::optional<bool> kvm_nested_paging;
   std::vector<std::string> mask;  // capabilities hidden from VMs (EVC-like)
+  DaemonConfig daemon;
 };
 
 // Relative paths resolve against the file's folder.  Throws InputError.
 HostConfig load_host_config(const std::filesystem::path& file);
 
-// Built-in defaults: the build tree's plugin directory, logs in ./logs.
+// Built-in defaults: the build tree's plugin directory, logs in ./logs, the
+// control socket and state in $XDG_RUNTIME_DIR/modevisor (or /run/modevisor as root).
 HostConfig default_host_config();
 
 }  // namespace modevisor::host

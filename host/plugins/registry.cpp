@@ -132,59 +132,26 @@ std::vector<Candidate> list_plugin_files(const fs::path& directory, std::vector<
   return files;
 }
 
-// Which version of each file this process has mapped.  The dynamic linker
-// returns the library it already has for a known path, so while any monitor
-// from an old version of a file is alive (held outside the registry, or by
-// another registry), dlopen of the replaced file silently yields the old
-// code.  Remembering the stamp each mapping was made from lets us say so.
-class MappedVersions {
- public:
-  // Before loading: the stamp the file was mapped from, if it still is mapped.
-  std::optional<PluginFileStamp> still_mapped(const fs::path& file) {
-    void* handle = ::dlopen(file.c_str(), RTLD_LAZY | RTLD_NOLOAD);
-    if (!handle) return std::nullopt;
-    ::dlclose(handle);
-    std::lock_guard lock(mutex_);
-    auto it = versions_.find(file);
-    if (it == versions_.end()) return std::nullopt;  // mapped by someone else; nothing known
-    return it->second;
-  }
-  void record(const PluginFileStamp& stamp) {
-    std::lock_guard lock(mutex_);
-    versions_[stamp.canonical] = stamp;
-  }
-
- private:
-  std::mutex mutex_;
-  std::map<fs::path, PluginFileStamp> versions_;  // by canonical path
-};
-
-MappedVersions& mapped_versions() {
-  static MappedVersions versions;
-  return versions;
-}
-
-// Loads one file and checks it all the way to a created monitor.  Returns the
-// plugin, or the reason it is refused.  Every call into the plugin happens
-// while `library` is alive, and every exception from it is turned into text
-// before the library can be unloaded.
-std::variant<LoadedPlugin, std::string> load_plugin(const Candidate& candidate) {
-  // Loaded by canonical path, so every name of one file maps to one entry.
-  const fs::path& path = candidate.stamp.canonical;
-  const auto earlier = mapped_versions().still_mapped(path);
-  if (earlier && *earlier != candidate.stamp)
-    return "the file was replaced, but its earlier version is still loaded in this process (a monitor "
-           "created from it is still in use); the new version loads on a rescan after that is released";
-
-  auto library = std::make_shared<boost::dll::shared_library>();
+// Every call into the plugin happens while `library` is alive, and every
+// exception from it is turned into text before the library can be unloaded.
+std::variant<std::shared_ptr<const LoadedPlugin>, std::string> load_from_image(
+    std::shared_ptr<const PluginImage> image, const fs::path& file, const PluginFileStamp& stamp) {
+  // The library's deleter holds the image: its fd (and so its unique load
+  // name) lives until the code is unmapped.
+  auto library = std::shared_ptr<boost::dll::shared_library>(new boost::dll::shared_library,
+                                                             [image](boost::dll::shared_library* l) { delete l; });
   boost::dll::fs::error_code ec;
   ::dlerror();  // clear any stale message so the one read below is this load's
-  library->load(boost::dll::fs::path(path.native()), kLoadMode, ec);
+  library->load(boost::dll::fs::path(image->load_path().native()), kLoadMode, ec);
   if (ec || !library->is_loaded()) {
     const char* why = ::dlerror();
-    return std::string("not a loadable shared library: ") + (why ? why : ec.message());
+    std::string text = why ? why : ec.message();
+    // The linker names the image; the operator knows the file.
+    const std::string alias = image->load_path().string();
+    for (auto at = text.find(alias); at != std::string::npos; at = text.find(alias, at + 1))
+      text.replace(at, alias.size(), file.string());
+    return "not a loadable shared library: " + text;
   }
-  if (!earlier) mapped_versions().record(candidate.stamp);
 
   if (!library->has(api::symbols::kAbiVersion))
     return fmt::format("not a modevisor plugin: no {} symbol", api::symbols::kAbiVersion);
@@ -196,16 +163,17 @@ std::variant<LoadedPlugin, std::string> load_plugin(const Candidate& candidate) 
   for (const char* symbol : {api::symbols::kDescribe, api::symbols::kCreate})
     if (!library->has(symbol)) return fmt::format("not a modevisor plugin: no {} symbol", symbol);
 
-  LoadedPlugin plugin;
-  plugin.file = candidate.file;
-  plugin.stamp = candidate.stamp;
+  auto plugin = std::make_shared<LoadedPlugin>();
+  plugin->file = file;
+  plugin->stamp = stamp;
+  plugin->image = image;
   try {
-    plugin.descriptor = library->get<api::DescribeFn>(api::symbols::kDescribe)();
+    plugin->descriptor = library->get<api::DescribeFn>(api::symbols::kDescribe)();
   } catch (...) {
     return "threw while describing itself: " + current_exception_text();
   }
-  if (auto problems = descriptor_problems(plugin.descriptor); !problems.empty()) return problems;
-  plugin.mode = api::mode_token(plugin.descriptor.execution, plugin.descriptor.mmu);
+  if (auto problems = descriptor_problems(plugin->descriptor); !problems.empty()) return problems;
+  plugin->mode = api::mode_token(plugin->descriptor.execution, plugin->descriptor.mmu);
 
   std::unique_ptr<api::Monitor> monitor;
   try {
@@ -217,9 +185,20 @@ std::variant<LoadedPlugin, std::string> load_plugin(const Candidate& candidate) 
 
   // The deleter owns a reference to the library: the monitor's destructor is
   // plugin code and must run before the last reference unloads it.
-  plugin.monitor = std::shared_ptr<api::Monitor>(monitor.release(), [library](api::Monitor* m) { delete m; });
-  plugin.library = std::move(library);
-  return plugin;
+  plugin->monitor = std::shared_ptr<api::Monitor>(monitor.release(), [library](api::Monitor* m) { delete m; });
+  plugin->library = std::move(library);
+  return std::shared_ptr<const LoadedPlugin>(std::move(plugin));
+}
+
+// Loads one file through a private copy of it.
+std::variant<std::shared_ptr<const LoadedPlugin>, std::string> load_plugin(const Candidate& candidate) {
+  std::shared_ptr<const PluginImage> image;
+  try {
+    image = PluginImage::copy_of(candidate.stamp.canonical);
+  } catch (const std::exception& e) {
+    return std::string(e.what());
+  }
+  return load_from_image(std::move(image), candidate.file, candidate.stamp);
 }
 
 }  // namespace
@@ -228,10 +207,17 @@ PluginRegistry::PluginRegistry(std::vector<fs::path> directories) : directories_
 
 PluginRegistry::~PluginRegistry() = default;
 
-const LoadedPlugin* PluginRegistry::find(std::string_view name) const {
+const LoadedPlugin* PluginRegistry::find(std::string_view name) const { return share(name).get(); }
+
+std::shared_ptr<const LoadedPlugin> PluginRegistry::share(std::string_view name) const {
   for (const auto& plugin : plugins_)
-    if (plugin.descriptor.name == name) return &plugin;
+    if (plugin->descriptor.name == name) return plugin;
   return nullptr;
+}
+
+std::variant<std::shared_ptr<const LoadedPlugin>, std::string> load_plugin_image(
+    std::shared_ptr<const PluginImage> image, const fs::path& file, const PluginFileStamp& stamp) {
+  return load_from_image(std::move(image), file, stamp);
 }
 
 void PluginRegistry::rescan() {
@@ -247,18 +233,17 @@ void PluginRegistry::rescan() {
     std::move(files.begin(), files.end(), std::back_inserter(candidates));
   }
 
-  // Unchanged files keep their loaded plugin (and its live monitor).  The rest
-  // of the old plugins are released now, before loading anything: the dynamic
-  // linker hands back an already-open library for a path it knows, so a
-  // replaced file must be closed before it can be loaded afresh.
-  std::vector<std::optional<LoadedPlugin>> slots(candidates.size());
+  // Unchanged files keep their loaded plugin (and its live monitor).  The
+  // registry lets go of the rest; a VM that holds one keeps it loaded (each
+  // version is loaded from its own image, so the new file loads afresh).
+  std::vector<std::shared_ptr<const LoadedPlugin>> slots(candidates.size());
   std::map<std::string, fs::path> name_owner;  // plugin name -> file that provides it
   for (std::size_t i = 0; i < candidates.size(); ++i) {
-    auto old = std::find_if(plugins_.begin(), plugins_.end(),
-                            [&](const LoadedPlugin& p) { return p.stamp == candidates[i].stamp; });
+    auto old = std::find_if(plugins_.begin(), plugins_.end(), [&](const auto& p) {
+      return p->stamp == candidates[i].stamp && p->file == candidates[i].file;
+    });
     if (old == plugins_.end()) continue;
-    old->file = candidates[i].file;
-    name_owner.emplace(old->descriptor.name, old->file);
+    name_owner.emplace((*old)->descriptor.name, (*old)->file);
     slots[i] = std::move(*old);
     plugins_.erase(old);
   }
@@ -271,19 +256,19 @@ void PluginRegistry::rescan() {
       problems.push_back({{i, 1}, {candidates[i].file, std::move(*reason)}});
       continue;
     }
-    auto& plugin = std::get<LoadedPlugin>(loaded);
-    auto [owner, inserted] = name_owner.emplace(plugin.descriptor.name, plugin.file);
+    auto& plugin = std::get<std::shared_ptr<const LoadedPlugin>>(loaded);
+    auto [owner, inserted] = name_owner.emplace(plugin->descriptor.name, plugin->file);
     if (!inserted) {
       problems.push_back({{i, 1},
                           {candidates[i].file, fmt::format("plugin name '{}' already provided by {}",
-                                                           plugin.descriptor.name, owner->second.string())}});
+                                                           plugin->descriptor.name, owner->second.string())}});
       continue;  // `loaded` goes out of scope here: monitor first, then its library
     }
     slots[i] = std::move(plugin);
   }
 
   for (auto& slot : slots)
-    if (slot) plugins_.push_back(std::move(*slot));
+    if (slot) plugins_.push_back(std::move(slot));
 
   std::stable_sort(problems.begin(), problems.end(),
                    [](const auto& a, const auto& b) { return a.first < b.first; });

@@ -8,11 +8,14 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <variant>
 #include <vector>
 
 #include <modevisor/api/descriptor.hpp>
 #include <modevisor/api/host_capabilities.hpp>
 #include <modevisor/api/monitor.hpp>
+
+#include "plugins/plugin_image.hpp"
 
 namespace boost::dll { class shared_library; }
 
@@ -27,12 +30,17 @@ struct PluginFileStamp {
   bool operator==(const PluginFileStamp&) const = default;
 };
 
+// A loaded plugin.  The registry hands them out as shared_ptr<const
+// LoadedPlugin>: a VM holds its plugin for as long as it exists, so a rescan
+// that replaces or removes the file never unloads code a VM still runs.
 struct LoadedPlugin {
   // Declared first so it is destroyed last: everything below may hold objects
   // made by the plugin's code.  The monitor's deleter holds the library too,
   // so a monitor copied out of the registry keeps its code loaded for as long
   // as it lives, and is always destroyed before the library is unloaded.
+  // The library holds the image it was loaded from (its private copy).
   std::shared_ptr<boost::dll::shared_library> library;
+  std::shared_ptr<const PluginImage> image;
   std::filesystem::path file;
   PluginFileStamp stamp;
   api::PluginDescriptor descriptor;
@@ -57,16 +65,24 @@ class PluginRegistry {
   // earlier scan wins, then the file that comes first.
   void rescan();
 
-  const std::vector<LoadedPlugin>& plugins() const { return plugins_; }
+  const std::vector<std::shared_ptr<const LoadedPlugin>>& plugins() const { return plugins_; }
   const std::vector<PluginProblem>& problems() const { return problems_; }
   const std::vector<std::filesystem::path>& directories() const { return directories_; }
   const LoadedPlugin* find(std::string_view name) const;
+  // The plugin to hold on to (a VM keeps it loaded); null when there is none.
+  std::shared_ptr<const LoadedPlugin> share(std::string_view name) const;
 
  private:
   std::vector<std::filesystem::path> directories_;
-  std::vector<LoadedPlugin> plugins_;
+  std::vector<std::shared_ptr<const LoadedPlugin>> plugins_;
   std::vector<PluginProblem> problems_;
 };
+
+// Loads a plugin from its image (a private copy of `file`) and checks it all
+// the way to a created monitor: the plugin, or the reason it is refused.  A
+// VM's monitor process loads the image the daemon vetted with this.
+std::variant<std::shared_ptr<const LoadedPlugin>, std::string> load_plugin_image(
+    std::shared_ptr<const PluginImage> image, const std::filesystem::path& file, const PluginFileStamp& stamp);
 
 // Why `plugin` cannot run on `host`: its descriptor's needs, then its own
 // probe (an exception thrown by probe() becomes a reason).  Empty: it can.

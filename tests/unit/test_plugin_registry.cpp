@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <filesystem>
+#include <fstream>
 #include <string>
 #include <vector>
 
@@ -32,7 +33,7 @@ const fs::path kFixtures = MODEVISOR_TEST_PLUGIN_DIR;
 
 std::vector<std::string> names_of(const PluginRegistry& registry) {
   std::vector<std::string> names;
-  for (const auto& p : registry.plugins()) names.push_back(p.descriptor.name);
+  for (const auto& p : registry.plugins()) names.push_back(p->descriptor.name);
   return names;
 }
 
@@ -81,9 +82,9 @@ TEST(PluginRegistryReal, LoadsTheThreeModesWithTheirDescriptors) {
   EXPECT_TRUE(hw->descriptor.host.nested_paging);
 
   for (const auto& plugin : registry.plugins()) {
-    EXPECT_EQ(plugin.descriptor.abi_version, api::kAbiVersion) << plugin.descriptor.name;
-    EXPECT_NE(plugin.monitor, nullptr) << plugin.descriptor.name;
-    EXPECT_NE(plugin.library, nullptr) << plugin.descriptor.name;
+    EXPECT_EQ(plugin->descriptor.abi_version, api::kAbiVersion) << plugin->descriptor.name;
+    EXPECT_NE(plugin->monitor, nullptr) << plugin->descriptor.name;
+    EXPECT_NE(plugin->library, nullptr) << plugin->descriptor.name;
   }
   EXPECT_EQ(registry.find("no-such-plugin"), nullptr);
 }
@@ -155,7 +156,7 @@ TEST(PluginRegistryBroken, DuplicateNameKeepsTheFirstFile) {
   const fs::path dir = kFixtures / "duplicate-name";
   auto registry = scanned({dir});
   ASSERT_THAT(names_of(registry), ElementsAre("test-good"));
-  EXPECT_EQ(registry.plugins().front().file, dir / "a-test-good.so");
+  EXPECT_EQ(registry.plugins().front()->file, dir / "a-test-good.so");
   ASSERT_EQ(registry.problems().size(), 1u);
   EXPECT_EQ(registry.problems().front().file, dir / "b-test-good.so");
   EXPECT_EQ(registry.problems().front().reason,
@@ -257,12 +258,12 @@ TEST_F(PluginRegistryRescan, PicksUpANewPluginAndDropsARemovedOne) {
   drop_in(kFixtures / "good" / "test-good.so", "test-good.so");
   registry.rescan();
   ASSERT_THAT(names_of(registry), ElementsAre("test-good"));
-  const api::Monitor* first_monitor = registry.plugins().front().monitor.get();
+  const api::Monitor* first_monitor = registry.plugins().front()->monitor.get();
 
   // An unchanged file keeps its loaded plugin and live monitor.
   registry.rescan();
   ASSERT_THAT(names_of(registry), ElementsAre("test-good"));
-  EXPECT_EQ(registry.plugins().front().monitor.get(), first_monitor);
+  EXPECT_EQ(registry.plugins().front()->monitor.get(), first_monitor);
 
   fs::remove(dir_ / "test-good.so");
   registry.rescan();
@@ -282,26 +283,43 @@ TEST_F(PluginRegistryRescan, ReloadsAReplacedFile) {
   EXPECT_THAT(registry.problems(), IsEmpty());
 }
 
-TEST_F(PluginRegistryRescan, ReplacedFileWaitsWhileAMonitorOfTheOldVersionLives) {
+// Each version of a file is loaded from a private copy: a replaced file loads
+// afresh at once, and the plugin a VM still holds keeps running its old code.
+TEST_F(PluginRegistryRescan, ReplacedFileLoadsAfreshWhileAHeldPluginKeepsItsOldCode) {
   PluginRegistry registry({dir_});
   drop_in(kFixtures / "good" / "test-good.so", "plugin.so");
   registry.rescan();
   ASSERT_THAT(names_of(registry), ElementsAre("test-good"));
-  std::shared_ptr<api::Monitor> in_use = registry.plugins().front().monitor;
+  std::shared_ptr<const LoadedPlugin> in_use = registry.share("test-good");
+  ASSERT_NE(in_use, nullptr);
 
-  // The dynamic linker would hand back the old code for this path: the
-  // registry must say so rather than list the old plugin as the new file.
   drop_in(kFixtures / "throws-probe" / "test-throws-probe.so", "plugin.so");
-  registry.rescan();
-  EXPECT_THAT(registry.plugins(), IsEmpty());
-  ASSERT_EQ(registry.problems().size(), 1u);
-  EXPECT_EQ(registry.problems().front().file, dir_ / "plugin.so");
-  EXPECT_THAT(registry.problems().front().reason, HasSubstr("earlier version is still loaded"));
-
-  in_use.reset();
   registry.rescan();
   EXPECT_THAT(names_of(registry), ElementsAre("test-throws-probe"));
   EXPECT_THAT(registry.problems(), IsEmpty());
+  // The held plugin is the old version, still loaded and callable.
+  EXPECT_EQ(in_use->descriptor.name, "test-good");
+  EXPECT_THAT(in_use->monitor->probe(HostCapabilities{}), IsEmpty());
+}
+
+// A file overwritten in place (not renamed) while its plugin is held: the
+// held code is a private copy, so it is not touched.
+TEST_F(PluginRegistryRescan, AFileOverwrittenInPlaceDoesNotChangeHeldCode) {
+  PluginRegistry registry({dir_});
+  drop_in(kFixtures / "good" / "test-good.so", "plugin.so");
+  registry.rescan();
+  std::shared_ptr<const LoadedPlugin> in_use = registry.share("test-good");
+  ASSERT_NE(in_use, nullptr);
+  {
+    std::ofstream clobber(dir_ / "plugin.so", std::ios::binary | std::ios::trunc);
+    clobber << "not a library any more";
+  }
+  EXPECT_THAT(in_use->monitor->probe(HostCapabilities{}), IsEmpty());
+  registry.rescan();
+  EXPECT_THAT(registry.plugins(), IsEmpty());
+  ASSERT_EQ(registry.problems().size(), 1u);
+  EXPECT_THAT(registry.problems().front().reason, HasSubstr("plugin.so"));
+  EXPECT_THAT(in_use->monitor->probe(HostCapabilities{}), IsEmpty());
 }
 
 TEST_F(PluginRegistryRescan, TwoRegistriesShareOneUnchangedFile) {
@@ -332,7 +350,7 @@ TEST_F(PluginRegistryRescan, AKeptPluginWinsANameOverANewFile) {
   drop_in(kFixtures / "good" / "test-good.so", "a-test-good.so");
   registry.rescan();
   ASSERT_THAT(names_of(registry), ElementsAre("test-good"));
-  EXPECT_EQ(registry.plugins().front().file, dir_ / "z-test-good.so");
+  EXPECT_EQ(registry.plugins().front()->file, dir_ / "z-test-good.so");
   ASSERT_EQ(registry.problems().size(), 1u);
   EXPECT_EQ(registry.problems().front().file, dir_ / "a-test-good.so");
 }
@@ -346,19 +364,20 @@ TEST_F(PluginRegistryRescan, MonitorOutlivingTheRegistryKeepsItsLibraryLoaded) {
     PluginRegistry registry({dir_});
     registry.rescan();
     ASSERT_EQ(registry.plugins().size(), 1u);
-    monitor = registry.plugins().front().monitor;
-    library = registry.plugins().front().library;
+    monitor = registry.plugins().front()->monitor;
+    library = registry.plugins().front()->library;
   }
   // The registry is gone; the monitor's code must still be mapped.
   EXPECT_FALSE(library.expired());
-  void* still_loaded = ::dlopen(path.c_str(), RTLD_NOW | RTLD_NOLOAD);
+  const std::string image = library.lock()->location().string();
+  void* still_loaded = ::dlopen(image.c_str(), RTLD_NOW | RTLD_NOLOAD);
   EXPECT_NE(still_loaded, nullptr);
   if (still_loaded) ::dlclose(still_loaded);
   EXPECT_THAT(monitor->probe(HostCapabilities{}), IsEmpty());  // calls into the plugin
 
   monitor.reset();  // destroys the monitor, then releases the last library reference
   EXPECT_TRUE(library.expired());
-  EXPECT_EQ(::dlopen(path.c_str(), RTLD_NOW | RTLD_NOLOAD), nullptr) << "the plugin was not unloaded";
+  EXPECT_EQ(::dlopen(image.c_str(), RTLD_NOW | RTLD_NOLOAD), nullptr) << "the plugin was not unloaded";
 }
 
 // ---------------------------------------------------------------------------

@@ -52,7 +52,7 @@ class SelectorTest : public ::testing::Test {
   static Selection select(const api::HostCapabilities& host, const std::string& policy, const VmConfig& config) {
     std::vector<PluginCandidate> candidates;
     for (const auto& plugin : registry_->plugins())
-      candidates.push_back({plugin.file, plugin.descriptor, host_problems(plugin, host)});
+      candidates.push_back({plugin->file, plugin->descriptor, host_problems(*plugin, host)});
     return select_monitor_mode(host, candidates, load_policy(find_policy(kConfigs, policy)), config);
   }
 
@@ -278,8 +278,8 @@ TEST_F(SelectorTest, MaskedCapabilityIsReportedAsMasked) {
 
 TEST_F(SelectorTest, PluginsDeclareTheirVcpuLimit) {
   for (const auto& plugin : registry_->plugins())
-    EXPECT_EQ(plugin.descriptor.guests.max_vcpus, plugin.descriptor.name == "bt-swmmu" ? 1u : 0u)
-        << plugin.descriptor.name;
+    EXPECT_EQ(plugin->descriptor.guests.max_vcpus, plugin->descriptor.name == "bt-swmmu" ? 1u : 0u)
+        << plugin->descriptor.name;
 }
 
 TEST_F(SelectorTest, AnSmpVmRulesOutBtByItsPluginsVcpuLimitAndSaysSoInPlainWords) {

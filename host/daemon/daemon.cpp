@@ -1,0 +1,691 @@
+#include "daemon/daemon.hpp"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <systemd/sd-daemon.h>
+#include <unistd.h>
+
+#include <fmt/format.h>
+
+#include <fstream>
+#include <sstream>
+
+#include "common/errors.hpp"
+#include "config/vm_config.hpp"
+#include "control/unix_socket.hpp"
+#include "runtime/describe.hpp"
+#include "selection/mode_log.hpp"
+
+extern char** environ;
+
+namespace modevisor::daemon {
+
+namespace fs = std::filesystem;
+namespace code = control::error_code;
+using boost::asio::local::stream_protocol;
+
+namespace {
+
+constexpr auto kStatusInterval = std::chrono::seconds(2);
+constexpr auto kStopGrace = std::chrono::seconds(15);  // then the monitor process is killed
+constexpr std::size_t kLogTail = 1 << 20;
+
+std::string read_tail(const fs::path& file, std::size_t limit) {
+  std::ifstream in(file, std::ios::binary | std::ios::ate);
+  if (!in) return {};
+  const auto size = static_cast<std::size_t>(in.tellg());
+  const std::size_t start = size > limit ? size - limit : 0;
+  in.seekg(static_cast<std::streamoff>(start));
+  std::string text(size - start, '\0');
+  in.read(text.data(), static_cast<std::streamsize>(text.size()));
+  return text;
+}
+
+std::optional<json> read_json(const fs::path& file) {
+  std::ifstream in(file);
+  if (!in) return std::nullopt;
+  std::stringstream text;
+  text << in.rdbuf();
+  json value = json::parse(text.str(), nullptr, false);
+  if (value.is_discarded() || !value.is_object()) return std::nullopt;
+  return value;
+}
+
+// A name safe as a file name in the state directory.
+bool safe_vm_name(const std::string& name) {
+  return !name.empty() && name.size() < 100 && name.front() != '.' &&
+         name.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-") == std::string::npos;
+}
+
+}  // namespace
+
+// One control connection.
+class Daemon::Client : public std::enable_shared_from_this<Client> {
+ public:
+  explicit Client(std::shared_ptr<LineSocket> link) : link_(std::move(link)) {}
+  LineSocket& link() { return *link_; }
+  void reply(const json& message) { link_->send(message); }
+  // A console attachment to unlisten when the client goes.
+  void attach(std::weak_ptr<VmHandle> vm, std::uint64_t listener) { attachments_.push_back({std::move(vm), listener}); }
+  void detach_all() {
+    for (auto& [vm, id] : attachments_)
+      if (auto locked = vm.lock()) locked->unlisten(id);
+    attachments_.clear();
+  }
+
+ private:
+  std::shared_ptr<LineSocket> link_;
+  std::vector<std::pair<std::weak_ptr<VmHandle>, std::uint64_t>> attachments_;
+};
+
+Daemon::Daemon(host::Host& host, DaemonOptions options)
+    : host_(host),
+      options_(std::move(options)),
+      vm_dir_(host.config().daemon.state_dir / "vms"),
+      acceptor_(io_),
+      signals_(io_, SIGTERM, SIGINT, SIGCHLD),
+      status_timer_(io_),
+      shutdown_timer_(io_) {
+  host_.require_this_host();
+  fs::create_directories(vm_dir_);
+  fs::permissions(host.config().daemon.state_dir, fs::perms::owner_all, fs::perm_options::replace);
+  fs::permissions(vm_dir_, fs::perms::owner_all, fs::perm_options::replace);
+  signals_.add(SIGHUP);
+  control::Fd listener = control::listen_unix(host.config().daemon.control_socket);
+  acceptor_.assign(stream_protocol(), listener.release());
+  if (const auto& listen = host.config().daemon.metrics_listen) metrics_ = std::make_unique<Metrics>(listen->text());
+  for (const char* name : {"vms_started", "monitor_process_failures", "control_requests", "control_refused_peers",
+                           "plugin_rescans"})
+    counters_[name] = 0;
+}
+
+Daemon::~Daemon() = default;
+
+int Daemon::run() {
+  recover();
+  accept();
+  signals_.async_wait([this](auto ec, int signal) {
+    if (!ec) on_signal(signal);
+  });
+  poll_status();
+  publish_metrics();
+  host_.log()->info("modevisord {} listening on {} ({} plugins, {} VMs recovered)", MODEVISOR_VERSION,
+                    host_.config().daemon.control_socket.string(), host_.registry().plugins().size(), vms_.size());
+  if (options_.notify_systemd)
+    sd_notifyf(0, "READY=1\nSTATUS=listening on %s\nMAINPID=%d", host_.config().daemon.control_socket.c_str(),
+               static_cast<int>(::getpid()));
+  io_.run();
+  return exit_status_;
+}
+
+void Daemon::accept() {
+  acceptor_.async_accept([this](auto ec, stream_protocol::socket socket) {
+    if (ec) {
+      if (ec != boost::asio::error::operation_aborted && !shutting_down_) accept();
+      return;
+    }
+    // Only the daemon's own user may drive it (root may too).
+    const auto peer = control::peer_credentials(socket.native_handle());
+    if (!peer || (peer->uid != ::geteuid() && peer->uid != 0)) {
+      ++counters_["control_refused_peers"];
+      host_.log()->warn("control: refused a connection from uid {} (pid {}): only uid {} may use this socket",
+                        peer ? static_cast<long>(peer->uid) : -1L, peer ? static_cast<long>(peer->pid) : -1L,
+                        static_cast<long>(::geteuid()));
+      auto link = std::make_shared<LineSocket>(std::move(socket));
+      link->send(control::reply_error(nullptr, code::kProtocol, "permission denied: this control socket belongs to another user"));
+      // Give the refusal a moment to leave, then close.
+      auto timer = std::make_shared<boost::asio::steady_timer>(io_, std::chrono::milliseconds(100));
+      timer->async_wait([link, timer](auto) { link->close("refused"); });
+    } else {
+      auto link = std::make_shared<LineSocket>(std::move(socket));
+      auto client = std::make_shared<Client>(link);
+      std::weak_ptr<Client> weak = client;
+      link->start(
+          [this, weak](const json& message) {
+            if (auto c = weak.lock()) dispatch(message, c);
+          },
+          [client](const std::string&) mutable {
+            client->detach_all();
+            client.reset();  // the connection's end releases the client
+          });
+    }
+    if (!shutting_down_) accept();
+  });
+}
+
+std::shared_ptr<VmHandle> Daemon::find(const std::string& name) const {
+  auto it = vms_.find(name);
+  return it == vms_.end() ? nullptr : it->second;
+}
+
+json Daemon::host_json() const {
+  json out = host::capabilities_json(host_.capabilities());
+  const auto& d = host_.config().daemon;
+  out["daemon"] = {{"version", MODEVISOR_VERSION},
+                   {"pid", ::getpid()},
+                   {"host_name", host_.config().name},
+                   {"host_config", host_.config().file.string()},
+                   {"control_socket", d.control_socket.string()},
+                   {"state_dir", d.state_dir.string()},
+                   {"log_dir", host_.config().log_dir.string()},
+                   {"policy", host_.policy().name},
+                   {"metrics_listen", d.metrics_listen ? d.metrics_listen->text() : ""},
+                   {"migration_listen", d.migration_listen ? d.migration_listen->text() : ""},
+                   {"peers", json::object()},
+                   {"counters", counters_}};
+  for (const auto& [name, address] : d.peers) out["daemon"]["peers"][name] = address.text();
+  return out;
+}
+
+void Daemon::dispatch(const json& message, const std::shared_ptr<Client>& client) {
+  ++counters_["control_requests"];
+  const json id = message.value("id", json());
+  const std::string op = message.value("op", "");
+  const json args = message.value("args", json::object());
+  auto refuse = [&](const char* error, const std::string& text) { client->reply(control::reply_error(id, error, text)); };
+  auto need_name = [&]() -> std::shared_ptr<VmHandle> {
+    const std::string name = args.value("name", "");
+    auto vm = find(name);
+    if (!vm) refuse(code::kNoSuchVm, fmt::format("no VM named '{}' on this host", name));
+    return vm;
+  };
+  if (shutting_down_ && op != "vm.list" && op != "vm.status" && op != "hello") {
+    refuse(code::kWrongState, "modevisord is stopping");
+    return;
+  }
+  try {
+    if (op == "hello") {
+      client->reply(control::reply_ok(id, {{"protocol", control::kProtocolVersion}, {"version", MODEVISOR_VERSION}}));
+    } else if (op == "host") {
+      client->reply(control::reply_ok(id, host_json()));
+    } else if (op == "plugins") {
+      client->reply(control::reply_ok(id, host::plugins_json(host_)));
+    } else if (op == "plugins.rescan") {
+      ++counters_["plugin_rescans"];
+      host_.rescan_plugins();  // VMs hold their plugins in their own processes
+      client->reply(control::reply_ok(id, host::plugins_json(host_)));
+    } else if (op == "vm.start") {
+      vm_start(id, args, client);
+    } else if (op == "vm.list") {
+      json list = json::array();
+      for (const auto& [name, vm] : vms_) list.push_back(vm->summary());
+      client->reply(control::reply_ok(id, {{"vms", list}}));
+    } else if (op == "vm.status") {
+      auto vm = need_name();
+      if (!vm) return;
+      if (!vm->active() || vm->state() == "starting") {
+        client->reply(control::reply_ok(id, vm->summary()));
+        return;
+      }
+      vm->call("status", {}, [vm, client, id](const json& reply) {
+        if (reply.value("ok", false)) vm->update_status(reply["result"]);
+        client->reply(control::reply_ok(id, vm->summary()));
+      });
+    } else if (op == "vm.log") {
+      auto vm = need_name();
+      if (!vm) return;
+      client->reply(control::reply_ok(
+          id, {{"name", vm->name()}, {"log", read_tail(host_.config().log_dir / (vm->name() + ".log"), kLogTail)}}));
+    } else if (op == "vm.console") {
+      auto vm = need_name();
+      if (!vm) return;
+      const bool follow = args.value("follow", true) && vm->active();
+      client->reply(control::reply_ok(id, {{"name", vm->name()},
+                                           {"state", vm->state()},
+                                           {"attached", follow},
+                                           {"console", control::base64_encode(vm->console())}}));
+      if (follow) {
+        std::weak_ptr<Client> weak = client;
+        const auto listener = vm->listen([weak](const json& event) {
+          if (auto c = weak.lock()) c->reply(event);
+        });
+        client->attach(vm, listener);
+      }
+    } else if (op == "console.input") {
+      auto vm = find(args.value("name", ""));
+      if (vm && vm->active()) vm->send_console_input(args.value("data", ""));
+    } else if (op == "vm.stop") {
+      auto vm = need_name();
+      if (!vm) return;
+      if (!vm->active()) {
+        refuse(code::kWrongState, fmt::format("VM {} is already {}", vm->name(), vm->state()));
+        return;
+      }
+      vm->on_end([vm, client, id] { client->reply(control::reply_ok(id, vm->summary())); });
+      vm->call("stop", {{"reason", "stopped by the operator (vm stop)"}}, [](const json&) {});
+      // A VM whose vCPU ignores the stop (a wedged plugin) is killed after a grace period.
+      auto timer = std::make_shared<boost::asio::steady_timer>(io_, kStopGrace);
+      std::weak_ptr<VmHandle> weak = vm;
+      timer->async_wait([this, weak, timer](auto ec) {
+        auto vm = weak.lock();
+        if (ec || !vm || !vm->active()) return;
+        host_.log()->warn("VM {}: did not stop within {} s; killing its monitor process {}", vm->name(),
+                          kStopGrace.count(), vm->pid());
+        ::kill(vm->pid(), SIGKILL);
+      });
+    } else if (op == "vm.pause" || op == "vm.resume" || op == "vm.save") {
+      forward(id, op.substr(3), args, client);
+    } else if (op == "vm.restore") {
+      vm_restore(id, args, client);
+    } else {
+      refuse(code::kProtocol, "unknown operation '" + op + "'");
+    }
+  } catch (const host::InputError& e) {
+    refuse(code::kBadInput, e.what());
+  } catch (const std::exception& e) {
+    refuse(code::kMonitorFailed, e.what());
+  }
+}
+
+void Daemon::forward(const json& id, const std::string& op, const json& args, const std::shared_ptr<Client>& client) {
+  const std::string name = args.value("name", "");
+  auto vm = find(name);
+  if (!vm) {
+    client->reply(control::reply_error(id, code::kNoSuchVm, fmt::format("no VM named '{}' on this host", name)));
+    return;
+  }
+  if (!vm->active()) {
+    client->reply(control::reply_error(id, code::kWrongState, fmt::format("VM {} is {}", name, vm->state())));
+    return;
+  }
+  vm->call(op, args, [vm, client, id, op](const json& reply) {
+    if (!reply.value("ok", false)) {
+      client->reply(control::reply_error(id, reply["error"].value("code", code::kMonitorFailed),
+                                         reply["error"].value("message", op + " failed")));
+      return;
+    }
+    if (reply.contains("result") && reply["result"].is_object()) vm->update_status(reply["result"]);
+    json result = vm->summary();
+    if (reply.contains("result") && reply["result"].is_object())
+      for (const auto& [key, value] : reply["result"].items())
+        if (!result.contains(key)) result[key] = value;
+    client->reply(control::reply_ok(id, result));
+  });
+}
+
+Daemon::Spawned Daemon::spawn_monitor_process() {
+  // The monitor process: its end of a socketpair becomes its fd 3; its own
+  // session, so a terminal's Ctrl-C aimed at the daemon does not reach it.
+  int pair[2];
+  if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) != 0)
+    throw std::system_error(errno, std::generic_category(), "socketpair");
+  control::Fd ours(pair[0]), theirs(pair[1]);
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_adddup2(&actions, theirs.get(), 3);
+  posix_spawnattr_t attributes;
+  posix_spawnattr_init(&attributes);
+  sigset_t none, defaults;
+  sigemptyset(&none);
+  sigemptyset(&defaults);
+  for (int s : {SIGTERM, SIGINT, SIGHUP, SIGCHLD, SIGPIPE}) sigaddset(&defaults, s);
+  posix_spawnattr_setsigmask(&attributes, &none);
+  posix_spawnattr_setsigdefault(&attributes, &defaults);
+  posix_spawnattr_setflags(&attributes, POSIX_SPAWN_SETSID | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+  const std::string binary = options_.vmm_binary.string();
+  char* argv[] = {const_cast<char*>(binary.c_str()), const_cast<char*>("--control-fd"), const_cast<char*>("3"), nullptr};
+  pid_t pid = 0;
+  const int spawned = ::posix_spawn(&pid, binary.c_str(), &actions, &attributes, argv, environ);
+  posix_spawn_file_actions_destroy(&actions);
+  posix_spawnattr_destroy(&attributes);
+  if (spawned != 0)
+    throw std::system_error(spawned, std::generic_category(), "cannot start the monitor process " + binary);
+  ++counters_["monitor_processes_started"];
+  return {pid, ours.release()};
+}
+
+VmHandle::Identity Daemon::identity_for(const host::VmConfig& vm, const host::LoadedPlugin& plugin,
+                                        const host::Selection& selection) const {
+  return {vm.name,
+          vm.file.string(),
+          plugin.descriptor.name,
+          plugin.descriptor.version,
+          selection.display(*selection.selected),
+          (vm_dir_ / (vm.name + ".sock")).string(),
+          (vm_dir_ / (vm.name + ".result.json")).string(),
+          (vm_dir_ / (vm.name + ".json")).string()};
+}
+
+json Daemon::power_on_args(const host::VmConfig& vm, const host::LoadedPlugin& plugin,
+                           const host::Selection& selection, const VmHandle::Identity& identity) const {
+  return json{{"vm_file", vm.file.string()},
+              {"config_dir", host_.config_dir().string()},
+              {"host_config", host_.config().file.string()},
+              {"plugin", plugin.descriptor.name},
+              {"plugin_file", plugin.file.string()},
+              {"log_dir", host_.config().log_dir.string()},
+              {"log_level", host_.config().log_level},
+              {"host_line", fmt::format("host: {}; policy {}", host_.capabilities().source, host_.policy().name)},
+              {"mode_lines", host::monitor_mode_lines(selection)},
+              {"socket", identity.socket},
+              {"result_file", identity.result_file}};
+}
+
+std::shared_ptr<VmHandle> Daemon::make_handle(const VmHandle::Identity& identity, pid_t pid) {
+  std::error_code ignored;
+  fs::remove(identity.result_file, ignored);
+  auto handle = std::make_shared<VmHandle>(identity, pid, /*child=*/true, [this](VmHandle& vm) { vm_changed(vm); });
+  vms_[identity.name] = handle;
+  ++counters_["vms_started"];
+  if (auto it = unclaimed_exits_.find(pid); it != unclaimed_exits_.end()) {
+    handle->child_exited(it->second);
+    unclaimed_exits_.erase(it);
+  }
+  return handle;
+}
+
+namespace {
+
+// Refusals shared by start and restore; true when the VM may be powered on.
+json no_mode_error(const json& id, const host::VmConfig& vm, const host::Selection& selection) {
+  return json{{"id", id},
+              {"ok", false},
+              {"error",
+               {{"code", code::kNoMode},
+                {"message", fmt::format("VM {}: no monitor mode can run it here: {}", vm.name, selection.none_reason)},
+                {"selection", host::to_json(selection)}}}};
+}
+
+}  // namespace
+
+void Daemon::vm_start(const json& id, const json& args, const std::shared_ptr<Client>& client) {
+  auto refuse = [&](const char* error, const std::string& text) { client->reply(control::reply_error(id, error, text)); };
+  const host::VmConfig vm = host::load_vm_config(args.value("file", ""), host_.guest_os());
+  if (!safe_vm_name(vm.name)) {
+    refuse(code::kBadInput, fmt::format("{}: VM name '{}' cannot name its files (letters, digits, '.', '_', '-')",
+                                        vm.file.string(), vm.name));
+    return;
+  }
+  if (auto existing = find(vm.name); existing && existing->active()) {
+    refuse(code::kExists, fmt::format("a VM named {} is already {} (monitor process {})", vm.name, existing->state(),
+                                      existing->pid()));
+    return;
+  }
+  host::check_kernel(vm);
+  const host::Selection selection = host_.select(vm);
+  if (!selection.selected || !selection.selected_plugin) {
+    client->reply(no_mode_error(id, vm, selection));
+    return;
+  }
+  const auto plugin = host_.registry().share(selection.selected_plugin->descriptor.name);
+  if (!plugin) {
+    refuse(code::kMonitorFailed, "plugin " + selection.selected_plugin->descriptor.name + " vanished");
+    return;
+  }
+  const Spawned process = spawn_monitor_process();
+  control::Fd ours(process.fd);
+  const auto identity = identity_for(vm, *plugin, selection);
+  // The start request carries the plugin's sealed image: the monitor process
+  // runs exactly the code this daemon vetted, whatever happens to the file.
+  control::send_with_fds(ours.get(),
+                         control::encode_line(control::request(1, "start", power_on_args(vm, *plugin, selection, identity))),
+                         {plugin->image->fd()});
+  auto handle = make_handle(identity, process.pid);
+  host_.log()->info("VM {}: starting under {} ({}) in monitor process {}", vm.name, identity.mode, identity.plugin,
+                    process.pid);
+  handle->expect_start([this, handle, client, id](const json& reply) {
+    if (!reply.value("ok", false)) {
+      const json error = reply.value("error", json::object());
+      handle->mark_lost("failed", error.value("message", "the monitor process failed to start the VM"));
+      client->reply(control::reply_error(id, error.value("code", code::kMonitorFailed),
+                                         error.value("message", "the monitor process failed to start the VM")));
+      return;
+    }
+    handle->update_status(reply["result"]);
+    handle->set_state(reply["result"].value("state", "running"));
+    write_record(*handle);
+    client->reply(control::reply_ok(id, handle->summary()));
+  });
+  handle->attach(std::make_shared<LineSocket>(stream_protocol::socket(io_, stream_protocol(), ours.release())));
+}
+
+// Restore in two steps: the monitor process reads the snapshot (its RAM is
+// read once, there) and reports the VM's declaration; the daemon selects a
+// mode for it on this host (not necessarily the one that saved it) and sends
+// the plugin; the VM comes back paused.
+void Daemon::vm_restore(const json& id, const json& args, const std::shared_ptr<Client>& client) {
+  const std::string file = args.value("file", "");
+  const Spawned process = spawn_monitor_process();
+  control::send_with_fds(process.fd, control::encode_line(control::request(1, "load-snapshot", {{"file", file}})));
+  auto link = std::make_shared<LineSocket>(stream_protocol::socket(io_, stream_protocol(), process.fd));
+  const pid_t pid = process.pid;
+  std::weak_ptr<LineSocket> weak_link = link;
+  link->start(
+      [this, weak_link, client, id, pid, file](const json& reply) {
+        auto link = weak_link.lock();
+        if (!link || reply.value("id", json()) != 1) return;
+        auto refuse = [&](const char* error, const std::string& text) {
+          client->reply(control::reply_error(id, error, text));
+          link->close("restore refused");  // the monitor process ends
+        };
+        if (!reply.value("ok", false)) {
+          const json error = reply.value("error", json::object());
+          refuse(code::kBadInput, error.value("message", "cannot read snapshot " + file));
+          return;
+        }
+        try {
+          const auto& loaded = reply["result"];
+          const host::VmConfig vm = host::parse_vm_config(loaded.value("vm_yaml", ""), loaded.value("vm_file", ""),
+                                                          host_.guest_os());
+          if (!safe_vm_name(vm.name)) return refuse(code::kBadInput, "VM name '" + vm.name + "' cannot name its files");
+          if (auto existing = find(vm.name); existing && existing->active())
+            return refuse(code::kExists, fmt::format("a VM named {} is already {} (monitor process {})", vm.name,
+                                                     existing->state(), existing->pid()));
+          const host::Selection selection = host_.select(vm);
+          if (!selection.selected || !selection.selected_plugin) {
+            client->reply(no_mode_error(id, vm, selection));
+            link->close("no mode");
+            return;
+          }
+          const auto plugin = host_.registry().share(selection.selected_plugin->descriptor.name);
+          if (!plugin) return refuse(code::kMonitorFailed, "plugin " + selection.selected_plugin->descriptor.name + " vanished");
+          const auto identity = identity_for(vm, *plugin, selection);
+          json restore_args = power_on_args(vm, *plugin, selection, identity);
+          restore_args["snapshot_file"] = file;
+          auto handle = make_handle(identity, pid);
+          handle->adopt(link);
+          handle->expect_start([this, handle, client, id](const json& reply) {
+            if (!reply.value("ok", false)) {
+              const json error = reply.value("error", json::object());
+              handle->mark_lost("failed", error.value("message", "the monitor process failed to restore the VM"));
+              client->reply(control::reply_error(id, error.value("code", code::kMonitorFailed),
+                                                 error.value("message", "restore failed")));
+              return;
+            }
+            handle->update_status(reply["result"]);
+            handle->set_state(reply["result"].value("state", "paused"));
+            write_record(*handle);
+            client->reply(control::reply_ok(id, handle->summary()));
+          });
+          host_.log()->info("VM {}: restoring from {} under {} ({}) in monitor process {}", vm.name, file,
+                            identity.mode, identity.plugin, pid);
+          if (!link->send_with_fds(control::request(1, "restore", restore_args), {plugin->image->fd()}))
+            link->close("cannot send the restore request");
+        } catch (const host::InputError& e) {
+          refuse(code::kBadInput, e.what());
+        }
+      },
+      [client, id, file](const std::string& why) {
+        // Only answers when the link ends before a VM handle took it over.
+        client->reply(control::reply_error(id, code::kMonitorFailed,
+                                           "restore of " + file + ": the monitor process went away (" + why + ")"));
+      });
+}
+
+void Daemon::write_record(const VmHandle& vm) {
+  const auto& id = vm.identity();
+  const json record{{"name", id.name},     {"pid", vm.pid()},           {"vm_file", id.vm_file},
+                    {"plugin", id.plugin}, {"plugin_version", id.plugin_version}, {"mode", id.mode},
+                    {"socket", id.socket}, {"result_file", id.result_file}};
+  const fs::path temporary = id.record_file + ".tmp";
+  {
+    std::ofstream out(temporary);
+    out << record.dump(2) << "\n";
+  }
+  fs::rename(temporary, id.record_file);
+}
+
+void Daemon::remove_record(const VmHandle& vm) {
+  std::error_code ignored;
+  fs::remove(vm.identity().record_file, ignored);
+  fs::remove(vm.identity().result_file, ignored);
+}
+
+// VMs a previous daemon left: reattach to those whose monitor process still
+// answers on its socket; say clearly which ones ended or were lost meanwhile.
+void Daemon::recover() {
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(vm_dir_, ec)) {
+    const fs::path file = entry.path();
+    if (file.extension() != ".json" || file.stem().extension() == ".result") continue;
+    const auto record = read_json(file);
+    if (!record || !safe_vm_name(record->value("name", ""))) {
+      host_.log()->warn("state: {} is not a VM record; ignored", file.string());
+      continue;
+    }
+    VmHandle::Identity identity{record->value("name", ""),        record->value("vm_file", ""),
+                                record->value("plugin", ""),      record->value("plugin_version", ""),
+                                record->value("mode", ""),        record->value("socket", ""),
+                                record->value("result_file", ""), file.string()};
+    const pid_t pid = record->value("pid", 0);
+    auto handle = std::make_shared<VmHandle>(identity, pid, /*child=*/false, [this](VmHandle& vm) { vm_changed(vm); });
+    vms_[identity.name] = handle;
+    try {
+      control::Fd fd = control::connect_unix(identity.socket);
+      handle->attach(std::make_shared<LineSocket>(stream_protocol::socket(io_, stream_protocol(), fd.release())));
+      handle->call("hello", {}, [this, handle](const json& reply) {
+        if (!reply.value("ok", false)) return;
+        handle->update_status(reply["result"]);
+        handle->set_state(reply["result"].value("state", "running") == "paused" ? "paused" : "running");
+        host_.log()->warn("VM {}: found running in monitor process {} (left by an earlier daemon); reattached",
+                          handle->name(), handle->pid());
+      });
+      continue;
+    } catch (const std::system_error&) {
+    }
+    if (auto result = read_json(identity.result_file)) {
+      const std::string kind = result->value("result", "");
+      const std::string reason = fmt::format("ended while the daemon was away: {}: {}", kind, result->value("reason", ""));
+      handle->mark_lost(kind == "error" ? "failed" : "stopped", reason, *result);
+      host_.log()->warn("VM {}: {}", handle->name(), reason);
+    } else {
+      const std::string reason =
+          fmt::format("lost: its monitor process {} is gone and left no result (it ended while no daemon was running)", pid);
+      handle->mark_lost("failed", reason);
+      ++counters_["monitor_process_failures"];
+      host_.log()->error("VM {}: {}", handle->name(), reason);
+    }
+    remove_record(*handle);
+  }
+}
+
+void Daemon::on_signal(int signal) {
+  if (signal == SIGCHLD) {
+    reap_children();
+  } else if (signal == SIGHUP) {
+    host_.log()->info("SIGHUP: rescanning the plugin directories");
+    ++counters_["plugin_rescans"];
+    host_.rescan_plugins();
+  } else {
+    shutdown(fmt::format("modevisord got {}", signal == SIGTERM ? "SIGTERM" : "SIGINT"));
+  }
+  signals_.async_wait([this](auto ec, int next) {
+    if (!ec) on_signal(next);
+  });
+}
+
+void Daemon::reap_children() {
+  for (;;) {
+    int status = 0;
+    const pid_t pid = ::waitpid(-1, &status, WNOHANG);
+    if (pid <= 0) return;
+    bool claimed = false;
+    for (auto& [name, vm] : vms_)
+      if (vm->is_child() && vm->pid() == pid) claimed = true;
+    if (!claimed) unclaimed_exits_[pid] = status;
+    for (auto& [name, vm] : vms_) {
+      if (!vm->is_child() || vm->pid() != pid) continue;
+      const bool was_active = vm->active();
+      vm->child_exited(status);
+      if (was_active && !vm->active() && vm->state() == "failed") ++counters_["monitor_process_failures"];
+      host_.log()->log(WIFEXITED(status) && WEXITSTATUS(status) == 0 ? spdlog::level::info : spdlog::level::err,
+                       "VM {}: monitor process {} {}", name, pid, describe_wait_status(status));
+    }
+  }
+}
+
+void Daemon::vm_changed(VmHandle& vm) {
+  host_.log()->info("VM {}: {}", vm.name(), vm.state());
+  if (!vm.active()) {
+    const auto summary = vm.summary();
+    if (summary.contains("reason")) host_.log()->info("VM {}: {}", vm.name(), summary["reason"].get<std::string>());
+    remove_record(vm);
+    if (shutting_down_) boost::asio::post(io_, [this] { maybe_finish(); });
+  }
+  publish_metrics();
+}
+
+void Daemon::shutdown(const std::string& why) {
+  if (shutting_down_) return;
+  shutting_down_ = true;
+  if (options_.notify_systemd) sd_notify(0, "STOPPING=1\nSTATUS=stopping every VM");
+  host_.log()->info("{}: stopping every VM", why);
+  boost::system::error_code ignored;
+  acceptor_.close(ignored);
+  std::error_code removed;
+  fs::remove(host_.config().daemon.control_socket, removed);
+  for (auto& [name, vm] : vms_)
+    if (vm->active()) vm->call("stop", {{"reason", why}}, [](const json&) {});
+  shutdown_timer_.expires_after(kStopGrace);
+  shutdown_timer_.async_wait([this](auto ec) {
+    if (ec) return;
+    for (auto& [name, vm] : vms_) {
+      if (!vm->active()) continue;
+      host_.log()->error("VM {}: did not stop within {} s; killing monitor process {}", name, kStopGrace.count(),
+                         vm->pid());
+      ::kill(vm->pid(), SIGKILL);
+      if (!vm->is_child()) vm->mark_lost("failed", "killed: it did not stop when the daemon stopped");
+    }
+    exit_status_ = 1;
+  });
+  maybe_finish();
+}
+
+void Daemon::maybe_finish() {
+  if (!shutting_down_) return;
+  for (auto& [name, vm] : vms_)
+    if (vm->active()) return;
+  host_.log()->info("every VM is stopped; modevisord exits");
+  io_.stop();
+}
+
+// Keeps uptime and counters fresh for `vm list` and the metrics endpoint.
+void Daemon::poll_status() {
+  for (auto& [name, vm] : vms_) {
+    if (!vm->active() || vm->state() == "starting") continue;
+    std::weak_ptr<VmHandle> weak = vm;
+    vm->call("status", {}, [this, weak](const json& reply) {
+      auto vm = weak.lock();
+      if (vm && reply.value("ok", false)) vm->update_status(reply["result"]);
+    });
+  }
+  publish_metrics();
+  status_timer_.expires_after(kStatusInterval);
+  status_timer_.async_wait([this](auto ec) {
+    if (!ec) poll_status();
+  });
+}
+
+void Daemon::publish_metrics() {
+  if (!metrics_) return;
+  json vms = json::array();
+  for (const auto& [name, vm] : vms_) vms.push_back(vm->summary());
+  auto counters = counters_;
+  counters["plugins_loaded"] = host_.registry().plugins().size();
+  metrics_->publish(std::move(vms), std::move(counters));
+}
+
+}  // namespace modevisor::daemon

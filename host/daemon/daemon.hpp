@@ -1,0 +1,82 @@
+// modevisord: one daemon per host.  It owns the host runtime (probe,
+// plugins, policy), listens on the control socket (mode 0600, peers of
+// another uid refused with SO_PEERCRED), starts one monitor process per VM
+// (modevisor-vmm) and supervises it, keeps a record of each VM in its state
+// directory so a restarted daemon finds the VMs it left running, and serves
+// metrics.  SIGTERM (or SIGINT) stops every VM cleanly, then the daemon.
+#pragma once
+
+#include <utility>  // Boost 1.74's Asio uses std::exchange without it
+#include <boost/asio.hpp>
+
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <string>
+
+#include "daemon/line_socket.hpp"
+#include "daemon/metrics.hpp"
+#include "daemon/vm_handle.hpp"
+#include "runtime/host.hpp"
+
+namespace modevisor::daemon {
+
+struct DaemonOptions {
+  std::filesystem::path vmm_binary;  // modevisor-vmm
+  bool notify_systemd = true;
+};
+
+class Daemon {
+ public:
+  Daemon(host::Host& host, DaemonOptions options);  // throws std::system_error, std::runtime_error
+  ~Daemon();
+  int run();  // until SIGTERM/SIGINT; returns the exit status
+
+ private:
+  class Client;
+  void accept();
+  void dispatch(const json& message, const std::shared_ptr<Client>& client);
+  void vm_start(const json& id, const json& args, const std::shared_ptr<Client>& client);
+  void vm_restore(const json& id, const json& args, const std::shared_ptr<Client>& client);
+  struct Spawned {
+    pid_t pid = 0;
+    int fd = -1;  // the daemon's end of the socketpair (owned by the caller)
+  };
+  Spawned spawn_monitor_process();  // throws std::system_error
+  // The start/restore arguments of a VM's monitor process.
+  json power_on_args(const host::VmConfig& vm, const host::LoadedPlugin& plugin, const host::Selection& selection,
+                     const VmHandle::Identity& identity) const;
+  VmHandle::Identity identity_for(const host::VmConfig& vm, const host::LoadedPlugin& plugin,
+                                  const host::Selection& selection) const;
+  std::shared_ptr<VmHandle> make_handle(const VmHandle::Identity& identity, pid_t pid);
+  void forward(const json& id, const std::string& op, const json& args, const std::shared_ptr<Client>& client);
+  void recover();
+  void on_signal(int signal);
+  void reap_children();
+  void shutdown(const std::string& why);
+  void maybe_finish();
+  void poll_status();
+  void publish_metrics();
+  void vm_changed(VmHandle& vm);
+  void write_record(const VmHandle& vm);
+  void remove_record(const VmHandle& vm);
+  std::shared_ptr<VmHandle> find(const std::string& name) const;
+  json host_json() const;
+
+  host::Host& host_;
+  DaemonOptions options_;
+  std::filesystem::path vm_dir_;  // <state_dir>/vms
+  boost::asio::io_context io_;
+  boost::asio::local::stream_protocol::acceptor acceptor_;
+  boost::asio::signal_set signals_;
+  boost::asio::steady_timer status_timer_;
+  boost::asio::steady_timer shutdown_timer_;
+  std::map<std::string, std::shared_ptr<VmHandle>> vms_;
+  std::map<std::string, std::uint64_t> counters_;  // per-host figures
+  std::map<pid_t, int> unclaimed_exits_;  // monitor processes that ended before a VM handle claimed them
+  std::unique_ptr<Metrics> metrics_;
+  bool shutting_down_ = false;
+  int exit_status_ = 0;
+};
+
+}  // namespace modevisor::daemon

@@ -1,0 +1,189 @@
+#include "daemon/vm_handle.hpp"
+
+#include <sys/wait.h>
+
+#include <cstring>
+#include <filesystem>
+
+#include <fmt/format.h>
+
+namespace modevisor::daemon {
+
+std::string describe_wait_status(int status) {
+  if (WIFSIGNALED(status)) {
+    const char* name = ::strsignal(WTERMSIG(status));
+    return fmt::format("killed by signal {} ({}){}", WTERMSIG(status), name ? name : "?",
+                       WCOREDUMP(status) ? ", core dumped" : "");
+  }
+  if (WIFEXITED(status)) return fmt::format("exited with status {}", WEXITSTATUS(status));
+  return "ended";
+}
+
+VmHandle::VmHandle(Identity identity, pid_t pid, bool child, Changed changed)
+    : identity_(std::move(identity)), pid_(pid), child_(child), changed_(std::move(changed)) {
+  started_at_ = std::chrono::duration_cast<std::chrono::seconds>(
+                    std::chrono::system_clock::now().time_since_epoch()).count();
+}
+
+void VmHandle::attach(std::shared_ptr<LineSocket> link) {
+  link_ = std::move(link);
+  std::weak_ptr<VmHandle> weak = weak_from_this();
+  link_->start(
+      [weak](const json& message) {
+        if (auto self = weak.lock()) self->on_message(message);
+      },
+      [weak](const std::string& why) {
+        if (auto self = weak.lock()) self->on_link_closed(why);
+      });
+}
+
+void VmHandle::adopt(std::shared_ptr<LineSocket> link) {
+  link_ = std::move(link);
+  std::weak_ptr<VmHandle> weak = weak_from_this();
+  link_->rebind(
+      [weak](const json& message) {
+        if (auto self = weak.lock()) self->on_message(message);
+      },
+      [weak](const std::string& why) {
+        if (auto self = weak.lock()) self->on_link_closed(why);
+      });
+}
+
+void VmHandle::call(const std::string& op, json args, Reply reply) {
+  if (!link_ || !link_->is_open()) {
+    reply(control::reply_error(0, control::error_code::kWrongState,
+                               fmt::format("VM {} is {}: its monitor process is gone", name(), state_)));
+    return;
+  }
+  const std::uint64_t id = next_id_++;
+  pending_[id] = std::move(reply);
+  link_->send(control::request(id, op, std::move(args)));
+}
+
+void VmHandle::send_console_input(const std::string& base64) {
+  if (link_ && link_->is_open()) link_->send(control::request(0, "console-input", {{"data", base64}}));
+}
+
+std::uint64_t VmHandle::listen(Listener listener) {
+  listeners_[next_listener_] = std::move(listener);
+  return next_listener_++;
+}
+
+void VmHandle::unlisten(std::uint64_t id) { listeners_.erase(id); }
+
+void VmHandle::on_end(std::function<void()> callback) {
+  if (!active()) callback();
+  else end_callbacks_.push_back(std::move(callback));
+}
+
+void VmHandle::set_state(const std::string& state, const std::string& reason) {
+  state_ = state;
+  reason_ = reason;
+  const json event = control::event("state", {{"vm", name()}, {"state", state}, {"reason", reason}});
+  for (auto& [id, listener] : std::map(listeners_)) listener(event);
+  if (changed_) changed_(*this);
+}
+
+void VmHandle::on_message(const json& message) {
+  if (message.contains("id") && message.contains("ok")) {
+    const auto id = message["id"].get<std::uint64_t>();
+    auto it = pending_.find(id);
+    if (it == pending_.end()) return;
+    Reply reply = std::move(it->second);
+    pending_.erase(it);
+    reply(message);
+    return;
+  }
+  const std::string kind = message.value("event", "");
+  if (kind == "console") {
+    const std::string data = message.value("data", "");
+    if (auto bytes = control::base64_decode(data)) {
+      console_ += *bytes;
+      console_bytes_ += bytes->size();
+      if (console_.size() > 2 * kConsoleKeep) console_.erase(0, console_.size() - kConsoleKeep);
+    }
+    const json event = control::event("console", {{"vm", name()}, {"data", data}});
+    for (auto& [id, listener] : std::map(listeners_)) listener(event);
+  } else if (kind == "state") {
+    // Running and paused come from here; the end (stopped, failed) comes
+    // with its result in "ended".
+    const std::string state = message.value("state", state_);
+    if ((state == "running" || state == "paused") && state != state_ && active()) set_state(state);
+  } else if (kind == "ended") {
+    result_ = message;
+    result_.erase("event");
+    if (message.contains("counters")) counters_ = message["counters"];
+    const std::string result = message.value("result", "");
+    std::string reason = result + ": " + message.value("reason", "");
+    if (message.contains("exit_status")) reason += fmt::format(" (guest status {})", message["exit_status"].get<int>());
+    end(result == "error" ? "failed" : "stopped", reason);
+  }
+}
+
+void VmHandle::on_link_closed(const std::string& why) {
+  link_closed_ = true;
+  link_close_reason_ = why;
+  for (auto& [id, reply] : std::exchange(pending_, {}))
+    reply(control::reply_error(id, control::error_code::kMonitorFailed,
+                               fmt::format("VM {}: the monitor process went away ({})", name(), why)));
+  if (!active()) return;
+  if (child_ && !wait_status_) return;  // the exit status tells why; SIGCHLD follows
+  end("failed", wait_status_ ? "the monitor process " + describe_wait_status(*wait_status_)
+                             : fmt::format("lost: its monitor process {} went away without reporting an end ({})",
+                                           pid_, why));
+}
+
+void VmHandle::child_exited(int wait_status) {
+  wait_status_ = wait_status;
+  if (!active()) return;
+  if (!link_closed_ && link_) return;  // its last messages are still to be read; the link's end decides
+  end("failed", "the monitor process " + describe_wait_status(wait_status));
+}
+
+void VmHandle::mark_lost(const std::string& state, const std::string& reason, json result) {
+  result_ = std::move(result);
+  if (result_.contains("counters")) counters_ = result_["counters"];
+  end(state, reason);
+}
+
+void VmHandle::end(const std::string& state, const std::string& reason) {
+  final_uptime_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count();
+  if (reported_uptime_ > *final_uptime_) final_uptime_ = reported_uptime_;
+  set_state(state, reason);
+  listeners_.clear();
+  for (auto& callback : std::exchange(end_callbacks_, {})) callback();
+  if (link_) link_->close("the VM ended");
+}
+
+void VmHandle::update_status(const json& status) {
+  if (status.contains("counters") && !status["counters"].empty()) counters_ = status["counters"];
+  if (status.contains("uptime_s")) reported_uptime_ = status["uptime_s"].get<double>();
+  if (status.contains("state") && active() && state_ != "starting") {
+    const std::string reported = status["state"].get<std::string>();
+    if (reported != state_ && reported != "stopping") state_ = reported;
+  }
+  if (status.contains("started_at")) started_at_ = status["started_at"].get<std::int64_t>();
+}
+
+json VmHandle::summary() const {
+  const double uptime = final_uptime_ ? *final_uptime_
+                                      : std::max(reported_uptime_, std::chrono::duration<double>(
+                                                                       std::chrono::steady_clock::now() - started_)
+                                                                       .count());
+  json out{{"name", name()},
+           {"state", state_},
+           {"mode", identity_.mode},
+           {"plugin", identity_.plugin},
+           {"plugin_version", identity_.plugin_version},
+           {"vm_file", identity_.vm_file},
+           {"pid", pid_},
+           {"started_at", started_at_},
+           {"uptime_s", uptime},
+           {"console_bytes", console_bytes_},
+           {"counters", counters_}};
+  if (!reason_.empty()) out["reason"] = reason_;
+  if (!result_.empty()) out["result"] = result_;
+  return out;
+}
+
+}  // namespace modevisor::daemon

@@ -1,0 +1,84 @@
+// The host runtime: everything that describes this host and decides for its
+// VMs, resolved once from flags, environment and the host configuration, and
+// shared by the one-shot CLI and the daemon: where configs live, the probed
+// (or described) capabilities with the configured mask, the plugin registry,
+// the guest OS table, the selection policy, and the host log.
+#pragma once
+
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <spdlog/logger.h>
+
+#include <modevisor/api/host_capabilities.hpp>
+
+#include "config/host_config.hpp"
+#include "config/vm_config.hpp"
+#include "plugins/registry.hpp"
+#include "selection/guest_os.hpp"
+#include "selection/policy.hpp"
+#include "selection/selector.hpp"
+
+namespace modevisor::host {
+
+struct HostOptions {
+  std::string config_dir;   // else $MODEVISOR_CONFIG_DIR, else the source tree's configs/
+  std::string host_config;  // else $MODEVISOR_HOST_CONFIG, else built-in defaults
+  std::vector<std::string> extra_plugin_dirs;  // searched after the configured ones
+  std::string log_level;
+  std::string log_dir;
+  std::string cpu_profile;  // describe another host
+  std::string policy;
+  // Whether the host log also goes to <log_dir>/host.log.  Commands that run
+  // no VM (host, cpus, plugins, explain) write no files.
+  bool log_to_file = false;
+};
+
+class Host {
+ public:
+  explicit Host(const HostOptions& options);  // throws InputError
+
+  const std::filesystem::path& config_dir() const { return config_dir_; }
+  const HostConfig& config() const { return config_; }
+  const api::HostCapabilities& capabilities() const { return capabilities_; }
+  bool is_probed() const { return probed_; }
+  PluginRegistry& registry() { return *registry_; }
+  const PluginRegistry& registry() const { return *registry_; }
+  const GuestOsTable& guest_os() const { return guest_os_; }
+  const Policy& policy() const { return policy_; }
+  std::shared_ptr<spdlog::logger> log() const { return log_; }
+
+  // Scans the plugin directories again and logs what changed.
+  void rescan_plugins();
+  // The installed plugins with their problems on this host.
+  std::vector<PluginCandidate> candidates() const;
+  Selection select(const VmConfig& vm) const;
+  // VMs run only on the host itself, never on a described one: InputError if described.
+  void require_this_host() const;
+
+ private:
+  std::filesystem::path config_dir_;
+  HostConfig config_;
+  api::HostCapabilities capabilities_;
+  bool probed_ = false;
+  std::unique_ptr<PluginRegistry> registry_;
+  GuestOsTable guest_os_;
+  Policy policy_;
+  std::shared_ptr<spdlog::logger> log_;
+};
+
+spdlog::level::level_enum parse_log_level(const std::string& name);  // throws std::invalid_argument
+
+// The VM's own log: <log_dir>/<vm-name>.log, appended to.  Throws InputError
+// (naming `config_file`) when it cannot be written.
+std::shared_ptr<spdlog::logger> open_vm_log(const std::filesystem::path& log_dir, const std::string& vm_name,
+                                            const std::string& level, const std::filesystem::path& config_file);
+
+// Reads and loads the VM's kernel (and initrd) into scratch RAM of the VM's
+// size, exactly as power-on does, so `explain` refuses what `run` would.
+// Throws InputError naming the file.
+void check_kernel(const VmConfig& vm);
+
+}  // namespace modevisor::host

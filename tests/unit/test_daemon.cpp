@@ -1,0 +1,456 @@
+// End-to-end: modevisord on a temporary control socket, real monitor
+// processes (modevisor-vmm), real guests under bt-swmmu, driven by the
+// modevisor client as an operator drives it.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <array>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <sstream>
+#include <string>
+#include <thread>
+
+#include "control/protocol.hpp"
+#include "control/unix_socket.hpp"
+
+namespace {
+
+using ::testing::HasSubstr;
+using ::testing::Not;
+using nlohmann::json;
+namespace fs = std::filesystem;
+namespace control = modevisor::control;
+
+const fs::path kBin = fs::path(MODEVISOR_BINARY_DIR) / "bin";
+const fs::path kGuests = fs::path(MODEVISOR_BINARY_DIR) / "guests";
+const fs::path kPlugins = fs::path(MODEVISOR_BINARY_DIR) / "plugins";
+const fs::path kTestPlugins = MODEVISOR_TEST_PLUGIN_DIR;
+
+struct Result {
+  int status = -1;
+  std::string out;
+};
+
+Result shell(const std::string& command) {
+  Result result;
+  FILE* pipe = ::popen((command + " 2>&1").c_str(), "r");
+  if (!pipe) return result;
+  std::array<char, 4096> buffer{};
+  size_t n;
+  while ((n = std::fread(buffer.data(), 1, buffer.size(), pipe)) > 0) result.out.append(buffer.data(), n);
+  const int raw = ::pclose(pipe);
+  result.status = WIFEXITED(raw) ? WEXITSTATUS(raw) : -1;
+  return result;
+}
+
+std::string read_file(const fs::path& file) {
+  std::ifstream in(file, std::ios::binary);
+  std::stringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+// Polls until `done` holds; the bound only turns a hang into a failure.
+bool eventually(const std::function<bool()>& done, int tenths = 600) {
+  for (int i = 0; i < tenths; ++i) {
+    if (done()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  return done();
+}
+
+class DaemonTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+    dir_ = fs::path("/tmp") / ("mvd-" + std::to_string(::getpid()) + "-" + std::string(info->name()).substr(0, 24));
+    fs::remove_all(dir_);
+    fs::create_directories(dir_ / "plugins");
+    socket_ = dir_ / "control.sock";
+  }
+  void TearDown() override {
+    stop_daemon(SIGTERM);
+    fs::remove_all(dir_);
+  }
+
+  void write_host_yaml(const std::string& extra = "") {
+    std::ofstream(dir_ / "host.yaml") << "name: test\n"
+                                      << "control_socket: " << socket_.string() << "\n"
+                                      << "state_dir: " << (dir_ / "state").string() << "\n"
+                                      << "log_dir: " << (dir_ / "logs").string() << "\n"
+                                      << "plugin_dirs: [" << kPlugins.string() << ", " << (dir_ / "plugins").string()
+                                      << "]\n"
+                                      << extra;
+  }
+
+  // Starts modevisord and waits until it answers.
+  void start_daemon(const std::string& extra_yaml = "") {
+    if (!fs::exists(dir_ / "host.yaml")) write_host_yaml(extra_yaml);
+    daemon_ = ::fork();
+    if (daemon_ == 0) {
+      const int out = ::open((dir_ / "daemon.out").c_str(), O_WRONLY | O_CREAT | O_APPEND, 0600);
+      ::dup2(out, 1);
+      ::dup2(out, 2);
+      const std::string binary = (kBin / "modevisord").string(), config = (dir_ / "host.yaml").string();
+      ::execl(binary.c_str(), binary.c_str(), "--config", config.c_str(), nullptr);
+      ::_exit(127);
+    }
+    ASSERT_TRUE(eventually([&] { return cli("--json host").status == 0; })) << read_file(dir_ / "daemon.out");
+  }
+
+  // Signals the daemon and returns its exit status (-1 if none was running).
+  int stop_daemon(int signal) {
+    if (daemon_ <= 0) return -1;
+    ::kill(daemon_, signal);
+    int status = 0;
+    ::waitpid(daemon_, &status, 0);
+    daemon_ = -1;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  }
+
+  Result cli(const std::string& args) const {
+    return shell((kBin / "modevisor").string() + " --socket " + socket_.string() + " " + args);
+  }
+  json cli_json(const std::string& args) const {
+    const Result r = cli("--json " + args);
+    json j = json::parse(r.out, nullptr, false);
+    EXPECT_FALSE(j.is_discarded()) << args << ": " << r.out;
+    return j;
+  }
+  std::string state_of(const std::string& name) const {
+    const json j = cli_json("vm status " + name);
+    return j.value("state", "(" + j.dump() + ")");
+  }
+  bool wait_state(const std::string& name, const std::string& state) const {
+    return eventually([&] { return state_of(name) == state; });
+  }
+
+  fs::path vm_yaml(const std::string& name, const std::string& kernel, const std::string& cmdline) const {
+    const fs::path file = dir_ / (name + ".yaml");
+    std::ofstream(file) << "name: " << name << "\nguest:\n  os: other-32\n  kernel: " << (kGuests / kernel).string()
+                        << "\n  cmdline: \"" << cmdline << "\"\nmemory: 64MiB\n";
+    return file;
+  }
+  // A guest that runs until it is stopped (for all practical purposes).
+  fs::path long_vm(const std::string& name) const { return vm_yaml(name, "sieve.elf", "n=100000000 r=100000"); }
+
+  fs::path dir_, socket_;
+  pid_t daemon_ = -1;
+};
+
+TEST_F(DaemonTest, StartListConsoleLogStatusOfAGuestThatRunsToItsEnd) {
+  start_daemon();
+  const fs::path vm = vm_yaml("hello", "hello.elf", "hello=world n=42");
+  const json started = cli_json("vm start " + vm.string());
+  EXPECT_EQ(started["name"], "hello") << started.dump();
+  EXPECT_EQ(started["plugin"], "bt-swmmu");
+  ASSERT_TRUE(wait_state("hello", "stopped"));
+
+  const json list = cli_json("vm list");
+  ASSERT_EQ(list["vms"].size(), 1u);
+  EXPECT_EQ(list["vms"][0]["mode"], "BT32");
+  EXPECT_EQ(list["vms"][0]["plugin"], "bt-swmmu");
+  EXPECT_EQ(list["vms"][0]["result"]["exit_status"], 1);  // hello writes 0 to the debug-exit port
+
+  const Result console = cli("vm console hello --no-follow");
+  EXPECT_EQ(console.status, 0);
+  EXPECT_THAT(console.out, HasSubstr("hello from hello"));
+  EXPECT_THAT(console.out, HasSubstr("RESULT: PASS"));
+
+  const Result log = cli("vm log hello");
+  EXPECT_THAT(log.out, HasSubstr("MONITOR MODE: selected               : BT32 (bt-swmmu"));
+  EXPECT_THAT(log.out, HasSubstr("power off: guest-exit"));
+
+  const json status = cli_json("vm status hello");
+  EXPECT_GT(status["counters"].value("bt.blocks_translated", 0), 0) << status.dump();
+  EXPECT_GT(status["console_bytes"].get<int>(), 0);
+}
+
+TEST_F(DaemonTest, ConsoleAttachTypesIntoTheGuestAndReadsItsOutput) {
+  start_daemon();
+  ASSERT_EQ(cli("vm start " + long_vm("busy").string()).status, 0);
+  ASSERT_TRUE(wait_state("busy", "running"));
+  // Attach as the client does: the reply carries the output so far, then events follow.
+  control::LineChannel channel(control::connect_unix(socket_));
+  ASSERT_TRUE(channel.send(control::request(1, "vm.console", {{"name", "busy"}, {"follow", true}})));
+  const auto reply = channel.receive();
+  ASSERT_TRUE(reply && (*reply)["ok"].get<bool>()) << (reply ? reply->dump() : channel.error());
+  EXPECT_TRUE((*reply)["result"]["attached"].get<bool>());
+  const auto history = control::base64_decode((*reply)["result"]["console"].get<std::string>());
+  ASSERT_TRUE(history);
+  EXPECT_THAT(*history, HasSubstr("sieve: n=100000000"));
+  // Input reaches the guest's UART (sieve does not read it; the daemon must take it without harm).
+  EXPECT_TRUE(channel.send(control::request(0, "console.input", {{"name", "busy"}, {"data", control::base64_encode("x\x03")}})));
+  // Stopping the VM ends the attachment with a state event.
+  ASSERT_EQ(cli("vm stop busy").status, 0);
+  std::string end_state;
+  while (auto message = channel.receive())
+    if (message->value("event", "") == "state") {
+      end_state = message->value("state", "");
+      if (end_state == "stopped" || end_state == "failed") break;
+    }
+  EXPECT_EQ(end_state, "stopped");
+}
+
+TEST_F(DaemonTest, PauseResumeStop) {
+  start_daemon();
+  ASSERT_EQ(cli("vm start " + long_vm("busy").string()).status, 0);
+  ASSERT_TRUE(wait_state("busy", "running"));
+  EXPECT_EQ(cli("vm pause busy").status, 0);
+  EXPECT_EQ(state_of("busy"), "paused");
+  EXPECT_EQ(cli("vm pause busy").status, 12);  // the state does not allow it
+  EXPECT_EQ(cli("vm resume busy").status, 0);
+  EXPECT_EQ(state_of("busy"), "running");
+  const json stopped = cli_json("vm stop busy");
+  EXPECT_EQ(stopped["state"], "stopped") << stopped.dump();
+  EXPECT_THAT(read_file(dir_ / "logs" / "busy.log"), HasSubstr("power off: stopped"));
+  EXPECT_EQ(cli("vm stop busy").status, 12);
+  EXPECT_EQ(cli("vm stop nosuch").status, 12);
+}
+
+// Save a paused VM, stop it, restore it (paused, under the mode this host
+// selects), resume: its output before the save and after the restore is the
+// output of an uninterrupted run, byte for byte.
+TEST_F(DaemonTest, SaveAndRestoreContinueTheGuestExactly) {
+  start_daemon();
+  const std::string cmdline = "n=10000000 r=12";
+  ASSERT_EQ(cli("vm start " + vm_yaml("reference", "sieve.elf", cmdline).string()).status, 0);
+  ASSERT_TRUE(wait_state("reference", "stopped"));
+  const std::string expected = cli("vm console reference --no-follow").out;
+  ASSERT_THAT(expected, HasSubstr("RESULT: PASS"));
+
+  ASSERT_EQ(cli("vm start " + vm_yaml("sieve", "sieve.elf", cmdline).string()).status, 0);
+  ASSERT_EQ(cli("vm pause sieve").status, 0) << "the guest ended before it could be paused";
+  const fs::path snapshot = dir_ / "sieve.snap";
+  const Result saved = cli("vm save sieve " + snapshot.string());
+  ASSERT_EQ(saved.status, 0) << saved.out;
+  ASSERT_EQ(cli("vm stop sieve").status, 0);
+  const std::string before = cli("vm console sieve --no-follow").out;
+
+  const json restored = cli_json("vm restore " + snapshot.string());
+  EXPECT_EQ(restored["state"], "paused") << restored.dump();
+  EXPECT_EQ(restored["plugin"], "bt-swmmu");
+  EXPECT_EQ(cli("vm resume sieve").status, 0);
+  ASSERT_TRUE(wait_state("sieve", "stopped"));
+  EXPECT_EQ(before + cli("vm console sieve --no-follow").out, expected);
+  EXPECT_EQ(cli_json("vm status sieve")["result"]["exit_status"], 1);
+
+  // A damaged snapshot is refused with its name, and nothing changes.
+  std::string bytes = read_file(snapshot);
+  bytes[bytes.size() / 2] ^= 0x10;
+  std::ofstream(dir_ / "flipped.snap", std::ios::binary) << bytes;
+  const Result refused = cli("vm restore " + (dir_ / "flipped.snap").string());
+  EXPECT_EQ(refused.status, 2) << refused.out;
+  EXPECT_THAT(refused.out, HasSubstr("flipped.snap"));
+  EXPECT_EQ(cli_json("vm list")["vms"].size(), 2u);
+}
+
+TEST_F(DaemonTest, AMonitorProcessKilledWithSigkillFailsOnlyItsVm) {
+  start_daemon();
+  ASSERT_EQ(cli("vm start " + long_vm("victim").string()).status, 0);
+  ASSERT_EQ(cli("vm start " + long_vm("survivor").string()).status, 0);
+  ASSERT_TRUE(wait_state("victim", "running"));
+  const pid_t pid = cli_json("vm status victim")["pid"].get<pid_t>();
+  ASSERT_GT(pid, 0);
+  ::kill(pid, SIGKILL);
+  ASSERT_TRUE(wait_state("victim", "failed"));
+  const json victim = cli_json("vm status victim");
+  EXPECT_THAT(victim["reason"].get<std::string>(), HasSubstr("killed by signal 9")) << victim.dump();
+  EXPECT_EQ(state_of("survivor"), "running");
+  EXPECT_EQ(cli("vm stop survivor").status, 0);
+}
+
+TEST_F(DaemonTest, SigtermStopsEveryVmCleanly) {
+  start_daemon();
+  ASSERT_EQ(cli("vm start " + long_vm("one").string()).status, 0);
+  ASSERT_EQ(cli("vm start " + long_vm("two").string()).status, 0);
+  ASSERT_TRUE(wait_state("two", "running"));
+  EXPECT_EQ(stop_daemon(SIGTERM), 0);
+  for (const char* name : {"one", "two"}) {
+    const std::string log = read_file(dir_ / "logs" / (std::string(name) + ".log"));
+    EXPECT_THAT(log, HasSubstr("power off: stopped")) << name;
+    EXPECT_THAT(log, HasSubstr("counter ")) << name;
+  }
+  EXPECT_FALSE(fs::exists(socket_));
+}
+
+TEST_F(DaemonTest, ARestartedDaemonFindsTheVmsItLeftOrSaysItLostThem) {
+  start_daemon();
+  ASSERT_EQ(cli("vm start " + long_vm("kept").string()).status, 0);
+  ASSERT_EQ(cli("vm start " + long_vm("lost").string()).status, 0);
+  ASSERT_TRUE(wait_state("lost", "running"));
+  const pid_t lost_pid = cli_json("vm status lost")["pid"].get<pid_t>();
+  EXPECT_EQ(stop_daemon(SIGKILL), 128 + SIGKILL);  // the daemon dies; its VMs go on
+  ::kill(lost_pid, SIGKILL);                       // and one of them dies while no daemon runs
+  ASSERT_TRUE(eventually([&] { return ::kill(lost_pid, 0) != 0; }));  // reaped by init
+  start_daemon();
+  EXPECT_EQ(state_of("kept"), "running");
+  ASSERT_TRUE(wait_state("lost", "failed"));
+  EXPECT_THAT(cli_json("vm status lost")["reason"].get<std::string>(), HasSubstr("lost"));
+  EXPECT_THAT(read_file(dir_ / "logs" / "host.log"), HasSubstr("VM kept: found running"));
+  EXPECT_EQ(cli("vm stop kept").status, 0);
+  EXPECT_EQ(state_of("kept"), "stopped");
+}
+
+TEST_F(DaemonTest, APluginDroppedInIsListedAfterRescan) {
+  start_daemon();
+  auto names = [&] {
+    std::vector<std::string> out;
+    const json all = cli_json("plugins");
+    EXPECT_TRUE(all.contains("plugins")) << all.dump();
+    for (const auto& p : all["plugins"]) out.push_back(p["name"]);
+    return out;
+  };
+  EXPECT_THAT(names(), Not(::testing::Contains("test-good")));
+  fs::copy_file(kTestPlugins / "good" / "test-good.so", dir_ / "plugins" / "test-good.so");
+  const json rescanned = cli_json("plugins rescan");
+  std::vector<std::string> listed;
+  for (const auto& p : rescanned["plugins"]) listed.push_back(p["name"]);
+  EXPECT_THAT(listed, ::testing::Contains("test-good"));
+  EXPECT_THAT(names(), ::testing::Contains("test-good"));
+}
+
+// The VM's plugin file overwritten in place (not renamed) while it runs, and
+// rescanned: the VM runs the image its monitor process loaded and goes on.
+TEST_F(DaemonTest, APluginFileReplacedWhileItsVmRunsDoesNotCrashIt) {
+  std::ofstream(dir_ / "host.yaml") << "control_socket: " << socket_.string() << "\nstate_dir: "
+                                    << (dir_ / "state").string() << "\nlog_dir: " << (dir_ / "logs").string()
+                                    << "\nplugin_dirs: [" << (dir_ / "plugins").string() << "]\n";
+  fs::copy_file(kPlugins / "bt-swmmu.so", dir_ / "plugins" / "bt-swmmu.so");
+  start_daemon();
+  ASSERT_EQ(cli("vm start " + long_vm("busy").string()).status, 0);
+  ASSERT_TRUE(wait_state("busy", "running"));
+  {
+    std::ofstream clobber(dir_ / "plugins" / "bt-swmmu.so", std::ios::binary | std::ios::trunc);
+    clobber << "no longer a library";
+  }
+  const json rescanned = cli_json("plugins rescan");
+  EXPECT_TRUE(rescanned["plugins"].empty());
+  ASSERT_FALSE(rescanned["problems"].empty());
+  EXPECT_EQ(cli("vm pause busy").status, 0);  // calls into the plugin's code
+  EXPECT_EQ(cli("vm resume busy").status, 0);
+  EXPECT_EQ(state_of("busy"), "running");
+  const json stopped = cli_json("vm stop busy");
+  EXPECT_EQ(stopped["state"], "stopped") << stopped.dump();
+  EXPECT_EQ(stopped["result"]["result"], "stopped");
+}
+
+TEST_F(DaemonTest, AnotherUsersConnectionIsRefused) {
+  start_daemon();
+  struct stat st {};
+  ASSERT_EQ(::stat(socket_.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+  // Past the file mode too (as if it were opened up): SO_PEERCRED refuses the uid.
+  auto connect_as_nobody = [&]() -> int {
+    const pid_t child = ::fork();
+    if (child == 0) {
+      if (::setgid(65534) != 0 || ::setuid(65534) != 0) ::_exit(90);
+      try {
+        control::LineChannel channel(control::connect_unix(socket_));
+        channel.send(control::request(1, "vm.list"));
+        auto reply = channel.receive();
+        if (!reply) ::_exit(11);  // closed without an answer
+        const bool refused = !reply->value("ok", true) &&
+                             (*reply)["error"]["message"].get<std::string>().find("another user") != std::string::npos;
+        ::_exit(refused ? 10 : 20);
+      } catch (const std::system_error& e) {
+        ::_exit(e.code().value() == EACCES ? 30 : 40);
+      }
+    }
+    int status = 0;
+    ::waitpid(child, &status, 0);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  };
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root to become another user";
+  EXPECT_EQ(connect_as_nobody(), 30);  // the socket's mode keeps it out
+  ::chmod(socket_.c_str(), 0666);
+  const int opened = connect_as_nobody();
+  EXPECT_TRUE(opened == 10 || opened == 11) << opened;  // refused by its credentials
+  EXPECT_THAT(read_file(dir_ / "logs" / "host.log"), HasSubstr("refused a connection from uid 65534"));
+  EXPECT_EQ(cli("--json vm list").status, 0);  // the owner still gets in
+}
+
+TEST_F(DaemonTest, BadHostYamlIsRefusedWithItsPosition) {
+  auto daemon_with = [&](const std::string& yaml) {
+    std::ofstream(dir_ / "bad.yaml") << yaml;
+    return shell((kBin / "modevisord").string() + " --config " + (dir_ / "bad.yaml").string());
+  };
+  const fs::path secret = dir_ / "secret";
+  std::ofstream(secret) << "s3cret\n";
+  ::chmod(secret.c_str(), 0644);
+  Result r = daemon_with("control_socket: " + socket_.string() + "\nmigration:\n  listen: 127.0.0.1:7000\n  secret_file: " +
+                         secret.string() + "\n");
+  EXPECT_EQ(r.status, 2);
+  EXPECT_THAT(r.out, HasSubstr((dir_ / "bad.yaml").string() + ":4:16:"));
+  EXPECT_THAT(r.out, HasSubstr(secret.string()));
+  EXPECT_THAT(r.out, HasSubstr("readable by others"));
+
+  r = daemon_with("migration:\n  secret_file: " + (dir_ / "missing").string() + "\n");
+  EXPECT_EQ(r.status, 2);
+  EXPECT_THAT(r.out, HasSubstr(":2:16:"));
+  EXPECT_THAT(r.out, HasSubstr("missing"));
+
+  r = daemon_with("metrics:\n  listen: localhost:99999\n");
+  EXPECT_EQ(r.status, 2);
+  EXPECT_THAT(r.out, HasSubstr(":2:11:"));
+  EXPECT_THAT(r.out, HasSubstr("99999"));
+
+  r = daemon_with("peers:\n  west: 10.0.0.2\n");
+  EXPECT_EQ(r.status, 2);
+  EXPECT_THAT(r.out, HasSubstr(":2:9:"));
+
+  ::chmod(secret.c_str(), 0600);
+  r = daemon_with("control_socket: " + socket_.string() + "\nstate_dir: " + (dir_ / "state").string() +
+                  "\nmigration:\n  listen: 127.0.0.1:7000\n  secret_file: " + secret.string() +
+                  "\npeers:\n  east: 192.0.2.1:7000\ncontrol_sockets: x\n");
+  EXPECT_EQ(r.status, 2);
+  EXPECT_THAT(r.out, HasSubstr("control_sockets"));  // an unknown key, with its position
+  EXPECT_THAT(r.out, HasSubstr(":8:1:"));
+}
+
+TEST_F(DaemonTest, MetricsEndpointServesVmAndHostFigures) {
+  const int port = 20000 + ::getpid() % 20000;
+  start_daemon("metrics:\n  listen: 127.0.0.1:" + std::to_string(port) + "\n");
+  ASSERT_EQ(cli("vm start " + vm_yaml("hello", "hello.elf", "").string()).status, 0);
+  ASSERT_TRUE(wait_state("hello", "stopped"));
+  std::string page;
+  ASSERT_TRUE(eventually([&] {
+    page = shell("curl -s http://127.0.0.1:" + std::to_string(port) + "/metrics").out;
+    return page.find("vm=\"hello\"") != std::string::npos;
+  })) << page;
+  EXPECT_THAT(page, HasSubstr("modevisor_vm_info{vm=\"hello\",state=\"stopped\",mode=\"BT32\",plugin=\"bt-swmmu\"} 1"));
+  EXPECT_THAT(page, ::testing::ContainsRegex("modevisor_vm_monitor_events_total\\{vm=\"hello\",counter=\"bt.blocks_translated\"\\} [1-9]"));
+  EXPECT_THAT(page, ::testing::ContainsRegex("modevisor_host_vms_started [1-9]"));
+}
+
+TEST_F(DaemonTest, ErrorsAreJsonWithJsonAndStatusesDoNotCollide) {
+  start_daemon();
+  const Result missing = cli("--json vm status nosuch");
+  EXPECT_EQ(missing.status, 12);
+  const json j = json::parse(missing.out, nullptr, false);
+  ASSERT_FALSE(j.is_discarded()) << missing.out;
+  EXPECT_EQ(j["error"]["code"], "no-such-vm");
+  EXPECT_EQ(j["exit_status"], 12);
+  const Result unreachable = shell((kBin / "modevisor").string() + " --json --socket " + (dir_ / "none.sock").string() +
+                                   " vm list");
+  EXPECT_EQ(unreachable.status, 10);
+  EXPECT_EQ(json::parse(unreachable.out, nullptr, false)["error"]["code"], "protocol");
+  const Result bad = cli("--json vm start " + (dir_ / "nonexistent.yaml").string());
+  EXPECT_EQ(bad.status, 2);
+  EXPECT_EQ(json::parse(bad.out, nullptr, false)["error"]["code"], "bad-input");
+}
+
+}  // namespace
