@@ -38,7 +38,7 @@ std::uint64_t tsc_khz() {
   return static_cast<std::uint64_t>(static_cast<double>(c1 - c0) / ms);
 }
 
-struct Host {
+struct BenchHost {
   std::string name;
   modevisor::api::HostCapabilities caps = probe_host();
   PluginRegistry registry{{fs::path(MODEVISOR_BINARY_DIR) / "plugins"}};
@@ -49,10 +49,10 @@ struct Host {
   std::mutex mutex;
   std::string console;
 
-  explicit Host(std::string n) : name(std::move(n)) { registry.rescan(); }
+  explicit BenchHost(std::string n) : name(std::move(n)) { registry.rescan(); }
   std::vector<PluginCandidate> candidates() {
     std::vector<PluginCandidate> out;
-    for (const auto& p : registry.plugins()) out.push_back({p.file, p.descriptor, host_problems(p, caps)});
+    for (const auto& p : registry.plugins()) out.push_back({p->file, p->descriptor, host_problems(*p, caps)});
     return out;
   }
   VmEvents events() {
@@ -151,14 +151,14 @@ int main(int argc, char** argv) {
                       << "MiB\ncpu_model: portable-32\n";
   int failures = 0;
   for (unsigned run = 0; run < runs; ++run) {
-    Host a("a"), b("b");
+    BenchHost a("a"), b("b");
     VmConfig config = load_vm_config(file, a.guest_os);
     Selection s = select_monitor_mode(a.caps, a.candidates(), a.policy, config);
     if (!s.selected_plugin) {
       std::cerr << "no mode: " << s.none_reason << "\n";
       return 1;
     }
-    auto plugin = std::make_shared<const LoadedPlugin>(*a.registry.find(s.selected_plugin->descriptor.name));
+    auto plugin = a.registry.share(s.selected_plugin->descriptor.name);
     auto source = Vm::create(config, plugin, a.log, a.events());
     source->start();
     if (!wait_for([&] { return a.text().find("tick 20") != std::string::npos; }, 120s)) {

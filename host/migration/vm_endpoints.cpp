@@ -6,6 +6,7 @@
 #include <fmt/format.h>
 
 #include "common/errors.hpp"
+#include "migration/channel.hpp"
 #include "platform/cpu_model.hpp"
 #include "selection/mode_log.hpp"
 #include "snapshot/vcpu_codec.hpp"
@@ -82,6 +83,31 @@ std::string first_cpuid_difference(const api::CpuidTable& here, const api::Cpuid
   return {};
 }
 
+LocalHostView local_host_view(const Host& host, std::string name) {
+  LocalHostView v;
+  v.name = std::move(name);
+  v.capabilities = host.capabilities();
+  v.candidates = host.candidates();
+  v.policy = host.policy();
+  v.guest_os = &host.guest_os();
+  v.registry = &host.registry();
+  return v;
+}
+
+std::string resolve_peer(const DaemonConfig& daemon, const std::string& peer) {
+  if (auto it = daemon.peers.find(peer); it != daemon.peers.end()) return it->second.text();
+  try {
+    split_address(peer);
+    return peer;
+  } catch (const MigrationError&) {
+    std::string known;
+    for (const auto& [name, address] : daemon.peers) known += (known.empty() ? "" : ", ") + name;
+    throw MigrationError(MigrationError::Kind::Local,
+                         "peer '" + peer + "' is neither a name from this host's peers (" +
+                             (known.empty() ? std::string("none declared") : known) + ") nor an address:port");
+  }
+}
+
 PlacementDecision VmDestination::place(const MigrationConfig& config) {
   PlacementDecision out;
   VmConfig vm;
@@ -119,11 +145,11 @@ PlacementDecision VmDestination::place(const MigrationConfig& config) {
   Selection selection = select_monitor_mode(host_.capabilities, host_.candidates, host_.policy, vm);
   if (log)
     for (const auto& line : monitor_mode_lines(selection)) log->info("{}", line);
-  const LoadedPlugin* plugin = nullptr;
+  std::shared_ptr<const LoadedPlugin> plugin;
   if (!selection.selected || !selection.selected_plugin) {
     out.reasons.push_back("no monitor mode can run it here: " + selection.none_reason);
   } else {
-    plugin = host_.registry->find(selection.selected_plugin->descriptor.name);
+    plugin = host_.registry->share(selection.selected_plugin->descriptor.name);
     if (!plugin) out.reasons.push_back("plugin " + selection.selected_plugin->descriptor.name + " vanished");
   }
   if (!out.reasons.empty()) {
@@ -135,7 +161,7 @@ PlacementDecision VmDestination::place(const MigrationConfig& config) {
               plugin->descriptor.name + " " + plugin->descriptor.version};
   {
     std::lock_guard lock(mutex_);
-    chosen_[config.vm_name] = Chosen{vm, std::make_shared<const LoadedPlugin>(*plugin), log};
+    chosen_[config.vm_name] = Chosen{vm, plugin, log};
   }
   out.accepted = p;
   return out;

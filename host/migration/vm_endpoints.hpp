@@ -16,7 +16,9 @@
 
 #include "migration/receiver.hpp"
 #include "migration/sender.hpp"
+#include "config/host_config.hpp"
 #include "plugins/registry.hpp"
+#include "runtime/host.hpp"
 #include "selection/guest_os.hpp"
 #include "selection/policy.hpp"
 #include "selection/selector.hpp"
@@ -90,6 +92,13 @@ class VmDestination final : public DestinationHost {
   std::mutex mutex_;
   std::map<std::string, Chosen> chosen_;  // by VM name, from place() to restore()
 };
+
+// This host as the destination sees it, from the runtime the CLI and the daemon share.
+LocalHostView local_host_view(const Host& host, std::string name);
+
+// `migrate NAME --to PEER`: PEER is a name from the host's `peers:` or an
+// address:port.  Throws MigrationError(Local) naming the peer when it is neither.
+std::string resolve_peer(const DaemonConfig& daemon, const std::string& peer);
 
 // Leaf for leaf: the first difference as "leaf 0x1 ecx: 0x... here, 0x... in the VM", or empty.
 std::string first_cpuid_difference(const api::CpuidTable& here, const api::CpuidTable& vm);

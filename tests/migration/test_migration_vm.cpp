@@ -45,7 +45,7 @@ struct LocalHost {
 
   std::vector<PluginCandidate> candidates() {
     std::vector<PluginCandidate> out;
-    for (const auto& p : registry.plugins()) out.push_back({p.file, p.descriptor, host_problems(p, caps)});
+    for (const auto& p : registry.plugins()) out.push_back({p->file, p->descriptor, host_problems(*p, caps)});
     return out;
   }
   VmEvents events() {
@@ -77,8 +77,7 @@ struct LocalHost {
     VmConfig vm = load_vm_config(file, guest_os);
     Selection s = select_monitor_mode(caps, candidates(), policy, vm);
     if (!s.selected_plugin) throw std::runtime_error("no mode: " + s.none_reason);
-    const LoadedPlugin* plugin = registry.find(s.selected_plugin->descriptor.name);
-    auto created = Vm::create(vm, std::make_shared<const LoadedPlugin>(*plugin), vm_log.logger, events());
+    auto created = Vm::create(vm, registry.share(s.selected_plugin->descriptor.name), vm_log.logger, events());
     created->start();
     return created;
   }

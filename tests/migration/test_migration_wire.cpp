@@ -368,3 +368,26 @@ TEST(MigrationProgress, LineAndRecordCarryTheNumbers) {
 
 }  // namespace
 }  // namespace modevisor::test
+
+#include "migration/vm_endpoints.hpp"
+
+namespace modevisor::test {
+namespace {
+
+TEST(MigrationPeers, NameFromPeersOrAddressPortElseANamedError) {
+  DaemonConfig daemon;
+  daemon.peers["host-b"] = NetAddress{"127.0.0.1", 7020};
+  EXPECT_EQ(resolve_peer(daemon, "host-b"), "127.0.0.1:7020");
+  EXPECT_EQ(resolve_peer(daemon, "10.0.0.7:7020"), "10.0.0.7:7020");
+  try {
+    resolve_peer(daemon, "host-c");
+    FAIL();
+  } catch (const MigrationError& e) {
+    EXPECT_NE(std::string(e.what()).find("peer 'host-c' is neither a name from this host's peers (host-b)"),
+              std::string::npos)
+        << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace modevisor::test
