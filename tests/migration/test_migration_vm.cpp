@@ -6,6 +6,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <map>
 
 #include "capabilities/probe.hpp"
 #include "migration/vm_endpoints.hpp"
@@ -40,6 +41,12 @@ struct LocalHost {
   CapturedLog vm_log;
   std::mutex console_mutex;
   std::string console;
+  // Both hosts' consoles in the order the bytes came (only one host runs the VM at a time).
+  struct Joined {
+    std::mutex mutex;
+    std::string text;
+  };
+  std::shared_ptr<Joined> joined = std::make_shared<Joined>();
 
   explicit LocalHost(std::string n) : name(n), vm_log(n) { registry.rescan(); }
 
@@ -50,9 +57,13 @@ struct LocalHost {
   }
   VmEvents events() {
     VmEvents e;
-    e.console_output = [this](std::uint8_t byte) {
-      std::lock_guard lock(console_mutex);
-      console.push_back(static_cast<char>(byte));
+    e.console_output = [this, joined = joined](std::uint8_t byte) {
+      {
+        std::lock_guard lock(console_mutex);
+        console.push_back(static_cast<char>(byte));
+      }
+      std::lock_guard lock(joined->mutex);
+      joined->text.push_back(static_cast<char>(byte));
     };
     return e;
   }
@@ -219,6 +230,46 @@ INSTANTIATE_TEST_SUITE_P(BtToBt, RealVmMigration,
                          ::testing::Values(VmMigrationCase{"idle", 0, false}, VmMigrationCase{"dirtying", 12, false},
                                            VmMigrationCase{"fast", 0, true}),
                          [](const auto& info) { return std::string(info.param.name); });
+
+TEST(RealVmMigrationBackAndForth, SixMovesKeepOneUnbrokenOutput) {
+  const std::string cmdline = "mib=8 rate=4 khz=" + std::to_string(tsc_khz()) + " every=5";
+  fs::path file = write_vm("stamper-pingpong", cmdline, "portable-32", 16);
+  LocalHost a("host-a"), b("host-b");
+  b.joined = a.joined;
+  VmDestination to_a(a.view()), to_b(b.view());
+  ReceivingHost at_a(to_a, cluster_secret(), quick_receiver()), at_b(to_b, cluster_secret(), quick_receiver());
+  std::unique_ptr<Vm> current = a.power_on(file);
+  ASSERT_TRUE(wait_for([&] { return count(a.console_text(), "tick ") >= 5; }, 20s));
+  std::vector<std::unique_ptr<Vm>> gone;
+  for (int hop = 0; hop < 6; ++hop) {
+    const bool to_second = hop % 2 == 0;
+    ReceivingHost& target = to_second ? at_b : at_a;
+    LocalHost& there = to_second ? b : a;
+    const std::size_t before = target.result_count();
+    VmMigrationSource endpoint(*current);
+    MigrationSender sender(endpoint, describe_for_migration(*current, "", to_second ? "host-a" : "host-b"),
+                           cluster_secret(), quick_options(target.address()));
+    MigrationReport r = sender.run();
+    ASSERT_EQ(r.outcome, Outcome::Completed) << "hop " << hop << ": " << summary(r);
+    ASSERT_TRUE(target.wait_results(before + 1, 5s));
+    current->wait();
+    gone.push_back(std::move(current));
+    current = take_vm(std::move(target.results()[before].vm));
+    ASSERT_NE(current, nullptr);
+    const std::size_t ticks = count(there.console_text(), "tick ");
+    ASSERT_TRUE(wait_for([&] { return count(there.console_text(), "tick ") >= ticks + 3; }, 20s));
+  }
+  std::string joined;
+  {
+    std::lock_guard lock(a.joined->mutex);
+    joined = a.joined->text;
+  }
+  joined = joined.substr(joined.find("tick 0"));
+  EXPECT_TRUE(output_continues({joined}));
+  EXPECT_GT(count(b.console_text(), "tick "), 0u);
+  current->stop("test over");
+  current->wait();
+}
 
 TEST(RealVmMigrationRefusal, HostCpuModelIsRefusedBeforeTheVmPauses) {
   fs::path file = write_vm("stamper-host-model", "mib=4 rate=1 khz=" + std::to_string(tsc_khz()), "host", 16);
