@@ -12,6 +12,7 @@
 #include <atomic>
 #include <cerrno>
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <mutex>
 #include <thread>
@@ -124,10 +125,27 @@ class MsrBuffer {
   std::vector<std::uint64_t> buf_;  // 8-byte aligned
 };
 
+// KVM's VM-wide clock (what kvmclock reads) follows the platform's guest
+// time: set from it when the VM is created and after the VM was paused or
+// restored (guest time stood still, or continues from a snapshot), by the
+// first vCPU whose state is loaded then.
+struct VmClock {
+  int vm_fd = -1;
+  bool adjustable = false;  // KVM_CAP_ADJUST_CLOCK
+  std::atomic<bool> resync{true};
+  void sync(api::Platform& platform) {
+    if (!adjustable || !resync.exchange(false)) return;
+    kvm_clock_data data{};
+    data.clock = platform.now_ns();
+    if (::ioctl(vm_fd, KVM_SET_CLOCK, &data) < 0) fail("KVM_SET_CLOCK");
+  }
+};
+
 class KvmVcpu final : public api::Vcpu {
  public:
-  KvmVcpu(const KvmHypervisor& hv, int vm_fd, unsigned index, api::Platform& platform, const api::CpuidTable& model)
-      : hv_(hv), index_(index), platform_(platform) {
+  KvmVcpu(const KvmHypervisor& hv, int vm_fd, unsigned index, api::Platform& platform, const api::CpuidTable& model,
+          std::shared_ptr<VmClock> clock)
+      : hv_(hv), index_(index), platform_(platform), clock_(std::move(clock)) {
     install_kick_handler();
     fd_ = Fd(::ioctl(vm_fd, KVM_CREATE_VCPU, index));
     if (fd_.get() < 0) fail("KVM_CREATE_VCPU " + std::to_string(index));
@@ -202,6 +220,7 @@ class KvmVcpu final : public api::Vcpu {
       }
       pending_completion_ = run_->exit_reason == KVM_EXIT_IO || run_->exit_reason == KVM_EXIT_MMIO;
       cx.apic_base = run_->apic_base ? run_->apic_base : cx.apic_base;
+      if (run_->apic_base) report_apic_base(run_->apic_base);
       switch (handle_exit(*run_, cx)) {
         case ExitOutcome::Continue:
           break;
@@ -233,6 +252,10 @@ class KvmVcpu final : public api::Vcpu {
     kvm_sregs sregs{};
     if (::ioctl(fd_.get(), KVM_GET_SREGS, &sregs) < 0) fail("KVM_GET_SREGS");
     sregs_to_state(sregs, st);
+    report_apic_base(sregs.apic_base);
+    // A state saved while the VM leaves its run loops (pause, save) freezes
+    // guest time; KVM's clock must follow the platform's when it goes on.
+    if (platform_.stop_requested()) clock_->resync = true;
     if (hv_.has_xsave()) {
       std::uint64_t xcr0 = 1;
       if (hv_.has_xcrs()) {
@@ -276,7 +299,9 @@ class KvmVcpu final : public api::Vcpu {
 
   void set_state(const api::VcpuState& st) override {
     complete_pending_io();
-    kvm_sregs sregs = sregs_from_state(st);
+    clock_->sync(platform_);
+    kvm_sregs sregs = sregs_from_state(st, platform_.apic_base(index_));
+    reported_apic_base_ = sregs.apic_base;
     if (::ioctl(fd_.get(), KVM_SET_SREGS, &sregs) < 0) fail("KVM_SET_SREGS");
     kvm_regs regs = regs_from_state(st);
     if (::ioctl(fd_.get(), KVM_SET_REGS, &regs) < 0) fail("KVM_SET_REGS");
@@ -334,6 +359,13 @@ class KvmVcpu final : public api::Vcpu {
 
  private:
   std::uint64_t apic_base() const { return 0xfee00000; }
+  // KVM handles the guest's WRMSR of IA32_APIC_BASE itself (and reports the
+  // value on every exit); the platform's local APIC owns the MSR and learns it here.
+  void report_apic_base(std::uint64_t value) {
+    if (value == reported_apic_base_) return;
+    reported_apic_base_ = value;
+    platform_.set_apic_base(index_, value);
+  }
 
   // Blocks the kick signal on the calling thread for the duration of run()
   // and tells KVM to unblock it while in KVM_RUN.
@@ -458,6 +490,8 @@ class KvmVcpu final : public api::Vcpu {
   const KvmHypervisor& hv_;
   unsigned index_;
   api::Platform& platform_;
+  std::shared_ptr<VmClock> clock_;
+  std::uint64_t reported_apic_base_ = 0;
   Fd fd_;
   kvm_run* run_ = nullptr;
   ExitCounters counters_;
@@ -496,10 +530,13 @@ class KvmVm final : public api::Vm {
       if (::ioctl(fd_.get(), KVM_SET_IDENTITY_MAP_ADDR, &addr) < 0) fail("KVM_SET_IDENTITY_MAP_ADDR");
     }
     set_slot(0);
+    clock_ = std::make_shared<VmClock>();
+    clock_->vm_fd = fd_.get();
+    clock_->adjustable = ::ioctl(hv.fd(), KVM_CHECK_EXTENSION, KVM_CAP_ADJUST_CLOCK) > 0;
   }
 
   std::unique_ptr<api::Vcpu> create_vcpu(unsigned index, api::Platform& platform) override {
-    return std::make_unique<KvmVcpu>(hv_, fd_.get(), index, platform, model_);
+    return std::make_unique<KvmVcpu>(hv_, fd_.get(), index, platform, model_, clock_);
   }
 
   std::vector<std::string> hidden_cpuid_features() const override {
@@ -539,6 +576,7 @@ class KvmVm final : public api::Vm {
   const KvmHypervisor& hv_;
   api::GuestMemory& memory_;
   api::CpuidTable model_;
+  std::shared_ptr<VmClock> clock_;
   Fd fd_;
   bool dirty_log_ = false;
 };

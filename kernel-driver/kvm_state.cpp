@@ -87,10 +87,9 @@ void sregs_to_state(const kvm_sregs& sregs, api::VcpuState& state) {
   state.cr4 = sregs.cr4;
   state.cr8 = sregs.cr8;
   state.efer = sregs.efer;
-  state.lapic.apic_base_msr = sregs.apic_base;
 }
 
-kvm_sregs sregs_from_state(const api::VcpuState& state) {
+kvm_sregs sregs_from_state(const api::VcpuState& state, std::uint64_t apic_base) {
   kvm_sregs sregs{};
   sregs.cs = segment_to_kvm(state.cs);
   sregs.ds = segment_to_kvm(state.ds);
@@ -110,7 +109,7 @@ kvm_sregs sregs_from_state(const api::VcpuState& state) {
   sregs.cr4 = state.cr4;
   sregs.cr8 = state.cr8;
   sregs.efer = state.efer;
-  sregs.apic_base = state.lapic.apic_base_msr;
+  sregs.apic_base = apic_base;
   return sregs;  // interrupt_bitmap all zero
 }
 

@@ -16,7 +16,7 @@ namespace modevisor::kvm {
 
 // The MSRs a vCPU's state carries besides what SREGS holds (EFER, FS/GS base,
 // APIC base), saved and restored when the driver lists them.
-inline constexpr std::array<std::uint32_t, 12> kStateMsrs = {
+inline constexpr std::array<std::uint32_t, 14> kStateMsrs = {
     0x10,        // IA32_TSC (as the guest reads it)
     0x174,       // SYSENTER_CS
     0x175,       // SYSENTER_ESP
@@ -29,6 +29,12 @@ inline constexpr std::array<std::uint32_t, 12> kStateMsrs = {
     0xc0000084,  // SFMASK (FMASK)
     0xc0000102,  // KERNEL_GS_BASE
     0xc0000103,  // TSC_AUX
+    // KVM's paravirtual clock (cpu_model kvm64, and `host` where KVM offers
+    // it): where the guest registered its per-vCPU time page.  The wall-clock
+    // MSRs are not state but a command (a write makes KVM store the wall
+    // clock at that guest address, at 0 for the value 0): never reloaded.
+    0x12,        // MSR_KVM_SYSTEM_TIME
+    0x4b564d01,  // MSR_KVM_SYSTEM_TIME_NEW
 };
 
 inline constexpr std::size_t kXsaveLegacyBytes = 512;
@@ -41,10 +47,12 @@ kvm_regs regs_from_state(const api::VcpuState& state);
 api::Segment segment_from_kvm(const kvm_segment& seg);
 kvm_segment segment_to_kvm(const api::Segment& seg);
 
-// SREGS: segments with hidden parts, GDTR/IDTR, CR0/2/3/4/8, EFER, APIC base.
+// SREGS: segments with hidden parts, GDTR/IDTR, CR0/2/3/4/8, EFER.
 // The interrupt bitmap is never used (interrupts move through VCPU_EVENTS).
+// The APIC base in SREGS is KVM's copy of the platform's MSR (its owner,
+// api::Platform::apic_base): not part of the vCPU state, given separately.
 void sregs_to_state(const kvm_sregs& sregs, api::VcpuState& state);
-kvm_sregs sregs_from_state(const api::VcpuState& state);
+kvm_sregs sregs_from_state(const api::VcpuState& state, std::uint64_t apic_base);
 
 // FPU from KVM_GET_FPU (for drivers without XSAVE) <-> the FXSAVE image.
 void fpu_to_state(const kvm_fpu& fpu, api::FpuState& state);

@@ -404,7 +404,8 @@ void Daemon::vm_start(const json& id, const json& args, const std::shared_ptr<Cl
                                       existing->pid()));
     return;
   }
-  host::check_kernel(vm);
+  // The kernel is loaded (and so checked) by the monitor process only: a
+  // crafted kernel file must never run its loader inside the daemon.
   const host::Selection selection = host_.select(vm);
   if (!selection.selected || !selection.selected_plugin) {
     client->reply(no_mode_error(id, vm, selection));

@@ -22,7 +22,6 @@ api::VcpuState state_after_init(const api::VcpuState& before, bool bsp) {
   // Kept by INIT.
   s.fpu = before.fpu;
   s.msrs = before.msrs;
-  s.lapic = before.lapic;
   // Reset values.
   s.gpr.fill(0);
   s.gpr[api::gpr::rdx] = 0x600;

@@ -32,6 +32,14 @@ bool InterruptRouter::acknowledge_nmi(unsigned vcpu) {
   return vcpu < lapics_.size() && lapics_[vcpu]->acknowledge_nmi();
 }
 
+std::uint64_t InterruptRouter::apic_base(unsigned vcpu) {
+  return vcpu < lapics_.size() ? lapics_[vcpu]->apic_base() : 0;
+}
+
+void InterruptRouter::set_apic_base(unsigned vcpu, std::uint64_t value) {
+  if (vcpu < lapics_.size()) lapics_[vcpu]->set_apic_base(value);
+}
+
 StartupEvents InterruptRouter::take_startup(unsigned vcpu) {
   StartupEvents out;
   if (vcpu >= lapics_.size()) return out;

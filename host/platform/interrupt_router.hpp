@@ -37,6 +37,8 @@ class InterruptRouter final : public IrqSink, public InterruptController, public
   api::CpuEvents cpu_events(unsigned vcpu) override;
   bool acknowledge_nmi(unsigned vcpu) override;
   StartupEvents take_startup(unsigned vcpu) override;
+  std::uint64_t apic_base(unsigned vcpu) override;
+  void set_apic_base(unsigned vcpu, std::uint64_t value) override;
   // IoApicSink
   void deliver(std::uint8_t destination, bool logical, unsigned delivery_mode, std::uint8_t vector,
                bool level_triggered) override;

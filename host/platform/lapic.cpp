@@ -316,8 +316,8 @@ void Lapic::write(std::uint32_t offset, std::uint32_t value) {
   }
 }
 
-api::LapicState Lapic::to_arch_state(std::uint64_t now) const {
-  api::LapicState out;
+LapicState Lapic::to_arch_state(std::uint64_t now) const {
+  LapicState out;
   out.apic_base_msr = state_.apic_base;
   out.registers = state_.registers;
   std::uint32_t current = current_count(now);
@@ -326,7 +326,7 @@ api::LapicState Lapic::to_arch_state(std::uint64_t now) const {
   return out;
 }
 
-void Lapic::from_arch_state(const api::LapicState& in, std::uint64_t now) {
+void Lapic::from_arch_state(const LapicState& in, std::uint64_t now) {
   state_.apic_base = in.apic_base_msr;
   state_.registers = in.registers;
   state_.timer_armed = in.timer_remaining_ns != 0;

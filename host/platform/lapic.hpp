@@ -13,7 +13,7 @@
 // the APIC base MSR (global enable; a hardware-disabled APIC hands the CPU
 // straight to the 8259).  The timer counts at 1 GHz (one count per ns before
 // the divider), as under KVM and QEMU.  The register page is stored exactly as
-// api::LapicState's 1024-byte page, so to/from_arch_state are direct.
+// LapicState's 1024-byte page, so to/from_arch_state are direct.
 //
 // The processor side of NMI, INIT and STARTUP (SDM 10.4.7.3, 8.4): INIT
 // resets the APIC (ID and base MSR kept) and, on an application processor,
@@ -41,6 +41,14 @@
 namespace modevisor::host {
 
 class Lapic;
+
+// A local APIC's xAPIC register page (as seen at 0xfee00000), base MSR and
+// the timer's progress, relative to now (for tests and tools).
+struct LapicState {
+  std::uint64_t apic_base_msr = 0xfee00900;  // enabled, BSP
+  std::array<std::uint8_t, 1024> registers{};
+  std::uint64_t timer_remaining_ns = 0;  // 0: timer not armed
+};
 
 // What local APICs talk to: each other (IPIs) and the I/O APIC (EOIs).
 class ApicBus {
@@ -113,8 +121,8 @@ class Lapic final : public TimerDevice {
 
   State save() const { return state_; }
   void restore(const State& state) { state_ = state; }
-  api::LapicState to_arch_state(std::uint64_t now_ns) const;
-  void from_arch_state(const api::LapicState& state, std::uint64_t now_ns);
+  LapicState to_arch_state(std::uint64_t now_ns) const;
+  void from_arch_state(const LapicState& state, std::uint64_t now_ns);
 
   // Register offsets.
   enum : std::uint32_t {

@@ -136,6 +136,17 @@ bool Machine::acknowledge_nmi(unsigned vcpu) {
   return controller_ && controller_->acknowledge_nmi(vcpu);
 }
 
+std::uint64_t Machine::apic_base(unsigned vcpu) {
+  auto guard = lock();
+  return controller_ ? controller_->apic_base(vcpu) : 0xfee00000 | (vcpu == 0 ? 0x900 : 0x800);
+}
+
+void Machine::set_apic_base(unsigned vcpu, std::uint64_t value) {
+  auto guard = lock();
+  if (controller_) controller_->set_apic_base(vcpu, value);
+  wake_.notify_all();  // a hardware-disabled APIC hands the CPU to the 8259
+}
+
 StartupEvents Machine::take_startup(unsigned vcpu) {
   auto guard = lock();
   return controller_ ? controller_->take_startup(vcpu) : StartupEvents{};

@@ -72,6 +72,8 @@ class InterruptController {
   virtual api::CpuEvents cpu_events(unsigned vcpu) = 0;
   virtual bool acknowledge_nmi(unsigned vcpu) = 0;
   virtual StartupEvents take_startup(unsigned vcpu) = 0;
+  virtual std::uint64_t apic_base(unsigned vcpu) = 0;
+  virtual void set_apic_base(unsigned vcpu, std::uint64_t value) = 0;
 };
 
 class Machine : public api::Platform {
@@ -98,6 +100,8 @@ class Machine : public api::Platform {
   void wait_for_cpu_event(unsigned vcpu) override;
   api::CpuEvents cpu_events(unsigned vcpu) override;
   bool acknowledge_nmi(unsigned vcpu) override;
+  std::uint64_t apic_base(unsigned vcpu) override;
+  void set_apic_base(unsigned vcpu, std::uint64_t value) override;
   // True while the VM ends or is paused: either way every vCPU leaves its run loop.
   bool stop_requested() const override {
     return stop_.load(std::memory_order_acquire) || paused_.load(std::memory_order_acquire);

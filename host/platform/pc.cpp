@@ -58,13 +58,13 @@ std::string Pc::console_output() const {
   return console_.captured;
 }
 
-api::LapicState Pc::save_lapic(unsigned vcpu) {
+LapicState Pc::save_lapic(unsigned vcpu) {
   auto guard = machine_.lock();
   machine_.poll_timers();
   return lapic(vcpu).to_arch_state(machine_.now_ns());
 }
 
-void Pc::load_lapic(unsigned vcpu, const api::LapicState& state) {
+void Pc::load_lapic(unsigned vcpu, const LapicState& state) {
   auto guard = machine_.lock();
   lapic(vcpu).from_arch_state(state, machine_.now_ns());
   machine_.interrupt_raised(vcpu);

@@ -70,8 +70,8 @@ class Pc {
 
   // The local APIC part of a vCPU's architectural state, and the IA32_APIC_BASE
   // MSR (a monitor forwards guest WRMSR/RDMSR 0x1b here).
-  api::LapicState save_lapic(unsigned vcpu);
-  void load_lapic(unsigned vcpu, const api::LapicState& state);
+  LapicState save_lapic(unsigned vcpu);
+  void load_lapic(unsigned vcpu, const LapicState& state);
   std::uint64_t apic_base(unsigned vcpu);
   void set_apic_base(unsigned vcpu, std::uint64_t value);
 

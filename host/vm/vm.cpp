@@ -19,6 +19,7 @@
 #include "platform/mptable.hpp"
 #include "platform/multiboot_loader.hpp"
 #include "platform/pc.hpp"
+#include "selection/guest_os.hpp"
 #include "vm/console_log.hpp"
 
 namespace modevisor::host {
@@ -217,9 +218,7 @@ void Vm::Impl::power_on() {
   // their CPUs and interrupt routing there).
   write_mp_table(*ram_, MpTableConfig{vm_.vcpus});
   create_monitor();
-  api::VcpuState bsp = boot_state;
-  bsp.lapic = pc_->save_lapic(0);
-  monitor_vm_->load_vcpu(0, bsp);
+  monitor_vm_->load_vcpu(0, boot_state);
   start_application_processors();
 }
 
@@ -260,9 +259,7 @@ void Vm::Impl::start_application_processors() {
                vm_.vcpus > 2 ? "s" : "", vm_.vcpus > 2 ? fmt::format("-{}", vm_.vcpus - 1) : "",
                vm_.vcpus > 2 ? "" : "s");
   for (unsigned i = 1; i < vm_.vcpus; ++i) {
-    api::VcpuState s = state_after_init(monitor_vm_->save_vcpu(i), /*bsp=*/false);
-    s.lapic = pc_->save_lapic(i);
-    monitor_vm_->load_vcpu(i, s);
+    monitor_vm_->load_vcpu(i, state_after_init(monitor_vm_->save_vcpu(i), /*bsp=*/false));
     waiting_for_sipi_[i] = 1;
   }
 }
@@ -291,11 +288,9 @@ void Vm::Impl::restore(const MachineState& state) {
   }
   create_monitor();
   for (unsigned i = 0; i < vm_.vcpus; ++i) {
-    api::VcpuState s = state.vcpus[i];
-    s.lapic = pc_->save_lapic(i);
-    monitor_vm_->load_vcpu(i, s);
-    parked_states_[i] = s;
-    waiting_for_sipi_[i] = s.run_state == api::RunState::WaitForSipi;
+    monitor_vm_->load_vcpu(i, state.vcpus[i]);
+    parked_states_[i] = monitor_vm_->save_vcpu(i);  // as the plugin holds it (what a save gives)
+    waiting_for_sipi_[i] = state.vcpus[i].run_state == api::RunState::WaitForSipi;
   }
   std::lock_guard lock(mutex_);
   state_ = VmState::Paused;
@@ -454,7 +449,6 @@ void Vm::Impl::apply_startup(unsigned index, const StartupEvents& events) {
     log_->info("vCPU {}: STARTUP vector {:#04x}: real mode at {:04x}:0000", index, *events.sipi_vector,
                s.cs.selector);
   }
-  s.lapic = pc_->save_lapic(index);
   monitor_vm_->load_vcpu(index, s);
   waiting_for_sipi_[index] = s.run_state == api::RunState::WaitForSipi;
 }
@@ -610,6 +604,15 @@ std::unique_ptr<Vm> Vm::restore(const VmConfig& vm, const MachineState& state, s
   impl->vm_yaml_ = state.vm_yaml;
   impl->restore(state);
   return std::unique_ptr<Vm>(new Vm(std::move(impl)));
+}
+
+std::unique_ptr<Vm> Vm::restore(const MachineState& state, std::unique_ptr<GuestRam> ram,
+                                std::shared_ptr<const LoadedPlugin> plugin, std::shared_ptr<spdlog::logger> log,
+                                VmEvents events) {
+  const GuestOsTable guest_os =
+      GuestOsTable::load(std::filesystem::path(MODEVISOR_DEFAULT_CONFIG_DIR) / "guest-os.yaml");
+  const VmConfig vm = parse_vm_config(state.vm_yaml, state.vm_file, guest_os);
+  return restore(vm, state, std::move(ram), std::move(plugin), std::move(log), std::move(events));
 }
 
 void Vm::start() { impl_->start(); }

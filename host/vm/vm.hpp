@@ -88,6 +88,12 @@ class Vm {
   static std::unique_ptr<Vm> restore(const VmConfig& vm, const MachineState& state, std::unique_ptr<GuestRam> ram,
                                      std::shared_ptr<const LoadedPlugin> plugin,
                                      std::shared_ptr<spdlog::logger> log, VmEvents events = {});
+  // The same, with state.vm_yaml parsed against the installed guest-OS table
+  // (MODEVISOR_DEFAULT_CONFIG_DIR/guest-os.yaml); throws InputError when the
+  // declaration does not parse.
+  static std::unique_ptr<Vm> restore(const MachineState& state, std::unique_ptr<GuestRam> ram,
+                                     std::shared_ptr<const LoadedPlugin> plugin,
+                                     std::shared_ptr<spdlog::logger> log, VmEvents events = {});
   ~Vm();
   Vm(const Vm&) = delete;
   Vm& operator=(const Vm&) = delete;

@@ -70,6 +70,8 @@ const char* result_kind(host::SessionResult::Kind kind) {
   }
 }
 
+constexpr int kConsoleTickMs = 20;
+
 // A failure to start, with the reply's error code.
 struct StartError {
   const char* code;
@@ -92,6 +94,10 @@ class MonitorProcess {
   void accept_daemon();
   void finish();
   json description() const;
+  void flush_console();
+  void flush_console_locked();
+  std::mutex console_mutex_;
+  std::string console_pending_;  // output not yet sent to the daemon
   json counters_json() const;
 
   std::mutex send_mutex_;                            // one writer at a time; guards channel_ replacement
@@ -115,6 +121,17 @@ class MonitorProcess {
   std::filesystem::path socket_path_, result_file_;
   json start_args_;
 };
+
+void MonitorProcess::flush_console() {
+  std::lock_guard lock(console_mutex_);
+  flush_console_locked();
+}
+
+void MonitorProcess::flush_console_locked() {
+  if (console_pending_.empty()) return;
+  send(control::event("console", {{"data", control::base64_encode(console_pending_)}}));
+  console_pending_.clear();
+}
 
 bool MonitorProcess::send(const json& message) {
   std::lock_guard lock(send_mutex_);
@@ -166,10 +183,13 @@ json MonitorProcess::description() const {
 
 host::VmEvents MonitorProcess::events() {
   host::VmEvents events;
+  // Output goes to the daemon a line (or 4 KiB) at a time; a prompt with no
+  // newline leaves with the main loop's next tick (kConsoleTick).
   events.console_output = [this](std::uint8_t byte) {
     console_.append(byte);
-    const char c = static_cast<char>(byte);
-    send(control::event("console", {{"data", control::base64_encode(std::string_view(&c, 1))}}));
+    std::lock_guard lock(console_mutex_);
+    console_pending_.push_back(static_cast<char>(byte));
+    if (byte == '\n' || console_pending_.size() >= 4096) flush_console_locked();
   };
   events.state_changed = [this](host::VmState state) {
     send(control::event("state", {{"state", host::to_string(state)}}));
@@ -316,6 +336,7 @@ void MonitorProcess::handle(const json& message) {
 
 void MonitorProcess::finish() {
   vm_thread_.join();
+  flush_console();
   const char* kind = result_kind(result_.kind);
   for (const auto& [name, value] : result_.counters) log_->info("counter {} = {}", name, value);
   json ended{{"result", kind}, {"reason", result_.reason}, {"counters", counters_json()}};
@@ -361,7 +382,8 @@ int MonitorProcess::run() {
     pollfd polled[3] = {{wake_[0], POLLIN, 0}, {signals_.get(), POLLIN, 0}, {-1, POLLIN, 0}};
     const bool attached = channel_ != nullptr;
     polled[2].fd = attached ? channel_->fd() : listener_.get();
-    if (::poll(polled, 3, -1) < 0) {
+    flush_console();
+    if (::poll(polled, 3, kConsoleTickMs) < 0) {
       if (errno == EINTR) continue;
       break;
     }

@@ -13,6 +13,7 @@
 #include <deque>
 #include <functional>
 #include <stdexcept>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -136,6 +137,10 @@ class FakePlatform final : public Platform {
     e.nmi = nmi;
     return e;
   }
+  // The local APIC's base MSR is the platform's (api::Platform::apic_base).
+  std::uint64_t apic_base(unsigned vcpu) override { return apic_base_msr.value_or(vcpu == 0 ? 0xfee00900u : 0xfee00800u); }
+  void set_apic_base(unsigned, std::uint64_t value) override { apic_base_msr = value; }
+  std::optional<std::uint64_t> apic_base_msr;
   bool acknowledge_nmi(unsigned) override {
     if (!nmi) return false;
     nmi = false;

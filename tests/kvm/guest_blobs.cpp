@@ -176,6 +176,29 @@ g_state_start:
     hlt
 g_state_end:
 
+# --- XCR0: CR4.OSXSAVE, XSETBV with ESI, XGETBV reported on port 0x14 ---------
+    .globl g_xcr0_start, g_xcr0_end
+g_xcr0_start:
+    movl %cr4, %eax
+    orl $0x40000, %eax
+    movl %eax, %cr4
+    xorl %ecx, %ecx
+    movl %esi, %eax
+    xorl %edx, %edx
+    xsetbv
+    xorl %ecx, %ecx
+    xorl %eax, %eax
+    xgetbv
+    outl %eax, $0x14                 # at once
+    inb $0x16, %al                   # an exit to the host and back
+    xorl %ecx, %ecx
+    xorl %eax, %eax
+    xgetbv
+    outl %eax, $0x14                 # after an exit
+    cli
+    hlt
+g_xcr0_end:
+
 # --- triple fault: #UD with an empty IDT -------------------------------------
     .globl g_triple_start, g_triple_end
 g_triple_start:

@@ -12,6 +12,7 @@ extern const unsigned char g_paging_start[], g_paging_end[];
 extern const unsigned char g_ops_start[], g_ops_end[], g_ops_de[], g_ops_pf[], g_ops_int80[];
 extern const unsigned char g_state_start[], g_state_end[];
 extern const unsigned char g_triple_start[], g_triple_end[];
+extern const unsigned char g_xcr0_start[], g_xcr0_end[];
 extern const unsigned char g_irq_start[], g_irq_end[], g_irq_handler[], g_irq_spin[], g_irq_window[];
 extern const unsigned char g_dirty_start[], g_dirty_end[];
 extern const unsigned char g_nmi_start[], g_nmi_end[], g_nmi_handler[], g_nmi_hlt[], g_nmi_init[];

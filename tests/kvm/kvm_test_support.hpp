@@ -127,6 +127,17 @@ class TestPlatform : public api::Platform {
     e.init = init.load();
     return e;
   }
+  std::uint64_t apic_base(unsigned vcpu) override {
+    std::lock_guard lock(mutex_);
+    auto it = apic_bases.find(vcpu);
+    return it != apic_bases.end() ? it->second : 0xfee00000u | (vcpu == 0 ? 0x900u : 0x800u);
+  }
+  void set_apic_base(unsigned vcpu, std::uint64_t value) override {
+    std::lock_guard lock(mutex_);
+    apic_bases[vcpu] = value;
+  }
+  std::map<unsigned, std::uint64_t> apic_bases;  // IA32_APIC_BASE by vCPU, once set
+
   bool acknowledge_nmi(unsigned) override {
     if (!nmi.exchange(false)) return false;
     ++nmis_taken;

@@ -13,6 +13,16 @@
 
 #include <elf.h>
 
+#include "config/vm_config.hpp"
+#include "plugins/registry.hpp"
+#include "selection/guest_os.hpp"
+#include "snapshot/snapshot.hpp"
+#include "snapshot/vcpu_codec.hpp"
+#include "vm/vm.hpp"
+#include "kernel-driver/kvm_hypervisor.hpp"
+#include <cpuid.h>
+#include <unistd.h>
+#include <spdlog/sinks/null_sink.h>
 #include "kvm_test_support.hpp"
 #include "platform/cpu_reset.hpp"
 
@@ -283,55 +293,26 @@ TEST_F(KvmGuest, StateRoundTripIntoFreshVcpu) {
 // on both ends, so plain fields are copied as they lie).
 class StateFile {
  public:
+  // The vCPU through the production codec (host/snapshot/vcpu_codec), then the RAM.
   static void write(const std::filesystem::path& file, const api::VcpuState& st, TestRam& ram) {
     std::ofstream out(file, std::ios::binary | std::ios::trunc);
-    auto put = [&](const auto& v) { out.write(reinterpret_cast<const char*>(&v), sizeof v); };
-    auto put_vec = [&](const auto& v) {
-      put(v.size());
-      out.write(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(v[0]));
-    };
-    put(st.gpr), put(st.rip), put(st.rflags);
-    for (const auto* seg : {&st.es, &st.cs, &st.ss, &st.ds, &st.fs, &st.gs, &st.ldtr, &st.tr}) put(*seg);
-    put(st.gdtr), put(st.idtr), put(st.cr0), put(st.cr2), put(st.cr3), put(st.cr4), put(st.cr8), put(st.efer), put(st.dr);
-    put_vec(st.msrs);
-    put(st.fpu.fxsave), put(st.fpu.xcr0);
-    put_vec(st.fpu.xsave_extended);
-    put(st.events.exception.has_value());
-    put(st.events.exception.value_or(api::PendingException{}));
-    put(st.events.interrupt.has_value()), put(st.events.interrupt.value_or(0));
-    put(st.events.nmi_pending), put(st.events.nmi_masked), put(st.events.interrupt_shadow);
-    put(st.lapic), put(st.run_state);
+    const std::vector<std::uint8_t> vcpu = host::encode_vcpu_state(st);
+    const std::uint64_t size = vcpu.size();
+    out.write(reinterpret_cast<const char*>(&size), sizeof size);
+    out.write(reinterpret_cast<const char*>(vcpu.data()), static_cast<std::streamsize>(vcpu.size()));
     out.write(reinterpret_cast<const char*>(ram.host_base()), static_cast<std::streamsize>(ram.size()));
     if (!out) throw std::runtime_error("cannot write " + file.string());
   }
   static api::VcpuState read(const std::filesystem::path& file, TestRam& ram) {
     std::ifstream in(file, std::ios::binary);
-    api::VcpuState st;
-    auto get = [&](auto& v) { in.read(reinterpret_cast<char*>(&v), sizeof v); };
-    auto get_vec = [&](auto& v) {
-      std::size_t n = 0;
-      get(n);
-      v.resize(n);
-      in.read(reinterpret_cast<char*>(v.data()), n * sizeof(v[0]));
-    };
-    get(st.gpr), get(st.rip), get(st.rflags);
-    for (auto* seg : {&st.es, &st.cs, &st.ss, &st.ds, &st.fs, &st.gs, &st.ldtr, &st.tr}) get(*seg);
-    get(st.gdtr), get(st.idtr), get(st.cr0), get(st.cr2), get(st.cr3), get(st.cr4), get(st.cr8), get(st.efer), get(st.dr);
-    get_vec(st.msrs);
-    get(st.fpu.fxsave), get(st.fpu.xcr0);
-    get_vec(st.fpu.xsave_extended);
-    bool has = false;
-    api::PendingException e;
-    get(has), get(e);
-    if (has) st.events.exception = e;
-    std::uint8_t irq = 0;
-    get(has), get(irq);
-    if (has) st.events.interrupt = irq;
-    get(st.events.nmi_pending), get(st.events.nmi_masked), get(st.events.interrupt_shadow);
-    get(st.lapic), get(st.run_state);
+    std::uint64_t size = 0;
+    in.read(reinterpret_cast<char*>(&size), sizeof size);
+    if (!in || size > (1u << 20)) throw std::runtime_error("bad state file " + file.string());
+    std::vector<std::uint8_t> vcpu(size);
+    in.read(reinterpret_cast<char*>(vcpu.data()), static_cast<std::streamsize>(size));
     in.read(reinterpret_cast<char*>(ram.host_base()), static_cast<std::streamsize>(ram.size()));
     if (!in) throw std::runtime_error("cannot read " + file.string());
-    return st;
+    return host::decode_vcpu_state(vcpu);
   }
 };
 
@@ -833,6 +814,173 @@ TEST_P(KvmMultibootGuest, SerialOutputMatchesTheOracle) {
 INSTANTIATE_TEST_SUITE_P(ComputeGuests, KvmMultibootGuest,
                          ::testing::Values("sieve", "crc32", "sha256", "matmul", "sort"),
                          [](const auto& info) { return std::string(info.param); });
+
+// XCR0 and the XSAVE-managed state round trip exactly through the driver
+// (KVM_SET/GET_XCRS, KVM_SET/GET_XSAVE), and XCR0 as the guest sets it with
+// XSETBV reads back with XGETBV, also after an exit, and is what a save reports.
+TEST_F(KvmGuest, Xcr0AndXsaveStateRoundTripAndTheGuestsXsetbvSticks) {
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  ASSERT_TRUE(__get_cpuid_count(0xd, 0, &a, &b, &c, &d)) << "no CPUID leaf 0xd on this host";
+  if (auto* k = dynamic_cast<kvm::KvmHypervisor*>(env().hypervisor.get()))
+    std::printf("[kvm] XSAVE %d, XCRS %d, supported XCR0 %#llx\n", k->has_xsave(), k->has_xcrs(),
+                static_cast<unsigned long long>(k->supported_xcr0()));
+  std::vector<std::uint32_t> wanted{3};
+  if ((a & 7) == 7) wanted.push_back(7);  // AVX state where the host has it
+  bool xsetbv_lost = false;
+  for (std::uint32_t xcr0 : wanted) {
+    TestRam ram(kRam);
+    TestPlatform pf;
+    ram.load(kCodeBase, blob(g_xcr0_start, g_xcr0_end));
+    auto vm = make_flat_vm(ram, pf);
+    // The driver: what the host loads comes back exactly.
+    api::VcpuState s = vm->save_vcpu(0);
+    s.cr4 |= 0x40000;  // OSXSAVE
+    s.fpu.xcr0 = xcr0;
+    if (xcr0 & 4) {  // a recognisable upper half of YMM0 (the AVX component starts the extended area)
+      s.fpu.xsave_extended.assign(256, 0);
+      for (int i = 0; i < 16; ++i) s.fpu.xsave_extended[i] = static_cast<std::uint8_t>(0xa0 + i);
+    }
+    vm->load_vcpu(0, s);
+    const api::VcpuState back = vm->save_vcpu(0);
+    EXPECT_EQ(back.fpu.xcr0, xcr0) << "KVM_SET_XCRS / KVM_GET_XCRS";
+    EXPECT_EQ(back.fpu.fxsave, s.fpu.fxsave);
+    if (xcr0 & 4) {
+      ASSERT_GE(back.fpu.xsave_extended.size(), 16u) << "the AVX state came back empty";
+      EXPECT_TRUE(std::equal(s.fpu.xsave_extended.begin(), s.fpu.xsave_extended.begin() + 16,
+                             back.fpu.xsave_extended.begin()));
+    }
+    // The guest: XSETBV from XCR0 1.
+    s.fpu.xcr0 = 1;
+    s.fpu.xsave_extended.clear();
+    s.gpr[api::gpr::rsi] = xcr0;
+    vm->load_vcpu(0, s);
+    const auto exit = vm->run(0);
+    ASSERT_EQ(exit.kind, ExitKind::Stopped) << "XCR0 " << xcr0 << ": " << exit.diagnostic;
+    const auto read = pf.values_on(0x14);
+    ASSERT_EQ(read.size(), 2u);
+    EXPECT_EQ(read[0], xcr0) << "XGETBV right after XSETBV " << xcr0;
+    const std::uint64_t saved = vm->save_vcpu(0).fpu.xcr0;
+    std::printf("[kvm] guest XSETBV %u: XGETBV %u at once, %u after an exit; saved XCR0 %llu\n", xcr0, read[0],
+                read[1], static_cast<unsigned long long>(saved));
+    if (read[0] == xcr0 && read[1] == 1 && saved == 1) {
+      // KVM never saw the XSETBV: the (emulated) CPU ran it without the SVM
+      // intercept KVM sets, and KVM reloads its own XCR0 on the next entry.
+      xsetbv_lost = true;
+      continue;
+    }
+    EXPECT_EQ(read[1], xcr0) << "XGETBV after an exit";
+    EXPECT_EQ(saved, xcr0) << "the saved XCR0";
+  }
+  if (xsetbv_lost)
+    GTEST_SKIP() << "this CPU did not intercept the guest's XSETBV for KVM (QEMU TCG's nested SVM in the KVM "
+                    "test host): the driver round trip above passed, the guest's XSETBV cannot be checked here";
+}
+
+// Pending and in-delivery events come back from a load/save round trip as loaded.
+TEST_F(KvmGuest, PendingAndInDeliveryEventsSurviveASaveLoadRoundTrip) {
+  TestRam ram(kRam);
+  TestPlatform pf;
+  ram.load(kCodeBase, blob(g_state_start, g_state_end));
+  auto vm = make_flat_vm(ram, pf);
+  const api::VcpuState base = vm->save_vcpu(0);
+  std::vector<api::PendingEvents> cases(4);
+  cases[0].exception = api::PendingException{11, true, 0x1a, true};  // #NP in delivery
+  cases[1].exception = api::PendingException{14, true, 0x2, true};   // #PF in delivery
+  cases[1].nmi_masked = true;
+  cases[2].interrupt = 0x31;                                          // an acknowledged interrupt
+  cases[2].interrupt_shadow = true;
+  cases[3].nmi_pending = true;
+  for (std::size_t i = 0; i < cases.size(); ++i) {
+    api::VcpuState s = base;
+    s.events = cases[i];
+    if (cases[i].interrupt_shadow) s.rflags |= 0x200;
+    vm->load_vcpu(0, s);
+    const api::PendingEvents got = vm->save_vcpu(0).events;
+    EXPECT_EQ(got.exception.has_value(), cases[i].exception.has_value()) << i;
+    if (got.exception && cases[i].exception) {
+      EXPECT_EQ(got.exception->vector, cases[i].exception->vector) << i;
+      EXPECT_EQ(got.exception->has_error_code, cases[i].exception->has_error_code) << i;
+      EXPECT_EQ(got.exception->error_code, cases[i].exception->error_code) << i;
+    }
+    EXPECT_EQ(got.interrupt, cases[i].interrupt) << i;
+    EXPECT_EQ(got.interrupt_shadow, cases[i].interrupt_shadow) << i;
+    EXPECT_EQ(got.nmi_pending, cases[i].nmi_pending) << i;
+    EXPECT_EQ(got.nmi_masked, cases[i].nmi_masked) << i;
+    // And through the production codec, as a snapshot or migration carries it.
+    api::VcpuState coded = host::decode_vcpu_state(host::encode_vcpu_state(vm->save_vcpu(0)));
+    EXPECT_EQ(coded.events.exception.has_value(), cases[i].exception.has_value()) << i;
+  }
+}
+
+// The VM lifecycle across modes: a 32-bit guest paused under the HV plugin
+// KVM allows, saved to a snapshot file and restored under bt-swmmu (and the
+// other way round), prints what an uninterrupted run prints.
+class KvmLifecycle : public KvmGuest {
+ protected:
+  void SetUp() override {
+    KvmGuest::SetUp();
+    if (IsSkipped()) return;
+    registry_ = std::make_unique<host::PluginRegistry>(std::vector<std::filesystem::path>{MODEVISOR_PLUGIN_DIR});
+    registry_->rescan();
+    guest_os_ = host::GuestOsTable::load(std::filesystem::path(MODEVISOR_SOURCE_DIR) / "configs" / "guest-os.yaml");
+    dir_ = std::filesystem::temp_directory_path() / ("modevisor-kvm-lifecycle-" + std::to_string(::getpid()));
+    std::filesystem::create_directories(dir_);
+    const std::filesystem::path file = dir_ / "vm.yaml";
+    std::ofstream(file) << "name: lifecycle\nguest:\n  os: other-32\n  kernel: " MODEVISOR_GUEST_DIR
+                           "/sieve.elf\n  cmdline: n=1000000 r=20\nmemory: 32MiB\n";
+    config_ = host::load_vm_config(file, guest_os_);
+  }
+  void TearDown() override {
+    if (!dir_.empty()) std::filesystem::remove_all(dir_);
+  }
+  std::shared_ptr<const host::LoadedPlugin> plugin(const std::string& name) {
+    const host::LoadedPlugin* p = registry_->find(name);
+    if (!p) return nullptr;
+    return std::make_shared<const host::LoadedPlugin>(*p);
+  }
+  static std::shared_ptr<spdlog::logger> log() {
+    return std::make_shared<spdlog::logger>("vm", std::make_shared<spdlog::sinks::null_sink_mt>());
+  }
+  // Paused under `from` after its first line, saved, restored under `to`: the whole output.
+  std::string switch_modes(const std::string& from, const std::string& to) {
+    auto vm = host::Vm::create(config_, plugin(from), log());
+    vm->start();
+    while (vm->console_output().find('\n') == std::string::npos && vm->state() == host::VmState::Running)
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    vm->pause();
+    EXPECT_EQ(vm->state(), host::VmState::Paused) << "the guest ended under " << from << " before the pause";
+    if (vm->state() != host::VmState::Paused) return {};
+    const std::string before = vm->console_output();
+    const auto file = dir_ / "vm.snapshot";
+    host::write_snapshot(file, vm->save_state(), vm->ram());
+    vm->stop("saved");
+    vm->wait();
+    auto snapshot = host::read_snapshot(file);
+    auto restored = host::Vm::restore(config_, snapshot.state, std::move(snapshot.ram), plugin(to), log());
+    restored->resume();
+    const auto r = restored->wait();
+    EXPECT_EQ(r.kind, host::SessionResult::Kind::GuestExit) << to << ": " << r.reason;
+    return before + restored->console_output();
+  }
+
+  std::unique_ptr<host::PluginRegistry> registry_;
+  host::GuestOsTable guest_os_;
+  std::filesystem::path dir_;
+  host::VmConfig config_;
+};
+
+TEST_F(KvmLifecycle, AGuestSavedUnderHvRestoresUnderBtAndBackWithIdenticalSerialOutput) {
+  const std::string hv = env().plugin_name;
+  ASSERT_TRUE(plugin(hv) && plugin("bt-swmmu")) << "plugins " << hv << " and bt-swmmu";
+  auto reference = host::Vm::create(config_, plugin(hv), log());
+  reference->start();
+  const auto r = reference->wait();
+  ASSERT_EQ(r.kind, host::SessionResult::Kind::GuestExit) << r.reason;
+  const std::string expected = reference->console_output();
+  ASSERT_NE(expected.find("known answer: checked"), std::string::npos) << expected;
+  EXPECT_EQ(switch_modes(hv, "bt-swmmu"), expected) << hv << " -> bt-swmmu";
+  EXPECT_EQ(switch_modes("bt-swmmu", hv), expected) << "bt-swmmu -> " << hv;
+}
 
 }  // namespace
 }  // namespace modevisor::test

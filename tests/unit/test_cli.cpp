@@ -2,7 +2,11 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
+#include <fcntl.h>
 #include <sys/wait.h>
+#include <unistd.h>
+
+#include <csignal>
 
 #include <array>
 #include <cstdio>
@@ -10,6 +14,9 @@
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <vector>
+
+#include "control/protocol.hpp"
 
 namespace {
 
@@ -80,7 +87,8 @@ TEST_F(CliTest, ExplainOfAnSmpVmSaysWhyBtIsNotAllowed) {
 TEST_F(CliTest, PluginsShowsBtsVcpuLimit) {
   Result r = run("plugins --json");
   ASSERT_EQ(r.status, 0) << r.out;
-  for (const auto& p : nlohmann::json::parse(r.out)["plugins"]) {
+  const auto listed = nlohmann::json::parse(r.out);  // a named object: the loop must not read a dead temporary
+  for (const auto& p : listed["plugins"]) {
     const bool bt = p["name"] == "bt-swmmu";
     EXPECT_EQ(p["max_vcpus"], bt ? 1 : 0) << p.dump();
     // Supported guests are data: a list of words.
@@ -137,7 +145,7 @@ TEST_F(CliTest, PluginsListsTheThreeModesAndWhetherThisHostRunsThem) {
   auto j = nlohmann::json::parse(r.out);
   ASSERT_EQ(j["plugins"].size(), 3u);
   for (const auto& p : j["plugins"]) {
-    EXPECT_EQ(p["abi_version"], 5);  // kAbiVersion
+    EXPECT_EQ(p["abi_version"], 6);  // kAbiVersion
     if (!p["runs_here"].get<bool>()) EXPECT_FALSE(p["why_not"].empty()) << p.dump();
   }
 }
@@ -246,6 +254,120 @@ TEST_F(CliTest, RunRefusesAHostConfigurationThatDescribesAnotherHost) {
   Result r = run("--host-config configs/hosts/esx40-shanghai.yaml run configs/vms/hello-32.yaml");
   EXPECT_EQ(r.status, 2) << r.out;
   EXPECT_THAT(r.out, HasSubstr("describes another host"));
+}
+
+}  // namespace
+
+namespace {
+
+// Operator habits (issue 9 item 5, issue 11 classes 4 and 6).
+class CliHabitsTest : public CliTest {
+ protected:
+  fs::path write_vm(const std::string& name, const std::string& kernel, const std::string& cmdline = "") {
+    fs::create_directories(log_dir_);
+    const fs::path file = log_dir_ / (name + ".yaml");
+    std::ofstream(file) << "name: " << name << "\nguest:\n  os: other-32\n  kernel: " << kernel
+                        << "\n  cmdline: \"" << cmdline << "\"\nmemory: 64MiB\n";
+    return file;
+  }
+};
+
+TEST_F(CliHabitsTest, RunJsonCarriesConsoleBytesThatAreNotUtf8) {
+  fs::create_directories(log_dir_ / "k");
+  // hello prints its command line, which starts with the kernel's file name.
+  const fs::path kernel = log_dir_ / "k" / "h\xff\xfe.elf";
+  fs::create_symlink(fs::path(MODEVISOR_BINARY_DIR) / "guests/hello.elf", kernel);
+  ::setenv("MV_TEST_KERNEL", kernel.c_str(), 1);
+  const fs::path vm = write_vm("bytes", "${MV_TEST_KERNEL}");
+  Result r = run("--json run " + vm.string());
+  EXPECT_EQ(r.status % 2, 1) << r.out;  // the guest's own status: odd
+  auto j = nlohmann::json::parse(r.out.substr(r.out.find('{')), nullptr, false);
+  ASSERT_FALSE(j.is_discarded()) << r.out;
+  const auto bytes = modevisor::control::base64_decode(j["console_base64"].get<std::string>());
+  ASSERT_TRUE(bytes);
+  EXPECT_THAT(*bytes, HasSubstr("cmdline: [h\xff\xfe.elf"));
+  EXPECT_THAT(j["console"].get<std::string>(), HasSubstr("hello from hello"));
+}
+
+// SIGTERM and SIGHUP stop `run` as Ctrl-C does: power-off line and counters in the VM log.
+TEST_F(CliHabitsTest, SigtermAndSighupStopRunCleanly) {
+  for (int signal : {SIGTERM, SIGHUP}) {
+    const std::string name = signal == SIGTERM ? "term" : "hup";
+    const fs::path vm =
+        write_vm(name, (fs::path(MODEVISOR_BINARY_DIR) / "guests/sieve.elf").string(), "n=100000000 r=100000");
+    const pid_t child = ::fork();
+    if (child == 0) {
+      const int null = ::open("/dev/null", O_RDWR);
+      ::dup2(null, 0), ::dup2(null, 1), ::dup2(null, 2);
+      ::execl(kBinary.c_str(), kBinary.c_str(), "--log-dir", log_dir_.c_str(), "run", vm.c_str(), nullptr);
+      ::_exit(127);
+    }
+    bool running = false;
+    for (int i = 0; i < 600 && !running; ++i) {
+      running = read_log(name + ".log").find("loader:") != std::string::npos;
+      if (!running) ::usleep(100000);
+    }
+    ASSERT_TRUE(running) << read_log(name + ".log");
+    ::usleep(200000);  // into the run loop
+    ::kill(child, signal);
+    int status = 0;
+    ::waitpid(child, &status, 0);
+    ASSERT_TRUE(WIFEXITED(status)) << name << " killed the process instead of stopping the VM";
+    EXPECT_EQ(WEXITSTATUS(status), 130) << name;
+    const std::string log = read_log(name + ".log");
+    EXPECT_THAT(log, HasSubstr("power off: stopped")) << name;
+    EXPECT_THAT(log, HasSubstr(signal == SIGTERM ? "SIGTERM" : "SIGHUP"));
+    EXPECT_THAT(log, HasSubstr("counter ")) << name;
+  }
+}
+
+TEST_F(CliHabitsTest, CommandsThatRunNoVmWriteNoLogFiles) {
+  for (const char* command : {"host", "cpus", "plugins", "explain configs/vms/hello-32.yaml", "--json host"}) {
+    Result r = run(command);
+    EXPECT_EQ(r.status, 0) << command << ": " << r.out;
+    EXPECT_FALSE(fs::exists(log_dir_)) << command << " created " << log_dir_;
+  }
+}
+
+TEST_F(CliHabitsTest, PluginDirAddsToTheDefaultFoldersAndAMissingOneIsBadInputEverywhere) {
+  Result r = run("--plugin-dir " + std::string(MODEVISOR_TEST_PLUGIN_DIR) + "/good plugins --json");
+  ASSERT_EQ(r.status, 0) << r.out;
+  std::vector<std::string> names;
+  const auto listed = nlohmann::json::parse(r.out);
+  for (const auto& p : listed["plugins"]) names.push_back(p["name"]);
+  EXPECT_THAT(names, ::testing::IsSupersetOf({"bt-swmmu", "test-good"}));
+
+  Result flag = run("--plugin-dir /nonexistent/plugins plugins");
+  EXPECT_EQ(flag.status, 2) << flag.out;
+  EXPECT_THAT(flag.out, HasSubstr("plugin directory '/nonexistent/plugins' does not exist"));
+  fs::create_directories(log_dir_);
+  std::ofstream(log_dir_ / "host.yaml") << "plugin_dirs: [/nonexistent/plugins]\n";
+  Result yaml = run("--host-config " + (log_dir_ / "host.yaml").string() + " plugins");
+  EXPECT_EQ(yaml.status, 2) << yaml.out;
+  EXPECT_THAT(yaml.out, HasSubstr("plugin directory '/nonexistent/plugins' does not exist"));
+  EXPECT_THAT(yaml.out, HasSubstr("host.yaml:1:15:"));
+}
+
+TEST_F(CliHabitsTest, ExplainChecksTheKernelAsRunDoes) {
+  fs::create_directories(log_dir_);
+  std::ofstream(log_dir_ / "garbage.elf") << "this is not a kernel";
+  const fs::path vm = write_vm("garbage", (log_dir_ / "garbage.elf").string());
+  Result explain = run("explain " + vm.string());
+  Result run_it = run("run " + vm.string());
+  EXPECT_EQ(explain.status, 2) << explain.out;
+  EXPECT_EQ(run_it.status, 2) << run_it.out;
+  EXPECT_THAT(explain.out, HasSubstr("garbage.elf"));
+}
+
+TEST_F(CliHabitsTest, JsonErrorsAreJson) {
+  Result r = run("--json explain /nonexistent.yaml");
+  EXPECT_EQ(r.status, 2);
+  auto j = nlohmann::json::parse(r.out, nullptr, false);
+  ASSERT_FALSE(j.is_discarded()) << r.out;
+  EXPECT_EQ(j["error"]["code"], "bad-input");
+  EXPECT_THAT(j["error"]["message"].get<std::string>(), HasSubstr("/nonexistent.yaml"));
+  Result help = run("--help");
+  EXPECT_THAT(help.out, HasSubstr("Exit statuses"));
 }
 
 }  // namespace

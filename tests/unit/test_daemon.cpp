@@ -6,6 +6,8 @@
 #include <nlohmann/json.hpp>
 
 #include <fcntl.h>
+#include <poll.h>
+#include <pty.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -14,6 +16,7 @@
 #include <unistd.h>
 
 #include <array>
+#include <cstring>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -219,6 +222,19 @@ TEST_F(DaemonTest, PauseResumeStop) {
   EXPECT_THAT(read_file(dir_ / "logs" / "busy.log"), HasSubstr("power off: stopped"));
   EXPECT_EQ(cli("vm stop busy").status, 12);
   EXPECT_EQ(cli("vm stop nosuch").status, 12);
+
+  // Paused and resumed, a guest's output goes on with no gap and no repeat.
+  const std::string cmdline = "n=10000000 r=8";
+  ASSERT_EQ(cli("vm start " + vm_yaml("reference", "sieve.elf", cmdline).string()).status, 0);
+  ASSERT_TRUE(wait_state("reference", "stopped"));
+  ASSERT_EQ(cli("vm start " + vm_yaml("paused", "sieve.elf", cmdline).string()).status, 0);
+  ASSERT_EQ(cli("vm pause paused").status, 0) << "the guest ended before it could be paused";
+  const auto bytes_at_pause = cli_json("vm status paused")["console_bytes"];
+  EXPECT_EQ(cli_json("vm status paused")["console_bytes"], bytes_at_pause);  // nothing runs while paused
+  ASSERT_EQ(cli("vm resume paused").status, 0);
+  ASSERT_TRUE(wait_state("paused", "stopped"));
+  EXPECT_EQ(cli("vm console paused --no-follow").out, cli("vm console reference --no-follow").out);
+  EXPECT_EQ(cli_json("vm status paused")["result"]["exit_status"], 1);
 }
 
 // Save a paused VM, stop it, restore it (paused, under the mode this host
@@ -436,6 +452,29 @@ TEST_F(DaemonTest, MetricsEndpointServesVmAndHostFigures) {
   EXPECT_THAT(page, ::testing::ContainsRegex("modevisor_host_vms_started [1-9]"));
 }
 
+// Type=notify: READY=1 once the control socket listens, STOPPING=1 on SIGTERM.
+TEST_F(DaemonTest, TellsSystemdWhenItIsReadyAndWhenItStops) {
+  const fs::path notify = dir_ / "notify.sock";
+  control::Fd listener(::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+  sockaddr_un address{};
+  address.sun_family = AF_UNIX;
+  std::strncpy(address.sun_path, notify.c_str(), sizeof address.sun_path - 1);
+  ASSERT_EQ(::bind(listener.get(), reinterpret_cast<sockaddr*>(&address), sizeof address), 0);
+  ::setenv("NOTIFY_SOCKET", notify.c_str(), 1);
+  start_daemon();
+  ::unsetenv("NOTIFY_SOCKET");
+  auto receive = [&] {
+    char buffer[512] = {};
+    const ssize_t n = ::recv(listener.get(), buffer, sizeof buffer - 1, 0);
+    return n > 0 ? std::string(buffer, static_cast<std::size_t>(n)) : std::string();
+  };
+  EXPECT_THAT(receive(), HasSubstr("READY=1"));
+  const pid_t daemon = daemon_;
+  ::kill(daemon, SIGTERM);
+  EXPECT_THAT(receive(), HasSubstr("STOPPING=1"));
+  EXPECT_EQ(stop_daemon(SIGTERM), 0);
+}
+
 TEST_F(DaemonTest, ErrorsAreJsonWithJsonAndStatusesDoNotCollide) {
   start_daemon();
   const Result missing = cli("--json vm status nosuch");
@@ -451,6 +490,59 @@ TEST_F(DaemonTest, ErrorsAreJsonWithJsonAndStatusesDoNotCollide) {
   const Result bad = cli("--json vm start " + (dir_ / "nonexistent.yaml").string());
   EXPECT_EQ(bad.status, 2);
   EXPECT_EQ(json::parse(bad.out, nullptr, false)["error"]["code"], "bad-input");
+}
+
+}  // namespace
+
+namespace {
+
+// `vm console` on a terminal: raw mode, so Ctrl-C goes to the guest instead of
+// killing the client; Ctrl-] detaches.  A kernel file that is not a kernel is
+// refused by the monitor process, and the daemon goes on.
+TEST_F(DaemonTest, ConsoleOnATerminalPassesCtrlCAndDetachesOnCtrlBracket) {
+  start_daemon();
+  ASSERT_EQ(cli("vm start " + long_vm("busy").string()).status, 0);
+  ASSERT_TRUE(wait_state("busy", "running"));
+  int terminal = -1;
+  const pid_t child = ::forkpty(&terminal, nullptr, nullptr, nullptr);
+  if (child == 0) {
+    const std::string binary = (kBin / "modevisor").string();
+    ::execl(binary.c_str(), binary.c_str(), "--socket", socket_.c_str(), "vm", "console", "busy", nullptr);
+    ::_exit(127);
+  }
+  ASSERT_GT(child, 0);
+  std::string seen;
+  auto read_until = [&](const std::string& text) {
+    return eventually([&] {
+      char buffer[4096];
+      pollfd p{terminal, POLLIN, 0};
+      while (::poll(&p, 1, 0) > 0) {
+        const ssize_t n = ::read(terminal, buffer, sizeof buffer);
+        if (n <= 0) break;
+        seen.append(buffer, static_cast<std::size_t>(n));
+      }
+      return seen.find(text) != std::string::npos;
+    });
+  };
+  ASSERT_TRUE(read_until("escape: Ctrl-]")) << seen;
+  EXPECT_TRUE(read_until("sieve: n=100000000")) << seen;
+  ASSERT_EQ(::write(terminal, "\x03", 1), 1);  // Ctrl-C: to the guest, not a signal to the client
+  ::usleep(300000);
+  int status = 0;
+  EXPECT_EQ(::waitpid(child, &status, WNOHANG), 0) << "Ctrl-C ended the client";
+  ASSERT_EQ(::write(terminal, "\x1d", 1), 1);  // Ctrl-]
+  ASSERT_TRUE(read_until("detached")) << seen;
+  ::waitpid(child, &status, 0);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
+  ::close(terminal);
+  EXPECT_EQ(state_of("busy"), "running");
+
+  std::ofstream(dir_ / "junk.elf") << "not a kernel";
+  const Result junk = cli("vm start " + vm_yaml("junk", "../../../" + (dir_ / "junk.elf").string(), "").string());
+  EXPECT_EQ(junk.status, 2) << junk.out;
+  EXPECT_THAT(junk.out, HasSubstr("junk.elf"));
+  EXPECT_EQ(state_of("busy"), "running");
+  EXPECT_EQ(cli("vm stop busy").status, 0);
 }
 
 }  // namespace

@@ -236,7 +236,7 @@ TEST(LapicTest, ArchStateRoundTrip) {
   t.apic_write(0x320, 0x20031);   // periodic, vector 0x31
   t.apic_write(0x380, 1000);      // 16 us period
   t.advance_ns(4000);
-  const api::LapicState saved = t.pc.save_lapic(0);
+  const LapicState saved = t.pc.save_lapic(0);
   EXPECT_EQ(saved.timer_remaining_ns, 12000u);
   std::uint32_t current;
   std::memcpy(&current, &saved.registers[0x390], 4);

@@ -18,6 +18,8 @@
 #include <cstring>
 
 #include "config/vm_config.hpp"
+#include "platform/clock.hpp"
+#include "platform/machine.hpp"
 #include "plugins/registry.hpp"
 #include "selection/guest_os.hpp"
 #include "snapshot/snapshot.hpp"
@@ -138,6 +140,8 @@ TEST_F(VmLifecycleTest, SaveToASnapshotFileAndRestoreInANewVmContinuesAsAnUninte
   const std::string before = vm->console_output();
   const fs::path file = dir_ / "vm.snapshot";
   write_snapshot(file, vm->save_state(), vm->ram());
+  std::printf("[snapshot] %ju bytes for a VM of %ju MiB of RAM\n", static_cast<std::uintmax_t>(fs::file_size(file)),
+              static_cast<std::uintmax_t>(vm->ram().size() >> 20));
   vm->stop("saved");
   EXPECT_EQ(vm->wait().kind, SessionResult::Kind::Stopped);
   vm.reset();
@@ -145,7 +149,9 @@ TEST_F(VmLifecycleTest, SaveToASnapshotFileAndRestoreInANewVmContinuesAsAnUninte
   LoadedSnapshot snapshot = read_snapshot(file);
   const VmConfig restored_config = parse_vm_config(snapshot.state.vm_yaml, snapshot.state.vm_file, *guest_os_);
   EXPECT_EQ(restored_config.guest.cmdline, kSieve);
-  auto restored = Vm::restore(restored_config, snapshot.state, std::move(snapshot.ram), plugin_, log());
+  // The contract's form: the declaration parsed from the snapshot itself.
+  auto restored = Vm::restore(snapshot.state, std::move(snapshot.ram), plugin_, log());
+  EXPECT_EQ(restored->config().guest.cmdline, kSieve);
   EXPECT_EQ(restored->state(), VmState::Paused);
   restored->resume();
   const SessionResult r = restored->wait();
@@ -171,6 +177,46 @@ TEST_F(VmLifecycleTest, ARestoredVmCanBeSavedAgainBeforeItRuns) {
   ASSERT_EQ(second.vcpus.size(), first.vcpus.size());
   EXPECT_EQ(second.devices, first.devices) << "guest time and devices as saved";
   EXPECT_EQ(second.vcpus[0].rip, first.vcpus[0].rip);
+}
+
+TEST_F(VmLifecycleTest, PendingAndInDeliveryEventsSurviveARestoreAndSaveThroughBt) {
+  const VmConfig config = declare("sieve.elf", kSieve);
+  auto vm = Vm::create(config, plugin_, log());
+  vm->start();
+  wait_for_output(*vm, "sieve: n=");
+  vm->pause();
+  ASSERT_EQ(vm->state(), VmState::Paused) << "the guest ended before it could be paused";
+  MachineState state = vm->save_state();
+  auto ram = std::make_unique<GuestRam>(vm->ram().size());
+  std::memcpy(ram->host_base(), vm->ram().host_base(), ram->size());
+  vm->stop("done");
+  vm->wait();
+  api::PendingEvents cases[3];
+  cases[0].exception = api::PendingException{11, true, 0x1a, true};  // #NP in delivery
+  cases[0].nmi_masked = true;
+  cases[1].interrupt = 0x31;
+  cases[1].interrupt_shadow = true;
+  cases[2].exception = api::PendingException{14, true, 0x2, false};
+  cases[2].nmi_pending = true;
+  for (const auto& events : cases) {
+    MachineState s = state;
+    s.vcpus[0].events = events;
+    auto copy = std::make_unique<GuestRam>(ram->size());
+    std::memcpy(copy->host_base(), ram->host_base(), ram->size());
+    auto restored = Vm::restore(config, s, std::move(copy), plugin_, log());
+    const api::PendingEvents got = restored->save_state().vcpus[0].events;
+    ASSERT_EQ(got.exception.has_value(), events.exception.has_value());
+    if (got.exception) {
+      EXPECT_EQ(got.exception->vector, events.exception->vector);
+      EXPECT_EQ(got.exception->has_error_code, events.exception->has_error_code);
+      EXPECT_EQ(got.exception->error_code, events.exception->error_code);
+      EXPECT_EQ(got.exception->injected, events.exception->injected);
+    }
+    EXPECT_EQ(got.interrupt, events.interrupt);
+    EXPECT_EQ(got.interrupt_shadow, events.interrupt_shadow);
+    EXPECT_EQ(got.nmi_pending, events.nmi_pending);
+    EXPECT_EQ(got.nmi_masked, events.nmi_masked);
+  }
 }
 
 TEST_F(VmLifecycleTest, TransitionsTheStateDoesNotAllowAreErrorsNamingTheState) {
@@ -223,6 +269,45 @@ TEST_F(VmLifecycleTest, GuestConsoleLinesAreTaggedAndEscapedInTheVmLog) {
   vm->start();
   vm->wait();
   EXPECT_THAT(log_.str(), HasSubstr("guest-console| hello from hello"));
+}
+
+TEST_F(VmLifecycleTest, ACmdlineWithANewlineCannotForgeAVmLogLine) {
+  const fs::path file = dir_ / "forge.yaml";
+  std::ofstream(file) << "name: forge\nguest:\n  os: other-32\n  kernel: "
+                      << (fs::path(MODEVISOR_BINARY_DIR) / "guests" / "hello.elf").string()
+                      << "\n  cmdline: \"x\\n2026-01-01T00:00:00.000 info MONITOR MODE: selected : HWMMU\"\nmemory: 32MiB\n";
+  auto vm = Vm::create(load_vm_config(file, *guest_os_), plugin_, log());
+  vm->stop("not run");
+  std::istringstream lines(log_.str());
+  for (std::string line; std::getline(lines, line);) {
+    EXPECT_THAT(line, ::testing::Not(HasSubstr("MONITOR MODE"))) << line;
+    EXPECT_THAT(line, ::testing::Not(::testing::StartsWith("2026-01-01"))) << line;
+  }
+  EXPECT_THAT(log_.str(), HasSubstr("x\\x0a2026-01-01T00:00:00.000 info MONITOR\\x20MODE"));
+}
+
+// Guest time stands still while the machine is paused and goes on from there.
+TEST(MachinePause, GuestTimeFreezesAndContinuesWithoutAJump) {
+  auto clock = std::make_shared<ManualClock>(1000);
+  Machine machine(clock);
+  EXPECT_EQ(machine.now_ns(), 1000u);
+  EXPECT_FALSE(machine.stop_requested());
+  machine.set_paused(true);
+  EXPECT_TRUE(machine.stop_requested()) << "every vCPU leaves its run loop";
+  EXPECT_FALSE(machine.stopping());
+  clock->advance(5'000'000);
+  EXPECT_EQ(machine.now_ns(), 1000u);
+  machine.set_paused(false);
+  EXPECT_FALSE(machine.stop_requested());
+  EXPECT_EQ(machine.now_ns(), 1000u);
+  clock->advance(10);
+  EXPECT_EQ(machine.now_ns(), 1010u);
+  machine.set_paused(true);
+  machine.set_guest_time(77);  // a restore while paused sets the frozen time
+  EXPECT_EQ(machine.now_ns(), 77u);
+  clock->advance(99);
+  machine.set_paused(false);
+  EXPECT_EQ(machine.now_ns(), 77u);
 }
 
 }  // namespace

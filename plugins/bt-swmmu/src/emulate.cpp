@@ -169,7 +169,7 @@ void Vcpu::do_rdmsr() {
   };
   switch (idx) {
     case 0x10: v = __rdtsc() - tsc_offset_; break;
-    case 0x1b: v = lapic_.apic_base_msr; break;
+    case 0x1b: v = platform_.apic_base(index_); break;  // the platform's local APIC
     case 0x1a0: v = find(idx, 0x1); break;
     case 0x174: case 0x175: case 0x176: v = find(idx, 0); break;
     case 0x277: v = find(idx, 0x0007040600070406ull); break;
@@ -190,7 +190,7 @@ void Vcpu::do_wrmsr() {
   };
   switch (idx) {
     case 0x10: tsc_offset_ = __rdtsc() - v; break;
-    case 0x1b: lapic_.apic_base_msr = v; break;
+    case 0x1b: platform_.set_apic_base(index_, v); break;
     case 0x1a0: case 0x174: case 0x175: case 0x176: case 0x277: set(idx); break;
     case 0xc0000080:
       if (v & ~0x800ull) raise(13, true, 0);  // only NXE: no long mode, no SYSCALL

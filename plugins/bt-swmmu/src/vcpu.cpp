@@ -153,7 +153,6 @@ void Vcpu::load(const api::VcpuState& s) {
   nmi_pending_ = s.events.nmi_pending;
   nmi_masked_ = s.events.nmi_masked;
   interrupt_shadow_ = s.events.interrupt_shadow;
-  lapic_ = s.lapic;
   run_state_ = s.run_state;
   cpl_ = cs_.selector & 3;
   if (ss_.present && !ss_.unusable) cpl_ = ss_.dpl;
@@ -179,7 +178,6 @@ api::VcpuState Vcpu::save() const {
   s.events.nmi_pending = nmi_pending_;
   s.events.nmi_masked = nmi_masked_;
   s.events.interrupt_shadow = interrupt_shadow_;
-  s.lapic = lapic_;
   s.run_state = run_state_;
   return s;
 }

@@ -136,7 +136,6 @@ class Vcpu {
   std::array<std::uint64_t, 8> dr_{0, 0, 0, 0, 0, 0, 0xffff0ff0, 0x400};
   std::vector<api::Msr> msrs_;
   std::uint64_t tsc_offset_ = 0;
-  api::LapicState lapic_;
   std::vector<std::uint8_t> xsave_extended_;
   std::uint64_t xcr0_ = 1;
   std::optional<api::PendingException> pending_exception_;

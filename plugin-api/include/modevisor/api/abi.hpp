@@ -14,7 +14,8 @@ namespace modevisor::api {
 // 3: Platform::cpu_events/acknowledge_nmi (NMI, INIT, STARTUP), GuestSupport::max_vcpus
 // 4: Platform::wait_for_cpu_event (HLT with interrupts disabled)
 // 5: VmSpec::cpuid (a VM's CPU model), Hypervisor::create_vm takes it
-inline constexpr std::uint32_t kAbiVersion = 5;
+// 6: VcpuState without LapicState (the local APIC is the platform's), Platform::apic_base/set_apic_base
+inline constexpr std::uint32_t kAbiVersion = 6;
 
 namespace symbols {
 inline constexpr const char* kAbiVersion = "modevisor_plugin_abi_version";

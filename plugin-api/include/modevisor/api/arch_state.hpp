@@ -77,13 +77,6 @@ struct PendingEvents {
 // Shutdown: after a triple fault.
 enum class RunState : std::uint8_t { Runnable, Halted, WaitForSipi, Shutdown };
 
-// xAPIC register page (as seen at 0xfee00000) plus the timer's progress.
-struct LapicState {
-  std::uint64_t apic_base_msr = 0xfee00900;  // enabled, BSP
-  std::array<std::uint8_t, 1024> registers{};
-  std::uint64_t timer_remaining_ns = 0;  // 0: timer not armed
-};
-
 struct VcpuState {
   // General registers: RAX RCX RDX RBX RSP RBP RSI RDI R8-R15, by encoding.
   std::array<std::uint64_t, 16> gpr{};
@@ -103,7 +96,9 @@ struct VcpuState {
 
   FpuState fpu;
   PendingEvents events;
-  LapicState lapic;
+  // The local APIC is not here: its registers, timer and the IA32_APIC_BASE
+  // MSR are the platform's device state (one owner, saved once); monitors
+  // reach the MSR through Platform::apic_base.
   RunState run_state = RunState::Runnable;
 
   std::optional<std::uint64_t> msr(std::uint32_t index) const {

@@ -69,6 +69,13 @@ class Platform {
   // Takes the pending NMI: true when there was one (now the monitor's to inject).
   virtual bool acknowledge_nmi(unsigned vcpu) = 0;
 
+  // The IA32_APIC_BASE MSR (0x1b) of this vCPU's local APIC.  The local APIC
+  // is the platform's, this MSR included: a monitor forwards the guest's
+  // RDMSR/WRMSR of it here, and one whose hardware keeps a copy (KVM's sregs)
+  // loads it from here and reports the guest's changes back.
+  virtual std::uint64_t apic_base(unsigned vcpu) = 0;
+  virtual void set_apic_base(unsigned vcpu, std::uint64_t value) = 0;
+
   // The VM must leave its run loop (guest exit, pause for migration or a mode
   // switch, operator stop).  Monitors check this after every platform call
   // and whenever they are kicked.
