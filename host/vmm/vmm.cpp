@@ -144,6 +144,9 @@ class MonitorProcess {
   json migration_status_;  // the migration in flight, for `vm status`
   std::filesystem::path run_log_;  // when this host ran the VM (one line per start and end)
   std::atomic<bool> run_open_{false};
+  // An arriving VM prints from Go on, before the daemon has its handle: its
+  // output waits until the migrate-in reply has gone out.
+  std::atomic<bool> hold_console_{false};
 };
 
 // One line per transition, appended with one write: the run-interval log
@@ -172,7 +175,7 @@ void MonitorProcess::flush_console() {
 }
 
 void MonitorProcess::flush_console_locked() {
-  if (console_pending_.empty()) return;
+  if (console_pending_.empty() || hold_console_) return;
   send(control::event("console", {{"data", control::base64_encode(console_pending_)}}));
   console_pending_.clear();
 }
@@ -428,6 +431,7 @@ bool MonitorProcess::migrate_in(const json& args, std::vector<int>& fds) {
     return false;
   }
   ledger_ = std::make_unique<mig::ArrivalLedger>();
+  hold_console_ = true;
   mig::ReceiverOptions options;
   options.log = host_->log();
   mig::MigrationReceiver receiver(destination, *ledger_, *secret, options);
@@ -463,6 +467,8 @@ bool MonitorProcess::migrate_in(const json& args, std::vector<int>& fds) {
   out["mode"] = result.placement ? result.placement->mode : "";
   out["migration_in"] = migration;
   send(control::reply_ok(id, out));
+  hold_console_ = false;
+  flush_console();
   return true;
 }
 
