@@ -22,6 +22,7 @@ PACKAGES=(
   # fuzzer/ASan/UBSan runtimes); gcc's ASan/UBSan (scripts/sanitize.sh) come
   # with build-essential
   clang libclang-rt-14-dev
+  libssl-dev                                # live migration: HMAC-SHA256 proofs, random nonces (OpenSSL)
 )
 
 missing=()

@@ -169,6 +169,51 @@ int console(const ClientRequest& request, Connection& connection, const std::str
   return host::kExitOk;
 }
 
+// `migrate NAME --to PEER`: the live line while it runs, then the summary (or the record with --json).
+int migrate(const ClientRequest& request, Connection& connection, const std::string& name) {
+  auto& channel = connection.channel();
+  const json args{{"name", name}, {"to", request.to}, {"downtime_ms", request.downtime_ms},
+                  {"force_converge", request.force_converge}};
+  if (!channel.send(control::request(1, "vm.migrate", args)))
+    return client_error(request, control::error_code::kProtocol, connection.failure());
+  const bool live = !request.json && ::isatty(STDERR_FILENO);
+  bool printed = false;
+  while (auto message = channel.receive()) {
+    if (message->value("event", "") == "migration") {
+      const std::string line = message->value("line", "");
+      if (request.json) continue;
+      if (live) fmt::print(stderr, "\r\033[K{}", line);
+      else fmt::print(stderr, "{}\n", line);
+      printed = true;
+      continue;
+    }
+    if (!message->contains("id") || (*message)["id"] != 1) continue;
+    if (live && printed) fmt::print(stderr, "\n");
+    if (!message->value("ok", false)) {
+      const json error = message->value("error", json::object());
+      const std::string code = error.value("code", control::error_code::kProtocol);
+      const int status = control::exit_status_for(code);
+      if (request.json) std::cout << dump(json{{"error", error}, {"exit_status", status}}) << "\n";
+      else fmt::print(stderr, "modevisor: {}\n", error.value("message", "the daemon refused"));
+      return status;
+    }
+    const json record = message->value("result", json::object());
+    const std::string outcome = record.value("outcome", "");
+    const int status = outcome == "completed" ? host::kExitOk
+                       : outcome == "refused" ? host::kExitRefused
+                                              : host::kExitMonitorFailed;
+    if (request.json) {
+      json out = record;
+      out["exit_status"] = status;
+      std::cout << dump(out) << "\n";
+    } else {
+      std::cout << record.value("summary", outcome) << "\n";
+    }
+    return status;
+  }
+  return client_error(request, control::error_code::kProtocol, connection.failure());
+}
+
 }  // namespace
 
 int run_client(const ClientRequest& request) {
@@ -184,6 +229,7 @@ int run_client(const ClientRequest& request) {
   const auto& w = request.words;
   std::string op;
   json args = json::object();
+  if (w[0] == "migrate") return migrate(request, *connection, w.at(1));
   if (w[0] == "host") {
     op = "host";
   } else if (w[0] == "plugins") {

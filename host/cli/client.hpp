@@ -13,6 +13,10 @@ struct ClientRequest {
   bool json = false;
   std::vector<std::string> words;  // e.g. {"vm", "start", "/abs/vm.yaml"}
   bool follow = true;              // vm console: false with --no-follow
+  // migrate NAME --to PEER
+  std::string to;
+  unsigned downtime_ms = 300;
+  bool force_converge = false;
 };
 
 int run_client(const ClientRequest& request);

@@ -95,8 +95,15 @@ int main(int argc, char** argv) {
   vm_save->add_option("file", file, "snapshot file to write")->required();
   (void)vm_list;
 
+  auto* migrate = app.add_subcommand("migrate", "(--socket) move a running VM to another host, live");
+  migrate->add_option("name", name, "VM name")->required();
+  migrate->add_option("--to", client.to, "a name from the host's peers: or address:port")->required();
+  migrate->add_option("--downtime-ms", client.downtime_ms, "switch over when the estimated downtime is under this (300)");
+  migrate->add_flag("--force-converge", client.force_converge,
+                    "throttle the guest's vCPUs at a cap instead of cancelling");
+
   for (auto* sub : {host, plugins, rescan, cpus, explain, run, vm, vm_start, vm_list, vm_status, vm_log, vm_console,
-                    vm_pause, vm_resume, vm_stop, vm_save, vm_restore})
+                    vm_pause, vm_resume, vm_stop, vm_save, vm_restore, migrate})
     sub->add_flag("--json", json, "machine-readable output (errors too)");
 
   try {
@@ -113,11 +120,11 @@ int main(int argc, char** argv) {
     return host::kExitBadInput;
   }
 
-  const bool daemon_command = vm->parsed() || rescan->parsed() || (!socket.empty() && (host->parsed() || plugins->parsed()));
+  const bool daemon_command = vm->parsed() || rescan->parsed() || migrate->parsed() || (!socket.empty() && (host->parsed() || plugins->parsed()));
   if (daemon_command) {
     if (socket.empty())
       return report_error(json, "bad-input",
-                          std::string(vm->parsed() ? "vm" : "plugins rescan") +
+                          std::string(vm->parsed() ? "vm" : migrate->parsed() ? "migrate" : "plugins rescan") +
                               " talks to modevisord: give its control socket with --socket PATH",
                           host::kExitBadInput);
     client.socket = socket;
@@ -129,6 +136,7 @@ int main(int argc, char** argv) {
                                                                 : std::vector<std::string>{"plugins"};
     else if (vm_start->parsed()) client.words = {"vm", "start", absolute(file)};
     else if (vm_list->parsed()) client.words = {"vm", "list"};
+    else if (migrate->parsed()) client.words = {"migrate", name};
     else if (vm_restore->parsed()) client.words = {"vm", "restore", absolute(file)};
     else if (vm_save->parsed()) client.words = {"vm", "save", name, absolute(file)};
     else

@@ -17,6 +17,10 @@
 #include "config/vm_config.hpp"
 #include "control/unix_socket.hpp"
 #include "runtime/describe.hpp"
+#include "migration/auth.hpp"
+#include "migration/channel.hpp"
+#include "migration/protocol.hpp"
+#include "migration/vm_endpoints.hpp"
 #include "selection/mode_log.hpp"
 
 extern char** environ;
@@ -97,6 +101,29 @@ Daemon::Daemon(host::Host& host, DaemonOptions options)
   control::Fd listener = control::listen_unix(host.config().daemon.control_socket);
   acceptor_.assign(stream_protocol(), listener.release());
   if (const auto& listen = host.config().daemon.metrics_listen) metrics_ = std::make_unique<Metrics>(listen->text());
+  run_log_ = host.config().daemon.state_dir / "run-intervals.log";
+  if (const auto& listen = host.config().daemon.migration_listen) {
+    const auto& d = host.config().daemon;
+    if (d.migration_secret_file.empty())
+      throw std::runtime_error(host.config().file.string() + ": migration.listen needs migration.secret_file (the cluster's secret)");
+    host::migration::ClusterSecret::from_file(d.migration_secret_file);  // refused now, not at the first peer
+    using boost::asio::ip::tcp;
+    boost::system::error_code ec;
+    tcp::resolver resolver(io_);
+    const auto endpoints = resolver.resolve(listen->host, std::to_string(listen->port), ec);
+    if (ec || endpoints.empty())
+      throw std::runtime_error(fmt::format("{}: migration.listen {}: {}", host.config().file.string(), listen->text(),
+                                           ec ? ec.message() : "no address"));
+    migration_acceptor_ = std::make_unique<tcp::acceptor>(io_);
+    const tcp::endpoint endpoint = *endpoints.begin();
+    migration_acceptor_->open(endpoint.protocol());
+    migration_acceptor_->set_option(tcp::acceptor::reuse_address(true));
+    migration_acceptor_->bind(endpoint, ec);
+    if (ec)
+      throw std::runtime_error(fmt::format("{}: migration.listen {}: {}", host.config().file.string(), listen->text(),
+                                           ec.message()));
+    migration_acceptor_->listen();
+  }
   for (const char* name : {"vms_started", "monitor_process_failures", "control_requests", "control_refused_peers",
                            "plugin_rescans"})
     counters_[name] = 0;
@@ -107,6 +134,10 @@ Daemon::~Daemon() = default;
 int Daemon::run() {
   recover();
   accept();
+  if (migration_acceptor_) {
+    accept_migration();
+    host_.log()->info("migration: listening on {}", host_.config().daemon.migration_listen->text());
+  }
   signals_.async_wait([this](auto ec, int signal) {
     if (!ec) on_signal(signal);
   });
@@ -270,6 +301,8 @@ void Daemon::dispatch(const json& message, const std::shared_ptr<Client>& client
       forward(id, op.substr(3), args, client);
     } else if (op == "vm.restore") {
       vm_restore(id, args, client);
+    } else if (op == "vm.migrate") {
+      vm_migrate(id, args, client);
     } else {
       refuse(code::kProtocol, "unknown operation '" + op + "'");
     }
@@ -361,7 +394,8 @@ json Daemon::power_on_args(const host::VmConfig& vm, const host::LoadedPlugin& p
               {"host_line", fmt::format("host: {}; policy {}", host_.capabilities().source, host_.policy().name)},
               {"mode_lines", host::monitor_mode_lines(selection)},
               {"socket", identity.socket},
-              {"result_file", identity.result_file}};
+              {"result_file", identity.result_file},
+              {"run_log", run_log_.string()}};
 }
 
 std::shared_ptr<VmHandle> Daemon::make_handle(const VmHandle::Identity& identity, pid_t pid) {
@@ -516,6 +550,153 @@ void Daemon::vm_restore(const json& id, const json& args, const std::shared_ptr<
       });
 }
 
+// `migrate NAME --to PEER`: this daemon connects to the peer (a name from
+// peers: or address:port) and hands the connection to the VM's monitor
+// process, which proves the cluster secret and runs the sender.  Progress
+// goes to the client as "migration" events; the reply is the final record.
+void Daemon::vm_migrate(const json& id, const json& args, const std::shared_ptr<Client>& client) {
+  auto refuse = [&](const char* error, const std::string& text) { client->reply(control::reply_error(id, error, text)); };
+  const std::string name = args.value("name", ""), to = args.value("to", "");
+  auto vm = find(name);
+  if (!vm) return refuse(code::kNoSuchVm, fmt::format("no VM named '{}' on this host", name));
+  if (vm->state() != "running")
+    return refuse(code::kWrongState, fmt::format("VM {} is {}: only a running VM migrates", name, vm->state()));
+  const auto& d = host_.config().daemon;
+  if (d.migration_secret_file.empty())
+    return refuse(code::kBadInput, host_.config().file.string() +
+                                       ": no migration.secret_file: this host cannot prove itself to a peer");
+  std::string address;
+  int fd = -1;
+  try {
+    address = host::migration::resolve_peer(d, to);
+    // Blocks the daemon for at most the connect timeout (loopback and LAN peers answer at once).
+    fd = host::migration::tcp_connect(address, std::chrono::seconds(5));
+  } catch (const host::migration::MigrationError& e) {
+    return refuse(address.empty() ? code::kBadInput : code::kMonitorFailed, e.what());
+  }
+  json out_args{{"destination", address},
+                {"peer", to},
+                {"downtime_ms", args.value("downtime_ms", 300)},
+                {"force_converge", args.value("force_converge", false)},
+                {"secret_file", d.migration_secret_file.string()},
+                {"host_name", host_.config().name}};
+  std::weak_ptr<Client> weak = client;
+  const auto listener = vm->listen([weak](const json& event) {
+    if (event.value("event", "") != "migration") return;
+    if (auto c = weak.lock()) c->reply(event);
+  });
+  client->attach(vm, listener);
+  host_.log()->info("VM {}: migrating to {} ({})", name, to, address);
+  send_migrate_out(vm, std::move(out_args), fd, id, client, listener, 200);
+}
+
+void Daemon::send_migrate_out(std::shared_ptr<VmHandle> vm, json args, int fd, const json& id,
+                              const std::shared_ptr<Client>& client, std::uint64_t listener, int attempts) {
+  std::weak_ptr<Client> weak = client;
+  auto on_reply = [this, vm, weak, id, listener](const json& reply) {
+    vm->unlisten(listener);
+    const json result = reply.value("result", json::object());
+    if (reply.value("ok", false))
+      host_.log()->info("VM {}: migration to {}: {}", vm->name(), result.value("to", "?"), result.value("outcome", "?"));
+    auto c = weak.lock();
+    if (!c) return;
+    if (reply.value("ok", false)) c->reply(control::reply_ok(id, result));
+    else c->reply(control::reply_error(id, reply["error"].value("code", code::kMonitorFailed),
+                                       reply["error"].value("message", "migration failed")));
+  };
+  if (vm->call("migrate-out", args, on_reply, {fd})) {
+    ::close(fd);
+    return;
+  }
+  if (attempts <= 0) {  // the link stayed busy: give up, nothing moved
+    ::close(fd);
+    vm->unlisten(listener);
+    client->reply(control::reply_error(id, code::kMonitorFailed, "VM " + vm->name() + ": its monitor process link stayed busy"));
+    return;
+  }
+  auto timer = std::make_shared<boost::asio::steady_timer>(io_, std::chrono::milliseconds(5));
+  timer->async_wait([this, timer, vm, args, fd, id, client, listener, attempts](auto) {
+    send_migrate_out(vm, args, fd, id, client, listener, attempts - 1);
+  });
+}
+
+// A peer's connection: handed untouched to a new monitor process, which
+// runs the receiver (the peer proves the cluster secret there before anything
+// about the VM moves) and, when the VM arrives, runs it like any other.
+void Daemon::accept_migration() {
+  migration_acceptor_->async_accept([this](auto ec, boost::asio::ip::tcp::socket socket) {
+    if (ec) {
+      if (ec != boost::asio::error::operation_aborted && !shutting_down_) accept_migration();
+      return;
+    }
+    try {
+      migrate_in(std::move(socket));
+    } catch (const std::exception& e) {
+      host_.log()->error("migration: cannot take a connection: {}", e.what());
+    }
+    if (!shutting_down_) accept_migration();
+  });
+}
+
+void Daemon::migrate_in(boost::asio::ip::tcp::socket socket) {
+  boost::system::error_code ec;
+  const auto remote = socket.remote_endpoint(ec);
+  const std::string peer = ec ? "?" : fmt::format("{}:{}", remote.address().to_string(), remote.port());
+  json taken = json::array();
+  for (const auto& [name, vm] : vms_)
+    if (vm->active()) taken.push_back(name);
+  const auto& d = host_.config().daemon;
+  const json args{{"peer", peer},
+                  {"config_dir", host_.config_dir().string()},
+                  {"host_config", host_.config().file.string()},
+                  {"log_dir", host_.config().log_dir.string()},
+                  {"log_level", host_.config().log_level},
+                  {"secret_file", d.migration_secret_file.string()},
+                  {"host_name", host_.config().name},
+                  {"vm_dir", vm_dir_.string()},
+                  {"run_log", run_log_.string()},
+                  {"taken_names", taken}};
+  const Spawned process = spawn_monitor_process();
+  control::send_with_fds(process.fd, control::encode_line(control::request(1, "migrate-in", args)),
+                         {socket.native_handle()});
+  socket.close(ec);  // the monitor process has its own copy
+  auto link = std::make_shared<LineSocket>(stream_protocol::socket(io_, stream_protocol(), process.fd));
+  const pid_t pid = process.pid;
+  host_.log()->info("migration: a connection from {} goes to monitor process {}", peer, pid);
+  std::weak_ptr<LineSocket> weak_link = link;
+  link->start(
+      [this, weak_link, pid, peer](const json& reply) {
+        auto link = weak_link.lock();
+        if (!link || reply.value("id", json()) != 1) return;
+        if (!reply.value("ok", false)) {
+          const json error = reply.value("error", json::object());
+          host_.log()->warn("migration: from {}: {}", peer, error.value("message", "failed"));
+          link->close("migration in ended");
+          return;
+        }
+        const json& result = reply["result"];
+        const std::string name = result.value("name", "");
+        VmHandle::Identity identity{name,
+                                    result.value("vm_file", ""),
+                                    result.value("plugin", ""),
+                                    result.value("plugin_version", ""),
+                                    result.value("mode", ""),
+                                    (vm_dir_ / (name + ".sock")).string(),
+                                    (vm_dir_ / (name + ".result.json")).string(),
+                                    (vm_dir_ / (name + ".json")).string()};
+        auto handle = make_handle(identity, pid);
+        handle->adopt(link);
+        handle->update_status(result);
+        handle->set_state(result.value("state", "running"));
+        write_record(*handle);
+        host_.log()->info("VM {}: arrived from {} and runs under {} ({}) in monitor process {}", name, peer,
+                          identity.mode, identity.plugin, pid);
+      },
+      [this, peer, pid](const std::string& why) {
+        host_.log()->warn("migration: from {}: monitor process {} went away ({})", peer, pid, why);
+      });
+}
+
 void Daemon::write_record(const VmHandle& vm) {
   const auto& id = vm.identity();
   const json record{{"name", id.name},     {"pid", vm.pid()},           {"vm_file", id.vm_file},
@@ -636,6 +817,7 @@ void Daemon::shutdown(const std::string& why) {
   host_.log()->info("{}: stopping every VM", why);
   boost::system::error_code ignored;
   acceptor_.close(ignored);
+  if (migration_acceptor_) migration_acceptor_->close(ignored);
   std::error_code removed;
   fs::remove(host_.config().daemon.control_socket, removed);
   for (auto& [name, vm] : vms_)

@@ -38,6 +38,14 @@ class Daemon {
   void dispatch(const json& message, const std::shared_ptr<Client>& client);
   void vm_start(const json& id, const json& args, const std::shared_ptr<Client>& client);
   void vm_restore(const json& id, const json& args, const std::shared_ptr<Client>& client);
+  // Live migration (host/migration/README.md): VMs leave through their monitor
+  // process (migrate-out over a connection this daemon opened) and arrive in a
+  // new one (migrate-in over a connection this daemon accepted).
+  void vm_migrate(const json& id, const json& args, const std::shared_ptr<Client>& client);
+  void send_migrate_out(std::shared_ptr<VmHandle> vm, json args, int fd, const json& id,
+                        const std::shared_ptr<Client>& client, std::uint64_t listener, int attempts);
+  void accept_migration();
+  void migrate_in(boost::asio::ip::tcp::socket socket);
   struct Spawned {
     pid_t pid = 0;
     int fd = -1;  // the daemon's end of the socketpair (owned by the caller)
@@ -75,6 +83,8 @@ class Daemon {
   std::map<std::string, std::uint64_t> counters_;  // per-host figures
   std::map<pid_t, int> unclaimed_exits_;  // monitor processes that ended before a VM handle claimed them
   std::unique_ptr<Metrics> metrics_;
+  std::unique_ptr<boost::asio::ip::tcp::acceptor> migration_acceptor_;
+  std::filesystem::path run_log_;  // <state_dir>/run-intervals.log: when this host ran each VM
   bool shutting_down_ = false;
   int exit_status_ = 0;
 };

@@ -49,15 +49,21 @@ void VmHandle::adopt(std::shared_ptr<LineSocket> link) {
       });
 }
 
-void VmHandle::call(const std::string& op, json args, Reply reply) {
+bool VmHandle::call(const std::string& op, json args, Reply reply, const std::vector<int>& fds) {
   if (!link_ || !link_->is_open()) {
     reply(control::reply_error(0, control::error_code::kWrongState,
                                fmt::format("VM {} is {}: its monitor process is gone", name(), state_)));
-    return;
+    return true;
   }
   const std::uint64_t id = next_id_++;
   pending_[id] = std::move(reply);
-  link_->send(control::request(id, op, std::move(args)));
+  if (fds.empty()) {
+    link_->send(control::request(id, op, std::move(args)));
+    return true;
+  }
+  if (link_->send_with_fds(control::request(id, op, std::move(args)), fds)) return true;
+  pending_.erase(id);
+  return false;
 }
 
 void VmHandle::send_console_input(const std::string& base64) {
@@ -103,6 +109,13 @@ void VmHandle::on_message(const json& message) {
       if (console_.size() > 2 * kConsoleKeep) console_.erase(0, console_.size() - kConsoleKeep);
     }
     const json event = control::event("console", {{"vm", name()}, {"data", data}});
+    for (auto& [id, listener] : std::map(listeners_)) listener(event);
+  } else if (kind == "migration") {
+    // A migration's progress: to whoever listens (the client that asked for it).
+    migration_ = message;
+    migration_.erase("event");
+    json event = message;
+    event["vm"] = name();
     for (auto& [id, listener] : std::map(listeners_)) listener(event);
   } else if (kind == "state") {
     // Running and paused come from here; the end (stopped, failed) comes
@@ -162,6 +175,7 @@ void VmHandle::update_status(const json& status) {
     const std::string reported = status["state"].get<std::string>();
     if (reported != state_ && reported != "stopping") state_ = reported;
   }
+  migration_ = status.contains("migration") ? status["migration"] : json();
   if (status.contains("started_at")) started_at_ = status["started_at"].get<std::int64_t>();
 }
 
@@ -182,6 +196,7 @@ json VmHandle::summary() const {
            {"console_bytes", console_bytes_},
            {"counters", counters_}};
   if (!reason_.empty()) out["reason"] = reason_;
+  if (!migration_.is_null() && active()) out["migration"] = migration_;
   if (!result_.empty()) out["result"] = result_;
   return out;
 }

@@ -37,7 +37,8 @@ class VmHandle : public std::enable_shared_from_this<VmHandle> {
   void adopt(std::shared_ptr<LineSocket> link);
   // A request to the monitor process; `reply` gets its answer or, if the
   // process goes away first, an error reply.
-  void call(const std::string& op, json args, Reply reply);
+  // With `fds`: false (and `reply` dropped) when the link is busy writing; try again shortly.
+  bool call(const std::string& op, json args, Reply reply, const std::vector<int>& fds = {});
   void send_console_input(const std::string& base64);
   // Where the reply to the start request (id 1, sent with the plugin image) goes.
   void expect_start(Reply reply) { pending_[1] = std::move(reply); }
@@ -94,6 +95,7 @@ class VmHandle : public std::enable_shared_from_this<VmHandle> {
   std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();
   std::optional<double> final_uptime_;
   double reported_uptime_ = 0;
+  json migration_;  // the migration in flight, from the monitor process's status
 
  public:
   static constexpr std::size_t kConsoleKeep = 1 << 20;

@@ -14,11 +14,15 @@
 #include <fstream>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <thread>
 
 #include <modevisor/api/hypervisor.hpp>
 
 #include "common/errors.hpp"
+#include "migration/receiver.hpp"
+#include "migration/sender.hpp"
+#include "migration/vm_endpoints.hpp"
 #include "config/vm_config.hpp"
 #include "control/protocol.hpp"
 #include "control/unix_socket.hpp"
@@ -82,13 +86,18 @@ class MonitorProcess {
  public:
   explicit MonitorProcess(int control_fd) : channel_(std::make_unique<control::LineChannel>(control::Fd(control_fd))) {}
   int run();
+  int serve_loop();
 
  private:
   bool load_snapshot(const json& args);
+  bool migrate_in(const json& args, std::vector<int>& fds);
+  void migrate_out(const json& id, const json& args, std::vector<int>& fds);
+  void begin_serving();
+  void note_run_interval(host::VmState state);
   bool power_on(const json& args, std::vector<int>& fds, const json& id);
   std::shared_ptr<const host::LoadedPlugin> load_plugin(const json& args, std::vector<int>& fds);
   host::VmEvents events();
-  void handle(const json& message);
+  void handle(const json& message, std::vector<int>& fds);
   bool send(const json& message);
   void drop_channel();
   void accept_daemon();
@@ -120,7 +129,45 @@ class MonitorProcess {
   std::int64_t started_unix_ = 0;
   std::filesystem::path socket_path_, result_file_;
   json start_args_;
+  std::string vm_yaml_;  // the declaration as declared (what a migration carries)
+
+  // Live migration.  The ledger lives as long as this process (and so the
+  // VM that arrived through it): a committed migration is never forgotten
+  // while its VM lives.
+  std::unique_ptr<host::migration::ArrivalLedger> ledger_;
+  std::unique_ptr<host::Host> host_;  // this host's runtime, for a VM arriving here
+  std::thread migration_thread_;
+  std::unique_ptr<host::migration::VmMigrationSource> migration_source_;
+  std::unique_ptr<host::migration::MigrationSender> sender_;
+  std::atomic<bool> migrating_{false};
+  mutable std::mutex migration_mutex_;
+  json migration_status_;  // the migration in flight, for `vm status`
+  std::filesystem::path run_log_;  // when this host ran the VM (one line per start and end)
+  std::atomic<bool> run_open_{false};
+  // An arriving VM prints from Go on, before the daemon has its handle: its
+  // output waits until the migrate-in reply has gone out.
+  std::atomic<bool> hold_console_{false};
 };
+
+// One line per transition, appended with one write: the run-interval log
+// that proves two hosts never ran a VM at the same time.  CLOCK_MONOTONIC is
+// system-wide, so two daemons on one machine compare directly.
+void append_run_line(const std::filesystem::path& file, const std::string& what, const std::string& name) {
+  if (file.empty()) return;
+  const auto now = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                       std::chrono::steady_clock::now().time_since_epoch()).count();
+  const std::string line = fmt::format("{} {} {} {}\n", what, name, ::getpid(), now);
+  const int fd = ::open(file.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+  if (fd < 0) return;
+  [[maybe_unused]] auto n = ::write(fd, line.data(), line.size());
+  ::close(fd);
+}
+
+void MonitorProcess::note_run_interval(host::VmState state) {
+  const bool running = state == host::VmState::Running;
+  if (run_open_.exchange(running) == running) return;
+  append_run_line(run_log_, running ? "run" : "end", vm_.name);
+}
 
 void MonitorProcess::flush_console() {
   std::lock_guard lock(console_mutex_);
@@ -128,7 +175,7 @@ void MonitorProcess::flush_console() {
 }
 
 void MonitorProcess::flush_console_locked() {
-  if (console_pending_.empty()) return;
+  if (console_pending_.empty() || hold_console_) return;
   send(control::event("console", {{"data", control::base64_encode(console_pending_)}}));
   console_pending_.clear();
 }
@@ -165,7 +212,7 @@ json MonitorProcess::counters_json() const {
 
 json MonitorProcess::description() const {
   const auto uptime = std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count();
-  return json{{"name", vm_.name},
+  json out{{"name", vm_.name},
               {"state", stopping_ && session_->state() != host::VmState::Stopped ? "stopping"
                                                                                     : host::to_string(session_->state())},
               {"pid", ::getpid()},
@@ -179,6 +226,9 @@ json MonitorProcess::description() const {
               {"vcpus", vm_.vcpus},
               {"memory_bytes", vm_.memory_bytes},
               {"counters", counters_json()}};
+  std::lock_guard lock(migration_mutex_);
+  if (!migration_status_.is_null()) out["migration"] = migration_status_;
+  return out;
 }
 
 host::VmEvents MonitorProcess::events() {
@@ -192,6 +242,7 @@ host::VmEvents MonitorProcess::events() {
     if (byte == '\n' || console_pending_.size() >= 4096) flush_console_locked();
   };
   events.state_changed = [this](host::VmState state) {
+    note_run_interval(state);
     send(control::event("state", {{"state", host::to_string(state)}}));
   };
   return events;
@@ -244,10 +295,12 @@ bool MonitorProcess::power_on(const json& args, std::vector<int>& fds, const jso
     start_args_ = args;
     socket_path_ = args.value("socket", "");
     result_file_ = args.value("result_file", "");
+    run_log_ = args.value("run_log", "");
     const std::filesystem::path config_dir = args.at("config_dir").get<std::string>();
     const auto guest_os = host::GuestOsTable::load(config_dir / "guest-os.yaml");
     vm_ = restoring ? host::parse_vm_config(snapshot_->state.vm_yaml, snapshot_->state.vm_file, guest_os)
                     : host::load_vm_config(args.at("vm_file").get<std::string>(), guest_os);
+    vm_yaml_ = restoring ? snapshot_->state.vm_yaml : "";
     log_ = host::open_vm_log(args.at("log_dir").get<std::string>(), vm_.name, args.value("log_level", "info"),
                              args.value("host_config", ""));
     if (restoring)
@@ -275,6 +328,14 @@ bool MonitorProcess::power_on(const json& args, std::vector<int>& fds, const jso
     return fail(code::kMonitorFailed, e.what());
   }
 
+  if (!restoring) session_->start();  // a restored VM stays paused until resumed
+  begin_serving();
+  send(control::reply_ok(id, description()));
+  return true;
+}
+
+// The VM exists (started, restored or arrived): the reattach socket and the thread that waits for its end.
+void MonitorProcess::begin_serving() {
   started_ = std::chrono::steady_clock::now();
   started_unix_ = std::chrono::duration_cast<std::chrono::seconds>(
                       std::chrono::system_clock::now().time_since_epoch()).count();
@@ -285,21 +346,229 @@ bool MonitorProcess::power_on(const json& args, std::vector<int>& fds, const jso
       log_->warn("vmm| no reattach socket ({}): a restarted daemon will not find this VM", e.what());
     }
   }
-  if (!restoring) session_->start();  // a restored VM stays paused until resumed
   vm_thread_ = std::thread([this] {
     result_ = session_->wait();
     const char c = 'e';
     [[maybe_unused]] auto n = ::write(wake_[1], &c, 1);
   });
-  send(control::reply_ok(id, description()));
+}
+
+// A VM arriving from a peer: the daemon accepted the TCP connection and
+// passed it here untouched; the receiver proves the cluster secret (and
+// refuses a stranger) before anything about the VM moves.  The VM is
+// restored under the mode this host's own selector picks, and runs here
+// once the source lets go.
+bool MonitorProcess::migrate_in(const json& args, std::vector<int>& fds) {
+  namespace mig = host::migration;
+  const json id = 1;
+  if (fds.empty()) {
+    send(control::reply_error(id, code::kProtocol, "migrate-in needs the connection as a descriptor"));
+    return false;
+  }
+  const int connection = fds.front();
+  fds.erase(fds.begin());
+  const std::string peer = args.value("peer", "?");
+  try {
+    host::HostOptions options;
+    options.config_dir = args.value("config_dir", "");
+    options.host_config = args.value("host_config", "");
+    options.log_dir = args.value("log_dir", "");
+    options.log_level = args.value("log_level", "info");
+    host_ = std::make_unique<host::Host>(options);
+  } catch (const std::exception& e) {
+    ::close(connection);
+    send(control::reply_error(id, code::kBadInput, std::string("migration in: this host's runtime: ") + e.what()));
+    return false;
+  }
+  const std::string log_dir = args.value("log_dir", "");
+  const std::string log_level = args.value("log_level", "info");
+  const std::string host_config = args.value("host_config", "");
+  const std::filesystem::path vm_dir = args.value("vm_dir", "");
+  std::set<std::string> taken;
+  for (const auto& name : args.value("taken_names", json::array())) taken.insert(name.get<std::string>());
+  run_log_ = args.value("run_log", "");
+
+  mig::LocalHostView view = mig::local_host_view(*host_, args.value("host_name", "this host"));
+  view.vm_log = [this, log_dir, log_level, host_config](const host::VmConfig& vm) {
+    log_ = host::open_vm_log(log_dir, vm.name, log_level, host_config);
+    return log_;
+  };
+  view.vm_events = [this](const host::VmConfig& vm) {
+    vm_ = vm;
+    return events();
+  };
+
+  // The daemon's names are taken: a VM of the same name running here is refused at Config.
+  class NamedDestination final : public mig::DestinationHost {
+   public:
+    NamedDestination(mig::LocalHostView view, std::set<std::string> taken)
+        : inner_(std::move(view)), taken_(std::move(taken)) {}
+    mig::PlacementDecision place(const mig::MigrationConfig& config) override {
+      if (taken_.count(config.vm_name)) {
+        mig::PlacementDecision out;
+        out.reasons.push_back("a VM named " + config.vm_name + " is already active on this host");
+        return out;
+      }
+      return inner_.place(config);
+    }
+    std::unique_ptr<mig::ArrivedVm> restore(const mig::MigrationConfig& config, const mig::Placement& placement,
+                                            std::span<const std::uint8_t> state,
+                                            std::unique_ptr<host::GuestRam> ram) override {
+      return inner_.restore(config, placement, state, std::move(ram));
+    }
+
+   private:
+    mig::VmDestination inner_;
+    std::set<std::string> taken_;
+  } destination(std::move(view), std::move(taken));
+
+  std::unique_ptr<mig::ClusterSecret> secret;
+  try {
+    secret = std::make_unique<mig::ClusterSecret>(mig::ClusterSecret::from_file(args.value("secret_file", "")));
+  } catch (const std::exception& e) {
+    ::close(connection);
+    send(control::reply_error(id, code::kBadInput, e.what()));
+    return false;
+  }
+  ledger_ = std::make_unique<mig::ArrivalLedger>();
+  hold_console_ = true;
+  mig::ReceiverOptions options;
+  options.log = host_->log();
+  mig::MigrationReceiver receiver(destination, *ledger_, *secret, options);
+  mig::ReceiverResult result = receiver.serve(connection, peer);
+  json migration{{"migration_id", result.migration_id},
+                 {"peer", result.peer},
+                 {"end", mig::to_string(result.end)},
+                 {"reason", result.reason},
+                 {"rounds", result.rounds},
+                 {"pages_received", result.pages_received},
+                 {"bytes_received", result.bytes_received},
+                 {"protocol_version", result.protocol_version}};
+  if (result.config) migration["vm"] = result.config->vm_name;
+  if (result.end != mig::ReceiverStep::Running) {
+    if (log_) log_->warn("migration in from {} ended {}: {}", peer, mig::to_string(result.end), result.reason);
+    json error{{"code", code::kMonitorFailed},
+               {"message", fmt::format("migration from {} {}: {}", peer, mig::to_string(result.end), result.reason)},
+               {"migration", migration}};
+    send(json{{"id", id}, {"ok", false}, {"error", error}});
+    return false;
+  }
+  session_ = mig::take_vm(std::move(result.vm));
+  vm_ = session_->config();
+  vm_yaml_ = result.config->vm_yaml;
+  plugin_ = host_->registry().share(session_->plugin().descriptor.name);
+  socket_path_ = vm_dir.empty() ? std::filesystem::path() : vm_dir / (vm_.name + ".sock");
+  result_file_ = vm_dir.empty() ? std::filesystem::path() : vm_dir / (vm_.name + ".result.json");
+  log_->info("migration in: VM {} runs here under {} ({}) in monitor process {}", vm_.name,
+             result.placement ? result.placement->mode : "?", session_->plugin().descriptor.name, ::getpid());
+  note_run_interval(session_->state());
+  begin_serving();
+  json out = description();
+  out["mode"] = result.placement ? result.placement->mode : "";
+  out["migration_in"] = migration;
+  send(control::reply_ok(id, out));
+  hold_console_ = false;
+  flush_console();
   return true;
 }
 
-void MonitorProcess::handle(const json& message) {
+// Source side: the daemon connected to the peer and passes the socket; the
+// sender runs on its own thread (the VM and the daemon's requests go on),
+// progress lines leave as events, the final record as the reply.
+void MonitorProcess::migrate_out(const json& id, const json& args, std::vector<int>& fds) {
+  namespace mig = host::migration;
+  if (fds.empty()) {
+    send(control::reply_error(id, code::kProtocol, "migrate-out needs the connection as a descriptor"));
+    return;
+  }
+  const int connection = fds.front();
+  fds.erase(fds.begin());
+  if (migrating_.exchange(true)) {
+    ::close(connection);
+    send(control::reply_error(id, code::kWrongState, "VM " + vm_.name + " is already migrating"));
+    return;
+  }
+  if (session_->state() != host::VmState::Running) {
+    ::close(connection);
+    migrating_ = false;
+    send(control::reply_error(id, code::kWrongState,
+                              fmt::format("VM {} is {}: only a running VM migrates", vm_.name,
+                                          host::to_string(session_->state()))));
+    return;
+  }
+  std::shared_ptr<mig::ClusterSecret> secret;
+  mig::MigrationConfig config;
+  try {
+    secret = std::make_shared<mig::ClusterSecret>(mig::ClusterSecret::from_file(args.value("secret_file", "")));
+    std::string yaml = vm_yaml_;
+    if (yaml.empty()) {
+      std::ifstream in(vm_.file, std::ios::binary);
+      yaml.assign(std::istreambuf_iterator<char>(in), {});
+      vm_yaml_ = yaml;
+    }
+    config = mig::describe_for_migration(*session_, yaml, args.value("host_name", ""));
+    config.source_mode = plugin_ ? plugin_->mode : "";
+    config.source_plugin = plugin_ ? plugin_->descriptor.name + " " + plugin_->descriptor.version : "";
+  } catch (const std::exception& e) {
+    ::close(connection);
+    migrating_ = false;
+    send(control::reply_error(id, code::kBadInput, e.what()));
+    return;
+  }
+  if (migration_thread_.joinable()) migration_thread_.join();
+  mig::SenderOptions options;
+  options.destination = args.value("destination", "");
+  options.downtime_limit = std::chrono::milliseconds(args.value("downtime_ms", 300));
+  options.force_converge = args.value("force_converge", false);
+  options.log = log_;
+  const std::string destination = options.destination, peer = args.value("peer", destination);
+  {
+    std::lock_guard lock(migration_mutex_);
+    migration_status_ = json{{"to", peer}, {"destination", destination}, {"step", "hello"}};
+  }
+  options.on_progress = [this](const mig::RoundProgress& progress) {
+    json p = mig::to_json(progress);
+    p["line"] = mig::progress_line(progress);
+    {
+      std::lock_guard lock(migration_mutex_);
+      for (const auto& [key, value] : p.items()) migration_status_[key] = value;
+      if (sender_) migration_status_["step"] = mig::to_string(sender_->step());
+    }
+    p["vm"] = vm_.name;
+    send(control::event("migration", p));
+  };
+  log_->info("migration out: VM {} to {} ({})", vm_.name, peer, destination);
+  migration_source_ = std::make_unique<mig::VmMigrationSource>(*session_);
+  sender_ = std::make_unique<mig::MigrationSender>(*migration_source_, config, *secret, options);
+  {
+    std::lock_guard lock(migration_mutex_);
+    migration_status_["migration_id"] = sender_->migration_id();
+  }
+  migration_thread_ = std::thread([this, id, connection, secret, peer] {
+    const mig::MigrationReport report = sender_->run(connection);
+    json record = mig::to_json(report);
+    record["to"] = peer;
+    record["summary"] = mig::summary(report);
+    log_->info("migration out: {}", mig::summary(report));
+    {
+      std::lock_guard lock(migration_mutex_);
+      migration_status_ = json();
+    }
+    migrating_ = false;
+    send(control::reply_ok(id, record));
+  });
+}
+
+void MonitorProcess::handle(const json& message, std::vector<int>& fds) {
   const json id = message.value("id", json());
   const std::string op = message.value("op", "");
   const json args = message.value("args", json::object());
-  if (op == "stop") {
+  if (op == "migrate-out") {
+    migrate_out(id, args, fds);
+  } else if (migrating_ && (op == "pause" || op == "resume" || op == "save")) {
+    send(control::reply_error(id, code::kWrongState, "VM " + vm_.name + " is migrating; " + op + " waits until it ends"));
+  } else if (op == "stop") {
+    if (migrating_ && sender_) sender_->cancel("the VM is being stopped");
     stop_reason_ = args.value("reason", "stopped by the operator");
     stopping_ = true;
     session_->stop(stop_reason_);
@@ -336,6 +605,8 @@ void MonitorProcess::handle(const json& message) {
 
 void MonitorProcess::finish() {
   vm_thread_.join();
+  if (migration_thread_.joinable()) migration_thread_.join();  // its record goes out before "ended"
+  note_run_interval(host::VmState::Stopped);
   flush_console();
   const char* kind = result_kind(result_.kind);
   for (const auto& [name, value] : result_.counters) log_->info("counter {} = {}", name, value);
@@ -370,6 +641,11 @@ int MonitorProcess::run() {
       for (int fd : fds) ::close(fd);
       return host::kExitOk;  // the daemon chose not to restore it (no mode, a name in use)
     }
+  } else if (first && first->value("op", "") == "migrate-in") {
+    const bool arrived = migrate_in(first->value("args", json::object()), fds);
+    for (int fd : fds) ::close(fd);
+    if (!arrived) return host::kExitOk;  // refused or abandoned: nothing ran here
+    return serve_loop();
   } else if (!first || first->value("op", "") != "start") {
     for (int fd : fds) ::close(fd);
     return host::kExitBadInput;
@@ -377,7 +653,10 @@ int MonitorProcess::run() {
   const bool started = power_on(first->value("args", json::object()), fds, first->value("id", json(1)));
   for (int fd : fds) ::close(fd);
   if (!started) return host::kExitMonitorFailed;
+  return serve_loop();
+}
 
+int MonitorProcess::serve_loop() {
   for (;;) {
     pollfd polled[3] = {{wake_[0], POLLIN, 0}, {signals_.get(), POLLIN, 0}, {-1, POLLIN, 0}};
     const bool attached = channel_ != nullptr;
@@ -400,11 +679,14 @@ int MonitorProcess::run() {
         accept_daemon();
         continue;
       }
-      if (!channel_->read_some()) {
+      std::vector<int> received;
+      if (!channel_->read_some(&received)) {
+        for (int fd : received) ::close(fd);
         drop_channel();
         continue;
       }
-      while (auto message = channel_->buffered()) handle(*message);
+      while (auto message = channel_->buffered()) handle(*message, received);
+      for (int fd : received) ::close(fd);
       if (!channel_->error().empty()) drop_channel();
     }
   }

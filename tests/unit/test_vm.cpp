@@ -317,10 +317,15 @@ TEST_F(VmTest, PauseParksRunningVcpusAndThoseWaitingForSipiAndResumeGoesOn) {
   EXPECT_THROW(vm->pause(), VmStateError);
   vm->resume();
   EXPECT_EQ(vm->state(), VmState::Running);
+  // vCPU 1 must run again before vCPU 0 ends the guest; ending it at once
+  // would race vCPU 1's first run after resume.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (script_.runs_with_code[1] <= runs_at_pause && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::yield();
+  EXPECT_GT(script_.runs_with_code[1], runs_at_pause) << "vCPU 1 ran again after resume";
   finish = true;
   const SessionResult r = vm->wait();
   EXPECT_EQ(r.kind, SessionResult::Kind::GuestExit) << r.reason;
-  EXPECT_GT(script_.runs_with_code[1], runs_at_pause) << "vCPU 1 ran again after resume";
   EXPECT_EQ(script_.runs_with_code[2], 0);
   EXPECT_EQ(vm->state(), VmState::Stopped);
 }

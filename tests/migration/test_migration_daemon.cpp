@@ -1,0 +1,354 @@
+// Live migration through the daemons, end to end: two modevisord on temporary
+// control sockets, their migration listeners on loopback TCP, real monitor
+// processes and the stamper guest under bt-swmmu, driven with `modevisor
+// migrate` as an operator drives it.  Every test ends by checking that the VM
+// runs on exactly one host and that the two daemons' run-interval logs never
+// overlap.
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+#include <x86intrin.h>
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <array>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace {
+
+using nlohmann::json;
+namespace fs = std::filesystem;
+using namespace std::chrono_literals;
+
+const fs::path kBin = fs::path(MODEVISOR_BINARY_DIR) / "bin";
+const fs::path kGuests = fs::path(MODEVISOR_BINARY_DIR) / "guests";
+const fs::path kPlugins = fs::path(MODEVISOR_BINARY_DIR) / "plugins";
+
+struct Result {
+  int status = -1;
+  std::string out;
+};
+
+Result shell(const std::string& command) {
+  Result result;
+  FILE* pipe = ::popen((command + " 2>/dev/null").c_str(), "r");
+  if (!pipe) return result;
+  std::array<char, 4096> buffer{};
+  size_t n;
+  while ((n = std::fread(buffer.data(), 1, buffer.size(), pipe)) > 0) result.out.append(buffer.data(), n);
+  const int raw = ::pclose(pipe);
+  result.status = WIFEXITED(raw) ? WEXITSTATUS(raw) : -1;
+  return result;
+}
+
+std::string read_file(const fs::path& file) {
+  std::ifstream in(file, std::ios::binary);
+  std::stringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+bool eventually(const std::function<bool()>& done, int tenths = 600) {
+  for (int i = 0; i < tenths; ++i) {
+    if (done()) return true;
+    std::this_thread::sleep_for(100ms);
+  }
+  return done();
+}
+
+std::uint64_t tsc_khz() {
+  const auto t0 = std::chrono::steady_clock::now();
+  const auto c0 = __rdtsc();
+  std::this_thread::sleep_for(100ms);
+  const auto c1 = __rdtsc();
+  const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  return static_cast<std::uint64_t>(static_cast<double>(c1 - c0) / ms);
+}
+
+// The numbers of the "tick N" lines, in order.
+std::vector<long> ticks(const std::string& console) {
+  std::vector<long> out;
+  std::istringstream in(console);
+  std::string line;
+  while (std::getline(in, line))
+    if (line.rfind("tick ", 0) == 0) out.push_back(std::stol(line.substr(5)));
+  return out;
+}
+
+// One host: a daemon with a migration listener and the shared secret.
+struct TestHost {
+  std::string name;
+  fs::path dir;
+  int port = 0;
+  pid_t daemon = -1;
+
+  fs::path socket() const { return dir / "control.sock"; }
+  Result cli(const std::string& args) const {
+    return shell((kBin / "modevisor").string() + " --socket " + socket().string() + " " + args);
+  }
+  json cli_json(const std::string& args) const {
+    const Result r = cli("--json " + args);
+    json j = json::parse(r.out, nullptr, false);
+    return j.is_discarded() ? json{{"unparsed", r.out}, {"status", r.status}} : j;
+  }
+  std::string state_of(const std::string& vm) const { return cli_json("vm status " + vm).value("state", "none"); }
+  std::string console(const std::string& vm) const { return cli("vm console --no-follow " + vm).out; }
+  std::string log(const std::string& vm) const { return cli("vm log " + vm).out; }
+  // (pid, from, to) of every interval this host ran a VM; to = -1 while it runs.
+  std::vector<std::array<long long, 3>> run_intervals() const {
+    std::vector<std::array<long long, 3>> out;
+    std::map<long long, std::size_t> open;
+    std::istringstream in(read_file(dir / "state" / "run-intervals.log"));
+    std::string what, vm;
+    long long pid, t;
+    while (in >> what >> vm >> pid >> t) {
+      if (what == "run") {
+        open[pid] = out.size();
+        out.push_back({pid, t, -1});
+      } else if (open.count(pid)) {
+        out[open[pid]][2] = t;
+        open.erase(pid);
+      }
+    }
+    return out;
+  }
+  void start(const fs::path& secret, const std::string& peer_name, int peer_port) {
+    fs::create_directories(dir);
+    std::ofstream(dir / "host.yaml") << "name: " << name << "\ncontrol_socket: " << socket().string()
+                                     << "\nstate_dir: " << (dir / "state").string()
+                                     << "\nlog_dir: " << (dir / "logs").string() << "\nplugin_dirs: ["
+                                     << kPlugins.string() << "]\nmigration:\n  listen: 127.0.0.1:" << port
+                                     << "\n  secret_file: " << secret.string() << "\npeers:\n  " << peer_name
+                                     << ": 127.0.0.1:" << peer_port << "\n";
+    daemon = ::fork();
+    if (daemon == 0) {
+      const int out = ::open((dir / "daemon.out").c_str(), O_WRONLY | O_CREAT | O_APPEND, 0600);
+      ::dup2(out, 1);
+      ::dup2(out, 2);
+      const std::string binary = (kBin / "modevisord").string(), config = (dir / "host.yaml").string();
+      ::execl(binary.c_str(), binary.c_str(), "--config", config.c_str(), nullptr);
+      ::_exit(127);
+    }
+    ASSERT_TRUE(eventually([&] { return cli("--json host").status == 0; })) << read_file(dir / "daemon.out");
+  }
+  void stop(int signal = SIGTERM) {
+    if (daemon <= 0) return;
+    ::kill(daemon, signal);
+    int status = 0;
+    ::waitpid(daemon, &status, 0);
+    daemon = -1;
+  }
+  // The monitor processes this daemon started (its children).
+  std::vector<pid_t> children() const {
+    std::vector<pid_t> out;
+    std::istringstream in(read_file("/proc/" + std::to_string(daemon) + "/task/" + std::to_string(daemon) + "/children"));
+    pid_t pid;
+    while (in >> pid) out.push_back(pid);
+    return out;
+  }
+};
+
+int free_port() {
+  const Result r = shell("python3 -c 'import socket; s=socket.socket(); s.bind((\"127.0.0.1\",0)); print(s.getsockname()[1])'");
+  return std::stoi(r.out);
+}
+
+class DaemonMigrationTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+    dir_ = fs::path("/tmp") / ("mvm-" + std::to_string(::getpid()) + "-" + std::string(info->name()).substr(0, 20));
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+    write_secret(dir_ / "cluster.secret", "a cluster secret that both hosts hold, 32+ bytes long");
+    a_ = {"host-a", dir_ / "a", free_port()};
+    b_ = {"host-b", dir_ / "b", free_port()};
+  }
+  void TearDown() override {
+    a_.stop();
+    b_.stop();
+    if (!std::getenv("MODEVISOR_KEEP_TEST_DIRS")) fs::remove_all(dir_);
+  }
+  static void write_secret(const fs::path& file, const std::string& text) {
+    std::ofstream(file) << text << "\n";
+    fs::permissions(file, fs::perms::owner_read | fs::perms::owner_write, fs::perm_options::replace);
+  }
+  void start_both(const fs::path& secret_b = {}) {
+    a_.start(dir_ / "cluster.secret", "host-b", b_.port);
+    b_.start(secret_b.empty() ? dir_ / "cluster.secret" : secret_b, "host-a", a_.port);
+  }
+  fs::path vm_yaml(const std::string& name, const std::string& cmdline, const std::string& cpu_model,
+                   unsigned mib = 32) {
+    const fs::path file = dir_ / (name + ".yaml");
+    std::ofstream(file) << "name: " << name << "\nguest:\n  os: other-32\n  kernel: " << (kGuests / "stamper.elf").string()
+                        << "\n  cmdline: \"" << cmdline << " khz=" << tsc_khz() << "\"\nmemory: " << mib
+                        << "MiB\ncpu_model: " << cpu_model << "\n";
+    return file;
+  }
+  // No instant at which both hosts ran a VM.
+  void expect_no_overlap() {
+    auto all = a_.run_intervals();
+    for (auto i : b_.run_intervals()) all.push_back(i);
+    const long long now = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                              std::chrono::steady_clock::now().time_since_epoch()).count();
+    for (auto& i : all)
+      if (i[2] < 0) i[2] = now;
+    for (std::size_t x = 0; x < all.size(); ++x)
+      for (std::size_t y = x + 1; y < all.size(); ++y)
+        EXPECT_TRUE(all[x][2] <= all[y][1] || all[y][2] <= all[x][1])
+            << "monitor processes " << all[x][0] << " and " << all[y][0] << " ran the VM at the same time";
+  }
+  std::size_t running_intervals() {
+    std::size_t n = 0;
+    for (const auto* h : {&a_, &b_})
+      for (auto i : h->run_intervals()) n += i[2] < 0;
+    return n;
+  }
+
+  fs::path dir_;
+  TestHost a_, b_;
+};
+
+TEST_F(DaemonMigrationTest, AVmMovesToTheOtherHostAndBackWithItsOutputUnbroken) {
+  start_both();
+  ASSERT_EQ(a_.cli("vm start " + vm_yaml("ticker", "mib=8 rate=2 every=20", "portable-32").string()).status, 0);
+  ASSERT_TRUE(eventually([&] { return ticks(a_.console("ticker")).size() >= 10; }));
+
+  const json there = a_.cli_json("migrate ticker --to host-b");
+  ASSERT_EQ(there.value("outcome", ""), "completed") << there.dump(2);
+  EXPECT_EQ(there.value("mode", ""), "BT32");
+  EXPECT_GT(there.value("bytes_sent", 0), 0);
+  EXPECT_EQ(a_.state_of("ticker"), "stopped");
+  EXPECT_NE(a_.cli_json("vm status ticker").value("reason", "").find("migrated"), std::string::npos);
+  const std::string on_a = a_.console("ticker");
+  ASSERT_TRUE(eventually([&] { return ticks(b_.console("ticker")).size() >= 10; }));
+  EXPECT_EQ(b_.state_of("ticker"), "running");
+
+  const json back = b_.cli_json("migrate ticker --to 127.0.0.1:" + std::to_string(a_.port));
+  ASSERT_EQ(back.value("outcome", ""), "completed") << back.dump(2);
+  EXPECT_EQ(b_.state_of("ticker"), "stopped");
+  const std::string on_b = b_.console("ticker");
+  ASSERT_TRUE(eventually([&] { return ticks(a_.console("ticker")).size() >= 10; }));
+  EXPECT_EQ(a_.state_of("ticker"), "running");
+
+  // One byte stream across A, B, A (a line may end on the next host): one
+  // sequence of ticks, no gap, no repeat.
+  const std::string stream = on_a + on_b + a_.console("ticker");
+  const std::vector<long> all = ticks(stream);
+  ASSERT_GE(all.size(), 30u);
+  for (std::size_t i = 1; i < all.size(); ++i)
+    ASSERT_EQ(all[i], all[i - 1] + 1) << "at line " << i << "\n--- A ---\n" << on_a << "\n--- B ---\n" << on_b;
+
+  // Each host chose the mode itself and says so in its log.
+  const std::string log_b = b_.log("ticker"), log_a = a_.log("ticker");
+  EXPECT_NE(log_b.find("migration in: VM ticker from host-a"), std::string::npos) << log_b;
+  EXPECT_NE(log_b.find("MONITOR MODE: selected"), std::string::npos) << log_b;
+  EXPECT_NE(log_a.find("migration in: VM ticker from host-b"), std::string::npos) << log_a;
+  EXPECT_NE(log_a.find("MONITOR MODE: selected"), std::string::npos) << log_a;
+  EXPECT_EQ(running_intervals(), 1u);
+  expect_no_overlap();
+}
+
+TEST_F(DaemonMigrationTest, AWrongSecretIsRefusedBeforeAnyStateMovesAndTheVmRunsOn) {
+  write_secret(dir_ / "other.secret", "a different secret, also long enough to be used");
+  start_both(dir_ / "other.secret");
+  ASSERT_EQ(a_.cli("vm start " + vm_yaml("ticker", "mib=4 rate=1 every=20", "portable-32").string()).status, 0);
+  ASSERT_TRUE(eventually([&] { return ticks(a_.console("ticker")).size() >= 3; }));
+  const json record = a_.cli_json("migrate ticker --to host-b");
+  EXPECT_EQ(record.value("outcome", ""), "refused") << record.dump(2);
+  EXPECT_NE(record.value("exit_status", 0), 0);
+  EXPECT_FALSE(record.contains("downtime_ms") && !record["downtime_ms"].is_null()) << "the VM paused";
+  // Only the handshake crossed: no page, no state.
+  EXPECT_EQ(record.value("pages_sent", 1), 0) << record.dump(2);
+  EXPECT_EQ(record.value("state_bytes", 1), 0) << record.dump(2);
+  EXPECT_EQ(record.value("failed_step", ""), "hello") << record.dump(2);
+  EXPECT_EQ(a_.state_of("ticker"), "running");
+  EXPECT_EQ(b_.cli_json("vm list")["vms"].size(), 0u);
+  const std::size_t before = ticks(a_.console("ticker")).size();
+  EXPECT_TRUE(eventually([&] { return ticks(a_.console("ticker")).size() > before + 3; }));
+  EXPECT_TRUE(eventually([&] { return read_file(b_.dir / "daemon.out").find("migration: from") != std::string::npos; }))
+      << read_file(b_.dir / "daemon.out");
+  EXPECT_EQ(a_.run_intervals().size(), 1u) << "the VM paused on the source";
+  EXPECT_EQ(running_intervals(), 1u);
+  expect_no_overlap();
+}
+
+TEST_F(DaemonMigrationTest, AVmOnTheHostsOwnCpuModelIsRefusedBeforeItPauses) {
+  start_both();
+  ASSERT_EQ(a_.cli("vm start " + vm_yaml("native", "mib=4 rate=1 every=20", "host").string()).status, 0);
+  ASSERT_TRUE(eventually([&] { return ticks(a_.console("native")).size() >= 3; }));
+  const json record = a_.cli_json("migrate native --to host-b");
+  EXPECT_EQ(record.value("outcome", ""), "refused") << record.dump(2);
+  EXPECT_NE(record.dump().find("cpu_model"), std::string::npos) << record.dump(2);
+  EXPECT_EQ(a_.state_of("native"), "running");
+  EXPECT_EQ(a_.run_intervals().size(), 1u) << "the VM paused on the source";
+  EXPECT_EQ(b_.cli_json("vm list")["vms"].size(), 0u);
+  expect_no_overlap();
+}
+
+TEST_F(DaemonMigrationTest, ADestinationKilledMidMigrationLeavesTheVmRunningOnTheSource) {
+  start_both();
+  // 96 MiB stamped fast and a 1 ms limit: it cannot converge quickly, so it is in flight for a while.
+  ASSERT_EQ(a_.cli("vm start " + vm_yaml("busy", "mib=64 fast=1 every=20", "portable-32", 96).string()).status, 0);
+  ASSERT_TRUE(eventually([&] { return ticks(a_.console("busy")).size() >= 3; }));
+  Result migrate;
+  std::thread client([&] { migrate = a_.cli("--json migrate busy --to host-b --downtime-ms 1"); });
+  // In flight: `vm status` on the source shows it; the destination has a monitor process receiving.
+  const bool in_flight = eventually([&] { return a_.cli_json("vm status busy").contains("migration"); }, 300);
+  std::vector<pid_t> receivers = b_.children();
+  b_.stop(SIGKILL);
+  for (pid_t pid : receivers) ::kill(pid, SIGKILL);
+  client.join();
+  ASSERT_TRUE(in_flight) << migrate.out;
+  const json record = json::parse(migrate.out, nullptr, false);
+  ASSERT_FALSE(record.is_discarded()) << migrate.out;
+  EXPECT_EQ(record.value("outcome", ""), "cancelled") << record.dump(2);
+  EXPECT_TRUE(eventually([&] { return a_.state_of("busy") == "running"; }));
+  const std::size_t before = ticks(a_.console("busy")).size();
+  EXPECT_TRUE(eventually([&] { return ticks(a_.console("busy")).size() > before + 3; }));
+  EXPECT_EQ(running_intervals(), 1u);
+  expect_no_overlap();
+}
+
+TEST_F(DaemonMigrationTest, ANonConvergingMigrationIsCancelledThenForcedWithTheGuestThrottled) {
+  start_both();
+  ASSERT_EQ(a_.cli("vm start " + vm_yaml("busy", "mib=24 fast=1 every=20", "portable-32", 32).string()).status, 0);
+  ASSERT_TRUE(eventually([&] { return ticks(a_.console("busy")).size() >= 3; }));
+  // A 0 ms limit cannot be met while the guest writes as fast as it can: at the round cap it is cancelled.
+  const json cancelled = a_.cli_json("migrate busy --to host-b --downtime-ms 0");
+  // bt-swmmu's write tracking can report a round with nothing dirty while the
+  // guest writes (pages_missed_by_tracking): the migration then switches over
+  // (and the final check sends what was missed), so non-convergence cannot be
+  // forced with this monitor every time.
+  if (cancelled.value("outcome", "") == "completed")
+    GTEST_SKIP() << "the monitor's tracking saw a quiet round; it converged: " << cancelled.dump(2);
+  ASSERT_EQ(cancelled.value("outcome", ""), "cancelled") << cancelled.dump(2);
+  EXPECT_GE(cancelled.value("rounds", 0), 2) << cancelled.dump(2);
+  EXPECT_EQ(a_.state_of("busy"), "running");
+  EXPECT_EQ(b_.cli_json("vm list")["vms"].size(), 0u);
+  const std::size_t before = ticks(a_.console("busy")).size();
+  EXPECT_TRUE(eventually([&] { return ticks(a_.console("busy")).size() > before + 3; }));
+  // Forced: the same limit, but at a cap the vCPUs are throttled and it
+  // switches over above the limit (or it met a quiet moment before the cap).
+  const json forced = a_.cli_json("migrate busy --to host-b --downtime-ms 0 --force-converge");
+  ASSERT_EQ(forced.value("outcome", ""), "completed") << forced.dump(2);
+  if (forced.value("forced", false)) EXPECT_GT(forced.value("throttle_percent", 0), 0) << forced.dump(2);
+  std::printf("forced migration: forced %d, throttle %d%%, rounds %d\n", forced.value("forced", false) ? 1 : 0,
+              forced.value("throttle_percent", 0), forced.value("rounds", 0));
+  EXPECT_TRUE(eventually([&] { return b_.state_of("busy") == "running"; }));
+  EXPECT_EQ(running_intervals(), 1u);
+  expect_no_overlap();
+}
+
+}  // namespace
