@@ -186,6 +186,9 @@ TEST_F(DaemonTest, ConsoleAttachTypesIntoTheGuestAndReadsItsOutput) {
   start_daemon();
   ASSERT_EQ(cli("vm start " + long_vm("busy").string()).status, 0);
   ASSERT_TRUE(wait_state("busy", "running"));
+  // Running is not yet printed: wait for the guest's first line, which the
+  // attachment's history must then carry.
+  ASSERT_TRUE(eventually([&] { return cli("vm console busy --no-follow").out.find("sieve: n=") != std::string::npos; }));
   // Attach as the client does: the reply carries the output so far, then events follow.
   control::LineChannel channel(control::connect_unix(socket_));
   ASSERT_TRUE(channel.send(control::request(1, "vm.console", {{"name", "busy"}, {"follow", true}})));
