@@ -857,9 +857,8 @@ void Vcpu::emulate(std::uint32_t eip, bool mmio, Block* block) {
         break;
       }
       if (sel & 4) raise(13, true, sel & 0xfffc);
-      api::Segment s = parse_descriptor(read_descriptor(sel, sel & 0xfffc), sel);
-      if (s.s || s.type != 2) raise(13, true, sel & 0xfffc);
-      if (!s.present) raise(11, true, sel & 0xfffc);
+      api::Segment s = decode_segment_descriptor(read_descriptor(sel, sel & 0xfffc), sel);
+      require(check_ldt_descriptor(s, sel));
       ldtr_ = s;
       break;
     }
@@ -868,9 +867,8 @@ void Vcpu::emulate(std::uint32_t eip, bool mmio, Block* block) {
       const std::uint16_t sel = static_cast<std::uint16_t>(operand_value(ops[0]));
       if ((sel & 0xfffc) == 0 || (sel & 4)) raise(13, true, sel & 0xfffc);
       std::uint64_t raw = read_descriptor(sel, sel & 0xfffc);
-      api::Segment s = parse_descriptor(raw, sel);
-      if (s.s || (s.type != 9 && s.type != 1)) raise(13, true, sel & 0xfffc);
-      if (!s.present) raise(11, true, sel & 0xfffc);
+      api::Segment s = decode_segment_descriptor(raw, sel);
+      require(check_tss_descriptor(s, sel));
       const std::uint32_t la = static_cast<std::uint32_t>(gdtr_.base + (sel & ~7u) + 5);
       write(la, 1, static_cast<std::uint32_t>((raw >> 40) & 0xff) | 2, false);  // busy
       s.type |= 2;

@@ -1,5 +1,7 @@
 #include "vcpu.hpp"
 
+#include "host_signals.hpp"
+
 #include <asm/prctl.h>
 #include <sys/mman.h>
 #include <signal.h>
@@ -25,41 +27,6 @@ constexpr std::uint32_t kArithFlags = 0x8d5;   // CF PF AF ZF SF OF
 constexpr std::uint32_t kHostFlags = 0xcd5;    // + DF: live in host RFLAGS
 constexpr std::uint32_t kIF = 0x200, kTF = 0x100, kNT = 0x4000, kRF = 0x10000, kVM = 0x20000, kIOPL = 0x3000;
 constexpr std::uint32_t kPopfMask = 0x00257fd5;
-constexpr int kKickSignal = 40;  // SIGRTMIN+6 on glibc (34+6): per-thread timer and kick
-
-// initial-exec: the handler must not trigger lazy TLS allocation (dlopen'ed module).
-__attribute__((tls_model("initial-exec"))) thread_local Vcpu* t_current = nullptr;
-struct sigaction g_old[65];
-
-void on_signal(int sig, siginfo_t* si, void* uc) {
-  Vcpu* v = t_current;
-  if (v && v->handle_signal(sig, si, uc)) return;
-  if (sig == kKickSignal) return;
-  // Not ours: hand it to whoever had it before.
-  const struct sigaction& old = g_old[sig];
-  if ((old.sa_flags & SA_SIGINFO) && old.sa_sigaction) {
-    old.sa_sigaction(sig, si, uc);
-  } else if (old.sa_handler == SIG_IGN) {
-    return;
-  } else if (old.sa_handler == SIG_DFL) {
-    signal(sig, SIG_DFL);  // returning re-executes the fault: default action
-  } else {
-    old.sa_handler(sig);
-  }
-}
-
-void install_handlers() {
-  static std::once_flag once;
-  std::call_once(once, [] {
-    struct sigaction sa;
-    std::memset(&sa, 0, sizeof(sa));
-    sa.sa_sigaction = on_signal;
-    sa.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_RESTART;
-    sigemptyset(&sa.sa_mask);
-    for (int s : {SIGSEGV, SIGBUS, SIGFPE, SIGILL, kKickSignal}) sigaction(s, &sa, &g_old[s]);
-  });
-}
-
 bool have_fsgsbase() { return (getauxval(AT_HWCAP2) & 2) != 0; }
 
 }  // namespace
@@ -67,7 +34,7 @@ bool have_fsgsbase() { return (getauxval(AT_HWCAP2) & 2) != 0; }
 Vcpu::Vcpu(api::GuestMemory& mem, api::Platform& platform, api::Logger& log, unsigned index,
            std::size_t translation_cache_bytes)
     : mem_(mem), platform_(platform), log_(log), index_(index) {
-  install_handlers();
+  install_host_signal_handlers();
   shadow_ = std::make_unique<ShadowMmu>(mem.host_base(), mem.size(), mem.fd());
   translator_ = std::make_unique<Translator>(translation_cache_bytes);
   translator_->set_monitor_sites(&sites_);
@@ -86,7 +53,6 @@ Vcpu::Vcpu(api::GuestMemory& mem, api::Platform& platform, api::Logger& log, uns
 }
 
 Vcpu::~Vcpu() {
-  if (timer_) timer_delete(static_cast<timer_t>(timer_));
   munmap(ctx_, kContextAlloc);
 }
 
@@ -269,7 +235,7 @@ void Vcpu::block_poll() {
 }
 
 void Vcpu::kick() {
-  if (t_current == this && in_run_ && !in_guest_) {
+  if (running_vcpu() == this && in_run_ && !in_guest_) {
     // From the vCPU's own thread, inside a platform call the monitor made
     // (e.g. a TPR write that unmasks an interrupt): the dispatcher looks at
     // the platform before it runs guest code again; nothing to interrupt.
@@ -370,45 +336,6 @@ bool Vcpu::handle_signal(int sig, void* info, void* uctx) {
   }
 }
 
-void Vcpu::arm_timer() {
-  const int tid = static_cast<int>(syscall(SYS_gettid));
-  if (timer_ && tid == tid_) return;
-  if (timer_) timer_delete(static_cast<timer_t>(timer_));
-  tid_ = tid;
-  struct sigevent sev;
-  std::memset(&sev, 0, sizeof sev);
-  sev.sigev_notify = SIGEV_THREAD_ID;
-  sev.sigev_signo = kKickSignal;
-  sev._sigev_un._tid = tid;
-  timer_t t;
-  if (timer_create(CLOCK_MONOTONIC, &sev, &t) != 0) {
-    timer_ = nullptr;
-    return;
-  }
-  timer_ = t;
-  timer_t d;
-  deadline_timer_ = timer_create(CLOCK_MONOTONIC, &sev, &d) == 0 ? d : nullptr;
-  armed_deadline_ = ~0ull;
-  // 1 ms tick: bounds how long translated code runs without the dispatcher
-  // looking at device timers, interrupts and stop requests.
-  struct itimerspec its{{0, 1000000}, {0, 1000000}};
-  timer_settime(t, 0, &its, nullptr);
-}
-
-// Device timers are evaluated when the platform is called; make translated
-// code come back by the next deadline when that is sooner than the tick.
-void Vcpu::arm_deadline() {
-  if (!deadline_timer_) return;
-  const std::uint64_t dl = platform_.next_timer_deadline_ns();
-  if (dl == ~0ull || dl == armed_deadline_) return;
-  const std::uint64_t now = platform_.now_ns();
-  if (dl <= now || dl - now >= 1000000) return;  // due now (seen at the next exit) or the tick covers it
-  const std::uint64_t delta = dl - now;
-  struct itimerspec its{{0, 0}, {0, static_cast<long>(delta)}};
-  timer_settime(static_cast<timer_t>(deadline_timer_), 0, &its, nullptr);
-  armed_deadline_ = dl;
-}
-
 void Vcpu::set_gs_base(std::uint64_t base) {
   if (base == gs_base_) return;
   static const bool fsgs = have_fsgsbase();
@@ -432,11 +359,11 @@ api::RunExit Vcpu::run() {
     std::lock_guard<std::mutex> lk(dirty_mu_);
     running_ = true;
   }
-  t_current = this;
+  bind_running_vcpu(this);
   in_run_ = true;
   poll_needed_.store(true);
   gs_base_ = ~0ull;
-  arm_timer();
+  tick_.start_on_this_thread();
   struct Guard {
     Vcpu* v;
     ~Guard() {
@@ -447,14 +374,8 @@ api::RunExit Vcpu::run() {
       }
       v->in_run_ = false;
       v->in_guest_ = false;
-      t_current = nullptr;
-      for (void** t : {&v->timer_, &v->deadline_timer_}) {
-        if (!*t) continue;
-        struct itimerspec off{};
-        timer_settime(static_cast<timer_t>(*t), 0, &off, nullptr);
-        timer_delete(static_cast<timer_t>(*t));
-        *t = nullptr;
-      }
+      bind_running_vcpu(nullptr);
+      v->tick_.stop();
     }
   } guard{this};
   if (sigsetjmp(bug_jmp_, 1) != 0) {
@@ -496,7 +417,7 @@ api::RunExit Vcpu::run() {
       }
       if (events.nmi && platform_.acknowledge_nmi(index_)) nmi_pending_ = true;
       irq_line_ = platform_.interrupt_pending(index_);
-      arm_deadline();
+      tick_.arm_deadline(platform_);
     }
     try {
       // Pending events.
@@ -968,43 +889,15 @@ std::uint32_t Vcpu::pop32() {
 
 // ---------------------------------------------------------------- segments
 
-api::Segment Vcpu::parse_descriptor(std::uint64_t d, std::uint16_t sel) {
-  api::Segment s;
-  s.selector = sel;
-  s.base = ((d >> 16) & 0xffffff) | (((d >> 56) & 0xff) << 24);
-  std::uint32_t limit = (d & 0xffff) | (((d >> 48) & 0xf) << 16);
-  s.g = (d >> 55) & 1;
-  s.limit = s.g ? (limit << 12) | 0xfff : limit;
-  s.type = (d >> 40) & 0xf;
-  s.s = (d >> 44) & 1;
-  s.dpl = (d >> 45) & 3;
-  s.present = (d >> 47) & 1;
-  s.avl = (d >> 52) & 1;
-  s.l = (d >> 53) & 1;
-  s.db = (d >> 54) & 1;
-  return s;
-}
-
 std::uint64_t Vcpu::read_descriptor(std::uint16_t sel, std::uint32_t error) {
-  const std::uint32_t index = sel & ~7u;
-  std::uint64_t base;
-  std::uint32_t limit;
-  if (sel & 4) {
-    if (ldtr_.unusable || !ldtr_.present) raise(13, true, error);
-    base = ldtr_.base;
-    limit = ldtr_.limit;
-  } else {
-    base = gdtr_.base;
-    limit = gdtr_.limit;
-  }
-  if (index + 7 > limit) raise(13, true, error);
-  const std::uint32_t la = static_cast<std::uint32_t>(base + index);
+  const Outcome<std::uint32_t> at = locate_descriptor(sel, gdtr_, ldtr_, error);
+  if (!at.ok()) throw at.fault();
+  const std::uint32_t la = at.value();
   std::uint64_t lo = read(la, 4, false), hi = read(la + 4, 4, false);
   return lo | (hi << 32);
 }
 
 void Vcpu::load_segment(int sreg, std::uint16_t sel) {
-  const std::uint32_t err = sel & 0xfffc;
   if ((sel & 0xfffc) == 0) {
     if (sreg == 2) raise(13, true, 0);
     api::Segment s;
@@ -1014,20 +907,9 @@ void Vcpu::load_segment(int sreg, std::uint16_t sel) {
     sync_seg_bases();
     return;
   }
-  std::uint64_t raw = read_descriptor(sel, err);
-  api::Segment s = parse_descriptor(raw, sel);
-  const unsigned rpl = sel & 3;
-  const bool code = s.type & 8;
-  if (!s.s) raise(13, true, err);
-  if (sreg == 2) {
-    if (rpl != cpl_ || s.dpl != cpl_ || code || !(s.type & 2)) raise(13, true, err);
-    if (!s.present) raise(12, true, err);
-  } else {
-    if (code && !(s.type & 2)) raise(13, true, err);                  // execute-only code
-    const bool conforming_code = code && (s.type & 4);
-    if (!conforming_code && (s.dpl < cpl_ || s.dpl < rpl)) raise(13, true, err);
-    if (!s.present) raise(11, true, err);
-  }
+  std::uint64_t raw = read_descriptor(sel, sel & 0xfffc);
+  api::Segment s = decode_segment_descriptor(raw, sel);
+  require(sreg == 2 ? check_stack_segment_load(s, sel, cpl_) : check_data_segment_load(s, sel, cpl_));
   if (!(s.type & 1)) {  // set the accessed bit
     const std::uint32_t la = static_cast<std::uint32_t>(((sel & 4) ? ldtr_.base : gdtr_.base) + (sel & ~7u) + 5);
     write(la, 1, static_cast<std::uint32_t>((raw >> 40) & 0xff) | 1, false);
@@ -1039,9 +921,8 @@ void Vcpu::load_segment(int sreg, std::uint16_t sel) {
 
 void Vcpu::load_cs(std::uint16_t sel, unsigned new_cpl) {
   std::uint64_t raw = read_descriptor(sel, sel & 0xfffc);
-  api::Segment s = parse_descriptor(raw, static_cast<std::uint16_t>((sel & ~3u) | new_cpl));
-  if (!s.s || !(s.type & 8)) raise(13, true, sel & 0xfffc);
-  if (!s.present) raise(11, true, sel & 0xfffc);
+  api::Segment s = decode_segment_descriptor(raw, static_cast<std::uint16_t>((sel & ~3u) | new_cpl));
+  require(check_code_segment(s, sel));
   if (s.l) throw std::runtime_error("bt-swmmu: 64-bit code segment: BT64 is not implemented");
   if (!s.db) throw std::runtime_error("bt-swmmu: 16-bit code segments are not supported");
   s.type |= 1;
@@ -1075,22 +956,21 @@ bool Vcpu::deliver_exception(const GuestException& ex) {
 
 void Vcpu::deliver(std::uint8_t vec, bool has_error, std::uint32_t error, bool software, std::uint32_t ret_eip) {
   if (!(cr0_ & 1)) throw std::runtime_error("bt-swmmu: interrupt in real mode is not supported");
-  const std::uint32_t gerr = vec * 8 + 2 + (software ? 0 : 1);
+  const std::uint32_t gerr = idt_error_code(vec, software);
   if (vec * 8u + 7 > idtr_.limit) raise(13, true, gerr);
   const std::uint32_t la = static_cast<std::uint32_t>(idtr_.base + vec * 8u);
-  const std::uint64_t gate = read(la, 4, false) | (static_cast<std::uint64_t>(read(la + 4, 4, false)) << 32);
-  const unsigned type = (gate >> 40) & 0x1f;
-  const unsigned gdpl = (gate >> 45) & 3;
-  if (type == 0x05) throw std::runtime_error("bt-swmmu: task gates are not supported");
-  if (type != 0x0e && type != 0x0f) raise(13, true, gerr);
-  if (software && gdpl < cpl_) raise(13, true, gerr);
-  if (!((gate >> 47) & 1)) raise(11, true, gerr);
-  const std::uint16_t sel = static_cast<std::uint16_t>((gate >> 16) & 0xffff);
-  const std::uint32_t off = static_cast<std::uint32_t>((gate & 0xffff) | ((gate >> 48) << 16));
+  const GateDescriptor gate =
+      decode_gate_descriptor(read(la, 4, false) | (static_cast<std::uint64_t>(read(la + 4, 4, false)) << 32));
+  if (gate.task_gate()) throw std::runtime_error("bt-swmmu: task gates are not supported");
+  if (!gate.trap_or_interrupt_gate()) raise(13, true, gerr);
+  if (software && gate.dpl < cpl_) raise(13, true, gerr);
+  if (!gate.present) raise(11, true, gerr);
+  const std::uint16_t sel = gate.selector;
+  const std::uint32_t off = gate.offset;
   if ((sel & 0xfffc) == 0) raise(13, true, 0);
-  api::Segment target = parse_descriptor(read_descriptor(sel, sel & 0xfffc), sel);
-  if (!target.s || !(target.type & 8) || target.dpl > cpl_) raise(13, true, sel & 0xfffc);
-  if (!target.present) raise(11, true, sel & 0xfffc);
+  api::Segment target = decode_segment_descriptor(read_descriptor(sel, sel & 0xfffc), sel);
+  if (target.dpl > cpl_) raise(13, true, sel & 0xfffc);
+  require(check_code_segment(target, sel));
   const unsigned new_cpl = (target.type & 4) ? cpl_ : target.dpl;
   const std::uint32_t old_flags = eflags();
   const std::uint16_t old_cs = cs_.selector;
@@ -1102,10 +982,8 @@ void Vcpu::deliver(std::uint8_t vec, bool has_error, std::uint32_t error, bool s
     const std::uint16_t new_ss = static_cast<std::uint16_t>(read(tss + 8 + 8 * new_cpl, 2, false));
     const std::uint32_t old_esp = reg32(4);
     const std::uint16_t old_ss = ss_.selector;
-    api::Segment nss = parse_descriptor(read_descriptor(new_ss, new_ss & 0xfffc), new_ss);
-    if ((new_ss & 3) != new_cpl || nss.dpl != new_cpl || !nss.s || (nss.type & 8) || !(nss.type & 2))
-      raise(10, true, new_ss & 0xfffc);
-    if (!nss.present) raise(12, true, new_ss & 0xfffc);
+    api::Segment nss = decode_segment_descriptor(read_descriptor(new_ss, new_ss & 0xfffc), new_ss);
+    require(check_interrupt_stack(nss, new_ss, new_cpl));
     const unsigned saved_cpl = cpl_;
     const api::Segment saved_ss = ss_;
     cpl_ = new_cpl;
@@ -1128,7 +1006,7 @@ void Vcpu::deliver(std::uint8_t vec, bool has_error, std::uint32_t error, bool s
   load_cs(sel, new_cpl);
   eip_ = off;
   std::uint32_t f = old_flags & ~(kTF | kNT | kRF | kVM);
-  if (type == 0x0e) f &= ~kIF;
+  if (gate.interrupt_gate()) f &= ~kIF;
   set_eflags(f);
   run_state_ = api::RunState::Runnable;
 }
@@ -1180,12 +1058,9 @@ void Vcpu::do_iret(unsigned opsize) {
 void Vcpu::far_transfer(std::uint16_t sel, std::uint32_t off, bool call, std::uint32_t ret_eip, unsigned opsize) {
   if (opsize != 32) throw std::runtime_error("bt-swmmu: 16-bit far transfers are not supported");
   if ((sel & 0xfffc) == 0) raise(13, true, 0);
-  api::Segment t = parse_descriptor(read_descriptor(sel, sel & 0xfffc), sel);
+  api::Segment t = decode_segment_descriptor(read_descriptor(sel, sel & 0xfffc), sel);
   if (!t.s) throw std::runtime_error("bt-swmmu: far transfers through gates/TSS are not supported");
-  if (!(t.type & 8)) raise(13, true, sel & 0xfffc);
-  const bool conforming = t.type & 4;
-  if (conforming ? t.dpl > cpl_ : ((sel & 3) > cpl_ || t.dpl != cpl_)) raise(13, true, sel & 0xfffc);
-  if (!t.present) raise(11, true, sel & 0xfffc);
+  require(check_far_transfer_target(t, sel, cpl_));
   if (call) {
     const std::uint32_t esp0 = reg32(4);
     try {

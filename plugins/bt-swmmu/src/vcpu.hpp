@@ -16,17 +16,15 @@
 #include <string>
 
 #include "context.hpp"
+#include "guest_fault.hpp"
+#include "host_tick.hpp"
+#include "segment_descriptor.hpp"
 #include "shadow.hpp"
 #include "mmio_stage.hpp"
 #include "translator.hpp"
 
 namespace modevisor::bt {
 
-struct GuestException {
-  std::uint8_t vector;
-  bool has_error;
-  std::uint32_t error;
-};
 
 struct VcpuCounters {
   std::uint64_t dispatches = 0, cache_hits = 0, special_exits = 0, io_exits = 0, mmio_exits = 0;
@@ -106,12 +104,15 @@ class Vcpu {
   void raise(std::uint8_t vector, bool has_error = false, std::uint32_t error = 0) {
     throw GuestException{vector, has_error, error};
   }
+  // A failed check unwinds the emulation like a raise.
+  static void require(const Check& c) {
+    if (c) throw *c;
+  }
   bool deliver_exception(const GuestException& ex);  // false: triple fault
   void deliver(std::uint8_t vector, bool has_error, std::uint32_t error, bool software, std::uint32_t return_eip);
 
   // --- segments
   std::uint64_t read_descriptor(std::uint16_t sel, std::uint32_t error);
-  static api::Segment parse_descriptor(std::uint64_t raw, std::uint16_t sel);
   void load_segment(int sreg, std::uint16_t sel);  // 0 ES 1 CS 2 SS 3 DS 4 FS 5 GS
   void load_cs(std::uint16_t sel, unsigned new_cpl);
   api::Segment& seg(int i);
@@ -155,7 +156,6 @@ class Vcpu {
   void far_transfer(std::uint16_t sel, std::uint32_t off, bool call, std::uint32_t ret_eip, unsigned opsize);
 
   std::string dump() const;
-  void arm_timer();
 
   api::GuestMemory& mem_;
   api::Platform& platform_;
@@ -226,12 +226,7 @@ class Vcpu {
   std::uint64_t gs_base_ = ~0ull;
   Region* region_ = nullptr;
   TKey tkey_ = 0;
-  void* timer_ = nullptr;           // 1 ms periodic tick
-  void* deadline_timer_ = nullptr;  // one-shot for platform deadlines closer than the tick
-  std::uint64_t armed_deadline_ = ~0ull;
-  void arm_deadline();
-  bool timer_armed_ = false;
-  int tid_ = 0;
+  HostTick tick_;
   VcpuCounters counters_;
   std::string shutdown_reason_;
 };
