@@ -801,25 +801,12 @@ Vcpu::StepResult Vcpu::deliver_fault(const GuestException& ex) {
 // ---------------------------------------------------------------- memory
 
 std::uint64_t Vcpu::lin_to_phys(std::uint32_t la, bool write, bool user, bool fetch) {
-  const std::uint32_t tag = (la & ~0xfffu) | (fetch ? 4 : 0) | (write ? 2 : 0) | (user ? 1 : 0);
-  MonitorTlbEntry& e = mtlb_[(la >> 12) % mtlb_.size()];
-  if (e.gen == mtlb_gen_ && e.tag == tag) return e.pa_page | (la & 0xfff);
-  WalkResult w = walk(shadow_->phys(), paging(), la, Access{write, user, fetch}, true);
-  if (!w.ok) {
+  const Outcome<std::uint64_t> pa = walker_.translate(shadow_->phys(), paging(), la, Access{write, user, fetch});
+  if (!pa.ok()) {
     cr2_ = la;
-    raise(14, true, w.error);
+    throw pa.fault();
   }
-  // Only 4 KiB granules are cached, whatever the guest page size.
-  e = MonitorTlbEntry{tag, mtlb_gen_, w.pa & ~0xfffull, {w.pt_pages[0], w.pt_pages[1], w.pt_pages[2]}, w.n_pt};
-  return w.pa;
-}
-
-void Vcpu::monitor_tlb_drop_table(std::uint64_t pa_page) {
-  for (auto& e : mtlb_) {
-    if (e.gen != mtlb_gen_) continue;
-    for (int i = 0; i < e.n_pt; ++i)
-      if (e.pt[i] == pa_page) e.gen = 0;
-  }
+  return pa.value();
 }
 
 std::uint64_t Vcpu::read_phys(std::uint64_t pa, unsigned size) {
@@ -833,7 +820,7 @@ std::uint64_t Vcpu::read_phys(std::uint64_t pa, unsigned size) {
 }
 
 void Vcpu::note_guest_write(std::uint64_t pa_page) {
-  monitor_tlb_drop_table(pa_page);
+  walker_.drop_table(pa_page);
   if (shadow_->dirty_logging()) shadow_->mark_dirty(pa_page);
   if (shadow_->is_pt_page(pa_page) || shadow_->is_code_page(pa_page)) monitor_needed_ = true;
   if (shadow_->is_pt_page(pa_page)) shadow_->release_pt_page(pa_page);

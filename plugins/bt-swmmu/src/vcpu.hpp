@@ -18,6 +18,7 @@
 #include "context.hpp"
 #include "guest_fault.hpp"
 #include "host_tick.hpp"
+#include "monitor_page_walker.hpp"
 #include "segment_descriptor.hpp"
 #include "shadow.hpp"
 #include "mmio_stage.hpp"
@@ -77,21 +78,8 @@ class Vcpu {
 
   // --- guest memory through the guest's page tables (monitor side)
   std::uint64_t lin_to_phys(std::uint32_t la, bool write, bool user, bool fetch);
-  // The monitor's own accesses to guest memory during one dispatcher
-  // iteration (an exception frame, a gate, descriptors, an IRET frame) walk
-  // each page once: walks are cached until the iteration ends, the paging
-  // registers change, INVLPG, or the monitor writes a table a cached walk used.
-  struct MonitorTlbEntry {
-    std::uint32_t tag = 0;  // LA page | fetch 4 | write 2 | user 1
-    std::uint32_t gen = 0;
-    std::uint64_t pa_page = 0;
-    std::uint64_t pt[3] = {};
-    int n_pt = 0;
-  };
-  std::array<MonitorTlbEntry, 16> mtlb_{};
-  std::uint32_t mtlb_gen_ = 1;
-  void monitor_tlb_flush() { if (++mtlb_gen_ == 0) mtlb_gen_ = 1; }
-  void monitor_tlb_drop_table(std::uint64_t pa_page);
+  MonitorPageWalker walker_;  // the monitor's walks, remembered for one dispatcher iteration
+  void monitor_tlb_flush() { walker_.flush(); }
   std::uint32_t read(std::uint32_t la, unsigned size, bool user, bool fetch = false);
   void write(std::uint32_t la, unsigned size, std::uint32_t v, bool user);
   std::uint64_t read_phys(std::uint64_t pa, unsigned size);
