@@ -33,7 +33,7 @@ bool have_fsgsbase() { return (getauxval(AT_HWCAP2) & 2) != 0; }
 
 Vcpu::Vcpu(api::GuestMemory& mem, api::Platform& platform, api::Logger& log, unsigned index,
            std::size_t translation_cache_bytes)
-    : mem_(mem), platform_(platform), log_(log), index_(index) {
+    : mem_(mem), platform_(platform), log_(log), index_(index), msrs_(__rdtsc()) {
   install_host_signal_handlers();
   shadow_ = std::make_unique<ShadowMmu>(mem.host_base(), mem.size(), mem.fd());
   translator_ = std::make_unique<Translator>(translation_cache_bytes);
@@ -48,7 +48,6 @@ Vcpu::Vcpu(api::GuestMemory& mem, api::Platform& platform, api::Logger& log, uns
   ctx_->rflags = 0x202;
   ctx_->sysflags = 0x2;
   cs_.db = true;
-  tsc_offset_ = __rdtsc();
   trace_ = std::getenv("MODEVISOR_BT_TRACE") != nullptr;
 }
 
@@ -102,8 +101,7 @@ void Vcpu::load(const api::VcpuState& s) {
   gdtr_ = s.gdtr; idtr_ = s.idtr;
   cr0_ = s.cr0; cr2_ = s.cr2; cr3_ = s.cr3; cr4_ = s.cr4; cr8_ = s.cr8; efer_ = s.efer;
   dr_ = s.dr;
-  msrs_ = s.msrs;
-  if (auto tsc = s.msr(0x10)) tsc_offset_ = __rdtsc() - *tsc;
+  msrs_.load(s.msrs, __rdtsc());
   bool zero = true;
   for (auto b : s.fpu.fxsave) zero &= b == 0;
   if (!zero) {
@@ -135,8 +133,8 @@ api::VcpuState Vcpu::save() const {
   s.gdtr = gdtr_; s.idtr = idtr_;
   s.cr0 = cr0_; s.cr2 = cr2_; s.cr3 = cr3_; s.cr4 = cr4_; s.cr8 = cr8_; s.efer = efer_;
   s.dr = dr_;
-  s.msrs = msrs_;
-  s.set_msr(0x10, __rdtsc() - tsc_offset_);
+  s.msrs = msrs_.saved();
+  s.set_msr(MsrFile::kTsc, msrs_.tsc(__rdtsc()));
   std::memcpy(s.fpu.fxsave.data(), ctx_->guest_fx, 512);
   s.fpu.xcr0 = xcr0_;
   s.fpu.xsave_extended = xsave_extended_;

@@ -16,6 +16,7 @@
 #include <string>
 
 #include "context.hpp"
+#include "cpu_identity.hpp"
 #include "guest_fault.hpp"
 #include "host_tick.hpp"
 #include "monitor_page_walker.hpp"
@@ -149,7 +150,8 @@ class Vcpu {
   api::Platform& platform_;
   api::Logger& log_;
   unsigned index_;
-  api::CpuidTable model_;  // empty: the engine's own CPUID
+  MsrFile msrs_;  // TSC, SYSENTER, PAT, MISC_ENABLE
+  CpuidModel cpuid_;
   std::unique_ptr<ShadowMmu> shadow_;
   std::unique_ptr<Translator> translator_;
   Context* ctx_ = nullptr;
@@ -161,8 +163,6 @@ class Vcpu {
   api::DescriptorTable gdtr_, idtr_;
   std::uint64_t cr0_ = 0x60000010, cr2_ = 0, cr3_ = 0, cr4_ = 0, cr8_ = 0, efer_ = 0;
   std::array<std::uint64_t, 8> dr_{0, 0, 0, 0, 0, 0, 0xffff0ff0, 0x400};
-  std::vector<api::Msr> msrs_;
-  std::uint64_t tsc_offset_ = 0;
   std::vector<std::uint8_t> xsave_extended_;
   std::uint64_t xcr0_ = 1;
   std::optional<api::PendingException> pending_exception_;
