@@ -33,7 +33,13 @@ bool have_fsgsbase() { return (getauxval(AT_HWCAP2) & 2) != 0; }
 
 Vcpu::Vcpu(api::GuestMemory& mem, api::Platform& platform, api::Logger& log, unsigned index,
            std::size_t translation_cache_bytes)
-    : mem_(mem), platform_(platform), log_(log), index_(index), msrs_(__rdtsc()) {
+    : mem_(mem),
+      platform_(platform),
+      log_(log),
+      index_(index),
+      msrs_(__rdtsc()),
+      dirty_([this](std::vector<std::uint64_t>& bitmap) { shadow_->collect_dirty(bitmap); },
+             [this] { block_poll(); }) {
   install_host_signal_handlers();
   shadow_ = std::make_unique<ShadowMmu>(mem.host_base(), mem.size(), mem.fd());
   translator_ = std::make_unique<Translator>(translation_cache_bytes);
@@ -199,30 +205,8 @@ std::string Vcpu::dump() const {
 // ---------------------------------------------------------------- dirty pages
 
 bool Vcpu::collect_dirty_pages(std::vector<std::uint64_t>& bitmap) {
-  std::unique_lock<std::mutex> lk(dirty_mu_);
-  if (!running_ || parked_) {
-    shadow_->collect_dirty(bitmap);
-    return true;
-  }
-  dirty_req_ = true;
-  dirty_done_ = false;
-  block_poll();  // make translated code come back to the dispatcher
-  dirty_cv_.wait(lk, [&] { return dirty_done_ || !running_ || parked_; });
-  if (!dirty_done_) {  // the vCPU stopped or parked first: do it here
-    dirty_req_ = false;
-    shadow_->collect_dirty(bitmap);
-    return true;
-  }
-  bitmap = std::move(dirty_out_);
+  dirty_.collect(bitmap);
   return true;
-}
-
-void Vcpu::service_dirty_request() {  // vCPU thread, dirty_mu_ held
-  if (!dirty_req_) return;
-  dirty_req_ = false;
-  shadow_->collect_dirty(dirty_out_);
-  dirty_done_ = true;
-  dirty_cv_.notify_all();
 }
 
 // ---------------------------------------------------------------- signals
@@ -351,12 +335,9 @@ api::RunExit Vcpu::run() {
   api::RunExit ex;
   // Waiting for SIPI: no guest code until the host loads the start-up state.
   if (run_state_ == api::RunState::WaitForSipi) return ex;
-  {
-    // From here on only this thread touches the shadow MMU: a collector asks
-    // it (dirty_req_) instead of collecting concurrently with guest writes.
-    std::lock_guard<std::mutex> lk(dirty_mu_);
-    running_ = true;
-  }
+  // From here on only this thread touches the shadow MMU: a collector asks
+  // it instead of collecting concurrently with guest writes.
+  dirty_.enter_run();
   bind_running_vcpu(this);
   in_run_ = true;
   poll_needed_.store(true);
@@ -365,11 +346,7 @@ api::RunExit Vcpu::run() {
   struct Guard {
     Vcpu* v;
     ~Guard() {
-      {
-        std::lock_guard<std::mutex> lk(v->dirty_mu_);
-        v->running_ = false;
-        v->dirty_cv_.notify_all();  // a waiting collector collects itself now
-      }
+      v->dirty_.leave_run();
       v->in_run_ = false;
       v->in_guest_ = false;
       bind_running_vcpu(nullptr);
@@ -383,10 +360,7 @@ api::RunExit Vcpu::run() {
   }
   for (;;) {
     monitor_tlb_flush();  // guest code may have changed its page tables since
-    if (dirty_req_) {
-      std::lock_guard<std::mutex> lk(dirty_mu_);
-      service_dirty_request();
-    }
+    if (dirty_.requested()) dirty_.serve();
     if (kicked_.exchange(false)) {
       ex.kind = api::ExitKind::Stopped;
       return ex;
@@ -454,20 +428,12 @@ api::RunExit Vcpu::run() {
       }
       if (run_state_ == api::RunState::Halted) {
         const bool interrupts_enabled = ctx_->sysflags & kIF;
-        {
-          std::lock_guard<std::mutex> lk(dirty_mu_);
-          service_dirty_request();
-          parked_ = true;
-          dirty_cv_.notify_all();
-        }
+        dirty_.park();
         if (interrupts_enabled)
           platform_.wait_for_interrupt(index_);
         else
           platform_.wait_for_cpu_event(index_);  // only an NMI (or INIT) wakes it
-        {
-          std::lock_guard<std::mutex> lk(dirty_mu_);
-          parked_ = false;
-        }
+        dirty_.unpark();
         platform_called_ = true;
         continue;
       }

@@ -17,6 +17,7 @@
 
 #include "context.hpp"
 #include "cpu_identity.hpp"
+#include "dirty_page_handoff.hpp"
 #include "guest_fault.hpp"
 #include "host_tick.hpp"
 #include "monitor_page_walker.hpp"
@@ -191,15 +192,8 @@ class Vcpu {
     return platform_;
   }
   bool irq_line_ = false;  // the platform's interrupt_pending at the last look
-  // Dirty-page collection from another thread: done directly while the vCPU
-  // is not in run() or is parked in wait_for_interrupt, else by the vCPU
-  // thread at its next dispatcher iteration.
-  std::mutex dirty_mu_;
-  std::condition_variable dirty_cv_;
-  bool running_ = false, parked_ = false, dirty_done_ = false;
-  std::atomic<bool> dirty_req_{false};
-  std::vector<std::uint64_t> dirty_out_;
-  void service_dirty_request();
+  // Dirty-page collection from another thread (see DirtyPageHandoff).
+  DirtyPageHandoff dirty_;
   std::atomic<bool> poll_blocked_{false};
   void block_poll();
   std::uint8_t* poll_page() const { return reinterpret_cast<std::uint8_t*>(ctx_) + kPollOffset; }
