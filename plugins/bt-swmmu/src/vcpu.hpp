@@ -74,6 +74,7 @@ class Vcpu {
   // --- dispatcher
   enum class StepResult { Continue, Stop, Shutdown, Error };
   StepResult step();
+  StepResult dispatch_exit(std::uint64_t reason, bool stepping);  // exit_dispatch.cpp
   Block* lookup(std::uint32_t eip);
   void activate_region();
   void set_gs_base(std::uint64_t base);
