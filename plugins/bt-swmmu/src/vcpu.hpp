@@ -1,5 +1,8 @@
-// One virtual CPU of the BT-swMMU engine: dispatcher, fault handling and the
-// monitor-side emulation of privileged and special instructions.
+// One virtual CPU of the BT-swMMU engine: its architectural state, the run
+// loop and dispatcher, and the monitor-side emulation of privileged and
+// special instructions.  The units it uses are in their own files (see
+// DESIGN.md); exit_dispatch.cpp, event_delivery.cpp and
+// translated_code_faults.cpp hold member functions of this class.
 #pragma once
 
 #include <modevisor/api/monitor.hpp>
