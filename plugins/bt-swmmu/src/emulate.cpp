@@ -84,97 +84,25 @@ std::uint32_t Vcpu::ea(const ZydisDecodedOperand& op) {
   return a;
 }
 
-namespace {
-// What the engine implements, by feature register: leaf 1 EDX (FPU, PSE, TSC,
-// MSR, PAE, CX8, APIC, SEP, PGE, CMOV, PAT, MMX, FXSR, SSE, SSE2), leaf 1 ECX
-// (only "hypervisor present"), leaf 0x80000001 EDX (NX).  No leaf 7 features.
-constexpr std::uint32_t kLeaf1Edx = (1u << 0) | (1u << 3) | (1u << 4) | (1u << 5) | (1u << 6) | (1u << 8) |
-                                    (1u << 9) | (1u << 11) | (1u << 13) | (1u << 15) | (1u << 16) | (1u << 23) |
-                                    (1u << 24) | (1u << 25) | (1u << 26);
-constexpr std::uint32_t kLeaf1Ecx = 1u << 31;
-constexpr std::uint32_t kExt1Edx = 1u << 20;
-
-// The mask of a feature register (reg 0-3: eax..edx); ~0 for non-feature values.
-std::uint32_t supported_mask(std::uint32_t function, int reg) {
-  switch (function) {
-    case 1: return reg == 2 ? kLeaf1Ecx : reg == 3 ? kLeaf1Edx : ~0u;
-    case 7: return reg == 0 ? ~0u : 0;
-    case 0x80000001: return reg == 2 ? 0 : reg == 3 ? kExt1Edx : ~0u;
-    default: return ~0u;
-  }
-}
-}  // namespace
-
-std::vector<std::string> Vcpu::set_cpu_model(const api::CpuidTable& model) {
-  model_ = model;
-  std::vector<std::string> hidden;
-  static constexpr const char* kRegs[] = {"eax", "ebx", "ecx", "edx"};
-  for (auto& leaf : model_) {
-    std::uint32_t* regs[4] = {&leaf.eax, &leaf.ebx, &leaf.ecx, &leaf.edx};
-    for (int r = 0; r < 4; ++r) {
-      const std::uint32_t lost = *regs[r] & ~supported_mask(leaf.function, r);
-      for (unsigned bit = 0; bit < 32; ++bit)
-        if (lost >> bit & 1) {
-          char line[64];
-          std::snprintf(line, sizeof line, "leaf %#x %s bit %u", leaf.function, kRegs[r], bit);
-          hidden.emplace_back(line);
-        }
-      *regs[r] &= supported_mask(leaf.function, r);
-    }
-  }
-  return hidden;
-}
+std::vector<std::string> Vcpu::set_cpu_model(const api::CpuidTable& model) { return cpuid_.set(model); }
 
 void Vcpu::do_cpuid() {
-  const std::uint32_t leaf = reg32(0), sub = reg32(1);
-  std::uint32_t a = 0, b = 0, c = 0, d = 0;
-  if (!model_.empty()) {
-    // The VM's CPU model (already reduced to what the engine implements).
-    if (const api::CpuidLeaf* m = api::find_cpuid_leaf(model_, leaf, sub)) {
-      a = m->eax, b = m->ebx, c = m->ecx, d = m->edx;
-      if (leaf == 1) b = (b & 0x00ffffff) | (index_ << 24);
-    }
-    reg32(0) = a; reg32(3) = b; reg32(1) = c; reg32(2) = d;
-    return;
-  }
-  auto str = [](const char* s, std::uint32_t& r1, std::uint32_t& r2, std::uint32_t& r3) {
-    std::memcpy(&r1, s, 4);
-    std::memcpy(&r2, s + 4, 4);
-    std::memcpy(&r3, s + 8, 4);
-  };
-  switch (leaf) {
-    case 0: a = 1; str("GenuineIntel", b, d, c); break;
-    case 1:
-      a = 0x000006f1;  // family 6, model 15, stepping 1
-      b = (index_ << 24) | (1u << 16) | (8u << 8);
-      c = 1u << 31;    // hypervisor present
-      d = (1u << 0) | (1u << 3) | (1u << 4) | (1u << 5) | (1u << 6) | (1u << 8) | (1u << 9) | (1u << 11) |
-          (1u << 13) | (1u << 15) | (1u << 16) | (1u << 23) | (1u << 24) | (1u << 25) | (1u << 26);
-      break;
-    case 0x40000000: a = 0x40000000; str("ModevisorBT ", b, c, d); break;
-    case 0x80000000: a = 0x80000001; break;
-    case 0x80000001: d = 1u << 20; break;  // NX
-    default: break;
-  }
-  reg32(0) = a; reg32(3) = b; reg32(1) = c; reg32(2) = d;
+  const CpuidAnswer a = cpuid_.answer(reg32(0), reg32(1), index_);
+  reg32(0) = a.eax; reg32(3) = a.ebx; reg32(1) = a.ecx; reg32(2) = a.edx;
 }
 
 void Vcpu::do_rdmsr() {
   if (cpl_ != 0) raise(13, true, 0);
   const std::uint32_t idx = reg32(1);
   std::uint64_t v = 0;
-  auto find = [&](std::uint32_t i, std::uint64_t def) {
-    for (auto& m : msrs_) if (m.index == i) return m.value;
-    return def;
-  };
-  switch (idx) {
-    case 0x10: v = __rdtsc() - tsc_offset_; break;
-    case 0x1b: v = platform_.apic_base(index_); break;  // the platform's local APIC
-    case 0x1a0: v = find(idx, 0x1); break;
-    case 0x174: case 0x175: case 0x176: v = find(idx, 0); break;
-    case 0x277: v = find(idx, 0x0007040600070406ull); break;
-    case 0xc0000080: v = efer_; break;
-    default: raise(13, true, 0);
+  if (idx == 0x1b) {
+    v = platform_.apic_base(index_);  // the platform's local APIC
+  } else if (idx == 0xc0000080) {
+    v = efer_;
+  } else {
+    const Outcome<std::uint64_t> r = msrs_.read(idx, __rdtsc());
+    if (!r.ok()) throw r.fault();
+    v = r.value();
   }
   reg32(0) = static_cast<std::uint32_t>(v);
   reg32(2) = static_cast<std::uint32_t>(v >> 32);
@@ -184,20 +112,14 @@ void Vcpu::do_wrmsr() {
   if (cpl_ != 0) raise(13, true, 0);
   const std::uint32_t idx = reg32(1);
   const std::uint64_t v = reg32(0) | (static_cast<std::uint64_t>(reg32(2)) << 32);
-  auto set = [&](std::uint32_t i) {
-    for (auto& m : msrs_) if (m.index == i) { m.value = v; return; }
-    msrs_.push_back({i, v});
-  };
-  switch (idx) {
-    case 0x10: tsc_offset_ = __rdtsc() - v; break;
-    case 0x1b: platform_.set_apic_base(index_, v); break;
-    case 0x1a0: case 0x174: case 0x175: case 0x176: case 0x277: set(idx); break;
-    case 0xc0000080:
-      if (v & ~0x800ull) raise(13, true, 0);  // only NXE: no long mode, no SYSCALL
-      efer_ = v;
-      monitor_tlb_flush();
-      break;
-    default: raise(13, true, 0);
+  if (idx == 0x1b) {
+    platform_.set_apic_base(index_, v);
+  } else if (idx == 0xc0000080) {
+    if (v & ~0x800ull) raise(13, true, 0);  // only NXE: no long mode, no SYSCALL
+    efer_ = v;
+    monitor_tlb_flush();
+  } else {
+    require(msrs_.write(idx, v, __rdtsc()));
   }
 }
 
@@ -761,7 +683,7 @@ void Vcpu::emulate(std::uint32_t eip, bool mmio, Block* block) {
     case ZYDIS_MNEMONIC_CPUID: do_cpuid(); break;
     case ZYDIS_MNEMONIC_RDTSC: {
       if ((cr4_ & 4) && cpl_ != 0) raise(13, true, 0);
-      std::uint64_t t = __rdtsc() - tsc_offset_;
+      std::uint64_t t = msrs_.tsc(__rdtsc());
       reg32(0) = static_cast<std::uint32_t>(t);
       reg32(2) = static_cast<std::uint32_t>(t >> 32);
       break;
@@ -792,12 +714,8 @@ void Vcpu::emulate(std::uint32_t eip, bool mmio, Block* block) {
       do_iret(opsize);
       return;
     case ZYDIS_MNEMONIC_SYSENTER: {
-      std::uint64_t cs = 0, esp = 0, eip2 = 0;
-      for (auto& m : msrs_) {
-        if (m.index == 0x174) cs = m.value;
-        if (m.index == 0x175) esp = m.value;
-        if (m.index == 0x176) eip2 = m.value;
-      }
+      const std::uint64_t cs = msrs_.read(0x174, 0).value(), esp = msrs_.read(0x175, 0).value(),
+                          eip2 = msrs_.read(0x176, 0).value();
       if ((cs & 0xfffc) == 0) raise(13, true, 0);
       api::Segment c;
       c.selector = static_cast<std::uint16_t>(cs & 0xfffc);
@@ -813,8 +731,7 @@ void Vcpu::emulate(std::uint32_t eip, bool mmio, Block* block) {
       break;
     }
     case ZYDIS_MNEMONIC_SYSEXIT: {
-      std::uint64_t cs = 0;
-      for (auto& m : msrs_) if (m.index == 0x174) cs = m.value;
+      const std::uint64_t cs = msrs_.read(0x174, 0).value();
       if (cpl_ != 0 || (cs & 0xfffc) == 0) raise(13, true, 0);
       api::Segment c;
       c.selector = static_cast<std::uint16_t>(((cs & 0xfffc) + 16) | 3);
@@ -857,9 +774,8 @@ void Vcpu::emulate(std::uint32_t eip, bool mmio, Block* block) {
         break;
       }
       if (sel & 4) raise(13, true, sel & 0xfffc);
-      api::Segment s = parse_descriptor(read_descriptor(sel, sel & 0xfffc), sel);
-      if (s.s || s.type != 2) raise(13, true, sel & 0xfffc);
-      if (!s.present) raise(11, true, sel & 0xfffc);
+      api::Segment s = decode_segment_descriptor(read_descriptor(sel, sel & 0xfffc), sel);
+      require(check_ldt_descriptor(s, sel));
       ldtr_ = s;
       break;
     }
@@ -868,9 +784,8 @@ void Vcpu::emulate(std::uint32_t eip, bool mmio, Block* block) {
       const std::uint16_t sel = static_cast<std::uint16_t>(operand_value(ops[0]));
       if ((sel & 0xfffc) == 0 || (sel & 4)) raise(13, true, sel & 0xfffc);
       std::uint64_t raw = read_descriptor(sel, sel & 0xfffc);
-      api::Segment s = parse_descriptor(raw, sel);
-      if (s.s || (s.type != 9 && s.type != 1)) raise(13, true, sel & 0xfffc);
-      if (!s.present) raise(11, true, sel & 0xfffc);
+      api::Segment s = decode_segment_descriptor(raw, sel);
+      require(check_tss_descriptor(s, sel));
       const std::uint32_t la = static_cast<std::uint32_t>(gdtr_.base + (sel & ~7u) + 5);
       write(la, 1, static_cast<std::uint32_t>((raw >> 40) & 0xff) | 2, false);  // busy
       s.type |= 2;

@@ -1,5 +1,7 @@
 #include "vcpu.hpp"
 
+#include "host_signals.hpp"
+
 #include <asm/prctl.h>
 #include <sys/mman.h>
 #include <signal.h>
@@ -23,51 +25,21 @@ namespace {
 
 constexpr std::uint32_t kArithFlags = 0x8d5;   // CF PF AF ZF SF OF
 constexpr std::uint32_t kHostFlags = 0xcd5;    // + DF: live in host RFLAGS
-constexpr std::uint32_t kIF = 0x200, kTF = 0x100, kNT = 0x4000, kRF = 0x10000, kVM = 0x20000, kIOPL = 0x3000;
-constexpr std::uint32_t kPopfMask = 0x00257fd5;
-constexpr int kKickSignal = 40;  // SIGRTMIN+6 on glibc (34+6): per-thread timer and kick
-
-// initial-exec: the handler must not trigger lazy TLS allocation (dlopen'ed module).
-__attribute__((tls_model("initial-exec"))) thread_local Vcpu* t_current = nullptr;
-struct sigaction g_old[65];
-
-void on_signal(int sig, siginfo_t* si, void* uc) {
-  Vcpu* v = t_current;
-  if (v && v->handle_signal(sig, si, uc)) return;
-  if (sig == kKickSignal) return;
-  // Not ours: hand it to whoever had it before.
-  const struct sigaction& old = g_old[sig];
-  if ((old.sa_flags & SA_SIGINFO) && old.sa_sigaction) {
-    old.sa_sigaction(sig, si, uc);
-  } else if (old.sa_handler == SIG_IGN) {
-    return;
-  } else if (old.sa_handler == SIG_DFL) {
-    signal(sig, SIG_DFL);  // returning re-executes the fault: default action
-  } else {
-    old.sa_handler(sig);
-  }
-}
-
-void install_handlers() {
-  static std::once_flag once;
-  std::call_once(once, [] {
-    struct sigaction sa;
-    std::memset(&sa, 0, sizeof(sa));
-    sa.sa_sigaction = on_signal;
-    sa.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_RESTART;
-    sigemptyset(&sa.sa_mask);
-    for (int s : {SIGSEGV, SIGBUS, SIGFPE, SIGILL, kKickSignal}) sigaction(s, &sa, &g_old[s]);
-  });
-}
-
+constexpr std::uint32_t kIF = 0x200, kRF = 0x10000;
 bool have_fsgsbase() { return (getauxval(AT_HWCAP2) & 2) != 0; }
 
 }  // namespace
 
 Vcpu::Vcpu(api::GuestMemory& mem, api::Platform& platform, api::Logger& log, unsigned index,
            std::size_t translation_cache_bytes)
-    : mem_(mem), platform_(platform), log_(log), index_(index) {
-  install_handlers();
+    : mem_(mem),
+      platform_(platform),
+      log_(log),
+      index_(index),
+      msrs_(__rdtsc()),
+      dirty_([this](std::vector<std::uint64_t>& bitmap) { shadow_->collect_dirty(bitmap); },
+             [this] { block_poll(); }) {
+  install_host_signal_handlers();
   shadow_ = std::make_unique<ShadowMmu>(mem.host_base(), mem.size(), mem.fd());
   translator_ = std::make_unique<Translator>(translation_cache_bytes);
   translator_->set_monitor_sites(&sites_);
@@ -81,12 +53,10 @@ Vcpu::Vcpu(api::GuestMemory& mem, api::Platform& platform, api::Logger& log, uns
   ctx_->rflags = 0x202;
   ctx_->sysflags = 0x2;
   cs_.db = true;
-  tsc_offset_ = __rdtsc();
   trace_ = std::getenv("MODEVISOR_BT_TRACE") != nullptr;
 }
 
 Vcpu::~Vcpu() {
-  if (timer_) timer_delete(static_cast<timer_t>(timer_));
   munmap(ctx_, kContextAlloc);
 }
 
@@ -136,8 +106,7 @@ void Vcpu::load(const api::VcpuState& s) {
   gdtr_ = s.gdtr; idtr_ = s.idtr;
   cr0_ = s.cr0; cr2_ = s.cr2; cr3_ = s.cr3; cr4_ = s.cr4; cr8_ = s.cr8; efer_ = s.efer;
   dr_ = s.dr;
-  msrs_ = s.msrs;
-  if (auto tsc = s.msr(0x10)) tsc_offset_ = __rdtsc() - *tsc;
+  msrs_.load(s.msrs, __rdtsc());
   bool zero = true;
   for (auto b : s.fpu.fxsave) zero &= b == 0;
   if (!zero) {
@@ -169,8 +138,8 @@ api::VcpuState Vcpu::save() const {
   s.gdtr = gdtr_; s.idtr = idtr_;
   s.cr0 = cr0_; s.cr2 = cr2_; s.cr3 = cr3_; s.cr4 = cr4_; s.cr8 = cr8_; s.efer = efer_;
   s.dr = dr_;
-  s.msrs = msrs_;
-  s.set_msr(0x10, __rdtsc() - tsc_offset_);
+  s.msrs = msrs_.saved();
+  s.set_msr(MsrFile::kTsc, msrs_.tsc(__rdtsc()));
   std::memcpy(s.fpu.fxsave.data(), ctx_->guest_fx, 512);
   s.fpu.xcr0 = xcr0_;
   s.fpu.xsave_extended = xsave_extended_;
@@ -235,30 +204,8 @@ std::string Vcpu::dump() const {
 // ---------------------------------------------------------------- dirty pages
 
 bool Vcpu::collect_dirty_pages(std::vector<std::uint64_t>& bitmap) {
-  std::unique_lock<std::mutex> lk(dirty_mu_);
-  if (!running_ || parked_) {
-    shadow_->collect_dirty(bitmap);
-    return true;
-  }
-  dirty_req_ = true;
-  dirty_done_ = false;
-  block_poll();  // make translated code come back to the dispatcher
-  dirty_cv_.wait(lk, [&] { return dirty_done_ || !running_ || parked_; });
-  if (!dirty_done_) {  // the vCPU stopped or parked first: do it here
-    dirty_req_ = false;
-    shadow_->collect_dirty(bitmap);
-    return true;
-  }
-  bitmap = std::move(dirty_out_);
+  dirty_.collect(bitmap);
   return true;
-}
-
-void Vcpu::service_dirty_request() {  // vCPU thread, dirty_mu_ held
-  if (!dirty_req_) return;
-  dirty_req_ = false;
-  shadow_->collect_dirty(dirty_out_);
-  dirty_done_ = true;
-  dirty_cv_.notify_all();
 }
 
 // ---------------------------------------------------------------- signals
@@ -269,7 +216,7 @@ void Vcpu::block_poll() {
 }
 
 void Vcpu::kick() {
-  if (t_current == this && in_run_ && !in_guest_) {
+  if (running_vcpu() == this && in_run_ && !in_guest_) {
     // From the vCPU's own thread, inside a platform call the monitor made
     // (e.g. a TPR write that unmasks an interrupt): the dispatcher looks at
     // the platform before it runs guest code again; nothing to interrupt.
@@ -279,134 +226,6 @@ void Vcpu::kick() {
   poll_needed_.store(true, std::memory_order_release);
   kicked_.store(true, std::memory_order_seq_cst);
   block_poll();
-}
-
-bool Vcpu::handle_signal(int sig, void* info, void* uctx) {
-  if (!in_run_) return false;
-  if (sig == kKickSignal) {  // host timer tick
-    poll_needed_.store(true, std::memory_order_release);
-    if (in_guest_) block_poll();
-    return true;
-  }
-  auto* si = static_cast<siginfo_t*>(info);
-  auto* uc = static_cast<ucontext_t*>(uctx);
-  greg_t* g = uc->uc_mcontext.gregs;
-  const auto pc = static_cast<std::uintptr_t>(g[REG_RIP]);
-  Block* b = in_guest_ && translator_->in_cache(pc) ? translator_->block_at(pc) : nullptr;
-  if (!b) {
-    char msg[160];
-    std::snprintf(msg, sizeof msg, "bt-swmmu: host signal %d in monitor code at %#lx (fault address %p)", sig,
-                  static_cast<unsigned long>(pc), si->si_addr);
-    bug_message_ = msg;
-    siglongjmp(bug_jmp_, 1);
-  }
-  const std::uint32_t geip = translator_->guest_eip_at(b, pc);
-  auto leave = [&](FaultKind kind, std::uint64_t addr, std::uint32_t error, std::uint32_t vector) {
-    ctx_->gpr[0] = static_cast<std::uint32_t>(g[REG_RAX]);
-    ctx_->gpr[1] = static_cast<std::uint32_t>(g[REG_RCX]);
-    ctx_->gpr[2] = static_cast<std::uint32_t>(g[REG_RDX]);
-    ctx_->gpr[3] = static_cast<std::uint32_t>(g[REG_RBX]);
-    ctx_->gpr[4] = static_cast<std::uint32_t>(g[REG_R14]);
-    ctx_->gpr[5] = static_cast<std::uint32_t>(g[REG_RBP]);
-    ctx_->gpr[6] = static_cast<std::uint32_t>(g[REG_RSI]);
-    ctx_->gpr[7] = static_cast<std::uint32_t>(g[REG_RDI]);
-    ctx_->rflags = static_cast<std::uint64_t>(g[REG_EFL]);
-    const auto off = static_cast<std::uint32_t>(pc - reinterpret_cast<std::uintptr_t>(b->host));
-    for (const auto& sw : b->swaps) {
-      if (off >= sw.begin && off < sw.end) {  // guest ESP is in the borrowed register
-        static const int host_reg[8] = {REG_RAX, REG_RCX, REG_RDX, REG_RBX, REG_RSP, REG_RBP, REG_RSI, REG_RDI};
-        if (sw.esp) ctx_->gpr[4] = static_cast<std::uint32_t>(g[host_reg[sw.reg]]);
-        ctx_->gpr[sw.reg] = static_cast<std::uint32_t>(g[REG_R12]);
-      }
-    }
-    ctx_->fault_kind = kind;
-    ctx_->fault_addr = addr;
-    ctx_->fault_error = error;
-    ctx_->fault_vector = vector;
-    ctx_->fault_eip = geip;
-    ctx_->exit_reason = kExitFault;
-    g[REG_R15] = reinterpret_cast<greg_t>(ctx_);
-    g[REG_RIP] = static_cast<greg_t>(translator_->exit_from_signal_routine());
-    return true;
-  };
-  switch (sig) {
-    case SIGSEGV: {
-      if (si->si_addr >= static_cast<void*>(poll_page()) && si->si_addr < static_cast<void*>(poll_page() + 4096)) {
-        // A block entry polled a blocked page: leave at this block boundary.
-        leave(FaultKind::None, 0, 0, 0);
-        ctx_->exit_reason = kExitInterrupt;
-        ctx_->next_eip = geip;
-        return true;
-      }
-      Region* r = nullptr;
-      std::uint32_t la = 0;
-      if (shadow_->contains(si->si_addr, &r, &la) && r == region_) {
-        const bool write = (g[REG_ERR] & 2) != 0;
-        std::uint64_t out = 0;
-        FillResult fr;
-        try {
-          fr = shadow_->fill(r, paging(), la, write, &out);
-        } catch (const std::exception& e) {
-          bug_message_ = e.what();
-          return leave(FaultKind::Exception, 0, 0, 0x100);
-        }
-        switch (fr) {
-          case FillResult::Mapped: return true;
-          case FillResult::GuestFault: return leave(FaultKind::PageFault, la, static_cast<std::uint32_t>(out), 14);
-          case FillResult::Mmio: return leave(FaultKind::Mmio, out, write, 0);
-          case FillResult::ProtectedWrite: return leave(FaultKind::ProtectedWrite, out, 0, 0);
-          case FillResult::Repeat: break;
-        }
-        char msg[160];
-        std::snprintf(msg, sizeof msg, "bt-swmmu: unexplained fault at guest LA %#x (EIP %#x)", la, geip);
-        bug_message_ = msg;
-        return leave(FaultKind::Exception, 0, 0, 0x100);
-      }
-      return leave(FaultKind::Exception, 0, 0, 13);  // e.g. an access wrapping past 4 GiB
-    }
-    case SIGFPE: return leave(FaultKind::Exception, 0, 0, 0);
-    case SIGILL: return leave(FaultKind::Exception, 0, 0, 6);
-    default: return leave(FaultKind::Exception, 0, 0, 13);
-  }
-}
-
-void Vcpu::arm_timer() {
-  const int tid = static_cast<int>(syscall(SYS_gettid));
-  if (timer_ && tid == tid_) return;
-  if (timer_) timer_delete(static_cast<timer_t>(timer_));
-  tid_ = tid;
-  struct sigevent sev;
-  std::memset(&sev, 0, sizeof sev);
-  sev.sigev_notify = SIGEV_THREAD_ID;
-  sev.sigev_signo = kKickSignal;
-  sev._sigev_un._tid = tid;
-  timer_t t;
-  if (timer_create(CLOCK_MONOTONIC, &sev, &t) != 0) {
-    timer_ = nullptr;
-    return;
-  }
-  timer_ = t;
-  timer_t d;
-  deadline_timer_ = timer_create(CLOCK_MONOTONIC, &sev, &d) == 0 ? d : nullptr;
-  armed_deadline_ = ~0ull;
-  // 1 ms tick: bounds how long translated code runs without the dispatcher
-  // looking at device timers, interrupts and stop requests.
-  struct itimerspec its{{0, 1000000}, {0, 1000000}};
-  timer_settime(t, 0, &its, nullptr);
-}
-
-// Device timers are evaluated when the platform is called; make translated
-// code come back by the next deadline when that is sooner than the tick.
-void Vcpu::arm_deadline() {
-  if (!deadline_timer_) return;
-  const std::uint64_t dl = platform_.next_timer_deadline_ns();
-  if (dl == ~0ull || dl == armed_deadline_) return;
-  const std::uint64_t now = platform_.now_ns();
-  if (dl <= now || dl - now >= 1000000) return;  // due now (seen at the next exit) or the tick covers it
-  const std::uint64_t delta = dl - now;
-  struct itimerspec its{{0, 0}, {0, static_cast<long>(delta)}};
-  timer_settime(static_cast<timer_t>(deadline_timer_), 0, &its, nullptr);
-  armed_deadline_ = dl;
 }
 
 void Vcpu::set_gs_base(std::uint64_t base) {
@@ -426,35 +245,22 @@ api::RunExit Vcpu::run() {
   api::RunExit ex;
   // Waiting for SIPI: no guest code until the host loads the start-up state.
   if (run_state_ == api::RunState::WaitForSipi) return ex;
-  {
-    // From here on only this thread touches the shadow MMU: a collector asks
-    // it (dirty_req_) instead of collecting concurrently with guest writes.
-    std::lock_guard<std::mutex> lk(dirty_mu_);
-    running_ = true;
-  }
-  t_current = this;
+  // From here on only this thread touches the shadow MMU: a collector asks
+  // it instead of collecting concurrently with guest writes.
+  dirty_.enter_run();
+  bind_running_vcpu(this);
   in_run_ = true;
   poll_needed_.store(true);
   gs_base_ = ~0ull;
-  arm_timer();
+  tick_.start_on_this_thread();
   struct Guard {
     Vcpu* v;
     ~Guard() {
-      {
-        std::lock_guard<std::mutex> lk(v->dirty_mu_);
-        v->running_ = false;
-        v->dirty_cv_.notify_all();  // a waiting collector collects itself now
-      }
+      v->dirty_.leave_run();
       v->in_run_ = false;
       v->in_guest_ = false;
-      t_current = nullptr;
-      for (void** t : {&v->timer_, &v->deadline_timer_}) {
-        if (!*t) continue;
-        struct itimerspec off{};
-        timer_settime(static_cast<timer_t>(*t), 0, &off, nullptr);
-        timer_delete(static_cast<timer_t>(*t));
-        *t = nullptr;
-      }
+      bind_running_vcpu(nullptr);
+      v->tick_.stop();
     }
   } guard{this};
   if (sigsetjmp(bug_jmp_, 1) != 0) {
@@ -464,10 +270,7 @@ api::RunExit Vcpu::run() {
   }
   for (;;) {
     monitor_tlb_flush();  // guest code may have changed its page tables since
-    if (dirty_req_) {
-      std::lock_guard<std::mutex> lk(dirty_mu_);
-      service_dirty_request();
-    }
+    if (dirty_.requested()) dirty_.serve();
     if (kicked_.exchange(false)) {
       ex.kind = api::ExitKind::Stopped;
       return ex;
@@ -496,7 +299,7 @@ api::RunExit Vcpu::run() {
       }
       if (events.nmi && platform_.acknowledge_nmi(index_)) nmi_pending_ = true;
       irq_line_ = platform_.interrupt_pending(index_);
-      arm_deadline();
+      tick_.arm_deadline(platform_);
     }
     try {
       // Pending events.
@@ -535,20 +338,12 @@ api::RunExit Vcpu::run() {
       }
       if (run_state_ == api::RunState::Halted) {
         const bool interrupts_enabled = ctx_->sysflags & kIF;
-        {
-          std::lock_guard<std::mutex> lk(dirty_mu_);
-          service_dirty_request();
-          parked_ = true;
-          dirty_cv_.notify_all();
-        }
+        dirty_.park();
         if (interrupts_enabled)
           platform_.wait_for_interrupt(index_);
         else
           platform_.wait_for_cpu_event(index_);  // only an NMI (or INIT) wakes it
-        {
-          std::lock_guard<std::mutex> lk(dirty_mu_);
-          parked_ = false;
-        }
+        dirty_.unpark();
         platform_called_ = true;
         continue;
       }
@@ -704,72 +499,7 @@ Vcpu::StepResult Vcpu::step() {
   in_guest_ = true;
   const std::uint64_t reason = translator_->enter(ctx_, b->entry);
   in_guest_ = false;
-  switch (reason) {
-    case kExitDispatch:
-      eip_ = static_cast<std::uint32_t>(ctx_->next_eip);
-      if (ctx_->patch_site && !stepping) {
-        pending_patch_ = ctx_->patch_site;
-        pending_patch_target_ = eip_;
-      }
-      break;
-    case kExitStiWindow:
-      ++counters_.irq_window_exits;
-      eip_ = static_cast<std::uint32_t>(ctx_->next_eip);
-      break;
-    case kExitIndirectMiss:
-      ++counters_.indirect_misses;
-      eip_ = static_cast<std::uint32_t>(ctx_->next_eip);
-      break;
-    case kExitInterrupt:
-      ++counters_.irq_exits;
-      eip_ = static_cast<std::uint32_t>(ctx_->next_eip);
-      break;
-    case kExitSpecial:
-      eip_ = static_cast<std::uint32_t>(ctx_->next_eip);
-      break;
-    case kExitFault: {
-      eip_ = ctx_->fault_eip;
-      switch (ctx_->fault_kind) {
-        case FaultKind::PageFault:
-          note_fault_site(eip_, AdaptiveSites::Fault::PageFault);
-          cr2_ = ctx_->fault_addr;
-          return deliver_fault(GuestException{14, true, ctx_->fault_error});
-        case FaultKind::Mmio:
-          ++counters_.mmio_exits;
-          note_fault_site(eip_, AdaptiveSites::Fault::Mmio);
-          emulate(eip_, true);
-          break;
-        case FaultKind::ProtectedWrite: {
-          // Drop what was derived from the page, then let the writing
-          // instruction run alone with the page writable.
-          const std::uint64_t pa = ctx_->fault_addr;
-          if (shadow_->is_pt_page(pa)) shadow_->release_pt_page(pa);
-          if (shadow_->is_code_page(pa)) {
-            translator_->invalidate_page(pa);
-            shadow_->release_code_page(pa);
-            shadow_->clear_block_maps();
-            pending_patch_ = 0;
-          }
-          shadow_->set_write_through(pa);
-          single_step_ = true;
-          note_fault_site(eip_, AdaptiveSites::Fault::TracedWrite);
-          break;
-        }
-        case FaultKind::Exception:
-          if (ctx_->fault_vector == 0x100) return StepResult::Error;
-          if (ctx_->fault_vector == 0) note_fault_site(eip_, AdaptiveSites::Fault::Divide);
-          return deliver_fault(
-              GuestException{static_cast<std::uint8_t>(ctx_->fault_vector), ctx_->fault_vector == 13, 0});
-        case FaultKind::None:
-          break;
-      }
-      break;
-    }
-    default:
-      bug_message_ = "bt-swmmu: bad exit reason from translated code";
-      return StepResult::Error;
-  }
-  return StepResult::Continue;
+  return dispatch_exit(reason, stepping);
 }
 
 // ---------------------------------------------------------------- adaptive translation
@@ -880,25 +610,12 @@ Vcpu::StepResult Vcpu::deliver_fault(const GuestException& ex) {
 // ---------------------------------------------------------------- memory
 
 std::uint64_t Vcpu::lin_to_phys(std::uint32_t la, bool write, bool user, bool fetch) {
-  const std::uint32_t tag = (la & ~0xfffu) | (fetch ? 4 : 0) | (write ? 2 : 0) | (user ? 1 : 0);
-  MonitorTlbEntry& e = mtlb_[(la >> 12) % mtlb_.size()];
-  if (e.gen == mtlb_gen_ && e.tag == tag) return e.pa_page | (la & 0xfff);
-  WalkResult w = walk(shadow_->phys(), paging(), la, Access{write, user, fetch}, true);
-  if (!w.ok) {
+  const Outcome<std::uint64_t> pa = walker_.translate(shadow_->phys(), paging(), la, Access{write, user, fetch});
+  if (!pa.ok()) {
     cr2_ = la;
-    raise(14, true, w.error);
+    throw pa.fault();
   }
-  // Only 4 KiB granules are cached, whatever the guest page size.
-  e = MonitorTlbEntry{tag, mtlb_gen_, w.pa & ~0xfffull, {w.pt_pages[0], w.pt_pages[1], w.pt_pages[2]}, w.n_pt};
-  return w.pa;
-}
-
-void Vcpu::monitor_tlb_drop_table(std::uint64_t pa_page) {
-  for (auto& e : mtlb_) {
-    if (e.gen != mtlb_gen_) continue;
-    for (int i = 0; i < e.n_pt; ++i)
-      if (e.pt[i] == pa_page) e.gen = 0;
-  }
+  return pa.value();
 }
 
 std::uint64_t Vcpu::read_phys(std::uint64_t pa, unsigned size) {
@@ -912,7 +629,7 @@ std::uint64_t Vcpu::read_phys(std::uint64_t pa, unsigned size) {
 }
 
 void Vcpu::note_guest_write(std::uint64_t pa_page) {
-  monitor_tlb_drop_table(pa_page);
+  walker_.drop_table(pa_page);
   if (shadow_->dirty_logging()) shadow_->mark_dirty(pa_page);
   if (shadow_->is_pt_page(pa_page) || shadow_->is_code_page(pa_page)) monitor_needed_ = true;
   if (shadow_->is_pt_page(pa_page)) shadow_->release_pt_page(pa_page);
@@ -968,43 +685,15 @@ std::uint32_t Vcpu::pop32() {
 
 // ---------------------------------------------------------------- segments
 
-api::Segment Vcpu::parse_descriptor(std::uint64_t d, std::uint16_t sel) {
-  api::Segment s;
-  s.selector = sel;
-  s.base = ((d >> 16) & 0xffffff) | (((d >> 56) & 0xff) << 24);
-  std::uint32_t limit = (d & 0xffff) | (((d >> 48) & 0xf) << 16);
-  s.g = (d >> 55) & 1;
-  s.limit = s.g ? (limit << 12) | 0xfff : limit;
-  s.type = (d >> 40) & 0xf;
-  s.s = (d >> 44) & 1;
-  s.dpl = (d >> 45) & 3;
-  s.present = (d >> 47) & 1;
-  s.avl = (d >> 52) & 1;
-  s.l = (d >> 53) & 1;
-  s.db = (d >> 54) & 1;
-  return s;
-}
-
 std::uint64_t Vcpu::read_descriptor(std::uint16_t sel, std::uint32_t error) {
-  const std::uint32_t index = sel & ~7u;
-  std::uint64_t base;
-  std::uint32_t limit;
-  if (sel & 4) {
-    if (ldtr_.unusable || !ldtr_.present) raise(13, true, error);
-    base = ldtr_.base;
-    limit = ldtr_.limit;
-  } else {
-    base = gdtr_.base;
-    limit = gdtr_.limit;
-  }
-  if (index + 7 > limit) raise(13, true, error);
-  const std::uint32_t la = static_cast<std::uint32_t>(base + index);
+  const Outcome<std::uint32_t> at = locate_descriptor(sel, gdtr_, ldtr_, error);
+  if (!at.ok()) throw at.fault();
+  const std::uint32_t la = at.value();
   std::uint64_t lo = read(la, 4, false), hi = read(la + 4, 4, false);
   return lo | (hi << 32);
 }
 
 void Vcpu::load_segment(int sreg, std::uint16_t sel) {
-  const std::uint32_t err = sel & 0xfffc;
   if ((sel & 0xfffc) == 0) {
     if (sreg == 2) raise(13, true, 0);
     api::Segment s;
@@ -1014,20 +703,9 @@ void Vcpu::load_segment(int sreg, std::uint16_t sel) {
     sync_seg_bases();
     return;
   }
-  std::uint64_t raw = read_descriptor(sel, err);
-  api::Segment s = parse_descriptor(raw, sel);
-  const unsigned rpl = sel & 3;
-  const bool code = s.type & 8;
-  if (!s.s) raise(13, true, err);
-  if (sreg == 2) {
-    if (rpl != cpl_ || s.dpl != cpl_ || code || !(s.type & 2)) raise(13, true, err);
-    if (!s.present) raise(12, true, err);
-  } else {
-    if (code && !(s.type & 2)) raise(13, true, err);                  // execute-only code
-    const bool conforming_code = code && (s.type & 4);
-    if (!conforming_code && (s.dpl < cpl_ || s.dpl < rpl)) raise(13, true, err);
-    if (!s.present) raise(11, true, err);
-  }
+  std::uint64_t raw = read_descriptor(sel, sel & 0xfffc);
+  api::Segment s = decode_segment_descriptor(raw, sel);
+  require(sreg == 2 ? check_stack_segment_load(s, sel, cpl_) : check_data_segment_load(s, sel, cpl_));
   if (!(s.type & 1)) {  // set the accessed bit
     const std::uint32_t la = static_cast<std::uint32_t>(((sel & 4) ? ldtr_.base : gdtr_.base) + (sel & ~7u) + 5);
     write(la, 1, static_cast<std::uint32_t>((raw >> 40) & 0xff) | 1, false);
@@ -1039,9 +717,8 @@ void Vcpu::load_segment(int sreg, std::uint16_t sel) {
 
 void Vcpu::load_cs(std::uint16_t sel, unsigned new_cpl) {
   std::uint64_t raw = read_descriptor(sel, sel & 0xfffc);
-  api::Segment s = parse_descriptor(raw, static_cast<std::uint16_t>((sel & ~3u) | new_cpl));
-  if (!s.s || !(s.type & 8)) raise(13, true, sel & 0xfffc);
-  if (!s.present) raise(11, true, sel & 0xfffc);
+  api::Segment s = decode_segment_descriptor(raw, static_cast<std::uint16_t>((sel & ~3u) | new_cpl));
+  require(check_code_segment(s, sel));
   if (s.l) throw std::runtime_error("bt-swmmu: 64-bit code segment: BT64 is not implemented");
   if (!s.db) throw std::runtime_error("bt-swmmu: 16-bit code segments are not supported");
   s.type |= 1;
@@ -1050,142 +727,14 @@ void Vcpu::load_cs(std::uint16_t sel, unsigned new_cpl) {
   sync_seg_bases();
 }
 
-// ---------------------------------------------------------------- events
-
-bool Vcpu::deliver_exception(const GuestException& ex) {
-  if (trace_) {
-    char m[96];
-    std::snprintf(m, sizeof m, "exception %u error %#x at EIP %#x CR2 %#x", ex.vector, ex.error, eip_,
-                  static_cast<unsigned>(cr2_));
-    log_.log(api::LogLevel::Trace, m);
-  }
-  try {
-    deliver(ex.vector, ex.has_error, ex.error, false, eip_);
-    return true;
-  } catch (const GuestException&) {
-    if (ex.vector == 8) return false;
-  }
-  try {
-    deliver(8, true, 0, false, eip_);
-    return true;
-  } catch (const GuestException&) {
-    return false;
-  }
-}
-
-void Vcpu::deliver(std::uint8_t vec, bool has_error, std::uint32_t error, bool software, std::uint32_t ret_eip) {
-  if (!(cr0_ & 1)) throw std::runtime_error("bt-swmmu: interrupt in real mode is not supported");
-  const std::uint32_t gerr = vec * 8 + 2 + (software ? 0 : 1);
-  if (vec * 8u + 7 > idtr_.limit) raise(13, true, gerr);
-  const std::uint32_t la = static_cast<std::uint32_t>(idtr_.base + vec * 8u);
-  const std::uint64_t gate = read(la, 4, false) | (static_cast<std::uint64_t>(read(la + 4, 4, false)) << 32);
-  const unsigned type = (gate >> 40) & 0x1f;
-  const unsigned gdpl = (gate >> 45) & 3;
-  if (type == 0x05) throw std::runtime_error("bt-swmmu: task gates are not supported");
-  if (type != 0x0e && type != 0x0f) raise(13, true, gerr);
-  if (software && gdpl < cpl_) raise(13, true, gerr);
-  if (!((gate >> 47) & 1)) raise(11, true, gerr);
-  const std::uint16_t sel = static_cast<std::uint16_t>((gate >> 16) & 0xffff);
-  const std::uint32_t off = static_cast<std::uint32_t>((gate & 0xffff) | ((gate >> 48) << 16));
-  if ((sel & 0xfffc) == 0) raise(13, true, 0);
-  api::Segment target = parse_descriptor(read_descriptor(sel, sel & 0xfffc), sel);
-  if (!target.s || !(target.type & 8) || target.dpl > cpl_) raise(13, true, sel & 0xfffc);
-  if (!target.present) raise(11, true, sel & 0xfffc);
-  const unsigned new_cpl = (target.type & 4) ? cpl_ : target.dpl;
-  const std::uint32_t old_flags = eflags();
-  const std::uint16_t old_cs = cs_.selector;
-  if (new_cpl < cpl_) {
-    if (ctx_->sysflags & kVM) throw std::runtime_error("bt-swmmu: virtual-8086 mode is not supported");
-    const std::uint32_t tss = static_cast<std::uint32_t>(tr_.base);
-    if (tr_.unusable || tr_.limit < 8u * new_cpl + 11) raise(10, true, tr_.selector & 0xfffc);
-    const std::uint32_t new_esp = read(tss + 4 + 8 * new_cpl, 4, false);
-    const std::uint16_t new_ss = static_cast<std::uint16_t>(read(tss + 8 + 8 * new_cpl, 2, false));
-    const std::uint32_t old_esp = reg32(4);
-    const std::uint16_t old_ss = ss_.selector;
-    api::Segment nss = parse_descriptor(read_descriptor(new_ss, new_ss & 0xfffc), new_ss);
-    if ((new_ss & 3) != new_cpl || nss.dpl != new_cpl || !nss.s || (nss.type & 8) || !(nss.type & 2))
-      raise(10, true, new_ss & 0xfffc);
-    if (!nss.present) raise(12, true, new_ss & 0xfffc);
-    const unsigned saved_cpl = cpl_;
-    const api::Segment saved_ss = ss_;
-    cpl_ = new_cpl;
-    ss_ = nss;
-    reg32(4) = new_esp;
-    try {
-      push32(old_ss);
-      push32(old_esp);
-    } catch (...) {
-      cpl_ = saved_cpl;
-      ss_ = saved_ss;
-      reg32(4) = old_esp;
-      throw;
-    }
-  }
-  push32(old_flags);
-  push32(old_cs);
-  push32(ret_eip);
-  if (has_error) push32(error);
-  load_cs(sel, new_cpl);
-  eip_ = off;
-  std::uint32_t f = old_flags & ~(kTF | kNT | kRF | kVM);
-  if (type == 0x0e) f &= ~kIF;
-  set_eflags(f);
-  run_state_ = api::RunState::Runnable;
-}
-
-void Vcpu::do_iret(unsigned opsize) {
-  if (opsize != 32) throw std::runtime_error("bt-swmmu: 16-bit IRET is not supported");
-  if (ctx_->sysflags & kNT) throw std::runtime_error("bt-swmmu: IRET task return is not supported");
-  nmi_masked_ = false;  // IRET ends NMI blocking (even if it then faults, as on hardware)
-  const std::uint32_t esp0 = reg32(4);
-  const std::uint32_t new_eip = pop32();
-  const std::uint16_t new_cs = static_cast<std::uint16_t>(pop32());
-  const std::uint32_t new_fl = pop32();
-  const unsigned rpl = new_cs & 3;
-  try {
-    if (new_fl & kVM) {
-      if (cpl_ == 0) throw std::runtime_error("bt-swmmu: IRET to virtual-8086 mode is not supported");
-    }
-    if (rpl < cpl_) raise(13, true, new_cs & 0xfffc);
-    std::uint32_t mask = kPopfMask | kRF;
-    if (cpl_ != 0) mask &= ~kIOPL;
-    if (cpl_ > ((ctx_->sysflags & kIOPL) >> 12)) mask &= ~kIF;
-    const std::uint32_t flags = (eflags() & ~mask) | (new_fl & mask);
-    if (rpl > cpl_) {
-      const std::uint32_t new_esp = pop32();
-      const std::uint16_t new_ss = static_cast<std::uint16_t>(pop32());
-      load_cs(new_cs, rpl);
-      load_segment(2, new_ss);
-      reg32(4) = new_esp;
-      for (int i : {0, 3, 4, 5}) {  // ES DS FS GS: null if not accessible at the new CPL
-        api::Segment& s = seg(i);
-        const bool conforming_code = (s.type & 8) && (s.type & 4);
-        if (!s.unusable && !conforming_code && s.dpl < cpl_) {
-          s = api::Segment{};
-          s.unusable = true;
-        }
-      }
-      sync_seg_bases();
-    } else {
-      load_cs(new_cs, rpl);
-    }
-    set_eflags(flags);
-    eip_ = new_eip;
-  } catch (const GuestException&) {
-    reg32(4) = esp0;
-    throw;
-  }
-}
+// ---------------------------------------------------------------- far transfers
 
 void Vcpu::far_transfer(std::uint16_t sel, std::uint32_t off, bool call, std::uint32_t ret_eip, unsigned opsize) {
   if (opsize != 32) throw std::runtime_error("bt-swmmu: 16-bit far transfers are not supported");
   if ((sel & 0xfffc) == 0) raise(13, true, 0);
-  api::Segment t = parse_descriptor(read_descriptor(sel, sel & 0xfffc), sel);
+  api::Segment t = decode_segment_descriptor(read_descriptor(sel, sel & 0xfffc), sel);
   if (!t.s) throw std::runtime_error("bt-swmmu: far transfers through gates/TSS are not supported");
-  if (!(t.type & 8)) raise(13, true, sel & 0xfffc);
-  const bool conforming = t.type & 4;
-  if (conforming ? t.dpl > cpl_ : ((sel & 3) > cpl_ || t.dpl != cpl_)) raise(13, true, sel & 0xfffc);
-  if (!t.present) raise(11, true, sel & 0xfffc);
+  require(check_far_transfer_target(t, sel, cpl_));
   if (call) {
     const std::uint32_t esp0 = reg32(4);
     try {

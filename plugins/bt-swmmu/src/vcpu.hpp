@@ -1,5 +1,8 @@
-// One virtual CPU of the BT-swMMU engine: dispatcher, fault handling and the
-// monitor-side emulation of privileged and special instructions.
+// One virtual CPU of the BT-swMMU engine: its architectural state, the run
+// loop and dispatcher, and the monitor-side emulation of privileged and
+// special instructions.  The units it uses are in their own files (see
+// DESIGN.md); exit_dispatch.cpp, event_delivery.cpp and
+// translated_code_faults.cpp hold member functions of this class.
 #pragma once
 
 #include <modevisor/api/monitor.hpp>
@@ -16,17 +19,18 @@
 #include <string>
 
 #include "context.hpp"
+#include "cpu_identity.hpp"
+#include "dirty_page_handoff.hpp"
+#include "guest_fault.hpp"
+#include "host_tick.hpp"
+#include "monitor_page_walker.hpp"
+#include "segment_descriptor.hpp"
 #include "shadow.hpp"
 #include "mmio_stage.hpp"
 #include "translator.hpp"
 
 namespace modevisor::bt {
 
-struct GuestException {
-  std::uint8_t vector;
-  bool has_error;
-  std::uint32_t error;
-};
 
 struct VcpuCounters {
   std::uint64_t dispatches = 0, cache_hits = 0, special_exits = 0, io_exits = 0, mmio_exits = 0;
@@ -73,27 +77,15 @@ class Vcpu {
   // --- dispatcher
   enum class StepResult { Continue, Stop, Shutdown, Error };
   StepResult step();
+  StepResult dispatch_exit(std::uint64_t reason, bool stepping);  // exit_dispatch.cpp
   Block* lookup(std::uint32_t eip);
   void activate_region();
   void set_gs_base(std::uint64_t base);
 
   // --- guest memory through the guest's page tables (monitor side)
   std::uint64_t lin_to_phys(std::uint32_t la, bool write, bool user, bool fetch);
-  // The monitor's own accesses to guest memory during one dispatcher
-  // iteration (an exception frame, a gate, descriptors, an IRET frame) walk
-  // each page once: walks are cached until the iteration ends, the paging
-  // registers change, INVLPG, or the monitor writes a table a cached walk used.
-  struct MonitorTlbEntry {
-    std::uint32_t tag = 0;  // LA page | fetch 4 | write 2 | user 1
-    std::uint32_t gen = 0;
-    std::uint64_t pa_page = 0;
-    std::uint64_t pt[3] = {};
-    int n_pt = 0;
-  };
-  std::array<MonitorTlbEntry, 16> mtlb_{};
-  std::uint32_t mtlb_gen_ = 1;
-  void monitor_tlb_flush() { if (++mtlb_gen_ == 0) mtlb_gen_ = 1; }
-  void monitor_tlb_drop_table(std::uint64_t pa_page);
+  MonitorPageWalker walker_;  // the monitor's walks, remembered for one dispatcher iteration
+  void monitor_tlb_flush() { walker_.flush(); }
   std::uint32_t read(std::uint32_t la, unsigned size, bool user, bool fetch = false);
   void write(std::uint32_t la, unsigned size, std::uint32_t v, bool user);
   std::uint64_t read_phys(std::uint64_t pa, unsigned size);
@@ -106,12 +98,15 @@ class Vcpu {
   void raise(std::uint8_t vector, bool has_error = false, std::uint32_t error = 0) {
     throw GuestException{vector, has_error, error};
   }
+  // A failed check unwinds the emulation like a raise.
+  static void require(const Check& c) {
+    if (c) throw *c;
+  }
   bool deliver_exception(const GuestException& ex);  // false: triple fault
   void deliver(std::uint8_t vector, bool has_error, std::uint32_t error, bool software, std::uint32_t return_eip);
 
   // --- segments
   std::uint64_t read_descriptor(std::uint16_t sel, std::uint32_t error);
-  static api::Segment parse_descriptor(std::uint64_t raw, std::uint16_t sel);
   void load_segment(int sreg, std::uint16_t sel);  // 0 ES 1 CS 2 SS 3 DS 4 FS 5 GS
   void load_cs(std::uint16_t sel, unsigned new_cpl);
   api::Segment& seg(int i);
@@ -155,13 +150,13 @@ class Vcpu {
   void far_transfer(std::uint16_t sel, std::uint32_t off, bool call, std::uint32_t ret_eip, unsigned opsize);
 
   std::string dump() const;
-  void arm_timer();
 
   api::GuestMemory& mem_;
   api::Platform& platform_;
   api::Logger& log_;
   unsigned index_;
-  api::CpuidTable model_;  // empty: the engine's own CPUID
+  MsrFile msrs_;  // TSC, SYSENTER, PAT, MISC_ENABLE
+  CpuidModel cpuid_;
   std::unique_ptr<ShadowMmu> shadow_;
   std::unique_ptr<Translator> translator_;
   Context* ctx_ = nullptr;
@@ -173,8 +168,6 @@ class Vcpu {
   api::DescriptorTable gdtr_, idtr_;
   std::uint64_t cr0_ = 0x60000010, cr2_ = 0, cr3_ = 0, cr4_ = 0, cr8_ = 0, efer_ = 0;
   std::array<std::uint64_t, 8> dr_{0, 0, 0, 0, 0, 0, 0xffff0ff0, 0x400};
-  std::vector<api::Msr> msrs_;
-  std::uint64_t tsc_offset_ = 0;
   std::vector<std::uint8_t> xsave_extended_;
   std::uint64_t xcr0_ = 1;
   std::optional<api::PendingException> pending_exception_;
@@ -203,15 +196,8 @@ class Vcpu {
     return platform_;
   }
   bool irq_line_ = false;  // the platform's interrupt_pending at the last look
-  // Dirty-page collection from another thread: done directly while the vCPU
-  // is not in run() or is parked in wait_for_interrupt, else by the vCPU
-  // thread at its next dispatcher iteration.
-  std::mutex dirty_mu_;
-  std::condition_variable dirty_cv_;
-  bool running_ = false, parked_ = false, dirty_done_ = false;
-  std::atomic<bool> dirty_req_{false};
-  std::vector<std::uint64_t> dirty_out_;
-  void service_dirty_request();
+  // Dirty-page collection from another thread (see DirtyPageHandoff).
+  DirtyPageHandoff dirty_;
   std::atomic<bool> poll_blocked_{false};
   void block_poll();
   std::uint8_t* poll_page() const { return reinterpret_cast<std::uint8_t*>(ctx_) + kPollOffset; }
@@ -226,12 +212,7 @@ class Vcpu {
   std::uint64_t gs_base_ = ~0ull;
   Region* region_ = nullptr;
   TKey tkey_ = 0;
-  void* timer_ = nullptr;           // 1 ms periodic tick
-  void* deadline_timer_ = nullptr;  // one-shot for platform deadlines closer than the tick
-  std::uint64_t armed_deadline_ = ~0ull;
-  void arm_deadline();
-  bool timer_armed_ = false;
-  int tid_ = 0;
+  HostTick tick_;
   VcpuCounters counters_;
   std::string shutdown_reason_;
 };

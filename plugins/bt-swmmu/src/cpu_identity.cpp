@@ -1,0 +1,124 @@
+#include "cpu_identity.hpp"
+
+#include <cstdio>
+#include <cstring>
+
+namespace modevisor::bt {
+
+namespace {
+// What the engine implements, by feature register: leaf 1 EDX (FPU, PSE, TSC,
+// MSR, PAE, CX8, APIC, SEP, PGE, CMOV, PAT, MMX, FXSR, SSE, SSE2), leaf 1 ECX
+// (only "hypervisor present"), leaf 0x80000001 EDX (NX).  No leaf 7 features.
+constexpr std::uint32_t kLeaf1Edx = (1u << 0) | (1u << 3) | (1u << 4) | (1u << 5) | (1u << 6) | (1u << 8) |
+                                    (1u << 9) | (1u << 11) | (1u << 13) | (1u << 15) | (1u << 16) | (1u << 23) |
+                                    (1u << 24) | (1u << 25) | (1u << 26);
+constexpr std::uint32_t kLeaf1Ecx = 1u << 31;
+constexpr std::uint32_t kExt1Edx = 1u << 20;
+
+// The mask of a feature register (reg 0-3: eax..edx); ~0 for non-feature values.
+std::uint32_t supported_mask(std::uint32_t function, int reg) {
+  switch (function) {
+    case 1: return reg == 2 ? kLeaf1Ecx : reg == 3 ? kLeaf1Edx : ~0u;
+    case 7: return reg == 0 ? ~0u : 0;
+    case 0x80000001: return reg == 2 ? 0 : reg == 3 ? kExt1Edx : ~0u;
+    default: return ~0u;
+  }
+}
+
+void vendor(const char* s, std::uint32_t& r1, std::uint32_t& r2, std::uint32_t& r3) {
+  std::memcpy(&r1, s, 4);
+  std::memcpy(&r2, s + 4, 4);
+  std::memcpy(&r3, s + 8, 4);
+}
+}  // namespace
+
+std::vector<std::string> CpuidModel::set(const api::CpuidTable& model) {
+  model_ = model;
+  std::vector<std::string> hidden;
+  static constexpr const char* kRegs[] = {"eax", "ebx", "ecx", "edx"};
+  for (auto& leaf : model_) {
+    std::uint32_t* regs[4] = {&leaf.eax, &leaf.ebx, &leaf.ecx, &leaf.edx};
+    for (int r = 0; r < 4; ++r) {
+      const std::uint32_t lost = *regs[r] & ~supported_mask(leaf.function, r);
+      for (unsigned bit = 0; bit < 32; ++bit)
+        if (lost >> bit & 1) {
+          char line[64];
+          std::snprintf(line, sizeof line, "leaf %#x %s bit %u", leaf.function, kRegs[r], bit);
+          hidden.emplace_back(line);
+        }
+      *regs[r] &= supported_mask(leaf.function, r);
+    }
+  }
+  return hidden;
+}
+
+CpuidAnswer CpuidModel::answer(std::uint32_t leaf, std::uint32_t sub, unsigned cpu_index) const {
+  CpuidAnswer a;
+  if (!model_.empty()) {
+    // The VM's CPU model (already reduced to what the engine implements).
+    if (const api::CpuidLeaf* m = api::find_cpuid_leaf(model_, leaf, sub)) {
+      a = {m->eax, m->ebx, m->ecx, m->edx};
+      if (leaf == 1) a.ebx = (a.ebx & 0x00ffffff) | (cpu_index << 24);
+    }
+    return a;
+  }
+  switch (leaf) {
+    case 0: a.eax = 1; vendor("GenuineIntel", a.ebx, a.edx, a.ecx); break;
+    case 1:
+      a.eax = 0x000006f1;  // family 6, model 15, stepping 1
+      a.ebx = (cpu_index << 24) | (1u << 16) | (8u << 8);
+      a.ecx = kLeaf1Ecx;   // hypervisor present
+      a.edx = kLeaf1Edx;
+      break;
+    case 0x40000000: a.eax = 0x40000000; vendor("ModevisorBT ", a.ebx, a.ecx, a.edx); break;
+    case 0x80000000: a.eax = 0x80000001; break;
+    case 0x80000001: a.edx = kExt1Edx; break;  // NX
+    default: break;
+  }
+  return a;
+}
+
+bool MsrFile::holds(std::uint32_t index) {
+  switch (index) {
+    case kTsc: case 0x1a0: case 0x174: case 0x175: case 0x176: case 0x277: return true;
+    default: return false;
+  }
+}
+
+Outcome<std::uint64_t> MsrFile::read(std::uint32_t index, std::uint64_t host_tsc_now) const {
+  auto find = [&](std::uint64_t def) {
+    for (auto& m : written_)
+      if (m.index == index) return m.value;
+    return def;
+  };
+  switch (index) {
+    case kTsc: return tsc(host_tsc_now);
+    case 0x1a0: return find(0x1);  // MISC_ENABLE: fast strings
+    case 0x174: case 0x175: case 0x176: return find(0);  // SYSENTER CS/ESP/EIP
+    case 0x277: return find(0x0007040600070406ull);  // PAT: power-on default
+    default: return Fault::gp(0);
+  }
+}
+
+Check MsrFile::write(std::uint32_t index, std::uint64_t value, std::uint64_t host_tsc_now) {
+  if (!holds(index)) return Fault::gp(0);
+  if (index == kTsc) {
+    tsc_offset_ = host_tsc_now - value;
+    return std::nullopt;
+  }
+  for (auto& m : written_)
+    if (m.index == index) {
+      m.value = value;
+      return std::nullopt;
+    }
+  written_.push_back({index, value});
+  return std::nullopt;
+}
+
+void MsrFile::load(const std::vector<api::Msr>& saved, std::uint64_t host_tsc_now) {
+  written_ = saved;
+  for (const auto& m : saved)
+    if (m.index == kTsc) tsc_offset_ = host_tsc_now - m.value;
+}
+
+}  // namespace modevisor::bt

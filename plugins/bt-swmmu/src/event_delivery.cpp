@@ -1,0 +1,133 @@
+// Event delivery: exceptions (with #DF and triple-fault escalation),
+// interrupts and NMIs through the IDT's 32-bit interrupt/trap gates, and
+// IRET.  The frames and flag rules are event_frame.hpp's; here the gate and
+// stack checks, the pushes and pops, and the state changes.
+#include <cstdio>
+#include <stdexcept>
+
+#include "event_frame.hpp"
+#include "vcpu.hpp"
+
+namespace modevisor::bt {
+
+using namespace eflags_bits;
+
+bool Vcpu::deliver_exception(const GuestException& ex) {
+  if (trace_) {
+    char m[96];
+    std::snprintf(m, sizeof m, "exception %u error %#x at EIP %#x CR2 %#x", ex.vector, ex.error, eip_,
+                  static_cast<unsigned>(cr2_));
+    log_.log(api::LogLevel::Trace, m);
+  }
+  try {
+    deliver(ex.vector, ex.has_error, ex.error, false, eip_);
+    return true;
+  } catch (const GuestException&) {
+    if (ex.vector == 8) return false;
+  }
+  try {
+    deliver(8, true, 0, false, eip_);
+    return true;
+  } catch (const GuestException&) {
+    return false;
+  }
+}
+
+void Vcpu::deliver(std::uint8_t vec, bool has_error, std::uint32_t error, bool software, std::uint32_t ret_eip) {
+  if (!(cr0_ & 1)) throw std::runtime_error("bt-swmmu: interrupt in real mode is not supported");
+  const std::uint32_t gerr = idt_error_code(vec, software);
+  if (vec * 8u + 7 > idtr_.limit) raise(13, true, gerr);
+  const std::uint32_t la = static_cast<std::uint32_t>(idtr_.base + vec * 8u);
+  const GateDescriptor gate =
+      decode_gate_descriptor(read(la, 4, false) | (static_cast<std::uint64_t>(read(la + 4, 4, false)) << 32));
+  if (gate.task_gate()) throw std::runtime_error("bt-swmmu: task gates are not supported");
+  if (!gate.trap_or_interrupt_gate()) raise(13, true, gerr);
+  if (software && gate.dpl < cpl_) raise(13, true, gerr);
+  if (!gate.present) raise(11, true, gerr);
+  const std::uint16_t sel = gate.selector;
+  const std::uint32_t off = gate.offset;
+  if ((sel & 0xfffc) == 0) raise(13, true, 0);
+  api::Segment target = decode_segment_descriptor(read_descriptor(sel, sel & 0xfffc), sel);
+  if (target.dpl > cpl_) raise(13, true, sel & 0xfffc);
+  require(check_code_segment(target, sel));
+  const unsigned new_cpl = (target.type & 4) ? cpl_ : target.dpl;
+  const std::uint32_t old_flags = eflags();
+  const std::uint16_t old_cs = cs_.selector;
+  EventFrame frame = build_event_frame(
+      EventFrameInput{old_flags, old_cs, ret_eip, has_error, error, false, 0, 0, gate.interrupt_gate()});
+  if (new_cpl < cpl_) {
+    if (ctx_->sysflags & kVM) throw std::runtime_error("bt-swmmu: virtual-8086 mode is not supported");
+    const std::uint32_t tss = static_cast<std::uint32_t>(tr_.base);
+    if (tr_.unusable || tr_.limit < 8u * new_cpl + 11) raise(10, true, tr_.selector & 0xfffc);
+    const std::uint32_t new_esp = read(tss + 4 + 8 * new_cpl, 4, false);
+    const std::uint16_t new_ss = static_cast<std::uint16_t>(read(tss + 8 + 8 * new_cpl, 2, false));
+    const std::uint32_t old_esp = reg32(4);
+    const std::uint16_t old_ss = ss_.selector;
+    api::Segment nss = decode_segment_descriptor(read_descriptor(new_ss, new_ss & 0xfffc), new_ss);
+    require(check_interrupt_stack(nss, new_ss, new_cpl));
+    frame = build_event_frame(EventFrameInput{old_flags, old_cs, ret_eip, has_error, error, true, old_ss, old_esp,
+                                              gate.interrupt_gate()});
+    const unsigned saved_cpl = cpl_;
+    const api::Segment saved_ss = ss_;
+    cpl_ = new_cpl;
+    ss_ = nss;
+    reg32(4) = new_esp;
+    try {
+      push32(frame.words[0]);
+      push32(frame.words[1]);
+    } catch (...) {
+      cpl_ = saved_cpl;
+      ss_ = saved_ss;
+      reg32(4) = old_esp;
+      throw;
+    }
+  }
+  for (unsigned i = frame.on_old_stack_info; i < frame.count; ++i) push32(frame.words[i]);
+  load_cs(sel, new_cpl);
+  eip_ = off;
+  set_eflags(frame.new_eflags);
+  run_state_ = api::RunState::Runnable;
+}
+
+void Vcpu::do_iret(unsigned opsize) {
+  if (opsize != 32) throw std::runtime_error("bt-swmmu: 16-bit IRET is not supported");
+  if (ctx_->sysflags & kNT) throw std::runtime_error("bt-swmmu: IRET task return is not supported");
+  nmi_masked_ = false;  // IRET ends NMI blocking (even if it then faults, as on hardware)
+  const std::uint32_t esp0 = reg32(4);
+  const std::uint32_t new_eip = pop32();
+  const std::uint16_t new_cs = static_cast<std::uint16_t>(pop32());
+  const std::uint32_t new_fl = pop32();
+  const unsigned rpl = new_cs & 3;
+  try {
+    if (new_fl & kVM) {
+      if (cpl_ == 0) throw std::runtime_error("bt-swmmu: IRET to virtual-8086 mode is not supported");
+    }
+    if (rpl < cpl_) raise(13, true, new_cs & 0xfffc);
+    const std::uint32_t flags = iret_eflags(eflags(), new_fl, cpl_);
+    if (rpl > cpl_) {
+      const std::uint32_t new_esp = pop32();
+      const std::uint16_t new_ss = static_cast<std::uint16_t>(pop32());
+      load_cs(new_cs, rpl);
+      load_segment(2, new_ss);
+      reg32(4) = new_esp;
+      for (int i : {0, 3, 4, 5}) {  // ES DS FS GS: null if not accessible at the new CPL
+        api::Segment& s = seg(i);
+        const bool conforming_code = (s.type & 8) && (s.type & 4);
+        if (!s.unusable && !conforming_code && s.dpl < cpl_) {
+          s = api::Segment{};
+          s.unusable = true;
+        }
+      }
+      sync_seg_bases();
+    } else {
+      load_cs(new_cs, rpl);
+    }
+    set_eflags(flags);
+    eip_ = new_eip;
+  } catch (const GuestException&) {
+    reg32(4) = esp0;
+    throw;
+  }
+}
+
+}  // namespace modevisor::bt

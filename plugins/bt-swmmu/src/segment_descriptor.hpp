@@ -1,0 +1,55 @@
+// Segment and gate descriptors: decoding the 8-byte GDT/LDT/IDT entries and
+// the protection checks of loading one, as pure functions of the descriptor,
+// the selector and the CPL.  Reading the tables is the caller's business.
+#pragma once
+
+#include <modevisor/api/monitor.hpp>
+
+#include <cstdint>
+
+#include "guest_fault.hpp"
+
+namespace modevisor::bt {
+
+// The descriptor as the hidden part of a segment register (selector `sel`).
+api::Segment decode_segment_descriptor(std::uint64_t raw, std::uint16_t sel);
+
+// Where selector `sel`'s descriptor lies (guest-linear), or #GP(`error`) when
+// it is outside its table or the LDT is not loaded.
+Outcome<std::uint32_t> locate_descriptor(std::uint16_t sel, const api::DescriptorTable& gdtr,
+                                         const api::Segment& ldtr, std::uint32_t error);
+
+// MOV/POP to DS, ES, FS, GS with a non-null selector.
+Check check_data_segment_load(const api::Segment& d, std::uint16_t sel, unsigned cpl);
+// MOV/POP/LSS to SS, and the new stack of an inter-privilege IRET/RET.
+Check check_stack_segment_load(const api::Segment& d, std::uint16_t sel, unsigned cpl);
+// The stack an interrupt to a more privileged level switches to (from the TSS): #TS, not #GP.
+Check check_interrupt_stack(const api::Segment& d, std::uint16_t sel, unsigned new_cpl);
+// CS: a present code segment (privilege is the transfer's own rule).
+Check check_code_segment(const api::Segment& d, std::uint16_t sel);
+// The code segment a far JMP/CALL names directly.
+Check check_far_transfer_target(const api::Segment& d, std::uint16_t sel, unsigned cpl);
+// LLDT and LTR.
+Check check_ldt_descriptor(const api::Segment& d, std::uint16_t sel);
+Check check_tss_descriptor(const api::Segment& d, std::uint16_t sel);
+
+// An IDT entry.
+struct GateDescriptor {
+  unsigned type;  // 0x0e 32-bit interrupt gate, 0x0f trap gate, 0x05 task gate
+  unsigned dpl;
+  bool present;
+  std::uint16_t selector;
+  std::uint32_t offset;
+  bool interrupt_gate() const { return type == 0x0e; }
+  bool task_gate() const { return type == 0x05; }
+  bool trap_or_interrupt_gate() const { return type == 0x0e || type == 0x0f; }
+};
+GateDescriptor decode_gate_descriptor(std::uint64_t raw);
+
+// The error code of a fault found while delivering vector `vec` (IDT flag,
+// EXT flag for events not caused by an INT n).
+constexpr std::uint32_t idt_error_code(std::uint8_t vec, bool software) {
+  return vec * 8u + 2 + (software ? 0 : 1);
+}
+
+}  // namespace modevisor::bt

@@ -1,0 +1,95 @@
+// CPUID answers and the vCPU's own MSRs, without a VM.
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <string>
+
+#include "cpu_identity.hpp"
+
+namespace modevisor::bt {
+namespace {
+
+std::string vendor_of(const CpuidAnswer& a, bool hypervisor_order) {
+  char s[13] = {};
+  const std::uint32_t regs[3] = {a.ebx, hypervisor_order ? a.ecx : a.edx, hypervisor_order ? a.edx : a.ecx};
+  std::memcpy(s, regs, 12);
+  return s;
+}
+
+TEST(BtCpuIdentity, OwnModelNamesTheEngineAndEachCpu) {
+  CpuidModel model;
+  EXPECT_EQ(vendor_of(model.answer(0, 0, 0), false), "GenuineIntel");
+  EXPECT_EQ(vendor_of(model.answer(0x40000000, 0, 0), true), "ModevisorBT ");
+  const CpuidAnswer one = model.answer(1, 0, 3);
+  EXPECT_EQ(one.ebx >> 24, 3u);            // initial APIC ID
+  EXPECT_TRUE(one.ecx & (1u << 31));       // hypervisor present
+  EXPECT_TRUE(one.edx & (1u << 26));       // SSE2
+  EXPECT_FALSE(one.edx & (1u << 28));      // no HTT
+  EXPECT_TRUE(model.answer(0x80000001, 0, 0).edx & (1u << 20));  // NX
+  const CpuidAnswer none = model.answer(7, 0, 0);
+  EXPECT_EQ(none.eax | none.ebx | none.ecx | none.edx, 0u);
+}
+
+TEST(BtCpuIdentity, VmModelLosesWhatTheEngineDoesNotImplement) {
+  api::CpuidTable table;
+  api::CpuidLeaf leaf1;
+  leaf1.function = 1;
+  leaf1.eax = 0x000306a9;
+  leaf1.ebx = 0x07000800;                        // APIC ID 7 in the model: replaced per vCPU
+  leaf1.ecx = (1u << 28) | (1u << 31);           // AVX (not implemented) + hypervisor
+  leaf1.edx = (1u << 26) | (1u << 0);
+  table.push_back(leaf1);
+  api::CpuidLeaf leaf7;
+  leaf7.function = 7;
+  leaf7.indexed = true;
+  leaf7.ebx = 1u << 5;  // AVX2
+  table.push_back(leaf7);
+  CpuidModel model;
+  const auto hidden = model.set(table);
+  ASSERT_EQ(hidden.size(), 2u);
+  EXPECT_EQ(hidden[0], "leaf 0x1 ecx bit 28");
+  EXPECT_EQ(hidden[1], "leaf 0x7 ebx bit 5");
+  const CpuidAnswer one = model.answer(1, 0, 2);
+  EXPECT_EQ(one.eax, 0x000306a9u);
+  EXPECT_EQ(one.ebx, 0x02000800u);
+  EXPECT_EQ(one.ecx, 1u << 31);
+  EXPECT_EQ(one.edx, (1u << 26) | 1u);
+  EXPECT_EQ(model.answer(7, 0, 0).ebx, 0u);
+  // A leaf the model does not have reads as zeros, not as the engine's own.
+  EXPECT_EQ(model.answer(0x40000000, 0, 0).eax, 0u);
+}
+
+TEST(BtMsrFile, DefaultsWritesAndUnknownIndices) {
+  MsrFile msrs(1000);
+  EXPECT_EQ(msrs.read(0x277, 1000).value(), 0x0007040600070406ull);  // PAT power-on value
+  EXPECT_EQ(msrs.read(0x1a0, 1000).value(), 1u);
+  EXPECT_EQ(msrs.read(0x174, 1000).value(), 0u);
+  EXPECT_FALSE(msrs.write(0x174, 0x10, 1000));
+  EXPECT_FALSE(msrs.write(0x176, 0xc0001000, 1000));
+  EXPECT_FALSE(msrs.write(0x174, 0x60, 1000));  // overwrites, not a second entry
+  EXPECT_EQ(msrs.read(0x174, 1000).value(), 0x60u);
+  EXPECT_EQ(msrs.saved().size(), 2u);
+  // Not this file's: #GP(0) (the APIC base and EFER are the vCPU's, others unknown).
+  EXPECT_FALSE(MsrFile::holds(0x1b));
+  EXPECT_FALSE(MsrFile::holds(0xc0000080));
+  ASSERT_FALSE(msrs.read(0xc0000081, 1000).ok());
+  EXPECT_EQ(msrs.read(0xc0000081, 1000).fault(), Fault::gp(0));
+  EXPECT_EQ(msrs.write(0x8b, 1, 1000), Fault::gp(0));
+}
+
+TEST(BtMsrFile, TscFollowsTheHostClockFromTheWrittenValue) {
+  MsrFile msrs(5000);  // guest TSC 0 at host TSC 5000
+  EXPECT_EQ(msrs.tsc(5000), 0u);
+  EXPECT_EQ(msrs.read(MsrFile::kTsc, 5600).value(), 600u);
+  EXPECT_FALSE(msrs.write(MsrFile::kTsc, 1000000, 6000));
+  EXPECT_EQ(msrs.tsc(6500), 1000500u);
+  EXPECT_TRUE(msrs.saved().empty());  // the TSC is saved from tsc(), not as a written entry
+  // A loaded state continues from its saved TSC.
+  MsrFile restored(0);
+  restored.load({{0x175, 0x9000}, {MsrFile::kTsc, 42}}, 7000);
+  EXPECT_EQ(restored.tsc(7010), 52u);
+  EXPECT_EQ(restored.read(0x175, 7010).value(), 0x9000u);
+}
+
+}  // namespace
+}  // namespace modevisor::bt

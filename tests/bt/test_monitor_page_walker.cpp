@@ -1,0 +1,102 @@
+// The monitor's page walker on a RAM buffer holding real 32-bit page tables:
+// translations, #PF as a value, and when a remembered walk is forgotten.
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <vector>
+
+#include "monitor_page_walker.hpp"
+
+namespace modevisor::bt {
+namespace {
+
+struct GuestRam {
+  std::vector<std::uint8_t> bytes = std::vector<std::uint8_t>(4u << 20);
+  PhysMem pm{bytes.data(), bytes.size()};
+  void w32(std::uint64_t a, std::uint32_t v) { std::memcpy(&bytes[a], &v, 4); }
+  std::uint32_t r32(std::uint64_t a) const {
+    std::uint32_t v;
+    std::memcpy(&v, &bytes[a], 4);
+    return v;
+  }
+};
+
+constexpr std::uint32_t kDir = 0x1000, kTable = 0x2000;
+constexpr std::uint32_t kLa = 0x00403000;  // directory entry 1, table entry 3
+
+PagingRegs paging_on() {
+  PagingRegs r;
+  r.cr0 = 0x80000011u;
+  r.cr3 = kDir;
+  return r;
+}
+
+// la 0x00403xxx -> pa `frame`, supervisor read/write.
+void map(GuestRam& ram, std::uint32_t frame, std::uint32_t flags = 3) {
+  ram.w32(kDir + 1 * 4, kTable | 3);
+  ram.w32(kTable + 3 * 4, frame | flags);
+}
+
+TEST(BtMonitorPageWalker, TranslatesAndSetsAccessed) {
+  GuestRam ram;
+  map(ram, 0x9000);
+  MonitorPageWalker walker;
+  auto pa = walker.translate(ram.pm, paging_on(), kLa + 0x123, Access{false, false, false});
+  ASSERT_TRUE(pa.ok());
+  EXPECT_EQ(pa.value(), 0x9123u);
+  EXPECT_TRUE(ram.r32(kTable + 3 * 4) & 0x20);  // Accessed
+  EXPECT_FALSE(ram.r32(kTable + 3 * 4) & 0x40);  // not Dirty after a read
+  auto w = walker.translate(ram.pm, paging_on(), kLa, Access{true, false, false});
+  ASSERT_TRUE(w.ok());
+  EXPECT_TRUE(ram.r32(kTable + 3 * 4) & 0x40);  // Dirty after a write
+}
+
+TEST(BtMonitorPageWalker, FaultsAreValuesWithThePageFaultErrorCode) {
+  GuestRam ram;
+  MonitorPageWalker walker;
+  // Not present at the directory: #PF, error "write".
+  auto np = walker.translate(ram.pm, paging_on(), kLa, Access{true, false, false});
+  ASSERT_FALSE(np.ok());
+  EXPECT_EQ(np.fault(), (Fault{14, true, kPfW}));
+  // A supervisor page touched from CPL 3: present | user.
+  map(ram, 0x9000);
+  auto user = walker.translate(ram.pm, paging_on(), kLa, Access{false, true, false});
+  ASSERT_FALSE(user.ok());
+  EXPECT_EQ(user.fault(), (Fault{14, true, kPfP | kPfU}));
+}
+
+TEST(BtMonitorPageWalker, RemembersAWalkUntilItsTableIsWrittenOrFlushed) {
+  GuestRam ram;
+  map(ram, 0x9000);
+  MonitorPageWalker walker;
+  ASSERT_EQ(walker.translate(ram.pm, paging_on(), kLa, Access{}).value(), 0x9000u);
+  // The guest remaps the page behind the walker's back: the remembered walk
+  // stands (as a TLB would) ...
+  map(ram, 0xa000);
+  EXPECT_EQ(walker.translate(ram.pm, paging_on(), kLa, Access{}).value(), 0x9000u);
+  // ... until the monitor says it wrote that table ...
+  walker.drop_table(kTable);
+  EXPECT_EQ(walker.translate(ram.pm, paging_on(), kLa, Access{}).value(), 0xa000u);
+  // ... or the iteration ends.
+  map(ram, 0xb000);
+  walker.drop_table(0x5000);  // a page that is no table of this walk changes nothing
+  EXPECT_EQ(walker.translate(ram.pm, paging_on(), kLa, Access{}).value(), 0xa000u);
+  walker.flush();
+  EXPECT_EQ(walker.translate(ram.pm, paging_on(), kLa, Access{}).value(), 0xb000u);
+}
+
+TEST(BtMonitorPageWalker, AccessKindsAreRememberedSeparately) {
+  GuestRam ram;
+  map(ram, 0x9000, 1);  // present, read-only, supervisor
+  PagingRegs regs = paging_on();
+  regs.cr0 |= 0x10000;  // CR0.WP: supervisor writes honour R/W
+  MonitorPageWalker walker;
+  ASSERT_TRUE(walker.translate(ram.pm, regs, kLa, Access{false, false, false}).ok());
+  // A read was remembered; a write to the same page still walks and faults.
+  auto w = walker.translate(ram.pm, regs, kLa, Access{true, false, false});
+  ASSERT_FALSE(w.ok());
+  EXPECT_EQ(w.fault(), (Fault{14, true, kPfP | kPfW}));
+}
+
+}  // namespace
+}  // namespace modevisor::bt
