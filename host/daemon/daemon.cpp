@@ -794,7 +794,7 @@ void Daemon::reap_children() {
       vm->child_exited(status);
       if (was_active && !vm->active() && vm->state() == "failed") ++counters_["monitor_process_failures"];
       host_.log()->log(WIFEXITED(status) && WEXITSTATUS(status) == 0 ? spdlog::level::info : spdlog::level::err,
-                       "VM {}: monitor process {} {}", name, pid, describe_wait_status(status));
+                       "VM {}: its monitor process {} {}", name, pid, describe_wait_status(status, vm->seccomp_violation()));
     }
   }
 }

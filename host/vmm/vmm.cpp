@@ -1,4 +1,5 @@
 #include "vmm/vmm.hpp"
+#include "vmm/confinement.hpp"
 
 #include <fcntl.h>
 #include <poll.h>
@@ -11,6 +12,7 @@
 #include <atomic>
 #include <chrono>
 #include <csignal>
+#include <cstring>
 #include <fstream>
 #include <memory>
 #include <mutex>
@@ -75,6 +77,8 @@ const char* result_kind(host::SessionResult::Kind kind) {
 }
 
 constexpr int kConsoleTickMs = 20;
+// The address-space limit of a process waiting for a VM from a peer (its size is not known yet).
+constexpr std::uint64_t kLargestArrivingVm = 64ULL << 30;
 
 // A failure to start, with the reply's error code.
 struct StartError {
@@ -93,6 +97,8 @@ class MonitorProcess {
   bool migrate_in(const json& args, std::vector<int>& fds);
   void migrate_out(const json& id, const json& args, std::vector<int>& fds);
   void begin_serving();
+  void open_reattach_socket();
+  bool confine_now(const json& id, std::uint64_t memory_bytes, unsigned vcpus);
   void note_run_interval(host::VmState state);
   bool power_on(const json& args, std::vector<int>& fds, const json& id);
   std::shared_ptr<const host::LoadedPlugin> load_plugin(const json& args, std::vector<int>& fds);
@@ -188,6 +194,7 @@ bool MonitorProcess::send(const json& message) {
 
 void MonitorProcess::drop_channel() {
   std::lock_guard lock(send_mutex_);
+  set_report_fd(-1);
   channel_.reset();
   if (log_) log_->warn("vmm| the daemon went away; the VM goes on and waits for it on {}", socket_path_.string());
 }
@@ -200,6 +207,7 @@ void MonitorProcess::accept_daemon() {
   std::lock_guard lock(send_mutex_);
   if (channel_) return;  // one daemon at a time
   channel_ = std::make_unique<control::LineChannel>(std::move(connection));
+  set_report_fd(channel_->fd());
   if (log_) log_->info("vmm| a daemon reattached (pid {})", peer->pid);
 }
 
@@ -328,6 +336,10 @@ bool MonitorProcess::power_on(const json& args, std::vector<int>& fds, const jso
     return fail(code::kMonitorFailed, e.what());
   }
 
+  // The VM is built: its reattach socket opens, then the process gives up
+  // what a running VM does not need, before any guest code runs.
+  open_reattach_socket();
+  if (!confine_now(id, vm_.memory_bytes, vm_.vcpus)) return false;
   if (!restoring) session_->start();  // a restored VM stays paused until resumed
   begin_serving();
   send(control::reply_ok(id, description()));
@@ -339,18 +351,40 @@ void MonitorProcess::begin_serving() {
   started_ = std::chrono::steady_clock::now();
   started_unix_ = std::chrono::duration_cast<std::chrono::seconds>(
                       std::chrono::system_clock::now().time_since_epoch()).count();
-  if (!socket_path_.empty()) {
-    try {
-      listener_ = control::listen_unix(socket_path_);
-    } catch (const std::system_error& e) {
-      log_->warn("vmm| no reattach socket ({}): a restarted daemon will not find this VM", e.what());
-    }
-  }
+  open_reattach_socket();
   vm_thread_ = std::thread([this] {
     result_ = session_->wait();
     const char c = 'e';
     [[maybe_unused]] auto n = ::write(wake_[1], &c, 1);
   });
+}
+
+// Before confinement: the filter allows no new unix socket.
+void MonitorProcess::open_reattach_socket() {
+  if (socket_path_.empty() || listener_) return;
+  try {
+    listener_ = control::listen_unix(socket_path_);
+  } catch (const std::system_error& e) {
+    if (log_) log_->warn("vmm| no reattach socket ({}): a restarted daemon will not find this VM", e.what());
+  }
+}
+
+// Limits and the seccomp filter (confinement.hpp); a failure refuses the VM.
+bool MonitorProcess::confine_now(const json& id, std::uint64_t memory_bytes, unsigned vcpus) {
+  int report_fd = -1;
+  {
+    std::lock_guard lock(send_mutex_);
+    if (channel_) report_fd = channel_->fd();
+  }
+  try {
+    const std::string applied = confine(limits_for_vm(memory_bytes, vcpus), report_fd);
+    if (log_) log_->info("vmm| {}", applied);
+    return true;
+  } catch (const std::exception& e) {
+    if (log_) log_->error("vmm| cannot confine the monitor process: {}", e.what());
+    send(control::reply_error(id, code::kMonitorFailed, std::string("cannot confine the monitor process: ") + e.what()));
+    return false;
+  }
 }
 
 // A VM arriving from a peer: the daemon accepted the TCP connection and
@@ -430,6 +464,18 @@ bool MonitorProcess::migrate_in(const json& args, std::vector<int>& fds) {
     send(control::reply_error(id, code::kBadInput, e.what()));
     return false;
   }
+  // Confined before anything of the peer's is read.  Its name is not known
+  // yet: the reattach socket listens under a temporary name, renamed when
+  // the VM has arrived (the filter allows no new unix socket).
+  const std::filesystem::path incoming_socket =
+      vm_dir.empty() ? std::filesystem::path() : vm_dir / fmt::format(".incoming-{}.sock", ::getpid());
+  socket_path_ = incoming_socket;
+  open_reattach_socket();
+  if (!confine_now(id, kLargestArrivingVm, host::migration::kMaxVcpus)) {
+    ::close(connection);
+    if (listener_) ::unlink(incoming_socket.c_str());
+    return false;
+  }
   ledger_ = std::make_unique<mig::ArrivalLedger>();
   hold_console_ = true;
   mig::ReceiverOptions options;
@@ -446,6 +492,7 @@ bool MonitorProcess::migrate_in(const json& args, std::vector<int>& fds) {
                  {"protocol_version", result.protocol_version}};
   if (result.config) migration["vm"] = result.config->vm_name;
   if (result.end != mig::ReceiverStep::Running) {
+    if (listener_) ::unlink(incoming_socket.c_str());
     if (log_) log_->warn("migration in from {} ended {}: {}", peer, mig::to_string(result.end), result.reason);
     json error{{"code", code::kMonitorFailed},
                {"message", fmt::format("migration from {} {}: {}", peer, mig::to_string(result.end), result.reason)},
@@ -458,6 +505,12 @@ bool MonitorProcess::migrate_in(const json& args, std::vector<int>& fds) {
   vm_yaml_ = result.config->vm_yaml;
   plugin_ = host_->registry().share(session_->plugin().descriptor.name);
   socket_path_ = vm_dir.empty() ? std::filesystem::path() : vm_dir / (vm_.name + ".sock");
+  if (listener_ && ::rename(incoming_socket.c_str(), socket_path_.c_str()) != 0) {
+    log_->warn("vmm| no reattach socket (rename to {}: {}): a restarted daemon will not find this VM",
+               socket_path_.string(), std::strerror(errno));
+    ::unlink(incoming_socket.c_str());
+    listener_ = control::Fd();
+  }
   result_file_ = vm_dir.empty() ? std::filesystem::path() : vm_dir / (vm_.name + ".result.json");
   log_->info("migration in: VM {} runs here under {} ({}) in monitor process {}", vm_.name,
              result.placement ? result.placement->mode : "?", session_->plugin().descriptor.name, ::getpid());

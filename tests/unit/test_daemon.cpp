@@ -546,3 +546,107 @@ TEST_F(DaemonTest, ConsoleOnATerminalPassesCtrlCAndDetachesOnCtrlBracket) {
 }
 
 }  // namespace
+
+// ---- Confinement of the monitor processes (host/vmm/confinement.hpp) ----
+
+// The inode of the unix socket listening at `path` (from /proc/net/unix), 0 if none.
+std::string unix_socket_inode(const fs::path& path) {
+  std::ifstream table("/proc/net/unix");
+  std::string line;
+  while (std::getline(table, line)) {
+    std::istringstream fields(line);
+    std::string num, refcount, protocol, flags, type, st, inode, name;
+    fields >> num >> refcount >> protocol >> flags >> type >> st >> inode >> name;
+    if (name == path.string()) return inode;
+  }
+  return "";
+}
+
+std::vector<std::string> open_descriptors(pid_t pid) {
+  std::vector<std::string> out;
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(fs::path("/proc") / std::to_string(pid) / "fd", ec)) {
+    std::error_code link_ec;
+    out.push_back(fs::read_symlink(entry.path(), link_ec).string());
+  }
+  return out;
+}
+
+// A VM whose monitor opens a unix socket is killed by its process's seccomp
+// filter; the daemon says which call it was, and the VM beside it runs on.
+TEST_F(DaemonTest, AForbiddenSystemCallKillsOnlyThatVmAndTheDaemonSaysWhich) {
+  std::ofstream(dir_ / "host.yaml") << "control_socket: " << socket_.string() << "\nstate_dir: "
+                                    << (dir_ / "state").string() << "\nlog_dir: " << (dir_ / "logs").string()
+                                    << "\nplugin_dirs: [" << (dir_ / "plugins").string() << "]\n";
+  fs::copy_file(kPlugins / "bt-swmmu.so", dir_ / "plugins" / "bt-swmmu.so");
+  start_daemon();
+  ASSERT_EQ(cli("vm start " + long_vm("survivor").string()).status, 0);
+  ASSERT_TRUE(wait_state("survivor", "running"))
+      << cli("vm status survivor").out << read_file(dir_ / "daemon.out") << read_file(dir_ / "logs" / "survivor.log");
+  // The fixture (a newer plugin of the same mode) is what the next VM gets.
+  fs::copy_file(kTestPlugins / "forbidden-syscall" / "test-forbidden-syscall.so",
+                dir_ / "plugins" / "test-forbidden-syscall.so");
+  ASSERT_EQ(cli("plugins rescan").status, 0);
+  cli("vm start " + vm_yaml("victim", "hello.elf", "n=1").string());
+  ASSERT_TRUE(wait_state("victim", "failed")) << cli("vm status victim").out;
+  const json victim = cli_json("vm status victim");
+  EXPECT_EQ(victim.value("plugin", ""), "test-forbidden-syscall") << victim.dump();
+  EXPECT_THAT(victim.value("reason", ""), HasSubstr("killed by the seccomp filter (SIGSYS, syscall 41 socket)"))
+      << victim.dump();
+  EXPECT_THAT(read_file(dir_ / "daemon.out"), HasSubstr("killed by the seccomp filter"));
+  EXPECT_EQ(state_of("survivor"), "running");
+  const json stopped = cli_json("vm stop survivor");
+  EXPECT_EQ(stopped["state"], "stopped") << stopped.dump();
+}
+
+// The filter's switch: off, the same call goes through (and the fixture says so).
+TEST_F(DaemonTest, TheSeccompFilterCanBeTurnedOffForDebugging) {
+  std::ofstream(dir_ / "host.yaml") << "control_socket: " << socket_.string() << "\nstate_dir: "
+                                    << (dir_ / "state").string() << "\nlog_dir: " << (dir_ / "logs").string()
+                                    << "\nplugin_dirs: [" << (dir_ / "plugins").string() << "]\n";
+  fs::copy_file(kTestPlugins / "forbidden-syscall" / "test-forbidden-syscall.so",
+                dir_ / "plugins" / "test-forbidden-syscall.so");
+  ::setenv("MODEVISOR_VMM_SECCOMP", "off", 1);
+  start_daemon();
+  ::unsetenv("MODEVISOR_VMM_SECCOMP");
+  cli("vm start " + vm_yaml("let-through", "hello.elf", "n=1").string());
+  ASSERT_TRUE(wait_state("let-through", "failed"));
+  const json vm = cli_json("vm status let-through");
+  EXPECT_THAT(vm.value("reason", ""), HasSubstr("let socket(AF_UNIX) through")) << vm.dump();
+  EXPECT_THAT(read_file(dir_ / "logs" / "let-through.log"), HasSubstr("seccomp filter OFF"));
+}
+
+// What a running VM's monitor process holds and may do: filter mode 2,
+// no_new_privs, no core files, and none of the daemon's descriptors (its
+// control socket) nor the cluster secret.
+TEST_F(DaemonTest, AMonitorProcessRunsConfinedWithoutTheDaemonsSocketOrSecret) {
+  const fs::path secret = dir_ / "cluster.secret";
+  std::ofstream(secret) << "a cluster secret only the daemon reads, 32+ bytes\n";
+  ::chmod(secret.c_str(), 0600);
+  start_daemon("migration:\n  listen: 127.0.0.1:" + std::to_string(20000 + ::getpid() % 20000) + "\n  secret_file: " + secret.string() + "\n");
+  ASSERT_EQ(cli("vm start " + long_vm("confined").string()).status, 0);
+  ASSERT_TRUE(wait_state("confined", "running"));
+  const pid_t pid = cli_json("vm status confined")["pid"].get<pid_t>();
+  ASSERT_GT(pid, 0);
+  const std::string status = read_file(fs::path("/proc") / std::to_string(pid) / "status");
+  EXPECT_THAT(status, HasSubstr("Seccomp:\t2\n"));
+  EXPECT_THAT(status, HasSubstr("NoNewPrivs:\t1\n"));
+  const std::string limits = read_file(fs::path("/proc") / std::to_string(pid) / "limits");
+  EXPECT_THAT(limits, ::testing::ContainsRegex("Max core file size +0 +0"));
+  EXPECT_THAT(limits, ::testing::ContainsRegex("Max open files +1024 +1024"));
+  EXPECT_THAT(limits, ::testing::ContainsRegex("Max address space +[0-9]+ +[0-9]+ +bytes"));
+  const std::string inode = unix_socket_inode(socket_);
+  ASSERT_FALSE(inode.empty()) << "the daemon's control socket is not in /proc/net/unix";
+  const auto fds = open_descriptors(pid);
+  ASSERT_FALSE(fds.empty());
+  EXPECT_THAT(fds, ::testing::Not(::testing::Contains("socket:[" + inode + "]")));
+  EXPECT_THAT(fds, ::testing::Not(::testing::Contains(secret.string())));
+  EXPECT_THAT(read_file(dir_ / "logs" / "confined.log"), HasSubstr("seccomp filter on"));
+  // Confined, it still does all a VM does: pause, resume, save, console, stop.
+  EXPECT_EQ(cli("vm pause confined").status, 0);
+  EXPECT_EQ(cli("vm save confined " + (dir_ / "confined.snap").string()).status, 0) << cli("vm status confined").out;
+  EXPECT_EQ(cli("vm resume confined").status, 0);
+  EXPECT_EQ(state_of("confined"), "running");
+  const json stopped = cli_json("vm stop confined");
+  EXPECT_EQ(stopped["state"], "stopped") << stopped.dump();
+}
