@@ -155,6 +155,15 @@ class MonitorProcess {
   std::atomic<bool> hold_console_{false};
 };
 
+// The key of one migration, derived by the daemon from the cluster secret
+// (which never reaches this process) and the migration's id.
+host::migration::ClusterSecret migration_key(const json& args) {
+  std::vector<std::uint8_t> key(32);
+  if (!host::migration::from_hex(args.value("migration_key", ""), key))
+    throw std::invalid_argument("the daemon sent no migration key");
+  return host::migration::ClusterSecret(std::move(key));
+}
+
 // One line per transition, appended with one write: the run-interval log
 // that proves two hosts never ran a VM at the same time.  CLOCK_MONOTONIC is
 // system-wide, so two daemons on one machine compare directly.
@@ -458,7 +467,7 @@ bool MonitorProcess::migrate_in(const json& args, std::vector<int>& fds) {
 
   std::unique_ptr<mig::ClusterSecret> secret;
   try {
-    secret = std::make_unique<mig::ClusterSecret>(mig::ClusterSecret::from_file(args.value("secret_file", "")));
+    secret = std::make_unique<mig::ClusterSecret>(migration_key(args));
   } catch (const std::exception& e) {
     ::close(connection);
     send(control::reply_error(id, code::kBadInput, e.what()));
@@ -550,9 +559,14 @@ void MonitorProcess::migrate_out(const json& id, const json& args, std::vector<i
     return;
   }
   std::shared_ptr<mig::ClusterSecret> secret;
+  std::optional<mig::MigrationId> migration_id;
   mig::MigrationConfig config;
   try {
-    secret = std::make_shared<mig::ClusterSecret>(mig::ClusterSecret::from_file(args.value("secret_file", "")));
+    secret = std::make_shared<mig::ClusterSecret>(migration_key(args));
+    mig::MigrationId chosen{};
+    if (!mig::from_hex(args.value("migration_id", ""), chosen))
+      throw std::invalid_argument("migrate-out: the daemon sent no migration id");
+    migration_id = chosen;
     std::string yaml = vm_yaml_;
     if (yaml.empty()) {
       std::ifstream in(vm_.file, std::ios::binary);
@@ -573,6 +587,7 @@ void MonitorProcess::migrate_out(const json& id, const json& args, std::vector<i
   options.destination = args.value("destination", "");
   options.downtime_limit = std::chrono::milliseconds(args.value("downtime_ms", 300));
   options.force_converge = args.value("force_converge", false);
+  options.migration_id = migration_id;
   options.log = log_;
   const std::string destination = options.destination, peer = args.value("peer", destination);
   {
