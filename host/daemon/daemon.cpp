@@ -213,9 +213,18 @@ json Daemon::host_json() const {
 
 void Daemon::dispatch(const json& message, const std::shared_ptr<Client>& client) {
   ++counters_["control_requests"];
-  const json id = message.value("id", json());
-  const std::string op = message.value("op", "");
-  const json args = message.value("args", json::object());
+  std::string why;
+  const auto request = control::parse_request(message, &why);
+  if (!request) {
+    // Fields of the wrong type are a protocol error for this request, not the daemon's end.
+    const auto it = message.find("id");
+    const json id = it != message.end() && (it->is_number() || it->is_string()) ? *it : json();
+    client->reply(control::reply_error(id, code::kProtocol, why));
+    return;
+  }
+  const json& id = request->id;
+  const std::string& op = request->op;
+  const json& args = request->args;
   auto refuse = [&](const char* error, const std::string& text) { client->reply(control::reply_error(id, error, text)); };
   auto need_name = [&]() -> std::shared_ptr<VmHandle> {
     const std::string name = args.value("name", "");

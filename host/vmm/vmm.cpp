@@ -628,9 +628,15 @@ void MonitorProcess::migrate_out(const json& id, const json& args, std::vector<i
 }
 
 void MonitorProcess::handle(const json& message, std::vector<int>& fds) {
-  const json id = message.value("id", json());
-  const std::string op = message.value("op", "");
-  const json args = message.value("args", json::object());
+  std::string why;
+  const auto request = control::parse_request(message, &why);
+  if (!request) {
+    send(control::reply_error(json(), code::kProtocol, why));
+    return;
+  }
+  const json& id = request->id;
+  const std::string& op = request->op;
+  const json& args = request->args;
   if (op == "migrate-out") {
     migrate_out(id, args, fds);
   } else if (migrating_ && (op == "pause" || op == "resume" || op == "save")) {
@@ -753,7 +759,13 @@ int MonitorProcess::serve_loop() {
         drop_channel();
         continue;
       }
-      while (auto message = channel_->buffered()) handle(*message, received);
+      while (auto message = channel_->buffered()) {
+        try {
+          handle(*message, received);
+        } catch (const std::exception& e) {  // an argument of the wrong type: that request fails, not the VM
+          send(control::reply_error(json(), code::kProtocol, e.what()));
+        }
+      }
       for (int fd : received) ::close(fd);
       if (!channel_->error().empty()) drop_channel();
     }

@@ -650,3 +650,19 @@ TEST_F(DaemonTest, AMonitorProcessRunsConfinedWithoutTheDaemonsSocketOrSecret) {
   const json stopped = cli_json("vm stop confined");
   EXPECT_EQ(stopped["state"], "stopped") << stopped.dump();
 }
+
+// Requests whose fields have the wrong types (found by fuzz_control): each is
+// refused as a protocol error and the daemon goes on answering.
+TEST_F(DaemonTest, RequestsWithFieldsOfTheWrongTypeAreRefusedAndTheDaemonGoesOn) {
+  start_daemon();
+  control::LineChannel channel(control::connect_unix(socket_));
+  for (const char* line : {R"({"id":1,"op":5})", R"({"id":2,"op":"host","args":[1]})", R"({"id":{},"op":"host"})",
+                           R"({"id":3})", R"({"id":4,"op":""})"}) {
+    ASSERT_TRUE(channel.send(json::parse(line))) << line;
+    const auto reply = channel.receive();
+    ASSERT_TRUE(reply.has_value()) << line << ": the daemon closed the connection";
+    EXPECT_FALSE(reply->value("ok", true)) << line;
+    EXPECT_EQ((*reply)["error"].value("code", ""), "protocol") << line << " -> " << reply->dump();
+  }
+  EXPECT_EQ(cli("--json host").status, 0);
+}
