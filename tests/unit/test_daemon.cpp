@@ -651,7 +651,7 @@ TEST_F(DaemonTest, AMonitorProcessRunsConfinedWithoutTheDaemonsSocketOrSecret) {
   EXPECT_EQ(stopped["state"], "stopped") << stopped.dump();
 }
 
-// Requests whose fields have the wrong types (found by fuzz_control): each is
+// Requests whose fields have the wrong types (found while writing fuzz_control): each is
 // refused as a protocol error and the daemon goes on answering.
 TEST_F(DaemonTest, RequestsWithFieldsOfTheWrongTypeAreRefusedAndTheDaemonGoesOn) {
   start_daemon();
