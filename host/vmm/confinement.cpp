@@ -2,6 +2,7 @@
 
 #include <asm/prctl.h>
 #include <fcntl.h>
+#include <linux/landlock.h>
 #include <linux/sched.h>
 #include <seccomp.h>
 #include <signal.h>
@@ -193,6 +194,28 @@ std::uint64_t mapped_bytes() {
   return 0;
 }
 
+// Landlock (Linux >= 5.13): no file or directory may be opened for reading
+// by path any more.  Everything the VM reads was read before (plugin,
+// kernel, snapshot, configuration); what it still opens, it opens to write
+// (log, save, result, run log).  So the cluster secret's file, the daemon's
+// configuration and every other file of the daemon's user stay unread even
+// though the seccomp filter must allow openat.  Returns what was applied.
+std::string forbid_reading_files() {
+  const long abi = ::syscall(SYS_landlock_create_ruleset, nullptr, 0, LANDLOCK_CREATE_RULESET_VERSION);
+  if (abi < 1)
+    return fmt::format("no landlock here ({}): files stay readable by path", std::strerror(errno));
+  landlock_ruleset_attr attributes{};
+  attributes.handled_access_fs = LANDLOCK_ACCESS_FS_READ_FILE | LANDLOCK_ACCESS_FS_READ_DIR;
+  const int ruleset = static_cast<int>(::syscall(SYS_landlock_create_ruleset, &attributes, sizeof attributes, 0));
+  if (ruleset < 0) throw std::runtime_error(fmt::format("landlock ruleset: {}", std::strerror(errno)));
+  // No rule: reading is allowed beneath no path at all.
+  const long restricted = ::syscall(SYS_landlock_restrict_self, ruleset, 0);
+  const int error = errno;
+  ::close(ruleset);
+  if (restricted != 0) throw std::runtime_error(fmt::format("landlock: {}", std::strerror(error)));
+  return fmt::format("landlock ABI {}: no file readable by path", abi);
+}
+
 }  // namespace
 
 void close_inherited_descriptors(int keep) {
@@ -231,7 +254,9 @@ std::string confine(const ConfinementLimits& limits, int report_fd) {
   const std::string limits_text =
       fmt::format("core 0, {} open files, address space {} MiB, no_new_privs", limits.open_files,
                   limits.address_space_bytes >> 20);
-  if (!seccomp_wanted()) return "confinement: " + limits_text + "; seccomp filter OFF (MODEVISOR_VMM_SECCOMP=off)";
+  if (!seccomp_wanted())
+    return "confinement: " + limits_text + "; seccomp filter and landlock OFF (MODEVISOR_VMM_SECCOMP=off)";
+  const std::string landlock_text = forbid_reading_files();
   set_report_fd(report_fd);
   struct sigaction action{};
   action.sa_sigaction = on_forbidden_call;
@@ -241,8 +266,8 @@ std::string confine(const ConfinementLimits& limits, int report_fd) {
     throw std::runtime_error(fmt::format("the SIGSYS handler: {}", std::strerror(errno)));
   Filter filter = build_filter();
   check(seccomp_load(filter.get()), "load the filter");
-  return "confinement: " + limits_text + "; seccomp filter on (" + std::to_string(std::size(kAllowed)) +
-         " calls allowed, a few more with argument checks; anything else ends this process)";
+  return "confinement: " + limits_text + "; " + landlock_text + "; seccomp filter on (" +
+         std::to_string(std::size(kAllowed)) + " calls allowed, a few more with argument checks; anything else ends this process)";
 }
 
 }  // namespace modevisor::vmm

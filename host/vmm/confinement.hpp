@@ -6,7 +6,9 @@
 // gives up what a running VM does not need:
 //   - resource limits: no core files, a bounded descriptor table, an
 //     address space sized from the VM's memory;
-//   - no_new_privs, then a seccomp filter (libseccomp) on every thread: the
+//   - no_new_privs; Landlock (where the kernel has it): no file opened for
+//     reading by path any more (the cluster secret's file among them);
+//   - a seccomp filter (libseccomp) on every thread: the
 //     system calls of the allow list pass; any other one ends the process
 //     with SIGSYS.  Its first step is a trap whose handler writes one line
 //     (`{"event":"seccomp","syscall":N,"arch":A}`) to the daemon's link, so
@@ -14,7 +16,7 @@
 //     the filter kills with SCMP_ACT_KILL_PROCESS (rt_sigaction on SIGSYS,
 //     which also keeps the handler from being replaced).
 // MODEVISOR_VMM_SECCOMP=off in the daemon's environment turns the filter
-// (not the limits) off, for debugging a plugin under strace or gdb.
+// and Landlock (not the limits) off, for debugging a plugin under strace or gdb.
 #pragma once
 
 #include <cstdint>

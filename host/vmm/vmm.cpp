@@ -164,6 +164,14 @@ host::migration::ClusterSecret migration_key(const json& args) {
   return host::migration::ClusterSecret(std::move(key));
 }
 
+// The declaration as written (what a migration carries), read now: once
+// confined, this process opens no file for reading.
+std::string read_declaration(const std::filesystem::path& file) {
+  std::ifstream in(file, std::ios::binary);
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  return text;
+}
+
 // One line per transition, appended with one write: the run-interval log
 // that proves two hosts never ran a VM at the same time.  CLOCK_MONOTONIC is
 // system-wide, so two daemons on one machine compare directly.
@@ -317,7 +325,7 @@ bool MonitorProcess::power_on(const json& args, std::vector<int>& fds, const jso
     const auto guest_os = host::GuestOsTable::load(config_dir / "guest-os.yaml");
     vm_ = restoring ? host::parse_vm_config(snapshot_->state.vm_yaml, snapshot_->state.vm_file, guest_os)
                     : host::load_vm_config(args.at("vm_file").get<std::string>(), guest_os);
-    vm_yaml_ = restoring ? snapshot_->state.vm_yaml : "";
+    vm_yaml_ = restoring ? snapshot_->state.vm_yaml : read_declaration(vm_.file);
     log_ = host::open_vm_log(args.at("log_dir").get<std::string>(), vm_.name, args.value("log_level", "info"),
                              args.value("host_config", ""));
     if (restoring)
