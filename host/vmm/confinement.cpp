@@ -233,8 +233,8 @@ std::string forbid_reading_files() {
 }  // namespace
 
 void close_inherited_descriptors(int keep) {
-  for (int fd = 3; fd < 4096; ++fd)
-    if (fd != keep) ::close(fd);
+  if (keep > 3) ::close_range(3, static_cast<unsigned>(keep) - 1, 0);
+  ::close_range(static_cast<unsigned>(keep < 3 ? 3 : keep + 1), ~0U, 0);
 }
 
 ConfinementLimits limits_for_vm(std::uint64_t memory_bytes, unsigned vcpus) {
