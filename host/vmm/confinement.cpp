@@ -260,6 +260,9 @@ bool seccomp_wanted() {
 void set_report_fd(int fd) { g_report_fd = fd; }
 
 std::string confine(const ConfinementLimits& limits, int report_fd) {
+#ifdef MODEVISOR_VMM_ASAN
+  __lsan_do_leak_check();  // first: it reads /proc/self/task, which Landlock then denies
+#endif
   set_limit(RLIMIT_CORE, 0, "core files");
   set_limit(RLIMIT_NOFILE, limits.open_files, "open files");
   if (limits.address_space_bytes) set_limit(RLIMIT_AS, limits.address_space_bytes, "the address space");
@@ -272,9 +275,6 @@ std::string confine(const ConfinementLimits& limits, int report_fd) {
     return "confinement: " + limits_text + "; seccomp filter and landlock OFF (MODEVISOR_VMM_SECCOMP=off)";
   const std::string landlock_text = forbid_reading_files();
   set_report_fd(report_fd);
-#ifdef MODEVISOR_VMM_ASAN
-  __lsan_do_leak_check();
-#endif
   struct sigaction action{};
   action.sa_sigaction = on_forbidden_call;
   action.sa_flags = SA_SIGINFO;
