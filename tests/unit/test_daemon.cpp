@@ -669,3 +669,33 @@ TEST_F(DaemonTest, RequestsWithFieldsOfTheWrongTypeAreRefusedAndTheDaemonGoesOn)
   }
   EXPECT_EQ(cli("--json host").status, 0);
 }
+
+// Landlock: a confined monitor process cannot open a file for reading (here
+// one standing in for the cluster secret, readable by the daemon's user);
+// with the switch off it can.  Skipped where the kernel has no Landlock.
+TEST_F(DaemonTest, AConfinedMonitorProcessCannotReadFilesByPath) {
+  const fs::path probe = "/tmp/modevisor-test-confinement-probe";
+  std::ofstream(probe) << "a secret the monitor process must not read\n";
+  std::ofstream(dir_ / "host.yaml") << "control_socket: " << socket_.string() << "\nstate_dir: "
+                                    << (dir_ / "state").string() << "\nlog_dir: " << (dir_ / "logs").string()
+                                    << "\nplugin_dirs: [" << (dir_ / "plugins").string() << "]\n";
+  fs::copy_file(kTestPlugins / "reads-a-file" / "test-reads-a-file.so", dir_ / "plugins" / "test-reads-a-file.so");
+  start_daemon();
+  cli("vm start " + vm_yaml("reader", "hello.elf", "n=1").string());
+  ASSERT_TRUE(wait_state("reader", "failed"));
+  const std::string log = read_file(dir_ / "logs" / "reader.log");
+  if (log.find("no landlock here") != std::string::npos) {
+    fs::remove(probe);
+    GTEST_SKIP() << "this kernel has no Landlock";
+  }
+  EXPECT_THAT(cli_json("vm status reader").value("reason", ""), HasSubstr("open for reading: Permission denied"));
+  stop_daemon(SIGTERM);
+
+  ::setenv("MODEVISOR_VMM_SECCOMP", "off", 1);
+  start_daemon();
+  ::unsetenv("MODEVISOR_VMM_SECCOMP");
+  cli("vm start " + vm_yaml("unconfined", "hello.elf", "n=1").string());
+  ASSERT_TRUE(wait_state("unconfined", "failed"));
+  EXPECT_THAT(cli_json("vm status unconfined").value("reason", ""), HasSubstr("read 43 bytes"));
+  fs::remove(probe);
+}
