@@ -32,7 +32,11 @@ if [ ! -f "$build/build.ninja" ]; then
     $(command -v ccache >/dev/null && echo -DCMAKE_C_COMPILER_LAUNCHER=ccache -DCMAKE_CXX_COMPILER_LAUNCHER=ccache) >/dev/null
 fi
 build_start=$SECONDS
-ninja -C "$build" -j "${FUZZ_JOBS:-2}" fuzz_targets >/dev/null
+if ! ninja -C "$build" -j "${FUZZ_JOBS:-2}" fuzz_targets > "$build/fuzz-build.log" 2>&1; then
+  grep -E -A3 'error|FAILED' "$build/fuzz-build.log" | head -40
+  echo "fuzz: the targets did not build (whole log: $build/fuzz-build.log)"
+  exit 1
+fi
 echo "fuzz: targets built in $((SECONDS - build_start)) s"
 
 # Extra seed folders per target (read-only; libFuzzer only reads them).

@@ -27,9 +27,15 @@ if [ ! -f "$build/build.ninja" ]; then
     $(command -v ccache >/dev/null && echo -DCMAKE_C_COMPILER_LAUNCHER=ccache -DCMAKE_CXX_COMPILER_LAUNCHER=ccache) >/dev/null
 fi
 unit_tests=$(cd tests/unit && ls test_*.cpp | sed 's/\.cpp$//')
+# The fuzz targets' seed replays (ctest fuzz_replay_*) run sanitized too.
+fuzz_replays=$(cd tests/fuzz && ls fuzz_*.cpp | sed 's/^fuzz_/fuzz_replay_/; s/\.cpp$//')
 start=$SECONDS
 # shellcheck disable=SC2086
-ninja -C "$build" -j "${ASAN_JOBS:-2}" $unit_tests bt_tests >/dev/null
+if ! ninja -C "$build" -j "${ASAN_JOBS:-2}" $unit_tests $fuzz_replays bt_tests > "$build/sanitize-build.log" 2>&1; then
+  grep -E -A3 'error|FAILED' "$build/sanitize-build.log" | head -40
+  echo "sanitize: the tests did not build (whole log: $build/sanitize-build.log)"
+  exit 1
+fi
 echo "sanitize: unit and BT tests built in $((SECONDS - start)) s"
 
 export ASAN_OPTIONS=${ASAN_OPTIONS:-abort_on_error=1:detect_leaks=1:allow_user_segv_handler=1:detect_stack_use_after_return=0}

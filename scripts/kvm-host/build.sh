@@ -2,7 +2,7 @@
 # Build the KVM test host into OUT (default: ./out): a QEMU TCG guest with
 # nested AMD SVM that runs host-built binaries against its own /dev/kvm.
 #   vmlinux                  ELF kernel with PVH entry, extracted from /boot/vmlinuz-<KVER>
-#   initramfs.cpio.gz        busybox-static + kvm, kvm-amd, virtio-pci and 9p modules + init
+#   initramfs.cpio.gz        busybox-static + kvm, kvm-amd, virtio-pci, virtio-net and 9p modules + init
 # Needs (Debian): linux-image-amd64, busybox-static, cpio, python3.  KVER:
 # the newest /boot/vmlinuz-* unless set.  Exit 2 with the reason when a piece
 # is missing (callers report the test as skipped).
@@ -51,7 +51,8 @@ R=$OUT/initramfs
 rm -rf "$R" && mkdir -p "$R"/{bin,proc,sys,dev,tmp,newroot,lib/modules}
 cp "$BUSYBOX" "$R/bin/busybox"
 for a in $("$BUSYBOX" --list); do [ "$a" = busybox ] || ln -sf busybox "$R/bin/$a"; done
-# Load order (modinfo depends): irqbypass -> ccp -> kvm -> kvm-amd; virtio-pci; netfs/fscache -> 9p.
+# Load order (modinfo depends): irqbypass -> ccp -> kvm -> kvm-amd; virtio-pci; failover -> virtio_net
+# (the NIC of run.sh's KVM_HOST_NET); netfs/fscache -> 9p.
 # A module built into this kernel (modules.builtin) needs no file; the ones
 # marked opt: exist only in some kernel versions (ccp only with SEV support,
 # fscache was merged into netfs).  init loads them in the order of load-order;
@@ -59,7 +60,8 @@ for a in $("$BUSYBOX" --list); do [ "$a" = busybox ] || ln -sf busybox "$R/bin/$
 : > "$R/lib/modules/load-order"
 for f in virt/lib/irqbypass opt:drivers/crypto/ccp/ccp arch/x86/kvm/kvm arch/x86/kvm/kvm-amd \
          drivers/virtio/virtio_ring drivers/virtio/virtio opt:drivers/virtio/virtio_pci_legacy_dev \
-         opt:drivers/virtio/virtio_pci_modern_dev drivers/virtio/virtio_pci opt:fs/netfs/netfs opt:fs/fscache/fscache \
+         opt:drivers/virtio/virtio_pci_modern_dev drivers/virtio/virtio_pci opt:net/core/failover opt:drivers/net/net_failover opt:drivers/net/virtio_net \
+         opt:fs/netfs/netfs opt:fs/fscache/fscache \
          net/9p/9pnet net/9p/9pnet_virtio fs/9p/9p; do
   optional=0
   case $f in opt:*) optional=1; f=${f#opt:} ;; esac

@@ -86,6 +86,9 @@ class FuzzPlatform final : public api::Platform {
     check_size(size);
     if (gpa >= kMmio && gpa + size <= kMmio + sizeof device_) std::memcpy(device_ + (gpa - kMmio), &v, size);
   }
+  // The APIC base MSR is the platform's: a guest may write it, reads see it.
+  std::uint64_t apic_base(unsigned) override { return apic_base_; }
+  void set_apic_base(unsigned, std::uint64_t value) override { apic_base_ = value; }
   bool interrupt_pending(unsigned) override { return irq_ != 0 && passes_ > 8; }
   std::uint8_t acknowledge_interrupt(unsigned) override {
     const std::uint8_t v = irq_;
@@ -121,6 +124,7 @@ class FuzzPlatform final : public api::Platform {
   mutable unsigned passes_ = 0;
   std::chrono::steady_clock::time_point deadline_ = std::chrono::steady_clock::now() + std::chrono::milliseconds(8);
   std::uint8_t device_[4096] = {};
+  std::uint64_t apic_base_ = 0xfee00900u;
 };
 
 // The engine object between two untouched reservations (see the top).

@@ -260,6 +260,48 @@ TEST_F(DaemonMigrationTest, AVmMovesToTheOtherHostAndBackWithItsOutputUnbroken) 
   expect_no_overlap();
 }
 
+TEST_F(DaemonMigrationTest, TenMigrationsBackAndForthKeepOneUnbrokenOutputAndOneHostAtATime) {
+  start_both();
+  ASSERT_EQ(a_.cli("vm start " + vm_yaml("ticker", "mib=8 rate=2 every=20", "portable-32").string()).status, 0);
+  ASSERT_TRUE(eventually([&] { return ticks(a_.console("ticker")).size() >= 5; }));
+
+  // Each host's console holds what the guest printed while it ran there; the
+  // segments, in the order the VM visited the hosts, are one byte stream.
+  std::string stream;
+  const TestHost* here = &a_;
+  const TestHost* there = &b_;
+  constexpr int kMigrations = 10;
+  for (int i = 0; i < kMigrations; ++i) {
+    const std::size_t seen = ticks(here->console("ticker")).size();
+    ASSERT_TRUE(eventually([&] { return ticks(here->console("ticker")).size() >= seen + 3; }))
+        << "migration " << i << ": the guest does not run on " << here->name;
+    const json record = here->cli_json("migrate ticker --to " + there->name);
+    ASSERT_EQ(record.value("outcome", ""), "completed") << "migration " << i << ": " << record.dump(2);
+    EXPECT_EQ(here->state_of("ticker"), "stopped") << "migration " << i;
+    stream += here->console("ticker");
+    ASSERT_TRUE(eventually([&] { return there->state_of("ticker") == "running"; })) << "migration " << i;
+    EXPECT_EQ(running_intervals(), 1u) << "migration " << i;
+    std::swap(here, there);
+  }
+  ASSERT_EQ(here, &a_) << "an even number of moves ends where it began";
+  const std::size_t seen = ticks(a_.console("ticker")).size();
+  ASSERT_TRUE(eventually([&] { return ticks(a_.console("ticker")).size() >= seen + 5; }));
+  stream += a_.console("ticker");
+
+  const std::vector<long> all = ticks(stream);
+  ASSERT_GE(all.size(), 3u * kMigrations);
+  for (std::size_t i = 1; i < all.size(); ++i)
+    ASSERT_EQ(all[i], all[i - 1] + 1) << "tick line " << i << " after " << kMigrations << " migrations";
+
+  // Eleven stints, six on A and five on B, only the last still running, none overlapping.
+  EXPECT_EQ(a_.run_intervals().size(), 6u);
+  EXPECT_EQ(b_.run_intervals().size(), 5u);
+  EXPECT_EQ(running_intervals(), 1u);
+  expect_no_overlap();
+  EXPECT_EQ(a_.state_of("ticker"), "running");
+  EXPECT_EQ(b_.state_of("ticker"), "stopped");
+}
+
 TEST_F(DaemonMigrationTest, AWrongSecretIsRefusedBeforeAnyStateMovesAndTheVmRunsOn) {
   write_secret(dir_ / "other.secret", "a different secret, also long enough to be used");
   start_both(dir_ / "other.secret");
@@ -343,7 +385,9 @@ TEST_F(DaemonMigrationTest, ANonConvergingMigrationIsCancelledThenForcedWithTheG
   // switches over above the limit (or it met a quiet moment before the cap).
   const json forced = a_.cli_json("migrate busy --to host-b --downtime-ms 0 --force-converge");
   ASSERT_EQ(forced.value("outcome", ""), "completed") << forced.dump(2);
-  if (forced.value("forced", false)) EXPECT_GT(forced.value("throttle_percent", 0), 0) << forced.dump(2);
+  if (forced.value("forced", false)) {
+    EXPECT_GT(forced.value("throttle_percent", 0), 0) << forced.dump(2);
+  }
   std::printf("forced migration: forced %d, throttle %d%%, rounds %d\n", forced.value("forced", false) ? 1 : 0,
               forced.value("throttle_percent", 0), forced.value("rounds", 0));
   EXPECT_TRUE(eventually([&] { return b_.state_of("busy") == "running"; }));

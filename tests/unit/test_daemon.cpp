@@ -224,7 +224,7 @@ TEST_F(DaemonTest, PauseResumeStop) {
   EXPECT_EQ(cli("vm stop nosuch").status, 12);
 
   // Paused and resumed, a guest's output goes on with no gap and no repeat.
-  const std::string cmdline = "n=10000000 r=8";
+  const std::string cmdline = "n=10000000 r=100";  // ~2 s under BT: long enough to be paused
   ASSERT_EQ(cli("vm start " + vm_yaml("reference", "sieve.elf", cmdline).string()).status, 0);
   ASSERT_TRUE(wait_state("reference", "stopped"));
   ASSERT_EQ(cli("vm start " + vm_yaml("paused", "sieve.elf", cmdline).string()).status, 0);
@@ -242,7 +242,7 @@ TEST_F(DaemonTest, PauseResumeStop) {
 // output of an uninterrupted run, byte for byte.
 TEST_F(DaemonTest, SaveAndRestoreContinueTheGuestExactly) {
   start_daemon();
-  const std::string cmdline = "n=10000000 r=12";
+  const std::string cmdline = "n=10000000 r=100";  // ~2 s under BT: long enough to be paused
   ASSERT_EQ(cli("vm start " + vm_yaml("reference", "sieve.elf", cmdline).string()).status, 0);
   ASSERT_TRUE(wait_state("reference", "stopped"));
   const std::string expected = cli("vm console reference --no-follow").out;
