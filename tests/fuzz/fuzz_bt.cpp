@@ -101,10 +101,6 @@ class FuzzPlatform final : public api::Platform {
   void wait_for_cpu_event(unsigned) override { stop_ = true; }
   api::CpuEvents cpu_events(unsigned) override { return {}; }
   bool acknowledge_nmi(unsigned) override { return false; }
-  // IA32_APIC_BASE (api::Platform): the BSP's reset value, kept as the guest writes it.
-  std::uint64_t apic_base(unsigned) override { return apic_base_; }
-  void set_apic_base(unsigned, std::uint64_t value) override { apic_base_ = value; }
-  std::uint64_t apic_base_ = 0xfee00900u;
   bool stop_requested() const override {
     return stop_ || ++passes_ > 4096 || std::chrono::steady_clock::now() > deadline_;
   }
