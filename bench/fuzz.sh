@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # bench/fuzz.sh [SECONDS_PER_TARGET] [TARGET...]
 # The long fuzzing run: every libFuzzer target of tests/fuzz for
-# SECONDS_PER_TARGET (default 600), one after the other, with the corpora
+# SECONDS_PER_TARGET (default 600), one after the other (the YAML files,
+# the loaders, the BT engine, snapshot files, encoded machine states, the
+# control protocol and the migration protocol: scripts/fuzz.sh's
+# all_targets), with the corpora
 # that earlier runs grew in build-fuzz/fuzz-work/ (CI runs each for 20 s,
 # .ci/run).  Prints executions, exec/s, corpus size and crashes per target;
 # the summary is also written to bench/results/fuzz-<date>.txt.

@@ -22,7 +22,7 @@ repo=$(pwd)
 seconds=${1:-20}
 shift || true
 build=${FUZZ_BUILD:-$repo/build-fuzz}
-all_targets=(vm_yaml host_yaml policy cpu_profile guest_os multiboot bzimage bt)
+all_targets=(vm_yaml host_yaml policy cpu_profile guest_os multiboot bzimage bt snapshot machine_state control migration)
 targets=("$@")
 ((${#targets[@]})) || targets=("${all_targets[@]}")
 

@@ -12,6 +12,7 @@ PACKAGES=(
   libzydis-dev                              # x86 decoder for the translator
   libzstd-dev libxxhash-dev                 # snapshot files: compression and checksums
   libsystemd-dev prometheus-cpp-dev         # modevisord: sd_notify, metrics endpoint
+  libseccomp-dev                            # modevisor-vmm: the seccomp filter that confines each VM
   gcc-multilib                              # -m32 freestanding guest kernels
   qemu-system-x86                           # the oracle the guests are checked against
   qemu-user                                 # qemu-i386: the BT differential tests' oracle where 32-bit code cannot run natively

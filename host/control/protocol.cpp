@@ -18,6 +18,28 @@ json request(std::uint64_t id, std::string_view op, json args) {
   return json{{"id", id}, {"op", op}, {"args", std::move(args)}};
 }
 
+std::optional<Request> parse_request(const json& message, std::string* why) {
+  auto refuse = [&](const char* reason) -> std::optional<Request> {
+    if (why) *why = reason;
+    return std::nullopt;
+  };
+  if (!message.is_object()) return refuse("a request is a JSON object");
+  Request out;
+  if (auto it = message.find("id"); it != message.end()) {
+    if (!it->is_null() && !it->is_number() && !it->is_string()) return refuse("a request's id is a number or a string");
+    out.id = *it;
+  }
+  auto op = message.find("op");
+  if (op == message.end() || !op->is_string() || op->get_ref<const std::string&>().empty())
+    return refuse("a request names its operation in \"op\" (a string)");
+  out.op = op->get<std::string>();
+  if (auto it = message.find("args"); it != message.end() && !it->is_null()) {
+    if (!it->is_object()) return refuse("a request's args are a JSON object");
+    out.args = *it;
+  }
+  return out;
+}
+
 json reply_ok(const json& id, json result) { return json{{"id", id}, {"ok", true}, {"result", std::move(result)}}; }
 
 json reply_error(const json& id, std::string_view code, std::string_view message) {

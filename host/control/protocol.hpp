@@ -59,6 +59,17 @@ std::string base64_encode(std::span<const std::uint8_t> bytes);
 std::string base64_encode(std::string_view bytes);
 std::optional<std::string> base64_decode(std::string_view text);
 
+// A request's fields, checked before anything reads them: an object with
+// "op" a non-empty string, "id" a number, a string or absent (null), and
+// "args" an object or absent.  A peer is not trusted to send the types the
+// protocol names (nlohmann's value() throws on a wrong one).
+struct Request {
+  json id;
+  std::string op;
+  json args = json::object();
+};
+std::optional<Request> parse_request(const json& message, std::string* why = nullptr);
+
 // Splits a byte stream into lines.  A line beyond kMaxLineBytes is an error
 // (overflowed() becomes true and the buffer is dropped).
 class LineBuffer {

@@ -213,9 +213,18 @@ json Daemon::host_json() const {
 
 void Daemon::dispatch(const json& message, const std::shared_ptr<Client>& client) {
   ++counters_["control_requests"];
-  const json id = message.value("id", json());
-  const std::string op = message.value("op", "");
-  const json args = message.value("args", json::object());
+  std::string why;
+  const auto request = control::parse_request(message, &why);
+  if (!request) {
+    // Fields of the wrong type are a protocol error for this request, not the daemon's end.
+    const auto it = message.find("id");
+    const json id = it != message.end() && (it->is_number() || it->is_string()) ? *it : json();
+    client->reply(control::reply_error(id, code::kProtocol, why));
+    return;
+  }
+  const json& id = request->id;
+  const std::string& op = request->op;
+  const json& args = request->args;
   auto refuse = [&](const char* error, const std::string& text) { client->reply(control::reply_error(id, error, text)); };
   auto need_name = [&]() -> std::shared_ptr<VmHandle> {
     const std::string name = args.value("name", "");
@@ -574,11 +583,22 @@ void Daemon::vm_migrate(const json& id, const json& args, const std::shared_ptr<
   } catch (const host::migration::MigrationError& e) {
     return refuse(address.empty() ? code::kBadInput : code::kMonitorFailed, e.what());
   }
+  // The monitor process gets this migration's key, never the cluster secret.
+  namespace mig = host::migration;
+  const mig::MigrationId migration_id = mig::make_migration_id();
+  std::string key_hex;
+  try {
+    key_hex = mig::to_hex(mig::derive_migration_key(mig::ClusterSecret::from_file(d.migration_secret_file), migration_id).bytes());
+  } catch (const std::exception& e) {
+    ::close(fd);
+    return refuse(code::kBadInput, e.what());
+  }
   json out_args{{"destination", address},
                 {"peer", to},
                 {"downtime_ms", args.value("downtime_ms", 300)},
                 {"force_converge", args.value("force_converge", false)},
-                {"secret_file", d.migration_secret_file.string()},
+                {"migration_id", mig::to_hex(migration_id)},
+                {"migration_key", key_hex},
                 {"host_name", host_.config().name}};
   std::weak_ptr<Client> weak = client;
   const auto listener = vm->listen([weak](const json& event) {
@@ -629,16 +649,59 @@ void Daemon::accept_migration() {
       if (ec != boost::asio::error::operation_aborted && !shutting_down_) accept_migration();
       return;
     }
-    try {
-      migrate_in(std::move(socket));
-    } catch (const std::exception& e) {
-      host_.log()->error("migration: cannot take a connection: {}", e.what());
-    }
+    auto connection = std::make_shared<boost::asio::ip::tcp::socket>(std::move(socket));
+    auto deadline = std::make_shared<boost::asio::steady_timer>(io_, std::chrono::seconds(10));
+    deadline->async_wait([connection](auto ec) {
+      boost::system::error_code ignored;
+      if (!ec) connection->close(ignored);  // no Hello in time
+    });
+    peek_migration_hello(connection, deadline);
     if (!shutting_down_) accept_migration();
   });
 }
 
-void Daemon::migrate_in(boost::asio::ip::tcp::socket socket) {
+// A peer's connection, before it goes to a monitor process: its Hello frame
+// is peeked (not consumed) for the migration id, so the daemon can derive
+// the migration's key and pass only that on.  A peer that sends nothing in
+// time, or no Hello, is dropped here.
+void Daemon::peek_migration_hello(std::shared_ptr<boost::asio::ip::tcp::socket> socket,
+                                  std::shared_ptr<boost::asio::steady_timer> deadline) {
+  socket->async_wait(boost::asio::ip::tcp::socket::wait_read, [this, socket, deadline](auto ec) {
+    namespace mig = host::migration;
+    if (ec) return;  // closed at the deadline, or the daemon stops
+    std::array<std::uint8_t, mig::kFrameHeaderBytes + 2 + 2 + mig::kMigrationIdBytes + mig::kNonceBytes> start{};
+    const ssize_t n = ::recv(socket->native_handle(), start.data(), start.size(), MSG_PEEK | MSG_DONTWAIT);
+    boost::system::error_code ignored;
+    const auto remote = socket->remote_endpoint(ignored);
+    const std::string peer = ignored ? "?" : fmt::format("{}:{}", remote.address().to_string(), remote.port());
+    if (n <= 0) {
+      if (n < 0 && (errno == EAGAIN || errno == EINTR)) return peek_migration_hello(socket, deadline);
+      deadline->cancel();
+      host_.log()->warn("migration: {} closed the connection before its Hello", peer);
+      return;
+    }
+    const mig::HelloPeek hello = mig::peek_hello(std::span(start.data(), static_cast<std::size_t>(n)));
+    if (hello.status == mig::HelloPeek::Status::NeedMore) {
+      // Part of the frame is here: look again shortly (the deadline bounds it).
+      auto later = std::make_shared<boost::asio::steady_timer>(io_, std::chrono::milliseconds(5));
+      later->async_wait([this, socket, deadline, later](auto) { peek_migration_hello(socket, deadline); });
+      return;
+    }
+    deadline->cancel();
+    if (hello.status == mig::HelloPeek::Status::NotHello) {
+      host_.log()->warn("migration: refused a connection from {}: {}", peer, hello.why);
+      socket->close(ignored);
+      return;
+    }
+    try {
+      migrate_in(std::move(*socket), hello.id);
+    } catch (const std::exception& e) {
+      host_.log()->error("migration: cannot take a connection: {}", e.what());
+    }
+  });
+}
+
+void Daemon::migrate_in(boost::asio::ip::tcp::socket socket, const host::migration::MigrationId& migration_id) {
   boost::system::error_code ec;
   const auto remote = socket.remote_endpoint(ec);
   const std::string peer = ec ? "?" : fmt::format("{}:{}", remote.address().to_string(), remote.port());
@@ -651,7 +714,9 @@ void Daemon::migrate_in(boost::asio::ip::tcp::socket socket) {
                   {"host_config", host_.config().file.string()},
                   {"log_dir", host_.config().log_dir.string()},
                   {"log_level", host_.config().log_level},
-                  {"secret_file", d.migration_secret_file.string()},
+                  {"migration_key", host::migration::to_hex(host::migration::derive_migration_key(
+                                        host::migration::ClusterSecret::from_file(d.migration_secret_file), migration_id)
+                                        .bytes())},
                   {"host_name", host_.config().name},
                   {"vm_dir", vm_dir_.string()},
                   {"run_log", run_log_.string()},
@@ -794,7 +859,7 @@ void Daemon::reap_children() {
       vm->child_exited(status);
       if (was_active && !vm->active() && vm->state() == "failed") ++counters_["monitor_process_failures"];
       host_.log()->log(WIFEXITED(status) && WEXITSTATUS(status) == 0 ? spdlog::level::info : spdlog::level::err,
-                       "VM {}: monitor process {} {}", name, pid, describe_wait_status(status));
+                       "VM {}: its monitor process {} {}", name, pid, describe_wait_status(status, vm->seccomp_violation()));
     }
   }
 }

@@ -17,6 +17,7 @@
 #include "daemon/line_socket.hpp"
 #include "daemon/metrics.hpp"
 #include "daemon/vm_handle.hpp"
+#include "migration/auth.hpp"
 #include "runtime/host.hpp"
 
 namespace modevisor::daemon {
@@ -45,7 +46,9 @@ class Daemon {
   void send_migrate_out(std::shared_ptr<VmHandle> vm, json args, int fd, const json& id,
                         const std::shared_ptr<Client>& client, std::uint64_t listener, int attempts);
   void accept_migration();
-  void migrate_in(boost::asio::ip::tcp::socket socket);
+  void peek_migration_hello(std::shared_ptr<boost::asio::ip::tcp::socket> socket,
+                            std::shared_ptr<boost::asio::steady_timer> deadline);
+  void migrate_in(boost::asio::ip::tcp::socket socket, const host::migration::MigrationId& migration_id);
   struct Spawned {
     pid_t pid = 0;
     int fd = -1;  // the daemon's end of the socketpair (owned by the caller)

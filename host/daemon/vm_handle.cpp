@@ -1,5 +1,7 @@
 #include "daemon/vm_handle.hpp"
 
+#include <seccomp.h>
+#include <signal.h>
 #include <sys/wait.h>
 
 #include <cstring>
@@ -17,6 +19,21 @@ std::string describe_wait_status(int status) {
   }
   if (WIFEXITED(status)) return fmt::format("exited with status {}", WEXITSTATUS(status));
   return "ended";
+}
+
+std::string describe_wait_status(int status, const json& seccomp) {
+  if (!WIFSIGNALED(status) || WTERMSIG(status) != SIGSYS) return describe_wait_status(status);
+  // A forbidden system call (host/vmm/confinement.hpp); the call is known
+  // when the process's handler reported it before the filter killed it.
+  if (!seccomp.is_object() || !seccomp.contains("syscall")) return "was killed by the seccomp filter (SIGSYS)";
+  const int number = seccomp.value("syscall", -1);
+  const auto arch = seccomp.value("arch", std::uint32_t{0});
+  std::string name = "?";
+  if (char* resolved = seccomp_syscall_resolve_num_arch(arch ? arch : SCMP_ARCH_NATIVE, number)) {
+    name = resolved;
+    std::free(resolved);
+  }
+  return fmt::format("was killed by the seccomp filter (SIGSYS, syscall {} {})", number, name);
 }
 
 VmHandle::VmHandle(Identity identity, pid_t pid, bool child, Changed changed)
@@ -117,6 +134,9 @@ void VmHandle::on_message(const json& message) {
     json event = message;
     event["vm"] = name();
     for (auto& [id, listener] : std::map(listeners_)) listener(event);
+  } else if (kind == "seccomp") {
+    // The filter is about to kill the process: which call it was.
+    seccomp_ = message;
   } else if (kind == "state") {
     // Running and paused come from here; the end (stopped, failed) comes
     // with its result in "ended".
@@ -141,7 +161,7 @@ void VmHandle::on_link_closed(const std::string& why) {
                                fmt::format("VM {}: the monitor process went away ({})", name(), why)));
   if (!active()) return;
   if (child_ && !wait_status_) return;  // the exit status tells why; SIGCHLD follows
-  end("failed", wait_status_ ? "the monitor process " + describe_wait_status(*wait_status_)
+  end("failed", wait_status_ ? "its monitor process " + describe_wait_status(*wait_status_, seccomp_)
                              : fmt::format("lost: its monitor process {} went away without reporting an end ({})",
                                            pid_, why));
 }
@@ -150,7 +170,7 @@ void VmHandle::child_exited(int wait_status) {
   wait_status_ = wait_status;
   if (!active()) return;
   if (!link_closed_ && link_) return;  // its last messages are still to be read; the link's end decides
-  end("failed", "the monitor process " + describe_wait_status(wait_status));
+  end("failed", "its monitor process " + describe_wait_status(wait_status, seccomp_));
 }
 
 void VmHandle::mark_lost(const std::string& state, const std::string& reason, json result) {

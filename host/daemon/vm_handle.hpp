@@ -61,6 +61,7 @@ class VmHandle : public std::enable_shared_from_this<VmHandle> {
   const std::string& console() const { return console_; }
   std::uint64_t console_bytes() const { return console_bytes_; }
   const json& counters() const { return counters_; }
+  const json& seccomp_violation() const { return seccomp_; }
   json summary() const;
   // Merges a status reply of the monitor process (uptime, counters).
   void update_status(const json& status);
@@ -95,6 +96,7 @@ class VmHandle : public std::enable_shared_from_this<VmHandle> {
   std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();
   std::optional<double> final_uptime_;
   double reported_uptime_ = 0;
+  json seccomp_;    // the forbidden call its process reported, if it did
   json migration_;  // the migration in flight, from the monitor process's status
 
  public:
@@ -103,5 +105,7 @@ class VmHandle : public std::enable_shared_from_this<VmHandle> {
 
 // "killed by signal 9 (Killed)", "exited with status 3".
 std::string describe_wait_status(int wait_status);
+// The same, naming the forbidden system call when `seccomp` (its process's report) says which.
+std::string describe_wait_status(int wait_status, const json& seccomp);
 
 }  // namespace modevisor::daemon

@@ -9,6 +9,7 @@
 #include <iterator>
 
 #include "migration/byte_codec.hpp"
+#include "migration/messages.hpp"
 
 namespace modevisor::host::migration {
 
@@ -67,6 +68,73 @@ bool verify_proof(const ClusterSecret& secret, ProofRole role, const HandshakeTr
   if (proof.size() != kProofBytes) return false;
   auto expected = compute_proof(secret, role, t);
   return CRYPTO_memcmp(expected.data(), proof.data(), expected.size()) == 0;
+}
+
+ClusterSecret derive_migration_key(const ClusterSecret& cluster, const MigrationId& id) {
+  const std::string label = "modevisor migration key v1";
+  std::vector<std::uint8_t> message(label.begin(), label.end());
+  message.insert(message.end(), id.begin(), id.end());
+  std::vector<std::uint8_t> key(32);
+  unsigned int length = 0;
+  if (!HMAC(EVP_sha256(), cluster.bytes().data(), static_cast<int>(cluster.bytes().size()), message.data(),
+            message.size(), key.data(), &length) ||
+      length != key.size())
+    throw MigrationError(MigrationError::Kind::Local, "HMAC-SHA256 failed (OpenSSL)");
+  return ClusterSecret(std::move(key));
+}
+
+HelloPeek peek_hello(std::span<const std::uint8_t> start) {
+  HelloPeek out;
+  if (start.size() < kFrameHeaderBytes) {
+    out.needed = kFrameHeaderBytes;
+    return out;
+  }
+  ByteReader header(start.first(kFrameHeaderBytes), "frame header");
+  const std::uint32_t magic = header.u32("magic");
+  const std::uint16_t type = header.u16("type");
+  header.u16("reserved");
+  const std::uint32_t length = header.u32("length");
+  out.status = HelloPeek::Status::NotHello;
+  if (magic != kFrameMagic) {
+    out.why = "it does not start with a migration frame";
+    return out;
+  }
+  if (type != static_cast<std::uint16_t>(MessageType::Hello)) {
+    out.why = "its first message is not Hello";
+    return out;
+  }
+  if (length != max_payload(MessageType::Hello)) {
+    out.why = "its Hello has " + std::to_string(length) + " bytes";
+    return out;
+  }
+  out.needed = kFrameHeaderBytes + length;
+  if (start.size() < out.needed) {
+    out.status = HelloPeek::Status::NeedMore;
+    return out;
+  }
+  try {
+    out.id = decode_hello(start.subspan(kFrameHeaderBytes, length)).id;
+    out.status = HelloPeek::Status::Found;
+  } catch (const std::exception& e) {
+    out.why = e.what();
+  }
+  return out;
+}
+
+bool from_hex(const std::string& text, std::span<std::uint8_t> out) {
+  if (text.size() != out.size() * 2) return false;
+  auto digit = [](char c) -> int {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+  };
+  for (std::size_t i = 0; i < out.size(); ++i) {
+    const int high = digit(text[2 * i]), low = digit(text[2 * i + 1]);
+    if (high < 0 || low < 0) return false;
+    out[i] = static_cast<std::uint8_t>(high << 4 | low);
+  }
+  return true;
 }
 
 void random_bytes(std::span<std::uint8_t> out) {

@@ -45,6 +45,28 @@ AuthProof compute_proof(const ClusterSecret& secret, ProofRole role, const Hands
 bool verify_proof(const ClusterSecret& secret, ProofRole role, const HandshakeTranscript& t,
                   std::span<const std::uint8_t> proof);
 
+// The key of one migration: HMAC-SHA256(cluster secret, label || migration id).
+// A daemon derives it and hands only it to the monitor process that runs
+// the migration, so no VM's process ever holds the cluster secret; both
+// sides prove this key in the handshake (and so the cluster secret, as only
+// holders of it can derive the key of a given id).  A monitor process that
+// is taken over learns the key of its own migration, nothing more.
+ClusterSecret derive_migration_key(const ClusterSecret& cluster, const MigrationId& id);
+
+// The start of a connection as the receiving daemon sees it before it hands
+// the connection on: the migration id of its Hello frame (read with
+// MSG_PEEK, nothing consumed; the monitor process checks the frame fully).
+struct HelloPeek {
+  enum class Status { NeedMore, Found, NotHello } status = Status::NeedMore;
+  std::size_t needed = 0;  // NeedMore: bytes the frame needs in all
+  MigrationId id{};        // Found
+  std::string why;         // NotHello
+};
+HelloPeek peek_hello(std::span<const std::uint8_t> start);
+
+// Hex text (as to_hex writes it) to `out`'s size exactly; false when it is not.
+bool from_hex(const std::string& text, std::span<std::uint8_t> out);
+
 // Cryptographic random bytes (OpenSSL RAND_bytes); throws if the generator fails.
 void random_bytes(std::span<std::uint8_t> out);
 Nonce make_nonce();

@@ -579,7 +579,7 @@ MigrationSender::MigrationSender(MigrationSource& source, MigrationConfig config
       config_(std::move(config)),
       secret_(secret),
       options_(std::move(options)),
-      id_(make_migration_id()),
+      id_(options_.migration_id ? *options_.migration_id : make_migration_id()),
       id_hex_(to_hex(id_)) {}
 
 MigrationSender::~MigrationSender() = default;

@@ -11,6 +11,7 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -63,6 +64,8 @@ struct SenderOptions {
   bool verify_all_pages = true;
   unsigned resolve_attempts = 3;                          // reconnects when the outcome is unknown
   std::chrono::milliseconds resolve_interval{std::chrono::milliseconds(300)};
+  // The migration's id, when the daemon chose it (and derived the key from it); empty: a fresh one.
+  std::optional<MigrationId> migration_id;
   std::function<void(const RoundProgress&)> on_progress;  // the live line
   std::shared_ptr<spdlog::logger> log;                    // may be null
 };

@@ -3,6 +3,7 @@
 #include <cstdlib>
 #include <string>
 
+#include "vmm/confinement.hpp"
 #include "vmm/vmm.hpp"
 
 int main(int argc, char** argv) {
@@ -10,5 +11,9 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "modevisor-vmm: started by modevisord only (modevisor-vmm --control-fd N)\n");
     return 2;
   }
-  return modevisor::vmm::run_monitor_process(std::atoi(argv[2]));
+  const int control_fd = std::atoi(argv[2]);
+  // Only the daemon's link is ours: nothing else of the daemon's (its control
+  // socket, listeners, files) may reach a VM's process.
+  modevisor::vmm::close_inherited_descriptors(control_fd);
+  return modevisor::vmm::run_monitor_process(control_fd);
 }

@@ -1,4 +1,5 @@
 #include "vmm/vmm.hpp"
+#include "vmm/confinement.hpp"
 
 #include <fcntl.h>
 #include <poll.h>
@@ -11,6 +12,7 @@
 #include <atomic>
 #include <chrono>
 #include <csignal>
+#include <cstring>
 #include <fstream>
 #include <memory>
 #include <mutex>
@@ -75,6 +77,8 @@ const char* result_kind(host::SessionResult::Kind kind) {
 }
 
 constexpr int kConsoleTickMs = 20;
+// The address-space limit of a process waiting for a VM from a peer (its size is not known yet).
+constexpr std::uint64_t kLargestArrivingVm = 64ULL << 30;
 
 // A failure to start, with the reply's error code.
 struct StartError {
@@ -93,6 +97,8 @@ class MonitorProcess {
   bool migrate_in(const json& args, std::vector<int>& fds);
   void migrate_out(const json& id, const json& args, std::vector<int>& fds);
   void begin_serving();
+  void open_reattach_socket();
+  bool confine_now(const json& id, std::uint64_t memory_bytes, unsigned vcpus);
   void note_run_interval(host::VmState state);
   bool power_on(const json& args, std::vector<int>& fds, const json& id);
   std::shared_ptr<const host::LoadedPlugin> load_plugin(const json& args, std::vector<int>& fds);
@@ -149,6 +155,23 @@ class MonitorProcess {
   std::atomic<bool> hold_console_{false};
 };
 
+// The key of one migration, derived by the daemon from the cluster secret
+// (which never reaches this process) and the migration's id.
+host::migration::ClusterSecret migration_key(const json& args) {
+  std::vector<std::uint8_t> key(32);
+  if (!host::migration::from_hex(args.value("migration_key", ""), key))
+    throw std::invalid_argument("the daemon sent no migration key");
+  return host::migration::ClusterSecret(std::move(key));
+}
+
+// The declaration as written (what a migration carries), read now: once
+// confined, this process opens no file for reading.
+std::string read_declaration(const std::filesystem::path& file) {
+  std::ifstream in(file, std::ios::binary);
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  return text;
+}
+
 // One line per transition, appended with one write: the run-interval log
 // that proves two hosts never ran a VM at the same time.  CLOCK_MONOTONIC is
 // system-wide, so two daemons on one machine compare directly.
@@ -188,6 +211,7 @@ bool MonitorProcess::send(const json& message) {
 
 void MonitorProcess::drop_channel() {
   std::lock_guard lock(send_mutex_);
+  set_report_fd(-1);
   channel_.reset();
   if (log_) log_->warn("vmm| the daemon went away; the VM goes on and waits for it on {}", socket_path_.string());
 }
@@ -200,6 +224,7 @@ void MonitorProcess::accept_daemon() {
   std::lock_guard lock(send_mutex_);
   if (channel_) return;  // one daemon at a time
   channel_ = std::make_unique<control::LineChannel>(std::move(connection));
+  set_report_fd(channel_->fd());
   if (log_) log_->info("vmm| a daemon reattached (pid {})", peer->pid);
 }
 
@@ -300,7 +325,7 @@ bool MonitorProcess::power_on(const json& args, std::vector<int>& fds, const jso
     const auto guest_os = host::GuestOsTable::load(config_dir / "guest-os.yaml");
     vm_ = restoring ? host::parse_vm_config(snapshot_->state.vm_yaml, snapshot_->state.vm_file, guest_os)
                     : host::load_vm_config(args.at("vm_file").get<std::string>(), guest_os);
-    vm_yaml_ = restoring ? snapshot_->state.vm_yaml : "";
+    vm_yaml_ = restoring ? snapshot_->state.vm_yaml : read_declaration(vm_.file);
     log_ = host::open_vm_log(args.at("log_dir").get<std::string>(), vm_.name, args.value("log_level", "info"),
                              args.value("host_config", ""));
     if (restoring)
@@ -328,6 +353,10 @@ bool MonitorProcess::power_on(const json& args, std::vector<int>& fds, const jso
     return fail(code::kMonitorFailed, e.what());
   }
 
+  // The VM is built: its reattach socket opens, then the process gives up
+  // what a running VM does not need, before any guest code runs.
+  open_reattach_socket();
+  if (!confine_now(id, vm_.memory_bytes, vm_.vcpus)) return false;
   if (!restoring) session_->start();  // a restored VM stays paused until resumed
   begin_serving();
   send(control::reply_ok(id, description()));
@@ -339,18 +368,40 @@ void MonitorProcess::begin_serving() {
   started_ = std::chrono::steady_clock::now();
   started_unix_ = std::chrono::duration_cast<std::chrono::seconds>(
                       std::chrono::system_clock::now().time_since_epoch()).count();
-  if (!socket_path_.empty()) {
-    try {
-      listener_ = control::listen_unix(socket_path_);
-    } catch (const std::system_error& e) {
-      log_->warn("vmm| no reattach socket ({}): a restarted daemon will not find this VM", e.what());
-    }
-  }
+  open_reattach_socket();
   vm_thread_ = std::thread([this] {
     result_ = session_->wait();
     const char c = 'e';
     [[maybe_unused]] auto n = ::write(wake_[1], &c, 1);
   });
+}
+
+// Before confinement: the filter allows no new unix socket.
+void MonitorProcess::open_reattach_socket() {
+  if (socket_path_.empty() || listener_) return;
+  try {
+    listener_ = control::listen_unix(socket_path_);
+  } catch (const std::system_error& e) {
+    if (log_) log_->warn("vmm| no reattach socket ({}): a restarted daemon will not find this VM", e.what());
+  }
+}
+
+// Limits and the seccomp filter (confinement.hpp); a failure refuses the VM.
+bool MonitorProcess::confine_now(const json& id, std::uint64_t memory_bytes, unsigned vcpus) {
+  int report_fd = -1;
+  {
+    std::lock_guard lock(send_mutex_);
+    if (channel_) report_fd = channel_->fd();
+  }
+  try {
+    const std::string applied = confine(limits_for_vm(memory_bytes, vcpus), report_fd);
+    if (log_) log_->info("vmm| {}", applied);
+    return true;
+  } catch (const std::exception& e) {
+    if (log_) log_->error("vmm| cannot confine the monitor process: {}", e.what());
+    send(control::reply_error(id, code::kMonitorFailed, std::string("cannot confine the monitor process: ") + e.what()));
+    return false;
+  }
 }
 
 // A VM arriving from a peer: the daemon accepted the TCP connection and
@@ -424,10 +475,22 @@ bool MonitorProcess::migrate_in(const json& args, std::vector<int>& fds) {
 
   std::unique_ptr<mig::ClusterSecret> secret;
   try {
-    secret = std::make_unique<mig::ClusterSecret>(mig::ClusterSecret::from_file(args.value("secret_file", "")));
+    secret = std::make_unique<mig::ClusterSecret>(migration_key(args));
   } catch (const std::exception& e) {
     ::close(connection);
     send(control::reply_error(id, code::kBadInput, e.what()));
+    return false;
+  }
+  // Confined before anything of the peer's is read.  Its name is not known
+  // yet: the reattach socket listens under a temporary name, renamed when
+  // the VM has arrived (the filter allows no new unix socket).
+  const std::filesystem::path incoming_socket =
+      vm_dir.empty() ? std::filesystem::path() : vm_dir / fmt::format(".incoming-{}.sock", ::getpid());
+  socket_path_ = incoming_socket;
+  open_reattach_socket();
+  if (!confine_now(id, kLargestArrivingVm, host::migration::kMaxVcpus)) {
+    ::close(connection);
+    if (listener_) ::unlink(incoming_socket.c_str());
     return false;
   }
   ledger_ = std::make_unique<mig::ArrivalLedger>();
@@ -446,6 +509,7 @@ bool MonitorProcess::migrate_in(const json& args, std::vector<int>& fds) {
                  {"protocol_version", result.protocol_version}};
   if (result.config) migration["vm"] = result.config->vm_name;
   if (result.end != mig::ReceiverStep::Running) {
+    if (listener_) ::unlink(incoming_socket.c_str());
     if (log_) log_->warn("migration in from {} ended {}: {}", peer, mig::to_string(result.end), result.reason);
     json error{{"code", code::kMonitorFailed},
                {"message", fmt::format("migration from {} {}: {}", peer, mig::to_string(result.end), result.reason)},
@@ -458,6 +522,12 @@ bool MonitorProcess::migrate_in(const json& args, std::vector<int>& fds) {
   vm_yaml_ = result.config->vm_yaml;
   plugin_ = host_->registry().share(session_->plugin().descriptor.name);
   socket_path_ = vm_dir.empty() ? std::filesystem::path() : vm_dir / (vm_.name + ".sock");
+  if (listener_ && ::rename(incoming_socket.c_str(), socket_path_.c_str()) != 0) {
+    log_->warn("vmm| no reattach socket (rename to {}: {}): a restarted daemon will not find this VM",
+               socket_path_.string(), std::strerror(errno));
+    ::unlink(incoming_socket.c_str());
+    listener_ = control::Fd();
+  }
   result_file_ = vm_dir.empty() ? std::filesystem::path() : vm_dir / (vm_.name + ".result.json");
   log_->info("migration in: VM {} runs here under {} ({}) in monitor process {}", vm_.name,
              result.placement ? result.placement->mode : "?", session_->plugin().descriptor.name, ::getpid());
@@ -497,9 +567,14 @@ void MonitorProcess::migrate_out(const json& id, const json& args, std::vector<i
     return;
   }
   std::shared_ptr<mig::ClusterSecret> secret;
+  std::optional<mig::MigrationId> migration_id;
   mig::MigrationConfig config;
   try {
-    secret = std::make_shared<mig::ClusterSecret>(mig::ClusterSecret::from_file(args.value("secret_file", "")));
+    secret = std::make_shared<mig::ClusterSecret>(migration_key(args));
+    mig::MigrationId chosen{};
+    if (!mig::from_hex(args.value("migration_id", ""), chosen))
+      throw std::invalid_argument("migrate-out: the daemon sent no migration id");
+    migration_id = chosen;
     std::string yaml = vm_yaml_;
     if (yaml.empty()) {
       std::ifstream in(vm_.file, std::ios::binary);
@@ -520,6 +595,7 @@ void MonitorProcess::migrate_out(const json& id, const json& args, std::vector<i
   options.destination = args.value("destination", "");
   options.downtime_limit = std::chrono::milliseconds(args.value("downtime_ms", 300));
   options.force_converge = args.value("force_converge", false);
+  options.migration_id = migration_id;
   options.log = log_;
   const std::string destination = options.destination, peer = args.value("peer", destination);
   {
@@ -560,9 +636,15 @@ void MonitorProcess::migrate_out(const json& id, const json& args, std::vector<i
 }
 
 void MonitorProcess::handle(const json& message, std::vector<int>& fds) {
-  const json id = message.value("id", json());
-  const std::string op = message.value("op", "");
-  const json args = message.value("args", json::object());
+  std::string why;
+  const auto request = control::parse_request(message, &why);
+  if (!request) {
+    send(control::reply_error(json(), code::kProtocol, why));
+    return;
+  }
+  const json& id = request->id;
+  const std::string& op = request->op;
+  const json& args = request->args;
   if (op == "migrate-out") {
     migrate_out(id, args, fds);
   } else if (migrating_ && (op == "pause" || op == "resume" || op == "save")) {
@@ -685,7 +767,13 @@ int MonitorProcess::serve_loop() {
         drop_channel();
         continue;
       }
-      while (auto message = channel_->buffered()) handle(*message, received);
+      while (auto message = channel_->buffered()) {
+        try {
+          handle(*message, received);
+        } catch (const std::exception& e) {  // an argument of the wrong type: that request fails, not the VM
+          send(control::reply_error(json(), code::kProtocol, e.what()));
+        }
+      }
       for (int fd : received) ::close(fd);
       if (!channel_->error().empty()) drop_channel();
     }

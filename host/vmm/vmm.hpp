@@ -13,8 +13,11 @@
 //   pause, resume, save {file}, restore {file}: the VM lifecycle
 // Events, monitor process -> daemon:
 //   console {data}    state {state}    ended {result, reason, exit_status, counters}
-// Room for migration: migrate-out / migrate-in take an authenticated
-// connection passed as a descriptor with SCM_RIGHTS.
+//   migrate-out {destination, migration_id, migration_key, ...} + the connection (SCM_RIGHTS)
+//   migrate-in  {migration_key, config_dir, ...} + the peer's connection, unread (first request)
+// The migration key is derived by the daemon from the cluster secret, which
+// this process never holds.  Once its VM is built the process is confined
+// (confinement.hpp, README.md: limits, Landlock, the seccomp allow list).
 #pragma once
 
 namespace modevisor::vmm {

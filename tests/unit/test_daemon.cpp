@@ -549,3 +549,156 @@ TEST_F(DaemonTest, ConsoleOnATerminalPassesCtrlCAndDetachesOnCtrlBracket) {
 }
 
 }  // namespace
+
+// ---- Confinement of the monitor processes (host/vmm/confinement.hpp) ----
+
+// The inode of the unix socket listening at `path` (from /proc/net/unix), 0 if none.
+std::string unix_socket_inode(const fs::path& path) {
+  std::ifstream table("/proc/net/unix");
+  std::string line;
+  while (std::getline(table, line)) {
+    std::istringstream fields(line);
+    std::string num, refcount, protocol, flags, type, st, inode, name;
+    fields >> num >> refcount >> protocol >> flags >> type >> st >> inode >> name;
+    if (name == path.string()) return inode;
+  }
+  return "";
+}
+
+std::vector<std::string> open_descriptors(pid_t pid) {
+  std::vector<std::string> out;
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(fs::path("/proc") / std::to_string(pid) / "fd", ec)) {
+    std::error_code link_ec;
+    out.push_back(fs::read_symlink(entry.path(), link_ec).string());
+  }
+  return out;
+}
+
+// A VM whose monitor opens a unix socket is killed by its process's seccomp
+// filter; the daemon says which call it was, and the VM beside it runs on.
+TEST_F(DaemonTest, AForbiddenSystemCallKillsOnlyThatVmAndTheDaemonSaysWhich) {
+  std::ofstream(dir_ / "host.yaml") << "control_socket: " << socket_.string() << "\nstate_dir: "
+                                    << (dir_ / "state").string() << "\nlog_dir: " << (dir_ / "logs").string()
+                                    << "\nplugin_dirs: [" << (dir_ / "plugins").string() << "]\n";
+  fs::copy_file(kPlugins / "bt-swmmu.so", dir_ / "plugins" / "bt-swmmu.so");
+  start_daemon();
+  ASSERT_EQ(cli("vm start " + long_vm("survivor").string()).status, 0);
+  ASSERT_TRUE(wait_state("survivor", "running"))
+      << cli("vm status survivor").out << read_file(dir_ / "daemon.out") << read_file(dir_ / "logs" / "survivor.log");
+  // The fixture (a newer plugin of the same mode) is what the next VM gets.
+  fs::copy_file(kTestPlugins / "forbidden-syscall" / "test-forbidden-syscall.so",
+                dir_ / "plugins" / "test-forbidden-syscall.so");
+  ASSERT_EQ(cli("plugins rescan").status, 0);
+  cli("vm start " + vm_yaml("victim", "hello.elf", "n=1").string());
+  ASSERT_TRUE(wait_state("victim", "failed")) << cli("vm status victim").out;
+  const json victim = cli_json("vm status victim");
+  EXPECT_EQ(victim.value("plugin", ""), "test-forbidden-syscall") << victim.dump();
+  EXPECT_THAT(victim.value("reason", ""), HasSubstr("killed by the seccomp filter (SIGSYS, syscall 41 socket)"))
+      << victim.dump();
+  EXPECT_THAT(read_file(dir_ / "daemon.out"), HasSubstr("killed by the seccomp filter"));
+  EXPECT_EQ(state_of("survivor"), "running");
+  const json stopped = cli_json("vm stop survivor");
+  EXPECT_EQ(stopped["state"], "stopped") << stopped.dump();
+}
+
+// The filter's switch: off, the same call goes through (and the fixture says so).
+TEST_F(DaemonTest, TheSeccompFilterCanBeTurnedOffForDebugging) {
+  std::ofstream(dir_ / "host.yaml") << "control_socket: " << socket_.string() << "\nstate_dir: "
+                                    << (dir_ / "state").string() << "\nlog_dir: " << (dir_ / "logs").string()
+                                    << "\nplugin_dirs: [" << (dir_ / "plugins").string() << "]\n";
+  fs::copy_file(kTestPlugins / "forbidden-syscall" / "test-forbidden-syscall.so",
+                dir_ / "plugins" / "test-forbidden-syscall.so");
+  ::setenv("MODEVISOR_VMM_SECCOMP", "off", 1);
+  start_daemon();
+  ::unsetenv("MODEVISOR_VMM_SECCOMP");
+  cli("vm start " + vm_yaml("let-through", "hello.elf", "n=1").string());
+  ASSERT_TRUE(wait_state("let-through", "failed"));
+  const json vm = cli_json("vm status let-through");
+  EXPECT_THAT(vm.value("reason", ""), HasSubstr("let socket(AF_UNIX) through")) << vm.dump();
+  EXPECT_THAT(read_file(dir_ / "logs" / "let-through.log"), HasSubstr("OFF (MODEVISOR_VMM_SECCOMP=off)"));
+}
+
+// What a running VM's monitor process holds and may do: filter mode 2,
+// no_new_privs, no core files, and none of the daemon's descriptors (its
+// control socket) nor the cluster secret.
+TEST_F(DaemonTest, AMonitorProcessRunsConfinedWithoutTheDaemonsSocketOrSecret) {
+  const fs::path secret = dir_ / "cluster.secret";
+  std::ofstream(secret) << "a cluster secret only the daemon reads, 32+ bytes\n";
+  ::chmod(secret.c_str(), 0600);
+  start_daemon("migration:\n  listen: 127.0.0.1:" + std::to_string(20000 + ::getpid() % 20000) + "\n  secret_file: " + secret.string() + "\n");
+  ASSERT_EQ(cli("vm start " + long_vm("confined").string()).status, 0);
+  ASSERT_TRUE(wait_state("confined", "running"));
+  const pid_t pid = cli_json("vm status confined")["pid"].get<pid_t>();
+  ASSERT_GT(pid, 0);
+  const std::string status = read_file(fs::path("/proc") / std::to_string(pid) / "status");
+  EXPECT_THAT(status, HasSubstr("Seccomp:\t2\n"));
+  EXPECT_THAT(status, HasSubstr("NoNewPrivs:\t1\n"));
+  const std::string limits = read_file(fs::path("/proc") / std::to_string(pid) / "limits");
+  EXPECT_THAT(limits, ::testing::ContainsRegex("Max core file size +0 +0"));
+  EXPECT_THAT(limits, ::testing::ContainsRegex("Max open files +1024 +1024"));
+  EXPECT_THAT(limits, ::testing::ContainsRegex("Max address space +[0-9]+ +[0-9]+ +bytes"));
+  const std::string inode = unix_socket_inode(socket_);
+  ASSERT_FALSE(inode.empty()) << "the daemon's control socket is not in /proc/net/unix";
+  const auto fds = open_descriptors(pid);
+  ASSERT_FALSE(fds.empty());
+  EXPECT_THAT(fds, ::testing::Not(::testing::Contains("socket:[" + inode + "]")));
+  EXPECT_THAT(fds, ::testing::Not(::testing::Contains(secret.string())));
+  const std::string log = read_file(dir_ / "logs" / "confined.log");
+  EXPECT_THAT(log, HasSubstr("seccomp filter on"));
+  // Landlock where the kernel has it (this log says which): no file readable by path.
+  if (log.find("no landlock here") == std::string::npos) EXPECT_THAT(log, HasSubstr("no file readable by path"));
+  // Confined, it still does all a VM does: pause, resume, save, console, stop.
+  EXPECT_EQ(cli("vm pause confined").status, 0);
+  EXPECT_EQ(cli("vm save confined " + (dir_ / "confined.snap").string()).status, 0) << cli("vm status confined").out;
+  EXPECT_EQ(cli("vm resume confined").status, 0);
+  EXPECT_EQ(state_of("confined"), "running");
+  const json stopped = cli_json("vm stop confined");
+  EXPECT_EQ(stopped["state"], "stopped") << stopped.dump();
+}
+
+// Requests whose fields have the wrong types (found while writing fuzz_control): each is
+// refused as a protocol error and the daemon goes on answering.
+TEST_F(DaemonTest, RequestsWithFieldsOfTheWrongTypeAreRefusedAndTheDaemonGoesOn) {
+  start_daemon();
+  control::LineChannel channel(control::connect_unix(socket_));
+  for (const char* line : {R"({"id":1,"op":5})", R"({"id":2,"op":"host","args":[1]})", R"({"id":{},"op":"host"})",
+                           R"({"id":3})", R"({"id":4,"op":""})"}) {
+    ASSERT_TRUE(channel.send(json::parse(line))) << line;
+    const auto reply = channel.receive();
+    ASSERT_TRUE(reply.has_value()) << line << ": the daemon closed the connection";
+    EXPECT_FALSE(reply->value("ok", true)) << line;
+    EXPECT_EQ((*reply)["error"].value("code", ""), "protocol") << line << " -> " << reply->dump();
+  }
+  EXPECT_EQ(cli("--json host").status, 0);
+}
+
+// Landlock: a confined monitor process cannot open a file for reading (here
+// one standing in for the cluster secret, readable by the daemon's user);
+// with the switch off it can.  Skipped where the kernel has no Landlock.
+TEST_F(DaemonTest, AConfinedMonitorProcessCannotReadFilesByPath) {
+  const fs::path probe = "/tmp/modevisor-test-confinement-probe";
+  std::ofstream(probe) << "a secret the monitor process must not read\n";
+  std::ofstream(dir_ / "host.yaml") << "control_socket: " << socket_.string() << "\nstate_dir: "
+                                    << (dir_ / "state").string() << "\nlog_dir: " << (dir_ / "logs").string()
+                                    << "\nplugin_dirs: [" << (dir_ / "plugins").string() << "]\n";
+  fs::copy_file(kTestPlugins / "reads-a-file" / "test-reads-a-file.so", dir_ / "plugins" / "test-reads-a-file.so");
+  start_daemon();
+  cli("vm start " + vm_yaml("reader", "hello.elf", "n=1").string());
+  ASSERT_TRUE(wait_state("reader", "failed"));
+  const std::string log = read_file(dir_ / "logs" / "reader.log");
+  if (log.find("no landlock here") != std::string::npos) {
+    fs::remove(probe);
+    GTEST_SKIP() << "this kernel has no Landlock";
+  }
+  EXPECT_THAT(cli_json("vm status reader").value("reason", ""), HasSubstr("open for reading: Permission denied"));
+  stop_daemon(SIGTERM);
+
+  ::setenv("MODEVISOR_VMM_SECCOMP", "off", 1);
+  start_daemon();
+  ::unsetenv("MODEVISOR_VMM_SECCOMP");
+  cli("vm start " + vm_yaml("unconfined", "hello.elf", "n=1").string());
+  ASSERT_TRUE(wait_state("unconfined", "failed"));
+  EXPECT_THAT(cli_json("vm status unconfined").value("reason", ""), HasSubstr("read 43 bytes"));
+  fs::remove(probe);
+}
