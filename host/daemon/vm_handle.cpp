@@ -156,21 +156,30 @@ void VmHandle::on_message(const json& message) {
 void VmHandle::on_link_closed(const std::string& why) {
   link_closed_ = true;
   link_close_reason_ = why;
-  for (auto& [id, reply] : std::exchange(pending_, {}))
-    reply(control::reply_error(id, control::error_code::kMonitorFailed,
-                               fmt::format("VM {}: the monitor process went away ({})", name(), why)));
+  // A child's exit status tells why its link closed (a seccomp kill, a
+  // crash): requests still waiting for an answer, such as the start, get
+  // that reason when SIGCHLD arrives, not a bare "went away".
+  if (child_ && !wait_status_ && active()) return;
+  fail_pending(wait_status_ ? "its monitor process " + describe_wait_status(*wait_status_, seccomp_)
+                            : fmt::format("the monitor process went away ({})", why));
   if (!active()) return;
-  if (child_ && !wait_status_) return;  // the exit status tells why; SIGCHLD follows
   end("failed", wait_status_ ? "its monitor process " + describe_wait_status(*wait_status_, seccomp_)
                              : fmt::format("lost: its monitor process {} went away without reporting an end ({})",
                                            pid_, why));
 }
 
+void VmHandle::fail_pending(const std::string& why) {
+  for (auto& [id, reply] : std::exchange(pending_, {}))
+    reply(control::reply_error(id, control::error_code::kMonitorFailed, fmt::format("VM {}: {}", name(), why)));
+}
+
 void VmHandle::child_exited(int wait_status) {
   wait_status_ = wait_status;
-  if (!active()) return;
   if (!link_closed_ && link_) return;  // its last messages are still to be read; the link's end decides
-  end("failed", "its monitor process " + describe_wait_status(wait_status, seccomp_));
+  const std::string reason = "its monitor process " + describe_wait_status(wait_status, seccomp_);
+  fail_pending(reason);
+  if (!active()) return;
+  end("failed", reason);
 }
 
 void VmHandle::mark_lost(const std::string& state, const std::string& reason, json result) {

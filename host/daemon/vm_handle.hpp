@@ -70,6 +70,7 @@ class VmHandle : public std::enable_shared_from_this<VmHandle> {
  private:
   void on_message(const json& message);
   void on_link_closed(const std::string& why);
+  void fail_pending(const std::string& why);
   void end(const std::string& state, const std::string& reason);
 
   Identity identity_;
