@@ -117,6 +117,9 @@ void VmHandle::on_message(const json& message) {
     json event = message;
     event["vm"] = name();
     for (auto& [id, listener] : std::map(listeners_)) listener(event);
+  } else if (kind == "fleet-fenced") {
+    // The monitor process paused the VM itself: the fleet lease was not confirmed in time.
+    set_state("paused", message.value("reason", "fleet fence"));
   } else if (kind == "state") {
     // Running and paused come from here; the end (stopped, failed) comes
     // with its result in "ended".

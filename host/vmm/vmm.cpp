@@ -14,6 +14,7 @@
 #include <fstream>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <thread>
 
@@ -147,6 +148,16 @@ class MonitorProcess {
   // An arriving VM prints from Go on, before the daemon has its handle: its
   // output waits until the migrate-in reply has gone out.
   std::atomic<bool> hold_console_{false};
+
+  // Fleet fence (host/fleet/README.md): while the daemon keeps confirming its
+  // etcd lease, the VM may run until `fence_until_`; past it (the daemon is
+  // stopped or cut off from etcd) this process pauses the VM by itself.
+  std::optional<std::chrono::steady_clock::time_point> fence_until_;
+  bool fenced_ = false;
+  void check_fence();
+  // The destination's commit step in a fleet: ask the daemon to move the VM's
+  // ownership record here; "" when it did, else why not.
+  std::string claim_ownership(const host::migration::MigrationConfig& config, const std::string& migration_id);
 };
 
 // One line per transition, appended with one write: the run-interval log
@@ -190,6 +201,42 @@ void MonitorProcess::drop_channel() {
   std::lock_guard lock(send_mutex_);
   channel_.reset();
   if (log_) log_->warn("vmm| the daemon went away; the VM goes on and waits for it on {}", socket_path_.string());
+}
+
+void MonitorProcess::check_fence() {
+  if (!fence_until_ || fenced_ || !session_ || std::chrono::steady_clock::now() < *fence_until_) return;
+  if (session_->state() != host::VmState::Running || migrating_) return;
+  fenced_ = true;
+  const std::string why = "fleet: the daemon did not confirm this host's etcd lease in time (it may be stopped or cut off "
+                          "from etcd): paused so that the VM cannot run on two hosts";
+  try {
+    session_->pause();
+  } catch (const std::exception& e) {
+    stopping_ = true;
+    session_->stop(why + " (pause failed: " + e.what() + ")");
+  }
+  if (log_) log_->error("vmm| {}", why);
+  send(control::event("fleet-fenced", {{"reason", why}}));
+}
+
+std::string MonitorProcess::claim_ownership(const host::migration::MigrationConfig& config, const std::string& migration_id) {
+  if (!send(control::event("fleet-claim", {{"vm", config.vm_name}, {"source", config.source_host}, {"migration_id", migration_id}})))
+    return "the daemon is not attached";
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  for (;;) {
+    while (auto message = channel_->buffered()) {
+      if (message->value("op", "") != "fleet-claim-result") continue;
+      const json result = message->value("args", json::object());
+      if (result.value("ok", false)) return "";
+      const std::string reason = result.value("reason", "refused");
+      return reason.empty() ? "refused" : reason;
+    }
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0) return "the daemon did not answer the ownership claim in time";
+    pollfd polled{channel_->fd(), POLLIN, 0};
+    if (::poll(&polled, 1, static_cast<int>(left.count())) < 0 && errno != EINTR) return "poll failed";
+    if ((polled.revents & (POLLIN | POLLHUP | POLLERR)) && !channel_->read_some(nullptr)) return "the daemon went away";
+  }
 }
 
 void MonitorProcess::accept_daemon() {
@@ -434,6 +481,10 @@ bool MonitorProcess::migrate_in(const json& args, std::vector<int>& fds) {
   hold_console_ = true;
   mig::ReceiverOptions options;
   options.log = host_->log();
+  if (args.value("fleet_claim", false))
+    options.before_commit = [this](const mig::MigrationConfig& config, const std::string& migration_id) {
+      return claim_ownership(config, migration_id);
+    };
   mig::MigrationReceiver receiver(destination, *ledger_, *secret, options);
   mig::ReceiverResult result = receiver.serve(connection, peer);
   json migration{{"migration_id", result.migration_id},
@@ -565,6 +616,10 @@ void MonitorProcess::handle(const json& message, std::vector<int>& fds) {
   const json args = message.value("args", json::object());
   if (op == "migrate-out") {
     migrate_out(id, args, fds);
+  } else if (op == "fleet-fence") {
+    fence_until_ = std::chrono::steady_clock::now() + std::chrono::milliseconds(args.value("valid_for_ms", 0));
+    fenced_ = false;
+    if (!id.is_null()) send(control::reply_ok(id));
   } else if (migrating_ && (op == "pause" || op == "resume" || op == "save")) {
     send(control::reply_error(id, code::kWrongState, "VM " + vm_.name + " is migrating; " + op + " waits until it ends"));
   } else if (op == "stop") {
@@ -662,6 +717,7 @@ int MonitorProcess::serve_loop() {
     const bool attached = channel_ != nullptr;
     polled[2].fd = attached ? channel_->fd() : listener_.get();
     flush_console();
+    check_fence();
     if (::poll(polled, 3, kConsoleTickMs) < 0) {
       if (errno == EINTR) continue;
       break;
