@@ -1,5 +1,7 @@
 #include "fleet/agent.hpp"
 
+#include <algorithm>
+
 #include <fmt/format.h>
 
 namespace modevisor::fleet {
@@ -94,7 +96,10 @@ bool FleetAgent::register_host(EtcdClient& etcd) {
 }
 
 void FleetAgent::lease_loop() {
-  EtcdClient etcd(config_.etcd, config_.request_timeout);
+  // Renewals must fail fast: a renewal that hangs eats the margin before the VMs' deadline.
+  const auto renew_timeout = std::clamp<std::chrono::milliseconds>(std::chrono::milliseconds(ttl_) / 8,
+                                                                    std::chrono::milliseconds(200), config_.request_timeout);
+  EtcdClient etcd(config_.etcd, renew_timeout);
   const auto period = std::chrono::milliseconds(ttl_) / 4;
   const auto grace = std::chrono::milliseconds(ttl_) * 3 / 4;
   Clock::time_point last_renewal_sent{};  // when the last renewal etcd answered was sent
@@ -184,7 +189,7 @@ void FleetAgent::lease_loop() {
       }
     }
     std::unique_lock lock(mutex_);
-    if (wake_.wait_for(lock, period, [this] { return stopping_; })) break;
+    if (wake_.wait_for(lock, failure.empty() ? period : period / 2, [this] { return stopping_; })) break;
   }
   if (lease_ != 0) {
     try {
