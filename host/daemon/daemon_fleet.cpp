@@ -100,10 +100,12 @@ void Daemon::fleet_renewed(fleet::Clock::time_point until) {
   if (!fleet_lease_valid_) host_.log()->info("fleet: lease valid; VMs here may run");
   fleet_lease_valid_ = true;
   fleet_frozen_.clear();
-  const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(until - fleet::Clock::now()).count();
-  if (left <= 0) return;
+  if (until <= fleet::Clock::now()) return;
+  // An absolute CLOCK_MONOTONIC deadline (one clock for every process here): a
+  // message that arrives late does not extend it.
+  const auto until_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(until.time_since_epoch()).count();
   for (auto& [name, vm] : vms_)
-    if (vm->active() && vm->state() != "starting") vm->call("fleet-fence", {{"valid_for_ms", left}}, [](const json&) {});
+    if (vm->active() && vm->state() != "starting") vm->call("fleet-fence", {{"until_ns", until_ns}}, [](const json&) {});
 }
 
 void Daemon::fleet_lease_lost(const std::string& why) {

@@ -101,7 +101,10 @@ void FleetAgent::lease_loop() {
                                                                     std::chrono::milliseconds(200), config_.request_timeout);
   EtcdClient etcd(config_.etcd, renew_timeout);
   const auto period = std::chrono::milliseconds(ttl_) / 4;
-  const auto grace = std::chrono::milliseconds(ttl_) * 3 / 4;
+  // The lease lives at etcd until at least (renewal sent) + T; the VMs stop
+  // T/8 before that (the pause itself takes milliseconds; the margin covers
+  // a slower clock here than on the etcd leader).
+  const auto grace = std::chrono::milliseconds(ttl_) * 7 / 8;
   Clock::time_point last_renewal_sent{};  // when the last renewal etcd answered was sent
   bool lost_reported = true;              // nothing to report before the first lease
   bool no_quorum_reported = false;

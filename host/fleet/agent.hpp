@@ -9,14 +9,14 @@
 // Lease rules (TTL T, renewal every T/4):
 //  - renewed (etcd answered with TTL > 0, the request sent at s): the lease
 //    lives at etcd until at least s + T; the daemon's VMs may run until
-//    s + 3T/4 (`renewed`), the margin covering one late renewal;
+//    s + 7T/8 (`renewed`); three renewals may fail before that;
 //  - etcd says the lease is gone: `lease_lost`, and a new lease is granted;
 //  - etcd cannot be asked: if every member either answers "no leader" or
 //    refuses the connection (it is down, not cut off), no quorum exists
 //    anywhere, no lease can expire and no owner can change: `no_quorum`
 //    (VMs keep running; starts and migrations are refused by etcd itself).
 //    Otherwise (a member cannot be reached: this host may be the one cut
-//    off) the VMs are on their own deadline, and at s + 3T/4 `lease_lost`.
+//    off) the VMs are on their own deadline, and at s + 7T/8 `lease_lost`.
 #pragma once
 
 #include <atomic>

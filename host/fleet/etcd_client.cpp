@@ -9,6 +9,8 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include <functional>
+
 #include "control/protocol.hpp"
 
 namespace modevisor::fleet {
@@ -96,37 +98,67 @@ EtcdClient::EtcdClient(std::vector<std::string> endpoints, std::chrono::millisec
   }
 }
 
-// One request to one endpoint.  Throws EtcdError for etcd's own answers
-// and boost::system::system_error when the endpoint cannot be reached.
+// One request to one endpoint, bounded by the timeout as a whole (Beast's
+// timeouts apply to asynchronous operations only, so this runs them on a
+// private io_context).  Throws EtcdError for etcd's own answers and
+// boost::system::system_error when the endpoint cannot be reached in time.
 std::string EtcdClient::call_one(std::size_t index, const std::string& path, const std::string& body) {
   const Endpoint& endpoint = parsed_[index];
   boost::asio::io_context io;
   tcp::resolver resolver(io);
   beast::tcp_stream stream(io);
-  stream.expires_after(timeout_);
-  stream.connect(resolver.resolve(endpoint.host, endpoint.port));
   http::request<http::string_body> request{http::verb::post, path, 11};
   request.set(http::field::host, endpoint.host);
   request.set(http::field::content_type, "application/json");
   request.body() = body;
   request.prepare_payload();
-  http::write(stream, request);
   beast::flat_buffer buffer;
   http::response_parser<http::string_body> parser;
   parser.body_limit(64u << 20);
-  if (path == "/v3/lease/keepalive") {
-    // A keepalive answer is a stream that stays open: its first line is the answer.
-    http::read_header(stream, buffer, parser);
-    while (parser.get().body().find('\n') == std::string::npos && !parser.is_done()) {
-      boost::system::error_code ec;
-      http::read_some(stream, buffer, parser, ec);
-      if (ec == http::error::need_buffer) ec = {};
-      if (ec) throw boost::system::system_error(ec);
+  // A keepalive answer is a stream that stays open: its first line is the answer.
+  const bool first_line_only = path == "/v3/lease/keepalive";
+  boost::system::error_code failure;
+  bool done = false;
+
+  std::function<void(boost::system::error_code, std::size_t)> on_read = [&](boost::system::error_code ec, std::size_t) {
+    if (ec == http::error::need_buffer) ec = {};
+    if (ec) {
+      failure = ec;
+      return;
     }
+    if (parser.is_done() || (first_line_only && parser.is_header_done() &&
+                             parser.get().body().find('\n') != std::string::npos)) {
+      done = true;
+      stream.cancel();
+      return;
+    }
+    http::async_read_some(stream, buffer, parser, on_read);
+  };
+  const auto endpoints = resolver.resolve(endpoint.host, endpoint.port);
+  stream.expires_after(timeout_);
+  stream.async_connect(endpoints, [&](boost::system::error_code ec, const tcp::endpoint&) {
+    if (ec) {
+      failure = ec;
+      return;
+    }
+    http::async_write(stream, request, [&](boost::system::error_code ec, std::size_t) {
+      if (ec) {
+        failure = ec;
+        return;
+      }
+      http::async_read_some(stream, buffer, parser, on_read);
+    });
+  });
+  io.run();
+  if (!done) {
+    if (!failure) failure = boost::asio::error::timed_out;
+    if (failure == beast::error::timeout) failure = boost::asio::error::timed_out;
+    throw boost::system::system_error(failure);
+  }
+  if (first_line_only) {
     const std::string text = parser.get().body();
     return text.substr(0, text.find('\n'));
   }
-  http::read(stream, buffer, parser);
   auto& response = parser.get();
   if (response.result() != http::status::ok) {
     json error = json::parse(response.body(), nullptr, false);

@@ -155,6 +155,7 @@ class MonitorProcess {
   std::optional<std::chrono::steady_clock::time_point> fence_until_;
   bool fenced_ = false;
   void check_fence();
+  bool daemon_can_take_output();
   // The destination's commit step in a fleet: ask the daemon to move the VM's
   // ownership record here; "" when it did, else why not.
   std::string claim_ownership(const host::migration::MigrationConfig& config, const std::string& migration_id);
@@ -187,6 +188,16 @@ void MonitorProcess::flush_console() {
 
 void MonitorProcess::flush_console_locked() {
   if (console_pending_.empty() || hold_console_) return;
+  // A daemon that does not read (stopped, wedged) must not stall the vCPU
+  // that prints, nor this process's loop (the fleet fence runs there): its
+  // output waits here, the last kConsoleBacklog bytes of it (the console
+  // history keeps the tail for a daemon that reattaches).
+  if (!daemon_can_take_output()) {
+    constexpr std::size_t kConsoleBacklog = 1 << 20;
+    if (console_pending_.size() > kConsoleBacklog)
+      console_pending_.erase(0, console_pending_.size() - kConsoleBacklog);
+    return;
+  }
   send(control::event("console", {{"data", control::base64_encode(console_pending_)}}));
   console_pending_.clear();
 }
@@ -201,6 +212,13 @@ void MonitorProcess::drop_channel() {
   std::lock_guard lock(send_mutex_);
   channel_.reset();
   if (log_) log_->warn("vmm| the daemon went away; the VM goes on and waits for it on {}", socket_path_.string());
+}
+
+bool MonitorProcess::daemon_can_take_output() {
+  std::lock_guard lock(send_mutex_);
+  if (!channel_) return true;  // send() drops it
+  pollfd polled{channel_->fd(), POLLOUT, 0};
+  return ::poll(&polled, 1, 0) == 1 && (polled.revents & POLLOUT);
 }
 
 void MonitorProcess::check_fence() {
@@ -617,7 +635,7 @@ void MonitorProcess::handle(const json& message, std::vector<int>& fds) {
   if (op == "migrate-out") {
     migrate_out(id, args, fds);
   } else if (op == "fleet-fence") {
-    fence_until_ = std::chrono::steady_clock::now() + std::chrono::milliseconds(args.value("valid_for_ms", 0));
+    fence_until_ = std::chrono::steady_clock::time_point(std::chrono::nanoseconds(args.value("until_ns", std::int64_t{0})));
     fenced_ = false;
     if (!id.is_null()) send(control::reply_ok(id));
   } else if (migrating_ && (op == "pause" || op == "resume" || op == "save")) {
