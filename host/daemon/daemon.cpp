@@ -415,7 +415,7 @@ VmHandle::Identity Daemon::identity_for(const host::VmConfig& vm, const host::Lo
 
 json Daemon::power_on_args(const host::VmConfig& vm, const host::LoadedPlugin& plugin,
                            const host::Selection& selection, const VmHandle::Identity& identity) const {
-  return json{{"vm_file", vm.file.string()},
+  json args{{"vm_file", vm.file.string()},
               {"config_dir", host_.config_dir().string()},
               {"host_config", host_.config().file.string()},
               {"plugin", plugin.descriptor.name},
@@ -427,6 +427,8 @@ json Daemon::power_on_args(const host::VmConfig& vm, const host::LoadedPlugin& p
               {"socket", identity.socket},
               {"result_file", identity.result_file},
               {"run_log", run_log_.string()}};
+  fleet_fence_args(args);
+  return args;
 }
 
 std::shared_ptr<VmHandle> Daemon::make_handle(const VmHandle::Identity& identity, pid_t pid) {
@@ -769,7 +771,7 @@ void Daemon::migrate_in(boost::asio::ip::tcp::socket socket) {
   for (const auto& [name, vm] : vms_)
     if (vm->active()) taken.push_back(name);
   const auto& d = host_.config().daemon;
-  const json args{{"peer", peer},
+  json args{{"peer", peer},
                   {"config_dir", host_.config_dir().string()},
                   {"host_config", host_.config().file.string()},
                   {"log_dir", host_.config().log_dir.string()},
@@ -780,6 +782,7 @@ void Daemon::migrate_in(boost::asio::ip::tcp::socket socket) {
                   {"run_log", run_log_.string()},
                   {"taken_names", taken},
                   {"fleet_claim", fleet_ != nullptr}};
+  fleet_fence_args(args);
   const Spawned process = spawn_monitor_process();
   control::send_with_fds(process.fd, control::encode_line(control::request(1, "migrate-in", args)),
                          {socket.native_handle()});

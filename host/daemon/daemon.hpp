@@ -108,6 +108,8 @@ class Daemon {
   std::map<std::string, std::int64_t> owned_revision_;  // VM -> mod_revision of the record this host wrote
   std::string fleet_frozen_;  // why, while etcd has no quorum (no owner may change)
   bool fleet_lease_valid_ = false;
+  fleet::Clock::time_point fleet_valid_until_{};  // the VMs here may run until then
+  void fleet_fence_args(json& args) const;
 };
 
 }  // namespace modevisor::daemon

@@ -100,6 +100,7 @@ void Daemon::fleet_renewed(fleet::Clock::time_point until) {
   if (!fleet_lease_valid_) host_.log()->info("fleet: lease valid; VMs here may run");
   fleet_lease_valid_ = true;
   fleet_frozen_.clear();
+  fleet_valid_until_ = until;
   if (until <= fleet::Clock::now()) return;
   // An absolute CLOCK_MONOTONIC deadline (one clock for every process here): a
   // message that arrives late does not extend it.
@@ -108,8 +109,14 @@ void Daemon::fleet_renewed(fleet::Clock::time_point until) {
     if (vm->active() && vm->state() != "starting") vm->call("fleet-fence", {{"until_ns", until_ns}}, [](const json&) {});
 }
 
+void Daemon::fleet_fence_args(json& args) const {
+  if (!fleet_) return;
+  args["fence_until_ns"] = std::chrono::duration_cast<std::chrono::nanoseconds>(fleet_valid_until_.time_since_epoch()).count();
+}
+
 void Daemon::fleet_lease_lost(const std::string& why) {
   fleet_lease_valid_ = false;
+  fleet_valid_until_ = {};
   owned_revision_.clear();
   for (auto& [name, vm] : vms_)
     if (vm->active()) fleet_pause(vm, "fleet: " + why);
@@ -171,8 +178,10 @@ void Daemon::fleet_release(const std::string& name) {
 // A migration's commit step on this host: the record moves from the source to
 // this host with a compare-and-swap; the monitor process commits only if it did.
 void Daemon::fleet_claim_arrival(const std::shared_ptr<LineSocket>& link, const json& args) {
-  auto answer = [link](const fleet::OwnershipChange& change) {
-    link->send(json{{"op", "fleet-claim-result"}, {"args", change.to_json()}});
+  auto answer = [this, link](const fleet::OwnershipChange& change) {
+    json result = change.to_json();
+    fleet_fence_args(result);
+    link->send(json{{"op", "fleet-claim-result"}, {"args", result}});
   };
   const std::string name = args.value("vm", ""), source = args.value("source", ""),
                     migration_id = args.value("migration_id", "");

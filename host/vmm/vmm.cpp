@@ -155,6 +155,11 @@ class MonitorProcess {
   std::optional<std::chrono::steady_clock::time_point> fence_until_;
   bool fenced_ = false;
   void check_fence();
+  // A VM in a fleet is fenced from its first instruction: the start carries the deadline.
+  void fence_from(const json& args) {
+    if (args.contains("fence_until_ns"))
+      fence_until_ = std::chrono::steady_clock::time_point(std::chrono::nanoseconds(args.value("fence_until_ns", std::int64_t{0})));
+  }
   bool daemon_can_take_output();
   // The destination's commit step in a fleet: ask the daemon to move the VM's
   // ownership record here; "" when it did, else why not.
@@ -245,7 +250,10 @@ std::string MonitorProcess::claim_ownership(const host::migration::MigrationConf
     while (auto message = channel_->buffered()) {
       if (message->value("op", "") != "fleet-claim-result") continue;
       const json result = message->value("args", json::object());
-      if (result.value("ok", false)) return "";
+      if (result.value("ok", false)) {
+        fence_from(result);  // the arriving VM runs only while this host's lease is confirmed
+        return "";
+      }
       const std::string reason = result.value("reason", "refused");
       return reason.empty() ? "refused" : reason;
     }
@@ -361,6 +369,7 @@ bool MonitorProcess::power_on(const json& args, std::vector<int>& fds, const jso
     socket_path_ = args.value("socket", "");
     result_file_ = args.value("result_file", "");
     run_log_ = args.value("run_log", "");
+    fence_from(args);
     const std::filesystem::path config_dir = args.at("config_dir").get<std::string>();
     const auto guest_os = host::GuestOsTable::load(config_dir / "guest-os.yaml");
     vm_ = restoring ? host::parse_vm_config(snapshot_->state.vm_yaml, snapshot_->state.vm_file, guest_os)
