@@ -157,6 +157,17 @@ void Daemon::fleet_ownership(const std::vector<fleet::OwnerRecord>& records, std
                                   it->second->owner, it->second->epoch));
     } else {
       owned_revision_[name] = it->second->mod_revision;
+      // A record left under an earlier lease (this daemon restarted): attach it to the current one.
+      const std::int64_t lease = fleet_->lease();
+      if (lease && it->second->lease != lease)
+        fleet_->submit([name, self, lease](fleet::EtcdClient&, fleet::Ownership& o) { return o.claim(name, self, lease).to_json(); },
+                       [this, name](const json& result) {
+                         const auto change = fleet::OwnershipChange::from_json(result);
+                         if (change.ok && change.record) {
+                           owned_revision_[name] = change.record->mod_revision;
+                           host_.log()->info("VM {}: ownership record moved to this daemon's lease", name);
+                         }
+                       });
     }
   }
 }
