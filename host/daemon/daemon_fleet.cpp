@@ -197,7 +197,7 @@ void Daemon::fleet_claim_arrival(const std::shared_ptr<LineSocket>& link, const 
   const std::string name = args.value("vm", ""), source = args.value("source", ""),
                     migration_id = args.value("migration_id", "");
   if (!fleet_) return answer({true, "no fleet on this host", std::nullopt});
-  if (!fleet_frozen_.empty()) return answer({false, fleet_frozen_, std::nullopt});
+  // No shortcut on a cached "no quorum": etcd itself answers (the source asked it moments ago).
   if (!fleet_lease_valid_ || fleet_->lease() == 0)
     return answer({false, "this host holds no live etcd lease", std::nullopt});
   const std::string self = host_.config().name;
