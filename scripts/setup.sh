@@ -24,6 +24,7 @@ PACKAGES=(
   # with build-essential
   clang libclang-rt-14-dev
   libssl-dev                                # live migration: HMAC-SHA256 proofs, random nonces (OpenSSL)
+  etcd-server                               # the fleet (host/fleet, ctest label fleet): a real three-member etcd on loopback
 )
 
 missing=()

@@ -178,7 +178,13 @@ int migrate(const ClientRequest& request, Connection& connection, const std::str
     return client_error(request, control::error_code::kProtocol, connection.failure());
   const bool live = !request.json && ::isatty(STDERR_FILENO);
   bool printed = false;
+  std::string placement;  // --to auto (a fleet): why that host
   while (auto message = channel.receive()) {
+    if (message->value("event", "") == "placement") {
+      placement = message->value("explanation", "");
+      if (!request.json) fmt::print(stderr, "placement: {}\n", placement);
+      continue;
+    }
     if (message->value("event", "") == "migration") {
       const std::string line = message->value("line", "");
       if (request.json) continue;
@@ -197,7 +203,8 @@ int migrate(const ClientRequest& request, Connection& connection, const std::str
       else fmt::print(stderr, "modevisor: {}\n", error.value("message", "the daemon refused"));
       return status;
     }
-    const json record = message->value("result", json::object());
+    json record = message->value("result", json::object());
+    if (!placement.empty()) record["placement"] = placement;
     const std::string outcome = record.value("outcome", "");
     const int status = outcome == "completed" ? host::kExitOk
                        : outcome == "refused" ? host::kExitRefused

@@ -11,6 +11,9 @@
 
 #include "cli/client.hpp"
 #include "cli/commands.hpp"
+#include "cli/fleet_commands.hpp"
+#include "config/host_config.hpp"
+#include "fleet/etcd_client.hpp"
 #include "common/errors.hpp"
 #include "runtime/exit_status.hpp"
 #include "runtime/host.hpp"
@@ -49,6 +52,10 @@ int main(int argc, char** argv) {
   app.add_option("--log-level", options.log_level, "trace, debug, info, warn or error");
   app.add_option("--log-dir", options.log_dir, "where host.log and <vm>.log are written");
   app.add_flag("--json", json, "machine-readable output (errors too)");
+  std::string etcd;
+  cli::FleetTarget fleet_target;
+  app.add_option("--etcd", etcd, "the fleet's etcd endpoints, host:port[,host:port...] (hosts, --fleet)");
+  app.add_option("--etcd-prefix", fleet_target.prefix, "the fleet's key prefix in etcd (/modevisor)");
 
   auto* host = app.add_subcommand("host", "this host's probed capabilities (or a CPU profile's with --cpu)");
   host->add_option("--cpu", options.cpu_profile, "describe the host with this CPU profile instead");
@@ -58,12 +65,15 @@ int main(int argc, char** argv) {
   auto* rescan = plugins->add_subcommand("rescan", "(--socket) make the daemon scan its plugin directories again");
 
   auto* cpus = app.add_subcommand("cpus", "the CPU profiles in configs/cpus");
+  auto* hosts = app.add_subcommand("hosts", "the fleet's hosts, alive or not, and the modes each offers (--etcd)");
+  bool fleet = false;
 
   std::string vm_file;
   auto* explain = app.add_subcommand("explain", "which monitor mode a VM gets on a host, and why");
   explain->add_option("vm", vm_file, "VM declaration (YAML)")->required();
   explain->add_option("--cpu", options.cpu_profile, "evaluate on this CPU profile instead of this host");
   explain->add_option("--policy", options.policy, "selection policy: default, esx-3.5, esx-4.0 or a path");
+  explain->add_flag("--fleet", fleet, "for each host of the fleet (--etcd): the mode it would pick and why");
 
   bool stats = false;
   auto* run = app.add_subcommand("run", "power on a VM under the selected monitor mode (in this process)");
@@ -93,16 +103,16 @@ int main(int argc, char** argv) {
   for (auto* sub : {vm_status, vm_log, vm_console, vm_pause, vm_resume, vm_stop, vm_save})
     sub->add_option("name", name, "VM name")->required();
   vm_save->add_option("file", file, "snapshot file to write")->required();
-  (void)vm_list;
+  vm_list->add_flag("--fleet", fleet, "every VM of the fleet and its owner, from etcd (--etcd)");
 
   auto* migrate = app.add_subcommand("migrate", "(--socket) move a running VM to another host, live");
   migrate->add_option("name", name, "VM name")->required();
-  migrate->add_option("--to", client.to, "a name from the host's peers: or address:port")->required();
+  migrate->add_option("--to", client.to, "a fleet host, a name from the host's peers:, address:port, or auto (a fleet host that honours the VM's hints and fits)")->required();
   migrate->add_option("--downtime-ms", client.downtime_ms, "switch over when the estimated downtime is under this (300)");
   migrate->add_flag("--force-converge", client.force_converge,
                     "throttle the guest's vCPUs at a cap instead of cancelling");
 
-  for (auto* sub : {host, plugins, rescan, cpus, explain, run, vm, vm_start, vm_list, vm_status, vm_log, vm_console,
+  for (auto* sub : {hosts, host, plugins, rescan, cpus, explain, run, vm, vm_start, vm_list, vm_status, vm_log, vm_console,
                     vm_pause, vm_resume, vm_stop, vm_save, vm_restore, migrate})
     sub->add_flag("--json", json, "machine-readable output (errors too)");
 
@@ -118,6 +128,32 @@ int main(int argc, char** argv) {
     if (json) return report_error(true, "bad-input", e.what(), host::kExitBadInput);
     app.exit(e);
     return host::kExitBadInput;
+  }
+
+  // The fleet's views come from etcd: --etcd, else the host YAML's fleet: section.
+  const bool fleet_command = hosts->parsed() || (fleet && (vm_list->parsed() || explain->parsed()));
+  if (fleet_command) {
+    fleet_target.etcd = fleet::split_endpoints(etcd);
+    try {
+      if (fleet_target.etcd.empty() && !options.host_config.empty()) {
+        const auto config = host::load_host_config(options.host_config);
+        if (config.daemon.fleet) {
+          fleet_target.etcd = config.daemon.fleet->etcd;
+          if (!app.get_option("--etcd-prefix")->count()) fleet_target.prefix = config.daemon.fleet->prefix;
+        }
+      }
+      if (fleet_target.etcd.empty())
+        return report_error(json, "bad-input", "the fleet lives in etcd: give its endpoints with --etcd HOST:PORT[,...]",
+                            host::kExitBadInput);
+      if (hosts->parsed()) return cli::command_fleet_hosts(fleet_target, json);
+      if (vm_list->parsed()) return cli::command_fleet_vms(fleet_target, json);
+      host::Host context(options);
+      return cli::command_fleet_explain(context, fleet_target, vm_file, json);
+    } catch (const host::InputError& e) {
+      return report_error(json, "bad-input", e.what(), host::kExitBadInput);
+    } catch (const fleet::EtcdError& e) {
+      return report_error(json, "bad-input", e.what(), host::kExitBadInput);
+    }
   }
 
   const bool daemon_command = vm->parsed() || rescan->parsed() || migrate->parsed() || (!socket.empty() && (host->parsed() || plugins->parsed()));

@@ -107,7 +107,7 @@ HostConfig load_host_config(const std::filesystem::path& file) {
   const YAML::Node root = in.root();
   in.expect_map(root, "a host configuration (a map with name, plugin_dirs, log_dir, ...)");
   in.reject_unknown_keys(root, {"name", "plugin_dirs", "log_dir", "log_level", "policy", "cpu_profile", "kvm", "mask",
-                                "control_socket", "state_dir", "metrics", "migration", "peers"});
+                                "control_socket", "state_dir", "metrics", "migration", "peers", "fleet"});
 
   // Keys left out keep the built-in defaults.
   HostConfig config = default_host_config();
@@ -181,6 +181,30 @@ HostConfig load_host_config(const std::filesystem::path& file) {
       const std::string name = in.scalar(entry.first, "a peer name");
       config.daemon.peers[name] = net_address(in, entry.second);
     }
+  }
+
+  if (const YAML::Node fleet = in.optional(root, "fleet")) {
+    in.expect_map(fleet, "a map with etcd (a list of endpoints), prefix, lease_ttl");
+    in.reject_unknown_keys(fleet, {"etcd", "prefix", "lease_ttl", "request_timeout_ms"});
+    FleetConfig f;
+    const YAML::Node etcd = in.required(fleet, "etcd");
+    f.etcd = in.string_list(etcd, "etcd client endpoints (host:port)");
+    if (f.etcd.empty()) throw in.error(etcd, "fleet.etcd needs at least one endpoint");
+    for (const auto& endpoint : f.etcd)
+      if (endpoint.find(':') == std::string::npos)
+        throw in.error(etcd, fmt::format("etcd endpoint '{}': expected host:port", endpoint));
+    if (const YAML::Node prefix = in.optional(fleet, "prefix")) {
+      f.prefix = in.scalar(prefix, "a key prefix");
+      if (f.prefix.empty() || f.prefix.front() != '/') throw in.error(prefix, "the prefix must start with '/'");
+      while (f.prefix.size() > 1 && f.prefix.back() == '/') f.prefix.pop_back();
+    }
+    if (const YAML::Node ttl = in.optional(fleet, "lease_ttl"))
+      f.lease_ttl = std::chrono::seconds(in.unsigned_in_range(ttl, 2, 3600, "a lease TTL in seconds"));
+    if (const YAML::Node t = in.optional(fleet, "request_timeout_ms"))
+      f.request_timeout = std::chrono::milliseconds(in.unsigned_in_range(t, 100, 60000, "a timeout in milliseconds"));
+    if (!config.daemon.migration_listen)
+      throw in.error(fleet, "fleet needs migration.listen: peers find this host at its migration address");
+    config.daemon.fleet = f;
   }
 
   return config;

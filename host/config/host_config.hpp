@@ -3,6 +3,7 @@
 // optionally a CPU profile that makes this configuration describe another host.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <filesystem>
 #include <map>
@@ -19,6 +20,15 @@ struct NetAddress {
   std::string text() const;
 };
 
+// A fleet of hosts on etcd (host/fleet/README.md).  Absent: the host works
+// alone or with its static peers.
+struct FleetConfig {
+  std::vector<std::string> etcd;  // client endpoints, host:port
+  std::string prefix = "/modevisor";  // no trailing slash
+  std::chrono::seconds lease_ttl{10};
+  std::chrono::milliseconds request_timeout{1000};
+};
+
 // What the daemon (modevisord) reads; the one-shot CLI ignores it.
 struct DaemonConfig {
   std::filesystem::path control_socket;  // absolute; created with mode 0600
@@ -27,6 +37,7 @@ struct DaemonConfig {
   std::optional<NetAddress> migration_listen;  // where peers send VMs
   std::filesystem::path migration_secret_file; // the cluster's shared secret (0600 or 0400)
   std::map<std::string, NetAddress> peers;     // named hosts and their migration addresses
+  std::optional<FleetConfig> fleet;
 };
 
 struct HostConfig {

@@ -22,6 +22,7 @@
 #include "migration/protocol.hpp"
 #include "migration/vm_endpoints.hpp"
 #include "selection/mode_log.hpp"
+#include "fleet/placement.hpp"
 
 extern char** environ;
 
@@ -133,6 +134,7 @@ Daemon::~Daemon() = default;
 
 int Daemon::run() {
   recover();
+  fleet_start();
   accept();
   if (migration_acceptor_) {
     accept_migration();
@@ -208,6 +210,14 @@ json Daemon::host_json() const {
                    {"peers", json::object()},
                    {"counters", counters_}};
   for (const auto& [name, address] : d.peers) out["daemon"]["peers"][name] = address.text();
+  if (d.fleet) {
+    out["daemon"]["fleet"] = {{"etcd", d.fleet->etcd},
+                              {"prefix", d.fleet->prefix},
+                              {"lease_ttl_s", d.fleet->lease_ttl.count()},
+                              {"lease", fleet_ && fleet_->lease() ? fmt::format("{:x}", fleet_->lease()) : ""},
+                              {"lease_valid", fleet_lease_valid_},
+                              {"no_quorum", fleet_frozen_}};
+  }
   return out;
 }
 
@@ -306,6 +316,27 @@ void Daemon::dispatch(const json& message, const std::shared_ptr<Client>& client
                           kStopGrace.count(), vm->pid());
         ::kill(vm->pid(), SIGKILL);
       });
+    } else if (op == "vm.resume" && fleet_) {
+      // A VM paused by the fleet runs again only under a record this host holds now.
+      const std::string name = args.value("name", "");
+      if (!fleet_frozen_.empty()) return refuse(code::kWrongState, "fleet: " + fleet_frozen_);
+      const std::string host = host_.config().name;
+      const std::int64_t lease = fleet_->lease();
+      std::weak_ptr<Client> weak = client;
+      fleet_->submit([name, host, lease](fleet::EtcdClient&, fleet::Ownership& o) { return o.claim(name, host, lease).to_json(); },
+                     [this, id, args, name, weak](const json& result) {
+                       auto c = weak.lock();
+                       if (!c) return;
+                       const auto change = fleet::OwnershipChange::from_json(result);
+                       if (result.contains("error") || !change.ok) {
+                         c->reply(control::reply_error(id, code::kWrongState,
+                                                       "fleet: VM " + name + " may not resume here: " +
+                                                           (result.contains("error") ? result["error"].get<std::string>() : change.reason)));
+                         return;
+                       }
+                       if (change.record) owned_revision_[name] = change.record->mod_revision;
+                       forward(id, "resume", args, c);
+                     });
     } else if (op == "vm.pause" || op == "vm.resume" || op == "vm.save") {
       forward(id, op.substr(3), args, client);
     } else if (op == "vm.restore") {
@@ -393,7 +424,7 @@ VmHandle::Identity Daemon::identity_for(const host::VmConfig& vm, const host::Lo
 
 json Daemon::power_on_args(const host::VmConfig& vm, const host::LoadedPlugin& plugin,
                            const host::Selection& selection, const VmHandle::Identity& identity) const {
-  return json{{"vm_file", vm.file.string()},
+  json args{{"vm_file", vm.file.string()},
               {"config_dir", host_.config_dir().string()},
               {"host_config", host_.config().file.string()},
               {"plugin", plugin.descriptor.name},
@@ -405,6 +436,8 @@ json Daemon::power_on_args(const host::VmConfig& vm, const host::LoadedPlugin& p
               {"socket", identity.socket},
               {"result_file", identity.result_file},
               {"run_log", run_log_.string()}};
+  fleet_fence_args(args);
+  return args;
 }
 
 std::shared_ptr<VmHandle> Daemon::make_handle(const VmHandle::Identity& identity, pid_t pid) {
@@ -454,6 +487,42 @@ void Daemon::vm_start(const json& id, const json& args, const std::shared_ptr<Cl
     client->reply(no_mode_error(id, vm, selection));
     return;
   }
+  if (!fleet_) return vm_start_owned(id, vm, selection, client);
+  // In a fleet the VM is started only by the host that wrote its ownership record.
+  if (!fleet_frozen_.empty()) return refuse(code::kWrongState, "fleet: " + fleet_frozen_);
+  if (!fleet_lease_valid_ || fleet_->lease() == 0)
+    return refuse(code::kWrongState, "fleet: this host holds no live etcd lease now; no VM starts here until it does");
+  const std::string host = host_.config().name;
+  const std::int64_t lease = fleet_->lease();
+  std::weak_ptr<Client> weak = client;
+  fleet_->submit([name = vm.name, host, lease](fleet::EtcdClient&, fleet::Ownership& o) { return o.claim(name, host, lease).to_json(); },
+                 [this, id, vm, selection, weak](const json& result) {
+                   auto c = weak.lock();
+                   const auto change = fleet::OwnershipChange::from_json(result);
+                   if (result.contains("error") || !change.ok) {
+                     const std::string why = result.contains("error") ? result["error"].get<std::string>() : change.reason;
+                     host_.log()->warn("VM {}: not started: fleet: {}", vm.name, why);
+                     if (c) c->reply(control::reply_error(id, code::kExists, "fleet: " + why));
+                     return;
+                   }
+                   owned_revision_[vm.name] = change.record ? change.record->mod_revision : 0;
+                   host_.log()->info("VM {}: ownership record written (epoch {})", vm.name,
+                                     change.record ? change.record->epoch : 0);
+                   if (!c) return fleet_release(vm.name);
+                   if (auto existing = find(vm.name); existing && existing->active())
+                     return c->reply(control::reply_error(id, code::kExists, "a VM named " + vm.name + " is already " + existing->state()));
+                   try {
+                     vm_start_owned(id, vm, selection, c);
+                   } catch (const std::exception& e) {
+                     fleet_release(vm.name);
+                     c->reply(control::reply_error(id, code::kMonitorFailed, e.what()));
+                   }
+                 });
+}
+
+void Daemon::vm_start_owned(const json& id, const host::VmConfig& vm, const host::Selection& selection,
+                            const std::shared_ptr<Client>& client) {
+  auto refuse = [&](const char* error, const std::string& text) { client->reply(control::reply_error(id, error, text)); };
   const auto plugin = host_.registry().share(selection.selected_plugin->descriptor.name);
   if (!plugin) {
     refuse(code::kMonitorFailed, "plugin " + selection.selected_plugin->descriptor.name + " vanished");
@@ -574,10 +643,62 @@ void Daemon::vm_migrate(const json& id, const json& args, const std::shared_ptr<
   if (d.migration_secret_file.empty())
     return refuse(code::kBadInput, host_.config().file.string() +
                                        ": no migration.secret_file: this host cannot prove itself to a peer");
+  if (!fleet_) {
+    if (to == "auto") return refuse(code::kBadInput, "--to auto needs a fleet (fleet: in the host YAML)");
+    return vm_migrate_to(id, args, to, "", "", client);
+  }
+  // In a fleet: the owner moves with the VM, so etcd must be able to move it, and
+  // the destination is a fleet host (by name, or chosen: --to auto).
+  if (!fleet_frozen_.empty()) return refuse(code::kWrongState, "fleet: migration refused: " + fleet_frozen_);
+  if (!fleet_lease_valid_) return refuse(code::kWrongState, "fleet: migration refused: this host holds no live etcd lease");
+  const std::string self = host_.config().name;
+  const std::string yaml_file = vm->identity().vm_file;
+  std::weak_ptr<Client> weak = client;
+  fleet_->submit(
+      [name, self](fleet::EtcdClient& etcd, fleet::Ownership& o) {
+        json out{{"hosts", json::array()}};
+        if (const auto owner = o.owner(name)) out["owner"] = owner->to_json();
+        for (const auto& kv : etcd.get_prefix(o.keys().hosts())) {
+          json h = json::parse(kv.value, nullptr, false);
+          if (h.is_object()) out["hosts"].push_back(h);
+        }
+        return out;
+      },
+      [this, id, args, name, to, self, yaml_file, weak](const json& result) {
+        auto c = weak.lock();
+        if (!c) return;
+        auto fail = [&](const char* error, const std::string& text) { c->reply(control::reply_error(id, error, text)); };
+        if (result.contains("error")) return fail(code::kWrongState, "fleet: migration refused: etcd: " + result["error"].get<std::string>());
+        if (!result.contains("owner") || result["owner"].value("owner", "") != self)
+          return fail(code::kWrongState, fmt::format("fleet: migration refused: VM {} is not owned by this host in etcd ({})", name,
+                                                     result.contains("owner") ? "owner " + result["owner"].value("owner", "?") : "no record"));
+        try {
+          const auto vm = find(name);
+          if (!vm) return fail(code::kNoSuchVm, "VM " + name + " went away");
+          const host::VmConfig config = host::load_vm_config(yaml_file, host_.guest_os());
+          const auto choice = fleet::choose_destination(config, result["hosts"], self, to, host_.config_dir());
+          if (!choice.host) return fail(code::kNoMode, "fleet: " + choice.explanation);
+          vm_migrate_to(id, args, choice.host->value("name", ""), choice.host->value("migration_address", ""),
+                        choice.explanation, c);
+        } catch (const std::exception& e) {
+          fail(code::kBadInput, e.what());
+        }
+      });
+}
+
+void Daemon::vm_migrate_to(const json& id, const json& args, const std::string& to, const std::string& fleet_address,
+                           const std::string& explanation, const std::shared_ptr<Client>& client) {
+  auto refuse = [&](const char* error, const std::string& text) { client->reply(control::reply_error(id, error, text)); };
+  const std::string name = args.value("name", "");
+  auto vm = find(name);
+  if (!vm) return refuse(code::kNoSuchVm, fmt::format("no VM named '{}' on this host", name));
+  if (vm->state() != "running")
+    return refuse(code::kWrongState, fmt::format("VM {} is {}: only a running VM migrates", name, vm->state()));
+  const auto& d = host_.config().daemon;
   std::string address;
   int fd = -1;
   try {
-    address = host::migration::resolve_peer(d, to);
+    address = fleet_address.empty() ? host::migration::resolve_peer(d, to) : fleet_address;
     // Blocks the daemon for at most the connect timeout (loopback and LAN peers answer at once).
     fd = host::migration::tcp_connect(address, std::chrono::seconds(5));
   } catch (const host::migration::MigrationError& e) {
@@ -600,6 +721,10 @@ void Daemon::vm_migrate(const json& id, const json& args, const std::shared_ptr<
                 {"migration_id", mig::to_hex(migration_id)},
                 {"migration_key", key_hex},
                 {"host_name", host_.config().name}};
+  if (!explanation.empty()) {
+    host_.log()->info("VM {}: placement: {}", name, explanation);
+    client->reply(control::event("placement", {{"name", name}, {"to", to}, {"explanation", explanation}}));
+  }
   std::weak_ptr<Client> weak = client;
   const auto listener = vm->listen([weak](const json& event) {
     if (event.value("event", "") != "migration") return;
@@ -709,7 +834,7 @@ void Daemon::migrate_in(boost::asio::ip::tcp::socket socket, const host::migrati
   for (const auto& [name, vm] : vms_)
     if (vm->active()) taken.push_back(name);
   const auto& d = host_.config().daemon;
-  const json args{{"peer", peer},
+  json args{{"peer", peer},
                   {"config_dir", host_.config_dir().string()},
                   {"host_config", host_.config().file.string()},
                   {"log_dir", host_.config().log_dir.string()},
@@ -720,7 +845,9 @@ void Daemon::migrate_in(boost::asio::ip::tcp::socket socket, const host::migrati
                   {"host_name", host_.config().name},
                   {"vm_dir", vm_dir_.string()},
                   {"run_log", run_log_.string()},
-                  {"taken_names", taken}};
+                  {"taken_names", taken},
+                  {"fleet_claim", fleet_ != nullptr}};
+  fleet_fence_args(args);
   const Spawned process = spawn_monitor_process();
   control::send_with_fds(process.fd, control::encode_line(control::request(1, "migrate-in", args)),
                          {socket.native_handle()});
@@ -732,6 +859,7 @@ void Daemon::migrate_in(boost::asio::ip::tcp::socket socket, const host::migrati
   link->start(
       [this, weak_link, pid, peer](const json& reply) {
         auto link = weak_link.lock();
+        if (link && reply.value("event", "") == "fleet-claim") return fleet_claim_arrival(link, reply);
         if (!link || reply.value("id", json()) != 1) return;
         if (!reply.value("ok", false)) {
           const json error = reply.value("error", json::object());
@@ -866,6 +994,8 @@ void Daemon::reap_children() {
 
 void Daemon::vm_changed(VmHandle& vm) {
   host_.log()->info("VM {}: {}", vm.name(), vm.state());
+  if (fleet_) fleet_publish();
+  if (!vm.active() && fleet_) fleet_release(vm.name());
   if (!vm.active()) {
     const auto summary = vm.summary();
     if (summary.contains("reason")) host_.log()->info("VM {}: {}", vm.name(), summary["reason"].get<std::string>());

@@ -17,6 +17,7 @@
 #include "daemon/line_socket.hpp"
 #include "daemon/metrics.hpp"
 #include "daemon/vm_handle.hpp"
+#include "fleet/agent.hpp"
 #include "migration/auth.hpp"
 #include "runtime/host.hpp"
 
@@ -74,6 +75,22 @@ class Daemon {
   std::shared_ptr<VmHandle> find(const std::string& name) const;
   json host_json() const;
 
+  // The fleet (host/fleet/README.md), when the host YAML has fleet:.
+  void fleet_start();
+  json fleet_host_record() const;
+  void fleet_publish();
+  void fleet_renewed(fleet::Clock::time_point until);
+  void fleet_lease_lost(const std::string& why);
+  void fleet_ownership(const std::vector<fleet::OwnerRecord>& records, std::int64_t revision);
+  void fleet_pause(const std::shared_ptr<VmHandle>& vm, const std::string& why);
+  void fleet_release(const std::string& name);
+  // The destination's commit step asks (from the arriving VM's monitor process).
+  void fleet_claim_arrival(const std::shared_ptr<LineSocket>& link, const json& args);
+  void vm_start_owned(const json& id, const host::VmConfig& vm, const host::Selection& selection,
+                      const std::shared_ptr<Client>& client);
+  void vm_migrate_to(const json& id, const json& args, const std::string& to, const std::string& address,
+                     const std::string& explanation, const std::shared_ptr<Client>& client);
+
   host::Host& host_;
   DaemonOptions options_;
   std::filesystem::path vm_dir_;  // <state_dir>/vms
@@ -90,6 +107,12 @@ class Daemon {
   std::filesystem::path run_log_;  // <state_dir>/run-intervals.log: when this host ran each VM
   bool shutting_down_ = false;
   int exit_status_ = 0;
+  std::unique_ptr<fleet::FleetAgent> fleet_;  // after io_: its threads post there, it goes first
+  std::map<std::string, std::int64_t> owned_revision_;  // VM -> mod_revision of the record this host wrote
+  std::string fleet_frozen_;  // why, while etcd has no quorum (no owner may change)
+  bool fleet_lease_valid_ = false;
+  fleet::Clock::time_point fleet_valid_until_{};  // the VMs here may run until then
+  void fleet_fence_args(json& args) const;
 };
 
 }  // namespace modevisor::daemon

@@ -137,6 +137,9 @@ void VmHandle::on_message(const json& message) {
   } else if (kind == "seccomp") {
     // The filter is about to kill the process: which call it was.
     seccomp_ = message;
+  } else if (kind == "fleet-fenced") {
+    // The monitor process paused the VM itself: the fleet lease was not confirmed in time.
+    set_state("paused", message.value("reason", "fleet fence"));
   } else if (kind == "state") {
     // Running and paused come from here; the end (stopped, failed) comes
     // with its result in "ended".

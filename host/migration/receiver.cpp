@@ -307,6 +307,10 @@ class MigrationReceiver::Session {
 
     f = ch_.receive();
     expect(f, MessageType::Commit);
+    if (opts_.before_commit) {
+      const std::string refused = opts_.before_commit(config, r_.migration_id);
+      if (!refused.empty()) throw MigrationError(Kind::Refused, "the commit step's ownership hook refused: " + refused);
+    }
     if (!o_.ledger_.commit(id_, vm_))
       throw MigrationError(Kind::Local, "the migration was resolved as aborted before its Commit arrived");
     committed_ = true;

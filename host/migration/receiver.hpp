@@ -94,6 +94,11 @@ struct ReceiverOptions {
   std::shared_ptr<spdlog::logger> log;  // may be null
   // Called as each step is entered (status, tests that kill at a step).
   std::function<void(const char* step)> on_step;
+  // The commit step's ownership hook (a fleet: the VM's record moves to this
+  // host in etcd).  Called when Commit arrives, before the ledger commits;
+  // a non-empty answer is why not, and the migration is abandoned (the
+  // source resumes: it still owns the VM).
+  std::function<std::string(const MigrationConfig& config, const std::string& migration_id)> before_commit;
 };
 
 enum class ReceiverStep {

@@ -16,6 +16,7 @@
 #include <fstream>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <thread>
 
@@ -153,6 +154,22 @@ class MonitorProcess {
   // An arriving VM prints from Go on, before the daemon has its handle: its
   // output waits until the migrate-in reply has gone out.
   std::atomic<bool> hold_console_{false};
+
+  // Fleet fence (host/fleet/README.md): while the daemon keeps confirming its
+  // etcd lease, the VM may run until `fence_until_`; past it (the daemon is
+  // stopped or cut off from etcd) this process pauses the VM by itself.
+  std::optional<std::chrono::steady_clock::time_point> fence_until_;
+  bool fenced_ = false;
+  void check_fence();
+  // A VM in a fleet is fenced from its first instruction: the start carries the deadline.
+  void fence_from(const json& args) {
+    if (args.contains("fence_until_ns"))
+      fence_until_ = std::chrono::steady_clock::time_point(std::chrono::nanoseconds(args.value("fence_until_ns", std::int64_t{0})));
+  }
+  bool daemon_can_take_output();
+  // The destination's commit step in a fleet: ask the daemon to move the VM's
+  // ownership record here; "" when it did, else why not.
+  std::string claim_ownership(const host::migration::MigrationConfig& config, const std::string& migration_id);
 };
 
 // The key of one migration, derived by the daemon from the cluster secret
@@ -199,6 +216,16 @@ void MonitorProcess::flush_console() {
 
 void MonitorProcess::flush_console_locked() {
   if (console_pending_.empty() || hold_console_) return;
+  // A daemon that does not read (stopped, wedged) must not stall the vCPU
+  // that prints, nor this process's loop (the fleet fence runs there): its
+  // output waits here, the last kConsoleBacklog bytes of it (the console
+  // history keeps the tail for a daemon that reattaches).
+  if (!daemon_can_take_output()) {
+    constexpr std::size_t kConsoleBacklog = 1 << 20;
+    if (console_pending_.size() > kConsoleBacklog)
+      console_pending_.erase(0, console_pending_.size() - kConsoleBacklog);
+    return;
+  }
   send(control::event("console", {{"data", control::base64_encode(console_pending_)}}));
   console_pending_.clear();
 }
@@ -214,6 +241,52 @@ void MonitorProcess::drop_channel() {
   set_report_fd(-1);
   channel_.reset();
   if (log_) log_->warn("vmm| the daemon went away; the VM goes on and waits for it on {}", socket_path_.string());
+}
+
+bool MonitorProcess::daemon_can_take_output() {
+  std::lock_guard lock(send_mutex_);
+  if (!channel_) return true;  // send() drops it
+  pollfd polled{channel_->fd(), POLLOUT, 0};
+  return ::poll(&polled, 1, 0) == 1 && (polled.revents & POLLOUT);
+}
+
+void MonitorProcess::check_fence() {
+  if (!fence_until_ || fenced_ || !session_ || std::chrono::steady_clock::now() < *fence_until_) return;
+  if (session_->state() != host::VmState::Running || migrating_) return;
+  fenced_ = true;
+  const std::string why = "fleet: the daemon did not confirm this host's etcd lease in time (it may be stopped or cut off "
+                          "from etcd): paused so that the VM cannot run on two hosts";
+  try {
+    session_->pause();
+  } catch (const std::exception& e) {
+    stopping_ = true;
+    session_->stop(why + " (pause failed: " + e.what() + ")");
+  }
+  if (log_) log_->error("vmm| {}", why);
+  send(control::event("fleet-fenced", {{"reason", why}}));
+}
+
+std::string MonitorProcess::claim_ownership(const host::migration::MigrationConfig& config, const std::string& migration_id) {
+  if (!send(control::event("fleet-claim", {{"vm", config.vm_name}, {"source", config.source_host}, {"migration_id", migration_id}})))
+    return "the daemon is not attached";
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  for (;;) {
+    while (auto message = channel_->buffered()) {
+      if (message->value("op", "") != "fleet-claim-result") continue;
+      const json result = message->value("args", json::object());
+      if (result.value("ok", false)) {
+        fence_from(result);  // the arriving VM runs only while this host's lease is confirmed
+        return "";
+      }
+      const std::string reason = result.value("reason", "refused");
+      return reason.empty() ? "refused" : reason;
+    }
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0) return "the daemon did not answer the ownership claim in time";
+    pollfd polled{channel_->fd(), POLLIN, 0};
+    if (::poll(&polled, 1, static_cast<int>(left.count())) < 0 && errno != EINTR) return "poll failed";
+    if ((polled.revents & (POLLIN | POLLHUP | POLLERR)) && !channel_->read_some(nullptr)) return "the daemon went away";
+  }
 }
 
 void MonitorProcess::accept_daemon() {
@@ -321,6 +394,7 @@ bool MonitorProcess::power_on(const json& args, std::vector<int>& fds, const jso
     socket_path_ = args.value("socket", "");
     result_file_ = args.value("result_file", "");
     run_log_ = args.value("run_log", "");
+    fence_from(args);
     const std::filesystem::path config_dir = args.at("config_dir").get<std::string>();
     const auto guest_os = host::GuestOsTable::load(config_dir / "guest-os.yaml");
     vm_ = restoring ? host::parse_vm_config(snapshot_->state.vm_yaml, snapshot_->state.vm_file, guest_os)
@@ -497,6 +571,10 @@ bool MonitorProcess::migrate_in(const json& args, std::vector<int>& fds) {
   hold_console_ = true;
   mig::ReceiverOptions options;
   options.log = host_->log();
+  if (args.value("fleet_claim", false))
+    options.before_commit = [this](const mig::MigrationConfig& config, const std::string& migration_id) {
+      return claim_ownership(config, migration_id);
+    };
   mig::MigrationReceiver receiver(destination, *ledger_, *secret, options);
   mig::ReceiverResult result = receiver.serve(connection, peer);
   json migration{{"migration_id", result.migration_id},
@@ -647,6 +725,10 @@ void MonitorProcess::handle(const json& message, std::vector<int>& fds) {
   const json& args = request->args;
   if (op == "migrate-out") {
     migrate_out(id, args, fds);
+  } else if (op == "fleet-fence") {
+    fence_until_ = std::chrono::steady_clock::time_point(std::chrono::nanoseconds(args.value("until_ns", std::int64_t{0})));
+    fenced_ = false;
+    if (!id.is_null()) send(control::reply_ok(id));
   } else if (migrating_ && (op == "pause" || op == "resume" || op == "save")) {
     send(control::reply_error(id, code::kWrongState, "VM " + vm_.name + " is migrating; " + op + " waits until it ends"));
   } else if (op == "stop") {
@@ -744,6 +826,7 @@ int MonitorProcess::serve_loop() {
     const bool attached = channel_ != nullptr;
     polled[2].fd = attached ? channel_->fd() : listener_.get();
     flush_console();
+    check_fence();
     if (::poll(polled, 3, kConsoleTickMs) < 0) {
       if (errno == EINTR) continue;
       break;
