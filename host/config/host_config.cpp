@@ -163,10 +163,15 @@ HostConfig load_host_config(const std::filesystem::path& file) {
     config.daemon.metrics_listen = net_address(in, in.required(metrics, "listen"));
   }
   if (const YAML::Node migration = in.optional(root, "migration")) {
-    in.expect_map(migration, "a map with listen and secret_file");
-    in.reject_unknown_keys(migration, {"listen", "secret_file"});
+    in.expect_map(migration, "a map with listen, advertise and secret_file");
+    in.reject_unknown_keys(migration, {"listen", "advertise", "secret_file"});
     if (const YAML::Node listen = in.optional(migration, "listen"))
       config.daemon.migration_listen = net_address(in, listen);
+    if (const YAML::Node advertise = in.optional(migration, "advertise")) {
+      if (!config.daemon.migration_listen)
+        throw in.error(advertise, "migration.advertise needs migration.listen (it names how peers reach that listener)");
+      config.daemon.migration_advertise = net_address(in, advertise);
+    }
     if (const YAML::Node secret = in.optional(migration, "secret_file")) {
       config.daemon.migration_secret_file = in.path(secret, "the cluster's secret file");
       check_secret_file(in, secret, config.daemon.migration_secret_file);

@@ -35,6 +35,9 @@ struct DaemonConfig {
   std::filesystem::path state_dir;       // absolute; the daemon's records of its VMs
   std::optional<NetAddress> metrics_listen;    // Prometheus endpoint
   std::optional<NetAddress> migration_listen;  // where peers send VMs
+  // What a fleet publishes for peers to reach this host (listen on 0.0.0.0,
+  // behind a NAT or a relay); absent, the listen address.
+  std::optional<NetAddress> migration_advertise;
   std::filesystem::path migration_secret_file; // the cluster's shared secret (0600 or 0400)
   std::map<std::string, NetAddress> peers;     // named hosts and their migration addresses
   std::optional<FleetConfig> fleet;

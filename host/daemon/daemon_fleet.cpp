@@ -73,7 +73,9 @@ json Daemon::fleet_host_record() const {
   const auto& d = host_.config().daemon;
   const auto& caps = host_.capabilities();
   return json{{"name", host_.config().name},
-              {"migration_address", d.migration_listen ? d.migration_listen->text() : ""},
+              {"migration_address", d.migration_advertise ? d.migration_advertise->text()
+                                    : d.migration_listen  ? d.migration_listen->text()
+                                                          : ""},
               {"version", MODEVISOR_VERSION},
               {"pid", ::getpid()},
               {"cpu", fmt::format("{} {} (family {} model {} stepping {}){}", caps.vendor_id, caps.model_name, caps.family,
@@ -128,8 +130,13 @@ void Daemon::fleet_pause(const std::shared_ptr<VmHandle>& vm, const std::string&
   vm->call("pause", {}, [this, vm, why](const json& reply) {
     if (reply.value("ok", false)) {
       vm->set_state("paused", why);
+    } else if (const json error = reply.value("error", json::object());
+               error.value("code", "") == control::error_code::kWrongState) {
+      // Not running any more (its own fence paused it while this daemon was
+      // not reading, or it ended) or migrating: not a reason to stop it.  The
+      // monitor process's event says which, and its fence still holds.
+      host_.log()->warn("VM {}: not paused by the daemon ({}): {}", vm->name(), error.value("message", "?"), why);
     } else {
-      const json error = reply.value("error", json::object());
       host_.log()->error("VM {}: cannot pause it ({}); stopping it: {}", vm->name(), error.value("message", "?"), why);
       vm->call("stop", {{"reason", why}}, [](const json&) {});
     }

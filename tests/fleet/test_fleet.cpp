@@ -9,6 +9,7 @@
 #include <x86intrin.h>
 
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <netinet/in.h>
@@ -16,6 +17,7 @@
 #include <unistd.h>
 
 #include <array>
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -201,6 +203,7 @@ struct FleetHost {
   fs::path dir;
   int port = 0;
   pid_t daemon = -1;
+  int advertised_port = 0;  // peers told to reach this host there (a relay); 0: its own port
 
   fs::path socket() const { return dir / "control.sock"; }
   Result cli(const std::string& args) const {
@@ -237,7 +240,9 @@ struct FleetHost {
     std::ofstream yaml(dir / "host.yaml");
     yaml << "name: " << name << "\ncontrol_socket: " << socket().string() << "\nstate_dir: " << (dir / "state").string()
          << "\nlog_dir: " << (dir / "logs").string() << "\nplugin_dirs: [" << kPlugins.string()
-         << "]\nmigration:\n  listen: 127.0.0.1:" << port << "\n  secret_file: " << secret.string()
+         << "]\nmigration:\n  listen: 127.0.0.1:" << port << "\n  secret_file: " << secret.string();
+    if (advertised_port) yaml << "\n  advertise: 127.0.0.1:" << advertised_port;
+    yaml
          << "\nfleet:\n  etcd: [";
     for (const auto& e : etcd.endpoints()) yaml << e << (e == etcd.endpoints().back() ? "" : ", ");
     yaml << "]\n  prefix: " << kPrefix << "\n  lease_ttl: " << kTtl << "\n";
@@ -247,6 +252,97 @@ struct FleetHost {
   }
   void stop(int signal = SIGTERM) { end_process(daemon, signal); }
   std::string daemon_log() const { return read_file(dir / "daemon.out"); }
+};
+
+// A loopback TCP relay in front of a host's migration port whose direction
+// towards that host can be held after a number of bytes: a migration stopped
+// mid-stream, deterministically, at a point the test chooses.
+class HeldRelay {
+ public:
+  HeldRelay(int target_port, std::size_t hold_after) : target_(target_port), hold_after_(hold_after) {
+    listener_ = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ::bind(listener_, reinterpret_cast<sockaddr*>(&a), sizeof a);
+    socklen_t len = sizeof a;
+    ::getsockname(listener_, reinterpret_cast<sockaddr*>(&a), &len);
+    port_ = ntohs(a.sin_port);
+    ::listen(listener_, 8);
+    acceptor_ = std::thread([this] { accept_loop(); });
+  }
+  ~HeldRelay() {
+    stopping_ = true;
+    ::shutdown(listener_, SHUT_RDWR);
+    ::close(listener_);
+    acceptor_.join();
+    for (auto& t : pipes_) t.join();
+  }
+  int port() const { return port_; }
+  bool holding() const { return held_; }
+  void release() { released_ = true; }
+
+ private:
+  void accept_loop() {
+    for (;;) {
+      const int in = ::accept(listener_, nullptr, nullptr);
+      if (in < 0 || stopping_) return;
+      const int out = ::socket(AF_INET, SOCK_STREAM, 0);
+      sockaddr_in a{};
+      a.sin_family = AF_INET;
+      a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+      a.sin_port = htons(static_cast<std::uint16_t>(target_));
+      if (::connect(out, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
+        ::close(in);
+        ::close(out);
+        continue;
+      }
+      pipes_.emplace_back([this, in, out] { pipe(in, out); });
+    }
+  }
+  // One connection, both directions; only towards the target is held.
+  void pipe(int from_source, int to_target) {
+    std::array<char, 16384> buffer{};
+    for (;;) {
+      if (stopping_) break;
+      pollfd fds[2] = {{from_source, POLLIN, 0}, {to_target, POLLIN, 0}};
+      if (forwarded_ >= hold_after_ && !released_) {
+        held_ = true;
+        fds[0].events = 0;
+      }
+      if (::poll(fds, 2, 50) < 0) break;
+      if (fds[0].revents & (POLLIN | POLLHUP)) {
+        const std::size_t room = released_ ? buffer.size() : std::min(buffer.size(), hold_after_ - std::min(hold_after_, forwarded_.load()));
+        const ssize_t n = ::read(from_source, buffer.data(), std::max<std::size_t>(room, 1));
+        if (n <= 0 || !write_all(to_target, buffer.data(), n)) break;
+        forwarded_ += static_cast<std::size_t>(n);
+      }
+      if (fds[1].revents & (POLLIN | POLLHUP)) {
+        const ssize_t n = ::read(to_target, buffer.data(), buffer.size());
+        if (n <= 0 || !write_all(from_source, buffer.data(), n)) break;
+      }
+    }
+    ::close(from_source);
+    ::close(to_target);
+  }
+  static bool write_all(int fd, const char* data, ssize_t n) {
+    while (n > 0) {
+      const ssize_t w = ::write(fd, data, static_cast<std::size_t>(n));
+      if (w <= 0) return false;
+      data += w;
+      n -= w;
+    }
+    return true;
+  }
+
+  int target_;
+  std::size_t hold_after_;
+  int listener_ = -1;
+  int port_ = 0;
+  std::thread acceptor_;
+  std::vector<std::thread> pipes_;
+  std::atomic<std::size_t> forwarded_{0};
+  std::atomic<bool> held_{false}, released_{false}, stopping_{false};
 };
 
 class FleetTest : public ::testing::Test {
@@ -298,6 +394,10 @@ class FleetTest : public ::testing::Test {
     for (const auto& v : fleet_json("vm list --fleet").value("vms", json::array()))
       if (v.value("vm", "") == vm) return v;
     return nullptr;
+  }
+  std::string owner_name(const std::string& vm) const {
+    const json record = owner_of(vm);
+    return record.is_object() ? record.value("owner", "") : "";
   }
   fs::path vm_yaml(const std::string& name, unsigned mib = 16) {
     const fs::path file = dir_ / (name + ".yaml");
@@ -584,6 +684,76 @@ TEST_F(FleetTest, AHostCutOffFromEtcdPausesItsVmsAndSaysWhy) {
   std::this_thread::sleep_for(std::chrono::seconds(2));
   EXPECT_EQ(a.state_of("cutoff"), "paused") << "a paused VM never resumes by itself";
   expect_no_overlap(0);
+}
+
+// The source's daemon dies (SIGKILL) while the VM's memory is on its way:
+// the migration is the two monitor processes' business, so it completes, the
+// ownership record moves once to the destination, and the source's copy has
+// ended; the VM never ran on both hosts.
+TEST_F(FleetTest, ASourceDaemonKilledMidMigrationLeavesTheVmOnExactlyOneHost) {
+  auto& a = hosts_[0];
+  auto& b = hosts_[1];
+  // host-b is reached through a relay that holds the stream after 8 KiB:
+  // Hello and Config are through, the first memory round is not.
+  HeldRelay relay(b.port, 8 * 1024);
+  b.advertised_port = relay.port();
+  start_hosts(2);
+  ASSERT_EQ(a.cli("vm start " + vm_yaml("orphan").string()).status, 0);
+  const std::int64_t epoch = owner_of("orphan").value("epoch", 0);
+  ASSERT_TRUE(ticking(a, "orphan"));
+  const fs::path client_out = dir_ / "migrate.out";
+  pid_t client = spawn({(kBin / "modevisor").string(), "--socket", a.socket().string(), "migrate", "orphan", "--to",
+                        "host-b"},
+                       client_out);
+  ASSERT_TRUE(eventually([&] { return relay.holding(); }, 300)) << read_file(client_out) << a.daemon_log();
+  a.stop(SIGKILL);
+  relay.release();
+  // The destination runs it and owns it, one epoch on.
+  EXPECT_TRUE(eventually([&] { return owner_name("orphan") == "host-b"; }, 300))
+      << owner_of("orphan").dump(2) << b.daemon_log();
+  EXPECT_EQ(owner_of("orphan").value("epoch", 0), epoch + 1) << owner_of("orphan").dump();
+  EXPECT_TRUE(eventually([&] { return b.state_of("orphan") == "running"; }, 100)) << b.daemon_log();
+  EXPECT_TRUE(ticking(b, "orphan"));
+  // The source's monitor process stopped running it.
+  EXPECT_TRUE(eventually([&] {
+    const auto intervals = a.run_intervals("orphan");
+    return !intervals.empty() && intervals.back()[2] >= 0;
+  }, 100));
+  end_process(client, SIGKILL);
+  expect_no_overlap(1);
+}
+
+// The destination's daemon dies (SIGKILL) just after the migration
+// committed: the arriving VM runs on under its monitor process until the
+// fence deadline its daemon can no longer extend, pauses by itself before
+// the record expires with that daemon's lease, and only then may another host
+// start it.  The source never resumes its copy.
+TEST_F(FleetTest, ADestinationDaemonKilledAfterCommitPausesItsVmBeforeAnotherHostMayStartIt) {
+  start_hosts(3);
+  auto& a = hosts_[0];
+  auto& b = hosts_[1];
+  auto& c = hosts_[2];
+  const fs::path yaml = vm_yaml("stranded");
+  ASSERT_EQ(a.cli("vm start " + yaml.string()).status, 0);
+  ASSERT_TRUE(ticking(a, "stranded"));
+  const json moved = a.cli_json("migrate stranded --to host-b");
+  ASSERT_EQ(moved.value("outcome", ""), "completed") << moved.dump(2);
+  b.stop(SIGKILL);
+  EXPECT_EQ(owner_of("stranded").value("owner", ""), "host-b");
+  // host-b's monitor process pauses the VM by itself (the fence) ...
+  EXPECT_TRUE(eventually([&] {
+    const auto intervals = b.run_intervals("stranded");
+    return !intervals.empty() && intervals.back()[2] >= 0;
+  }, 10 * (kTtl + 4))) << "the VM whose daemon died did not pause";
+  // ... the record goes with host-b's lease, and then host-c may start it.
+  EXPECT_TRUE(eventually([&] { return owner_of("stranded").is_null(); }, 10 * (kTtl + 6)));
+  EXPECT_EQ(a.state_of("stranded"), "stopped");
+  ASSERT_EQ(c.cli("vm start " + yaml.string()).status, 0) << c.daemon_log();
+  EXPECT_EQ(owner_of("stranded").value("owner", ""), "host-c");
+  EXPECT_TRUE(ticking(c, "stranded"));
+  // The source's copy stays ended: a resume there is refused.
+  EXPECT_NE(a.cli("vm resume stranded").status, 0);
+  expect_no_overlap(1);
 }
 
 }  // namespace

@@ -72,6 +72,25 @@ TEST(FleetConfig, BadFleetSectionsAreRefusedWithWhere) {
   EXPECT_THROW(host::load_host_config(no_listen), host::InputError);
 }
 
+// Peers dial the advertised address (a listener on 0.0.0.0, NAT, a relay).
+TEST(FleetConfig, TheAdvertisedMigrationAddressIsReadAndNeedsAListener) {
+  const auto secret = write("secret3", "a secret long enough for the cluster, 32+ bytes\n");
+  fs::permissions(secret, fs::perms::owner_read | fs::perms::owner_write, fs::perm_options::replace);
+  const auto good = write("adv.yaml", "name: h\nmigration:\n  listen: 0.0.0.0:7000\n  advertise: 10.0.0.5:7100\n  secret_file: " +
+                                          secret.string() + "\n");
+  const auto config = host::load_host_config(good);
+  ASSERT_TRUE(config.daemon.migration_advertise.has_value());
+  EXPECT_EQ(config.daemon.migration_advertise->text(), "10.0.0.5:7100");
+  const auto lonely = write("adv-bad.yaml", "name: h\nmigration:\n  advertise: 10.0.0.5:7100\n  secret_file: " + secret.string() + "\n");
+  try {
+    host::load_host_config(lonely);
+    ADD_FAILURE() << "advertise without listen was accepted";
+  } catch (const host::InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("adv-bad.yaml:3"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("needs migration.listen"), std::string::npos) << e.what();
+  }
+}
+
 TEST(EtcdClient, EndpointsAreCheckedAndAnUnreachableClusterIsAnError) {
   EXPECT_THROW(fleet::EtcdClient({}), fleet::EtcdError);
   EXPECT_THROW(fleet::EtcdClient({"nocolon"}), fleet::EtcdError);
