@@ -204,8 +204,11 @@ void VmHandle::update_status(const json& status) {
   if (status.contains("counters") && !status["counters"].empty()) counters_ = status["counters"];
   if (status.contains("uptime_s")) reported_uptime_ = status["uptime_s"].get<double>();
   if (status.contains("state") && active() && state_ != "starting") {
+    // Running and paused only: an end (stopped, failed) is taken from the
+    // "ended" event or the exit status, which carry the reason (a status
+    // answered just before "ended" made the VM failed with no reason).
     const std::string reported = status["state"].get<std::string>();
-    if (reported != state_ && reported != "stopping") state_ = reported;
+    if (reported != state_ && (reported == "running" || reported == "paused")) state_ = reported;
   }
   migration_ = status.contains("migration") ? status["migration"] : json();
   if (status.contains("started_at")) started_at_ = status["started_at"].get<std::int64_t>();
