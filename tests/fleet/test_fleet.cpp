@@ -4,32 +4,12 @@
 // driven with the `modevisor` CLI as an operator drives it.  Every test that
 // runs a VM ends by checking the daemons' run-interval logs: no instant at
 // which two hosts ran the same VM.
-#include <gtest/gtest.h>
-#include <nlohmann/json.hpp>
-#include <x86intrin.h>
-
-#include <fcntl.h>
 #include <poll.h>
-#include <signal.h>
-#include <sys/socket.h>
-#include <netinet/in.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
-#include <array>
 #include <atomic>
-#include <chrono>
-#include <cstdio>
-#include <filesystem>
-#include <fstream>
-#include <functional>
-#include <map>
 #include <set>
-#include <sstream>
-#include <string>
-#include <thread>
-#include <vector>
 
+#include "support/daemon_harness.hpp"
 #include "fleet/etcd_client.hpp"
 #include "fleet/ownership.hpp"
 
@@ -40,70 +20,15 @@ namespace fs = std::filesystem;
 using namespace std::chrono_literals;
 using modevisor::fleet::EtcdClient;
 
-const fs::path kBin = fs::path(MODEVISOR_BINARY_DIR) / "bin";
-const fs::path kGuests = fs::path(MODEVISOR_BINARY_DIR) / "guests";
-const fs::path kPlugins = fs::path(MODEVISOR_BINARY_DIR) / "plugins";
+using namespace modevisor::test_support;
+
 const char* kPrefix = "/fleet-test";
 constexpr int kTtl = 4;  // the daemons' lease TTL, seconds
-
-struct Result {
-  int status = -1;
-  std::string out;
-};
-
-Result shell(const std::string& command) {
-  Result result;
-  FILE* pipe = ::popen((command + " 2>&1").c_str(), "r");
-  if (!pipe) return result;
-  std::array<char, 4096> buffer{};
-  size_t n;
-  while ((n = std::fread(buffer.data(), 1, buffer.size(), pipe)) > 0) result.out.append(buffer.data(), n);
-  const int raw = ::pclose(pipe);
-  result.status = WIFEXITED(raw) ? WEXITSTATUS(raw) : -1;
-  return result;
-}
-
-std::string read_file(const fs::path& file) {
-  std::ifstream in(file, std::ios::binary);
-  std::stringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
-
-bool eventually(const std::function<bool()>& done, int tenths = 600) {
-  for (int i = 0; i < tenths; ++i) {
-    if (done()) return true;
-    std::this_thread::sleep_for(100ms);
-  }
-  return done();
-}
 
 std::string etcd_binary() {
   for (const char* candidate : {"/usr/bin/etcd", "/usr/local/bin/etcd"})
     if (::access(candidate, X_OK) == 0) return candidate;
   return {};
-}
-
-// A port nobody listens on now (the kernel's choice, released at once).
-int free_port() {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
-  socklen_t len = sizeof a;
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  ::close(fd);
-  return ntohs(a.sin_port);
-}
-
-std::uint64_t tsc_khz() {
-  const auto t0 = std::chrono::steady_clock::now();
-  const auto c0 = __rdtsc();
-  std::this_thread::sleep_for(100ms);
-  const auto c1 = __rdtsc();
-  const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-  return static_cast<std::uint64_t>(static_cast<double>(c1 - c0) / ms);
 }
 
 std::size_t tick_count(const std::string& console) {
@@ -112,30 +37,6 @@ std::size_t tick_count(const std::string& console) {
   std::string line;
   while (std::getline(in, line)) n += line.rfind("tick ", 0) == 0;
   return n;
-}
-
-pid_t spawn(const std::vector<std::string>& argv, const fs::path& output) {
-  const pid_t pid = ::fork();
-  if (pid == 0) {
-    const int out = ::open(output.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0600);
-    ::dup2(out, 1);
-    ::dup2(out, 2);
-    std::vector<char*> args;
-    for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-    args.push_back(nullptr);
-    ::execv(args[0], args.data());
-    ::_exit(127);
-  }
-  return pid;
-}
-
-void end_process(pid_t& pid, int signal = SIGTERM) {
-  if (pid <= 0) return;
-  ::kill(pid, SIGCONT);
-  ::kill(pid, signal);
-  int status = 0;
-  ::waitpid(pid, &status, 0);
-  pid = -1;
 }
 
 // Three etcd members on loopback, each with its own data directory.
@@ -198,60 +99,22 @@ class EtcdCluster {
   std::array<Member, 3> members_{};
 };
 
-struct FleetHost {
-  std::string name;
-  fs::path dir;
-  int port = 0;
-  pid_t daemon = -1;
-  int advertised_port = 0;  // peers told to reach this host there (a relay); 0: its own port
+// A fleet member: a daemon with a migration listener, the shared secret and
+// the fleet's etcd; `advertised_port`, when set, is what peers are told to dial.
+std::string fleet_host_yaml(const DaemonHost& host, const fs::path& secret, const EtcdCluster& etcd, int advertised_port) {
+  std::string yaml = host.base_yaml() + "migration:\n  listen: 127.0.0.1:" + std::to_string(host.port) +
+                     "\n  secret_file: " + secret.string() + "\n";
+  if (advertised_port) yaml += "  advertise: 127.0.0.1:" + std::to_string(advertised_port) + "\n";
+  yaml += "fleet:\n  etcd: [";
+  for (const auto& e : etcd.endpoints()) yaml += e + (e == etcd.endpoints().back() ? "" : ", ");
+  return yaml + "]\n  prefix: " + kPrefix + "\n  lease_ttl: " + std::to_string(kTtl) + "\n";
+}
 
-  fs::path socket() const { return dir / "control.sock"; }
-  Result cli(const std::string& args) const {
-    return shell((kBin / "modevisor").string() + " --socket " + socket().string() + " " + args);
-  }
-  json cli_json(const std::string& args) const {
-    const Result r = cli("--json " + args);
-    json j = json::parse(r.out, nullptr, false);
-    return j.is_discarded() ? json{{"unparsed", r.out}, {"status", r.status}} : j;
-  }
-  std::string state_of(const std::string& vm) const { return cli_json("vm status " + vm).value("state", "none"); }
-  std::string console(const std::string& vm) const { return cli("vm console --no-follow " + vm).out; }
-  // (pid, from, to) of every interval this host ran a VM; to = -1 while it runs.
-  std::vector<std::array<long long, 3>> run_intervals(const std::string& only = "") const {
-    std::vector<std::array<long long, 3>> out;
-    std::map<long long, std::size_t> open;
-    std::istringstream in(read_file(dir / "state" / "run-intervals.log"));
-    std::string what, vm;
-    long long pid, t;
-    while (in >> what >> vm >> pid >> t) {
-      if (!only.empty() && vm != only) continue;
-      if (what == "run") {
-        open[pid] = out.size();
-        out.push_back({pid, t, -1});
-      } else if (open.count(pid)) {
-        out[open[pid]][2] = t;
-        open.erase(pid);
-      }
-    }
-    return out;
-  }
+struct FleetHost : DaemonHost {
+  int advertised_port = 0;
   void start(const fs::path& secret, const EtcdCluster& etcd) {
-    fs::create_directories(dir);
-    std::ofstream yaml(dir / "host.yaml");
-    yaml << "name: " << name << "\ncontrol_socket: " << socket().string() << "\nstate_dir: " << (dir / "state").string()
-         << "\nlog_dir: " << (dir / "logs").string() << "\nplugin_dirs: [" << kPlugins.string()
-         << "]\nmigration:\n  listen: 127.0.0.1:" << port << "\n  secret_file: " << secret.string();
-    if (advertised_port) yaml << "\n  advertise: 127.0.0.1:" << advertised_port;
-    yaml
-         << "\nfleet:\n  etcd: [";
-    for (const auto& e : etcd.endpoints()) yaml << e << (e == etcd.endpoints().back() ? "" : ", ");
-    yaml << "]\n  prefix: " << kPrefix << "\n  lease_ttl: " << kTtl << "\n";
-    yaml.close();
-    daemon = spawn({(kBin / "modevisord").string(), "--config", (dir / "host.yaml").string()}, dir / "daemon.out");
-    ASSERT_TRUE(eventually([&] { return cli("--json host").status == 0; })) << read_file(dir / "daemon.out");
+    DaemonHost::start(fleet_host_yaml(*this, secret, etcd, advertised_port));
   }
-  void stop(int signal = SIGTERM) { end_process(daemon, signal); }
-  std::string daemon_log() const { return read_file(dir / "daemon.out"); }
 };
 
 // A loopback TCP relay in front of a host's migration port whose direction
@@ -357,8 +220,12 @@ class FleetTest : public ::testing::Test {
     fs::permissions(dir_ / "cluster.secret", fs::perms::owner_read | fs::perms::owner_write, fs::perm_options::replace);
     etcd_.start(dir_ / "etcd");
     ASSERT_TRUE(eventually([&] { return etcd_.healthy(); }, 300)) << read_file(dir_ / "etcd" / "m1.log");
-    hosts_ = {FleetHost{"host-a", dir_ / "a", free_port()}, FleetHost{"host-b", dir_ / "b", free_port()},
-              FleetHost{"host-c", dir_ / "c", free_port()}};
+    const char* names[] = {"host-a", "host-b", "host-c"};
+    for (std::size_t i = 0; i < hosts_.size(); ++i) {
+      hosts_[i].name = names[i];
+      hosts_[i].dir = dir_ / std::string(1, static_cast<char>('a' + i));
+      hosts_[i].port = free_port();
+    }
     khz_ = tsc_khz();
   }
   void TearDown() override {
@@ -424,22 +291,10 @@ class FleetTest : public ::testing::Test {
     EXPECT_EQ(running, open);
   }
   std::size_t expect_no_overlap_of(const std::string& name) {
-    std::vector<std::array<long long, 3>> all;
+    std::vector<RunInterval> all;
     for (const auto& h : hosts_)
       for (auto i : h.run_intervals(name)) all.push_back(i);
-    const long long now = std::chrono::duration_cast<std::chrono::nanoseconds>(
-                              std::chrono::steady_clock::now().time_since_epoch()).count();
-    std::size_t running = 0;
-    for (auto& i : all)
-      if (i[2] < 0) {
-        i[2] = now;
-        ++running;
-      }
-    for (std::size_t x = 0; x < all.size(); ++x)
-      for (std::size_t y = x + 1; y < all.size(); ++y)
-        EXPECT_TRUE(all[x][2] <= all[y][1] || all[y][2] <= all[x][1])
-            << "monitor processes " << all[x][0] << " and " << all[y][0] << " ran VM " << name << " at the same time";
-    return running;
+    return expect_disjoint(all, name);
   }
 
   fs::path dir_;

@@ -4,26 +4,12 @@
 // migrate` as an operator drives it.  Every test ends by checking that the VM
 // runs on exactly one host and that the two daemons' run-interval logs never
 // overlap.
-#include <gtest/gtest.h>
-#include <nlohmann/json.hpp>
-#include <x86intrin.h>
-
-#include <fcntl.h>
 #include <signal.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
-#include <array>
-#include <chrono>
-#include <cstdio>
-#include <filesystem>
-#include <fstream>
-#include <functional>
-#include <map>
-#include <sstream>
 #include <string>
-#include <thread>
 #include <vector>
+
+#include "support/daemon_harness.hpp"
 
 namespace {
 
@@ -31,50 +17,7 @@ using nlohmann::json;
 namespace fs = std::filesystem;
 using namespace std::chrono_literals;
 
-const fs::path kBin = fs::path(MODEVISOR_BINARY_DIR) / "bin";
-const fs::path kGuests = fs::path(MODEVISOR_BINARY_DIR) / "guests";
-const fs::path kPlugins = fs::path(MODEVISOR_BINARY_DIR) / "plugins";
-
-struct Result {
-  int status = -1;
-  std::string out;
-};
-
-Result shell(const std::string& command) {
-  Result result;
-  FILE* pipe = ::popen((command + " 2>/dev/null").c_str(), "r");
-  if (!pipe) return result;
-  std::array<char, 4096> buffer{};
-  size_t n;
-  while ((n = std::fread(buffer.data(), 1, buffer.size(), pipe)) > 0) result.out.append(buffer.data(), n);
-  const int raw = ::pclose(pipe);
-  result.status = WIFEXITED(raw) ? WEXITSTATUS(raw) : -1;
-  return result;
-}
-
-std::string read_file(const fs::path& file) {
-  std::ifstream in(file, std::ios::binary);
-  std::stringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
-
-bool eventually(const std::function<bool()>& done, int tenths = 600) {
-  for (int i = 0; i < tenths; ++i) {
-    if (done()) return true;
-    std::this_thread::sleep_for(100ms);
-  }
-  return done();
-}
-
-std::uint64_t tsc_khz() {
-  const auto t0 = std::chrono::steady_clock::now();
-  const auto c0 = __rdtsc();
-  std::this_thread::sleep_for(100ms);
-  const auto c1 = __rdtsc();
-  const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-  return static_cast<std::uint64_t>(static_cast<double>(c1 - c0) / ms);
-}
+using namespace modevisor::test_support;
 
 // The numbers of the "tick N" lines, in order.
 std::vector<long> ticks(const std::string& console) {
@@ -86,82 +29,12 @@ std::vector<long> ticks(const std::string& console) {
   return out;
 }
 
-// One host: a daemon with a migration listener and the shared secret.
-struct TestHost {
-  std::string name;
-  fs::path dir;
-  int port = 0;
-  pid_t daemon = -1;
+using TestHost = DaemonHost;
 
-  fs::path socket() const { return dir / "control.sock"; }
-  Result cli(const std::string& args) const {
-    return shell((kBin / "modevisor").string() + " --socket " + socket().string() + " " + args);
-  }
-  json cli_json(const std::string& args) const {
-    const Result r = cli("--json " + args);
-    json j = json::parse(r.out, nullptr, false);
-    return j.is_discarded() ? json{{"unparsed", r.out}, {"status", r.status}} : j;
-  }
-  std::string state_of(const std::string& vm) const { return cli_json("vm status " + vm).value("state", "none"); }
-  std::string console(const std::string& vm) const { return cli("vm console --no-follow " + vm).out; }
-  std::string log(const std::string& vm) const { return cli("vm log " + vm).out; }
-  // (pid, from, to) of every interval this host ran a VM; to = -1 while it runs.
-  std::vector<std::array<long long, 3>> run_intervals() const {
-    std::vector<std::array<long long, 3>> out;
-    std::map<long long, std::size_t> open;
-    std::istringstream in(read_file(dir / "state" / "run-intervals.log"));
-    std::string what, vm;
-    long long pid, t;
-    while (in >> what >> vm >> pid >> t) {
-      if (what == "run") {
-        open[pid] = out.size();
-        out.push_back({pid, t, -1});
-      } else if (open.count(pid)) {
-        out[open[pid]][2] = t;
-        open.erase(pid);
-      }
-    }
-    return out;
-  }
-  void start(const fs::path& secret, const std::string& peer_name, int peer_port) {
-    fs::create_directories(dir);
-    std::ofstream(dir / "host.yaml") << "name: " << name << "\ncontrol_socket: " << socket().string()
-                                     << "\nstate_dir: " << (dir / "state").string()
-                                     << "\nlog_dir: " << (dir / "logs").string() << "\nplugin_dirs: ["
-                                     << kPlugins.string() << "]\nmigration:\n  listen: 127.0.0.1:" << port
-                                     << "\n  secret_file: " << secret.string() << "\npeers:\n  " << peer_name
-                                     << ": 127.0.0.1:" << peer_port << "\n";
-    daemon = ::fork();
-    if (daemon == 0) {
-      const int out = ::open((dir / "daemon.out").c_str(), O_WRONLY | O_CREAT | O_APPEND, 0600);
-      ::dup2(out, 1);
-      ::dup2(out, 2);
-      const std::string binary = (kBin / "modevisord").string(), config = (dir / "host.yaml").string();
-      ::execl(binary.c_str(), binary.c_str(), "--config", config.c_str(), nullptr);
-      ::_exit(127);
-    }
-    ASSERT_TRUE(eventually([&] { return cli("--json host").status == 0; })) << read_file(dir / "daemon.out");
-  }
-  void stop(int signal = SIGTERM) {
-    if (daemon <= 0) return;
-    ::kill(daemon, signal);
-    int status = 0;
-    ::waitpid(daemon, &status, 0);
-    daemon = -1;
-  }
-  // The monitor processes this daemon started (its children).
-  std::vector<pid_t> children() const {
-    std::vector<pid_t> out;
-    std::istringstream in(read_file("/proc/" + std::to_string(daemon) + "/task/" + std::to_string(daemon) + "/children"));
-    pid_t pid;
-    while (in >> pid) out.push_back(pid);
-    return out;
-  }
-};
-
-int free_port() {
-  const Result r = shell("python3 -c 'import socket; s=socket.socket(); s.bind((\"127.0.0.1\",0)); print(s.getsockname()[1])'");
-  return std::stoi(r.out);
+// A host with a migration listener, the shared secret and one named peer.
+std::string migration_host_yaml(const TestHost& host, const fs::path& secret, const std::string& peer_name, int peer_port) {
+  return host.base_yaml() + "migration:\n  listen: 127.0.0.1:" + std::to_string(host.port) + "\n  secret_file: " +
+         secret.string() + "\npeers:\n  " + peer_name + ": 127.0.0.1:" + std::to_string(peer_port) + "\n";
 }
 
 class DaemonMigrationTest : public ::testing::Test {
@@ -185,8 +58,9 @@ class DaemonMigrationTest : public ::testing::Test {
     fs::permissions(file, fs::perms::owner_read | fs::perms::owner_write, fs::perm_options::replace);
   }
   void start_both(const fs::path& secret_b = {}) {
-    a_.start(dir_ / "cluster.secret", "host-b", b_.port);
-    b_.start(secret_b.empty() ? dir_ / "cluster.secret" : secret_b, "host-a", a_.port);
+    a_.start(migration_host_yaml(a_, dir_ / "cluster.secret", "host-b", b_.port));
+    if (HasFatalFailure()) return;
+    b_.start(migration_host_yaml(b_, secret_b.empty() ? dir_ / "cluster.secret" : secret_b, "host-a", a_.port));
   }
   fs::path vm_yaml(const std::string& name, const std::string& cmdline, const std::string& cpu_model,
                    unsigned mib = 32) {
@@ -200,14 +74,7 @@ class DaemonMigrationTest : public ::testing::Test {
   void expect_no_overlap() {
     auto all = a_.run_intervals();
     for (auto i : b_.run_intervals()) all.push_back(i);
-    const long long now = std::chrono::duration_cast<std::chrono::nanoseconds>(
-                              std::chrono::steady_clock::now().time_since_epoch()).count();
-    for (auto& i : all)
-      if (i[2] < 0) i[2] = now;
-    for (std::size_t x = 0; x < all.size(); ++x)
-      for (std::size_t y = x + 1; y < all.size(); ++y)
-        EXPECT_TRUE(all[x][2] <= all[y][1] || all[y][2] <= all[x][1])
-            << "monitor processes " << all[x][0] << " and " << all[y][0] << " ran the VM at the same time";
+    expect_disjoint(all, "");
   }
   std::size_t running_intervals() {
     std::size_t n = 0;

@@ -28,6 +28,7 @@
 
 #include "control/protocol.hpp"
 #include "control/unix_socket.hpp"
+#include "support/daemon_harness.hpp"
 
 namespace {
 
@@ -37,43 +38,10 @@ using nlohmann::json;
 namespace fs = std::filesystem;
 namespace control = modevisor::control;
 
-const fs::path kBin = fs::path(MODEVISOR_BINARY_DIR) / "bin";
-const fs::path kGuests = fs::path(MODEVISOR_BINARY_DIR) / "guests";
-const fs::path kPlugins = fs::path(MODEVISOR_BINARY_DIR) / "plugins";
+using namespace modevisor::test_support;
+
 const fs::path kTestPlugins = MODEVISOR_TEST_PLUGIN_DIR;
 
-struct Result {
-  int status = -1;
-  std::string out;
-};
-
-Result shell(const std::string& command) {
-  Result result;
-  FILE* pipe = ::popen((command + " 2>&1").c_str(), "r");
-  if (!pipe) return result;
-  std::array<char, 4096> buffer{};
-  size_t n;
-  while ((n = std::fread(buffer.data(), 1, buffer.size(), pipe)) > 0) result.out.append(buffer.data(), n);
-  const int raw = ::pclose(pipe);
-  result.status = WIFEXITED(raw) ? WEXITSTATUS(raw) : -1;
-  return result;
-}
-
-std::string read_file(const fs::path& file) {
-  std::ifstream in(file, std::ios::binary);
-  std::stringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
-
-// Polls until `done` holds; the bound only turns a hang into a failure.
-bool eventually(const std::function<bool()>& done, int tenths = 600) {
-  for (int i = 0; i < tenths; ++i) {
-    if (done()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  }
-  return done();
-}
 
 class DaemonTest : public ::testing::Test {
  protected:
