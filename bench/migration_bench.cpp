@@ -14,13 +14,9 @@
 #include <thread>
 
 #include <nlohmann/json.hpp>
-#include <spdlog/sinks/null_sink.h>
 
-#include "capabilities/probe.hpp"
+#include "local_host.hpp"  // tests/migration: a host in this process
 #include "migration/channel.hpp"
-#include "migration/vm_endpoints.hpp"
-#include "plugins/registry.hpp"
-#include "selection/policy.hpp"
 
 using namespace modevisor::host;
 using namespace modevisor::host::migration;
@@ -37,49 +33,6 @@ std::uint64_t tsc_khz() {
   const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
   return static_cast<std::uint64_t>(static_cast<double>(c1 - c0) / ms);
 }
-
-struct BenchHost {
-  std::string name;
-  modevisor::api::HostCapabilities caps = probe_host();
-  PluginRegistry registry{{fs::path(MODEVISOR_BINARY_DIR) / "plugins"}};
-  GuestOsTable guest_os = GuestOsTable::load(fs::path(MODEVISOR_SOURCE_DIR) / "configs" / "guest-os.yaml");
-  Policy policy = load_policy(find_policy(fs::path(MODEVISOR_SOURCE_DIR) / "configs", "default"));
-  std::shared_ptr<spdlog::logger> log =
-      std::make_shared<spdlog::logger>("bench", std::make_shared<spdlog::sinks::null_sink_mt>());
-  std::mutex mutex;
-  std::string console;
-
-  explicit BenchHost(std::string n) : name(std::move(n)) { registry.rescan(); }
-  std::vector<PluginCandidate> candidates() {
-    std::vector<PluginCandidate> out;
-    for (const auto& p : registry.plugins()) out.push_back({p->file, p->descriptor, host_problems(*p, caps)});
-    return out;
-  }
-  VmEvents events() {
-    VmEvents e;
-    e.console_output = [this](std::uint8_t b) {
-      std::lock_guard lock(mutex);
-      console.push_back(static_cast<char>(b));
-    };
-    return e;
-  }
-  std::string text() {
-    std::lock_guard lock(mutex);
-    return console;
-  }
-  LocalHostView view() {
-    LocalHostView v;
-    v.name = name;
-    v.capabilities = caps;
-    v.candidates = candidates();
-    v.policy = policy;
-    v.guest_os = &guest_os;
-    v.registry = &registry;
-    v.vm_log = [this](const VmConfig&) { return log; };
-    v.vm_events = [this](const VmConfig&) { return events(); };
-    return v;
-  }
-};
 
 bool wait_for(const std::function<bool()>& done, std::chrono::seconds timeout) {
   const auto until = std::chrono::steady_clock::now() + timeout;
@@ -151,7 +104,7 @@ int main(int argc, char** argv) {
                       << "MiB\ncpu_model: portable-32\n";
   int failures = 0;
   for (unsigned run = 0; run < runs; ++run) {
-    BenchHost a("a"), b("b");
+    LocalHost a("a"), b("b");
     VmConfig config = load_vm_config(file, a.guest_os);
     Selection s = select_monitor_mode(a.caps, a.candidates(), a.policy, config);
     if (!s.selected_plugin) {
@@ -161,8 +114,8 @@ int main(int argc, char** argv) {
     auto plugin = a.registry.share(s.selected_plugin->descriptor.name);
     auto source = Vm::create(config, plugin, a.log, a.events());
     source->start();
-    if (!wait_for([&] { return a.text().find("tick 20") != std::string::npos; }, 120s)) {
-      std::cerr << "the guest did not start ticking: " << a.text() << "\n";
+    if (!wait_for([&] { return a.console_text().find("tick 20") != std::string::npos; }, 120s)) {
+      std::cerr << "the guest did not start ticking: " << a.console_text() << "\n";
       return 1;
     }
     VmDestination destination(b.view());
@@ -193,9 +146,9 @@ int main(int argc, char** argv) {
     std::unique_ptr<Vm> moved = take_vm(std::move(received.vm));
     bool continues = false;
     if (moved) {
-      const std::size_t before = a.text().size();
-      wait_for([&] { return b.text().find("tick ") != std::string::npos && b.text().size() > 64; }, 30s);
-      std::string joined = a.text() + b.text();
+      const std::size_t before = a.console_text().size();
+      wait_for([&] { return b.console_text().find("tick ") != std::string::npos && b.console_text().size() > 64; }, 30s);
+      std::string joined = a.console_text() + b.console_text();
       continues = ticks_continue(joined.substr(joined.find("tick 0"))) && before > 0;
       moved->stop("bench over");
       moved->wait();

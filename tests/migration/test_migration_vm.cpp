@@ -8,11 +8,8 @@
 #include <fstream>
 #include <map>
 
-#include "capabilities/probe.hpp"
-#include "migration/vm_endpoints.hpp"
+#include "local_host.hpp"
 #include "migration_test_fixture.hpp"
-#include "plugins/registry.hpp"
-#include "selection/policy.hpp"
 
 namespace modevisor::test {
 namespace {
@@ -31,68 +28,7 @@ std::uint64_t tsc_khz() {
   return khz;
 }
 
-// Everything a host needs to run and receive VMs, the way the CLI builds it.
-struct LocalHost {
-  std::string name;
-  api::HostCapabilities caps = probe_host();
-  PluginRegistry registry{{fs::path(MODEVISOR_BINARY_DIR) / "plugins"}};
-  GuestOsTable guest_os = GuestOsTable::load(fs::path(MODEVISOR_SOURCE_DIR) / "configs" / "guest-os.yaml");
-  Policy policy = load_policy(find_policy(fs::path(MODEVISOR_SOURCE_DIR) / "configs", "default"));
-  CapturedLog vm_log;
-  std::mutex console_mutex;
-  std::string console;
-  // Both hosts' consoles in the order the bytes came (only one host runs the VM at a time).
-  struct Joined {
-    std::mutex mutex;
-    std::string text;
-  };
-  std::shared_ptr<Joined> joined = std::make_shared<Joined>();
-
-  explicit LocalHost(std::string n) : name(n), vm_log(n) { registry.rescan(); }
-
-  std::vector<PluginCandidate> candidates() {
-    std::vector<PluginCandidate> out;
-    for (const auto& p : registry.plugins()) out.push_back({p->file, p->descriptor, host_problems(*p, caps)});
-    return out;
-  }
-  VmEvents events() {
-    VmEvents e;
-    e.console_output = [this, joined = joined](std::uint8_t byte) {
-      {
-        std::lock_guard lock(console_mutex);
-        console.push_back(static_cast<char>(byte));
-      }
-      std::lock_guard lock(joined->mutex);
-      joined->text.push_back(static_cast<char>(byte));
-    };
-    return e;
-  }
-  std::string console_text() {
-    std::lock_guard lock(console_mutex);
-    return console;
-  }
-  LocalHostView view() {
-    LocalHostView v;
-    v.name = name;
-    v.capabilities = caps;
-    v.candidates = candidates();
-    v.policy = policy;
-    v.guest_os = &guest_os;
-    v.registry = &registry;
-    v.vm_log = [this](const VmConfig&) { return vm_log.logger; };
-    v.vm_events = [this](const VmConfig&) { return events(); };
-    return v;
-  }
-  // Powers on `file` under the mode this host's selector picks.
-  std::unique_ptr<Vm> power_on(const fs::path& file) {
-    VmConfig vm = load_vm_config(file, guest_os);
-    Selection s = select_monitor_mode(caps, candidates(), policy, vm);
-    if (!s.selected_plugin) throw std::runtime_error("no mode: " + s.none_reason);
-    auto created = Vm::create(vm, registry.share(s.selected_plugin->descriptor.name), vm_log.logger, events());
-    created->start();
-    return created;
-  }
-};
+using host::migration::LocalHost;
 
 // Keeps a copy of RAM as received (after the digest check, before the guest runs there).
 class RecordingDestination final : public DestinationHost {
@@ -174,7 +110,7 @@ TEST_P(RealVmMigration, GuestContinuesOnTheOtherVmWithItsMemoryAndOutput) {
 
   VmDestination b_host(b.view());
   RecordingDestination recording(b_host);
-  ReceivingHost receiver(recording, cluster_secret(), quick_receiver(b.vm_log.logger));
+  ReceivingHost receiver(recording, cluster_secret(), quick_receiver(b.log));
   VmMigrationSource endpoint(*source);
   auto options = quick_options(receiver.address());
   options.io_timeout = 10s;
@@ -185,7 +121,7 @@ TEST_P(RealVmMigration, GuestContinuesOnTheOtherVmWithItsMemoryAndOutput) {
   MigrationReport r = sender.run();
   ASSERT_EQ(r.outcome, Outcome::Completed) << summary(r);
   std::cout << summary(r) << "\n";
-  if (const char* show = std::getenv("MIGRATION_SHOW_LOG"); show && *show) std::cout << b.vm_log.str();
+  if (const char* show = std::getenv("MIGRATION_SHOW_LOG"); show && *show) std::cout << b.log_text();
   for (const auto& l : lines) std::cout << "  " << l << "\n";
 
   if (r.pages_missed_by_tracking)
@@ -218,7 +154,7 @@ TEST_P(RealVmMigration, GuestContinuesOnTheOtherVmWithItsMemoryAndOutput) {
     EXPECT_TRUE(stamps_consistent(recording.received, region_mib * 256));
   }
   // The destination chose its own mode and said so in the VM's log there.
-  const std::string log = b.vm_log.str();
+  const std::string log = b.log_text();
   EXPECT_NE(log.find("migration in: VM stamper-"), std::string::npos) << log;
   EXPECT_NE(log.find("MONITOR MODE: selected"), std::string::npos) << log;
   moved->stop("test over");
@@ -259,11 +195,7 @@ TEST(RealVmMigrationBackAndForth, SixMovesKeepOneUnbrokenOutput) {
     const std::size_t ticks = count(there.console_text(), "tick ");
     ASSERT_TRUE(wait_for([&] { return count(there.console_text(), "tick ") >= ticks + 3; }, 20s));
   }
-  std::string joined;
-  {
-    std::lock_guard lock(a.joined->mutex);
-    joined = a.joined->text;
-  }
+  std::string joined = a.joined->read();
   joined = joined.substr(joined.find("tick 0"));
   EXPECT_TRUE(output_continues({joined}));
   EXPECT_GT(count(b.console_text(), "tick "), 0u);
