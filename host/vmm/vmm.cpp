@@ -100,6 +100,7 @@ class MonitorProcess {
   void begin_serving();
   void open_reattach_socket();
   bool confine_now(const json& id, std::uint64_t memory_bytes, unsigned vcpus);
+  std::string confinement_;  // what confine_now applied, for the VM's log
   void note_run_interval(host::VmState state);
   bool power_on(const json& args, std::vector<int>& fds, const json& id);
   std::shared_ptr<const host::LoadedPlugin> load_plugin(const json& args, std::vector<int>& fds);
@@ -468,8 +469,8 @@ bool MonitorProcess::confine_now(const json& id, std::uint64_t memory_bytes, uns
     if (channel_) report_fd = channel_->fd();
   }
   try {
-    const std::string applied = confine(limits_for_vm(memory_bytes, vcpus), report_fd);
-    if (log_) log_->info("vmm| {}", applied);
+    confinement_ = confine(limits_for_vm(memory_bytes, vcpus), report_fd);
+    if (log_) log_->info("vmm| {}", confinement_);
     return true;
   } catch (const std::exception& e) {
     if (log_) log_->error("vmm| cannot confine the monitor process: {}", e.what());
@@ -516,6 +517,8 @@ bool MonitorProcess::migrate_in(const json& args, std::vector<int>& fds) {
   mig::LocalHostView view = mig::local_host_view(*host_, args.value("host_name", "this host"));
   view.vm_log = [this, log_dir, log_level, host_config](const host::VmConfig& vm) {
     log_ = host::open_vm_log(log_dir, vm.name, log_level, host_config);
+    // Confined before the VM's name (so its log) was known: say so there now.
+    if (!confinement_.empty()) log_->info("vmm| {}", confinement_);
     return log_;
   };
   view.vm_events = [this](const host::VmConfig& vm) {

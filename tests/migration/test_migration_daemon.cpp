@@ -101,6 +101,12 @@ TEST_F(DaemonMigrationTest, AVmMovesToTheOtherHostAndBackWithItsOutputUnbroken) 
   const std::string on_a = a_.console("ticker");
   ASSERT_TRUE(eventually([&] { return ticks(b_.console("ticker")).size() >= 10; }));
   EXPECT_EQ(b_.state_of("ticker"), "running");
+  // The monitor process that received it runs confined, as one that started a VM does.
+  const json status_b = b_.cli_json("vm status ticker");
+  const std::string proc_status = read_file("/proc/" + std::to_string(status_b.value("pid", 0)) + "/status");
+  EXPECT_NE(proc_status.find("Seccomp:\t2\n"), std::string::npos) << status_b.dump() << proc_status;
+  EXPECT_NE(proc_status.find("NoNewPrivs:\t1\n"), std::string::npos) << proc_status;
+  EXPECT_NE(b_.log("ticker").find("confinement: "), std::string::npos) << b_.log("ticker");
 
   const json back = b_.cli_json("migrate ticker --to 127.0.0.1:" + std::to_string(a_.port));
   ASSERT_EQ(back.value("outcome", ""), "completed") << back.dump(2);
