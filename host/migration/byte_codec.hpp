@@ -2,6 +2,8 @@
 // read against what is left and names the field it could not read.
 #pragma once
 
+#include <algorithm>
+#include <array>
 #include <cstdint>
 #include <cstring>
 #include <span>
@@ -41,6 +43,12 @@ class ByteReader {
     auto out = in_.subspan(at_, n);
     at_ += n;
     return out;
+  }
+  // A fixed-size field (an id, a nonce, a proof) read into its array.
+  template <std::size_t N>
+  void fill(std::array<std::uint8_t, N>& out, const char* field) {
+    const auto in = bytes(N, field);
+    std::copy(in.begin(), in.end(), out.begin());
   }
   std::size_t remaining() const { return in_.size() - at_; }
   void expect_end() const {

@@ -165,10 +165,8 @@ HelloMessage decode_hello(std::span<const std::uint8_t> payload) {
   m.min_version = r.u16("min_version");
   m.max_version = r.u16("max_version");
   if (m.min_version > m.max_version) bad("Hello: min_version is above max_version");
-  auto id = r.bytes(kMigrationIdBytes, "migration_id");
-  std::copy(id.begin(), id.end(), m.id.begin());
-  auto nonce = r.bytes(kNonceBytes, "nonce");
-  std::copy(nonce.begin(), nonce.end(), m.nonce.begin());
+  r.fill(m.id, "migration_id");
+  r.fill(m.nonce, "nonce");
   r.expect_end();
   return m;
 }
@@ -185,10 +183,8 @@ ChallengeMessage decode_challenge(std::span<const std::uint8_t> payload) {
   ByteReader r(payload, "Challenge");
   ChallengeMessage m;
   m.version = r.u16("version");
-  auto nonce = r.bytes(kNonceBytes, "nonce");
-  std::copy(nonce.begin(), nonce.end(), m.nonce.begin());
-  auto proof = r.bytes(kProofBytes, "proof");
-  std::copy(proof.begin(), proof.end(), m.proof.begin());
+  r.fill(m.nonce, "nonce");
+  r.fill(m.proof, "proof");
   r.expect_end();
   return m;
 }
@@ -254,8 +250,7 @@ Resolution decode_resolution(std::span<const std::uint8_t> payload) {
 MigrationId decode_migration_id(std::span<const std::uint8_t> payload) {
   ByteReader r(payload, "Resolve");
   MigrationId id;
-  auto b = r.bytes(kMigrationIdBytes, "migration_id");
-  std::copy(b.begin(), b.end(), id.begin());
+  r.fill(id, "migration_id");
   r.expect_end();
   return id;
 }
