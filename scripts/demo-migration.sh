@@ -11,6 +11,7 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 build=$(cd "${1:-$root/build}" && pwd)
 bin=$build/bin
+. "$root/scripts/lib/migration-host.sh"
 work=$(mktemp -d /tmp/modevisor-migration-demo.XXXXXX)
 pids=()
 cleanup() {
@@ -21,27 +22,15 @@ cleanup() {
 trap cleanup EXIT
 
 # The cluster's secret: the same file for both hosts, readable by its owner only.
-head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$work/cluster.secret"
-chmod 600 "$work/cluster.secret"
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-port_a=$(port); port_b=$(port)
+new_cluster_secret "$work/cluster.secret"
+port_a=$(free_port); port_b=$(free_port)
 for h in a b; do
   mkdir -p "$work/$h"
   other=$([ $h = a ] && echo b || echo a)
   other_port=$([ $h = a ] && echo "$port_b" || echo "$port_a")
   my_port=$([ $h = a ] && echo "$port_a" || echo "$port_b")
-  cat > "$work/$h/host.yaml" <<YAML
-name: host-$h
-control_socket: $work/$h/control.sock
-state_dir: $work/$h/state
-log_dir: $work/$h/logs
-plugin_dirs: [$build/plugins]
-migration:
-  listen: 127.0.0.1:$my_port
-  secret_file: $work/cluster.secret
-peers:
-  host-$other: 127.0.0.1:$other_port
-YAML
+  write_migration_host_yaml "$work/$h" "host-$h" "127.0.0.1:$my_port" "$work/cluster.secret" "$build/plugins" \
+    "host-$other" "127.0.0.1:$other_port"
   "$bin/modevisord" --config "$work/$h/host.yaml" > "$work/$h/daemon.out" 2>&1 &
   pids+=($!)
 done

@@ -11,6 +11,7 @@
 set -uo pipefail
 BUILD=$1; W=$2; PORT_B=$3; PORT_A=$4; NAME=$5; TICKS=${6:-20}
 bin=$BUILD/bin
+. "$(dirname "$0")/../../scripts/lib/migration-host.sh"
 d=${TMPDIR:-/tmp}/host-b
 mkdir -p "$d"
 say() { echo "host-b: $*"; }
@@ -18,18 +19,7 @@ fail() { say "FAIL: $*"; echo "$*" > "$W/b-failed"; exit 1; }
 
 # The secret may not keep its owner-only bits on the 9p share: a private copy.
 cp "$W/cluster.secret" "$d/cluster.secret" && chmod 600 "$d/cluster.secret" || fail "no cluster secret in $W"
-cat > "$d/host.yaml" <<YAML
-name: host-b
-control_socket: $d/control.sock
-state_dir: $d/state
-log_dir: $d/logs
-plugin_dirs: [$BUILD/plugins]
-migration:
-  listen: 0.0.0.0:$PORT_B
-  secret_file: $d/cluster.secret
-peers:
-  host-a: 10.0.2.2:$PORT_A
-YAML
+write_migration_host_yaml "$d" host-b "0.0.0.0:$PORT_B" "$d/cluster.secret" "$BUILD/plugins" host-a "10.0.2.2:$PORT_A"
 { ip -4 addr 2>&1 || ifconfig 2>&1; ip route 2>&1 || route -n 2>&1; } > "$W/b-network.txt"
 "$bin/modevisord" --config "$d/host.yaml" > "$W/b-daemon.out" 2>&1 &
 daemon=$!

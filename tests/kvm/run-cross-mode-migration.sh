@@ -41,24 +41,14 @@ cleanup() {
   [ -n "${KEEP:-}" ] || rm -rf "$a_dir"
 }
 trap cleanup EXIT
-head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$W/cluster.secret"
+. "$SRC/scripts/lib/migration-host.sh"
+new_cluster_secret "$W/cluster.secret"
 cp "$W/cluster.secret" "$a_dir/cluster.secret"; chmod 600 "$a_dir/cluster.secret"
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-PORT_A=$(port); PORT_B=$(port)
-while [ "$PORT_B" = "$PORT_A" ]; do PORT_B=$(port); done
+PORT_A=$(free_port); PORT_B=$(free_port)
+while [ "$PORT_B" = "$PORT_A" ]; do PORT_B=$(free_port); done
 
-cat > "$a_dir/host.yaml" <<YAML
-name: host-a
-control_socket: $a_dir/control.sock
-state_dir: $a_dir/state
-log_dir: $a_dir/logs
-plugin_dirs: [$BUILD/plugins]
-migration:
-  listen: 127.0.0.1:$PORT_A
-  secret_file: $a_dir/cluster.secret
-peers:
-  host-b: 127.0.0.1:$PORT_B
-YAML
+write_migration_host_yaml "$a_dir" host-a "127.0.0.1:$PORT_A" "$a_dir/cluster.secret" "$BUILD/plugins" \
+  host-b "127.0.0.1:$PORT_B"
 "$bin/modevisord" --config "$a_dir/host.yaml" > "$W/a/daemon.out" 2>&1 &
 pids+=($!)
 a() { "$bin/modevisor" --socket "$a_dir/control.sock" "$@"; }
