@@ -115,4 +115,15 @@ struct Reader {
   }
 };
 
+// A target's LLVMFuzzerInitialize for seeds made by code: with
+// MODEVISOR_FUZZ_WRITE_SEEDS=DIR (scripts/fuzz.sh), `write` fills DIR and the
+// process ends; otherwise fuzzing goes on.
+inline int write_seeds_when_asked(void (*write)(const std::string& dir)) {
+  if (const char* dir = std::getenv("MODEVISOR_FUZZ_WRITE_SEEDS")) {
+    write(dir);
+    std::exit(0);
+  }
+  return 0;
+}
+
 }  // namespace modevisor::fuzz
