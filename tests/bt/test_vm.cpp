@@ -215,6 +215,123 @@ TEST(BtVm, SaveAndLoadResumeOnAFreshVcpu) {
   EXPECT_EQ(m.plat.exit_code, 1);
 }
 
+// IA32_TSC_AUX: WRMSR, then RDPID, RDTSCP's ECX and RDMSR read it; a fresh
+// vCPU loaded from the saved state reads the same value (the MSR travels in
+// VcpuState::msrs, as snapshots and migration carry it).  STAC/CLAC at CPL 0
+// set and clear EFLAGS.AC.
+BT_GUEST_PROGRAM(tscaux, 0x100000,
+  "  mov ecx, 0xc0000103\n"
+  "  cmp ebx, 1\n"
+  "  je 1f\n"
+  "  mov eax, 0x5eed1234\n"
+  "  xor edx, edx\n"
+  "  wrmsr\n"
+  "1: .byte 0xf3, 0x0f, 0xc7, 0xf8\n"   // rdpid eax
+  "  out 0x80, eax\n"
+  "  xor ecx, ecx\n"
+  "  rdtscp\n"
+  "  mov eax, ecx\n"
+  "  out 0x80, eax\n"
+  "  mov ecx, 0xc0000103\n"
+  "  rdmsr\n"
+  "  out 0x80, eax\n"
+  "  .byte 0x0f, 0x01, 0xcb\n"          // stac
+  "  pushfd\n"
+  "  pop eax\n"
+  "  out 0x80, eax\n"
+  "  .byte 0x0f, 0x01, 0xca\n"          // clac
+  "  pushfd\n"
+  "  pop eax\n"
+  "  out 0x80, eax\n"
+  "  mov ebx, 1\n"
+  "  out 0xf4, al\n")
+
+TEST(BtVm, TscAuxFeedsRdpidAndRdtscpAndTravelsWithTheState) {
+  Machine m;
+  m.load(tscaux_start, tscaux_end);
+  RunExit r = m.run();
+  ASSERT_EQ(r.kind, ExitKind::Stopped) << r.diagnostic;
+  ASSERT_EQ(m.plat.post.size(), 5u);
+  EXPECT_EQ(m.plat.post[0], 0x5eed1234u) << "rdpid";
+  EXPECT_EQ(m.plat.post[1], 0x5eed1234u) << "rdtscp ecx";
+  EXPECT_EQ(m.plat.post[2], 0x5eed1234u) << "rdmsr";
+  EXPECT_TRUE(m.plat.post[3] & 0x40000u) << "stac sets AC";
+  EXPECT_FALSE(m.plat.post[4] & 0x40000u) << "clac clears it";
+  const VcpuState saved = m.cpu->save();
+  ASSERT_TRUE(saved.msr(0xc0000103).has_value());
+  EXPECT_EQ(*saved.msr(0xc0000103), 0x5eed1234u);
+  // A new vCPU runs the program again from the start, skipping the WRMSR (EBX = 1).
+  m.cpu = std::make_unique<Vcpu>(m.mem, m.plat, m.log, 0);
+  m.plat.stop = false;
+  m.plat.post.clear();
+  m.state = saved;
+  m.state.rip = kBase;
+  r = m.run();
+  ASSERT_EQ(r.kind, ExitKind::Stopped) << r.diagnostic;
+  ASSERT_EQ(m.plat.post.size(), 5u);
+  EXPECT_EQ(m.plat.post[0], 0x5eed1234u);
+  EXPECT_EQ(m.plat.post[2], 0x5eed1234u);
+}
+
+// Without these features in the VM's CPU model, RDPID, RDTSCP, STAC and CLAC
+// raise #UD and a MOV to CR4 setting SMEP, SMAP or UMIP raises #GP(0).
+BT_GUEST_PROGRAM(nofeat, 0x100000,
+  "  .byte 0xf3, 0x0f, 0xc7, 0xf8\n"  // rdpid eax: #UD
+  "  rdtscp\n"                          // #UD
+  "  .byte 0x0f, 0x01, 0xcb\n"         // stac: #UD
+  "  mov eax, cr4\n"
+  "  or eax, 0x100000\n"               // SMEP
+  "  mov cr4, eax\n"                   // #GP(0)
+  "  mov eax, cr4\n"
+  "  or eax, 0x800\n"                  // UMIP
+  "  mov cr4, eax\n"                   // #GP(0)
+  "  mov ecx, 0xc0000103\n"
+  "  rdmsr\n"                          // #GP(0): no TSC_AUX
+  "  mov al, 0\n"
+  "  out 0xf4, al\n"
+  ".globl nofeat_ud\n"
+  "nofeat_ud:\n"                        // #UD handler: report 6, skip 3 bytes (all three are 3 bytes or more)
+  "  mov eax, 6\n"
+  "  out 0x80, eax\n"
+  "  mov eax, [esp]\n"
+  "  cmp byte ptr [eax], 0xf3\n"
+  "  jne 1f\n"
+  "  add dword ptr [esp], 1\n"
+  "1: add dword ptr [esp], 3\n"
+  "  iretd\n"
+  ".globl nofeat_gp\n"
+  "nofeat_gp:\n"                        // #GP handler: report 13 and the error code, skip 3 (mov cr4) or 2 (rdmsr)
+  "  mov eax, 13\n"
+  "  out 0x80, eax\n"
+  "  pop eax\n"
+  "  out 0x80, eax\n"
+  "  mov eax, [esp]\n"
+  "  cmp byte ptr [eax + 1], 0x32\n"    // rdmsr: 0f 32
+  "  je 2f\n"
+  "  add dword ptr [esp], 1\n"
+  "2: add dword ptr [esp], 2\n"
+  "  iretd\n")
+extern "C" const unsigned char nofeat_ud[], nofeat_gp[];
+
+TEST(BtVm, FeaturesTheCpuModelLacksAreRefused) {
+  Machine m;
+  m.tables();
+  modevisor::api::CpuidLeaf vendor;
+  vendor.eax = 1;
+  modevisor::api::CpuidLeaf basic;
+  basic.function = 1;
+  basic.edx = 1;
+  m.cpu->set_cpu_model({vendor, basic});
+  m.load(nofeat_start, nofeat_end);
+  m.gate(6, nofeat_ud, nofeat_start);
+  m.gate(13, nofeat_gp, nofeat_start);
+  RunExit r = m.run();
+  ASSERT_EQ(r.kind, ExitKind::Stopped) << r.diagnostic;
+  const std::vector<std::uint32_t> expected = {6, 6, 6, 13, 0, 13, 0, 13, 0};
+  EXPECT_EQ(m.plat.post, expected);
+  EXPECT_EQ(m.state.cr4 & ((1u << 11) | (1u << 20)), 0u);
+}
+
 TEST(BtVm, RefusesLongModeState) {
   Machine m;
   m.state.efer = 0x500;

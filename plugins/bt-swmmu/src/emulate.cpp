@@ -91,9 +91,35 @@ void Vcpu::do_cpuid() {
   reg32(0) = a.eax; reg32(3) = a.ebx; reg32(1) = a.ecx; reg32(2) = a.edx;
 }
 
+void Vcpu::do_rdtscp() {
+  if (!cpuid_.features().rdtscp) raise(6);
+  if ((cr4_ & 4) && cpl_ != 0) raise(13, true, 0);  // CR4.TSD
+  const std::uint64_t t = msrs_.tsc(__rdtsc());
+  reg32(0) = static_cast<std::uint32_t>(t);
+  reg32(2) = static_cast<std::uint32_t>(t >> 32);
+  reg32(1) = msrs_.tsc_aux();
+}
+
+void Vcpu::do_rdpid(const ZydisDecodedOperand& dest) {
+  if (!cpuid_.features().rdpid) raise(6);
+  set_reg(dest.reg.value, msrs_.tsc_aux());
+}
+
+void Vcpu::do_stac_clac(bool set) {
+  if (!cpuid_.features().smap || cpl_ != 0) raise(6);
+  if (set) ctx_->sysflags |= kAC;
+  else ctx_->sysflags &= ~kAC;
+  monitor_tlb_flush();  // the SMAP view changes with AC
+}
+
+void Vcpu::check_umip() const {
+  if ((cr4_ & kCr4Umip) && cpl_ > 0) throw GuestException{13, true, 0};
+}
+
 void Vcpu::do_rdmsr() {
   if (cpl_ != 0) raise(13, true, 0);
   const std::uint32_t idx = reg32(1);
+  if (idx == MsrFile::kTscAux && !cpuid_.features().tsc_aux()) raise(13, true, 0);
   std::uint64_t v = 0;
   if (idx == 0x1b) {
     v = platform_.apic_base(index_);  // the platform's local APIC
@@ -112,6 +138,7 @@ void Vcpu::do_wrmsr() {
   if (cpl_ != 0) raise(13, true, 0);
   const std::uint32_t idx = reg32(1);
   const std::uint64_t v = reg32(0) | (static_cast<std::uint64_t>(reg32(2)) << 32);
+  if (idx == MsrFile::kTscAux && !cpuid_.features().tsc_aux()) raise(13, true, 0);
   if (idx == 0x1b) {
     platform_.set_apic_base(index_, v);
   } else if (idx == 0xc0000080) {
@@ -135,7 +162,7 @@ void Vcpu::write_cr(unsigned n, std::uint32_t v) {
     case 2: cr2_ = v; break;
     case 3: cr3_ = v; break;
     case 4:
-      if (v & ~0x7ffu) raise(13, true, 0);
+      if (v & ~cpuid_.features().cr4_mask()) raise(13, true, 0);
       cr4_ = v;
       break;
     default: raise(6);
@@ -688,6 +715,10 @@ void Vcpu::emulate(std::uint32_t eip, bool mmio, Block* block) {
       reg32(2) = static_cast<std::uint32_t>(t >> 32);
       break;
     }
+    case ZYDIS_MNEMONIC_RDTSCP: do_rdtscp(); break;
+    case ZYDIS_MNEMONIC_RDPID: do_rdpid(ops[0]); break;
+    case ZYDIS_MNEMONIC_STAC: do_stac_clac(true); break;
+    case ZYDIS_MNEMONIC_CLAC: do_stac_clac(false); break;
     case ZYDIS_MNEMONIC_RDMSR: do_rdmsr(); break;
     case ZYDIS_MNEMONIC_WRMSR: do_wrmsr(); break;
     case ZYDIS_MNEMONIC_INT:
@@ -759,6 +790,7 @@ void Vcpu::emulate(std::uint32_t eip, bool mmio, Block* block) {
     }
     case ZYDIS_MNEMONIC_SGDT:
     case ZYDIS_MNEMONIC_SIDT: {
+      check_umip();
       const std::uint32_t a = ea(ops[0]);
       auto& t = insn.mnemonic == ZYDIS_MNEMONIC_SGDT ? gdtr_ : idtr_;
       write(a, 2, t.limit, user);
@@ -792,9 +824,10 @@ void Vcpu::emulate(std::uint32_t eip, bool mmio, Block* block) {
       tr_ = s;
       break;
     }
-    case ZYDIS_MNEMONIC_SLDT: store(ops[0], ldtr_.selector); break;
-    case ZYDIS_MNEMONIC_STR: store(ops[0], tr_.selector); break;
+    case ZYDIS_MNEMONIC_SLDT: check_umip(); store(ops[0], ldtr_.selector); break;
+    case ZYDIS_MNEMONIC_STR: check_umip(); store(ops[0], tr_.selector); break;
     case ZYDIS_MNEMONIC_SMSW:
+      check_umip();
       store(ops[0], ops[0].type == ZYDIS_OPERAND_TYPE_REGISTER ? static_cast<std::uint32_t>(cr0_)
                                                               : static_cast<std::uint32_t>(cr0_ & 0xffff));
       break;
@@ -1043,7 +1076,7 @@ void Vcpu::emulate(std::uint32_t eip, bool mmio, Block* block) {
     case ZYDIS_MNEMONIC_UD0: case ZYDIS_MNEMONIC_UD1: case ZYDIS_MNEMONIC_UD2:
     case ZYDIS_MNEMONIC_MONITOR: case ZYDIS_MNEMONIC_MWAIT: case ZYDIS_MNEMONIC_XGETBV:
     case ZYDIS_MNEMONIC_XSETBV: case ZYDIS_MNEMONIC_RSM: case ZYDIS_MNEMONIC_SYSCALL:
-    case ZYDIS_MNEMONIC_SYSRET: case ZYDIS_MNEMONIC_RDPID: case ZYDIS_MNEMONIC_RDFSBASE:
+    case ZYDIS_MNEMONIC_SYSRET: case ZYDIS_MNEMONIC_RDFSBASE:
     case ZYDIS_MNEMONIC_RDGSBASE: case ZYDIS_MNEMONIC_WRFSBASE: case ZYDIS_MNEMONIC_WRGSBASE:
     case ZYDIS_MNEMONIC_SWAPGS: case ZYDIS_MNEMONIC_FXSAVE64: case ZYDIS_MNEMONIC_FXRSTOR64:
     case ZYDIS_MNEMONIC_XSAVE: case ZYDIS_MNEMONIC_XRSTOR: case ZYDIS_MNEMONIC_XSAVEOPT:

@@ -208,6 +208,7 @@ InsnClass classify(const ZydisDecodedInstruction& insn, const ZydisDecodedOperan
     case ZYDIS_MNEMONIC_MASKMOVDQU: case ZYDIS_MNEMONIC_VMASKMOVDQU:
     case ZYDIS_MNEMONIC_RDFSBASE: case ZYDIS_MNEMONIC_RDGSBASE: case ZYDIS_MNEMONIC_WRFSBASE:
     case ZYDIS_MNEMONIC_WRGSBASE: case ZYDIS_MNEMONIC_SWAPGS: case ZYDIS_MNEMONIC_RDPID:
+    case ZYDIS_MNEMONIC_STAC: case ZYDIS_MNEMONIC_CLAC:  // EFLAGS.AC: the SMAP view
     case ZYDIS_MNEMONIC_XSAVE: case ZYDIS_MNEMONIC_XRSTOR: case ZYDIS_MNEMONIC_XSAVEOPT:
     case ZYDIS_MNEMONIC_XSAVEC: case ZYDIS_MNEMONIC_XSAVES: case ZYDIS_MNEMONIC_XRSTORS:
     case ZYDIS_MNEMONIC_FXSAVE64: case ZYDIS_MNEMONIC_FXRSTOR64:
@@ -693,7 +694,9 @@ TranslateStatus Translator::translate(std::uint32_t eip, TKey tkey, const CodeWi
     const bool inline_pushf = insn.mnemonic == ZYDIS_MNEMONIC_PUSHFD && insn.operand_width == 32;
     const bool cpl0 = !(tkey & (kTKeyUser | kTKeyRing12));
     const bool inline_cli = insn.mnemonic == ZYDIS_MNEMONIC_CLI && cpl0;
-    const bool inline_popf = insn.mnemonic == ZYDIS_MNEMONIC_POPFD && insn.operand_width == 32 && cpl0;
+    // Under SMAP, POPFD may change AC and with it the shadow view: the monitor's.
+    const bool inline_popf =
+        insn.mnemonic == ZYDIS_MNEMONIC_POPFD && insn.operand_width == 32 && cpl0 && !(tkey & kTKeySmap);
     bool inline_sti = false;
     if (insn.mnemonic == ZYDIS_MNEMONIC_STI && cpl0 && b->n_insns + 2 < max_insns) {
       // Only when the next instruction runs in this block too: then the STI

@@ -465,7 +465,8 @@ Vcpu::StepResult Vcpu::step() {
   }
   // Region block maps hold blocks of one flavour; the user/supervisor part of
   // the flavour follows the region view, the rest clears the maps on change.
-  const TKey tk = ((cr0_ & 0xc) ? kTKeyFpuTrap : 0) | ((cpl_ == 1 || cpl_ == 2) ? kTKeyRing12 : 0);
+  const TKey tk = ((cr0_ & 0xc) ? kTKeyFpuTrap : 0) | ((cpl_ == 1 || cpl_ == 2) ? kTKeyRing12 : 0) |
+                  ((cr4_ & kCr4Smap) ? kTKeySmap : 0);
   if (tk != (tkey_ & ~kTKeyUser)) {
     shadow_->clear_block_maps();
     pending_patch_ = 0;

@@ -70,7 +70,10 @@ class Vcpu {
   std::uint32_t eflags() const;
   void set_eflags(std::uint32_t v);
   std::uint32_t& reg32(unsigned i) { return ctx_->g32[2 * i]; }
-  PagingRegs paging() const { return PagingRegs{cr0_, cr3_, cr4_, efer_}; }
+  PagingRegs paging() const {
+    return PagingRegs{cr0_, cr3_, cr4_, efer_, cpl_ < 3 && (ctx_->sysflags & kEflagsAc) != 0};
+  }
+  static constexpr std::uint32_t kEflagsAc = 0x40000;
   bool flat() const;
   unsigned cpl() const { return cpl_; }
 
@@ -143,6 +146,11 @@ class Vcpu {
   void set_reg(int zreg, std::uint32_t v);
   void do_iret(unsigned opsize);
   void do_cpuid();
+  void do_rdtscp();
+  void do_rdpid(const ZydisDecodedOperand& dest);
+  void do_stac_clac(bool set);
+  // UMIP: SGDT/SIDT/SLDT/STR/SMSW at CPL > 0 raise #GP(0).
+  void check_umip() const;
   void do_rdmsr();
   void do_wrmsr();
   void write_cr(unsigned n, std::uint32_t v);
