@@ -742,7 +742,7 @@ void Vcpu::emulate(std::uint32_t eip, bool mmio, Block* block) {
       return;
     case ZYDIS_MNEMONIC_IRETD:
     case ZYDIS_MNEMONIC_IRET:
-      do_iret(opsize);
+      do_iret(opsize, next);
       return;
     case ZYDIS_MNEMONIC_SYSENTER: {
       const std::uint64_t cs = msrs_.read(0x174, 0).value(), esp = msrs_.read(0x175, 0).value(),

@@ -1,6 +1,6 @@
 // Event delivery: exceptions (with #DF and triple-fault escalation),
-// interrupts and NMIs through the IDT's 32-bit interrupt/trap gates, and
-// IRET.  The frames and flag rules are event_frame.hpp's; here the gate and
+// interrupts and NMIs through the IDT's 32-bit interrupt/trap gates (task
+// gates: task_switch.cpp), and IRET.  The frames and flag rules are event_frame.hpp's; here the gate and
 // stack checks, the pushes and pops, and the state changes.
 #include <cstdio>
 #include <stdexcept>
@@ -40,7 +40,12 @@ void Vcpu::deliver(std::uint8_t vec, bool has_error, std::uint32_t error, bool s
   const std::uint32_t la = static_cast<std::uint32_t>(idtr_.base + vec * 8u);
   const GateDescriptor gate =
       decode_gate_descriptor(read(la, 4, false) | (static_cast<std::uint64_t>(read(la + 4, 4, false)) << 32));
-  if (gate.task_gate()) throw std::runtime_error("bt-swmmu: task gates are not supported");
+  if (gate.task_gate()) {
+    if (software && gate.dpl < cpl_) raise(13, true, gerr);
+    if (!gate.present) raise(11, true, gerr);
+    deliver_through_task_gate(gate.selector, has_error, error, software, ret_eip);
+    return;
+  }
   if (!gate.trap_or_interrupt_gate()) raise(13, true, gerr);
   if (software && gate.dpl < cpl_) raise(13, true, gerr);
   if (!gate.present) raise(11, true, gerr);
@@ -89,10 +94,13 @@ void Vcpu::deliver(std::uint8_t vec, bool has_error, std::uint32_t error, bool s
   run_state_ = api::RunState::Runnable;
 }
 
-void Vcpu::do_iret(unsigned opsize) {
-  if (opsize != 32) throw std::runtime_error("bt-swmmu: 16-bit IRET is not supported");
-  if (ctx_->sysflags & kNT) throw std::runtime_error("bt-swmmu: IRET task return is not supported");
+void Vcpu::do_iret(unsigned opsize, std::uint32_t next_eip) {
   nmi_masked_ = false;  // IRET ends NMI blocking (even if it then faults, as on hardware)
+  if (ctx_->sysflags & kNT) {  // back to the task that called or interrupted this one
+    return_to_linked_task(next_eip);
+    return;
+  }
+  if (opsize != 32) throw std::runtime_error("bt-swmmu: 16-bit IRET is not supported");
   const std::uint32_t esp0 = reg32(4);
   const std::uint32_t new_eip = pop32();
   const std::uint16_t new_cs = static_cast<std::uint16_t>(pop32());

@@ -734,7 +734,15 @@ void Vcpu::far_transfer(std::uint16_t sel, std::uint32_t off, bool call, std::ui
   if (opsize != 32) throw std::runtime_error("bt-swmmu: 16-bit far transfers are not supported");
   if ((sel & 0xfffc) == 0) raise(13, true, 0);
   api::Segment t = decode_segment_descriptor(read_descriptor(sel, sel & 0xfffc), sel);
-  if (!t.s) throw std::runtime_error("bt-swmmu: far transfers through gates/TSS are not supported");
+  if (!t.s) {
+    if (t.type == 5 || t.type == 9 || t.type == 1 || t.type == 0xb || t.type == 3) {
+      far_transfer_to_task(sel, t, call, ret_eip);
+      return;
+    }
+    if (t.type == 0xc || t.type == 4)
+      throw std::runtime_error("bt-swmmu: far transfers through call gates are not supported");
+    raise(13, true, sel & 0xfffc);
+  }
   require(check_far_transfer_target(t, sel, cpl_));
   if (call) {
     const std::uint32_t esp0 = reg32(4);

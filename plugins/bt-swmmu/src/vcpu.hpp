@@ -27,6 +27,7 @@
 #include "segment_descriptor.hpp"
 #include "shadow.hpp"
 #include "mmio_stage.hpp"
+#include "task_state.hpp"
 #include "translator.hpp"
 
 namespace modevisor::bt {
@@ -144,7 +145,7 @@ class Vcpu {
   std::uint32_t ea(const ZydisDecodedOperand& op);
   std::uint32_t get_reg(int zreg) const;
   void set_reg(int zreg, std::uint32_t v);
-  void do_iret(unsigned opsize);
+  void do_iret(unsigned opsize, std::uint32_t next_eip);
   void do_cpuid();
   void do_rdtscp();
   void do_rdpid(const ZydisDecodedOperand& dest);
@@ -156,6 +157,15 @@ class Vcpu {
   void write_cr(unsigned n, std::uint32_t v);
   void string_op(const ZydisDecodedInstruction& insn, const ZydisDecodedOperand* ops);
   void far_transfer(std::uint16_t sel, std::uint32_t off, bool call, std::uint32_t ret_eip, unsigned opsize);
+
+  // --- hardware task switches (task_switch.cpp)
+  void switch_task(std::uint16_t sel, std::uint64_t raw, TaskSwitchKind kind, std::uint32_t return_eip);
+  void deliver_through_task_gate(std::uint16_t tss_sel, bool has_error, std::uint32_t error, bool software,
+                                 std::uint32_t return_eip);
+  void far_transfer_to_task(std::uint16_t sel, const api::Segment& target, bool call, std::uint32_t return_eip);
+  void return_to_linked_task(std::uint32_t return_eip);
+  void set_tss_busy(std::uint16_t sel, bool busy);
+  std::uint64_t read_gdt_tss_descriptor(std::uint16_t sel, const Fault& beyond_gdt);
 
   std::string dump() const;
 
