@@ -951,6 +951,7 @@ void Vcpu::emulate(std::uint32_t eip, bool mmio, Block* block) {
           load_cs(sel, rpl);
           load_segment(2, nss);
           reg32(4) = nesp + extra;
+          null_inaccessible_data_segments();
         } else {
           load_cs(sel, rpl);
           reg32(4) += extra;

@@ -118,15 +118,7 @@ void Vcpu::do_iret(unsigned opsize, std::uint32_t next_eip) {
       load_cs(new_cs, rpl);
       load_segment(2, new_ss);
       reg32(4) = new_esp;
-      for (int i : {0, 3, 4, 5}) {  // ES DS FS GS: null if not accessible at the new CPL
-        api::Segment& s = seg(i);
-        const bool conforming_code = (s.type & 8) && (s.type & 4);
-        if (!s.unusable && !conforming_code && s.dpl < cpl_) {
-          s = api::Segment{};
-          s.unusable = true;
-        }
-      }
-      sync_seg_bases();
+      null_inaccessible_data_segments();
     } else {
       load_cs(new_cs, rpl);
     }

@@ -730,6 +730,18 @@ void Vcpu::load_cs(std::uint16_t sel, unsigned new_cpl) {
 
 // ---------------------------------------------------------------- far transfers
 
+void Vcpu::null_inaccessible_data_segments() {
+  for (int i : {0, 3, 4, 5}) {  // ES DS FS GS: null if not accessible at the new CPL
+    api::Segment& s = seg(i);
+    const bool conforming_code = (s.type & 8) && (s.type & 4);
+    if (!s.unusable && !conforming_code && s.dpl < cpl_) {
+      s = api::Segment{};
+      s.unusable = true;
+    }
+  }
+  sync_seg_bases();
+}
+
 void Vcpu::far_transfer(std::uint16_t sel, std::uint32_t off, bool call, std::uint32_t ret_eip, unsigned opsize) {
   if (opsize != 32) throw std::runtime_error("bt-swmmu: 16-bit far transfers are not supported");
   if ((sel & 0xfffc) == 0) raise(13, true, 0);
@@ -739,8 +751,10 @@ void Vcpu::far_transfer(std::uint16_t sel, std::uint32_t off, bool call, std::ui
       far_transfer_to_task(sel, t, call, ret_eip);
       return;
     }
-    if (t.type == 0xc || t.type == 4)
-      throw std::runtime_error("bt-swmmu: far transfers through call gates are not supported");
+    if (t.type == 0xc || t.type == 4) {
+      far_transfer_through_call_gate(sel, call, ret_eip);
+      return;
+    }
     raise(13, true, sel & 0xfffc);
   }
   require(check_far_transfer_target(t, sel, cpl_));

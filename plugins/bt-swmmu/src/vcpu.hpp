@@ -113,6 +113,8 @@ class Vcpu {
   std::uint64_t read_descriptor(std::uint16_t sel, std::uint32_t error);
   void load_segment(int sreg, std::uint16_t sel);  // 0 ES 1 CS 2 SS 3 DS 4 FS 5 GS
   void load_cs(std::uint16_t sel, unsigned new_cpl);
+  // After a return to an outer ring (IRET, RETF): ES, DS, FS, GS the new CPL may not use become null.
+  void null_inaccessible_data_segments();
   api::Segment& seg(int i);
   void sync_seg_bases();
 
@@ -157,6 +159,9 @@ class Vcpu {
   void write_cr(unsigned n, std::uint32_t v);
   void string_op(const ZydisDecodedInstruction& insn, const ZydisDecodedOperand* ops);
   void far_transfer(std::uint16_t sel, std::uint32_t off, bool call, std::uint32_t ret_eip, unsigned opsize);
+
+  // --- far CALL/JMP through a call gate (call_gate.cpp)
+  void far_transfer_through_call_gate(std::uint16_t gate_sel, bool call, std::uint32_t return_eip);
 
   // --- hardware task switches (task_switch.cpp)
   void switch_task(std::uint16_t sel, std::uint64_t raw, TaskSwitchKind kind, std::uint32_t return_eip);
