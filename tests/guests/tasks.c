@@ -9,6 +9,7 @@
  *   #GP through an IDT task gate (error code pushed on the new task's stack,
  *   the faulting EIP saved in the old TSS), and #DF through one (#NP while
  *   delivering #GP), as 32-bit Linux handles double faults;
+ *   with paging, each task's CR3 loaded from its TSS (never saved);
  *   JMP to a busy TSS: #GP(selector).
  * The main task is the runtime's TSS (selector 0x28); task B is at 0x30,
  * the #GP task C at 0x38, the #DF task D at 0x40, a task gate to B at 0x48. */
@@ -30,6 +31,7 @@ static uint8_t stack_d[4096] __attribute__((aligned(16)));
 volatile uint32_t b_mode; /* 0: return by IRET, 1: by JMP to the main task */
 volatile uint32_t b_runs, b_eflags, b_cr0, b_link, b_main_type, b_own_type;
 volatile uint16_t b_tr;
+volatile uint32_t b_saw_value, b_saw_cr3; /* with paging: what B reads at 0x40000000, its CR3 */
 /* The #GP and #DF tasks: the error code they popped, main's saved EIP, where main resumes. */
 volatile uint32_t c_runs, c_error, c_saw_eip, c_resume;
 volatile uint32_t d_runs, d_error, d_saw_eip, d_resume;
@@ -88,6 +90,10 @@ void b_observe(void)
   b_link = tss_b.link & 0xffff;
   b_main_type = desc_type(SEL_TSS);
   b_own_type = desc_type(SEL_B);
+  if (read_cr0() & CR0_PG) {
+    b_saw_value = *(volatile uint32_t *)0x40000000u;
+    b_saw_cr3 = read_cr3();
+  }
 }
 
 static uint64_t tss_desc(struct tss *t)
@@ -199,6 +205,57 @@ static __attribute__((noinline)) void df_fault(void)
 }
 static void do_jump_busy(void) { __asm__ volatile("ljmp $0x28, $0" ::: "memory"); }
 
+/* With paging: each task's CR3 comes from its TSS (the outgoing one is not
+ * saved).  Both directories map 0-8 MiB identically with 4 MiB pages;
+ * 0x40000000 is a different page in each. */
+#define TEST_VA 0x40000000u
+static volatile uint32_t pd_main[1024] __attribute__((aligned(4096)));
+static volatile uint32_t pd_b[1024] __attribute__((aligned(4096)));
+static volatile uint32_t pt_main[1024] __attribute__((aligned(4096)));
+static volatile uint32_t pt_b[1024] __attribute__((aligned(4096)));
+static volatile uint32_t page_main[1024] __attribute__((aligned(4096)));
+static volatile uint32_t page_b[1024] __attribute__((aligned(4096)));
+
+static void test_paging(void)
+{
+  for (uint32_t i = 0; i < 2; i++)
+    pd_main[i] = pd_b[i] = (i << 22) | 0x83; /* 4 MiB, present, writable, supervisor */
+  pd_main[TEST_VA >> 22] = (uint32_t)pt_main | 3;
+  pd_b[TEST_VA >> 22] = (uint32_t)pt_b | 3;
+  pt_main[0] = (uint32_t)page_main | 3;
+  pt_b[0] = (uint32_t)page_b | 3;
+  page_main[0] = 0x3a1a;
+  page_b[0] = 0xb0b;
+  rt_tss.cr3 = (uint32_t)pd_main; /* where the main task's CR3 comes back from */
+  tss_b.cr3 = (uint32_t)pd_b;
+  write_cr4(read_cr4() | CR4_PSE);
+  write_cr3((uint32_t)pd_main);
+  write_cr0(read_cr0() | CR0_PG);
+  uint32_t before = *(volatile uint32_t *)TEST_VA;
+  b_saw_value = b_saw_cr3 = 0;
+  b_mode = 0;
+  __asm__ volatile("lcall $0x30, $0" ::: "memory");
+  uint32_t nested_value = b_saw_value, nested_cr3 = b_saw_cr3;
+  uint32_t after_call = *(volatile uint32_t *)TEST_VA, cr3_after_call = read_cr3();
+  b_mode = 1;
+  __asm__ volatile("ljmp $0x30, $0" ::: "memory");
+  uint32_t after_jmp = *(volatile uint32_t *)TEST_VA, cr3_after_jmp = read_cr3();
+  write_cr0(read_cr0() & ~CR0_PG);
+  __asm__ volatile("clts");
+  printf("paging: main sees 0x%x, B (call) sees 0x%x with its CR3 %c, main after IRET sees 0x%x CR3 %c, "
+         "B (jmp) sees 0x%x, main after JMP sees 0x%x CR3 %c, B's TSS CR3 kept %c\n",
+         before, nested_value, yes(nested_cr3 == (uint32_t)pd_b), after_call, yes(cr3_after_call == (uint32_t)pd_main),
+         b_saw_value, after_jmp, yes(cr3_after_jmp == (uint32_t)pd_main), yes(tss_b.cr3 == (uint32_t)pd_b));
+  CHECK_EQ(before, 0x3a1a);
+  CHECK_EQ(nested_value, 0xb0b);
+  CHECK_EQ(nested_cr3, (uint32_t)pd_b);
+  CHECK_EQ(after_call, 0x3a1a);
+  CHECK_EQ(b_saw_value, 0xb0b);
+  CHECK_EQ(after_jmp, 0x3a1a);
+  CHECK_EQ(cr3_after_jmp, (uint32_t)pd_main);
+  CHECK_EQ(tss_b.cr3, (uint32_t)pd_b);
+}
+
 int main(void)
 {
   setup();
@@ -251,6 +308,8 @@ int main(void)
   CHECK_EQ(d_error, 0);
   CHECK_EQ(d_saw_eip, (uint32_t)df_fault_insn);
   CHECK_EQ(tss_d.link & 0xffff, SEL_TSS);
+
+  test_paging();
 
   /* The main task is busy: jumping to it is #GP(selector). */
   struct trap_info ti;
