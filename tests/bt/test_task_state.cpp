@@ -3,6 +3,7 @@
 // the checks on the target TSS and on the incoming task's segments.
 #include <gtest/gtest.h>
 
+#include "io_permission.hpp"
 #include "segment_descriptor.hpp"
 #include "task_state.hpp"
 
@@ -112,6 +113,27 @@ TEST(BtTaskState, IncomingSegmentsFaultWithTs) {
   EXPECT_FALSE(check_task_ldt(system_descriptor(2), 0x50));
   EXPECT_EQ(check_task_ldt(system_descriptor(9), 0x50), Fault::ts(0x50));
   EXPECT_EQ(check_task_ldt(system_descriptor(2), 0x54), Fault::ts(0x54)) << "LDT selector in the LDT";
+}
+
+// The TSS I/O bitmap (io_permission.hpp): the word holding a port's bit must
+// lie within the TSS limit; every bit of a multi-byte access must be clear.
+TEST(BtIoPermission, BitmapWordsAndBits) {
+  EXPECT_EQ(io_bitmap_word_offset(0x2068, 0x68, 0x80), std::optional<std::uint32_t>(0x68 + 0x10));
+  EXPECT_EQ(io_bitmap_word_offset(0x68 + 0x11, 0x68, 0x80), std::optional<std::uint32_t>(0x78)) << "word just fits";
+  EXPECT_EQ(io_bitmap_word_offset(0x68 + 0x10, 0x68, 0x80), std::nullopt) << "second byte beyond the limit";
+  EXPECT_EQ(io_bitmap_word_offset(0x67, 0x68, 0), std::nullopt) << "no bitmap (base past the limit)";
+  EXPECT_EQ(io_bitmap_word_offset(0xffff + 0x2000, 0xffff, 0xffff), std::optional<std::uint32_t>(0xffffu + 0x1fff))
+      << "no 16-bit wrap-around";
+  // Ports 0x70 and 0x71 allowed (bits 0 and 1 clear), 0x72 and up not.
+  const std::uint16_t word = 0xfffc;
+  EXPECT_TRUE(io_bits_allow(word, 0x70, 1));
+  EXPECT_TRUE(io_bits_allow(word, 0x71, 1));
+  EXPECT_TRUE(io_bits_allow(word, 0x70, 2));
+  EXPECT_FALSE(io_bits_allow(word, 0x70, 4));
+  EXPECT_FALSE(io_bits_allow(word, 0x72, 1));
+  // An access crossing into the next byte uses the word's high byte.
+  EXPECT_TRUE(io_bits_allow(0xfe7f, 0x7f, 2)) << "0x7f (bit 7) and 0x80 (bit 8, the high byte) clear";
+  EXPECT_FALSE(io_bits_allow(0x0100, 0x7f, 2)) << "0x7f clear, 0x80 set";
 }
 
 }  // namespace

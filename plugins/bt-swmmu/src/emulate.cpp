@@ -8,6 +8,7 @@
 #include <cstring>
 #include <stdexcept>
 
+#include "io_permission.hpp"
 #include "vcpu.hpp"
 
 namespace modevisor::bt {
@@ -114,6 +115,16 @@ void Vcpu::do_stac_clac(bool set) {
 
 void Vcpu::check_umip() const {
   if ((cr4_ & kCr4Umip) && cpl_ > 0) throw GuestException{13, true, 0};
+}
+
+void Vcpu::check_io_permission(std::uint16_t port, unsigned size) {
+  if (cpl_ <= ((ctx_->sysflags & kIOPL) >> 12)) return;
+  // CPL > IOPL: the TSS I/O bitmap decides (a 32-bit TSS only).
+  if (tr_.unusable || !tr_.present || (tr_.type & ~2u) != 9 || tr_.limit < 0x67) raise(13, true, 0);
+  const std::uint32_t base = static_cast<std::uint32_t>(tr_.base);
+  const auto iomap = static_cast<std::uint16_t>(read(base + kTssIoMapBase, 2, false));
+  const std::optional<std::uint32_t> at = io_bitmap_word_offset(static_cast<std::uint32_t>(tr_.limit), iomap, port);
+  if (!at || !io_bits_allow(static_cast<std::uint16_t>(read(base + *at, 2, false)), port, size)) raise(13, true, 0);
 }
 
 void Vcpu::do_rdmsr() {
@@ -260,7 +271,7 @@ void Vcpu::string_op(const ZydisDecodedInstruction& insn, const ZydisDecodedOper
         break;
       }
       case ZYDIS_MNEMONIC_INSB: case ZYDIS_MNEMONIC_INSW: case ZYDIS_MNEMONIC_INSD: {
-        if (cpl_ > ((ctx_->sysflags & kIOPL) >> 12)) raise(13, true, 0);
+        check_io_permission(static_cast<std::uint16_t>(reg32(2)), size);
         // Probe the destination first so a #PF does not lose the port read.
         lin_to_phys(es_base + edi, true, user, false);
         ++counters_.io_exits;
@@ -270,7 +281,7 @@ void Vcpu::string_op(const ZydisDecodedInstruction& insn, const ZydisDecodedOper
         break;
       }
       case ZYDIS_MNEMONIC_OUTSB: case ZYDIS_MNEMONIC_OUTSW: case ZYDIS_MNEMONIC_OUTSD: {
-        if (cpl_ > ((ctx_->sysflags & kIOPL) >> 12)) raise(13, true, 0);
+        check_io_permission(static_cast<std::uint16_t>(reg32(2)), size);
         std::uint32_t v = read(src_base + esi, size, user);
         ++counters_.io_exits;
         platform_call().io_out(index_, static_cast<std::uint16_t>(reg32(2)), size, v);
@@ -689,15 +700,15 @@ void Vcpu::emulate(std::uint32_t eip, bool mmio, Block* block) {
       break;
     }
     case ZYDIS_MNEMONIC_IN: {
-      if (cpl_ > iopl) raise(13, true, 0);
       const std::uint16_t port = static_cast<std::uint16_t>(operand_value(ops[1]));
+      check_io_permission(port, ops[0].size / 8);
       ++counters_.io_exits;
       set_reg(ops[0].reg.value, platform_read().io_in(index_, port, ops[0].size / 8));
       break;
     }
     case ZYDIS_MNEMONIC_OUT: {
-      if (cpl_ > iopl) raise(13, true, 0);
       const std::uint16_t port = static_cast<std::uint16_t>(operand_value(ops[0]));
+      check_io_permission(port, ops[1].size / 8);
       ++counters_.io_exits;
       platform_call().io_out(index_, port, ops[1].size / 8, get_reg(ops[1].reg.value));
       break;

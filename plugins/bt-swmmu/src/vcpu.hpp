@@ -154,6 +154,8 @@ class Vcpu {
   void do_stac_clac(bool set);
   // UMIP: SGDT/SIDT/SLDT/STR/SMSW at CPL > 0 raise #GP(0).
   void check_umip() const;
+  // IN/OUT/INS/OUTS: #GP(0) unless CPL <= IOPL or the TSS I/O bitmap allows the ports.
+  void check_io_permission(std::uint16_t port, unsigned size);
   void do_rdmsr();
   void do_wrmsr();
   void write_cr(unsigned n, std::uint32_t v);
