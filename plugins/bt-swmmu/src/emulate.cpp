@@ -995,16 +995,29 @@ void Vcpu::emulate(std::uint32_t eip, bool mmio, Block* block) {
     case ZYDIS_MNEMONIC_ENTER: {
       const std::uint32_t frame = static_cast<std::uint32_t>(ops[0].imm.value.u);
       const unsigned level = static_cast<unsigned>(ops[1].imm.value.u) & 31;
-      if (level != 0) throw std::runtime_error("bt-swmmu: ENTER with nesting level > 0 is not supported");
-      const std::uint32_t esp0 = reg32(4);
-      try {
-        push32(reg32(5));
-      } catch (...) {
-        reg32(4) = esp0;
-        throw;
+      // Push EBP, then (nesting) level - 1 frame pointers copied from the
+      // enclosing frames at [EBP - n*size] and the new frame pointer; all
+      // with the operand size (a 16-bit ENTER writes only BP).  Nothing
+      // changes unless every push succeeds.
+      const unsigned bytes = opsize / 8;
+      const std::uint32_t ss_base = static_cast<std::uint32_t>(ss_.base);
+      std::uint32_t esp = reg32(4), ebp = reg32(5);
+      auto push = [&](std::uint32_t v) {
+        esp -= bytes;
+        write(ss_base + esp, bytes, v, user);
+      };
+      push(ebp);
+      const std::uint32_t frame_pointer = esp;
+      if (level > 0) {
+        for (unsigned i = 1; i < level; ++i) {
+          ebp -= bytes;
+          push(read(ss_base + ebp, bytes, user));
+        }
+        push(frame_pointer);
       }
-      reg32(5) = reg32(4);
-      reg32(4) -= frame;
+      if (bytes == 4) reg32(5) = frame_pointer;
+      else reg32(5) = (reg32(5) & 0xffff0000u) | (frame_pointer & 0xffff);
+      reg32(4) = esp - frame;
       break;
     }
     case ZYDIS_MNEMONIC_XLAT: {
