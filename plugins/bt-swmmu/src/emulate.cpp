@@ -899,14 +899,14 @@ void Vcpu::emulate(std::uint32_t eip, bool mmio, Block* block) {
       set_reg(ops[0].reg.value, v);
       break;
     }
-    case ZYDIS_MNEMONIC_PUSH: {  // segment registers
-      push32(seg(ops[0].reg.value - ZYDIS_REGISTER_ES).selector);
+    case ZYDIS_MNEMONIC_PUSH: {  // segment registers (a word with a 16-bit operand size)
+      push(seg(ops[0].reg.value - ZYDIS_REGISTER_ES).selector, opsize / 8);
       break;
     }
     case ZYDIS_MNEMONIC_POP: {
       const int s = ops[0].reg.value - ZYDIS_REGISTER_ES;
       const std::uint32_t esp0 = reg32(4);
-      std::uint16_t sel = static_cast<std::uint16_t>(pop32());
+      std::uint16_t sel = static_cast<std::uint16_t>(pop(opsize / 8));
       try {
         load_segment(s, sel);
       } catch (...) {
@@ -947,18 +947,18 @@ void Vcpu::emulate(std::uint32_t eip, bool mmio, Block* block) {
     case ZYDIS_MNEMONIC_RET: {  // far return
       if (insn.meta.branch_type != ZYDIS_BRANCH_TYPE_FAR)
         throw std::runtime_error("bt-swmmu: 16-bit near returns are not supported");
-      if (opsize != 32) throw std::runtime_error("bt-swmmu: 16-bit far return is not supported");
+      const unsigned bytes = opsize / 8;  // 16-bit: IP, CS (and SP, SS) are words
       const std::uint32_t esp0 = reg32(4);
       try {
-        const std::uint32_t e2 = pop32();
-        const std::uint16_t sel = static_cast<std::uint16_t>(pop32());
+        const std::uint32_t e2 = pop(bytes);
+        const std::uint16_t sel = static_cast<std::uint16_t>(pop(bytes));
         const std::uint32_t extra = insn.operand_count_visible ? static_cast<std::uint32_t>(ops[0].imm.value.u) : 0;
         const unsigned rpl = sel & 3;
         if (rpl < cpl_) raise(13, true, sel & 0xfffc);
         if (rpl > cpl_) {
           reg32(4) += extra;
-          const std::uint32_t nesp = pop32();
-          const std::uint16_t nss = static_cast<std::uint16_t>(pop32());
+          const std::uint32_t nesp = pop(bytes);
+          const std::uint16_t nss = static_cast<std::uint16_t>(pop(bytes));
           load_cs(sel, rpl);
           load_segment(2, nss);
           reg32(4) = nesp + extra;

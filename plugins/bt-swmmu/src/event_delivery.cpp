@@ -100,11 +100,12 @@ void Vcpu::do_iret(unsigned opsize, std::uint32_t next_eip) {
     return_to_linked_task(next_eip);
     return;
   }
-  if (opsize != 32) throw std::runtime_error("bt-swmmu: 16-bit IRET is not supported");
+  // A 16-bit IRET pops words: IP, CS, FLAGS (the upper half of EFLAGS stays), SP, SS.
+  const unsigned bytes = opsize / 8;
   const std::uint32_t esp0 = reg32(4);
-  const std::uint32_t new_eip = pop32();
-  const std::uint16_t new_cs = static_cast<std::uint16_t>(pop32());
-  const std::uint32_t new_fl = pop32();
+  const std::uint32_t new_eip = pop(bytes);
+  const std::uint16_t new_cs = static_cast<std::uint16_t>(pop(bytes));
+  const std::uint32_t new_fl = bytes == 4 ? pop32() : (eflags() & 0xffff0000u) | pop(2);
   const unsigned rpl = new_cs & 3;
   try {
     if (new_fl & kVM) {
@@ -113,8 +114,8 @@ void Vcpu::do_iret(unsigned opsize, std::uint32_t next_eip) {
     if (rpl < cpl_) raise(13, true, new_cs & 0xfffc);
     const std::uint32_t flags = iret_eflags(eflags(), new_fl, cpl_);
     if (rpl > cpl_) {
-      const std::uint32_t new_esp = pop32();
-      const std::uint16_t new_ss = static_cast<std::uint16_t>(pop32());
+      const std::uint32_t new_esp = pop(bytes);
+      const std::uint16_t new_ss = static_cast<std::uint16_t>(pop(bytes));
       load_cs(new_cs, rpl);
       load_segment(2, new_ss);
       reg32(4) = new_esp;

@@ -678,6 +678,20 @@ void Vcpu::push32(std::uint32_t v) {
   reg32(4) = esp;
 }
 
+void Vcpu::push(std::uint32_t v, unsigned bytes) {
+  if (bytes == 4) return push32(v);
+  const std::uint32_t esp = reg32(4) - 2;
+  write(esp + static_cast<std::uint32_t>(ss_.base), 2, v & 0xffff, cpl_ == 3);
+  reg32(4) = esp;
+}
+
+std::uint32_t Vcpu::pop(unsigned bytes) {
+  if (bytes == 4) return pop32();
+  const std::uint32_t v = read(reg32(4) + static_cast<std::uint32_t>(ss_.base), 2, cpl_ == 3);
+  reg32(4) += 2;
+  return v;
+}
+
 std::uint32_t Vcpu::pop32() {
   std::uint32_t v = read(reg32(4) + static_cast<std::uint32_t>(ss_.base), 4, cpl_ == 3);
   reg32(4) += 4;
@@ -743,7 +757,6 @@ void Vcpu::null_inaccessible_data_segments() {
 }
 
 void Vcpu::far_transfer(std::uint16_t sel, std::uint32_t off, bool call, std::uint32_t ret_eip, unsigned opsize) {
-  if (opsize != 32) throw std::runtime_error("bt-swmmu: 16-bit far transfers are not supported");
   if ((sel & 0xfffc) == 0) raise(13, true, 0);
   api::Segment t = decode_segment_descriptor(read_descriptor(sel, sel & 0xfffc), sel);
   if (!t.s) {
@@ -758,18 +771,20 @@ void Vcpu::far_transfer(std::uint16_t sel, std::uint32_t off, bool call, std::ui
     raise(13, true, sel & 0xfffc);
   }
   require(check_far_transfer_target(t, sel, cpl_));
+  // A 16-bit operand size pushes words and leaves a 16-bit EIP.
+  const unsigned bytes = opsize / 8;
   if (call) {
     const std::uint32_t esp0 = reg32(4);
     try {
-      push32(cs_.selector);
-      push32(ret_eip);
+      push(cs_.selector, bytes);
+      push(ret_eip, bytes);
     } catch (...) {
       reg32(4) = esp0;
       throw;
     }
   }
   load_cs(sel, cpl_);
-  eip_ = off;
+  eip_ = bytes == 2 ? off & 0xffff : off;
 }
 
 }  // namespace modevisor::bt

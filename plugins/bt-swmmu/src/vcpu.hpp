@@ -97,6 +97,9 @@ class Vcpu {
   void note_guest_write(std::uint64_t pa_page);
   void push32(std::uint32_t v);
   std::uint32_t pop32();
+  // A push or pop of the operand size (2 or 4 bytes) on the 32-bit stack.
+  void push(std::uint32_t v, unsigned bytes);
+  std::uint32_t pop(unsigned bytes);
 
   // --- events
   void raise(std::uint8_t vector, bool has_error = false, std::uint32_t error = 0) {
