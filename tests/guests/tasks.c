@@ -10,7 +10,9 @@
  *   the faulting EIP saved in the old TSS), and #DF through one (#NP while
  *   delivering #GP), as 32-bit Linux handles double faults;
  *   with paging, each task's CR3 loaded from its TSS (never saved);
- *   JMP to a busy TSS: #GP(selector).
+ *   faults: JMP to a busy TSS (#GP(selector)), IRET with NT to an available
+ *   TSS (#TS(link)), a TSS limit below 0x67 (#TS), an IDT task gate not
+ *   present (#NP with the IDT error code).
  * The main task is the runtime's TSS (selector 0x28); task B is at 0x30,
  * the #GP task C at 0x38, the #DF task D at 0x40, a task gate to B at 0x48. */
 #include "rt.h"
@@ -204,6 +206,14 @@ static __attribute__((noinline)) void df_fault(void)
                    ".globl df_resume\ndf_resume:" ::: "eax", "memory");
 }
 static void do_jump_busy(void) { __asm__ volatile("ljmp $0x28, $0" ::: "memory"); }
+static void do_jump_b(void) { __asm__ volatile("ljmp $0x30, $0" ::: "memory"); }
+static void do_int_40(void) { __asm__ volatile("int $0x40" ::: "memory"); }
+/* IRET with NT set: back to the task in the main TSS's link field. */
+static void do_iret_nt(void)
+{
+  __asm__ volatile("pushfl\n\torl $0x4000, (%%esp)\n\tpopfl\n\t"
+                   "pushfl\n\tpushl %%cs\n\tpushl $1f\n\tiret\n1:" ::: "memory", "cc");
+}
 
 /* With paging: each task's CR3 comes from its TSS (the outgoing one is not
  * saved).  Both directories map 0-8 MiB identically with 4 MiB pages;
@@ -317,5 +327,34 @@ int main(void)
   printf("jmp to the busy main TSS: vector %d error 0x%x\n", v, ti.err);
   CHECK_EQ(v, 13);
   CHECK_EQ(ti.err, SEL_TSS);
+  /* IRET with NT whose back link names an available TSS (B): #TS(link). */
+  rt_tss.link = SEL_B;
+  v = trap_call(do_iret_nt, 0, &ti);
+  rt_tss.link = 0;
+  printf("iret with NT to an available TSS: vector %d error 0x%x, B still available %c\n", v, ti.err,
+         yes(desc_type(SEL_B) == 9));
+  CHECK_EQ(v, 10);
+  CHECK_EQ(ti.err, SEL_B);
+  CHECK_EQ(desc_type(SEL_B), 9);
+
+  /* A TSS limit below 0x67: #TS(selector), nothing switched. */
+  uint64_t saved_b = gdt[SEL_B >> 3];
+  gdt[SEL_B >> 3] = (saved_b & ~0xffffull) | 0x50;
+  v = trap_call(do_jump_b, 0, &ti);
+  gdt[SEL_B >> 3] = saved_b;
+  printf("jmp to a TSS with limit 0x50: vector %d error 0x%x, main still busy %c\n", v, ti.err,
+         yes(desc_type(SEL_TSS) == 0xb));
+  CHECK_EQ(v, 10);
+  CHECK_EQ(ti.err, SEL_B);
+  CHECK_EQ(desc_type(SEL_TSS), 0xb);
+
+  /* An IDT task gate not present: #NP with the IDT error code. */
+  saved40 = idt[0x40];
+  idt[0x40] = task_gate(SEL_B) & ~((uint64_t)1 << 47);
+  v = trap_call(do_int_40, 0, &ti);
+  idt[0x40] = saved40;
+  printf("int 0x40 through a task gate not present: vector %d error 0x%x\n", v, ti.err);
+  CHECK_EQ(v, 11);
+  CHECK_EQ(ti.err, 0x40 * 8 + 2);
   rt_finish();
 }
