@@ -5,14 +5,18 @@
  *   frame (IP, CS), SP before and after;
  *   o16 IRET at the same privilege (FLAGS, CS, IP words);
  *   o16 IRET and o16 RETF to ring 3 (SP and SS popped as words too);
- *   o16 PUSH/POP of segment registers (a word each). */
+ *   o16 PUSH/POP of segment registers (a word each);
+ *   o16 near CALL/RET (an IP word), o16 Jcc, and an o16 JMP whose target
+ *   wraps past 64 KiB (to a landing copied to 0x1000). */
 #include "rt.h"
 
 #define STUB 0x7000u
 
 volatile uint32_t s_sp_target, s_frame, s_sp_after_call, s_sp_before_iret, s_sp_after_iret;
 volatile uint32_t s_r3_esp, s_r3_cs, s_r3_ss, s_r3b_esp, s_r3b_cs;
+volatile uint32_t s_e_sp_after, s_e_sp_in, s_e_ret_ip, s_f_result, s_g_result;
 extern char stub16_start[], stub16_end[], entry_a[], entry_b[], entry_c[], entry_d[], far_target[], a_return[];
+extern char entry_e[], e_ret[], entry_f[], entry_g[], landing_start[], landing_end[];
 
 #define AT(label) "(" #label " - stub16_start + 0x7000)"
 __asm__(".pushsection .rodata.stub16, \"a\"\n"
@@ -65,7 +69,40 @@ __asm__(".pushsection .rodata.stub16, \"a\"\n"
         "  movl %cs, %eax\n"
         "  movl %eax, s_r3b_cs\n"
         "  int $0x81\n"
+        ".globl entry_e\nentry_e:\n"              /* callw rel16, retw */
+        "  .byte 0x66, 0xe8\n"
+        "  .word e_sub - e_ret\n"
+        ".globl e_ret\ne_ret:\n"
+        "  movl %esp, s_e_sp_after\n"
+        "  ret\n"
+        "e_sub:\n"
+        "  movl %esp, s_e_sp_in\n"
+        "  movzwl (%esp), %eax\n"
+        "  movl %eax, s_e_ret_ip\n"
+        "  .byte 0x66, 0xc3\n"
+        ".globl entry_f\nentry_f:\n"              /* o16 je rel8: taken, then not taken */
+        "  xorl %eax, %eax\n"
+        "  .byte 0x66, 0x74, f_taken - 1f\n"
+        "1: movl $1, s_f_result\n"
+        "  ret\n"
+        "f_taken:\n"
+        "  cmpl $1, %eax\n"
+        "  .byte 0x66, 0x74, f_wrong - 2f\n"
+        "2: movl $2, s_f_result\n"
+        "  ret\n"
+        "f_wrong:\n"
+        "  movl $3, s_f_result\n"
+        "  ret\n"
+        ".globl entry_g\nentry_g:\n"              /* jmpw whose target wraps past 64 KiB to 0x1000 */
+        "  .byte 0x66, 0xe9\n"
+        "  .word (0x1000 - (3f - stub16_start + 0x7000)) & 0xffff\n"
+        "3: movl $0xbad, s_g_result\n"
+        "  ret\n"
         ".globl stub16_end\nstub16_end:\n"
+        ".globl landing_start\nlanding_start:\n"  /* copied to 0x1000 */
+        "  movl $0x600d, s_g_result\n"
+        "  ret\n"
+        ".globl landing_end\nlanding_end:\n"
         ".popsection\n");
 
 static uint32_t low(char *label) { return STUB + (uint32_t)(label - stub16_start); }
@@ -99,6 +136,19 @@ int main(void)
   CHECK_EQ(before - during, 2);
   CHECK_EQ(after, before);
   CHECK_EQ(pushed, SEL_KDATA);
+
+  ((void (*)(void))low(entry_e))();
+  printf("o16 near call/ret: pushed IP %s, SP in callee = after - 2: %s\n",
+         s_e_ret_ip == (low(e_ret) & 0xffff) ? "= return" : "wrong", s_e_sp_in == s_e_sp_after - 2 ? "yes" : "no");
+  CHECK_EQ(s_e_ret_ip, low(e_ret));
+  CHECK_EQ(s_e_sp_in, s_e_sp_after - 2);
+  ((void (*)(void))low(entry_f))();
+  printf("o16 je: taken then not taken: %s\n", s_f_result == 2 ? "yes" : "no");
+  CHECK_EQ(s_f_result, 2);
+  memcpy((void *)0x1000, landing_start, (size_t)(landing_end - landing_start));
+  ((void (*)(void))low(entry_g))();
+  printf("o16 jmp past 64 KiB wraps to 0x1000: %s\n", s_g_result == 0x600d ? "yes" : "no");
+  CHECK_EQ(s_g_result, 0x600d);
 
   g_entry = low(entry_c);
   int v = trap_call(run_stub, 0, &ti);

@@ -28,6 +28,23 @@ std::uint32_t flags_of_cmp(std::uint32_t a, std::uint32_t b, unsigned size) {
   return static_cast<std::uint32_t>(f) & 0x8d5;
 }
 
+// Jcc/SETcc/CMOVcc condition `cc` (the opcode's low nibble) on EFLAGS.
+bool condition_holds(unsigned cc, std::uint32_t f) {
+  const bool cf = f & kCF, zf = f & kZF, sf = f & kSF, of = f & kOF, pf = f & kPF;
+  bool r = false;
+  switch (cc >> 1) {
+    case 0: r = of; break;
+    case 1: r = cf; break;
+    case 2: r = zf; break;
+    case 3: r = cf || zf; break;
+    case 4: r = sf; break;
+    case 5: r = pf; break;
+    case 6: r = sf != of; break;
+    default: r = zf || sf != of; break;
+  }
+  return (cc & 1) ? !r : r;
+}
+
 std::uint32_t szp(std::uint8_t v) {
   return (v == 0 ? kZF : 0) | (v & 0x80 ? kSF : 0) | (__builtin_parity(v) ? 0 : kPF);
 }
@@ -927,10 +944,24 @@ void Vcpu::emulate(std::uint32_t eip, bool mmio, Block* block) {
       set_reg(ops[0].reg.value, off);
       break;
     }
+    case ZYDIS_MNEMONIC_JB: case ZYDIS_MNEMONIC_JBE: case ZYDIS_MNEMONIC_JL: case ZYDIS_MNEMONIC_JLE:
+    case ZYDIS_MNEMONIC_JNB: case ZYDIS_MNEMONIC_JNBE: case ZYDIS_MNEMONIC_JNL: case ZYDIS_MNEMONIC_JNLE:
+    case ZYDIS_MNEMONIC_JNO: case ZYDIS_MNEMONIC_JNP: case ZYDIS_MNEMONIC_JNS: case ZYDIS_MNEMONIC_JNZ:
+    case ZYDIS_MNEMONIC_JO: case ZYDIS_MNEMONIC_JP: case ZYDIS_MNEMONIC_JS: case ZYDIS_MNEMONIC_JZ:
+      // Only with a 16-bit operand size (translated otherwise): the target's EIP is 16 bits.
+      eip_ = condition_holds(insn.opcode & 0xf, eflags()) ? (next + static_cast<std::uint32_t>(ops[0].imm.value.s)) & 0xffff
+                                                         : next;
+      return;
     case ZYDIS_MNEMONIC_JMP:
-    case ZYDIS_MNEMONIC_CALL: {  // far
-      if (insn.meta.branch_type != ZYDIS_BRANCH_TYPE_FAR)
-        throw std::runtime_error("bt-swmmu: 16-bit near branches are not supported: " + describe(insn, ops, eip));
+    case ZYDIS_MNEMONIC_CALL: {  // far, or near with a 16-bit operand size
+      if (insn.meta.branch_type != ZYDIS_BRANCH_TYPE_FAR) {
+        const std::uint32_t target =
+            ops[0].type == ZYDIS_OPERAND_TYPE_IMMEDIATE ? next + static_cast<std::uint32_t>(ops[0].imm.value.s)
+                                                        : operand_value(ops[0]);
+        if (insn.mnemonic == ZYDIS_MNEMONIC_CALL) push(next, 2);  // IP
+        eip_ = target & 0xffff;
+        return;
+      }
       std::uint16_t sel;
       std::uint32_t off;
       if (ops[0].type == ZYDIS_OPERAND_TYPE_POINTER) {
@@ -944,9 +975,14 @@ void Vcpu::emulate(std::uint32_t eip, bool mmio, Block* block) {
       far_transfer(sel, off, insn.mnemonic == ZYDIS_MNEMONIC_CALL, next, opsize);
       return;
     }
-    case ZYDIS_MNEMONIC_RET: {  // far return
-      if (insn.meta.branch_type != ZYDIS_BRANCH_TYPE_FAR)
-        throw std::runtime_error("bt-swmmu: 16-bit near returns are not supported");
+    case ZYDIS_MNEMONIC_RET: {  // far return, or near with a 16-bit operand size
+      if (insn.meta.branch_type != ZYDIS_BRANCH_TYPE_FAR) {
+        const std::uint32_t extra = insn.operand_count_visible ? static_cast<std::uint32_t>(ops[0].imm.value.u) : 0;
+        const std::uint32_t ip = pop(2);
+        reg32(4) += extra;
+        eip_ = ip;
+        return;
+      }
       const unsigned bytes = opsize / 8;  // 16-bit: IP, CS (and SP, SS) are words
       const std::uint32_t esp0 = reg32(4);
       try {

@@ -164,17 +164,20 @@ InsnClass classify(const ZydisDecodedInstruction& insn, const ZydisDecodedOperan
     return InsnClass::Special;
   if ((tkey & kTKeyFpuTrap) && is_fpu_like(insn)) return InsnClass::Special;
   switch (insn.mnemonic) {
+    // A 16-bit operand size (0x66) makes a branch truncate EIP to 16 bits
+    // (and push/pop IP words): the monitor's.
     case ZYDIS_MNEMONIC_JMP:
     case ZYDIS_MNEMONIC_CALL:
       if (insn.meta.branch_type == ZYDIS_BRANCH_TYPE_FAR) return InsnClass::Special;
-      return InsnClass::ControlFlow;
+      return insn.operand_width == 16 ? InsnClass::Special : InsnClass::ControlFlow;
     case ZYDIS_MNEMONIC_RET:
       if (insn.meta.branch_type == ZYDIS_BRANCH_TYPE_FAR) return InsnClass::Special;  // retf
-      return InsnClass::ControlFlow;
+      return insn.operand_width == 16 ? InsnClass::Special : InsnClass::ControlFlow;
     case ZYDIS_MNEMONIC_JB: case ZYDIS_MNEMONIC_JBE: case ZYDIS_MNEMONIC_JL: case ZYDIS_MNEMONIC_JLE:
     case ZYDIS_MNEMONIC_JNB: case ZYDIS_MNEMONIC_JNBE: case ZYDIS_MNEMONIC_JNL: case ZYDIS_MNEMONIC_JNLE:
     case ZYDIS_MNEMONIC_JNO: case ZYDIS_MNEMONIC_JNP: case ZYDIS_MNEMONIC_JNS: case ZYDIS_MNEMONIC_JNZ:
     case ZYDIS_MNEMONIC_JO: case ZYDIS_MNEMONIC_JP: case ZYDIS_MNEMONIC_JS: case ZYDIS_MNEMONIC_JZ:
+      return insn.operand_width == 16 ? InsnClass::Special : InsnClass::ControlFlow;
     case ZYDIS_MNEMONIC_JECXZ: case ZYDIS_MNEMONIC_LOOP: case ZYDIS_MNEMONIC_LOOPE: case ZYDIS_MNEMONIC_LOOPNE:
       return InsnClass::ControlFlow;
     case ZYDIS_MNEMONIC_PUSH:
