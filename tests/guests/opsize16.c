@@ -7,7 +7,8 @@
  *   o16 IRET and o16 RETF to ring 3 (SP and SS popped as words too);
  *   o16 PUSH/POP of segment registers (a word each);
  *   o16 near CALL/RET (an IP word), o16 Jcc, and an o16 JMP whose target
- *   wraps past 64 KiB (to a landing copied to 0x1000). */
+ *   wraps past 64 KiB (to a landing copied to 0x1000);
+ *   LOOP and JCXZ with a 16-bit address size (CX as the counter). */
 #include "rt.h"
 
 #define STUB 0x7000u
@@ -149,6 +150,16 @@ int main(void)
   ((void (*)(void))low(entry_g))();
   printf("o16 jmp past 64 KiB wraps to 0x1000: %s\n", s_g_result == 0x600d ? "yes" : "no");
   CHECK_EQ(s_g_result, 0x600d);
+
+  /* A 16-bit address size: LOOP and JCXZ count in CX, ECX's upper half stays. */
+  uint32_t ecx = 0x12340003, n = 0, r = 0;
+  __asm__ volatile("1: incl %1\n\t.byte 0x67, 0xe2, 1b - 2f\n2:" : "+c"(ecx), "+r"(n));
+  __asm__ volatile("movl $0x12340000, %%ecx\n\t.byte 0x67, 0xe3, 1f - 2f\n"
+                   "2: movl $1, %0\n\tjmp 3f\n1: movl $2, %0\n3:" : "=r"(r) : : "ecx");
+  printf("a16 loop: %u iterations, ECX 0x%x; a16 jcxz with CX 0: %s\n", n, ecx, r == 2 ? "taken" : "not taken");
+  CHECK_EQ(n, 3);
+  CHECK_EQ(ecx, 0x12340000);
+  CHECK_EQ(r, 2);
 
   g_entry = low(entry_c);
   int v = trap_call(run_stub, 0, &ti);

@@ -952,6 +952,24 @@ void Vcpu::emulate(std::uint32_t eip, bool mmio, Block* block) {
       eip_ = condition_holds(insn.opcode & 0xf, eflags()) ? (next + static_cast<std::uint32_t>(ops[0].imm.value.s)) & 0xffff
                                                          : next;
       return;
+    case ZYDIS_MNEMONIC_LOOP: case ZYDIS_MNEMONIC_LOOPE: case ZYDIS_MNEMONIC_LOOPNE:
+    case ZYDIS_MNEMONIC_JCXZ: case ZYDIS_MNEMONIC_JECXZ: {
+      // Here with a 16-bit address size (the counter is CX) or operand size (EIP truncated).
+      const bool cx = insn.address_width == 16;
+      std::uint32_t count = cx ? reg32(1) & 0xffff : reg32(1);
+      bool taken;
+      if (insn.mnemonic == ZYDIS_MNEMONIC_JCXZ || insn.mnemonic == ZYDIS_MNEMONIC_JECXZ) {
+        taken = count == 0;
+      } else {
+        count = cx ? (count - 1) & 0xffff : count - 1;
+        reg32(1) = cx ? (reg32(1) & 0xffff0000u) | count : count;
+        const bool zf = eflags() & kZF;
+        taken = count != 0 && (insn.mnemonic == ZYDIS_MNEMONIC_LOOP || (insn.mnemonic == ZYDIS_MNEMONIC_LOOPE) == zf);
+      }
+      const std::uint32_t target = next + static_cast<std::uint32_t>(ops[0].imm.value.s);
+      eip_ = taken ? (opsize == 16 ? target & 0xffff : target) : next;
+      return;
+    }
     case ZYDIS_MNEMONIC_JMP:
     case ZYDIS_MNEMONIC_CALL: {  // far, or near with a 16-bit operand size
       if (insn.meta.branch_type != ZYDIS_BRANCH_TYPE_FAR) {

@@ -179,7 +179,7 @@ InsnClass classify(const ZydisDecodedInstruction& insn, const ZydisDecodedOperan
     case ZYDIS_MNEMONIC_JO: case ZYDIS_MNEMONIC_JP: case ZYDIS_MNEMONIC_JS: case ZYDIS_MNEMONIC_JZ:
       return insn.operand_width == 16 ? InsnClass::Special : InsnClass::ControlFlow;
     case ZYDIS_MNEMONIC_JECXZ: case ZYDIS_MNEMONIC_LOOP: case ZYDIS_MNEMONIC_LOOPE: case ZYDIS_MNEMONIC_LOOPNE:
-      return InsnClass::ControlFlow;
+      return insn.operand_width == 16 ? InsnClass::Special : InsnClass::ControlFlow;
     case ZYDIS_MNEMONIC_PUSH:
     case ZYDIS_MNEMONIC_POP:
       if (ops[0].type == ZYDIS_OPERAND_TYPE_REGISTER &&
