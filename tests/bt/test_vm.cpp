@@ -797,6 +797,105 @@ TEST(BtVm, RandomGarbageNeverCrashesTheHost) {
   std::printf("garbage rounds: stopped %d, shutdown %d, error %d\n", kinds[0], kinds[1], kinds[2]);
 }
 
+// Task switches and call gates driven by random descriptors, TSS contents
+// and IDT gates: far JMP/CALL to random selectors, INT n through random task
+// gates, IRET with NT, interleaved with random bytes.  Whatever the tables
+// say, the host survives and each run ends in a RunExit (a guest exception,
+// a triple fault, a "not supported" error, or the stop port).
+TEST(BtVm, RandomTaskSwitchesAndCallGatesNeverCrashTheHost) {
+  std::mt19937 rng(std::getenv("BT_TASK_SEED") ? std::atoi(std::getenv("BT_TASK_SEED")) : 13);
+  int kinds[3] = {0, 0, 0};
+  for (int round = 0; round < 80; ++round) {
+    Machine m;
+    m.tables();
+    m.load(stopper_start, stopper_start + 2, 0x180000);
+    // GDT: the flat entries, then 26 random system descriptors.
+    std::uint64_t gdt[32];
+    std::memcpy(gdt, m.mem.host_base() + 0x1000, 6 * 8);
+    for (unsigned i = 6; i < 32; ++i) {
+      const std::uint32_t base = 0x10000 + (rng() % 0x40) * 0x400 + (rng() % 2 ? rng() % 0x400 : 0);
+      const std::uint32_t limit = rng() % 3 ? 0x67 + rng() % 0x100 : rng() % 0x80;
+      const unsigned dpl = rng() % 4, present = rng() % 8 != 0;
+      const std::uint16_t sel = static_cast<std::uint16_t>((rng() % 32) << 3 | (rng() % 4));
+      const std::uint32_t off = rng() % 2 ? 0x180000 : rng();
+      std::uint64_t d = 0;
+      switch (rng() % 5) {
+        case 0: case 1: {  // 32-bit TSS, available or busy
+          const unsigned type = rng() % 2 ? 9 : 0xb;
+          d = (limit & 0xffff) | (std::uint64_t{base & 0xffffff} << 16) |
+              (std::uint64_t{type | (dpl << 5) | (present << 7)} << 40) | (std::uint64_t{base >> 24} << 56);
+          break;
+        }
+        case 2:  // task gate
+          d = (std::uint64_t{sel} << 16) | (std::uint64_t{5u | (dpl << 5) | (present << 7)} << 40);
+          break;
+        case 3:  // call gate (32- or 16-bit)
+          d = (off & 0xffff) | (std::uint64_t{sel} << 16) | (std::uint64_t{rng() % 32} << 32) |
+              (std::uint64_t{(rng() % 4 ? 0xcu : 0x4u) | (dpl << 5) | (present << 7)} << 40) |
+              (std::uint64_t{off >> 16} << 48);
+          break;
+        default:
+          d = (std::uint64_t{rng()} << 32) | rng();
+      }
+      gdt[i] = d;
+    }
+    m.mem.load(0x1000, gdt, sizeof gdt);
+    m.state.gdtr = {0x1000, sizeof gdt - 1};
+    // TSS contents: random, but often with plausible selectors and EIP.
+    std::vector<std::uint8_t> tss(0x11000);
+    for (auto& b : tss) b = static_cast<std::uint8_t>(rng());
+    for (std::uint32_t at = 0; at + 0x68 <= tss.size(); at += 0x400) {
+      if (rng() % 2) continue;
+      const std::uint32_t eip = 0x180000, eflags = 2, cs = 0x08, ds = 0x10;
+      std::memcpy(&tss[at + 0x20], &eip, 4);
+      std::memcpy(&tss[at + 0x24], &eflags, 4);
+      for (unsigned s = 0; s < 6; ++s) std::memcpy(&tss[at + 0x48 + 4 * s], s == 1 ? &cs : &ds, 4);
+      const std::uint32_t zero = 0;
+      std::memcpy(&tss[at + 0x60], &zero, 4);
+    }
+    m.mem.load(0x10000, tss.data(), tss.size());
+    // IDT: handlers at the stopper, or task gates to random selectors.
+    for (unsigned v = 0; v < 256; ++v) {
+      const std::uint32_t off = 0x180000;
+      std::uint64_t g = (off & 0xffff) | (0x08ull << 16) | (0x8eull << 40) | (static_cast<std::uint64_t>(off >> 16) << 48);
+      if (rng() % 2) g = (std::uint64_t{(rng() % 32) << 3} << 16) | (0x85ull << 40);
+      m.mem.load(0x2000 + v * 8, &g, 8);
+    }
+    // Code: far transfers to random selectors, INT n, IRET (NT at random), random bytes.
+    std::vector<std::uint8_t> code;
+    for (int i = 0; i < 16; ++i) {
+      const std::uint16_t sel = static_cast<std::uint16_t>((rng() % 32) << 3 | (rng() % 4));
+      switch (rng() % 5) {
+        case 0: case 1:
+          code.insert(code.end(), {static_cast<std::uint8_t>(rng() % 2 ? 0xea : 0x9a), 0, 0, 0, 0,
+                                   static_cast<std::uint8_t>(sel), static_cast<std::uint8_t>(sel >> 8)});
+          break;
+        case 2:
+          code.insert(code.end(), {0xcd, static_cast<std::uint8_t>(rng())});
+          break;
+        case 3:  // pushfd; or dword [esp], 0x4000; popfd; iretd
+          code.insert(code.end(), {0x9c, 0x81, 0x0c, 0x24, 0x00, 0x40, 0x00, 0x00, 0x9d, 0xcf});
+          break;
+        default:
+          for (int k = 0; k < 4; ++k) code.push_back(static_cast<std::uint8_t>(rng()));
+      }
+    }
+    m.mem.load(kBase, code.data(), code.size());
+    std::atomic<bool> done{false};
+    std::thread watchdog([&] {
+      for (int i = 0; i < 50 && !done; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+      if (!done) m.cpu->kick();
+    });
+    m.cpu->load(m.state);
+    RunExit r = m.cpu->run();
+    done = true;
+    watchdog.join();
+    EXPECT_EQ(r.diagnostic.find("host signal"), std::string::npos) << "round " << round << ": " << r.diagnostic;
+    ++kinds[static_cast<int>(r.kind)];
+  }
+  std::printf("task/gate rounds: stopped %d, shutdown %d, error %d\n", kinds[0], kinds[1], kinds[2]);
+}
+
 TEST(BtVm, KickBeforeRunStopsTheNextRun) {
   Machine m;
   m.load(spin_start, spin_end);

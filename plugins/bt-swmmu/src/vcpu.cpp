@@ -366,7 +366,15 @@ api::RunExit Vcpu::run() {
       }
     } catch (const GuestException& ge) {
       ++counters_.exceptions;
-      if (!deliver_exception(ge)) {
+      bool delivered;
+      try {
+        delivered = deliver_exception(ge);
+      } catch (const std::exception& e) {  // delivery met something not supported (a 16-bit TSS, ...)
+        ex.kind = api::ExitKind::Error;
+        ex.diagnostic = std::string(e.what()) + "; " + dump();
+        return ex;
+      }
+      if (!delivered) {
         ex.kind = api::ExitKind::Shutdown;
         ex.diagnostic = "triple fault; " + dump();
         run_state_ = api::RunState::Shutdown;
