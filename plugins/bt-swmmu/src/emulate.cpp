@@ -93,10 +93,15 @@ void Vcpu::set_reg(int zr, std::uint32_t v) {
   }
 }
 
-std::uint32_t Vcpu::ea(const ZydisDecodedOperand& op) {
+std::uint32_t Vcpu::effective_offset(const ZydisDecodedInstruction& insn, const ZydisDecodedOperand& op) {
   std::uint32_t a = op.mem.disp.has_displacement ? static_cast<std::uint32_t>(op.mem.disp.value) : 0;
   if (op.mem.base != ZYDIS_REGISTER_NONE) a += get_reg(op.mem.base);
   if (op.mem.index != ZYDIS_REGISTER_NONE) a += get_reg(op.mem.index) * op.mem.scale;
+  return insn.address_width == 16 ? a & 0xffff : a;
+}
+
+std::uint32_t Vcpu::ea(const ZydisDecodedInstruction& insn, const ZydisDecodedOperand& op) {
+  std::uint32_t a = effective_offset(insn, op);
   int s = op.mem.segment - ZYDIS_REGISTER_ES;
   if (s >= 0 && s < 6) a += static_cast<std::uint32_t>(ctx_->seg_base[s]);
   return a;
@@ -371,7 +376,7 @@ bool Vcpu::emulate_mmio_bit_test(const ZydisDecodedInstruction& insn, const Zydi
   const std::int32_t word = offset >= 0 ? offset / static_cast<std::int32_t>(bits)
                                         : -((-(offset + 1)) / static_cast<std::int32_t>(bits)) - 1;
   const unsigned bit = static_cast<unsigned>(offset - word * static_cast<std::int32_t>(bits));
-  const std::uint32_t la = ea(ops[0]) + static_cast<std::uint32_t>(word) * bytes;
+  const std::uint32_t la = ea(insn, ops[0]) + static_cast<std::uint32_t>(word) * bytes;
   std::uint8_t raw[4] = {};
   read_linear(la, raw, bytes, user);
   std::uint32_t value = 0;
@@ -401,7 +406,7 @@ bool Vcpu::emulate_mmio_stack_or_branch(const ZydisDecodedInstruction& insn, con
   auto value_of = [&](const ZydisDecodedOperand& o) -> std::uint32_t {
     switch (o.type) {
       case ZYDIS_OPERAND_TYPE_REGISTER: return get_reg(o.reg.value);
-      case ZYDIS_OPERAND_TYPE_MEMORY: return read(ea(o), o.size / 8, user);
+      case ZYDIS_OPERAND_TYPE_MEMORY: return read(ea(insn, o), o.size / 8, user);
       case ZYDIS_OPERAND_TYPE_IMMEDIATE: return static_cast<std::uint32_t>(o.imm.value.s);
       default: throw std::runtime_error("bt-swmmu: emulator: unexpected operand");
     }
@@ -425,7 +430,7 @@ bool Vcpu::emulate_mmio_stack_or_branch(const ZydisDecodedInstruction& insn, con
       const std::uint32_t v = read(ss + esp, width, user);
       reg32(4) = esp + width;  // a memory destination is addressed with the incremented ESP
       try {
-        if (ops[0].type == ZYDIS_OPERAND_TYPE_MEMORY) write(ea(ops[0]), width, v, user);
+        if (ops[0].type == ZYDIS_OPERAND_TYPE_MEMORY) write(ea(insn, ops[0]), width, v, user);
         else set_reg(ops[0].reg.value, v);
       } catch (...) {
         reg32(4) = esp;
@@ -494,7 +499,7 @@ bool Vcpu::emulate_mmio_native(std::uint32_t eip, const ZydisDecodedInstruction&
   const bool reads = op.actions & ZYDIS_OPERAND_ACTION_MASK_READ;
   const bool writes = op.actions & ZYDIS_OPERAND_ACTION_MASK_WRITE;
   const bool user = cpl_ == 3;
-  const std::uint32_t la = ea(op);
+  const std::uint32_t la = ea(insn, op);
   // Permission checks on every page of the operand, before any device access.
   for (std::uint32_t at = la; at - la < size; at = (at & ~0xfffu) + 0x1000) lin_to_phys(at, writes, user, false);
   // Translate the single instruction with the operand redirected.
@@ -664,14 +669,14 @@ void Vcpu::emulate(std::uint32_t eip, bool mmio, Block* block) {
   auto operand_value = [&](const ZydisDecodedOperand& o) -> std::uint32_t {
     switch (o.type) {
       case ZYDIS_OPERAND_TYPE_REGISTER: return get_reg(o.reg.value);
-      case ZYDIS_OPERAND_TYPE_MEMORY: return read(ea(o), o.size / 8, user);
+      case ZYDIS_OPERAND_TYPE_MEMORY: return read(ea(insn, o), o.size / 8, user);
       case ZYDIS_OPERAND_TYPE_IMMEDIATE: return static_cast<std::uint32_t>(o.imm.value.u);
       default: throw std::runtime_error("bt-swmmu: emulator: unexpected operand");
     }
   };
   auto store = [&](const ZydisDecodedOperand& o, std::uint32_t v) {
     if (o.type == ZYDIS_OPERAND_TYPE_REGISTER) set_reg(o.reg.value, v);
-    else write(ea(o), o.size / 8, v, user);
+    else write(ea(insn, o), o.size / 8, v, user);
   };
   std::uint32_t new_eip = next;
 
@@ -807,7 +812,7 @@ void Vcpu::emulate(std::uint32_t eip, bool mmio, Block* block) {
     case ZYDIS_MNEMONIC_LGDT:
     case ZYDIS_MNEMONIC_LIDT: {
       need_cpl0();
-      const std::uint32_t a = ea(ops[0]);
+      const std::uint32_t a = ea(insn, ops[0]);
       std::uint16_t limit = static_cast<std::uint16_t>(read(a, 2, user));
       std::uint32_t base = read(a + 2, 4, user);
       if (opsize == 16) base &= 0xffffff;
@@ -819,7 +824,7 @@ void Vcpu::emulate(std::uint32_t eip, bool mmio, Block* block) {
     case ZYDIS_MNEMONIC_SGDT:
     case ZYDIS_MNEMONIC_SIDT: {
       check_umip();
-      const std::uint32_t a = ea(ops[0]);
+      const std::uint32_t a = ea(insn, ops[0]);
       auto& t = insn.mnemonic == ZYDIS_MNEMONIC_SGDT ? gdtr_ : idtr_;
       write(a, 2, t.limit, user);
       write(a + 2, 4, static_cast<std::uint32_t>(t.base), user);
@@ -866,7 +871,7 @@ void Vcpu::emulate(std::uint32_t eip, bool mmio, Block* block) {
       break;
     }
     case ZYDIS_MNEMONIC_CLTS: need_cpl0(); cr0_ &= ~8ull; break;
-    case ZYDIS_MNEMONIC_INVLPG: need_cpl0(); monitor_tlb_flush(); shadow_->invlpg(ea(ops[0])); break;
+    case ZYDIS_MNEMONIC_INVLPG: need_cpl0(); monitor_tlb_flush(); shadow_->invlpg(ea(insn, ops[0])); break;
     case ZYDIS_MNEMONIC_WBINVD: case ZYDIS_MNEMONIC_INVD: need_cpl0(); break;
     case ZYDIS_MNEMONIC_MOV: {
       auto cls0 = ops[0].type == ZYDIS_OPERAND_TYPE_REGISTER ? ZydisRegisterGetClass(ops[0].reg.value) : ZYDIS_REGCLASS_INVALID;
@@ -893,9 +898,9 @@ void Vcpu::emulate(std::uint32_t eip, bool mmio, Block* block) {
         if (s == 2) interrupt_shadow_ = true;
       } else if (cls1 == ZYDIS_REGCLASS_SEGMENT) {
         const std::uint16_t sel = seg(ops[1].reg.value - ZYDIS_REGISTER_ES).selector;
-        if (ops[0].type == ZYDIS_OPERAND_TYPE_MEMORY) write(ea(ops[0]), 2, sel, user);
+        if (ops[0].type == ZYDIS_OPERAND_TYPE_MEMORY) write(ea(insn, ops[0]), 2, sel, user);
         else set_reg(ops[0].reg.value, sel);
-      } else if (mmio) {
+      } else if (mmio || insn.address_width == 16) {  // a device, or a 16-bit address formed here
         store(ops[0], operand_value(ops[1]));
       } else {
         throw std::runtime_error("bt-swmmu: emulator: unexpected MOV form: " + describe(insn, ops, eip));
@@ -935,7 +940,7 @@ void Vcpu::emulate(std::uint32_t eip, bool mmio, Block* block) {
     }
     case ZYDIS_MNEMONIC_LDS: case ZYDIS_MNEMONIC_LES: case ZYDIS_MNEMONIC_LFS: case ZYDIS_MNEMONIC_LGS:
     case ZYDIS_MNEMONIC_LSS: {
-      const std::uint32_t a = ea(ops[1]);
+      const std::uint32_t a = ea(insn, ops[1]);
       const std::uint32_t off = read(a, opsize / 8, user);
       const std::uint16_t sel = static_cast<std::uint16_t>(read(a + opsize / 8, 2, user));
       const int s = insn.mnemonic == ZYDIS_MNEMONIC_LDS ? 3 : insn.mnemonic == ZYDIS_MNEMONIC_LES ? 0
@@ -976,8 +981,10 @@ void Vcpu::emulate(std::uint32_t eip, bool mmio, Block* block) {
         const std::uint32_t target =
             ops[0].type == ZYDIS_OPERAND_TYPE_IMMEDIATE ? next + static_cast<std::uint32_t>(ops[0].imm.value.s)
                                                         : operand_value(ops[0]);
-        if (insn.mnemonic == ZYDIS_MNEMONIC_CALL) push(next, 2);  // IP
-        eip_ = target & 0xffff;
+        // Here with a 16-bit operand size (an IP word, EIP truncated) or a
+        // 16-bit address size forming the memory operand.
+        if (insn.mnemonic == ZYDIS_MNEMONIC_CALL) push(next, opsize / 8);
+        eip_ = opsize == 16 ? target & 0xffff : target;
         return;
       }
       std::uint16_t sel;
@@ -986,7 +993,7 @@ void Vcpu::emulate(std::uint32_t eip, bool mmio, Block* block) {
         sel = ops[0].ptr.segment;
         off = ops[0].ptr.offset;
       } else {
-        const std::uint32_t a = ea(ops[0]);
+        const std::uint32_t a = ea(insn, ops[0]);
         off = read(a, opsize / 8, user);
         sel = static_cast<std::uint16_t>(read(a + opsize / 8, 2, user));
       }
@@ -1074,9 +1081,14 @@ void Vcpu::emulate(std::uint32_t eip, bool mmio, Block* block) {
       reg32(4) = esp - frame;
       break;
     }
+    case ZYDIS_MNEMONIC_LEA:  // with a 16-bit address size (translated otherwise)
+      set_reg(ops[0].reg.value, effective_offset(insn, ops[1]));
+      break;
     case ZYDIS_MNEMONIC_XLAT: {
       const int s = insn.attributes & ZYDIS_ATTRIB_HAS_SEGMENT ? ops[1].mem.segment - ZYDIS_REGISTER_ES : 3;
-      std::uint32_t v = read(static_cast<std::uint32_t>(ctx_->seg_base[s]) + reg32(3) + (reg32(0) & 0xff), 1, user);
+      std::uint32_t offset = reg32(3) + (reg32(0) & 0xff);
+      if (insn.address_width == 16) offset = ((reg32(3) & 0xffff) + (reg32(0) & 0xff)) & 0xffff;  // BX + AL
+      std::uint32_t v = read(static_cast<std::uint32_t>(ctx_->seg_base[s]) + offset, 1, user);
       reg32(0) = (reg32(0) & ~0xffu) | v;
       break;
     }
@@ -1131,7 +1143,7 @@ void Vcpu::emulate(std::uint32_t eip, bool mmio, Block* block) {
       break;
     }
     case ZYDIS_MNEMONIC_BOUND: {
-      const std::uint32_t a = ea(ops[1]);
+      const std::uint32_t a = ea(insn, ops[1]);
       const std::int32_t idx = static_cast<std::int32_t>(get_reg(ops[0].reg.value));
       const std::int32_t lo = static_cast<std::int32_t>(read(a, 4, user));
       const std::int32_t hi = static_cast<std::int32_t>(read(a + 4, 4, user));
@@ -1170,7 +1182,13 @@ void Vcpu::emulate(std::uint32_t eip, bool mmio, Block* block) {
       if (insn.attributes & ZYDIS_ATTRIB_IS_PRIVILEGED) {
         if (cpl_ != 0) raise(13, true, 0);
       }
-      if (mmio && emulate_mmio_native(eip, insn, ops)) return;
+      // A 16-bit address size: the operand's address is formed here and the
+      // instruction runs natively on the stage, as for MMIO (not a bit test
+      // with a register offset, which reaches beyond its operand).
+      if ((mmio || (insn.address_width == 16 && !(insn.meta.category == ZYDIS_CATEGORY_BITBYTE &&
+                                                   ops[1].type == ZYDIS_OPERAND_TYPE_REGISTER))) &&
+          emulate_mmio_native(eip, insn, ops))
+        return;
       throw std::runtime_error("bt-swmmu: cannot emulate '" + describe(insn, ops, eip) + "'" +
                                (mmio ? " (MMIO access)" : ""));
   }

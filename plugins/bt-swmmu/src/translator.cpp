@@ -150,7 +150,9 @@ bool is_fpu_like(const ZydisDecodedInstruction& insn) {
 }  // namespace
 
 InsnClass classify(const ZydisDecodedInstruction& insn, const ZydisDecodedOperand* ops, TKey tkey) {
-  if (insn.address_width != 32) {  // 0x67: matters only where an address or eCX count is formed
+  // 0x67: matters only where an address or eCX count is formed (not for an
+  // operand the monitor redirects to its stage, whose address it formed).
+  if (insn.address_width != 32 && !t_redirect) {
     if (insn.mnemonic == ZYDIS_MNEMONIC_JCXZ || insn.mnemonic == ZYDIS_MNEMONIC_JECXZ ||
         insn.mnemonic == ZYDIS_MNEMONIC_LOOP || insn.mnemonic == ZYDIS_MNEMONIC_LOOPE ||
         insn.mnemonic == ZYDIS_MNEMONIC_LOOPNE)

@@ -598,7 +598,7 @@ std::optional<GuestException> Vcpu::monitor_site_fault(const DecodedInsn& d) {
     const unsigned size = op.size / 8;
     if (size == 0) return std::nullopt;
     const bool writes = op.actions & ZYDIS_OPERAND_ACTION_MASK_WRITE;
-    const std::uint32_t la = ea(op);
+    const std::uint32_t la = ea(d.insn, op);
     for (std::uint32_t at = la; at - la < size; at = (at & ~0xfffu) + 0x1000) {
       const WalkResult w = walk(shadow_->phys(), paging(), at, Access{writes, cpl_ == 3, false}, false);
       if (!w.ok) {

@@ -147,7 +147,10 @@ class Vcpu {
   void read_linear(std::uint32_t la, std::uint8_t* bytes, unsigned size, bool user);
   void write_linear(std::uint32_t la, const std::uint8_t* bytes, unsigned size, bool user);
   MmioStage mmio_stage_;
-  std::uint32_t ea(const ZydisDecodedOperand& op);
+  // The linear address of a memory operand: segment base + offset, the
+  // offset formed with the instruction's address size (16-bit: wraps at 64 KiB).
+  std::uint32_t ea(const ZydisDecodedInstruction& insn, const ZydisDecodedOperand& op);
+  std::uint32_t effective_offset(const ZydisDecodedInstruction& insn, const ZydisDecodedOperand& op);
   std::uint32_t get_reg(int zreg) const;
   void set_reg(int zreg, std::uint32_t v);
   void do_iret(unsigned opsize, std::uint32_t next_eip);
