@@ -2,8 +2,9 @@
  * the offset is formed from BX/BP/SI/DI and a 16-bit displacement and wraps
  * at 64 KiB (flat segments, so it is the linear address).  Loads, stores,
  * read-modify-write, MOVZX, XCHG, an SSE load, LEA (offset only, wrapping),
- * XLAT (BX + AL), an indirect near JMP through [BX], and a #GP-free wrap from
- * 0xfff0 + 0x20 to 0x0010.  Data lives in a buffer copied to 0x7800. */
+ * XLAT (BX + AL), REP MOVSB / REP STOSW / REPNE SCASB counting in CX with
+ * SI/DI (upper halves untouched), an indirect near JMP through [BX], and a
+ * wrap of [BX+SI] past 64 KiB.  Data lives at 0x7800. */
 #include "rt.h"
 
 #define LOW 0x7800u
@@ -68,6 +69,29 @@ int main(void)
                    : "=m"(out) : : "esi", "memory");
   printf("movdqu [si]: %08x %08x %08x %08x\n", out[0], out[1], out[2], out[3]);
   CHECK_EQ(out[0], *(volatile uint32_t *)(LOW + 0x80));
+
+  /* String instructions count in CX and step SI/DI; the upper halves stay. */
+  uint32_t ecx = 0xabcd0005, esi = 0x12347800, edi = 0x567878c0;
+  __asm__ volatile("addr16 rep movsb" : "+c"(ecx), "+S"(esi), "+D"(edi) : : "memory");
+  printf("a16 rep movsb: ECX 0x%08x ESI 0x%08x EDI 0x%08x, copied %s\n", ecx, esi, edi,
+         low[0xc0] == low[0] && low[0xc4] == low[4] && low[0xc5] != low[5] ? "5 bytes" : "wrong");
+  CHECK_EQ(ecx, 0xabcd0000);
+  CHECK_EQ(esi, 0x12347805);
+  CHECK_EQ(edi, 0x567878c5);
+  ecx = 0xffff0003;
+  edi = 0x999978d0;
+  __asm__ volatile("movl $0x4242, %%eax\n\taddr16 rep stosw" : "+c"(ecx), "+D"(edi) : : "eax", "memory");
+  printf("a16 rep stosw: ECX 0x%08x EDI 0x%08x, words %04x %04x %04x\n", ecx, edi,
+         *(volatile uint16_t *)(LOW + 0xd0), *(volatile uint16_t *)(LOW + 0xd2), *(volatile uint16_t *)(LOW + 0xd4));
+  CHECK_EQ(ecx, 0xffff0000);
+  CHECK_EQ(edi, 0x999978d6);
+  low[0xe7] = 0x77;
+  ecx = 0x00010100;
+  edi = 0x000078e0;
+  __asm__ volatile("movb $0x77, %%al\n\taddr16 repne scasb" : "+c"(ecx), "+D"(edi) : : "eax", "memory", "cc");
+  printf("a16 repne scasb: found after %u bytes, ECX 0x%08x\n", edi - 0x78e0, ecx);
+  CHECK_EQ(edi, 0x78e8);
+  CHECK_EQ(ecx, 0x000100f8);
 
   /* Near JMP through [bx] with a 32-bit operand: the full target. */
   extern char addr16_landed[];

@@ -222,7 +222,12 @@ void Vcpu::string_op(const ZydisDecodedInstruction& insn, const ZydisDecodedOper
   // the CPU's).  Falls back to the general loop at MMIO or page boundaries.
   const bool is_movs = m == ZYDIS_MNEMONIC_MOVSB || m == ZYDIS_MNEMONIC_MOVSW || m == ZYDIS_MNEMONIC_MOVSD;
   const bool is_stos = m == ZYDIS_MNEMONIC_STOSB || m == ZYDIS_MNEMONIC_STOSW || m == ZYDIS_MNEMONIC_STOSD;
-  if (rep && (is_movs || is_stos)) {
+  // A 16-bit address size: SI, DI and CX, wrapping at 64 KiB (general loop only).
+  const bool a16 = insn.address_width == 16;
+  const std::uint32_t amask = a16 ? 0xffffu : 0xffffffffu;
+  auto reg_a = [&](unsigned i) { return reg32(i) & amask; };
+  auto set_a = [&](unsigned i, std::uint32_t v) { reg32(i) = (reg32(i) & ~amask) | (v & amask); };
+  if (rep && (is_movs || is_stos) && !a16) {
     for (int chunks = 0; chunks < 64 && reg32(1) != 0; ++chunks) {
       std::uint32_t& esi = reg32(6);
       std::uint32_t& edi = reg32(7);
@@ -257,9 +262,8 @@ void Vcpu::string_op(const ZydisDecodedInstruction& insn, const ZydisDecodedOper
   // Bounded work per call: long REP loops resume through the dispatcher so
   // interrupts and stop requests are seen.
   for (int budget = 4096; budget > 0; --budget) {
-    if (rep && reg32(1) == 0) return;
-    std::uint32_t& esi = reg32(6);
-    std::uint32_t& edi = reg32(7);
+    if (rep && reg_a(1) == 0) return;
+    std::uint32_t esi = reg_a(6), edi = reg_a(7);  // written back once the iteration has succeeded
     bool stop = false;
     switch (m) {
       case ZYDIS_MNEMONIC_MOVSB: case ZYDIS_MNEMONIC_MOVSW: case ZYDIS_MNEMONIC_MOVSD:
@@ -313,9 +317,11 @@ void Vcpu::string_op(const ZydisDecodedInstruction& insn, const ZydisDecodedOper
       default:
         throw std::runtime_error("bt-swmmu: emulator: unexpected string instruction");
     }
+    set_a(6, esi);
+    set_a(7, edi);
     if (!rep) return;
-    reg32(1) -= 1;
-    if (stop || reg32(1) == 0) return;
+    set_a(1, reg_a(1) - 1);
+    if (stop || reg_a(1) == 0) return;
   }
   throw 0;  // budget exhausted: caller resumes this instruction later
 }
@@ -1157,7 +1163,6 @@ void Vcpu::emulate(std::uint32_t eip, bool mmio, Block* block) {
     case ZYDIS_MNEMONIC_SCASB: case ZYDIS_MNEMONIC_SCASW: case ZYDIS_MNEMONIC_SCASD:
     case ZYDIS_MNEMONIC_INSB: case ZYDIS_MNEMONIC_INSW: case ZYDIS_MNEMONIC_INSD:
     case ZYDIS_MNEMONIC_OUTSB: case ZYDIS_MNEMONIC_OUTSW: case ZYDIS_MNEMONIC_OUTSD:
-      if (insn.address_width != 32) throw std::runtime_error("bt-swmmu: 16-bit address-size string instruction");
       try {
         string_op(insn, ops);
       } catch (int) {
