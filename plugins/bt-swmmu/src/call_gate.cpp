@@ -1,4 +1,4 @@
-// Far CALL and JMP through a 32-bit call gate (SDM vol. 3 section 5.8): the
+// Far CALL and JMP through a call gate (32- or 16-bit; SDM vol. 3 5.8): the
 // gate's and the target's checks (segment_descriptor.hpp), and for a CALL to
 // a more privileged non-conforming segment the stack switch from the TSS
 // with the gate's parameters copied from the caller's stack.
@@ -11,7 +11,9 @@ namespace modevisor::bt {
 void Vcpu::far_transfer_through_call_gate(std::uint16_t gate_sel, bool call, std::uint32_t return_eip) {
   const std::uint64_t raw = read_descriptor(gate_sel, gate_sel & 0xfffc);
   const GateDescriptor gate = decode_gate_descriptor(raw);
-  if (gate.type == 0x04) throw std::runtime_error("bt-swmmu: 16-bit call gates are not supported");
+  // A 16-bit gate (type 4): a 16-bit offset, and word pushes (IP, CS, SP, SS, parameters).
+  const unsigned bytes = gate.type == 0x04 ? 2 : 4;
+  const std::uint32_t target_eip = bytes == 2 ? gate.offset & 0xffff : gate.offset;
   require(check_call_gate(gate, gate_sel, cpl_));
   const std::uint16_t cs_sel = gate.selector;
   if ((cs_sel & 0xfffc) == 0) raise(13, true, 0);
@@ -22,15 +24,15 @@ void Vcpu::far_transfer_through_call_gate(std::uint16_t gate_sel, bool call, std
     if (call) {
       const std::uint32_t esp0 = reg32(4);
       try {
-        push32(cs_.selector);
-        push32(return_eip);
+        push(cs_.selector, bytes);
+        push(return_eip, bytes);
       } catch (...) {
         reg32(4) = esp0;
         throw;
       }
     }
     load_cs(cs_sel, cpl_);
-    eip_ = gate.offset;
+    eip_ = target_eip;
     return;
   }
 
@@ -50,7 +52,7 @@ void Vcpu::far_transfer_through_call_gate(std::uint16_t gate_sel, bool call, std
   std::uint32_t params[32];
   const std::uint32_t old_esp = reg32(4);
   for (unsigned i = 0; i < count; ++i)
-    params[i] = read(static_cast<std::uint32_t>(ss_.base) + old_esp + 4 * i, 4, cpl_ == 3);
+    params[i] = read(static_cast<std::uint32_t>(ss_.base) + old_esp + bytes * i, bytes, cpl_ == 3);
   const api::Segment old_ss = ss_;
   const unsigned old_cpl = cpl_;
   const std::uint16_t old_cs = cs_.selector;
@@ -58,11 +60,11 @@ void Vcpu::far_transfer_through_call_gate(std::uint16_t gate_sel, bool call, std
   ss_ = nss;
   reg32(4) = new_esp;
   try {
-    push32(old_ss.selector);
-    push32(old_esp);
-    for (unsigned i = count; i-- > 0;) push32(params[i]);
-    push32(old_cs);
-    push32(return_eip);
+    push(old_ss.selector, bytes);
+    push(old_esp, bytes);
+    for (unsigned i = count; i-- > 0;) push(params[i], bytes);
+    push(old_cs, bytes);
+    push(return_eip, bytes);
     load_cs(cs_sel, new_cpl);
   } catch (...) {
     cpl_ = old_cpl;
@@ -71,7 +73,7 @@ void Vcpu::far_transfer_through_call_gate(std::uint16_t gate_sel, bool call, std
     sync_seg_bases();
     throw;
   }
-  eip_ = gate.offset;
+  eip_ = target_eip;
 }
 
 }  // namespace modevisor::bt
