@@ -76,6 +76,35 @@ TEST(BtTaskState, TssImageDecodesTheSdmOffsets) {
   EXPECT_EQ(Tss32::kSavedEnd - Tss32::kSavedFirst, 0x40u) << "EIP, EFLAGS, 8 registers, 6 selectors";
 }
 
+// A 16-bit TSS: word fields; the upper halves of EFLAGS and the registers
+// stay the current ones; no CR3; FS and GS null.
+TEST(BtTaskState, SixteenBitTssDecodesWordsOverTheCurrentUpperHalves) {
+  std::array<std::uint8_t, Tss32::kMinimumLimit + 1> image{};
+  auto put = [&](std::uint32_t at, std::uint16_t v) { std::memcpy(image.data() + at, &v, 2); };
+  put(0x00, 0x28);
+  put(0x0e, 0x7123);
+  put(0x10, 0x0246);
+  for (unsigned i = 0; i < 8; ++i) put(0x12 + 2 * i, static_cast<std::uint16_t>(0x100 + i));
+  const std::uint16_t segs[4] = {0x10, 0x08, 0x18, 0x20};
+  for (unsigned i = 0; i < 4; ++i) put(0x22 + 2 * i, segs[i]);
+  put(0x2a, 0x40);
+  std::array<std::uint32_t, 8> current;
+  for (unsigned i = 0; i < 8; ++i) current[i] = 0xabcd0000u + i;
+  const Tss32 t = Tss16::decode(image, current, 0x00240202);
+  EXPECT_EQ(t.link, 0x28);
+  EXPECT_EQ(t.eip, 0x7123u);
+  EXPECT_EQ(t.eflags, 0x00240246u);
+  for (unsigned i = 0; i < 8; ++i) EXPECT_EQ(t.gprs[i], 0xabcd0100u + i);
+  for (unsigned i = 0; i < 4; ++i) EXPECT_EQ(t.segments[i], segs[i]);
+  EXPECT_EQ(t.segments[4], 0);
+  EXPECT_EQ(t.segments[5], 0);
+  EXPECT_EQ(t.ldt, 0x40);
+  EXPECT_EQ(t.cr3, 0u);
+  EXPECT_TRUE(is_32bit_tss(9) && is_32bit_tss(0xb));
+  EXPECT_FALSE(is_32bit_tss(1) || is_32bit_tss(3));
+  EXPECT_EQ(Tss16::kSavedEnd - Tss16::kSavedFirst, 0x1cu) << "IP, FLAGS, 8 registers, 4 selectors";
+}
+
 TEST(BtTaskState, TargetChecksGiveTheFaultsOfEachPath) {
   // JMP/CALL naming a TSS: available only, privilege against CPL and RPL.
   EXPECT_FALSE(check_task_jump_target(system_descriptor(9), 0x30, 0));

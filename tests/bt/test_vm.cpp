@@ -820,8 +820,8 @@ TEST(BtVm, RandomTaskSwitchesAndCallGatesNeverCrashTheHost) {
       const std::uint32_t off = rng() % 2 ? 0x180000 : rng();
       std::uint64_t d = 0;
       switch (rng() % 5) {
-        case 0: case 1: {  // 32-bit TSS, available or busy
-          const unsigned type = rng() % 2 ? 9 : 0xb;
+        case 0: case 1: {  // TSS (32-bit mostly, 16-bit too), available or busy
+          const unsigned type = (rng() % 2 ? 1 : 3) | (rng() % 4 ? 8 : 0);
           d = (limit & 0xffff) | (std::uint64_t{base & 0xffffff} << 16) |
               (std::uint64_t{type | (dpl << 5) | (present << 7)} << 40) | (std::uint64_t{base >> 24} << 56);
           break;

@@ -10,6 +10,7 @@
  *   the faulting EIP saved in the old TSS), and #DF through one (#NP while
  *   delivering #GP), as 32-bit Linux handles double faults;
  *   with paging, each task's CR3 loaded from its TSS (never saved);
+ *   a CALL to a task with a 16-bit TSS (word fields, no CR3) and IRET back;
  *   faults: JMP to a busy TSS (#GP(selector)), IRET with NT to an available
  *   TSS (#TS(link)), a TSS limit below 0x67 (#TS), an IDT task gate not
  *   present (#NP with the IDT error code).
@@ -23,7 +24,8 @@
 #define SEL_GATE_B 0x48
 #define EFL_NT 0x4000u
 
-static uint64_t gdt[10] __attribute__((aligned(8)));
+#define SEL_E16 0x50 /* a 16-bit (80286) TSS */
+static uint64_t gdt[11] __attribute__((aligned(8)));
 static struct tss tss_b, tss_c, tss_d;
 static uint8_t stack_b[4096] __attribute__((aligned(16)));
 static uint8_t stack_c[4096] __attribute__((aligned(16)));
@@ -205,6 +207,71 @@ static __attribute__((noinline)) void df_fault(void)
   __asm__ volatile("movw $0x1230, %%ax\n.globl df_fault_insn\ndf_fault_insn: movw %%ax, %%ds\n"
                    ".globl df_resume\ndf_resume:" ::: "eax", "memory");
 }
+/* A task with a 16-bit TSS: IP, FLAGS, the registers and ES CS SS DS are
+ * words (the upper halves of EFLAGS and the registers stay), so its code
+ * lives below 64 KiB (a stub copied to 0x7000). */
+struct tss16 {
+  uint16_t link, sp0, ss0, sp1, ss1, sp2, ss2, ip, flags, ax, cx, dx, bx, sp, bp, si, di, es, cs, ss, ds, ldt;
+} __attribute__((packed));
+static struct tss16 tss_e;
+volatile uint32_t e_ebx, e_eflags, e_esp, e_runs;
+volatile uint16_t e_tr;
+extern char e_stub_start[], e_stub_end[], e_entry[], e_after_iret[];
+__asm__(".pushsection .rodata.estub, \"a\"\n"
+        ".globl e_stub_start\ne_stub_start:\n"
+        ".globl e_entry\ne_entry:\n"
+        "  movl %ebx, e_ebx\n"
+        "  movl %esp, e_esp\n"
+        "  pushfl\n  popl e_eflags\n"
+        "  str e_tr\n"
+        "  incl e_runs\n"
+        "  movw $0x5678, %si\n"
+        "  iret\n"
+        ".globl e_after_iret\ne_after_iret:\n"
+        "  jmp e_entry\n"
+        ".globl e_stub_end\ne_stub_end:\n"
+        ".popsection\n");
+static uint32_t e_low(char *label) { return 0x7000u + (uint32_t)(label - e_stub_start); }
+
+static void test_tss16(void)
+{
+  memcpy((void *)0x7000, e_stub_start, (size_t)(e_stub_end - e_stub_start));
+  memset(&tss_e, 0, sizeof tss_e);
+  tss_e.ip = (uint16_t)e_low(e_entry);
+  tss_e.flags = 0x2;
+  tss_e.bx = 0x1234;
+  /* ESP's upper half stays the caller's (as for every register): SP points
+   * 512 bytes below the main task's stack pointer, into its free stack. */
+  uint32_t esp_now;
+  __asm__ volatile("movl %%esp, %0" : "=r"(esp_now));
+  tss_e.sp = (uint16_t)(esp_now - 0x200);
+  tss_e.cs = SEL_KCODE;
+  tss_e.ss = tss_e.ds = tss_e.es = SEL_KDATA;
+  uint64_t base = (uint32_t)&tss_e, limit = sizeof tss_e - 1;
+  gdt[SEL_E16 >> 3] = (limit & 0xffff) | (base & 0xffffff) << 16 | (uint64_t)0x81 << 40 | (base >> 24) << 56;
+  uint32_t ebx_after;
+  __asm__ volatile("movl $0xdead0000, %%ebx\n\tlcall $0x50, $0\n\tmovl %%ebx, %0" : "=r"(ebx_after) : : "ebx", "memory");
+  __asm__ volatile("clts");
+  const uint32_t want_esp = (esp_now & 0xffff0000u) | tss_e.sp;
+  printf("16-bit TSS: E ran %u, TR 0x%x, EBX in E 0x%x, ESP in E = caller's upper half | SP %c, NT in E %u; "
+         "types main %x E %x\n", e_runs, e_tr, e_ebx, yes(e_esp == want_esp), (e_eflags & EFL_NT) ? 1 : 0,
+         desc_type(SEL_TSS), desc_type(SEL_E16));
+  printf("16-bit TSS: after: E's IP %c FLAGS NT %u SI 0x%x BX 0x%x link 0x%x; main's EBX 0x%x\n",
+         yes(tss_e.ip == (uint16_t)e_low(e_after_iret)), (tss_e.flags & EFL_NT) ? 1 : 0, tss_e.si, tss_e.bx, tss_e.link,
+         ebx_after);
+  CHECK_EQ(e_runs, 1);
+  CHECK_EQ(e_tr, SEL_E16);
+  CHECK_EQ(e_ebx & 0xffff, 0x1234);
+  CHECK_EQ(e_esp, want_esp);
+  CHECK(e_eflags & EFL_NT);
+  CHECK_EQ(tss_e.ip, (uint16_t)e_low(e_after_iret));
+  CHECK_EQ(tss_e.flags & EFL_NT, 0);
+  CHECK_EQ(tss_e.si, 0x5678);
+  CHECK_EQ(tss_e.link, SEL_TSS);
+  CHECK_EQ(desc_type(SEL_E16), 0x1);
+  CHECK_EQ(ebx_after, 0xdead0000);
+}
+
 static void do_jump_busy(void) { __asm__ volatile("ljmp $0x28, $0" ::: "memory"); }
 static void do_jump_b(void) { __asm__ volatile("ljmp $0x30, $0" ::: "memory"); }
 static void do_int_40(void) { __asm__ volatile("int $0x40" ::: "memory"); }
@@ -320,6 +387,7 @@ int main(void)
   CHECK_EQ(tss_d.link & 0xffff, SEL_TSS);
 
   test_paging();
+  test_tss16();
 
   /* The main task is busy: jumping to it is #GP(selector). */
   struct trap_info ti;

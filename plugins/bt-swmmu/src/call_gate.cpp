@@ -38,10 +38,7 @@ void Vcpu::far_transfer_through_call_gate(std::uint16_t gate_sel, bool call, std
 
   // A CALL to an inner ring: its stack from the TSS.
   const unsigned new_cpl = target.dpl;
-  const std::uint32_t tss = static_cast<std::uint32_t>(tr_.base);
-  if (tr_.unusable || tr_.limit < 8u * new_cpl + 11) raise(10, true, tr_.selector & 0xfffc);
-  const std::uint32_t new_esp = read(tss + 4 + 8 * new_cpl, 4, false);
-  const std::uint16_t new_ss = static_cast<std::uint16_t>(read(tss + 8 + 8 * new_cpl, 2, false));
+  const auto [new_esp, new_ss] = stack_from_tss(new_cpl);
   if ((new_ss & 0xfffc) == 0) raise(10, true, 0);
   const Outcome<std::uint32_t> at = locate_descriptor(new_ss, gdtr_, ldtr_, new_ss & 0xfffc);
   if (!at.ok()) raise(10, true, new_ss & 0xfffc);

@@ -62,10 +62,7 @@ void Vcpu::deliver(std::uint8_t vec, bool has_error, std::uint32_t error, bool s
       EventFrameInput{old_flags, old_cs, ret_eip, has_error, error, false, 0, 0, gate.interrupt_gate()});
   if (new_cpl < cpl_) {
     if (ctx_->sysflags & kVM) throw std::runtime_error("bt-swmmu: virtual-8086 mode is not supported");
-    const std::uint32_t tss = static_cast<std::uint32_t>(tr_.base);
-    if (tr_.unusable || tr_.limit < 8u * new_cpl + 11) raise(10, true, tr_.selector & 0xfffc);
-    const std::uint32_t new_esp = read(tss + 4 + 8 * new_cpl, 4, false);
-    const std::uint16_t new_ss = static_cast<std::uint16_t>(read(tss + 8 + 8 * new_cpl, 2, false));
+    const auto [new_esp, new_ss] = stack_from_tss(new_cpl);
     const std::uint32_t old_esp = reg32(4);
     const std::uint16_t old_ss = ss_.selector;
     api::Segment nss = decode_segment_descriptor(read_descriptor(new_ss, new_ss & 0xfffc), new_ss);

@@ -74,6 +74,35 @@ struct Tss32 {
   }
 };
 
+// A 16-bit (80286) TSS: IP, FLAGS, the eight registers and ES CS SS DS as
+// words, no CR3, no FS/GS.  Loaded, it is a Tss32 whose upper halves of
+// EFLAGS and the registers are the current ones (FS and GS become null).
+struct Tss16 {
+  static constexpr std::uint32_t kLink = 0x00, kIp = 0x0e, kFlags = 0x10, kGprs = 0x12, kSegments = 0x22,
+                                 kLdt = 0x2a;
+  static constexpr std::uint32_t kMinimumLimit = 0x2b;
+  static constexpr std::uint32_t kSavedFirst = kIp, kSavedEnd = kSegments + 4 * 2;
+
+  static Tss32 decode(const std::array<std::uint8_t, Tss32::kMinimumLimit + 1>& image,
+                      const std::array<std::uint32_t, 8>& current_gprs, std::uint32_t current_eflags) {
+    auto u16 = [&](std::uint32_t at) {
+      std::uint16_t v;
+      std::memcpy(&v, image.data() + at, 2);
+      return v;
+    };
+    Tss32 t;
+    t.link = u16(kLink);
+    t.eip = u16(kIp);
+    t.eflags = (current_eflags & 0xffff0000u) | u16(kFlags);
+    for (unsigned i = 0; i < 8; ++i) t.gprs[i] = (current_gprs[i] & 0xffff0000u) | u16(kGprs + 2 * i);
+    for (unsigned i = 0; i < 4; ++i) t.segments[i] = u16(kSegments + 2 * i);  // ES CS SS DS; FS GS null
+    t.ldt = u16(kLdt);
+    return t;
+  }
+};
+
+constexpr bool is_32bit_tss(unsigned type) { return type & 8; }
+
 // JMP/CALL far naming a TSS descriptor directly: available 32-bit or 16-bit
 // TSS, DPL >= CPL and >= RPL, present.  (A busy TSS, a privilege failure: #GP.)
 inline Check check_task_jump_target(const api::Segment& tss, std::uint16_t sel, unsigned cpl) {

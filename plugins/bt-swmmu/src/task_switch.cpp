@@ -14,6 +14,17 @@ namespace {
 constexpr std::uint32_t kVm = 0x20000;
 }  // namespace
 
+std::pair<std::uint32_t, std::uint16_t> Vcpu::stack_from_tss(unsigned cpl) {
+  const std::uint32_t tss = static_cast<std::uint32_t>(tr_.base);
+  if (is_32bit_tss(tr_.type)) {  // ESPn at 4 + 8n, SSn at 8 + 8n
+    if (tr_.unusable || tr_.limit < 8u * cpl + 11) raise(10, true, tr_.selector & 0xfffc);
+    return {read(tss + 4 + 8 * cpl, 4, false), static_cast<std::uint16_t>(read(tss + 8 + 8 * cpl, 2, false))};
+  }
+  // A 16-bit TSS: SPn at 2 + 4n, SSn at 4 + 4n (the stack pointer is a word).
+  if (tr_.unusable || tr_.limit < 4u * cpl + 5) raise(10, true, tr_.selector & 0xfffc);
+  return {read(tss + 2 + 4 * cpl, 2, false), static_cast<std::uint16_t>(read(tss + 4 + 4 * cpl, 2, false))};
+}
+
 void Vcpu::set_tss_busy(std::uint16_t sel, bool busy) {
   const std::uint32_t la = static_cast<std::uint32_t>(gdtr_.base + (sel & ~7u) + 5);
   const std::uint32_t access = read(la, 1, false);
@@ -29,31 +40,44 @@ std::uint64_t Vcpu::read_gdt_tss_descriptor(std::uint16_t sel, const Fault& beyo
 
 void Vcpu::switch_task(std::uint16_t sel, std::uint64_t raw, TaskSwitchKind kind, std::uint32_t return_eip) {
   api::Segment incoming = decode_segment_descriptor(raw, sel);
-  if (incoming.type == 1 || incoming.type == 3)
-    throw std::runtime_error("bt-swmmu: task switch to a 16-bit TSS is not supported");
-  if (incoming.limit < Tss32::kMinimumLimit) raise(10, true, sel & 0xfffc);
+  const bool new32 = is_32bit_tss(incoming.type);
+  if (incoming.limit < (new32 ? Tss32::kMinimumLimit : Tss16::kMinimumLimit)) raise(10, true, sel & 0xfffc);
 
   // Everything that can fault before the switch commits: reading the new
   // TSS, and the old TSS's saved fields being writable.
   const std::uint32_t new_base = static_cast<std::uint32_t>(incoming.base);
   std::array<std::uint8_t, Tss32::kMinimumLimit + 1> image{};
-  for (std::uint32_t at = 0; at < image.size(); at += 4) {
-    const std::uint32_t v = read(new_base + at, 4, false);
-    std::memcpy(image.data() + at, &v, 4);
+  const std::uint32_t image_bytes = new32 ? Tss32::kMinimumLimit + 1 : Tss16::kMinimumLimit + 1;
+  for (std::uint32_t at = 0; at < image_bytes; at += 2) {
+    const std::uint32_t v = read(new_base + at, 2, false);
+    std::memcpy(image.data() + at, &v, 2);
   }
-  const Tss32 next = Tss32::decode(image);
+  std::array<std::uint32_t, 8> current_gprs;
+  for (unsigned i = 0; i < 8; ++i) current_gprs[i] = reg32(i);
+  const Tss32 next = new32 ? Tss32::decode(image) : Tss16::decode(image, current_gprs, eflags());
   if (next.eflags & kVm) throw std::runtime_error("bt-swmmu: task switch into virtual-8086 mode is not supported");
   const std::uint32_t old_base = static_cast<std::uint32_t>(tr_.base);
-  lin_to_phys(old_base + Tss32::kSavedFirst, true, false, false);
-  lin_to_phys(old_base + Tss32::kSavedEnd - 1, true, false, false);
+  const bool old32 = is_32bit_tss(tr_.type);
+  lin_to_phys(old_base + (old32 ? Tss32::kSavedFirst : Tss16::kSavedFirst), true, false, false);
+  lin_to_phys(old_base + (old32 ? Tss32::kSavedEnd : Tss16::kSavedEnd) - 1, true, false, false);
   if (nests(kind)) lin_to_phys(new_base + Tss32::kLink, true, false, false);
 
-  // The outgoing task.
+  // The outgoing task (a 16-bit TSS keeps words: IP, FLAGS, registers, ES CS SS DS).
   if (releases_old_task(kind)) set_tss_busy(tr_.selector, false);
-  write(old_base + Tss32::kEip, 4, return_eip, false);
-  write(old_base + Tss32::kEflags, 4, outgoing_eflags(kind, eflags()), false);
-  for (unsigned i = 0; i < 8; ++i) write(old_base + Tss32::kGprs + 4 * i, 4, reg32(i), false);
-  for (unsigned i = 0; i < 6; ++i) write(old_base + Tss32::kSegments + 4 * i, 2, seg(static_cast<int>(i)).selector, false);
+  const std::uint32_t saved_flags = outgoing_eflags(kind, eflags());
+  if (old32) {
+    write(old_base + Tss32::kEip, 4, return_eip, false);
+    write(old_base + Tss32::kEflags, 4, saved_flags, false);
+    for (unsigned i = 0; i < 8; ++i) write(old_base + Tss32::kGprs + 4 * i, 4, reg32(i), false);
+    for (unsigned i = 0; i < 6; ++i)
+      write(old_base + Tss32::kSegments + 4 * i, 2, seg(static_cast<int>(i)).selector, false);
+  } else {
+    write(old_base + Tss16::kIp, 2, return_eip & 0xffff, false);
+    write(old_base + Tss16::kFlags, 2, saved_flags & 0xffff, false);
+    for (unsigned i = 0; i < 8; ++i) write(old_base + Tss16::kGprs + 2 * i, 2, reg32(i) & 0xffff, false);
+    for (unsigned i = 0; i < 4; ++i)
+      write(old_base + Tss16::kSegments + 2 * i, 2, seg(static_cast<int>(i)).selector, false);
+  }
   if (nests(kind)) write(new_base + Tss32::kLink, 2, tr_.selector, false);
   if (marks_new_task_busy(kind)) set_tss_busy(sel, true);
 
@@ -61,7 +85,7 @@ void Vcpu::switch_task(std::uint16_t sel, std::uint64_t raw, TaskSwitchKind kind
   incoming.type |= 2;
   tr_ = incoming;
   cr0_ |= 8;
-  if (paging().paging()) cr3_ = next.cr3;
+  if (new32 && paging().paging()) cr3_ = next.cr3;  // a 16-bit TSS has no CR3
   monitor_tlb_flush();
   set_eflags(incoming_eflags(kind, next.eflags));
   eip_ = next.eip;
@@ -118,7 +142,7 @@ void Vcpu::deliver_through_task_gate(std::uint16_t tss_sel, bool has_error, std:
   const std::uint64_t raw = read_gdt_tss_descriptor(tss_sel, Fault::gp((tss_sel & 0xfffc) | ext));
   require(check_task_gate_target(decode_segment_descriptor(raw, tss_sel), tss_sel, ext));
   switch_task(tss_sel, raw, TaskSwitchKind::Interrupt, return_eip);
-  if (has_error) push32(error);
+  if (has_error) push(error, is_32bit_tss(tr_.type) ? 4 : 2);  // a word for a 16-bit task
 }
 
 void Vcpu::far_transfer_to_task(std::uint16_t sel, const api::Segment& target, bool call, std::uint32_t return_eip) {

@@ -178,6 +178,8 @@ class Vcpu {
   void far_transfer_to_task(std::uint16_t sel, const api::Segment& target, bool call, std::uint32_t return_eip);
   void return_to_linked_task(std::uint32_t return_eip);
   void set_tss_busy(std::uint16_t sel, bool busy);
+  // The stack of an inner ring from the current TSS (32- or 16-bit layout); #TS beyond its limit.
+  std::pair<std::uint32_t, std::uint16_t> stack_from_tss(unsigned cpl);
   std::uint64_t read_gdt_tss_descriptor(std::uint16_t sel, const Fault& beyond_gdt);
 
   std::string dump() const;
