@@ -45,10 +45,6 @@ class Loader {
       throw InputError(what, 0, 0,
                        fmt::format("{} at {:#x}-{:#x} lies beyond guest RAM ({:#x} bytes)", kind, address,
                                    address + size, ram_.size()));
-    if (address < kMultibootInfoEnd && kMultibootInfoBase < address + size)
-      throw InputError(what, 0, 0,
-                       fmt::format("{} at {:#x}-{:#x} overlaps the multiboot information area {:#x}-{:#x}", kind,
-                                   address, address + size, kMultibootInfoBase, kMultibootInfoEnd));
   }
 
   void copy(std::uint64_t address, const std::uint8_t* data, std::uint64_t size) {
@@ -65,6 +61,16 @@ class Loader {
   api::GuestMemory& ram_;
   std::filesystem::path name_;
 };
+
+// The information area above everything loaded (`after`, page aligned),
+// outside the legacy hole 0x9fc00-0x100000 (reserved in the memory map).
+std::uint32_t information_area_after(const Loader& loader, const std::filesystem::path& kernel,
+                                     std::uint64_t after) {
+  std::uint64_t base = page_up(after);
+  if (base < 0x100000 && base + kMultibootInfoSize > 0x9f000) base = 0x100000;
+  loader.place(kernel, base, kMultibootInfoSize, "multiboot information (after the kernel and modules)");
+  return static_cast<std::uint32_t>(base);
+}
 
 }  // namespace
 
@@ -225,18 +231,26 @@ MultibootBoot load_multiboot(api::GuestMemory& ram, const std::filesystem::path&
   boot.kernel_end = static_cast<std::uint32_t>(high);
   boot.entry = entry;
 
-  // 3. Modules, page aligned after the kernel.
+  // 3. Where the information goes: the usual low area unless a kernel segment
+  // lies there; then, as QEMU does, after the kernel (and its modules).
+  const bool low_area_free = std::none_of(segments.begin(), segments.end(), [](const Segment& seg) {
+    return seg.address < kMultibootInfoEnd && kMultibootInfoBase < seg.address + seg.mem_size;
+  });
+
+  // 4. Modules, page aligned after the kernel (and after the low area).
   std::uint64_t next = page_up(high);
   for (const auto& m : modules) {
-    next = std::max<std::uint64_t>(next, kMultibootInfoEnd);
+    if (low_area_free) next = std::max<std::uint64_t>(next, kMultibootInfoEnd);
     loader.place(m.name, next, m.bytes.size(), "module");
     loader.copy(next, m.bytes.data(), m.bytes.size());
     boot.modules.emplace_back(static_cast<std::uint32_t>(next), static_cast<std::uint32_t>(next + m.bytes.size()));
     next = page_up(next + m.bytes.size());
   }
 
-  // 4. The information area.
-  std::vector<std::uint8_t> area(kMultibootInfoEnd - kMultibootInfoBase, 0);
+  // 5. The information area.
+  const std::uint32_t area_base =
+      low_area_free ? kMultibootInfoBase : information_area_after(loader, kernel_name, next);
+  std::vector<std::uint8_t> area(kMultibootInfoSize, 0);
   std::size_t used = 0;
   auto alloc = [&](std::size_t size, std::size_t align) -> std::uint32_t {
     used = (used + align - 1) & ~(align - 1);
@@ -245,17 +259,17 @@ MultibootBoot load_multiboot(api::GuestMemory& ram, const std::filesystem::path&
                               area.size()));
     const std::size_t at = used;
     used += size;
-    return static_cast<std::uint32_t>(kMultibootInfoBase + at);
+    return static_cast<std::uint32_t>(area_base + at);
   };
   auto put32 = [&](std::uint32_t address, std::uint32_t value) {
-    std::memcpy(&area[address - kMultibootInfoBase], &value, 4);
+    std::memcpy(&area[address - area_base], &value, 4);
   };
   auto put64 = [&](std::uint32_t address, std::uint64_t value) {
-    std::memcpy(&area[address - kMultibootInfoBase], &value, 8);
+    std::memcpy(&area[address - area_base], &value, 8);
   };
   auto put_string = [&](const std::string& s) {
     const std::uint32_t at = alloc(s.size() + 1, 1);
-    std::memcpy(&area[at - kMultibootInfoBase], s.data(), s.size());
+    std::memcpy(&area[at - area_base], s.data(), s.size());
     return at;
   };
 
@@ -310,7 +324,7 @@ MultibootBoot load_multiboot(api::GuestMemory& ram, const std::filesystem::path&
     put32(mods + static_cast<std::uint32_t>(i) * 16 + 8, string);
     put32(mods + static_cast<std::uint32_t>(i) * 16 + 12, 0);
   }
-  loader.copy(kMultibootInfoBase, area.data(), area.size());
+  loader.copy(area_base, area.data(), area.size());
 
   boot.info_address = info;
   boot.vcpu = multiboot_entry_state(entry, info);

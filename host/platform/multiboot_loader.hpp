@@ -10,8 +10,10 @@
 // are always honoured; bit 2 (video mode) is ignored with a note; any other
 // bit in 0-15 is an unsupported requirement and refused.
 //
-// The multiboot information goes in a fixed low-memory area [kInfoBase,
-// kInfoEnd) that loaded segments must not overlap: the info structure (flags
+// The multiboot information goes in the low-memory area [kInfoBase, kInfoEnd)
+// unless a kernel segment lies there; then (as QEMU does) in an area of the
+// same size after the kernel and its modules (page aligned, moved to 1 MiB if
+// it would reach into the legacy hole below 1 MiB): the info structure (flags
 // mem, cmdline, mods, mmap, boot_loader_name; no boot_device; memory as
 // QEMU reports it unless MultibootMemoryMap::Plain is asked for), then the
 // memory map, the module list and the strings.  The kernel command line is
@@ -76,6 +78,7 @@ inline constexpr std::uint32_t kMultibootHeaderMagic = 0x1BADB002;
 inline constexpr std::uint32_t kMultibootBootMagic = 0x2BADB002;
 inline constexpr std::uint32_t kMultibootInfoBase = 0x8000;
 inline constexpr std::uint32_t kMultibootInfoEnd = 0x10000;
+inline constexpr std::uint32_t kMultibootInfoSize = kMultibootInfoEnd - kMultibootInfoBase;
 
 // Throws InputError (naming the kernel or module file) on a bad image or a
 // file that cannot be read or is larger than guest RAM.

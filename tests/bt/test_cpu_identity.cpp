@@ -26,8 +26,52 @@ TEST(BtCpuIdentity, OwnModelNamesTheEngineAndEachCpu) {
   EXPECT_TRUE(one.edx & (1u << 26));       // SSE2
   EXPECT_FALSE(one.edx & (1u << 28));      // no HTT
   EXPECT_TRUE(model.answer(0x80000001, 0, 0).edx & (1u << 20));  // NX
-  const CpuidAnswer none = model.answer(7, 0, 0);
-  EXPECT_EQ(none.eax | none.ebx | none.ecx | none.edx, 0u);
+  // Leaf 7: SMEP, SMAP, UMIP and RDPID, which the engine enforces; RDTSCP in 0x80000001.
+  EXPECT_EQ(model.answer(0, 0, 0).eax, 7u);
+  const CpuidAnswer seven = model.answer(7, 0, 0);
+  EXPECT_EQ(seven.eax, 0u);
+  EXPECT_EQ(seven.ebx, (1u << 7) | (1u << 20));
+  EXPECT_EQ(seven.ecx, (1u << 2) | (1u << 22));
+  EXPECT_EQ(seven.edx, 0u);
+  const CpuidAnswer sub1 = model.answer(7, 1, 0);
+  EXPECT_EQ(sub1.eax | sub1.ebx | sub1.ecx | sub1.edx, 0u);
+  EXPECT_TRUE(model.answer(0x80000001, 0, 0).edx & (1u << 27));  // RDTSCP
+  const CpuFeatures& f = model.features();
+  EXPECT_TRUE(f.smep && f.smap && f.umip && f.rdpid && f.rdtscp);
+  EXPECT_EQ(f.cr4_mask(), 0x7ffu | (1u << 11) | (1u << 20) | (1u << 21));
+}
+
+// The features follow the model: kept where the engine enforces them, absent
+// when the model lacks them (or its maximum leaf hides them).
+TEST(BtCpuIdentity, FeaturesFollowTheVmModel) {
+  api::CpuidLeaf basic;
+  basic.eax = 7;
+  api::CpuidLeaf leaf7;
+  leaf7.function = 7;
+  leaf7.indexed = true;
+  leaf7.ebx = (1u << 7) | (1u << 5);  // SMEP, AVX2
+  leaf7.ecx = 1u << 22;               // RDPID
+  api::CpuidLeaf ext_max;
+  ext_max.function = 0x80000000;
+  ext_max.eax = 0x80000001;
+  api::CpuidLeaf ext;
+  ext.function = 0x80000001;
+  ext.edx = 1u << 27;  // RDTSCP
+  CpuidModel model;
+  const auto hidden = model.set({basic, leaf7, ext_max, ext});
+  EXPECT_EQ(hidden, std::vector<std::string>{"leaf 0x7 ebx bit 5"});
+  CpuFeatures f = model.features();
+  EXPECT_TRUE(f.smep);
+  EXPECT_FALSE(f.smap);
+  EXPECT_FALSE(f.umip);
+  EXPECT_TRUE(f.rdpid);
+  EXPECT_TRUE(f.rdtscp);
+  EXPECT_EQ(f.cr4_mask(), 0x7ffu | (1u << 20));
+  basic.eax = 1;  // leaf 7 beyond the maximum: not offered
+  model.set({basic, leaf7});
+  f = model.features();
+  EXPECT_FALSE(f.smep || f.smap || f.umip || f.rdpid || f.rdtscp || f.tsc_aux());
+  EXPECT_EQ(f.cr4_mask(), 0x7ffu);
 }
 
 TEST(BtCpuIdentity, VmModelLosesWhatTheEngineDoesNotImplement) {
@@ -75,6 +119,24 @@ TEST(BtMsrFile, DefaultsWritesAndUnknownIndices) {
   ASSERT_FALSE(msrs.read(0xc0000081, 1000).ok());
   EXPECT_EQ(msrs.read(0xc0000081, 1000).fault(), Fault::gp(0));
   EXPECT_EQ(msrs.write(0x8b, 1, 1000), Fault::gp(0));
+}
+
+// IA32_TSC_AUX (RDTSCP's ECX, RDPID's result): 0 until written, bits 63:32
+// reserved, saved with the other written MSRs (so snapshots and migration carry it).
+TEST(BtMsrFile, TscAuxIsKeptAndSaved) {
+  MsrFile msrs(0);
+  EXPECT_TRUE(MsrFile::holds(MsrFile::kTscAux));
+  EXPECT_EQ(msrs.tsc_aux(), 0u);
+  EXPECT_EQ(msrs.read(MsrFile::kTscAux, 0).value(), 0u);
+  EXPECT_FALSE(msrs.write(MsrFile::kTscAux, 0x89abcdef, 0));
+  EXPECT_EQ(msrs.tsc_aux(), 0x89abcdefu);
+  EXPECT_EQ(msrs.write(MsrFile::kTscAux, 1ull << 32, 0), Fault::gp(0));
+  EXPECT_EQ(msrs.tsc_aux(), 0x89abcdefu);
+  ASSERT_EQ(msrs.saved().size(), 1u);
+  EXPECT_EQ(msrs.saved()[0].index, MsrFile::kTscAux);
+  MsrFile restored(0);
+  restored.load(msrs.saved(), 0);
+  EXPECT_EQ(restored.tsc_aux(), 0x89abcdefu);
 }
 
 TEST(BtMsrFile, TscFollowsTheHostClockFromTheWrittenValue) {

@@ -108,6 +108,65 @@ TEST(BtWalker, ProtectionUserSupervisorAndWriteProtect) {
   EXPECT_TRUE(w.writable);
 }
 
+// SMEP and SMAP (CR4 bits 20 and 21): supervisor fetches from user pages and
+// supervisor data accesses to them fault with the plain protection error
+// code (I/D on fetches whenever SMEP is on, even without PAE/NX); EFLAGS.AC
+// at CPL < 3 suspends SMAP; user accesses and supervisor pages are unaffected.
+TEST(BtWalker, SmepAndSmapFaultSupervisorAccessesToUserPages) {
+  Phys p;
+  p.w32(0x1000, 0x2000 | 7);
+  p.w32(0x2000, 0x9000 | 7);         // 0x0000: user page
+  p.w32(0x2004, 0xa000 | 3);         // 0x1000: supervisor page
+  PagingRegs r = regs32(0x1000);
+  const Access sup_fetch{false, false, true}, sup_read{false, false, false}, sup_write{true, false, false};
+  EXPECT_TRUE(walk(p.pm, r, 0x0010, sup_fetch, false).ok) << "no SMEP: allowed";
+  EXPECT_TRUE(walk(p.pm, r, 0x0010, sup_write, false).ok) << "no SMAP: allowed";
+  r.cr4 |= 1u << 20;  // SMEP
+  WalkResult w = walk(p.pm, r, 0x0010, sup_fetch, true);
+  ASSERT_FALSE(w.ok);
+  EXPECT_EQ(w.error, kPfP | kPfI);
+  EXPECT_EQ(p.r32(0x2000) & 0x20, 0u) << "a faulting walk sets no accessed bit";
+  w = walk(p.pm, r, 0x3000, sup_fetch, false);  // not present
+  ASSERT_FALSE(w.ok);
+  EXPECT_EQ(w.error, kPfI) << "I/D with SMEP even without PAE/NX";
+  EXPECT_TRUE(walk(p.pm, r, 0x1010, sup_fetch, false).ok) << "supervisor page";
+  EXPECT_TRUE(walk(p.pm, r, 0x0010, Access{false, true, true}, false).ok) << "user fetch";
+  EXPECT_TRUE(walk(p.pm, r, 0x0010, sup_read, false).ok) << "SMEP does not restrict data";
+  r.cr4 |= 1u << 21;  // SMAP
+  w = walk(p.pm, r, 0x0010, sup_read, false);
+  ASSERT_FALSE(w.ok);
+  EXPECT_EQ(w.error, kPfP);
+  w = walk(p.pm, r, 0x0010, sup_write, false);
+  ASSERT_FALSE(w.ok);
+  EXPECT_EQ(w.error, kPfP | kPfW);
+  EXPECT_TRUE(walk(p.pm, r, 0x1010, sup_write, false).ok) << "supervisor page";
+  EXPECT_TRUE(walk(p.pm, r, 0x0010, Access{true, true, false}, false).ok) << "user write";
+  r.smap_suspended = true;  // EFLAGS.AC at CPL < 3
+  EXPECT_TRUE(walk(p.pm, r, 0x0010, sup_write, false).ok);
+  EXPECT_FALSE(walk(p.pm, r, 0x0010, sup_fetch, false).ok) << "AC does not lift SMEP";
+}
+
+// The shadow view of the supervisor differs with SMEP and with SMAP in force
+// (a supervisor region under SMAP maps no user page); the user view does not.
+TEST(BtWalker, RegionKeysTellSmepAndSmapViewsApart) {
+  PagingRegs r = regs32(0x1000);
+  const RegionKey plain = make_region_key(r, false);
+  r.cr4 |= 1u << 20;
+  const RegionKey smep = make_region_key(r, false);
+  r.cr4 |= 1u << 21;
+  const RegionKey smap = make_region_key(r, false);
+  r.smap_suspended = true;
+  const RegionKey ac = make_region_key(r, false);
+  EXPECT_FALSE(plain == smep);
+  EXPECT_FALSE(smep == smap);
+  EXPECT_TRUE(ac == smep) << "AC set: the SMEP-only view";
+  EXPECT_TRUE(make_region_key(r, true) == make_region_key(regs32(0x1000), true));
+  PagingRegs off;
+  off.cr0 = 0x11;
+  off.cr4 = 3u << 20;
+  EXPECT_TRUE(make_region_key(off, false) == make_region_key(PagingRegs{0x11}, false)) << "no paging: no SMEP/SMAP";
+}
+
 TEST(BtWalker, FourMegabytePagesNeedPse) {
   Phys p;
   p.w32(0x1000 + 1 * 4, 0x00c00000 | 0x83);  // 4M page -> 0xc00000

@@ -154,5 +154,40 @@ TEST(BtSegmentDescriptor, DecodesInterruptAndTrapGates) {
   EXPECT_EQ(idt_error_code(0x80, true), 0x80u * 8 + 2);
 }
 
+// A 32-bit call gate: selector, offset split in two, parameter count, and
+// the checks of a far CALL/JMP through it and of the segment it names.
+TEST(BtSegmentDescriptor, CallGatesDecodeAndCheckAsTheSdmSays) {
+  const std::uint64_t raw = 0x1234ull | (0x08ull << 16) | (2ull << 32) | (0xecull << 40) | (0x0010ull << 48);
+  const GateDescriptor g = decode_gate_descriptor(raw);
+  EXPECT_EQ(g.type, 0x0cu);
+  EXPECT_EQ(g.dpl, 3u);
+  EXPECT_TRUE(g.present);
+  EXPECT_EQ(g.selector, 0x08);
+  EXPECT_EQ(g.offset, 0x00101234u);
+  EXPECT_EQ(g.parameter_count, 2u);
+  EXPECT_FALSE(check_call_gate(g, 0x33, 3));
+  GateDescriptor kernel_only = g;
+  kernel_only.dpl = 0;
+  EXPECT_EQ(check_call_gate(kernel_only, 0x3b, 3), Fault::gp(0x38)) << "DPL < CPL";
+  EXPECT_EQ(check_call_gate(kernel_only, 0x3b, 0), Fault::gp(0x38)) << "DPL < RPL";
+  GateDescriptor absent = g;
+  absent.present = false;
+  EXPECT_EQ(check_call_gate(absent, 0x4b, 3), Fault::np(0x48));
+
+  const api::Segment ring0_code = decode_segment_descriptor(descriptor(0, 0xfffff, 0xa, true, 0, true, true, true), 0x08);
+  const api::Segment ring3_code = decode_segment_descriptor(descriptor(0, 0xfffff, 0xa, true, 3, true, true, true), 0x1b);
+  const api::Segment conforming0 = decode_segment_descriptor(descriptor(0, 0xfffff, 0xe, true, 0, true, true, true), 0x08);
+  const api::Segment data0 = decode_segment_descriptor(descriptor(0, 0xfffff, 0x2, true, 0, true, true, true), 0x10);
+  EXPECT_FALSE(check_call_gate_target(ring0_code, 0x08, 3, true)) << "CALL inward";
+  EXPECT_EQ(check_call_gate_target(ring0_code, 0x08, 3, false), Fault::gp(0x08)) << "JMP cannot change privilege";
+  EXPECT_FALSE(check_call_gate_target(conforming0, 0x08, 3, false)) << "JMP to conforming code";
+  EXPECT_FALSE(check_call_gate_target(ring0_code, 0x08, 0, false));
+  EXPECT_EQ(check_call_gate_target(ring3_code, 0x1b, 0, true), Fault::gp(0x18)) << "outward";
+  EXPECT_EQ(check_call_gate_target(data0, 0x10, 0, true), Fault::gp(0x10)) << "data";
+  api::Segment absent_code = ring0_code;
+  absent_code.present = false;
+  EXPECT_EQ(check_call_gate_target(absent_code, 0x08, 3, true), Fault::np(0x08));
+}
+
 }  // namespace
 }  // namespace modevisor::bt

@@ -185,6 +185,33 @@ TEST(BtTranslator, HighByteRegistersWithScratchAddressedOperandsBorrowARegister)
   EXPECT_NE(code.find("or gs:[ebp], dh"), std::string::npos) << code;
 }
 
+// A 16-bit operand size makes a near branch truncate EIP to 16 bits (and
+// push/pop an IP word): left to the monitor; without it, translated.  So are
+// STAC/CLAC (EFLAGS.AC picks the SMAP view).
+TEST(BtTranslator, SixteenBitBranchesAndStacClacAreLeftToTheMonitor) {
+  Translator t;
+  TranslateStatus st;
+  const std::vector<std::vector<std::uint8_t>> monitor = {
+      {0x66, 0xe9, 0x00, 0x10},  // jmpw rel16
+      {0x66, 0xe8, 0x00, 0x10},  // callw rel16
+      {0x66, 0xc3},              // retw
+      {0x66, 0x74, 0x10},        // o16 je rel8
+      {0x66, 0xff, 0xe0},        // jmpw ax
+      {0x0f, 0x01, 0xcb},        // stac
+      {0x0f, 0x01, 0xca},        // clac
+  };
+  std::uint32_t at = 0xc000;
+  for (const auto& bytes : monitor) {
+    translate(t, bytes, at, &st);
+    EXPECT_EQ(st, TranslateStatus::Special) << std::hex << int(bytes[1]);
+    at += 0x100;
+  }
+  translate(t, {0x74, 0x10}, at, &st);  // je rel8
+  EXPECT_EQ(st, TranslateStatus::Ok);
+  translate(t, {0xe9, 0x00, 0x10, 0x00, 0x00}, at + 0x100, &st);  // jmp rel32
+  EXPECT_EQ(st, TranslateStatus::Ok);
+}
+
 TEST(BtTranslator, VexEncodedInstructionsAreLeftToTheMonitor) {
   Translator t;
   TranslateStatus st;

@@ -215,6 +215,123 @@ TEST(BtVm, SaveAndLoadResumeOnAFreshVcpu) {
   EXPECT_EQ(m.plat.exit_code, 1);
 }
 
+// IA32_TSC_AUX: WRMSR, then RDPID, RDTSCP's ECX and RDMSR read it; a fresh
+// vCPU loaded from the saved state reads the same value (the MSR travels in
+// VcpuState::msrs, as snapshots and migration carry it).  STAC/CLAC at CPL 0
+// set and clear EFLAGS.AC.
+BT_GUEST_PROGRAM(tscaux, 0x100000,
+  "  mov ecx, 0xc0000103\n"
+  "  cmp ebx, 1\n"
+  "  je 1f\n"
+  "  mov eax, 0x5eed1234\n"
+  "  xor edx, edx\n"
+  "  wrmsr\n"
+  "1: .byte 0xf3, 0x0f, 0xc7, 0xf8\n"   // rdpid eax
+  "  out 0x80, eax\n"
+  "  xor ecx, ecx\n"
+  "  rdtscp\n"
+  "  mov eax, ecx\n"
+  "  out 0x80, eax\n"
+  "  mov ecx, 0xc0000103\n"
+  "  rdmsr\n"
+  "  out 0x80, eax\n"
+  "  .byte 0x0f, 0x01, 0xcb\n"          // stac
+  "  pushfd\n"
+  "  pop eax\n"
+  "  out 0x80, eax\n"
+  "  .byte 0x0f, 0x01, 0xca\n"          // clac
+  "  pushfd\n"
+  "  pop eax\n"
+  "  out 0x80, eax\n"
+  "  mov ebx, 1\n"
+  "  out 0xf4, al\n")
+
+TEST(BtVm, TscAuxFeedsRdpidAndRdtscpAndTravelsWithTheState) {
+  Machine m;
+  m.load(tscaux_start, tscaux_end);
+  RunExit r = m.run();
+  ASSERT_EQ(r.kind, ExitKind::Stopped) << r.diagnostic;
+  ASSERT_EQ(m.plat.post.size(), 5u);
+  EXPECT_EQ(m.plat.post[0], 0x5eed1234u) << "rdpid";
+  EXPECT_EQ(m.plat.post[1], 0x5eed1234u) << "rdtscp ecx";
+  EXPECT_EQ(m.plat.post[2], 0x5eed1234u) << "rdmsr";
+  EXPECT_TRUE(m.plat.post[3] & 0x40000u) << "stac sets AC";
+  EXPECT_FALSE(m.plat.post[4] & 0x40000u) << "clac clears it";
+  const VcpuState saved = m.cpu->save();
+  ASSERT_TRUE(saved.msr(0xc0000103).has_value());
+  EXPECT_EQ(*saved.msr(0xc0000103), 0x5eed1234u);
+  // A new vCPU runs the program again from the start, skipping the WRMSR (EBX = 1).
+  m.cpu = std::make_unique<Vcpu>(m.mem, m.plat, m.log, 0);
+  m.plat.stop = false;
+  m.plat.post.clear();
+  m.state = saved;
+  m.state.rip = kBase;
+  r = m.run();
+  ASSERT_EQ(r.kind, ExitKind::Stopped) << r.diagnostic;
+  ASSERT_EQ(m.plat.post.size(), 5u);
+  EXPECT_EQ(m.plat.post[0], 0x5eed1234u);
+  EXPECT_EQ(m.plat.post[2], 0x5eed1234u);
+}
+
+// Without these features in the VM's CPU model, RDPID, RDTSCP, STAC and CLAC
+// raise #UD and a MOV to CR4 setting SMEP, SMAP or UMIP raises #GP(0).
+BT_GUEST_PROGRAM(nofeat, 0x100000,
+  "  .byte 0xf3, 0x0f, 0xc7, 0xf8\n"  // rdpid eax: #UD
+  "  rdtscp\n"                          // #UD
+  "  .byte 0x0f, 0x01, 0xcb\n"         // stac: #UD
+  "  mov eax, cr4\n"
+  "  or eax, 0x100000\n"               // SMEP
+  "  mov cr4, eax\n"                   // #GP(0)
+  "  mov eax, cr4\n"
+  "  or eax, 0x800\n"                  // UMIP
+  "  mov cr4, eax\n"                   // #GP(0)
+  "  mov ecx, 0xc0000103\n"
+  "  rdmsr\n"                          // #GP(0): no TSC_AUX
+  "  mov al, 0\n"
+  "  out 0xf4, al\n"
+  ".globl nofeat_ud\n"
+  "nofeat_ud:\n"                        // #UD handler: report 6, skip 3 bytes (all three are 3 bytes or more)
+  "  mov eax, 6\n"
+  "  out 0x80, eax\n"
+  "  mov eax, [esp]\n"
+  "  cmp byte ptr [eax], 0xf3\n"
+  "  jne 1f\n"
+  "  add dword ptr [esp], 1\n"
+  "1: add dword ptr [esp], 3\n"
+  "  iretd\n"
+  ".globl nofeat_gp\n"
+  "nofeat_gp:\n"                        // #GP handler: report 13 and the error code, skip 3 (mov cr4) or 2 (rdmsr)
+  "  mov eax, 13\n"
+  "  out 0x80, eax\n"
+  "  pop eax\n"
+  "  out 0x80, eax\n"
+  "  mov eax, [esp]\n"
+  "  cmp byte ptr [eax + 1], 0x32\n"    // rdmsr: 0f 32
+  "  je 2f\n"
+  "  add dword ptr [esp], 1\n"
+  "2: add dword ptr [esp], 2\n"
+  "  iretd\n")
+extern "C" const unsigned char nofeat_ud[], nofeat_gp[];
+
+TEST(BtVm, FeaturesTheCpuModelLacksAreRefused) {
+  Machine m;
+  m.tables();
+  modevisor::api::CpuidLeaf vendor;
+  vendor.eax = 1;
+  modevisor::api::CpuidLeaf basic;
+  basic.function = 1;
+  basic.edx = 1;
+  m.cpu->set_cpu_model({vendor, basic});
+  m.load(nofeat_start, nofeat_end);
+  m.gate(6, nofeat_ud, nofeat_start);
+  m.gate(13, nofeat_gp, nofeat_start);
+  RunExit r = m.run();
+  ASSERT_EQ(r.kind, ExitKind::Stopped) << r.diagnostic;
+  const std::vector<std::uint32_t> expected = {6, 6, 6, 13, 0, 13, 0, 13, 0};
+  EXPECT_EQ(m.plat.post, expected);
+  EXPECT_EQ(m.state.cr4 & ((1u << 11) | (1u << 20)), 0u);
+}
+
 TEST(BtVm, RefusesLongModeState) {
   Machine m;
   m.state.efer = 0x500;
@@ -678,6 +795,105 @@ TEST(BtVm, RandomGarbageNeverCrashesTheHost) {
     if (std::getenv("BT_SHOW_GARBAGE")) std::printf("%d: r%d %s\n", static_cast<int>(r.kind), round, r.diagnostic.substr(0, 300).c_str());
   }
   std::printf("garbage rounds: stopped %d, shutdown %d, error %d\n", kinds[0], kinds[1], kinds[2]);
+}
+
+// Task switches and call gates driven by random descriptors, TSS contents
+// and IDT gates: far JMP/CALL to random selectors, INT n through random task
+// gates, IRET with NT, interleaved with random bytes.  Whatever the tables
+// say, the host survives and each run ends in a RunExit (a guest exception,
+// a triple fault, a "not supported" error, or the stop port).
+TEST(BtVm, RandomTaskSwitchesAndCallGatesNeverCrashTheHost) {
+  std::mt19937 rng(std::getenv("BT_TASK_SEED") ? std::atoi(std::getenv("BT_TASK_SEED")) : 13);
+  int kinds[3] = {0, 0, 0};
+  for (int round = 0; round < 80; ++round) {
+    Machine m;
+    m.tables();
+    m.load(stopper_start, stopper_start + 2, 0x180000);
+    // GDT: the flat entries, then 26 random system descriptors.
+    std::uint64_t gdt[32];
+    std::memcpy(gdt, m.mem.host_base() + 0x1000, 6 * 8);
+    for (unsigned i = 6; i < 32; ++i) {
+      const std::uint32_t base = 0x10000 + (rng() % 0x40) * 0x400 + (rng() % 2 ? rng() % 0x400 : 0);
+      const std::uint32_t limit = rng() % 3 ? 0x67 + rng() % 0x100 : rng() % 0x80;
+      const unsigned dpl = rng() % 4, present = rng() % 8 != 0;
+      const std::uint16_t sel = static_cast<std::uint16_t>((rng() % 32) << 3 | (rng() % 4));
+      const std::uint32_t off = rng() % 2 ? 0x180000 : rng();
+      std::uint64_t d = 0;
+      switch (rng() % 5) {
+        case 0: case 1: {  // TSS (32-bit mostly, 16-bit too), available or busy
+          const unsigned type = (rng() % 2 ? 1 : 3) | (rng() % 4 ? 8 : 0);
+          d = (limit & 0xffff) | (std::uint64_t{base & 0xffffff} << 16) |
+              (std::uint64_t{type | (dpl << 5) | (present << 7)} << 40) | (std::uint64_t{base >> 24} << 56);
+          break;
+        }
+        case 2:  // task gate
+          d = (std::uint64_t{sel} << 16) | (std::uint64_t{5u | (dpl << 5) | (present << 7)} << 40);
+          break;
+        case 3:  // call gate (32- or 16-bit)
+          d = (off & 0xffff) | (std::uint64_t{sel} << 16) | (std::uint64_t{rng() % 32} << 32) |
+              (std::uint64_t{(rng() % 4 ? 0xcu : 0x4u) | (dpl << 5) | (present << 7)} << 40) |
+              (std::uint64_t{off >> 16} << 48);
+          break;
+        default:
+          d = (std::uint64_t{rng()} << 32) | rng();
+      }
+      gdt[i] = d;
+    }
+    m.mem.load(0x1000, gdt, sizeof gdt);
+    m.state.gdtr = {0x1000, sizeof gdt - 1};
+    // TSS contents: random, but often with plausible selectors and EIP.
+    std::vector<std::uint8_t> tss(0x11000);
+    for (auto& b : tss) b = static_cast<std::uint8_t>(rng());
+    for (std::uint32_t at = 0; at + 0x68 <= tss.size(); at += 0x400) {
+      if (rng() % 2) continue;
+      const std::uint32_t eip = 0x180000, eflags = 2, cs = 0x08, ds = 0x10;
+      std::memcpy(&tss[at + 0x20], &eip, 4);
+      std::memcpy(&tss[at + 0x24], &eflags, 4);
+      for (unsigned s = 0; s < 6; ++s) std::memcpy(&tss[at + 0x48 + 4 * s], s == 1 ? &cs : &ds, 4);
+      const std::uint32_t zero = 0;
+      std::memcpy(&tss[at + 0x60], &zero, 4);
+    }
+    m.mem.load(0x10000, tss.data(), tss.size());
+    // IDT: handlers at the stopper, or task gates to random selectors.
+    for (unsigned v = 0; v < 256; ++v) {
+      const std::uint32_t off = 0x180000;
+      std::uint64_t g = (off & 0xffff) | (0x08ull << 16) | (0x8eull << 40) | (static_cast<std::uint64_t>(off >> 16) << 48);
+      if (rng() % 2) g = (std::uint64_t{(rng() % 32) << 3} << 16) | (0x85ull << 40);
+      m.mem.load(0x2000 + v * 8, &g, 8);
+    }
+    // Code: far transfers to random selectors, INT n, IRET (NT at random), random bytes.
+    std::vector<std::uint8_t> code;
+    for (int i = 0; i < 16; ++i) {
+      const std::uint16_t sel = static_cast<std::uint16_t>((rng() % 32) << 3 | (rng() % 4));
+      switch (rng() % 5) {
+        case 0: case 1:
+          code.insert(code.end(), {static_cast<std::uint8_t>(rng() % 2 ? 0xea : 0x9a), 0, 0, 0, 0,
+                                   static_cast<std::uint8_t>(sel), static_cast<std::uint8_t>(sel >> 8)});
+          break;
+        case 2:
+          code.insert(code.end(), {0xcd, static_cast<std::uint8_t>(rng())});
+          break;
+        case 3:  // pushfd; or dword [esp], 0x4000; popfd; iretd
+          code.insert(code.end(), {0x9c, 0x81, 0x0c, 0x24, 0x00, 0x40, 0x00, 0x00, 0x9d, 0xcf});
+          break;
+        default:
+          for (int k = 0; k < 4; ++k) code.push_back(static_cast<std::uint8_t>(rng()));
+      }
+    }
+    m.mem.load(kBase, code.data(), code.size());
+    std::atomic<bool> done{false};
+    std::thread watchdog([&] {
+      for (int i = 0; i < 50 && !done; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+      if (!done) m.cpu->kick();
+    });
+    m.cpu->load(m.state);
+    RunExit r = m.cpu->run();
+    done = true;
+    watchdog.join();
+    EXPECT_EQ(r.diagnostic.find("host signal"), std::string::npos) << "round " << round << ": " << r.diagnostic;
+    ++kinds[static_cast<int>(r.kind)];
+  }
+  std::printf("task/gate rounds: stopped %d, shutdown %d, error %d\n", kinds[0], kinds[1], kinds[2]);
 }
 
 TEST(BtVm, KickBeforeRunStopsTheNextRun) {

@@ -162,6 +162,76 @@ TEST(MultibootTest, InfoStructureByteByByte) {
   EXPECT_LT(mmap, kMultibootInfoEnd);
 }
 
+// Everything the information structure points to, as [start, end) ranges.
+std::vector<std::pair<std::uint32_t, std::uint32_t>> information_ranges(Ram& r, std::uint32_t mbi) {
+  std::vector<std::pair<std::uint32_t, std::uint32_t>> ranges = {{mbi, mbi + 116}};
+  auto string_at = [&](std::uint32_t a) { ranges.emplace_back(a, a + r.str(a).size() + 1); };
+  string_at(r.u32(mbi + 16));
+  string_at(r.u32(mbi + 64));
+  ranges.emplace_back(r.u32(mbi + 48), r.u32(mbi + 48) + r.u32(mbi + 44));
+  const std::uint32_t mods = r.u32(mbi + 24), count = r.u32(mbi + 20);
+  ranges.emplace_back(mods, mods + 16 * count);
+  for (std::uint32_t i = 0; i < count; ++i) string_at(r.u32(mods + 16 * i + 8));
+  return ranges;
+}
+
+bool overlaps(std::pair<std::uint32_t, std::uint32_t> a, std::uint32_t start, std::uint32_t end) {
+  return a.first < end && start < a.second;
+}
+
+// A kernel whose segments cover the low information area (0x8000-0x10000):
+// the information moves after the kernel and its modules, and the kernel's
+// bytes stay as the image gave them.
+TEST(MultibootTest, InformationMovesClearOfAKernelInTheLowArea) {
+  Ram r;
+  Bytes text(0x3000);
+  for (std::size_t i = 0; i < text.size(); ++i) text[i] = static_cast<std::uint8_t>(i * 7 + 1);
+  const Bytes image = make_elf(0x8000, {{0x8000, 0x8000, text, 0x5000}});
+  const std::vector<MultibootModuleImage> modules = {{"initrd.img", "x=1", Bytes(5000, 0xab)}};
+  const MultibootBoot boot = load(r, image, "n=42", modules);
+  EXPECT_EQ(boot.kernel_start, 0x8000u);
+  EXPECT_EQ(boot.kernel_end, 0xd000u);
+  ASSERT_EQ(boot.modules.size(), 1u);
+  EXPECT_EQ(boot.modules[0].first, 0xd000u) << "the module right after the kernel";
+  EXPECT_EQ(boot.info_address, 0xf000u) << "the information page aligned after the module";
+  EXPECT_EQ(boot.vcpu.gpr[modevisor::api::gpr::rbx], boot.info_address);
+  for (const auto& range : information_ranges(r, boot.info_address)) {
+    EXPECT_FALSE(overlaps(range, 0x8000, 0xd000)) << std::hex << range.first << "-" << range.second;
+    EXPECT_FALSE(overlaps(range, 0xd000, 0xd000 + 5000)) << std::hex << range.first << "-" << range.second;
+  }
+  EXPECT_EQ(r.str(r.u32(boot.info_address + 16)), "/boot/kernel.elf n=42");
+  EXPECT_EQ(r.str(r.u32(r.u32(boot.info_address + 24) + 8)), "initrd.img x=1");
+  EXPECT_EQ(r.u32(r.u32(boot.info_address + 48) + 4), 0u) << "the memory map's first entry: base 0";
+  EXPECT_EQ(r.u32(0x8000), 0x1BADB002u);
+  for (std::size_t i = 0x200; i < text.size(); ++i) ASSERT_EQ(r.ram.host_base()[0x8000 + i], text[i]) << i;
+  for (std::uint64_t a = 0xb000; a < 0xd000; ++a) ASSERT_EQ(r.ram.host_base()[a], 0) << "BSS " << std::hex << a;
+}
+
+// After a kernel ending just below the legacy hole the information would
+// reach into it (reserved in the memory map): it goes to 1 MiB instead.
+TEST(MultibootTest, InformationSkipsTheLegacyHole) {
+  Ram r;
+  const Bytes image = make_elf(0x8000, {{0x8000, 0x8000, code_bytes(0x1000), 0x9c000 - 0x8000}});
+  const MultibootBoot boot = load(r, image);
+  EXPECT_EQ(boot.info_address, 0x100000u);
+  EXPECT_EQ(r.str(r.u32(boot.info_address + 16)), "/boot/kernel.elf ");
+}
+
+// A kernel that ends at the top of RAM leaves no room after it: an error
+// naming the kernel, not a write beyond guest RAM.
+TEST(MultibootTest, NoRoomForTheInformationIsAnError) {
+  GuestRam ram(64ull << 20);
+  try {
+    load_multiboot(ram, "/boot/kernel.elf",
+                   make_elf(0x8000, {{0x8000, 0x8000, code_bytes(64), (64u << 20) - 0x8000 - 0x4000}}), "", {});
+    ADD_FAILURE() << "no error";
+  } catch (const InputError& e) {
+    EXPECT_EQ(e.file(), "/boot/kernel.elf");
+    EXPECT_THAT(e.message(), HasSubstr("multiboot information"));
+    EXPECT_THAT(e.message(), HasSubstr("beyond guest RAM"));
+  }
+}
+
 TEST(MultibootTest, QemuMemoryValuesFor128MiB) {
   // tests/guests/expected/hello.out (QEMU -m 128): mem_lower 639, mem_upper 129920.
   GuestRam ram(128ull << 20);
@@ -277,7 +347,6 @@ TEST(MultibootTest, Errors) {
   expect_error(make_elf(0x100000, {{0x100000, 0x100000, code_bytes(64), 64}}, 0x3, false), "bad checksum");
   expect_error(make_elf(0x100000, {{0x100000, 0x100000, code_bytes(64), 64}}, 0x8), "unsupported");
   expect_error(make_elf(0x3fff000, {{0x3fff000, 0x3fff000, code_bytes(64), 0x2000}}), "beyond guest RAM");
-  expect_error(make_elf(0x9000, {{0x9000, 0x9000, code_bytes(64), 64}}), "overlaps the multiboot information");
   Bytes truncated = make_elf(0x100000, {{0x100000, 0x100000, code_bytes(0x400), 0x400}});
   truncated.resize(0x200);
   expect_error(truncated, "truncated ELF");

@@ -8,18 +8,21 @@ namespace modevisor::bt {
 namespace {
 // What the engine implements, by feature register: leaf 1 EDX (FPU, PSE, TSC,
 // MSR, PAE, CX8, APIC, SEP, PGE, CMOV, PAT, MMX, FXSR, SSE, SSE2), leaf 1 ECX
-// (only "hypervisor present"), leaf 0x80000001 EDX (NX).  No leaf 7 features.
+// (only "hypervisor present"), leaf 7 EBX (SMEP, SMAP) and ECX (UMIP, RDPID),
+// leaf 0x80000001 EDX (NX, RDTSCP).
 constexpr std::uint32_t kLeaf1Edx = (1u << 0) | (1u << 3) | (1u << 4) | (1u << 5) | (1u << 6) | (1u << 8) |
                                     (1u << 9) | (1u << 11) | (1u << 13) | (1u << 15) | (1u << 16) | (1u << 23) |
                                     (1u << 24) | (1u << 25) | (1u << 26);
 constexpr std::uint32_t kLeaf1Ecx = 1u << 31;
-constexpr std::uint32_t kExt1Edx = 1u << 20;
+constexpr std::uint32_t kLeaf7Ebx = (1u << 7) | (1u << 20);  // SMEP, SMAP
+constexpr std::uint32_t kLeaf7Ecx = (1u << 2) | (1u << 22);  // UMIP, RDPID
+constexpr std::uint32_t kExt1Edx = (1u << 20) | (1u << 27);  // NX, RDTSCP
 
 // The mask of a feature register (reg 0-3: eax..edx); ~0 for non-feature values.
 std::uint32_t supported_mask(std::uint32_t function, int reg) {
   switch (function) {
     case 1: return reg == 2 ? kLeaf1Ecx : reg == 3 ? kLeaf1Edx : ~0u;
-    case 7: return reg == 0 ? ~0u : 0;
+    case 7: return reg == 0 ? ~0u : reg == 1 ? kLeaf7Ebx : reg == 2 ? kLeaf7Ecx : 0;
     case 0x80000001: return reg == 2 ? 0 : reg == 3 ? kExt1Edx : ~0u;
     default: return ~0u;
   }
@@ -49,7 +52,22 @@ std::vector<std::string> CpuidModel::set(const api::CpuidTable& model) {
       *regs[r] &= supported_mask(leaf.function, r);
     }
   }
+  features_ = derive_features();
   return hidden;
+}
+
+CpuFeatures CpuidModel::derive_features() const {
+  // A leaf beyond the model's maximum is not there, whatever the table holds.
+  const CpuidAnswer basic = answer(0, 0, 0), extended = answer(0x80000000, 0, 0);
+  const CpuidAnswer seven = basic.eax >= 7 ? answer(7, 0, 0) : CpuidAnswer{};
+  const CpuidAnswer ext1 = extended.eax >= 0x80000001 ? answer(0x80000001, 0, 0) : CpuidAnswer{};
+  CpuFeatures f;
+  f.smep = seven.ebx >> 7 & 1;
+  f.smap = seven.ebx >> 20 & 1;
+  f.umip = seven.ecx >> 2 & 1;
+  f.rdpid = seven.ecx >> 22 & 1;
+  f.rdtscp = ext1.edx >> 27 & 1;
+  return f;
 }
 
 CpuidAnswer CpuidModel::answer(std::uint32_t leaf, std::uint32_t sub, unsigned cpu_index) const {
@@ -63,16 +81,22 @@ CpuidAnswer CpuidModel::answer(std::uint32_t leaf, std::uint32_t sub, unsigned c
     return a;
   }
   switch (leaf) {
-    case 0: a.eax = 1; vendor("GenuineIntel", a.ebx, a.edx, a.ecx); break;
+    case 0: a.eax = 7; vendor("GenuineIntel", a.ebx, a.edx, a.ecx); break;
     case 1:
       a.eax = 0x000006f1;  // family 6, model 15, stepping 1
       a.ebx = (cpu_index << 24) | (1u << 16) | (8u << 8);
       a.ecx = kLeaf1Ecx;   // hypervisor present
       a.edx = kLeaf1Edx;
       break;
+    case 7:  // subleaf 0 is the only one
+      if (sub == 0) {
+        a.ebx = kLeaf7Ebx;
+        a.ecx = kLeaf7Ecx;
+      }
+      break;
     case 0x40000000: a.eax = 0x40000000; vendor("ModevisorBT ", a.ebx, a.ecx, a.edx); break;
     case 0x80000000: a.eax = 0x80000001; break;
-    case 0x80000001: a.edx = kExt1Edx; break;  // NX
+    case 0x80000001: a.edx = kExt1Edx; break;  // NX, RDTSCP
     default: break;
   }
   return a;
@@ -80,7 +104,7 @@ CpuidAnswer CpuidModel::answer(std::uint32_t leaf, std::uint32_t sub, unsigned c
 
 bool MsrFile::holds(std::uint32_t index) {
   switch (index) {
-    case kTsc: case 0x1a0: case 0x174: case 0x175: case 0x176: case 0x277: return true;
+    case kTsc: case kTscAux: case 0x1a0: case 0x174: case 0x175: case 0x176: case 0x277: return true;
     default: return false;
   }
 }
@@ -96,12 +120,20 @@ Outcome<std::uint64_t> MsrFile::read(std::uint32_t index, std::uint64_t host_tsc
     case 0x1a0: return find(0x1);  // MISC_ENABLE: fast strings
     case 0x174: case 0x175: case 0x176: return find(0);  // SYSENTER CS/ESP/EIP
     case 0x277: return find(0x0007040600070406ull);  // PAT: power-on default
+    case kTscAux: return find(0);
     default: return Fault::gp(0);
   }
 }
 
+std::uint32_t MsrFile::tsc_aux() const {
+  for (auto& m : written_)
+    if (m.index == kTscAux) return static_cast<std::uint32_t>(m.value);
+  return 0;
+}
+
 Check MsrFile::write(std::uint32_t index, std::uint64_t value, std::uint64_t host_tsc_now) {
   if (!holds(index)) return Fault::gp(0);
+  if (index == kTscAux && value >> 32) return Fault::gp(0);  // bits 63:32 reserved
   if (index == kTsc) {
     tsc_offset_ = host_tsc_now - value;
     return std::nullopt;

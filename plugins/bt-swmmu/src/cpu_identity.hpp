@@ -1,7 +1,8 @@
 // What the guest learns about its CPU: CPUID answers (the VM's CPU model
-// reduced to what the engine implements, or the engine's own P6-class model)
-// and the model-specific registers the vCPU keeps itself (TSC and the
-// SYSENTER/PAT/MISC_ENABLE values).  The APIC base (the platform's) and EFER
+// reduced to what the engine implements, or the engine's own P6-class model),
+// the optional features those answers offer (which the vCPU then enforces),
+// and the model-specific registers the vCPU keeps itself (TSC, TSC_AUX and
+// the SYSENTER/PAT/MISC_ENABLE values).  The APIC base (the platform's) and EFER
 // (the paging unit's) are not here.
 #pragma once
 
@@ -19,6 +20,23 @@ struct CpuidAnswer {
   std::uint32_t eax = 0, ebx = 0, ecx = 0, edx = 0;
 };
 
+// Optional features the guest's CPUID offers: each changes what the vCPU
+// does (an instruction that exists, a CR4 bit that may be set).
+struct CpuFeatures {
+  bool smep = false;    // leaf 7 ebx 7: CR4.SMEP
+  bool smap = false;    // leaf 7 ebx 20: CR4.SMAP, STAC/CLAC
+  bool umip = false;    // leaf 7 ecx 2: CR4.UMIP
+  bool rdpid = false;   // leaf 7 ecx 22: RDPID
+  bool rdtscp = false;  // leaf 0x80000001 edx 27: RDTSCP
+  bool tsc_aux() const { return rdpid || rdtscp; }  // IA32_TSC_AUX exists
+  // CR4 bits a MOV to CR4 may set (others: #GP(0)).
+  std::uint32_t cr4_mask() const {
+    return 0x7ffu | (umip ? 1u << 11 : 0) | (smep ? 1u << 20 : 0) | (smap ? 1u << 21 : 0);
+  }
+};
+
+inline constexpr std::uint32_t kCr4Umip = 1u << 11, kCr4Smep = 1u << 20, kCr4Smap = 1u << 21;
+
 class CpuidModel {
  public:
   // Adopts the VM's model minus the features the engine does not implement,
@@ -26,21 +44,27 @@ class CpuidModel {
   // engine's own.
   std::vector<std::string> set(const api::CpuidTable& model);
   CpuidAnswer answer(std::uint32_t leaf, std::uint32_t subleaf, unsigned cpu_index) const;
+  const CpuFeatures& features() const { return features_; }
 
  private:
+  CpuFeatures derive_features() const;
+
   api::CpuidTable model_;  // empty: the engine's own CPUID
+  CpuFeatures features_ = derive_features();
 };
 
 class MsrFile {
  public:
   static constexpr std::uint32_t kTsc = 0x10;
+  static constexpr std::uint32_t kTscAux = 0xc0000103;  // RDTSCP's ECX, RDPID's result
 
   // The guest TSC runs with the host's, from `tsc` at load.
   explicit MsrFile(std::uint64_t host_tsc_now) : tsc_offset_(host_tsc_now) {}
 
   // Whether this file holds `index` (else the vCPU answers or raises #GP).
   static bool holds(std::uint32_t index);
-  // RDMSR of a held MSR; #GP(0) for one not held.
+  // RDMSR of a held MSR; #GP(0) for one not held.  (Whether TSC_AUX exists
+  // for this CPU model is the vCPU's question: CpuFeatures::tsc_aux.)
   Outcome<std::uint64_t> read(std::uint32_t index, std::uint64_t host_tsc_now) const;
   // WRMSR of a held MSR; #GP(0) for one not held.
   Check write(std::uint32_t index, std::uint64_t value, std::uint64_t host_tsc_now);
@@ -49,6 +73,7 @@ class MsrFile {
   // The written MSRs (the TSC is saved by the caller at save time).
   const std::vector<api::Msr>& saved() const { return written_; }
   std::uint64_t tsc(std::uint64_t host_tsc_now) const { return host_tsc_now - tsc_offset_; }
+  std::uint32_t tsc_aux() const;
 
  private:
   std::vector<api::Msr> written_;

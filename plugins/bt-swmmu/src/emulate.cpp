@@ -8,6 +8,7 @@
 #include <cstring>
 #include <stdexcept>
 
+#include "io_permission.hpp"
 #include "vcpu.hpp"
 
 namespace modevisor::bt {
@@ -25,6 +26,23 @@ std::uint32_t flags_of_cmp(std::uint32_t a, std::uint32_t b, unsigned size) {
     default: asm volatile("cmpl %2, %1\n\tpushfq\n\tpopq %0" : "=r"(f) : "r"(a), "r"(b) : "cc"); break;
   }
   return static_cast<std::uint32_t>(f) & 0x8d5;
+}
+
+// Jcc/SETcc/CMOVcc condition `cc` (the opcode's low nibble) on EFLAGS.
+bool condition_holds(unsigned cc, std::uint32_t f) {
+  const bool cf = f & kCF, zf = f & kZF, sf = f & kSF, of = f & kOF, pf = f & kPF;
+  bool r = false;
+  switch (cc >> 1) {
+    case 0: r = of; break;
+    case 1: r = cf; break;
+    case 2: r = zf; break;
+    case 3: r = cf || zf; break;
+    case 4: r = sf; break;
+    case 5: r = pf; break;
+    case 6: r = sf != of; break;
+    default: r = zf || sf != of; break;
+  }
+  return (cc & 1) ? !r : r;
 }
 
 std::uint32_t szp(std::uint8_t v) {
@@ -75,10 +93,15 @@ void Vcpu::set_reg(int zr, std::uint32_t v) {
   }
 }
 
-std::uint32_t Vcpu::ea(const ZydisDecodedOperand& op) {
+std::uint32_t Vcpu::effective_offset(const ZydisDecodedInstruction& insn, const ZydisDecodedOperand& op) {
   std::uint32_t a = op.mem.disp.has_displacement ? static_cast<std::uint32_t>(op.mem.disp.value) : 0;
   if (op.mem.base != ZYDIS_REGISTER_NONE) a += get_reg(op.mem.base);
   if (op.mem.index != ZYDIS_REGISTER_NONE) a += get_reg(op.mem.index) * op.mem.scale;
+  return insn.address_width == 16 ? a & 0xffff : a;
+}
+
+std::uint32_t Vcpu::ea(const ZydisDecodedInstruction& insn, const ZydisDecodedOperand& op) {
+  std::uint32_t a = effective_offset(insn, op);
   int s = op.mem.segment - ZYDIS_REGISTER_ES;
   if (s >= 0 && s < 6) a += static_cast<std::uint32_t>(ctx_->seg_base[s]);
   return a;
@@ -91,9 +114,45 @@ void Vcpu::do_cpuid() {
   reg32(0) = a.eax; reg32(3) = a.ebx; reg32(1) = a.ecx; reg32(2) = a.edx;
 }
 
+void Vcpu::do_rdtscp() {
+  if (!cpuid_.features().rdtscp) raise(6);
+  if ((cr4_ & 4) && cpl_ != 0) raise(13, true, 0);  // CR4.TSD
+  const std::uint64_t t = msrs_.tsc(__rdtsc());
+  reg32(0) = static_cast<std::uint32_t>(t);
+  reg32(2) = static_cast<std::uint32_t>(t >> 32);
+  reg32(1) = msrs_.tsc_aux();
+}
+
+void Vcpu::do_rdpid(const ZydisDecodedOperand& dest) {
+  if (!cpuid_.features().rdpid) raise(6);
+  set_reg(dest.reg.value, msrs_.tsc_aux());
+}
+
+void Vcpu::do_stac_clac(bool set) {
+  if (!cpuid_.features().smap || cpl_ != 0) raise(6);
+  if (set) ctx_->sysflags |= kAC;
+  else ctx_->sysflags &= ~kAC;
+  monitor_tlb_flush();  // the SMAP view changes with AC
+}
+
+void Vcpu::check_umip() const {
+  if ((cr4_ & kCr4Umip) && cpl_ > 0) throw GuestException{13, true, 0};
+}
+
+void Vcpu::check_io_permission(std::uint16_t port, unsigned size) {
+  if (cpl_ <= ((ctx_->sysflags & kIOPL) >> 12)) return;
+  // CPL > IOPL: the TSS I/O bitmap decides (a 32-bit TSS only).
+  if (tr_.unusable || !tr_.present || (tr_.type & ~2u) != 9 || tr_.limit < 0x67) raise(13, true, 0);
+  const std::uint32_t base = static_cast<std::uint32_t>(tr_.base);
+  const auto iomap = static_cast<std::uint16_t>(read(base + kTssIoMapBase, 2, false));
+  const std::optional<std::uint32_t> at = io_bitmap_word_offset(static_cast<std::uint32_t>(tr_.limit), iomap, port);
+  if (!at || !io_bits_allow(static_cast<std::uint16_t>(read(base + *at, 2, false)), port, size)) raise(13, true, 0);
+}
+
 void Vcpu::do_rdmsr() {
   if (cpl_ != 0) raise(13, true, 0);
   const std::uint32_t idx = reg32(1);
+  if (idx == MsrFile::kTscAux && !cpuid_.features().tsc_aux()) raise(13, true, 0);
   std::uint64_t v = 0;
   if (idx == 0x1b) {
     v = platform_.apic_base(index_);  // the platform's local APIC
@@ -112,6 +171,7 @@ void Vcpu::do_wrmsr() {
   if (cpl_ != 0) raise(13, true, 0);
   const std::uint32_t idx = reg32(1);
   const std::uint64_t v = reg32(0) | (static_cast<std::uint64_t>(reg32(2)) << 32);
+  if (idx == MsrFile::kTscAux && !cpuid_.features().tsc_aux()) raise(13, true, 0);
   if (idx == 0x1b) {
     platform_.set_apic_base(index_, v);
   } else if (idx == 0xc0000080) {
@@ -135,7 +195,7 @@ void Vcpu::write_cr(unsigned n, std::uint32_t v) {
     case 2: cr2_ = v; break;
     case 3: cr3_ = v; break;
     case 4:
-      if (v & ~0x7ffu) raise(13, true, 0);
+      if (v & ~cpuid_.features().cr4_mask()) raise(13, true, 0);
       cr4_ = v;
       break;
     default: raise(6);
@@ -162,7 +222,12 @@ void Vcpu::string_op(const ZydisDecodedInstruction& insn, const ZydisDecodedOper
   // the CPU's).  Falls back to the general loop at MMIO or page boundaries.
   const bool is_movs = m == ZYDIS_MNEMONIC_MOVSB || m == ZYDIS_MNEMONIC_MOVSW || m == ZYDIS_MNEMONIC_MOVSD;
   const bool is_stos = m == ZYDIS_MNEMONIC_STOSB || m == ZYDIS_MNEMONIC_STOSW || m == ZYDIS_MNEMONIC_STOSD;
-  if (rep && (is_movs || is_stos)) {
+  // A 16-bit address size: SI, DI and CX, wrapping at 64 KiB (general loop only).
+  const bool a16 = insn.address_width == 16;
+  const std::uint32_t amask = a16 ? 0xffffu : 0xffffffffu;
+  auto reg_a = [&](unsigned i) { return reg32(i) & amask; };
+  auto set_a = [&](unsigned i, std::uint32_t v) { reg32(i) = (reg32(i) & ~amask) | (v & amask); };
+  if (rep && (is_movs || is_stos) && !a16) {
     for (int chunks = 0; chunks < 64 && reg32(1) != 0; ++chunks) {
       std::uint32_t& esi = reg32(6);
       std::uint32_t& edi = reg32(7);
@@ -197,9 +262,8 @@ void Vcpu::string_op(const ZydisDecodedInstruction& insn, const ZydisDecodedOper
   // Bounded work per call: long REP loops resume through the dispatcher so
   // interrupts and stop requests are seen.
   for (int budget = 4096; budget > 0; --budget) {
-    if (rep && reg32(1) == 0) return;
-    std::uint32_t& esi = reg32(6);
-    std::uint32_t& edi = reg32(7);
+    if (rep && reg_a(1) == 0) return;
+    std::uint32_t esi = reg_a(6), edi = reg_a(7);  // written back once the iteration has succeeded
     bool stop = false;
     switch (m) {
       case ZYDIS_MNEMONIC_MOVSB: case ZYDIS_MNEMONIC_MOVSW: case ZYDIS_MNEMONIC_MOVSD:
@@ -233,7 +297,7 @@ void Vcpu::string_op(const ZydisDecodedInstruction& insn, const ZydisDecodedOper
         break;
       }
       case ZYDIS_MNEMONIC_INSB: case ZYDIS_MNEMONIC_INSW: case ZYDIS_MNEMONIC_INSD: {
-        if (cpl_ > ((ctx_->sysflags & kIOPL) >> 12)) raise(13, true, 0);
+        check_io_permission(static_cast<std::uint16_t>(reg32(2)), size);
         // Probe the destination first so a #PF does not lose the port read.
         lin_to_phys(es_base + edi, true, user, false);
         ++counters_.io_exits;
@@ -243,7 +307,7 @@ void Vcpu::string_op(const ZydisDecodedInstruction& insn, const ZydisDecodedOper
         break;
       }
       case ZYDIS_MNEMONIC_OUTSB: case ZYDIS_MNEMONIC_OUTSW: case ZYDIS_MNEMONIC_OUTSD: {
-        if (cpl_ > ((ctx_->sysflags & kIOPL) >> 12)) raise(13, true, 0);
+        check_io_permission(static_cast<std::uint16_t>(reg32(2)), size);
         std::uint32_t v = read(src_base + esi, size, user);
         ++counters_.io_exits;
         platform_call().io_out(index_, static_cast<std::uint16_t>(reg32(2)), size, v);
@@ -253,9 +317,11 @@ void Vcpu::string_op(const ZydisDecodedInstruction& insn, const ZydisDecodedOper
       default:
         throw std::runtime_error("bt-swmmu: emulator: unexpected string instruction");
     }
+    set_a(6, esi);
+    set_a(7, edi);
     if (!rep) return;
-    reg32(1) -= 1;
-    if (stop || reg32(1) == 0) return;
+    set_a(1, reg_a(1) - 1);
+    if (stop || reg_a(1) == 0) return;
   }
   throw 0;  // budget exhausted: caller resumes this instruction later
 }
@@ -316,7 +382,7 @@ bool Vcpu::emulate_mmio_bit_test(const ZydisDecodedInstruction& insn, const Zydi
   const std::int32_t word = offset >= 0 ? offset / static_cast<std::int32_t>(bits)
                                         : -((-(offset + 1)) / static_cast<std::int32_t>(bits)) - 1;
   const unsigned bit = static_cast<unsigned>(offset - word * static_cast<std::int32_t>(bits));
-  const std::uint32_t la = ea(ops[0]) + static_cast<std::uint32_t>(word) * bytes;
+  const std::uint32_t la = ea(insn, ops[0]) + static_cast<std::uint32_t>(word) * bytes;
   std::uint8_t raw[4] = {};
   read_linear(la, raw, bytes, user);
   std::uint32_t value = 0;
@@ -346,7 +412,7 @@ bool Vcpu::emulate_mmio_stack_or_branch(const ZydisDecodedInstruction& insn, con
   auto value_of = [&](const ZydisDecodedOperand& o) -> std::uint32_t {
     switch (o.type) {
       case ZYDIS_OPERAND_TYPE_REGISTER: return get_reg(o.reg.value);
-      case ZYDIS_OPERAND_TYPE_MEMORY: return read(ea(o), o.size / 8, user);
+      case ZYDIS_OPERAND_TYPE_MEMORY: return read(ea(insn, o), o.size / 8, user);
       case ZYDIS_OPERAND_TYPE_IMMEDIATE: return static_cast<std::uint32_t>(o.imm.value.s);
       default: throw std::runtime_error("bt-swmmu: emulator: unexpected operand");
     }
@@ -370,7 +436,7 @@ bool Vcpu::emulate_mmio_stack_or_branch(const ZydisDecodedInstruction& insn, con
       const std::uint32_t v = read(ss + esp, width, user);
       reg32(4) = esp + width;  // a memory destination is addressed with the incremented ESP
       try {
-        if (ops[0].type == ZYDIS_OPERAND_TYPE_MEMORY) write(ea(ops[0]), width, v, user);
+        if (ops[0].type == ZYDIS_OPERAND_TYPE_MEMORY) write(ea(insn, ops[0]), width, v, user);
         else set_reg(ops[0].reg.value, v);
       } catch (...) {
         reg32(4) = esp;
@@ -439,7 +505,7 @@ bool Vcpu::emulate_mmio_native(std::uint32_t eip, const ZydisDecodedInstruction&
   const bool reads = op.actions & ZYDIS_OPERAND_ACTION_MASK_READ;
   const bool writes = op.actions & ZYDIS_OPERAND_ACTION_MASK_WRITE;
   const bool user = cpl_ == 3;
-  const std::uint32_t la = ea(op);
+  const std::uint32_t la = ea(insn, op);
   // Permission checks on every page of the operand, before any device access.
   for (std::uint32_t at = la; at - la < size; at = (at & ~0xfffu) + 0x1000) lin_to_phys(at, writes, user, false);
   // Translate the single instruction with the operand redirected.
@@ -609,14 +675,14 @@ void Vcpu::emulate(std::uint32_t eip, bool mmio, Block* block) {
   auto operand_value = [&](const ZydisDecodedOperand& o) -> std::uint32_t {
     switch (o.type) {
       case ZYDIS_OPERAND_TYPE_REGISTER: return get_reg(o.reg.value);
-      case ZYDIS_OPERAND_TYPE_MEMORY: return read(ea(o), o.size / 8, user);
+      case ZYDIS_OPERAND_TYPE_MEMORY: return read(ea(insn, o), o.size / 8, user);
       case ZYDIS_OPERAND_TYPE_IMMEDIATE: return static_cast<std::uint32_t>(o.imm.value.u);
       default: throw std::runtime_error("bt-swmmu: emulator: unexpected operand");
     }
   };
   auto store = [&](const ZydisDecodedOperand& o, std::uint32_t v) {
     if (o.type == ZYDIS_OPERAND_TYPE_REGISTER) set_reg(o.reg.value, v);
-    else write(ea(o), o.size / 8, v, user);
+    else write(ea(insn, o), o.size / 8, v, user);
   };
   std::uint32_t new_eip = next;
 
@@ -662,15 +728,15 @@ void Vcpu::emulate(std::uint32_t eip, bool mmio, Block* block) {
       break;
     }
     case ZYDIS_MNEMONIC_IN: {
-      if (cpl_ > iopl) raise(13, true, 0);
       const std::uint16_t port = static_cast<std::uint16_t>(operand_value(ops[1]));
+      check_io_permission(port, ops[0].size / 8);
       ++counters_.io_exits;
       set_reg(ops[0].reg.value, platform_read().io_in(index_, port, ops[0].size / 8));
       break;
     }
     case ZYDIS_MNEMONIC_OUT: {
-      if (cpl_ > iopl) raise(13, true, 0);
       const std::uint16_t port = static_cast<std::uint16_t>(operand_value(ops[0]));
+      check_io_permission(port, ops[1].size / 8);
       ++counters_.io_exits;
       platform_call().io_out(index_, port, ops[1].size / 8, get_reg(ops[1].reg.value));
       break;
@@ -688,6 +754,10 @@ void Vcpu::emulate(std::uint32_t eip, bool mmio, Block* block) {
       reg32(2) = static_cast<std::uint32_t>(t >> 32);
       break;
     }
+    case ZYDIS_MNEMONIC_RDTSCP: do_rdtscp(); break;
+    case ZYDIS_MNEMONIC_RDPID: do_rdpid(ops[0]); break;
+    case ZYDIS_MNEMONIC_STAC: do_stac_clac(true); break;
+    case ZYDIS_MNEMONIC_CLAC: do_stac_clac(false); break;
     case ZYDIS_MNEMONIC_RDMSR: do_rdmsr(); break;
     case ZYDIS_MNEMONIC_WRMSR: do_wrmsr(); break;
     case ZYDIS_MNEMONIC_INT:
@@ -711,7 +781,7 @@ void Vcpu::emulate(std::uint32_t eip, bool mmio, Block* block) {
       return;
     case ZYDIS_MNEMONIC_IRETD:
     case ZYDIS_MNEMONIC_IRET:
-      do_iret(opsize);
+      do_iret(opsize, next);
       return;
     case ZYDIS_MNEMONIC_SYSENTER: {
       const std::uint64_t cs = msrs_.read(0x174, 0).value(), esp = msrs_.read(0x175, 0).value(),
@@ -748,7 +818,7 @@ void Vcpu::emulate(std::uint32_t eip, bool mmio, Block* block) {
     case ZYDIS_MNEMONIC_LGDT:
     case ZYDIS_MNEMONIC_LIDT: {
       need_cpl0();
-      const std::uint32_t a = ea(ops[0]);
+      const std::uint32_t a = ea(insn, ops[0]);
       std::uint16_t limit = static_cast<std::uint16_t>(read(a, 2, user));
       std::uint32_t base = read(a + 2, 4, user);
       if (opsize == 16) base &= 0xffffff;
@@ -759,7 +829,8 @@ void Vcpu::emulate(std::uint32_t eip, bool mmio, Block* block) {
     }
     case ZYDIS_MNEMONIC_SGDT:
     case ZYDIS_MNEMONIC_SIDT: {
-      const std::uint32_t a = ea(ops[0]);
+      check_umip();
+      const std::uint32_t a = ea(insn, ops[0]);
       auto& t = insn.mnemonic == ZYDIS_MNEMONIC_SGDT ? gdtr_ : idtr_;
       write(a, 2, t.limit, user);
       write(a + 2, 4, static_cast<std::uint32_t>(t.base), user);
@@ -792,9 +863,10 @@ void Vcpu::emulate(std::uint32_t eip, bool mmio, Block* block) {
       tr_ = s;
       break;
     }
-    case ZYDIS_MNEMONIC_SLDT: store(ops[0], ldtr_.selector); break;
-    case ZYDIS_MNEMONIC_STR: store(ops[0], tr_.selector); break;
+    case ZYDIS_MNEMONIC_SLDT: check_umip(); store(ops[0], ldtr_.selector); break;
+    case ZYDIS_MNEMONIC_STR: check_umip(); store(ops[0], tr_.selector); break;
     case ZYDIS_MNEMONIC_SMSW:
+      check_umip();
       store(ops[0], ops[0].type == ZYDIS_OPERAND_TYPE_REGISTER ? static_cast<std::uint32_t>(cr0_)
                                                               : static_cast<std::uint32_t>(cr0_ & 0xffff));
       break;
@@ -805,7 +877,7 @@ void Vcpu::emulate(std::uint32_t eip, bool mmio, Block* block) {
       break;
     }
     case ZYDIS_MNEMONIC_CLTS: need_cpl0(); cr0_ &= ~8ull; break;
-    case ZYDIS_MNEMONIC_INVLPG: need_cpl0(); monitor_tlb_flush(); shadow_->invlpg(ea(ops[0])); break;
+    case ZYDIS_MNEMONIC_INVLPG: need_cpl0(); monitor_tlb_flush(); shadow_->invlpg(ea(insn, ops[0])); break;
     case ZYDIS_MNEMONIC_WBINVD: case ZYDIS_MNEMONIC_INVD: need_cpl0(); break;
     case ZYDIS_MNEMONIC_MOV: {
       auto cls0 = ops[0].type == ZYDIS_OPERAND_TYPE_REGISTER ? ZydisRegisterGetClass(ops[0].reg.value) : ZYDIS_REGCLASS_INVALID;
@@ -832,9 +904,9 @@ void Vcpu::emulate(std::uint32_t eip, bool mmio, Block* block) {
         if (s == 2) interrupt_shadow_ = true;
       } else if (cls1 == ZYDIS_REGCLASS_SEGMENT) {
         const std::uint16_t sel = seg(ops[1].reg.value - ZYDIS_REGISTER_ES).selector;
-        if (ops[0].type == ZYDIS_OPERAND_TYPE_MEMORY) write(ea(ops[0]), 2, sel, user);
+        if (ops[0].type == ZYDIS_OPERAND_TYPE_MEMORY) write(ea(insn, ops[0]), 2, sel, user);
         else set_reg(ops[0].reg.value, sel);
-      } else if (mmio) {
+      } else if (mmio || insn.address_width == 16) {  // a device, or a 16-bit address formed here
         store(ops[0], operand_value(ops[1]));
       } else {
         throw std::runtime_error("bt-swmmu: emulator: unexpected MOV form: " + describe(insn, ops, eip));
@@ -855,14 +927,14 @@ void Vcpu::emulate(std::uint32_t eip, bool mmio, Block* block) {
       set_reg(ops[0].reg.value, v);
       break;
     }
-    case ZYDIS_MNEMONIC_PUSH: {  // segment registers
-      push32(seg(ops[0].reg.value - ZYDIS_REGISTER_ES).selector);
+    case ZYDIS_MNEMONIC_PUSH: {  // segment registers (a word with a 16-bit operand size)
+      push(seg(ops[0].reg.value - ZYDIS_REGISTER_ES).selector, opsize / 8);
       break;
     }
     case ZYDIS_MNEMONIC_POP: {
       const int s = ops[0].reg.value - ZYDIS_REGISTER_ES;
       const std::uint32_t esp0 = reg32(4);
-      std::uint16_t sel = static_cast<std::uint16_t>(pop32());
+      std::uint16_t sel = static_cast<std::uint16_t>(pop(opsize / 8));
       try {
         load_segment(s, sel);
       } catch (...) {
@@ -874,7 +946,7 @@ void Vcpu::emulate(std::uint32_t eip, bool mmio, Block* block) {
     }
     case ZYDIS_MNEMONIC_LDS: case ZYDIS_MNEMONIC_LES: case ZYDIS_MNEMONIC_LFS: case ZYDIS_MNEMONIC_LGS:
     case ZYDIS_MNEMONIC_LSS: {
-      const std::uint32_t a = ea(ops[1]);
+      const std::uint32_t a = ea(insn, ops[1]);
       const std::uint32_t off = read(a, opsize / 8, user);
       const std::uint16_t sel = static_cast<std::uint16_t>(read(a + opsize / 8, 2, user));
       const int s = insn.mnemonic == ZYDIS_MNEMONIC_LDS ? 3 : insn.mnemonic == ZYDIS_MNEMONIC_LES ? 0
@@ -883,41 +955,81 @@ void Vcpu::emulate(std::uint32_t eip, bool mmio, Block* block) {
       set_reg(ops[0].reg.value, off);
       break;
     }
+    case ZYDIS_MNEMONIC_JB: case ZYDIS_MNEMONIC_JBE: case ZYDIS_MNEMONIC_JL: case ZYDIS_MNEMONIC_JLE:
+    case ZYDIS_MNEMONIC_JNB: case ZYDIS_MNEMONIC_JNBE: case ZYDIS_MNEMONIC_JNL: case ZYDIS_MNEMONIC_JNLE:
+    case ZYDIS_MNEMONIC_JNO: case ZYDIS_MNEMONIC_JNP: case ZYDIS_MNEMONIC_JNS: case ZYDIS_MNEMONIC_JNZ:
+    case ZYDIS_MNEMONIC_JO: case ZYDIS_MNEMONIC_JP: case ZYDIS_MNEMONIC_JS: case ZYDIS_MNEMONIC_JZ:
+      // Only with a 16-bit operand size (translated otherwise): the target's EIP is 16 bits.
+      eip_ = condition_holds(insn.opcode & 0xf, eflags()) ? (next + static_cast<std::uint32_t>(ops[0].imm.value.s)) & 0xffff
+                                                         : next;
+      return;
+    case ZYDIS_MNEMONIC_LOOP: case ZYDIS_MNEMONIC_LOOPE: case ZYDIS_MNEMONIC_LOOPNE:
+    case ZYDIS_MNEMONIC_JCXZ: case ZYDIS_MNEMONIC_JECXZ: {
+      // Here with a 16-bit address size (the counter is CX) or operand size (EIP truncated).
+      const bool cx = insn.address_width == 16;
+      std::uint32_t count = cx ? reg32(1) & 0xffff : reg32(1);
+      bool taken;
+      if (insn.mnemonic == ZYDIS_MNEMONIC_JCXZ || insn.mnemonic == ZYDIS_MNEMONIC_JECXZ) {
+        taken = count == 0;
+      } else {
+        count = cx ? (count - 1) & 0xffff : count - 1;
+        reg32(1) = cx ? (reg32(1) & 0xffff0000u) | count : count;
+        const bool zf = eflags() & kZF;
+        taken = count != 0 && (insn.mnemonic == ZYDIS_MNEMONIC_LOOP || (insn.mnemonic == ZYDIS_MNEMONIC_LOOPE) == zf);
+      }
+      const std::uint32_t target = next + static_cast<std::uint32_t>(ops[0].imm.value.s);
+      eip_ = taken ? (opsize == 16 ? target & 0xffff : target) : next;
+      return;
+    }
     case ZYDIS_MNEMONIC_JMP:
-    case ZYDIS_MNEMONIC_CALL: {  // far
-      if (insn.meta.branch_type != ZYDIS_BRANCH_TYPE_FAR)
-        throw std::runtime_error("bt-swmmu: 16-bit near branches are not supported: " + describe(insn, ops, eip));
+    case ZYDIS_MNEMONIC_CALL: {  // far, or near with a 16-bit operand size
+      if (insn.meta.branch_type != ZYDIS_BRANCH_TYPE_FAR) {
+        const std::uint32_t target =
+            ops[0].type == ZYDIS_OPERAND_TYPE_IMMEDIATE ? next + static_cast<std::uint32_t>(ops[0].imm.value.s)
+                                                        : operand_value(ops[0]);
+        // Here with a 16-bit operand size (an IP word, EIP truncated) or a
+        // 16-bit address size forming the memory operand.
+        if (insn.mnemonic == ZYDIS_MNEMONIC_CALL) push(next, opsize / 8);
+        eip_ = opsize == 16 ? target & 0xffff : target;
+        return;
+      }
       std::uint16_t sel;
       std::uint32_t off;
       if (ops[0].type == ZYDIS_OPERAND_TYPE_POINTER) {
         sel = ops[0].ptr.segment;
         off = ops[0].ptr.offset;
       } else {
-        const std::uint32_t a = ea(ops[0]);
+        const std::uint32_t a = ea(insn, ops[0]);
         off = read(a, opsize / 8, user);
         sel = static_cast<std::uint16_t>(read(a + opsize / 8, 2, user));
       }
       far_transfer(sel, off, insn.mnemonic == ZYDIS_MNEMONIC_CALL, next, opsize);
       return;
     }
-    case ZYDIS_MNEMONIC_RET: {  // far return
-      if (insn.meta.branch_type != ZYDIS_BRANCH_TYPE_FAR)
-        throw std::runtime_error("bt-swmmu: 16-bit near returns are not supported");
-      if (opsize != 32) throw std::runtime_error("bt-swmmu: 16-bit far return is not supported");
+    case ZYDIS_MNEMONIC_RET: {  // far return, or near with a 16-bit operand size
+      if (insn.meta.branch_type != ZYDIS_BRANCH_TYPE_FAR) {
+        const std::uint32_t extra = insn.operand_count_visible ? static_cast<std::uint32_t>(ops[0].imm.value.u) : 0;
+        const std::uint32_t ip = pop(2);
+        reg32(4) += extra;
+        eip_ = ip;
+        return;
+      }
+      const unsigned bytes = opsize / 8;  // 16-bit: IP, CS (and SP, SS) are words
       const std::uint32_t esp0 = reg32(4);
       try {
-        const std::uint32_t e2 = pop32();
-        const std::uint16_t sel = static_cast<std::uint16_t>(pop32());
+        const std::uint32_t e2 = pop(bytes);
+        const std::uint16_t sel = static_cast<std::uint16_t>(pop(bytes));
         const std::uint32_t extra = insn.operand_count_visible ? static_cast<std::uint32_t>(ops[0].imm.value.u) : 0;
         const unsigned rpl = sel & 3;
         if (rpl < cpl_) raise(13, true, sel & 0xfffc);
         if (rpl > cpl_) {
           reg32(4) += extra;
-          const std::uint32_t nesp = pop32();
-          const std::uint16_t nss = static_cast<std::uint16_t>(pop32());
+          const std::uint32_t nesp = pop(bytes);
+          const std::uint16_t nss = static_cast<std::uint16_t>(pop(bytes));
           load_cs(sel, rpl);
           load_segment(2, nss);
           reg32(4) = nesp + extra;
+          null_inaccessible_data_segments();
         } else {
           load_cs(sel, rpl);
           reg32(4) += extra;
@@ -950,21 +1062,39 @@ void Vcpu::emulate(std::uint32_t eip, bool mmio, Block* block) {
     case ZYDIS_MNEMONIC_ENTER: {
       const std::uint32_t frame = static_cast<std::uint32_t>(ops[0].imm.value.u);
       const unsigned level = static_cast<unsigned>(ops[1].imm.value.u) & 31;
-      if (level != 0) throw std::runtime_error("bt-swmmu: ENTER with nesting level > 0 is not supported");
-      const std::uint32_t esp0 = reg32(4);
-      try {
-        push32(reg32(5));
-      } catch (...) {
-        reg32(4) = esp0;
-        throw;
+      // Push EBP, then (nesting) level - 1 frame pointers copied from the
+      // enclosing frames at [EBP - n*size] and the new frame pointer; all
+      // with the operand size (a 16-bit ENTER writes only BP).  Nothing
+      // changes unless every push succeeds.
+      const unsigned bytes = opsize / 8;
+      const std::uint32_t ss_base = static_cast<std::uint32_t>(ss_.base);
+      std::uint32_t esp = reg32(4), ebp = reg32(5);
+      auto push = [&](std::uint32_t v) {
+        esp -= bytes;
+        write(ss_base + esp, bytes, v, user);
+      };
+      push(ebp);
+      const std::uint32_t frame_pointer = esp;
+      if (level > 0) {
+        for (unsigned i = 1; i < level; ++i) {
+          ebp -= bytes;
+          push(read(ss_base + ebp, bytes, user));
+        }
+        push(frame_pointer);
       }
-      reg32(5) = reg32(4);
-      reg32(4) -= frame;
+      if (bytes == 4) reg32(5) = frame_pointer;
+      else reg32(5) = (reg32(5) & 0xffff0000u) | (frame_pointer & 0xffff);
+      reg32(4) = esp - frame;
       break;
     }
+    case ZYDIS_MNEMONIC_LEA:  // with a 16-bit address size (translated otherwise)
+      set_reg(ops[0].reg.value, effective_offset(insn, ops[1]));
+      break;
     case ZYDIS_MNEMONIC_XLAT: {
       const int s = insn.attributes & ZYDIS_ATTRIB_HAS_SEGMENT ? ops[1].mem.segment - ZYDIS_REGISTER_ES : 3;
-      std::uint32_t v = read(static_cast<std::uint32_t>(ctx_->seg_base[s]) + reg32(3) + (reg32(0) & 0xff), 1, user);
+      std::uint32_t offset = reg32(3) + (reg32(0) & 0xff);
+      if (insn.address_width == 16) offset = ((reg32(3) & 0xffff) + (reg32(0) & 0xff)) & 0xffff;  // BX + AL
+      std::uint32_t v = read(static_cast<std::uint32_t>(ctx_->seg_base[s]) + offset, 1, user);
       reg32(0) = (reg32(0) & ~0xffu) | v;
       break;
     }
@@ -1019,7 +1149,7 @@ void Vcpu::emulate(std::uint32_t eip, bool mmio, Block* block) {
       break;
     }
     case ZYDIS_MNEMONIC_BOUND: {
-      const std::uint32_t a = ea(ops[1]);
+      const std::uint32_t a = ea(insn, ops[1]);
       const std::int32_t idx = static_cast<std::int32_t>(get_reg(ops[0].reg.value));
       const std::int32_t lo = static_cast<std::int32_t>(read(a, 4, user));
       const std::int32_t hi = static_cast<std::int32_t>(read(a + 4, 4, user));
@@ -1033,7 +1163,6 @@ void Vcpu::emulate(std::uint32_t eip, bool mmio, Block* block) {
     case ZYDIS_MNEMONIC_SCASB: case ZYDIS_MNEMONIC_SCASW: case ZYDIS_MNEMONIC_SCASD:
     case ZYDIS_MNEMONIC_INSB: case ZYDIS_MNEMONIC_INSW: case ZYDIS_MNEMONIC_INSD:
     case ZYDIS_MNEMONIC_OUTSB: case ZYDIS_MNEMONIC_OUTSW: case ZYDIS_MNEMONIC_OUTSD:
-      if (insn.address_width != 32) throw std::runtime_error("bt-swmmu: 16-bit address-size string instruction");
       try {
         string_op(insn, ops);
       } catch (int) {
@@ -1043,7 +1172,7 @@ void Vcpu::emulate(std::uint32_t eip, bool mmio, Block* block) {
     case ZYDIS_MNEMONIC_UD0: case ZYDIS_MNEMONIC_UD1: case ZYDIS_MNEMONIC_UD2:
     case ZYDIS_MNEMONIC_MONITOR: case ZYDIS_MNEMONIC_MWAIT: case ZYDIS_MNEMONIC_XGETBV:
     case ZYDIS_MNEMONIC_XSETBV: case ZYDIS_MNEMONIC_RSM: case ZYDIS_MNEMONIC_SYSCALL:
-    case ZYDIS_MNEMONIC_SYSRET: case ZYDIS_MNEMONIC_RDPID: case ZYDIS_MNEMONIC_RDFSBASE:
+    case ZYDIS_MNEMONIC_SYSRET: case ZYDIS_MNEMONIC_RDFSBASE:
     case ZYDIS_MNEMONIC_RDGSBASE: case ZYDIS_MNEMONIC_WRFSBASE: case ZYDIS_MNEMONIC_WRGSBASE:
     case ZYDIS_MNEMONIC_SWAPGS: case ZYDIS_MNEMONIC_FXSAVE64: case ZYDIS_MNEMONIC_FXRSTOR64:
     case ZYDIS_MNEMONIC_XSAVE: case ZYDIS_MNEMONIC_XRSTOR: case ZYDIS_MNEMONIC_XSAVEOPT:
@@ -1058,7 +1187,13 @@ void Vcpu::emulate(std::uint32_t eip, bool mmio, Block* block) {
       if (insn.attributes & ZYDIS_ATTRIB_IS_PRIVILEGED) {
         if (cpl_ != 0) raise(13, true, 0);
       }
-      if (mmio && emulate_mmio_native(eip, insn, ops)) return;
+      // A 16-bit address size: the operand's address is formed here and the
+      // instruction runs natively on the stage, as for MMIO (not a bit test
+      // with a register offset, which reaches beyond its operand).
+      if ((mmio || (insn.address_width == 16 && !(insn.meta.category == ZYDIS_CATEGORY_BITBYTE &&
+                                                   ops[1].type == ZYDIS_OPERAND_TYPE_REGISTER))) &&
+          emulate_mmio_native(eip, insn, ops))
+        return;
       throw std::runtime_error("bt-swmmu: cannot emulate '" + describe(insn, ops, eip) + "'" +
                                (mmio ? " (MMIO access)" : ""));
   }

@@ -1,6 +1,6 @@
 // Event delivery: exceptions (with #DF and triple-fault escalation),
-// interrupts and NMIs through the IDT's 32-bit interrupt/trap gates, and
-// IRET.  The frames and flag rules are event_frame.hpp's; here the gate and
+// interrupts and NMIs through the IDT's 32-bit interrupt/trap gates (task
+// gates: task_switch.cpp), and IRET.  The frames and flag rules are event_frame.hpp's; here the gate and
 // stack checks, the pushes and pops, and the state changes.
 #include <cstdio>
 #include <stdexcept>
@@ -40,7 +40,12 @@ void Vcpu::deliver(std::uint8_t vec, bool has_error, std::uint32_t error, bool s
   const std::uint32_t la = static_cast<std::uint32_t>(idtr_.base + vec * 8u);
   const GateDescriptor gate =
       decode_gate_descriptor(read(la, 4, false) | (static_cast<std::uint64_t>(read(la + 4, 4, false)) << 32));
-  if (gate.task_gate()) throw std::runtime_error("bt-swmmu: task gates are not supported");
+  if (gate.task_gate()) {
+    if (software && gate.dpl < cpl_) raise(13, true, gerr);
+    if (!gate.present) raise(11, true, gerr);
+    deliver_through_task_gate(gate.selector, has_error, error, software, ret_eip);
+    return;
+  }
   if (!gate.trap_or_interrupt_gate()) raise(13, true, gerr);
   if (software && gate.dpl < cpl_) raise(13, true, gerr);
   if (!gate.present) raise(11, true, gerr);
@@ -57,10 +62,7 @@ void Vcpu::deliver(std::uint8_t vec, bool has_error, std::uint32_t error, bool s
       EventFrameInput{old_flags, old_cs, ret_eip, has_error, error, false, 0, 0, gate.interrupt_gate()});
   if (new_cpl < cpl_) {
     if (ctx_->sysflags & kVM) throw std::runtime_error("bt-swmmu: virtual-8086 mode is not supported");
-    const std::uint32_t tss = static_cast<std::uint32_t>(tr_.base);
-    if (tr_.unusable || tr_.limit < 8u * new_cpl + 11) raise(10, true, tr_.selector & 0xfffc);
-    const std::uint32_t new_esp = read(tss + 4 + 8 * new_cpl, 4, false);
-    const std::uint16_t new_ss = static_cast<std::uint16_t>(read(tss + 8 + 8 * new_cpl, 2, false));
+    const auto [new_esp, new_ss] = stack_from_tss(new_cpl);
     const std::uint32_t old_esp = reg32(4);
     const std::uint16_t old_ss = ss_.selector;
     api::Segment nss = decode_segment_descriptor(read_descriptor(new_ss, new_ss & 0xfffc), new_ss);
@@ -89,14 +91,18 @@ void Vcpu::deliver(std::uint8_t vec, bool has_error, std::uint32_t error, bool s
   run_state_ = api::RunState::Runnable;
 }
 
-void Vcpu::do_iret(unsigned opsize) {
-  if (opsize != 32) throw std::runtime_error("bt-swmmu: 16-bit IRET is not supported");
-  if (ctx_->sysflags & kNT) throw std::runtime_error("bt-swmmu: IRET task return is not supported");
+void Vcpu::do_iret(unsigned opsize, std::uint32_t next_eip) {
   nmi_masked_ = false;  // IRET ends NMI blocking (even if it then faults, as on hardware)
+  if (ctx_->sysflags & kNT) {  // back to the task that called or interrupted this one
+    return_to_linked_task(next_eip);
+    return;
+  }
+  // A 16-bit IRET pops words: IP, CS, FLAGS (the upper half of EFLAGS stays), SP, SS.
+  const unsigned bytes = opsize / 8;
   const std::uint32_t esp0 = reg32(4);
-  const std::uint32_t new_eip = pop32();
-  const std::uint16_t new_cs = static_cast<std::uint16_t>(pop32());
-  const std::uint32_t new_fl = pop32();
+  const std::uint32_t new_eip = pop(bytes);
+  const std::uint16_t new_cs = static_cast<std::uint16_t>(pop(bytes));
+  const std::uint32_t new_fl = bytes == 4 ? pop32() : (eflags() & 0xffff0000u) | pop(2);
   const unsigned rpl = new_cs & 3;
   try {
     if (new_fl & kVM) {
@@ -105,20 +111,12 @@ void Vcpu::do_iret(unsigned opsize) {
     if (rpl < cpl_) raise(13, true, new_cs & 0xfffc);
     const std::uint32_t flags = iret_eflags(eflags(), new_fl, cpl_);
     if (rpl > cpl_) {
-      const std::uint32_t new_esp = pop32();
-      const std::uint16_t new_ss = static_cast<std::uint16_t>(pop32());
+      const std::uint32_t new_esp = pop(bytes);
+      const std::uint16_t new_ss = static_cast<std::uint16_t>(pop(bytes));
       load_cs(new_cs, rpl);
       load_segment(2, new_ss);
       reg32(4) = new_esp;
-      for (int i : {0, 3, 4, 5}) {  // ES DS FS GS: null if not accessible at the new CPL
-        api::Segment& s = seg(i);
-        const bool conforming_code = (s.type & 8) && (s.type & 4);
-        if (!s.unusable && !conforming_code && s.dpl < cpl_) {
-          s = api::Segment{};
-          s.unusable = true;
-        }
-      }
-      sync_seg_bases();
+      null_inaccessible_data_segments();
     } else {
       load_cs(new_cs, rpl);
     }

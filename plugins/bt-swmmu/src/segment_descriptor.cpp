@@ -101,7 +101,23 @@ GateDescriptor decode_gate_descriptor(std::uint64_t gate) {
   g.present = (gate >> 47) & 1;
   g.selector = static_cast<std::uint16_t>((gate >> 16) & 0xffff);
   g.offset = static_cast<std::uint32_t>((gate & 0xffff) | ((gate >> 48) << 16));
+  g.parameter_count = static_cast<unsigned>((gate >> 32) & 0x1f);
   return g;
+}
+
+Check check_call_gate(const GateDescriptor& gate, std::uint16_t gate_sel, unsigned cpl) {
+  const std::uint32_t err = selector_error(gate_sel);
+  if (gate.dpl < cpl || gate.dpl < (gate_sel & 3u)) return Fault::gp(err);
+  if (!gate.present) return Fault::np(err);
+  return std::nullopt;
+}
+
+Check check_call_gate_target(const api::Segment& d, std::uint16_t sel, unsigned cpl, bool call) {
+  const std::uint32_t err = selector_error(sel);
+  if (!d.s || !is_code(d) || d.dpl > cpl) return Fault::gp(err);
+  if (!call && !(d.type & 4) && d.dpl != cpl) return Fault::gp(err);
+  if (!d.present) return Fault::np(err);
+  return std::nullopt;
 }
 
 }  // namespace modevisor::bt

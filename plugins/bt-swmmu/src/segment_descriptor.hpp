@@ -35,16 +35,23 @@ Check check_tss_descriptor(const api::Segment& d, std::uint16_t sel);
 
 // An IDT entry.
 struct GateDescriptor {
-  unsigned type;  // 0x0e 32-bit interrupt gate, 0x0f trap gate, 0x05 task gate
+  unsigned type;  // 0x0e 32-bit interrupt gate, 0x0f trap gate, 0x05 task gate, 0x0c 32-bit call gate
   unsigned dpl;
   bool present;
   std::uint16_t selector;
   std::uint32_t offset;
+  unsigned parameter_count = 0;  // call gates: dwords copied to an inner stack
   bool interrupt_gate() const { return type == 0x0e; }
   bool task_gate() const { return type == 0x05; }
   bool trap_or_interrupt_gate() const { return type == 0x0e || type == 0x0f; }
 };
 GateDescriptor decode_gate_descriptor(std::uint64_t raw);
+
+// A far CALL/JMP naming a call gate: DPL >= CPL and >= RPL (#GP), present (#NP).
+Check check_call_gate(const GateDescriptor& gate, std::uint16_t gate_sel, unsigned cpl);
+// The code segment a call gate names: DPL <= CPL; a JMP cannot change
+// privilege (non-conforming: DPL == CPL); present (#NP).
+Check check_call_gate_target(const api::Segment& d, std::uint16_t sel, unsigned cpl, bool call);
 
 // The error code of a fault found while delivering vector `vec` (IDT flag,
 // EXT flag for events not caused by an INT n).

@@ -45,7 +45,8 @@ WalkResult walk(const PhysMem& mem_in, const PagingRegs& regs, std::uint32_t la,
   }
   const std::uint32_t ubit = acc.user ? kPfU : 0;
   const std::uint32_t wbit = acc.write ? kPfW : 0;
-  const std::uint32_t ibit = (acc.fetch && regs.nxe() && regs.pae()) ? kPfI : 0;
+  // I/D is reported for fetches when NX or SMEP can make a fetch fault.
+  const std::uint32_t ibit = (acc.fetch && ((regs.nxe() && regs.pae()) || regs.smep())) ? kPfI : 0;
   auto fault = [&](bool present) {
     r.ok = false;
     r.error = (present ? kPfP : 0) | ubit | wbit | ibit;
@@ -125,6 +126,8 @@ WalkResult walk(const PhysMem& mem_in, const PagingRegs& regs, std::uint32_t la,
   }
   // Permission checks.
   if (acc.user && !user) return fault(true);
+  // SMEP: no supervisor fetch from a user page; SMAP: no supervisor data access to one.
+  if (!acc.user && user && (acc.fetch ? regs.smep() : regs.smap_enforced())) return fault(true);
   if (acc.write && !writable && (acc.user || regs.wp())) return fault(true);
   if (acc.fetch && nx) return fault(true);
   if (set_ad) {
@@ -149,6 +152,7 @@ RegionKey make_region_key(const PagingRegs& regs, bool user_view) {
     k.mode = 1 | (regs.pae() ? 2 : 0) | (regs.pse() ? 4 : 0) | (regs.wp() ? 8 : 0) | (regs.nxe() ? 16 : 0);
   }
   if (user_view) k.mode |= 32;
+  else if (regs.paging()) k.mode |= (regs.smep() ? 64 : 0) | (regs.smap_enforced() ? 128 : 0);
   return k;
 }
 

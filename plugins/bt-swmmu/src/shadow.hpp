@@ -22,11 +22,19 @@ namespace modevisor::bt {
 // Control registers relevant to translation.
 struct PagingRegs {
   std::uint64_t cr0 = 0x60000010, cr3 = 0, cr4 = 0, efer = 0;
+  // EFLAGS.AC at CPL < 3: supervisor accesses may reach user pages under
+  // SMAP.  (QEMU's rule, for implicit supervisor accesses too; at CPL 3 every
+  // supervisor access is implicit and checked.)
+  bool smap_suspended = false;
   bool paging() const { return (cr0 & 0x80000001u) == 0x80000001u; }
   bool pae() const { return (cr4 >> 5) & 1; }
   bool pse() const { return (cr4 >> 4) & 1; }
   bool wp() const { return (cr0 >> 16) & 1; }
   bool nxe() const { return (efer >> 11) & 1; }
+  bool smep() const { return (cr4 >> 20) & 1; }
+  bool smap() const { return (cr4 >> 21) & 1; }
+  // Supervisor data accesses to user pages fault.
+  bool smap_enforced() const { return smap() && !smap_suspended; }
 };
 
 struct Access {
@@ -70,7 +78,9 @@ WalkResult walk(const PhysMem& mem, const PagingRegs& regs, std::uint32_t la, Ac
 // the tables or the view.
 struct RegionKey {
   std::uint64_t cr3 = 0;
-  std::uint32_t mode = 0;  // bit0 paging, bit1 PAE, bit2 PSE, bit3 WP, bit4 NXE, bit5 user view
+  // bit0 paging, bit1 PAE, bit2 PSE, bit3 WP, bit4 NXE, bit5 user view,
+  // bit6 SMEP and bit7 SMAP enforced (supervisor view with paging only)
+  std::uint32_t mode = 0;
   bool operator==(const RegionKey&) const = default;
 };
 RegionKey make_region_key(const PagingRegs& regs, bool user_view);

@@ -150,7 +150,9 @@ bool is_fpu_like(const ZydisDecodedInstruction& insn) {
 }  // namespace
 
 InsnClass classify(const ZydisDecodedInstruction& insn, const ZydisDecodedOperand* ops, TKey tkey) {
-  if (insn.address_width != 32) {  // 0x67: matters only where an address or eCX count is formed
+  // 0x67: matters only where an address or eCX count is formed (not for an
+  // operand the monitor redirects to its stage, whose address it formed).
+  if (insn.address_width != 32 && !t_redirect) {
     if (insn.mnemonic == ZYDIS_MNEMONIC_JCXZ || insn.mnemonic == ZYDIS_MNEMONIC_JECXZ ||
         insn.mnemonic == ZYDIS_MNEMONIC_LOOP || insn.mnemonic == ZYDIS_MNEMONIC_LOOPE ||
         insn.mnemonic == ZYDIS_MNEMONIC_LOOPNE)
@@ -164,19 +166,22 @@ InsnClass classify(const ZydisDecodedInstruction& insn, const ZydisDecodedOperan
     return InsnClass::Special;
   if ((tkey & kTKeyFpuTrap) && is_fpu_like(insn)) return InsnClass::Special;
   switch (insn.mnemonic) {
+    // A 16-bit operand size (0x66) makes a branch truncate EIP to 16 bits
+    // (and push/pop IP words): the monitor's.
     case ZYDIS_MNEMONIC_JMP:
     case ZYDIS_MNEMONIC_CALL:
       if (insn.meta.branch_type == ZYDIS_BRANCH_TYPE_FAR) return InsnClass::Special;
-      return InsnClass::ControlFlow;
+      return insn.operand_width == 16 ? InsnClass::Special : InsnClass::ControlFlow;
     case ZYDIS_MNEMONIC_RET:
       if (insn.meta.branch_type == ZYDIS_BRANCH_TYPE_FAR) return InsnClass::Special;  // retf
-      return InsnClass::ControlFlow;
+      return insn.operand_width == 16 ? InsnClass::Special : InsnClass::ControlFlow;
     case ZYDIS_MNEMONIC_JB: case ZYDIS_MNEMONIC_JBE: case ZYDIS_MNEMONIC_JL: case ZYDIS_MNEMONIC_JLE:
     case ZYDIS_MNEMONIC_JNB: case ZYDIS_MNEMONIC_JNBE: case ZYDIS_MNEMONIC_JNL: case ZYDIS_MNEMONIC_JNLE:
     case ZYDIS_MNEMONIC_JNO: case ZYDIS_MNEMONIC_JNP: case ZYDIS_MNEMONIC_JNS: case ZYDIS_MNEMONIC_JNZ:
     case ZYDIS_MNEMONIC_JO: case ZYDIS_MNEMONIC_JP: case ZYDIS_MNEMONIC_JS: case ZYDIS_MNEMONIC_JZ:
+      return insn.operand_width == 16 ? InsnClass::Special : InsnClass::ControlFlow;
     case ZYDIS_MNEMONIC_JECXZ: case ZYDIS_MNEMONIC_LOOP: case ZYDIS_MNEMONIC_LOOPE: case ZYDIS_MNEMONIC_LOOPNE:
-      return InsnClass::ControlFlow;
+      return insn.operand_width == 16 ? InsnClass::Special : InsnClass::ControlFlow;
     case ZYDIS_MNEMONIC_PUSH:
     case ZYDIS_MNEMONIC_POP:
       if (ops[0].type == ZYDIS_OPERAND_TYPE_REGISTER &&
@@ -208,6 +213,7 @@ InsnClass classify(const ZydisDecodedInstruction& insn, const ZydisDecodedOperan
     case ZYDIS_MNEMONIC_MASKMOVDQU: case ZYDIS_MNEMONIC_VMASKMOVDQU:
     case ZYDIS_MNEMONIC_RDFSBASE: case ZYDIS_MNEMONIC_RDGSBASE: case ZYDIS_MNEMONIC_WRFSBASE:
     case ZYDIS_MNEMONIC_WRGSBASE: case ZYDIS_MNEMONIC_SWAPGS: case ZYDIS_MNEMONIC_RDPID:
+    case ZYDIS_MNEMONIC_STAC: case ZYDIS_MNEMONIC_CLAC:  // EFLAGS.AC: the SMAP view
     case ZYDIS_MNEMONIC_XSAVE: case ZYDIS_MNEMONIC_XRSTOR: case ZYDIS_MNEMONIC_XSAVEOPT:
     case ZYDIS_MNEMONIC_XSAVEC: case ZYDIS_MNEMONIC_XSAVES: case ZYDIS_MNEMONIC_XRSTORS:
     case ZYDIS_MNEMONIC_FXSAVE64: case ZYDIS_MNEMONIC_FXRSTOR64:
@@ -693,7 +699,9 @@ TranslateStatus Translator::translate(std::uint32_t eip, TKey tkey, const CodeWi
     const bool inline_pushf = insn.mnemonic == ZYDIS_MNEMONIC_PUSHFD && insn.operand_width == 32;
     const bool cpl0 = !(tkey & (kTKeyUser | kTKeyRing12));
     const bool inline_cli = insn.mnemonic == ZYDIS_MNEMONIC_CLI && cpl0;
-    const bool inline_popf = insn.mnemonic == ZYDIS_MNEMONIC_POPFD && insn.operand_width == 32 && cpl0;
+    // Under SMAP, POPFD may change AC and with it the shadow view: the monitor's.
+    const bool inline_popf =
+        insn.mnemonic == ZYDIS_MNEMONIC_POPFD && insn.operand_width == 32 && cpl0 && !(tkey & kTKeySmap);
     bool inline_sti = false;
     if (insn.mnemonic == ZYDIS_MNEMONIC_STI && cpl0 && b->n_insns + 2 < max_insns) {
       // Only when the next instruction runs in this block too: then the STI

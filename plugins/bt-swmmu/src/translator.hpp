@@ -20,6 +20,7 @@ using TKey = std::uint32_t;
 inline constexpr TKey kTKeyFpuTrap = 1;
 inline constexpr TKey kTKeyUser = 2;    // CPL 3
 inline constexpr TKey kTKeyRing12 = 4;  // CPL 1 or 2 (CPL 0 when neither bit)
+inline constexpr TKey kTKeySmap = 8;    // CR4.SMAP: POPFD (may change AC) leaves translated code
 
 // A guest instruction as Zydis decodes it (kept with special blocks, so the
 // monitor decodes each emulated instruction once).

@@ -366,7 +366,15 @@ api::RunExit Vcpu::run() {
       }
     } catch (const GuestException& ge) {
       ++counters_.exceptions;
-      if (!deliver_exception(ge)) {
+      bool delivered;
+      try {
+        delivered = deliver_exception(ge);
+      } catch (const std::exception& e) {  // delivery met something not supported (a 16-bit TSS, ...)
+        ex.kind = api::ExitKind::Error;
+        ex.diagnostic = std::string(e.what()) + "; " + dump();
+        return ex;
+      }
+      if (!delivered) {
         ex.kind = api::ExitKind::Shutdown;
         ex.diagnostic = "triple fault; " + dump();
         run_state_ = api::RunState::Shutdown;
@@ -465,7 +473,8 @@ Vcpu::StepResult Vcpu::step() {
   }
   // Region block maps hold blocks of one flavour; the user/supervisor part of
   // the flavour follows the region view, the rest clears the maps on change.
-  const TKey tk = ((cr0_ & 0xc) ? kTKeyFpuTrap : 0) | ((cpl_ == 1 || cpl_ == 2) ? kTKeyRing12 : 0);
+  const TKey tk = ((cr0_ & 0xc) ? kTKeyFpuTrap : 0) | ((cpl_ == 1 || cpl_ == 2) ? kTKeyRing12 : 0) |
+                  ((cr4_ & kCr4Smap) ? kTKeySmap : 0);
   if (tk != (tkey_ & ~kTKeyUser)) {
     shadow_->clear_block_maps();
     pending_patch_ = 0;
@@ -589,7 +598,7 @@ std::optional<GuestException> Vcpu::monitor_site_fault(const DecodedInsn& d) {
     const unsigned size = op.size / 8;
     if (size == 0) return std::nullopt;
     const bool writes = op.actions & ZYDIS_OPERAND_ACTION_MASK_WRITE;
-    const std::uint32_t la = ea(op);
+    const std::uint32_t la = ea(d.insn, op);
     for (std::uint32_t at = la; at - la < size; at = (at & ~0xfffu) + 0x1000) {
       const WalkResult w = walk(shadow_->phys(), paging(), at, Access{writes, cpl_ == 3, false}, false);
       if (!w.ok) {
@@ -677,6 +686,20 @@ void Vcpu::push32(std::uint32_t v) {
   reg32(4) = esp;
 }
 
+void Vcpu::push(std::uint32_t v, unsigned bytes) {
+  if (bytes == 4) return push32(v);
+  const std::uint32_t esp = reg32(4) - 2;
+  write(esp + static_cast<std::uint32_t>(ss_.base), 2, v & 0xffff, cpl_ == 3);
+  reg32(4) = esp;
+}
+
+std::uint32_t Vcpu::pop(unsigned bytes) {
+  if (bytes == 4) return pop32();
+  const std::uint32_t v = read(reg32(4) + static_cast<std::uint32_t>(ss_.base), 2, cpl_ == 3);
+  reg32(4) += 2;
+  return v;
+}
+
 std::uint32_t Vcpu::pop32() {
   std::uint32_t v = read(reg32(4) + static_cast<std::uint32_t>(ss_.base), 4, cpl_ == 3);
   reg32(4) += 4;
@@ -729,24 +752,47 @@ void Vcpu::load_cs(std::uint16_t sel, unsigned new_cpl) {
 
 // ---------------------------------------------------------------- far transfers
 
+void Vcpu::null_inaccessible_data_segments() {
+  for (int i : {0, 3, 4, 5}) {  // ES DS FS GS: null if not accessible at the new CPL
+    api::Segment& s = seg(i);
+    const bool conforming_code = (s.type & 8) && (s.type & 4);
+    if (!s.unusable && !conforming_code && s.dpl < cpl_) {
+      s = api::Segment{};
+      s.unusable = true;
+    }
+  }
+  sync_seg_bases();
+}
+
 void Vcpu::far_transfer(std::uint16_t sel, std::uint32_t off, bool call, std::uint32_t ret_eip, unsigned opsize) {
-  if (opsize != 32) throw std::runtime_error("bt-swmmu: 16-bit far transfers are not supported");
   if ((sel & 0xfffc) == 0) raise(13, true, 0);
   api::Segment t = decode_segment_descriptor(read_descriptor(sel, sel & 0xfffc), sel);
-  if (!t.s) throw std::runtime_error("bt-swmmu: far transfers through gates/TSS are not supported");
+  if (!t.s) {
+    if (t.type == 5 || t.type == 9 || t.type == 1 || t.type == 0xb || t.type == 3) {
+      far_transfer_to_task(sel, t, call, ret_eip);
+      return;
+    }
+    if (t.type == 0xc || t.type == 4) {
+      far_transfer_through_call_gate(sel, call, ret_eip);
+      return;
+    }
+    raise(13, true, sel & 0xfffc);
+  }
   require(check_far_transfer_target(t, sel, cpl_));
+  // A 16-bit operand size pushes words and leaves a 16-bit EIP.
+  const unsigned bytes = opsize / 8;
   if (call) {
     const std::uint32_t esp0 = reg32(4);
     try {
-      push32(cs_.selector);
-      push32(ret_eip);
+      push(cs_.selector, bytes);
+      push(ret_eip, bytes);
     } catch (...) {
       reg32(4) = esp0;
       throw;
     }
   }
   load_cs(sel, cpl_);
-  eip_ = off;
+  eip_ = bytes == 2 ? off & 0xffff : off;
 }
 
 }  // namespace modevisor::bt

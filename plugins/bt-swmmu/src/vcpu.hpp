@@ -27,6 +27,7 @@
 #include "segment_descriptor.hpp"
 #include "shadow.hpp"
 #include "mmio_stage.hpp"
+#include "task_state.hpp"
 #include "translator.hpp"
 
 namespace modevisor::bt {
@@ -70,7 +71,10 @@ class Vcpu {
   std::uint32_t eflags() const;
   void set_eflags(std::uint32_t v);
   std::uint32_t& reg32(unsigned i) { return ctx_->g32[2 * i]; }
-  PagingRegs paging() const { return PagingRegs{cr0_, cr3_, cr4_, efer_}; }
+  PagingRegs paging() const {
+    return PagingRegs{cr0_, cr3_, cr4_, efer_, cpl_ < 3 && (ctx_->sysflags & kEflagsAc) != 0};
+  }
+  static constexpr std::uint32_t kEflagsAc = 0x40000;
   bool flat() const;
   unsigned cpl() const { return cpl_; }
 
@@ -93,6 +97,9 @@ class Vcpu {
   void note_guest_write(std::uint64_t pa_page);
   void push32(std::uint32_t v);
   std::uint32_t pop32();
+  // A push or pop of the operand size (2 or 4 bytes) on the 32-bit stack.
+  void push(std::uint32_t v, unsigned bytes);
+  std::uint32_t pop(unsigned bytes);
 
   // --- events
   void raise(std::uint8_t vector, bool has_error = false, std::uint32_t error = 0) {
@@ -109,6 +116,8 @@ class Vcpu {
   std::uint64_t read_descriptor(std::uint16_t sel, std::uint32_t error);
   void load_segment(int sreg, std::uint16_t sel);  // 0 ES 1 CS 2 SS 3 DS 4 FS 5 GS
   void load_cs(std::uint16_t sel, unsigned new_cpl);
+  // After a return to an outer ring (IRET, RETF): ES, DS, FS, GS the new CPL may not use become null.
+  void null_inaccessible_data_segments();
   api::Segment& seg(int i);
   void sync_seg_bases();
 
@@ -138,16 +147,40 @@ class Vcpu {
   void read_linear(std::uint32_t la, std::uint8_t* bytes, unsigned size, bool user);
   void write_linear(std::uint32_t la, const std::uint8_t* bytes, unsigned size, bool user);
   MmioStage mmio_stage_;
-  std::uint32_t ea(const ZydisDecodedOperand& op);
+  // The linear address of a memory operand: segment base + offset, the
+  // offset formed with the instruction's address size (16-bit: wraps at 64 KiB).
+  std::uint32_t ea(const ZydisDecodedInstruction& insn, const ZydisDecodedOperand& op);
+  std::uint32_t effective_offset(const ZydisDecodedInstruction& insn, const ZydisDecodedOperand& op);
   std::uint32_t get_reg(int zreg) const;
   void set_reg(int zreg, std::uint32_t v);
-  void do_iret(unsigned opsize);
+  void do_iret(unsigned opsize, std::uint32_t next_eip);
   void do_cpuid();
+  void do_rdtscp();
+  void do_rdpid(const ZydisDecodedOperand& dest);
+  void do_stac_clac(bool set);
+  // UMIP: SGDT/SIDT/SLDT/STR/SMSW at CPL > 0 raise #GP(0).
+  void check_umip() const;
+  // IN/OUT/INS/OUTS: #GP(0) unless CPL <= IOPL or the TSS I/O bitmap allows the ports.
+  void check_io_permission(std::uint16_t port, unsigned size);
   void do_rdmsr();
   void do_wrmsr();
   void write_cr(unsigned n, std::uint32_t v);
   void string_op(const ZydisDecodedInstruction& insn, const ZydisDecodedOperand* ops);
   void far_transfer(std::uint16_t sel, std::uint32_t off, bool call, std::uint32_t ret_eip, unsigned opsize);
+
+  // --- far CALL/JMP through a call gate (call_gate.cpp)
+  void far_transfer_through_call_gate(std::uint16_t gate_sel, bool call, std::uint32_t return_eip);
+
+  // --- hardware task switches (task_switch.cpp)
+  void switch_task(std::uint16_t sel, std::uint64_t raw, TaskSwitchKind kind, std::uint32_t return_eip);
+  void deliver_through_task_gate(std::uint16_t tss_sel, bool has_error, std::uint32_t error, bool software,
+                                 std::uint32_t return_eip);
+  void far_transfer_to_task(std::uint16_t sel, const api::Segment& target, bool call, std::uint32_t return_eip);
+  void return_to_linked_task(std::uint32_t return_eip);
+  void set_tss_busy(std::uint16_t sel, bool busy);
+  // The stack of an inner ring from the current TSS (32- or 16-bit layout); #TS beyond its limit.
+  std::pair<std::uint32_t, std::uint16_t> stack_from_tss(unsigned cpl);
+  std::uint64_t read_gdt_tss_descriptor(std::uint16_t sel, const Fault& beyond_gdt);
 
   std::string dump() const;
 
