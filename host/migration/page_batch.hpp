@@ -78,6 +78,9 @@ class PageBatchDecoder {
 // were never written are skipped without being touched (reading a hole of a
 // memfd would allocate it).  Everything when `fd` is -1 or cannot tell.
 std::vector<std::pair<std::uint64_t, std::uint64_t>> data_extents(int fd, std::uint64_t size);
+// page_hash of every page in the data extents of `fd` (which backs `ram`);
+// pages in holes are 0, as a zero page's hash is.
+std::vector<std::uint64_t> hash_data_pages(std::span<const std::uint8_t> ram, int fd);
 
 // The digest of guest RAM's content: XXH3-128 over (page number, XXH3-64 of
 // the page) for every page that is not all zeros, in page order.  Zero pages

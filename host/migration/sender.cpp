@@ -373,17 +373,14 @@ class MigrationSender::Session {
     // Every page as it is now against what was sent: the digest, and a page
     // the dirty tracking missed (a monitor bug) is caught here and sent.
     const auto* base = static_cast<const std::uint8_t*>(source_.ram().host_base());
-    std::vector<std::uint64_t> now(page_count_, 0), missed((page_count_ + 63) / 64, 0);
+    std::vector<std::uint64_t> missed((page_count_ + 63) / 64, 0);
     std::uint64_t missed_pages = 0;
-    if (!opts_.verify_all_pages) now = sent_hashes_;
-    else for (const auto& [begin, end] : data_extents(source_.ram().fd(), r_.ram_bytes))
-      for (std::uint64_t at = begin; at < end; at += kPageBytes) {
-        const std::uint64_t page = at / kPageBytes;
-        now[page] = page_hash(base + at);
-        if (now[page] != sent_hashes_[page]) {
-          missed[page / 64] |= 1ull << (page % 64);
-          ++missed_pages;
-        }
+    const std::vector<std::uint64_t> now =
+        opts_.verify_all_pages ? hash_data_pages(std::span(base, r_.ram_bytes), source_.ram().fd()) : sent_hashes_;
+    for (std::uint64_t page = 0; page < page_count_; ++page)
+      if (now[page] != sent_hashes_[page]) {
+        missed[page / 64] |= 1ull << (page % 64);
+        ++missed_pages;
       }
     if (missed_pages) {
       log_warn("migration {}: {} pages changed without being reported dirty (the monitor's dirty tracking missed "
