@@ -745,6 +745,16 @@ void Daemon::send_migrate_out(std::shared_ptr<VmHandle> vm, json args, int fd, c
       host_.log()->info("VM {}: migration to {}: {}", vm->name(), result.value("to", "?"), result.value("outcome", "?"));
     auto c = weak.lock();
     if (!c) return;
+    // The source discarded its copy: the answer waits for the VM's end here
+    // (its "ended" event follows the reply), so the client that sees
+    // "completed" also sees the source's VM stopped, with its reason.
+    const std::string outcome = result.value("outcome", "");
+    if (reply.value("ok", false) && (outcome == "completed" || outcome == "committed-unconfirmed") && vm->active()) {
+      vm->on_end([weak, id, result] {
+        if (auto client = weak.lock()) client->reply(control::reply_ok(id, result));
+      });
+      return;
+    }
     if (reply.value("ok", false)) c->reply(control::reply_ok(id, result));
     else c->reply(control::reply_error(id, reply["error"].value("code", code::kMonitorFailed),
                                        reply["error"].value("message", "migration failed")));

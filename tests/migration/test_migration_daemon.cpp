@@ -19,13 +19,13 @@ using namespace std::chrono_literals;
 
 using namespace modevisor::test_support;
 
-// The numbers of the "tick N" lines, in order.
+// The numbers of the complete "tick N" lines, in order (a console read while
+// the guest prints may end in half a line).
 std::vector<long> ticks(const std::string& console) {
   std::vector<long> out;
-  std::istringstream in(console);
-  std::string line;
-  while (std::getline(in, line))
-    if (line.rfind("tick ", 0) == 0) out.push_back(std::stol(line.substr(5)));
+  std::size_t at = 0;
+  for (std::size_t end; (end = console.find('\n', at)) != std::string::npos; at = end + 1)
+    if (console.compare(at, 5, "tick ") == 0) out.push_back(std::stol(console.substr(at + 5, end - at - 5)));
   return out;
 }
 
