@@ -16,6 +16,9 @@ run() { printf '$ %s\n' "$*"; "$@" || printf '(exit status %d)\n' "$?"; }
 say "Live migration: two host daemons on this machine, a VM moved from one to the other and back"
 ./scripts/demo-migration.sh build || printf '(the migration demo ended with exit status %d)\n' "$?"
 
+say "A fleet on etcd: three host daemons, VM ownership moving with the VM, a silent host's VM paused by itself"
+./scripts/demo-fleet.sh build || printf '(the fleet demo ended with exit status %d)\n' "$?"
+
 say "This host"
 run $MV --log-dir "$MODEVISOR_LOG_DIR" host
 say "Installed mode plugins"
