@@ -65,16 +65,7 @@ for _ in $(seq 150); do [ "$(fleet hosts 2>/dev/null | grep -c alive)" -ge 3 ] &
 
 step "modevisor --etcd ... hosts"
 fleet hosts
-khz=$(awk '/cpu MHz/ {printf "%d\n", $4*1000; exit}' /proc/cpuinfo)
-cat > "$work/ticker.yaml" <<YAML
-name: ticker
-guest:
-  os: other-32
-  kernel: $build/guests/stamper.elf
-  cmdline: "mib=4 rate=1 every=100 khz=${khz:-1000000}"
-memory: 16MiB
-cpu_model: portable-32
-YAML
+write_ticker_vm_yaml "$work/ticker.yaml" "$build" 16 4 1
 step "explain ticker.yaml --fleet (each host's selector, on what it published)"
 fleet explain "$work/ticker.yaml" --fleet
 step "host-a starts the VM; its ownership record"

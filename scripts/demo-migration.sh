@@ -38,16 +38,7 @@ a() { "$bin/modevisor" --socket "$work/a/control.sock" "$@"; }
 b() { "$bin/modevisor" --socket "$work/b/control.sock" "$@"; }
 for _ in $(seq 100); do a host >/dev/null 2>&1 && b host >/dev/null 2>&1 && break; sleep 0.1; done
 
-khz=$(awk '/cpu MHz/ {printf "%d\n", $4*1000; exit}' /proc/cpuinfo)
-cat > "$work/ticker.yaml" <<YAML
-name: ticker
-guest:
-  os: other-32
-  kernel: $build/guests/stamper.elf
-  cmdline: "mib=8 rate=2 every=100 khz=${khz:-1000000}"
-memory: 32MiB
-cpu_model: portable-32   # a model both hosts present leaf for leaf
-YAML
+write_ticker_vm_yaml "$work/ticker.yaml" "$build" 32 8 2
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 step "host A starts the VM"

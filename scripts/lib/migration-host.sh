@@ -32,3 +32,21 @@ peers:
   $peer: $peer_address
 YAML
 }
+
+# write_ticker_vm_yaml FILE BUILD_DIR MIB STAMP_MIB RATE: the stamper guest
+# as VM "ticker", printing "tick N" every 100 ms while it stamps STAMP_MIB of
+# its RAM at RATE pages per ms, on a CPU model every host presents leaf for leaf.
+write_ticker_vm_yaml() {
+  local file=$1 build=$2 mib=$3 stamp=$4 rate=$5
+  local khz
+  khz=$(awk '/cpu MHz/ {printf "%d\n", $4*1000; exit}' /proc/cpuinfo)
+  cat > "$file" <<YAML
+name: ticker
+guest:
+  os: other-32
+  kernel: $build/guests/stamper.elf
+  cmdline: "mib=$stamp rate=$rate every=100 khz=${khz:-1000000}"
+memory: ${mib}MiB
+cpu_model: portable-32
+YAML
+}

@@ -262,6 +262,11 @@ class FleetTest : public ::testing::Test {
       if (v.value("vm", "") == vm) return v;
     return nullptr;
   }
+  // The host's last run of the VM has ended (its monitor process paused or dropped it).
+  static bool stopped_running(const DaemonHost& host, const std::string& vm) {
+    const auto intervals = host.run_intervals(vm);
+    return !intervals.empty() && intervals.back()[2] >= 0;
+  }
   std::string owner_name(const std::string& vm) const {
     const json record = owner_of(vm);
     return record.is_object() ? record.value("owner", "") : "";
@@ -500,10 +505,7 @@ TEST_F(FleetTest, AStoppedDaemonsVmsPauseBeforeTheirRecordExpiresAndRestartElsew
   ASSERT_TRUE(ticking(a, "island"));
   // host-a's daemon stops answering (as if cut off): its monitor process pauses the VM by itself.
   ::kill(a.daemon, SIGSTOP);
-  EXPECT_TRUE(eventually([&] {
-    const auto intervals = a.run_intervals();
-    return !intervals.empty() && intervals.back()[2] >= 0;
-  }, 10 * (kTtl + 4))) << "the VM on the silent host did not pause";
+  EXPECT_TRUE(eventually([&] { return stopped_running(a, "island"); }, 10 * (kTtl + 4))) << "the VM on the silent host did not pause";
   // Its record expires with the lease; then, and only then, B may start the VM.
   EXPECT_TRUE(eventually([&] { return owner_of("island").is_null(); }, 10 * (kTtl + 6)));
   ASSERT_EQ(b.cli("vm start " + yaml.string()).status, 0) << b.daemon_log();
@@ -570,10 +572,7 @@ TEST_F(FleetTest, ASourceDaemonKilledMidMigrationLeavesTheVmOnExactlyOneHost) {
   EXPECT_TRUE(eventually([&] { return b.state_of("orphan") == "running"; }, 100)) << b.daemon_log();
   EXPECT_TRUE(ticking(b, "orphan"));
   // The source's monitor process stopped running it.
-  EXPECT_TRUE(eventually([&] {
-    const auto intervals = a.run_intervals("orphan");
-    return !intervals.empty() && intervals.back()[2] >= 0;
-  }, 100));
+  EXPECT_TRUE(eventually([&] { return stopped_running(a, "orphan"); }, 100));
   end_process(client, SIGKILL);
   expect_no_overlap(1);
 }
@@ -596,10 +595,7 @@ TEST_F(FleetTest, ADestinationDaemonKilledAfterCommitPausesItsVmBeforeAnotherHos
   b.stop(SIGKILL);
   EXPECT_EQ(owner_of("stranded").value("owner", ""), "host-b");
   // host-b's monitor process pauses the VM by itself (the fence) ...
-  EXPECT_TRUE(eventually([&] {
-    const auto intervals = b.run_intervals("stranded");
-    return !intervals.empty() && intervals.back()[2] >= 0;
-  }, 10 * (kTtl + 4))) << "the VM whose daemon died did not pause";
+  EXPECT_TRUE(eventually([&] { return stopped_running(b, "stranded"); }, 10 * (kTtl + 4))) << "the VM whose daemon died did not pause";
   // ... the record goes with host-b's lease, and then host-c may start it.
   EXPECT_TRUE(eventually([&] { return owner_of("stranded").is_null(); }, 10 * (kTtl + 6)));
   EXPECT_EQ(a.state_of("stranded"), "stopped");
