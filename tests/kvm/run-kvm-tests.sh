@@ -44,7 +44,7 @@ fi
 
 start=$(date +%s)
 NPTS="1 0" "$SRC/scripts/kvm-host/run.sh" -o "$OUT" -w "$OUT/work" -t "${KVM_HOST_TIMEOUT:-1500}" -- \
-  sh -c "stat -f -c 'test host: TMPDIR %n is %T' \"\$TMPDIR\"; [ \"\$(stat -f -c %T \"\$TMPDIR\")\" = tmpfs ] || { echo 'FAIL: TMPDIR is not on the test host tmpfs'; exit 1; }; '$BUILD/bin/modevisor' plugins; MODEVISOR_KVM_REQUIRED=1 MODEVISOR_KVM_HANDOFF_DIR=$OUT/work timeout 150 '$TESTS' --gtest_color=no && timeout 300 '$SRC/tests/kvm/run-guests-under-hv.sh' '$BUILD' '$SRC' && timeout 300 '$SRC/tests/kvm/run-example-vms.sh' '$BUILD' '$SRC' && timeout 480 '$SRC/tests/kvm/run-linux-under-hv.sh' '$BUILD' '$SRC' 420 && timeout 480 '$SRC/tests/kvm/run-linux-under-hv.sh' '$BUILD' '$SRC' 420 linux-busybox-smp poweroff"
+  sh -c "stat -f -c 'test host: TMPDIR %n is %T' \"\$TMPDIR\"; [ \"\$(stat -f -c %T \"\$TMPDIR\")\" = tmpfs ] || { echo 'FAIL: TMPDIR is not on the test host tmpfs'; exit 1; }; '$BUILD/bin/modevisor' plugins; MODEVISOR_KVM_REQUIRED=1 MODEVISOR_KVM_HANDOFF_DIR=$OUT/work timeout 150 '$TESTS' --gtest_color=no && timeout 600 '$SRC/tests/kvm/run-guests-under-hv.sh' '$BUILD' '$SRC' && timeout 300 '$SRC/tests/kvm/run-example-vms.sh' '$BUILD' '$SRC' && timeout 480 '$SRC/tests/kvm/run-linux-under-hv.sh' '$BUILD' '$SRC' 420 && timeout 480 '$SRC/tests/kvm/run-linux-under-hv.sh' '$BUILD' '$SRC' 420 linux-busybox-smp poweroff"
 rc=$?
 echo "test host: $(( $(date +%s) - start ))s wall"
 case $rc in
