@@ -5,8 +5,12 @@
 
 #include <gtest/gtest.h>
 
+#include <chrono>
+#include <condition_variable>
 #include <memory>
+#include <mutex>
 #include <string>
+#include <thread>
 
 #include "bt_test_support.hpp"
 #include "vcpu.hpp"
@@ -55,6 +59,26 @@ struct Machine {
     cpu->load(state);
     RunExit r = cpu->run();
     state = cpu->save();
+    return r;
+  }
+  // Runs `state` (not saved back) and kicks the vCPU out if it has not
+  // stopped within `limit`: random code may loop forever.
+  RunExit run_bounded(std::chrono::milliseconds limit) {
+    std::mutex mutex;
+    std::condition_variable changed;
+    bool done = false;
+    std::thread watchdog([&] {
+      std::unique_lock lock(mutex);
+      if (!changed.wait_for(lock, limit, [&] { return done; })) cpu->kick();
+    });
+    cpu->load(state);
+    RunExit r = cpu->run();
+    {
+      std::lock_guard lock(mutex);
+      done = true;
+    }
+    changed.notify_one();
+    watchdog.join();
     return r;
   }
   std::uint64_t counter(const std::string& name) const {

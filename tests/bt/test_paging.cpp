@@ -641,15 +641,7 @@ TEST(BtPaging, RandomUserModeGarbageStaysInside) {
     m.state.ss = m.state.ds = m.state.es = flat_segment(0x23, false, 3);
     m.state.gpr[gpr::rsp] = 0x202000;
     m.state.rflags = 0x202;
-    std::atomic<bool> done{false};
-    std::thread watchdog([&] {
-      for (int i = 0; i < 50 && !done; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(2));
-      if (!done) m.cpu->kick();
-    });
-    m.cpu->load(m.state);
-    RunExit r = m.cpu->run();
-    done = true;
-    watchdog.join();
+    RunExit r = m.run_bounded(std::chrono::milliseconds(100));
     EXPECT_EQ(r.diagnostic.find("host signal"), std::string::npos) << "round " << round << ": " << r.diagnostic;
     EXPECT_EQ(m.mem.r32(0x7000), 0x5a5a5a5au) << "round " << round;
     EXPECT_EQ(m.mem.r32(0x10000), 0x11000u | 7 | 0x20) << "round " << round;  // page directory intact

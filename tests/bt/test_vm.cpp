@@ -781,15 +781,7 @@ TEST(BtVm, RandomGarbageNeverCrashesTheHost) {
       for (int i = 0; i < 40; ++i) std::printf("%02x ", junk[i]);
       std::printf("\n");
     }
-    std::atomic<bool> done{false};
-    std::thread watchdog([&] {
-      for (int i = 0; i < 50 && !done; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(2));
-      if (!done) m.cpu->kick();
-    });
-    m.cpu->load(m.state);
-    RunExit r = m.cpu->run();
-    done = true;
-    watchdog.join();
+    RunExit r = m.run_bounded(std::chrono::milliseconds(100));
     EXPECT_EQ(r.diagnostic.find("host signal"), std::string::npos) << "round " << round << ": " << r.diagnostic;
     ++kinds[static_cast<int>(r.kind)];
     if (std::getenv("BT_SHOW_GARBAGE")) std::printf("%d: r%d %s\n", static_cast<int>(r.kind), round, r.diagnostic.substr(0, 300).c_str());
@@ -881,15 +873,7 @@ TEST(BtVm, RandomTaskSwitchesAndCallGatesNeverCrashTheHost) {
       }
     }
     m.mem.load(kBase, code.data(), code.size());
-    std::atomic<bool> done{false};
-    std::thread watchdog([&] {
-      for (int i = 0; i < 50 && !done; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(2));
-      if (!done) m.cpu->kick();
-    });
-    m.cpu->load(m.state);
-    RunExit r = m.cpu->run();
-    done = true;
-    watchdog.join();
+    RunExit r = m.run_bounded(std::chrono::milliseconds(100));
     EXPECT_EQ(r.diagnostic.find("host signal"), std::string::npos) << "round " << round << ": " << r.diagnostic;
     ++kinds[static_cast<int>(r.kind)];
   }
