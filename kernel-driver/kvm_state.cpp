@@ -179,8 +179,10 @@ kvm_xsave xsave_from_state(const api::FpuState& state, std::uint64_t supported_x
   if (!state.xsave_extended.empty()) xstate_bv |= state.xcr0 & supported_xcr0;
   std::memcpy(bytes + kXsaveLegacyBytes, &xstate_bv, 8);
   const std::size_t room = kXsaveBytes - kXsaveLegacyBytes - kXsaveHeaderBytes;
-  std::memcpy(bytes + kXsaveLegacyBytes + kXsaveHeaderBytes, state.xsave_extended.data(),
-              std::min(room, state.xsave_extended.size()));
+  // An empty vector's data() may be null, which memcpy must not see even for 0 bytes.
+  if (!state.xsave_extended.empty())
+    std::memcpy(bytes + kXsaveLegacyBytes + kXsaveHeaderBytes, state.xsave_extended.data(),
+                std::min(room, state.xsave_extended.size()));
   return xsave;
 }
 

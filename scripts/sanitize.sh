@@ -27,6 +27,9 @@ if [ ! -f "$build/build.ninja" ]; then
     $(command -v ccache >/dev/null && echo -DCMAKE_C_COMPILER_LAUNCHER=ccache -DCMAKE_CXX_COMPILER_LAUNCHER=ccache) >/dev/null
 fi
 unit_tests=$(cd tests/unit && ls test_*.cpp | sed 's/\.cpp$//')
+# The migration protocol against in-process test guests (wire format, faults
+# at every step, loopback hosts) and the KVM state conversions (no /dev/kvm needed).
+unit_tests+=" test_migration_wire test_migration_faults test_migration_loopback test_kvm_unit"
 # The fuzz targets' seed replays (ctest fuzz_replay_*) run sanitized too.
 fuzz_replays=$(cd tests/fuzz && ls fuzz_*.cpp | sed 's/^fuzz_/fuzz_replay_/; s/\.cpp$//')
 start=$SECONDS
@@ -44,6 +47,9 @@ start=$SECONDS
 cd "$build"
 # Test names are "Suite.Case" and do not carry their executable's name, so
 # select by excluding what is not unit/BT: the guests, KVM and SDK tests.
+rc=0
 ctest --output-on-failure -j "$(nproc)" --timeout 900 -LE 'guests|kvm' \
-  -E '^(guest_|plugin_sdk_out_of_tree|kvm_nested_host)|NOT_BUILT' "$@"
+  -E '^(guest_|plugin_sdk_out_of_tree|kvm_nested_host)|NOT_BUILT' "$@" || rc=$?
 echo "sanitize: tests ran in $((SECONDS - start)) s"
+[ "$rc" = 0 ] || python3 "$repo/scripts/lib/failure-digest.py" . || true
+exit "$rc"

@@ -5,4 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 cd build
-ctest --output-on-failure -j "$(nproc)" --timeout 900 "$@"
+rc=0
+ctest --output-on-failure -j "$(nproc)" --timeout 900 "$@" || rc=$?
+# A long log's end names each failed test; say why there too.
+[ "$rc" = 0 ] || python3 ../scripts/lib/failure-digest.py . || true
+exit "$rc"

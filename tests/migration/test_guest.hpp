@@ -266,10 +266,10 @@ class TestDestination final : public DestinationHost {
     std::lock_guard lock(mutex_);
     if (before_restore) before_restore(*ram);
     restored_ram_.assign(ram->host_base(), ram->host_base() + ram->size());
-    auto guest = std::make_unique<TestGuest>(host_, std::move(ram), GuestState::decode(state), pages_per_ms, log_);
-    last_ = guest.get();
+    auto guest = std::make_shared<TestGuest>(host_, std::move(ram), GuestState::decode(state), pages_per_ms, log_);
+    last_ = guest;
     ++restores_;
-    return guest;
+    return std::make_unique<Arrival>(std::move(guest));
   }
 
   double pages_per_ms = 1;
@@ -277,15 +277,29 @@ class TestDestination final : public DestinationHost {
   unsigned restores() const { std::lock_guard lock(mutex_); return restores_; }
   // RAM exactly as received and checked, before the guest ran here.
   std::vector<std::uint8_t> restored_ram() const { std::lock_guard lock(mutex_); return restored_ram_; }
-  TestGuest* last() const { std::lock_guard lock(mutex_); return last_; }
+  // The last restored guest; it outlives the receiver's handle, so a test can
+  // still look at a copy the receiver discarded and dropped.
+  std::shared_ptr<TestGuest> last() const { std::lock_guard lock(mutex_); return last_; }
 
  private:
+  // The receiver's handle on an arrived guest: dropping it does not free the
+  // guest, which the test may still inspect.
+  class Arrival final : public ArrivedVm {
+   public:
+    explicit Arrival(std::shared_ptr<TestGuest> guest) : guest_(std::move(guest)) {}
+    void resume() override { guest_->resume(); }
+    void discard(const std::string& reason) override { guest_->discard(reason); }
+
+   private:
+    std::shared_ptr<TestGuest> guest_;
+  };
+
   std::string host_;
   RunLog* log_;
   mutable std::mutex mutex_;
   unsigned placements_ = 0, restores_ = 0;
   std::vector<std::uint8_t> restored_ram_;
-  TestGuest* last_ = nullptr;
+  std::shared_ptr<TestGuest> last_;
 };
 
 inline MigrationConfig test_config(std::uint64_t ram_bytes) {

@@ -226,7 +226,7 @@ TEST(MigrationLoopback, TenMigrationsBackAndForth) {
   std::unique_ptr<TestGuest> first = TestGuest::boot("A", kRam, kStampPages, 4, 0.1, &runs);
   ASSERT_TRUE(first->wait_ticks(10, 5s));
   std::vector<std::string> outputs;
-  std::vector<std::unique_ptr<ArrivedVm>> keep;  // every earlier copy, discarded
+  std::vector<std::shared_ptr<TestGuest>> keep;  // every earlier copy, discarded
   TestGuest* current = first.get();
   for (int hop = 0; hop < 10; ++hop) {
     const bool to_b = hop % 2 == 0;
@@ -241,9 +241,9 @@ TEST(MigrationLoopback, TenMigrationsBackAndForth) {
     outputs.push_back(current->output());
     auto& result = target.results()[before];
     ASSERT_EQ(result.end, ReceiverStep::Running);
-    current = dynamic_cast<TestGuest*>(result.vm.get());
-    ASSERT_NE(current, nullptr);
-    keep.push_back(std::move(result.vm));
+    ASSERT_NE(result.vm, nullptr);
+    keep.push_back(target_host.last());
+    current = keep.back().get();
     ASSERT_TRUE(current->wait_ticks(current->state().ticks + 5, 5s));
   }
   outputs.push_back(current->output());
