@@ -29,6 +29,15 @@ Vcpu::StepResult Vcpu::dispatch_exit(std::uint64_t reason, bool stepping) {
     case kExitSpecial:
       eip_ = static_cast<std::uint32_t>(ctx_->next_eip);
       break;
+    case kExitMonitorFault: {  // eip_ is where the emulated instruction faulted
+      const GuestException fault = *monitor_fault_;
+      monitor_fault_.reset();
+      return deliver_fault(fault);
+    }
+    case kExitMonitorError:
+      return StepResult::Error;
+    case kExitTripleFault:
+      return StepResult::Shutdown;
     case kExitFault: {
       eip_ = ctx_->fault_eip;
       switch (ctx_->fault_kind) {

@@ -34,7 +34,7 @@ struct Block {
   std::uint64_t pa_page[2] = {};  // guest-physical code pages
   int n_pages = 1;
   TKey tkey = 0;
-  bool special = false;         // first instruction is emulated by the monitor
+  bool special = false;         // first instruction is emulated by the monitor (entry: a monitor call)
   bool monitor_site = false;    // ... because it kept faulting into the monitor (AdaptiveSites)
   bool valid = true;
   std::uint8_t* host = nullptr;  // start of host code (IRQ stub)
@@ -141,6 +141,7 @@ class Translator {
   std::uint8_t* exit_signal_ = nullptr;  // the fault handler resumes here (regs already saved)
   std::uint8_t* fpu_load_ = nullptr;     // loads the guest FPU/SSE state (lazily, once per entry)
   std::uint8_t* fpu_ret_ = nullptr;      // what Context::fpu_load points at once it is loaded
+  std::uint8_t* monitor_call_ = nullptr; // translated code jumps here for an instruction the monitor emulates
   ZydisDecoder decoder_;
   std::unordered_map<Key, Block*, KeyHash> blocks_;
   std::unordered_map<std::uint64_t, std::vector<Block*>> by_page_;

@@ -52,6 +52,8 @@ Vcpu::Vcpu(api::GuestMemory& mem, api::Platform& platform, api::Logger& log, uns
   std::memcpy(ctx_->guest_fx + 24, &mxcsr, 4);
   ctx_->rflags = 0x202;
   ctx_->sysflags = 0x2;
+  ctx_->monitor_fn = reinterpret_cast<std::uint64_t>(&Vcpu::monitor_call_entry);
+  ctx_->monitor_obj = reinterpret_cast<std::uint64_t>(this);
   cs_.db = true;
   trace_ = std::getenv("MODEVISOR_BT_TRACE") != nullptr;
 }
@@ -171,6 +173,8 @@ void Vcpu::add_counters(api::Counters& out) const {
   add("bt.monitor_sites_marked", sites_.marks);
   add("bt.monitor_sites_unmarked", sites_.unmarks);
   add("bt.platform_polls", counters_.platform_polls);
+  add("bt.monitor_calls", counters_.monitor_calls);
+  add("bt.monitor_calls_in_cache", counters_.monitor_calls_in_cache);
   add("bt.io_exits", counters_.io_exits);
   add("bt.mmio_exits", counters_.mmio_exits);
   add("bt.hlt_exits", counters_.hlt_exits);
@@ -286,20 +290,9 @@ api::RunExit Vcpu::run() {
       return ex;
     }
     platform_read_ = false;
-    if (poll) {
-      ++counters_.platform_polls;
-      if (platform_.stop_requested()) {
-        ex.kind = api::ExitKind::Stopped;
-        return ex;
-      }
-      const api::CpuEvents events = platform_.cpu_events(index_);
-      if (events.init || events.startup) {  // the host applies them to the state
-        ex.kind = api::ExitKind::Stopped;
-        return ex;
-      }
-      if (events.nmi && platform_.acknowledge_nmi(index_)) nmi_pending_ = true;
-      irq_line_ = platform_.interrupt_pending(index_);
-      tick_.arm_deadline(platform_);
+    if (poll && poll_platform()) {
+      ex.kind = api::ExitKind::Stopped;
+      return ex;
     }
     try {
       // Pending events.
@@ -380,6 +373,17 @@ api::RunExit Vcpu::run() {
   }
 }
 
+bool Vcpu::poll_platform() {
+  ++counters_.platform_polls;
+  if (platform_.stop_requested()) return true;
+  const api::CpuEvents events = platform_.cpu_events(index_);
+  if (events.init || events.startup) return true;  // the host applies them to the state
+  if (events.nmi && platform_.acknowledge_nmi(index_)) nmi_pending_ = true;
+  irq_line_ = platform_.interrupt_pending(index_);
+  tick_.arm_deadline(platform_);
+  return false;
+}
+
 void Vcpu::activate_region() {
   region_ = shadow_->activate(make_region_key(paging(), cpl_ == 3));
   ctx_->fast_table = reinterpret_cast<std::uint64_t>(region_->fast);
@@ -452,7 +456,7 @@ Block* Vcpu::lookup(std::uint32_t eip) {
     region_->blocks[eip] = b;
     shadow_->note_code_derivation(region_, eip, w);
     if (b->n_pages == 2) shadow_->note_code_derivation(region_, next_page, w2);
-    if (!b->special) region_->fast[eip & 0xffff] = FastEntry{-static_cast<std::int64_t>(eip) - 1,
+    if (b->entry) region_->fast[eip & 0xffff] = FastEntry{-static_cast<std::int64_t>(eip) - 1,
                                                              reinterpret_cast<std::uint64_t>(b->entry)};
   }
   return b;
@@ -474,7 +478,7 @@ Vcpu::StepResult Vcpu::step() {
   activate_region();
   Block* b = lookup(eip_);
   if (pending_patch_) {
-    if (pending_patch_target_ == eip_ && !b->special && b->valid && b->n_pages == 1 && !single_step_)
+    if (pending_patch_target_ == eip_ && b->entry && b->valid && b->n_pages == 1 && !single_step_)
       translator_->chain(pending_patch_, b);
     pending_patch_ = 0;
   }
@@ -619,10 +623,17 @@ std::uint64_t Vcpu::lin_to_phys(std::uint32_t la, bool write, bool user, bool fe
 }
 
 std::uint64_t Vcpu::read_phys(std::uint64_t pa, unsigned size) {
-  if (pa + size <= shadow_->phys().size) {
-    std::uint64_t v = 0;
-    std::memcpy(&v, shadow_->phys().base + pa, size);
-    return v;
+  const PhysMem& pm = shadow_->phys();
+  if (pa + size <= pm.size) {
+    // Fixed-size loads (a variable memcpy is a call and a store-forwarding stall).
+    const std::uint8_t* p = pm.base + pa;
+    switch (size) {
+      case 1: return *p;
+      case 2: { std::uint16_t v; std::memcpy(&v, p, 2); return v; }
+      case 4: { std::uint32_t v; std::memcpy(&v, p, 4); return v; }
+      case 8: { std::uint64_t v; std::memcpy(&v, p, 8); return v; }
+      default: { std::uint64_t v = 0; std::memcpy(&v, p, size); return v; }
+    }
   }
   ++counters_.mmio_exits;
   return platform_read().mmio_read(index_, pa, size);
@@ -642,9 +653,16 @@ void Vcpu::note_guest_write(std::uint64_t pa_page) {
 }
 
 void Vcpu::write_phys(std::uint64_t pa, unsigned size, std::uint64_t v) {
-  if (pa + size <= shadow_->phys().size) {
+  const PhysMem& pm = shadow_->phys();
+  if (pa + size <= pm.size) {
     note_guest_write(pa & ~0xfffull);
-    std::memcpy(shadow_->phys().base + pa, &v, size);
+    std::uint8_t* p = pm.base + pa;
+    switch (size) {
+      case 1: *p = static_cast<std::uint8_t>(v); break;
+      case 2: { const auto w = static_cast<std::uint16_t>(v); std::memcpy(p, &w, 2); break; }
+      case 4: { const auto w = static_cast<std::uint32_t>(v); std::memcpy(p, &w, 4); break; }
+      default: std::memcpy(p, &v, size); break;
+    }
     return;
   }
   ++counters_.mmio_exits;

@@ -36,6 +36,9 @@ struct VcpuCounters {
   std::uint64_t dispatches = 0, cache_hits = 0, special_exits = 0, io_exits = 0, mmio_exits = 0;
   std::uint64_t interrupts = 0, nmis = 0, exceptions = 0, hlt_exits = 0, irq_exits = 0, indirect_misses = 0, irq_window_exits = 0;
   std::uint64_t platform_polls = 0;
+  // Monitor calls from translated code, and those that went on in translated
+  // code without a dispatcher round trip.
+  std::uint64_t monitor_calls = 0, monitor_calls_in_cache = 0;
 };
 
 class Vcpu {
@@ -78,6 +81,16 @@ class Vcpu {
   enum class StepResult { Continue, Stop, Shutdown, Error };
   StepResult step();
   StepResult dispatch_exit(std::uint64_t reason, bool stepping);  // exit_dispatch.cpp
+  // Looks at the platform (stop, CPU events, interrupt line, timer deadline);
+  // true when run() must return Stopped.
+  bool poll_platform();
+
+  // --- monitor calls from translated code (monitor_call.cpp)
+  static std::uint64_t monitor_call_entry(void* vcpu) noexcept;
+  std::uint64_t monitor_call() noexcept;
+  std::uint64_t emulate_and_continue();
+  bool may_stay_in_cache();
+  std::optional<GuestException> monitor_fault_;  // raised in a monitor call, delivered by the dispatcher
   Block* lookup(std::uint32_t eip);
   void activate_region();
   void set_gs_base(std::uint64_t base);
