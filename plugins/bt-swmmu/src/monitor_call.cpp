@@ -114,13 +114,18 @@ bool Vcpu::may_stay_in_cache() {
     return false;
   const bool irq_waits = pending_interrupt_ || irq_line_;
   if ((ctx_->sysflags & kIF) && irq_waits) return false;
+  ctx_->irq_hint = irq_waits;  // IF is clear here
+  sync_seg_bases();
   if (!flat()) return false;
+  // The view (region, translation flavour) follows CPL and the paging
+  // registers: unchanged since the last look, nothing to do.
+  const CachedView view{cpl_, cr0_, cr3_, cr4_, efer_, region_};
+  if (view == view_) return true;
   const TKey tk = ((cr0_ & 0xc) ? kTKeyFpuTrap : 0) | ((cpl_ == 1 || cpl_ == 2) ? kTKeyRing12 : 0);
   if (tk != (tkey_ & ~kTKeyUser)) return false;  // the block maps hold another flavour
   tkey_ = tk | (cpl_ == 3 ? kTKeyUser : 0);
-  ctx_->irq_hint = irq_waits;  // IF is clear here
   activate_region();
-  sync_seg_bases();
+  view_ = CachedView{cpl_, cr0_, cr3_, cr4_, efer_, region_};
   return true;
 }
 

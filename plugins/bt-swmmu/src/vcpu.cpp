@@ -476,6 +476,7 @@ Vcpu::StepResult Vcpu::step() {
   }
   tkey_ = tk | (cpl_ == 3 ? kTKeyUser : 0);
   activate_region();
+  view_ = CachedView{};  // segment bases or block maps may have changed outside monitor calls
   Block* b = lookup(eip_);
   if (pending_patch_) {
     if (pending_patch_target_ == eip_ && b->entry && b->valid && b->n_pages == 1 && !single_step_)

@@ -91,6 +91,15 @@ class Vcpu {
   std::uint64_t emulate_and_continue();
   bool may_stay_in_cache();
   std::optional<GuestException> monitor_fault_;  // raised in a monitor call, delivered by the dispatcher
+  // What the view (region, flavour) was last set up for in a monitor call;
+  // reset by every dispatcher step, which sets the view itself.
+  struct CachedView {
+    unsigned cpl = ~0u;
+    std::uint64_t cr0 = 0, cr3 = 0, cr4 = 0, efer = 0;
+    const Region* region = nullptr;
+    bool operator==(const CachedView&) const = default;
+  };
+  CachedView view_;
   Block* lookup(std::uint32_t eip);
   void activate_region();
   void set_gs_base(std::uint64_t base);
