@@ -702,14 +702,40 @@ std::uint32_t Vcpu::pop32() {
   return v;
 }
 
+void Vcpu::push_words(const std::uint32_t* words, unsigned n) {
+  const std::uint32_t esp = reg32(4) - 4 * n;
+  const std::uint32_t la = esp + static_cast<std::uint32_t>(ss_.base);
+  if ((la & 0xfff) + 4 * n > 0x1000) {
+    for (unsigned i = 0; i < n; ++i) push32(words[i]);
+    return;
+  }
+  const std::uint64_t pa = lin_to_phys(la, true, cpl_ == 3, false);
+  for (unsigned i = 0; i < n; ++i) write_phys(pa + 4 * (n - 1 - i), 4, words[i]);
+  reg32(4) = esp;
+}
+
+void Vcpu::pop_words(std::uint32_t* words, unsigned n) {
+  const std::uint32_t la = reg32(4) + static_cast<std::uint32_t>(ss_.base);
+  if ((la & 0xfff) + 4 * n > 0x1000) {
+    for (unsigned i = 0; i < n; ++i) words[i] = pop32();
+    return;
+  }
+  const std::uint64_t pa = lin_to_phys(la, false, cpl_ == 3, false);
+  for (unsigned i = 0; i < n; ++i) words[i] = static_cast<std::uint32_t>(read_phys(pa + 4 * i, 4));
+  reg32(4) += 4 * n;
+}
+
+std::uint64_t Vcpu::read_qword(std::uint32_t la, bool user) {
+  if ((la & 0xfff) > 0xff8) return read(la, 4, user) | (static_cast<std::uint64_t>(read(la + 4, 4, user)) << 32);
+  return read_phys(lin_to_phys(la, false, user, false), 8);
+}
+
 // ---------------------------------------------------------------- segments
 
 std::uint64_t Vcpu::read_descriptor(std::uint16_t sel, std::uint32_t error) {
   const Outcome<std::uint32_t> at = locate_descriptor(sel, gdtr_, ldtr_, error);
   if (!at.ok()) throw at.fault();
-  const std::uint32_t la = at.value();
-  std::uint64_t lo = read(la, 4, false), hi = read(la + 4, 4, false);
-  return lo | (hi << 32);
+  return read_qword(at.value(), false);
 }
 
 void Vcpu::load_segment(int sreg, std::uint16_t sel) {

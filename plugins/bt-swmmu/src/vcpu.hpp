@@ -115,6 +115,12 @@ class Vcpu {
   void note_guest_write(std::uint64_t pa_page);
   void push32(std::uint32_t v);
   std::uint32_t pop32();
+  // An event frame's dwords (in push order) / an IRET frame's: as push32 /
+  // pop32 one by one, with one walk when they share a page.
+  void push_words(const std::uint32_t* words, unsigned n);
+  void pop_words(std::uint32_t* words, unsigned n);
+  // 8 bytes (descriptors, gates): one walk unless they straddle a page.
+  std::uint64_t read_qword(std::uint32_t la, bool user);
 
   // --- events
   void raise(std::uint8_t vector, bool has_error = false, std::uint32_t error = 0) {
