@@ -91,6 +91,13 @@ struct FastEntry {
   std::int64_t neg_eip;
   std::uint64_t host;
 };
+// A translation dropped because its code page was written: what the region
+// block maps and lookup tables must forget (only if they still name it).
+struct DroppedBlock {
+  std::uint32_t eip;
+  const void* block;
+  std::uint64_t entry;  // host entry (0: none)
+};
 inline constexpr std::size_t kFastEntries = 65536;
 inline constexpr std::size_t kFastTableBytes = kFastEntries * sizeof(FastEntry);
 

@@ -56,10 +56,8 @@ Vcpu::StepResult Vcpu::dispatch_exit(std::uint64_t reason, bool stepping) {
           const std::uint64_t pa = ctx_->fault_addr;
           if (shadow_->is_pt_page(pa)) shadow_->release_pt_page(pa);
           if (shadow_->is_code_page(pa)) {
-            translator_->invalidate_page(pa);
+            drop_translations_of(pa);
             shadow_->release_code_page(pa);
-            shadow_->clear_block_maps();
-            pending_patch_ = 0;
           }
           shadow_->set_write_through(pa);
           single_step_ = true;

@@ -462,6 +462,18 @@ void ShadowMmu::collect_dirty(std::vector<std::uint64_t>& bitmap) {
   }
 }
 
+void ShadowMmu::forget_blocks(const std::vector<DroppedBlock>& dropped) {
+  for (auto& r : regions_) {
+    if (r->blocks.empty()) continue;
+    for (const DroppedBlock& d : dropped) {
+      auto it = r->blocks.find(d.eip);
+      if (it != r->blocks.end() && it->second == d.block) r->blocks.erase(it);
+      FastEntry& f = r->fast[d.eip & 0xffff];
+      if (f.neg_eip == -static_cast<std::int64_t>(d.eip) - 1 && f.host == d.entry) f = FastEntry{};
+    }
+  }
+}
+
 void ShadowMmu::clear_block_maps() {
   for (auto& r : regions_) {
     r->blocks.clear();

@@ -148,6 +148,9 @@ class ShadowMmu {
   void drop_all();
   // Forget dispatcher entries (translations were invalidated).
   void clear_block_maps();
+  // Forget these translations in every region's block map and lookup table
+  // (entries that name another translation stay).
+  void forget_blocks(const std::vector<DroppedBlock>& dropped);
 
   // Dirty logging for migration: while on, guest-writable pages are mapped
   // read-only until their first write after each collection.

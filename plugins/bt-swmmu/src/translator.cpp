@@ -573,7 +573,7 @@ void Translator::chain(std::uint64_t site, const Block* b) {
   ++stats.chains;
 }
 
-bool Translator::invalidate_page(std::uint64_t pa_page) {
+bool Translator::invalidate_page(std::uint64_t pa_page, std::vector<DroppedBlock>* dropped) {
   auto it = by_page_.find(pa_page);
   if (it == by_page_.end()) return false;
   auto list = std::move(it->second);
@@ -581,6 +581,7 @@ bool Translator::invalidate_page(std::uint64_t pa_page) {
   for (Block* b : list) {
     if (!b->valid) continue;
     b->valid = false;
+    if (dropped) dropped->push_back(DroppedBlock{b->eip, b, reinterpret_cast<std::uint64_t>(b->entry)});
     blocks_.erase(Key{b->eip, b->pa_page[0] | (b->eip & 0xfff), b->tkey});
     for (int i = 0; i < b->n_pages; ++i) {
       if (b->pa_page[i] == pa_page) continue;

@@ -55,6 +55,9 @@ struct Block {
   };
   std::vector<Swap> swaps;
   std::unique_ptr<DecodedInsn> decoded;  // special blocks: the instruction, once emulated
+  // Special blocks: the instruction translated alone with its memory operand
+  // on the vCPU's MMIO stage (emulate_mmio_native), once; freed with the cache.
+  Block* staged = nullptr;
 };
 
 // Code bytes for translation: up to the end of the first page, plus the
@@ -107,7 +110,7 @@ class Translator {
   // Patch the rel32 at `site` to jump to `b`'s entry.
   void chain(std::uint64_t site, const Block* b);
   // Invalidate every block with code on this guest-physical page; true if any.
-  bool invalidate_page(std::uint64_t pa_page);
+  bool invalidate_page(std::uint64_t pa_page, std::vector<DroppedBlock>* dropped = nullptr);
   void flush();
   bool needs_flush() const { return cache_end_ - cur_ < 64 * 1024; }
   bool has_code_on(std::uint64_t pa_page) const { return by_page_.count(pa_page) != 0; }

@@ -510,8 +510,9 @@ Vcpu::StepResult Vcpu::step() {
 // ---------------------------------------------------------------- adaptive translation
 
 void Vcpu::drop_translations_of(std::uint64_t pa_page) {
-  translator_->invalidate_page(pa_page);
-  shadow_->clear_block_maps();
+  dropped_.clear();
+  translator_->invalidate_page(pa_page, &dropped_);
+  shadow_->forget_blocks(dropped_);  // translations of other pages stay reachable
   pending_patch_ = 0;
 }
 
@@ -646,10 +647,8 @@ void Vcpu::note_guest_write(std::uint64_t pa_page) {
   if (shadow_->is_pt_page(pa_page) || shadow_->is_code_page(pa_page)) monitor_needed_ = true;
   if (shadow_->is_pt_page(pa_page)) shadow_->release_pt_page(pa_page);
   if (shadow_->is_code_page(pa_page)) {
-    translator_->invalidate_page(pa_page);
+    drop_translations_of(pa_page);
     shadow_->release_code_page(pa_page);
-    shadow_->clear_block_maps();
-    pending_patch_ = 0;
   }
 }
 

@@ -153,8 +153,12 @@ class Vcpu {
   // An exception found without a throw: delivered through the IDT (Shutdown on a triple fault).
   StepResult deliver_fault(const GuestException& ex);
   void drop_translations_of(std::uint64_t pa_page);
+  std::vector<DroppedBlock> dropped_;  // scratch for drop_translations_of
   const DecodedInsn& fetch_decoded(std::uint32_t eip, Block* block, DecodedInsn& scratch);
-  bool emulate_mmio_native(std::uint32_t eip, const ZydisDecodedInstruction& insn, const ZydisDecodedOperand* ops);
+  // `block`: the special block of the instruction, if any; it keeps the
+  // staged translation, so a monitor site is translated for the stage once.
+  bool emulate_mmio_native(std::uint32_t eip, const ZydisDecodedInstruction& insn, const ZydisDecodedOperand* ops,
+                           Block* block = nullptr);
   // Instructions whose memory access is not just their operand, when that
   // memory is MMIO or unassigned: emulated here, never run on the stage.
   bool emulate_mmio_bit_test(const ZydisDecodedInstruction& insn, const ZydisDecodedOperand* ops,
