@@ -490,7 +490,10 @@ Vcpu::StepResult Vcpu::step() {
     bool on;
     ~EndStep() { if (on) s->end_write_through(); }
   } end_step{shadow_.get(), stepping};
-  if (b->special) {
+  // A special block with an entry is run like any block: its monitor call
+  // emulates it and goes on in translated code (no round trip per special
+  // instruction after an exit).  Single-stepped ones have no entry.
+  if (b->special && !b->entry) {
     ++counters_.special_exits;
     if (b->monitor_site)
       return run_monitor_site(b);
