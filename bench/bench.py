@@ -64,7 +64,11 @@ RESULT_RE = {
     "sha256": r"sha256\(buffer\) = ([0-9a-f]{64})",
     "matmul": r"checksum = ([0-9a-f]{8})",
     "sort": r"weighted sum = ([0-9a-f]{8}) \(quick\)",
+    "forkwait": r"forkwait checksum = ([0-9a-f]{8})",
 }
+# Macrobenchmarks (--suite macro): guest kernels doing an OS's work, no native peer.
+MACRO_ARGS = {"forkwait": "n=40000"}
+MACRO_QUICK_ARGS = {"forkwait": "n=2000"}
 NANO_OPS = ["syscall", "sysenter", "in", "cr8wr", "call/ret", "pgfault", "divzero", "ptemod"]
 NB_LINE = re.compile(r"^nb (\S+): (\d+) iterations(?:, (\d+) handler entries)?(?:, (-?\d+(?:\.\d+)?) cycles/op)?")
 NB_SKIP = re.compile(r"^nb (\S+): skipped \((.*)\)")
@@ -335,6 +339,45 @@ def print_table(header, rows, out=sys.stdout):
     for r in rows:
         print("  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(r, widths))),
               file=out)
+
+
+# ------------------------------------------------------------------ macro suite
+def macro_suite(args, mv_runners):
+    """forkwait (Adams & Agesen's process-creation benchmark) under QEMU TCG and
+    each mode, best of k wall-clock seconds, also per fork/wait pair."""
+    sizes = MACRO_QUICK_ARGS if args.quick else MACRO_ARGS
+    qemu = Qemu(GUEST_DIR)
+    runners, notes = ([qemu] if qemu.available() else []), ([] if qemu.available() else ["QEMU: not found"])
+    runners += mv_runners
+    results = {}
+    for g, a in sizes.items():
+        results[g] = {}
+        for r in runners:
+            log("macro: %-8s %-6s %s (k=%d)" % (g, r.label, a, args.k))
+            results[g][r.label] = best_of(r, g, a, args.k, args.timeout)
+        vals = {lbl: c.get("value") for lbl, c in results[g].items() if c["ok"] and c.get("value") is not None}
+        if len(set(vals.values())) > 1:
+            notes.append("%s: result values differ between runners: %s" % (g, vals))
+            for c in results[g].values():
+                c["mismatch"] = True
+    labels = [r.label for r in runners]
+    header = ["guest", "args"] + ["%s s" % l for l in labels] + ["%s us/fork" % l for l in labels]
+    header += ["%s/TCG" % r.label for r in mv_runners]
+    rows = []
+    for g, a in sizes.items():
+        n = int(re.search(r"n=(\d+)", a).group(1))
+        best = {l: (c["best"] if c["ok"] and not c.get("mismatch") else None) for l, c in results[g].items()}
+        row = [g, a]
+        row += [fmt_s(best[l]) if best[l] is not None else results[g][l].get("note", "-")[:40] for l in labels]
+        row += ["%.1f" % (best[l] * 1e6 / n) if best[l] is not None else "-" for l in labels]
+        row += [fmt_ratio(best[r.label] / best["QEMU"]) if best.get(r.label) and best.get("QEMU") else "-"
+                for r in mv_runners]
+        rows.append(row)
+    print("\n== Macrobenchmarks: wall-clock seconds, best of %d (start-up included) ==" % args.k)
+    print_table(header, rows)
+    for n in notes:
+        print("note: " + n)
+    return {"args": sizes, "results": results, "notes": notes}
 
 
 # ------------------------------------------------------------------ compute suite
@@ -661,8 +704,8 @@ def main():
     ap.add_argument("--build", default=os.path.join(REPO, "build"), help="build tree (default: <repo>/build)")
     ap.add_argument("--quick", action="store_true", help="ctest-sized compute runs, k=1, short nanobench")
     ap.add_argument("-k", type=int, default=None, help="runs per cell, best is reported (default 3; 1 with --quick)")
-    ap.add_argument("--suite", choices=["all", "compute", "nano", "exits"], default="all",
-                    help="all = compute + nano; exits: exits per op (bench/exits.py, own options)")
+    ap.add_argument("--suite", choices=["all", "compute", "nano", "macro", "exits"], default="all",
+                    help="all = compute + nano + macro (forkwait); exits: exits per op (bench/exits.py, own options)")
     ap.add_argument("--guests", default=",".join(GUESTS), help="comma-separated compute guests")
     ap.add_argument("--modes", default="BT,HV,HWMMU", help="modevisor modes to try (comma-separated, '' for none)")
     ap.add_argument("--timeout", type=int, default=600, help="seconds per run")
@@ -708,6 +751,8 @@ def main():
         report["compute"] = compute_suite(args, mv_runners)
     if args.suite in ("all", "nano"):
         report["nano"] = nano_suite(args, mv_runners)
+    if args.suite in ("all", "macro"):
+        report["macro"] = macro_suite(args, mv_runners)
     try:
         report["machine"]["loadavg_end"] = os.getloadavg()
     except OSError:
@@ -719,7 +764,8 @@ def main():
     print("\nJSON: %s" % os.path.relpath(out))
     refused = ("not runnable yet", "no monitor mode can run it")
     failed = any(not c["ok"] and not c.get("note", "").startswith(refused)
-                 for g in report.get("compute", {}).get("results", {}).values() for c in g.values())
+                 for suite in ("compute", "macro")
+                 for g in report.get(suite, {}).get("results", {}).values() for c in g.values())
     failed = failed or any(": " in n and not n.split(": ", 1)[1].startswith(refused) and not n.startswith("host")
                            for n in report.get("nano", {}).get("notes", []))
     return 1 if failed else 0

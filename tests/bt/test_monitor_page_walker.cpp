@@ -80,6 +80,7 @@ TEST(BtMonitorPageWalker, RemembersAWalkUntilItsTableIsWrittenOrFlushed) {
   // ... or the iteration ends.
   map(ram, 0xb000);
   walker.drop_table(0x5000);  // a page that is no table of this walk changes nothing
+  walker.drop_table(kTable + 64 * 4096);  // nor one that shares its filter bit with a table
   EXPECT_EQ(walker.translate(ram.pm, paging_on(), kLa, Access{}).value(), 0xa000u);
   walker.flush();
   EXPECT_EQ(walker.translate(ram.pm, paging_on(), kLa, Access{}).value(), 0xb000u);

@@ -1249,3 +1249,53 @@ TEST(BtVm, PagingOffFillsAheadAndKeepsCodePagesTraced) {
   EXPECT_GE(m.counter("swmmu.prefilled_pages"), 250u);
   EXPECT_GE(m.counter("bt.smc_invalidations"), 1u);
 }
+
+// Monitor calls: int n / iretd, #DE / iretd and in, each emulated from
+// translated code and continued at the next translation, give the same
+// architectural results as the dispatcher; most calls never leave the cache.
+BT_GUEST_PROGRAM(mcall, 0x100000,
+  "  xor esi, esi\n"
+  "  xor edi, edi\n"
+  "  mov ebx, 1000\n"
+  "1: int 0x31\n"
+  "  dec ebx\n"
+  "  jnz 1b\n"
+  "  mov ebx, 1000\n"
+  "  xor ecx, ecx\n"
+  "2: mov eax, 7\n"
+  "  xor edx, edx\n"
+  "  div ecx\n"
+  "  in al, 0x80\n"
+  "  dec ebx\n"
+  "  jnz 2b\n"
+  "  mov eax, esi\n"
+  "  out 0x80, eax\n"
+  "  mov eax, edi\n"
+  "  out 0x80, eax\n"
+  "  out 0xf4, al\n"
+  ".globl mcall_h31\n"
+  "mcall_h31: inc esi\n"
+  "  iretd\n"
+  ".globl mcall_hde\n"
+  "mcall_hde: inc edi\n"
+  "  add dword ptr [esp], 2\n"
+  "  iretd\n")
+extern "C" const unsigned char mcall_h31[], mcall_hde[];
+
+TEST(BtVm, MonitorCallsDeliverEventsWithoutLeavingTranslatedCode) {
+  Machine m;
+  m.load(mcall_start, mcall_end);
+  m.tables();
+  m.gate(0x31, mcall_h31, mcall_start);
+  m.gate(0, mcall_hde, mcall_start);
+  RunExit r = m.run();
+  ASSERT_EQ(r.kind, ExitKind::Stopped) << r.diagnostic;
+  ASSERT_EQ(m.plat.post.size(), 2u);
+  EXPECT_EQ(m.plat.post[0], 1000u);  // every int 0x31 reached its handler once
+  EXPECT_EQ(m.plat.post[1], 1000u);  // every #DE too, and resumed after the div
+  EXPECT_EQ(m.state.gpr[gpr::rsp], 0x80000u);
+  EXPECT_EQ(m.counter("bt.exceptions_delivered"), 1000u);
+  // int+iretd, div+iretd+in per iteration; a host tick may send a few through the dispatcher.
+  EXPECT_GT(m.counter("bt.monitor_calls_in_cache"), 3000u);
+  EXPECT_LE(m.counter("bt.monitor_calls_in_cache"), m.counter("bt.monitor_calls"));
+}

@@ -17,6 +17,10 @@ class AdaptiveSites {
   static constexpr std::uint32_t kFaultsToMark = 2;
   // Clean monitor executions in a row before it is translated natively again.
   static constexpr std::uint32_t kCleanToUnmark = 64;
+  // A site that went back to native this often stays native: it flips (e.g.
+  // a store into a recycled page-table frame: the first write of each round
+  // is traced, the rest are not), and each flip retranslates its code page.
+  static constexpr std::uint32_t kMaxRounds = 2;
 
   enum class Fault { Mmio, PageFault, Divide, TracedWrite };
 
@@ -26,6 +30,7 @@ class AdaptiveSites {
     Site& s = sites_[pa];
     s.clean = 0;
     if (s.marked) return false;
+    if (kind != Fault::Mmio && s.rounds >= kMaxRounds) return false;
     if (kind == Fault::Mmio || ++s.faults >= kFaultsToMark) {
       s.marked = true;
       ++marks;
@@ -39,7 +44,7 @@ class AdaptiveSites {
     auto it = sites_.find(pa);
     if (it == sites_.end() || !it->second.marked) return false;
     if (++it->second.clean < kCleanToUnmark) return false;
-    sites_.erase(it);
+    it->second = Site{0, 0, false, it->second.rounds + 1};  // remembered: how often it flipped
     ++unmarks;
     return true;
   }
@@ -60,6 +65,7 @@ class AdaptiveSites {
   struct Site {
     std::uint32_t faults = 0, clean = 0;
     bool marked = false;
+    std::uint32_t rounds = 0;  // times it went back to native
   };
   std::unordered_map<std::uint64_t, Site> sites_;
 };

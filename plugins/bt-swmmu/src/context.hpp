@@ -14,6 +14,10 @@ enum ExitReason : std::uint64_t {
   kExitFault = 3,      // set by the signal handler (see fault_* fields)
   kExitIndirectMiss = 4,  // inline lookup missed: continue at next_eip
   kExitStiWindow = 5,     // inline STI/POPF opened IF while an interrupt waits (STI: with shadow)
+  // Set by a monitor call (Context::monitor_fn) that did not continue in translated code:
+  kExitMonitorFault = 6,  // an emulated instruction raised a guest exception: deliver it
+  kExitMonitorError = 7,  // the monitor cannot go on (the vCPU's bug message says why)
+  kExitTripleFault = 8,   // delivering an exception from a monitor call shut the vCPU down
 };
 
 enum class FaultKind : std::uint32_t {
@@ -45,7 +49,13 @@ struct alignas(64) Context {
   std::uint32_t irq_hint;      // 0xbc nonzero: an interrupt waited for IF at the last dispatch
   std::uint64_t fpu_load;      // 0xc0 called before a block's first FPU/SSE instruction (a bare RET once loaded)
   std::uint64_t fpu_live;      // 0xc8 nonzero: the guest's FPU/SSE state is in the host FPU
-  std::uint64_t pad1[6];
+  // Monitor calls: translated code that reaches an instruction the monitor
+  // emulates calls monitor_fn(monitor_obj) without leaving the translation
+  // cache; it returns the host code to continue at, or 0 to leave (with
+  // exit_reason and next_eip set).  No monitor_fn: a kExitSpecial exit.
+  std::uint64_t monitor_fn;    // 0xd0 std::uint64_t (*)(void*) noexcept
+  std::uint64_t monitor_obj;   // 0xd8
+  std::uint64_t pad1[4];
   alignas(16) std::uint8_t guest_fx[512];  // 0x100
 
   // Set by the fault handler (monitor side only).
@@ -63,6 +73,7 @@ static_assert(offsetof(Context, seg_base) == 0x78);
 static_assert(offsetof(Context, indirect_hits) == 0xa8);
 static_assert(offsetof(Context, sysflags) == 0xb8);
 static_assert(offsetof(Context, fpu_load) == 0xc0);
+static_assert(offsetof(Context, monitor_fn) == 0xd0);
 static_assert(offsetof(Context, guest_fx) == 0x100);
 
 // Every block starts with a load from the poll page at r15 + kPollOffset.
@@ -79,6 +90,13 @@ static_assert(sizeof(Context) <= 4096);
 struct FastEntry {
   std::int64_t neg_eip;
   std::uint64_t host;
+};
+// A translation dropped because its code page was written: what the region
+// block maps and lookup tables must forget (only if they still name it).
+struct DroppedBlock {
+  std::uint32_t eip;
+  const void* block;
+  std::uint64_t entry;  // host entry (0: none)
 };
 inline constexpr std::size_t kFastEntries = 65536;
 inline constexpr std::size_t kFastTableBytes = kFastEntries * sizeof(FastEntry);

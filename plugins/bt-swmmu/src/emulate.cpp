@@ -488,7 +488,7 @@ bool Vcpu::emulate_mmio_stack_or_branch(const ZydisDecodedInstruction& insn, con
 // Only instructions whose whole access is their operand get here: the
 // operand's size bounds what they touch, and the stage holds the widest.
 bool Vcpu::emulate_mmio_native(std::uint32_t eip, const ZydisDecodedInstruction& insn,
-                               const ZydisDecodedOperand* ops) {
+                               const ZydisDecodedOperand* ops, Block* block) {
   int mi = -1;
   for (unsigned i = 0; i < insn.operand_count; ++i) {
     if (ops[i].type != ZYDIS_OPERAND_TYPE_MEMORY) continue;
@@ -508,34 +508,38 @@ bool Vcpu::emulate_mmio_native(std::uint32_t eip, const ZydisDecodedInstruction&
   const std::uint32_t la = ea(insn, op);
   // Permission checks on every page of the operand, before any device access.
   for (std::uint32_t at = la; at - la < size; at = (at & ~0xfffu) + 0x1000) lin_to_phys(at, writes, user, false);
-  // Translate the single instruction with the operand redirected.
-  const PhysMem& pm = shadow_->phys();
-  WalkResult w = walk(pm, paging(), eip, Access{false, user, true}, false);
-  if (!w.ok || w.pa >= pm.size) return false;
-  std::uint8_t buf[4096 + 16];
-  CodeWindow cw;
-  const std::uint32_t next_page = (eip & ~0xfffu) + 0x1000;
-  cw.first_page_bytes = next_page - eip;
-  std::memcpy(buf, pm.base + w.pa, cw.first_page_bytes);
-  cw.total = cw.first_page_bytes;
-  cw.pa_page[0] = w.pa & ~0xfffull;
-  WalkResult w2 = walk(pm, paging(), next_page, Access{false, user, true}, false);
-  if (w2.ok && w2.pa < pm.size) {
-    cw.pa_page[1] = w2.pa & ~0xfffull;
-    std::memcpy(buf + cw.total, pm.base + cw.pa_page[1], 16);
-    cw.total += 16;
-  }
-  cw.bytes = buf;
-  if (translator_->needs_flush()) {
-    translator_->flush();
-    shadow_->clear_block_maps();
-    pending_patch_ = 0;
-  }
   std::uint8_t* stage = mmio_stage_.data();
-  Block* b = nullptr;
-  if (translator_->translate(eip, tkey_, cw, &b, 1, true, stage) != TranslateStatus::Ok || b->special ||
-      b->n_insns != 1)
-    return false;
+  Block* b = block && block->valid && block->eip == eip && block->tkey == tkey_ ? block->staged : nullptr;
+  if (!b) {
+    // Translate the single instruction with the operand redirected.
+    const PhysMem& pm = shadow_->phys();
+    WalkResult w = walk(pm, paging(), eip, Access{false, user, true}, false);
+    if (!w.ok || w.pa >= pm.size) return false;
+    std::uint8_t buf[4096 + 16];
+    CodeWindow cw;
+    const std::uint32_t next_page = (eip & ~0xfffu) + 0x1000;
+    cw.first_page_bytes = next_page - eip;
+    std::memcpy(buf, pm.base + w.pa, cw.first_page_bytes);
+    cw.total = cw.first_page_bytes;
+    cw.pa_page[0] = w.pa & ~0xfffull;
+    WalkResult w2 = walk(pm, paging(), next_page, Access{false, user, true}, false);
+    if (w2.ok && w2.pa < pm.size) {
+      cw.pa_page[1] = w2.pa & ~0xfffull;
+      std::memcpy(buf + cw.total, pm.base + cw.pa_page[1], 16);
+      cw.total += 16;
+    }
+    cw.bytes = buf;
+    if (translator_->needs_flush()) {
+      translator_->flush();  // `block` is gone with it
+      shadow_->clear_block_maps();
+      pending_patch_ = 0;
+      block = nullptr;
+    }
+    if (translator_->translate(eip, tkey_, cw, &b, 1, true, stage) != TranslateStatus::Ok || b->special ||
+        b->n_insns != 1)
+      return false;
+    if (block && block->valid && block->eip == eip && block->tkey == tkey_) block->staged = b;
+  }
   std::memset(stage, 0, size);
   if (reads) read_linear(la, stage, size, user);
   std::uint64_t reason;
@@ -1192,7 +1196,7 @@ void Vcpu::emulate(std::uint32_t eip, bool mmio, Block* block) {
       // with a register offset, which reaches beyond its operand).
       if ((mmio || (insn.address_width == 16 && !(insn.meta.category == ZYDIS_CATEGORY_BITBYTE &&
                                                    ops[1].type == ZYDIS_OPERAND_TYPE_REGISTER))) &&
-          emulate_mmio_native(eip, insn, ops))
+          emulate_mmio_native(eip, insn, ops, block))
         return;
       throw std::runtime_error("bt-swmmu: cannot emulate '" + describe(insn, ops, eip) + "'" +
                                (mmio ? " (MMIO access)" : ""));

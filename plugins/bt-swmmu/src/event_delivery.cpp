@@ -38,8 +38,7 @@ void Vcpu::deliver(std::uint8_t vec, bool has_error, std::uint32_t error, bool s
   const std::uint32_t gerr = idt_error_code(vec, software);
   if (vec * 8u + 7 > idtr_.limit) raise(13, true, gerr);
   const std::uint32_t la = static_cast<std::uint32_t>(idtr_.base + vec * 8u);
-  const GateDescriptor gate =
-      decode_gate_descriptor(read(la, 4, false) | (static_cast<std::uint64_t>(read(la + 4, 4, false)) << 32));
+  const GateDescriptor gate = decode_gate_descriptor(read_qword(la, false));
   if (gate.task_gate()) {
     if (software && gate.dpl < cpl_) raise(13, true, gerr);
     if (!gate.present) raise(11, true, gerr);
@@ -60,7 +59,8 @@ void Vcpu::deliver(std::uint8_t vec, bool has_error, std::uint32_t error, bool s
   const std::uint16_t old_cs = cs_.selector;
   EventFrame frame = build_event_frame(
       EventFrameInput{old_flags, old_cs, ret_eip, has_error, error, false, 0, 0, gate.interrupt_gate()});
-  if (new_cpl < cpl_) {
+  const bool stack_switch = new_cpl < cpl_;
+  if (stack_switch) {
     if (ctx_->sysflags & kVM) throw std::runtime_error("bt-swmmu: virtual-8086 mode is not supported");
     const auto [new_esp, new_ss] = stack_from_tss(new_cpl);
     const std::uint32_t old_esp = reg32(4);
@@ -75,8 +75,7 @@ void Vcpu::deliver(std::uint8_t vec, bool has_error, std::uint32_t error, bool s
     ss_ = nss;
     reg32(4) = new_esp;
     try {
-      push32(frame.words[0]);
-      push32(frame.words[1]);
+      push_words(frame.words.data(), frame.count);  // the old SS:ESP first, all on the new stack
     } catch (...) {
       cpl_ = saved_cpl;
       ss_ = saved_ss;
@@ -84,7 +83,7 @@ void Vcpu::deliver(std::uint8_t vec, bool has_error, std::uint32_t error, bool s
       throw;
     }
   }
-  for (unsigned i = frame.on_old_stack_info; i < frame.count; ++i) push32(frame.words[i]);
+  if (!stack_switch) push_words(frame.words.data(), frame.count);
   load_cs(sel, new_cpl);
   eip_ = off;
   set_eflags(frame.new_eflags);
@@ -100,9 +99,19 @@ void Vcpu::do_iret(unsigned opsize, std::uint32_t next_eip) {
   // A 16-bit IRET pops words: IP, CS, FLAGS (the upper half of EFLAGS stays), SP, SS.
   const unsigned bytes = opsize / 8;
   const std::uint32_t esp0 = reg32(4);
-  const std::uint32_t new_eip = pop(bytes);
-  const std::uint16_t new_cs = static_cast<std::uint16_t>(pop(bytes));
-  const std::uint32_t new_fl = bytes == 4 ? pop32() : (eflags() & 0xffff0000u) | pop(2);
+  std::uint32_t new_eip, new_fl;
+  std::uint16_t new_cs;
+  if (bytes == 4) {  // the common frame: one walk when it lies in one page
+    std::uint32_t popped[3];
+    pop_words(popped, 3);
+    new_eip = popped[0];
+    new_cs = static_cast<std::uint16_t>(popped[1]);
+    new_fl = popped[2];
+  } else {
+    new_eip = pop(2);
+    new_cs = static_cast<std::uint16_t>(pop(2));
+    new_fl = (eflags() & 0xffff0000u) | pop(2);
+  }
   const unsigned rpl = new_cs & 3;
   try {
     if (new_fl & kVM) {
@@ -111,8 +120,17 @@ void Vcpu::do_iret(unsigned opsize, std::uint32_t next_eip) {
     if (rpl < cpl_) raise(13, true, new_cs & 0xfffc);
     const std::uint32_t flags = iret_eflags(eflags(), new_fl, cpl_);
     if (rpl > cpl_) {
-      const std::uint32_t new_esp = pop(bytes);
-      const std::uint16_t new_ss = static_cast<std::uint16_t>(pop(bytes));
+      std::uint32_t new_esp;
+      std::uint16_t new_ss;
+      if (bytes == 4) {
+        std::uint32_t outer[2];
+        pop_words(outer, 2);
+        new_esp = outer[0];
+        new_ss = static_cast<std::uint16_t>(outer[1]);
+      } else {
+        new_esp = pop(2);
+        new_ss = static_cast<std::uint16_t>(pop(2));
+      }
       load_cs(new_cs, rpl);
       load_segment(2, new_ss);
       reg32(4) = new_esp;

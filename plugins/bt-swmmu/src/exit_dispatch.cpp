@@ -29,6 +29,15 @@ Vcpu::StepResult Vcpu::dispatch_exit(std::uint64_t reason, bool stepping) {
     case kExitSpecial:
       eip_ = static_cast<std::uint32_t>(ctx_->next_eip);
       break;
+    case kExitMonitorFault: {  // eip_ is where the emulated instruction faulted
+      const GuestException fault = *monitor_fault_;
+      monitor_fault_.reset();
+      return deliver_fault(fault);
+    }
+    case kExitMonitorError:
+      return StepResult::Error;
+    case kExitTripleFault:
+      return StepResult::Shutdown;
     case kExitFault: {
       eip_ = ctx_->fault_eip;
       switch (ctx_->fault_kind) {
@@ -47,10 +56,8 @@ Vcpu::StepResult Vcpu::dispatch_exit(std::uint64_t reason, bool stepping) {
           const std::uint64_t pa = ctx_->fault_addr;
           if (shadow_->is_pt_page(pa)) shadow_->release_pt_page(pa);
           if (shadow_->is_code_page(pa)) {
-            translator_->invalidate_page(pa);
+            drop_translations_of(pa);
             shadow_->release_code_page(pa);
-            shadow_->clear_block_maps();
-            pending_patch_ = 0;
           }
           shadow_->set_write_through(pa);
           single_step_ = true;

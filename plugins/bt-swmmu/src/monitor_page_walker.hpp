@@ -26,16 +26,19 @@ class MonitorPageWalker {
     if (!w.ok) return Fault{14, true, w.error};
     // Only 4 KiB granules are remembered, whatever the guest page size.
     e = Entry{tag, gen_, w.pa & ~0xfffull, {w.pt_pages[0], w.pt_pages[1], w.pt_pages[2]}, w.n_pt};
+    for (int i = 0; i < w.n_pt; ++i) tables_ |= table_bit(w.pt_pages[i]);
     return w.pa;
   }
 
   void flush() {
     if (++gen_ == 0) gen_ = 1;
+    tables_ = 0;
   }
 
   // The guest-physical page `pa_page` was written by the monitor: forget the
   // walks that went through it as a page table.
   void drop_table(std::uint64_t pa_page) {
+    if (!(tables_ & table_bit(pa_page))) return;  // no remembered walk used it (the usual monitor write)
     for (auto& e : entries_) {
       if (e.gen != gen_) continue;
       for (int i = 0; i < e.n_pt; ++i)
@@ -56,6 +59,9 @@ class MonitorPageWalker {
   };
   std::array<Entry, 16> entries_{};
   std::uint32_t gen_ = 1;
+  // A one-word filter of the table pages the remembered walks used.
+  static std::uint64_t table_bit(std::uint64_t pa_page) { return 1ull << ((pa_page >> 12) & 63); }
+  std::uint64_t tables_ = 0;
 };
 
 }  // namespace modevisor::bt

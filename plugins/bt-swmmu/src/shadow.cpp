@@ -159,6 +159,7 @@ RegionKey make_region_key(const PagingRegs& regs, bool user_view) {
 ShadowMmu::ShadowMmu(std::uint8_t* ram, std::uint64_t ram_size, int fd) : fd_(fd) {
   phys_.base = ram;
   phys_.size = ram_size;
+  traced_.assign(ram_size / 4096, 0);
   phys_.on_write_ctx = this;
   phys_.on_write = [](void* self, std::uint64_t gpa_page) {
     auto* mmu = static_cast<ShadowMmu*>(self);
@@ -242,7 +243,7 @@ void ShadowMmu::destroy(Region* r) {
 }
 
 int ShadowMmu::prot_for(const Region::Map& m) const {
-  bool traced = m.gpa_page != wt_page_ && (code_pages_.count(m.gpa_page) || derived_.count(m.gpa_page));
+  bool traced = m.gpa_page != wt_page_ && (is_code_page(m.gpa_page) || is_pt_page(m.gpa_page));
   const bool logged_clean = dirty_logging_ && !is_dirty(m.gpa_page);
   return PROT_READ | ((m.guest_writable && !traced && !logged_clean) ? PROT_WRITE : 0);
 }
@@ -289,7 +290,7 @@ FillResult ShadowMmu::fill(Region* r, const PagingRegs& regs, std::uint32_t la, 
     *out = w.pa;
     return FillResult::Mmio;
   }
-  if (write && gpa_page != wt_page_ && (code_pages_.count(gpa_page) || derived_.count(gpa_page))) {
+  if (write && gpa_page != wt_page_ && (is_code_page(gpa_page) || is_pt_page(gpa_page))) {
     *out = gpa_page;
     return FillResult::ProtectedWrite;
   }
@@ -310,13 +311,19 @@ FillResult ShadowMmu::fill(Region* r, const PagingRegs& regs, std::uint32_t la, 
   for (int i = 0; i < w.n_pt; ++i) {
     auto [dit, fresh] = derived_.try_emplace(w.pt_pages[i]);
     dit->second.emplace_back(r, la_page);
-    if (fresh) set_prot_all(w.pt_pages[i]);
+    if (fresh) {
+      set_traced(w.pt_pages[i], kTracedTable, true);
+      set_prot_all(w.pt_pages[i]);
+    }
   }
   if (!map_page(r, la_page, gpa_page, prot_for(m))) {
     // Probably out of VMAs (vm.max_map_count): start over with empty regions.
     ++stats.map_resets;
     drop_all();
-    for (int i = 0; i < w.n_pt; ++i) derived_[w.pt_pages[i]].emplace_back(r, la_page);
+    for (int i = 0; i < w.n_pt; ++i) {
+      derived_[w.pt_pages[i]].emplace_back(r, la_page);
+      set_traced(w.pt_pages[i], kTracedTable, true);
+    }
     if (!map_page(r, la_page, gpa_page, prot_for(m))) throw std::runtime_error("bt-swmmu: mmap into a shadow region failed");
   }
   r->maps[la_page] = m;
@@ -370,11 +377,17 @@ void ShadowMmu::set_prot_all(std::uint64_t gpa_page) {
 }
 
 void ShadowMmu::protect_code_page(std::uint64_t gpa_page) {
-  if (code_pages_.insert(gpa_page).second) set_prot_all(gpa_page);
+  if (code_pages_.insert(gpa_page).second) {
+    set_traced(gpa_page, kTracedCode, true);
+    set_prot_all(gpa_page);
+  }
 }
 
 void ShadowMmu::release_code_page(std::uint64_t gpa_page) {
-  if (code_pages_.erase(gpa_page)) set_prot_all(gpa_page);
+  if (code_pages_.erase(gpa_page)) {
+    set_traced(gpa_page, kTracedCode, false);
+    set_prot_all(gpa_page);
+  }
 }
 
 void ShadowMmu::end_write_through() {
@@ -391,6 +404,7 @@ void ShadowMmu::release_pt_page(std::uint64_t gpa_page, bool count) {
   if (count) ++stats.pt_writes;
   auto list = std::move(it->second);
   derived_.erase(it);
+  set_traced(gpa_page, kTracedTable, false);
   for (auto& [r, la] : list) {
     unmap(r, la);
     drop_region_code_page(r, la);
@@ -404,7 +418,10 @@ void ShadowMmu::note_code_derivation(Region* r, std::uint32_t la, const WalkResu
   for (int i = 0; i < w.n_pt; ++i) {
     auto [dit, fresh] = derived_.try_emplace(w.pt_pages[i]);
     dit->second.emplace_back(r, la_page);
-    if (fresh) set_prot_all(w.pt_pages[i]);
+    if (fresh) {
+      set_traced(w.pt_pages[i], kTracedTable, true);
+      set_prot_all(w.pt_pages[i]);
+    }
   }
 }
 
@@ -425,6 +442,7 @@ void ShadowMmu::drop_all() {
     madvise(r->fast, kFastTableBytes, MADV_DONTNEED);
   }
   rmap_.clear();
+  for (const auto& d : derived_) set_traced(d.first, kTracedTable, false);
   derived_.clear();
 }
 
@@ -444,6 +462,18 @@ void ShadowMmu::collect_dirty(std::vector<std::uint64_t>& bitmap) {
     for (std::uint64_t bits = bitmap[w]; bits; bits &= bits - 1) {
       const std::uint64_t gpa = (w * 64 + static_cast<std::uint64_t>(__builtin_ctzll(bits))) << 12;
       set_prot_all(gpa);
+    }
+  }
+}
+
+void ShadowMmu::forget_blocks(const std::vector<DroppedBlock>& dropped) {
+  for (auto& r : regions_) {
+    if (r->blocks.empty()) continue;
+    for (const DroppedBlock& d : dropped) {
+      auto it = r->blocks.find(d.eip);
+      if (it != r->blocks.end() && it->second == d.block) r->blocks.erase(it);
+      FastEntry& f = r->fast[d.eip & 0xffff];
+      if (f.neg_eip == -static_cast<std::int64_t>(d.eip) - 1 && f.host == d.entry) f = FastEntry{};
     }
   }
 }

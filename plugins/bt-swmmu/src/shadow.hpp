@@ -132,8 +132,14 @@ class ShadowMmu {
 
   // Translated code lives on this guest-physical page: write-protect it.
   void protect_code_page(std::uint64_t gpa_page);
-  bool is_code_page(std::uint64_t gpa_page) const { return code_pages_.count(gpa_page) != 0; }
-  bool is_pt_page(std::uint64_t gpa_page) const { return derived_.count(gpa_page) != 0; }
+  bool is_code_page(std::uint64_t gpa_page) const {
+    const std::uint64_t pfn = gpa_page >> 12;
+    return pfn < traced_.size() ? (traced_[pfn] & kTracedCode) != 0 : code_pages_.count(gpa_page) != 0;
+  }
+  bool is_pt_page(std::uint64_t gpa_page) const {
+    const std::uint64_t pfn = gpa_page >> 12;
+    return pfn < traced_.size() ? (traced_[pfn] & kTracedTable) != 0 : derived_.count(gpa_page) != 0;
+  }
   // The guest writes a traced page-table page: drop every shadow mapping
   // derived from it and stop tracing it (re-traced on the next walk through it).
   void release_pt_page(std::uint64_t gpa_page, bool count = true);
@@ -152,6 +158,9 @@ class ShadowMmu {
   void drop_all();
   // Forget dispatcher entries (translations were invalidated).
   void clear_block_maps();
+  // Forget these translations in every region's block map and lookup table
+  // (entries that name another translation stay).
+  void forget_blocks(const std::vector<DroppedBlock>& dropped);
 
   // Dirty logging for migration: while on, guest-writable pages are mapped
   // read-only until their first write after each collection.
@@ -197,6 +206,16 @@ class ShadowMmu {
   // traced page-table page -> (region, LA page) derived from it
   std::unordered_map<std::uint64_t, std::vector<std::pair<Region*, std::uint32_t>>> derived_;
   std::unordered_set<std::uint64_t> code_pages_;
+  // The same two facts per page of RAM, for the monitor's writes (one load
+  // each instead of a hash lookup): kTracedTable = in derived_, kTracedCode =
+  // in code_pages_.
+  static constexpr std::uint8_t kTracedTable = 1, kTracedCode = 2;
+  std::vector<std::uint8_t> traced_;
+  void set_traced(std::uint64_t gpa_page, std::uint8_t what, bool on) {
+    const std::uint64_t pfn = gpa_page >> 12;
+    if (pfn >= traced_.size()) return;
+    traced_[pfn] = static_cast<std::uint8_t>(on ? traced_[pfn] | what : traced_[pfn] & ~what);
+  }
   std::uint64_t wt_page_ = ~0ull;
   bool dirty_logging_ = false;
   std::vector<std::uint64_t> dirty_;  // one bit per 4 KiB page of RAM

@@ -490,11 +490,60 @@ void Translator::emit_routines() {
   e.ins(ZYDIS_MNEMONIC_LDMXCSR, {M(ZYDIS_REGISTER_R15, offsetof(Context, host_mxcsr), 4)});
   e.ins(ZYDIS_MNEMONIC_FLDCW, {M(ZYDIS_REGISTER_R15, offsetof(Context, host_fcw), 2)});
   store_ctx64(e, offsetof(Context, fpu_live), 0);
+  // Not live again means loaded on demand again: an entry nested in a monitor
+  // call (an instruction run on the MMIO stage) returns to translated code
+  // that must reload the guest's state, not use the host's.
+  movabs_rax(fpu_load_);
+  e.ins(ZYDIS_MNEMONIC_MOV, {M(ZYDIS_REGISTER_R15, offsetof(Context, fpu_load), 8), R(ZYDIS_REGISTER_RAX)});
   *skip = static_cast<std::uint8_t>(e.pos() - (skip + 1));
   e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_RSP), M(ZYDIS_REGISTER_R15, offsetof(Context, host_rsp), 8)});
   e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_RAX), M(ZYDIS_REGISTER_R15, kOffReason, 8)});
   for (int i = 5; i >= 0; --i) e.ins(ZYDIS_MNEMONIC_POP, {R(saved[i])});
   e.ins(ZYDIS_MNEMONIC_RET, {});
+  // Monitor call (ctx->next_eip = the instruction to emulate): guest state to
+  // the context as on an exit (the guest FPU state too, if loaded: the
+  // monitor is C++), then monitor_fn(monitor_obj) on the host stack.  It
+  // returns the host code to continue at (guest state reloaded from the
+  // context, the FPU state again lazily), or 0: leave as an exit would.
+  monitor_call_ = e.pos();
+  e.ins(ZYDIS_MNEMONIC_PUSHFQ, {});
+  e.ins(ZYDIS_MNEMONIC_POP, {M(ZYDIS_REGISTER_R15, offsetof(Context, rflags), 8)});
+  for (int i = 0; i < 8; ++i) e.ins(ZYDIS_MNEMONIC_MOV, {M(ZYDIS_REGISTER_R15, gpr(i), 8), R(g64[i])});
+  e.ins(ZYDIS_MNEMONIC_CLD, {});
+  e.ins(ZYDIS_MNEMONIC_CMP, {M(ZYDIS_REGISTER_R15, offsetof(Context, fpu_live), 8), I(0)});
+  e.b(0x74);  // je fpu_saved
+  std::uint8_t* fpu_saved = e.pos();
+  e.b(0);
+  e.ins(ZYDIS_MNEMONIC_FXSAVE, {M(ZYDIS_REGISTER_R15, offsetof(Context, guest_fx), 512)});
+  e.ins(ZYDIS_MNEMONIC_FNINIT, {});
+  e.ins(ZYDIS_MNEMONIC_LDMXCSR, {M(ZYDIS_REGISTER_R15, offsetof(Context, host_mxcsr), 4)});
+  e.ins(ZYDIS_MNEMONIC_FLDCW, {M(ZYDIS_REGISTER_R15, offsetof(Context, host_fcw), 2)});
+  store_ctx64(e, offsetof(Context, fpu_live), 0);
+  movabs_rax(fpu_load_);
+  e.ins(ZYDIS_MNEMONIC_MOV, {M(ZYDIS_REGISTER_R15, offsetof(Context, fpu_load), 8), R(ZYDIS_REGISTER_RAX)});
+  *fpu_saved = static_cast<std::uint8_t>(e.pos() - (fpu_saved + 1));
+  e.ins(ZYDIS_MNEMONIC_CMP, {M(ZYDIS_REGISTER_R15, offsetof(Context, monitor_fn), 8), I(0)});
+  e.b(0x75);  // jne have_monitor
+  std::uint8_t* have_monitor = e.pos();
+  e.b(0);
+  store_ctx64(e, kOffReason, kExitSpecial);
+  store_ctx64(e, kOffPatch, 0);
+  e.jmp(exit_signal_);
+  *have_monitor = static_cast<std::uint8_t>(e.pos() - (have_monitor + 1));
+  e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_R12), R(ZYDIS_REGISTER_RSP)});  // callee-saved
+  e.ins(ZYDIS_MNEMONIC_AND, {R(ZYDIS_REGISTER_RSP), I(-16)});
+  e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_RDI), M(ZYDIS_REGISTER_R15, offsetof(Context, monitor_obj), 8)});
+  e.ins(ZYDIS_MNEMONIC_CALL, {M(ZYDIS_REGISTER_R15, offsetof(Context, monitor_fn), 8)});
+  e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_RSP), R(ZYDIS_REGISTER_R12)});
+  e.ins(ZYDIS_MNEMONIC_TEST, {R(ZYDIS_REGISTER_RAX), R(ZYDIS_REGISTER_RAX)});
+  e.b(0x0f);  // jz exit_signal_ (registers are in the context already)
+  e.b(0x84);
+  e.rel32(exit_signal_);
+  e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_R13), R(ZYDIS_REGISTER_RAX)});
+  e.ins(ZYDIS_MNEMONIC_PUSH, {M(ZYDIS_REGISTER_R15, offsetof(Context, rflags), 8)});
+  e.ins(ZYDIS_MNEMONIC_POPFQ, {});
+  for (int i = 0; i < 8; ++i) e.ins(ZYDIS_MNEMONIC_MOV, {R(g32[i]), M(ZYDIS_REGISTER_R15, gpr(i), 4)});
+  e.ins(ZYDIS_MNEMONIC_JMP, {R(ZYDIS_REGISTER_R13)});
   if (!e.ok()) throw std::runtime_error("bt-swmmu: emitting the entry/exit routines failed");
   cur_ = e.pos();
   cur_ = reinterpret_cast<std::uint8_t*>((reinterpret_cast<std::uintptr_t>(cur_) + 63) & ~std::uintptr_t(63));
@@ -535,7 +584,7 @@ void Translator::chain(std::uint64_t site, const Block* b) {
   ++stats.chains;
 }
 
-bool Translator::invalidate_page(std::uint64_t pa_page) {
+bool Translator::invalidate_page(std::uint64_t pa_page, std::vector<DroppedBlock>* dropped) {
   auto it = by_page_.find(pa_page);
   if (it == by_page_.end()) return false;
   auto list = std::move(it->second);
@@ -543,6 +592,7 @@ bool Translator::invalidate_page(std::uint64_t pa_page) {
   for (Block* b : list) {
     if (!b->valid) continue;
     b->valid = false;
+    if (dropped) dropped->push_back(DroppedBlock{b->eip, b, reinterpret_cast<std::uint64_t>(b->entry)});
     blocks_.erase(Key{b->eip, b->pa_page[0] | (b->eip & 0xfff), b->tkey});
     for (int i = 0; i < b->n_pages; ++i) {
       if (b->pa_page[i] == pa_page) continue;
@@ -654,6 +704,11 @@ TranslateStatus Translator::translate(std::uint32_t eip, TKey tkey, const CodeWi
     *rel = static_cast<std::uint8_t>(e.pos() - (rel + 1));
     e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_RCX), R(ZYDIS_REGISTER_R13)});  // no_hint:
   };
+  // The instruction at `at` is the monitor's: a monitor call, in the cache.
+  auto special_exit = [&](std::uint32_t at) {
+    store_ctx32(e, kOffNextEip, at);
+    e.jmp(monitor_call_);
+  };
   std::uint32_t pc = eip;
   bool fpu_ready = false;  // the block called fpu_load already
   bool ended = false;
@@ -726,10 +781,7 @@ TranslateStatus Translator::translate(std::uint32_t eip, TKey tkey, const CodeWi
         b->end_eip = next;
         break;
       }
-      store_ctx32(e, kOffNextEip, pc);
-      store_ctx64(e, kOffReason, kExitSpecial);
-      store_ctx64(e, kOffPatch, 0);
-      e.jmp(exit_);
+      special_exit(pc);
       break;
     }
     std::uint8_t* insn_start = e.pos();
@@ -903,10 +955,7 @@ TranslateStatus Translator::translate(std::uint32_t eip, TKey tkey, const CodeWi
         b->side.pop_back();
         stubs.erase(std::remove_if(stubs.begin(), stubs.end(), [&](auto& s) { return s.site >= insn_start; }),
                     stubs.end());
-        store_ctx32(e, kOffNextEip, pc);
-        store_ctx64(e, kOffReason, kExitSpecial);
-        store_ctx64(e, kOffPatch, 0);
-        e.jmp(exit_);
+        special_exit(pc);
         break;
       }
       e = Emitter(b->host, cache_end_);
@@ -952,7 +1001,21 @@ TranslateStatus Translator::translate(std::uint32_t eip, TKey tkey, const CodeWi
   if (!e.ok()) throw std::runtime_error("bt-swmmu: translation cache overflow");
   if (!b->special) b->end_eip = pc;
   b->host_size = static_cast<std::uint32_t>(e.pos() - b->host);
-  if (b->special) {
+  const bool monitor_block = b->special && status == TranslateStatus::Special && !transient;
+  if (monitor_block) {
+    // A block that is just its special instruction: entered (by chains and
+    // the lookup table too) like any block, it calls the monitor.
+    e = Emitter(b->host, cache_end_);
+    b->entry = e.pos();
+    e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_R13D), M(ZYDIS_REGISTER_R15, kPollOffset, 4)});
+    special_exit(eip);
+    if (!e.ok()) throw std::runtime_error("bt-swmmu: translation cache overflow");
+    b->side.clear();
+    b->swaps.clear();
+    b->host_size = static_cast<std::uint32_t>(e.pos() - b->host);
+    cur_ = reinterpret_cast<std::uint8_t*>((reinterpret_cast<std::uintptr_t>(e.pos()) + 15) & ~std::uintptr_t(15));
+    by_host_[reinterpret_cast<std::uintptr_t>(b->host)] = b;
+  } else if (b->special) {
     b->host_size = 0;
     b->entry = nullptr;
   } else {

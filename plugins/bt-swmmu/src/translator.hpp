@@ -35,7 +35,7 @@ struct Block {
   std::uint64_t pa_page[2] = {};  // guest-physical code pages
   int n_pages = 1;
   TKey tkey = 0;
-  bool special = false;         // first instruction is emulated by the monitor
+  bool special = false;         // first instruction is emulated by the monitor (entry: a monitor call)
   bool monitor_site = false;    // ... because it kept faulting into the monitor (AdaptiveSites)
   bool valid = true;
   std::uint8_t* host = nullptr;  // start of host code (IRQ stub)
@@ -56,6 +56,9 @@ struct Block {
   };
   std::vector<Swap> swaps;
   std::unique_ptr<DecodedInsn> decoded;  // special blocks: the instruction, once emulated
+  // Special blocks: the instruction translated alone with its memory operand
+  // on the vCPU's MMIO stage (emulate_mmio_native), once; freed with the cache.
+  Block* staged = nullptr;
 };
 
 // Code bytes for translation: up to the end of the first page, plus the
@@ -108,7 +111,7 @@ class Translator {
   // Patch the rel32 at `site` to jump to `b`'s entry.
   void chain(std::uint64_t site, const Block* b);
   // Invalidate every block with code on this guest-physical page; true if any.
-  bool invalidate_page(std::uint64_t pa_page);
+  bool invalidate_page(std::uint64_t pa_page, std::vector<DroppedBlock>* dropped = nullptr);
   void flush();
   bool needs_flush() const { return cache_end_ - cur_ < 64 * 1024; }
   bool has_code_on(std::uint64_t pa_page) const { return by_page_.count(pa_page) != 0; }
@@ -142,6 +145,7 @@ class Translator {
   std::uint8_t* exit_signal_ = nullptr;  // the fault handler resumes here (regs already saved)
   std::uint8_t* fpu_load_ = nullptr;     // loads the guest FPU/SSE state (lazily, once per entry)
   std::uint8_t* fpu_ret_ = nullptr;      // what Context::fpu_load points at once it is loaded
+  std::uint8_t* monitor_call_ = nullptr; // translated code jumps here for an instruction the monitor emulates
   ZydisDecoder decoder_;
   std::unordered_map<Key, Block*, KeyHash> blocks_;
   std::unordered_map<std::uint64_t, std::vector<Block*>> by_page_;

@@ -52,6 +52,8 @@ Vcpu::Vcpu(api::GuestMemory& mem, api::Platform& platform, api::Logger& log, uns
   std::memcpy(ctx_->guest_fx + 24, &mxcsr, 4);
   ctx_->rflags = 0x202;
   ctx_->sysflags = 0x2;
+  ctx_->monitor_fn = reinterpret_cast<std::uint64_t>(&Vcpu::monitor_call_entry);
+  ctx_->monitor_obj = reinterpret_cast<std::uint64_t>(this);
   cs_.db = true;
   trace_ = std::getenv("MODEVISOR_BT_TRACE") != nullptr;
 }
@@ -171,6 +173,8 @@ void Vcpu::add_counters(api::Counters& out) const {
   add("bt.monitor_sites_marked", sites_.marks);
   add("bt.monitor_sites_unmarked", sites_.unmarks);
   add("bt.platform_polls", counters_.platform_polls);
+  add("bt.monitor_calls", counters_.monitor_calls);
+  add("bt.monitor_calls_in_cache", counters_.monitor_calls_in_cache);
   add("bt.io_exits", counters_.io_exits);
   add("bt.mmio_exits", counters_.mmio_exits);
   add("bt.hlt_exits", counters_.hlt_exits);
@@ -286,20 +290,9 @@ api::RunExit Vcpu::run() {
       return ex;
     }
     platform_read_ = false;
-    if (poll) {
-      ++counters_.platform_polls;
-      if (platform_.stop_requested()) {
-        ex.kind = api::ExitKind::Stopped;
-        return ex;
-      }
-      const api::CpuEvents events = platform_.cpu_events(index_);
-      if (events.init || events.startup) {  // the host applies them to the state
-        ex.kind = api::ExitKind::Stopped;
-        return ex;
-      }
-      if (events.nmi && platform_.acknowledge_nmi(index_)) nmi_pending_ = true;
-      irq_line_ = platform_.interrupt_pending(index_);
-      tick_.arm_deadline(platform_);
+    if (poll && poll_platform()) {
+      ex.kind = api::ExitKind::Stopped;
+      return ex;
     }
     try {
       // Pending events.
@@ -388,6 +381,17 @@ api::RunExit Vcpu::run() {
   }
 }
 
+bool Vcpu::poll_platform() {
+  ++counters_.platform_polls;
+  if (platform_.stop_requested()) return true;
+  const api::CpuEvents events = platform_.cpu_events(index_);
+  if (events.init || events.startup) return true;  // the host applies them to the state
+  if (events.nmi && platform_.acknowledge_nmi(index_)) nmi_pending_ = true;
+  irq_line_ = platform_.interrupt_pending(index_);
+  tick_.arm_deadline(platform_);
+  return false;
+}
+
 void Vcpu::activate_region() {
   region_ = shadow_->activate(make_region_key(paging(), cpl_ == 3));
   ctx_->fast_table = reinterpret_cast<std::uint64_t>(region_->fast);
@@ -460,7 +464,7 @@ Block* Vcpu::lookup(std::uint32_t eip) {
     region_->blocks[eip] = b;
     shadow_->note_code_derivation(region_, eip, w);
     if (b->n_pages == 2) shadow_->note_code_derivation(region_, next_page, w2);
-    if (!b->special) region_->fast[eip & 0xffff] = FastEntry{-static_cast<std::int64_t>(eip) - 1,
+    if (b->entry) region_->fast[eip & 0xffff] = FastEntry{-static_cast<std::int64_t>(eip) - 1,
                                                              reinterpret_cast<std::uint64_t>(b->entry)};
   }
   return b;
@@ -473,17 +477,17 @@ Vcpu::StepResult Vcpu::step() {
   }
   // Region block maps hold blocks of one flavour; the user/supervisor part of
   // the flavour follows the region view, the rest clears the maps on change.
-  const TKey tk = ((cr0_ & 0xc) ? kTKeyFpuTrap : 0) | ((cpl_ == 1 || cpl_ == 2) ? kTKeyRing12 : 0) |
-                  ((cr4_ & kCr4Smap) ? kTKeySmap : 0);
+  const TKey tk = flavour_key();
   if (tk != (tkey_ & ~kTKeyUser)) {
     shadow_->clear_block_maps();
     pending_patch_ = 0;
   }
   tkey_ = tk | (cpl_ == 3 ? kTKeyUser : 0);
   activate_region();
+  view_ = CachedView{};  // segment bases or block maps may have changed outside monitor calls
   Block* b = lookup(eip_);
   if (pending_patch_) {
-    if (pending_patch_target_ == eip_ && !b->special && b->valid && b->n_pages == 1 && !single_step_)
+    if (pending_patch_target_ == eip_ && b->entry && b->valid && b->n_pages == 1 && !single_step_)
       translator_->chain(pending_patch_, b);
     pending_patch_ = 0;
   }
@@ -494,7 +498,10 @@ Vcpu::StepResult Vcpu::step() {
     bool on;
     ~EndStep() { if (on) s->end_write_through(); }
   } end_step{shadow_.get(), stepping};
-  if (b->special) {
+  // A special block with an entry is run like any block: its monitor call
+  // emulates it and goes on in translated code (no round trip per special
+  // instruction after an exit).  Single-stepped ones have no entry.
+  if (b->special && !b->entry) {
     ++counters_.special_exits;
     if (b->monitor_site)
       return run_monitor_site(b);
@@ -514,8 +521,9 @@ Vcpu::StepResult Vcpu::step() {
 // ---------------------------------------------------------------- adaptive translation
 
 void Vcpu::drop_translations_of(std::uint64_t pa_page) {
-  translator_->invalidate_page(pa_page);
-  shadow_->clear_block_maps();
+  dropped_.clear();
+  translator_->invalidate_page(pa_page, &dropped_);
+  shadow_->forget_blocks(dropped_);  // translations of other pages stay reachable
   pending_patch_ = 0;
 }
 
@@ -628,10 +636,17 @@ std::uint64_t Vcpu::lin_to_phys(std::uint32_t la, bool write, bool user, bool fe
 }
 
 std::uint64_t Vcpu::read_phys(std::uint64_t pa, unsigned size) {
-  if (pa + size <= shadow_->phys().size) {
-    std::uint64_t v = 0;
-    std::memcpy(&v, shadow_->phys().base + pa, size);
-    return v;
+  const PhysMem& pm = shadow_->phys();
+  if (pa + size <= pm.size) {
+    // Fixed-size loads (a variable memcpy is a call and a store-forwarding stall).
+    const std::uint8_t* p = pm.base + pa;
+    switch (size) {
+      case 1: return *p;
+      case 2: { std::uint16_t v; std::memcpy(&v, p, 2); return v; }
+      case 4: { std::uint32_t v; std::memcpy(&v, p, 4); return v; }
+      case 8: { std::uint64_t v; std::memcpy(&v, p, 8); return v; }
+      default: { std::uint64_t v = 0; std::memcpy(&v, p, size); return v; }
+    }
   }
   ++counters_.mmio_exits;
   return platform_read().mmio_read(index_, pa, size);
@@ -643,17 +658,22 @@ void Vcpu::note_guest_write(std::uint64_t pa_page) {
   if (shadow_->is_pt_page(pa_page) || shadow_->is_code_page(pa_page)) monitor_needed_ = true;
   if (shadow_->is_pt_page(pa_page)) shadow_->release_pt_page(pa_page);
   if (shadow_->is_code_page(pa_page)) {
-    translator_->invalidate_page(pa_page);
+    drop_translations_of(pa_page);
     shadow_->release_code_page(pa_page);
-    shadow_->clear_block_maps();
-    pending_patch_ = 0;
   }
 }
 
 void Vcpu::write_phys(std::uint64_t pa, unsigned size, std::uint64_t v) {
-  if (pa + size <= shadow_->phys().size) {
+  const PhysMem& pm = shadow_->phys();
+  if (pa + size <= pm.size) {
     note_guest_write(pa & ~0xfffull);
-    std::memcpy(shadow_->phys().base + pa, &v, size);
+    std::uint8_t* p = pm.base + pa;
+    switch (size) {
+      case 1: *p = static_cast<std::uint8_t>(v); break;
+      case 2: { const auto w = static_cast<std::uint16_t>(v); std::memcpy(p, &w, 2); break; }
+      case 4: { const auto w = static_cast<std::uint32_t>(v); std::memcpy(p, &w, 4); break; }
+      default: std::memcpy(p, &v, size); break;
+    }
     return;
   }
   ++counters_.mmio_exits;
@@ -706,14 +726,40 @@ std::uint32_t Vcpu::pop32() {
   return v;
 }
 
+void Vcpu::push_words(const std::uint32_t* words, unsigned n) {
+  const std::uint32_t esp = reg32(4) - 4 * n;
+  const std::uint32_t la = esp + static_cast<std::uint32_t>(ss_.base);
+  if ((la & 0xfff) + 4 * n > 0x1000) {
+    for (unsigned i = 0; i < n; ++i) push32(words[i]);
+    return;
+  }
+  const std::uint64_t pa = lin_to_phys(la, true, cpl_ == 3, false);
+  for (unsigned i = 0; i < n; ++i) write_phys(pa + 4 * (n - 1 - i), 4, words[i]);
+  reg32(4) = esp;
+}
+
+void Vcpu::pop_words(std::uint32_t* words, unsigned n) {
+  const std::uint32_t la = reg32(4) + static_cast<std::uint32_t>(ss_.base);
+  if ((la & 0xfff) + 4 * n > 0x1000) {
+    for (unsigned i = 0; i < n; ++i) words[i] = pop32();
+    return;
+  }
+  const std::uint64_t pa = lin_to_phys(la, false, cpl_ == 3, false);
+  for (unsigned i = 0; i < n; ++i) words[i] = static_cast<std::uint32_t>(read_phys(pa + 4 * i, 4));
+  reg32(4) += 4 * n;
+}
+
+std::uint64_t Vcpu::read_qword(std::uint32_t la, bool user) {
+  if ((la & 0xfff) > 0xff8) return read(la, 4, user) | (static_cast<std::uint64_t>(read(la + 4, 4, user)) << 32);
+  return read_phys(lin_to_phys(la, false, user, false), 8);
+}
+
 // ---------------------------------------------------------------- segments
 
 std::uint64_t Vcpu::read_descriptor(std::uint16_t sel, std::uint32_t error) {
   const Outcome<std::uint32_t> at = locate_descriptor(sel, gdtr_, ldtr_, error);
   if (!at.ok()) throw at.fault();
-  const std::uint32_t la = at.value();
-  std::uint64_t lo = read(la, 4, false), hi = read(la + 4, 4, false);
-  return lo | (hi << 32);
+  return read_qword(at.value(), false);
 }
 
 void Vcpu::load_segment(int sreg, std::uint16_t sel) {

@@ -37,6 +37,9 @@ struct VcpuCounters {
   std::uint64_t dispatches = 0, cache_hits = 0, special_exits = 0, io_exits = 0, mmio_exits = 0;
   std::uint64_t interrupts = 0, nmis = 0, exceptions = 0, hlt_exits = 0, irq_exits = 0, indirect_misses = 0, irq_window_exits = 0;
   std::uint64_t platform_polls = 0;
+  // Monitor calls from translated code, and those that went on in translated
+  // code without a dispatcher round trip.
+  std::uint64_t monitor_calls = 0, monitor_calls_in_cache = 0;
 };
 
 class Vcpu {
@@ -82,6 +85,33 @@ class Vcpu {
   enum class StepResult { Continue, Stop, Shutdown, Error };
   StepResult step();
   StepResult dispatch_exit(std::uint64_t reason, bool stepping);  // exit_dispatch.cpp
+  // Looks at the platform (stop, CPU events, interrupt line, timer deadline);
+  // true when run() must return Stopped.
+  bool poll_platform();
+
+  // --- monitor calls from translated code (monitor_call.cpp)
+  static std::uint64_t monitor_call_entry(void* vcpu) noexcept;
+  std::uint64_t monitor_call() noexcept;
+  std::uint64_t emulate_and_continue();
+  bool may_stay_in_cache();
+  // The translation flavour the guest's mode asks for, without the user bit
+  // (that one follows the region view): one rule for the dispatcher and for
+  // monitor calls.
+  TKey flavour_key() const {
+    return ((cr0_ & 0xc) ? kTKeyFpuTrap : 0) | ((cpl_ == 1 || cpl_ == 2) ? kTKeyRing12 : 0) |
+           ((cr4_ & kCr4Smap) ? kTKeySmap : 0);
+  }
+  std::optional<GuestException> monitor_fault_;  // raised in a monitor call, delivered by the dispatcher
+  // What the view (region, flavour) was last set up for in a monitor call;
+  // reset by every dispatcher step, which sets the view itself.
+  struct CachedView {
+    unsigned cpl = ~0u;
+    std::uint64_t cr0 = 0, cr3 = 0, cr4 = 0, efer = 0;
+    bool smap_suspended = false;  // EFLAGS.AC below CPL 3 (STAC, POPFD): another region view
+    const Region* region = nullptr;
+    bool operator==(const CachedView&) const = default;
+  };
+  CachedView view_;
   Block* lookup(std::uint32_t eip);
   void activate_region();
   void set_gs_base(std::uint64_t base);
@@ -100,6 +130,12 @@ class Vcpu {
   // A push or pop of the operand size (2 or 4 bytes) on the 32-bit stack.
   void push(std::uint32_t v, unsigned bytes);
   std::uint32_t pop(unsigned bytes);
+  // An event frame's dwords (in push order) / an IRET frame's: as push32 /
+  // pop32 one by one, with one walk when they share a page.
+  void push_words(const std::uint32_t* words, unsigned n);
+  void pop_words(std::uint32_t* words, unsigned n);
+  // 8 bytes (descriptors, gates): one walk unless they straddle a page.
+  std::uint64_t read_qword(std::uint32_t la, bool user);
 
   // --- events
   void raise(std::uint8_t vector, bool has_error = false, std::uint32_t error = 0) {
@@ -134,8 +170,12 @@ class Vcpu {
   // An exception found without a throw: delivered through the IDT (Shutdown on a triple fault).
   StepResult deliver_fault(const GuestException& ex);
   void drop_translations_of(std::uint64_t pa_page);
+  std::vector<DroppedBlock> dropped_;  // scratch for drop_translations_of
   const DecodedInsn& fetch_decoded(std::uint32_t eip, Block* block, DecodedInsn& scratch);
-  bool emulate_mmio_native(std::uint32_t eip, const ZydisDecodedInstruction& insn, const ZydisDecodedOperand* ops);
+  // `block`: the special block of the instruction, if any; it keeps the
+  // staged translation, so a monitor site is translated for the stage once.
+  bool emulate_mmio_native(std::uint32_t eip, const ZydisDecodedInstruction& insn, const ZydisDecodedOperand* ops,
+                           Block* block = nullptr);
   // Instructions whose memory access is not just their operand, when that
   // memory is MMIO or unassigned: emulated here, never run on the stage.
   bool emulate_mmio_bit_test(const ZydisDecodedInstruction& insn, const ZydisDecodedOperand* ops,

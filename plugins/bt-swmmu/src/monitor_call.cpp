@@ -1,0 +1,132 @@
+// Monitor calls: translated code that reaches an instruction the monitor
+// emulates (int n, iret, sysenter/sysexit, in/out, the TPR write and other
+// adaptive sites, ...) calls in here through Context::monitor_fn instead of
+// leaving the translation cache.  The instruction is emulated as the
+// dispatcher would (decoded once, kept with its block), and when nothing
+// needs the dispatcher (no kick, tick, stop, pending event, interrupt that
+// can be taken, view change the block maps cannot follow) execution goes on
+// at the next block's translation: an exception or software interrupt lands
+// in the handler's code without a dispatcher round trip.  Guest exceptions
+// raised while emulating are handed to the dispatcher as a value: nothing
+// unwinds through translated code.
+#include <atomic>
+#include <exception>
+
+#include "vcpu.hpp"
+
+namespace modevisor::bt {
+
+namespace {
+constexpr std::uint32_t kIF = 0x200;
+// Emulated instructions back to back in one call (a handler that is one
+// special instruction after another), before the dispatcher gets a turn.
+constexpr unsigned kMaxEmulatedPerCall = 16;
+// emulate_and_continue's answer for a triple fault (no host code is at 1).
+constexpr std::uint64_t kShutdown = 1;
+}  // namespace
+
+std::uint64_t Vcpu::monitor_call_entry(void* vcpu) noexcept { return static_cast<Vcpu*>(vcpu)->monitor_call(); }
+
+std::uint64_t Vcpu::monitor_call() noexcept {
+  // Monitor code from here: a kick from this thread (a device the emulation
+  // touches) is a flag; a host tick sets poll_needed_ only.
+  in_guest_ = false;
+  ++counters_.monitor_calls;
+  eip_ = static_cast<std::uint32_t>(ctx_->next_eip);
+  const std::uint64_t host_rsp = ctx_->host_rsp;  // a monitor site enters translated code itself
+  std::uint64_t target = 0;
+  std::uint64_t reason = kExitDispatch;
+  try {
+    target = emulate_and_continue();
+    if (target == kShutdown) {
+      target = 0;
+      reason = kExitTripleFault;
+    }
+  } catch (const GuestException& ge) {
+    monitor_fault_ = ge;
+    reason = kExitMonitorFault;
+  } catch (const std::exception& e) {
+    bug_message_ = e.what();
+    reason = kExitMonitorError;
+  } catch (...) {
+    bug_message_ = "bt-swmmu: unexpected exception in a monitor call";
+    reason = kExitMonitorError;
+  }
+  ctx_->host_rsp = host_rsp;
+  if (target) {
+    // Back to translated code: from now on a tick blocks the poll page (the
+    // next block entry leaves); one that came before is seen here.
+    in_guest_ = true;
+    std::atomic_signal_fence(std::memory_order_seq_cst);
+    if (!poll_needed_.load(std::memory_order_acquire)) {
+      ++counters_.monitor_calls_in_cache;
+      return target;
+    }
+    in_guest_ = false;
+  }
+  ctx_->next_eip = eip_;
+  ctx_->patch_site = 0;
+  ctx_->exit_reason = reason;
+  return 0;
+}
+
+// Emulates the special instruction at eip_ and what follows while it is
+// special; returns the host code of the first translated block, 0 to leave
+// for the dispatcher (eip_ not yet executed), kShutdown for a triple fault.
+std::uint64_t Vcpu::emulate_and_continue() {
+  for (unsigned n = 0; n < kMaxEmulatedPerCall; ++n) {
+    if (!may_stay_in_cache()) return 0;
+    Block* b = lookup(eip_);
+    if (!b->special) return reinterpret_cast<std::uint64_t>(b->entry);
+    ++counters_.special_exits;
+    if (b->monitor_site) {
+      if (run_monitor_site(b) == StepResult::Shutdown) return kShutdown;
+    } else {
+      emulate(eip_, false, b);
+    }
+  }
+  return 0;
+}
+
+// What run() checks before it runs guest code, for a monitor call: true
+// when the next block may run right away (the view is set up for it).
+bool Vcpu::may_stay_in_cache() {
+  monitor_tlb_flush();
+  if (single_step_ || kicked_.load(std::memory_order_relaxed) || poll_blocked_.load(std::memory_order_relaxed) ||
+      dirty_.requested())
+    return false;
+  if (platform_read_) {
+    if (platform_.stop_requested()) return false;
+    platform_read_ = false;
+  }
+  // A device write (e.g. the TPR), a kick from this thread (the local APIC)
+  // or the host tick: look at the platform here, as run() would.
+  const bool poll = (poll_needed_.load(std::memory_order_acquire) &&
+                     poll_needed_.exchange(false, std::memory_order_acq_rel)) ||
+                    platform_called_;
+  platform_called_ = false;
+  if (poll && poll_platform()) {
+    poll_needed_.store(true, std::memory_order_release);  // run() looks again and stops
+    return false;
+  }
+  if (pending_exception_ || (nmi_pending_ && !nmi_masked_) || interrupt_shadow_ ||
+      run_state_ != api::RunState::Runnable)
+    return false;
+  const bool irq_waits = pending_interrupt_ || irq_line_;
+  if ((ctx_->sysflags & kIF) && irq_waits) return false;
+  ctx_->irq_hint = irq_waits;  // IF is clear here
+  sync_seg_bases();
+  if (!flat()) return false;
+  // The view (region, translation flavour) follows CPL and the paging
+  // registers: unchanged since the last look, nothing to do.
+  const CachedView view{cpl_, cr0_, cr3_, cr4_, efer_, paging().smap_suspended, region_};
+  if (view == view_) return true;
+  const TKey tk = flavour_key();
+  if (tk != (tkey_ & ~kTKeyUser)) return false;  // the block maps hold another flavour
+  tkey_ = tk | (cpl_ == 3 ? kTKeyUser : 0);
+  activate_region();
+  view_ = CachedView{cpl_, cr0_, cr3_, cr4_, efer_, paging().smap_suspended, region_};
+  return true;
+}
+
+}  // namespace modevisor::bt
