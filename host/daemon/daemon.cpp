@@ -829,11 +829,32 @@ void Daemon::peek_migration_hello(std::shared_ptr<boost::asio::ip::tcp::socket> 
       return;
     }
     try {
-      migrate_in(std::move(*socket), hello.id);
+      if (!route_to_arrival(*socket, host::migration::to_hex(hello.id), peer)) migrate_in(std::move(*socket), hello.id);
     } catch (const std::exception& e) {
       host_.log()->error("migration: cannot take a connection: {}", e.what());
     }
   });
+}
+
+bool Daemon::route_to_arrival(boost::asio::ip::tcp::socket& socket, const std::string& migration_id,
+                              const std::string& peer) {
+  auto it = arrivals_.find(migration_id);
+  if (it == arrivals_.end()) return false;
+  auto link = it->second.lock();
+  if (!link || !link->is_open()) {
+    arrivals_.erase(it);
+    return false;
+  }
+  if (!link->send_with_fds(control::request(2, "migrate-resolve", {{"peer", peer}}), {socket.native_handle()})) {
+    host_.log()->warn("migration {}: cannot pass {}'s connection to its monitor process", migration_id, peer);
+    return true;  // dropped: the source tries again, and this process's ledger must answer, not a new one
+  }
+  boost::system::error_code ignored;
+  socket.close(ignored);  // the monitor process has its own copy
+  // Warning level: only an unknown outcome (a cut after commit) brings the source back.
+  host_.log()->warn("migration {}: {} connects again; the connection goes to the monitor process receiving it",
+                    migration_id, peer);
+  return true;
 }
 
 void Daemon::migrate_in(boost::asio::ip::tcp::socket socket, const host::migration::MigrationId& migration_id) {
@@ -864,13 +885,22 @@ void Daemon::migrate_in(boost::asio::ip::tcp::socket socket, const host::migrati
   socket.close(ec);  // the monitor process has its own copy
   auto link = std::make_shared<LineSocket>(stream_protocol::socket(io_, stream_protocol(), process.fd));
   const pid_t pid = process.pid;
+  const std::string id_hex = host::migration::to_hex(migration_id);
   host_.log()->info("migration: a connection from {} goes to monitor process {}", peer, pid);
   std::weak_ptr<LineSocket> weak_link = link;
+  arrivals_[id_hex] = weak_link;
   link->start(
-      [this, weak_link, pid, peer](const json& reply) {
+      [this, weak_link, pid, peer, id_hex](const json& reply) {
         auto link = weak_link.lock();
         if (link && reply.value("event", "") == "fleet-claim") return fleet_claim_arrival(link, reply);
+        if (link && reply.value("event", "") == "migration-in-doubt") {
+          host_.log()->warn("migration {}: committed here, but the connection from {} ended before Go ({}); VM {} "
+                            "stays paused in monitor process {} until the source resolves it",
+                            id_hex, peer, reply.value("reason", ""), reply.value("vm", "?"), pid);
+          return;
+        }
         if (!link || reply.value("id", json()) != 1) return;
+        arrivals_.erase(id_hex);
         if (!reply.value("ok", false)) {
           const json error = reply.value("error", json::object());
           host_.log()->warn("migration: from {}: {}", peer, error.value("message", "failed"));
@@ -895,7 +925,8 @@ void Daemon::migrate_in(boost::asio::ip::tcp::socket socket, const host::migrati
         host_.log()->info("VM {}: arrived from {} and runs under {} ({}) in monitor process {}", name, peer,
                           identity.mode, identity.plugin, pid);
       },
-      [this, peer, pid](const std::string& why) {
+      [this, peer, pid, id_hex](const std::string& why) {
+        arrivals_.erase(id_hex);
         host_.log()->warn("migration: from {}: monitor process {} went away ({})", peer, pid, why);
       });
 }

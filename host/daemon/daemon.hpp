@@ -50,6 +50,10 @@ class Daemon {
   void peek_migration_hello(std::shared_ptr<boost::asio::ip::tcp::socket> socket,
                             std::shared_ptr<boost::asio::steady_timer> deadline);
   void migrate_in(boost::asio::ip::tcp::socket socket, const host::migration::MigrationId& migration_id);
+  // A later connection for a migration a monitor process already receives
+  // (the source resolving an unknown outcome) goes to that process.
+  bool route_to_arrival(boost::asio::ip::tcp::socket& socket, const std::string& migration_id,
+                        const std::string& peer);
   struct Spawned {
     pid_t pid = 0;
     int fd = -1;  // the daemon's end of the socketpair (owned by the caller)
@@ -100,6 +104,8 @@ class Daemon {
   boost::asio::steady_timer status_timer_;
   boost::asio::steady_timer shutdown_timer_;
   std::map<std::string, std::shared_ptr<VmHandle>> vms_;
+  // Migration id (hex) -> the monitor process receiving it, until it ends.
+  std::map<std::string, std::weak_ptr<LineSocket>> arrivals_;
   std::map<std::string, std::uint64_t> counters_;  // per-host figures
   std::map<pid_t, int> unclaimed_exits_;  // monitor processes that ended before a VM handle claimed them
   std::unique_ptr<Metrics> metrics_;

@@ -9,6 +9,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <csignal>
@@ -96,6 +97,7 @@ class MonitorProcess {
  private:
   bool load_snapshot(const json& args);
   bool migrate_in(const json& args, std::vector<int>& fds);
+  int await_resolve_connection(const host::migration::ReceiverResult& result);
   void migrate_out(const json& id, const json& args, std::vector<int>& fds);
   void begin_serving();
   void open_reattach_socket();
@@ -580,6 +582,31 @@ bool MonitorProcess::migrate_in(const json& args, std::vector<int>& fds) {
     };
   mig::MigrationReceiver receiver(destination, *ledger_, *secret, options);
   mig::ReceiverResult result = receiver.serve(connection, peer);
+  // Committed, and the connection ended before Go: the source may not know
+  // the outcome.  The VM stays paused here, recorded in this process's
+  // ledger, and the daemon routes the source's next connection for this
+  // migration (its Resolve) here, where the ledger answers "committed".
+  while (result.end == mig::ReceiverStep::InDoubt) {
+    const int next = await_resolve_connection(result);
+    if (next < 0) break;  // the daemon went away or the process was told to stop: the VM is discarded
+    mig::ReceiverResult resolved = receiver.serve(next, peer);
+    if (log_)
+      log_->info("migration in {}: the source's resolution connection ended {}{}", result.migration_id,
+                 mig::to_string(resolved.end), resolved.reason.empty() ? "" : ": " + resolved.reason);
+    if (resolved.end == mig::ReceiverStep::Running) {
+      result.vm = std::move(resolved.vm);
+      result.end = resolved.end;
+      result.reason = "resolved: the source confirmed the commit and sent Go";
+    } else {
+      // Another connection (a stranger, a cut resolution) leaves it in doubt
+      // as long as the ledger still holds it committed.
+      const auto held = ledger_->in_doubt();
+      if (std::find(held.begin(), held.end(), result.migration_id) == held.end()) {
+        result.end = resolved.end;
+        result.reason = resolved.reason;
+      }
+    }
+  }
   json migration{{"migration_id", result.migration_id},
                  {"peer", result.peer},
                  {"end", mig::to_string(result.end)},
@@ -621,6 +648,58 @@ bool MonitorProcess::migrate_in(const json& args, std::vector<int>& fds) {
   hold_console_ = false;
   flush_console();
   return true;
+}
+
+// In doubt after a commit: say so to the daemon (which routes the source's
+// next connection for this migration here) and wait for that connection.
+// -1 when the daemon's link ends or a stop signal comes: nobody will resolve
+// it through this process, and the paused VM is discarded (the source, told
+// "unknown" by whoever answers next, keeps its copy).
+int MonitorProcess::await_resolve_connection(const host::migration::ReceiverResult& result) {
+  if (log_)
+    log_->warn("migration in {} from {} is in doubt ({}): the VM stays paused here until the source resolves it",
+               result.migration_id, result.peer, result.reason);
+  send(control::event("migration-in-doubt", {{"migration_id", result.migration_id},
+                                             {"peer", result.peer},
+                                             {"vm", result.config ? result.config->vm_name : ""},
+                                             {"reason", result.reason}}));
+  for (;;) {
+    pollfd polled[2] = {{signals_.get(), POLLIN, 0}, {channel_ ? channel_->fd() : -1, POLLIN, 0}};
+    if (auto message = channel_ ? channel_->buffered() : std::nullopt) {
+      // (nothing buffered normally: the daemon sends only the connection)
+      if (message->value("op", "") != "migrate-resolve") {
+        send(control::reply_error(message->value("id", json()), code::kWrongState,
+                                  "the arriving VM is in doubt: only the source's resolution is taken"));
+      }
+      continue;
+    }
+    if (::poll(polled, 2, -1) < 0) {
+      if (errno == EINTR) continue;
+      return -1;
+    }
+    if (polled[0].revents & POLLIN) {
+      if (log_) log_->warn("migration in {}: stopped while in doubt; the VM is discarded here", result.migration_id);
+      return -1;
+    }
+    if (!(polled[1].revents & (POLLIN | POLLHUP | POLLERR))) continue;
+    std::vector<int> fds;
+    if (!channel_->read_some(&fds)) {
+      for (int fd : fds) ::close(fd);
+      return -1;
+    }
+    int connection = -1;
+    while (auto message = channel_->buffered()) {
+      if (message->value("op", "") == "migrate-resolve" && !fds.empty() && connection < 0) {
+        connection = fds.front();
+        fds.erase(fds.begin());
+      } else {
+        send(control::reply_error(message->value("id", json()), code::kWrongState,
+                                  "the arriving VM is in doubt: only the source's resolution is taken"));
+      }
+    }
+    for (int fd : fds) ::close(fd);
+    if (connection >= 0) return connection;
+  }
 }
 
 // Source side: the daemon connected to the peer and passes the socket; the

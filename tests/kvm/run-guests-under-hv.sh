@@ -15,19 +15,21 @@ export MODEVISOR_KNOWN_GAPS=""
 failed=0
 for expected in "$src"/tests/guests/expected/*.out; do
   guest=$(basename "$expected" .out)
-  cmdline="" cpus=1
+  # The command line and vCPU count QEMU's transcript was recorded with, as
+  # tests/guests/CMakeLists.txt declares them: guest_test(NAME "cmdline" [CPUS n]).
+  decl=$(grep -E "^guest_test\($guest( |\))" "$src/tests/guests/CMakeLists.txt" | head -1)
+  cmdline=$(printf '%s\n' "$decl" | sed -n 's/^guest_test([^ ]* "\([^"]*\)".*/\1/p')
+  cpus=$(printf '%s\n' "$decl" | sed -n 's/.* CPUS \([0-9]*\).*/\1/p')
+  cpus=${cpus:-1}
   case $guest in
     unassigned_wide)  # SSE and x87 on MMIO: KVM's instruction emulator stops (KVM_EXIT_INTERNAL_ERROR)
       echo "SKIPPED (known gap): $guest under $plugin: KVM cannot emulate SSE/x87 accesses to MMIO"; continue ;;
-    hello) cmdline="hello=world n=42" ;;
-    lowload) cmdline="n=42" ;;
     cpufeat)  # its expected output is QEMU's with +smep,+smap,+umip,+rdtscp; the test host's EPYC model has no UMIP
       echo "SKIPPED (known gap): $guest under $plugin: the test host's CPU has no UMIP, which cpufeat's expected output needs"; continue ;;
     tasks)  # measured: with npt=0, KVM loops in the kernel on the first JMP to a TSS (2.1 M exits in 60 s, none to userspace)
       if [ "$plugin" = hv-swmmu ]; then
         echo "SKIPPED (known gap): $guest under $plugin: KVM with npt=0 in the QEMU-emulated test host loops in the kernel on the guest's first hardware task switch (no exit reaches modevisor); it passes with npt=1"; continue
       fi ;;
-    smp) cmdline="cpus=4" cpus=4 ;;
   esac
   # Each guest is bounded: a hang is a failure that names the guest, not the
   # whole stage's timeout.

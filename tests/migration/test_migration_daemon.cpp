@@ -4,9 +4,16 @@
 // migrate` as an operator drives it.  Every test ends by checking that the VM
 // runs on exactly one host and that the two daemons' run-interval logs never
 // overlap.
+#include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
+#include <array>
+#include <atomic>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "support/daemon_harness.hpp"
@@ -30,6 +37,121 @@ std::vector<long> ticks(const std::string& console) {
 }
 
 using TestHost = DaemonHost;
+
+// A loopback relay to a destination's migration port that reads the frame
+// headers coming back from the destination and, on the first connection,
+// cuts both sides instead of passing on the first frame of type `cut_at`
+// (CommitAck: the destination committed and the source cannot know).  Later
+// connections (the source resolving) pass untouched.
+class CommitCuttingRelay {
+ public:
+  static constexpr std::uint16_t kCommitAck = 41;  // host/migration/protocol.hpp
+  static constexpr std::size_t kHeaderBytes = 20;  // magic u32, type u16, reserved u16, length u32, xxh3 u64
+
+  explicit CommitCuttingRelay(int target_port, std::uint16_t cut_at = kCommitAck)
+      : target_(target_port), cut_at_(cut_at) {
+    listener_ = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ::bind(listener_, reinterpret_cast<sockaddr*>(&a), sizeof a);
+    socklen_t len = sizeof a;
+    ::getsockname(listener_, reinterpret_cast<sockaddr*>(&a), &len);
+    port_ = ntohs(a.sin_port);
+    ::listen(listener_, 8);
+    acceptor_ = std::thread([this] { accept_loop(); });
+  }
+  ~CommitCuttingRelay() {
+    stopping_ = true;
+    ::shutdown(listener_, SHUT_RDWR);
+    ::close(listener_);
+    acceptor_.join();
+    for (auto& t : pipes_) t.join();
+  }
+  int port() const { return port_; }
+  bool cut() const { return cut_; }
+  int connections() const { return connections_; }
+
+ private:
+  void accept_loop() {
+    for (;;) {
+      const int in = ::accept(listener_, nullptr, nullptr);
+      if (in < 0 || stopping_) return;
+      const int out = ::socket(AF_INET, SOCK_STREAM, 0);
+      sockaddr_in a{};
+      a.sin_family = AF_INET;
+      a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+      a.sin_port = htons(static_cast<std::uint16_t>(target_));
+      if (::connect(out, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
+        ::close(in);
+        ::close(out);
+        continue;
+      }
+      const bool first = connections_++ == 0;
+      pipes_.emplace_back([this, in, out, first] { pipe(in, out, first); });
+    }
+  }
+  void pipe(int source, int target, bool may_cut) {
+    std::vector<std::uint8_t> back;  // destination -> source bytes not yet passed on
+    std::size_t frame_at = 0;        // where the next frame header starts in `back`
+    std::array<std::uint8_t, 65536> buffer{};
+    while (!stopping_) {
+      pollfd fds[2] = {{source, POLLIN, 0}, {target, POLLIN, 0}};
+      if (::poll(fds, 2, 50) < 0) break;
+      if (fds[0].revents & (POLLIN | POLLHUP)) {
+        const ssize_t n = ::read(source, buffer.data(), buffer.size());
+        if (n <= 0 || !write_all(target, buffer.data(), static_cast<std::size_t>(n))) break;
+      }
+      if (fds[1].revents & (POLLIN | POLLHUP)) {
+        const ssize_t n = ::read(target, buffer.data(), buffer.size());
+        if (n <= 0) break;
+        if (!may_cut) {
+          if (!write_all(source, buffer.data(), static_cast<std::size_t>(n))) break;
+          continue;
+        }
+        back.insert(back.end(), buffer.data(), buffer.data() + n);
+        bool cutting = false;
+        while (back.size() - frame_at >= kHeaderBytes) {
+          const std::uint8_t* h = back.data() + frame_at;
+          const std::uint16_t type = static_cast<std::uint16_t>(h[4] | h[5] << 8);
+          const std::uint32_t length = h[8] | h[9] << 8 | h[10] << 16 | static_cast<std::uint32_t>(h[11]) << 24;
+          if (type == cut_at_) {
+            cutting = true;
+            break;
+          }
+          if (back.size() - frame_at < kHeaderBytes + length) break;
+          frame_at += kHeaderBytes + length;
+        }
+        // Pass on every whole frame before the cut (or before an incomplete one).
+        if (!write_all(source, back.data(), frame_at)) break;
+        back.erase(back.begin(), back.begin() + static_cast<std::ptrdiff_t>(frame_at));
+        frame_at = 0;
+        if (cutting) {
+          cut_ = true;
+          break;
+        }
+      }
+    }
+    ::close(source);
+    ::close(target);
+  }
+  static bool write_all(int fd, const std::uint8_t* data, std::size_t n) {
+    while (n > 0) {
+      const ssize_t w = ::write(fd, data, n);
+      if (w <= 0) return false;
+      data += w;
+      n -= static_cast<std::size_t>(w);
+    }
+    return true;
+  }
+
+  int target_, listener_ = -1, port_ = 0;
+  std::uint16_t cut_at_;
+  std::thread acceptor_;
+  std::vector<std::thread> pipes_;
+  std::atomic<bool> stopping_{false}, cut_{false};
+  std::atomic<int> connections_{0};
+};
 
 // A host with a migration listener, the shared secret and one named peer.
 std::string migration_host_yaml(const TestHost& host, const fs::path& secret, const std::string& peer_name, int peer_port) {
@@ -232,6 +354,40 @@ TEST_F(DaemonMigrationTest, ADestinationKilledMidMigrationLeavesTheVmRunningOnTh
   EXPECT_TRUE(eventually([&] { return a_.state_of("busy") == "running"; }));
   const std::size_t before = ticks(a_.console("busy")).size();
   EXPECT_TRUE(eventually([&] { return ticks(a_.console("busy")).size() > before + 3; }));
+  EXPECT_EQ(running_intervals(), 1u);
+  expect_no_overlap();
+}
+
+// The connection ends after the destination committed and before the source
+// heard it (CommitAck cut): both keep the VM paused; the source reconnects
+// and asks, the destination's daemon hands that connection to the monitor
+// process holding the committed VM, whose ledger answers "committed"; the
+// source lets go and sends Go, and the VM runs on the destination, once.
+TEST_F(DaemonMigrationTest, AnUnknownOutcomeIsResolvedByTheProcessHoldingTheCommittedVm) {
+  CommitCuttingRelay relay(b_.port);
+  a_.start(migration_host_yaml(a_, dir_ / "cluster.secret", "host-b", relay.port()));
+  ASSERT_FALSE(HasFatalFailure());
+  b_.start(migration_host_yaml(b_, dir_ / "cluster.secret", "host-a", a_.port));
+  ASSERT_FALSE(HasFatalFailure());
+  ASSERT_EQ(a_.cli("vm start " + vm_yaml("doubted", "mib=8 rate=2 every=20", "portable-32").string()).status, 0);
+  ASSERT_TRUE(eventually([&] { return ticks(a_.console("doubted")).size() >= 5; }));
+
+  const Result migrate = a_.cli("--json migrate doubted --to host-b");
+  EXPECT_TRUE(relay.cut()) << "the relay never saw the CommitAck";
+  EXPECT_GE(relay.connections(), 2) << "the source did not reconnect to resolve";
+  const json record = json::parse(migrate.out, nullptr, false);
+  ASSERT_FALSE(record.is_discarded()) << migrate.out;
+  EXPECT_EQ(record.value("outcome", ""), "completed") << record.dump(2) << b_.daemon_log();
+  EXPECT_TRUE(eventually([&] { return b_.state_of("doubted") == "running"; })) << b_.daemon_log();
+  EXPECT_TRUE(eventually([&] { return a_.state_of("doubted") == "stopped"; }));
+  const std::size_t there = ticks(b_.console("doubted")).size();
+  EXPECT_TRUE(eventually([&] { return ticks(b_.console("doubted")).size() > there + 3; }));
+  EXPECT_NE(b_.daemon_log().find("the connection goes to the monitor process receiving it"), std::string::npos)
+      << b_.daemon_log();
+  EXPECT_NE(b_.log("doubted").find("is in doubt"), std::string::npos) << b_.log("doubted");
+  // One tick sequence across both hosts: nothing lost, nothing run twice.
+  const std::vector<long> all = ticks(a_.console("doubted") + b_.console("doubted"));
+  for (std::size_t i = 1; i < all.size(); ++i) ASSERT_EQ(all[i], all[i - 1] + 1) << "at line " << i;
   EXPECT_EQ(running_intervals(), 1u);
   expect_no_overlap();
 }
