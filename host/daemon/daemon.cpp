@@ -262,7 +262,23 @@ void Daemon::dispatch(const json& message, const std::shared_ptr<Client>& client
     } else if (op == "vm.list") {
       json list = json::array();
       for (const auto& [name, vm] : vms_) list.push_back(vm->summary());
+      for (const auto& [name, arrival] : in_doubt_)
+        if (!find(name)) list.push_back(arrival);
       client->reply(control::reply_ok(id, {{"vms", list}}));
+    } else if (op == "vm.status" && in_doubt_.count(args.value("name", "")) && !find(args.value("name", ""))) {
+      client->reply(control::reply_ok(id, in_doubt_.at(args.value("name", ""))));
+    } else if (op == "vm.stop" && in_doubt_.count(args.value("name", "")) && !find(args.value("name", ""))) {
+      // Its monitor process discards the paused copy and ends; the source,
+      // asking later, hears "unknown" and keeps its own.
+      json arrival = in_doubt_.at(args.value("name", ""));
+      const pid_t pid = arrival.value("pid", 0);
+      if (pid > 0) ::kill(pid, SIGTERM);
+      host_.log()->warn("VM {}: the in-doubt arrival (migration {}) is discarded by the operator (vm stop)",
+                        arrival.value("name", ""), arrival.value("migration_id", ""));
+      in_doubt_.erase(args.value("name", ""));
+      arrival["state"] = "stopped";
+      arrival["reason"] = "an in-doubt arrival discarded by the operator (vm stop)";
+      client->reply(control::reply_ok(id, arrival));
     } else if (op == "vm.status") {
       auto vm = need_name();
       if (!vm) return;
@@ -894,13 +910,24 @@ void Daemon::migrate_in(boost::asio::ip::tcp::socket socket, const host::migrati
         auto link = weak_link.lock();
         if (link && reply.value("event", "") == "fleet-claim") return fleet_claim_arrival(link, reply);
         if (link && reply.value("event", "") == "migration-in-doubt") {
+          const std::string vm = reply.value("vm", "");
           host_.log()->warn("migration {}: committed here, but the connection from {} ended before Go ({}); VM {} "
                             "stays paused in monitor process {} until the source resolves it",
-                            id_hex, peer, reply.value("reason", ""), reply.value("vm", "?"), pid);
+                            id_hex, peer, reply.value("reason", ""), vm, pid);
+          in_doubt_[vm] = json{{"name", vm},
+                               {"state", "in-doubt"},
+                               {"mode", reply.value("mode", "")},
+                               {"plugin", reply.value("plugin", "")},
+                               {"pid", pid},
+                               {"migration_id", id_hex},
+                               {"reason", fmt::format("arrived from {}, committed, paused until the source "
+                                                      "resolves migration {}",
+                                                      peer, id_hex)}};
           return;
         }
         if (!link || reply.value("id", json()) != 1) return;
         arrivals_.erase(id_hex);
+        std::erase_if(in_doubt_, [&](const auto& entry) { return entry.second.value("migration_id", "") == id_hex; });
         if (!reply.value("ok", false)) {
           const json error = reply.value("error", json::object());
           host_.log()->warn("migration: from {}: {}", peer, error.value("message", "failed"));
@@ -927,6 +954,7 @@ void Daemon::migrate_in(boost::asio::ip::tcp::socket socket, const host::migrati
       },
       [this, peer, pid, id_hex](const std::string& why) {
         arrivals_.erase(id_hex);
+        std::erase_if(in_doubt_, [&](const auto& entry) { return entry.second.value("migration_id", "") == id_hex; });
         host_.log()->warn("migration: from {}: monitor process {} went away ({})", peer, pid, why);
       });
 }

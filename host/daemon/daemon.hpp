@@ -106,6 +106,9 @@ class Daemon {
   std::map<std::string, std::shared_ptr<VmHandle>> vms_;
   // Migration id (hex) -> the monitor process receiving it, until it ends.
   std::map<std::string, std::weak_ptr<LineSocket>> arrivals_;
+  // VM name -> an arrival committed here whose Go did not come (listed by
+  // `vm list` as in-doubt, paused; `vm stop` discards it), until it resolves.
+  std::map<std::string, json> in_doubt_;
   std::map<std::string, std::uint64_t> counters_;  // per-host figures
   std::map<pid_t, int> unclaimed_exits_;  // monitor processes that ended before a VM handle claimed them
   std::unique_ptr<Metrics> metrics_;

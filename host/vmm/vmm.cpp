@@ -662,6 +662,8 @@ int MonitorProcess::await_resolve_connection(const host::migration::ReceiverResu
   send(control::event("migration-in-doubt", {{"migration_id", result.migration_id},
                                              {"peer", result.peer},
                                              {"vm", result.config ? result.config->vm_name : ""},
+                                             {"mode", result.placement ? result.placement->mode : ""},
+                                             {"plugin", result.placement ? result.placement->plugin : ""},
                                              {"reason", result.reason}}));
   for (;;) {
     pollfd polled[2] = {{signals_.get(), POLLIN, 0}, {channel_ ? channel_->fd() : -1, POLLIN, 0}};

@@ -230,6 +230,9 @@ class FleetTest : public ::testing::Test {
   }
   void TearDown() override {
     for (auto& h : hosts_) h.stop();
+    // Monitor processes whose daemon a test killed outlive it by design (a
+    // restarted daemon reattaches them); the test ends them.
+    for (pid_t pid : orphans_) ::kill(pid, SIGKILL);
     etcd_.stop_all();
     if (!HasFailure() && !std::getenv("MODEVISOR_KEEP_TEST_DIRS")) fs::remove_all(dir_);
   }
@@ -305,6 +308,7 @@ class FleetTest : public ::testing::Test {
   fs::path dir_;
   EtcdCluster etcd_;
   std::array<FleetHost, 3> hosts_;
+  std::vector<pid_t> orphans_;  // monitor processes of a daemon the test killed
   std::uint64_t khz_ = 0;
 };
 
@@ -563,6 +567,7 @@ TEST_F(FleetTest, ASourceDaemonKilledMidMigrationLeavesTheVmOnExactlyOneHost) {
                         "host-b"},
                        client_out);
   ASSERT_TRUE(eventually([&] { return relay.holding(); }, 300)) << read_file(client_out) << a.daemon_log();
+  for (pid_t pid : a.children()) orphans_.push_back(pid);
   a.stop(SIGKILL);
   relay.release();
   // The destination runs it and owns it, one epoch on.
@@ -592,6 +597,7 @@ TEST_F(FleetTest, ADestinationDaemonKilledAfterCommitPausesItsVmBeforeAnotherHos
   ASSERT_TRUE(ticking(a, "stranded"));
   const json moved = a.cli_json("migrate stranded --to host-b");
   ASSERT_EQ(moved.value("outcome", ""), "completed") << moved.dump(2);
+  for (pid_t pid : b.children()) orphans_.push_back(pid);
   b.stop(SIGKILL);
   EXPECT_EQ(owner_of("stranded").value("owner", ""), "host-b");
   // host-b's monitor process pauses the VM by itself (the fence) ...

@@ -48,8 +48,10 @@ class CommitCuttingRelay {
   static constexpr std::uint16_t kCommitAck = 41;  // host/migration/protocol.hpp
   static constexpr std::size_t kHeaderBytes = 20;  // magic u32, type u16, reserved u16, length u32, xxh3 u64
 
-  explicit CommitCuttingRelay(int target_port, std::uint16_t cut_at = kCommitAck)
-      : target_(target_port), cut_at_(cut_at) {
+  // refuse_after_cut: connections after the cut are closed at once (the
+  // source cannot reach the destination to resolve).
+  explicit CommitCuttingRelay(int target_port, bool refuse_after_cut = false, std::uint16_t cut_at = kCommitAck)
+      : target_(target_port), cut_at_(cut_at), refuse_after_cut_(refuse_after_cut) {
     listener_ = ::socket(AF_INET, SOCK_STREAM, 0);
     sockaddr_in a{};
     a.sin_family = AF_INET;
@@ -77,6 +79,11 @@ class CommitCuttingRelay {
     for (;;) {
       const int in = ::accept(listener_, nullptr, nullptr);
       if (in < 0 || stopping_) return;
+      const bool first = connections_++ == 0;
+      if (cut_ && refuse_after_cut_) {
+        ::close(in);
+        continue;
+      }
       const int out = ::socket(AF_INET, SOCK_STREAM, 0);
       sockaddr_in a{};
       a.sin_family = AF_INET;
@@ -87,7 +94,6 @@ class CommitCuttingRelay {
         ::close(out);
         continue;
       }
-      const bool first = connections_++ == 0;
       pipes_.emplace_back([this, in, out, first] { pipe(in, out, first); });
     }
   }
@@ -147,6 +153,7 @@ class CommitCuttingRelay {
 
   int target_, listener_ = -1, port_ = 0;
   std::uint16_t cut_at_;
+  bool refuse_after_cut_;
   std::thread acceptor_;
   std::vector<std::thread> pipes_;
   std::atomic<bool> stopping_{false}, cut_{false};
@@ -387,6 +394,48 @@ TEST_F(DaemonMigrationTest, AnUnknownOutcomeIsResolvedByTheProcessHoldingTheComm
   EXPECT_NE(b_.log("doubted").find("is in doubt"), std::string::npos) << b_.log("doubted");
   // One tick sequence across both hosts: nothing lost, nothing run twice.
   const std::vector<long> all = ticks(a_.console("doubted") + b_.console("doubted"));
+  for (std::size_t i = 1; i < all.size(); ++i) ASSERT_EQ(all[i], all[i - 1] + 1) << "at line " << i;
+  EXPECT_EQ(running_intervals(), 1u);
+  expect_no_overlap();
+}
+
+// The same cut, and the source cannot reach the destination again: both
+// copies stay paused.  The destination lists its copy as in-doubt; the
+// operator discards it there (`vm stop`) and resumes the source's: the VM ran
+// on one host at a time throughout and its output goes on where it stopped.
+TEST_F(DaemonMigrationTest, AnUnresolvedArrivalIsListedInDoubtAndTheOperatorDecides) {
+  CommitCuttingRelay relay(b_.port, /*refuse_after_cut=*/true);
+  a_.start(migration_host_yaml(a_, dir_ / "cluster.secret", "host-b", relay.port()));
+  ASSERT_FALSE(HasFatalFailure());
+  b_.start(migration_host_yaml(b_, dir_ / "cluster.secret", "host-a", a_.port));
+  ASSERT_FALSE(HasFatalFailure());
+  ASSERT_EQ(a_.cli("vm start " + vm_yaml("limbo", "mib=8 rate=2 every=20", "portable-32").string()).status, 0);
+  ASSERT_TRUE(eventually([&] { return ticks(a_.console("limbo")).size() >= 5; }));
+
+  const Result migrate = a_.cli("--json migrate limbo --to host-b");
+  ASSERT_TRUE(relay.cut());
+  const json record = json::parse(migrate.out, nullptr, false);
+  ASSERT_FALSE(record.is_discarded()) << migrate.out;
+  EXPECT_EQ(record.value("outcome", ""), "in-doubt") << record.dump(2);
+  EXPECT_EQ(a_.state_of("limbo"), "paused");
+  // The destination says what it holds.
+  json listed;
+  EXPECT_TRUE(eventually([&] {
+    for (const auto& vm : b_.cli_json("vm list").value("vms", json::array()))
+      if (vm.value("name", "") == "limbo") listed = vm;
+    return listed.value("state", "") == "in-doubt";
+  })) << b_.cli_json("vm list").dump(2) << b_.daemon_log();
+  EXPECT_NE(listed.value("reason", "").find("paused until the source resolves"), std::string::npos) << listed.dump();
+  const std::size_t before = ticks(a_.console("limbo")).size();
+  std::this_thread::sleep_for(300ms);
+  EXPECT_EQ(ticks(a_.console("limbo")).size(), before) << "the source ran while in doubt";
+  // The operator discards the destination's copy, then resumes the source's.
+  ASSERT_EQ(b_.cli("vm stop limbo").status, 0) << b_.daemon_log();
+  EXPECT_TRUE(eventually([&] { return b_.cli_json("vm list").value("vms", json::array()).empty(); }))
+      << b_.cli_json("vm list").dump(2);
+  ASSERT_EQ(a_.cli("vm resume limbo").status, 0);
+  EXPECT_TRUE(eventually([&] { return ticks(a_.console("limbo")).size() > before + 3; }));
+  const std::vector<long> all = ticks(a_.console("limbo"));
   for (std::size_t i = 1; i < all.size(); ++i) ASSERT_EQ(all[i], all[i - 1] + 1) << "at line " << i;
   EXPECT_EQ(running_intervals(), 1u);
   expect_no_overlap();
