@@ -10,6 +10,7 @@
 #include <set>
 
 #include "support/daemon_harness.hpp"
+#include "support/loopback_relay.hpp"
 #include "fleet/etcd_client.hpp"
 #include "fleet/ownership.hpp"
 
@@ -120,54 +121,18 @@ struct FleetHost : DaemonHost {
 // A loopback TCP relay in front of a host's migration port whose direction
 // towards that host can be held after a number of bytes: a migration stopped
 // mid-stream, deterministically, at a point the test chooses.
-class HeldRelay {
+class HeldRelay final : public LoopbackRelay {
  public:
-  HeldRelay(int target_port, std::size_t hold_after) : target_(target_port), hold_after_(hold_after) {
-    listener_ = ::socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    ::bind(listener_, reinterpret_cast<sockaddr*>(&a), sizeof a);
-    socklen_t len = sizeof a;
-    ::getsockname(listener_, reinterpret_cast<sockaddr*>(&a), &len);
-    port_ = ntohs(a.sin_port);
-    ::listen(listener_, 8);
-    acceptor_ = std::thread([this] { accept_loop(); });
-  }
-  ~HeldRelay() {
-    stopping_ = true;
-    ::shutdown(listener_, SHUT_RDWR);
-    ::close(listener_);
-    acceptor_.join();
-    for (auto& t : pipes_) t.join();
-  }
-  int port() const { return port_; }
+  HeldRelay(int target_port, std::size_t hold_after) : LoopbackRelay(target_port), hold_after_(hold_after) { start(); }
+  ~HeldRelay() override { stop(); }
   bool holding() const { return held_; }
   void release() { released_ = true; }
 
  private:
-  void accept_loop() {
-    for (;;) {
-      const int in = ::accept(listener_, nullptr, nullptr);
-      if (in < 0 || stopping_) return;
-      const int out = ::socket(AF_INET, SOCK_STREAM, 0);
-      sockaddr_in a{};
-      a.sin_family = AF_INET;
-      a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-      a.sin_port = htons(static_cast<std::uint16_t>(target_));
-      if (::connect(out, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
-        ::close(in);
-        ::close(out);
-        continue;
-      }
-      pipes_.emplace_back([this, in, out] { pipe(in, out); });
-    }
-  }
   // One connection, both directions; only towards the target is held.
-  void pipe(int from_source, int to_target) {
+  void relay(int from_source, int to_target, int) override {
     std::array<char, 16384> buffer{};
-    for (;;) {
-      if (stopping_) break;
+    while (!stopping()) {
       pollfd fds[2] = {{from_source, POLLIN, 0}, {to_target, POLLIN, 0}};
       if (forwarded_ >= hold_after_ && !released_) {
         held_ = true;
@@ -177,35 +142,19 @@ class HeldRelay {
       if (fds[0].revents & (POLLIN | POLLHUP)) {
         const std::size_t room = released_ ? buffer.size() : std::min(buffer.size(), hold_after_ - std::min(hold_after_, forwarded_.load()));
         const ssize_t n = ::read(from_source, buffer.data(), std::max<std::size_t>(room, 1));
-        if (n <= 0 || !write_all(to_target, buffer.data(), n)) break;
+        if (n <= 0 || !write_all(to_target, buffer.data(), static_cast<std::size_t>(n))) break;
         forwarded_ += static_cast<std::size_t>(n);
       }
       if (fds[1].revents & (POLLIN | POLLHUP)) {
         const ssize_t n = ::read(to_target, buffer.data(), buffer.size());
-        if (n <= 0 || !write_all(from_source, buffer.data(), n)) break;
+        if (n <= 0 || !write_all(from_source, buffer.data(), static_cast<std::size_t>(n))) break;
       }
     }
-    ::close(from_source);
-    ::close(to_target);
-  }
-  static bool write_all(int fd, const char* data, ssize_t n) {
-    while (n > 0) {
-      const ssize_t w = ::write(fd, data, static_cast<std::size_t>(n));
-      if (w <= 0) return false;
-      data += w;
-      n -= w;
-    }
-    return true;
   }
 
-  int target_;
   std::size_t hold_after_;
-  int listener_ = -1;
-  int port_ = 0;
-  std::thread acceptor_;
-  std::vector<std::thread> pipes_;
   std::atomic<std::size_t> forwarded_{0};
-  std::atomic<bool> held_{false}, released_{false}, stopping_{false};
+  std::atomic<bool> held_{false}, released_{false};
 };
 
 class FleetTest : public ::testing::Test {

@@ -4,11 +4,8 @@
 // migrate` as an operator drives it.  Every test ends by checking that the VM
 // runs on exactly one host and that the two daemons' run-interval logs never
 // overlap.
-#include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
 #include <array>
 #include <atomic>
@@ -17,6 +14,7 @@
 #include <vector>
 
 #include "support/daemon_harness.hpp"
+#include "support/loopback_relay.hpp"
 
 namespace {
 
@@ -42,66 +40,28 @@ using TestHost = DaemonHost;
 // headers coming back from the destination and, on the first connection,
 // cuts both sides instead of passing on the first frame of type `cut_at`
 // (CommitAck: the destination committed and the source cannot know).  Later
-// connections (the source resolving) pass untouched.
-class CommitCuttingRelay {
+// connections (the source resolving) pass untouched, or with
+// refuse_after_cut are closed at once (the source cannot reach it again).
+class CommitCuttingRelay final : public LoopbackRelay {
  public:
   static constexpr std::uint16_t kCommitAck = 41;  // host/migration/protocol.hpp
   static constexpr std::size_t kHeaderBytes = 20;  // magic u32, type u16, reserved u16, length u32, xxh3 u64
 
-  // refuse_after_cut: connections after the cut are closed at once (the
-  // source cannot reach the destination to resolve).
   explicit CommitCuttingRelay(int target_port, bool refuse_after_cut = false, std::uint16_t cut_at = kCommitAck)
-      : target_(target_port), cut_at_(cut_at), refuse_after_cut_(refuse_after_cut) {
-    listener_ = ::socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    ::bind(listener_, reinterpret_cast<sockaddr*>(&a), sizeof a);
-    socklen_t len = sizeof a;
-    ::getsockname(listener_, reinterpret_cast<sockaddr*>(&a), &len);
-    port_ = ntohs(a.sin_port);
-    ::listen(listener_, 8);
-    acceptor_ = std::thread([this] { accept_loop(); });
+      : LoopbackRelay(target_port), cut_at_(cut_at), refuse_after_cut_(refuse_after_cut) {
+    start();
   }
-  ~CommitCuttingRelay() {
-    stopping_ = true;
-    ::shutdown(listener_, SHUT_RDWR);
-    ::close(listener_);
-    acceptor_.join();
-    for (auto& t : pipes_) t.join();
-  }
-  int port() const { return port_; }
+  ~CommitCuttingRelay() override { stop(); }
   bool cut() const { return cut_; }
-  int connections() const { return connections_; }
 
  private:
-  void accept_loop() {
-    for (;;) {
-      const int in = ::accept(listener_, nullptr, nullptr);
-      if (in < 0 || stopping_) return;
-      const bool first = connections_++ == 0;
-      if (cut_ && refuse_after_cut_) {
-        ::close(in);
-        continue;
-      }
-      const int out = ::socket(AF_INET, SOCK_STREAM, 0);
-      sockaddr_in a{};
-      a.sin_family = AF_INET;
-      a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-      a.sin_port = htons(static_cast<std::uint16_t>(target_));
-      if (::connect(out, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
-        ::close(in);
-        ::close(out);
-        continue;
-      }
-      pipes_.emplace_back([this, in, out, first] { pipe(in, out, first); });
-    }
-  }
-  void pipe(int source, int target, bool may_cut) {
+  bool admit(int) override { return !(cut_ && refuse_after_cut_); }
+  void relay(int source, int target, int index) override {
+    const bool may_cut = index == 0;
     std::vector<std::uint8_t> back;  // destination -> source bytes not yet passed on
     std::size_t frame_at = 0;        // where the next frame header starts in `back`
     std::array<std::uint8_t, 65536> buffer{};
-    while (!stopping_) {
+    while (!stopping()) {
       pollfd fds[2] = {{source, POLLIN, 0}, {target, POLLIN, 0}};
       if (::poll(fds, 2, 50) < 0) break;
       if (fds[0].revents & (POLLIN | POLLHUP)) {
@@ -138,26 +98,11 @@ class CommitCuttingRelay {
         }
       }
     }
-    ::close(source);
-    ::close(target);
-  }
-  static bool write_all(int fd, const std::uint8_t* data, std::size_t n) {
-    while (n > 0) {
-      const ssize_t w = ::write(fd, data, n);
-      if (w <= 0) return false;
-      data += w;
-      n -= static_cast<std::size_t>(w);
-    }
-    return true;
   }
 
-  int target_, listener_ = -1, port_ = 0;
   std::uint16_t cut_at_;
   bool refuse_after_cut_;
-  std::thread acceptor_;
-  std::vector<std::thread> pipes_;
-  std::atomic<bool> stopping_{false}, cut_{false};
-  std::atomic<int> connections_{0};
+  std::atomic<bool> cut_{false};
 };
 
 // A host with a migration listener, the shared secret and one named peer.
@@ -186,8 +131,9 @@ class DaemonMigrationTest : public ::testing::Test {
     std::ofstream(file) << text << "\n";
     fs::permissions(file, fs::perms::owner_read | fs::perms::owner_write, fs::perm_options::replace);
   }
-  void start_both(const fs::path& secret_b = {}) {
-    a_.start(migration_host_yaml(a_, dir_ / "cluster.secret", "host-b", b_.port));
+  // b_reached_at: the port A dials for host-b (a relay in front of B), B's own by default.
+  void start_both(const fs::path& secret_b = {}, int b_reached_at = 0) {
+    a_.start(migration_host_yaml(a_, dir_ / "cluster.secret", "host-b", b_reached_at ? b_reached_at : b_.port));
     if (HasFatalFailure()) return;
     b_.start(migration_host_yaml(b_, secret_b.empty() ? dir_ / "cluster.secret" : secret_b, "host-a", a_.port));
   }
@@ -372,9 +318,7 @@ TEST_F(DaemonMigrationTest, ADestinationKilledMidMigrationLeavesTheVmRunningOnTh
 // source lets go and sends Go, and the VM runs on the destination, once.
 TEST_F(DaemonMigrationTest, AnUnknownOutcomeIsResolvedByTheProcessHoldingTheCommittedVm) {
   CommitCuttingRelay relay(b_.port);
-  a_.start(migration_host_yaml(a_, dir_ / "cluster.secret", "host-b", relay.port()));
-  ASSERT_FALSE(HasFatalFailure());
-  b_.start(migration_host_yaml(b_, dir_ / "cluster.secret", "host-a", a_.port));
+  start_both({}, relay.port());
   ASSERT_FALSE(HasFatalFailure());
   ASSERT_EQ(a_.cli("vm start " + vm_yaml("doubted", "mib=8 rate=2 every=20", "portable-32").string()).status, 0);
   ASSERT_TRUE(eventually([&] { return ticks(a_.console("doubted")).size() >= 5; }));
@@ -405,9 +349,7 @@ TEST_F(DaemonMigrationTest, AnUnknownOutcomeIsResolvedByTheProcessHoldingTheComm
 // on one host at a time throughout and its output goes on where it stopped.
 TEST_F(DaemonMigrationTest, AnUnresolvedArrivalIsListedInDoubtAndTheOperatorDecides) {
   CommitCuttingRelay relay(b_.port, /*refuse_after_cut=*/true);
-  a_.start(migration_host_yaml(a_, dir_ / "cluster.secret", "host-b", relay.port()));
-  ASSERT_FALSE(HasFatalFailure());
-  b_.start(migration_host_yaml(b_, dir_ / "cluster.secret", "host-a", a_.port));
+  start_both({}, relay.port());
   ASSERT_FALSE(HasFatalFailure());
   ASSERT_EQ(a_.cli("vm start " + vm_yaml("limbo", "mib=8 rate=2 every=20", "portable-32").string()).status, 0);
   ASSERT_TRUE(eventually([&] { return ticks(a_.console("limbo")).size() >= 5; }));
