@@ -169,12 +169,11 @@ int console(const ClientRequest& request, Connection& connection, const std::str
   return host::kExitOk;
 }
 
-// `migrate NAME --to PEER`: the live line while it runs, then the summary (or the record with --json).
-int migrate(const ClientRequest& request, Connection& connection, const std::string& name) {
+// `migrate NAME --to PEER` (vm.migrate) and `vm resolve NAME` (vm.resolve):
+// the live line while it runs, then the summary (or the record with --json).
+int migration(const ClientRequest& request, Connection& connection, const std::string& op, const json& args) {
   auto& channel = connection.channel();
-  const json args{{"name", name}, {"to", request.to}, {"downtime_ms", request.downtime_ms},
-                  {"force_converge", request.force_converge}};
-  if (!channel.send(control::request(1, "vm.migrate", args)))
+  if (!channel.send(control::request(1, op, args)))
     return client_error(request, control::error_code::kProtocol, connection.failure());
   const bool live = !request.json && ::isatty(STDERR_FILENO);
   bool printed = false;
@@ -236,7 +235,11 @@ int run_client(const ClientRequest& request) {
   const auto& w = request.words;
   std::string op;
   json args = json::object();
-  if (w[0] == "migrate") return migrate(request, *connection, w.at(1));
+  if (w[0] == "migrate")
+    return migration(request, *connection, "vm.migrate",
+                     {{"name", w.at(1)}, {"to", request.to}, {"downtime_ms", request.downtime_ms},
+                      {"force_converge", request.force_converge}});
+  if (w[0] == "vm" && w.at(1) == "resolve") return migration(request, *connection, "vm.resolve", {{"name", w.at(2)}});
   if (w[0] == "host") {
     op = "host";
   } else if (w[0] == "plugins") {

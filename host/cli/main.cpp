@@ -99,8 +99,11 @@ int main(int argc, char** argv) {
   auto* vm_stop = vm->add_subcommand("stop", "stop a VM (its monitor process ends)");
   auto* vm_save = vm->add_subcommand("save", "save a paused VM into a snapshot file");
   auto* vm_restore = vm->add_subcommand("restore", "restore a VM from a snapshot file (paused)");
+  auto* vm_resolve = vm->add_subcommand(
+      "resolve", "ask a migration's destination again how it ended (a VM left paused in doubt): the VM then runs "
+                 "on exactly one of the two hosts");
   vm_restore->add_option("file", file, "snapshot file")->required();
-  for (auto* sub : {vm_status, vm_log, vm_console, vm_pause, vm_resume, vm_stop, vm_save})
+  for (auto* sub : {vm_status, vm_log, vm_console, vm_pause, vm_resume, vm_stop, vm_save, vm_resolve})
     sub->add_option("name", name, "VM name")->required();
   vm_save->add_option("file", file, "snapshot file to write")->required();
   vm_list->add_flag("--fleet", fleet, "every VM of the fleet and its owner, from etcd (--etcd)");
@@ -113,7 +116,7 @@ int main(int argc, char** argv) {
                     "throttle the guest's vCPUs at a cap instead of cancelling");
 
   for (auto* sub : {hosts, host, plugins, rescan, cpus, explain, run, vm, vm_start, vm_list, vm_status, vm_log, vm_console,
-                    vm_pause, vm_resume, vm_stop, vm_save, vm_restore, migrate})
+                    vm_pause, vm_resume, vm_stop, vm_save, vm_restore, vm_resolve, migrate})
     sub->add_flag("--json", json, "machine-readable output (errors too)");
 
   try {
@@ -176,7 +179,7 @@ int main(int argc, char** argv) {
     else if (vm_restore->parsed()) client.words = {"vm", "restore", absolute(file)};
     else if (vm_save->parsed()) client.words = {"vm", "save", name, absolute(file)};
     else
-      for (auto* sub : {vm_status, vm_log, vm_console, vm_pause, vm_resume, vm_stop})
+      for (auto* sub : {vm_status, vm_log, vm_console, vm_pause, vm_resume, vm_stop, vm_resolve})
         if (sub->parsed()) client.words = {"vm", sub->get_name(), name};
     return cli::run_client(client);
   }

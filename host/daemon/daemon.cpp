@@ -359,6 +359,12 @@ void Daemon::dispatch(const json& message, const std::shared_ptr<Client>& client
       vm_restore(id, args, client);
     } else if (op == "vm.migrate") {
       vm_migrate(id, args, client);
+    } else if (op == "vm.resolve") {
+      auto vm = need_name();
+      if (!vm) return;
+      if (!vm->active()) return refuse(code::kWrongState, fmt::format("VM {} is {}", vm->name(), vm->state()));
+      if (!vm->call("migrate-resolve-out", json::object(), migration_answer(vm, id, client, 0)))
+        return refuse(code::kMonitorFailed, "VM " + vm->name() + ": its monitor process link is busy; try again");
     } else {
       refuse(code::kProtocol, "unknown operation '" + op + "'");
     }
@@ -753,9 +759,31 @@ void Daemon::vm_migrate_to(const json& id, const json& args, const std::string& 
 
 void Daemon::send_migrate_out(std::shared_ptr<VmHandle> vm, json args, int fd, const json& id,
                               const std::shared_ptr<Client>& client, std::uint64_t listener, int attempts) {
-  std::weak_ptr<Client> weak = client;
-  auto on_reply = [this, vm, weak, id, listener](const json& reply) {
+  auto on_reply = migration_answer(vm, id, client, listener);
+  if (vm->call("migrate-out", args, on_reply, {fd})) {
+    ::close(fd);
+    return;
+  }
+  if (attempts <= 0) {  // the link stayed busy: give up, nothing moved
+    ::close(fd);
     vm->unlisten(listener);
+    client->reply(control::reply_error(id, code::kMonitorFailed, "VM " + vm->name() + ": its monitor process link stayed busy"));
+    return;
+  }
+  auto timer = std::make_shared<boost::asio::steady_timer>(io_, std::chrono::milliseconds(5));
+  timer->async_wait([this, timer, vm, args, fd, id, client, listener, attempts](auto) {
+    send_migrate_out(vm, args, fd, id, client, listener, attempts - 1);
+  });
+}
+
+// The client's answer to a migration (or its resolution) from the source's
+// monitor process: the record, or the error.
+std::function<void(const json&)> Daemon::migration_answer(std::shared_ptr<VmHandle> vm, const json& id,
+                                                          const std::shared_ptr<Client>& client,
+                                                          std::uint64_t listener) {
+  std::weak_ptr<Client> weak = client;
+  return [this, vm, weak, id, listener](const json& reply) {
+    if (listener) vm->unlisten(listener);
     const json result = reply.value("result", json::object());
     if (reply.value("ok", false))
       host_.log()->info("VM {}: migration to {}: {}", vm->name(), result.value("to", "?"), result.value("outcome", "?"));
@@ -775,20 +803,6 @@ void Daemon::send_migrate_out(std::shared_ptr<VmHandle> vm, json args, int fd, c
     else c->reply(control::reply_error(id, reply["error"].value("code", code::kMonitorFailed),
                                        reply["error"].value("message", "migration failed")));
   };
-  if (vm->call("migrate-out", args, on_reply, {fd})) {
-    ::close(fd);
-    return;
-  }
-  if (attempts <= 0) {  // the link stayed busy: give up, nothing moved
-    ::close(fd);
-    vm->unlisten(listener);
-    client->reply(control::reply_error(id, code::kMonitorFailed, "VM " + vm->name() + ": its monitor process link stayed busy"));
-    return;
-  }
-  auto timer = std::make_shared<boost::asio::steady_timer>(io_, std::chrono::milliseconds(5));
-  timer->async_wait([this, timer, vm, args, fd, id, client, listener, attempts](auto) {
-    send_migrate_out(vm, args, fd, id, client, listener, attempts - 1);
-  });
 }
 
 // A peer's connection: handed untouched to a new monitor process, which

@@ -46,6 +46,8 @@ class Daemon {
   void vm_migrate(const json& id, const json& args, const std::shared_ptr<Client>& client);
   void send_migrate_out(std::shared_ptr<VmHandle> vm, json args, int fd, const json& id,
                         const std::shared_ptr<Client>& client, std::uint64_t listener, int attempts);
+  std::function<void(const json&)> migration_answer(std::shared_ptr<VmHandle> vm, const json& id,
+                                                    const std::shared_ptr<Client>& client, std::uint64_t listener);
   void accept_migration();
   void peek_migration_hello(std::shared_ptr<boost::asio::ip::tcp::socket> socket,
                             std::shared_ptr<boost::asio::steady_timer> deadline);

@@ -149,6 +149,15 @@ class MonitorProcess {
   std::thread migration_thread_;
   std::unique_ptr<host::migration::VmMigrationSource> migration_source_;
   std::unique_ptr<host::migration::MigrationSender> sender_;
+  // A migration out whose outcome is unknown (or whose Go was not confirmed):
+  // what `vm resolve` needs to ask the destination again.  Under migration_mutex_.
+  struct MigrationInDoubt {
+    host::migration::MigrationId id{};
+    std::shared_ptr<host::migration::ClusterSecret> secret;
+    host::migration::SenderOptions options;
+  };
+  std::optional<MigrationInDoubt> in_doubt_out_;
+  void resolve_out(const json& id);
   std::atomic<bool> migrating_{false};
   mutable std::mutex migration_mutex_;
   json migration_status_;  // the migration in flight, for `vm status`
@@ -782,7 +791,9 @@ void MonitorProcess::migrate_out(const json& id, const json& args, std::vector<i
     std::lock_guard lock(migration_mutex_);
     migration_status_["migration_id"] = sender_->migration_id();
   }
-  migration_thread_ = std::thread([this, id, connection, secret, peer] {
+  MigrationInDoubt in_doubt{*migration_id, secret, options};
+  in_doubt.options.on_progress = nullptr;
+  migration_thread_ = std::thread([this, id, connection, secret, peer, in_doubt] {
     const mig::MigrationReport report = sender_->run(connection);
     json record = mig::to_json(report);
     record["to"] = peer;
@@ -791,6 +802,46 @@ void MonitorProcess::migrate_out(const json& id, const json& args, std::vector<i
     {
       std::lock_guard lock(migration_mutex_);
       migration_status_ = json();
+      if (report.outcome == mig::Outcome::InDoubt || report.outcome == mig::Outcome::CommittedUnconfirmed)
+        in_doubt_out_ = in_doubt;
+    }
+    migrating_ = false;
+    send(control::reply_ok(id, record));
+  });
+}
+
+// `vm resolve`: ask the destination of a migration in doubt again (a new
+// connection, the same proof); its ledger decides: committed -> this copy is
+// discarded and Go sent; not committed or unknown -> this copy runs again.
+void MonitorProcess::resolve_out(const json& id) {
+  namespace mig = host::migration;
+  std::optional<MigrationInDoubt> in_doubt;
+  {
+    std::lock_guard lock(migration_mutex_);
+    in_doubt = in_doubt_out_;
+  }
+  if (!in_doubt || !migration_source_) {
+    send(control::reply_error(id, code::kWrongState, "VM " + vm_.name + " has no migration in doubt"));
+    return;
+  }
+  if (migrating_.exchange(true)) {
+    send(control::reply_error(id, code::kWrongState, "VM " + vm_.name + " is already migrating"));
+    return;
+  }
+  if (migration_thread_.joinable()) migration_thread_.join();
+  migration_thread_ = std::thread([this, id, in_doubt = *in_doubt] {
+    log_->info("migration out: asking {} again how migration {} ended", in_doubt.options.destination,
+               mig::to_hex(in_doubt.id));
+    const mig::MigrationReport report =
+        mig::resolve_in_doubt(*migration_source_, *in_doubt.secret, in_doubt.id, in_doubt.options);
+    json record = mig::to_json(report);
+    record["to"] = in_doubt.options.destination;
+    record["summary"] = mig::summary(report);
+    log_->info("migration out: resolved: {}", mig::summary(report));
+    {
+      std::lock_guard lock(migration_mutex_);
+      if (report.outcome != mig::Outcome::InDoubt && report.outcome != mig::Outcome::CommittedUnconfirmed)
+        in_doubt_out_.reset();
     }
     migrating_ = false;
     send(control::reply_ok(id, record));
@@ -809,6 +860,8 @@ void MonitorProcess::handle(const json& message, std::vector<int>& fds) {
   const json& args = request->args;
   if (op == "migrate-out") {
     migrate_out(id, args, fds);
+  } else if (op == "migrate-resolve-out") {
+    resolve_out(id);
   } else if (op == "fleet-fence") {
     fence_until_ = std::chrono::steady_clock::time_point(std::chrono::nanoseconds(args.value("until_ns", std::int64_t{0})));
     fenced_ = false;

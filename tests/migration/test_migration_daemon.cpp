@@ -53,6 +53,7 @@ class CommitCuttingRelay final : public LoopbackRelay {
   }
   ~CommitCuttingRelay() override { stop(); }
   bool cut() const { return cut_; }
+  void let_through() { refuse_after_cut_ = false; }  // the network heals
 
  private:
   bool admit(int) override { return !(cut_ && refuse_after_cut_); }
@@ -101,7 +102,7 @@ class CommitCuttingRelay final : public LoopbackRelay {
   }
 
   std::uint16_t cut_at_;
-  bool refuse_after_cut_;
+  std::atomic<bool> refuse_after_cut_;
   std::atomic<bool> cut_{false};
 };
 
@@ -379,6 +380,36 @@ TEST_F(DaemonMigrationTest, AnUnresolvedArrivalIsListedInDoubtAndTheOperatorDeci
   EXPECT_TRUE(eventually([&] { return ticks(a_.console("limbo")).size() > before + 3; }));
   const std::vector<long> all = ticks(a_.console("limbo"));
   for (std::size_t i = 1; i < all.size(); ++i) ASSERT_EQ(all[i], all[i - 1] + 1) << "at line " << i;
+  EXPECT_EQ(running_intervals(), 1u);
+  expect_no_overlap();
+}
+
+// The same unresolved cut; then the destination can be reached again and the
+// operator asks the source's daemon to resolve it (`vm resolve`): the
+// destination's process still holds the committed copy, answers "committed",
+// and the VM runs there; the source's copy ends.
+TEST_F(DaemonMigrationTest, AnInDoubtMigrationIsResolvedOnRequestOnceTheDestinationIsReachable) {
+  CommitCuttingRelay relay(b_.port, /*refuse_after_cut=*/true);
+  start_both({}, relay.port());
+  ASSERT_FALSE(HasFatalFailure());
+  ASSERT_EQ(a_.cli("vm start " + vm_yaml("later", "mib=8 rate=2 every=20", "portable-32").string()).status, 0);
+  ASSERT_TRUE(eventually([&] { return ticks(a_.console("later")).size() >= 5; }));
+  const json first = a_.cli_json("migrate later --to host-b");
+  ASSERT_EQ(first.value("outcome", ""), "in-doubt") << first.dump(2);
+  // Nothing to resolve on a VM that is not in doubt.
+  EXPECT_NE(b_.cli("vm resolve nosuch").status, 0);
+
+  relay.let_through();
+  const json resolved = a_.cli_json("vm resolve later");
+  EXPECT_EQ(resolved.value("outcome", ""), "completed") << resolved.dump(2) << b_.daemon_log();
+  EXPECT_TRUE(eventually([&] { return b_.state_of("later") == "running"; })) << b_.daemon_log();
+  EXPECT_EQ(a_.state_of("later"), "stopped");
+  const std::size_t there = ticks(b_.console("later")).size();
+  EXPECT_TRUE(eventually([&] { return ticks(b_.console("later")).size() > there + 3; }));
+  const std::vector<long> all = ticks(a_.console("later") + b_.console("later"));
+  for (std::size_t i = 1; i < all.size(); ++i) ASSERT_EQ(all[i], all[i - 1] + 1) << "at line " << i;
+  // Resolved once: asking again finds nothing in doubt.
+  EXPECT_NE(a_.cli("vm resolve later").status, 0);
   EXPECT_EQ(running_intervals(), 1u);
   expect_no_overlap();
 }
