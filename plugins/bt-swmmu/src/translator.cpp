@@ -457,6 +457,26 @@ void Translator::emit_routines() {
   e.ins(ZYDIS_MNEMONIC_MOV, {M(ZYDIS_REGISTER_R15, offsetof(Context, fpu_load), 8), R(ZYDIS_REGISTER_RAX)});
   e.ins(ZYDIS_MNEMONIC_POP, {R(ZYDIS_REGISTER_RAX)});
   e.ins(ZYDIS_MNEMONIC_RET, {});
+  // Leaving translated code (an exit, a monitor call): if the guest's FPU/SSE
+  // state is loaded, save it and give the host its own control words back;
+  // not live again means loaded on demand again, so translated code entered
+  // after this (also an entry nested in a monitor call: an instruction run on
+  // the MMIO stage) reloads the guest's state instead of using the host's.
+  // Clobbers RAX; flags must be saved already.
+  auto save_guest_fpu_if_loaded = [&] {
+    e.ins(ZYDIS_MNEMONIC_CMP, {M(ZYDIS_REGISTER_R15, offsetof(Context, fpu_live), 8), I(0)});
+    e.b(0x74);  // je not_loaded
+    std::uint8_t* not_loaded = e.pos();
+    e.b(0);
+    e.ins(ZYDIS_MNEMONIC_FXSAVE, {M(ZYDIS_REGISTER_R15, offsetof(Context, guest_fx), 512)});
+    e.ins(ZYDIS_MNEMONIC_FNINIT, {});
+    e.ins(ZYDIS_MNEMONIC_LDMXCSR, {M(ZYDIS_REGISTER_R15, offsetof(Context, host_mxcsr), 4)});
+    e.ins(ZYDIS_MNEMONIC_FLDCW, {M(ZYDIS_REGISTER_R15, offsetof(Context, host_fcw), 2)});
+    store_ctx64(e, offsetof(Context, fpu_live), 0);
+    movabs_rax(fpu_load_);
+    e.ins(ZYDIS_MNEMONIC_MOV, {M(ZYDIS_REGISTER_R15, offsetof(Context, fpu_load), 8), R(ZYDIS_REGISTER_RAX)});
+    *not_loaded = static_cast<std::uint8_t>(e.pos() - (not_loaded + 1));
+  };
   // entry(rdi = ctx, rsi = host code)
   entry_ = e.pos();
   for (auto r : saved) e.ins(ZYDIS_MNEMONIC_PUSH, {R(r)});
@@ -480,22 +500,8 @@ void Translator::emit_routines() {
   // exit after a fault: the handler stored the registers already
   exit_signal_ = e.pos();
   e.ins(ZYDIS_MNEMONIC_CLD, {});
-  // Guest flags are saved by now: test whether the guest FPU state was loaded.
-  e.ins(ZYDIS_MNEMONIC_CMP, {M(ZYDIS_REGISTER_R15, offsetof(Context, fpu_live), 8), I(0)});
-  e.b(0x74);  // je not_loaded
-  std::uint8_t* skip = e.pos();
-  e.b(0);
-  e.ins(ZYDIS_MNEMONIC_FXSAVE, {M(ZYDIS_REGISTER_R15, offsetof(Context, guest_fx), 512)});
-  e.ins(ZYDIS_MNEMONIC_FNINIT, {});
-  e.ins(ZYDIS_MNEMONIC_LDMXCSR, {M(ZYDIS_REGISTER_R15, offsetof(Context, host_mxcsr), 4)});
-  e.ins(ZYDIS_MNEMONIC_FLDCW, {M(ZYDIS_REGISTER_R15, offsetof(Context, host_fcw), 2)});
-  store_ctx64(e, offsetof(Context, fpu_live), 0);
-  // Not live again means loaded on demand again: an entry nested in a monitor
-  // call (an instruction run on the MMIO stage) returns to translated code
-  // that must reload the guest's state, not use the host's.
-  movabs_rax(fpu_load_);
-  e.ins(ZYDIS_MNEMONIC_MOV, {M(ZYDIS_REGISTER_R15, offsetof(Context, fpu_load), 8), R(ZYDIS_REGISTER_RAX)});
-  *skip = static_cast<std::uint8_t>(e.pos() - (skip + 1));
+  // Guest flags are saved by now.
+  save_guest_fpu_if_loaded();
   e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_RSP), M(ZYDIS_REGISTER_R15, offsetof(Context, host_rsp), 8)});
   e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_RAX), M(ZYDIS_REGISTER_R15, kOffReason, 8)});
   for (int i = 5; i >= 0; --i) e.ins(ZYDIS_MNEMONIC_POP, {R(saved[i])});
@@ -510,18 +516,7 @@ void Translator::emit_routines() {
   e.ins(ZYDIS_MNEMONIC_POP, {M(ZYDIS_REGISTER_R15, offsetof(Context, rflags), 8)});
   for (int i = 0; i < 8; ++i) e.ins(ZYDIS_MNEMONIC_MOV, {M(ZYDIS_REGISTER_R15, gpr(i), 8), R(g64[i])});
   e.ins(ZYDIS_MNEMONIC_CLD, {});
-  e.ins(ZYDIS_MNEMONIC_CMP, {M(ZYDIS_REGISTER_R15, offsetof(Context, fpu_live), 8), I(0)});
-  e.b(0x74);  // je fpu_saved
-  std::uint8_t* fpu_saved = e.pos();
-  e.b(0);
-  e.ins(ZYDIS_MNEMONIC_FXSAVE, {M(ZYDIS_REGISTER_R15, offsetof(Context, guest_fx), 512)});
-  e.ins(ZYDIS_MNEMONIC_FNINIT, {});
-  e.ins(ZYDIS_MNEMONIC_LDMXCSR, {M(ZYDIS_REGISTER_R15, offsetof(Context, host_mxcsr), 4)});
-  e.ins(ZYDIS_MNEMONIC_FLDCW, {M(ZYDIS_REGISTER_R15, offsetof(Context, host_fcw), 2)});
-  store_ctx64(e, offsetof(Context, fpu_live), 0);
-  movabs_rax(fpu_load_);
-  e.ins(ZYDIS_MNEMONIC_MOV, {M(ZYDIS_REGISTER_R15, offsetof(Context, fpu_load), 8), R(ZYDIS_REGISTER_RAX)});
-  *fpu_saved = static_cast<std::uint8_t>(e.pos() - (fpu_saved + 1));
+  save_guest_fpu_if_loaded();
   e.ins(ZYDIS_MNEMONIC_CMP, {M(ZYDIS_REGISTER_R15, offsetof(Context, monitor_fn), 8), I(0)});
   e.b(0x75);  // jne have_monitor
   std::uint8_t* have_monitor = e.pos();
