@@ -264,9 +264,11 @@ void Lapic::write(std::uint32_t offset, std::uint32_t value) {
     case kTpr: {
       // Only a priority drop that lets a requested vector through changes
       // what the CPU can take (raising the TPR is the common, silent case).
-      const int before = pending_vector();
+      // With nothing requested (IRR empty) there is nothing to look at.
+      const bool requested = highest(kIrr) >= 0;
+      const int before = requested ? pending_vector() : -1;
       set_reg(kTpr, value & 0xff);
-      const int after = pending_vector();
+      const int after = requested ? pending_vector() : -1;
       if (after >= 0 && after != before) machine_.interrupt_raised(vcpu_);
       break;
     }

@@ -30,7 +30,7 @@ void Machine::attach_ports(std::uint16_t first, std::uint16_t count, PortDevice&
   TimerDevice* timer = nullptr;
   for (TimerDevice* t : timers_)
     if (dynamic_cast<TimerDevice*>(&device) == t) timer = t;
-  port_ranges_.push_back({first, count, &device, timer});
+  port_ranges_.push_back({first, count, &device, timer, device.self_synchronised()});
   std::fill_n(port_slot_.get() + first, count, static_cast<std::uint16_t>(port_ranges_.size() - 1));
 }
 
@@ -106,7 +106,7 @@ std::uint32_t Machine::io_in(unsigned, std::uint16_t port, unsigned size) {
   port_counts_[port].fetch_add(1, std::memory_order_relaxed);
   const PortRange* owner = port_owner(port);
   if (!owner) return static_cast<std::uint32_t>(all_ones(size));
-  if (owner->device->self_synchronised())
+  if (owner->self_synchronised)
     return static_cast<std::uint32_t>(owner->device->port_read(port, size) & all_ones(size));
   auto guard = lock();
   TimedAccess timed(*this, owner->timer, false);
@@ -117,7 +117,7 @@ void Machine::io_out(unsigned, std::uint16_t port, unsigned size, std::uint32_t 
   port_counts_[port].fetch_add(1, std::memory_order_relaxed);
   const PortRange* owner = port_owner(port);
   if (!owner) return;
-  if (owner->device->self_synchronised()) {
+  if (owner->self_synchronised) {
     owner->device->port_write(port, size, value);
     return;
   }

@@ -187,6 +187,7 @@ class Machine : public api::Platform {
     std::uint16_t count;
     PortDevice* device;
     TimerDevice* timer;  // the same device as a timer (PIT, RTC), else null
+    bool self_synchronised;  // device->self_synchronised(), asked once
   };
   struct MmioRange {
     MmioRange(std::uint64_t s, MmioDevice& d) : size(s), device(&d) {}
