@@ -161,6 +161,9 @@ class ShadowMmu {
   // Forget these translations in every region's block map and lookup table
   // (entries that name another translation stay).
   void forget_blocks(const std::vector<DroppedBlock>& dropped);
+  // Moves whenever an entry leaves a region's block map or a region goes
+  // (a lookup memo of the dispatcher is valid while it stays the same).
+  std::uint64_t block_map_epoch() const { return block_map_epoch_; }
 
   // Dirty logging for migration: while on, guest-writable pages are mapped
   // read-only until their first write after each collection.
@@ -197,6 +200,7 @@ class ShadowMmu {
   int prot_for(const Region::Map& m) const;
 
   PhysMem phys_;
+  std::uint64_t block_map_epoch_ = 0;
   int fd_;
   std::vector<std::unique_ptr<Region>> regions_;
   Region* active_ = nullptr;

@@ -403,11 +403,17 @@ void Vcpu::activate_region() {
 
 Block* Vcpu::lookup(std::uint32_t eip) {
   ++counters_.dispatches;
+  if (const LookupMemo& m = lookup_memo_[eip % lookup_memo_.size()];
+      m.eip == eip && m.region == region_ && m.epoch == shadow_->block_map_epoch() && m.block->valid) {
+    ++counters_.cache_hits;
+    return m.block;
+  }
   auto it = region_->blocks.find(eip);
   if (it != region_->blocks.end()) {
     Block* b = static_cast<Block*>(it->second);
     if (b->valid) {
       ++counters_.cache_hits;
+      remember_lookup(eip, b);
       return b;
     }
   }
@@ -465,6 +471,7 @@ Block* Vcpu::lookup(std::uint32_t eip) {
   if (b->n_pages == 2) walk(pm, paging(), next_page, Access{false, user, true}, true);
   if (!single_step_) {
     region_->blocks[eip] = b;
+    remember_lookup(eip, b);
     shadow_->note_code_derivation(region_, eip, w);
     if (b->n_pages == 2) shadow_->note_code_derivation(region_, next_page, w2);
     if (b->entry) region_->fast[eip & 0xffff] = FastEntry{-static_cast<std::int64_t>(eip) - 1,

@@ -113,6 +113,21 @@ class Vcpu {
   };
   CachedView view_;
   Block* lookup(std::uint32_t eip);
+  // The blocks lookup() last found, direct-mapped by EIP: a monitor call
+  // looks up its special block and the next one each time, and the block map
+  // is a hash table with a modulo per probe.  An entry holds while its region
+  // is current, the region block maps lost nothing (block_map_epoch) and the
+  // block is valid.
+  struct LookupMemo {
+    const void* region = nullptr;
+    std::uint32_t eip = 0;
+    std::uint64_t epoch = ~0ull;
+    Block* block = nullptr;
+  };
+  std::array<LookupMemo, 16> lookup_memo_{};
+  void remember_lookup(std::uint32_t eip, Block* b) {
+    lookup_memo_[eip % lookup_memo_.size()] = LookupMemo{region_, eip, shadow_->block_map_epoch(), b};
+  }
   void activate_region();
   void set_gs_base(std::uint64_t base);
 
