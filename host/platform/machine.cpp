@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
+#include <new>
 #include <stdexcept>
 
 namespace modevisor::host {
@@ -18,6 +20,28 @@ Machine::Machine(std::shared_ptr<TimeSource> clock)
       port_counts_(new std::atomic<std::uint64_t>[0x10000]) {
   std::fill_n(port_slot_.get(), 0x10000, kUnclaimed);
   for (unsigned p = 0; p < 0x10000; ++p) port_counts_[p].store(0, std::memory_order_relaxed);
+}
+
+Machine::~Machine() {
+  for (auto& table : vcpu_port_counts_) std::free(table.load());
+}
+
+void Machine::count_port(unsigned vcpu, std::uint16_t port) {
+  if (vcpu >= kCountedVcpus) {
+    port_counts_[port].fetch_add(1, std::memory_order_relaxed);
+    return;
+  }
+  std::uint64_t* table = vcpu_port_counts_[vcpu].load(std::memory_order_acquire);
+  if (!table) {
+    auto* fresh = static_cast<std::uint64_t*>(std::calloc(0x10000, sizeof(std::uint64_t)));
+    if (!fresh) throw std::bad_alloc();
+    if (vcpu_port_counts_[vcpu].compare_exchange_strong(table, fresh, std::memory_order_acq_rel))
+      table = fresh;
+    else
+      std::free(fresh);  // another thread with this index was first
+  }
+  std::atomic_ref<std::uint64_t> count(table[port]);
+  count.store(count.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
 }
 
 void Machine::attach_ports(std::uint16_t first, std::uint16_t count, PortDevice& device) {
@@ -60,8 +84,13 @@ Machine::MmioRange* Machine::mmio_owner(std::uint64_t gpa, std::uint64_t& offset
 
 std::map<std::uint16_t, std::uint64_t> Machine::port_accesses() const {
   std::map<std::uint16_t, std::uint64_t> out;
+  std::vector<std::uint64_t> sum(0x10000);
+  for (unsigned p = 0; p < 0x10000; ++p) sum[p] = port_counts_[p].load(std::memory_order_relaxed);
+  for (const auto& table : vcpu_port_counts_)
+    if (std::uint64_t* t = table.load(std::memory_order_acquire))
+      for (unsigned p = 0; p < 0x10000; ++p) sum[p] += std::atomic_ref<std::uint64_t>(t[p]).load(std::memory_order_relaxed);
   for (unsigned p = 0; p < 0x10000; ++p)
-    if (const std::uint64_t n = port_counts_[p].load(std::memory_order_relaxed)) out.emplace(p, n);
+    if (sum[p]) out.emplace(p, sum[p]);
   return out;
 }
 
@@ -102,8 +131,8 @@ class Machine::TimedAccess {
   bool write_;
 };
 
-std::uint32_t Machine::io_in(unsigned, std::uint16_t port, unsigned size) {
-  port_counts_[port].fetch_add(1, std::memory_order_relaxed);
+std::uint32_t Machine::io_in(unsigned vcpu, std::uint16_t port, unsigned size) {
+  count_port(vcpu, port);
   const PortRange* owner = port_owner(port);
   if (!owner) return static_cast<std::uint32_t>(all_ones(size));
   if (owner->self_synchronised)
@@ -113,8 +142,8 @@ std::uint32_t Machine::io_in(unsigned, std::uint16_t port, unsigned size) {
   return static_cast<std::uint32_t>(owner->device->port_read(port, size) & all_ones(size));
 }
 
-void Machine::io_out(unsigned, std::uint16_t port, unsigned size, std::uint32_t value) {
-  port_counts_[port].fetch_add(1, std::memory_order_relaxed);
+void Machine::io_out(unsigned vcpu, std::uint16_t port, unsigned size, std::uint32_t value) {
+  count_port(vcpu, port);
   const PortRange* owner = port_owner(port);
   if (!owner) return;
   if (owner->self_synchronised) {

@@ -23,6 +23,7 @@
 // thread, a monitor's host timer armed from next_timer_deadline_ns()).
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
@@ -101,6 +102,9 @@ class Machine : public api::Platform {
  public:
   // Without a time source the host's monotonic clock is used.
   explicit Machine(std::shared_ptr<TimeSource> clock = nullptr);
+  ~Machine() override;
+  Machine(const Machine&) = delete;
+  Machine& operator=(const Machine&) = delete;
 
   // Devices are attached before the VM runs and outlive the machine's use.
   void attach_ports(std::uint16_t first, std::uint16_t count, PortDevice& device);  // throws on overlap
@@ -223,7 +227,14 @@ class Machine : public api::Platform {
   std::vector<TimerDevice*> timers_;
   InterruptController* controller_ = nullptr;
   std::function<void(unsigned)> notifier_;
+  // Port access counts, one table per vCPU (allocated at its first access;
+  // pages never touched stay unbacked): a vCPU's thread is the only writer of
+  // its table, so counting is a relaxed load and store, not a locked add.
+  // vCPU indexes beyond the tables share port_counts_ (atomic adds).
+  static constexpr unsigned kCountedVcpus = 256;
+  std::array<std::atomic<std::uint64_t*>, kCountedVcpus> vcpu_port_counts_{};
   std::unique_ptr<std::atomic<std::uint64_t>[]> port_counts_;  // by port
+  void count_port(unsigned vcpu, std::uint16_t port);
   std::atomic<std::uint64_t> unclaimed_mmio_{0};
   // The earliest timer deadline (guest time) as of the last poll or arming; 0: poll.
   std::atomic<std::uint64_t> next_deadline_{0};
