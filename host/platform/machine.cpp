@@ -97,7 +97,7 @@ std::map<std::uint16_t, std::uint64_t> Machine::port_accesses() const {
 std::map<std::string, std::uint64_t, std::less<>> Machine::mmio_accesses() const {
   std::map<std::string, std::uint64_t, std::less<>> out;
   for (const auto& [base, range] : mmio_)
-    if (const std::uint64_t n = range.accesses.load(std::memory_order_relaxed))
+    if (const std::uint64_t n = range.total())
       out[std::string(range.device->name())] += n;
   if (const std::uint64_t n = unclaimed_mmio_.load(std::memory_order_relaxed)) out["unclaimed"] += n;
   return out;
@@ -167,7 +167,7 @@ std::uint64_t Machine::mmio_read(unsigned vcpu, std::uint64_t gpa, unsigned size
     unclaimed_mmio_.fetch_add(1, std::memory_order_relaxed);
     return all_ones(size);
   }
-  owner->accesses.fetch_add(1, std::memory_order_relaxed);
+  owner->count(vcpu);
   auto guard = lock();
   return owner->device->mmio_read(vcpu, offset, size) & all_ones(size);
 }
@@ -179,7 +179,7 @@ void Machine::mmio_write(unsigned vcpu, std::uint64_t gpa, unsigned size, std::u
     unclaimed_mmio_.fetch_add(1, std::memory_order_relaxed);
     return;
   }
-  owner->accesses.fetch_add(1, std::memory_order_relaxed);
+  owner->count(vcpu);
   auto guard = lock();
   owner->device->mmio_write(vcpu, offset, size, value);
   if (!owner->device->announces_changes()) {

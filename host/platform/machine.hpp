@@ -186,6 +186,7 @@ class Machine : public api::Platform {
   std::map<std::string, std::uint64_t, std::less<>> mmio_accesses() const;
 
  private:
+  static constexpr unsigned kCountedVcpus = 256;
   struct PortRange {
     std::uint16_t first;
     std::uint16_t count;
@@ -197,7 +198,23 @@ class Machine : public api::Platform {
     MmioRange(std::uint64_t s, MmioDevice& d) : size(s), device(&d) {}
     std::uint64_t size;
     MmioDevice* device;
-    std::atomic<std::uint64_t> accesses{0};
+    // Accesses: one slot per vCPU (its thread the only writer), and a
+    // shared atomic for vCPU indexes beyond them.
+    std::unique_ptr<std::uint64_t[]> by_vcpu{new std::uint64_t[kCountedVcpus]()};
+    std::atomic<std::uint64_t> shared_accesses{0};
+    void count(unsigned vcpu) {
+      if (vcpu >= kCountedVcpus) {
+        shared_accesses.fetch_add(1, std::memory_order_relaxed);
+        return;
+      }
+      std::atomic_ref<std::uint64_t> n(by_vcpu[vcpu]);
+      n.store(n.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+    }
+    std::uint64_t total() const {
+      std::uint64_t n = shared_accesses.load(std::memory_order_relaxed);
+      for (unsigned v = 0; v < kCountedVcpus; ++v) n += std::atomic_ref<std::uint64_t>(by_vcpu[v]).load(std::memory_order_relaxed);
+      return n;
+    }
   };
   // Brings the timers up to now before an access to a timer device, and
   // takes its new deadline after (the platform lock is held).
@@ -231,7 +248,6 @@ class Machine : public api::Platform {
   // pages never touched stay unbacked): a vCPU's thread is the only writer of
   // its table, so counting is a relaxed load and store, not a locked add.
   // vCPU indexes beyond the tables share port_counts_ (atomic adds).
-  static constexpr unsigned kCountedVcpus = 256;
   std::array<std::atomic<std::uint64_t*>, kCountedVcpus> vcpu_port_counts_{};
   std::unique_ptr<std::atomic<std::uint64_t>[]> port_counts_;  // by port
   void count_port(unsigned vcpu, std::uint16_t port);
