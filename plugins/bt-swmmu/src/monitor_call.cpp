@@ -93,7 +93,7 @@ std::uint64_t Vcpu::emulate_and_continue() {
 bool Vcpu::may_stay_in_cache() {
   monitor_tlb_flush();
   if (single_step_ || kicked_.load(std::memory_order_relaxed) || poll_blocked_.load(std::memory_order_relaxed) ||
-      dirty_.requested())
+      dirty_.requested() || !long_mode_entered_.empty())
     return false;
   if (platform_read_) {
     if (platform_.stop_requested()) return false;

@@ -101,6 +101,7 @@ void Vcpu::load(const api::VcpuState& s) {
     throw api::MonitorError("bt-swmmu: the vCPU is in long mode; BT64 (64-bit guests) is not implemented");
   if (!(s.cr0 & 1))
     throw api::MonitorError("bt-swmmu: real mode is not supported (the vCPU must be in protected mode)");
+  long_mode_entered_.clear();
   for (int i = 0; i < 8; ++i) ctx_->gpr[i] = static_cast<std::uint32_t>(s.gpr[i]);
   eip_ = static_cast<std::uint32_t>(s.rip);
   set_eflags(static_cast<std::uint32_t>(s.rflags));
@@ -275,6 +276,11 @@ api::RunExit Vcpu::run() {
   for (;;) {
     monitor_tlb_flush();  // guest code may have changed its page tables since
     if (dirty_.requested()) dirty_.serve();
+    if (!long_mode_entered_.empty()) {  // BT32 cannot go on: the host switches modes or stops
+      ex.kind = api::ExitKind::ModeChange;
+      ex.diagnostic = long_mode_entered_;
+      return ex;
+    }
     if (kicked_.exchange(false)) {
       ex.kind = api::ExitKind::Stopped;
       return ex;

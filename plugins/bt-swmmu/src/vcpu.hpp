@@ -280,6 +280,9 @@ class Vcpu {
   bool trace_ = false;  // MODEVISOR_BT_TRACE set: log exceptions at Trace level
   sigjmp_buf bug_jmp_;
   std::string bug_message_;
+  // Set when the guest activated long mode (BT32 cannot run it): run() then
+  // returns ExitKind::ModeChange with this as its diagnostic.
+  std::string long_mode_entered_;
   std::uint64_t pending_patch_ = 0;
   std::uint32_t pending_patch_target_ = 0;
   std::uint64_t gs_base_ = ~0ull;
