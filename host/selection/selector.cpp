@@ -326,7 +326,8 @@ ModeSwitch select_mode_switch(const api::HostCapabilities& host, const std::vect
     out.to = s.display(*hardware);
     for (const auto& verdict : s.verdicts)
       if (verdict.mode == *hardware) out.plugin = verdict.plugin;
-    out.reason = "the VM entered 64-bit mode; BT32 runs it with software virtualization for as long as possible, "
+    out.reason = "the VM entered 64-bit mode; " + out.from +
+                 " runs it with software virtualization for as long as possible, "
                  "then switches to hardware virtualization (" + guest_event + ")" +
                  (hint_overruled ? "; the VM's hints asked for BT, which cannot run it now" : "");
     return out;

@@ -562,9 +562,21 @@ bool Vm::Impl::switch_mode(unsigned index, const std::string& guest_event) {
     old_vm.reset();  // before the new one maps the same RAM and devices
     old_hypervisor.reset();
     plugin_log_ = std::make_unique<PluginLogger>(log_, plugin_->descriptor.log_token);
-    create_monitor();
+    // Built on a thread of its own, as at power-on (the main thread builds,
+    // vCPU threads run): this vCPU thread carries the old monitor's signal
+    // state (its kick and timer signals), which can interrupt KVM's setup.
+    std::exception_ptr build_error;
+    std::thread builder([&] {
+      try {
+        create_monitor();
+        for (unsigned i = 0; i < vm_.vcpus; ++i) monitor_vm_->load_vcpu(i, states[i]);
+      } catch (...) {
+        build_error = std::current_exception();
+      }
+    });
+    builder.join();
+    if (build_error) std::rethrow_exception(build_error);
     for (unsigned i = 0; i < vm_.vcpus; ++i) {
-      monitor_vm_->load_vcpu(i, states[i]);
       std::lock_guard lock(mutex_);
       parked_states_[i] = states[i];  // the gate loads them again into the new VM: the same state
     }
