@@ -43,6 +43,7 @@ YAML
   grep -q "counter vm.mode_switches = 1" "$log" || fail "the VM's counters do not count one mode switch"
   if ! diff -u "$expected" "$work/out"; then fail "the serial output differs from QEMU's"; fi
   [ "$status" -eq 1 ] || { fail "modevisor exit status $status, expected 1 (guest exit code 0)"; cat "$work/err"; }
-  [ $failed -eq 0 ] && echo "PASS bt32-switch ($policy): BT32 -> $want ($plugin), output identical to QEMU's"
+  from=$(sed -n 's/.*MONITOR MODE: switch *: \(BT[0-9]*\) -> .*/\1/p' "$log" | head -1)
+  [ $failed -eq 0 ] && echo "PASS bt32-switch ($policy): $from -> $want ($plugin), output identical to QEMU's"
 done
 exit $failed
