@@ -89,7 +89,7 @@ class Vm::Impl {
 
   void power_on();
   void restore(const MachineState& state);
-  void create_monitor();
+  void create_monitor(std::unique_ptr<api::Hypervisor> opened = nullptr);
   void kick(unsigned index);
 
   void start();
@@ -203,7 +203,7 @@ Vm::Impl::~Impl() {
   monitor_vm_.reset();  // before the RAM and devices it uses
 }
 
-void Vm::Impl::create_monitor() {
+void Vm::Impl::create_monitor(std::unique_ptr<api::Hypervisor> opened) {
   api::VmSpec spec;
   spec.name = vm_.name;
   spec.vcpus = vm_.vcpus;
@@ -213,7 +213,8 @@ void Vm::Impl::create_monitor() {
   spec.cpuid = cpuid_;
   if (vm_.cpu_model != "host") log_->info("cpu: model {} ({} CPUID leaves)", vm_.cpu_model, spec.cpuid.size());
   std::unique_ptr<api::Hypervisor> hypervisor;
-  if (plugin_->descriptor.execution == api::Technique::Hardware) hypervisor = kvm::KvmHypervisor::open();
+  if (plugin_->descriptor.execution == api::Technique::Hardware)
+    hypervisor = opened ? std::move(opened) : kvm::KvmHypervisor::open();
   auto monitor = plugin_->monitor->create_vm(spec, api::VmServices{*ram_, machine_, *plugin_log_, hypervisor.get()});
   {
     std::lock_guard lock(monitor_mutex_);
@@ -568,7 +569,7 @@ bool Vm::Impl::switch_mode(unsigned index, const std::string& guest_event) {
     std::exception_ptr build_error;
     std::thread builder([&] {
       try {
-        create_monitor();
+        create_monitor(std::move(next.hypervisor));
         for (unsigned i = 0; i < vm_.vcpus; ++i) monitor_vm_->load_vcpu(i, states[i]);
       } catch (...) {
         build_error = std::current_exception();

@@ -25,6 +25,7 @@
 
 #include <modevisor/api/arch_state.hpp>
 #include <modevisor/api/cpuid.hpp>
+#include <modevisor/api/hypervisor.hpp>
 #include <modevisor/api/monitor.hpp>
 
 #include "config/vm_config.hpp"
@@ -48,6 +49,9 @@ class VmStateError : public std::logic_error {
 struct ModeChangeOutcome {
   std::shared_ptr<const LoadedPlugin> plugin;  // null: the VM stops with `reason`
   std::string reason;
+  // Opened in advance where the process cannot open /dev/kvm any more (the
+  // confined monitor process); null: the VM opens it, as at power-on.
+  std::unique_ptr<api::Hypervisor> hypervisor;
 };
 
 struct VmEvents {  // called from any thread; must not call back into the Vm

@@ -23,6 +23,8 @@
 
 #include <modevisor/api/hypervisor.hpp>
 
+#include "kernel-driver/kvm_hypervisor.hpp"
+
 #include "common/errors.hpp"
 #include "migration/receiver.hpp"
 #include "migration/sender.hpp"
@@ -107,6 +109,13 @@ class MonitorProcess {
   bool power_on(const json& args, std::vector<int>& fds, const json& id);
   std::shared_ptr<const host::LoadedPlugin> load_plugin(const json& args, std::vector<int>& fds);
   host::VmEvents events();
+  // The seed's BT32 switch.  The daemon decides it with the start (the
+  // selector is a pure function of what it knows); it is prepared here
+  // before confinement (the plugin image and /dev/kvm cannot be opened
+  // afterwards) and taken when the plugin hands the guest back.
+  void prepare_mode_switch(const json& decision, std::vector<int>& fds);
+  host::ModeChangeOutcome switch_mode(const std::string& guest_event);
+  std::shared_ptr<const host::LoadedPlugin> current_plugin() const;
   void handle(const json& message, std::vector<int>& fds);
   bool send(const json& message);
   void drop_channel();
@@ -127,6 +136,10 @@ class MonitorProcess {
 
   host::VmConfig vm_;
   std::shared_ptr<const host::LoadedPlugin> plugin_;
+  json mode_switch_;  // the daemon's decision: lines, reason, from, to, plugin
+  std::shared_ptr<const host::LoadedPlugin> switch_plugin_;
+  std::unique_ptr<api::Hypervisor> switch_hypervisor_;
+  std::string switch_unprepared_;  // why the prepared switch cannot be taken
   std::shared_ptr<spdlog::logger> log_;
   std::unique_ptr<host::Vm> session_;
   std::optional<host::LoadedSnapshot> snapshot_;  // between load-snapshot and restore
@@ -327,9 +340,10 @@ json MonitorProcess::description() const {
                                                                                     : host::to_string(session_->state())},
               {"pid", ::getpid()},
               {"vm_file", vm_.file.string()},
-              {"plugin", plugin_ ? plugin_->descriptor.name : ""},
-              {"plugin_version", plugin_ ? plugin_->descriptor.version : ""},
-              {"mode", plugin_ ? plugin_->mode : ""},
+              {"plugin", current_plugin() ? current_plugin()->descriptor.name : ""},
+              {"plugin_version", current_plugin() ? current_plugin()->descriptor.version : ""},
+              {"mode", current_plugin() ? current_plugin()->mode : ""},
+              {"mode_switches", session_ ? session_->mode_switches() : 0},
               {"started_at", started_unix_},
               {"uptime_s", uptime},
               {"console_bytes", console_.total()},
@@ -355,7 +369,49 @@ host::VmEvents MonitorProcess::events() {
     note_run_interval(state);
     send(control::event("state", {{"state", host::to_string(state)}}));
   };
+  if (!mode_switch_.is_null())
+    events.mode_change = [this](const std::string& guest_event) { return switch_mode(guest_event); };
   return events;
+}
+
+std::shared_ptr<const host::LoadedPlugin> MonitorProcess::current_plugin() const {
+  // A mode switch changes the session's plugin; plugin_ is the one it started under.
+  return session_ ? std::shared_ptr<const host::LoadedPlugin>(std::shared_ptr<const void>{}, &session_->plugin())
+                  : plugin_;
+}
+
+void MonitorProcess::prepare_mode_switch(const json& decision, std::vector<int>& fds) {
+  mode_switch_ = decision;
+  if (!decision.contains("plugin")) return;  // the VM will stop, with the decision's reason
+  try {
+    switch_plugin_ = load_plugin(decision, fds);
+    if (switch_plugin_->descriptor.execution == api::Technique::Hardware)
+      switch_hypervisor_ = kvm::KvmHypervisor::open();
+  } catch (const std::exception& e) {
+    switch_unprepared_ = std::string("the monitor process could not prepare the switch: ") + e.what();
+    if (log_) log_->warn("mode switch: {}", switch_unprepared_);
+  }
+}
+
+host::ModeChangeOutcome MonitorProcess::switch_mode(const std::string& guest_event) {
+  host::ModeChangeOutcome out;
+  log_->info("mode switch: {} ({}); the daemon's selection for the 64-bit guest:", guest_event,
+             mode_switch_.value("from", "BT"));
+  for (const auto& line : mode_switch_.value("lines", json::array())) log_->info("{}", line.get<std::string>());
+  out.reason = mode_switch_.value("reason", "");
+  if (!switch_unprepared_.empty()) out.reason = switch_unprepared_;
+  else if (switch_plugin_) {
+    out.plugin = switch_plugin_;
+    out.hypervisor = std::move(switch_hypervisor_);
+  }
+  json event{{"from", mode_switch_.value("from", "")}, {"reason", out.reason}, {"guest_event", guest_event}};
+  if (out.plugin) {
+    event["to"] = mode_switch_.value("to", "");
+    event["plugin"] = out.plugin->descriptor.name;
+    event["plugin_version"] = out.plugin->descriptor.version;
+  }
+  send(control::event("mode-switch", event));
+  return out;
 }
 
 // The plugin image the daemon vetted (SCM_RIGHTS), or a fresh copy of the file.
@@ -421,6 +477,7 @@ bool MonitorProcess::power_on(const json& args, std::vector<int>& fds, const jso
     if (args.contains("host_line")) log_->info("{}", args["host_line"].get<std::string>());
     for (const auto& line : args.value("mode_lines", json::array())) log_->info("{}", line.get<std::string>());
     plugin_ = load_plugin(args, fds);
+    if (args.contains("mode_switch")) prepare_mode_switch(args["mode_switch"], fds);
     if (restoring) {
       session_ = host::Vm::restore(vm_, snapshot_->state, std::move(snapshot_->ram), plugin_, log_, events());
       snapshot_.reset();
