@@ -405,6 +405,7 @@ void ShadowMmu::release_pt_page(std::uint64_t gpa_page, bool count) {
   auto list = std::move(it->second);
   derived_.erase(it);
   set_traced(gpa_page, kTracedTable, false);
+  ++pt_release_gen_;
   for (auto& [r, la] : list) {
     unmap(r, la);
     drop_region_code_page(r, la);
@@ -444,6 +445,7 @@ void ShadowMmu::drop_all() {
   rmap_.clear();
   for (const auto& d : derived_) set_traced(d.first, kTracedTable, false);
   derived_.clear();
+  ++pt_release_gen_;
 }
 
 void ShadowMmu::collect_dirty(std::vector<std::uint64_t>& bitmap) {

@@ -143,6 +143,10 @@ class ShadowMmu {
   // The guest writes a traced page-table page: drop every shadow mapping
   // derived from it and stop tracing it (re-traced on the next walk through it).
   void release_pt_page(std::uint64_t gpa_page, bool count = true);
+  // Changes whenever a page stops being traced as a page table (a guest or
+  // monitor write released it, or every shadow was dropped): a walk whose
+  // tables were all traced is still exact while this stays the same.
+  std::uint64_t pt_release_generation() const { return pt_release_gen_; }
   // Let one guest instruction write a traced page (it may map itself); then
   // end_write_through() drops whatever was derived from it meanwhile and
   // restores the protection.
@@ -211,6 +215,7 @@ class ShadowMmu {
   // in code_pages_.
   static constexpr std::uint8_t kTracedTable = 1, kTracedCode = 2;
   std::vector<std::uint8_t> traced_;
+  std::uint64_t pt_release_gen_ = 0;
   void set_traced(std::uint64_t gpa_page, std::uint8_t what, bool on) {
     const std::uint64_t pfn = gpa_page >> 12;
     if (pfn >= traced_.size()) return;

@@ -85,10 +85,13 @@ api::Segment& Vcpu::seg(int i) {
 }
 
 void Vcpu::sync_seg_bases() {
-  for (int i = 0; i < 6; ++i) {
-    const api::Segment& s = seg(i);
-    ctx_->seg_base[i] = s.unusable ? 0 : static_cast<std::uint32_t>(s.base);
-  }
+  auto base = [](const api::Segment& s) { return s.unusable ? 0u : static_cast<std::uint32_t>(s.base); };
+  ctx_->seg_base[0] = base(es_);
+  ctx_->seg_base[1] = base(cs_);
+  ctx_->seg_base[2] = base(ss_);
+  ctx_->seg_base[3] = base(ds_);
+  ctx_->seg_base[4] = base(fs_);
+  ctx_->seg_base[5] = base(gs_);
 }
 
 bool Vcpu::flat() const {
@@ -273,7 +276,7 @@ api::RunExit Vcpu::run() {
     return ex;
   }
   for (;;) {
-    monitor_tlb_flush();  // guest code may have changed its page tables since
+    monitor_walks_next_iteration();  // guest code may have changed its page tables since
     if (dirty_.requested()) dirty_.serve();
     if (kicked_.exchange(false)) {
       ex.kind = api::ExitKind::Stopped;
@@ -627,7 +630,9 @@ Vcpu::StepResult Vcpu::deliver_fault(const GuestException& ex) {
 // ---------------------------------------------------------------- memory
 
 std::uint64_t Vcpu::lin_to_phys(std::uint32_t la, bool write, bool user, bool fetch) {
-  const Outcome<std::uint64_t> pa = walker_.translate(shadow_->phys(), paging(), la, Access{write, user, fetch});
+  const ShadowMmu& shadow = *shadow_;
+  const Outcome<std::uint64_t> pa = walker_.translate(shadow.phys(), paging(), la, Access{write, user, fetch},
+                                                      [&](std::uint64_t page) { return shadow.is_pt_page(page); });
   if (!pa.ok()) {
     cr2_ = la;
     throw pa.fault();
@@ -773,7 +778,7 @@ void Vcpu::load_segment(int sreg, std::uint16_t sel) {
     return;
   }
   std::uint64_t raw = read_descriptor(sel, sel & 0xfffc);
-  api::Segment s = decode_segment_descriptor(raw, sel);
+  api::Segment s = decoded_.decode(raw, sel);
   require(sreg == 2 ? check_stack_segment_load(s, sel, cpl_) : check_data_segment_load(s, sel, cpl_));
   if (!(s.type & 1)) {  // set the accessed bit
     const std::uint32_t la = static_cast<std::uint32_t>(((sel & 4) ? ldtr_.base : gdtr_.base) + (sel & ~7u) + 5);
@@ -784,9 +789,10 @@ void Vcpu::load_segment(int sreg, std::uint16_t sel) {
   sync_seg_bases();
 }
 
-void Vcpu::load_cs(std::uint16_t sel, unsigned new_cpl) {
-  std::uint64_t raw = read_descriptor(sel, sel & 0xfffc);
-  api::Segment s = decode_segment_descriptor(raw, static_cast<std::uint16_t>((sel & ~3u) | new_cpl));
+void Vcpu::load_cs(std::uint16_t sel, unsigned new_cpl) { load_cs_descriptor(sel, read_descriptor(sel, sel & 0xfffc), new_cpl); }
+
+void Vcpu::load_cs_descriptor(std::uint16_t sel, std::uint64_t raw, unsigned new_cpl) {
+  api::Segment s = decoded_.decode(raw, static_cast<std::uint16_t>((sel & ~3u) | new_cpl));
   require(check_code_segment(s, sel));
   if (s.l) throw std::runtime_error("bt-swmmu: 64-bit code segment: BT64 is not implemented");
   if (!s.db) throw std::runtime_error("bt-swmmu: 16-bit code segments are not supported");

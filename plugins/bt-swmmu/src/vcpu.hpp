@@ -118,8 +118,9 @@ class Vcpu {
 
   // --- guest memory through the guest's page tables (monitor side)
   std::uint64_t lin_to_phys(std::uint32_t la, bool write, bool user, bool fetch);
-  MonitorPageWalker walker_;  // the monitor's walks, remembered for one dispatcher iteration
+  MonitorPageWalker walker_;  // the monitor's walks (those through traced tables last longer)
   void monitor_tlb_flush() { walker_.flush(); }
+  void monitor_walks_next_iteration() { walker_.next_iteration(shadow_->pt_release_generation()); }
   std::uint32_t read(std::uint32_t la, unsigned size, bool user, bool fetch = false);
   void write(std::uint32_t la, unsigned size, std::uint32_t v, bool user);
   std::uint64_t read_phys(std::uint64_t pa, unsigned size);
@@ -152,10 +153,12 @@ class Vcpu {
   std::uint64_t read_descriptor(std::uint16_t sel, std::uint32_t error);
   void load_segment(int sreg, std::uint16_t sel);  // 0 ES 1 CS 2 SS 3 DS 4 FS 5 GS
   void load_cs(std::uint16_t sel, unsigned new_cpl);
+  void load_cs_descriptor(std::uint16_t sel, std::uint64_t raw, unsigned new_cpl);  // raw: already read
   // After a return to an outer ring (IRET, RETF): ES, DS, FS, GS the new CPL may not use become null.
   void null_inaccessible_data_segments();
   api::Segment& seg(int i);
   void sync_seg_bases();
+  DecodedDescriptors decoded_;  // CS/SS descriptors of event delivery, IRET and segment loads
 
   // --- emulation
   void emulate(std::uint32_t eip, bool mmio, Block* block = nullptr);
