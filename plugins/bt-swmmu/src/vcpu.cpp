@@ -403,11 +403,20 @@ void Vcpu::activate_region() {
 
 Block* Vcpu::lookup(std::uint32_t eip) {
   ++counters_.dispatches;
+  // The last lookups, in front of the region's hash map (a system call
+  // looks up the same four blocks every time).
+  RecentLookup& recent = recent_lookups_[eip % recent_lookups_.size()];
+  const std::uint64_t gen = shadow_->block_map_generation();
+  if (recent.gen == gen && recent.region == region_ && recent.eip == eip && recent.block->valid) {
+    ++counters_.cache_hits;
+    return recent.block;
+  }
   auto it = region_->blocks.find(eip);
   if (it != region_->blocks.end()) {
     Block* b = static_cast<Block*>(it->second);
     if (b->valid) {
       ++counters_.cache_hits;
+      recent = RecentLookup{gen, region_, eip, b};
       return b;
     }
   }
@@ -465,6 +474,7 @@ Block* Vcpu::lookup(std::uint32_t eip) {
   if (b->n_pages == 2) walk(pm, paging(), next_page, Access{false, user, true}, true);
   if (!single_step_) {
     region_->blocks[eip] = b;
+    shadow_->note_block_maps_changed();
     shadow_->note_code_derivation(region_, eip, w);
     if (b->n_pages == 2) shadow_->note_code_derivation(region_, next_page, w2);
     if (b->entry) region_->fast[eip & 0xffff] = FastEntry{-static_cast<std::int64_t>(eip) - 1,

@@ -287,6 +287,14 @@ class Vcpu {
   std::uint32_t pending_patch_target_ = 0;
   std::uint64_t gs_base_ = ~0ull;
   Region* region_ = nullptr;
+  // lookup()'s recent answers, exact while ShadowMmu::block_map_generation stays.
+  struct RecentLookup {
+    std::uint64_t gen = ~0ull;
+    const Region* region = nullptr;
+    std::uint32_t eip = 0;
+    Block* block = nullptr;
+  };
+  std::array<RecentLookup, 16> recent_lookups_{};
   TKey tkey_ = 0;
   HostTick tick_;
   VcpuCounters counters_;
