@@ -130,6 +130,11 @@ class Vm::Impl {
   // replaces monitor_vm_ and plugin_ under this lock (only pointer moves
   // under it: the interrupt notifier takes it with the platform lock held).
   mutable std::mutex monitor_mutex_;
+  // Held while the plugin collects dirty pages (a migration's thread) and
+  // while a mode switch replaces the plugin's VM, so a collection never
+  // reaches a VM being destroyed.  Never taken by kicks: a collection may
+  // wait for the vCPU thread, which kicks from device code.
+  std::mutex dirty_mutex_;
 
  private:
   struct Failure {
@@ -542,6 +547,7 @@ bool Vm::Impl::switch_mode(unsigned index, const std::string& guest_event) {
     return false;
   }
   try {
+    std::lock_guard dirty(dirty_mutex_);  // the new VM's first collection reports every page
     std::vector<api::VcpuState> states;
     {
       std::lock_guard lock(mutex_);
@@ -766,13 +772,18 @@ std::uint64_t Vm::guest_time_ns() const { return impl_->machine_.now_ns(); }
 void Vm::start_dirty_tracking() {
   std::vector<std::uint64_t> discard;
   impl_->ram_->take_host_dirty();
+  std::lock_guard dirty(impl_->dirty_mutex_);
   if (impl_->monitor_vm_) impl_->monitor_vm_->collect_dirty_pages(discard);
 }
 
 bool Vm::collect_dirty_pages(std::vector<std::uint64_t>& bitmap) {
   const std::size_t words = (impl_->ram_->size() / 4096 + 63) / 64;
   bitmap.assign(words, 0);  // filled, not accumulated (see vm.hpp)
-  const bool tracked = impl_->monitor_vm_ && impl_->monitor_vm_->collect_dirty_pages(bitmap);
+  bool tracked;
+  {
+    std::lock_guard dirty(impl_->dirty_mutex_);
+    tracked = impl_->monitor_vm_ && impl_->monitor_vm_->collect_dirty_pages(bitmap);
+  }
   if (!tracked) bitmap.assign(words, 0);  // the plugin's bitmap is unspecified then
   // The host's writes after the plugin's: either order is safe since a
   // mark_dirty that misses this take lands in the next one.
