@@ -27,6 +27,7 @@
 
 #include "common/errors.hpp"
 #include "migration/receiver.hpp"
+#include "selection/mode_log.hpp"
 #include "migration/sender.hpp"
 #include "migration/vm_endpoints.hpp"
 #include "config/vm_config.hpp"
@@ -115,6 +116,7 @@ class MonitorProcess {
   // afterwards) and taken when the plugin hands the guest back.
   void prepare_mode_switch(const json& decision, std::vector<int>& fds);
   host::ModeChangeOutcome switch_mode(const std::string& guest_event);
+  void decide_arrival_switch(const std::string& guest_event);
   std::shared_ptr<const host::LoadedPlugin> current_plugin() const;
   void handle(const json& message, std::vector<int>& fds);
   bool send(const json& message);
@@ -140,6 +142,10 @@ class MonitorProcess {
   std::shared_ptr<const host::LoadedPlugin> switch_plugin_;
   std::unique_ptr<api::Hypervisor> switch_hypervisor_;
   std::string switch_unprepared_;  // why the prepared switch cannot be taken
+  std::string arrival_kvm_error_;  // an arrival's KVM device could not be opened before confinement
+  // This host's plugins as candidates, taken before confinement (probing a
+  // plugin may start a helper process, which the filter forbids).
+  std::vector<host::PluginCandidate> arrival_candidates_;
   std::shared_ptr<spdlog::logger> log_;
   std::unique_ptr<host::Vm> session_;
   std::optional<host::LoadedSnapshot> snapshot_;  // between load-snapshot and restore
@@ -369,7 +375,7 @@ host::VmEvents MonitorProcess::events() {
     note_run_interval(state);
     send(control::event("state", {{"state", host::to_string(state)}}));
   };
-  if (!mode_switch_.is_null())
+  if (!mode_switch_.is_null() || host_)  // decided by the daemon, or here for a VM that arrived
     events.mode_change = [this](const std::string& guest_event) { return switch_mode(guest_event); };
   return events;
 }
@@ -393,7 +399,29 @@ void MonitorProcess::prepare_mode_switch(const json& decision, std::vector<int>&
   }
 }
 
+// A VM that arrived by migration: this process selects with its own runtime
+// of this host (loaded before confinement, as /dev/kvm was opened).
+void MonitorProcess::decide_arrival_switch(const std::string& guest_event) {
+  const std::string current = current_plugin() ? current_plugin()->mode : "BT";
+  const host::ModeSwitch change = host::select_mode_switch(host_->capabilities(), arrival_candidates_,
+                                                           host_->policy(), vm_, current, guest_event);
+  mode_switch_ = json{{"from", change.from}, {"reason", change.reason}, {"lines", host::mode_switch_lines(change)}};
+  if (!change.to || !change.plugin) return;
+  switch_plugin_ = host_->registry().share(change.plugin->descriptor.name);
+  if (!switch_plugin_) {
+    mode_switch_["reason"] = "plugin " + change.plugin->descriptor.name + " vanished";
+    return;
+  }
+  mode_switch_["to"] = *change.to;
+  mode_switch_["plugin"] = switch_plugin_->descriptor.name;
+  if (switch_plugin_->descriptor.execution == api::Technique::Hardware && !switch_hypervisor_ &&
+      switch_unprepared_.empty())
+    switch_unprepared_ =
+        arrival_kvm_error_.empty() ? "the monitor process has no KVM device open for the switch" : arrival_kvm_error_;
+}
+
 host::ModeChangeOutcome MonitorProcess::switch_mode(const std::string& guest_event) {
+  if (mode_switch_.is_null() && host_) decide_arrival_switch(guest_event);
   host::ModeChangeOutcome out;
   log_->info("mode switch: {} ({}); the daemon's selection for the 64-bit guest:", guest_event,
              mode_switch_.value("from", "BT"));
@@ -633,6 +661,16 @@ bool MonitorProcess::migrate_in(const json& args, std::vector<int>& fds) {
       vm_dir.empty() ? std::filesystem::path() : vm_dir / fmt::format(".incoming-{}.sock", ::getpid());
   socket_path_ = incoming_socket;
   open_reattach_socket();
+  // A VM arriving under BT32 may enter long mode here later: the KVM device
+  // for that switch cannot be opened once confined.
+  arrival_candidates_ = host_->candidates();
+  if (api::can_use_hardware_execution(host_->capabilities())) {
+    try {
+      switch_hypervisor_ = kvm::KvmHypervisor::open();
+    } catch (const std::exception& e) {
+      arrival_kvm_error_ = std::string("the monitor process could not open KVM for a switch: ") + e.what();
+    }
+  }
   if (!confine_now(id, kLargestArrivingVm, host::migration::kMaxVcpus)) {
     ::close(connection);
     if (listener_) ::unlink(incoming_socket.c_str());

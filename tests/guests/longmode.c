@@ -70,6 +70,12 @@ int main(void)
   pdpt_high[0] = (uint32_t)pd | 3;
   pml4[0] = (uint32_t)pdpt | 3;
   pml4[1] = (uint32_t)pdpt_high | 3;
+  if (cmdline_ulong("wait", 0)) {  /* a test moves the VM first, then types a key */
+    printf("waiting for a key\n");
+    while (!(inb(0x3fd) & 1)) {
+    }
+    (void)inb(0x3f8);
+  }
   printf("entering long mode\n");
   struct lm_result r;
   memset(&r, 0, sizeof r);
