@@ -577,7 +577,12 @@ class KvmVm final : public api::Vm {
     const int max_vcpus = ::ioctl(hv.fd(), KVM_CHECK_EXTENSION, KVM_CAP_MAX_VCPUS);
     if (max_vcpus > 0 && vcpus > static_cast<unsigned>(max_vcpus))
       throw api::HypervisorError("KVM allows at most " + std::to_string(max_vcpus) + " vCPUs per VM");
-    fd_ = Fd(::ioctl(hv.fd(), KVM_CREATE_VM, 0));
+    // A signal meant for the thread (another monitor's kick, a mode switch
+    // on a vCPU thread) can interrupt the creation: it is only retried.
+    for (int attempt = 0; attempt < 100; ++attempt) {
+      fd_ = Fd(::ioctl(hv.fd(), KVM_CREATE_VM, 0));
+      if (fd_.get() >= 0 || errno != EINTR) break;
+    }
     if (fd_.get() < 0) fail("KVM_CREATE_VM");
     if (::ioctl(fd_.get(), KVM_SET_TSS_ADDR, kTssAddr) < 0) fail("KVM_SET_TSS_ADDR");
     if (::ioctl(hv.fd(), KVM_CHECK_EXTENSION, KVM_CAP_SET_IDENTITY_MAP_ADDR) > 0) {

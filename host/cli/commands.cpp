@@ -299,6 +299,9 @@ int command_run(host::Host& context, const std::string& vm_file, bool json_outpu
       std::fputc(byte, stdout);
       std::fflush(stdout);
     };
+    // The seed's BT32: a guest entering 64-bit mode continues under the
+    // hardware mode the selection, made again for it, allows (or stops).
+    events.mode_change = host::mode_change_handler(context, vm, vm_log, plugin->mode);
     session = host::Vm::create(vm, plugin, vm_log, std::move(events));
   } catch (const api::MonitorError& e) {
     context.log()->error("VM {}: {}", vm.name, e.what());

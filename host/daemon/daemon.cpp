@@ -487,6 +487,31 @@ json no_mode_error(const json& id, const host::VmConfig& vm, const host::Selecti
                 {"selection", host::to_json(selection)}}}};
 }
 
+// The seed's BT32 switch for a VM that starts under BT: decided here with the
+// start (the selector is a pure function of this host, its plugins, its
+// policy and the VM) and prepared by the monitor process before it confines
+// itself.  Adds "mode_switch" to the power-on arguments and the hardware
+// plugin's image to `fds`; `keep` holds that plugin until the request is sent.
+void add_mode_switch(const host::Host& host, const host::VmConfig& vm, const host::Selection& selection, json& args,
+                     std::vector<int>& fds, std::shared_ptr<const host::LoadedPlugin>& keep) {
+  if (!selection.selected || *selection.selected != "BT") return;
+  const host::ModeSwitch change = host::select_mode_switch(host.capabilities(), host.candidates(), host.policy(), vm,
+                                                           "BT", "when the guest activates long mode");
+  json decision{{"from", change.from}, {"reason", change.reason}, {"lines", host::mode_switch_lines(change)}};
+  if (change.to && change.plugin) {
+    keep = host.registry().share(change.plugin->descriptor.name);
+    if (keep) {
+      decision["to"] = *change.to;
+      decision["plugin"] = keep->descriptor.name;
+      decision["plugin_file"] = keep->file.string();
+      fds.push_back(keep->image->fd());
+    } else {
+      decision["reason"] = "plugin " + change.plugin->descriptor.name + " vanished";
+    }
+  }
+  args["mode_switch"] = std::move(decision);
+}
+
 }  // namespace
 
 void Daemon::vm_start(const json& id, const json& args, const std::shared_ptr<Client>& client) {
@@ -555,9 +580,11 @@ void Daemon::vm_start_owned(const json& id, const host::VmConfig& vm, const host
   const auto identity = identity_for(vm, *plugin, selection);
   // The start request carries the plugin's sealed image: the monitor process
   // runs exactly the code this daemon vetted, whatever happens to the file.
-  control::send_with_fds(ours.get(),
-                         control::encode_line(control::request(1, "start", power_on_args(vm, *plugin, selection, identity))),
-                         {plugin->image->fd()});
+  json start_args = power_on_args(vm, *plugin, selection, identity);
+  std::vector<int> fds{plugin->image->fd()};
+  std::shared_ptr<const host::LoadedPlugin> switch_plugin;
+  add_mode_switch(host_, vm, selection, start_args, fds, switch_plugin);
+  control::send_with_fds(ours.get(), control::encode_line(control::request(1, "start", start_args)), fds);
   auto handle = make_handle(identity, process.pid);
   host_.log()->info("VM {}: starting under {} ({}) in monitor process {}", vm.name, identity.mode, identity.plugin,
                     process.pid);
@@ -637,7 +664,10 @@ void Daemon::vm_restore(const json& id, const json& args, const std::shared_ptr<
           });
           host_.log()->info("VM {}: restoring from {} under {} ({}) in monitor process {}", vm.name, file,
                             identity.mode, identity.plugin, pid);
-          if (!link->send_with_fds(control::request(1, "restore", restore_args), {plugin->image->fd()}))
+          std::vector<int> fds{plugin->image->fd()};
+          std::shared_ptr<const host::LoadedPlugin> switch_plugin;
+          add_mode_switch(host_, vm, selection, restore_args, fds, switch_plugin);
+          if (!link->send_with_fds(control::request(1, "restore", restore_args), fds))
             link->close("cannot send the restore request");
         } catch (const host::InputError& e) {
           refuse(code::kBadInput, e.what());

@@ -140,6 +140,17 @@ void VmHandle::on_message(const json& message) {
   } else if (kind == "fleet-fenced") {
     // The monitor process paused the VM itself: the fleet lease was not confirmed in time.
     set_state("paused", message.value("reason", "fleet fence"));
+  } else if (kind == "mode-switch") {
+    // The seed's BT32 -> hardware virtualization: the VM runs under another plugin now.
+    if (message.contains("to")) {
+      identity_.mode = message.value("to", identity_.mode);
+      identity_.plugin = message.value("plugin", identity_.plugin);
+      identity_.plugin_version = message.value("plugin_version", identity_.plugin_version);
+      ++mode_switches_;
+    }
+    mode_switch_ = message;
+    mode_switch_.erase("event");
+    if (changed_) changed_(*this);
   } else if (kind == "state") {
     // Running and paused come from here; the end (stopped, failed) comes
     // with its result in "ended".
@@ -212,6 +223,13 @@ void VmHandle::update_status(const json& status) {
   }
   migration_ = status.contains("migration") ? status["migration"] : json();
   if (status.contains("started_at")) started_at_ = status["started_at"].get<std::int64_t>();
+  // A daemon reattached after a mode switch: the monitor process says which plugin runs the VM now.
+  if (status.value("mode_switches", 0) > 0 && mode_switches_ == 0) {
+    mode_switches_ = status["mode_switches"].get<unsigned>();
+    identity_.mode = status.value("mode", identity_.mode);
+    identity_.plugin = status.value("plugin", identity_.plugin);
+    identity_.plugin_version = status.value("plugin_version", identity_.plugin_version);
+  }
 }
 
 json VmHandle::summary() const {
@@ -231,6 +249,10 @@ json VmHandle::summary() const {
            {"console_bytes", console_bytes_},
            {"counters", counters_}};
   if (!reason_.empty()) out["reason"] = reason_;
+  if (!mode_switch_.is_null()) {
+    out["mode_switches"] = mode_switches_;
+    out["mode_switch"] = mode_switch_;
+  }
   if (!migration_.is_null() && active()) out["migration"] = migration_;
   if (!result_.empty()) out["result"] = result_;
   return out;

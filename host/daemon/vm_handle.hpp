@@ -86,6 +86,8 @@ class VmHandle : public std::enable_shared_from_this<VmHandle> {
 
   std::string state_ = "starting";
   std::string reason_;
+  unsigned mode_switches_ = 0;  // BT32 -> hardware switches (the seed's), from the monitor process
+  json mode_switch_;            // the last one: from, to, plugin, reason
   json result_;  // the ended event: result, reason, exit_status, counters
   std::optional<int> wait_status_;
   bool link_closed_ = false;

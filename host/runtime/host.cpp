@@ -1,5 +1,6 @@
 #include "runtime/host.hpp"
 
+#include <fmt/format.h>
 #include <spdlog/sinks/basic_file_sink.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 
@@ -183,6 +184,24 @@ std::shared_ptr<spdlog::logger> open_vm_log(const std::filesystem::path& log_dir
   log->set_level(parse_log_level(level));
   log->flush_on(spdlog::level::trace);
   return log;
+}
+
+std::function<ModeChangeOutcome(const std::string&)> mode_change_handler(const Host& host, const VmConfig& vm,
+                                                                         std::shared_ptr<spdlog::logger> vm_log,
+                                                                         std::string current_mode) {
+  return [&host, vm, vm_log = std::move(vm_log), mode = std::move(current_mode)](const std::string& guest_event) {
+    const ModeSwitch change =
+        select_mode_switch(host.capabilities(), host.candidates(), host.policy(), vm, mode, guest_event);
+    const auto lines = mode_switch_lines(change);
+    for (const auto& line : lines) vm_log->info("{}", line);
+    fmt::print(stderr, "modevisor: VM {}: {}\n", vm.name, lines.back());
+    ModeChangeOutcome out;
+    out.reason = change.reason;
+    if (!change.to || !change.plugin) return out;
+    out.plugin = host.registry().share(change.plugin->descriptor.name);
+    if (!out.plugin) out.reason = "plugin " + change.plugin->descriptor.name + " vanished";
+    return out;
+  };
 }
 
 void check_kernel(const VmConfig& vm) {

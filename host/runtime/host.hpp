@@ -20,6 +20,7 @@
 #include "selection/guest_os.hpp"
 #include "selection/policy.hpp"
 #include "selection/selector.hpp"
+#include "vm/vm.hpp"
 
 namespace modevisor::host {
 
@@ -75,6 +76,15 @@ spdlog::level::level_enum parse_log_level(const std::string& name);  // throws s
 // (naming `config_file`) when it cannot be written.
 std::shared_ptr<spdlog::logger> open_vm_log(const std::filesystem::path& log_dir, const std::string& vm_name,
                                             const std::string& level, const std::filesystem::path& config_file);
+
+// The seed's BT32 switch for a VM this host runs (VmEvents::mode_change):
+// selects again for the 64-bit guest (select_mode_switch), writes the
+// MONITOR MODE lines to the VM log and the switch line to stderr, and hands
+// out the hardware plugin, or none with the reason the VM stops.  `host`
+// must outlive the VM.
+std::function<ModeChangeOutcome(const std::string&)> mode_change_handler(const Host& host, const VmConfig& vm,
+                                                                         std::shared_ptr<spdlog::logger> vm_log,
+                                                                         std::string current_mode);
 
 // Reads and loads the VM's kernel (and initrd) into scratch RAM of the VM's
 // size, exactly as power-on does, so `explain` refuses what `run` would.

@@ -46,6 +46,21 @@ std::vector<std::string> monitor_mode_lines(const Selection& s) {
   return out;
 }
 
+std::vector<std::string> mode_switch_lines(const ModeSwitch& change) {
+  std::vector<std::string> out;
+  out.push_back(line("guest entered", fmt::format("64-bit mode under {} ({}); selecting again for a 64-bit guest",
+                                                  change.from, change.guest_event)));
+  for (auto& l : monitor_mode_lines(change.selection)) out.push_back(std::move(l));
+  if (change.to) {
+    const std::string plugin =
+        change.plugin ? fmt::format(" ({} {})", change.plugin->descriptor.name, change.plugin->descriptor.version) : "";
+    out.push_back(line("switch", fmt::format("{} -> {}{}: {}", change.from, *change.to, plugin, change.reason)));
+  } else {
+    out.push_back(line("switch", fmt::format("none, the VM stops under {}: {}", change.from, change.reason)));
+  }
+  return out;
+}
+
 nlohmann::json to_json(const Selection& s) {
   using nlohmann::json;
   auto tokens = [&](const std::vector<std::string>& modes) {

@@ -17,4 +17,10 @@ std::vector<std::string> monitor_mode_lines(const Selection& selection);
 
 nlohmann::json to_json(const Selection& selection);
 
+// A switch mid-run (the seed's BT32 -> hardware virtualization): the lines of
+// the selection made again for the 64-bit guest, then one "switch" line:
+//   MONITOR MODE: switch                 : BT32 -> HV (hv-swmmu 0.1.0) (why)
+//   MONITOR MODE: switch                 : none, BT32 -> stop (why)
+std::vector<std::string> mode_switch_lines(const ModeSwitch& change);
+
 }  // namespace modevisor::host

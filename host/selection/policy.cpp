@@ -158,7 +158,8 @@ Policy load_policy_checked(const std::filesystem::path& file, const std::vector<
   YamlInput in(file);
   const YAML::Node& root = in.root();
   in.expect_map(root, "a selection policy");
-  in.reject_unknown_keys(root, {"name", "description", "modes", "hints", "preferences", "fault_tolerance"});
+  in.reject_unknown_keys(root,
+                         {"name", "description", "modes", "hints", "preferences", "fault_tolerance", "bt32_long_mode"});
   Policy policy;
   policy.file = file;
   policy.name = in.scalar(in.required(root, "name"), "the policy's name");
@@ -194,6 +195,22 @@ Policy load_policy_checked(const std::filesystem::path& file, const std::vector<
     policy.fault_tolerance.supported = ft["supported"] ? in.boolean(ft["supported"]) : true;
     if (ft["requires_deterministic"]) policy.fault_tolerance.requires_deterministic = in.boolean(ft["requires_deterministic"]);
     if (ft["avoid"]) policy.fault_tolerance.avoid = mode_list(in, ft["avoid"]);
+  }
+
+  if (const YAML::Node lm = root["bt32_long_mode"]) {
+    in.expect_map(lm, "{otherwise, reason}");
+    in.reject_unknown_keys(lm, {"otherwise", "reason"});
+    if (lm["otherwise"]) {
+      const std::string otherwise = in.scalar(lm["otherwise"], "stop or bt64");
+      if (otherwise == "stop")
+        policy.bt32_long_mode.otherwise = Bt32LongModePolicy::Otherwise::Stop;
+      else if (otherwise == "bt64")
+        policy.bt32_long_mode.otherwise = Bt32LongModePolicy::Otherwise::Bt64;
+      else
+        throw in.error(lm["otherwise"], fmt::format("unknown bt32_long_mode.otherwise '{}' (expected stop or bt64)",
+                                                    otherwise));
+    }
+    if (lm["reason"]) policy.bt32_long_mode.reason = in.scalar(lm["reason"], "a reason");
   }
   return policy;
 }

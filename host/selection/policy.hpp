@@ -53,6 +53,14 @@ struct FaultTolerancePolicy {
   std::vector<std::string> avoid;      // modes FT does not use
 };
 
+// The seed's BT32: a guest that enters 64-bit mode under BT32 continues
+// under a hardware mode when one is allowed for it; otherwise the policy
+// either continues under BT64 or stops the VM with `reason`.
+struct Bt32LongModePolicy {
+  enum class Otherwise { Stop, Bt64 } otherwise = Otherwise::Stop;
+  std::string reason;  // why a stop, for the log (the seed's words)
+};
+
 struct Policy {
   std::filesystem::path file;
   std::string name;
@@ -61,6 +69,7 @@ struct Policy {
   std::vector<std::string> hints;  // recognized: "virtual_exec", "virtual_mmu"
   std::vector<PreferenceRule> preferences;
   FaultTolerancePolicy fault_tolerance;
+  Bt32LongModePolicy bt32_long_mode;
 
   const ModePolicy* mode(std::string_view token) const;
   bool recognizes(std::string_view hint) const;

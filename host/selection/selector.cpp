@@ -296,4 +296,72 @@ Selection select_monitor_mode(const api::HostCapabilities& host, const std::vect
   return s;
 }
 
+ModeSwitch select_mode_switch(const api::HostCapabilities& host, const std::vector<PluginCandidate>& plugins,
+                              const Policy& policy, const VmConfig& vm, const std::string& current_mode,
+                              const std::string& guest_event) {
+  ModeSwitch out;
+  out.guest_event = guest_event;
+  VmConfig now = vm;
+  now.guest.os.bits = 64;  // what the guest needs from here on
+  out.selection = select_monitor_mode(host, plugins, policy, now);
+  const Selection& s = out.selection;
+  // As the VM was selected (32-bit): BT32 where BT cannot run 64-bit guests.
+  out.from = current_mode == "BT" && !host.long_mode_segment_limits ? "BT32" : current_mode;
+
+  // The plugin gave the guest up: the first hardware mode of the candidates
+  // takes it (BT64, where a policy allows it, would be first only if a
+  // plugin implemented it; bt-swmmu does not).
+  // A hint that kept only BT cannot hold either: the guest OS's order of
+  // the allowed modes is next.
+  auto first_hardware = [&](const std::vector<std::string>& modes) {
+    return std::find_if(modes.begin(), modes.end(), [&](const std::string& mode) {
+      return mode_has_hardware_execution(mode) && mode != current_mode;
+    });
+  };
+  auto hardware = first_hardware(s.filtered);
+  const bool hint_overruled = hardware == s.filtered.end() && !vm.fault_tolerance &&
+                              first_hardware(s.preferred) != s.preferred.end();
+  if (hint_overruled) hardware = first_hardware(s.preferred);
+  if (hint_overruled || hardware != s.filtered.end()) {
+    out.to = s.display(*hardware);
+    for (const auto& verdict : s.verdicts)
+      if (verdict.mode == *hardware) out.plugin = verdict.plugin;
+    out.reason = "the VM entered 64-bit mode; " + out.from +
+                 " runs it with software virtualization for as long as possible, "
+                 "then switches to hardware virtualization (" + guest_event + ")" +
+                 (hint_overruled ? "; the VM's hints asked for BT, which cannot run it now" : "");
+    return out;
+  }
+
+  // No hardware mode takes it: say why not, mode by mode.
+  std::vector<std::string> why_not;
+  for (const auto& verdict : s.verdicts)
+    if (mode_has_hardware_execution(verdict.mode)) {
+      if (!verdict.allowed)
+        why_not.push_back(fmt::format("{}: {}", verdict.mode, fmt::join(verdict.reasons, "; ")));
+      else if (!contains(s.filtered, verdict.mode))
+        why_not.push_back(fmt::format("{}: not among the selection's candidates ({})", verdict.mode,
+                                      s.selected ? "the filtered list prefers " + s.display(*s.selected)
+                                                 : s.none_reason));
+    }
+  const std::string no_hardware =
+      why_not.empty() ? "no hardware mode is allowed"
+                      : fmt::format("no hardware mode is allowed ({})", fmt::join(why_not, "; "));
+  const bool bt64_selected = s.selected && *s.selected == "BT";
+  if (bt64_selected || policy.bt32_long_mode.otherwise == Bt32LongModePolicy::Otherwise::Bt64) {
+    const std::string plugin = s.selected_plugin ? s.selected_plugin->descriptor.name : "bt-swmmu";
+    out.reason = fmt::format("{} for the 64-bit guest, so {} continues under BT64, which is not implemented yet "
+                             "({} runs 32-bit code only)",
+                             no_hardware, policy.name, plugin);
+    return out;
+  }
+  std::string bt_reason;
+  for (const auto& verdict : s.verdicts)
+    if (verdict.mode == "BT" && !verdict.reasons.empty()) bt_reason = fmt::format("{}", fmt::join(verdict.reasons, "; "));
+  out.reason = fmt::format("{} for the 64-bit guest, and {} stops it: {}{}", no_hardware, policy.name,
+                           policy.bt32_long_mode.reason.empty() ? "BT64 is not allowed" : policy.bt32_long_mode.reason,
+                           bt_reason.empty() ? "" : " (BT: " + bt_reason + ")");
+  return out;
+}
+
 }  // namespace modevisor::host

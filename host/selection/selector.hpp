@@ -63,4 +63,24 @@ struct Selection {
 Selection select_monitor_mode(const api::HostCapabilities& host, const std::vector<PluginCandidate>& plugins,
                               const Policy& policy, const VmConfig& vm);
 
+// The seed's BT32, mid-run: "the monitor runs the virtual machine with
+// software virtualization for as long as possible, but it dynamically
+// switches to hardware virtualization if the virtual machine enters 64-bit
+// mode."  The selection is made again for the guest as it is now (64-bit);
+// a hardware mode it selects takes the VM over, otherwise the VM stops with
+// the reason (the policy's bt32_long_mode: the seed's reason, or BT64, which
+// is not implemented yet).
+struct ModeSwitch {
+  std::string from;                       // the mode the VM runs under, as the log shows it ("BT32")
+  std::string guest_event;                // what the guest did (the plugin's words)
+  Selection selection;                    // made again, for a 64-bit guest
+  std::optional<std::string> to;          // the mode it continues under (display token), when it switches
+  std::optional<PluginCandidate> plugin;  // the plugin that runs it from now on
+  std::string reason;                     // why it switches, or why the VM stops
+};
+
+ModeSwitch select_mode_switch(const api::HostCapabilities& host, const std::vector<PluginCandidate>& plugins,
+                              const Policy& policy, const VmConfig& vm, const std::string& current_mode,
+                              const std::string& guest_event);
+
 }  // namespace modevisor::host

@@ -89,7 +89,8 @@ class Vm::Impl {
 
   void power_on();
   void restore(const MachineState& state);
-  void create_monitor();
+  void create_monitor(std::unique_ptr<api::Hypervisor> opened = nullptr);
+  void kick(unsigned index);
 
   void start();
   void pause();
@@ -103,6 +104,14 @@ class Vm::Impl {
     return state_;
   }
   api::Counters counters() const;
+  std::shared_ptr<const LoadedPlugin> plugin() const {
+    std::lock_guard lock(monitor_mutex_);
+    return plugin_;
+  }
+  unsigned mode_switches() const {
+    std::lock_guard lock(monitor_mutex_);
+    return mode_switches_;
+  }
 
   VmConfig vm_;
   std::string vm_yaml_;
@@ -117,6 +126,15 @@ class Vm::Impl {
   api::CpuidTable cpuid_;
   std::unique_ptr<api::Hypervisor> hypervisor_;
   std::unique_ptr<api::VirtualMachine> monitor_vm_;
+  // Kicks come from other threads (devices, stop, pause); a mode switch
+  // replaces monitor_vm_ and plugin_ under this lock (only pointer moves
+  // under it: the interrupt notifier takes it with the platform lock held).
+  mutable std::mutex monitor_mutex_;
+  // Held while the plugin collects dirty pages (a migration's thread) and
+  // while a mode switch replaces the plugin's VM, so a collection never
+  // reaches a VM being destroyed.  Never taken by kicks: a collection may
+  // wait for the vCPU thread, which kicks from device code.
+  std::mutex dirty_mutex_;
 
  private:
   struct Failure {
@@ -135,6 +153,7 @@ class Vm::Impl {
   void vcpu_left();
   void apply_startup(unsigned index, const StartupEvents& events);
   void vcpu_failed(unsigned index, api::ExitKind kind, std::string diagnostic);
+  bool switch_mode(unsigned index, const std::string& guest_event);
   void kick_all();
   SessionResult make_result();
 
@@ -154,6 +173,13 @@ class Vm::Impl {
   bool timer_running_ = false;
   std::mutex timer_mutex_;
   std::condition_variable timer_wake_;
+  bool switching_ = false;  // a mode switch holds the other vCPUs at the pause gate
+  bool notifier_installed_ = false;
+  // Under monitor_mutex_: what a switch replaced.  The old plugin stays
+  // loaded (references handed out stay valid) and its counters still count.
+  unsigned mode_switches_ = 0;
+  std::vector<std::shared_ptr<const LoadedPlugin>> retired_plugins_;
+  api::Counters retired_counters_;
 };
 
 Vm::Impl::Impl(const VmConfig& vm, std::shared_ptr<const LoadedPlugin> plugin, std::shared_ptr<spdlog::logger> log,
@@ -182,7 +208,7 @@ Vm::Impl::~Impl() {
   monitor_vm_.reset();  // before the RAM and devices it uses
 }
 
-void Vm::Impl::create_monitor() {
+void Vm::Impl::create_monitor(std::unique_ptr<api::Hypervisor> opened) {
   api::VmSpec spec;
   spec.name = vm_.name;
   spec.vcpus = vm_.vcpus;
@@ -191,12 +217,23 @@ void Vm::Impl::create_monitor() {
   spec.guest_os = vm_.guest.os.name;
   spec.cpuid = cpuid_;
   if (vm_.cpu_model != "host") log_->info("cpu: model {} ({} CPUID leaves)", vm_.cpu_model, spec.cpuid.size());
-  if (plugin_->descriptor.execution == api::Technique::Hardware) hypervisor_ = kvm::KvmHypervisor::open();
-  monitor_vm_ = plugin_->monitor->create_vm(spec, api::VmServices{*ram_, machine_, *plugin_log_, hypervisor_.get()});
+  std::unique_ptr<api::Hypervisor> hypervisor;
+  if (plugin_->descriptor.execution == api::Technique::Hardware)
+    hypervisor = opened ? std::move(opened) : kvm::KvmHypervisor::open();
+  auto monitor = plugin_->monitor->create_vm(spec, api::VmServices{*ram_, machine_, *plugin_log_, hypervisor.get()});
+  {
+    std::lock_guard lock(monitor_mutex_);
+    monitor_vm_ = std::move(monitor);
+    hypervisor_ = std::move(hypervisor);
+  }
   // A device interrupt raised from another thread must pull the vCPU out of guest code.
-  machine_.set_interrupt_notifier([this](unsigned vcpu) {
-    if (monitor_vm_) monitor_vm_->kick(vcpu);
-  });
+  if (!notifier_installed_) machine_.set_interrupt_notifier([this](unsigned vcpu) { kick(vcpu); });
+  notifier_installed_ = true;
+}
+
+void Vm::Impl::kick(unsigned index) {
+  std::lock_guard lock(monitor_mutex_);
+  if (monitor_vm_) monitor_vm_->kick(index);
 }
 
 // Power-on: what a PC's firmware leaves behind for the kernel.
@@ -393,9 +430,8 @@ SessionResult Vm::Impl::wait() {
 }
 
 void Vm::Impl::kick_all() {
-  if (!monitor_vm_) return;
   for (unsigned i = 0; i < vm_.vcpus; ++i) {
-    monitor_vm_->kick(i);
+    kick(i);
     machine_.wake(i);
   }
 }
@@ -466,6 +502,106 @@ void Vm::Impl::vcpu_failed(unsigned index, api::ExitKind kind, std::string diagn
   kick_all();
 }
 
+// The seed's BT32 switch, on the vCPU thread whose plugin handed the guest
+// back: the other vCPUs wait at the pause gate with guest time frozen (the
+// guest sees nothing), the caller's handler picks the plugin, and the same
+// RAM and devices continue under a VM of that plugin with every vCPU's state
+// loaded, as a restore under another plugin does.  False: the VM stops (the
+// reason is its result).
+bool Vm::Impl::switch_mode(unsigned index, const std::string& guest_event) {
+  const std::string from = plugin()->descriptor.name;
+  {
+    std::unique_lock lock(mutex_);
+    switching_ = true;
+    machine_.set_paused(true);
+    lock.unlock();
+    kick_all();
+    lock.lock();
+    changed_.wait(lock, [&] { return parked_ + 1 == live_vcpus_ || machine_.stopping(); });
+  }
+  auto reopen_gate = [&] {
+    std::lock_guard lock(mutex_);
+    switching_ = false;
+    if (!pause_requested_) machine_.set_paused(false);
+    changed_.notify_all();
+  };
+  if (machine_.stopping()) {  // it ends anyway (guest exit elsewhere, operator stop)
+    reopen_gate();
+    return false;
+  }
+  ModeChangeOutcome next;
+  if (events_.mode_change) {
+    try {
+      next = events_.mode_change(guest_event);
+    } catch (const std::exception& e) {
+      next.reason = std::string("selecting a mode for the switch failed: ") + e.what();
+    }
+  } else {
+    next.reason = "this session cannot switch monitor modes";
+  }
+  if (!next.plugin) {
+    vcpu_failed(index, api::ExitKind::Error,
+                fmt::format("{} cannot go on ({}), and no other monitor mode takes the VM over: {}", from,
+                            guest_event, next.reason));
+    reopen_gate();
+    return false;
+  }
+  try {
+    std::lock_guard dirty(dirty_mutex_);  // the new VM's first collection reports every page
+    std::vector<api::VcpuState> states;
+    {
+      std::lock_guard lock(mutex_);
+      states = parked_states_;
+    }
+    states[index] = monitor_vm_->save_vcpu(index);
+    api::Counters old_counters = monitor_vm_->counters();
+    std::unique_ptr<api::VirtualMachine> old_vm;
+    std::unique_ptr<api::Hypervisor> old_hypervisor;
+    {
+      std::lock_guard lock(monitor_mutex_);
+      old_vm = std::move(monitor_vm_);
+      old_hypervisor = std::move(hypervisor_);
+      retired_plugins_.push_back(plugin_);
+      for (auto& [name, value] : old_counters) retired_counters_.emplace_back(from + ": " + name, value);
+      plugin_ = next.plugin;
+      ++mode_switches_;
+    }
+    old_vm.reset();  // before the new one maps the same RAM and devices
+    old_hypervisor.reset();
+    plugin_log_ = std::make_unique<PluginLogger>(log_, plugin_->descriptor.log_token);
+    // Built on a thread of its own, as at power-on (the main thread builds,
+    // vCPU threads run): this vCPU thread carries the old monitor's signal
+    // state (its kick and timer signals), which can interrupt KVM's setup.
+    std::exception_ptr build_error;
+    std::thread builder([&] {
+      try {
+        create_monitor(std::move(next.hypervisor));
+        for (unsigned i = 0; i < vm_.vcpus; ++i) monitor_vm_->load_vcpu(i, states[i]);
+      } catch (...) {
+        build_error = std::current_exception();
+      }
+    });
+    builder.join();
+    if (build_error) std::rethrow_exception(build_error);
+    for (unsigned i = 0; i < vm_.vcpus; ++i) {
+      std::lock_guard lock(mutex_);
+      parked_states_[i] = states[i];  // the gate loads them again into the new VM: the same state
+    }
+    log_->info("mode switch: VM {} continues under {} ({} {}) at guest time {} ns, rip {:#x}", vm_.name,
+               plugin_->mode, plugin_->descriptor.name, plugin_->descriptor.version, machine_.now_ns(),
+               states[index].rip);
+  } catch (const std::exception& e) {
+    vcpu_failed(index, api::ExitKind::Error, fmt::format("switching from {} to {} failed: {}", from,
+                                                         next.plugin->descriptor.name, e.what()));
+    reopen_gate();
+    return false;
+  }
+  reopen_gate();
+  std::lock_guard timer(timer_mutex_);
+  timer_wake_.notify_all();
+  return true;
+}
+
 // The pause gate: the vCPU gives up its state (so guest time, the TSC
 // included, stands still while paused) and waits; when the gate opens it
 // takes its state back (a save may have read it, nothing else changes it).
@@ -475,7 +611,7 @@ void Vm::Impl::park(unsigned index) {
   parked_states_[index] = std::move(s);
   ++parked_;
   changed_.notify_all();
-  changed_.wait(lock, [&] { return !pause_requested_ || machine_.stopping(); });
+  changed_.wait(lock, [&] { return (!pause_requested_ && !switching_) || machine_.stopping(); });
   --parked_;
   const api::VcpuState resume_state = parked_states_[index];
   const bool stopping = machine_.stopping();
@@ -496,7 +632,7 @@ void Vm::Impl::vcpu_loop(unsigned index) {
         bool requested;
         {
           std::lock_guard lock(mutex_);
-          requested = pause_requested_;
+          requested = pause_requested_ || switching_;
         }
         if (requested) {
           park(index);
@@ -513,6 +649,10 @@ void Vm::Impl::vcpu_loop(unsigned index) {
       }
       api::RunExit exit = monitor_vm_->run(index);
       if (exit.kind == api::ExitKind::Stopped) continue;  // kicked, an INIT/STARTUP, a pause or the VM stops
+      if (exit.kind == api::ExitKind::ModeChange) {
+        if (switch_mode(index, exit.diagnostic)) continue;
+        break;
+      }
       vcpu_failed(index, exit.kind, std::move(exit.diagnostic));
       break;
     }
@@ -567,7 +707,15 @@ SessionResult Vm::Impl::make_result() {
 }
 
 api::Counters Vm::Impl::counters() const {
-  api::Counters out = monitor_vm_ ? monitor_vm_->counters() : api::Counters{};
+  api::Counters out;
+  {
+    std::lock_guard lock(monitor_mutex_);
+    if (monitor_vm_) out = monitor_vm_->counters();
+    if (mode_switches_) {
+      for (const auto& counter : retired_counters_) out.push_back(counter);
+      out.emplace_back("vm.mode_switches", mode_switches_);
+    }
+  }
   for (auto& counter : pc_->counters()) out.push_back(std::move(counter));
   return out;
 }
@@ -613,7 +761,8 @@ void Vm::stop(std::string reason) { impl_->stop(std::move(reason)); }
 SessionResult Vm::wait() { return impl_->wait(); }
 VmState Vm::state() const { return impl_->state(); }
 const VmConfig& Vm::config() const { return impl_->vm_; }
-const LoadedPlugin& Vm::plugin() const { return *impl_->plugin_; }
+const LoadedPlugin& Vm::plugin() const { return *impl_->plugin(); }  // old plugins stay loaded: the reference holds
+unsigned Vm::mode_switches() const { return impl_->mode_switches(); }
 GuestRam& Vm::ram() { return *impl_->ram_; }
 void Vm::console_input(std::string_view bytes) { impl_->pc_->push_console_input(bytes); }
 std::string Vm::console_output() const { return impl_->pc_->console_output(); }
@@ -623,13 +772,18 @@ std::uint64_t Vm::guest_time_ns() const { return impl_->machine_.now_ns(); }
 void Vm::start_dirty_tracking() {
   std::vector<std::uint64_t> discard;
   impl_->ram_->take_host_dirty();
+  std::lock_guard dirty(impl_->dirty_mutex_);
   if (impl_->monitor_vm_) impl_->monitor_vm_->collect_dirty_pages(discard);
 }
 
 bool Vm::collect_dirty_pages(std::vector<std::uint64_t>& bitmap) {
   const std::size_t words = (impl_->ram_->size() / 4096 + 63) / 64;
   bitmap.assign(words, 0);  // filled, not accumulated (see vm.hpp)
-  const bool tracked = impl_->monitor_vm_ && impl_->monitor_vm_->collect_dirty_pages(bitmap);
+  bool tracked;
+  {
+    std::lock_guard dirty(impl_->dirty_mutex_);
+    tracked = impl_->monitor_vm_ && impl_->monitor_vm_->collect_dirty_pages(bitmap);
+  }
   if (!tracked) bitmap.assign(words, 0);  // the plugin's bitmap is unspecified then
   // The host's writes after the plugin's: either order is safe since a
   // mark_dirty that misses this take lands in the next one.

@@ -25,6 +25,7 @@
 
 #include <modevisor/api/arch_state.hpp>
 #include <modevisor/api/cpuid.hpp>
+#include <modevisor/api/hypervisor.hpp>
 #include <modevisor/api/monitor.hpp>
 
 #include "config/vm_config.hpp"
@@ -43,9 +44,25 @@ class VmStateError : public std::logic_error {
   using std::logic_error::logic_error;
 };
 
+// What a mode switch continues under (the seed's BT32 -> hardware
+// virtualization): a plugin, or none and why the VM stops.
+struct ModeChangeOutcome {
+  std::shared_ptr<const LoadedPlugin> plugin;  // null: the VM stops with `reason`
+  std::string reason;
+  // Opened in advance where the process cannot open /dev/kvm any more (the
+  // confined monitor process); null: the VM opens it, as at power-on.
+  std::unique_ptr<api::Hypervisor> hypervisor;
+};
+
 struct VmEvents {  // called from any thread; must not call back into the Vm
   std::function<void(std::uint8_t byte)> console_output;  // every COM1 byte
   std::function<void(VmState)> state_changed;
+  // The plugin handed the guest back (api::ExitKind::ModeChange, with what
+  // the guest did): which plugin takes it over.  Called on a vCPU thread
+  // while every vCPU is stopped and guest time is frozen; the caller
+  // re-selects (select_mode_switch) and logs its MONITOR MODE lines.  Unset:
+  // the VM stops, saying it cannot switch modes.
+  std::function<ModeChangeOutcome(const std::string& guest_event)> mode_change;
 };
 
 // How a VM ended.
@@ -107,7 +124,8 @@ class Vm {
 
   VmState state() const;
   const VmConfig& config() const;
-  const LoadedPlugin& plugin() const;
+  const LoadedPlugin& plugin() const;  // the one running it now (a mode switch changes it)
+  unsigned mode_switches() const;      // how often the VM changed its plugin mid-run
   GuestRam& ram();
   void console_input(std::string_view bytes);
   std::string console_output() const;  // captured so far (bounded)

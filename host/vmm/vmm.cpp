@@ -23,8 +23,11 @@
 
 #include <modevisor/api/hypervisor.hpp>
 
+#include "kernel-driver/kvm_hypervisor.hpp"
+
 #include "common/errors.hpp"
 #include "migration/receiver.hpp"
+#include "selection/mode_log.hpp"
 #include "migration/sender.hpp"
 #include "migration/vm_endpoints.hpp"
 #include "config/vm_config.hpp"
@@ -107,6 +110,14 @@ class MonitorProcess {
   bool power_on(const json& args, std::vector<int>& fds, const json& id);
   std::shared_ptr<const host::LoadedPlugin> load_plugin(const json& args, std::vector<int>& fds);
   host::VmEvents events();
+  // The seed's BT32 switch.  The daemon decides it with the start (the
+  // selector is a pure function of what it knows); it is prepared here
+  // before confinement (the plugin image and /dev/kvm cannot be opened
+  // afterwards) and taken when the plugin hands the guest back.
+  void prepare_mode_switch(const json& decision, std::vector<int>& fds);
+  host::ModeChangeOutcome switch_mode(const std::string& guest_event);
+  void decide_arrival_switch(const std::string& guest_event);
+  std::shared_ptr<const host::LoadedPlugin> current_plugin() const;
   void handle(const json& message, std::vector<int>& fds);
   bool send(const json& message);
   void drop_channel();
@@ -127,6 +138,14 @@ class MonitorProcess {
 
   host::VmConfig vm_;
   std::shared_ptr<const host::LoadedPlugin> plugin_;
+  json mode_switch_;  // the daemon's decision: lines, reason, from, to, plugin
+  std::shared_ptr<const host::LoadedPlugin> switch_plugin_;
+  std::unique_ptr<api::Hypervisor> switch_hypervisor_;
+  std::string switch_unprepared_;  // why the prepared switch cannot be taken
+  std::string arrival_kvm_error_;  // an arrival's KVM device could not be opened before confinement
+  // This host's plugins as candidates, taken before confinement (probing a
+  // plugin may start a helper process, which the filter forbids).
+  std::vector<host::PluginCandidate> arrival_candidates_;
   std::shared_ptr<spdlog::logger> log_;
   std::unique_ptr<host::Vm> session_;
   std::optional<host::LoadedSnapshot> snapshot_;  // between load-snapshot and restore
@@ -327,9 +346,10 @@ json MonitorProcess::description() const {
                                                                                     : host::to_string(session_->state())},
               {"pid", ::getpid()},
               {"vm_file", vm_.file.string()},
-              {"plugin", plugin_ ? plugin_->descriptor.name : ""},
-              {"plugin_version", plugin_ ? plugin_->descriptor.version : ""},
-              {"mode", plugin_ ? plugin_->mode : ""},
+              {"plugin", current_plugin() ? current_plugin()->descriptor.name : ""},
+              {"plugin_version", current_plugin() ? current_plugin()->descriptor.version : ""},
+              {"mode", current_plugin() ? current_plugin()->mode : ""},
+              {"mode_switches", session_ ? session_->mode_switches() : 0},
               {"started_at", started_unix_},
               {"uptime_s", uptime},
               {"console_bytes", console_.total()},
@@ -355,7 +375,71 @@ host::VmEvents MonitorProcess::events() {
     note_run_interval(state);
     send(control::event("state", {{"state", host::to_string(state)}}));
   };
+  if (!mode_switch_.is_null() || host_)  // decided by the daemon, or here for a VM that arrived
+    events.mode_change = [this](const std::string& guest_event) { return switch_mode(guest_event); };
   return events;
+}
+
+std::shared_ptr<const host::LoadedPlugin> MonitorProcess::current_plugin() const {
+  // A mode switch changes the session's plugin; plugin_ is the one it started under.
+  return session_ ? std::shared_ptr<const host::LoadedPlugin>(std::shared_ptr<const void>{}, &session_->plugin())
+                  : plugin_;
+}
+
+void MonitorProcess::prepare_mode_switch(const json& decision, std::vector<int>& fds) {
+  mode_switch_ = decision;
+  if (!decision.contains("plugin")) return;  // the VM will stop, with the decision's reason
+  try {
+    switch_plugin_ = load_plugin(decision, fds);
+    if (switch_plugin_->descriptor.execution == api::Technique::Hardware)
+      switch_hypervisor_ = kvm::KvmHypervisor::open();
+  } catch (const std::exception& e) {
+    switch_unprepared_ = std::string("the monitor process could not prepare the switch: ") + e.what();
+    if (log_) log_->warn("mode switch: {}", switch_unprepared_);
+  }
+}
+
+// A VM that arrived by migration: this process selects with its own runtime
+// of this host (loaded before confinement, as /dev/kvm was opened).
+void MonitorProcess::decide_arrival_switch(const std::string& guest_event) {
+  const std::string current = current_plugin() ? current_plugin()->mode : "BT";
+  const host::ModeSwitch change = host::select_mode_switch(host_->capabilities(), arrival_candidates_,
+                                                           host_->policy(), vm_, current, guest_event);
+  mode_switch_ = json{{"from", change.from}, {"reason", change.reason}, {"lines", host::mode_switch_lines(change)}};
+  if (!change.to || !change.plugin) return;
+  switch_plugin_ = host_->registry().share(change.plugin->descriptor.name);
+  if (!switch_plugin_) {
+    mode_switch_["reason"] = "plugin " + change.plugin->descriptor.name + " vanished";
+    return;
+  }
+  mode_switch_["to"] = *change.to;
+  mode_switch_["plugin"] = switch_plugin_->descriptor.name;
+  if (switch_plugin_->descriptor.execution == api::Technique::Hardware && !switch_hypervisor_ &&
+      switch_unprepared_.empty())
+    switch_unprepared_ =
+        arrival_kvm_error_.empty() ? "the monitor process has no KVM device open for the switch" : arrival_kvm_error_;
+}
+
+host::ModeChangeOutcome MonitorProcess::switch_mode(const std::string& guest_event) {
+  if (mode_switch_.is_null() && host_) decide_arrival_switch(guest_event);
+  host::ModeChangeOutcome out;
+  log_->info("mode switch: {} ({}); the daemon's selection for the 64-bit guest:", guest_event,
+             mode_switch_.value("from", "BT"));
+  for (const auto& line : mode_switch_.value("lines", json::array())) log_->info("{}", line.get<std::string>());
+  out.reason = mode_switch_.value("reason", "");
+  if (!switch_unprepared_.empty()) out.reason = switch_unprepared_;
+  else if (switch_plugin_) {
+    out.plugin = switch_plugin_;
+    out.hypervisor = std::move(switch_hypervisor_);
+  }
+  json event{{"from", mode_switch_.value("from", "")}, {"reason", out.reason}, {"guest_event", guest_event}};
+  if (out.plugin) {
+    event["to"] = mode_switch_.value("to", "");
+    event["plugin"] = out.plugin->descriptor.name;
+    event["plugin_version"] = out.plugin->descriptor.version;
+  }
+  send(control::event("mode-switch", event));
+  return out;
 }
 
 // The plugin image the daemon vetted (SCM_RIGHTS), or a fresh copy of the file.
@@ -421,6 +505,7 @@ bool MonitorProcess::power_on(const json& args, std::vector<int>& fds, const jso
     if (args.contains("host_line")) log_->info("{}", args["host_line"].get<std::string>());
     for (const auto& line : args.value("mode_lines", json::array())) log_->info("{}", line.get<std::string>());
     plugin_ = load_plugin(args, fds);
+    if (args.contains("mode_switch")) prepare_mode_switch(args["mode_switch"], fds);
     if (restoring) {
       session_ = host::Vm::restore(vm_, snapshot_->state, std::move(snapshot_->ram), plugin_, log_, events());
       snapshot_.reset();
@@ -576,6 +661,16 @@ bool MonitorProcess::migrate_in(const json& args, std::vector<int>& fds) {
       vm_dir.empty() ? std::filesystem::path() : vm_dir / fmt::format(".incoming-{}.sock", ::getpid());
   socket_path_ = incoming_socket;
   open_reattach_socket();
+  // A VM arriving under BT32 may enter long mode here later: the KVM device
+  // for that switch cannot be opened once confined.
+  arrival_candidates_ = host_->candidates();
+  if (api::can_use_hardware_execution(host_->capabilities())) {
+    try {
+      switch_hypervisor_ = kvm::KvmHypervisor::open();
+    } catch (const std::exception& e) {
+      arrival_kvm_error_ = std::string("the monitor process could not open KVM for a switch: ") + e.what();
+    }
+  }
   if (!confine_now(id, kLargestArrivingVm, host::migration::kMaxVcpus)) {
     ::close(connection);
     if (listener_) ::unlink(incoming_socket.c_str());

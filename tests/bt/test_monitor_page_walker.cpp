@@ -99,5 +99,43 @@ TEST(BtMonitorPageWalker, AccessKindsAreRememberedSeparately) {
   EXPECT_EQ(w.fault(), (Fault{14, true, kPfP | kPfW}));
 }
 
+TEST(BtMonitorPageWalker, AWalkThroughUntracedTablesLastsOneIteration) {
+  GuestRam ram;
+  map(ram, 0x9000);
+  MonitorPageWalker walker;
+  walker.next_iteration(0);
+  auto none = [](std::uint64_t) { return false; };
+  ASSERT_EQ(walker.translate(ram.pm, paging_on(), kLa, Access{}, none).value(), 0x9000u);
+  map(ram, 0xa000);  // the guest could have written an untraced table unseen
+  walker.next_iteration(0);
+  EXPECT_EQ(walker.translate(ram.pm, paging_on(), kLa, Access{}, none).value(), 0xa000u);
+}
+
+TEST(BtMonitorPageWalker, AWalkThroughTracedTablesLastsUntilATableIsReleased) {
+  GuestRam ram;
+  map(ram, 0x9000);
+  MonitorPageWalker walker;
+  auto traced = [](std::uint64_t page) { return page == kDir || page == kTable; };
+  walker.next_iteration(7);
+  ASSERT_EQ(walker.translate(ram.pm, paging_on(), kLa, Access{}, traced).value(), 0x9000u);
+  // Nothing released: the walk is still exact in the next iteration (here
+  // the table is changed behind its back to show the walk is not redone).
+  map(ram, 0xa000);
+  walker.next_iteration(7);
+  EXPECT_EQ(walker.translate(ram.pm, paging_on(), kLa, Access{}, traced).value(), 0x9000u);
+  // A traced table was released (a guest write to it was seen): walk again.
+  walker.next_iteration(8);
+  EXPECT_EQ(walker.translate(ram.pm, paging_on(), kLa, Access{}, traced).value(), 0xa000u);
+  // Other paging registers (another CR3) never reuse a walk.
+  map(ram, 0xb000);
+  PagingRegs other = paging_on();
+  other.cr0 |= 0x10000;
+  EXPECT_EQ(walker.translate(ram.pm, other, kLa, Access{}, traced).value(), 0xb000u);
+  // Nor does one after an explicit flush (CR write, INVLPG).
+  map(ram, 0xc000);
+  walker.flush();
+  EXPECT_EQ(walker.translate(ram.pm, other, kLa, Access{}, traced).value(), 0xc000u);
+}
+
 }  // namespace
 }  // namespace modevisor::bt

@@ -2,6 +2,8 @@
 # ctest "kvm_nested_host" (label kvm): run the KVM integration tests where KVM
 # is real, then boot every guest of tests/guests with `modevisor run` under the
 # HV plugin that KVM allows and compare with QEMU (run-guests-under-hv.sh),
+# start the longmode guest under BT32 and switch it to that plugin when it
+# enters long mode (run-bt32-switch.sh, the seed's BT32),
 # check `explain` and run every example VM (run-example-vms.sh),
 # then boot Debian's kernel with a busybox initramfs to its shell prompt and
 # run a command over the serial console (run-linux-under-hv.sh), with 1 vCPU
@@ -29,6 +31,7 @@ if [ "$usable" = yes ]; then
   echo "this machine's /dev/kvm is usable: running the KVM tests here"
   MODEVISOR_KVM_REQUIRED=1 "$TESTS" --gtest_color=no || exit 1
   "$SRC/tests/kvm/run-guests-under-hv.sh" "$BUILD" "$SRC" || exit 1
+  "$SRC/tests/kvm/run-bt32-switch.sh" "$BUILD" "$SRC" || exit 1
   "$SRC/tests/kvm/run-example-vms.sh" "$BUILD" "$SRC" || exit 1
   "$SRC/tests/kvm/run-linux-under-hv.sh" "$BUILD" "$SRC" || exit 1
   "$SRC/tests/kvm/run-linux-under-hv.sh" "$BUILD" "$SRC" 420 linux-busybox-smp poweroff
@@ -44,7 +47,7 @@ fi
 
 start=$(date +%s)
 NPTS="1 0" "$SRC/scripts/kvm-host/run.sh" -o "$OUT" -w "$OUT/work" -t "${KVM_HOST_TIMEOUT:-1500}" -- \
-  sh -c "stat -f -c 'test host: TMPDIR %n is %T' \"\$TMPDIR\"; [ \"\$(stat -f -c %T \"\$TMPDIR\")\" = tmpfs ] || { echo 'FAIL: TMPDIR is not on the test host tmpfs'; exit 1; }; '$BUILD/bin/modevisor' plugins; MODEVISOR_KVM_REQUIRED=1 MODEVISOR_KVM_HANDOFF_DIR=$OUT/work timeout 150 '$TESTS' --gtest_color=no && timeout 600 '$SRC/tests/kvm/run-guests-under-hv.sh' '$BUILD' '$SRC' && timeout 300 '$SRC/tests/kvm/run-example-vms.sh' '$BUILD' '$SRC' && timeout 480 '$SRC/tests/kvm/run-linux-under-hv.sh' '$BUILD' '$SRC' 420 && timeout 480 '$SRC/tests/kvm/run-linux-under-hv.sh' '$BUILD' '$SRC' 420 linux-busybox-smp poweroff"
+  sh -c "stat -f -c 'test host: TMPDIR %n is %T' \"\$TMPDIR\"; [ \"\$(stat -f -c %T \"\$TMPDIR\")\" = tmpfs ] || { echo 'FAIL: TMPDIR is not on the test host tmpfs'; exit 1; }; '$BUILD/bin/modevisor' plugins; MODEVISOR_KVM_REQUIRED=1 MODEVISOR_KVM_HANDOFF_DIR=$OUT/work timeout 150 '$TESTS' --gtest_color=no && timeout 600 '$SRC/tests/kvm/run-guests-under-hv.sh' '$BUILD' '$SRC' && timeout 240 '$SRC/tests/kvm/run-bt32-switch.sh' '$BUILD' '$SRC' && timeout 300 '$SRC/tests/kvm/run-example-vms.sh' '$BUILD' '$SRC' && timeout 480 '$SRC/tests/kvm/run-linux-under-hv.sh' '$BUILD' '$SRC' 420 && timeout 480 '$SRC/tests/kvm/run-linux-under-hv.sh' '$BUILD' '$SRC' 420 linux-busybox-smp poweroff"
 rc=$?
 echo "test host: $(( $(date +%s) - start ))s wall"
 case $rc in

@@ -13,6 +13,8 @@
 #include <thread>
 #include <vector>
 
+#include "control/protocol.hpp"
+#include "control/unix_socket.hpp"
 #include "support/daemon_harness.hpp"
 #include "support/loopback_relay.hpp"
 
@@ -35,6 +37,7 @@ std::vector<long> ticks(const std::string& console) {
 }
 
 using TestHost = DaemonHost;
+namespace control = modevisor::control;
 
 // A loopback relay to a destination's migration port that reads the frame
 // headers coming back from the destination and, on the first connection,
@@ -207,6 +210,48 @@ TEST_F(DaemonMigrationTest, AVmMovesToTheOtherHostAndBackWithItsOutputUnbroken) 
   EXPECT_NE(log_a.find("MONITOR MODE: selected"), std::string::npos) << log_a;
   EXPECT_EQ(running_intervals(), 1u);
   expect_no_overlap();
+}
+
+// The seed's BT32 switch is decided where the VM runs: a VM that arrived
+// under BT32 and then enters long mode is re-selected by the receiving host
+// (here: no hardware mode, policy esx-4.0, so it stops with the seed's reason).
+TEST_F(DaemonMigrationTest, AnArrivedBt32VmEnteringLongModeIsReselectedOnTheNewHost) {
+  const std::string policy = "policy: esx-4.0\nmask: [hardware_virtualization]\n";
+  a_.start(policy + migration_host_yaml(a_, dir_ / "cluster.secret", "host-b", b_.port));
+  ASSERT_FALSE(HasFatalFailure());
+  b_.start(policy + migration_host_yaml(b_, dir_ / "cluster.secret", "host-a", a_.port));
+  ASSERT_FALSE(HasFatalFailure());
+  const fs::path vm = dir_ / "longmode.yaml";
+  std::ofstream(vm) << "name: longmode\nguest:\n  os: other-32\n  kernel: " << (kGuests / "longmode.elf").string()
+                    << "\n  cmdline: \"wait=1\"\nmemory: 32MiB\ncpu_model: kvm64\n";
+  ASSERT_EQ(a_.cli("vm start " + vm.string()).status, 0);
+  ASSERT_TRUE(eventually([&] { return a_.console("longmode").find("waiting for a key") != std::string::npos; }))
+      << a_.console("longmode") << a_.log("longmode");
+
+  const json moved = a_.cli_json("migrate longmode --to host-b");
+  ASSERT_EQ(moved.value("outcome", ""), "completed") << moved.dump(2);
+  EXPECT_EQ(b_.state_of("longmode"), "running");
+  control::LineChannel channel(control::connect_unix(b_.socket()));
+  ASSERT_TRUE(channel.send(control::request(1, "vm.console", {{"name", "longmode"}, {"follow", true}})));
+  const auto reply = channel.receive();
+  ASSERT_TRUE(reply && (*reply)["ok"].get<bool>()) << (reply ? reply->dump() : channel.error());
+  ASSERT_TRUE(channel.send(
+      control::request(0, "console.input", {{"name", "longmode"}, {"data", control::base64_encode("k")}})));
+
+  ASSERT_TRUE(eventually([&] { return b_.state_of("longmode") == "failed"; })) << b_.log("longmode");
+  const json status = b_.cli_json("vm status longmode");
+  EXPECT_NE(status.value("reason", "").find("BT64 could not virtualize the 64-bit architecture efficiently"),
+            std::string::npos)
+      << status.dump(2);
+  ASSERT_TRUE(status.contains("mode_switch")) << status.dump(2);
+  EXPECT_EQ(status["mode_switch"].value("from", ""), "BT32");
+  const std::string log_b = b_.log("longmode");
+  EXPECT_NE(log_b.find("MONITOR MODE: switch                 : none, the VM stops under BT32: "), std::string::npos)
+      << log_b;
+  EXPECT_EQ(log_b.find("cannot switch monitor modes"), std::string::npos) << log_b;
+  const std::string console = b_.console("longmode");
+  EXPECT_NE(console.find("entering long mode\n"), std::string::npos) << console;
+  EXPECT_EQ(console.find("64-bit code"), std::string::npos) << console;
 }
 
 TEST_F(DaemonMigrationTest, TenMigrationsBackAndForthKeepOneUnbrokenOutputAndOneHostAtATime) {

@@ -150,6 +150,32 @@ TEST_F(DaemonTest, StartListConsoleLogStatusOfAGuestThatRunsToItsEnd) {
   EXPECT_GT(status["console_bytes"].get<int>(), 0);
 }
 
+// The seed's BT32 under the daemon, where no hardware mode is allowed (masked):
+// the guest enters long mode, the monitor process takes the daemon's switch
+// decision and the VM fails with the policy's reason, which `vm status` and
+// the VM log show.
+TEST_F(DaemonTest, ABt32VmEnteringLongModeWithNoHardwareModeFailsWithTheSeedsReason) {
+  start_daemon("policy: esx-4.0\nmask: [hardware_virtualization]\n");
+  const fs::path vm = dir_ / "longmode.yaml";
+  std::ofstream(vm) << "name: longmode\nguest:\n  os: other-32\n  kernel: " << (kGuests / "longmode.elf").string()
+                    << "\nmemory: 64MiB\ncpu_model: kvm64\n";
+  const json started = cli_json("vm start " + vm.string());
+  EXPECT_EQ(started["mode"], "BT32") << started.dump();
+  ASSERT_TRUE(wait_state("longmode", "failed"));
+  const json status = cli_json("vm status longmode");
+  EXPECT_THAT(status.value("reason", ""), HasSubstr("BT64 could not virtualize the 64-bit architecture efficiently"));
+  ASSERT_TRUE(status.contains("mode_switch")) << status.dump();
+  EXPECT_EQ(status["mode_switch"].value("from", ""), "BT32");
+  EXPECT_FALSE(status["mode_switch"].contains("to"));
+  EXPECT_EQ(status["mode"], "BT32");
+  const std::string log = read_file(dir_ / "logs" / "longmode.log");
+  EXPECT_THAT(log, HasSubstr("mode switch: the guest activated long mode"));
+  EXPECT_THAT(log, HasSubstr("MONITOR MODE: switch                 : none, the VM stops under BT32: "));
+  const Result console = cli("vm console longmode --no-follow");
+  EXPECT_THAT(console.out, HasSubstr("entering long mode\n"));
+  EXPECT_THAT(console.out, Not(HasSubstr("64-bit code")));
+}
+
 TEST_F(DaemonTest, ConsoleAttachTypesIntoTheGuestAndReadsItsOutput) {
   start_daemon();
   ASSERT_EQ(cli("vm start " + long_vm("busy").string()).status, 0);

@@ -2,8 +2,12 @@
 // shipped CPU profiles and policies, with the real plugins' descriptors.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <fstream>
 
 #include "capabilities/cpu_profile.hpp"
+#include "common/errors.hpp"
 #include "plugins/registry.hpp"
 #include "selection/mode_log.hpp"
 #include "selection/policy.hpp"
@@ -325,6 +329,144 @@ TEST_F(SelectorTest, JsonCarriesTheSameDecision) {
   EXPECT_EQ(j["selected"], "HWMMU");
   EXPECT_EQ(j["plugin"]["name"], "hv-hwmmu");
   EXPECT_EQ(j["allowed"].size(), 3u);
+}
+
+// --- The seed's BT32 switch, mid-run ------------------------------------------
+// "When using BT32, the monitor runs the virtual machine with software
+// virtualization for as long as possible, but it dynamically switches to
+// hardware virtualization if the virtual machine enters 64-bit mode."
+
+class ModeSwitchTest : public SelectorTest {
+ protected:
+  static ModeSwitch change(const api::HostCapabilities& host, const std::string& policy, const VmConfig& config) {
+    std::vector<PluginCandidate> candidates;
+    for (const auto& plugin : registry_->plugins())
+      candidates.push_back({plugin->file, plugin->descriptor, host_problems(*plugin, host)});
+    return select_mode_switch(host, candidates, load_policy(find_policy(kConfigs, policy)), config, "BT",
+                              "the guest activated long mode");
+  }
+  static api::HostCapabilities without_hardware(const std::string& profile) {
+    api::HostCapabilities host = cpu(profile);
+    host.hardware_virtualization = false;
+    host.nested_paging = false;
+    return host;
+  }
+  // A 32-bit guest with the software hint: it starts under BT32.
+  static VmConfig bt_guest() { return vm("other-32", TechniqueHint::Software); }
+};
+
+TEST_F(ModeSwitchTest, TheGuestStartsUnderBt32) {
+  for (const char* policy : {"default", "esx-4.0"}) {
+    const Selection s = select("intel-nehalem", policy, bt_guest());
+    ASSERT_TRUE(s.selected) << policy;
+    EXPECT_EQ(s.display(*s.selected), "BT32") << policy;
+  }
+}
+
+TEST_F(ModeSwitchTest, DefaultSwitchesBt32ToHardwareWithNestedPaging) {
+  const ModeSwitch c = change(cpu("intel-nehalem"), "default", bt_guest());
+  EXPECT_EQ(c.from, "BT32");
+  ASSERT_TRUE(c.to);
+  EXPECT_EQ(*c.to, "HWMMU");
+  ASSERT_TRUE(c.plugin);
+  EXPECT_EQ(c.plugin->descriptor.name, "hv-hwmmu");
+  EXPECT_THAT(c.reason, HasSubstr("switches to hardware virtualization"));
+  EXPECT_THAT(c.reason, HasSubstr("the guest activated long mode"));
+  // The software hint cannot hold for the 64-bit guest: it is ignored, saying why.
+  ASSERT_FALSE(c.selection.ignored_hints.empty());
+  EXPECT_THAT(c.selection.ignored_hints.front().reason, HasSubstr("BT32 is not allowed here"));
+}
+
+TEST_F(ModeSwitchTest, Esx40SwitchesBt32ToHvWhereThereIsNoNestedPaging) {
+  api::HostCapabilities host = cpu("intel-nehalem");
+  host.nested_paging = false;
+  const ModeSwitch c = change(host, "esx-4.0", bt_guest());
+  ASSERT_TRUE(c.to);
+  EXPECT_EQ(*c.to, "HV");
+  ASSERT_TRUE(c.plugin);
+  EXPECT_EQ(c.plugin->descriptor.name, "hv-swmmu");
+}
+
+TEST_F(ModeSwitchTest, DefaultWithoutAHardwareModeWouldGoOnUnderBt64WhichIsNotImplemented) {
+  const ModeSwitch c = change(without_hardware("intel-nehalem"), "default", bt_guest());
+  EXPECT_FALSE(c.to);
+  EXPECT_FALSE(c.plugin);
+  EXPECT_THAT(c.reason, HasSubstr("no hardware mode is allowed"));
+  EXPECT_THAT(c.reason, HasSubstr("the CPU has no hardware virtualization"));
+  EXPECT_THAT(c.reason, HasSubstr("default continues under BT64, which is not implemented yet"));
+}
+
+TEST_F(ModeSwitchTest, Esx40WithoutAHardwareModeStopsWithTheSeedsReason) {
+  for (const char* policy : {"esx-4.0", "esx-3.5"}) {
+    const ModeSwitch c = change(without_hardware("intel-nehalem"), policy, bt_guest());
+    EXPECT_FALSE(c.to) << policy;
+    EXPECT_THAT(c.reason, HasSubstr("stops it")) << policy;
+    EXPECT_THAT(c.reason, HasSubstr("BT64 could not virtualize the 64-bit architecture efficiently")) << policy;
+    EXPECT_THAT(c.reason, HasSubstr("runs only 32-bit guests with BT on Intel CPUs")) << policy;
+  }
+}
+
+TEST_F(ModeSwitchTest, WhereBt64IsAllowedAHardwareModeStillTakesTheGuestBtGaveUp) {
+  // Shanghai keeps segment limits in long mode: BT64 is allowed (and the
+  // hint asks for BT), but the plugin that gave the guest up cannot run it.
+  const ModeSwitch c = change(cpu("amd-shanghai"), "esx-4.0", bt_guest());
+  EXPECT_EQ(c.from, "BT");
+  ASSERT_TRUE(c.to);
+  EXPECT_EQ(*c.to, "HWMMU");
+}
+
+TEST_F(ModeSwitchTest, WhereBt64IsTheOnlyModeTheVmStopsBecauseBt64IsNotImplemented) {
+  const ModeSwitch c = change(without_hardware("amd-shanghai"), "esx-4.0", bt_guest());
+  EXPECT_FALSE(c.to);
+  ASSERT_TRUE(c.selection.selected);
+  EXPECT_EQ(*c.selection.selected, "BT");
+  EXPECT_THAT(c.reason, HasSubstr("BT64, which is not implemented yet"));
+}
+
+TEST_F(ModeSwitchTest, TheLogSaysBt32ToHvAndWhy) {
+  api::HostCapabilities host = cpu("intel-nehalem");
+  host.nested_paging = false;
+  const auto lines = mode_switch_lines(change(host, "default", bt_guest()));
+  ASSERT_GE(lines.size(), 3u);
+  EXPECT_THAT(lines.front(), HasSubstr("MONITOR MODE: guest entered          : 64-bit mode under BT32"));
+  EXPECT_THAT(lines, Contains(HasSubstr("MONITOR MODE: selected               : HV (hv-swmmu")));
+  EXPECT_THAT(lines.back(), HasSubstr("MONITOR MODE: switch                 : BT32 -> HV (hv-swmmu "));
+  EXPECT_THAT(lines.back(), HasSubstr("switches to hardware virtualization"));
+  const auto stop = mode_switch_lines(change(without_hardware("intel-nehalem"), "esx-4.0", bt_guest()));
+  EXPECT_THAT(stop.back(), HasSubstr("MONITOR MODE: switch                 : none, the VM stops under BT32: "));
+}
+
+TEST_F(ModeSwitchTest, TheSelectorIsPureTheSameInputsGiveTheSameSwitch) {
+  const ModeSwitch a = change(cpu("intel-nehalem"), "default", bt_guest());
+  const ModeSwitch b = change(cpu("intel-nehalem"), "default", bt_guest());
+  EXPECT_EQ(mode_switch_lines(a), mode_switch_lines(b));
+}
+
+TEST(Bt32LongModePolicy, ShippedPoliciesSayWhatHappensWithoutAHardwareMode) {
+  EXPECT_EQ(load_policy(find_policy(kConfigs, "default")).bt32_long_mode.otherwise,
+            Bt32LongModePolicy::Otherwise::Bt64);
+  const Policy esx = load_policy(find_policy(kConfigs, "esx-4.0"));
+  EXPECT_EQ(esx.bt32_long_mode.otherwise, Bt32LongModePolicy::Otherwise::Stop);
+  EXPECT_THAT(esx.bt32_long_mode.reason, HasSubstr("limited to 32-bit virtual machines"));
+}
+
+TEST(Bt32LongModePolicy, AnUnknownChoiceIsBadInputNamingWhere) {
+  const auto dir = std::filesystem::temp_directory_path() / ("bt32-policy-" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  const auto file = dir / "bad.yaml";
+  {
+    std::ofstream out(file);
+    out << "name: bad\nmodes:\n  BT:\n    - bits: [32]\npreferences:\n  - order: [BT, HV, HWMMU]\n"
+           "bt32_long_mode:\n  otherwise: emulate\n";
+  }
+  try {
+    load_policy_checked(file, nullptr);
+    ADD_FAILURE() << "accepted otherwise: emulate";
+  } catch (const InputError& e) {
+    EXPECT_THAT(e.what(), HasSubstr("bad.yaml:8"));
+    EXPECT_THAT(e.what(), HasSubstr("unknown bt32_long_mode.otherwise 'emulate' (expected stop or bt64)"));
+  }
+  std::filesystem::remove_all(dir);
 }
 
 }  // namespace

@@ -89,6 +89,49 @@ class VmLifecycleTest : public ::testing::Test {
 // output does not depend on time.
 constexpr const char* kSieve = "n=1000000 r=1000";
 
+// The seed's BT32 switch, its session side, with the plugins that run here:
+// the guest enters long mode under bt-swmmu, the session stops every vCPU,
+// asks the handler which plugin takes the guest over and builds that one's VM
+// on the same RAM and devices.  Without a plugin the VM fails with the
+// handler's reason; with one that refuses the state (bt-swmmu itself cannot
+// load a long-mode vCPU) it fails naming both plugins and why; never a crash.
+TEST_F(VmLifecycleTest, AGuestEnteringLongModeUnderBtIsHandedToTheModeChangeHandler) {
+  const fs::path file = dir_ / "longmode.yaml";
+  std::ofstream(file) << "name: longmode\nguest:\n  os: other-32\n  kernel: "
+                      << (fs::path(MODEVISOR_BINARY_DIR) / "guests" / "longmode.elf").string()
+                      << "\nmemory: 32MiB\ncpu_model: kvm64\n";
+  const VmConfig config = load_vm_config(file, *guest_os_);
+
+  std::string asked;
+  VmEvents events;
+  events.mode_change = [&](const std::string& guest_event) {
+    asked = guest_event;
+    return ModeChangeOutcome{nullptr, "no hardware mode here", nullptr};
+  };
+  auto vm = Vm::create(config, plugin_, log(), std::move(events));
+  vm->start();
+  SessionResult r = vm->wait();
+  EXPECT_THAT(asked, HasSubstr("activated long mode"));
+  EXPECT_EQ(r.kind, SessionResult::Kind::Error);
+  EXPECT_THAT(r.reason, HasSubstr("no other monitor mode takes the VM over: no hardware mode here"));
+  EXPECT_THAT(vm->console_output(), HasSubstr("entering long mode\n"));
+  EXPECT_EQ(vm->mode_switches(), 0u);
+  EXPECT_EQ(vm->state(), VmState::Failed);
+
+  VmEvents refused;
+  refused.mode_change = [&](const std::string&) { return ModeChangeOutcome{plugin_, "", nullptr}; };
+  auto again = Vm::create(config, plugin_, log(), std::move(refused));
+  again->start();
+  r = again->wait();
+  EXPECT_EQ(r.kind, SessionResult::Kind::Error);
+  EXPECT_THAT(r.reason, HasSubstr("switching from bt-swmmu to bt-swmmu failed"));
+  EXPECT_THAT(r.reason, HasSubstr("BT64 (64-bit guests) is not implemented"));
+  EXPECT_EQ(again->mode_switches(), 1u) << "the old VM was replaced before the new one refused the state";
+  bool counted = false;
+  for (const auto& [name, value] : r.counters) counted |= name == "vm.mode_switches" && value == 1;
+  EXPECT_TRUE(counted);
+}
+
 TEST_F(VmLifecycleTest, PauseAndResumeContinueTheOutputWithNoGapOrRepeatAndTheClockDoesNotJump) {
   const VmConfig config = declare("sieve.elf", kSieve);
   const auto [expected, expected_result] = run_through(config);

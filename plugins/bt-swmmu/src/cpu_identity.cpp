@@ -9,14 +9,17 @@ namespace {
 // What the engine implements, by feature register: leaf 1 EDX (FPU, PSE, TSC,
 // MSR, PAE, CX8, APIC, SEP, PGE, CMOV, PAT, MMX, FXSR, SSE, SSE2), leaf 1 ECX
 // (only "hypervisor present"), leaf 7 EBX (SMEP, SMAP) and ECX (UMIP, RDPID),
-// leaf 0x80000001 EDX (NX, RDTSCP).
+// leaf 0x80000001 EDX (NX, RDTSCP, and LM: BT32 runs the guest until it
+// activates long mode, then hands it to a hardware mode, as the seed's BT32).
 constexpr std::uint32_t kLeaf1Edx = (1u << 0) | (1u << 3) | (1u << 4) | (1u << 5) | (1u << 6) | (1u << 8) |
                                     (1u << 9) | (1u << 11) | (1u << 13) | (1u << 15) | (1u << 16) | (1u << 23) |
                                     (1u << 24) | (1u << 25) | (1u << 26);
 constexpr std::uint32_t kLeaf1Ecx = 1u << 31;
 constexpr std::uint32_t kLeaf7Ebx = (1u << 7) | (1u << 20);  // SMEP, SMAP
 constexpr std::uint32_t kLeaf7Ecx = (1u << 2) | (1u << 22);  // UMIP, RDPID
-constexpr std::uint32_t kExt1Edx = (1u << 20) | (1u << 27);  // NX, RDTSCP
+constexpr std::uint32_t kExt1Edx = (1u << 20) | (1u << 27) | (1u << 29);  // NX, RDTSCP, LM
+// The engine's own model (no cpu_model) stays a 32-bit CPU.
+constexpr std::uint32_t kOwnExt1Edx = (1u << 20) | (1u << 27);
 
 // The mask of a feature register (reg 0-3: eax..edx); ~0 for non-feature values.
 std::uint32_t supported_mask(std::uint32_t function, int reg) {
@@ -67,6 +70,7 @@ CpuFeatures CpuidModel::derive_features() const {
   f.umip = seven.ecx >> 2 & 1;
   f.rdpid = seven.ecx >> 22 & 1;
   f.rdtscp = ext1.edx >> 27 & 1;
+  f.long_mode = ext1.edx >> 29 & 1;
   return f;
 }
 
@@ -96,7 +100,7 @@ CpuidAnswer CpuidModel::answer(std::uint32_t leaf, std::uint32_t sub, unsigned c
       break;
     case 0x40000000: a.eax = 0x40000000; vendor("ModevisorBT ", a.ebx, a.ecx, a.edx); break;
     case 0x80000000: a.eax = 0x80000001; break;
-    case 0x80000001: a.edx = kExt1Edx; break;  // NX, RDTSCP
+    case 0x80000001: a.edx = kOwnExt1Edx; break;  // NX, RDTSCP
     default: break;
   }
   return a;

@@ -175,8 +175,12 @@ void Vcpu::do_wrmsr() {
   if (idx == 0x1b) {
     platform_.set_apic_base(index_, v);
   } else if (idx == 0xc0000080) {
-    if (v & ~0x800ull) raise(13, true, 0);  // only NXE: no long mode, no SYSCALL
-    efer_ = v;
+    // NXE, and LME where the CPU model offers long mode; no SYSCALL.  LMA is
+    // the CPU's (read-only); LME cannot change while paging is on.
+    const std::uint64_t writable = 0x800ull | (cpuid_.features().long_mode ? 0x100ull : 0);
+    if (v & ~(writable | 0x400ull)) raise(13, true, 0);
+    if ((cr0_ & 0x80000000u) && ((v ^ efer_) & 0x100)) raise(13, true, 0);
+    efer_ = (v & writable) | (efer_ & 0x400);
     monitor_tlb_flush();
   } else {
     require(msrs_.write(idx, v, __rdtsc()));
@@ -190,6 +194,16 @@ void Vcpu::write_cr(unsigned n, std::uint32_t v) {
       v |= 0x10;
       if ((v & 0x80000000u) && !(v & 1)) raise(13, true, 0);
       if (!(v & 1)) throw std::runtime_error("bt-swmmu: the guest left protected mode (real mode is not supported)");
+      if ((v & 0x80000000u) && !(cr0_ & 0x80000000u) && (efer_ & 0x100)) {
+        // Paging on with EFER.LME: long mode activates (without CR4.PAE, #GP).
+        // BT32 stops here with the instruction done; a hardware mode goes on.
+        if (!(cr4_ & 0x20)) raise(13, true, 0);
+        efer_ |= 0x400;
+        cr0_ = v;
+        long_mode_entered_ = "the guest activated long mode (EFER.LME set, CR0.PG turned on: EFER.LMA)";
+        break;
+      }
+      if (!(v & 0x80000000u)) efer_ &= ~0x400ull;  // paging off leaves long mode
       cr0_ = v;
       break;
     case 2: cr2_ = v; break;

@@ -51,7 +51,8 @@ void Vcpu::deliver(std::uint8_t vec, bool has_error, std::uint32_t error, bool s
   const std::uint16_t sel = gate.selector;
   const std::uint32_t off = gate.offset;
   if ((sel & 0xfffc) == 0) raise(13, true, 0);
-  api::Segment target = decode_segment_descriptor(read_descriptor(sel, sel & 0xfffc), sel);
+  const std::uint64_t target_raw = read_descriptor(sel, sel & 0xfffc);  // read once: load_cs below uses it
+  const api::Segment target = decoded_.decode(target_raw, sel);
   if (target.dpl > cpl_) raise(13, true, sel & 0xfffc);
   require(check_code_segment(target, sel));
   const unsigned new_cpl = (target.type & 4) ? cpl_ : target.dpl;
@@ -65,7 +66,7 @@ void Vcpu::deliver(std::uint8_t vec, bool has_error, std::uint32_t error, bool s
     const auto [new_esp, new_ss] = stack_from_tss(new_cpl);
     const std::uint32_t old_esp = reg32(4);
     const std::uint16_t old_ss = ss_.selector;
-    api::Segment nss = decode_segment_descriptor(read_descriptor(new_ss, new_ss & 0xfffc), new_ss);
+    const api::Segment nss = decoded_.decode(read_descriptor(new_ss, new_ss & 0xfffc), new_ss);
     require(check_interrupt_stack(nss, new_ss, new_cpl));
     frame = build_event_frame(EventFrameInput{old_flags, old_cs, ret_eip, has_error, error, true, old_ss, old_esp,
                                               gate.interrupt_gate()});
@@ -84,7 +85,7 @@ void Vcpu::deliver(std::uint8_t vec, bool has_error, std::uint32_t error, bool s
     }
   }
   if (!stack_switch) push_words(frame.words.data(), frame.count);
-  load_cs(sel, new_cpl);
+  load_cs_descriptor(sel, target_raw, new_cpl);
   eip_ = off;
   set_eflags(frame.new_eflags);
   run_state_ = api::RunState::Runnable;

@@ -91,9 +91,9 @@ std::uint64_t Vcpu::emulate_and_continue() {
 // What run() checks before it runs guest code, for a monitor call: true
 // when the next block may run right away (the view is set up for it).
 bool Vcpu::may_stay_in_cache() {
-  monitor_tlb_flush();
+  monitor_walks_next_iteration();
   if (single_step_ || kicked_.load(std::memory_order_relaxed) || poll_blocked_.load(std::memory_order_relaxed) ||
-      dirty_.requested())
+      dirty_.requested() || !long_mode_entered_.empty())
     return false;
   if (platform_read_) {
     if (platform_.stop_requested()) return false;

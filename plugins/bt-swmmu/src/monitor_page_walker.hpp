@@ -1,9 +1,14 @@
 // The monitor's own view of guest-linear memory: walks the guest's page
 // tables for the accesses the monitor makes on the guest's behalf (exception
 // frames, gates, descriptors, IRET frames, emulated operands) and remembers
-// each walk so one dispatcher iteration walks a page once.  A remembered walk
-// lasts until flush() (the iteration ends, paging registers change, INVLPG)
-// or until the monitor writes a table it used (drop_table).
+// each walk.  A walk whose page tables are all traced by the shadow MMU
+// (write-protected everywhere, so no guest write to them goes unseen) lasts
+// until the paging registers change, flush() (CR writes, INVLPG, task
+// switches), a traced table is released (ShadowMmu::pt_release_generation)
+// or the monitor writes a table it used (drop_table); any other walk lasts
+// one dispatcher iteration or monitor call (next_iteration).  So the IDT,
+// GDT, TSS and kernel stack pages of a system call are walked once, not at
+// every call.
 #pragma once
 
 #include <array>
@@ -18,21 +23,49 @@ class MonitorPageWalker {
  public:
   // The guest-physical address of `la`, or the #PF the access takes (the
   // caller sets CR2).  Accessed/Dirty bits are set like the hardware does.
-  Outcome<std::uint64_t> translate(const PhysMem& mem, const PagingRegs& regs, std::uint32_t la, Access acc) {
+  // `traced(pa_page)` says whether a table page is traced (a guest write to
+  // it is seen and releases it); by default none is, and every walk lasts
+  // one iteration.
+  template <class IsTraced>
+  Outcome<std::uint64_t> translate(const PhysMem& mem, const PagingRegs& regs, std::uint32_t la, Access acc,
+                                   IsTraced&& traced) {
+    if (!same_regs(regs)) {
+      flush();
+      regs_ = regs;
+    }
     Entry& e = entries_[(la >> 12) % entries_.size()];
     const std::uint32_t tag = tag_of(la, acc);
-    if (e.gen == gen_ && e.tag == tag) return e.pa_page | (la & 0xfff);
+    if (e.tag == tag && e.gen == gen_ && (e.lasting || e.iteration == iteration_)) return e.pa_page | (la & 0xfff);
     const WalkResult w = walk(mem, regs, la, acc, true);
     if (!w.ok) return Fault{14, true, w.error};
     // Only 4 KiB granules are remembered, whatever the guest page size.
-    e = Entry{tag, gen_, w.pa & ~0xfffull, {w.pt_pages[0], w.pt_pages[1], w.pt_pages[2]}, w.n_pt};
+    bool lasting = true;
+    for (int i = 0; i < w.n_pt; ++i) lasting = lasting && traced(w.pt_pages[i]);
+    e = Entry{tag, gen_, iteration_, lasting, w.pa & ~0xfffull, {w.pt_pages[0], w.pt_pages[1], w.pt_pages[2]}, w.n_pt};
     for (int i = 0; i < w.n_pt; ++i) tables_ |= table_bit(w.pt_pages[i]);
     return w.pa;
   }
 
+  Outcome<std::uint64_t> translate(const PhysMem& mem, const PagingRegs& regs, std::uint32_t la, Access acc) {
+    return translate(mem, regs, la, acc, [](std::uint64_t) { return false; });
+  }
+
+  // Forget every walk.
   void flush() {
     if (++gen_ == 0) gen_ = 1;
     tables_ = 0;
+  }
+
+  // A new dispatcher iteration or monitor call: the guest ran in between, so
+  // only walks through traced tables are still known to be exact, and only
+  // while no traced table was released.
+  void next_iteration(std::uint64_t pt_release_generation) {
+    if (pt_release_generation != release_gen_) {
+      flush();
+      release_gen_ = pt_release_generation;
+      return;
+    }
+    if (++iteration_ == 0) flush();
   }
 
   // The guest-physical page `pa_page` was written by the monitor: forget the
@@ -50,15 +83,24 @@ class MonitorPageWalker {
   static std::uint32_t tag_of(std::uint32_t la, Access acc) {
     return (la & ~0xfffu) | (acc.fetch ? 4 : 0) | (acc.write ? 2 : 0) | (acc.user ? 1 : 0);
   }
+  bool same_regs(const PagingRegs& r) const {
+    return r.cr0 == regs_.cr0 && r.cr3 == regs_.cr3 && r.cr4 == regs_.cr4 && r.efer == regs_.efer &&
+           r.smap_suspended == regs_.smap_suspended;
+  }
   struct Entry {
     std::uint32_t tag = 0;  // LA page | fetch 4 | write 2 | user 1
     std::uint32_t gen = 0;
+    std::uint32_t iteration = 0;
+    bool lasting = false;  // every table of the walk was traced
     std::uint64_t pa_page = 0;
     std::uint64_t pt[3] = {};
     int n_pt = 0;
   };
   std::array<Entry, 16> entries_{};
   std::uint32_t gen_ = 1;
+  std::uint32_t iteration_ = 0;
+  std::uint64_t release_gen_ = ~0ull;
+  PagingRegs regs_{};
   // A one-word filter of the table pages the remembered walks used.
   static std::uint64_t table_bit(std::uint64_t pa_page) { return 1ull << ((pa_page >> 12) & 63); }
   std::uint64_t tables_ = 0;

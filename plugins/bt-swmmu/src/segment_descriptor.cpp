@@ -24,23 +24,6 @@ api::Segment decode_segment_descriptor(std::uint64_t d, std::uint16_t sel) {
   return s;
 }
 
-Outcome<std::uint32_t> locate_descriptor(std::uint16_t sel, const api::DescriptorTable& gdtr,
-                                         const api::Segment& ldtr, std::uint32_t error) {
-  const std::uint32_t index = sel & ~7u;
-  std::uint64_t base;
-  std::uint32_t limit;
-  if (sel & 4) {
-    if (ldtr.unusable || !ldtr.present) return Fault::gp(error);
-    base = ldtr.base;
-    limit = ldtr.limit;
-  } else {
-    base = gdtr.base;
-    limit = gdtr.limit;
-  }
-  if (index + 7 > limit) return Fault::gp(error);
-  return static_cast<std::uint32_t>(base + index);
-}
-
 Check check_data_segment_load(const api::Segment& d, std::uint16_t sel, unsigned cpl) {
   const std::uint32_t err = selector_error(sel);
   const unsigned rpl = sel & 3;

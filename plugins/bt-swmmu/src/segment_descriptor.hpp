@@ -15,9 +15,47 @@ namespace modevisor::bt {
 api::Segment decode_segment_descriptor(std::uint64_t raw, std::uint16_t sel);
 
 // Where selector `sel`'s descriptor lies (guest-linear), or #GP(`error`) when
-// it is outside its table or the LDT is not loaded.
-Outcome<std::uint32_t> locate_descriptor(std::uint16_t sel, const api::DescriptorTable& gdtr,
-                                         const api::Segment& ldtr, std::uint32_t error);
+// it is outside its table or the LDT is not loaded.  Inline: returned
+// through memory, the Outcome cost a store-forwarding stall per descriptor.
+inline Outcome<std::uint32_t> locate_descriptor(std::uint16_t sel, const api::DescriptorTable& gdtr,
+                                                const api::Segment& ldtr, std::uint32_t error) {
+  const std::uint32_t index = sel & ~7u;
+  std::uint64_t base;
+  std::uint32_t limit;
+  if (sel & 4) {
+    if (ldtr.unusable || !ldtr.present) return Fault::gp(error);
+    base = ldtr.base;
+    limit = ldtr.limit;
+  } else {
+    base = gdtr.base;
+    limit = gdtr.limit;
+  }
+  if (index + 7 > limit) return Fault::gp(error);
+  return static_cast<std::uint32_t>(base + index);
+}
+
+// Decoded descriptors remembered by their raw 8 bytes and selector, so the
+// code and stack segments a system call and its IRET load again and again
+// are decoded once.  The caller reads the raw descriptor from guest memory
+// every time: a rewritten GDT entry is a different key, never a stale hit.
+class DecodedDescriptors {
+ public:
+  const api::Segment& decode(std::uint64_t raw, std::uint16_t sel) {
+    Slot& s = slots_[(sel >> 3) % kSlots];
+    if (!s.valid || s.raw != raw || s.sel != sel) s = Slot{true, sel, raw, decode_segment_descriptor(raw, sel)};
+    return s.seg;
+  }
+
+ private:
+  static constexpr unsigned kSlots = 8;
+  struct Slot {
+    bool valid = false;
+    std::uint16_t sel = 0;
+    std::uint64_t raw = 0;
+    api::Segment seg{};
+  };
+  Slot slots_[kSlots];
+};
 
 // MOV/POP to DS, ES, FS, GS with a non-null selector.
 Check check_data_segment_load(const api::Segment& d, std::uint16_t sel, unsigned cpl);

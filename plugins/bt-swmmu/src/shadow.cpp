@@ -231,7 +231,7 @@ bool ShadowMmu::contains(const void* host_addr, Region** region, std::uint32_t* 
 }
 
 void ShadowMmu::destroy(Region* r) {
-  ++block_map_epoch_;
+  note_block_maps_changed();
   for (auto& [la, m] : r->maps) {
     auto& v = rmap_[m.gpa_page];
     v.erase(std::remove(v.begin(), v.end(), std::make_pair(r, la)), v.end());
@@ -266,7 +266,7 @@ void ShadowMmu::unmap(Region* r, std::uint32_t la_page) {
 
 void ShadowMmu::drop_region_code_page(Region* r, std::uint32_t la_page) {
   if (!r->code_pages.erase(la_page)) return;
-  ++block_map_epoch_;
+  note_block_maps_changed();
   for (std::uint32_t eip = la_page; eip < la_page + 4096; ++eip) r->blocks.erase(eip);
   // Fast-table slots for this page: index = low 16 bits of the EIP.
   for (std::uint32_t i = 0; i < 4096; ++i) {
@@ -407,6 +407,7 @@ void ShadowMmu::release_pt_page(std::uint64_t gpa_page, bool count) {
   auto list = std::move(it->second);
   derived_.erase(it);
   set_traced(gpa_page, kTracedTable, false);
+  ++pt_release_gen_;
   for (auto& [r, la] : list) {
     unmap(r, la);
     drop_region_code_page(r, la);
@@ -436,7 +437,7 @@ void ShadowMmu::invlpg(std::uint32_t la) {
 }
 
 void ShadowMmu::drop_all() {
-  ++block_map_epoch_;
+  note_block_maps_changed();
   for (auto& r : regions_) {
     mmap(r->base, kRegionSize, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0);
     r->maps.clear();
@@ -447,6 +448,7 @@ void ShadowMmu::drop_all() {
   rmap_.clear();
   for (const auto& d : derived_) set_traced(d.first, kTracedTable, false);
   derived_.clear();
+  ++pt_release_gen_;
 }
 
 void ShadowMmu::collect_dirty(std::vector<std::uint64_t>& bitmap) {
@@ -470,7 +472,7 @@ void ShadowMmu::collect_dirty(std::vector<std::uint64_t>& bitmap) {
 }
 
 void ShadowMmu::forget_blocks(const std::vector<DroppedBlock>& dropped) {
-  ++block_map_epoch_;
+  note_block_maps_changed();
   for (auto& r : regions_) {
     if (r->blocks.empty()) continue;
     for (const DroppedBlock& d : dropped) {
@@ -483,7 +485,7 @@ void ShadowMmu::forget_blocks(const std::vector<DroppedBlock>& dropped) {
 }
 
 void ShadowMmu::clear_block_maps() {
-  ++block_map_epoch_;
+  note_block_maps_changed();
   for (auto& r : regions_) {
     r->blocks.clear();
     r->code_pages.clear();

@@ -143,6 +143,15 @@ class ShadowMmu {
   // The guest writes a traced page-table page: drop every shadow mapping
   // derived from it and stop tracing it (re-traced on the next walk through it).
   void release_pt_page(std::uint64_t gpa_page, bool count = true);
+  // Changes whenever a page stops being traced as a page table (a guest or
+  // monitor write released it, or every shadow was dropped): a walk whose
+  // tables were all traced is still exact while this stays the same.
+  std::uint64_t pt_release_generation() const { return pt_release_gen_; }
+  // Changes whenever an entry leaves a region's block map or a region goes
+  // (an entry added, too: the caller says so), so a lookup remembered
+  // beside the maps is exact while this stays the same.
+  std::uint64_t block_map_generation() const { return block_map_gen_; }
+  void note_block_maps_changed() { ++block_map_gen_; }
   // Let one guest instruction write a traced page (it may map itself); then
   // end_write_through() drops whatever was derived from it meanwhile and
   // restores the protection.
@@ -161,9 +170,6 @@ class ShadowMmu {
   // Forget these translations in every region's block map and lookup table
   // (entries that name another translation stay).
   void forget_blocks(const std::vector<DroppedBlock>& dropped);
-  // Moves whenever an entry leaves a region's block map or a region goes
-  // (a lookup memo of the dispatcher is valid while it stays the same).
-  std::uint64_t block_map_epoch() const { return block_map_epoch_; }
 
   // Dirty logging for migration: while on, guest-writable pages are mapped
   // read-only until their first write after each collection.
@@ -200,7 +206,6 @@ class ShadowMmu {
   int prot_for(const Region::Map& m) const;
 
   PhysMem phys_;
-  std::uint64_t block_map_epoch_ = 0;
   int fd_;
   std::vector<std::unique_ptr<Region>> regions_;
   Region* active_ = nullptr;
@@ -215,6 +220,8 @@ class ShadowMmu {
   // in code_pages_.
   static constexpr std::uint8_t kTracedTable = 1, kTracedCode = 2;
   std::vector<std::uint8_t> traced_;
+  std::uint64_t pt_release_gen_ = 0;
+  std::uint64_t block_map_gen_ = 0;
   void set_traced(std::uint64_t gpa_page, std::uint8_t what, bool on) {
     const std::uint64_t pfn = gpa_page >> 12;
     if (pfn >= traced_.size()) return;

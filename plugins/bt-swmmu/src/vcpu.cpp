@@ -85,10 +85,13 @@ api::Segment& Vcpu::seg(int i) {
 }
 
 void Vcpu::sync_seg_bases() {
-  for (int i = 0; i < 6; ++i) {
-    const api::Segment& s = seg(i);
-    ctx_->seg_base[i] = s.unusable ? 0 : static_cast<std::uint32_t>(s.base);
-  }
+  auto base = [](const api::Segment& s) { return s.unusable ? 0u : static_cast<std::uint32_t>(s.base); };
+  ctx_->seg_base[0] = base(es_);
+  ctx_->seg_base[1] = base(cs_);
+  ctx_->seg_base[2] = base(ss_);
+  ctx_->seg_base[3] = base(ds_);
+  ctx_->seg_base[4] = base(fs_);
+  ctx_->seg_base[5] = base(gs_);
 }
 
 bool Vcpu::flat() const {
@@ -101,6 +104,7 @@ void Vcpu::load(const api::VcpuState& s) {
     throw api::MonitorError("bt-swmmu: the vCPU is in long mode; BT64 (64-bit guests) is not implemented");
   if (!(s.cr0 & 1))
     throw api::MonitorError("bt-swmmu: real mode is not supported (the vCPU must be in protected mode)");
+  long_mode_entered_.clear();
   for (int i = 0; i < 8; ++i) ctx_->gpr[i] = static_cast<std::uint32_t>(s.gpr[i]);
   eip_ = static_cast<std::uint32_t>(s.rip);
   set_eflags(static_cast<std::uint32_t>(s.rflags));
@@ -273,8 +277,13 @@ api::RunExit Vcpu::run() {
     return ex;
   }
   for (;;) {
-    monitor_tlb_flush();  // guest code may have changed its page tables since
+    monitor_walks_next_iteration();  // guest code may have changed its page tables since
     if (dirty_.requested()) dirty_.serve();
+    if (!long_mode_entered_.empty()) {  // BT32 cannot go on: the host switches modes or stops
+      ex.kind = api::ExitKind::ModeChange;
+      ex.diagnostic = long_mode_entered_;
+      return ex;
+    }
     if (kicked_.exchange(false)) {
       ex.kind = api::ExitKind::Stopped;
       return ex;
@@ -403,17 +412,20 @@ void Vcpu::activate_region() {
 
 Block* Vcpu::lookup(std::uint32_t eip) {
   ++counters_.dispatches;
-  if (const LookupMemo& m = lookup_memo_[eip % lookup_memo_.size()];
-      m.eip == eip && m.region == region_ && m.epoch == shadow_->block_map_epoch() && m.block->valid) {
+  // The last lookups, in front of the region's hash map (a system call
+  // looks up the same four blocks every time).
+  RecentLookup& recent = recent_lookups_[eip % recent_lookups_.size()];
+  const std::uint64_t gen = shadow_->block_map_generation();
+  if (recent.gen == gen && recent.region == region_ && recent.eip == eip && recent.block->valid) {
     ++counters_.cache_hits;
-    return m.block;
+    return recent.block;
   }
   auto it = region_->blocks.find(eip);
   if (it != region_->blocks.end()) {
     Block* b = static_cast<Block*>(it->second);
     if (b->valid) {
       ++counters_.cache_hits;
-      remember_lookup(eip, b);
+      recent = RecentLookup{gen, region_, eip, b};
       return b;
     }
   }
@@ -471,7 +483,7 @@ Block* Vcpu::lookup(std::uint32_t eip) {
   if (b->n_pages == 2) walk(pm, paging(), next_page, Access{false, user, true}, true);
   if (!single_step_) {
     region_->blocks[eip] = b;
-    remember_lookup(eip, b);
+    shadow_->note_block_maps_changed();
     shadow_->note_code_derivation(region_, eip, w);
     if (b->n_pages == 2) shadow_->note_code_derivation(region_, next_page, w2);
     if (b->entry) region_->fast[eip & 0xffff] = FastEntry{-static_cast<std::int64_t>(eip) - 1,
@@ -637,7 +649,9 @@ Vcpu::StepResult Vcpu::deliver_fault(const GuestException& ex) {
 // ---------------------------------------------------------------- memory
 
 std::uint64_t Vcpu::lin_to_phys(std::uint32_t la, bool write, bool user, bool fetch) {
-  const Outcome<std::uint64_t> pa = walker_.translate(shadow_->phys(), paging(), la, Access{write, user, fetch});
+  const ShadowMmu& shadow = *shadow_;
+  const Outcome<std::uint64_t> pa = walker_.translate(shadow.phys(), paging(), la, Access{write, user, fetch},
+                                                      [&](std::uint64_t page) { return shadow.is_pt_page(page); });
   if (!pa.ok()) {
     cr2_ = la;
     throw pa.fault();
@@ -783,7 +797,7 @@ void Vcpu::load_segment(int sreg, std::uint16_t sel) {
     return;
   }
   std::uint64_t raw = read_descriptor(sel, sel & 0xfffc);
-  api::Segment s = decode_segment_descriptor(raw, sel);
+  api::Segment s = decoded_.decode(raw, sel);
   require(sreg == 2 ? check_stack_segment_load(s, sel, cpl_) : check_data_segment_load(s, sel, cpl_));
   if (!(s.type & 1)) {  // set the accessed bit
     const std::uint32_t la = static_cast<std::uint32_t>(((sel & 4) ? ldtr_.base : gdtr_.base) + (sel & ~7u) + 5);
@@ -794,9 +808,10 @@ void Vcpu::load_segment(int sreg, std::uint16_t sel) {
   sync_seg_bases();
 }
 
-void Vcpu::load_cs(std::uint16_t sel, unsigned new_cpl) {
-  std::uint64_t raw = read_descriptor(sel, sel & 0xfffc);
-  api::Segment s = decode_segment_descriptor(raw, static_cast<std::uint16_t>((sel & ~3u) | new_cpl));
+void Vcpu::load_cs(std::uint16_t sel, unsigned new_cpl) { load_cs_descriptor(sel, read_descriptor(sel, sel & 0xfffc), new_cpl); }
+
+void Vcpu::load_cs_descriptor(std::uint16_t sel, std::uint64_t raw, unsigned new_cpl) {
+  api::Segment s = decoded_.decode(raw, static_cast<std::uint16_t>((sel & ~3u) | new_cpl));
   require(check_code_segment(s, sel));
   if (s.l) throw std::runtime_error("bt-swmmu: 64-bit code segment: BT64 is not implemented");
   if (!s.db) throw std::runtime_error("bt-swmmu: 16-bit code segments are not supported");

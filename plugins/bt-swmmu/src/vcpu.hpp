@@ -113,28 +113,14 @@ class Vcpu {
   };
   CachedView view_;
   Block* lookup(std::uint32_t eip);
-  // The blocks lookup() last found, direct-mapped by EIP: a monitor call
-  // looks up its special block and the next one each time, and the block map
-  // is a hash table with a modulo per probe.  An entry holds while its region
-  // is current, the region block maps lost nothing (block_map_epoch) and the
-  // block is valid.
-  struct LookupMemo {
-    const void* region = nullptr;
-    std::uint32_t eip = 0;
-    std::uint64_t epoch = ~0ull;
-    Block* block = nullptr;
-  };
-  std::array<LookupMemo, 16> lookup_memo_{};
-  void remember_lookup(std::uint32_t eip, Block* b) {
-    lookup_memo_[eip % lookup_memo_.size()] = LookupMemo{region_, eip, shadow_->block_map_epoch(), b};
-  }
   void activate_region();
   void set_gs_base(std::uint64_t base);
 
   // --- guest memory through the guest's page tables (monitor side)
   std::uint64_t lin_to_phys(std::uint32_t la, bool write, bool user, bool fetch);
-  MonitorPageWalker walker_;  // the monitor's walks, remembered for one dispatcher iteration
+  MonitorPageWalker walker_;  // the monitor's walks (those through traced tables last longer)
   void monitor_tlb_flush() { walker_.flush(); }
+  void monitor_walks_next_iteration() { walker_.next_iteration(shadow_->pt_release_generation()); }
   std::uint32_t read(std::uint32_t la, unsigned size, bool user, bool fetch = false);
   void write(std::uint32_t la, unsigned size, std::uint32_t v, bool user);
   std::uint64_t read_phys(std::uint64_t pa, unsigned size);
@@ -167,10 +153,12 @@ class Vcpu {
   std::uint64_t read_descriptor(std::uint16_t sel, std::uint32_t error);
   void load_segment(int sreg, std::uint16_t sel);  // 0 ES 1 CS 2 SS 3 DS 4 FS 5 GS
   void load_cs(std::uint16_t sel, unsigned new_cpl);
+  void load_cs_descriptor(std::uint16_t sel, std::uint64_t raw, unsigned new_cpl);  // raw: already read
   // After a return to an outer ring (IRET, RETF): ES, DS, FS, GS the new CPL may not use become null.
   void null_inaccessible_data_segments();
   api::Segment& seg(int i);
   void sync_seg_bases();
+  DecodedDescriptors decoded_;  // CS/SS descriptors of event delivery, IRET and segment loads
 
   // --- emulation
   void emulate(std::uint32_t eip, bool mmio, Block* block = nullptr);
@@ -312,10 +300,21 @@ class Vcpu {
   bool trace_ = false;  // MODEVISOR_BT_TRACE set: log exceptions at Trace level
   sigjmp_buf bug_jmp_;
   std::string bug_message_;
+  // Set when the guest activated long mode (BT32 cannot run it): run() then
+  // returns ExitKind::ModeChange with this as its diagnostic.
+  std::string long_mode_entered_;
   std::uint64_t pending_patch_ = 0;
   std::uint32_t pending_patch_target_ = 0;
   std::uint64_t gs_base_ = ~0ull;
   Region* region_ = nullptr;
+  // lookup()'s recent answers, exact while ShadowMmu::block_map_generation stays.
+  struct RecentLookup {
+    std::uint64_t gen = ~0ull;
+    const Region* region = nullptr;
+    std::uint32_t eip = 0;
+    Block* block = nullptr;
+  };
+  std::array<RecentLookup, 16> recent_lookups_{};
   TKey tkey_ = 0;
   HostTick tick_;
   VcpuCounters counters_;

@@ -15,7 +15,9 @@ namespace modevisor::api {
 // 4: Platform::wait_for_cpu_event (HLT with interrupts disabled)
 // 5: VmSpec::cpuid (a VM's CPU model), Hypervisor::create_vm takes it
 // 6: VcpuState without LapicState (the local APIC is the platform's), Platform::apic_base/set_apic_base
-inline constexpr std::uint32_t kAbiVersion = 6;
+// 7: ExitKind::ModeChange (a plugin hands the guest to another mode mid-run)
+// 8: Platform::change_count (a new virtual: the Platform vtable changed)
+inline constexpr std::uint32_t kAbiVersion = 8;
 
 namespace symbols {
 inline constexpr const char* kAbiVersion = "modevisor_plugin_abi_version";

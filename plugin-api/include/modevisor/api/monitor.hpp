@@ -55,11 +55,17 @@ enum class ExitKind {
   Stopped,   // platform asked the vCPU to stop (guest exit, pause, operator)
   Shutdown,  // triple fault or other shutdown condition
   Error,     // the monitor could not go on (bad guest state, driver error)
+  // The guest now needs another monitor mode (bt-swmmu: it activated long
+  // mode, which BT32 cannot run).  The instruction that caused it has
+  // completed: save_vcpu gives the state another plugin loads and continues
+  // from (EFER.LMA set, RIP after the instruction).  The diagnostic says what
+  // the guest did.  A host that cannot switch stops the VM with the reason.
+  ModeChange,
 };
 
 struct RunExit {
   ExitKind kind = ExitKind::Stopped;
-  std::string diagnostic;  // for Shutdown/Error: reason and register dump
+  std::string diagnostic;  // for Shutdown/Error: reason and register dump; ModeChange: what the guest did
 };
 
 // Named event counters, reported when a VM stops and by `run --stats`.
