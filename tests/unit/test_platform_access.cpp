@@ -74,12 +74,18 @@ TEST(PlatformAccess, ATimerFiresAtItsDeadlineWithNoDeviceTouched) {
   EXPECT_EQ(t.machine.acknowledge_interrupt(0), 0x20);
 }
 
-TEST(PlatformAccess, AnUnrelatedDeviceLeavesADueTimerToTheNextPoll) {
-  TestPc t;
+// PIT channel 0 in mode 2 with a 1193-tick period, its deadline known to the
+// machine, and the clock just past it: the period is due, nothing polled yet.
+void make_pit_period_due(TestPc& t) {
   t.init_pics();
   pit_mode2(t.machine, 1193);
   t.machine.next_timer_deadline_ns();
   t.clock->set(tick_ns(1193) + 10);
+}
+
+TEST(PlatformAccess, AnUnrelatedDeviceLeavesADueTimerToTheNextPoll) {
+  TestPc t;
+  make_pit_period_due(t);
   t.out8(0x20, 0x0a);  // OCW3: read IRR
   EXPECT_EQ(t.in8(0x20) & 1, 0) << "the 8259 is not a timer: its access does not poll";
   EXPECT_TRUE(t.machine.interrupt_pending(0)) << "the next interrupt question does";
@@ -89,10 +95,7 @@ TEST(PlatformAccess, AnUnrelatedDeviceLeavesADueTimerToTheNextPoll) {
 
 TEST(PlatformAccess, APitAccessBringsTheTimersUpToNow) {
   TestPc t;
-  t.init_pics();
-  pit_mode2(t.machine, 1193);
-  t.machine.next_timer_deadline_ns();
-  t.clock->set(tick_ns(1193) + 10);
+  make_pit_period_due(t);
   t.in8(0x40);  // a timer device: due timers are raised before it answers
   t.in8(0x40);
   t.out8(0x20, 0x0a);
