@@ -17,6 +17,8 @@ class DebugExit final : public PortDevice {
   void port_write(std::uint16_t, unsigned, std::uint32_t value) override {
     machine_.request_stop("debug-exit", static_cast<int>((value << 1) | 1));
   }
+  // No state: request_stop takes the platform lock itself.
+  bool self_synchronised() const override { return true; }
   void attach(Machine& machine) { machine.attach_ports(kPort, 1, *this); }
 
  private:

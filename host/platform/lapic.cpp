@@ -37,6 +37,7 @@ void Lapic::reset() {
   // Virtual wire mode as a PC BIOS leaves it (and KVM resets it): the BSP's
   // LINT0 is an unmasked ExtINT, so a guest that only programs the 8259 works.
   if (vcpu_ == 0) set_reg(kLvtLint0, kDeliveryExtInt);
+  machine_.timers_changed();  // the timer is stopped
 }
 
 std::uint32_t Lapic::reg(std::uint32_t offset) const {
@@ -260,10 +261,17 @@ void Lapic::write(std::uint32_t offset, std::uint32_t value) {
     case kId:
       set_reg(kId, value & 0xff000000);
       break;
-    case kTpr:
+    case kTpr: {
+      // Only a priority drop that lets a requested vector through changes
+      // what the CPU can take (raising the TPR is the common, silent case).
+      // With nothing requested (IRR empty) there is nothing to look at.
+      const bool requested = highest(kIrr) >= 0;
+      const int before = requested ? pending_vector() : -1;
       set_reg(kTpr, value & 0xff);
-      machine_.interrupt_raised(vcpu_);
+      const int after = requested ? pending_vector() : -1;
+      if (after >= 0 && after != before) machine_.interrupt_raised(vcpu_);
       break;
+    }
     case kEoi:
       eoi();
       break;
@@ -298,6 +306,8 @@ void Lapic::write(std::uint32_t offset, std::uint32_t value) {
       break;
     case kLvtTimer:
       lvt(0x000700ff);
+      // Leaving TSC-deadline mode (never fires here) makes an armed count live.
+      machine_.timers_changed();
       break;
     case kLvtCmci:
     case kLvtThermal:
@@ -316,6 +326,7 @@ void Lapic::write(std::uint32_t offset, std::uint32_t value) {
       set_reg(kTimerInitial, value);
       state_.timer_armed = value != 0;
       state_.timer_deadline_ns = machine_.now_ns() + std::uint64_t{value} * timer_ns_per_count();
+      machine_.timers_changed();
       break;
     case kTimerDivide:
       set_reg(kTimerDivide, value & 0xb);
@@ -340,6 +351,7 @@ void Lapic::from_arch_state(const LapicState& in, std::uint64_t now) {
   state_.registers = in.registers;
   state_.timer_armed = in.timer_remaining_ns != 0;
   state_.timer_deadline_ns = now + in.timer_remaining_ns;
+  machine_.timers_changed();
 }
 
 std::uint64_t LapicWindow::mmio_read(unsigned vcpu, std::uint64_t offset, unsigned size) {

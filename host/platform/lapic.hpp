@@ -154,6 +154,8 @@ class LapicWindow final : public MmioDevice {
  public:
   explicit LapicWindow(std::vector<Lapic*> lapics) : lapics_(std::move(lapics)) {}
   std::string_view name() const override { return "lapic"; }
+  // Lapic::write raises what it makes deliverable and reports the timer it arms.
+  bool announces_changes() const override { return true; }
   std::uint64_t mmio_read(unsigned vcpu, std::uint64_t offset, unsigned size) override;
   void mmio_write(unsigned vcpu, std::uint64_t offset, unsigned size, std::uint64_t value) override;
 

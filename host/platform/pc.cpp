@@ -134,6 +134,7 @@ void Pc::restore_state(const nlohmann::json& state) {
   } catch (const nlohmann::json::exception& e) {
     throw std::invalid_argument(fmt::format("bad platform state: {}", e.what()));
   }
+  machine_.timers_changed();
   for (unsigned i = 0; i < lapics_.size(); ++i) machine_.interrupt_raised(i);
 }
 

@@ -9,6 +9,7 @@
 //         all ones like an unclaimed port, and other commands are ignored.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 
 #include <nlohmann/json.hpp>
@@ -26,20 +27,23 @@ class SystemPorts final : public PortDevice {
 
   explicit SystemPorts(Machine& machine) : machine_(machine) {}
   std::string_view name() const override { return "system-ports"; }
+  // Two independent bytes and stop requests (which lock for themselves): the
+  // POST port, which guests and firmware write as an I/O delay, takes no lock.
+  bool self_synchronised() const override { return true; }
   std::uint32_t port_read(std::uint16_t port, unsigned) override {
     if (port == 0x64) return 0xff;
-    return port == 0x80 ? state_.post_code : state_.port92;
+    return port == 0x80 ? post_code_.load(std::memory_order_relaxed) : port92_.load(std::memory_order_relaxed);
   }
   void port_write(std::uint16_t port, unsigned, std::uint32_t value) override {
     if (port == 0x80) {
-      state_.post_code = static_cast<std::uint8_t>(value);
+      post_code_.store(static_cast<std::uint8_t>(value), std::memory_order_relaxed);
       return;
     }
     if (port == 0x64) {
       if ((value & 0xff) == 0xfe) machine_.request_stop("reset");
       return;
     }
-    state_.port92 = value & 0x02;
+    port92_.store(value & 0x02, std::memory_order_relaxed);
     if (value & 0x01) machine_.request_stop("reset");
   }
   void attach(Machine& machine) {
@@ -47,14 +51,18 @@ class SystemPorts final : public PortDevice {
     machine.attach_ports(0x92, 1, *this);
     machine.attach_ports(0x64, 1, *this);
   }
-  bool a20_enabled() const { return state_.port92 & 0x02; }
+  bool a20_enabled() const { return port92_.load(std::memory_order_relaxed) & 0x02; }
 
-  State save() const { return state_; }
-  void restore(const State& state) { state_ = state; }
+  State save() const { return {post_code_.load(), port92_.load()}; }
+  void restore(const State& state) {
+    post_code_.store(state.post_code);
+    port92_.store(state.port92);
+  }
 
  private:
   Machine& machine_;
-  State state_;
+  std::atomic<std::uint8_t> post_code_{0};
+  std::atomic<std::uint8_t> port92_{0x02};  // A20 enabled
 };
 
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(SystemPorts::State, post_code, port92)

@@ -145,7 +145,7 @@ TEST_F(CliTest, PluginsListsTheThreeModesAndWhetherThisHostRunsThem) {
   auto j = nlohmann::json::parse(r.out);
   ASSERT_EQ(j["plugins"].size(), 3u);
   for (const auto& p : j["plugins"]) {
-    EXPECT_EQ(p["abi_version"], 7);  // kAbiVersion
+    EXPECT_EQ(p["abi_version"], 8);  // kAbiVersion
     if (!p["runs_here"].get<bool>()) EXPECT_FALSE(p["why_not"].empty()) << p.dump();
   }
 }

@@ -324,7 +324,7 @@ void Vcpu::string_op(const ZydisDecodedInstruction& insn, const ZydisDecodedOper
         check_io_permission(static_cast<std::uint16_t>(reg32(2)), size);
         std::uint32_t v = read(src_base + esi, size, user);
         ++counters_.io_exits;
-        platform_call().io_out(index_, static_cast<std::uint16_t>(reg32(2)), size, v);
+        platform_write().io_out(index_, static_cast<std::uint16_t>(reg32(2)), size, v);
         esi += step;
         break;
       }
@@ -756,7 +756,7 @@ void Vcpu::emulate(std::uint32_t eip, bool mmio, Block* block) {
       const std::uint16_t port = static_cast<std::uint16_t>(operand_value(ops[0]));
       check_io_permission(port, ops[1].size / 8);
       ++counters_.io_exits;
-      platform_call().io_out(index_, port, ops[1].size / 8, get_reg(ops[1].reg.value));
+      platform_write().io_out(index_, port, ops[1].size / 8, get_reg(ops[1].reg.value));
       break;
     }
     case ZYDIS_MNEMONIC_HLT:

@@ -99,11 +99,12 @@ bool Vcpu::may_stay_in_cache() {
     if (platform_.stop_requested()) return false;
     platform_read_ = false;
   }
-  // A device write (e.g. the TPR), a kick from this thread (the local APIC)
-  // or the host tick: look at the platform here, as run() would.
+  // A device write that changed something (the platform's change_count), a
+  // kick from this thread (the local APIC) or the host tick: look at the
+  // platform here, as run() would.
   const bool poll = (poll_needed_.load(std::memory_order_acquire) &&
-                     poll_needed_.exchange(false, std::memory_order_acq_rel)) ||
-                    platform_called_;
+                     poll_needed_.exchange(false, std::memory_order_acq_rel)) |
+                    written_platform_changed() | platform_called_;
   platform_called_ = false;
   if (poll && poll_platform()) {
     poll_needed_.store(true, std::memory_order_release);  // run() looks again and stops

@@ -299,7 +299,8 @@ api::RunExit Vcpu::run() {
     // deadlines) only changes through our own platform calls or with a kick
     // (the interrupt notifier, stop requests) or the host tick: look at it
     // then, and only then (it takes the machine's lock and reads the clock).
-    const bool poll = poll_needed_.exchange(false, std::memory_order_acq_rel) || platform_called_;
+    const bool poll = poll_needed_.exchange(false, std::memory_order_acq_rel) | written_platform_changed() |
+                      platform_called_;
     platform_called_ = false;
     if (!poll && platform_read_ && platform_.stop_requested()) {
       ex.kind = api::ExitKind::Stopped;
@@ -399,6 +400,8 @@ api::RunExit Vcpu::run() {
 
 bool Vcpu::poll_platform() {
   ++counters_.platform_polls;
+  seen_changes_ = platform_.change_count();  // before looking: a change meanwhile is seen next time
+  platform_written_ = false;
   if (platform_.stop_requested()) return true;
   const api::CpuEvents events = platform_.cpu_events(index_);
   if (events.init || events.startup) return true;  // the host applies them to the state
@@ -705,7 +708,7 @@ void Vcpu::write_phys(std::uint64_t pa, unsigned size, std::uint64_t v) {
     return;
   }
   ++counters_.mmio_exits;
-  platform_call().mmio_write(index_, pa, size, v);
+  platform_write().mmio_write(index_, pa, size, v);
 }
 
 std::uint32_t Vcpu::read(std::uint32_t la, unsigned size, bool user, bool fetch) {

@@ -271,6 +271,23 @@ class Vcpu {
     platform_read_ = true;
     return platform_;
   }
+  // Device writes: the platform's change_count() says whether the write
+  // raised or unmasked something, changed a CPU event or moved a timer
+  // deadline; if not, there is nothing to look at (a stop request aside).
+  bool platform_written_ = false;
+  std::uint64_t seen_changes_ = api::Platform::kUnknownChanges;
+  api::Platform& platform_write() {
+    platform_written_ = true;
+    platform_read_ = true;
+    return platform_;
+  }
+  // Whether a device write since the last look needs a look at the platform.
+  bool written_platform_changed() {
+    if (!platform_written_) return false;
+    platform_written_ = false;
+    const std::uint64_t now = platform_.change_count();
+    return now == api::Platform::kUnknownChanges || now != seen_changes_;
+  }
   bool irq_line_ = false;  // the platform's interrupt_pending at the last look
   // Dirty-page collection from another thread (see DirtyPageHandoff).
   DirtyPageHandoff dirty_;

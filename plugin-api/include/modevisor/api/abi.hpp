@@ -16,7 +16,8 @@ namespace modevisor::api {
 // 5: VmSpec::cpuid (a VM's CPU model), Hypervisor::create_vm takes it
 // 6: VcpuState without LapicState (the local APIC is the platform's), Platform::apic_base/set_apic_base
 // 7: ExitKind::ModeChange (a plugin hands the guest to another mode mid-run)
-inline constexpr std::uint32_t kAbiVersion = 7;
+// 8: Platform::change_count (a new virtual: the Platform vtable changed)
+inline constexpr std::uint32_t kAbiVersion = 8;
 
 namespace symbols {
 inline constexpr const char* kAbiVersion = "modevisor_plugin_abi_version";

@@ -90,6 +90,17 @@ class Platform {
   // without calling in (translated code, KVM_RUN) arranges to come back by
   // then, e.g. with a host timer that kicks the vCPU.
   virtual std::uint64_t next_timer_deadline_ns() = 0;
+
+  // A lock-free count that moves whenever something a monitor looks at after
+  // a device access may have changed: an interrupt raised or unmasked, a CPU
+  // event, a device timer armed earlier than the last deadline, a write to a
+  // device that does not announce its interrupt changes.  A monitor that
+  // remembers it when it last looked (interrupt_pending, cpu_events,
+  // next_timer_deadline_ns) may skip the next look after a device write while
+  // it stays the same.  kUnknownChanges: the platform does not track changes
+  // (look every time).
+  static constexpr std::uint64_t kUnknownChanges = ~0ull;
+  virtual std::uint64_t change_count() const { return kUnknownChanges; }
 };
 
 }  // namespace modevisor::api
