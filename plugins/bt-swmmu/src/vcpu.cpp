@@ -26,7 +26,14 @@ namespace {
 constexpr std::uint32_t kArithFlags = 0x8d5;   // CF PF AF ZF SF OF
 constexpr std::uint32_t kHostFlags = 0xcd5;    // + DF: live in host RFLAGS
 constexpr std::uint32_t kIF = 0x200, kRF = 0x10000;
-bool have_fsgsbase() { return (getauxval(AT_HWCAP2) & 2) != 0; }
+// MODEVISOR_BT_NO_FSGSBASE=1 makes this CPU look like one that hides
+// FSGSBASE, so the arch_prctl path (the cost on such hosts) can be tested
+// and measured here. Read once per process.
+bool have_fsgsbase() {
+  const char* forced_off = std::getenv("MODEVISOR_BT_NO_FSGSBASE");
+  if (forced_off != nullptr && forced_off[0] != '\0' && std::strcmp(forced_off, "0") != 0) return false;
+  return (getauxval(AT_HWCAP2) & 2) != 0;
+}
 
 }  // namespace
 
