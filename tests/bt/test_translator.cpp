@@ -218,3 +218,69 @@ TEST(BtTranslator, VexEncodedInstructionsAreLeftToTheMonitor) {
   translate(t, {0xc5, 0xf8, 0x77}, 0xb000, &st);  // vzeroupper
   EXPECT_EQ(st, TranslateStatus::Special);
 }
+
+// ------------------------------------------------------- the segmented flavour
+
+TEST(BtTranslatorSegmented, SixteenBitAddressesWrapAndAddTheSegmentBaseAtRunTime) {
+  Translator t;
+  // mov ax, [bx+si+4]; mov es:[di], cl; ret  (16-bit code)
+  Block* b = translate(t, {0x8b, 0x40, 0x04, 0x26, 0x88, 0x0d, 0xc3}, 0x1000, nullptr,
+                       kTKeySegmented | kTKeyCode16 | kTKeyStack16);
+  ASSERT_NE(b, nullptr);
+  const std::string code = join(disasm64(b->host, b->host_size));
+  // The 16-bit offset: a 32-bit LEA zero-extended from 16 bits, then DS's base (Context::seg_base[3]).
+  EXPECT_NE(code.find("lea r13d, [ebx+esi*1+0x04]"), std::string::npos) << code;
+  EXPECT_NE(code.find("movzx r13d, r13w"), std::string::npos) << code;
+  EXPECT_NE(code.find("mov r9d, [r15+0x90]"), std::string::npos) << code;
+  EXPECT_NE(code.find("mov ax, gs:[r13d]"), std::string::npos) << code;
+  EXPECT_NE(code.find("mov r9d, [r15+0x78]"), std::string::npos) << "ES base: " << code;
+  // RET: an IP word from SS:SP (SS base at seg_base[2]), only SP changes.
+  EXPECT_NE(code.find("mov r9d, [r15+0x88]"), std::string::npos) << code;
+  EXPECT_NE(code.find("movzx r11d, word ptr gs:[r9d]"), std::string::npos) << code;
+  EXPECT_NE(code.find("mov r14w, r13w"), std::string::npos) << code;
+}
+
+TEST(BtTranslatorSegmented, FlatCodeIsTranslatedAsBefore) {
+  Translator t;
+  // mov eax, [ebx+8]; push eax; ret
+  Block* b = translate(t, {0x8b, 0x43, 0x08, 0x50, 0xc3});
+  ASSERT_NE(b, nullptr);
+  const std::string code = join(disasm64(b->host, b->host_size));
+  EXPECT_NE(code.find("mov eax, gs:[ebx+0x08]"), std::string::npos) << code;
+  EXPECT_EQ(code.find("r9"), std::string::npos) << "no segment base in flat code: " << code;
+  EXPECT_EQ(code.find("movzx r13d"), std::string::npos) << code;
+}
+
+TEST(BtTranslatorSegmented, BlocksUnderACsBaseAreKeyedByItAndTheLookupKeyAddsIt) {
+  Translator t;
+  std::vector<std::uint8_t> buf(4096 - 0x10, 0xcc);
+  buf[0] = 0xc3;  // ret
+  CodeWindow cw;
+  cw.cs_base = 0x12340;
+  cw.bytes = buf.data();
+  cw.first_page_bytes = static_cast<std::uint32_t>(buf.size());  // linear 0x12350 .. the page end
+  cw.total = cw.first_page_bytes;
+  cw.pa_page[0] = 0x12000;
+  Block* b = nullptr;
+  ASSERT_EQ(t.translate(0x10, kTKeySegmented | kTKeyCode16 | kTKeyStack16, cw, &b), TranslateStatus::Ok);
+  EXPECT_EQ(b->linear(), 0x12350u);
+  EXPECT_EQ(t.find(0x10, 0x12350, kTKeySegmented | kTKeyCode16 | kTKeyStack16, 0x12340), b);
+  EXPECT_EQ(t.find(0x10, 0x12350, kTKeySegmented | kTKeyCode16 | kTKeyStack16, 0), nullptr);
+  const std::string code = join(disasm64(b->host, b->host_size));
+  // The RET's lookup key: EIP + cs_base * (2^32 + 1); on a miss the EIP again.
+  EXPECT_NE(code.find("mov r11, 0x1234000012340"), std::string::npos) << code;
+  EXPECT_NE(code.find("lea r13d, [r13-0x12340]"), std::string::npos) << code;
+  EXPECT_EQ(fast_key(0x12340, 0x10), 0x0001234000012350ull);
+  EXPECT_EQ(fast_key(0, 0x401000), 0x401000ull) << "flat code: the key is the EIP";
+}
+
+TEST(BtTranslatorSegmented, SixteenBitBranchTargetsWrapAt64KiB) {
+  Translator t;
+  // At IP 2: jmp short -8 -> (4 - 8) & 0xffff = 0xfffc, translated (not a monitor call).
+  TranslateStatus st;
+  Block* b = translate(t, {0xeb, 0xf8}, 2, &st, kTKeySegmented | kTKeyCode16);
+  ASSERT_EQ(st, TranslateStatus::Ok);
+  ASSERT_NE(b, nullptr);
+  const std::string code = join(disasm64(b->host, b->host_size));
+  EXPECT_NE(code.find("mov dword ptr [r15+0x58], 0xFFFC"), std::string::npos) << code;
+}

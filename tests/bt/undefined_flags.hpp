@@ -17,6 +17,8 @@ namespace bttest {
 
 class UndefinedFlags {
  public:
+  // `code16`: the program is 16-bit code (decoded with a 16-bit default operand and address size).
+  explicit UndefinedFlags(bool code16 = false) : code16_(code16) {}
   static constexpr std::uint32_t kArithmetic = ZYDIS_CPUFLAG_CF | ZYDIS_CPUFLAG_PF | ZYDIS_CPUFLAG_AF |
                                                ZYDIS_CPUFLAG_ZF | ZYDIS_CPUFLAG_SF | ZYDIS_CPUFLAG_OF;
 
@@ -68,9 +70,10 @@ class UndefinedFlags {
     ZydisDecodedInstruction insn;
     ZydisDecodedOperand ops[ZYDIS_MAX_OPERAND_COUNT];
   };
-  static bool decode(const std::uint8_t* bytes, std::size_t length, Decoded& d) {
+  bool decode(const std::uint8_t* bytes, std::size_t length, Decoded& d) const {
     ZydisDecoder decoder;
-    ZydisDecoderInit(&decoder, ZYDIS_MACHINE_MODE_LEGACY_32, ZYDIS_STACK_WIDTH_32);
+    if (code16_) ZydisDecoderInit(&decoder, ZYDIS_MACHINE_MODE_LEGACY_16, ZYDIS_STACK_WIDTH_16);
+    else ZydisDecoderInit(&decoder, ZYDIS_MACHINE_MODE_LEGACY_32, ZYDIS_STACK_WIDTH_32);
     return ZYAN_SUCCESS(ZydisDecoderDecodeFull(&decoder, bytes, length, &d.insn, d.ops)) && d.insn.cpu_flags;
   }
   static bool is_shift_or_rotate(ZydisMnemonic m) {
@@ -84,6 +87,7 @@ class UndefinedFlags {
     }
   }
 
+  bool code16_ = false;
   std::uint32_t undefined_ = 0;
 };
 

@@ -94,10 +94,18 @@ struct FastEntry {
 // A translation dropped because its code page was written: what the region
 // block maps and lookup tables must forget (only if they still name it).
 struct DroppedBlock {
-  std::uint32_t eip;
+  std::uint32_t eip;  // linear start (CS base + EIP)
   const void* block;
   std::uint64_t entry;  // host entry (0: none)
 };
+// The lookup key of code at CS base `cs_base`, offset `eip`: its low 32 bits
+// are the linear address (so the table index and page drops work on linear
+// addresses), the high half tells apart aliases of one linear address under
+// different CS bases.  Flat code (base 0): the key is the EIP.  Translated
+// code forms it as a 64-bit add of the zero-extended EIP and cs_base * (2^32 + 1).
+inline std::uint64_t fast_key(std::uint32_t cs_base, std::uint32_t eip) {
+  return std::uint64_t{eip} + std::uint64_t{cs_base} + (std::uint64_t{cs_base} << 32);
+}
 inline constexpr std::size_t kFastEntries = 65536;
 inline constexpr std::size_t kFastTableBytes = kFastEntries * sizeof(FastEntry);
 

@@ -140,7 +140,9 @@ void Vcpu::check_umip() const {
 }
 
 void Vcpu::check_io_permission(std::uint16_t port, unsigned size) {
-  if (cpl_ <= ((ctx_->sysflags & kIOPL) >> 12)) return;
+  if (real_mode()) return;
+  // Virtual-8086 mode: I/O is not IOPL-sensitive, the bitmap always decides.
+  if (cpl_ <= ((ctx_->sysflags & kIOPL) >> 12) && !v86()) return;
   // CPL > IOPL: the TSS I/O bitmap decides (a 32-bit TSS only).
   if (tr_.unusable || !tr_.present || (tr_.type & ~2u) != 9 || tr_.limit < 0x67) raise(13, true, 0);
   const std::uint32_t base = static_cast<std::uint32_t>(tr_.base);
@@ -193,7 +195,6 @@ void Vcpu::write_cr(unsigned n, std::uint32_t v) {
     case 0:
       v |= 0x10;
       if ((v & 0x80000000u) && !(v & 1)) raise(13, true, 0);
-      if (!(v & 1)) throw std::runtime_error("bt-swmmu: the guest left protected mode (real mode is not supported)");
       if ((v & 0x80000000u) && !(cr0_ & 0x80000000u) && (efer_ & 0x100)) {
         // Paging on with EFER.LME: long mode activates (without CR4.PAE, #GP).
         // BT32 stops here with the instruction done; a hardware mode goes on.
@@ -204,6 +205,8 @@ void Vcpu::write_cr(unsigned n, std::uint32_t v) {
         break;
       }
       if (!(v & 0x80000000u)) efer_ &= ~0x400ull;  // paging off leaves long mode
+      // Clearing PE enters real mode: the segment caches keep their hidden
+      // parts until reloaded (the CPU's rule), CPL is 0 (MOV CR0 needs it).
       cr0_ = v;
       break;
     case 2: cr2_ = v; break;
@@ -225,7 +228,8 @@ void Vcpu::string_op(const ZydisDecodedInstruction& insn, const ZydisDecodedOper
   const std::uint32_t ds_base = static_cast<std::uint32_t>(ctx_->seg_base[3]);
   std::uint32_t src_base = ds_base;
   for (unsigned i = 0; i < insn.operand_count; ++i)
-    if (ops[i].type == ZYDIS_OPERAND_TYPE_MEMORY && ops[i].mem.base == ZYDIS_REGISTER_ESI)
+    if (ops[i].type == ZYDIS_OPERAND_TYPE_MEMORY &&
+        (ops[i].mem.base == ZYDIS_REGISTER_ESI || ops[i].mem.base == ZYDIS_REGISTER_SI))
       src_base = static_cast<std::uint32_t>(ctx_->seg_base[ops[i].mem.segment - ZYDIS_REGISTER_ES]);
   const std::uint32_t es_base = static_cast<std::uint32_t>(ctx_->seg_base[0]);
   const std::int32_t step = (ctx_->rflags & kDF) ? -static_cast<std::int32_t>(size) : static_cast<std::int32_t>(size);
@@ -527,12 +531,14 @@ bool Vcpu::emulate_mmio_native(std::uint32_t eip, const ZydisDecodedInstruction&
   if (!b) {
     // Translate the single instruction with the operand redirected.
     const PhysMem& pm = shadow_->phys();
-    WalkResult w = walk(pm, paging(), eip, Access{false, user, true}, false);
+    const std::uint32_t code_la = code_linear(eip);
+    WalkResult w = walk(pm, paging(), code_la, Access{false, user, true}, false);
     if (!w.ok || w.pa >= pm.size) return false;
     std::uint8_t buf[4096 + 16];
     CodeWindow cw;
-    const std::uint32_t next_page = (eip & ~0xfffu) + 0x1000;
-    cw.first_page_bytes = next_page - eip;
+    cw.cs_base = static_cast<std::uint32_t>(cs_.base);
+    const std::uint32_t next_page = (code_la & ~0xfffu) + 0x1000;
+    cw.first_page_bytes = next_page - code_la;
     std::memcpy(buf, pm.base + w.pa, cw.first_page_bytes);
     cw.total = cw.first_page_bytes;
     cw.pa_page[0] = w.pa & ~0xfffull;
@@ -579,27 +585,33 @@ bool Vcpu::emulate_mmio_native(std::uint32_t eip, const ZydisDecodedInstruction&
 const DecodedInsn& Vcpu::fetch_decoded(std::uint32_t eip, Block* b, DecodedInsn& scratch) {
   if (b && b->decoded && b->eip == eip) return *b->decoded;
   const bool user = cpl_ == 3;
+  const std::uint32_t la = code_linear(eip);
   std::uint8_t bytes[16];
-  unsigned n = std::min(15u, 0x1000 - (eip & 0xfff));
-  const std::uint64_t pa = lin_to_phys(eip, false, user, true);
+  unsigned n = std::min(15u, 0x1000 - (la & 0xfff));
+  const std::uint64_t pa = lin_to_phys(la, false, user, true);
   for (unsigned i = 0; i < n; ++i) bytes[i] = static_cast<std::uint8_t>(read_phys(pa + i, 1));
   if (n < 15) {
     try {
-      const std::uint64_t pa2 = lin_to_phys(eip + n, false, user, true);
+      const std::uint64_t pa2 = lin_to_phys(la + n, false, user, true);
       for (unsigned i = 0; n < 15; ++i, ++n) bytes[n] = static_cast<std::uint8_t>(read_phys(pa2 + i, 1));
     } catch (const GuestException&) {
     }
   }
-  static const ZydisDecoder dec = [] {
+  static const ZydisDecoder dec32 = [] {
     ZydisDecoder d;
     ZydisDecoderInit(&d, ZYDIS_MACHINE_MODE_LEGACY_32, ZYDIS_STACK_WIDTH_32);
     return d;
   }();
-  if (!ZYAN_SUCCESS(ZydisDecoderDecodeFull(&dec, bytes, n, &scratch.insn, scratch.ops))) {
-    if (n < 15) read(eip + n, 1, user, true);  // a fetch #PF, if that is why
+  static const ZydisDecoder dec16 = [] {
+    ZydisDecoder d;
+    ZydisDecoderInit(&d, ZYDIS_MACHINE_MODE_LEGACY_16, ZYDIS_STACK_WIDTH_16);
+    return d;
+  }();
+  if (!ZYAN_SUCCESS(ZydisDecoderDecodeFull(cs_.db ? &dec32 : &dec16, bytes, n, &scratch.insn, scratch.ops))) {
+    if (n < 15) read(la + n, 1, user, true);  // a fetch #PF, if that is why
     raise(6);
   }
-  if (b && b->special && b->eip == eip && (eip & 0xfff) + scratch.insn.length <= 0x1000) {
+  if (b && b->special && b->eip == eip && (la & 0xfff) + scratch.insn.length <= 0x1000) {
     b->decoded = std::make_unique<DecodedInsn>(scratch);
     return *b->decoded;
   }
@@ -718,30 +730,17 @@ void Vcpu::emulate(std::uint32_t eip, bool mmio, Block* block) {
       }
       break;
     case ZYDIS_MNEMONIC_PUSHFD:
-      push32(eflags() & ~(kVM | kRF));
+    case ZYDIS_MNEMONIC_PUSHF:  // 16-bit: FLAGS
+      if (v86() && iopl < 3) raise(13, true, 0);  // IOPL-sensitive in virtual-8086 mode
+      push(eflags() & ~(kVM | kRF), opsize / 8);
       break;
-    case ZYDIS_MNEMONIC_PUSHF: {  // 16-bit
-      const std::uint32_t esp = reg32(4) - 2;
-      write(esp + static_cast<std::uint32_t>(ss_.base), 2, eflags() & 0xffff, user);
-      reg32(4) = esp;
-      break;
-    }
-    case ZYDIS_MNEMONIC_POPF: {  // 16-bit
-      std::uint32_t v = read(reg32(4) + static_cast<std::uint32_t>(ss_.base), 2, user);
-      std::uint32_t mask = kPopfMask & 0xffff;
-      if (cpl_ != 0) mask &= ~kIOPL;
-      if (cpl_ > iopl) mask &= ~kIF;
-      reg32(4) += 2;
-      set_eflags((eflags() & ~mask) | (v & mask));
-      break;
-    }
+    case ZYDIS_MNEMONIC_POPF:  // 16-bit: the upper half of EFLAGS stays
     case ZYDIS_MNEMONIC_POPFD: {
-      const std::uint32_t esp0 = reg32(4);
-      std::uint32_t v = pop32();
-      std::uint32_t mask = kPopfMask;
+      if (v86() && iopl < 3) raise(13, true, 0);
+      const std::uint32_t v = pop(opsize / 8);
+      std::uint32_t mask = opsize == 16 ? kPopfMask & 0xffff : kPopfMask;
       if (cpl_ != 0) mask &= ~kIOPL;
       if (cpl_ > iopl) mask &= ~kIF;
-      (void)esp0;
       set_eflags((eflags() & ~mask) | (v & mask));
       break;
     }
@@ -779,6 +778,7 @@ void Vcpu::emulate(std::uint32_t eip, bool mmio, Block* block) {
     case ZYDIS_MNEMONIC_RDMSR: do_rdmsr(); break;
     case ZYDIS_MNEMONIC_WRMSR: do_wrmsr(); break;
     case ZYDIS_MNEMONIC_INT:
+      if (v86() && iopl < 3) raise(13, true, 0);  // IOPL-sensitive in virtual-8086 mode (no VME)
       eip_ = eip;
       deliver(static_cast<std::uint8_t>(ops[0].imm.value.u), false, 0, true, next);
       return;
@@ -799,9 +799,11 @@ void Vcpu::emulate(std::uint32_t eip, bool mmio, Block* block) {
       return;
     case ZYDIS_MNEMONIC_IRETD:
     case ZYDIS_MNEMONIC_IRET:
+      if (v86() && iopl < 3) raise(13, true, 0);
       do_iret(opsize, next);
       return;
     case ZYDIS_MNEMONIC_SYSENTER: {
+      if (real_mode()) raise(13, true, 0);
       const std::uint64_t cs = msrs_.read(0x174, 0).value(), esp = msrs_.read(0x175, 0).value(),
                           eip2 = msrs_.read(0x176, 0).value();
       if ((cs & 0xfffc) == 0) raise(13, true, 0);
@@ -820,7 +822,7 @@ void Vcpu::emulate(std::uint32_t eip, bool mmio, Block* block) {
     }
     case ZYDIS_MNEMONIC_SYSEXIT: {
       const std::uint64_t cs = msrs_.read(0x174, 0).value();
-      if (cpl_ != 0 || (cs & 0xfffc) == 0) raise(13, true, 0);
+      if (real_mode() || cpl_ != 0 || (cs & 0xfffc) == 0) raise(13, true, 0);
       api::Segment c;
       c.selector = static_cast<std::uint16_t>(((cs & 0xfffc) + 16) | 3);
       c.limit = 0xffffffff; c.type = 0xb; c.s = true; c.dpl = 3; c.present = true; c.db = true; c.g = true;
@@ -851,10 +853,12 @@ void Vcpu::emulate(std::uint32_t eip, bool mmio, Block* block) {
       const std::uint32_t a = ea(insn, ops[0]);
       auto& t = insn.mnemonic == ZYDIS_MNEMONIC_SGDT ? gdtr_ : idtr_;
       write(a, 2, t.limit, user);
-      write(a + 2, 4, static_cast<std::uint32_t>(t.base), user);
+      // A 16-bit operand size stores a 24-bit base (QEMU's rule; the 386 leaves the top byte undefined).
+      write(a + 2, 4, static_cast<std::uint32_t>(t.base) & (opsize == 16 ? 0xffffffu : 0xffffffffu), user);
       break;
     }
     case ZYDIS_MNEMONIC_LLDT: {
+      if (real_mode() || v86()) raise(6);
       need_cpl0();
       const std::uint16_t sel = static_cast<std::uint16_t>(operand_value(ops[0]));
       if ((sel & 0xfffc) == 0) {
@@ -869,6 +873,7 @@ void Vcpu::emulate(std::uint32_t eip, bool mmio, Block* block) {
       break;
     }
     case ZYDIS_MNEMONIC_LTR: {
+      if (real_mode() || v86()) raise(6);
       need_cpl0();
       const std::uint16_t sel = static_cast<std::uint16_t>(operand_value(ops[0]));
       if ((sel & 0xfffc) == 0 || (sel & 4)) raise(13, true, sel & 0xfffc);
@@ -881,8 +886,12 @@ void Vcpu::emulate(std::uint32_t eip, bool mmio, Block* block) {
       tr_ = s;
       break;
     }
-    case ZYDIS_MNEMONIC_SLDT: check_umip(); store(ops[0], ldtr_.selector); break;
-    case ZYDIS_MNEMONIC_STR: check_umip(); store(ops[0], tr_.selector); break;
+    case ZYDIS_MNEMONIC_SLDT:
+    case ZYDIS_MNEMONIC_STR:
+      if (real_mode() || v86()) raise(6);  // the 0F 00 group needs protected mode
+      check_umip();
+      store(ops[0], insn.mnemonic == ZYDIS_MNEMONIC_SLDT ? ldtr_.selector : tr_.selector);
+      break;
     case ZYDIS_MNEMONIC_SMSW:
       check_umip();
       store(ops[0], ops[0].type == ZYDIS_OPERAND_TYPE_REGISTER ? static_cast<std::uint32_t>(cr0_)
@@ -1028,11 +1037,16 @@ void Vcpu::emulate(std::uint32_t eip, bool mmio, Block* block) {
       if (insn.meta.branch_type != ZYDIS_BRANCH_TYPE_FAR) {
         const std::uint32_t extra = insn.operand_count_visible ? static_cast<std::uint32_t>(ops[0].imm.value.u) : 0;
         const std::uint32_t ip = pop(2);
-        reg32(4) += extra;
+        const std::uint32_t mask = stack_mask();
+        reg32(4) = (reg32(4) & ~mask) | ((reg32(4) + extra) & mask);
         eip_ = ip;
         return;
       }
       const unsigned bytes = opsize / 8;  // 16-bit: IP, CS (and SP, SS) are words
+      if (real_mode() || v86()) {
+        far_return_real(opsize, insn.operand_count_visible ? static_cast<std::uint32_t>(ops[0].imm.value.u) : 0);
+        return;
+      }
       const std::uint32_t esp0 = reg32(4);
       try {
         const std::uint32_t e2 = pop(bytes);
@@ -1059,22 +1073,34 @@ void Vcpu::emulate(std::uint32_t eip, bool mmio, Block* block) {
       }
       return;
     }
-    case ZYDIS_MNEMONIC_PUSHAD: {
+    case ZYDIS_MNEMONIC_PUSHAD:
+    case ZYDIS_MNEMONIC_PUSHA: {  // 16-bit: the eight word registers
+      const unsigned bytes = opsize / 8;
       const std::uint32_t esp0 = reg32(4);
       try {
-        for (int i = 0; i < 8; ++i) push32(i == 4 ? esp0 : reg32(i));
+        for (int i = 0; i < 8; ++i) push(i == 4 ? esp0 : reg32(i), bytes);
       } catch (...) {
         reg32(4) = esp0;
         throw;
       }
       break;
     }
-    case ZYDIS_MNEMONIC_POPAD: {
+    case ZYDIS_MNEMONIC_POPAD:
+    case ZYDIS_MNEMONIC_POPA: {  // the popped (E)SP is discarded
+      const unsigned bytes = opsize / 8;
       const std::uint32_t esp0 = reg32(4);
       std::uint32_t v[8];
-      for (int i = 7; i >= 0; --i) v[i] = read(esp0 + (7 - i) * 4 + static_cast<std::uint32_t>(ss_.base), 4, user);
-      for (int i = 0; i < 8; ++i) if (i != 4) reg32(i) = v[i];
-      reg32(4) = esp0 + 32;
+      try {
+        for (int i = 7; i >= 0; --i) v[i] = pop(bytes);
+      } catch (...) {
+        reg32(4) = esp0;
+        throw;
+      }
+      for (int i = 0; i < 8; ++i) {
+        if (i == 4) continue;
+        if (bytes == 4) reg32(i) = v[i];
+        else reg32(i) = (reg32(i) & 0xffff0000u) | (v[i] & 0xffff);
+      }
       break;
     }
     case ZYDIS_MNEMONIC_ENTER: {
@@ -1086,23 +1112,24 @@ void Vcpu::emulate(std::uint32_t eip, bool mmio, Block* block) {
       // changes unless every push succeeds.
       const unsigned bytes = opsize / 8;
       const std::uint32_t ss_base = static_cast<std::uint32_t>(ss_.base);
-      std::uint32_t esp = reg32(4), ebp = reg32(5);
+      const std::uint32_t mask = stack_mask();  // a 16-bit stack: SP and BP, wrapping at 64 KiB
+      std::uint32_t esp = reg32(4) & mask, ebp = reg32(5) & mask;
       auto push = [&](std::uint32_t v) {
-        esp -= bytes;
+        esp = (esp - bytes) & mask;
         write(ss_base + esp, bytes, v, user);
       };
       push(ebp);
       const std::uint32_t frame_pointer = esp;
       if (level > 0) {
         for (unsigned i = 1; i < level; ++i) {
-          ebp -= bytes;
+          ebp = (ebp - bytes) & mask;
           push(read(ss_base + ebp, bytes, user));
         }
         push(frame_pointer);
       }
       if (bytes == 4) reg32(5) = frame_pointer;
       else reg32(5) = (reg32(5) & 0xffff0000u) | (frame_pointer & 0xffff);
-      reg32(4) = esp - frame;
+      reg32(4) = (reg32(4) & ~mask) | ((esp - frame) & mask);
       break;
     }
     case ZYDIS_MNEMONIC_LEA:  // with a 16-bit address size (translated otherwise)
@@ -1168,9 +1195,12 @@ void Vcpu::emulate(std::uint32_t eip, bool mmio, Block* block) {
     }
     case ZYDIS_MNEMONIC_BOUND: {
       const std::uint32_t a = ea(insn, ops[1]);
-      const std::int32_t idx = static_cast<std::int32_t>(get_reg(ops[0].reg.value));
-      const std::int32_t lo = static_cast<std::int32_t>(read(a, 4, user));
-      const std::int32_t hi = static_cast<std::int32_t>(read(a + 4, 4, user));
+      // A 16-bit operand size: signed word bounds.
+      const bool w = opsize == 16;
+      auto sx = [w](std::uint32_t v) { return w ? std::int32_t{static_cast<std::int16_t>(v)} : static_cast<std::int32_t>(v); };
+      const std::int32_t idx = sx(get_reg(ops[0].reg.value));
+      const std::int32_t lo = sx(read(a, w ? 2 : 4, user));
+      const std::int32_t hi = sx(read(a + (w ? 2 : 4), w ? 2 : 4, user));
       if (idx < lo || idx > hi) raise(5);
       break;
     }

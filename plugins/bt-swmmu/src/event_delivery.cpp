@@ -34,7 +34,10 @@ bool Vcpu::deliver_exception(const GuestException& ex) {
 }
 
 void Vcpu::deliver(std::uint8_t vec, bool has_error, std::uint32_t error, bool software, std::uint32_t ret_eip) {
-  if (!(cr0_ & 1)) throw std::runtime_error("bt-swmmu: interrupt in real mode is not supported");
+  if (real_mode()) {
+    deliver_real_mode(vec, ret_eip);
+    return;
+  }
   const std::uint32_t gerr = idt_error_code(vec, software);
   if (vec * 8u + 7 > idtr_.limit) raise(13, true, gerr);
   const std::uint32_t la = static_cast<std::uint32_t>(idtr_.base + vec * 8u);
@@ -60,9 +63,14 @@ void Vcpu::deliver(std::uint8_t vec, bool has_error, std::uint32_t error, bool s
   const std::uint16_t old_cs = cs_.selector;
   EventFrame frame = build_event_frame(
       EventFrameInput{old_flags, old_cs, ret_eip, has_error, error, false, 0, 0, gate.interrupt_gate()});
+  if (v86()) {  // to ring 0 only, with the data segments on the new stack
+    frame = build_event_frame(EventFrameInput{old_flags, old_cs, ret_eip, has_error, error, true, ss_.selector,
+                                              reg32(4), gate.interrupt_gate()});
+    deliver_from_v86(target, sel, off, frame.words, frame.count, frame.new_eflags);
+    return;
+  }
   const bool stack_switch = new_cpl < cpl_;
   if (stack_switch) {
-    if (ctx_->sysflags & kVM) throw std::runtime_error("bt-swmmu: virtual-8086 mode is not supported");
     const auto [new_esp, new_ss] = stack_from_tss(new_cpl);
     const std::uint32_t old_esp = reg32(4);
     const std::uint16_t old_ss = ss_.selector;
@@ -93,6 +101,10 @@ void Vcpu::deliver(std::uint8_t vec, bool has_error, std::uint32_t error, bool s
 
 void Vcpu::do_iret(unsigned opsize, std::uint32_t next_eip) {
   nmi_masked_ = false;  // IRET ends NMI blocking (even if it then faults, as on hardware)
+  if (real_mode() || v86()) {  // (virtual-8086 mode: IOPL 3, the caller checked)
+    iret_real_mode(opsize);
+    return;
+  }
   if (ctx_->sysflags & kNT) {  // back to the task that called or interrupted this one
     return_to_linked_task(next_eip);
     return;
@@ -115,8 +127,9 @@ void Vcpu::do_iret(unsigned opsize, std::uint32_t next_eip) {
   }
   const unsigned rpl = new_cs & 3;
   try {
-    if (new_fl & kVM) {
-      if (cpl_ == 0) throw std::runtime_error("bt-swmmu: IRET to virtual-8086 mode is not supported");
+    if (bytes == 4 && (new_fl & kVM) && cpl_ == 0) {  // back to virtual-8086 mode
+      iret_to_v86(new_eip, new_cs, new_fl);
+      return;
     }
     if (rpl < cpl_) raise(13, true, new_cs & 0xfffc);
     const std::uint32_t flags = iret_eflags(eflags(), new_fl, cpl_);

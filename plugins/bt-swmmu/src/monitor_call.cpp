@@ -117,13 +117,14 @@ bool Vcpu::may_stay_in_cache() {
   if ((ctx_->sysflags & kIF) && irq_waits) return false;
   ctx_->irq_hint = irq_waits;  // IF is clear here
   sync_seg_bases();
-  if (!flat()) return false;
-  // The view (region, translation flavour) follows CPL and the paging
-  // registers: unchanged since the last look, nothing to do.
+  // The translation flavour follows the segments too (a far jump between
+  // 16- and 32-bit code, a segment load): the block maps hold one flavour.
+  const TKey tk = flavour_key();
+  if (tk != (tkey_ & ~kTKeyUser)) return false;
+  // The view (region) follows CPL and the paging registers: unchanged since
+  // the last look, nothing to do.
   const CachedView view{cpl_, cr0_, cr3_, cr4_, efer_, paging().smap_suspended, region_};
   if (view == view_) return true;
-  const TKey tk = flavour_key();
-  if (tk != (tkey_ & ~kTKeyUser)) return false;  // the block maps hold another flavour
   tkey_ = tk | (cpl_ == 3 ? kTKeyUser : 0);
   activate_region();
   view_ = CachedView{cpl_, cr0_, cr3_, cr4_, efer_, paging().smap_suspended, region_};

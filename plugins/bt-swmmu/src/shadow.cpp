@@ -268,10 +268,11 @@ void ShadowMmu::drop_region_code_page(Region* r, std::uint32_t la_page) {
   if (!r->code_pages.erase(la_page)) return;
   note_block_maps_changed();
   for (std::uint32_t eip = la_page; eip < la_page + 4096; ++eip) r->blocks.erase(eip);
-  // Fast-table slots for this page: index = low 16 bits of the EIP.
+  // Fast-table slots for this page: index = low 16 bits of the linear
+  // address, which is the low half of the key (fast_key) under any CS base.
   for (std::uint32_t i = 0; i < 4096; ++i) {
     FastEntry& e = r->fast[(la_page + i) & 0xffff];
-    if (e.neg_eip == -static_cast<std::int64_t>(la_page + i) - 1) e = FastEntry{0, 0};
+    if (static_cast<std::uint32_t>(~e.neg_eip) == la_page + i) e = FastEntry{0, 0};
   }
   if (on_code_page_dropped) on_code_page_dropped(r, la_page);
 }
@@ -479,7 +480,7 @@ void ShadowMmu::forget_blocks(const std::vector<DroppedBlock>& dropped) {
       auto it = r->blocks.find(d.eip);
       if (it != r->blocks.end() && it->second == d.block) r->blocks.erase(it);
       FastEntry& f = r->fast[d.eip & 0xffff];
-      if (f.neg_eip == -static_cast<std::int64_t>(d.eip) - 1 && f.host == d.entry) f = FastEntry{};
+      if (static_cast<std::uint32_t>(~f.neg_eip) == d.eip && f.host == d.entry) f = FastEntry{};
     }
   }
 }

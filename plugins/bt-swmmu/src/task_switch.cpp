@@ -55,7 +55,6 @@ void Vcpu::switch_task(std::uint16_t sel, std::uint64_t raw, TaskSwitchKind kind
   std::array<std::uint32_t, 8> current_gprs;
   for (unsigned i = 0; i < 8; ++i) current_gprs[i] = reg32(i);
   const Tss32 next = new32 ? Tss32::decode(image) : Tss16::decode(image, current_gprs, eflags());
-  if (next.eflags & kVm) throw std::runtime_error("bt-swmmu: task switch into virtual-8086 mode is not supported");
   const std::uint32_t old_base = static_cast<std::uint32_t>(tr_.base);
   const bool old32 = is_32bit_tss(tr_.type);
   lin_to_phys(old_base + (old32 ? Tss32::kSavedFirst : Tss16::kSavedFirst), true, false, false);
@@ -109,6 +108,11 @@ void Vcpu::switch_task(std::uint16_t sel, std::uint64_t raw, TaskSwitchKind kind
     require(check_task_ldt(ldt, next.ldt));
     ldtr_ = ldt;
   }
+  if (next.eflags & kVm) {  // a virtual-8086 task: its selectors are paragraphs
+    load_v86_task_segments(next.segments);
+    run_state_ = api::RunState::Runnable;
+    return;
+  }
   auto descriptor = [&](std::uint16_t s) {
     if ((s & 0xfffc) == 0) raise(10, true, 0);
     const Outcome<std::uint32_t> at = locate_descriptor(s, gdtr_, ldtr_, s & 0xfffc);
@@ -120,7 +124,6 @@ void Vcpu::switch_task(std::uint16_t sel, std::uint64_t raw, TaskSwitchKind kind
   api::Segment cs = descriptor(next.segments[1]);
   require(check_task_code_segment(cs, next.segments[1]));
   if (cs.l) throw std::runtime_error("bt-swmmu: 64-bit code segment: BT64 is not implemented");
-  if (!cs.db) throw std::runtime_error("bt-swmmu: 16-bit code segments are not supported");
   cs_ = cs;
   api::Segment ss = descriptor(next.segments[2]);
   require(check_task_stack_segment(ss, next.segments[2], cpl_));

@@ -7,6 +7,7 @@
 #include <cstddef>
 #include <algorithm>
 #include <cstring>
+#include <optional>
 #include <stdexcept>
 
 namespace modevisor::bt {
@@ -122,6 +123,15 @@ thread_local ZydisRegister t_esp16 = ZYDIS_REGISTER_R14W;
 // Set while translating an MMIO access: memory operands go to this host address.
 thread_local const void* t_redirect = nullptr;
 
+// The segmented flavour (kTKeySegmented) of the block being translated.
+struct SegmentedFlavour {
+  bool on = false;
+  bool code16 = false;   // CS.D = 0
+  bool stack16 = false;  // SS.B = 0: SP wraps at 64 KiB
+  bool a16 = false;      // the current instruction's address size is 16
+};
+thread_local SegmentedFlavour t_seg;
+
 ZydisRegister rename(ZydisRegister r) {
   switch (r) {
     case ZYDIS_REGISTER_ESP: return t_esp32;
@@ -147,9 +157,48 @@ bool is_fpu_like(const ZydisDecodedInstruction& insn) {
   }
 }
 
+// The rules every flavour shares: sensitive, privileged-in-effect or
+// 64-bit-invalid instructions, segment/control/debug registers, implicit
+// memory operands.  nullopt: what the operands and branches say decides.
+std::optional<InsnClass> classify_common(const ZydisDecodedInstruction& insn, const ZydisDecodedOperand* ops,
+                                         TKey tkey);
+
+// Segmented code: 16-bit addresses and near branches with a 16-bit operand
+// size are translated (the address formed in r13d, targets masked to 16
+// bits); stack operations use SS's base and width.
+InsnClass classify_segmented(const ZydisDecodedInstruction& insn, const ZydisDecodedOperand* ops, TKey tkey) {
+  switch (insn.mnemonic) {
+    case ZYDIS_MNEMONIC_JMP:
+    case ZYDIS_MNEMONIC_CALL:
+    case ZYDIS_MNEMONIC_RET:
+      if (insn.meta.branch_type == ZYDIS_BRANCH_TYPE_FAR) return InsnClass::Special;
+      return InsnClass::ControlFlow;
+    case ZYDIS_MNEMONIC_JB: case ZYDIS_MNEMONIC_JBE: case ZYDIS_MNEMONIC_JL: case ZYDIS_MNEMONIC_JLE:
+    case ZYDIS_MNEMONIC_JNB: case ZYDIS_MNEMONIC_JNBE: case ZYDIS_MNEMONIC_JNL: case ZYDIS_MNEMONIC_JNLE:
+    case ZYDIS_MNEMONIC_JNO: case ZYDIS_MNEMONIC_JNP: case ZYDIS_MNEMONIC_JNS: case ZYDIS_MNEMONIC_JNZ:
+    case ZYDIS_MNEMONIC_JO: case ZYDIS_MNEMONIC_JP: case ZYDIS_MNEMONIC_JS: case ZYDIS_MNEMONIC_JZ:
+    case ZYDIS_MNEMONIC_JCXZ: case ZYDIS_MNEMONIC_JECXZ: case ZYDIS_MNEMONIC_LOOP: case ZYDIS_MNEMONIC_LOOPE:
+    case ZYDIS_MNEMONIC_LOOPNE:
+      return InsnClass::ControlFlow;
+    case ZYDIS_MNEMONIC_PUSH:
+    case ZYDIS_MNEMONIC_POP:
+      if (ops[0].type == ZYDIS_OPERAND_TYPE_REGISTER &&
+          ZydisRegisterGetClass(ops[0].reg.value) == ZYDIS_REGCLASS_SEGMENT)
+        return InsnClass::Special;
+      return InsnClass::Stack;
+    case ZYDIS_MNEMONIC_LEAVE:
+      return InsnClass::Stack;
+    default:
+      break;
+  }
+  if (auto c = classify_common(insn, ops, tkey)) return *c;
+  return InsnClass::Plain;
+}
+
 }  // namespace
 
 InsnClass classify(const ZydisDecodedInstruction& insn, const ZydisDecodedOperand* ops, TKey tkey) {
+  if (tkey & kTKeySegmented) return classify_segmented(insn, ops, tkey);
   // 0x67: matters only where an address or eCX count is formed (not for an
   // operand the monitor redirects to its stage, whose address it formed).
   if (insn.address_width != 32 && !t_redirect) {
@@ -160,11 +209,6 @@ InsnClass classify(const ZydisDecodedInstruction& insn, const ZydisDecodedOperan
     for (unsigned i = 0; i < insn.operand_count; ++i)
       if (ops[i].type == ZYDIS_OPERAND_TYPE_MEMORY) return InsnClass::Special;  // incl. LEA: 16-bit result
   }
-  if (insn.attributes & ZYDIS_ATTRIB_IS_PRIVILEGED) return InsnClass::Special;
-  // VEX/EVEX/XOP: not in the guest's CPUID (no AVX; XSAVE state is not kept).
-  if (insn.encoding != ZYDIS_INSTRUCTION_ENCODING_LEGACY && insn.encoding != ZYDIS_INSTRUCTION_ENCODING_3DNOW)
-    return InsnClass::Special;
-  if ((tkey & kTKeyFpuTrap) && is_fpu_like(insn)) return InsnClass::Special;
   switch (insn.mnemonic) {
     // A 16-bit operand size (0x66) makes a branch truncate EIP to 16 bits
     // (and push/pop IP words): the monitor's.
@@ -190,6 +234,23 @@ InsnClass classify(const ZydisDecodedInstruction& insn, const ZydisDecodedOperan
       return InsnClass::Stack;
     case ZYDIS_MNEMONIC_LEAVE:
       return InsnClass::Stack;
+    default:
+      break;
+  }
+  if (auto c = classify_common(insn, ops, tkey)) return *c;
+  return InsnClass::Plain;
+}
+
+namespace {
+
+std::optional<InsnClass> classify_common(const ZydisDecodedInstruction& insn, const ZydisDecodedOperand* ops,
+                                         TKey tkey) {
+  if (insn.attributes & ZYDIS_ATTRIB_IS_PRIVILEGED) return InsnClass::Special;
+  // VEX/EVEX/XOP: not in the guest's CPUID (no AVX; XSAVE state is not kept).
+  if (insn.encoding != ZYDIS_INSTRUCTION_ENCODING_LEGACY && insn.encoding != ZYDIS_INSTRUCTION_ENCODING_3DNOW)
+    return InsnClass::Special;
+  if ((tkey & kTKeyFpuTrap) && is_fpu_like(insn)) return InsnClass::Special;
+  switch (insn.mnemonic) {
     // Sensitive, privileged-in-effect or invalid in 64-bit mode: the monitor emulates.
     case ZYDIS_MNEMONIC_CLI: case ZYDIS_MNEMONIC_STI: case ZYDIS_MNEMONIC_PUSHFD: case ZYDIS_MNEMONIC_POPFD:
     case ZYDIS_MNEMONIC_PUSHF: case ZYDIS_MNEMONIC_POPF:
@@ -239,14 +300,61 @@ InsnClass classify(const ZydisDecodedInstruction& insn, const ZydisDecodedOperan
       return InsnClass::Special;
     if (o.type == ZYDIS_OPERAND_TYPE_POINTER) return InsnClass::Special;
   }
-  return InsnClass::Plain;
+  return std::nullopt;
 }
 
-namespace {
+
+// The 32-bit register of a 16-bit address register (BX -> EBX, ...): the low
+// 16 bits of a 32-bit sum are the 16-bit sum, so a 16-bit address is the
+// 32-bit LEA's result zero-extended from 16 bits.
+ZydisRegister widen16(ZydisRegister r) {
+  if (r == ZYDIS_REGISTER_NONE || ZydisRegisterGetClass(r) != ZYDIS_REGCLASS_GPR16) return r;
+  return static_cast<ZydisRegister>(ZYDIS_REGISTER_EAX + (r - ZYDIS_REGISTER_AX));
+}
+
+// Segmented flavour: r13d = the operand's offset, formed with the
+// instruction's address size (16-bit: wraps at 64 KiB).  No flags change.
+bool segmented_offset(Emitter& e, const ZydisDecodedOperand& op, std::int64_t extra_disp) {
+  ZydisRegister base = rename(t_seg.a16 ? widen16(op.mem.base) : op.mem.base);
+  ZydisRegister index = rename(t_seg.a16 ? widen16(op.mem.index) : op.mem.index);
+  std::int64_t disp = (op.mem.disp.has_displacement ? op.mem.disp.value : 0) + extra_disp;
+  disp = static_cast<std::int32_t>(static_cast<std::uint32_t>(disp));
+  if (base == ZYDIS_REGISTER_NONE && index == ZYDIS_REGISTER_NONE) {
+    const std::uint32_t offset = static_cast<std::uint32_t>(disp) & (t_seg.a16 ? 0xffffu : 0xffffffffu);
+    return e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_R13D), I(static_cast<std::int32_t>(offset))});
+  }
+  if (!e.ins(ZYDIS_MNEMONIC_LEA, {R(ZYDIS_REGISTER_R13D), M(base, disp, 0, index, op.mem.scale)}, false, true))
+    return false;
+  return !t_seg.a16 || e.ins(ZYDIS_MNEMONIC_MOVZX, {R(ZYDIS_REGISTER_R13D), R(ZYDIS_REGISTER_R13W)});
+}
+
+// r13d += the base of segment register `sreg` (read from the context at run
+// time, so segment loads need no retranslation); r9 scratch, no flags.
+bool add_segment_base(Emitter& e, ZydisRegister sreg) {
+  const int s = sreg - ZYDIS_REGISTER_ES;  // ES CS SS DS FS GS, as Context::seg_base
+  if (s < 0 || s > 5) return false;
+  return e.ins(ZYDIS_MNEMONIC_MOV,
+               {R(ZYDIS_REGISTER_R9D), M(ZYDIS_REGISTER_R15, offsetof(Context, seg_base) + 8 * s, 4)}) &&
+         e.ins(ZYDIS_MNEMONIC_LEA, {R(ZYDIS_REGISTER_R13D), M(ZYDIS_REGISTER_R13, 0, 0, ZYDIS_REGISTER_R9, 1)});
+}
+
+// Segmented flavour: the operand becomes gs:[r13d] (with the address-size
+// prefix), r13d = segment base + offset.
+bool segmented_mem(Emitter& e, const ZydisDecodedOperand& op, ZydisEncoderOperand* out, std::int64_t extra_disp) {
+  if (!segmented_offset(e, op, extra_disp) || !add_segment_base(e, op.mem.segment)) return false;
+  out->type = ZYDIS_OPERAND_TYPE_MEMORY;
+  out->mem.size = static_cast<ZyanU16>(op.size / 8);
+  out->mem.base = ZYDIS_REGISTER_R13D;
+  out->mem.index = ZYDIS_REGISTER_NONE;
+  out->mem.scale = 0;
+  out->mem.displacement = 0;
+  return e.ok();
+}
 
 // Rewrite a guest memory operand into a host one addressing gs:[32-bit EA].
 // FS/GS-relative guest accesses add the guest segment base at run time
-// (r12/r13 scratch); DS/ES/SS/CS are flat (the monitor refuses other guests).
+// (r12/r13 scratch); DS/ES/SS/CS are flat in the flat flavour (the
+// segmented one adds every base: segmented_mem).
 bool host_mem(Emitter& e, const ZydisDecodedOperand& op, ZydisEncoderOperand* out, std::int64_t extra_disp = 0) {
   ZydisRegister base = rename(op.mem.base);
   ZydisRegister index = rename(op.mem.index);
@@ -262,6 +370,7 @@ bool host_mem(Emitter& e, const ZydisDecodedOperand& op, ZydisEncoderOperand* ou
     out->mem.displacement = 0;
     return e.ok();
   }
+  if (t_seg.on) return segmented_mem(e, op, out, extra_disp);
   if (op.mem.segment == ZYDIS_REGISTER_FS || op.mem.segment == ZYDIS_REGISTER_GS) {
     const int seg = op.mem.segment == ZYDIS_REGISTER_FS ? 4 : 5;
     if (base == ZYDIS_REGISTER_NONE && index == ZYDIS_REGISTER_NONE) {
@@ -314,6 +423,13 @@ const unsigned kBorrowIdx[3] = {5, 6, 7};
 // Re-encode a plain guest instruction for 64-bit mode.
 bool reencode(Emitter& e, const ZydisDecodedInstruction& insn, const ZydisDecodedOperand* ops,
               std::vector<Block::Swap>* swaps = nullptr) {
+  if (t_seg.on && insn.mnemonic == ZYDIS_MNEMONIC_LEA && !t_redirect) {
+    // The offset alone (no segment base), with the address size's wrap,
+    // truncated to the operand size.
+    if (ops[0].type != ZYDIS_OPERAND_TYPE_REGISTER || !segmented_offset(e, ops[1], 0)) return false;
+    const ZydisRegister dest = rename(ops[0].reg.value);
+    return e.ins(ZYDIS_MNEMONIC_MOV, {R(dest), R(ops[0].size == 16 ? ZYDIS_REGISTER_R13W : ZYDIS_REGISTER_R13D)});
+  }
   ZydisEncoderRequest req;
   if (!ZYAN_SUCCESS(ZydisEncoderDecodedInstructionToEncoderRequest(&insn, ops, insn.operand_count_visible, &req)))
     return false;
@@ -383,6 +499,104 @@ ZydisRegister sized(ZydisRegister r32, unsigned bytes) {
   return r32;
 }
 
+// ---- segmented flavour: stack operations through SS's base and width
+
+// r13d = the stack pointer moved by `delta` (SP wrapping at 64 KiB with a
+// 16-bit stack), r9d = its linear address (SS base added).  No flags.
+bool seg_stack_slot(Emitter& e, std::int32_t delta) {
+  bool ok = e.ins(ZYDIS_MNEMONIC_LEA, {R(kR13D), M(ZYDIS_REGISTER_R14, delta, 0)});
+  if (t_seg.stack16) ok = ok && e.ins(ZYDIS_MNEMONIC_MOVZX, {R(kR13D), R(ZYDIS_REGISTER_R13W)});
+  return ok &&
+         e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_R9D), M(ZYDIS_REGISTER_R15, offsetof(Context, seg_base) + 16, 4)}) &&
+         e.ins(ZYDIS_MNEMONIC_LEA, {R(ZYDIS_REGISTER_R9D), M(ZYDIS_REGISTER_R13, 0, 0, ZYDIS_REGISTER_R9, 1)});
+}
+
+// The stack pointer = r13d (a 16-bit stack changes only SP).  Last, so a
+// faulting access before it leaves the guest's stack pointer as it was.
+bool seg_stack_commit(Emitter& e) {
+  return t_seg.stack16 ? e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_R14W), R(ZYDIS_REGISTER_R13W)})
+                       : e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_R14D), R(kR13D)});
+}
+
+bool seg_push(Emitter& e, Op value, unsigned bytes) {
+  return seg_stack_slot(e, -static_cast<std::int32_t>(bytes)) &&
+         e.ins(ZYDIS_MNEMONIC_MOV, {M(ZYDIS_REGISTER_R9D, 0, bytes), value}, true, true) && seg_stack_commit(e);
+}
+
+// Loads the stack top (`bytes` wide, zero-extended) into r11d and moves the
+// stack pointer past it and `release` more bytes (RET imm16).
+bool seg_pop_r11(Emitter& e, unsigned bytes, std::int32_t release = 0) {
+  const bool ok = seg_stack_slot(e, 0) &&
+                  (bytes == 2 ? e.ins(ZYDIS_MNEMONIC_MOVZX, {R(kR11D), M(ZYDIS_REGISTER_R9D, 0, 2)}, true, true)
+                              : e.ins(ZYDIS_MNEMONIC_MOV, {R(kR11D), M(ZYDIS_REGISTER_R9D, 0, 4)}, true, true));
+  return ok && e.ins(ZYDIS_MNEMONIC_LEA, {R(kR13D), M(ZYDIS_REGISTER_R13, bytes + release, 0)}) && seg_stack_commit(e);
+}
+
+bool seg_push_insn(Emitter& e, const ZydisDecodedOperand& o, unsigned bytes) {
+  if (o.type == ZYDIS_OPERAND_TYPE_REGISTER) return seg_push(e, R(rename(o.reg.value)), bytes);
+  if (o.type == ZYDIS_OPERAND_TYPE_IMMEDIATE) {
+    const std::int64_t v = bytes == 2 ? std::int64_t{static_cast<std::int16_t>(o.imm.value.s)}
+                                      : std::int64_t{static_cast<std::int32_t>(o.imm.value.s)};
+    return seg_push(e, I(v), bytes);
+  }
+  ZydisEncoderOperand m{};
+  if (!segmented_mem(e, o, &m, 0)) return false;
+  Op mo;
+  mo.o = m;
+  return e.ins(ZYDIS_MNEMONIC_MOV, {R(sized(kR11D, bytes)), mo}, true, true) && seg_push(e, R(sized(kR11D, bytes)), bytes);
+}
+
+bool seg_pop_insn(Emitter& e, const ZydisDecodedOperand& o, unsigned bytes) {
+  if (o.type == ZYDIS_OPERAND_TYPE_REGISTER) {
+    const ZydisRegister r = rename(o.reg.value);
+    if (!seg_stack_slot(e, 0) || !e.ins(ZYDIS_MNEMONIC_MOV, {R(r), M(ZYDIS_REGISTER_R9D, 0, bytes)}, true, true))
+      return false;
+    if (r == kR14D || r == ZYDIS_REGISTER_R14W) return true;  // POP (E)SP: the popped value is the stack pointer
+    return e.ins(ZYDIS_MNEMONIC_LEA, {R(kR13D), M(ZYDIS_REGISTER_R13, bytes, 0)}) && seg_stack_commit(e);
+  }
+  const ZydisRegister v = sized(kR11D, bytes);
+  if (!seg_stack_slot(e, 0) || !e.ins(ZYDIS_MNEMONIC_MOV, {R(v), M(ZYDIS_REGISTER_R9D, 0, bytes)}, true, true))
+    return false;
+  // A destination addressed through the stack pointer uses it incremented.
+  const bool sp_based = o.mem.base == ZYDIS_REGISTER_ESP || o.mem.base == ZYDIS_REGISTER_SP;
+  ZydisEncoderOperand m{};
+  if (!segmented_mem(e, o, &m, sp_based ? bytes : 0)) return false;
+  Op mo;
+  mo.o = m;
+  return e.ins(ZYDIS_MNEMONIC_MOV, {mo, R(v)}, true, true) &&
+         e.ins(ZYDIS_MNEMONIC_LEA, {R(kR13D), M(ZYDIS_REGISTER_R14, bytes, 0)}) && seg_stack_commit(e);
+}
+
+// LEAVE: the stack pointer = the frame pointer (SP = BP with a 16-bit
+// stack), then the frame pointer is popped with the operand size.
+bool seg_leave(Emitter& e, unsigned bytes) {
+  const bool ok = t_seg.stack16 ? e.ins(ZYDIS_MNEMONIC_MOVZX, {R(kR13D), R(ZYDIS_REGISTER_BP)})
+                                : e.ins(ZYDIS_MNEMONIC_MOV, {R(kR13D), R(ZYDIS_REGISTER_EBP)});
+  return ok &&
+         e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_R9D), M(ZYDIS_REGISTER_R15, offsetof(Context, seg_base) + 16, 4)}) &&
+         e.ins(ZYDIS_MNEMONIC_LEA, {R(ZYDIS_REGISTER_R9D), M(ZYDIS_REGISTER_R13, 0, 0, ZYDIS_REGISTER_R9, 1)}) &&
+         e.ins(ZYDIS_MNEMONIC_MOV, {R(sized(kR11D, bytes)), M(ZYDIS_REGISTER_R9D, 0, bytes)}, true, true) &&
+         e.ins(ZYDIS_MNEMONIC_LEA, {R(kR13D), M(ZYDIS_REGISTER_R13, bytes, 0)}) && seg_stack_commit(e) &&
+         e.ins(ZYDIS_MNEMONIC_MOV,
+               {R(bytes == 2 ? ZYDIS_REGISTER_BP : ZYDIS_REGISTER_EBP), R(sized(kR11D, bytes))});
+}
+
+// r11d = a near branch's target from a register or memory operand (a word
+// zero-extended with a 16-bit operand size).
+bool seg_branch_target_r11(Emitter& e, const ZydisDecodedOperand& o, unsigned bytes) {
+  if (o.type == ZYDIS_OPERAND_TYPE_REGISTER) {
+    const ZydisRegister r = rename(o.reg.value);
+    return bytes == 2 ? e.ins(ZYDIS_MNEMONIC_MOVZX, {R(kR11D), R(r)}) : e.ins(ZYDIS_MNEMONIC_MOV, {R(kR11D), R(r)});
+  }
+  ZydisEncoderOperand m{};
+  if (!segmented_mem(e, o, &m, 0)) return false;
+  m.mem.size = static_cast<ZyanU16>(bytes);
+  Op mo;
+  mo.o = m;
+  return bytes == 2 ? e.ins(ZYDIS_MNEMONIC_MOVZX, {R(kR11D), mo}, true, true)
+                    : e.ins(ZYDIS_MNEMONIC_MOV, {R(kR11D), mo}, true, true);
+}
+
 // Whether the instruction reads or writes x87/MMX/SSE state (registers,
 // control/status words, MXCSR), i.e. needs the guest's FPU state loaded.
 bool uses_fpu_state(const ZydisDecodedInstruction& insn, const ZydisDecodedOperand* ops) {
@@ -421,6 +635,7 @@ Translator::Translator(std::size_t cache_bytes) {
   cache_end_ = cache_ + cache_bytes;
   cur_ = cache_;
   ZydisDecoderInit(&decoder_, ZYDIS_MACHINE_MODE_LEGACY_32, ZYDIS_STACK_WIDTH_32);
+  ZydisDecoderInit(&decoder16_, ZYDIS_MACHINE_MODE_LEGACY_16, ZYDIS_STACK_WIDTH_16);
   emit_routines();
 }
 
@@ -550,8 +765,8 @@ std::uint64_t Translator::enter(Context* ctx, const void* host) {
   return reinterpret_cast<Fn>(entry_)(ctx, host);
 }
 
-Block* Translator::find(std::uint32_t eip, std::uint64_t pa, TKey tkey) {
-  auto it = blocks_.find(Key{eip, pa, tkey});
+Block* Translator::find(std::uint32_t eip, std::uint64_t pa, TKey tkey, std::uint32_t cs_base) {
+  auto it = blocks_.find(Key{eip, pa, tkey, cs_base});
   return it == blocks_.end() ? nullptr : it->second;
 }
 
@@ -587,8 +802,8 @@ bool Translator::invalidate_page(std::uint64_t pa_page, std::vector<DroppedBlock
   for (Block* b : list) {
     if (!b->valid) continue;
     b->valid = false;
-    if (dropped) dropped->push_back(DroppedBlock{b->eip, b, reinterpret_cast<std::uint64_t>(b->entry)});
-    blocks_.erase(Key{b->eip, b->pa_page[0] | (b->eip & 0xfff), b->tkey});
+    if (dropped) dropped->push_back(DroppedBlock{b->linear(), b, reinterpret_cast<std::uint64_t>(b->entry)});
+    blocks_.erase(Key{b->eip, b->pa_page[0] | (b->linear() & 0xfff), b->tkey, b->cs_base});
     for (int i = 0; i < b->n_pages; ++i) {
       if (b->pa_page[i] == pa_page) continue;
       auto o = by_page_.find(b->pa_page[i]);
@@ -614,16 +829,26 @@ TranslateStatus Translator::translate(std::uint32_t eip, TKey tkey, const CodeWi
     explicit RedirectScope(const void* p) { t_redirect = p; }
     ~RedirectScope() { t_redirect = nullptr; }
   } redirect_scope(redirect_mem);
+  struct SegmentedScope {
+    explicit SegmentedScope(TKey k) {
+      t_seg = SegmentedFlavour{(k & kTKeySegmented) != 0, (k & kTKeyCode16) != 0, (k & kTKeyStack16) != 0, false};
+    }
+    ~SegmentedScope() { t_seg = SegmentedFlavour{}; }
+  } segmented_scope(tkey);
+  const ZydisDecoder& decoder = (tkey & kTKeyCode16) ? decoder16_ : decoder_;
+  // Linear addresses (pages, chaining, lookup keys) are the CS base plus EIPs.
+  const std::uint32_t cs_base = code.cs_base;
+  auto linear = [cs_base](std::uint32_t ip) { return cs_base + ip; };
   *out = nullptr;
   auto blk = std::make_unique<Block>();
   Block* b = blk.get();
   b->eip = eip;
+  b->cs_base = cs_base;
   b->tkey = tkey;
   b->pa_page[0] = code.pa_page[0];
   b->host = cur_;
 
   Emitter e(cur_, cache_end_);
-  const std::uint32_t page_end = (eip & ~0xfffu) + 0x1000;
 
   // Entry: poll the dispatcher's page (faults when the vCPU must stop by).
   b->entry = e.pos();
@@ -637,13 +862,19 @@ TranslateStatus Translator::translate(std::uint32_t eip, TKey tkey, const CodeWi
     std::uint64_t reason;
   };
   std::vector<Stub> stubs;
+  auto same_page = [&](std::uint32_t a, std::uint32_t b) { return (linear(a) & ~0xfffu) == (linear(b) & ~0xfffu); };
   auto direct_exit = [&](std::uint32_t target, std::uint32_t insn_eip) {
     std::uint8_t* site = e.jmp(e.pos());  // fixed up below
-    bool chainable = (target & ~0xfffu) == (insn_eip & ~0xfffu);
+    bool chainable = same_page(target, insn_eip);
     stubs.push_back({site, target, chainable, kExitDispatch});
   };
   auto lookup = [&]() {
-    // target guest EIP in r13d; flags preserved
+    // target guest EIP in r13d; flags preserved.  Under a CS base the key
+    // is fast_key(cs_base, eip): r13 + cs_base * (2^32 + 1).
+    if (cs_base != 0) {
+      e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_R11), I(static_cast<std::int64_t>(fast_key(cs_base, 0)))});
+      e.ins(ZYDIS_MNEMONIC_LEA, {R(ZYDIS_REGISTER_R13), M(ZYDIS_REGISTER_R13, 0, 0, ZYDIS_REGISTER_R11, 1)});
+    }
     e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_R12), R(ZYDIS_REGISTER_RCX)});
     e.ins(ZYDIS_MNEMONIC_MOVZX, {R(ZYDIS_REGISTER_ECX), R(ZYDIS_REGISTER_R13W)});
     e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_R11), M(ZYDIS_REGISTER_R15, kOffFast, 8)});
@@ -656,6 +887,8 @@ TranslateStatus Translator::translate(std::uint32_t eip, TKey tkey, const CodeWi
     e.b(0);
     // miss
     e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_RCX), R(ZYDIS_REGISTER_R12)});
+    if (cs_base != 0)  // back to the EIP (the key's low half is the linear address)
+      e.ins(ZYDIS_MNEMONIC_LEA, {R(kR13D), M(ZYDIS_REGISTER_R13, static_cast<std::int32_t>(0u - cs_base), 0)});
     e.ins(ZYDIS_MNEMONIC_MOV, {M(ZYDIS_REGISTER_R15, kOffNextEip, 4), R(ZYDIS_REGISTER_R13D)});
     store_ctx64(e, kOffPatch, 0);
     store_ctx64(e, kOffReason, kExitIndirectMiss);
@@ -717,7 +950,7 @@ TranslateStatus Translator::translate(std::uint32_t eip, TKey tkey, const CodeWi
     }
     ZydisDecodedInstruction insn;
     ZydisDecodedOperand ops[ZYDIS_MAX_OPERAND_COUNT];
-    ZyanStatus st = ZydisDecoderDecodeFull(&decoder_, code.bytes + off, code.total - off, &insn, ops);
+    ZyanStatus st = ZydisDecoderDecodeFull(&decoder, code.bytes + off, code.total - off, &insn, ops);
     if (!ZYAN_SUCCESS(st)) {
       if (b->n_insns == 0) {
         // Ran out of fetchable bytes (next page not present) or invalid opcode.
@@ -742,16 +975,19 @@ TranslateStatus Translator::translate(std::uint32_t eip, TKey tkey, const CodeWi
       b->n_pages = 2;
     }
     const std::uint32_t next = pc + insn.length;
+    t_seg.a16 = insn.address_width == 16;
     InsnClass cls = classify(insn, ops, tkey);
     const bool monitor_site = !transient && sites_ && off < code.first_page_bytes &&
-                              sites_->marked(code.pa_page[0] | (pc & 0xfff));
-    // Inline forms of two hot sensitive instructions (irqsave paths).
-    const bool inline_pushf = insn.mnemonic == ZYDIS_MNEMONIC_PUSHFD && insn.operand_width == 32;
+                              sites_->marked(code.pa_page[0] | (linear(pc) & 0xfff));
+    // Inline forms of two hot sensitive instructions (irqsave paths); the
+    // segmented flavour leaves PUSHF/POPF to the monitor (SS base and width,
+    // virtual-8086 IOPL rules).
+    const bool inline_pushf = insn.mnemonic == ZYDIS_MNEMONIC_PUSHFD && insn.operand_width == 32 && !t_seg.on;
     const bool cpl0 = !(tkey & (kTKeyUser | kTKeyRing12));
     const bool inline_cli = insn.mnemonic == ZYDIS_MNEMONIC_CLI && cpl0;
     // Under SMAP, POPFD may change AC and with it the shadow view: the monitor's.
-    const bool inline_popf =
-        insn.mnemonic == ZYDIS_MNEMONIC_POPFD && insn.operand_width == 32 && cpl0 && !(tkey & kTKeySmap);
+    const bool inline_popf = insn.mnemonic == ZYDIS_MNEMONIC_POPFD && insn.operand_width == 32 && cpl0 &&
+                             !(tkey & kTKeySmap) && !t_seg.on;
     bool inline_sti = false;
     if (insn.mnemonic == ZYDIS_MNEMONIC_STI && cpl0 && b->n_insns + 2 < max_insns) {
       // Only when the next instruction runs in this block too: then the STI
@@ -760,11 +996,11 @@ TranslateStatus Translator::translate(std::uint32_t eip, TKey tkey, const CodeWi
       ZydisDecodedOperand nops[ZYDIS_MAX_OPERAND_COUNT];
       const std::uint32_t noff = off + insn.length;
       inline_sti = noff < code.first_page_bytes &&
-                   ZYAN_SUCCESS(ZydisDecoderDecodeFull(&decoder_, code.bytes + noff, code.total - noff, &nx, nops)) &&
+                   ZYAN_SUCCESS(ZydisDecoderDecodeFull(&decoder, code.bytes + noff, code.total - noff, &nx, nops)) &&
                    noff + nx.length <= code.first_page_bytes && classify(nx, nops, tkey) != InsnClass::Special &&
                    classify(nx, nops, tkey) != InsnClass::ControlFlow && nx.mnemonic != ZYDIS_MNEMONIC_STI &&
                    nx.mnemonic != ZYDIS_MNEMONIC_POPFD &&
-                   !(sites_ && !transient && sites_->marked(code.pa_page[0] | ((pc + insn.length) & 0xfff)));
+                   !(sites_ && !transient && sites_->marked(code.pa_page[0] | (linear(pc + insn.length) & 0xfff)));
     }
     if (inline_pushf || inline_cli || inline_popf || inline_sti) cls = InsnClass::Stack;
     if (monitor_site) cls = InsnClass::Special;
@@ -812,6 +1048,91 @@ TranslateStatus Translator::translate(std::uint32_t eip, TKey tkey, const CodeWi
           if (ok && !e.enc_failed()) b->swaps.push_back({begin, end, cand_idx[c]});
           else ok = false;
         }
+      }
+    } else if (cls == InsnClass::Stack && t_seg.on && !inline_cli && !inline_sti) {
+      // SS base and width: the segmented flavour's own push/pop/leave.
+      const unsigned sz = insn.operand_width / 8;
+      if (insn.mnemonic == ZYDIS_MNEMONIC_LEAVE) ok = seg_leave(e, sz);
+      else if (insn.mnemonic == ZYDIS_MNEMONIC_PUSH) ok = seg_push_insn(e, ops[0], sz);
+      else ok = seg_pop_insn(e, ops[0], sz);
+    } else if (cls == InsnClass::ControlFlow && t_seg.on) {
+      // Near branches of segmented code: targets wrap to 16 bits with a
+      // 16-bit operand size, return addresses go through SS's base and width,
+      // LOOP/JCXZ count in CX with a 16-bit address size.
+      ended = true;
+      const unsigned sz = insn.operand_width / 8;
+      const std::uint32_t ip_mask = insn.operand_width == 16 ? 0xffffu : 0xffffffffu;
+      const std::uint32_t target =
+          ops[0].type == ZYDIS_OPERAND_TYPE_IMMEDIATE ? static_cast<std::uint32_t>(next + ops[0].imm.value.s) & ip_mask : 0;
+      auto branch_exit = [&](unsigned cc, std::uint32_t to) {  // jcc to an exit stub
+        std::uint8_t* site = e.jcc(cc, e.pos());
+        stubs.push_back({site, to, same_page(to, pc), kExitDispatch});
+      };
+      switch (insn.mnemonic) {
+        case ZYDIS_MNEMONIC_JMP:
+          if (ops[0].type == ZYDIS_OPERAND_TYPE_IMMEDIATE) {
+            direct_exit(target, pc);
+          } else {
+            ok = seg_branch_target_r11(e, ops[0], sz) && e.ins(ZYDIS_MNEMONIC_MOV, {R(kR13D), R(kR11D)});
+            lookup();
+          }
+          break;
+        case ZYDIS_MNEMONIC_CALL: {
+          const std::int64_t ret = sz == 2 ? std::int64_t{static_cast<std::int16_t>(next)}
+                                           : std::int64_t{static_cast<std::int32_t>(next)};
+          if (ops[0].type == ZYDIS_OPERAND_TYPE_IMMEDIATE) {
+            ok = seg_push(e, I(ret), sz);
+            direct_exit(target, pc);
+          } else {
+            ok = seg_branch_target_r11(e, ops[0], sz) && seg_push(e, I(ret), sz) &&
+                 e.ins(ZYDIS_MNEMONIC_MOV, {R(kR13D), R(kR11D)});
+            lookup();
+          }
+          break;
+        }
+        case ZYDIS_MNEMONIC_RET: {
+          const std::int32_t release = insn.operand_count_visible > 0 && ops[0].type == ZYDIS_OPERAND_TYPE_IMMEDIATE
+                                           ? static_cast<std::int32_t>(ops[0].imm.value.u & 0xffff)
+                                           : 0;
+          ok = seg_pop_r11(e, sz, release) && e.ins(ZYDIS_MNEMONIC_MOV, {R(kR13D), R(kR11D)});
+          lookup();
+          break;
+        }
+        case ZYDIS_MNEMONIC_JCXZ: case ZYDIS_MNEMONIC_JECXZ: case ZYDIS_MNEMONIC_LOOP: case ZYDIS_MNEMONIC_LOOPE:
+        case ZYDIS_MNEMONIC_LOOPNE: {
+          const bool is_jcxz = insn.mnemonic == ZYDIS_MNEMONIC_JCXZ || insn.mnemonic == ZYDIS_MNEMONIC_JECXZ;
+          if (insn.address_width == 32) {  // ECX: the host's own LOOP/JECXZ (0x67)
+            e.b(0x67);
+            e.b(is_jcxz ? 0xe3 : insn.mnemonic == ZYDIS_MNEMONIC_LOOP ? 0xe2
+                : insn.mnemonic == ZYDIS_MNEMONIC_LOOPE ? 0xe1 : 0xe0);
+            e.b(5);
+            direct_exit(next, pc);
+            direct_exit(target, pc);
+            break;
+          }
+          // CX (ECX's upper half stays), without touching the flags.
+          if (!is_jcxz) {
+            ok = e.ins(ZYDIS_MNEMONIC_LEA, {R(kR13D), M(ZYDIS_REGISTER_RCX, -1, 0)}) &&
+                 e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_CX), R(ZYDIS_REGISTER_R13W)});
+          }
+          ok = ok && e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_R12), R(ZYDIS_REGISTER_RCX)}) &&
+               e.ins(ZYDIS_MNEMONIC_MOVZX, {R(ZYDIS_REGISTER_ECX), R(ZYDIS_REGISTER_CX)});
+          e.b(0xe3);  // jrcxz cx_zero
+          std::uint8_t* rel = e.pos();
+          e.b(0);
+          ok = ok && e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_RCX), R(ZYDIS_REGISTER_R12)});
+          if (insn.mnemonic == ZYDIS_MNEMONIC_LOOPE) branch_exit(0x5, next);   // ZF = 0: not taken
+          if (insn.mnemonic == ZYDIS_MNEMONIC_LOOPNE) branch_exit(0x4, next);  // ZF = 1: not taken
+          direct_exit(is_jcxz ? next : target, pc);
+          *rel = static_cast<std::uint8_t>(e.pos() - (rel + 1));
+          ok = ok && e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_RCX), R(ZYDIS_REGISTER_R12)});
+          direct_exit(is_jcxz ? target : next, pc);
+          break;
+        }
+        default:  // Jcc
+          branch_exit(insn.opcode & 0xf, target);
+          direct_exit(next, pc);
+          break;
       }
     } else if (cls == InsnClass::Stack) {
       const unsigned sz = insn.operand_width / 8;
@@ -971,7 +1292,7 @@ TranslateStatus Translator::translate(std::uint32_t eip, TKey tkey, const CodeWi
       direct_exit(pc, pc - 1);
       ended = true;
     }
-    if (pc >= page_end && !ended) {
+    if (pc - eip >= code.first_page_bytes && !ended) {  // the end of the (linear) page
       direct_exit(pc, pc - 1);
       ended = true;
     }
@@ -1020,7 +1341,7 @@ TranslateStatus Translator::translate(std::uint32_t eip, TKey tkey, const CodeWi
     stats.guest_insns_translated += b->n_insns;
   }
   if (!transient && (status == TranslateStatus::Ok || status == TranslateStatus::Special)) {
-    blocks_[Key{eip, code.pa_page[0] | (eip & 0xfff), tkey}] = b;
+    blocks_[Key{eip, code.pa_page[0] | (linear(eip) & 0xfff), tkey, cs_base}] = b;
     for (int i = 0; i < b->n_pages; ++i) by_page_[b->pa_page[i]].push_back(b);
   }
   *out = b;

@@ -21,6 +21,15 @@ inline constexpr TKey kTKeyFpuTrap = 1;
 inline constexpr TKey kTKeyUser = 2;    // CPL 3
 inline constexpr TKey kTKeyRing12 = 4;  // CPL 1 or 2 (CPL 0 when neither bit)
 inline constexpr TKey kTKeySmap = 8;    // CR4.SMAP: POPFD (may change AC) leaves translated code
+// Segmented code (real mode, virtual-8086 mode, 16-bit code or stack
+// segments, non-zero CS/DS/ES/SS bases): every memory operand's linear
+// address is formed in r13d with the segment base read from the context at
+// run time, the offset with the address size's wrap; stack operations use
+// SS's base and width.  Flat 32-bit code never has this bit.
+inline constexpr TKey kTKeySegmented = 16;
+inline constexpr TKey kTKeyCode16 = 32;   // CS.D = 0: decoded as 16-bit code
+inline constexpr TKey kTKeyStack16 = 64;  // SS.B = 0: SP wraps at 64 KiB, ESP's upper half stays
+inline constexpr TKey kTKeyV86 = 128;     // EFLAGS.VM: the IOPL-sensitive instructions stay the monitor's
 
 // A guest instruction as Zydis decodes it (kept with special blocks, so the
 // monitor decodes each emulated instruction once).
@@ -30,7 +39,8 @@ struct DecodedInsn {
 };
 
 struct Block {
-  std::uint32_t eip = 0;        // guest linear start
+  std::uint32_t eip = 0;        // guest EIP (offset in CS) of the start
+  std::uint32_t cs_base = 0;    // the CS base it was translated for: linear start = cs_base + eip
   std::uint32_t end_eip = 0;    // first byte after the last guest instruction
   std::uint64_t pa_page[2] = {};  // guest-physical code pages
   int n_pages = 1;
@@ -59,11 +69,13 @@ struct Block {
   // Special blocks: the instruction translated alone with its memory operand
   // on the vCPU's MMIO stage (emulate_mmio_native), once; freed with the cache.
   Block* staged = nullptr;
+  std::uint32_t linear() const { return cs_base + eip; }
 };
 
 // Code bytes for translation: up to the end of the first page, plus the
 // first bytes of the next page when it can be fetched.
 struct CodeWindow {
+  std::uint32_t cs_base = 0;  // the bytes start at linear cs_base + eip
   const std::uint8_t* bytes = nullptr;
   std::uint32_t first_page_bytes = 0;  // bytes available in the first page
   std::uint32_t total = 0;             // including the next page's bytes
@@ -76,7 +88,8 @@ struct TranslatorStats {
 
 enum class TranslateStatus { Ok, Special, FetchFault, Undefined };
 
-// Classify an instruction decoded in 32-bit mode.
+// Classify an instruction decoded in the mode the translation flavour says
+// (16-bit with kTKeyCode16, else 32-bit).
 enum class InsnClass { Plain, ControlFlow, Stack, Special };
 InsnClass classify(const ZydisDecodedInstruction& insn, const ZydisDecodedOperand* ops, TKey tkey);
 
@@ -96,7 +109,7 @@ class Translator {
   TranslateStatus translate(std::uint32_t eip, TKey tkey, const CodeWindow& code, Block** out,
                             std::uint32_t max_insns = kMaxInsns, bool transient = false,
                             const void* redirect_mem = nullptr);
-  Block* find(std::uint32_t eip, std::uint64_t pa, TKey tkey);
+  Block* find(std::uint32_t eip, std::uint64_t pa, TKey tkey, std::uint32_t cs_base = 0);
 
   // Run translated code from `host` until it exits; returns ctx->exit_reason.
   std::uint64_t enter(Context* ctx, const void* host);
@@ -127,11 +140,13 @@ class Translator {
     std::uint32_t eip;
     std::uint64_t pa;
     TKey tkey;
+    std::uint32_t cs_base;
     bool operator==(const Key&) const = default;
   };
   struct KeyHash {
     std::size_t operator()(const Key& k) const {
-      return std::hash<std::uint64_t>()(k.pa * 0x9e3779b97f4a7c15ull ^ (std::uint64_t(k.tkey) << 40) ^ k.eip);
+      return std::hash<std::uint64_t>()(k.pa * 0x9e3779b97f4a7c15ull ^ (std::uint64_t(k.tkey) << 40) ^ k.eip ^
+                                        (std::uint64_t(k.cs_base) << 20));
     }
   };
   void emit_routines();
@@ -147,6 +162,7 @@ class Translator {
   std::uint8_t* fpu_ret_ = nullptr;      // what Context::fpu_load points at once it is loaded
   std::uint8_t* monitor_call_ = nullptr; // translated code jumps here for an instruction the monitor emulates
   ZydisDecoder decoder_;
+  ZydisDecoder decoder16_;  // CS.D = 0 code
   std::unordered_map<Key, Block*, KeyHash> blocks_;
   std::unordered_map<std::uint64_t, std::vector<Block*>> by_page_;
   std::map<std::uintptr_t, Block*> by_host_;

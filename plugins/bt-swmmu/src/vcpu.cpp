@@ -109,8 +109,6 @@ bool Vcpu::flat() const {
 void Vcpu::load(const api::VcpuState& s) {
   if ((s.efer & 0x400) || s.cs.l)
     throw api::MonitorError("bt-swmmu: the vCPU is in long mode; BT64 (64-bit guests) is not implemented");
-  if (!(s.cr0 & 1))
-    throw api::MonitorError("bt-swmmu: real mode is not supported (the vCPU must be in protected mode)");
   long_mode_entered_.clear();
   for (int i = 0; i < 8; ++i) ctx_->gpr[i] = static_cast<std::uint32_t>(s.gpr[i]);
   eip_ = static_cast<std::uint32_t>(s.rip);
@@ -139,6 +137,8 @@ void Vcpu::load(const api::VcpuState& s) {
   run_state_ = s.run_state;
   cpl_ = cs_.selector & 3;
   if (ss_.present && !ss_.unusable) cpl_ = ss_.dpl;
+  if (real_mode()) cpl_ = 0;
+  if (v86()) cpl_ = 3;
   sync_seg_bases();
 }
 
@@ -419,28 +419,33 @@ void Vcpu::activate_region() {
 
 Block* Vcpu::lookup(std::uint32_t eip) {
   ++counters_.dispatches;
+  // Region maps and lookup tables are keyed by linear address (CS base +
+  // EIP); an alias of the same linear address under another CS base is a miss.
+  const std::uint32_t cs_base = static_cast<std::uint32_t>(cs_.base);
+  const std::uint32_t la = cs_base + eip;
   // The last lookups, in front of the region's hash map (a system call
   // looks up the same four blocks every time).
-  RecentLookup& recent = recent_lookups_[eip % recent_lookups_.size()];
+  RecentLookup& recent = recent_lookups_[la % recent_lookups_.size()];
   const std::uint64_t gen = shadow_->block_map_generation();
-  if (recent.gen == gen && recent.region == region_ && recent.eip == eip && recent.block->valid) {
+  if (recent.gen == gen && recent.region == region_ && recent.la == la && recent.block->valid &&
+      recent.block->eip == eip) {
     ++counters_.cache_hits;
     return recent.block;
   }
-  auto it = region_->blocks.find(eip);
+  auto it = region_->blocks.find(la);
   if (it != region_->blocks.end()) {
     Block* b = static_cast<Block*>(it->second);
-    if (b->valid) {
+    if (b->valid && b->eip == eip) {
       ++counters_.cache_hits;
-      recent = RecentLookup{gen, region_, eip, b};
+      recent = RecentLookup{gen, region_, la, b};
       return b;
     }
   }
   const bool user = cpl_ == 3;
   const PhysMem& pm = shadow_->phys();
-  WalkResult w = walk(pm, paging(), eip, Access{false, user, true}, true);
+  WalkResult w = walk(pm, paging(), la, Access{false, user, true}, true);
   if (!w.ok) {
-    cr2_ = eip;
+    cr2_ = la;
     raise(14, true, w.error);
   }
   if (w.pa >= pm.size) {
@@ -449,10 +454,10 @@ Block* Vcpu::lookup(std::uint32_t eip) {
     if (platform_read().mmio_read(index_, w.pa & ~7ull, 8) == ~0ull) raise(6);
     throw std::runtime_error("bt-swmmu: guest executes outside RAM (MMIO/ROM code is not supported)");
   }
-  const std::uint32_t next_page = (eip & ~0xfffu) + 0x1000;
+  const std::uint32_t next_page = (la & ~0xfffu) + 0x1000;
   WalkResult w2 = walk(pm, paging(), next_page, Access{false, user, true}, false);
   const bool have2 = w2.ok && (w2.pa & ~0xfffull) < pm.size;
-  Block* b = single_step_ ? nullptr : translator_->find(eip, w.pa, tkey_);
+  Block* b = single_step_ ? nullptr : translator_->find(eip, w.pa, tkey_, cs_base);
   if (b && b->n_pages == 2 && (!have2 || (w2.pa & ~0xfffull) != b->pa_page[1])) b = nullptr;
   if (b) {
     ++counters_.cache_hits;
@@ -464,7 +469,8 @@ Block* Vcpu::lookup(std::uint32_t eip) {
     }
     std::uint8_t buf[4096 + 16];
     CodeWindow cw;
-    cw.first_page_bytes = next_page - eip;
+    cw.cs_base = cs_base;
+    cw.first_page_bytes = next_page - la;
     std::memcpy(buf, pm.base + w.pa, cw.first_page_bytes);
     cw.total = cw.first_page_bytes;
     cw.pa_page[0] = w.pa & ~0xfffull;
@@ -489,21 +495,17 @@ Block* Vcpu::lookup(std::uint32_t eip) {
   }
   if (b->n_pages == 2) walk(pm, paging(), next_page, Access{false, user, true}, true);
   if (!single_step_) {
-    region_->blocks[eip] = b;
+    region_->blocks[la] = b;
     shadow_->note_block_maps_changed();
-    shadow_->note_code_derivation(region_, eip, w);
+    shadow_->note_code_derivation(region_, la, w);
     if (b->n_pages == 2) shadow_->note_code_derivation(region_, next_page, w2);
-    if (b->entry) region_->fast[eip & 0xffff] = FastEntry{-static_cast<std::int64_t>(eip) - 1,
-                                                             reinterpret_cast<std::uint64_t>(b->entry)};
+    if (b->entry) region_->fast[la & 0xffff] = FastEntry{-static_cast<std::int64_t>(fast_key(cs_base, eip)) - 1,
+                                                            reinterpret_cast<std::uint64_t>(b->entry)};
   }
   return b;
 }
 
 Vcpu::StepResult Vcpu::step() {
-  if (!flat()) {
-    bug_message_ = "bt-swmmu: non-zero CS/DS/ES/SS segment bases are not supported";
-    return StepResult::Error;
-  }
   // Region block maps hold blocks of one flavour; the user/supervisor part of
   // the flavour follows the region view, the rest clears the maps on change.
   const TKey tk = flavour_key();
@@ -561,7 +563,7 @@ void Vcpu::drop_translations_of(std::uint64_t pa_page) {
 // faulting, translate it as a monitor call.
 void Vcpu::note_fault_site(std::uint32_t eip, AdaptiveSites::Fault kind) {
   const PhysMem& pm = shadow_->phys();
-  const WalkResult w = walk(pm, paging(), eip, Access{false, cpl_ == 3, true}, false);
+  const WalkResult w = walk(pm, paging(), code_linear(eip), Access{false, cpl_ == 3, true}, false);
   if (!w.ok || w.pa >= pm.size) return;
   DecodedInsn scratch;
   const DecodedInsn* d = nullptr;
@@ -570,7 +572,7 @@ void Vcpu::note_fault_site(std::uint32_t eip, AdaptiveSites::Fault kind) {
   } catch (const GuestException&) {
     return;
   }
-  if ((eip & 0xfff) + d->insn.length > 0x1000) return;
+  if ((code_linear(eip) & 0xfff) + d->insn.length > 0x1000) return;
   bool eligible = false;
   if (kind == AdaptiveSites::Fault::Divide) {
     eligible = d->insn.mnemonic == ZYDIS_MNEMONIC_DIV || d->insn.mnemonic == ZYDIS_MNEMONIC_IDIV;
@@ -595,7 +597,7 @@ void Vcpu::note_fault_site(std::uint32_t eip, AdaptiveSites::Fault kind) {
 // the monitor (RAM the shadow could map, no fault, no traced page) for long
 // enough, it goes back to native translation.
 Vcpu::StepResult Vcpu::run_monitor_site(Block* b) {
-  const std::uint64_t pa = b->pa_page[0] | (b->eip & 0xfff);
+  const std::uint64_t pa = b->pa_page[0] | (b->linear() & 0xfff);
   // The faults these sites exist for are found before emulating, and
   // delivered without unwinding the monitor's stack.
   DecodedInsn scratch;
@@ -731,33 +733,38 @@ void Vcpu::write(std::uint32_t la, unsigned size, std::uint32_t v, bool user) {
   write_phys(lin_to_phys(la, true, user, false), size, v);
 }
 
-void Vcpu::push32(std::uint32_t v) {
-  std::uint32_t esp = reg32(4) - 4;
-  write(esp + static_cast<std::uint32_t>(ss_.base), 4, v, cpl_ == 3);
-  reg32(4) = esp;
-}
+// The stack pointer has SS.B's width: ESP, or SP wrapping at 64 KiB with
+// ESP's upper half kept.
+void Vcpu::push32(std::uint32_t v) { push(v, 4); }
 
 void Vcpu::push(std::uint32_t v, unsigned bytes) {
-  if (bytes == 4) return push32(v);
-  const std::uint32_t esp = reg32(4) - 2;
-  write(esp + static_cast<std::uint32_t>(ss_.base), 2, v & 0xffff, cpl_ == 3);
-  reg32(4) = esp;
+  const std::uint32_t mask = stack_mask();
+  const std::uint32_t sp = (reg32(4) - bytes) & mask;
+  write(sp + static_cast<std::uint32_t>(ss_.base), bytes, bytes == 4 ? v : v & 0xffff, cpl_ == 3);
+  reg32(4) = (reg32(4) & ~mask) | sp;
 }
 
 std::uint32_t Vcpu::pop(unsigned bytes) {
-  if (bytes == 4) return pop32();
-  const std::uint32_t v = read(reg32(4) + static_cast<std::uint32_t>(ss_.base), 2, cpl_ == 3);
-  reg32(4) += 2;
+  const std::uint32_t mask = stack_mask();
+  const std::uint32_t sp = reg32(4) & mask;
+  const std::uint32_t v = read(sp + static_cast<std::uint32_t>(ss_.base), bytes, cpl_ == 3);
+  reg32(4) = (reg32(4) & ~mask) | ((sp + bytes) & mask);
   return v;
 }
 
-std::uint32_t Vcpu::pop32() {
-  std::uint32_t v = read(reg32(4) + static_cast<std::uint32_t>(ss_.base), 4, cpl_ == 3);
-  reg32(4) += 4;
-  return v;
-}
+std::uint32_t Vcpu::pop32() { return pop(4); }
 
 void Vcpu::push_words(const std::uint32_t* words, unsigned n) {
+  if (stack_mask() != 0xffffffffu) {  // a 16-bit stack may wrap inside the frame
+    const std::uint32_t esp0 = reg32(4);
+    try {
+      for (unsigned i = 0; i < n; ++i) push32(words[i]);
+    } catch (...) {
+      reg32(4) = esp0;
+      throw;
+    }
+    return;
+  }
   const std::uint32_t esp = reg32(4) - 4 * n;
   const std::uint32_t la = esp + static_cast<std::uint32_t>(ss_.base);
   if ((la & 0xfff) + 4 * n > 0x1000) {
@@ -771,7 +778,7 @@ void Vcpu::push_words(const std::uint32_t* words, unsigned n) {
 
 void Vcpu::pop_words(std::uint32_t* words, unsigned n) {
   const std::uint32_t la = reg32(4) + static_cast<std::uint32_t>(ss_.base);
-  if ((la & 0xfff) + 4 * n > 0x1000) {
+  if ((la & 0xfff) + 4 * n > 0x1000 || stack_mask() != 0xffffffffu) {
     for (unsigned i = 0; i < n; ++i) words[i] = pop32();
     return;
   }
@@ -794,6 +801,10 @@ std::uint64_t Vcpu::read_descriptor(std::uint16_t sel, std::uint32_t error) {
 }
 
 void Vcpu::load_segment(int sreg, std::uint16_t sel) {
+  if (real_mode() || v86()) {
+    load_segment_real(sreg, sel);
+    return;
+  }
   if ((sel & 0xfffc) == 0) {
     if (sreg == 2) raise(13, true, 0);
     api::Segment s;
@@ -821,7 +832,6 @@ void Vcpu::load_cs_descriptor(std::uint16_t sel, std::uint64_t raw, unsigned new
   api::Segment s = decoded_.decode(raw, static_cast<std::uint16_t>((sel & ~3u) | new_cpl));
   require(check_code_segment(s, sel));
   if (s.l) throw std::runtime_error("bt-swmmu: 64-bit code segment: BT64 is not implemented");
-  if (!s.db) throw std::runtime_error("bt-swmmu: 16-bit code segments are not supported");
   s.type |= 1;
   cs_ = s;
   cpl_ = new_cpl;
@@ -843,6 +853,10 @@ void Vcpu::null_inaccessible_data_segments() {
 }
 
 void Vcpu::far_transfer(std::uint16_t sel, std::uint32_t off, bool call, std::uint32_t ret_eip, unsigned opsize) {
+  if (real_mode() || v86()) {
+    far_transfer_real(sel, off, call, ret_eip, opsize);
+    return;
+  }
   if ((sel & 0xfffc) == 0) raise(13, true, 0);
   api::Segment t = decode_segment_descriptor(read_descriptor(sel, sel & 0xfffc), sel);
   if (!t.s) {

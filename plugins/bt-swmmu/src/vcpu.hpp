@@ -77,9 +77,17 @@ class Vcpu {
   PagingRegs paging() const {
     return PagingRegs{cr0_, cr3_, cr4_, efer_, cpl_ < 3 && (ctx_->sysflags & kEflagsAc) != 0};
   }
-  static constexpr std::uint32_t kEflagsAc = 0x40000;
+  static constexpr std::uint32_t kEflagsAc = 0x40000, kEflagsVm = 0x20000;
   bool flat() const;
   unsigned cpl() const { return cpl_; }
+  bool real_mode() const { return !(cr0_ & 1); }
+  bool v86() const { return (ctx_->sysflags & kEflagsVm) != 0; }
+  // Segments that are not flat 32-bit ones: the segmented translation flavour.
+  bool segmented() const {
+    return real_mode() || v86() || !cs_.db || (!ss_.unusable && !ss_.db) || !flat();
+  }
+  // Guest-linear address of code at `eip` in the current CS.
+  std::uint32_t code_linear(std::uint32_t eip) const { return static_cast<std::uint32_t>(cs_.base) + eip; }
 
   // --- dispatcher
   enum class StepResult { Continue, Stop, Shutdown, Error };
@@ -98,8 +106,13 @@ class Vcpu {
   // (that one follows the region view): one rule for the dispatcher and for
   // monitor calls.
   TKey flavour_key() const {
-    return ((cr0_ & 0xc) ? kTKeyFpuTrap : 0) | ((cpl_ == 1 || cpl_ == 2) ? kTKeyRing12 : 0) |
-           ((cr4_ & kCr4Smap) ? kTKeySmap : 0);
+    TKey k = ((cr0_ & 0xc) ? kTKeyFpuTrap : 0) | ((cpl_ == 1 || cpl_ == 2) ? kTKeyRing12 : 0) |
+             ((cr4_ & kCr4Smap) ? kTKeySmap : 0);
+    if (segmented()) {
+      k |= kTKeySegmented | (cs_.db ? 0 : kTKeyCode16) | (!ss_.unusable && !ss_.db ? kTKeyStack16 : 0);
+      if (v86()) k |= kTKeyV86;
+    }
+    return k;
   }
   std::optional<GuestException> monitor_fault_;  // raised in a monitor call, delivered by the dispatcher
   // What the view (region, flavour) was last set up for in a monitor call;
@@ -126,6 +139,7 @@ class Vcpu {
   std::uint64_t read_phys(std::uint64_t pa, unsigned size);
   void write_phys(std::uint64_t pa, unsigned size, std::uint64_t v);
   void note_guest_write(std::uint64_t pa_page);
+  std::uint32_t stack_mask() const { return (ss_.unusable || ss_.db) ? 0xffffffffu : 0xffffu; }
   void push32(std::uint32_t v);
   std::uint32_t pop32();
   // A push or pop of the operand size (2 or 4 bytes) on the 32-bit stack.
@@ -148,6 +162,28 @@ class Vcpu {
   }
   bool deliver_exception(const GuestException& ex);  // false: triple fault
   void deliver(std::uint8_t vector, bool has_error, std::uint32_t error, bool software, std::uint32_t return_eip);
+
+  // --- real mode and virtual-8086 mode (real_and_v86_mode.cpp)
+  // A segment register load where selectors are paragraphs: base = sel << 4.
+  // Real mode keeps the hidden limit and attributes (as the CPU and QEMU
+  // do); virtual-8086 mode sets them (limit 64 KiB, DPL 3).
+  void load_segment_real(int sreg, std::uint16_t sel);
+  void far_transfer_real(std::uint16_t sel, std::uint32_t off, bool call, std::uint32_t ret_eip, unsigned opsize);
+  void far_return_real(unsigned opsize, std::uint32_t release);
+  // Real mode: through the IVT (4-byte vectors at IDTR.base), FLAGS/CS/IP words.
+  void deliver_real_mode(std::uint8_t vector, std::uint32_t return_eip);
+  // IRET in real mode, and in virtual-8086 mode with IOPL 3.
+  void iret_real_mode(unsigned opsize);
+  // IRET at CPL 0 to a frame with EFLAGS.VM: EIP, CS, EFLAGS, ESP, SS, ES, DS, FS, GS.
+  void iret_to_v86(std::uint32_t new_eip, std::uint16_t new_cs, std::uint32_t new_eflags);
+  // An interrupt or exception leaving virtual-8086 mode for ring 0 through an
+  // IDT gate: the ring-0 stack from the TSS, GS FS DS ES then the usual
+  // frame pushed there, the data segments nulled.
+  void deliver_from_v86(const api::Segment& target, std::uint16_t sel, std::uint32_t offset,
+                        const std::array<std::uint32_t, 6>& frame_words, unsigned frame_count,
+                        std::uint32_t new_eflags);
+  // A task switch into a task whose EFLAGS has VM: its segments as paragraphs.
+  void load_v86_task_segments(const std::array<std::uint16_t, 6>& selectors);
 
   // --- segments
   std::uint64_t read_descriptor(std::uint16_t sel, std::uint32_t error);
@@ -311,7 +347,7 @@ class Vcpu {
   struct RecentLookup {
     std::uint64_t gen = ~0ull;
     const Region* region = nullptr;
-    std::uint32_t eip = 0;
+    std::uint32_t la = 0;  // linear address: CS base + EIP
     Block* block = nullptr;
   };
   std::array<RecentLookup, 16> recent_lookups_{};
