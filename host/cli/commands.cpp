@@ -169,13 +169,22 @@ int command_explain(host::Host& context, const std::string& vm_file, bool json_o
   host::VmConfig vm = host::load_vm_config(vm_file, context.guest_os());
   host::check_kernel(vm);  // refuse what run would refuse
   host::Selection selection = context.select(vm);
+  // A VM that starts under BT may enter 64-bit mode: the seed's switch is
+  // decided then, with the same rule shown here ahead of time.
+  std::optional<host::ModeSwitch> on_long_mode;
+  if (selection.selected && *selection.selected == "BT")
+    on_long_mode = host::select_mode_switch(context.capabilities(), context.candidates(), context.policy(), vm,
+                                            "BT", "when the guest activates long mode");
   if (json_output) {
-    std::cout << dump(host::to_json(selection)) << "\n";
+    nlohmann::json out = host::to_json(selection);
+    if (on_long_mode) out["on_long_mode"] = host::to_json(*on_long_mode);
+    std::cout << dump(out) << "\n";
   } else {
     fmt::print("VM {} ({}, {}-bit) on {}, policy {}\n", vm.name, vm.guest.os.name, vm.guest.os.bits,
                context.capabilities().source, context.policy().name);
     if (!selection.preference_note.empty()) fmt::print("guest OS preference rule: {}\n", selection.preference_note);
     for (const auto& line : host::monitor_mode_lines(selection)) fmt::print("{}\n", line);
+    if (on_long_mode) fmt::print("{}\n", host::mode_switch_plan_line(*on_long_mode));
   }
   return selection.selected ? kExitOk : kExitNoMode;
 }

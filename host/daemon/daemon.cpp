@@ -495,19 +495,15 @@ json no_mode_error(const json& id, const host::VmConfig& vm, const host::Selecti
 void add_mode_switch(const host::Host& host, const host::VmConfig& vm, const host::Selection& selection, json& args,
                      std::vector<int>& fds, std::shared_ptr<const host::LoadedPlugin>& keep) {
   if (!selection.selected || *selection.selected != "BT") return;
-  const host::ModeSwitch change = host::select_mode_switch(host.capabilities(), host.candidates(), host.policy(), vm,
-                                                           "BT", "when the guest activates long mode");
-  json decision{{"from", change.from}, {"reason", change.reason}, {"lines", host::mode_switch_lines(change)}};
-  if (change.to && change.plugin) {
-    keep = host.registry().share(change.plugin->descriptor.name);
-    if (keep) {
-      decision["to"] = *change.to;
-      decision["plugin"] = keep->descriptor.name;
-      decision["plugin_file"] = keep->file.string();
-      fds.push_back(keep->image->fd());
-    } else {
-      decision["reason"] = "plugin " + change.plugin->descriptor.name + " vanished";
-    }
+  host::ModeSwitchDecision decided =
+      host::decide_mode_switch(host, host.candidates(), vm, "BT", "when the guest activates long mode");
+  json decision{{"from", decided.change.from}, {"reason", decided.reason}, {"lines", host::mode_switch_lines(decided.change)}};
+  if (decided.plugin) {
+    keep = std::move(decided.plugin);
+    decision["to"] = *decided.change.to;
+    decision["plugin"] = keep->descriptor.name;
+    decision["plugin_file"] = keep->file.string();
+    fds.push_back(keep->image->fd());
   }
   args["mode_switch"] = std::move(decision);
 }

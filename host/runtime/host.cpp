@@ -186,20 +186,29 @@ std::shared_ptr<spdlog::logger> open_vm_log(const std::filesystem::path& log_dir
   return log;
 }
 
+ModeSwitchDecision decide_mode_switch(const Host& host, const std::vector<PluginCandidate>& candidates,
+                                      const VmConfig& vm, const std::string& current_mode,
+                                      const std::string& guest_event) {
+  ModeSwitchDecision out;
+  out.change = select_mode_switch(host.capabilities(), candidates, host.policy(), vm, current_mode, guest_event);
+  out.reason = out.change.reason;
+  if (!out.change.to || !out.change.plugin) return out;
+  out.plugin = host.registry().share(out.change.plugin->descriptor.name);
+  if (!out.plugin) out.reason = "plugin " + out.change.plugin->descriptor.name + " vanished";
+  return out;
+}
+
 std::function<ModeChangeOutcome(const std::string&)> mode_change_handler(const Host& host, const VmConfig& vm,
                                                                          std::shared_ptr<spdlog::logger> vm_log,
                                                                          std::string current_mode) {
   return [&host, vm, vm_log = std::move(vm_log), mode = std::move(current_mode)](const std::string& guest_event) {
-    const ModeSwitch change =
-        select_mode_switch(host.capabilities(), host.candidates(), host.policy(), vm, mode, guest_event);
-    const auto lines = mode_switch_lines(change);
+    ModeSwitchDecision decision = decide_mode_switch(host, host.candidates(), vm, mode, guest_event);
+    const auto lines = mode_switch_lines(decision.change);
     for (const auto& line : lines) vm_log->info("{}", line);
     fmt::print(stderr, "modevisor: VM {}: {}\n", vm.name, lines.back());
     ModeChangeOutcome out;
-    out.reason = change.reason;
-    if (!change.to || !change.plugin) return out;
-    out.plugin = host.registry().share(change.plugin->descriptor.name);
-    if (!out.plugin) out.reason = "plugin " + change.plugin->descriptor.name + " vanished";
+    out.reason = std::move(decision.reason);
+    out.plugin = std::move(decision.plugin);
     return out;
   };
 }

@@ -77,6 +77,19 @@ spdlog::level::level_enum parse_log_level(const std::string& name);  // throws s
 std::shared_ptr<spdlog::logger> open_vm_log(const std::filesystem::path& log_dir, const std::string& vm_name,
                                             const std::string& level, const std::filesystem::path& config_file);
 
+// The seed's BT32 switch decided with this host's runtime: the re-selection
+// for the 64-bit guest (select_mode_switch over `candidates`) and the plugin
+// it names, shared from the registry; no plugin means the VM stops with
+// `reason`.  One rule for `modevisor run`, the daemon and an arrived VM.
+struct ModeSwitchDecision {
+  ModeSwitch change;
+  std::shared_ptr<const LoadedPlugin> plugin;
+  std::string reason;
+};
+ModeSwitchDecision decide_mode_switch(const Host& host, const std::vector<PluginCandidate>& candidates,
+                                      const VmConfig& vm, const std::string& current_mode,
+                                      const std::string& guest_event);
+
 // The seed's BT32 switch for a VM this host runs (VmEvents::mode_change):
 // selects again for the 64-bit guest (select_mode_switch), writes the
 // MONITOR MODE lines to the VM log and the switch line to stderr, and hands

@@ -61,6 +61,20 @@ std::vector<std::string> mode_switch_lines(const ModeSwitch& change) {
   return out;
 }
 
+std::string mode_switch_plan_line(const ModeSwitch& change) {
+  if (!change.to) return line("on 64-bit mode", fmt::format("the VM stops under {}: {}", change.from, change.reason));
+  const std::string plugin =
+      change.plugin ? fmt::format(" ({} {})", change.plugin->descriptor.name, change.plugin->descriptor.version) : "";
+  return line("on 64-bit mode", fmt::format("switch {} -> {}{}: {}", change.from, *change.to, plugin, change.reason));
+}
+
+nlohmann::json to_json(const ModeSwitch& change) {
+  nlohmann::json out{{"from", change.from}, {"reason", change.reason}};
+  if (change.to) out["to"] = *change.to;
+  if (change.plugin) out["plugin"] = change.plugin->descriptor.name;
+  return out;
+}
+
 nlohmann::json to_json(const Selection& s) {
   using nlohmann::json;
   auto tokens = [&](const std::vector<std::string>& modes) {

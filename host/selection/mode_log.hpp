@@ -23,4 +23,10 @@ nlohmann::json to_json(const Selection& selection);
 //   MONITOR MODE: switch                 : none, BT32 -> stop (why)
 std::vector<std::string> mode_switch_lines(const ModeSwitch& change);
 
+// The same decision made ahead of time (`modevisor explain` of a VM that
+// starts under BT): one line saying what happens if the guest enters
+// 64-bit mode, and its JSON form (from, to, plugin, reason).
+std::string mode_switch_plan_line(const ModeSwitch& change);
+nlohmann::json to_json(const ModeSwitch& change);
+
 }  // namespace modevisor::host

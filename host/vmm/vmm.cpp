@@ -403,16 +403,11 @@ void MonitorProcess::prepare_mode_switch(const json& decision, std::vector<int>&
 // of this host (loaded before confinement, as /dev/kvm was opened).
 void MonitorProcess::decide_arrival_switch(const std::string& guest_event) {
   const std::string current = current_plugin() ? current_plugin()->mode : "BT";
-  const host::ModeSwitch change = host::select_mode_switch(host_->capabilities(), arrival_candidates_,
-                                                           host_->policy(), vm_, current, guest_event);
-  mode_switch_ = json{{"from", change.from}, {"reason", change.reason}, {"lines", host::mode_switch_lines(change)}};
-  if (!change.to || !change.plugin) return;
-  switch_plugin_ = host_->registry().share(change.plugin->descriptor.name);
-  if (!switch_plugin_) {
-    mode_switch_["reason"] = "plugin " + change.plugin->descriptor.name + " vanished";
-    return;
-  }
-  mode_switch_["to"] = *change.to;
+  host::ModeSwitchDecision decided = host::decide_mode_switch(*host_, arrival_candidates_, vm_, current, guest_event);
+  mode_switch_ = json{{"from", decided.change.from}, {"reason", decided.reason}, {"lines", host::mode_switch_lines(decided.change)}};
+  if (!decided.plugin) return;
+  switch_plugin_ = std::move(decided.plugin);
+  mode_switch_["to"] = *decided.change.to;
   mode_switch_["plugin"] = switch_plugin_->descriptor.name;
   if (switch_plugin_->descriptor.execution == api::Technique::Hardware && !switch_hypervisor_ &&
       switch_unprepared_.empty())

@@ -230,7 +230,9 @@ TEST_F(DaemonMigrationTest, AnArrivedBt32VmEnteringLongModeIsReselectedOnTheNewH
 
   const json moved = a_.cli_json("migrate longmode --to host-b");
   ASSERT_EQ(moved.value("outcome", ""), "completed") << moved.dump(2);
-  EXPECT_EQ(b_.state_of("longmode"), "running");
+  // B's daemon hears of the arrival from its monitor process, a moment
+  // after the source's "completed".
+  ASSERT_TRUE(eventually([&] { return b_.state_of("longmode") == "running"; })) << b_.daemon_log();
   control::LineChannel channel(control::connect_unix(b_.socket()));
   ASSERT_TRUE(channel.send(control::request(1, "vm.console", {{"name", "longmode"}, {"follow", true}})));
   const auto reply = channel.receive();

@@ -107,6 +107,23 @@ TEST_F(CliTest, ExplainReproducesTheSeedsLogExample) {
                                "MONITOR MODE: selected               : BT (bt-swmmu 0.1.0)\n"));
 }
 
+// A VM that starts under BT: explain shows the seed's switch decided ahead,
+// with the rule the running VM applies when it enters 64-bit mode.
+TEST_F(CliTest, ExplainOfABtVmSaysWhatHappensInSixtyFourBitMode) {
+  Result r = run("explain configs/vms/bt-requested-32.yaml --cpu amd-shanghai --policy esx-4.0");
+  EXPECT_EQ(r.status, 0) << r.out;
+  EXPECT_THAT(r.out, HasSubstr("MONITOR MODE: on 64-bit mode         : switch BT -> HWMMU (hv-hwmmu "));
+  Result j = run("explain configs/vms/bt-requested-32.yaml --cpu amd-shanghai --policy esx-4.0 --json");
+  ASSERT_EQ(j.status, 0) << j.out;
+  const auto plan = nlohmann::json::parse(j.out)["on_long_mode"];
+  EXPECT_EQ(plan.value("to", ""), "HWMMU") << plan.dump();
+  EXPECT_EQ(plan.value("plugin", ""), "hv-hwmmu") << plan.dump();
+  // A VM selected for a hardware mode has no such plan.
+  Result hv = run("explain configs/vms/linux-64.yaml --cpu intel-nehalem --policy esx-3.5 --json");
+  ASSERT_EQ(hv.status, 0) << hv.out;
+  EXPECT_FALSE(nlohmann::json::parse(hv.out).contains("on_long_mode")) << hv.out;
+}
+
 // "No mode" is 8: every status of the host is even, the guest's own is odd.
 TEST_F(CliTest, ExplainExitsEightWhenNoModeCanRunTheVm) {
   Result r = run("explain configs/vms/os2.yaml --cpu amd-opteron-revc --policy esx-4.0");
