@@ -75,7 +75,10 @@ std::uint64_t Vcpu::monitor_call() noexcept {
 // for the dispatcher (eip_ not yet executed), kShutdown for a triple fault.
 std::uint64_t Vcpu::emulate_and_continue() {
   for (unsigned n = 0; n < kMaxEmulatedPerCall; ++n) {
-    if (!may_stay_in_cache()) return 0;
+    // On entry the guest has run only translated code since the view was
+    // set up (segment loads, CPL and paging-register changes are special
+    // instructions): only what other threads and the platform did is new.
+    if (!may_stay_in_cache(/*after_emulation=*/n > 0)) return 0;
     Block* b = lookup(eip_);
     if (!b->special) return reinterpret_cast<std::uint64_t>(b->entry);
     ++counters_.special_exits;
@@ -90,7 +93,7 @@ std::uint64_t Vcpu::emulate_and_continue() {
 
 // What run() checks before it runs guest code, for a monitor call: true
 // when the next block may run right away (the view is set up for it).
-bool Vcpu::may_stay_in_cache() {
+bool Vcpu::may_stay_in_cache(bool after_emulation) {
   monitor_walks_next_iteration();
   if (single_step_ || kicked_.load(std::memory_order_relaxed) || poll_blocked_.load(std::memory_order_relaxed) ||
       dirty_.requested() || !long_mode_entered_.empty())
@@ -116,6 +119,7 @@ bool Vcpu::may_stay_in_cache() {
   const bool irq_waits = pending_interrupt_ || irq_line_;
   if ((ctx_->sysflags & kIF) && irq_waits) return false;
   ctx_->irq_hint = irq_waits;  // IF is clear here
+  if (!after_emulation) return true;
   sync_seg_bases();
   // The translation flavour follows the segments too (a far jump between
   // 16- and 32-bit code, a segment load): the block maps hold one flavour.

@@ -101,7 +101,7 @@ class Vcpu {
   static std::uint64_t monitor_call_entry(void* vcpu) noexcept;
   std::uint64_t monitor_call() noexcept;
   std::uint64_t emulate_and_continue();
-  bool may_stay_in_cache();
+  bool may_stay_in_cache(bool after_emulation);
   // The translation flavour the guest's mode asks for, without the user bit
   // (that one follows the region view): one rule for the dispatcher and for
   // monitor calls.
