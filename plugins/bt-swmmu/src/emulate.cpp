@@ -1225,8 +1225,17 @@ void Vcpu::emulate(std::uint32_t eip, bool mmio, Block* block) {
     case ZYDIS_MNEMONIC_SWAPGS: case ZYDIS_MNEMONIC_FXSAVE64: case ZYDIS_MNEMONIC_FXRSTOR64:
     case ZYDIS_MNEMONIC_XSAVE: case ZYDIS_MNEMONIC_XRSTOR: case ZYDIS_MNEMONIC_XSAVEOPT:
     case ZYDIS_MNEMONIC_XSAVEC: case ZYDIS_MNEMONIC_XSAVES: case ZYDIS_MNEMONIC_XRSTORS:
-    case ZYDIS_MNEMONIC_RDPMC: case ZYDIS_MNEMONIC_ARPL:
+    case ZYDIS_MNEMONIC_RDPMC:
       raise(6);
+      break;
+    case ZYDIS_MNEMONIC_LAR: case ZYDIS_MNEMONIC_LSL:
+      descriptor_query(insn, ops, static_cast<std::uint16_t>(operand_value(ops[1])));
+      break;
+    case ZYDIS_MNEMONIC_VERR: case ZYDIS_MNEMONIC_VERW:
+      descriptor_query(insn, ops, static_cast<std::uint16_t>(operand_value(ops[0])));
+      break;
+    case ZYDIS_MNEMONIC_ARPL:
+      arpl(insn, ops);
       break;
     default:
       if ((cr0_ & 0xc) && insn.meta.isa_ext == ZYDIS_ISA_EXT_X87) raise(7);

@@ -42,6 +42,10 @@ void Vcpu::deliver(std::uint8_t vec, bool has_error, std::uint32_t error, bool s
   if (vec * 8u + 7 > idtr_.limit) raise(13, true, gerr);
   const std::uint32_t la = static_cast<std::uint32_t>(idtr_.base + vec * 8u);
   const GateDescriptor gate = decode_gate_descriptor(read_qword(la, false));
+  if (gate.type == 0x06 || gate.type == 0x07) {
+    deliver_through_16bit_gate(gate, gerr, has_error, error, software, ret_eip);
+    return;
+  }
   if (gate.task_gate()) {
     if (software && gate.dpl < cpl_) raise(13, true, gerr);
     if (!gate.present) raise(11, true, gerr);

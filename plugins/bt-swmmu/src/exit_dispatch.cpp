@@ -12,6 +12,7 @@ Vcpu::StepResult Vcpu::dispatch_exit(std::uint64_t reason, bool stepping) {
       if (ctx_->patch_site && !stepping) {
         pending_patch_ = ctx_->patch_site;
         pending_patch_target_ = eip_;
+        pending_patch_cs_base_ = static_cast<std::uint32_t>(cs_.base);
       }
       break;
     case kExitStiWindow:

@@ -73,7 +73,7 @@ Check check_tss_descriptor(const api::Segment& d, std::uint16_t sel);
 
 // An IDT entry.
 struct GateDescriptor {
-  unsigned type;  // 0x0e 32-bit interrupt gate, 0x0f trap gate, 0x05 task gate, 0x0c 32-bit call gate
+  unsigned type;  // 0x0e/0x06 32/16-bit interrupt gate, 0x0f/0x07 trap gate, 0x05 task gate, 0x0c/0x04 call gate
   unsigned dpl;
   bool present;
   std::uint16_t selector;

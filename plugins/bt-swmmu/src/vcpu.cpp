@@ -518,7 +518,9 @@ Vcpu::StepResult Vcpu::step() {
   view_ = CachedView{};  // segment bases or block maps may have changed outside monitor calls
   Block* b = lookup(eip_);
   if (pending_patch_) {
-    if (pending_patch_target_ == eip_ && b->entry && b->valid && b->n_pages == 1 && !single_step_)
+    // The jump's own target: an event delivered since may have moved CS:EIP.
+    if (pending_patch_target_ == eip_ && pending_patch_cs_base_ == b->cs_base && b->cs_base == cs_.base &&
+        b->entry && b->valid && b->n_pages == 1 && !single_step_)
       translator_->chain(pending_patch_, b);
     pending_patch_ = 0;
   }

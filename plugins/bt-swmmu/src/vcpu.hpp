@@ -182,6 +182,12 @@ class Vcpu {
   void deliver_from_v86(const api::Segment& target, std::uint16_t sel, std::uint32_t offset,
                         const std::array<std::uint32_t, 6>& frame_words, unsigned frame_count,
                         std::uint32_t new_eflags);
+  // LAR/LSL/VERR/VERW of selector `sel`, ARPL (descriptor_queries.cpp).
+  void descriptor_query(const ZydisDecodedInstruction& insn, const ZydisDecodedOperand* ops, std::uint16_t sel);
+  void arpl(const ZydisDecodedInstruction& insn, const ZydisDecodedOperand* ops);
+  // An event through a 16-bit (286) interrupt or trap gate (interrupt_gate16.cpp).
+  void deliver_through_16bit_gate(const GateDescriptor& gate, std::uint32_t gate_error, bool has_error,
+                                  std::uint32_t error, bool software, std::uint32_t return_eip);
   // A task switch into a task whose EFLAGS has VM: its segments as paragraphs.
   void load_v86_task_segments(const std::array<std::uint16_t, 6>& selectors);
 
@@ -341,6 +347,7 @@ class Vcpu {
   std::string long_mode_entered_;
   std::uint64_t pending_patch_ = 0;
   std::uint32_t pending_patch_target_ = 0;
+  std::uint32_t pending_patch_cs_base_ = 0;
   std::uint64_t gs_base_ = ~0ull;
   Region* region_ = nullptr;
   // lookup()'s recent answers, exact while ShadowMmu::block_map_generation stays.
