@@ -291,10 +291,10 @@ BT_GUEST_PROGRAM(usr, 0x100000,
   "  push 0x1b\n"
   "  push BASE + user - usr_start\n"
   "  iretd\n"
-  "user: mov eax, 42\n"
-  "  int 0x80\n"
-  "  mov ax, 0x23\n"
+  "user: mov ax, 0x23\n"   // the IRET to ring 3 nulled DS (DPL 0); a null DS faults
   "  mov ds, ax\n"
+  "  mov eax, 42\n"
+  "  int 0x80\n"
   "  mov eax, [0x7000]\n"
   "  out 0xf4, al\n"
   ".globl usr_sys\n"
@@ -486,6 +486,9 @@ BT_GUEST_PROGRAM(os, 0x100000,
   "  mov eax, cr0\n"
   "  or eax, 0x80010000\n"
   "  mov cr0, eax\n"
+  "  mov ax, 0x23\n"   // user data in DS/ES: an IRET to ring 3 would null DPL-0 ones
+  "  mov ds, ax\n"
+  "  mov es, ax\n"
   "  push 0x23\n"
   "  push 0x402000 - 16\n"
   "  push 0x202\n"

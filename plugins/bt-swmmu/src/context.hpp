@@ -5,6 +5,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "segment_limits.hpp"
+
 namespace modevisor::bt {
 
 enum ExitReason : std::uint64_t {
@@ -64,6 +66,11 @@ struct alignas(64) Context {
   std::uint64_t fault_addr;
   std::uint32_t fault_vector;
   std::uint32_t fault_eip;
+
+  // The limits flavour's windows (segment_limits.hpp), ES CS SS DS FS GS:
+  // [0] for reads, [1] for writes; kept with the bases by sync_seg_bases().
+  OffsetWindow seg_window[2][6];
+  std::int64_t limit_scratch[2];  // translated code's window check spills here
 };
 
 static_assert(offsetof(Context, rflags) == 0x40);
@@ -81,7 +88,11 @@ static_assert(offsetof(Context, guest_fx) == 0x100);
 // PROT_NONE (kick, host timer tick); the load faults at a block boundary and
 // the fault handler exits with kExitInterrupt.  One load, no flags, no branch.
 inline constexpr std::int32_t kPollOffset = 4096;
-inline constexpr std::size_t kContextAlloc = 8192;  // context page + poll page
+// A refused segment-limit check loads from r15 + kLimitTrapOffset + vector, a
+// page that is never accessible: the fault handler raises that vector (#GP(0)
+// or #SS(0)) at the instruction, with the state the page-fault path restores.
+inline constexpr std::int32_t kLimitTrapOffset = 8192;
+inline constexpr std::size_t kContextAlloc = 12288;  // context page + poll page + limit-trap page
 static_assert(sizeof(Context) <= 4096);
 
 // Fast lookup table: 65536 entries indexed by the low 16 bits of the guest

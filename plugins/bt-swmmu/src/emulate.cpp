@@ -103,8 +103,24 @@ std::uint32_t Vcpu::effective_offset(const ZydisDecodedInstruction& insn, const 
 std::uint32_t Vcpu::ea(const ZydisDecodedInstruction& insn, const ZydisDecodedOperand& op) {
   std::uint32_t a = effective_offset(insn, op);
   int s = op.mem.segment - ZYDIS_REGISTER_ES;
+  if (s >= 0 && s < 6) {
+    check_segment_access(s, a, op.size / 8, (op.actions & ZYDIS_OPERAND_ACTION_MASK_WRITE) != 0);
+    a += static_cast<std::uint32_t>(ctx_->seg_base[s]);
+  }
+  return a;
+}
+
+std::uint32_t Vcpu::linear_unchecked(const ZydisDecodedInstruction& insn, const ZydisDecodedOperand& op) {
+  std::uint32_t a = effective_offset(insn, op);
+  int s = op.mem.segment - ZYDIS_REGISTER_ES;
   if (s >= 0 && s < 6) a += static_cast<std::uint32_t>(ctx_->seg_base[s]);
   return a;
+}
+
+void Vcpu::check_segment_access(int sreg, std::uint32_t offset, unsigned size, bool write) {
+  if (!limited_) return;  // the flat flavour's rule: nothing limits an offset
+  if (!ctx_->seg_window[write ? 1 : 0][sreg].allows(offset, size == 0 ? 1 : size))
+    raise(limit_fault_vector(sreg), true, 0);
 }
 
 std::vector<std::string> Vcpu::set_cpu_model(const api::CpuidTable& model) { return cpuid_.set(model); }
@@ -225,12 +241,12 @@ void Vcpu::string_op(const ZydisDecodedInstruction& insn, const ZydisDecodedOper
   const bool repne = insn.attributes & ZYDIS_ATTRIB_HAS_REPNE;
   const unsigned size = insn.operand_width / 8;
   const bool user = cpl_ == 3;
-  const std::uint32_t ds_base = static_cast<std::uint32_t>(ctx_->seg_base[3]);
-  std::uint32_t src_base = ds_base;
+  int src_sreg = 3;  // DS unless overridden
   for (unsigned i = 0; i < insn.operand_count; ++i)
     if (ops[i].type == ZYDIS_OPERAND_TYPE_MEMORY &&
         (ops[i].mem.base == ZYDIS_REGISTER_ESI || ops[i].mem.base == ZYDIS_REGISTER_SI))
-      src_base = static_cast<std::uint32_t>(ctx_->seg_base[ops[i].mem.segment - ZYDIS_REGISTER_ES]);
+      src_sreg = ops[i].mem.segment - ZYDIS_REGISTER_ES;
+  const std::uint32_t src_base = static_cast<std::uint32_t>(ctx_->seg_base[src_sreg]);
   const std::uint32_t es_base = static_cast<std::uint32_t>(ctx_->seg_base[0]);
   const std::int32_t step = (ctx_->rflags & kDF) ? -static_cast<std::int32_t>(size) : static_cast<std::int32_t>(size);
   const std::uint32_t mask = size == 4 ? 0xffffffffu : (1u << (8 * size)) - 1;
@@ -245,7 +261,7 @@ void Vcpu::string_op(const ZydisDecodedInstruction& insn, const ZydisDecodedOper
   const std::uint32_t amask = a16 ? 0xffffu : 0xffffffffu;
   auto reg_a = [&](unsigned i) { return reg32(i) & amask; };
   auto set_a = [&](unsigned i, std::uint32_t v) { reg32(i) = (reg32(i) & ~amask) | (v & amask); };
-  if (rep && (is_movs || is_stos) && !a16) {
+  if (rep && (is_movs || is_stos) && !a16 && !limited_) {
     for (int chunks = 0; chunks < 64 && reg32(1) != 0; ++chunks) {
       std::uint32_t& esi = reg32(6);
       std::uint32_t& edi = reg32(7);
@@ -283,6 +299,18 @@ void Vcpu::string_op(const ZydisDecodedInstruction& insn, const ZydisDecodedOper
     if (rep && reg_a(1) == 0) return;
     std::uint32_t esi = reg_a(6), edi = reg_a(7);  // written back once the iteration has succeeded
     bool stop = false;
+    if (limited_) {  // the element's source and destination within their segments' limits
+      const bool reads_src = !(is_stos || m == ZYDIS_MNEMONIC_SCASB || m == ZYDIS_MNEMONIC_SCASW ||
+                               m == ZYDIS_MNEMONIC_SCASD || m == ZYDIS_MNEMONIC_INSB || m == ZYDIS_MNEMONIC_INSW ||
+                               m == ZYDIS_MNEMONIC_INSD);
+      const bool uses_dst = !(m == ZYDIS_MNEMONIC_LODSB || m == ZYDIS_MNEMONIC_LODSW || m == ZYDIS_MNEMONIC_LODSD ||
+                              m == ZYDIS_MNEMONIC_OUTSB || m == ZYDIS_MNEMONIC_OUTSW || m == ZYDIS_MNEMONIC_OUTSD);
+      const bool writes_dst = uses_dst && !(m == ZYDIS_MNEMONIC_CMPSB || m == ZYDIS_MNEMONIC_CMPSW ||
+                                            m == ZYDIS_MNEMONIC_CMPSD || m == ZYDIS_MNEMONIC_SCASB ||
+                                            m == ZYDIS_MNEMONIC_SCASW || m == ZYDIS_MNEMONIC_SCASD);
+      if (reads_src) check_segment_access(src_sreg, esi, size, false);
+      if (uses_dst) check_segment_access(0, edi, size, writes_dst);
+    }
     switch (m) {
       case ZYDIS_MNEMONIC_MOVSB: case ZYDIS_MNEMONIC_MOVSW: case ZYDIS_MNEMONIC_MOVSD:
         write(es_base + edi, size, read(src_base + esi, size, user), user);
@@ -400,7 +428,12 @@ bool Vcpu::emulate_mmio_bit_test(const ZydisDecodedInstruction& insn, const Zydi
   const std::int32_t word = offset >= 0 ? offset / static_cast<std::int32_t>(bits)
                                         : -((-(offset + 1)) / static_cast<std::int32_t>(bits)) - 1;
   const unsigned bit = static_cast<unsigned>(offset - word * static_cast<std::int32_t>(bits));
-  const std::uint32_t la = ea(insn, ops[0]) + static_cast<std::uint32_t>(word) * bytes;
+  // The word the bit lies in, which may be outside the operand: its own limit check.
+  std::uint32_t word_offset = effective_offset(insn, ops[0]) + static_cast<std::uint32_t>(word) * bytes;
+  if (insn.address_width == 16) word_offset &= 0xffff;  // formed with the address size, as the operand's
+  const int sreg = ops[0].mem.segment - ZYDIS_REGISTER_ES;
+  check_segment_access(sreg, word_offset, bytes, m != ZYDIS_MNEMONIC_BT);
+  const std::uint32_t la = static_cast<std::uint32_t>(ctx_->seg_base[sreg]) + word_offset;
   std::uint8_t raw[4] = {};
   read_linear(la, raw, bytes, user);
   std::uint32_t value = 0;
@@ -571,7 +604,7 @@ bool Vcpu::emulate_mmio_native(std::uint32_t eip, const ZydisDecodedInstruction&
   } while (reason == kExitInterrupt);
   if (reason == kExitFault) {
     eip_ = ctx_->fault_eip;
-    raise(static_cast<std::uint8_t>(ctx_->fault_vector), ctx_->fault_vector == 13, 0);
+    raise(static_cast<std::uint8_t>(ctx_->fault_vector), ctx_->fault_vector == 13 || ctx_->fault_vector == 12, 0);
   }
   if (writes) write_linear(la, stage, size, user);
   eip_ = static_cast<std::uint32_t>(ctx_->next_eip);
@@ -717,6 +750,8 @@ void Vcpu::emulate(std::uint32_t eip, bool mmio, Block* block) {
   std::uint32_t new_eip = next;
 
   if (mmio && (emulate_mmio_bit_test(insn, ops, next) || emulate_mmio_stack_or_branch(insn, ops, next))) return;
+  // Under segment limits a register bit offset's word is checked by the monitor (classify_segmented).
+  if ((tkey_ & kTKeyLimits) && emulate_mmio_bit_test(insn, ops, next)) return;
 
   switch (insn.mnemonic) {
     case ZYDIS_MNEMONIC_CLI:
@@ -904,7 +939,7 @@ void Vcpu::emulate(std::uint32_t eip, bool mmio, Block* block) {
       break;
     }
     case ZYDIS_MNEMONIC_CLTS: need_cpl0(); cr0_ &= ~8ull; break;
-    case ZYDIS_MNEMONIC_INVLPG: need_cpl0(); monitor_tlb_flush(); shadow_->invlpg(ea(insn, ops[0])); break;
+    case ZYDIS_MNEMONIC_INVLPG: need_cpl0(); monitor_tlb_flush(); shadow_->invlpg(linear_unchecked(insn, ops[0])); break;
     case ZYDIS_MNEMONIC_WBINVD: case ZYDIS_MNEMONIC_INVD: need_cpl0(); break;
     case ZYDIS_MNEMONIC_MOV: {
       auto cls0 = ops[0].type == ZYDIS_OPERAND_TYPE_REGISTER ? ZydisRegisterGetClass(ops[0].reg.value) : ZYDIS_REGCLASS_INVALID;

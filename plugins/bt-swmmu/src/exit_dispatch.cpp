@@ -68,8 +68,8 @@ Vcpu::StepResult Vcpu::dispatch_exit(std::uint64_t reason, bool stepping) {
         case FaultKind::Exception:
           if (ctx_->fault_vector == 0x100) return StepResult::Error;
           if (ctx_->fault_vector == 0) note_fault_site(eip_, AdaptiveSites::Fault::Divide);
-          return deliver_fault(
-              GuestException{static_cast<std::uint8_t>(ctx_->fault_vector), ctx_->fault_vector == 13, 0});
+          return deliver_fault(GuestException{static_cast<std::uint8_t>(ctx_->fault_vector),
+                                              ctx_->fault_vector == 13 || ctx_->fault_vector == 12, 0});
         case FaultKind::None:
           break;
       }

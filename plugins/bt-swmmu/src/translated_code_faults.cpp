@@ -70,6 +70,12 @@ bool Vcpu::handle_signal(int sig, void* info, void* uctx) {
         ctx_->next_eip = geip;
         return true;
       }
+      const auto* trap = reinterpret_cast<const std::uint8_t*>(ctx_) + kLimitTrapOffset;
+      if (si->si_addr >= static_cast<const void*>(trap) && si->si_addr < static_cast<const void*>(trap + 4096)) {
+        // A segment-limit check refused an access: #GP(0) or #SS(0) (the offset in the page).
+        return leave(FaultKind::Exception, 0, 0,
+                     static_cast<std::uint32_t>(static_cast<const std::uint8_t*>(si->si_addr) - trap));
+      }
       Region* r = nullptr;
       std::uint32_t la = 0;
       if (shadow_->contains(si->si_addr, &r, &la) && r == region_) {

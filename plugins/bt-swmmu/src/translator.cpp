@@ -129,6 +129,7 @@ struct SegmentedFlavour {
   bool code16 = false;   // CS.D = 0
   bool stack16 = false;  // SS.B = 0: SP wraps at 64 KiB
   bool a16 = false;      // the current instruction's address size is 16
+  bool limits = false;   // kTKeyLimits: check each access against its segment's window
 };
 thread_local SegmentedFlavour t_seg;
 
@@ -188,6 +189,12 @@ InsnClass classify_segmented(const ZydisDecodedInstruction& insn, const ZydisDec
       return InsnClass::Stack;
     case ZYDIS_MNEMONIC_LEAVE:
       return InsnClass::Stack;
+    case ZYDIS_MNEMONIC_BT: case ZYDIS_MNEMONIC_BTS: case ZYDIS_MNEMONIC_BTR: case ZYDIS_MNEMONIC_BTC:
+      // A register bit offset reaches words beyond the operand: under
+      // segment limits the monitor checks the word it touches.
+      if ((tkey & kTKeyLimits) && ops[0].type == ZYDIS_OPERAND_TYPE_MEMORY && ops[1].type == ZYDIS_OPERAND_TYPE_REGISTER)
+        return InsnClass::Special;
+      break;
     default:
       break;
   }
@@ -234,6 +241,12 @@ InsnClass classify(const ZydisDecodedInstruction& insn, const ZydisDecodedOperan
       return InsnClass::Stack;
     case ZYDIS_MNEMONIC_LEAVE:
       return InsnClass::Stack;
+    case ZYDIS_MNEMONIC_BT: case ZYDIS_MNEMONIC_BTS: case ZYDIS_MNEMONIC_BTR: case ZYDIS_MNEMONIC_BTC:
+      // A register bit offset reaches words beyond the operand: under
+      // segment limits the monitor checks the word it touches.
+      if ((tkey & kTKeyLimits) && ops[0].type == ZYDIS_OPERAND_TYPE_MEMORY && ops[1].type == ZYDIS_OPERAND_TYPE_REGISTER)
+        return InsnClass::Special;
+      break;
     default:
       break;
   }
@@ -338,10 +351,47 @@ bool add_segment_base(Emitter& e, ZydisRegister sreg) {
          e.ins(ZYDIS_MNEMONIC_LEA, {R(ZYDIS_REGISTER_R13D), M(ZYDIS_REGISTER_R13, 0, 0, ZYDIS_REGISTER_R9, 1)});
 }
 
+// Limits flavour: r13d = the offset of a `size`-byte access through segment
+// register `sreg` (0-5, ES..GS).  When the segment's window (Context::
+// seg_window) refuses it, leave by a load from the limit-trap page at the
+// fault's vector: #SS(0) for SS, else #GP(0).  The test keeps the guest's
+// flags: offset - first and end - size - offset are formed with LEA, spilled,
+// and their sign bytes summed into RCX for a JRCXZ (r8/r10 scratch).
+bool check_window(Emitter& e, int sreg, unsigned size, bool write) {
+  if (!t_seg.limits) return true;
+  const std::int32_t win =
+      static_cast<std::int32_t>(offsetof(Context, seg_window) + sizeof(OffsetWindow) * (write ? 6 + sreg : sreg));
+  constexpr std::int32_t kSpill = offsetof(Context, limit_scratch);
+  const std::int32_t rest = 1 - static_cast<std::int32_t>(size == 0 ? 1 : size);
+  e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_R10), M(ZYDIS_REGISTER_R15, win, 8)});
+  e.ins(ZYDIS_MNEMONIC_LEA, {R(ZYDIS_REGISTER_R10), M(ZYDIS_REGISTER_R13, 0, 0, ZYDIS_REGISTER_R10, 1)});
+  e.ins(ZYDIS_MNEMONIC_MOV, {M(ZYDIS_REGISTER_R15, kSpill, 8), R(ZYDIS_REGISTER_R10)});
+  e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_R10), R(ZYDIS_REGISTER_R13)});
+  e.ins(ZYDIS_MNEMONIC_NOT, {R(ZYDIS_REGISTER_R10)});
+  e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_R8), M(ZYDIS_REGISTER_R15, win + 8, 8)});
+  e.ins(ZYDIS_MNEMONIC_LEA, {R(ZYDIS_REGISTER_R10), M(ZYDIS_REGISTER_R10, rest, 0, ZYDIS_REGISTER_R8, 1)});
+  e.ins(ZYDIS_MNEMONIC_MOV, {M(ZYDIS_REGISTER_R15, kSpill + 8, 8), R(ZYDIS_REGISTER_R10)});
+  e.ins(ZYDIS_MNEMONIC_MOVZX, {R(ZYDIS_REGISTER_R10D), M(ZYDIS_REGISTER_R15, kSpill + 7, 1)});
+  e.ins(ZYDIS_MNEMONIC_MOVZX, {R(ZYDIS_REGISTER_R8D), M(ZYDIS_REGISTER_R15, kSpill + 15, 1)});
+  e.ins(ZYDIS_MNEMONIC_LEA, {R(ZYDIS_REGISTER_R10), M(ZYDIS_REGISTER_R10, 0, 0, ZYDIS_REGISTER_R8, 1)});
+  e.ins(ZYDIS_MNEMONIC_XCHG, {R(ZYDIS_REGISTER_R10), R(ZYDIS_REGISTER_RCX)});
+  e.b(0xe3);  // jrcxz inside
+  std::uint8_t* rel = e.pos();
+  e.b(0);
+  e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_RCX), R(ZYDIS_REGISTER_R10)});
+  e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_R10D), M(ZYDIS_REGISTER_R15, kLimitTrapOffset + limit_fault_vector(sreg), 4)});
+  *rel = static_cast<std::uint8_t>(e.pos() - (rel + 1));
+  return e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_RCX), R(ZYDIS_REGISTER_R10)});
+}
+
 // Segmented flavour: the operand becomes gs:[r13d] (with the address-size
-// prefix), r13d = segment base + offset.
+// prefix), r13d = segment base + offset, its window checked first.
 bool segmented_mem(Emitter& e, const ZydisDecodedOperand& op, ZydisEncoderOperand* out, std::int64_t extra_disp) {
-  if (!segmented_offset(e, op, extra_disp) || !add_segment_base(e, op.mem.segment)) return false;
+  const int sreg = op.mem.segment - ZYDIS_REGISTER_ES;
+  if (!segmented_offset(e, op, extra_disp) ||
+      !check_window(e, sreg, op.size / 8, (op.actions & ZYDIS_OPERAND_ACTION_MASK_WRITE) != 0) ||
+      !add_segment_base(e, op.mem.segment))
+    return false;
   out->type = ZYDIS_OPERAND_TYPE_MEMORY;
   out->mem.size = static_cast<ZyanU16>(op.size / 8);
   out->mem.base = ZYDIS_REGISTER_R13D;
@@ -503,10 +553,10 @@ ZydisRegister sized(ZydisRegister r32, unsigned bytes) {
 
 // r13d = the stack pointer moved by `delta` (SP wrapping at 64 KiB with a
 // 16-bit stack), r9d = its linear address (SS base added).  No flags.
-bool seg_stack_slot(Emitter& e, std::int32_t delta) {
+bool seg_stack_slot(Emitter& e, std::int32_t delta, unsigned bytes, bool write) {
   bool ok = e.ins(ZYDIS_MNEMONIC_LEA, {R(kR13D), M(ZYDIS_REGISTER_R14, delta, 0)});
   if (t_seg.stack16) ok = ok && e.ins(ZYDIS_MNEMONIC_MOVZX, {R(kR13D), R(ZYDIS_REGISTER_R13W)});
-  return ok &&
+  return ok && check_window(e, 2, bytes, write) &&
          e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_R9D), M(ZYDIS_REGISTER_R15, offsetof(Context, seg_base) + 16, 4)}) &&
          e.ins(ZYDIS_MNEMONIC_LEA, {R(ZYDIS_REGISTER_R9D), M(ZYDIS_REGISTER_R13, 0, 0, ZYDIS_REGISTER_R9, 1)});
 }
@@ -519,14 +569,14 @@ bool seg_stack_commit(Emitter& e) {
 }
 
 bool seg_push(Emitter& e, Op value, unsigned bytes) {
-  return seg_stack_slot(e, -static_cast<std::int32_t>(bytes)) &&
+  return seg_stack_slot(e, -static_cast<std::int32_t>(bytes), bytes, true) &&
          e.ins(ZYDIS_MNEMONIC_MOV, {M(ZYDIS_REGISTER_R9D, 0, bytes), value}, true, true) && seg_stack_commit(e);
 }
 
 // Loads the stack top (`bytes` wide, zero-extended) into r11d and moves the
 // stack pointer past it and `release` more bytes (RET imm16).
 bool seg_pop_r11(Emitter& e, unsigned bytes, std::int32_t release = 0) {
-  const bool ok = seg_stack_slot(e, 0) &&
+  const bool ok = seg_stack_slot(e, 0, bytes, false) &&
                   (bytes == 2 ? e.ins(ZYDIS_MNEMONIC_MOVZX, {R(kR11D), M(ZYDIS_REGISTER_R9D, 0, 2)}, true, true)
                               : e.ins(ZYDIS_MNEMONIC_MOV, {R(kR11D), M(ZYDIS_REGISTER_R9D, 0, 4)}, true, true));
   return ok && e.ins(ZYDIS_MNEMONIC_LEA, {R(kR13D), M(ZYDIS_REGISTER_R13, bytes + release, 0)}) && seg_stack_commit(e);
@@ -549,13 +599,13 @@ bool seg_push_insn(Emitter& e, const ZydisDecodedOperand& o, unsigned bytes) {
 bool seg_pop_insn(Emitter& e, const ZydisDecodedOperand& o, unsigned bytes) {
   if (o.type == ZYDIS_OPERAND_TYPE_REGISTER) {
     const ZydisRegister r = rename(o.reg.value);
-    if (!seg_stack_slot(e, 0) || !e.ins(ZYDIS_MNEMONIC_MOV, {R(r), M(ZYDIS_REGISTER_R9D, 0, bytes)}, true, true))
+    if (!seg_stack_slot(e, 0, bytes, false) || !e.ins(ZYDIS_MNEMONIC_MOV, {R(r), M(ZYDIS_REGISTER_R9D, 0, bytes)}, true, true))
       return false;
     if (r == kR14D || r == ZYDIS_REGISTER_R14W) return true;  // POP (E)SP: the popped value is the stack pointer
     return e.ins(ZYDIS_MNEMONIC_LEA, {R(kR13D), M(ZYDIS_REGISTER_R13, bytes, 0)}) && seg_stack_commit(e);
   }
   const ZydisRegister v = sized(kR11D, bytes);
-  if (!seg_stack_slot(e, 0) || !e.ins(ZYDIS_MNEMONIC_MOV, {R(v), M(ZYDIS_REGISTER_R9D, 0, bytes)}, true, true))
+  if (!seg_stack_slot(e, 0, bytes, false) || !e.ins(ZYDIS_MNEMONIC_MOV, {R(v), M(ZYDIS_REGISTER_R9D, 0, bytes)}, true, true))
     return false;
   // A destination addressed through the stack pointer uses it incremented.
   const bool sp_based = o.mem.base == ZYDIS_REGISTER_ESP || o.mem.base == ZYDIS_REGISTER_SP;
@@ -572,7 +622,7 @@ bool seg_pop_insn(Emitter& e, const ZydisDecodedOperand& o, unsigned bytes) {
 bool seg_leave(Emitter& e, unsigned bytes) {
   const bool ok = t_seg.stack16 ? e.ins(ZYDIS_MNEMONIC_MOVZX, {R(kR13D), R(ZYDIS_REGISTER_BP)})
                                 : e.ins(ZYDIS_MNEMONIC_MOV, {R(kR13D), R(ZYDIS_REGISTER_EBP)});
-  return ok &&
+  return ok && check_window(e, 2, bytes, false) &&
          e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_R9D), M(ZYDIS_REGISTER_R15, offsetof(Context, seg_base) + 16, 4)}) &&
          e.ins(ZYDIS_MNEMONIC_LEA, {R(ZYDIS_REGISTER_R9D), M(ZYDIS_REGISTER_R13, 0, 0, ZYDIS_REGISTER_R9, 1)}) &&
          e.ins(ZYDIS_MNEMONIC_MOV, {R(sized(kR11D, bytes)), M(ZYDIS_REGISTER_R9D, 0, bytes)}, true, true) &&
@@ -831,7 +881,8 @@ TranslateStatus Translator::translate(std::uint32_t eip, TKey tkey, const CodeWi
   } redirect_scope(redirect_mem);
   struct SegmentedScope {
     explicit SegmentedScope(TKey k) {
-      t_seg = SegmentedFlavour{(k & kTKeySegmented) != 0, (k & kTKeyCode16) != 0, (k & kTKeyStack16) != 0, false};
+      t_seg = SegmentedFlavour{(k & kTKeySegmented) != 0, (k & kTKeyCode16) != 0, (k & kTKeyStack16) != 0, false,
+                               (k & kTKeySegmented) && (k & kTKeyLimits)};
     }
     ~SegmentedScope() { t_seg = SegmentedFlavour{}; }
   } segmented_scope(tkey);

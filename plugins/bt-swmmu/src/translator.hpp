@@ -30,6 +30,11 @@ inline constexpr TKey kTKeySegmented = 16;
 inline constexpr TKey kTKeyCode16 = 32;   // CS.D = 0: decoded as 16-bit code
 inline constexpr TKey kTKeyStack16 = 64;  // SS.B = 0: SP wraps at 64 KiB, ESP's upper half stays
 inline constexpr TKey kTKeyV86 = 128;     // EFLAGS.VM: the IOPL-sensitive instructions stay the monitor's
+// With kTKeySegmented: some segment register limits its offsets (a limit
+// below 4 GiB, expand-down, read-only, a null selector: segment_limits.hpp),
+// so every memory operand is checked against its segment's window in the
+// Context first and leaves through the limit-trap page (#GP(0), #SS(0)).
+inline constexpr TKey kTKeyLimits = 256;
 
 // A guest instruction as Zydis decodes it (kept with special blocks, so the
 // monitor decodes each emulated instruction once).

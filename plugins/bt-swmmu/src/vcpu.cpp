@@ -53,6 +53,8 @@ Vcpu::Vcpu(api::GuestMemory& mem, api::Platform& platform, api::Logger& log, uns
   void* p = mmap(nullptr, kContextAlloc, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (p == MAP_FAILED) throw std::runtime_error("bt-swmmu: cannot allocate the vCPU context");
   ctx_ = new (p) Context{};
+  if (mprotect(static_cast<std::uint8_t*>(p) + kLimitTrapOffset, 4096, PROT_NONE) != 0)
+    throw std::runtime_error("bt-swmmu: cannot protect the limit-trap page");
   ctx_->guest_fx[0] = 0x7f;  // FCW 0x37f
   ctx_->guest_fx[1] = 0x03;
   const std::uint32_t mxcsr = 0x1f80;
@@ -99,11 +101,25 @@ void Vcpu::sync_seg_bases() {
   ctx_->seg_base[3] = base(ds_);
   ctx_->seg_base[4] = base(fs_);
   ctx_->seg_base[5] = base(gs_);
+  const bool pm = !real_mode() && !v86();
+  limited_ = false;
+  for (int i = 0; i < 6; ++i) {
+    const api::Segment& s = seg(i);
+    const SegmentWindows w = segment_windows(s, pm);
+    ctx_->seg_window[0][i] = w.read;
+    ctx_->seg_window[1][i] = w.write;
+    // The flat flavour checks nothing: a null FS/GS stays flat (common, and
+    // its accesses go unchecked there: a documented gap); a null DS/ES/SS
+    // limits.  A code segment's window only matters for CS-override reads.
+    if (pm && s.unusable && i >= 4) continue;
+    if (i == 1) limited_ |= !w.read.unrestricted() && (s.type & 2);
+    else limited_ |= !w.read.unrestricted() || !w.write.unrestricted();
+  }
 }
 
 bool Vcpu::flat() const {
   auto ok = [](const api::Segment& s) { return s.unusable || s.base == 0; };
-  return ok(es_) && ok(cs_) && ok(ss_) && ok(ds_);
+  return ok(es_) && ok(cs_) && ok(ss_) && ok(ds_) && !limited_;
 }
 
 void Vcpu::load(const api::VcpuState& s) {
@@ -737,11 +753,19 @@ void Vcpu::write(std::uint32_t la, unsigned size, std::uint32_t v, bool user) {
 
 // The stack pointer has SS.B's width: ESP, or SP wrapping at 64 KiB with
 // ESP's upper half kept.
+// From ss_ itself, not the Context's windows: event delivery and far
+// transfers push on a new stack before the windows are synced.
+void Vcpu::check_stack_access(std::uint32_t offset, unsigned size, bool write) {
+  const SegmentWindows w = segment_windows(ss_, !real_mode() && !v86());
+  if (!(write ? w.write : w.read).allows(offset, size)) raise(12, true, 0);
+}
+
 void Vcpu::push32(std::uint32_t v) { push(v, 4); }
 
 void Vcpu::push(std::uint32_t v, unsigned bytes) {
   const std::uint32_t mask = stack_mask();
   const std::uint32_t sp = (reg32(4) - bytes) & mask;
+  check_stack_access(sp, bytes, true);
   write(sp + static_cast<std::uint32_t>(ss_.base), bytes, bytes == 4 ? v : v & 0xffff, cpl_ == 3);
   reg32(4) = (reg32(4) & ~mask) | sp;
 }
@@ -749,6 +773,7 @@ void Vcpu::push(std::uint32_t v, unsigned bytes) {
 std::uint32_t Vcpu::pop(unsigned bytes) {
   const std::uint32_t mask = stack_mask();
   const std::uint32_t sp = reg32(4) & mask;
+  check_stack_access(sp, bytes, false);
   const std::uint32_t v = read(sp + static_cast<std::uint32_t>(ss_.base), bytes, cpl_ == 3);
   reg32(4) = (reg32(4) & ~mask) | ((sp + bytes) & mask);
   return v;
@@ -768,6 +793,7 @@ void Vcpu::push_words(const std::uint32_t* words, unsigned n) {
     return;
   }
   const std::uint32_t esp = reg32(4) - 4 * n;
+  check_stack_access(esp, 4 * n, true);
   const std::uint32_t la = esp + static_cast<std::uint32_t>(ss_.base);
   if ((la & 0xfff) + 4 * n > 0x1000) {
     for (unsigned i = 0; i < n; ++i) push32(words[i]);
@@ -779,6 +805,7 @@ void Vcpu::push_words(const std::uint32_t* words, unsigned n) {
 }
 
 void Vcpu::pop_words(std::uint32_t* words, unsigned n) {
+  if (stack_mask() == 0xffffffffu) check_stack_access(reg32(4), 4 * n, false);
   const std::uint32_t la = reg32(4) + static_cast<std::uint32_t>(ss_.base);
   if ((la & 0xfff) + 4 * n > 0x1000 || stack_mask() != 0xffffffffu) {
     for (unsigned i = 0; i < n; ++i) words[i] = pop32();

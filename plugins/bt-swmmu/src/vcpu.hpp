@@ -111,6 +111,7 @@ class Vcpu {
     if (segmented()) {
       k |= kTKeySegmented | (cs_.db ? 0 : kTKeyCode16) | (!ss_.unusable && !ss_.db ? kTKeyStack16 : 0);
       if (v86()) k |= kTKeyV86;
+      if (limited_) k |= kTKeyLimits;
     }
     return k;
   }
@@ -235,6 +236,14 @@ class Vcpu {
   // The linear address of a memory operand: segment base + offset, the
   // offset formed with the instruction's address size (16-bit: wraps at 64 KiB).
   std::uint32_t ea(const ZydisDecodedInstruction& insn, const ZydisDecodedOperand& op);
+  // The same without the segment's limit and rights (INVLPG names an address, it does not access it).
+  std::uint32_t linear_unchecked(const ZydisDecodedInstruction& insn, const ZydisDecodedOperand& op);
+  // #GP(0) (#SS(0) for SS) when segment `sreg` (0-5) refuses a `size`-byte
+  // access at `offset` (segment_limits.hpp); only while a segment limits
+  // offsets (kTKeyLimits), the rule translated code follows.
+  void check_segment_access(int sreg, std::uint32_t offset, unsigned size, bool write);
+  // #SS(0) when SS refuses a `size`-byte stack access at `offset`.
+  void check_stack_access(std::uint32_t offset, unsigned size, bool write);
   std::uint32_t effective_offset(const ZydisDecodedInstruction& insn, const ZydisDecodedOperand& op);
   std::uint32_t get_reg(int zreg) const;
   void set_reg(int zreg, std::uint32_t v);
@@ -359,6 +368,7 @@ class Vcpu {
   };
   std::array<RecentLookup, 16> recent_lookups_{};
   TKey tkey_ = 0;
+  bool limited_ = false;  // a segment register limits its offsets (kTKeyLimits; sync_seg_bases)
   HostTick tick_;
   VcpuCounters counters_;
   std::string shutdown_reason_;

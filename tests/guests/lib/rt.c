@@ -333,6 +333,8 @@ static struct ctx trap_ctx;
 static int trap_active;
 static struct trap_info *trap_out;
 
+struct regs trap_frame;
+
 int trap_call(void (*fn)(void), int ring3, struct trap_info *ti)
 {
   trap_out = ti;
@@ -356,6 +358,7 @@ struct regs *isr_dispatch(struct regs *r)
   if (r->vec == 0x81 && trap_active && (r->cs & 3) == 3)
     ctx_restore(&trap_ctx, 1000);
   if (r->vec < 32 && trap_active) {
+    trap_frame = *r;
     if (trap_out) {
       trap_out->vec = r->vec;
       trap_out->err = r->err;

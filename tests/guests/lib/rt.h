@@ -92,6 +92,7 @@ extern void user_exit_stub(void);
  * stack user-accessible for ring 3. */
 struct trap_info { uint32_t vec, err, eip, cr2, cs; };
 int trap_call(void (*fn)(void), int ring3, struct trap_info *ti);
+extern struct regs trap_frame; /* the whole frame of the exception trap_call caught last */
 extern uint8_t rt_user_stack[16384];
 
 /* ---- PIC / PIT / local APIC ---- */
