@@ -12,7 +12,10 @@
  * the limit, REP STOSB running into the limit (ECX and EDI at the fault);
  * and in ring 3 with SS loaded with an expand-down stack (B = 1) and a
  * 4 KiB expand-up one: PUSH into and past the bottom (#SS, ESP unchanged),
- * POP across the limit, an EBP-based (SS) load.
+ * POP across the limit, an EBP-based (SS) load; and CS's limit (a code
+ * segment of 256 bytes): JMP, CALL and RET to an offset beyond it raise
+ * #GP(0) at the branch (nothing pushed or popped), an instruction that
+ * crosses the limit raises it at that instruction, a JMP inside it runs.
  *
  * QEMU's TCG does not check data segment limits (QEMU 7.2 runs every access
  * and this guest reports each missing fault), so the expected transcript is
@@ -27,7 +30,9 @@
 #define SEL_RO 0x50       /* read-only data, limit 0xffff */
 #define SEL_SS_DOWN 0x5b  /* ring-3 expand-down stack, base STACK_BASE, limit 0x7fff, B = 1 */
 #define SEL_SS_LIM 0x63   /* ring-3 stack, base STACK_BASE, byte-granular limit 0xfff */
-#define GDT_ENTRIES 13
+#define SEL_CODE_LIM 0x68 /* 32-bit code, base CODE_BASE, byte-granular limit 0xff */
+#define GDT_ENTRIES 14
+#define CODE_BASE 0x210000u
 
 #define DATA_BASE 0x200000u
 #define STACK_BASE 0x300000u
@@ -52,6 +57,7 @@ static void setup(void)
   gdt[SEL_RO >> 3] = desc(DATA_BASE, 0xffff, 0x90, 0x4);
   gdt[SEL_SS_DOWN >> 3] = desc(STACK_BASE, 0x7fff, 0xf6, 0x4);
   gdt[SEL_SS_LIM >> 3] = desc(STACK_BASE, 0xfff, 0xf2, 0x4);
+  gdt[SEL_CODE_LIM >> 3] = desc(CODE_BASE, 0xff, 0x9a, 0x4);
   d.lim = sizeof gdt - 1;
   d.base = (uint32_t)gdt;
   __asm__ volatile("lgdt %0" : : "m"(d));
@@ -62,6 +68,7 @@ static volatile uint32_t g_sel, g_off, g_ecx;
 /* What it leaves: EAX after the access, the address of the access. */
 static volatile uint32_t g_val, g_site, g_site2;
 static volatile uint32_t g_saved_esp;
+static int failures;
 
 /* Loads DS, ES, FS and GS with g_sel, EBX = EDI = g_off, ECX = g_ecx, EAX =
  * 0x11111111, runs `insn` (its address in g_site), restores the segments and
@@ -107,8 +114,6 @@ static const char *name_of(void (*fn)(void))
   if (fn == bt_reg) return "bt [off], ecx";
   return "rep stosb";
 }
-
-static int failures;
 
 /* One access: `fault` 0 = it must complete, else the vector it must raise
  * at the instruction with error code 0 and EAX untouched. */
@@ -188,6 +193,56 @@ static void r3_ebp_load(void)
                    :
                    :
                    : "eax", "ecx", "edx", "memory");
+}
+
+/* The code of the 256-byte segment (copied to CODE_BASE; far-called at the
+ * offsets below). */
+static volatile uint32_t g_blob_esp;
+extern char cl_blob[], cl_blob_end[];
+__asm__(".text\n"
+        "cl_blob:\n"
+        "  jmp cl_blob + 0x100\n"              /* 0x00: JMP beyond the limit */
+        "  .org cl_blob + 0x10\n"
+        "  movl %esp, g_blob_esp\n"             /* 0x10: CALL beyond the limit */
+        "  call cl_blob + 0x100\n"
+        "  .org cl_blob + 0x20\n"
+        "  pushl $0x100\n"                       /* 0x20: RET to beyond the limit */
+        "  movl %esp, g_blob_esp\n"
+        "  ret\n"
+        "  .org cl_blob + 0x30\n"
+        "  jmp cl_blob + 0xfc\n"               /* 0x30: to an instruction crossing the limit */
+        "  .org cl_blob + 0x40\n"
+        "  jmp cl_blob + 0x80\n"               /* 0x40: inside the limit */
+        "  .org cl_blob + 0x80\n"
+        "  lret\n"
+        "  .org cl_blob + 0xfc\n"
+        "  movl $0x12345678, %eax\n"            /* bytes 0xfc..0x100 */
+        "  lret\n"
+        "cl_blob_end:\n");
+
+static volatile uint32_t g_entry;
+static void far_call_blob(void)
+{
+  struct __attribute__((packed)) { uint32_t off; uint16_t sel; } target = {g_entry, SEL_CODE_LIM};
+  __asm__ volatile("lcall *%0" : : "m"(target) : "eax", "memory");
+}
+
+static void code_limit(const char *what, uint32_t entry, int fault, uint32_t at, int check_esp)
+{
+  struct trap_info ti;
+  g_entry = entry;
+  int v = trap_call(far_call_blob, 0, &ti);
+  if (v < 0) {
+    printf("CS limit 0xff, %s: done\n", what);
+    if (fault) failures++;
+    return;
+  }
+  /* The exception frame (EFLAGS CS EIP, error code) and the stub's vector lie below the faulting ESP. */
+  const uint32_t esp = trap_frame.esp_unused + 20;
+  printf("CS limit 0xff, %s: vector %d error 0x%x at CS 0x%x EIP 0x%x%s\n", what, v, ti.err, ti.cs, ti.eip,
+         check_esp ? (esp == g_blob_esp ? ", ESP unchanged" : ", ESP moved") : "");
+  if (!fault || v != 13 || ti.err != 0 || ti.cs != SEL_CODE_LIM || ti.eip != at || (check_esp && esp != g_blob_esp))
+    failures++;
 }
 
 int main(void)
@@ -293,6 +348,13 @@ int main(void)
          ti.eip == g_site ? "yes" : "no");
   CHECK_EQ(v, 12);
   CHECK_EQ(ti.eip, g_site);
+
+  memcpy((void *)CODE_BASE, cl_blob, (size_t)(cl_blob_end - cl_blob));
+  code_limit("jmp 0x100", 0x00, 1, 0x00, 0);
+  code_limit("call 0x100", 0x10, 1, 0x16, 1);
+  code_limit("ret to 0x100", 0x20, 1, 0x2b, 1);
+  code_limit("mov eax, imm32 at 0xfc (to 0x100)", 0x30, 1, 0xfc, 0);
+  code_limit("jmp 0x80; retf", 0x40, 0, 0, 0);
 
   CHECK_EQ(failures, 0);
   rt_finish();

@@ -70,6 +70,7 @@ struct alignas(64) Context {
   // The limits flavour's windows (segment_limits.hpp), ES CS SS DS FS GS:
   // [0] for reads, [1] for writes; kept with the bases by sync_seg_bases().
   OffsetWindow seg_window[2][6];
+  OffsetWindow code_window;       // CS's limit for near-branch targets (#GP(0) at the branch)
   std::int64_t limit_scratch[2];  // translated code's window check spills here
 };
 

@@ -357,16 +357,15 @@ bool add_segment_base(Emitter& e, ZydisRegister sreg) {
 // fault's vector: #SS(0) for SS, else #GP(0).  The test keeps the guest's
 // flags: offset - first and end - size - offset are formed with LEA, spilled,
 // and their sign bytes summed into RCX for a JRCXZ (r8/r10 scratch).
-bool check_window(Emitter& e, int sreg, unsigned size, bool write) {
-  if (!t_seg.limits) return true;
-  const std::int32_t win =
-      static_cast<std::int32_t>(offsetof(Context, seg_window) + sizeof(OffsetWindow) * (write ? 6 + sreg : sreg));
+// The window at Context offset `win`, for the zero-extended offset in `at`
+// (r13 or r11); `vector` is the fault a refusal raises.
+bool check_window_at(Emitter& e, std::int32_t win, ZydisRegister at, unsigned size, std::uint8_t vector) {
   constexpr std::int32_t kSpill = offsetof(Context, limit_scratch);
   const std::int32_t rest = 1 - static_cast<std::int32_t>(size == 0 ? 1 : size);
   e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_R10), M(ZYDIS_REGISTER_R15, win, 8)});
-  e.ins(ZYDIS_MNEMONIC_LEA, {R(ZYDIS_REGISTER_R10), M(ZYDIS_REGISTER_R13, 0, 0, ZYDIS_REGISTER_R10, 1)});
+  e.ins(ZYDIS_MNEMONIC_LEA, {R(ZYDIS_REGISTER_R10), M(at, 0, 0, ZYDIS_REGISTER_R10, 1)});
   e.ins(ZYDIS_MNEMONIC_MOV, {M(ZYDIS_REGISTER_R15, kSpill, 8), R(ZYDIS_REGISTER_R10)});
-  e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_R10), R(ZYDIS_REGISTER_R13)});
+  e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_R10), R(at)});
   e.ins(ZYDIS_MNEMONIC_NOT, {R(ZYDIS_REGISTER_R10)});
   e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_R8), M(ZYDIS_REGISTER_R15, win + 8, 8)});
   e.ins(ZYDIS_MNEMONIC_LEA, {R(ZYDIS_REGISTER_R10), M(ZYDIS_REGISTER_R10, rest, 0, ZYDIS_REGISTER_R8, 1)});
@@ -379,9 +378,23 @@ bool check_window(Emitter& e, int sreg, unsigned size, bool write) {
   std::uint8_t* rel = e.pos();
   e.b(0);
   e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_RCX), R(ZYDIS_REGISTER_R10)});
-  e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_R10D), M(ZYDIS_REGISTER_R15, kLimitTrapOffset + limit_fault_vector(sreg), 4)});
+  e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_R10D), M(ZYDIS_REGISTER_R15, kLimitTrapOffset + vector, 4)});
   *rel = static_cast<std::uint8_t>(e.pos() - (rel + 1));
   return e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_RCX), R(ZYDIS_REGISTER_R10)});
+}
+
+bool check_window(Emitter& e, int sreg, unsigned size, bool write) {
+  if (!t_seg.limits) return true;
+  const std::int32_t win =
+      static_cast<std::int32_t>(offsetof(Context, seg_window) + sizeof(OffsetWindow) * (write ? 6 + sreg : sreg));
+  return check_window_at(e, win, ZYDIS_REGISTER_R13, size, limit_fault_vector(sreg));
+}
+
+// Limits flavour: a near branch's target (zero-extended in `at`) beyond CS's
+// limit raises #GP(0) at the branch, before it pushes or pops anything.
+bool check_branch_target(Emitter& e, ZydisRegister at) {
+  if (!t_seg.limits) return true;
+  return check_window_at(e, offsetof(Context, code_window), at, 1, 13);
 }
 
 // Segmented flavour: the operand becomes gs:[r13d] (with the address-size
@@ -575,11 +588,13 @@ bool seg_push(Emitter& e, Op value, unsigned bytes) {
 
 // Loads the stack top (`bytes` wide, zero-extended) into r11d and moves the
 // stack pointer past it and `release` more bytes (RET imm16).
-bool seg_pop_r11(Emitter& e, unsigned bytes, std::int32_t release = 0) {
+// `branch_target`: r11d is a return address, checked against CS's limit
+// before the stack pointer moves.
+bool seg_pop_r11(Emitter& e, unsigned bytes, std::int32_t release = 0, bool branch_target = false) {
   const bool ok = seg_stack_slot(e, 0, bytes, false) &&
                   (bytes == 2 ? e.ins(ZYDIS_MNEMONIC_MOVZX, {R(kR11D), M(ZYDIS_REGISTER_R9D, 0, 2)}, true, true)
                               : e.ins(ZYDIS_MNEMONIC_MOV, {R(kR11D), M(ZYDIS_REGISTER_R9D, 0, 4)}, true, true));
-  return ok && e.ins(ZYDIS_MNEMONIC_LEA, {R(kR13D), M(ZYDIS_REGISTER_R13, bytes + release, 0)}) && seg_stack_commit(e);
+  return ok && (!branch_target || check_branch_target(e, ZYDIS_REGISTER_R11)) && e.ins(ZYDIS_MNEMONIC_LEA, {R(kR13D), M(ZYDIS_REGISTER_R13, bytes + release, 0)}) && seg_stack_commit(e);
 }
 
 bool seg_push_insn(Emitter& e, const ZydisDecodedOperand& o, unsigned bytes) {
@@ -911,13 +926,14 @@ TranslateStatus Translator::translate(std::uint32_t eip, TKey tkey, const CodeWi
     std::uint32_t target;
     bool chainable;
     std::uint64_t reason;
+    bool branch = false;  // a branch's target (limits flavour: checked against CS's limit)
   };
   std::vector<Stub> stubs;
   auto same_page = [&](std::uint32_t a, std::uint32_t b) { return (linear(a) & ~0xfffu) == (linear(b) & ~0xfffu); };
-  auto direct_exit = [&](std::uint32_t target, std::uint32_t insn_eip) {
+  auto direct_exit = [&](std::uint32_t target, std::uint32_t insn_eip, bool branch = false) {
     std::uint8_t* site = e.jmp(e.pos());  // fixed up below
     bool chainable = same_page(target, insn_eip);
-    stubs.push_back({site, target, chainable, kExitDispatch});
+    stubs.push_back({site, target, chainable, kExitDispatch, branch});
   };
   auto lookup = [&]() {
     // target guest EIP in r13d; flags preserved.  Under a CS base the key
@@ -1002,6 +1018,16 @@ TranslateStatus Translator::translate(std::uint32_t eip, TKey tkey, const CodeWi
     ZydisDecodedInstruction insn;
     ZydisDecodedOperand ops[ZYDIS_MAX_OPERAND_COUNT];
     ZyanStatus st = ZydisDecoderDecodeFull(&decoder, code.bytes + off, code.total - off, &insn, ops);
+    if (ZYAN_SUCCESS(st) && t_seg.limits && std::uint64_t{pc} + insn.length - 1 > code.cs_limit) {
+      // The instruction crosses CS's limit: #GP(0) when it is reached.
+      if (b->n_insns == 0) {
+        status = TranslateStatus::CodeLimit;
+        b->special = true;
+        break;
+      }
+      direct_exit(pc, pc - 1);
+      break;
+    }
     if (!ZYAN_SUCCESS(st)) {
       if (b->n_insns == 0) {
         // Ran out of fetchable bytes (next page not present) or invalid opcode.
@@ -1117,14 +1143,15 @@ TranslateStatus Translator::translate(std::uint32_t eip, TKey tkey, const CodeWi
           ops[0].type == ZYDIS_OPERAND_TYPE_IMMEDIATE ? static_cast<std::uint32_t>(next + ops[0].imm.value.s) & ip_mask : 0;
       auto branch_exit = [&](unsigned cc, std::uint32_t to) {  // jcc to an exit stub
         std::uint8_t* site = e.jcc(cc, e.pos());
-        stubs.push_back({site, to, same_page(to, pc), kExitDispatch});
+        stubs.push_back({site, to, same_page(to, pc), kExitDispatch, to != next});
       };
       switch (insn.mnemonic) {
         case ZYDIS_MNEMONIC_JMP:
           if (ops[0].type == ZYDIS_OPERAND_TYPE_IMMEDIATE) {
-            direct_exit(target, pc);
+            direct_exit(target, pc, true);
           } else {
-            ok = seg_branch_target_r11(e, ops[0], sz) && e.ins(ZYDIS_MNEMONIC_MOV, {R(kR13D), R(kR11D)});
+            ok = seg_branch_target_r11(e, ops[0], sz) && check_branch_target(e, ZYDIS_REGISTER_R11) &&
+                 e.ins(ZYDIS_MNEMONIC_MOV, {R(kR13D), R(kR11D)});
             lookup();
           }
           break;
@@ -1132,11 +1159,14 @@ TranslateStatus Translator::translate(std::uint32_t eip, TKey tkey, const CodeWi
           const std::int64_t ret = sz == 2 ? std::int64_t{static_cast<std::int16_t>(next)}
                                            : std::int64_t{static_cast<std::int32_t>(next)};
           if (ops[0].type == ZYDIS_OPERAND_TYPE_IMMEDIATE) {
-            ok = seg_push(e, I(ret), sz);
+            if (t_seg.limits)  // the target before the push
+              ok = e.ins(ZYDIS_MNEMONIC_MOV, {R(kR13D), I(static_cast<std::int32_t>(target))}) &&
+                   check_branch_target(e, ZYDIS_REGISTER_R13);
+            ok = ok && seg_push(e, I(ret), sz);
             direct_exit(target, pc);
           } else {
-            ok = seg_branch_target_r11(e, ops[0], sz) && seg_push(e, I(ret), sz) &&
-                 e.ins(ZYDIS_MNEMONIC_MOV, {R(kR13D), R(kR11D)});
+            ok = seg_branch_target_r11(e, ops[0], sz) && check_branch_target(e, ZYDIS_REGISTER_R11) &&
+                 seg_push(e, I(ret), sz) && e.ins(ZYDIS_MNEMONIC_MOV, {R(kR13D), R(kR11D)});
             lookup();
           }
           break;
@@ -1145,7 +1175,7 @@ TranslateStatus Translator::translate(std::uint32_t eip, TKey tkey, const CodeWi
           const std::int32_t release = insn.operand_count_visible > 0 && ops[0].type == ZYDIS_OPERAND_TYPE_IMMEDIATE
                                            ? static_cast<std::int32_t>(ops[0].imm.value.u & 0xffff)
                                            : 0;
-          ok = seg_pop_r11(e, sz, release) && e.ins(ZYDIS_MNEMONIC_MOV, {R(kR13D), R(kR11D)});
+          ok = seg_pop_r11(e, sz, release, true) && e.ins(ZYDIS_MNEMONIC_MOV, {R(kR13D), R(kR11D)});
           lookup();
           break;
         }
@@ -1158,7 +1188,7 @@ TranslateStatus Translator::translate(std::uint32_t eip, TKey tkey, const CodeWi
                 : insn.mnemonic == ZYDIS_MNEMONIC_LOOPE ? 0xe1 : 0xe0);
             e.b(5);
             direct_exit(next, pc);
-            direct_exit(target, pc);
+            direct_exit(target, pc, true);
             break;
           }
           // CX (ECX's upper half stays), without touching the flags.
@@ -1174,10 +1204,10 @@ TranslateStatus Translator::translate(std::uint32_t eip, TKey tkey, const CodeWi
           ok = ok && e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_RCX), R(ZYDIS_REGISTER_R12)});
           if (insn.mnemonic == ZYDIS_MNEMONIC_LOOPE) branch_exit(0x5, next);   // ZF = 0: not taken
           if (insn.mnemonic == ZYDIS_MNEMONIC_LOOPNE) branch_exit(0x4, next);  // ZF = 1: not taken
-          direct_exit(is_jcxz ? next : target, pc);
+          direct_exit(is_jcxz ? next : target, pc, !is_jcxz);
           *rel = static_cast<std::uint8_t>(e.pos() - (rel + 1));
           ok = ok && e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_RCX), R(ZYDIS_REGISTER_R12)});
-          direct_exit(is_jcxz ? target : next, pc);
+          direct_exit(is_jcxz ? target : next, pc, is_jcxz);
           break;
         }
         default:  // Jcc
@@ -1351,6 +1381,10 @@ TranslateStatus Translator::translate(std::uint32_t eip, TKey tkey, const CodeWi
   // Exit stubs.
   for (auto& s : stubs) {
     Emitter::patch_rel32(s.site, e.pos());
+    if (s.branch && t_seg.limits) {
+      e.ins(ZYDIS_MNEMONIC_MOV, {R(kR13D), I(static_cast<std::int32_t>(s.target))});
+      check_branch_target(e, ZYDIS_REGISTER_R13);
+    }
     store_ctx32(e, kOffNextEip, s.target);
     store_ctx64(e, kOffReason, s.reason);
     if (s.chainable) {

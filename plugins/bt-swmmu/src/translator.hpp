@@ -81,6 +81,9 @@ struct Block {
 // first bytes of the next page when it can be fetched.
 struct CodeWindow {
   std::uint32_t cs_base = 0;  // the bytes start at linear cs_base + eip
+  // kTKeyLimits: the block ends before an instruction that crosses CS's
+  // limit (one at the start: TranslateStatus::CodeLimit).
+  std::uint32_t cs_limit = 0xffffffffu;
   const std::uint8_t* bytes = nullptr;
   std::uint32_t first_page_bytes = 0;  // bytes available in the first page
   std::uint32_t total = 0;             // including the next page's bytes
@@ -91,7 +94,7 @@ struct TranslatorStats {
   std::uint64_t blocks_translated = 0, guest_insns_translated = 0, chains = 0, flushes = 0, smc_invalidations = 0;
 };
 
-enum class TranslateStatus { Ok, Special, FetchFault, Undefined };
+enum class TranslateStatus { Ok, Special, FetchFault, Undefined, CodeLimit };
 
 // Classify an instruction decoded in the mode the translation flavour says
 // (16-bit with kTKeyCode16, else 32-bit).

@@ -102,6 +102,8 @@ void Vcpu::sync_seg_bases() {
   ctx_->seg_base[4] = base(fs_);
   ctx_->seg_base[5] = base(gs_);
   const bool pm = !real_mode() && !v86();
+  ctx_->code_window = cs_.limit == 0xffffffffu ? OffsetWindow::range(0, OffsetWindow::kWrapEnd)
+                                              : OffsetWindow::range(0, std::uint64_t{cs_.limit} + 1);
   limited_ = false;
   for (int i = 0; i < 6; ++i) {
     const api::Segment& s = seg(i);
@@ -435,6 +437,17 @@ void Vcpu::activate_region() {
 
 Block* Vcpu::lookup(std::uint32_t eip) {
   ++counters_.dispatches;
+  if (tkey_ & kTKeyLimits) {
+    // Code at an offset beyond CS's limit: #GP(0) there.  Blocks (and their
+    // chains) translated under a larger CS limit may run past this one.
+    if (eip > cs_.limit) raise(13, true, 0);
+    if (cs_.limit < translated_cs_limit_) {
+      translator_->flush();
+      shadow_->clear_block_maps();
+      pending_patch_ = 0;
+      translated_cs_limit_ = cs_.limit;
+    }
+  }
   // Region maps and lookup tables are keyed by linear address (CS base +
   // EIP); an alias of the same linear address under another CS base is a miss.
   const std::uint32_t cs_base = static_cast<std::uint32_t>(cs_.base);
@@ -486,6 +499,7 @@ Block* Vcpu::lookup(std::uint32_t eip) {
     std::uint8_t buf[4096 + 16];
     CodeWindow cw;
     cw.cs_base = cs_base;
+    cw.cs_limit = static_cast<std::uint32_t>(cs_.limit);
     cw.first_page_bytes = next_page - la;
     std::memcpy(buf, pm.base + w.pa, cw.first_page_bytes);
     cw.total = cw.first_page_bytes;
@@ -505,6 +519,8 @@ Block* Vcpu::lookup(std::uint32_t eip) {
       raise(14, true, w2.error);
     }
     if (st == TranslateStatus::Undefined) raise(6);
+    if (st == TranslateStatus::CodeLimit) raise(13, true, 0);
+    if (tkey_ & kTKeyLimits) translated_cs_limit_ = std::max(translated_cs_limit_, cs_.limit);
     if (!single_step_) {
       for (int i = 0; i < b->n_pages; ++i) shadow_->protect_code_page(b->pa_page[i]);
     }

@@ -369,6 +369,7 @@ class Vcpu {
   std::array<RecentLookup, 16> recent_lookups_{};
   TKey tkey_ = 0;
   bool limited_ = false;  // a segment register limits its offsets (kTKeyLimits; sync_seg_bases)
+  std::uint32_t translated_cs_limit_ = 0;  // the largest CS limit a cached kTKeyLimits block was translated under
   HostTick tick_;
   VcpuCounters counters_;
   std::string shutdown_reason_;
