@@ -6,7 +6,9 @@
  * relative to that stack, so the transcript names no address. */
 #include "rt.h"
 
-static uint32_t stack[1024] __attribute__((aligned(16)));
+/* 64 KiB-aligned, so a 16-bit frame pointer (TOP's low word is 0x1000 minus
+ * a little) never looks like a fill word, wherever the image is linked. */
+static uint32_t stack[1024] __attribute__((aligned(65536)));
 static volatile uint32_t r_esp, r_ebp, r_esp_after_leave, r_ebp_after_leave;
 
 #define TOP ((uint32_t)(stack + 1024))
@@ -41,7 +43,7 @@ ENTER_CASE(enter16_2, "enterw $6, $2")
 static void run(const char *name, void (*fn)(void), int words16)
 {
   for (unsigned i = 0; i < 1024; i++)
-    stack[i] = 0xf0000000u | i; /* enclosing frames: recognisable */
+    stack[i] = 0xf0008000u | i; /* enclosing frames: recognisable, neither half a 16-bit frame pointer */
   g_esp = TOP - 64 * 4;
   g_ebp = TOP - 16 * 4;
   fn();

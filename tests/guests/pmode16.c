@@ -27,11 +27,6 @@ extern void pm32_nonflat(void);
 static uint64_t gdt[GDT_ENTRIES] __attribute__((aligned(8)));
 static uint64_t ldt[2] __attribute__((aligned(8)));
 
-static uint64_t desc(uint32_t base, uint32_t limit, uint8_t access, uint8_t flags)
-{
-  return (uint64_t)(limit & 0xffff) | ((uint64_t)(base & 0xffffff) << 16) | ((uint64_t)access << 40) |
-         ((uint64_t)((limit >> 16) & 0xf) << 48) | ((uint64_t)(flags & 0xf) << 52) | ((uint64_t)(base >> 24) << 56);
-}
 static uint32_t off16(char *l) { return (uint32_t)(l - pm16_start); }
 
 /* An IDT entry for a 16-bit gate (type 6 interrupt, 7 trap) to SEL_CODE16. */
@@ -45,23 +40,18 @@ static void idt_gate16(int vec, uint32_t offset, unsigned type, unsigned dpl)
 
 static void setup(void)
 {
-  struct __attribute__((packed)) { uint16_t lim; uint32_t base; } d;
-  __asm__ volatile("sgdt %0" : "=m"(d));
-  memcpy(gdt, (void *)d.base, 6 * 8);
-  gdt[SEL_CODE16 >> 3] = desc(CODE16_BASE, 0xffff, 0x9a, 0x0);
-  gdt[SEL_DATA16 >> 3] = desc(DATA16_BASE, 0xffff, 0x92, 0x0);
-  gdt[SEL_DATA32 >> 3] = desc(DATA32_BASE, 0x3fff, 0x92, 0xc);
-  gdt[SEL_CODE32 >> 3] = desc(CODE32_BASE, 0xfffff, 0x9a, 0x4);
-  gdt[SEL_STACK16 >> 3] = desc(STACK16_BASE, 0xffff, 0x92, 0x0);
-  gdt[SEL_CODE16_R3 >> 3] = desc(CODE16_BASE, 0xffff, 0xfa, 0x0);
-  gdt[SEL_DATA16_R3 >> 3] = desc(DATA16_BASE, 0xffff, 0xf2, 0x0);
-  gdt[SEL_STACK16_R3 >> 3] = desc(STACK16_R3_BASE, 0xffff, 0xf2, 0x0);
-  gdt[SEL_DATA16_DPL3_NOWRITE >> 3] = desc(DATA16_BASE, 0xffff, 0xf0, 0x0);
-  gdt[SEL_CONFORMING >> 3] = desc(0, 0xfffff, 0x9e, 0xc);
-  gdt[SEL_LDT >> 3] = desc((uint32_t)ldt, sizeof ldt - 1, 0x82, 0x0);
-  d.lim = sizeof gdt - 1;
-  d.base = (uint32_t)gdt;
-  __asm__ volatile("lgdt %0" : : "m"(d));
+  gdt_extend(gdt, GDT_ENTRIES);
+  gdt[SEL_CODE16 >> 3] = seg_desc(CODE16_BASE, 0xffff, 0x9a, 0x0);
+  gdt[SEL_DATA16 >> 3] = seg_desc(DATA16_BASE, 0xffff, 0x92, 0x0);
+  gdt[SEL_DATA32 >> 3] = seg_desc(DATA32_BASE, 0x3fff, 0x92, 0xc);
+  gdt[SEL_CODE32 >> 3] = seg_desc(CODE32_BASE, 0xfffff, 0x9a, 0x4);
+  gdt[SEL_STACK16 >> 3] = seg_desc(STACK16_BASE, 0xffff, 0x92, 0x0);
+  gdt[SEL_CODE16_R3 >> 3] = seg_desc(CODE16_BASE, 0xffff, 0xfa, 0x0);
+  gdt[SEL_DATA16_R3 >> 3] = seg_desc(DATA16_BASE, 0xffff, 0xf2, 0x0);
+  gdt[SEL_STACK16_R3 >> 3] = seg_desc(STACK16_R3_BASE, 0xffff, 0xf2, 0x0);
+  gdt[SEL_DATA16_DPL3_NOWRITE >> 3] = seg_desc(DATA16_BASE, 0xffff, 0xf0, 0x0);
+  gdt[SEL_CONFORMING >> 3] = seg_desc(0, 0xfffff, 0x9e, 0xc);
+  gdt[SEL_LDT >> 3] = seg_desc((uint32_t)ldt, sizeof ldt - 1, 0x82, 0x0);
   idt_gate16(0x62, off16(pm16_int62), 0x6, 3);
   idt_gate16(0x63, off16(pm16_int63), 0x6, 3);
   idt_gate16(0, off16(pm16_de), 0x7, 0);

@@ -39,28 +39,18 @@
 
 static uint64_t gdt[GDT_ENTRIES] __attribute__((aligned(8)));
 
-static uint64_t desc(uint32_t base, uint32_t limit, uint8_t access, uint8_t flags)
-{
-  return (uint64_t)(limit & 0xffff) | ((uint64_t)(base & 0xffffff) << 16) | ((uint64_t)access << 40) |
-         ((uint64_t)((limit >> 16) & 0xf) << 48) | ((uint64_t)(flags & 0xf) << 52) | ((uint64_t)(base >> 24) << 56);
-}
 
 static void setup(void)
 {
-  struct __attribute__((packed)) { uint16_t lim; uint32_t base; } d;
-  __asm__ volatile("sgdt %0" : "=m"(d));
-  memcpy(gdt, (void *)d.base, 6 * 8);
-  gdt[SEL_LIM >> 3] = desc(DATA_BASE, 0xfff, 0x92, 0x4);
-  gdt[SEL_LIMG >> 3] = desc(DATA_BASE, 0, 0x92, 0xc);
-  gdt[SEL_DOWN32 >> 3] = desc(DATA_BASE, 0xfff, 0x96, 0x4);
-  gdt[SEL_DOWN16 >> 3] = desc(DATA_BASE, 0xfff, 0x96, 0x0);
-  gdt[SEL_RO >> 3] = desc(DATA_BASE, 0xffff, 0x90, 0x4);
-  gdt[SEL_SS_DOWN >> 3] = desc(STACK_BASE, 0x7fff, 0xf6, 0x4);
-  gdt[SEL_SS_LIM >> 3] = desc(STACK_BASE, 0xfff, 0xf2, 0x4);
-  gdt[SEL_CODE_LIM >> 3] = desc(CODE_BASE, 0xff, 0x9a, 0x4);
-  d.lim = sizeof gdt - 1;
-  d.base = (uint32_t)gdt;
-  __asm__ volatile("lgdt %0" : : "m"(d));
+  gdt_extend(gdt, GDT_ENTRIES);
+  gdt[SEL_LIM >> 3] = seg_desc(DATA_BASE, 0xfff, 0x92, 0x4);
+  gdt[SEL_LIMG >> 3] = seg_desc(DATA_BASE, 0, 0x92, 0xc);
+  gdt[SEL_DOWN32 >> 3] = seg_desc(DATA_BASE, 0xfff, 0x96, 0x4);
+  gdt[SEL_DOWN16 >> 3] = seg_desc(DATA_BASE, 0xfff, 0x96, 0x0);
+  gdt[SEL_RO >> 3] = seg_desc(DATA_BASE, 0xffff, 0x90, 0x4);
+  gdt[SEL_SS_DOWN >> 3] = seg_desc(STACK_BASE, 0x7fff, 0xf6, 0x4);
+  gdt[SEL_SS_LIM >> 3] = seg_desc(STACK_BASE, 0xfff, 0xf2, 0x4);
+  gdt[SEL_CODE_LIM >> 3] = seg_desc(CODE_BASE, 0xff, 0x9a, 0x4);
 }
 
 /* What a test function reads: set before trap_call. */

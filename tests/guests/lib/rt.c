@@ -316,10 +316,20 @@ extern void gdt_reload(uint32_t cs, uint32_t ds);
 static uint8_t isr_stack[16384] __attribute__((aligned(16)));
 uint8_t rt_user_stack[16384] __attribute__((aligned(4096)));
 
-static uint64_t seg_desc(uint32_t base, uint32_t limit, uint8_t access, uint8_t flags)
+uint64_t seg_desc(uint32_t base, uint32_t limit, uint8_t access, uint8_t flags)
 {
   return (uint64_t)(limit & 0xffff) | ((uint64_t)(base & 0xffffff) << 16) | ((uint64_t)access << 40) |
          ((uint64_t)((limit >> 16) & 0xf) << 48) | ((uint64_t)(flags & 0xf) << 52) | ((uint64_t)(base >> 24) << 56);
+}
+
+void gdt_extend(uint64_t *table, unsigned entries)
+{
+  struct __attribute__((packed)) { uint16_t lim; uint32_t base; } d;
+  __asm__ volatile("sgdt %0" : "=m"(d));
+  memcpy(table, (void *)d.base, sizeof gdt);
+  d.lim = (uint16_t)(entries * 8 - 1);
+  d.base = (uint32_t)table;
+  __asm__ volatile("lgdt %0" : : "m"(d));
 }
 static void idt_gate(int vec, uint32_t off, int dpl)
 {

@@ -92,6 +92,11 @@ extern void user_exit_stub(void);
  * stack user-accessible for ring 3. */
 struct trap_info { uint32_t vec, err, eip, cr2, cs; };
 int trap_call(void (*fn)(void), int ring3, struct trap_info *ti);
+/* A GDT descriptor (base, limit, access byte, flags nibble G D/B L AVL). */
+uint64_t seg_desc(uint32_t base, uint32_t limit, uint8_t access, uint8_t flags);
+/* Load `table` (`entries` descriptors) as the GDT, its first ones the
+ * runtime's (null, 0x08, 0x10, 0x1b, 0x23, TSS 0x28); the rest are the caller's. */
+void gdt_extend(uint64_t *table, unsigned entries);
 extern struct regs trap_frame; /* the whole frame of the exception trap_call caught last */
 extern uint8_t rt_user_stack[16384];
 
