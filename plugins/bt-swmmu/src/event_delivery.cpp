@@ -34,6 +34,7 @@ bool Vcpu::deliver_exception(const GuestException& ex) {
 }
 
 void Vcpu::deliver(std::uint8_t vec, bool has_error, std::uint32_t error, bool software, std::uint32_t ret_eip) {
+  ++deliveries_;
   if (real_mode()) {
     deliver_real_mode(vec, ret_eip);
     return;

@@ -6,6 +6,7 @@
 
 #include <cstddef>
 #include <algorithm>
+#include <array>
 #include <cstring>
 #include <optional>
 #include <stdexcept>
@@ -116,6 +117,16 @@ void store_ctx32(Emitter& e, std::int32_t off, std::uint32_t v) {
 void store_ctx64(Emitter& e, std::int32_t off, std::int32_t v) {
   e.ins(ZYDIS_MNEMONIC_MOV, {M(ZYDIS_REGISTER_R15, off, 8), I(v)});
 }
+
+// Byte 1 of Context::sysflags (TF IF . . IOPL NT .) with IF cleared / set:
+// inline CLI/STI look the new byte up.
+constexpr std::array<std::uint8_t, 256> if_byte_table(bool set) {
+  std::array<std::uint8_t, 256> t{};
+  for (unsigned i = 0; i < 256; ++i) t[i] = static_cast<std::uint8_t>(set ? (i | 2) : (i & ~2u));
+  return t;
+}
+constexpr std::array<std::uint8_t, 256> kIfClearedByte = if_byte_table(false);
+constexpr std::array<std::uint8_t, 256> kIfSetByte = if_byte_table(true);
 
 // Where guest ESP lives in host code: r14d, or a borrowed register (swaps).
 thread_local ZydisRegister t_esp32 = ZYDIS_REGISTER_R14D;
@@ -1217,16 +1228,21 @@ TranslateStatus Translator::translate(std::uint32_t eip, TKey tkey, const CodeWi
       }
     } else if (cls == InsnClass::Stack) {
       const unsigned sz = insn.operand_width / 8;
-      if (inline_cli) {
-        // IF lives in byte 1 of ctx->sysflags (with TF, which is not supported).
-        ok = e.ins(ZYDIS_MNEMONIC_MOV, {M(ZYDIS_REGISTER_R15, offsetof(Context, sysflags) + 1, 1), I(0)});
-      } else if (inline_sti) {
-        // IF=1; with an interrupt waiting, leave *after the next instruction*:
-        // translate that one here, then the window exit.
-        ok = e.ins(ZYDIS_MNEMONIC_MOV, {M(ZYDIS_REGISTER_R15, offsetof(Context, sysflags) + 1, 1), I(2)});
-        sti_window_after_next = true;
+      if (inline_cli || inline_sti) {
+        // IF is bit 1 of sysflags' byte 1, beside TF, IOPL and NT: the new
+        // byte comes from a table (no AND/OR, which would change the guest's
+        // flags in host RFLAGS).  r12/r13 scratch.
+        ok = e.ins(ZYDIS_MNEMONIC_MOVZX, {R(ZYDIS_REGISTER_R12D), M(ZYDIS_REGISTER_R15, offsetof(Context, sysflags) + 1, 1)}) &&
+             e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_R13),
+                                        I(static_cast<std::int64_t>(reinterpret_cast<std::uintptr_t>(
+                                            inline_cli ? kIfClearedByte.data() : kIfSetByte.data())))}) &&
+             e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_R12B), M(ZYDIS_REGISTER_R13, 0, 1, ZYDIS_REGISTER_R12, 1)}) &&
+             e.ins(ZYDIS_MNEMONIC_MOV, {M(ZYDIS_REGISTER_R15, offsetof(Context, sysflags) + 1, 1), R(ZYDIS_REGISTER_R12B)});
+        // STI with an interrupt waiting: leave *after the next instruction*
+        // (translated here, then the window exit).
+        sti_window_after_next = inline_sti;
       } else if (inline_popf) {
-        constexpr std::int32_t kSysMask = 0x257200;  // IF IOPL NT AC ID (TF not supported)
+        constexpr std::int32_t kSysMask = 0x257300;  // TF IF IOPL NT AC ID
         ok = e.ins(ZYDIS_MNEMONIC_MOV, {R(kR13D), M(kR14D, 0, 4)}, true, true) &&
              e.ins(ZYDIS_MNEMONIC_LEA, {R(kR14D), M(ZYDIS_REGISTER_R14, 4, 0)}) &&
              e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_R12D), R(kR13D)}) &&
@@ -1235,10 +1251,24 @@ TranslateStatus Translator::translate(std::uint32_t eip, TKey tkey, const CodeWi
              e.ins(ZYDIS_MNEMONIC_AND, {R(kR11D), I(~kSysMask)}) &&
              e.ins(ZYDIS_MNEMONIC_OR, {R(kR11D), R(ZYDIS_REGISTER_R12D)}) &&
              e.ins(ZYDIS_MNEMONIC_MOV, {M(ZYDIS_REGISTER_R15, offsetof(Context, sysflags), 4), R(kR11D)}) &&
+             e.ins(ZYDIS_MNEMONIC_AND, {R(ZYDIS_REGISTER_R12D), I(0x100)}) &&  // TF, for after the POPFQ
              e.ins(ZYDIS_MNEMONIC_AND, {R(kR13D), I(0xcd5)}) &&
              e.ins(ZYDIS_MNEMONIC_OR, {R(kR13D), I(0x202)}) &&
              e.ins(ZYDIS_MNEMONIC_PUSH, {R(ZYDIS_REGISTER_R13)}) &&
              e.ins(ZYDIS_MNEMONIC_POPFQ, {});
+        // TF set: the next instruction is single-stepped by the dispatcher.
+        e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_R13), R(ZYDIS_REGISTER_RCX)});
+        e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_ECX), R(ZYDIS_REGISTER_R12D)});
+        e.b(0xe3);  // jrcxz no_tf
+        std::uint8_t* no_tf = e.pos();
+        e.b(0);
+        e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_RCX), R(ZYDIS_REGISTER_R13)});
+        store_ctx32(e, kOffNextEip, next);
+        store_ctx64(e, kOffReason, kExitDispatch);
+        store_ctx64(e, kOffPatch, 0);
+        e.jmp(exit_);
+        *no_tf = static_cast<std::uint8_t>(e.pos() - (no_tf + 1));
+        e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_RCX), R(ZYDIS_REGISTER_R13)});
         window_exit(next);
       } else if (inline_pushf) {
         // Merge host arithmetic flags with the monitor's system flags; flags

@@ -35,6 +35,9 @@ inline constexpr TKey kTKeyV86 = 128;     // EFLAGS.VM: the IOPL-sensitive instr
 // so every memory operand is checked against its segment's window in the
 // Context first and leaves through the limit-trap page (#GP(0), #SS(0)).
 inline constexpr TKey kTKeyLimits = 256;
+// EFLAGS.TF: every instruction is run alone by the dispatcher (an uncached
+// one-instruction block), which raises the single-step #DB after it.
+inline constexpr TKey kTKeyTrapFlag = 512;
 
 // A guest instruction as Zydis decodes it (kept with special blocks, so the
 // monitor decodes each emulated instruction once).

@@ -538,6 +538,24 @@ Block* Vcpu::lookup(std::uint32_t eip) {
 }
 
 Vcpu::StepResult Vcpu::step() {
+  // EFLAGS.TF at the start of an instruction: it runs alone, and a
+  // single-step #DB (a trap, DR6.BS) follows when it completed.
+  const bool traced_write_step = single_step_;
+  const bool trap_flag = (ctx_->sysflags & kEflagsTf) != 0;
+  if (!trap_flag) return step_instructions(traced_write_step);
+  single_step_ = true;
+  const std::uint64_t deliveries = deliveries_;
+  bool executed = false;
+  const StepResult r = step_instructions(traced_write_step, &executed);
+  if (r != StepResult::Continue || !executed || deliveries_ != deliveries) return r;
+  dr_[6] |= 0x4000;  // BS
+  return deliver_fault(GuestException{1, false, 0});
+}
+
+// One dispatcher step: a block of translated code (or one instruction of
+// the monitor's).  `executed`: set when the guest ran (not when a kick or an
+// interrupt poll at the block's entry left first).
+Vcpu::StepResult Vcpu::step_instructions(bool traced_write_step, bool* executed) {
   // Region block maps hold blocks of one flavour; the user/supervisor part of
   // the flavour follows the region view, the rest clears the maps on change.
   const TKey tk = flavour_key();
@@ -562,12 +580,13 @@ Vcpu::StepResult Vcpu::step() {
     ShadowMmu* s;
     bool on;
     ~EndStep() { if (on) s->end_write_through(); }
-  } end_step{shadow_.get(), stepping};
+  } end_step{shadow_.get(), traced_write_step};
   // A special block with an entry is run like any block: its monitor call
   // emulates it and goes on in translated code (no round trip per special
   // instruction after an exit).  Single-stepped ones have no entry.
   if (b->special && !b->entry) {
     ++counters_.special_exits;
+    if (executed) *executed = true;
     if (b->monitor_site)
       return run_monitor_site(b);
     else
@@ -580,6 +599,10 @@ Vcpu::StepResult Vcpu::step() {
   in_guest_ = true;
   const std::uint64_t reason = translator_->enter(ctx_, b->entry);
   in_guest_ = false;
+  // Not run: the entry poll left first; a write to a traced page runs again, alone.
+  if (executed)
+    *executed = reason != kExitInterrupt &&
+                !(reason == kExitFault && ctx_->fault_kind == FaultKind::ProtectedWrite);
   return dispatch_exit(reason, stepping);
 }
 

@@ -77,7 +77,7 @@ class Vcpu {
   PagingRegs paging() const {
     return PagingRegs{cr0_, cr3_, cr4_, efer_, cpl_ < 3 && (ctx_->sysflags & kEflagsAc) != 0};
   }
-  static constexpr std::uint32_t kEflagsAc = 0x40000, kEflagsVm = 0x20000;
+  static constexpr std::uint32_t kEflagsAc = 0x40000, kEflagsVm = 0x20000, kEflagsTf = 0x100;
   bool flat() const;
   unsigned cpl() const { return cpl_; }
   bool real_mode() const { return !(cr0_ & 1); }
@@ -92,6 +92,7 @@ class Vcpu {
   // --- dispatcher
   enum class StepResult { Continue, Stop, Shutdown, Error };
   StepResult step();
+  StepResult step_instructions(bool traced_write_step, bool* executed = nullptr);
   StepResult dispatch_exit(std::uint64_t reason, bool stepping);  // exit_dispatch.cpp
   // Looks at the platform (stop, CPU events, interrupt line, timer deadline);
   // true when run() must return Stopped.
@@ -107,7 +108,7 @@ class Vcpu {
   // monitor calls.
   TKey flavour_key() const {
     TKey k = ((cr0_ & 0xc) ? kTKeyFpuTrap : 0) | ((cpl_ == 1 || cpl_ == 2) ? kTKeyRing12 : 0) |
-             ((cr4_ & kCr4Smap) ? kTKeySmap : 0);
+             ((cr4_ & kCr4Smap) ? kTKeySmap : 0) | ((ctx_->sysflags & kEflagsTf) ? kTKeyTrapFlag : 0);
     if (segmented()) {
       k |= kTKeySegmented | (cs_.db ? 0 : kTKeyCode16) | (!ss_.unusable && !ss_.db ? kTKeyStack16 : 0);
       if (v86()) k |= kTKeyV86;
@@ -347,6 +348,7 @@ class Vcpu {
   std::uint8_t* poll_page() const { return reinterpret_cast<std::uint8_t*>(ctx_) + kPollOffset; }
   bool in_guest_ = false;
   bool in_run_ = false;
+  std::uint64_t deliveries_ = 0;  // events delivered (deliver()): an instruction that raised one did not complete
   bool single_step_ = false;  // run one uncached instruction (after a traced-page write)
   bool trace_ = false;  // MODEVISOR_BT_TRACE set: log exceptions at Trace level
   sigjmp_buf bug_jmp_;
