@@ -101,12 +101,21 @@ void Vcpu::sync_seg_bases() {
   ctx_->seg_base[3] = base(ds_);
   ctx_->seg_base[4] = base(fs_);
   ctx_->seg_base[5] = base(gs_);
+  // The windows follow the segment registers and the mode: recomputed only
+  // when those changed (this runs after every emulated instruction).
   const bool pm = !real_mode() && !v86();
+  const api::Segment* regs[6] = {&es_, &cs_, &ss_, &ds_, &fs_, &gs_};
+  bool same = windows_for_.valid && windows_for_.protected_mode == pm;
+  for (int i = 0; same && i < 6; ++i) same = std::memcmp(&windows_for_.segs[i], regs[i], sizeof(api::Segment)) == 0;
+  if (same) return;
+  windows_for_.valid = true;
+  windows_for_.protected_mode = pm;
+  for (int i = 0; i < 6; ++i) std::memcpy(&windows_for_.segs[i], regs[i], sizeof(api::Segment));
   ctx_->code_window = cs_.limit == 0xffffffffu ? OffsetWindow::range(0, OffsetWindow::kWrapEnd)
                                               : OffsetWindow::range(0, std::uint64_t{cs_.limit} + 1);
   limited_ = false;
   for (int i = 0; i < 6; ++i) {
-    const api::Segment& s = seg(i);
+    const api::Segment& s = *regs[i];
     const SegmentWindows w = segment_windows(s, pm);
     ctx_->seg_window[0][i] = w.read;
     ctx_->seg_window[1][i] = w.write;
@@ -790,14 +799,15 @@ void Vcpu::write(std::uint32_t la, unsigned size, std::uint32_t v, bool user) {
   write_phys(lin_to_phys(la, true, user, false), size, v);
 }
 
-// The stack pointer has SS.B's width: ESP, or SP wrapping at 64 KiB with
-// ESP's upper half kept.
 // From ss_ itself, not the Context's windows: event delivery and far
 // transfers push on a new stack before the windows are synced.
 void Vcpu::check_stack_access(std::uint32_t offset, unsigned size, bool write) {
   const SegmentWindows w = segment_windows(ss_, !real_mode() && !v86());
   if (!(write ? w.write : w.read).allows(offset, size)) raise(12, true, 0);
 }
+
+// The stack pointer has SS.B's width: ESP, or SP wrapping at 64 KiB with
+// ESP's upper half kept.
 
 void Vcpu::push32(std::uint32_t v) { push(v, 4); }
 

@@ -371,6 +371,11 @@ class Vcpu {
   std::array<RecentLookup, 16> recent_lookups_{};
   TKey tkey_ = 0;
   bool limited_ = false;  // a segment register limits its offsets (kTKeyLimits; sync_seg_bases)
+  struct WindowsFor {  // the segment registers and mode the Context's windows were computed for
+    bool valid = false;
+    bool protected_mode = false;
+    api::Segment segs[6];
+  } windows_for_;
   std::uint32_t translated_cs_limit_ = 0;  // the largest CS limit a cached kTKeyLimits block was translated under
   HostTick tick_;
   VcpuCounters counters_;
