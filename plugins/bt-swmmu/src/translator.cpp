@@ -993,22 +993,26 @@ TranslateStatus Translator::translate(std::uint32_t eip, TKey tkey, const CodeWi
     e.ins(ZYDIS_MNEMONIC_LEA, {R(kR14D), M(ZYDIS_REGISTER_R14, -static_cast<std::int64_t>(bytes), 0)});
   };
 
-  // If an interrupt was waiting for IF at dispatch, leave after opening IF.
-  // If an interrupt was waiting for IF at dispatch (ctx->irq_hint), leave
-  // at `resume` after IF was opened; flags untouched.
-  auto window_exit = [&](std::uint32_t resume) {
+  // Leave at `resume` with `reason` when the dword `value` (a register other
+  // than r13/RCX, or memory) is non-zero; flags untouched (JRCXZ, r13 scratch).
+  auto exit_if_nonzero = [&](Op value, std::uint32_t resume, std::uint64_t reason) {
     e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_R13), R(ZYDIS_REGISTER_RCX)});
-    e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_ECX), M(ZYDIS_REGISTER_R15, offsetof(Context, irq_hint), 4)});
-    e.b(0xe3);  // jrcxz no_hint
+    e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_ECX), value});
+    e.b(0xe3);  // jrcxz stay
     std::uint8_t* rel = e.pos();
     e.b(0);
     e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_RCX), R(ZYDIS_REGISTER_R13)});
     store_ctx32(e, kOffNextEip, resume);
-    store_ctx64(e, kOffReason, kExitStiWindow);
+    store_ctx64(e, kOffReason, static_cast<std::int32_t>(reason));
     store_ctx64(e, kOffPatch, 0);
     e.jmp(exit_);
     *rel = static_cast<std::uint8_t>(e.pos() - (rel + 1));
-    e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_RCX), R(ZYDIS_REGISTER_R13)});  // no_hint:
+    e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_RCX), R(ZYDIS_REGISTER_R13)});  // stay:
+  };
+  // If an interrupt was waiting for IF at dispatch (ctx->irq_hint), leave
+  // at `resume` after IF was opened.
+  auto window_exit = [&](std::uint32_t resume) {
+    exit_if_nonzero(M(ZYDIS_REGISTER_R15, offsetof(Context, irq_hint), 4), resume, kExitStiWindow);
   };
   // The instruction at `at` is the monitor's: a monitor call, in the cache.
   auto special_exit = [&](std::uint32_t at) {
@@ -1257,18 +1261,7 @@ TranslateStatus Translator::translate(std::uint32_t eip, TKey tkey, const CodeWi
              e.ins(ZYDIS_MNEMONIC_PUSH, {R(ZYDIS_REGISTER_R13)}) &&
              e.ins(ZYDIS_MNEMONIC_POPFQ, {});
         // TF set: the next instruction is single-stepped by the dispatcher.
-        e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_R13), R(ZYDIS_REGISTER_RCX)});
-        e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_ECX), R(ZYDIS_REGISTER_R12D)});
-        e.b(0xe3);  // jrcxz no_tf
-        std::uint8_t* no_tf = e.pos();
-        e.b(0);
-        e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_RCX), R(ZYDIS_REGISTER_R13)});
-        store_ctx32(e, kOffNextEip, next);
-        store_ctx64(e, kOffReason, kExitDispatch);
-        store_ctx64(e, kOffPatch, 0);
-        e.jmp(exit_);
-        *no_tf = static_cast<std::uint8_t>(e.pos() - (no_tf + 1));
-        e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_RCX), R(ZYDIS_REGISTER_R13)});
+        exit_if_nonzero(R(ZYDIS_REGISTER_R12D), next, kExitDispatch);
         window_exit(next);
       } else if (inline_pushf) {
         // Merge host arithmetic flags with the monitor's system flags; flags
