@@ -408,7 +408,7 @@ void Vcpu::write_linear(std::uint32_t la, const std::uint8_t* bytes, unsigned si
 // address plus the signed offset divided by 8 (up to +-256 MiB): run natively
 // on the stage that would be outside it.  The word holding the bit is read
 // (and written back) through the guest's page tables instead.
-bool Vcpu::emulate_mmio_bit_test(const ZydisDecodedInstruction& insn, const ZydisDecodedOperand* ops,
+bool Vcpu::emulate_bit_string_access(const ZydisDecodedInstruction& insn, const ZydisDecodedOperand* ops,
                                  std::uint32_t next) {
   const auto m = insn.mnemonic;
   if (m != ZYDIS_MNEMONIC_BT && m != ZYDIS_MNEMONIC_BTS && m != ZYDIS_MNEMONIC_BTR && m != ZYDIS_MNEMONIC_BTC)
@@ -549,7 +549,7 @@ bool Vcpu::emulate_mmio_native(std::uint32_t eip, const ZydisDecodedInstruction&
   if (mi < 0 || insn.mnemonic == ZYDIS_MNEMONIC_LEA) return false;
   const auto& op = ops[mi];
   // VSIB operands address a vector of places; a bit test's register offset
-  // reaches beyond its operand (emulate_mmio_bit_test handles it).
+  // reaches beyond its operand (emulate_bit_string_access handles it).
   if (op.mem.type != ZYDIS_MEMOP_TYPE_MEM) return false;
   const unsigned size = op.size / 8;
   if (size == 0 || size > MmioStage::kBytes) return false;
@@ -749,9 +749,9 @@ void Vcpu::emulate(std::uint32_t eip, bool mmio, Block* block) {
   };
   std::uint32_t new_eip = next;
 
-  if (mmio && (emulate_mmio_bit_test(insn, ops, next) || emulate_mmio_stack_or_branch(insn, ops, next))) return;
+  if (mmio && (emulate_bit_string_access(insn, ops, next) || emulate_mmio_stack_or_branch(insn, ops, next))) return;
   // Under segment limits a register bit offset's word is checked by the monitor (classify_segmented).
-  if ((tkey_ & kTKeyLimits) && emulate_mmio_bit_test(insn, ops, next)) return;
+  if ((tkey_ & kTKeyLimits) && emulate_bit_string_access(insn, ops, next)) return;
 
   switch (insn.mnemonic) {
     case ZYDIS_MNEMONIC_CLI:

@@ -225,7 +225,7 @@ class Vcpu {
                            Block* block = nullptr);
   // Instructions whose memory access is not just their operand, when that
   // memory is MMIO or unassigned: emulated here, never run on the stage.
-  bool emulate_mmio_bit_test(const ZydisDecodedInstruction& insn, const ZydisDecodedOperand* ops,
+  bool emulate_bit_string_access(const ZydisDecodedInstruction& insn, const ZydisDecodedOperand* ops,
                              std::uint32_t next);
   bool emulate_mmio_stack_or_branch(const ZydisDecodedInstruction& insn, const ZydisDecodedOperand* ops,
                                     std::uint32_t next);
