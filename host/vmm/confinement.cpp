@@ -1,6 +1,5 @@
 #include "vmm/confinement.hpp"
 
-#include <asm/prctl.h>
 #include <fcntl.h>
 #include <linux/landlock.h>
 #include <sys/stat.h>
@@ -169,9 +168,6 @@ Filter build_filter() {
   allow_if(ctx, "ioctl", SCMP_A1(SCMP_CMP_MASKED_EQ, 0xff00, 0xAE00));
   for (unsigned long request : {TCGETS, FIONREAD, FIONBIO, FIOCLEX})
     allow_if(ctx, "ioctl", SCMP_A1(SCMP_CMP_EQ, request));
-  // The BT engine keeps its region base in GS.
-  for (int code : {ARCH_SET_GS, ARCH_GET_GS, ARCH_SET_FS, ARCH_GET_FS})
-    allow_if(ctx, "arch_prctl", SCMP_A0(SCMP_CMP_EQ, static_cast<scmp_datum_t>(code)));
   // Thread names only.
   for (int option : {PR_SET_NAME, PR_GET_NAME}) allow_if(ctx, "prctl", SCMP_A0(SCMP_CMP_EQ, static_cast<scmp_datum_t>(option)));
   // Reading limits, never raising them.

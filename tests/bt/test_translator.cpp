@@ -59,7 +59,9 @@ Block* translate(Translator& t, const std::vector<std::uint8_t>& code, std::uint
 
 }  // namespace
 
-TEST(BtTranslator, ReencodesMemoryOperandsWithGsAndAddr32) {
+// Guest memory is [r12 + 32-bit offset], r12 the active region's base: a
+// base register with a displacement directly, an index through an LEA.
+TEST(BtTranslator, ReencodesMemoryOperandsAgainstTheRegionBaseRegister) {
   Translator t;
   // mov eax, [ebx+ecx*4+8]; mov [esp+4], edx; add dword [0x1234], 5; lea eax,[esp+8]; ret
   Block* b = translate(t, {0x8b, 0x44, 0x8b, 0x08, 0x89, 0x54, 0x24, 0x04, 0x83, 0x05, 0x34, 0x12, 0x00, 0x00,
@@ -68,12 +70,13 @@ TEST(BtTranslator, ReencodesMemoryOperandsWithGsAndAddr32) {
   ASSERT_FALSE(b->special);
   EXPECT_EQ(b->n_insns, 5u);
   auto code = join(disasm64(b->entry, b->host_size - (b->entry - b->host)));
-  EXPECT_NE(code.find("mov eax, gs:[ebx+ecx*4+0x08]"), std::string::npos) << code;
-  EXPECT_NE(code.find("mov gs:[r14d+0x04], edx"), std::string::npos) << code;
-  EXPECT_NE(code.find("add dword ptr gs:[0x0000000000001234], 0x05"), std::string::npos) << code;
+  EXPECT_NE(code.find("lea r13d, [ebx+ecx*4+0x08]\nmov eax, [r12+r13*1]"), std::string::npos) << code;
+  EXPECT_NE(code.find("mov [r12+r14*1+0x04], edx"), std::string::npos) << code;
+  EXPECT_NE(code.find("add dword ptr [r12+0x1234], 0x05"), std::string::npos) << code;
+  EXPECT_EQ(code.find("gs:"), std::string::npos) << "no segment override: " << code;
   EXPECT_EQ(code.find("rip"), std::string::npos) << code;
   EXPECT_NE(code.find("lea eax, [r14d+0x08]"), std::string::npos) << code;
-  EXPECT_NE(code.find("mov r13d, gs:[r14d]"), std::string::npos) << code;
+  EXPECT_NE(code.find("mov r13d, [r12+r14*1]"), std::string::npos) << code;
   EXPECT_EQ(code.find("??"), std::string::npos) << code;
 }
 
@@ -151,8 +154,22 @@ TEST(BtTranslator, AbsoluteAddressesAboveTwoGigabytesStay32Bit) {
   ASSERT_NE(b, nullptr);
   auto code = join(disasm64(b->entry, b->host_size - (b->entry - b->host)));
   EXPECT_NE(code.find("mov r13d, 0xC0001000"), std::string::npos) << code;
-  EXPECT_NE(code.find("mov ecx, gs:[r13d]"), std::string::npos) << code;
+  EXPECT_NE(code.find("mov ecx, [r12+r13*1]"), std::string::npos) << code;
   EXPECT_EQ(code.find("0xFFFFFFFF"), std::string::npos) << code;
+}
+
+// A small displacement goes straight into the host operand (a sum that
+// wraps lands in a region guard); a large negative one, as 32-bit kernels
+// write addresses >= 2 GiB ([reg + 0xc0000000]), is summed by an LEA, which
+// wraps at 4 GiB as the guest's CPU does.
+TEST(BtTranslator, LargeNegativeDisplacementsAreSummedByAnLea) {
+  Translator t;
+  // mov eax, [ebp-8]; mov ecx, [ebx+0xc0000000]; ret
+  Block* b = translate(t, {0x8b, 0x45, 0xf8, 0x8b, 0x8b, 0x00, 0x00, 0x00, 0xc0, 0xc3}, 0x8800);
+  ASSERT_NE(b, nullptr);
+  auto code = join(disasm64(b->entry, b->host_size - (b->entry - b->host)));
+  EXPECT_NE(code.find("mov eax, [r12+rbp*1-0x08]"), std::string::npos) << code;
+  EXPECT_NE(code.find("lea r13d, [ebx-0x40000000]\nmov ecx, [r12+r13*1]"), std::string::npos) << code;
 }
 
 TEST(BtTranslator, AddressSizePrefixMattersOnlyWithMemoryOperands) {
@@ -167,7 +184,9 @@ TEST(BtTranslator, AddressSizePrefixMattersOnlyWithMemoryOperands) {
   EXPECT_EQ(st, TranslateStatus::Special);
 }
 
-TEST(BtTranslator, HighByteRegistersWithScratchAddressedOperandsBorrowARegister) {
+// AH..BH cannot sit beside a REX prefix, which [r12 + ...] needs: the host
+// address goes into a borrowed legacy register (EBP, else ESI or EDI).
+TEST(BtTranslator, HighByteRegistersWithMemoryOperandsBorrowARegister) {
   Translator t;
   TranslateStatus st;
   // adc bh, [0x826feea7]; or fs:[esi-0x10], dh; mov ah, [esp+4]; ret
@@ -178,11 +197,13 @@ TEST(BtTranslator, HighByteRegistersWithScratchAddressedOperandsBorrowARegister)
   ASSERT_EQ(b->swaps.size(), 3u);
   EXPECT_FALSE(b->swaps[0].esp);
   EXPECT_FALSE(b->swaps[1].esp);
-  EXPECT_TRUE(b->swaps[2].esp);
+  EXPECT_FALSE(b->swaps[2].esp);
   EXPECT_EQ(b->swaps[1].reg, 5u);  // EBP: ESI is used by the instruction
   auto code = join(disasm64(b->entry, b->host_size - (b->entry - b->host)));
-  EXPECT_NE(code.find("adc bh, gs:[ebp]"), std::string::npos) << code;
-  EXPECT_NE(code.find("or gs:[ebp], dh"), std::string::npos) << code;
+  EXPECT_NE(code.find("lea rbp, [r12+r13*1]\nadc bh, [rbp]"), std::string::npos) << code;
+  EXPECT_NE(code.find("or [rbp], dh"), std::string::npos) << code;
+  EXPECT_NE(code.find("lea rbp, [r12+r14*1+0x04]\nmov ah, [rbp]"), std::string::npos) << code;
+  EXPECT_NE(code.find("mov r11, rbp"), std::string::npos) << "the guest's EBP meanwhile: " << code;
 }
 
 // A 16-bit operand size makes a near branch truncate EIP to 16 bits (and
@@ -232,11 +253,11 @@ TEST(BtTranslatorSegmented, SixteenBitAddressesWrapAndAddTheSegmentBaseAtRunTime
   EXPECT_NE(code.find("lea r13d, [ebx+esi*1+0x04]"), std::string::npos) << code;
   EXPECT_NE(code.find("movzx r13d, r13w"), std::string::npos) << code;
   EXPECT_NE(code.find("mov r9d, [r15+0x90]"), std::string::npos) << code;
-  EXPECT_NE(code.find("mov ax, gs:[r13d]"), std::string::npos) << code;
+  EXPECT_NE(code.find("mov ax, [r12+r13*1]"), std::string::npos) << code;
   EXPECT_NE(code.find("mov r9d, [r15+0x78]"), std::string::npos) << "ES base: " << code;
   // RET: an IP word from SS:SP (SS base at seg_base[2]), only SP changes.
   EXPECT_NE(code.find("mov r9d, [r15+0x88]"), std::string::npos) << code;
-  EXPECT_NE(code.find("movzx r11d, word ptr gs:[r9d]"), std::string::npos) << code;
+  EXPECT_NE(code.find("movzx r11d, word ptr [r12+r9*1]"), std::string::npos) << code;
   EXPECT_NE(code.find("mov r14w, r13w"), std::string::npos) << code;
 }
 
@@ -246,7 +267,7 @@ TEST(BtTranslatorSegmented, FlatCodeIsTranslatedAsBefore) {
   Block* b = translate(t, {0x8b, 0x43, 0x08, 0x50, 0xc3});
   ASSERT_NE(b, nullptr);
   const std::string code = join(disasm64(b->host, b->host_size));
-  EXPECT_NE(code.find("mov eax, gs:[ebx+0x08]"), std::string::npos) << code;
+  EXPECT_NE(code.find("mov eax, [r12+rbx*1+0x08]"), std::string::npos) << code;
   EXPECT_EQ(code.find("r9"), std::string::npos) << "no segment base in flat code: " << code;
   EXPECT_EQ(code.find("movzx r13d"), std::string::npos) << code;
 }

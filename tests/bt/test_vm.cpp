@@ -747,6 +747,45 @@ TEST(BtVm, AStackAboveGuestRamReadsAllOnesAndGoesOn) {
   EXPECT_EQ(m.plat.post, expected);
 }
 
+// Translated code adds a base register and a displacement in 64 bits
+// ([r12 + rbx + disp]); where the guest's 32-bit sum wraps past 4 GiB the
+// access lands in a region guard, and the monitor emulates the instruction
+// with the guest's wrap.  A site that wraps again becomes a monitor call.
+BT_GUEST_PROGRAM(wrap, 0x100000,
+  "  mov dword ptr [0x5000], 0x11223344\n"
+  "  mov dword ptr [0x5004], 0x55667788\n"
+  "  mov ebx, 0xfffff000\n"
+  "  xor edx, edx\n"
+  "  mov ecx, 100\n"
+  "1: add edx, [ebx + 0x6004]\n"      // above: wraps to 0x5004
+  "  loop 1b\n"
+  "  mov eax, edx\n"
+  "  out 0x80, eax\n"
+  "  mov eax, [ebx + 0x6000]\n"       // wraps to 0x5000
+  "  out 0x80, eax\n"
+  "  mov esi, 0x4ff8\n"
+  "  mov byte ptr [esi + 0x10], 0x99\n"  // no wrap: 0x5008
+  "  mov eax, [0x5008]\n"
+  "  out 0x80, eax\n"
+  "  mov esi, 4\n"
+  "  mov eax, [esi - 8]\n"            // below: wraps to 0xfffffffc, no RAM there
+  "  out 0x80, eax\n"
+  "  out 0xf4, al\n")
+
+TEST(BtVm, OffsetSumsThatWrapPast4GiBReachTheGuestsAddress) {
+  Machine m;
+  m.load(wrap_start, wrap_end);
+  RunExit r = m.run();
+  ASSERT_EQ(r.kind, ExitKind::Stopped) << r.diagnostic;
+  ASSERT_EQ(m.plat.post.size(), 4u);
+  EXPECT_EQ(m.plat.post[0], 100u * 0x55667788u);
+  EXPECT_EQ(m.plat.post[1], 0x11223344u);
+  EXPECT_EQ(m.plat.post[2] & 0xff, 0x99u);
+  EXPECT_EQ(m.plat.post[3], 0xffffffffu);  // unclaimed bus space reads all ones
+  EXPECT_GE(m.counter("bt.wrapped_accesses"), 3u);
+  EXPECT_LE(m.counter("bt.wrapped_accesses"), 6u) << "the loop's site became a monitor call";
+}
+
 TEST(BtVm, PageTablesOutsideRamFaultAndTripleFault) {
   Machine m;
   m.load(garbage_start, garbage_end);

@@ -28,6 +28,7 @@ enum class FaultKind : std::uint32_t {
   Mmio,            // access outside RAM: emulate the instruction
   ProtectedWrite,  // write to a traced page-table or code page: fault_addr = gpa
   Exception,       // other guest exception: fault_vector
+  Wrapped,         // an offset that wraps past 4 GiB reached a region guard: emulate the instruction
 };
 
 struct alignas(64) Context {
@@ -57,7 +58,10 @@ struct alignas(64) Context {
   // exit_reason and next_eip set).  No monitor_fn: a kExitSpecial exit.
   std::uint64_t monitor_fn;    // 0xd0 std::uint64_t (*)(void*) noexcept
   std::uint64_t monitor_obj;   // 0xd8
-  std::uint64_t pad1[4];
+  // The active shadow region's base (guest linear 0), held in host r12 by
+  // translated code: a CPL switch changes this word, not a kernel setting.
+  std::uint64_t region_base;   // 0xe0
+  std::uint64_t pad1[3];
   alignas(16) std::uint8_t guest_fx[512];  // 0x100
 
   // Set by the fault handler (monitor side only).
@@ -82,6 +86,7 @@ static_assert(offsetof(Context, indirect_hits) == 0xa8);
 static_assert(offsetof(Context, sysflags) == 0xb8);
 static_assert(offsetof(Context, fpu_load) == 0xc0);
 static_assert(offsetof(Context, monitor_fn) == 0xd0);
+static_assert(offsetof(Context, region_base) == 0xe0);
 static_assert(offsetof(Context, guest_fx) == 0x100);
 
 // Every block starts with a load from the poll page at r15 + kPollOffset.

@@ -51,6 +51,14 @@ Vcpu::StepResult Vcpu::dispatch_exit(std::uint64_t reason, bool stepping) {
           note_fault_site(eip_, AdaptiveSites::Fault::Mmio);
           emulate(eip_, true);
           break;
+        case FaultKind::Wrapped:
+          // The host summed register and displacement in 64 bits; the
+          // monitor's emulation wraps at 4 GiB as the guest's CPU does.  A
+          // site that wraps again is handed to the monitor (adaptive).
+          ++counters_.wrapped_accesses;
+          note_fault_site(eip_, AdaptiveSites::Fault::PageFault);
+          emulate(eip_, true);
+          break;
         case FaultKind::ProtectedWrite: {
           // Drop what was derived from the page, then let the writing
           // instruction run alone with the page writable.

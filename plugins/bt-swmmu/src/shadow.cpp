@@ -169,7 +169,7 @@ ShadowMmu::ShadowMmu(std::uint8_t* ram, std::uint64_t ram_size, int fd) : fd_(fd
 
 ShadowMmu::~ShadowMmu() {
   for (auto& r : regions_) {
-    munmap(r->base, kRegionSize + kRegionGuard);
+    munmap(r->base - kGuardBelow, kReservation);
     munmap(r->fast, kFastTableBytes);
   }
 }
@@ -202,14 +202,14 @@ Region* ShadowMmu::activate(const RegionKey& key) {
   }
   auto r = std::make_unique<Region>();
   r->key = key;
-  void* base = mmap(nullptr, kRegionSize + kRegionGuard, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-  if (base == MAP_FAILED) throw std::runtime_error("bt-swmmu: cannot reserve a 4 GiB shadow region");
+  void* base = mmap(nullptr, kReservation, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (base == MAP_FAILED) throw std::runtime_error("bt-swmmu: cannot reserve a 4 GiB shadow region and its guards");
   void* fast = mmap(nullptr, kFastTableBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (fast == MAP_FAILED) {
-    munmap(base, kRegionSize + kRegionGuard);
+    munmap(base, kReservation);
     throw std::runtime_error("bt-swmmu: cannot allocate a lookup table");
   }
-  r->base = static_cast<std::uint8_t*>(base);
+  r->base = static_cast<std::uint8_t*>(base) + kGuardBelow;
   r->fast = static_cast<FastEntry*>(fast);
   r->last_use = clock_;
   active_ = r.get();
@@ -230,6 +230,16 @@ bool ShadowMmu::contains(const void* host_addr, Region** region, std::uint32_t* 
   return false;
 }
 
+bool ShadowMmu::in_guard(const Region* r, const void* host_addr, std::uint32_t* la) {
+  const auto a = reinterpret_cast<std::uintptr_t>(host_addr);
+  const auto b = reinterpret_cast<std::uintptr_t>(r->base);
+  const bool below = a < b && b - a <= kGuardBelow;
+  const bool above = a >= b + kRegionSize && a - b < kRegionSize + kGuardAbove;
+  if (!below && !above) return false;
+  *la = static_cast<std::uint32_t>(a - b);  // the 32-bit sum the guest formed
+  return true;
+}
+
 void ShadowMmu::destroy(Region* r) {
   note_block_maps_changed();
   for (auto& [la, m] : r->maps) {
@@ -238,7 +248,7 @@ void ShadowMmu::destroy(Region* r) {
   }
   for (auto& [pt, v] : derived_)
     v.erase(std::remove_if(v.begin(), v.end(), [&](auto& e) { return e.first == r; }), v.end());
-  munmap(r->base, kRegionSize + kRegionGuard);
+  munmap(r->base - kGuardBelow, kReservation);
   munmap(r->fast, kFastTableBytes);
   if (active_ == r) active_ = nullptr;
 }

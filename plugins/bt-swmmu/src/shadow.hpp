@@ -5,7 +5,10 @@
 // physical page P is an mmap(MAP_FIXED|MAP_SHARED) of the guest-RAM memfd at
 // offset P into region_base + LA, with the protection the guest's tables
 // allow for the region's privilege view.  Translated code reaches guest memory
-// as gs:[LA] with GS base = region base, so the host MMU does the work.
+// as [r12 + LA] with r12 = region base (Context::region_base), so the host MMU
+// does the work.  Guards of 2 GiB on either side, never mapped, catch a
+// register + displacement whose 32-bit sum would wrap (the host adds in 64
+// bits): the fault handler has the monitor emulate that instruction.
 #pragma once
 
 #include <cstdint>
@@ -112,7 +115,10 @@ class ShadowMmu {
  public:
   static constexpr std::size_t kMaxRegions = 64;
   static constexpr std::uint64_t kRegionSize = 1ull << 32;
-  static constexpr std::uint64_t kRegionGuard = 1ull << 16;  // never mapped: catches accesses wrapping past 4 GiB
+  // Never mapped: [region base + 32-bit register + disp32] lands in them when the guest's sum wraps.
+  static constexpr std::uint64_t kGuardBelow = 1ull << 31;
+  static constexpr std::uint64_t kGuardAbove = (1ull << 31) + (1ull << 16);  // + the widest access
+  static constexpr std::uint64_t kReservation = kGuardBelow + kRegionSize + kGuardAbove;
 
   ShadowMmu(std::uint8_t* ram, std::uint64_t ram_size, int fd);
   ~ShadowMmu();
@@ -125,6 +131,8 @@ class ShadowMmu {
   Region* activate(const RegionKey& key);
   Region* active() const { return active_; }
   bool contains(const void* host_addr, Region** region, std::uint32_t* la) const;
+  // Whether `host_addr` is in a guard of `r`; `la` = the guest linear address it wraps to.
+  static bool in_guard(const Region* r, const void* host_addr, std::uint32_t* la);
 
   // Handle an access fault at `la` in `r`.  On GuestFault, *out is the #PF
   // error code; on Mmio/ProtectedWrite, *out is the guest-physical address.

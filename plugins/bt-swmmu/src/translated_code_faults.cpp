@@ -1,6 +1,7 @@
 // Host signals in translated code, turned into exits: a fault on a shadow
 // page (filled here when the guest's tables allow it, else a guest #PF, an
-// MMIO access or a write to a traced page), the poll page (a kick or the
+// MMIO access or a write to a traced page), a region guard (an offset sum
+// that wraps past 4 GiB, emulated), the poll page (a kick or the
 // tick), and #DE/#UD/#GP-class traps.  Runs in signal context: no
 // allocation on the paths that return to the guest.
 #include <signal.h>
@@ -48,7 +49,7 @@ bool Vcpu::handle_signal(int sig, void* info, void* uctx) {
       if (off >= sw.begin && off < sw.end) {  // guest ESP is in the borrowed register
         static const int host_reg[8] = {REG_RAX, REG_RCX, REG_RDX, REG_RBX, REG_RSP, REG_RBP, REG_RSI, REG_RDI};
         if (sw.esp) ctx_->gpr[4] = static_cast<std::uint32_t>(g[host_reg[sw.reg]]);
-        ctx_->gpr[sw.reg] = static_cast<std::uint32_t>(g[REG_R12]);
+        ctx_->gpr[sw.reg] = static_cast<std::uint32_t>(g[REG_R11]);
       }
     }
     ctx_->fault_kind = kind;
@@ -100,7 +101,9 @@ bool Vcpu::handle_signal(int sig, void* info, void* uctx) {
         bug_message_ = msg;
         return leave(FaultKind::Exception, 0, 0, 0x100);
       }
-      return leave(FaultKind::Exception, 0, 0, 13);  // e.g. an access wrapping past 4 GiB
+      if (region_ != nullptr && ShadowMmu::in_guard(region_, si->si_addr, &la))
+        return leave(FaultKind::Wrapped, la, 0, 0);  // a 32-bit offset sum that wraps: the monitor's
+      return leave(FaultKind::Exception, 0, 0, 13);
     }
     case SIGFPE: return leave(FaultKind::Exception, 0, 0, 0);
     case SIGILL: return leave(FaultKind::Exception, 0, 0, 6);

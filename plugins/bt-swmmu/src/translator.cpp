@@ -26,6 +26,10 @@ using encode::M;
 using encode::Op;
 using encode::R;
 
+// Translated code holds the active shadow region's base in r12 (loaded from
+// Context::region_base on every entry into the cache and after a monitor call).
+constexpr ZydisRegister kRegionBase = ZYDIS_REGISTER_R12;
+
 class Emitter {
  public:
   Emitter(std::uint8_t* p, std::uint8_t* end) : start_(p), p_(p), end_(end) {}
@@ -43,17 +47,23 @@ class Emitter {
   void d(std::uint32_t v) {
     for (int i = 0; i < 4; ++i) b(static_cast<std::uint8_t>(v >> (8 * i)));
   }
-  // Encode one instruction; `gs` adds the GS segment, `a32` the 32-bit address size.
-  bool ins(ZydisMnemonic m, std::initializer_list<Op> ops, bool gs = false, bool a32 = false) {
+  // Encode one instruction.  `guest`: its memory operand is guest memory, an
+  // offset [r32 + disp] (zero-extended in a host register) into the active
+  // shadow region, which becomes [r12 + r64 + disp].  `a32`: the 32-bit
+  // address size (LEA).
+  bool ins(ZydisMnemonic m, std::initializer_list<Op> ops, bool guest = false, bool a32 = false) {
     ZydisEncoderRequest req;
     std::memset(&req, 0, sizeof(req));
     req.machine_mode = ZYDIS_MACHINE_MODE_LONG_64;
     req.mnemonic = m;
     req.operand_count = static_cast<ZyanU8>(ops.size());
     int i = 0;
-    for (auto& o : ops) req.operands[i++] = o.o;
-    if (gs) req.prefixes |= ZYDIS_ATTRIB_HAS_SEGMENT_GS;
-    if (a32) req.address_size_hint = ZYDIS_ADDRESS_SIZE_HINT_32;
+    for (auto& o : ops) {
+      req.operands[i] = o.o;
+      if (guest) in_region(req.operands[i]);
+      ++i;
+    }
+    if (a32 && !guest) req.address_size_hint = ZYDIS_ADDRESS_SIZE_HINT_32;
     if (m == ZYDIS_MNEMONIC_LEA && req.operands[1].mem.size == 0) {
       // The encoder wants the memory operand size of LEA to match the address size.
       for (ZyanU16 sz : {8, 4, 2}) {
@@ -94,6 +104,16 @@ class Emitter {
     auto t = reinterpret_cast<std::intptr_t>(target);
     auto next = reinterpret_cast<std::intptr_t>(p_) + 4;
     d(static_cast<std::uint32_t>(static_cast<std::int32_t>(t - next)));
+  }
+  // [r32 + disp] -> [r12 + r64 + disp] (r12: the region base); operands
+  // already region-relative (host_mem's) or host addresses stay.
+  static void in_region(ZydisEncoderOperand& o) {
+    if (o.type != ZYDIS_OPERAND_TYPE_MEMORY || o.mem.index != ZYDIS_REGISTER_NONE ||
+        ZydisRegisterGetClass(o.mem.base) != ZYDIS_REGCLASS_GPR32)
+      return;
+    o.mem.index = ZydisRegisterGetLargestEnclosing(ZYDIS_MACHINE_MODE_LONG_64, o.mem.base);
+    o.mem.scale = 1;
+    o.mem.base = kRegionBase;
   }
   static void patch_rel32(std::uint8_t* site, const void* target) {
     auto t = reinterpret_cast<std::intptr_t>(target);
@@ -408,27 +428,44 @@ bool check_branch_target(Emitter& e, ZydisRegister at) {
   return check_window_at(e, offsetof(Context, code_window), at, 1, 13);
 }
 
-// Segmented flavour: the operand becomes gs:[r13d] (with the address-size
-// prefix), r13d = segment base + offset, its window checked first.
+// A host operand [r12 + offset + disp] of `size` bytes: guest linear address
+// offset + disp in the active region (offset: a zero-extended 64-bit register
+// or none).
+void region_operand(ZydisEncoderOperand* out, unsigned size, ZydisRegister offset, std::int64_t disp) {
+  out->type = ZYDIS_OPERAND_TYPE_MEMORY;
+  out->mem.size = static_cast<ZyanU16>(size);
+  out->mem.base = kRegionBase;
+  out->mem.index = offset;
+  out->mem.scale = offset == ZYDIS_REGISTER_NONE ? 0 : 1;
+  out->mem.displacement = disp;
+}
+
+// Segmented flavour: the operand becomes [r12 + r13], r13d = segment base +
+// offset, its window checked first.
 bool segmented_mem(Emitter& e, const ZydisDecodedOperand& op, ZydisEncoderOperand* out, std::int64_t extra_disp) {
   const int sreg = op.mem.segment - ZYDIS_REGISTER_ES;
   if (!segmented_offset(e, op, extra_disp) ||
       !check_window(e, sreg, op.size / 8, (op.actions & ZYDIS_OPERAND_ACTION_MASK_WRITE) != 0) ||
       !add_segment_base(e, op.mem.segment))
     return false;
-  out->type = ZYDIS_OPERAND_TYPE_MEMORY;
-  out->mem.size = static_cast<ZyanU16>(op.size / 8);
-  out->mem.base = ZYDIS_REGISTER_R13D;
-  out->mem.index = ZYDIS_REGISTER_NONE;
-  out->mem.scale = 0;
-  out->mem.displacement = 0;
+  region_operand(out, op.size / 8, ZYDIS_REGISTER_R13, 0);
   return e.ok();
 }
 
-// Rewrite a guest memory operand into a host one addressing gs:[32-bit EA].
-// FS/GS-relative guest accesses add the guest segment base at run time
-// (r12/r13 scratch); DS/ES/SS/CS are flat in the flat flavour (the
-// segmented one adds every base: segmented_mem).
+// A displacement at or above this below zero goes straight into the host
+// operand [r12 + base + disp]: its 32-bit sum with the base wraps only for a
+// base that small (a guard catches it).  Larger negative ones (a 32-bit
+// kernel's addresses >= 2 GiB as [reg + 0xc0000000]) wrap routinely and are
+// summed by an LEA, which wraps as the guest does.
+constexpr std::int64_t kDirectDispFloor = -65536;
+
+// Rewrite a guest memory operand into a host one addressing the active
+// region, [r12 + 32-bit offset].  A base register with a displacement is
+// used directly (a wrapping sum lands in a guard: the monitor emulates that
+// instruction); an index or a large negative displacement is summed by an
+// LEA into r13d first.  FS/GS-relative guest accesses add the guest segment
+// base at run time (r9/r13 scratch); DS/ES/SS/CS are flat in the flat
+// flavour (the segmented one adds every base: segmented_mem).
 bool host_mem(Emitter& e, const ZydisDecodedOperand& op, ZydisEncoderOperand* out, std::int64_t extra_disp = 0) {
   ZydisRegister base = rename(op.mem.base);
   ZydisRegister index = rename(op.mem.index);
@@ -445,36 +482,30 @@ bool host_mem(Emitter& e, const ZydisDecodedOperand& op, ZydisEncoderOperand* ou
     return e.ok();
   }
   if (t_seg.on) return segmented_mem(e, op, out, extra_disp);
-  if (op.mem.segment == ZYDIS_REGISTER_FS || op.mem.segment == ZYDIS_REGISTER_GS) {
-    const int seg = op.mem.segment == ZYDIS_REGISTER_FS ? 4 : 5;
-    if (base == ZYDIS_REGISTER_NONE && index == ZYDIS_REGISTER_NONE) {
-      e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_R13D), I(static_cast<std::int32_t>(disp))});
-    } else {
-      e.ins(ZYDIS_MNEMONIC_LEA, {R(ZYDIS_REGISTER_R13D), M(base, disp, 0, index, op.mem.scale)}, false, true);
+  const unsigned size = op.size / 8;
+  const bool fs_gs = op.mem.segment == ZYDIS_REGISTER_FS || op.mem.segment == ZYDIS_REGISTER_GS;
+  if (!fs_gs && index == ZYDIS_REGISTER_NONE) {
+    if (base == ZYDIS_REGISTER_NONE && disp >= 0) {  // an absolute address below 2 GiB
+      region_operand(out, size, ZYDIS_REGISTER_NONE, disp);
+      return true;
     }
-    e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_R12D), M(ZYDIS_REGISTER_R15, offsetof(Context, seg_base) + 8 * seg, 4)});
-    e.ins(ZYDIS_MNEMONIC_LEA, {R(ZYDIS_REGISTER_R13D), M(ZYDIS_REGISTER_R13, 0, 0, ZYDIS_REGISTER_R12, 1)});
-    out->mem.base = ZYDIS_REGISTER_R13D;
-    out->mem.index = ZYDIS_REGISTER_NONE;
-    out->mem.scale = 0;
-    out->mem.displacement = 0;
-    return e.ok();
+    if (base != ZYDIS_REGISTER_NONE && disp >= kDirectDispFloor) {
+      region_operand(out, size, ZydisRegisterGetLargestEnclosing(ZYDIS_MACHINE_MODE_LONG_64, base), disp);
+      return true;
+    }
   }
-  if (base == ZYDIS_REGISTER_NONE && index == ZYDIS_REGISTER_NONE && disp < 0) {
-    // An absolute address >= 2 GiB: the encoder would sign-extend a
-    // [disp32] without the address-size prefix, so go through r13d.
-    e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_R13D), I(disp)});
-    out->mem.base = ZYDIS_REGISTER_R13D;
-    out->mem.index = ZYDIS_REGISTER_NONE;
-    out->mem.scale = 0;
-    out->mem.displacement = 0;
-    return e.ok();
+  if (base == ZYDIS_REGISTER_NONE && index == ZYDIS_REGISTER_NONE) {
+    e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_R13D), I(static_cast<std::int32_t>(disp))});
+  } else {
+    e.ins(ZYDIS_MNEMONIC_LEA, {R(ZYDIS_REGISTER_R13D), M(base, disp, 0, index, op.mem.scale)}, false, true);
   }
-  out->mem.base = base;
-  out->mem.index = index;
-  out->mem.scale = index == ZYDIS_REGISTER_NONE ? 0 : op.mem.scale;
-  out->mem.displacement = disp;
-  return true;
+  if (fs_gs) {
+    const int seg = op.mem.segment == ZYDIS_REGISTER_FS ? 4 : 5;
+    e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_R9D), M(ZYDIS_REGISTER_R15, offsetof(Context, seg_base) + 8 * seg, 4)});
+    e.ins(ZYDIS_MNEMONIC_LEA, {R(ZYDIS_REGISTER_R13D), M(ZYDIS_REGISTER_R13, 0, 0, ZYDIS_REGISTER_R9, 1)});
+  }
+  region_operand(out, size, ZYDIS_REGISTER_R13, 0);
+  return e.ok();
 }
 
 bool insn_uses(const ZydisDecodedInstruction& insn, const ZydisDecodedOperand* ops, ZydisRegister c) {
@@ -512,7 +543,6 @@ bool reencode(Emitter& e, const ZydisDecodedInstruction& insn, const ZydisDecode
   req.prefixes &= ~(ZYDIS_ATTRIB_HAS_SEGMENT | ZYDIS_ATTRIB_HAS_SEGMENT_CS | ZYDIS_ATTRIB_HAS_SEGMENT_SS |
                     ZYDIS_ATTRIB_HAS_SEGMENT_DS | ZYDIS_ATTRIB_HAS_SEGMENT_ES | ZYDIS_ATTRIB_HAS_SEGMENT_FS |
                     ZYDIS_ATTRIB_HAS_SEGMENT_GS | ZYDIS_ATTRIB_HAS_ADDRESSSIZE);
-  bool has_mem = false;
   for (unsigned i = 0; i < req.operand_count; ++i) {
     auto& o = req.operands[i];
     if (o.type == ZYDIS_OPERAND_TYPE_REGISTER) {
@@ -526,35 +556,35 @@ bool reencode(Emitter& e, const ZydisDecodedInstruction& insn, const ZydisDecode
       }
       // Find the decoded operand for this memory operand (same position).
       if (!host_mem(e, ops[i], &o)) return false;
-      if (o.mem.base != ZYDIS_REGISTER_R13) has_mem = true;
     }
-  }
-  if (has_mem) {
-    req.prefixes |= ZYDIS_ATTRIB_HAS_SEGMENT_GS;
-    req.address_size_hint = ZYDIS_ADDRESS_SIZE_HINT_32;
   }
   std::uint8_t* before = e.pos();
   if (e.raw(req)) return true;
   if (!e.enc_failed() || !swaps) return false;
-  // An r13d-based operand next to AH..BH: move the address into a borrowed register.
+  // A memory operand needs REX (r12, r13, r14), which AH..BH cannot have:
+  // the host address goes into a borrowed legacy register (its guest value
+  // in r11 meanwhile).
   int mi = -1;
   for (unsigned i = 0; i < req.operand_count; ++i)
-    if (req.operands[i].type == ZYDIS_OPERAND_TYPE_MEMORY &&
-        (req.operands[i].mem.base == ZYDIS_REGISTER_R13D || req.operands[i].mem.base == ZYDIS_REGISTER_R13))
-      mi = static_cast<int>(i);
+    if (req.operands[i].type == ZYDIS_OPERAND_TYPE_MEMORY) mi = static_cast<int>(i);
   if (mi < 0) return false;
-  const bool wide = req.operands[mi].mem.base == ZYDIS_REGISTER_R13;  // redirected host address
   for (int c = 0; c < 3; ++c) {
     if (insn_uses(insn, ops, kBorrow32[c])) continue;
     e.reset_to(before);
-    e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_R12), R(kBorrow64[c])});
-    if (wide) e.ins(ZYDIS_MNEMONIC_MOV, {R(kBorrow64[c]), R(ZYDIS_REGISTER_R13)});
-    else e.ins(ZYDIS_MNEMONIC_MOV, {R(kBorrow32[c]), R(ZYDIS_REGISTER_R13D)});
+    ZydisEncoderOperand address = req.operands[mi];
+    address.mem.size = 0;
+    Op address_op;
+    address_op.o = address;
+    e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_R11), R(kBorrow64[c])});
+    e.ins(ZYDIS_MNEMONIC_LEA, {R(kBorrow64[c]), address_op});
     const std::uint32_t begin = e.off();
-    req.operands[mi].mem.base = wide ? kBorrow64[c] : kBorrow32[c];
+    req.operands[mi].mem.base = kBorrow64[c];
+    req.operands[mi].mem.index = ZYDIS_REGISTER_NONE;
+    req.operands[mi].mem.scale = 0;
+    req.operands[mi].mem.displacement = 0;
     if (!e.raw(req)) return false;
     const std::uint32_t end = e.off();
-    e.ins(ZYDIS_MNEMONIC_MOV, {R(kBorrow64[c]), R(ZYDIS_REGISTER_R12)});
+    e.ins(ZYDIS_MNEMONIC_MOV, {R(kBorrow64[c]), R(ZYDIS_REGISTER_R11)});
     swaps->push_back({begin, end, kBorrowIdx[c], false});
     return e.ok() && !e.enc_failed();
   }
@@ -734,6 +764,9 @@ void Translator::emit_routines() {
     e.d(static_cast<std::uint32_t>(v));
     e.d(static_cast<std::uint32_t>(v >> 32));
   };
+  auto load_region_base = [&] {
+    e.ins(ZYDIS_MNEMONIC_MOV, {R(kRegionBase), M(ZYDIS_REGISTER_R15, offsetof(Context, region_base), 8)});
+  };
   // The guest's FPU/SSE state is loaded lazily: only a block that has an
   // FPU/SSE instruction calls [r15 + fpu_load], which loads it once and then
   // points at a bare RET; exits that find it unloaded skip FXSAVE.  Flags
@@ -782,6 +815,7 @@ void Translator::emit_routines() {
   e.ins(ZYDIS_MNEMONIC_PUSH, {M(ZYDIS_REGISTER_R15, offsetof(Context, rflags), 8)});
   e.ins(ZYDIS_MNEMONIC_POPFQ, {});
   for (int i = 0; i < 8; ++i) e.ins(ZYDIS_MNEMONIC_MOV, {R(g32[i]), M(ZYDIS_REGISTER_R15, gpr(i), 4)});
+  load_region_base();
   e.ins(ZYDIS_MNEMONIC_JMP, {R(ZYDIS_REGISTER_R13)});
   // exit: guest state in host registers
   exit_ = e.pos();
@@ -816,11 +850,11 @@ void Translator::emit_routines() {
   store_ctx64(e, kOffPatch, 0);
   e.jmp(exit_signal_);
   *have_monitor = static_cast<std::uint8_t>(e.pos() - (have_monitor + 1));
-  e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_R12), R(ZYDIS_REGISTER_RSP)});  // callee-saved
+  e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_RBX), R(ZYDIS_REGISTER_RSP)});  // callee-saved (guest EBX is in the context)
   e.ins(ZYDIS_MNEMONIC_AND, {R(ZYDIS_REGISTER_RSP), I(-16)});
   e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_RDI), M(ZYDIS_REGISTER_R15, offsetof(Context, monitor_obj), 8)});
   e.ins(ZYDIS_MNEMONIC_CALL, {M(ZYDIS_REGISTER_R15, offsetof(Context, monitor_fn), 8)});
-  e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_RSP), R(ZYDIS_REGISTER_R12)});
+  e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_RSP), R(ZYDIS_REGISTER_RBX)});
   e.ins(ZYDIS_MNEMONIC_TEST, {R(ZYDIS_REGISTER_RAX), R(ZYDIS_REGISTER_RAX)});
   e.b(0x0f);  // jz exit_signal_ (registers are in the context already)
   e.b(0x84);
@@ -829,6 +863,7 @@ void Translator::emit_routines() {
   e.ins(ZYDIS_MNEMONIC_PUSH, {M(ZYDIS_REGISTER_R15, offsetof(Context, rflags), 8)});
   e.ins(ZYDIS_MNEMONIC_POPFQ, {});
   for (int i = 0; i < 8; ++i) e.ins(ZYDIS_MNEMONIC_MOV, {R(g32[i]), M(ZYDIS_REGISTER_R15, gpr(i), 4)});
+  load_region_base();  // the monitor may have switched regions (a CPL change)
   e.ins(ZYDIS_MNEMONIC_JMP, {R(ZYDIS_REGISTER_R13)});
   if (!e.ok()) throw std::runtime_error("bt-swmmu: emitting the entry/exit routines failed");
   cur_ = e.pos();
@@ -953,7 +988,7 @@ TranslateStatus Translator::translate(std::uint32_t eip, TKey tkey, const CodeWi
       e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_R11), I(static_cast<std::int64_t>(fast_key(cs_base, 0)))});
       e.ins(ZYDIS_MNEMONIC_LEA, {R(ZYDIS_REGISTER_R13), M(ZYDIS_REGISTER_R13, 0, 0, ZYDIS_REGISTER_R11, 1)});
     }
-    e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_R12), R(ZYDIS_REGISTER_RCX)});
+    e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_R10), R(ZYDIS_REGISTER_RCX)});
     e.ins(ZYDIS_MNEMONIC_MOVZX, {R(ZYDIS_REGISTER_ECX), R(ZYDIS_REGISTER_R13W)});
     e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_R11), M(ZYDIS_REGISTER_R15, kOffFast, 8)});
     e.ins(ZYDIS_MNEMONIC_LEA, {R(ZYDIS_REGISTER_R11), M(ZYDIS_REGISTER_R11, 0, 0, ZYDIS_REGISTER_RCX, 8)});
@@ -964,7 +999,7 @@ TranslateStatus Translator::translate(std::uint32_t eip, TKey tkey, const CodeWi
     std::uint8_t* rel = e.pos();
     e.b(0);
     // miss
-    e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_RCX), R(ZYDIS_REGISTER_R12)});
+    e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_RCX), R(ZYDIS_REGISTER_R10)});
     if (cs_base != 0)  // back to the EIP (the key's low half is the linear address)
       e.ins(ZYDIS_MNEMONIC_LEA, {R(kR13D), M(ZYDIS_REGISTER_R13, static_cast<std::int32_t>(0u - cs_base), 0)});
     e.ins(ZYDIS_MNEMONIC_MOV, {M(ZYDIS_REGISTER_R15, kOffNextEip, 4), R(ZYDIS_REGISTER_R13D)});
@@ -973,10 +1008,10 @@ TranslateStatus Translator::translate(std::uint32_t eip, TKey tkey, const CodeWi
     e.jmp(exit_);
     *rel = static_cast<std::uint8_t>(e.pos() - (rel + 1));
     // hit
-    e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_RCX), R(ZYDIS_REGISTER_R12)});
-    e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_R12), M(ZYDIS_REGISTER_R15, kOffHits, 8)});
-    e.ins(ZYDIS_MNEMONIC_LEA, {R(ZYDIS_REGISTER_R12), M(ZYDIS_REGISTER_R12, 1, 0)});
-    e.ins(ZYDIS_MNEMONIC_MOV, {M(ZYDIS_REGISTER_R15, kOffHits, 8), R(ZYDIS_REGISTER_R12)});
+    e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_RCX), R(ZYDIS_REGISTER_R10)});
+    e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_R10), M(ZYDIS_REGISTER_R15, kOffHits, 8)});
+    e.ins(ZYDIS_MNEMONIC_LEA, {R(ZYDIS_REGISTER_R10), M(ZYDIS_REGISTER_R10, 1, 0)});
+    e.ins(ZYDIS_MNEMONIC_MOV, {M(ZYDIS_REGISTER_R15, kOffHits, 8), R(ZYDIS_REGISTER_R10)});
     e.ins(ZYDIS_MNEMONIC_JMP, {M(ZYDIS_REGISTER_R11, 8, 8)});
   };
   // Load the value of operand `op` (register or memory) into r13d.
@@ -1126,7 +1161,7 @@ TranslateStatus Translator::translate(std::uint32_t eip, TKey tkey, const CodeWi
         for (int c = 0; c < 3 && !ok; ++c) {
           if (used(cand32[c])) continue;
           e.reset_to(insn_start);
-          e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_R12), R(cand64[c])});
+          e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_R11), R(cand64[c])});
           e.ins(ZYDIS_MNEMONIC_MOV, {R(cand32[c]), R(kR14D)});
           const std::uint32_t begin = e.off();
           t_esp32 = cand32[c];
@@ -1136,7 +1171,7 @@ TranslateStatus Translator::translate(std::uint32_t eip, TKey tkey, const CodeWi
           t_esp16 = ZYDIS_REGISTER_R14W;
           const std::uint32_t end = e.off();
           e.ins(ZYDIS_MNEMONIC_MOV, {R(kR14D), R(cand32[c])});
-          e.ins(ZYDIS_MNEMONIC_MOV, {R(cand64[c]), R(ZYDIS_REGISTER_R12)});
+          e.ins(ZYDIS_MNEMONIC_MOV, {R(cand64[c]), R(ZYDIS_REGISTER_R11)});
           if (ok && !e.enc_failed()) b->swaps.push_back({begin, end, cand_idx[c]});
           else ok = false;
         }
@@ -1211,17 +1246,17 @@ TranslateStatus Translator::translate(std::uint32_t eip, TKey tkey, const CodeWi
             ok = e.ins(ZYDIS_MNEMONIC_LEA, {R(kR13D), M(ZYDIS_REGISTER_RCX, -1, 0)}) &&
                  e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_CX), R(ZYDIS_REGISTER_R13W)});
           }
-          ok = ok && e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_R12), R(ZYDIS_REGISTER_RCX)}) &&
+          ok = ok && e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_R10), R(ZYDIS_REGISTER_RCX)}) &&
                e.ins(ZYDIS_MNEMONIC_MOVZX, {R(ZYDIS_REGISTER_ECX), R(ZYDIS_REGISTER_CX)});
           e.b(0xe3);  // jrcxz cx_zero
           std::uint8_t* rel = e.pos();
           e.b(0);
-          ok = ok && e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_RCX), R(ZYDIS_REGISTER_R12)});
+          ok = ok && e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_RCX), R(ZYDIS_REGISTER_R10)});
           if (insn.mnemonic == ZYDIS_MNEMONIC_LOOPE) branch_exit(0x5, next);   // ZF = 0: not taken
           if (insn.mnemonic == ZYDIS_MNEMONIC_LOOPNE) branch_exit(0x4, next);  // ZF = 1: not taken
           direct_exit(is_jcxz ? next : target, pc, !is_jcxz);
           *rel = static_cast<std::uint8_t>(e.pos() - (rel + 1));
-          ok = ok && e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_RCX), R(ZYDIS_REGISTER_R12)});
+          ok = ok && e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_RCX), R(ZYDIS_REGISTER_R10)});
           direct_exit(is_jcxz ? target : next, pc, is_jcxz);
           break;
         }
@@ -1235,13 +1270,13 @@ TranslateStatus Translator::translate(std::uint32_t eip, TKey tkey, const CodeWi
       if (inline_cli || inline_sti) {
         // IF is bit 1 of sysflags' byte 1, beside TF, IOPL and NT: the new
         // byte comes from a table (no AND/OR, which would change the guest's
-        // flags in host RFLAGS).  r12/r13 scratch.
-        ok = e.ins(ZYDIS_MNEMONIC_MOVZX, {R(ZYDIS_REGISTER_R12D), M(ZYDIS_REGISTER_R15, offsetof(Context, sysflags) + 1, 1)}) &&
+        // flags in host RFLAGS).  r10/r13 scratch.
+        ok = e.ins(ZYDIS_MNEMONIC_MOVZX, {R(ZYDIS_REGISTER_R10D), M(ZYDIS_REGISTER_R15, offsetof(Context, sysflags) + 1, 1)}) &&
              e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_R13),
                                         I(static_cast<std::int64_t>(reinterpret_cast<std::uintptr_t>(
                                             inline_cli ? kIfClearedByte.data() : kIfSetByte.data())))}) &&
-             e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_R12B), M(ZYDIS_REGISTER_R13, 0, 1, ZYDIS_REGISTER_R12, 1)}) &&
-             e.ins(ZYDIS_MNEMONIC_MOV, {M(ZYDIS_REGISTER_R15, offsetof(Context, sysflags) + 1, 1), R(ZYDIS_REGISTER_R12B)});
+             e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_R10B), M(ZYDIS_REGISTER_R13, 0, 1, ZYDIS_REGISTER_R10, 1)}) &&
+             e.ins(ZYDIS_MNEMONIC_MOV, {M(ZYDIS_REGISTER_R15, offsetof(Context, sysflags) + 1, 1), R(ZYDIS_REGISTER_R10B)});
         // STI with an interrupt waiting: leave *after the next instruction*
         // (translated here, then the window exit).
         sti_window_after_next = inline_sti;
@@ -1249,19 +1284,19 @@ TranslateStatus Translator::translate(std::uint32_t eip, TKey tkey, const CodeWi
         constexpr std::int32_t kSysMask = 0x257300;  // TF IF IOPL NT AC ID
         ok = e.ins(ZYDIS_MNEMONIC_MOV, {R(kR13D), M(kR14D, 0, 4)}, true, true) &&
              e.ins(ZYDIS_MNEMONIC_LEA, {R(kR14D), M(ZYDIS_REGISTER_R14, 4, 0)}) &&
-             e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_R12D), R(kR13D)}) &&
-             e.ins(ZYDIS_MNEMONIC_AND, {R(ZYDIS_REGISTER_R12D), I(kSysMask)}) &&
+             e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_R10D), R(kR13D)}) &&
+             e.ins(ZYDIS_MNEMONIC_AND, {R(ZYDIS_REGISTER_R10D), I(kSysMask)}) &&
              e.ins(ZYDIS_MNEMONIC_MOV, {R(kR11D), M(ZYDIS_REGISTER_R15, offsetof(Context, sysflags), 4)}) &&
              e.ins(ZYDIS_MNEMONIC_AND, {R(kR11D), I(~kSysMask)}) &&
-             e.ins(ZYDIS_MNEMONIC_OR, {R(kR11D), R(ZYDIS_REGISTER_R12D)}) &&
+             e.ins(ZYDIS_MNEMONIC_OR, {R(kR11D), R(ZYDIS_REGISTER_R10D)}) &&
              e.ins(ZYDIS_MNEMONIC_MOV, {M(ZYDIS_REGISTER_R15, offsetof(Context, sysflags), 4), R(kR11D)}) &&
-             e.ins(ZYDIS_MNEMONIC_AND, {R(ZYDIS_REGISTER_R12D), I(0x100)}) &&  // TF, for after the POPFQ
+             e.ins(ZYDIS_MNEMONIC_AND, {R(ZYDIS_REGISTER_R10D), I(0x100)}) &&  // TF, for after the POPFQ
              e.ins(ZYDIS_MNEMONIC_AND, {R(kR13D), I(0xcd5)}) &&
              e.ins(ZYDIS_MNEMONIC_OR, {R(kR13D), I(0x202)}) &&
              e.ins(ZYDIS_MNEMONIC_PUSH, {R(ZYDIS_REGISTER_R13)}) &&
              e.ins(ZYDIS_MNEMONIC_POPFQ, {});
         // TF set: the next instruction is single-stepped by the dispatcher.
-        exit_if_nonzero(R(ZYDIS_REGISTER_R12D), next, kExitDispatch);
+        exit_if_nonzero(R(ZYDIS_REGISTER_R10D), next, kExitDispatch);
         window_exit(next);
       } else if (inline_pushf) {
         // Merge host arithmetic flags with the monitor's system flags; flags

@@ -2,11 +2,8 @@
 
 #include "host_signals.hpp"
 
-#include <asm/prctl.h>
 #include <sys/mman.h>
 #include <signal.h>
-#include <sys/auxv.h>
-#include <sys/syscall.h>
 #include <time.h>
 #include <ucontext.h>
 #include <unistd.h>
@@ -26,15 +23,6 @@ namespace {
 constexpr std::uint32_t kArithFlags = 0x8d5;   // CF PF AF ZF SF OF
 constexpr std::uint32_t kHostFlags = 0xcd5;    // + DF: live in host RFLAGS
 constexpr std::uint32_t kIF = 0x200, kRF = 0x10000;
-// MODEVISOR_BT_NO_FSGSBASE=1 makes this CPU look like one that hides
-// FSGSBASE, so the arch_prctl path (the cost on such hosts) can be tested
-// and measured here. Read once per process.
-bool have_fsgsbase() {
-  const char* forced_off = std::getenv("MODEVISOR_BT_NO_FSGSBASE");
-  if (forced_off != nullptr && forced_off[0] != '\0' && std::strcmp(forced_off, "0") != 0) return false;
-  return (getauxval(AT_HWCAP2) & 2) != 0;
-}
-
 }  // namespace
 
 Vcpu::Vcpu(api::GuestMemory& mem, api::Platform& platform, api::Logger& log, unsigned index,
@@ -215,6 +203,7 @@ void Vcpu::add_counters(api::Counters& out) const {
   add("bt.monitor_calls_in_cache", counters_.monitor_calls_in_cache);
   add("bt.io_exits", counters_.io_exits);
   add("bt.mmio_exits", counters_.mmio_exits);
+  add("bt.wrapped_accesses", counters_.wrapped_accesses);
   add("bt.hlt_exits", counters_.hlt_exits);
   add("bt.interrupts_delivered", counters_.interrupts);
   add("bt.nmis_delivered", counters_.nmis);
@@ -270,17 +259,6 @@ void Vcpu::kick() {
   block_poll();
 }
 
-void Vcpu::set_gs_base(std::uint64_t base) {
-  if (base == gs_base_) return;
-  static const bool fsgs = have_fsgsbase();
-  if (fsgs) {
-    asm volatile("wrgsbase %0" ::"r"(base) : "memory");
-  } else {
-    syscall(SYS_arch_prctl, ARCH_SET_GS, base);
-  }
-  gs_base_ = base;
-}
-
 // ---------------------------------------------------------------- run loop
 
 api::RunExit Vcpu::run() {
@@ -293,7 +271,6 @@ api::RunExit Vcpu::run() {
   bind_running_vcpu(this);
   in_run_ = true;
   poll_needed_.store(true);
-  gs_base_ = ~0ull;
   tick_.start_on_this_thread();
   struct Guard {
     Vcpu* v;
@@ -441,7 +418,7 @@ bool Vcpu::poll_platform() {
 void Vcpu::activate_region() {
   region_ = shadow_->activate(make_region_key(paging(), cpl_ == 3));
   ctx_->fast_table = reinterpret_cast<std::uint64_t>(region_->fast);
-  set_gs_base(reinterpret_cast<std::uint64_t>(region_->base));
+  ctx_->region_base = reinterpret_cast<std::uint64_t>(region_->base);  // translated code's r12
 }
 
 Block* Vcpu::lookup(std::uint32_t eip) {

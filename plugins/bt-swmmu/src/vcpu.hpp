@@ -37,6 +37,7 @@ struct VcpuCounters {
   std::uint64_t dispatches = 0, cache_hits = 0, special_exits = 0, io_exits = 0, mmio_exits = 0;
   std::uint64_t interrupts = 0, nmis = 0, exceptions = 0, hlt_exits = 0, irq_exits = 0, indirect_misses = 0, irq_window_exits = 0;
   std::uint64_t platform_polls = 0;
+  std::uint64_t wrapped_accesses = 0;  // offset sums past 4 GiB caught by a region guard
   // Monitor calls from translated code, and those that went on in translated
   // code without a dispatcher round trip.
   std::uint64_t monitor_calls = 0, monitor_calls_in_cache = 0;
@@ -129,7 +130,6 @@ class Vcpu {
   CachedView view_;
   Block* lookup(std::uint32_t eip);
   void activate_region();
-  void set_gs_base(std::uint64_t base);
 
   // --- guest memory through the guest's page tables (monitor side)
   std::uint64_t lin_to_phys(std::uint32_t la, bool write, bool user, bool fetch);
@@ -359,7 +359,6 @@ class Vcpu {
   std::uint64_t pending_patch_ = 0;
   std::uint32_t pending_patch_target_ = 0;
   std::uint32_t pending_patch_cs_base_ = 0;
-  std::uint64_t gs_base_ = ~0ull;
   Region* region_ = nullptr;
   // lookup()'s recent answers, exact while ShadowMmu::block_map_generation stays.
   struct RecentLookup {
