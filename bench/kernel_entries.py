@@ -42,6 +42,7 @@ def main():
     ap.add_argument('--count', type=int, default=2000)
     ap.add_argument('--ops', default=','.join(OPS))
     a = ap.parse_args()
+    a.build = str(pathlib.Path(a.build).resolve())  # the VM file lives in a temporary directory
     with tempfile.TemporaryDirectory() as d:
         tmp = pathlib.Path(d)
         for op in a.ops.split(','):
