@@ -9,6 +9,7 @@
 #include <unistd.h>
 #include <x86intrin.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -93,27 +94,51 @@ void Vcpu::sync_seg_bases() {
   // when those changed (this runs after every emulated instruction).
   const bool pm = !real_mode() && !v86();
   const api::Segment* regs[6] = {&es_, &cs_, &ss_, &ds_, &fs_, &gs_};
-  bool same = windows_for_.valid && windows_for_.protected_mode == pm;
-  for (int i = 0; same && i < 6; ++i) same = std::memcmp(&windows_for_.segs[i], regs[i], sizeof(api::Segment)) == 0;
-  if (same) return;
-  windows_for_.valid = true;
-  windows_for_.protected_mode = pm;
-  for (int i = 0; i < 6; ++i) std::memcpy(&windows_for_.segs[i], regs[i], sizeof(api::Segment));
-  ctx_->code_window = cs_.limit == 0xffffffffu ? OffsetWindow::range(0, OffsetWindow::kWrapEnd)
-                                              : OffsetWindow::range(0, std::uint64_t{cs_.limit} + 1);
-  limited_ = false;
-  for (int i = 0; i < 6; ++i) {
-    const api::Segment& s = *regs[i];
-    const SegmentWindows w = segment_windows(s, pm);
-    ctx_->seg_window[0][i] = w.read;
-    ctx_->seg_window[1][i] = w.write;
-    // The flat flavour checks nothing: a null FS/GS stays flat (common, and
-    // its accesses go unchecked there: a documented gap); a null DS/ES/SS
-    // limits.  A code segment's window only matters for CS-override reads.
-    if (pm && s.unusable && i >= 4) continue;
-    if (i == 1) limited_ |= !w.read.unrestricted() && (s.type & 2);
-    else limited_ |= !w.read.unrestricted() || !w.write.unrestricted();
+  // Field by field: api::Segment has padding, which memcmp would compare.
+  auto same = [](const api::Segment& a, const api::Segment& b) {
+    return a.selector == b.selector && a.base == b.base && a.limit == b.limit && a.type == b.type && a.s == b.s &&
+           a.dpl == b.dpl && a.present == b.present && a.avl == b.avl && a.l == b.l && a.db == b.db && a.g == b.g &&
+           a.unusable == b.unusable;
+  };
+  auto matches = [&](const WindowsFor& w) {
+    if (!w.valid || w.protected_mode != pm) return false;
+    for (int i = 0; i < 6; ++i)
+      if (!same(w.segs[i], *regs[i])) return false;
+    return true;
+  };
+  if (matches(windows_for_[windows_current_])) return;  // the Context holds these already
+  std::size_t pick = 0;
+  while (pick < windows_for_.size() && !matches(windows_for_[pick])) ++pick;
+  if (pick == windows_for_.size()) {  // compute them into the least recently used entry
+    pick = 0;
+    for (std::size_t i = 1; i < windows_for_.size(); ++i)
+      if (windows_for_[i].last_use < windows_for_[pick].last_use) pick = i;
+    WindowsFor& w = windows_for_[pick];
+    w.valid = true;
+    w.protected_mode = pm;
+    for (int i = 0; i < 6; ++i) w.segs[i] = *regs[i];
+    w.code = cs_.limit == 0xffffffffu ? OffsetWindow::range(0, OffsetWindow::kWrapEnd)
+                                      : OffsetWindow::range(0, std::uint64_t{cs_.limit} + 1);
+    w.limited = false;
+    for (int i = 0; i < 6; ++i) {
+      const api::Segment& seg = *regs[i];
+      const SegmentWindows sw = segment_windows(seg, pm);
+      w.windows[0][i] = sw.read;
+      w.windows[1][i] = sw.write;
+      // The flat flavour checks nothing: a null FS/GS stays flat (common, and
+      // its accesses go unchecked there: a documented gap); a null DS/ES/SS
+      // limits.  A code segment's window only matters for CS-override reads.
+      if (pm && seg.unusable && i >= 4) continue;
+      if (i == 1) w.limited |= !sw.read.unrestricted() && (seg.type & 2);
+      else w.limited |= !sw.read.unrestricted() || !sw.write.unrestricted();
+    }
   }
+  windows_current_ = pick;
+  WindowsFor& w = windows_for_[pick];
+  w.last_use = ++windows_clock_;
+  std::memcpy(ctx_->seg_window, w.windows, sizeof(w.windows));
+  ctx_->code_window = w.code;
+  limited_ = w.limited;
 }
 
 bool Vcpu::flat() const {

@@ -370,11 +370,21 @@ class Vcpu {
   std::array<RecentLookup, 16> recent_lookups_{};
   TKey tkey_ = 0;
   bool limited_ = false;  // a segment register limits its offsets (kTKeyLimits; sync_seg_bases)
-  struct WindowsFor {  // the segment registers and mode the Context's windows were computed for
+  // The Context's windows for the segment registers and mode they were
+  // computed for, the last four sets: a system call goes through the user's,
+  // the kernel's and, inside IRET, a mixed set (CS loaded, SS not yet).
+  struct WindowsFor {
     bool valid = false;
     bool protected_mode = false;
     api::Segment segs[6];
-  } windows_for_;
+    OffsetWindow windows[2][6];
+    OffsetWindow code;
+    bool limited = false;
+    std::uint64_t last_use = 0;
+  };
+  std::array<WindowsFor, 4> windows_for_{};
+  std::size_t windows_current_ = 0;  // the entry the Context holds
+  std::uint64_t windows_clock_ = 0;
   std::uint32_t translated_cs_limit_ = 0;  // the largest CS limit a cached kTKeyLimits block was translated under
   HostTick tick_;
   VcpuCounters counters_;
