@@ -94,7 +94,8 @@ void Vcpu::sync_seg_bases() {
   // when those changed (this runs after every emulated instruction).
   const bool pm = !real_mode() && !v86();
   const api::Segment* regs[6] = {&es_, &cs_, &ss_, &ds_, &fs_, &gs_};
-  // Field by field: api::Segment has padding, which memcmp would compare.
+  // Field by field: api::Segment has padding, which differs between equal
+  // segments built in different places.
   auto same = [](const api::Segment& a, const api::Segment& b) {
     return a.selector == b.selector && a.base == b.base && a.limit == b.limit && a.type == b.type && a.s == b.s &&
            a.dpl == b.dpl && a.present == b.present && a.avl == b.avl && a.l == b.l && a.db == b.db && a.g == b.g &&
@@ -106,7 +107,15 @@ void Vcpu::sync_seg_bases() {
       if (!same(w.segs[i], *regs[i])) return false;
     return true;
   };
-  if (matches(windows_for_[windows_current_])) return;  // the Context holds these already
+  // Fast path: no segment register was written since (the bytes, padding
+  // included, are those copied last time: equal bytes mean equal fields).
+  auto same_bytes = [&](const WindowsFor& w) {
+    if (!w.valid || w.protected_mode != pm) return false;
+    for (int i = 0; i < 6; ++i)
+      if (std::memcmp(&w.segs[i], regs[i], sizeof(api::Segment)) != 0) return false;
+    return true;
+  };
+  if (same_bytes(windows_for_[windows_current_])) return;  // the Context holds these already
   std::size_t pick = 0;
   while (pick < windows_for_.size() && !matches(windows_for_[pick])) ++pick;
   if (pick == windows_for_.size()) {  // compute them into the least recently used entry
@@ -116,7 +125,6 @@ void Vcpu::sync_seg_bases() {
     WindowsFor& w = windows_for_[pick];
     w.valid = true;
     w.protected_mode = pm;
-    for (int i = 0; i < 6; ++i) w.segs[i] = *regs[i];
     w.code = cs_.limit == 0xffffffffu ? OffsetWindow::range(0, OffsetWindow::kWrapEnd)
                                       : OffsetWindow::range(0, std::uint64_t{cs_.limit} + 1);
     w.limited = false;
@@ -135,6 +143,7 @@ void Vcpu::sync_seg_bases() {
   }
   windows_current_ = pick;
   WindowsFor& w = windows_for_[pick];
+  for (int i = 0; i < 6; ++i) std::memcpy(&w.segs[i], regs[i], sizeof(api::Segment));  // for the fast path
   w.last_use = ++windows_clock_;
   std::memcpy(ctx_->seg_window, w.windows, sizeof(w.windows));
   ctx_->code_window = w.code;
