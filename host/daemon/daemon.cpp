@@ -896,7 +896,7 @@ bool Daemon::route_to_arrival(boost::asio::ip::tcp::socket& socket, const std::s
                               const std::string& peer) {
   auto it = arrivals_.find(migration_id);
   if (it == arrivals_.end()) return false;
-  auto link = it->second.lock();
+  auto link = it->second.link.lock();
   if (!link || !link->is_open()) {
     arrivals_.erase(it);
     return false;
@@ -944,7 +944,7 @@ void Daemon::migrate_in(boost::asio::ip::tcp::socket socket, const host::migrati
   const std::string id_hex = host::migration::to_hex(migration_id);
   host_.log()->info("migration: a connection from {} goes to monitor process {}", peer, pid);
   std::weak_ptr<LineSocket> weak_link = link;
-  arrivals_[id_hex] = weak_link;
+  arrivals_[id_hex] = Arrival{weak_link, pid};
   link->start(
       [this, weak_link, pid, peer, id_hex](const json& reply) {
         auto link = weak_link.lock();
@@ -991,11 +991,15 @@ void Daemon::migrate_in(boost::asio::ip::tcp::socket socket, const host::migrati
         write_record(*handle);
         host_.log()->info("VM {}: arrived from {} and runs under {} ({}) in monitor process {}", name, peer,
                           identity.mode, identity.plugin, pid);
+        // Arrived while this daemon stops: it stops with the others (the
+        // SIGTERM shutdown() sent is pending in the monitor process too).
+        if (shutting_down_) handle->call("stop", {{"reason", "the daemon is stopping"}}, [](const json&) {});
       },
       [this, peer, pid, id_hex](const std::string& why) {
         arrivals_.erase(id_hex);
         std::erase_if(in_doubt_, [&](const auto& entry) { return entry.second.value("migration_id", "") == id_hex; });
         host_.log()->warn("migration: from {}: monitor process {} went away ({})", peer, pid, why);
+        maybe_finish();
       });
 }
 
@@ -1126,6 +1130,13 @@ void Daemon::shutdown(const std::string& why) {
   fs::remove(host_.config().daemon.control_socket, removed);
   for (auto& [name, vm] : vms_)
     if (vm->active()) vm->call("stop", {{"reason", why}}, [](const json&) {});
+  // Monitor processes receiving a VM: one that has not committed abandons
+  // (the source keeps its VM), one that has stops it as the daemon's own VMs
+  // stop.  None is left running without its daemon.
+  for (const auto& [id, arrival] : arrivals_) {
+    host_.log()->info("migration {}: stopping the receiving monitor process {}", id, arrival.pid);
+    ::kill(arrival.pid, SIGTERM);
+  }
   shutdown_timer_.expires_after(kStopGrace);
   shutdown_timer_.async_wait([this](auto ec) {
     if (ec) return;
@@ -1136,6 +1147,11 @@ void Daemon::shutdown(const std::string& why) {
       ::kill(vm->pid(), SIGKILL);
       if (!vm->is_child()) vm->mark_lost("failed", "killed: it did not stop when the daemon stopped");
     }
+    for (const auto& [id, arrival] : arrivals_) {
+      host_.log()->error("migration {}: the receiving monitor process {} did not end within {} s; killing it", id,
+                         arrival.pid, kStopGrace.count());
+      ::kill(arrival.pid, SIGKILL);
+    }
     exit_status_ = 1;
   });
   maybe_finish();
@@ -1145,6 +1161,7 @@ void Daemon::maybe_finish() {
   if (!shutting_down_) return;
   for (auto& [name, vm] : vms_)
     if (vm->active()) return;
+  if (!arrivals_.empty()) return;  // a receiving monitor process has not ended yet
   host_.log()->info("every VM is stopped; modevisord exits");
   io_.stop();
 }

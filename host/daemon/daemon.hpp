@@ -107,7 +107,11 @@ class Daemon {
   boost::asio::steady_timer shutdown_timer_;
   std::map<std::string, std::shared_ptr<VmHandle>> vms_;
   // Migration id (hex) -> the monitor process receiving it, until it ends.
-  std::map<std::string, std::weak_ptr<LineSocket>> arrivals_;
+  struct Arrival {
+    std::weak_ptr<LineSocket> link;
+    pid_t pid = 0;
+  };
+  std::map<std::string, Arrival> arrivals_;
   // VM name -> an arrival committed here whose Go did not come (listed by
   // `vm list` as in-doubt, paused; `vm stop` discards it), until it resolves.
   std::map<std::string, json> in_doubt_;

@@ -675,10 +675,19 @@ bool MonitorProcess::migrate_in(const json& args, std::vector<int>& fds) {
   hold_console_ = true;
   mig::ReceiverOptions options;
   options.log = host_->log();
-  if (args.value("fleet_claim", false))
-    options.before_commit = [this](const mig::MigrationConfig& config, const std::string& migration_id) {
-      return claim_ownership(config, migration_id);
-    };
+  // A stop signal that arrived meanwhile (the daemon stops, and ends its
+  // receiving monitor processes too) abandons the arrival at the commit
+  // step: the source still owns the VM and resumes it.
+  const bool fleet_claim = args.value("fleet_claim", false);
+  options.before_commit = [this, fleet_claim](const mig::MigrationConfig& config,
+                                              const std::string& migration_id) -> std::string {
+    sigset_t pending;
+    sigemptyset(&pending);
+    if (::sigpending(&pending) == 0)
+      for (int s : {SIGTERM, SIGINT, SIGHUP})
+        if (sigismember(&pending, s)) return std::string("the destination's monitor process got ") + ::strsignal(s);
+    return fleet_claim ? claim_ownership(config, migration_id) : std::string();
+  };
   mig::MigrationReceiver receiver(destination, *ledger_, *secret, options);
   mig::ReceiverResult result = receiver.serve(connection, peer);
   // Committed, and the connection ended before Go: the source may not know

@@ -214,6 +214,28 @@ TEST_F(DaemonMigrationTest, AVmMovesToTheOtherHostAndBackWithItsOutputUnbroken) 
   expect_no_overlap();
 }
 
+// A daemon stopped with SIGTERM stops its VMs, those that arrived by
+// migration included: none is left running without a daemon.
+TEST_F(DaemonMigrationTest, AVmThatArrivedStopsWhenItsDaemonStops) {
+  start_both();
+  ASSERT_EQ(a_.cli("vm start " + vm_yaml("arrival", "mib=8 rate=2 every=20", "portable-32").string()).status, 0);
+  ASSERT_TRUE(eventually([&] { return ticks(a_.console("arrival")).size() >= 3; }));
+  const json there = a_.cli_json("migrate arrival --to host-b");
+  ASSERT_EQ(there.value("outcome", ""), "completed") << there.dump(2);
+  // Right after "completed", before B's daemon may have heard of the arrival
+  // from the monitor process: its children are what must stop with it.
+  const std::vector<pid_t> monitors = b_.children();
+  ASSERT_EQ(monitors.size(), 1u);
+  const pid_t pid = monitors[0];
+  b_.stop();
+  auto gone = [&] {
+    const std::string st = read_file("/proc/" + std::to_string(pid) + "/stat");
+    return st.empty() || st.find(") Z ") != std::string::npos;
+  };
+  EXPECT_TRUE(eventually(gone)) << "monitor process " << pid << " outlived its daemon\n" << b_.daemon_log();
+  if (!gone()) ::kill(pid, SIGKILL);
+}
+
 // The seed's BT32 switch is decided where the VM runs: a VM that arrived
 // under BT32 and then enters long mode is re-selected by the receiving host
 // (here: no hardware mode, policy esx-4.0, so it stops with the seed's reason).
@@ -358,6 +380,48 @@ TEST_F(DaemonMigrationTest, ADestinationKilledMidMigrationLeavesTheVmRunningOnTh
   const std::size_t before = ticks(a_.console("busy")).size();
   EXPECT_TRUE(eventually([&] { return ticks(a_.console("busy")).size() > before + 3; }));
   EXPECT_EQ(running_intervals(), 1u);
+  expect_no_overlap();
+}
+
+// A destination daemon stopped cleanly (SIGTERM) mid-migration ends the
+// monitor process receiving the VM too, before the daemon exits: it abandons
+// the uncommitted arrival, the source keeps its VM, and nothing is left
+// running on the destination without a daemon.
+TEST_F(DaemonMigrationTest, ADestinationStoppedMidMigrationEndsItsReceiverAndTheSourceKeepsTheVm) {
+  start_both();
+  ASSERT_EQ(a_.cli("vm start " + vm_yaml("busy", "mib=64 fast=1 every=20", "portable-32", 96).string()).status, 0);
+  ASSERT_TRUE(eventually([&] { return ticks(a_.console("busy")).size() >= 3; }));
+  Result migrate;
+  std::thread client([&] { migrate = a_.cli("--json migrate busy --to host-b --downtime-ms 1"); });
+  const bool in_flight = eventually([&] { return a_.cli_json("vm status busy").contains("migration"); }, 300);
+  std::vector<pid_t> receivers;
+  EXPECT_TRUE(eventually([&] { return !(receivers = b_.children()).empty(); }, 300));
+  b_.stop();  // SIGTERM; returns once the daemon has exited
+  auto ended = [](pid_t pid) {
+    const std::string st = read_file("/proc/" + std::to_string(pid) + "/stat");
+    return st.empty() || st.find(") Z ") != std::string::npos;
+  };
+  for (pid_t pid : receivers) {
+    EXPECT_TRUE(eventually([&] { return ended(pid); })) << "receiving monitor process " << pid
+                                                        << " outlived its daemon\n" << b_.daemon_log();
+    if (!ended(pid)) ::kill(pid, SIGKILL);
+  }
+  client.join();
+  ASSERT_TRUE(in_flight) << migrate.out;
+  const json record = json::parse(migrate.out, nullptr, false);
+  ASSERT_FALSE(record.is_discarded()) << migrate.out;
+  if (record.value("outcome", "") == "completed") {
+    // It committed before the SIGTERM landed (a guest that wrote little):
+    // the VM arrived and stopped with B's daemon, as B's own VMs do.
+    EXPECT_EQ(a_.state_of("busy"), "stopped");
+    EXPECT_NE(read_file(b_.dir / "logs" / "host.log").find("stopping every VM"), std::string::npos) << read_file(b_.dir / "logs" / "host.log");
+  } else {
+    EXPECT_NE(read_file(b_.dir / "logs" / "host.log").find("stopping the receiving monitor process"), std::string::npos)
+        << read_file(b_.dir / "logs" / "host.log");
+    EXPECT_TRUE(eventually([&] { return a_.state_of("busy") == "running"; })) << record.dump(2);
+    const std::size_t before = ticks(a_.console("busy")).size();
+    EXPECT_TRUE(eventually([&] { return ticks(a_.console("busy")).size() > before + 3; }));
+  }
   expect_no_overlap();
 }
 
