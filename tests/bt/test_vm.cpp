@@ -492,6 +492,56 @@ TEST(BtVm, PrivilegedInstructionInUserModeRaisesGp) {
   EXPECT_EQ(m.plat.exit_code, 3);
 }
 
+// A null FS or GS in flat protected-mode code: loading it is allowed, an
+// access through it is #GP(0) at the instruction (translated code's host
+// address becomes non-canonical; the monitor's emulation checks it too).
+BT_GUEST_PROGRAM(nullfs, 0x100000,
+  "  mov dword ptr [0x5000], 0x1234\n"
+  "  mov ax, 0x10\n"
+  "  mov fs, ax\n"
+  "  mov eax, fs:[0x5000]\n"          // a data segment: reads
+  "  out 0x80, eax\n"
+  "  xor eax, eax\n"
+  "  mov fs, ax\n"                    // null: loads fine
+  "  mov gs, ax\n"
+  "  mov ebx, 0x77\n"
+  ".globl nullfs_fault1\n"
+  "nullfs_fault1: mov ebx, fs:[0x5000]\n"   // #GP(0); EBX stays
+  "  mov eax, ebx\n"
+  "  out 0x80, eax\n"
+  ".globl nullfs_fault2\n"
+  "nullfs_fault2: add dword ptr gs:[ecx*4+0x5000], 1\n"
+  "  mov eax, [0x5000]\n"             // not incremented
+  "  out 0x80, eax\n"
+  "  out 0xf4, al\n"
+  ".globl nullfs_gp\n"
+  "nullfs_gp: pop eax\n"              // the error code
+  "  out 0x80, eax\n"
+  "  pop eax\n"                       // EIP of the faulting instruction
+  "  out 0x80, eax\n"
+  "  push eax\n"
+  "  cmp byte ptr [eax], 0x64\n"      // an FS prefix: 7 bytes (mov ebx, fs:[disp32])
+  "  jne 1f\n"
+  "  add dword ptr [esp], 7\n"
+  "  iretd\n"
+  "1: add dword ptr [esp], 9\n"       // gs: add dword [ecx*4+disp32], imm8
+  "  iretd\n")
+extern "C" const unsigned char nullfs_gp[], nullfs_fault1[], nullfs_fault2[];
+
+TEST(BtVm, ANullFsOrGsRefusesAccessesWithGp) {
+  Machine m;
+  m.load(nullfs_start, nullfs_end);
+  m.tables();
+  m.gate(13, nullfs_gp, nullfs_start);
+  RunExit r = m.run();
+  ASSERT_EQ(r.kind, ExitKind::Stopped) << r.diagnostic;
+  const std::uint32_t f1 = kBase + static_cast<std::uint32_t>(nullfs_fault1 - nullfs_start);
+  const std::uint32_t f2 = kBase + static_cast<std::uint32_t>(nullfs_fault2 - nullfs_start);
+  const std::vector<std::uint32_t> expected = {0x1234u, 0u, f1, 0x77u, 0u, f2, 0x1234u};
+  EXPECT_EQ(m.plat.post, expected);
+  EXPECT_EQ(m.counter("bt.exceptions_delivered"), 2u);
+}
+
 BT_GUEST_PROGRAM(irqsave, 0x100000,
   "  sti\n"
   "  stc\n"

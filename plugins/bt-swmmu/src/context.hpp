@@ -61,7 +61,11 @@ struct alignas(64) Context {
   // The active shadow region's base (guest linear 0), held in host r12 by
   // translated code: a CPL switch changes this word, not a kernel setting.
   std::uint64_t region_base;   // 0xe0
-  std::uint64_t pad1[3];
+  // FS, GS: 0, or 2^47 while the register holds a null selector in protected
+  // mode.  Translated code adds it to an FS/GS access's host address, which
+  // then is non-canonical: the host's #GP becomes the guest's #GP(0).
+  std::uint64_t null_fs_gs_bias[2];  // 0xe8
+  std::uint64_t pad1[1];
   alignas(16) std::uint8_t guest_fx[512];  // 0x100
 
   // Set by the fault handler (monitor side only).
@@ -87,6 +91,8 @@ static_assert(offsetof(Context, sysflags) == 0xb8);
 static_assert(offsetof(Context, fpu_load) == 0xc0);
 static_assert(offsetof(Context, monitor_fn) == 0xd0);
 static_assert(offsetof(Context, region_base) == 0xe0);
+static_assert(offsetof(Context, null_fs_gs_bias) == 0xe8);
+inline constexpr std::uint64_t kNullSegmentBias = 1ull << 47;
 static_assert(offsetof(Context, guest_fx) == 0x100);
 
 // Every block starts with a load from the poll page at r15 + kPollOffset.

@@ -118,7 +118,10 @@ std::uint32_t Vcpu::linear_unchecked(const ZydisDecodedInstruction& insn, const 
 }
 
 void Vcpu::check_segment_access(int sreg, std::uint32_t offset, unsigned size, bool write) {
-  if (!limited_) return;  // the flat flavour's rule: nothing limits an offset
+  if (!limited_) {  // the flat flavour's rule: nothing limits an offset, but a null FS/GS refuses it
+    if (sreg >= 4 && ctx_->null_fs_gs_bias[sreg - 4] != 0) raise(13, true, 0);
+    return;
+  }
   if (!ctx_->seg_window[write ? 1 : 0][sreg].allows(offset, size == 0 ? 1 : size))
     raise(limit_fault_vector(sreg), true, 0);
 }

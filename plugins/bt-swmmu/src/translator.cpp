@@ -372,6 +372,16 @@ bool segmented_offset(Emitter& e, const ZydisDecodedOperand& op, std::int64_t ex
   return !t_seg.a16 || e.ins(ZYDIS_MNEMONIC_MOVZX, {R(ZYDIS_REGISTER_R13D), R(ZYDIS_REGISTER_R13W)});
 }
 
+// FS/GS (`s` 4, 5): r13 += Context::null_fs_gs_bias, which makes the host
+// address non-canonical while the register is null (#GP(0) at the access).
+// r9 scratch, no flags.
+bool add_null_segment_bias(Emitter& e, int s) {
+  if (s < 4) return true;
+  return e.ins(ZYDIS_MNEMONIC_MOV,
+               {R(ZYDIS_REGISTER_R9), M(ZYDIS_REGISTER_R15, offsetof(Context, null_fs_gs_bias) + 8 * (s - 4), 8)}) &&
+         e.ins(ZYDIS_MNEMONIC_LEA, {R(ZYDIS_REGISTER_R13), M(ZYDIS_REGISTER_R13, 0, 0, ZYDIS_REGISTER_R9, 1)});
+}
+
 // r13d += the base of segment register `sreg` (read from the context at run
 // time, so segment loads need no retranslation); r9 scratch, no flags.
 bool add_segment_base(Emitter& e, ZydisRegister sreg) {
@@ -379,7 +389,8 @@ bool add_segment_base(Emitter& e, ZydisRegister sreg) {
   if (s < 0 || s > 5) return false;
   return e.ins(ZYDIS_MNEMONIC_MOV,
                {R(ZYDIS_REGISTER_R9D), M(ZYDIS_REGISTER_R15, offsetof(Context, seg_base) + 8 * s, 4)}) &&
-         e.ins(ZYDIS_MNEMONIC_LEA, {R(ZYDIS_REGISTER_R13D), M(ZYDIS_REGISTER_R13, 0, 0, ZYDIS_REGISTER_R9, 1)});
+         e.ins(ZYDIS_MNEMONIC_LEA, {R(ZYDIS_REGISTER_R13D), M(ZYDIS_REGISTER_R13, 0, 0, ZYDIS_REGISTER_R9, 1)}) &&
+         add_null_segment_bias(e, s);
 }
 
 // Limits flavour: r13d = the offset of a `size`-byte access through segment
@@ -503,6 +514,7 @@ bool host_mem(Emitter& e, const ZydisDecodedOperand& op, ZydisEncoderOperand* ou
     const int seg = op.mem.segment == ZYDIS_REGISTER_FS ? 4 : 5;
     e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_R9D), M(ZYDIS_REGISTER_R15, offsetof(Context, seg_base) + 8 * seg, 4)});
     e.ins(ZYDIS_MNEMONIC_LEA, {R(ZYDIS_REGISTER_R13D), M(ZYDIS_REGISTER_R13, 0, 0, ZYDIS_REGISTER_R9, 1)});
+    add_null_segment_bias(e, seg);
   }
   region_operand(out, size, ZYDIS_REGISTER_R13, 0);
   return e.ok();

@@ -93,6 +93,8 @@ void Vcpu::sync_seg_bases() {
   // The windows follow the segment registers and the mode: recomputed only
   // when those changed (this runs after every emulated instruction).
   const bool pm = !real_mode() && !v86();
+  ctx_->null_fs_gs_bias[0] = pm && fs_.unusable ? kNullSegmentBias : 0;
+  ctx_->null_fs_gs_bias[1] = pm && gs_.unusable ? kNullSegmentBias : 0;
   const api::Segment* regs[6] = {&es_, &cs_, &ss_, &ds_, &fs_, &gs_};
   // Field by field: api::Segment has padding, which differs between equal
   // segments built in different places.
