@@ -74,21 +74,56 @@ std::uint64_t Vcpu::monitor_call() noexcept {
 // special; returns the host code of the first translated block, 0 to leave
 // for the dispatcher (eip_ not yet executed), kShutdown for a triple fault.
 std::uint64_t Vcpu::emulate_and_continue() {
+  // On entry the guest has run only translated code since the view was set
+  // up (segment loads, CPL and paging-register changes are special
+  // instructions): only what other threads and the platform did is new.
+  bool view_may_have_changed = false;
   for (unsigned n = 0; n < kMaxEmulatedPerCall; ++n) {
-    // On entry the guest has run only translated code since the view was
-    // set up (segment loads, CPL and paging-register changes are special
-    // instructions): only what other threads and the platform did is new.
-    if (!may_stay_in_cache(/*after_emulation=*/n > 0)) return 0;
+    if (!may_stay_in_cache(view_may_have_changed)) return 0;
     Block* b = lookup(eip_);
     if (!b->special) return reinterpret_cast<std::uint64_t>(b->entry);
     ++counters_.special_exits;
     if (b->monitor_site) {
+      const auto delivered_before = deliveries_;
       if (run_monitor_site(b) == StepResult::Shutdown) return kShutdown;
+      view_may_have_changed = deliveries_ != delivered_before || !keeps_view(*b);
     } else {
       emulate(eip_, false, b);
+      view_may_have_changed = !keeps_view(*b);
     }
   }
   return 0;
+}
+
+// Whether the block's instruction, emulated without delivering an event,
+// left the segments, CPL, EFLAGS' system bits, paging registers and
+// flavour as they were (the checks after it can be skipped).  Special
+// instructions: port I/O and the reads of CPU state.  Monitor sites (plain
+// instructions that kept faulting: MMIO, traced writes, #DE, #PF): the data
+// instructions among them; a MOV there is never one to a control or segment
+// register, which are special instructions.
+bool Vcpu::keeps_view(const Block& b) {
+  if (!b.decoded) return false;
+  const ZydisMnemonic m = b.decoded->insn.mnemonic;
+  switch (m) {
+    case ZYDIS_MNEMONIC_IN: case ZYDIS_MNEMONIC_OUT: case ZYDIS_MNEMONIC_RDTSC: case ZYDIS_MNEMONIC_RDTSCP:
+    case ZYDIS_MNEMONIC_CPUID: case ZYDIS_MNEMONIC_RDMSR: case ZYDIS_MNEMONIC_RDPMC:
+      return true;
+    default:
+      break;
+  }
+  if (!b.monitor_site) return false;
+  switch (m) {
+    case ZYDIS_MNEMONIC_MOV: case ZYDIS_MNEMONIC_MOVZX: case ZYDIS_MNEMONIC_MOVSX: case ZYDIS_MNEMONIC_ADD:
+    case ZYDIS_MNEMONIC_ADC: case ZYDIS_MNEMONIC_SUB: case ZYDIS_MNEMONIC_SBB: case ZYDIS_MNEMONIC_AND:
+    case ZYDIS_MNEMONIC_OR: case ZYDIS_MNEMONIC_XOR: case ZYDIS_MNEMONIC_CMP: case ZYDIS_MNEMONIC_TEST:
+    case ZYDIS_MNEMONIC_INC: case ZYDIS_MNEMONIC_DEC: case ZYDIS_MNEMONIC_NEG: case ZYDIS_MNEMONIC_NOT:
+    case ZYDIS_MNEMONIC_XCHG: case ZYDIS_MNEMONIC_CMPXCHG: case ZYDIS_MNEMONIC_XADD: case ZYDIS_MNEMONIC_DIV:
+    case ZYDIS_MNEMONIC_IDIV: case ZYDIS_MNEMONIC_MUL: case ZYDIS_MNEMONIC_IMUL:
+      return true;
+    default:
+      return false;
+  }
 }
 
 // What run() checks before it runs guest code, for a monitor call: true

@@ -62,11 +62,11 @@ struct Block {
   std::uint32_t n_insns = 0;
   // host offset of each guest instruction's code -> guest EIP
   std::vector<std::pair<std::uint32_t, std::uint32_t>> side;
-  // Instructions that address ESP together with AH..BH cannot take the REX
-  // prefix R14D needs: they run with guest ESP in a borrowed register (index
-  // `reg`, saved in r12) between host offsets [begin, end).
-  // With esp=false the borrowed register held a scratch address instead
-  // (FS/GS or >= 2 GiB absolute operands next to AH..BH).
+  // AH..BH cannot sit beside the REX prefix that guest memory operands
+  // ([r12 + ...]) and ESP (r14d) need: such an instruction runs with a
+  // borrowed EBP/ESI/EDI (index `reg`, its guest value saved in r11) between
+  // host offsets [begin, end), holding the host address (esp=false) or, as a
+  // fallback, guest ESP (esp=true).
   struct Swap {
     std::uint32_t begin, end;
     unsigned reg;

@@ -129,6 +129,7 @@ class Vcpu {
   };
   CachedView view_;
   Block* lookup(std::uint32_t eip);
+  static bool keeps_view(const Block& b);
   void activate_region();
 
   // --- guest memory through the guest's page tables (monitor side)
