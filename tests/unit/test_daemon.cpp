@@ -221,7 +221,9 @@ TEST_F(DaemonTest, PauseResumeStop) {
   EXPECT_EQ(cli("vm stop nosuch").status, 12);
 
   // Paused and resumed, a guest's output goes on with no gap and no repeat.
-  const std::string cmdline = "n=10000000 r=100";  // ~2 s under BT: long enough to be paused
+  // ~4.5 s under BT: long enough to be paused (at r=100, 1.1 s on the AMD
+  // machines, a loaded ASan daemon answered the pause after the guest ended).
+  const std::string cmdline = "n=10000000 r=400";
   ASSERT_EQ(cli("vm start " + vm_yaml("reference", "sieve.elf", cmdline).string()).status, 0);
   ASSERT_TRUE(wait_state("reference", "stopped"));
   ASSERT_EQ(cli("vm start " + vm_yaml("paused", "sieve.elf", cmdline).string()).status, 0);
@@ -239,7 +241,9 @@ TEST_F(DaemonTest, PauseResumeStop) {
 // output of an uninterrupted run, byte for byte.
 TEST_F(DaemonTest, SaveAndRestoreContinueTheGuestExactly) {
   start_daemon();
-  const std::string cmdline = "n=10000000 r=100";  // ~2 s under BT: long enough to be paused
+  // ~4.5 s under BT: long enough to be paused (at r=100, 1.1 s on the AMD
+  // machines, a loaded ASan daemon answered the pause after the guest ended).
+  const std::string cmdline = "n=10000000 r=400";
   ASSERT_EQ(cli("vm start " + vm_yaml("reference", "sieve.elf", cmdline).string()).status, 0);
   ASSERT_TRUE(wait_state("reference", "stopped"));
   const std::string expected = cli("vm console reference --no-follow").out;
