@@ -372,9 +372,15 @@ TEST_F(DaemonMigrationTest, ADestinationKilledMidMigrationLeavesTheVmRunningOnTh
   b_.stop(SIGKILL);
   for (pid_t pid : receivers) ::kill(pid, SIGKILL);
   client.join();
-  ASSERT_TRUE(in_flight) << migrate.out;
   const json record = json::parse(migrate.out, nullptr, false);
   ASSERT_FALSE(record.is_discarded()) << migrate.out;
+  // On a loaded machine the guest's vCPU may not get to write before the
+  // rounds end (seen in CI: 52 KB sent of 96 MiB): the migration converges
+  // and completes before it can be seen in flight.  Non-convergence cannot
+  // be forced every time (as in ANonConvergingMigration... below).
+  if (!in_flight && record.value("outcome", "") == "completed")
+    GTEST_SKIP() << "the migration completed before it was seen in flight: " << record.dump(2);
+  ASSERT_TRUE(in_flight) << migrate.out;
   EXPECT_EQ(record.value("outcome", ""), "cancelled") << record.dump(2);
   EXPECT_TRUE(eventually([&] { return a_.state_of("busy") == "running"; }));
   const std::size_t before = ticks(a_.console("busy")).size();
