@@ -136,6 +136,14 @@ class DaemonMigrationTest : public ::testing::Test {
     fs::permissions(file, fs::perms::owner_read | fs::perms::owner_write, fs::perm_options::replace);
   }
   // b_reached_at: the port A dials for host-b (a relay in front of B), B's own by default.
+  // VM "busy" on A (96 MiB stamped fast) and its migration to B with a 1 ms
+  // limit, which cannot converge quickly, so it is in flight for a while:
+  // `client` runs `migrate` and leaves its output in `migrate`.
+  void start_busy_migration(Result& migrate, std::thread& client) {
+    ASSERT_EQ(a_.cli("vm start " + vm_yaml("busy", "mib=64 fast=1 every=20", "portable-32", 96).string()).status, 0);
+    ASSERT_TRUE(eventually([&] { return ticks(a_.console("busy")).size() >= 3; }));
+    client = std::thread([this, &migrate] { migrate = a_.cli("--json migrate busy --to host-b --downtime-ms 1"); });
+  }
   void start_both(const fs::path& secret_b = {}, int b_reached_at = 0) {
     a_.start(migration_host_yaml(a_, dir_ / "cluster.secret", "host-b", b_reached_at ? b_reached_at : b_.port));
     if (HasFatalFailure()) return;
@@ -361,11 +369,9 @@ TEST_F(DaemonMigrationTest, AVmOnTheHostsOwnCpuModelIsRefusedBeforeItPauses) {
 
 TEST_F(DaemonMigrationTest, ADestinationKilledMidMigrationLeavesTheVmRunningOnTheSource) {
   start_both();
-  // 96 MiB stamped fast and a 1 ms limit: it cannot converge quickly, so it is in flight for a while.
-  ASSERT_EQ(a_.cli("vm start " + vm_yaml("busy", "mib=64 fast=1 every=20", "portable-32", 96).string()).status, 0);
-  ASSERT_TRUE(eventually([&] { return ticks(a_.console("busy")).size() >= 3; }));
   Result migrate;
-  std::thread client([&] { migrate = a_.cli("--json migrate busy --to host-b --downtime-ms 1"); });
+  std::thread client;
+  ASSERT_NO_FATAL_FAILURE(start_busy_migration(migrate, client));
   // In flight: `vm status` on the source shows it; the destination has a monitor process receiving.
   const bool in_flight = eventually([&] { return a_.cli_json("vm status busy").contains("migration"); }, 300);
   std::vector<pid_t> receivers = b_.children();
@@ -395,10 +401,9 @@ TEST_F(DaemonMigrationTest, ADestinationKilledMidMigrationLeavesTheVmRunningOnTh
 // running on the destination without a daemon.
 TEST_F(DaemonMigrationTest, ADestinationStoppedMidMigrationEndsItsReceiverAndTheSourceKeepsTheVm) {
   start_both();
-  ASSERT_EQ(a_.cli("vm start " + vm_yaml("busy", "mib=64 fast=1 every=20", "portable-32", 96).string()).status, 0);
-  ASSERT_TRUE(eventually([&] { return ticks(a_.console("busy")).size() >= 3; }));
   Result migrate;
-  std::thread client([&] { migrate = a_.cli("--json migrate busy --to host-b --downtime-ms 1"); });
+  std::thread client;
+  ASSERT_NO_FATAL_FAILURE(start_busy_migration(migrate, client));
   const bool in_flight = eventually([&] { return a_.cli_json("vm status busy").contains("migration"); }, 300);
   std::vector<pid_t> receivers;
   EXPECT_TRUE(eventually([&] { return !(receivers = b_.children()).empty(); }, 300));
