@@ -103,23 +103,20 @@ void Vcpu::sync_seg_bases() {
            a.dpl == b.dpl && a.present == b.present && a.avl == b.avl && a.l == b.l && a.db == b.db && a.g == b.g &&
            a.unusable == b.unusable;
   };
-  auto matches = [&](const WindowsFor& w) {
-    if (!w.valid || w.protected_mode != pm) return false;
-    for (int i = 0; i < 6; ++i)
-      if (!same(w.segs[i], *regs[i])) return false;
-    return true;
-  };
   // Fast path: no segment register was written since (the bytes, padding
   // included, are those copied last time: equal bytes mean equal fields).
-  auto same_bytes = [&](const WindowsFor& w) {
+  auto same_bytes = [](const api::Segment& a, const api::Segment& b) {
+    return std::memcmp(&a, &b, sizeof(api::Segment)) == 0;
+  };
+  auto matches = [&](const WindowsFor& w, auto&& equal) {
     if (!w.valid || w.protected_mode != pm) return false;
     for (int i = 0; i < 6; ++i)
-      if (std::memcmp(&w.segs[i], regs[i], sizeof(api::Segment)) != 0) return false;
+      if (!equal(w.segs[i], *regs[i])) return false;
     return true;
   };
-  if (same_bytes(windows_for_[windows_current_])) return;  // the Context holds these already
+  if (matches(windows_for_[windows_current_], same_bytes)) return;  // the Context holds these already
   std::size_t pick = 0;
-  while (pick < windows_for_.size() && !matches(windows_for_[pick])) ++pick;
+  while (pick < windows_for_.size() && !matches(windows_for_[pick], same)) ++pick;
   if (pick == windows_for_.size()) {  // compute them into the least recently used entry
     pick = 0;
     for (std::size_t i = 1; i < windows_for_.size(); ++i)
@@ -135,9 +132,9 @@ void Vcpu::sync_seg_bases() {
       const SegmentWindows sw = segment_windows(seg, pm);
       w.windows[0][i] = sw.read;
       w.windows[1][i] = sw.write;
-      // The flat flavour checks nothing: a null FS/GS stays flat (common, and
-      // its accesses go unchecked there: a documented gap); a null DS/ES/SS
-      // limits.  A code segment's window only matters for CS-override reads.
+      // A null FS/GS keeps the flavour flat (common: its accesses are refused
+      // through null_fs_gs_bias instead); a null DS/ES/SS limits.  A code
+      // segment's window only matters for CS-override reads.
       if (pm && seg.unusable && i >= 4) continue;
       if (i == 1) w.limited |= !sw.read.unrestricted() && (seg.type & 2);
       else w.limited |= !sw.read.unrestricted() || !sw.write.unrestricted();
