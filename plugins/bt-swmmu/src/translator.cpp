@@ -63,7 +63,7 @@ class Emitter {
       if (guest) in_region(req.operands[i]);
       ++i;
     }
-    if (a32 && !guest) req.address_size_hint = ZYDIS_ADDRESS_SIZE_HINT_32;
+    if (a32) req.address_size_hint = ZYDIS_ADDRESS_SIZE_HINT_32;
     if (m == ZYDIS_MNEMONIC_LEA && req.operands[1].mem.size == 0) {
       // The encoder wants the memory operand size of LEA to match the address size.
       for (ZyanU16 sz : {8, 4, 2}) {
@@ -636,7 +636,7 @@ bool seg_stack_commit(Emitter& e) {
 
 bool seg_push(Emitter& e, Op value, unsigned bytes) {
   return seg_stack_slot(e, -static_cast<std::int32_t>(bytes), bytes, true) &&
-         e.ins(ZYDIS_MNEMONIC_MOV, {M(ZYDIS_REGISTER_R9D, 0, bytes), value}, true, true) && seg_stack_commit(e);
+         e.ins(ZYDIS_MNEMONIC_MOV, {M(ZYDIS_REGISTER_R9D, 0, bytes), value}, true) && seg_stack_commit(e);
 }
 
 // Loads the stack top (`bytes` wide, zero-extended) into r11d and moves the
@@ -645,8 +645,8 @@ bool seg_push(Emitter& e, Op value, unsigned bytes) {
 // before the stack pointer moves.
 bool seg_pop_r11(Emitter& e, unsigned bytes, std::int32_t release = 0, bool branch_target = false) {
   const bool ok = seg_stack_slot(e, 0, bytes, false) &&
-                  (bytes == 2 ? e.ins(ZYDIS_MNEMONIC_MOVZX, {R(kR11D), M(ZYDIS_REGISTER_R9D, 0, 2)}, true, true)
-                              : e.ins(ZYDIS_MNEMONIC_MOV, {R(kR11D), M(ZYDIS_REGISTER_R9D, 0, 4)}, true, true));
+                  (bytes == 2 ? e.ins(ZYDIS_MNEMONIC_MOVZX, {R(kR11D), M(ZYDIS_REGISTER_R9D, 0, 2)}, true)
+                              : e.ins(ZYDIS_MNEMONIC_MOV, {R(kR11D), M(ZYDIS_REGISTER_R9D, 0, 4)}, true));
   return ok && (!branch_target || check_branch_target(e, ZYDIS_REGISTER_R11)) && e.ins(ZYDIS_MNEMONIC_LEA, {R(kR13D), M(ZYDIS_REGISTER_R13, bytes + release, 0)}) && seg_stack_commit(e);
 }
 
@@ -661,19 +661,19 @@ bool seg_push_insn(Emitter& e, const ZydisDecodedOperand& o, unsigned bytes) {
   if (!segmented_mem(e, o, &m, 0)) return false;
   Op mo;
   mo.o = m;
-  return e.ins(ZYDIS_MNEMONIC_MOV, {R(sized(kR11D, bytes)), mo}, true, true) && seg_push(e, R(sized(kR11D, bytes)), bytes);
+  return e.ins(ZYDIS_MNEMONIC_MOV, {R(sized(kR11D, bytes)), mo}, true) && seg_push(e, R(sized(kR11D, bytes)), bytes);
 }
 
 bool seg_pop_insn(Emitter& e, const ZydisDecodedOperand& o, unsigned bytes) {
   if (o.type == ZYDIS_OPERAND_TYPE_REGISTER) {
     const ZydisRegister r = rename(o.reg.value);
-    if (!seg_stack_slot(e, 0, bytes, false) || !e.ins(ZYDIS_MNEMONIC_MOV, {R(r), M(ZYDIS_REGISTER_R9D, 0, bytes)}, true, true))
+    if (!seg_stack_slot(e, 0, bytes, false) || !e.ins(ZYDIS_MNEMONIC_MOV, {R(r), M(ZYDIS_REGISTER_R9D, 0, bytes)}, true))
       return false;
     if (r == kR14D || r == ZYDIS_REGISTER_R14W) return true;  // POP (E)SP: the popped value is the stack pointer
     return e.ins(ZYDIS_MNEMONIC_LEA, {R(kR13D), M(ZYDIS_REGISTER_R13, bytes, 0)}) && seg_stack_commit(e);
   }
   const ZydisRegister v = sized(kR11D, bytes);
-  if (!seg_stack_slot(e, 0, bytes, false) || !e.ins(ZYDIS_MNEMONIC_MOV, {R(v), M(ZYDIS_REGISTER_R9D, 0, bytes)}, true, true))
+  if (!seg_stack_slot(e, 0, bytes, false) || !e.ins(ZYDIS_MNEMONIC_MOV, {R(v), M(ZYDIS_REGISTER_R9D, 0, bytes)}, true))
     return false;
   // A destination addressed through the stack pointer uses it incremented.
   const bool sp_based = o.mem.base == ZYDIS_REGISTER_ESP || o.mem.base == ZYDIS_REGISTER_SP;
@@ -681,7 +681,7 @@ bool seg_pop_insn(Emitter& e, const ZydisDecodedOperand& o, unsigned bytes) {
   if (!segmented_mem(e, o, &m, sp_based ? bytes : 0)) return false;
   Op mo;
   mo.o = m;
-  return e.ins(ZYDIS_MNEMONIC_MOV, {mo, R(v)}, true, true) &&
+  return e.ins(ZYDIS_MNEMONIC_MOV, {mo, R(v)}, true) &&
          e.ins(ZYDIS_MNEMONIC_LEA, {R(kR13D), M(ZYDIS_REGISTER_R14, bytes, 0)}) && seg_stack_commit(e);
 }
 
@@ -693,7 +693,7 @@ bool seg_leave(Emitter& e, unsigned bytes) {
   return ok && check_window(e, 2, bytes, false) &&
          e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_R9D), M(ZYDIS_REGISTER_R15, offsetof(Context, seg_base) + 16, 4)}) &&
          e.ins(ZYDIS_MNEMONIC_LEA, {R(ZYDIS_REGISTER_R9D), M(ZYDIS_REGISTER_R13, 0, 0, ZYDIS_REGISTER_R9, 1)}) &&
-         e.ins(ZYDIS_MNEMONIC_MOV, {R(sized(kR11D, bytes)), M(ZYDIS_REGISTER_R9D, 0, bytes)}, true, true) &&
+         e.ins(ZYDIS_MNEMONIC_MOV, {R(sized(kR11D, bytes)), M(ZYDIS_REGISTER_R9D, 0, bytes)}, true) &&
          e.ins(ZYDIS_MNEMONIC_LEA, {R(kR13D), M(ZYDIS_REGISTER_R13, bytes, 0)}) && seg_stack_commit(e) &&
          e.ins(ZYDIS_MNEMONIC_MOV,
                {R(bytes == 2 ? ZYDIS_REGISTER_BP : ZYDIS_REGISTER_EBP), R(sized(kR11D, bytes))});
@@ -711,8 +711,8 @@ bool seg_branch_target_r11(Emitter& e, const ZydisDecodedOperand& o, unsigned by
   m.mem.size = static_cast<ZyanU16>(bytes);
   Op mo;
   mo.o = m;
-  return bytes == 2 ? e.ins(ZYDIS_MNEMONIC_MOVZX, {R(kR11D), mo}, true, true)
-                    : e.ins(ZYDIS_MNEMONIC_MOV, {R(kR11D), mo}, true, true);
+  return bytes == 2 ? e.ins(ZYDIS_MNEMONIC_MOVZX, {R(kR11D), mo}, true)
+                    : e.ins(ZYDIS_MNEMONIC_MOV, {R(kR11D), mo}, true);
 }
 
 // Whether the instruction reads or writes x87/MMX/SSE state (registers,
@@ -1033,10 +1033,10 @@ TranslateStatus Translator::translate(std::uint32_t eip, TKey tkey, const CodeWi
     if (!host_mem(e, op, &m)) return false;
     Op mo;
     mo.o = m;
-    return e.ins(ZYDIS_MNEMONIC_MOV, {R(kR13D), mo}, true, true);
+    return e.ins(ZYDIS_MNEMONIC_MOV, {R(kR13D), mo}, true);
   };
   auto push_value = [&](Op value, unsigned bytes) {
-    e.ins(ZYDIS_MNEMONIC_MOV, {M(kR14D, -static_cast<std::int64_t>(bytes), bytes), value}, true, true);
+    e.ins(ZYDIS_MNEMONIC_MOV, {M(kR14D, -static_cast<std::int64_t>(bytes), bytes), value}, true);
     e.ins(ZYDIS_MNEMONIC_LEA, {R(kR14D), M(ZYDIS_REGISTER_R14, -static_cast<std::int64_t>(bytes), 0)});
   };
 
@@ -1294,7 +1294,7 @@ TranslateStatus Translator::translate(std::uint32_t eip, TKey tkey, const CodeWi
         sti_window_after_next = inline_sti;
       } else if (inline_popf) {
         constexpr std::int32_t kSysMask = 0x257300;  // TF IF IOPL NT AC ID
-        ok = e.ins(ZYDIS_MNEMONIC_MOV, {R(kR13D), M(kR14D, 0, 4)}, true, true) &&
+        ok = e.ins(ZYDIS_MNEMONIC_MOV, {R(kR13D), M(kR14D, 0, 4)}, true) &&
              e.ins(ZYDIS_MNEMONIC_LEA, {R(kR14D), M(ZYDIS_REGISTER_R14, 4, 0)}) &&
              e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_R10D), R(kR13D)}) &&
              e.ins(ZYDIS_MNEMONIC_AND, {R(ZYDIS_REGISTER_R10D), I(kSysMask)}) &&
@@ -1321,7 +1321,7 @@ TranslateStatus Translator::translate(std::uint32_t eip, TKey tkey, const CodeWi
         push_value(R(kR13D), 4);
       } else if (insn.mnemonic == ZYDIS_MNEMONIC_LEAVE) {
         // mov esp, ebp; pop ebp  (load first: restartable)
-        ok = e.ins(ZYDIS_MNEMONIC_MOV, {R(kR11D), M(ZYDIS_REGISTER_EBP, 0, 4)}, true, true) &&
+        ok = e.ins(ZYDIS_MNEMONIC_MOV, {R(kR11D), M(ZYDIS_REGISTER_EBP, 0, 4)}, true) &&
              e.ins(ZYDIS_MNEMONIC_LEA, {R(kR14D), M(ZYDIS_REGISTER_RBP, 4, 0)}) &&
              e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_EBP), R(kR11D)});
         if (insn.operand_width != 32) ok = false;
@@ -1339,25 +1339,25 @@ TranslateStatus Translator::translate(std::uint32_t eip, TKey tkey, const CodeWi
           ok = host_mem(e, o, &m);
           Op mo;
           mo.o = m;
-          ok = ok && e.ins(ZYDIS_MNEMONIC_MOV, {R(sized(kR11D, sz)), mo}, true, true);
+          ok = ok && e.ins(ZYDIS_MNEMONIC_MOV, {R(sized(kR11D, sz)), mo}, true);
           push_value(R(sized(kR11D, sz)), sz);
         }
       } else {  // POP
         const auto& o = ops[0];
         if (o.type == ZYDIS_OPERAND_TYPE_REGISTER) {
           ZydisRegister r = rename(o.reg.value);
-          ok = e.ins(ZYDIS_MNEMONIC_MOV, {R(r), M(kR14D, 0, sz)}, true, true);
+          ok = e.ins(ZYDIS_MNEMONIC_MOV, {R(r), M(kR14D, 0, sz)}, true);
           if (r != kR14D && r != ZYDIS_REGISTER_R14W)
             ok = ok && e.ins(ZYDIS_MNEMONIC_LEA, {R(kR14D), M(ZYDIS_REGISTER_R14, sz, 0)});
         } else {
-          ok = e.ins(ZYDIS_MNEMONIC_MOV, {R(sized(kR11D, sz)), M(kR14D, 0, sz)}, true, true);
+          ok = e.ins(ZYDIS_MNEMONIC_MOV, {R(sized(kR11D, sz)), M(kR14D, 0, sz)}, true);
           ZydisEncoderOperand m{};
           // The destination address uses ESP after the increment.
           bool esp_based = o.mem.base == ZYDIS_REGISTER_ESP;
           ok = ok && host_mem(e, o, &m, esp_based ? sz : 0);
           Op mo;
           mo.o = m;
-          ok = ok && e.ins(ZYDIS_MNEMONIC_MOV, {mo, R(sized(kR11D, sz))}, true, true);
+          ok = ok && e.ins(ZYDIS_MNEMONIC_MOV, {mo, R(sized(kR11D, sz))}, true);
           ok = ok && e.ins(ZYDIS_MNEMONIC_LEA, {R(kR14D), M(ZYDIS_REGISTER_R14, sz, 0)});
         }
       }
@@ -1386,7 +1386,7 @@ TranslateStatus Translator::translate(std::uint32_t eip, TKey tkey, const CodeWi
         case ZYDIS_MNEMONIC_RET: {
           if (insn.operand_width != 32) { ok = false; break; }
           std::int64_t extra = insn.operand_count_visible > 0 && ops[0].type == ZYDIS_OPERAND_TYPE_IMMEDIATE ? ops[0].imm.value.u : 0;
-          ok = e.ins(ZYDIS_MNEMONIC_MOV, {R(kR13D), M(kR14D, 0, 4)}, true, true) &&
+          ok = e.ins(ZYDIS_MNEMONIC_MOV, {R(kR13D), M(kR14D, 0, 4)}, true) &&
                e.ins(ZYDIS_MNEMONIC_LEA, {R(kR14D), M(ZYDIS_REGISTER_R14, 4 + extra, 0)});
           lookup();
           break;
