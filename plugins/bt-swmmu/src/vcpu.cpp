@@ -82,6 +82,21 @@ api::Segment& Vcpu::seg(int i) {
   }
 }
 
+// What segment_windows() and the flavour's `limited` read: limit, type, S,
+// B and usability, and the mode (selectors and bases do not shape windows).
+Vcpu::SegmentsKey Vcpu::segments_key(const api::Segment* const (&regs)[6], bool protected_mode) {
+  SegmentsKey k;
+  std::uint64_t attrs = std::uint64_t{protected_mode} << 63;
+  for (int i = 0; i < 6; ++i) {
+    const api::Segment& s = *regs[i];
+    k.limits[i] = s.limit;
+    attrs |= ((std::uint64_t{s.type} & 0xf) | std::uint64_t{s.s} << 4 | std::uint64_t{s.db} << 5 |
+              std::uint64_t{s.unusable} << 6) << (7 * i);
+  }
+  k.attrs = attrs;
+  return k;
+}
+
 void Vcpu::sync_seg_bases() {
   auto base = [](const api::Segment& s) { return s.unusable ? 0u : static_cast<std::uint32_t>(s.base); };
   ctx_->seg_base[0] = base(es_);
@@ -96,34 +111,20 @@ void Vcpu::sync_seg_bases() {
   ctx_->null_fs_gs_bias[0] = pm && fs_.unusable ? kNullSegmentBias : 0;
   ctx_->null_fs_gs_bias[1] = pm && gs_.unusable ? kNullSegmentBias : 0;
   const api::Segment* regs[6] = {&es_, &cs_, &ss_, &ds_, &fs_, &gs_};
-  // Field by field: api::Segment has padding, which differs between equal
-  // segments built in different places.
-  auto same = [](const api::Segment& a, const api::Segment& b) {
-    return a.selector == b.selector && a.base == b.base && a.limit == b.limit && a.type == b.type && a.s == b.s &&
-           a.dpl == b.dpl && a.present == b.present && a.avl == b.avl && a.l == b.l && a.db == b.db && a.g == b.g &&
-           a.unusable == b.unusable;
-  };
-  // Fast path: no segment register was written since (the bytes, padding
-  // included, are those copied last time: equal bytes mean equal fields).
-  auto same_bytes = [](const api::Segment& a, const api::Segment& b) {
-    return std::memcmp(&a, &b, sizeof(api::Segment)) == 0;
-  };
-  auto matches = [&](const WindowsFor& w, auto&& equal) {
-    if (!w.valid || w.protected_mode != pm) return false;
-    for (int i = 0; i < 6; ++i)
-      if (!equal(w.segs[i], *regs[i])) return false;
-    return true;
-  };
-  if (matches(windows_for_[windows_current_], same_bytes)) return;  // the Context holds these already
+  // The windows' inputs packed (api::Segment has padding, which differs
+  // between equal segments built in different places); the entry in use first.
+  const SegmentsKey key = segments_key(regs, pm);
+  auto matches = [&](const WindowsFor& w) { return w.valid && w.key == key; };
+  if (matches(windows_for_[windows_current_])) return;  // the Context holds these already
   std::size_t pick = 0;
-  while (pick < windows_for_.size() && !matches(windows_for_[pick], same)) ++pick;
+  while (pick < windows_for_.size() && !matches(windows_for_[pick])) ++pick;
   if (pick == windows_for_.size()) {  // compute them into the least recently used entry
     pick = 0;
     for (std::size_t i = 1; i < windows_for_.size(); ++i)
       if (windows_for_[i].last_use < windows_for_[pick].last_use) pick = i;
     WindowsFor& w = windows_for_[pick];
     w.valid = true;
-    w.protected_mode = pm;
+    w.key = key;
     w.code = cs_.limit == 0xffffffffu ? OffsetWindow::range(0, OffsetWindow::kWrapEnd)
                                       : OffsetWindow::range(0, std::uint64_t{cs_.limit} + 1);
     w.limited = false;
@@ -142,7 +143,6 @@ void Vcpu::sync_seg_bases() {
   }
   windows_current_ = pick;
   WindowsFor& w = windows_for_[pick];
-  for (int i = 0; i < 6; ++i) std::memcpy(&w.segs[i], regs[i], sizeof(api::Segment));  // for the fast path
   w.last_use = ++windows_clock_;
   std::memcpy(ctx_->seg_window, w.windows, sizeof(w.windows));
   ctx_->code_window = w.code;

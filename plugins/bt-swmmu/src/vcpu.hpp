@@ -374,10 +374,16 @@ class Vcpu {
   // The Context's windows for the segment registers and mode they were
   // computed for, the last four sets: a system call goes through the user's,
   // the kernel's and, inside IRET, a mixed set (CS loaded, SS not yet).
+  // What shapes the windows of ES, CS, SS, DS, FS, GS (segments_key).
+  struct SegmentsKey {
+    std::uint64_t attrs;
+    std::uint32_t limits[6];
+    bool operator==(const SegmentsKey&) const = default;
+  };
+  static SegmentsKey segments_key(const api::Segment* const (&regs)[6], bool protected_mode);
   struct WindowsFor {
     bool valid = false;
-    bool protected_mode = false;
-    api::Segment segs[6];
+    SegmentsKey key{};
     OffsetWindow windows[2][6];
     OffsetWindow code;
     bool limited = false;
