@@ -619,6 +619,66 @@ TEST(BtVm, ExecutingDeviceMemoryIsAnErrorNotACrash) {
   EXPECT_NE(r.diagnostic.find("outside RAM"), std::string::npos) << r.diagnostic;
 }
 
+// A data breakpoint (DR7 R/W 01 or 11) is not implemented: the VM stops
+// with an error naming it, rather than running on without the #DB.
+BT_GUEST_PROGRAM(databp, 0x100000,
+  "  mov eax, 0x5000\n"
+  "  mov dr1, eax\n"
+  "  mov eax, 0xd00004\n"            // L1; R/W1 01 (writes), LEN1 11 (4 bytes)
+  "  mov dr7, eax\n"
+  "  mov dword ptr [0x5000], 1\n"
+  "  out 0xf4, al\n")
+
+TEST(BtVm, ADataBreakpointStopsTheVmSayingSo) {
+  Machine m;
+  m.load(databp_start, databp_end);
+  RunExit r = m.run();
+  EXPECT_EQ(r.kind, ExitKind::Error);
+  EXPECT_NE(r.diagnostic.find("data breakpoint (DR1"), std::string::npos) << r.diagnostic;
+}
+
+// A far JMP to a TSS whose T bit is set: the switch completes, then a #DB
+// with DR6.BT before the new task's first instruction (the saved EIP is
+// that instruction's).
+BT_GUEST_PROGRAM(tsstrap, 0x100000,
+  "  ljmp 0x30, 0\n"
+  ".globl tsstrap_task\n"
+  "tsstrap_task: mov eax, 0x11\n"
+  "  out 0x80, eax\n"
+  "  out 0xf4, al\n"
+  ".globl tsstrap_db\n"
+  "tsstrap_db: mov eax, dr6\n"
+  "  out 0x80, eax\n"
+  "  mov eax, [esp]\n"
+  "  out 0x80, eax\n"
+  "  xor eax, eax\n"
+  "  str ax\n"
+  "  out 0x80, eax\n"
+  "  iretd\n")
+extern "C" const unsigned char tsstrap_task[], tsstrap_db[];
+
+TEST(BtVm, ATaskSwitchToATssWithTheTBitRaisesDebugTrap) {
+  Machine m;
+  m.load(tsstrap_start, tsstrap_end);
+  m.tables();
+  m.gate(1, tsstrap_db, tsstrap_start);
+  std::uint64_t gdt[7];
+  std::memcpy(gdt, m.mem.host_base() + 0x1000, 6 * 8);
+  gdt[6] = 0x0000890000000067ull | (0x3100ull << 16);  // an available 32-bit TSS at 0x3100
+  m.mem.load(0x1000, gdt, sizeof gdt);
+  m.state.gdtr = {0x1000, sizeof gdt - 1};
+  const std::uint32_t task_eip = kBase + static_cast<std::uint32_t>(tsstrap_task - tsstrap_start);
+  m.mem.w32(0x3100 + 0x20, task_eip);
+  m.mem.w32(0x3100 + 0x24, 0x2);         // EFLAGS
+  m.mem.w32(0x3100 + 0x38, 0x80000);     // ESP
+  for (unsigned s = 0; s < 6; ++s) m.mem.w32(0x3100 + 0x48 + 4 * s, s == 1 ? 0x08 : 0x10);
+  m.mem.w32(0x3100 + 0x64, 1);           // T
+  RunExit r = m.run();
+  ASSERT_EQ(r.kind, ExitKind::Stopped) << r.diagnostic;
+  const std::vector<std::uint32_t> expected = {0xffff8ff0u, task_eip, 0x30u, 0x11u};
+  EXPECT_EQ(m.plat.post, expected);
+}
+
 BT_GUEST_PROGRAM(mmiorw, 0x100000,
   "  mov dword ptr [0xf0000000], 40\n"
   "  add dword ptr [0xf0000000], 2\n"

@@ -208,6 +208,53 @@ void Vcpu::do_wrmsr() {
   }
 }
 
+// MOV to/from DRn: DR4 and DR5 are DR6 and DR7 while CR4.DE is clear, #UD
+// while it is set.  (DR7.GD, the general-detect #DB, is not modelled: QEMU
+// 7.2 does not either.)
+unsigned Vcpu::debug_register_index(ZydisRegister reg) {
+  unsigned n = reg - ZYDIS_REGISTER_DR0;
+  if (n == 4 || n == 5) {
+    if (cr4_ & debug_registers::kCr4De) raise(6);
+    n += 2;
+  }
+  if (n > 7) raise(6);
+  return n;
+}
+
+void Vcpu::write_dr(unsigned n, std::uint32_t v) {
+  if (n == 6) v |= debug_registers::kDr6Fixed;
+  if (n == 7) v |= debug_registers::kDr7Fixed;
+  dr_[n] = v;
+  debug_registers_changed();
+}
+
+// After DR0-DR3 or DR7 changed: the translations follow the instruction
+// breakpoints (all are dropped); data breakpoints stop the VM (not
+// implemented).
+void Vcpu::debug_registers_changed() {
+  if (const int i = debug_registers::first_data_breakpoint(dr_[7]); i >= 0)
+    throw std::runtime_error("bt-swmmu: the guest enabled a data breakpoint (DR" + std::to_string(i) +
+                             " in DR7), which bt-swmmu does not implement");
+  const CodeBreakpoints now = CodeBreakpoints::from(dr_);
+  if (now == code_breakpoints_) return;
+  code_breakpoints_ = now;
+  translator_->set_code_breakpoints(now);
+  // The translations go at the dispatcher's next step (step_instructions):
+  // the instruction being emulated may be one of their blocks.
+  breakpoints_flush_pending_ = true;
+}
+
+// An I/O breakpoint on the ports of the IN/OUT just done: the #DB trap
+// (DR6.Bn, the saved EIP the next instruction's).  True when delivered.
+bool Vcpu::io_breakpoint(std::uint16_t port, unsigned size, std::uint32_t next) {
+  const unsigned hits = debug_registers::io_hits(dr_, static_cast<std::uint32_t>(cr4_), port, size);
+  if (!hits) return false;
+  dr_[6] = (dr_[6] & ~0xfull) | hits;
+  eip_ = next;
+  deliver(1, false, 0, false, next);
+  return true;
+}
+
 void Vcpu::write_cr(unsigned n, std::uint32_t v) {
   monitor_tlb_flush();
   switch (n) {
@@ -787,6 +834,7 @@ void Vcpu::emulate(std::uint32_t eip, bool mmio, Block* block) {
       check_io_permission(port, ops[0].size / 8);
       ++counters_.io_exits;
       set_reg(ops[0].reg.value, platform_read().io_in(index_, port, ops[0].size / 8));
+      if (io_breakpoint(port, ops[0].size / 8, next)) return;
       break;
     }
     case ZYDIS_MNEMONIC_OUT: {
@@ -794,6 +842,7 @@ void Vcpu::emulate(std::uint32_t eip, bool mmio, Block* block) {
       check_io_permission(port, ops[1].size / 8);
       ++counters_.io_exits;
       platform_write().io_out(index_, port, ops[1].size / 8, get_reg(ops[1].reg.value));
+      if (io_breakpoint(port, ops[1].size / 8, next)) return;
       break;
     }
     case ZYDIS_MNEMONIC_HLT:
@@ -958,10 +1007,10 @@ void Vcpu::emulate(std::uint32_t eip, bool mmio, Block* block) {
         set_reg(ops[0].reg.value, static_cast<std::uint32_t>(v));
       } else if (cls0 == ZYDIS_REGCLASS_DEBUG) {
         need_cpl0();
-        dr_[ops[0].reg.value - ZYDIS_REGISTER_DR0] = get_reg(ops[1].reg.value);
+        write_dr(debug_register_index(ops[0].reg.value), get_reg(ops[1].reg.value));
       } else if (cls1 == ZYDIS_REGCLASS_DEBUG) {
         need_cpl0();
-        set_reg(ops[0].reg.value, static_cast<std::uint32_t>(dr_[ops[1].reg.value - ZYDIS_REGISTER_DR0]));
+        set_reg(ops[0].reg.value, static_cast<std::uint32_t>(dr_[debug_register_index(ops[1].reg.value)]));
       } else if (cls0 == ZYDIS_REGCLASS_SEGMENT) {
         const int s = ops[0].reg.value - ZYDIS_REGISTER_ES;
         if (s == 1) raise(6);

@@ -18,6 +18,7 @@ namespace modevisor::bt {
 
 namespace {
 constexpr std::uint32_t kIF = 0x200;
+constexpr std::uint32_t kRF = 0x10000;
 // Emulated instructions back to back in one call (a handler that is one
 // special instruction after another), before the dispatcher gets a turn.
 constexpr unsigned kMaxEmulatedPerCall = 16;
@@ -81,6 +82,8 @@ std::uint64_t Vcpu::emulate_and_continue() {
   for (unsigned n = 0; n < kMaxEmulatedPerCall; ++n) {
     if (!may_stay_in_cache(view_may_have_changed)) return 0;
     Block* b = lookup(eip_);
+    if (b->breakpoint) return 0;  // the dispatcher's (code_breakpoint)
+    ctx_->sysflags &= ~kRF;        // (an IRET may have set it: it lasts one instruction)
     if (!b->special) return reinterpret_cast<std::uint64_t>(b->entry);
     ++counters_.special_exits;
     if (b->monitor_site) {
@@ -131,7 +134,7 @@ bool Vcpu::keeps_view(const Block& b) {
 bool Vcpu::may_stay_in_cache(bool after_emulation) {
   monitor_walks_next_iteration();
   if (single_step_ || kicked_.load(std::memory_order_relaxed) || poll_blocked_.load(std::memory_order_relaxed) ||
-      dirty_.requested() || !long_mode_entered_.empty())
+      dirty_.requested() || !long_mode_entered_.empty() || breakpoints_flush_pending_)
     return false;
   if (platform_read_) {
     if (platform_.stop_requested()) return false;

@@ -53,7 +53,7 @@ struct Tss32 {
   std::array<std::uint32_t, 8> gprs{};        // EAX ECX EDX EBX ESP EBP ESI EDI
   std::array<std::uint16_t, 6> segments{};    // ES CS SS DS FS GS
   std::uint16_t ldt = 0;
-  bool trap = false;                          // T: #DB on entry (not modelled)
+  bool trap = false;                          // T: #DB on entry (Vcpu::raise_task_trap)
 
   static Tss32 decode(const std::array<std::uint8_t, kMinimumLimit + 1>& image) {
     auto u32 = [&](std::uint32_t at) {

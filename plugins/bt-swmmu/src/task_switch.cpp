@@ -84,6 +84,10 @@ void Vcpu::switch_task(std::uint16_t sel, std::uint64_t raw, TaskSwitchKind kind
   incoming.type |= 2;
   tr_ = incoming;
   cr0_ |= 8;
+  if (dr_[7] & debug_registers::kDr7LocalEnables) {  // L0-L3 are the old task's
+    dr_[7] &= ~debug_registers::kDr7LocalEnables;
+    debug_registers_changed();
+  }
   if (new32 && paging().paging()) cr3_ = next.cr3;  // a 16-bit TSS has no CR3
   monitor_tlb_flush();
   set_eflags(incoming_eflags(kind, next.eflags));
@@ -111,6 +115,7 @@ void Vcpu::switch_task(std::uint16_t sel, std::uint64_t raw, TaskSwitchKind kind
   if (next.eflags & kVm) {  // a virtual-8086 task: its selectors are paragraphs
     load_v86_task_segments(next.segments);
     run_state_ = api::RunState::Runnable;
+    raise_task_trap(next);
     return;
   }
   auto descriptor = [&](std::uint16_t s) {
@@ -137,6 +142,16 @@ void Vcpu::switch_task(std::uint16_t sel, std::uint64_t raw, TaskSwitchKind kind
   }
   sync_seg_bases();
   run_state_ = api::RunState::Runnable;
+  raise_task_trap(next);
+}
+
+// The incoming TSS's T bit: a #DB (DR6.BT) once the switch is complete,
+// before the new task's first instruction (pending, so a task gate's error
+// code is pushed first and the event survives a save).  QEMU 7.2 ignores it.
+void Vcpu::raise_task_trap(const Tss32& next) {
+  if (!next.trap) return;
+  dr_[6] |= debug_registers::kDr6TaskSwitch;
+  pending_exception_ = api::PendingException{1, false, 0, false};
 }
 
 void Vcpu::deliver_through_task_gate(std::uint16_t tss_sel, bool has_error, std::uint32_t error, bool software,

@@ -1114,6 +1114,18 @@ TranslateStatus Translator::translate(std::uint32_t eip, TKey tkey, const CodeWi
       b->n_pages = 2;
     }
     const std::uint32_t next = pc + insn.length;
+    if (!transient && code_breakpoints_.at(linear(pc))) {
+      // An instruction breakpoint: the dispatcher's (the #DB fault, or RF).
+      if (b->n_insns == 0) {
+        b->special = true;
+        b->breakpoint = true;
+        status = TranslateStatus::Special;
+        b->end_eip = next;
+        break;
+      }
+      direct_exit(pc, pc - 1);
+      break;
+    }
     t_seg.a16 = insn.address_width == 16;
     InsnClass cls = classify(insn, ops, tkey);
     const bool monitor_site = !transient && sites_ && off < code.first_page_bytes &&

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "adaptive_sites.hpp"
+#include "debug_registers.hpp"
 #include "context.hpp"
 
 namespace modevisor::bt {
@@ -55,6 +56,7 @@ struct Block {
   TKey tkey = 0;
   bool special = false;         // first instruction is emulated by the monitor (entry: a monitor call)
   bool monitor_site = false;    // ... because it kept faulting into the monitor (AdaptiveSites)
+  bool breakpoint = false;      // ... because it is at an instruction breakpoint (the dispatcher's)
   bool valid = true;
   std::uint8_t* host = nullptr;  // start of host code (IRQ stub)
   std::uint8_t* entry = nullptr; // entry point (after the IRQ stub)
@@ -145,6 +147,9 @@ class Translator {
   TranslatorStats stats;
   // Instructions translated as monitor calls (owned by the vCPU).
   void set_monitor_sites(const AdaptiveSites* sites) { sites_ = sites; }
+  // Enabled instruction breakpoints (the caller flushes when they change).
+  // Transient (single-instruction) translations ignore them.
+  void set_code_breakpoints(const CodeBreakpoints& bps) { code_breakpoints_ = bps; }
 
  private:
   struct Key {
@@ -162,6 +167,7 @@ class Translator {
   };
   void emit_routines();
 
+  CodeBreakpoints code_breakpoints_;
   std::uint8_t* cache_ = nullptr;
   std::uint8_t* cache_end_ = nullptr;
   std::uint8_t* cur_ = nullptr;

@@ -1,5 +1,6 @@
 #include "vcpu.hpp"
 
+#include "event_frame.hpp"
 #include "host_signals.hpp"
 
 #include <sys/mman.h>
@@ -68,7 +69,9 @@ std::uint32_t Vcpu::eflags() const {
 
 void Vcpu::set_eflags(std::uint32_t v) {
   ctx_->rflags = (v & kHostFlags) | 0x202;
-  ctx_->sysflags = (v & ~kHostFlags & ~kRF) | 2;  // RF is not modelled (and PUSHF never shows it)
+  // RF (set by IRET or a task switch) lasts until the next instruction
+  // starts: the dispatcher and monitor calls clear it (code_breakpoint).
+  ctx_->sysflags = (v & ~kHostFlags) | 2;
 }
 
 api::Segment& Vcpu::seg(int i) {
@@ -165,6 +168,7 @@ void Vcpu::load(const api::VcpuState& s) {
   gdtr_ = s.gdtr; idtr_ = s.idtr;
   cr0_ = s.cr0; cr2_ = s.cr2; cr3_ = s.cr3; cr4_ = s.cr4; cr8_ = s.cr8; efer_ = s.efer;
   dr_ = s.dr;
+  debug_registers_changed();
   msrs_.load(s.msrs, __rdtsc());
   bool zero = true;
   for (auto b : s.fpu.fxsave) zero &= b == 0;
@@ -473,14 +477,16 @@ Block* Vcpu::lookup(std::uint32_t eip) {
   const std::uint32_t la = cs_base + eip;
   // The last lookups, in front of the region's hash map (a system call
   // looks up the same four blocks every time).
+  // A single step (TF, or an instruction breakpoint passed with RF) needs a
+  // one-instruction translation of its own.
   RecentLookup& recent = recent_lookups_[la % recent_lookups_.size()];
   const std::uint64_t gen = shadow_->block_map_generation();
   if (recent.gen == gen && recent.region == region_ && recent.la == la && recent.block->valid &&
-      recent.block->eip == eip) {
+      recent.block->eip == eip && !single_step_) {
     ++counters_.cache_hits;
     return recent.block;
   }
-  auto it = region_->blocks.find(la);
+  auto it = single_step_ ? region_->blocks.end() : region_->blocks.find(la);
   if (it != region_->blocks.end()) {
     Block* b = static_cast<Block*>(it->second);
     if (b->valid && b->eip == eip) {
@@ -556,6 +562,20 @@ Block* Vcpu::lookup(std::uint32_t eip) {
   return b;
 }
 
+// At an enabled instruction breakpoint (CS:EIP's linear address in DRn):
+// the #DB fault with DR6.Bn; with EFLAGS.RF set the instruction instead runs
+// once on its own (a transient translation has no breakpoint) and RF clears.
+std::optional<Vcpu::StepResult> Vcpu::code_breakpoint() {
+  const std::uint32_t la = code_linear(eip_);
+  if (!code_breakpoints_.at(la)) return std::nullopt;
+  if (ctx_->sysflags & eflags_bits::kRF) {
+    single_step_ = true;
+    return std::nullopt;
+  }
+  dr_[6] = (dr_[6] & ~0xfull) | CodeBreakpoints::hits(dr_, la);
+  return deliver_fault(GuestException{1, false, 0});
+}
+
 Vcpu::StepResult Vcpu::step() {
   // EFLAGS.TF at the start of an instruction: it runs alone, and a
   // single-step #DB (a trap, DR6.BS) follows when it completed.
@@ -577,6 +597,12 @@ Vcpu::StepResult Vcpu::step() {
 Vcpu::StepResult Vcpu::step_instructions(bool traced_write_step, bool* executed) {
   // Region block maps hold blocks of one flavour; the user/supervisor part of
   // the flavour follows the region view, the rest clears the maps on change.
+  if (breakpoints_flush_pending_) {  // the instruction breakpoints changed (debug_registers_changed)
+    translator_->flush();
+    shadow_->clear_block_maps();
+    pending_patch_ = 0;
+    breakpoints_flush_pending_ = false;
+  }
   const TKey tk = flavour_key();
   if (tk != (tkey_ & ~kTKeyUser)) {
     shadow_->clear_block_maps();
@@ -585,6 +611,12 @@ Vcpu::StepResult Vcpu::step_instructions(bool traced_write_step, bool* executed)
   tkey_ = tk | (cpl_ == 3 ? kTKeyUser : 0);
   activate_region();
   view_ = CachedView{};  // segment bases or block maps may have changed outside monitor calls
+  if (code_breakpoints_.any())
+    if (const auto r = code_breakpoint()) return *r;
+  // RF lasts one instruction, and only breakpoints read it: cleared here,
+  // set again when the block did not run.
+  const bool resume_flag = ctx_->sysflags & eflags_bits::kRF;
+  ctx_->sysflags &= ~eflags_bits::kRF;
   Block* b = lookup(eip_);
   if (pending_patch_) {
     // The jump's own target: an event delivered since may have moved CS:EIP.
@@ -613,15 +645,18 @@ Vcpu::StepResult Vcpu::step_instructions(bool traced_write_step, bool* executed)
     return StepResult::Continue;
   }
   if (poll_blocked_.exchange(false)) mprotect(poll_page(), 4096, PROT_READ);
-  if (kicked_.load() || poll_needed_.load(std::memory_order_acquire)) return StepResult::Continue;
+  if (kicked_.load() || poll_needed_.load(std::memory_order_acquire)) {
+    if (resume_flag) ctx_->sysflags |= eflags_bits::kRF;
+    return StepResult::Continue;
+  }
   sync_seg_bases();
   in_guest_ = true;
   const std::uint64_t reason = translator_->enter(ctx_, b->entry);
   in_guest_ = false;
   // Not run: the entry poll left first; a write to a traced page runs again, alone.
-  if (executed)
-    *executed = reason != kExitInterrupt &&
-                !(reason == kExitFault && ctx_->fault_kind == FaultKind::ProtectedWrite);
+  const bool ran = reason != kExitInterrupt && !(reason == kExitFault && ctx_->fault_kind == FaultKind::ProtectedWrite);
+  if (executed) *executed = ran;
+  if (!ran && resume_flag) ctx_->sysflags |= eflags_bits::kRF;
   return dispatch_exit(reason, stepping);
 }
 

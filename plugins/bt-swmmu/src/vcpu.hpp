@@ -261,6 +261,15 @@ class Vcpu {
   void do_rdmsr();
   void do_wrmsr();
   void write_cr(unsigned n, std::uint32_t v);
+  // --- debug registers (debug_registers.hpp)
+  unsigned debug_register_index(ZydisRegister reg);
+  void write_dr(unsigned n, std::uint32_t v);
+  void debug_registers_changed();
+  bool io_breakpoint(std::uint16_t port, unsigned size, std::uint32_t next);
+  std::optional<StepResult> code_breakpoint();
+  void raise_task_trap(const Tss32& next);
+  CodeBreakpoints code_breakpoints_;
+  bool breakpoints_flush_pending_ = false;  // translations made before a breakpoint change
   void string_op(const ZydisDecodedInstruction& insn, const ZydisDecodedOperand* ops);
   void far_transfer(std::uint16_t sel, std::uint32_t off, bool call, std::uint32_t ret_eip, unsigned opsize);
 
