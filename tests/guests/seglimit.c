@@ -205,6 +205,9 @@ __asm__(".text\n"
         "  jmp cl_blob + 0x80\n"               /* 0x40: inside the limit */
         "  .org cl_blob + 0x80\n"
         "  lret\n"
+        "  .org cl_blob + 0xa0\n"
+        "  movl $2, %ecx\n"                     /* 0xa0: LOOP to beyond the limit (ECX kept) */
+        "  loop cl_blob + 0x100\n"
         "  .org cl_blob + 0xfc\n"
         "  movl $0x12345678, %eax\n"            /* bytes 0xfc..0x100 */
         "  lret\n"
@@ -214,7 +217,7 @@ static volatile uint32_t g_entry;
 static void far_call_blob(void)
 {
   struct __attribute__((packed)) { uint32_t off; uint16_t sel; } target = {g_entry, SEL_CODE_LIM};
-  __asm__ volatile("lcall *%0" : : "m"(target) : "eax", "memory");
+  __asm__ volatile("lcall *%0" : : "m"(target) : "eax", "ecx", "memory");
 }
 
 static void code_limit(const char *what, uint32_t entry, int fault, uint32_t at, int check_esp)
@@ -345,6 +348,9 @@ int main(void)
   code_limit("ret to 0x100", 0x20, 1, 0x2b, 1);
   code_limit("mov eax, imm32 at 0xfc (to 0x100)", 0x30, 1, 0xfc, 0);
   code_limit("jmp 0x80; retf", 0x40, 0, 0, 0);
+  code_limit("loop 0x100", 0xa0, 1, 0xa5, 0);
+  printf("CS limit 0xff, loop 0x100: ECX 0x%x at the fault\n", trap_frame.ecx);
+  CHECK_EQ(trap_frame.ecx, 2);
 
   CHECK_EQ(failures, 0);
   rt_finish();

@@ -6,6 +6,10 @@
  *   stack and the POPF that clears TF (TF was set when it started), and none
  *   after that.  The #DB handler (an interrupt gate: TF clear inside it)
  *   counts, records the EIPs and returns with IRET, which restores TF.
+ *   MOV SS and POP SS hold the single-step trap back until the instruction
+ *   after them has run; INT n with TF set enters its handler with TF clear,
+ *   and the trap comes after the instruction that follows the handler's IRET;
+ *   a REP MOVSB traps after each iteration (EIP the MOVSB's until the last).
  *   At CPL 0 with IOPL 3 and NT set, CLI and STI change IF only (IOPL and NT
  *   read back by PUSHF). */
 #include "rt.h"
@@ -39,6 +43,43 @@ __asm__(".text\n"
         "  ret\n"
         "ss_fn:\n"
         "  ret\n");
+
+/* MOV SS, POP SS and INT n under TF (offsets from ms_seq). */
+extern char ms_seq[];
+extern void ms_run(void);
+__asm__(".text\n"
+        "ms_run:\n"
+        "  pushfl\n"
+        "  orl $0x100, (%esp)\n"
+        "  popfl\n"
+        "ms_seq:\n"
+        "  nop\n"                    /* +1 */
+        "  movl %ss, %eax\n"         /* +3 */
+        "  movl %eax, %ss\n"         /* no trap: held back */
+        "  nop\n"                    /* +6 */
+        "  pushl %ss\n"              /* +7 */
+        "  popl %ss\n"               /* no trap: held back */
+        "  nop\n"                    /* +9 */
+        "  int $0x31\n"              /* the handler runs with TF clear */
+        "  nop\n"
+        "  movl $3, %ecx\n"
+        "  leal ms_buf, %esi\n"
+        "  leal ms_buf+8, %edi\n"
+        "  rep movsb\n"               /* a trap after each iteration */
+        "  nop\n"
+        "  pushfl\n"
+        "  andl $~0x100, (%esp)\n"
+        "  popfl\n"
+        "  ret\n");
+static volatile uint32_t int31_tf;
+volatile uint8_t ms_buf[16] = {1, 2, 3};
+static struct regs *on_int31(struct regs *r)
+{
+  uint32_t fl;
+  __asm__ volatile("pushfl; popl %0" : "=r"(fl));
+  int31_tf = (fl >> 8) & 1;
+  return r;
+}
 
 static struct regs *on_db(struct regs *r)
 {
@@ -102,6 +143,15 @@ int main(void)
   __asm__ volatile("pushfl; popl %0" : "=r"(eflags));
   printf("TF after the sequence: %u\n", (unsigned)((eflags >> 8) & 1));
   CHECK_EQ((eflags >> 8) & 1, 0);
+
+  const uint32_t before_ms = traps;
+  isr_set(0x31, on_int31);
+  ms_run();
+  printf("MOV SS, POP SS, INT n under TF: %u #DBs at", (unsigned)(traps - before_ms));
+  for (uint32_t i = before_ms; i < traps && i < MAX_TRAPS; i++) printf(" +%u", (unsigned)(trap_eip[i] - (uint32_t)ms_seq));
+  printf("; TF in the INT handler %u\n", (unsigned)int31_tf);
+  CHECK_EQ(int31_tf, 0);
+  CHECK_EQ(ms_buf[8] + ms_buf[9] + ms_buf[10], 6);
 
   /* IF clear in the values popped, so no interrupt sees NT set. */
   const uint32_t cli_iopl_nt = flags_after(0x3002 | 0x4000, 0);

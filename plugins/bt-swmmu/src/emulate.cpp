@@ -14,7 +14,7 @@
 namespace modevisor::bt {
 
 namespace {
-constexpr std::uint32_t kIF = 0x200, kIOPL = 0x3000, kAC = 0x40000, kVM = 0x20000, kRF = 0x10000;
+constexpr std::uint32_t kIF = 0x200, kIOPL = 0x3000, kAC = 0x40000, kVM = 0x20000, kRF = 0x10000, kTF = 0x100;
 constexpr std::uint32_t kPopfMask = 0x00257fd5;
 constexpr std::uint32_t kCF = 1, kPF = 4, kAF = 0x10, kZF = 0x40, kSF = 0x80, kOF = 0x800, kDF = 0x400;
 
@@ -311,7 +311,8 @@ void Vcpu::string_op(const ZydisDecodedInstruction& insn, const ZydisDecodedOper
   const std::uint32_t amask = a16 ? 0xffffu : 0xffffffffu;
   auto reg_a = [&](unsigned i) { return reg32(i) & amask; };
   auto set_a = [&](unsigned i, std::uint32_t v) { reg32(i) = (reg32(i) & ~amask) | (v & amask); };
-  if (rep && (is_movs || is_stos) && !a16 && !limited_) {
+  const bool trap_flag = ctx_->sysflags & kTF;  // one iteration per step (the general loop)
+  if (rep && (is_movs || is_stos) && !a16 && !limited_ && !trap_flag) {
     for (int chunks = 0; chunks < 64 && reg32(1) != 0; ++chunks) {
       std::uint32_t& esi = reg32(6);
       std::uint32_t& edi = reg32(7);
@@ -344,8 +345,10 @@ void Vcpu::string_op(const ZydisDecodedInstruction& insn, const ZydisDecodedOper
     if (reg32(1) == 0) return;
   }
   // Bounded work per call: long REP loops resume through the dispatcher so
-  // interrupts and stop requests are seen.
-  for (int budget = 4096; budget > 0; --budget) {
+  // interrupts and stop requests are seen.  Under TF one iteration: the
+  // single-step trap comes after each (EIP still the instruction's).
+  const int iterations = trap_flag ? 1 : 4096;
+  for (int budget = iterations; budget > 0; --budget) {
     if (rep && reg_a(1) == 0) return;
     std::uint32_t esi = reg_a(6), edi = reg_a(7);  // written back once the iteration has succeeded
     bool stop = false;
@@ -1015,7 +1018,7 @@ void Vcpu::emulate(std::uint32_t eip, bool mmio, Block* block) {
         const int s = ops[0].reg.value - ZYDIS_REGISTER_ES;
         if (s == 1) raise(6);
         load_segment(s, static_cast<std::uint16_t>(operand_value(ops[1])));
-        if (s == 2) interrupt_shadow_ = true;
+        if (s == 2) interrupt_shadow_ = ss_load_shadow_ = true;
       } else if (cls1 == ZYDIS_REGCLASS_SEGMENT) {
         const std::uint16_t sel = seg(ops[1].reg.value - ZYDIS_REGISTER_ES).selector;
         if (ops[0].type == ZYDIS_OPERAND_TYPE_MEMORY) write(ea(insn, ops[0]), 2, sel, user);
@@ -1055,7 +1058,7 @@ void Vcpu::emulate(std::uint32_t eip, bool mmio, Block* block) {
         reg32(4) = esp0;
         throw;
       }
-      if (s == 2) interrupt_shadow_ = true;
+      if (s == 2) interrupt_shadow_ = ss_load_shadow_ = true;
       break;
     }
     case ZYDIS_MNEMONIC_LDS: case ZYDIS_MNEMONIC_LES: case ZYDIS_MNEMONIC_LFS: case ZYDIS_MNEMONIC_LGS:
@@ -1087,12 +1090,16 @@ void Vcpu::emulate(std::uint32_t eip, bool mmio, Block* block) {
         taken = count == 0;
       } else {
         count = cx ? (count - 1) & 0xffff : count - 1;
-        reg32(1) = cx ? (reg32(1) & 0xffff0000u) | count : count;
         const bool zf = eflags() & kZF;
         taken = count != 0 && (insn.mnemonic == ZYDIS_MNEMONIC_LOOP || (insn.mnemonic == ZYDIS_MNEMONIC_LOOPE) == zf);
       }
       const std::uint32_t target = next + static_cast<std::uint32_t>(ops[0].imm.value.s);
-      eip_ = taken ? (opsize == 16 ? target & 0xffff : target) : next;
+      const std::uint32_t new_eip = taken ? (opsize == 16 ? target & 0xffff : target) : next;
+      // A target beyond CS's limit faults with nothing changed (ECX kept).
+      if (new_eip > cs_.limit) raise(13, true, 0);
+      if (insn.mnemonic != ZYDIS_MNEMONIC_JCXZ && insn.mnemonic != ZYDIS_MNEMONIC_JECXZ)
+        reg32(1) = cx ? (reg32(1) & 0xffff0000u) | count : count;
+      eip_ = new_eip;
       return;
     }
     case ZYDIS_MNEMONIC_JMP:

@@ -1155,6 +1155,19 @@ TranslateStatus Translator::translate(std::uint32_t eip, TKey tkey, const CodeWi
     }
     if (inline_pushf || inline_cli || inline_popf || inline_sti) cls = InsnClass::Stack;
     if (monitor_site) cls = InsnClass::Special;
+    // A LOOP whose (static) target lies beyond CS's limit: the monitor's,
+    // whose #GP leaves ECX as it was (the native LOOP would count it down).
+    if (t_seg.limits &&
+        (insn.mnemonic == ZYDIS_MNEMONIC_LOOP || insn.mnemonic == ZYDIS_MNEMONIC_LOOPE ||
+         insn.mnemonic == ZYDIS_MNEMONIC_LOOPNE) &&
+        std::uint64_t{static_cast<std::uint32_t>(next + ops[0].imm.value.s) &
+                      (insn.operand_width == 16 ? 0xffffu : 0xffffffffu)} > code.cs_limit)
+      cls = InsnClass::Special;
+    // Under TF a REP string instruction traps after every iteration: the
+    // monitor runs it one iteration per step (string_op).
+    if ((tkey & kTKeyTrapFlag) && is_string_op(insn) &&
+        (insn.attributes & (ZYDIS_ATTRIB_HAS_REP | ZYDIS_ATTRIB_HAS_REPE | ZYDIS_ATTRIB_HAS_REPNE)))
+      cls = InsnClass::Special;
     if (cls == InsnClass::Special) {
       if (b->n_insns == 0) {
         b->special = true;

@@ -585,8 +585,12 @@ Vcpu::StepResult Vcpu::step() {
   single_step_ = true;
   const std::uint64_t deliveries = deliveries_;
   bool executed = false;
+  ss_load_shadow_ = false;
   const StepResult r = step_instructions(traced_write_step, &executed);
   if (r != StepResult::Continue || !executed || deliveries_ != deliveries) return r;
+  // MOV SS and POP SS hold the trap back until the next instruction has run
+  // (it runs single-stepped too: TF is still set).
+  if (ss_load_shadow_) return r;
   dr_[6] |= 0x4000;  // BS
   return deliver_fault(GuestException{1, false, 0});
 }

@@ -269,7 +269,8 @@ class Vcpu {
   std::optional<StepResult> code_breakpoint();
   void raise_task_trap(const Tss32& next);
   CodeBreakpoints code_breakpoints_;
-  bool breakpoints_flush_pending_ = false;  // translations made before a breakpoint change
+  bool breakpoints_flush_pending_ = false;
+  bool ss_load_shadow_ = false;  // the instruction just emulated loaded SS (MOV/POP): no single-step trap after it  // translations made before a breakpoint change
   void string_op(const ZydisDecodedInstruction& insn, const ZydisDecodedOperand* ops);
   void far_transfer(std::uint16_t sel, std::uint32_t off, bool call, std::uint32_t ret_eip, unsigned opsize);
 
