@@ -64,7 +64,33 @@ TEST(DebugRegisters, OnlyEnabledInstructionBreakpointsReachTheTranslator) {
   EXPECT_FALSE(c.at(0x1001));
   // DR6 reports every instruction-kind DRn at that address, DR3 included.
   EXPECT_EQ(CodeBreakpoints::hits(dr, 0x1000), 0x9u);
-  EXPECT_EQ(dbg::first_data_breakpoint(dr[7]), 1);
-  EXPECT_EQ(dbg::first_data_breakpoint(dr7_with(0, 0, 0)), -1);
   EXPECT_FALSE(CodeBreakpoints::from(Regs{}).any());
+}
+
+TEST(DebugRegisters, DataBreakpointsCoverTheirAlignedRangeAndKind) {
+  Regs dr{};
+  dr[0] = 0x1003;  // LEN 4: the dword at 0x1000
+  dr[1] = 0x2ffe;  // LEN 2, reads and writes: 0x2ffe-0x2fff
+  dr[2] = 0x5000;  // an instruction breakpoint: not a data one
+  dr[3] = 0x3ffc;  // LEN 8 across no page: 0x3ff8-0x3fff
+  dr[7] = dr7_with(0, 1, 3) | dr7_with(1, 3, 1) | dr7_with(2, 0, 0) | dr7_with(3, 1, 2);
+  const modevisor::bt::DataBreakpoints d = modevisor::bt::DataBreakpoints::from(dr);
+  EXPECT_EQ(d.enabled, 0xbu);
+  EXPECT_EQ(d.hits(0x1000, 1, true), 1u);
+  EXPECT_EQ(d.hits(0x1000, 4, false), 0u);  // DR0 watches writes only
+  EXPECT_EQ(d.hits(0x0ffe, 4, true), 1u);   // overlaps from below
+  EXPECT_EQ(d.hits(0x1004, 4, true), 0u);
+  EXPECT_EQ(d.hits(0x2ffc, 4, false), 2u);  // reads count for R/W 11
+  EXPECT_EQ(d.hits(0x3000, 4, true), 0u);
+  EXPECT_EQ(d.hits(0x3ffc, 4, true), 8u);
+  EXPECT_EQ(d.hits(0x5000, 4, true), 0u);
+  std::uint32_t pages[8];
+  const unsigned n = d.pages(pages);
+  ASSERT_EQ(n, 3u);
+  EXPECT_EQ(pages[0], 0x1000u);
+  EXPECT_EQ(pages[1], 0x2000u);
+  EXPECT_EQ(pages[2], 0x3000u);
+  dr[0] = 0x1ffe;
+  dr[7] = dr7_with(0, 3, 3);  // LEN 4 aligns it to 0x1ffc: one page
+  EXPECT_EQ(modevisor::bt::DataBreakpoints::from(dr).pages(pages), 1u);
 }

@@ -619,64 +619,68 @@ TEST(BtVm, ExecutingDeviceMemoryIsAnErrorNotACrash) {
   EXPECT_NE(r.diagnostic.find("outside RAM"), std::string::npos) << r.diagnostic;
 }
 
-// A data breakpoint (DR7 R/W 01 or 11) is not implemented: the VM stops
-// with an error naming it, rather than running on without the #DB.
+// Data breakpoints: DR1 watches writes to the dword at 0x5000, DR3 reads
+// and writes of the word at 0x6002.  Each hit is a #DB trap after the
+// instruction (its write done, the saved EIP the next one's, DR6.Bn); reads
+// of a write breakpoint, and accesses beside a range, do not hit.  A REP
+// STOSB through 0x6000-0x6007 traps after the iteration that wrote 0x6002,
+// and after the one that wrote 0x6003, with ECX counted down to that point
+// and EIP still on the STOSB.
 BT_GUEST_PROGRAM(databp, 0x100000,
+  "  xor ecx, ecx\n"
   "  mov eax, 0x5000\n"
   "  mov dr1, eax\n"
-  "  mov eax, 0xd00004\n"            // L1; R/W1 01 (writes), LEN1 11 (4 bytes)
+  "  mov eax, 0x6002\n"
+  "  mov dr3, eax\n"
+  "  mov eax, 0x70d00044\n"          // L1 R/W1 01 LEN1 11; L3 R/W3 11 LEN3 01
   "  mov dr7, eax\n"
-  "  mov dword ptr [0x5000], 1\n"
-  "  out 0xf4, al\n")
-
-TEST(BtVm, ADataBreakpointStopsTheVmSayingSo) {
-  Machine m;
-  m.load(databp_start, databp_end);
-  RunExit r = m.run();
-  EXPECT_EQ(r.kind, ExitKind::Error);
-  EXPECT_NE(r.diagnostic.find("data breakpoint (DR1"), std::string::npos) << r.diagnostic;
-}
-
-// A far JMP to a TSS whose T bit is set: the switch completes, then a #DB
-// with DR6.BT before the new task's first instruction (the saved EIP is
-// that instruction's).
-BT_GUEST_PROGRAM(tsstrap, 0x100000,
-  "  ljmp 0x30, 0\n"
-  ".globl tsstrap_task\n"
-  "tsstrap_task: mov eax, 0x11\n"
+  "  mov eax, [0x5000]\n"             // a read: no hit (DR1 watches writes)
+  "  mov dword ptr [0x5004], 1\n"     // beside it: no hit
+  ".globl databp_w1\n"
+  "databp_w1: mov dword ptr [0x5000], 0x11\n"
+  ".globl databp_after_w1\n"
+  "databp_after_w1: mov eax, [0x6000]\n"  // the dword at 0x6000 covers 0x6002: DR3
+  ".globl databp_after_r3\n"
+  "databp_after_r3: cld\n"
+  "  mov edi, 0x6000\n"
+  "  mov ecx, 8\n"
+  "  mov al, 0x22\n"
+  ".globl databp_rep\n"
+  "databp_rep: rep stosb\n"
+  "  mov eax, [0x5000]\n"
   "  out 0x80, eax\n"
   "  out 0xf4, al\n"
-  ".globl tsstrap_db\n"
-  "tsstrap_db: mov eax, dr6\n"
+  ".globl databp_db\n"
+  "databp_db: push eax\n"
+  "  mov eax, dr6\n"
+  "  and eax, 0xf\n"
   "  out 0x80, eax\n"
-  "  mov eax, [esp]\n"
+  "  mov eax, [esp + 4]\n"            // the saved EIP
+  "  out 0x80, eax\n"
+  "  mov eax, ecx\n"
   "  out 0x80, eax\n"
   "  xor eax, eax\n"
-  "  str ax\n"
-  "  out 0x80, eax\n"
+  "  mov dr6, eax\n"
+  "  pop eax\n"
   "  iretd\n")
-extern "C" const unsigned char tsstrap_task[], tsstrap_db[];
+extern "C" const unsigned char databp_after_w1[], databp_after_r3[], databp_rep[], databp_db[];
 
-TEST(BtVm, ATaskSwitchToATssWithTheTBitRaisesDebugTrap) {
+TEST(BtVm, DataBreakpointsTrapAfterTheAccessThatHitThem) {
   Machine m;
-  m.load(tsstrap_start, tsstrap_end);
+  m.load(databp_start, databp_end);
   m.tables();
-  m.gate(1, tsstrap_db, tsstrap_start);
-  std::uint64_t gdt[7];
-  std::memcpy(gdt, m.mem.host_base() + 0x1000, 6 * 8);
-  gdt[6] = 0x0000890000000067ull | (0x3100ull << 16);  // an available 32-bit TSS at 0x3100
-  m.mem.load(0x1000, gdt, sizeof gdt);
-  m.state.gdtr = {0x1000, sizeof gdt - 1};
-  const std::uint32_t task_eip = kBase + static_cast<std::uint32_t>(tsstrap_task - tsstrap_start);
-  m.mem.w32(0x3100 + 0x20, task_eip);
-  m.mem.w32(0x3100 + 0x24, 0x2);         // EFLAGS
-  m.mem.w32(0x3100 + 0x38, 0x80000);     // ESP
-  for (unsigned s = 0; s < 6; ++s) m.mem.w32(0x3100 + 0x48 + 4 * s, s == 1 ? 0x08 : 0x10);
-  m.mem.w32(0x3100 + 0x64, 1);           // T
+  m.gate(1, databp_db, databp_start);
   RunExit r = m.run();
   ASSERT_EQ(r.kind, ExitKind::Stopped) << r.diagnostic;
-  const std::vector<std::uint32_t> expected = {0xffff8ff0u, task_eip, 0x30u, 0x11u};
+  auto at = [&](const unsigned char* label) { return kBase + static_cast<std::uint32_t>(label - databp_start); };
+  const std::vector<std::uint32_t> expected = {
+      2u, at(databp_after_w1), 0u,   // the write to 0x5000 (ECX 0 then)
+      8u, at(databp_after_r3), 0u,   // the read of 0x6000-0x6003
+      8u, at(databp_rep), 5u,        // the REP STOSB's third byte (0x6002): 5 left
+      8u, at(databp_rep), 4u,        // and its fourth (0x6003)
+      0x11u};
   EXPECT_EQ(m.plat.post, expected);
+  EXPECT_EQ(m.mem.r32(0x6004), 0x22222222u);  // the REP went on after the handler
 }
 
 BT_GUEST_PROGRAM(mmiorw, 0x100000,

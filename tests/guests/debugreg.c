@@ -6,13 +6,21 @@
  *   next time.  Reached in the middle of a block, as a loop's body (a
  *   chained jump), through an indirect call, and from ring 3; none while
  *   disabled.
+ *   Data breakpoints (R/W 01 writes, 11 reads and writes): a #DB trap after
+ *   the instruction whose access overlaps DRn's range (the saved EIP the next
+ *   instruction's, DR6.Bn), none for reads of a write breakpoint or accesses
+ *   beside the range; a REP STOSB traps after each iteration that hits (EIP
+ *   the STOSB's, ECX counted down that far) and then completes.
  *   (I/O breakpoints: iobreak.c.)
  *   DR4/DR5 are DR6/DR7 while CR4.DE is clear and #UD while it is set; DR6
  *   and DR7 read back their fixed bits. */
 #include "rt.h"
 
 #define MAX_TRAPS 16
-static volatile uint32_t trap_eip[MAX_TRAPS], trap_dr6[MAX_TRAPS], trap_cpl[MAX_TRAPS], traps;
+static volatile uint32_t trap_eip[MAX_TRAPS], trap_dr6[MAX_TRAPS], trap_cpl[MAX_TRAPS], trap_ecx[MAX_TRAPS], traps;
+static volatile uint32_t watched[4] __attribute__((aligned(16)));
+static volatile uint8_t stos_buf[8] __attribute__((aligned(8)));
+extern char dw_seq[];
 static volatile uint32_t loop_sum;
 extern char bp_fn[], bp_target[], bp_loop_body[], bp_user_fn[], bp_user_target[];
 extern uint32_t bp_fn_call(void);
@@ -45,6 +53,7 @@ static struct regs *on_db(struct regs *r)
     trap_eip[traps] = r->eip;
     trap_dr6[traps] = dr6 & 0xe00f;
     trap_cpl[traps] = r->cs & 3;
+    trap_ecx[traps] = r->ecx;
   }
   traps++;
   __asm__ volatile("mov %0, %%dr6" : : "r"(0u));
@@ -76,6 +85,26 @@ static void describe(const char *what, uint32_t first, uint32_t n)
     printf(" [%s DR6 0x%x CPL %u]", at, (unsigned)trap_dr6[i], (unsigned)trap_cpl[i]);
   }
   printf("\n");
+}
+
+/* The data accesses (offsets from dw_seq in the transcript). */
+static void data_sequence(void)
+{
+  __asm__ volatile("dw_seq:\n\t"
+                   "movl watched, %%eax\n\t"         /* a read: DR0 watches writes */
+                   "movl $1, watched+4\n\t"          /* beside the range */
+                   "movl $0x11, watched\n\t"         /* DR0 */
+                   "nop\n\t"
+                   "movl watched+8, %%eax\n\t"       /* covers DR1's word at +10 */
+                   "nop\n\t"
+                   "movb $0x33, watched+12\n\t"      /* beside it */
+                   "movl %0, %%edi\n\t"
+                   "movl $8, %%ecx\n\t"
+                   "movb $0x22, %%al\n\t"
+                   "cld\n\t"
+                   "rep stosb\n\t"                   /* DR2's byte at stos_buf+5 */
+                   "nop"
+                   : : "r"(stos_buf) : "eax", "ecx", "edi", "memory", "cc");
 }
 
 static uint32_t run_bp_fn(void)
@@ -171,6 +200,27 @@ int main(void)
   CHECK_EQ(traps - first, 1);
   CHECK_EQ(trap_cpl[first], 3);
   set_dr7(0);
+  set_dr(2, 0);
+
+  /* Data breakpoints: DR0 writes of watched[0] (LEN 4), DR1 reads and
+   * writes of the word at watched+10 (LEN 2), DR2 writes of stos_buf[5]. */
+  first = traps;
+  set_dr(0, (uint32_t)&watched[0]);
+  set_dr(1, (uint32_t)&watched[2] + 2);
+  set_dr(2, (uint32_t)&stos_buf[5]);
+  set_dr7(0x1 | (1u << 16) | (3u << 18) | 0x4 | (3u << 20) | (1u << 22) | 0x10 | (1u << 24));
+  data_sequence();
+  set_dr7(0);
+  printf("data breakpoints: %u #DB", (unsigned)(traps - first));
+  for (uint32_t i = first; i < traps && i < MAX_TRAPS; i++)
+    printf(" [+%u DR6 0x%x ECX %u]", (unsigned)(trap_eip[i] - (uint32_t)dw_seq), (unsigned)trap_dr6[i],
+           (unsigned)trap_ecx[i]);
+  printf("\nwatched[0] 0x%x, stos_buf[7] 0x%x\n", (unsigned)watched[0], (unsigned)stos_buf[7]);
+  CHECK_EQ(traps - first, 3);
+  CHECK_EQ(watched[0], 0x11);
+  CHECK_EQ(stos_buf[7], 0x22);
+  set_dr(0, 0);
+  set_dr(1, 0);
   set_dr(2, 0);
 
   /* DR4/DR5 with CR4.DE set: #UD; clear: DR6/DR7. */

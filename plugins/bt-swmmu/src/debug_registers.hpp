@@ -2,7 +2,8 @@
 // what (R/Wn: instruction, data write, I/O, data read/write) and how long
 // (LENn).  Instruction breakpoints are the translator's (a block never runs
 // across one: see CodeBreakpoints); I/O breakpoints the emulator's (all port
-// I/O is emulated); data breakpoints are not implemented.
+// I/O is emulated); data breakpoints the shadow MMU's and the emulator's
+// (DataBreakpoints).
 #pragma once
 
 #include <array>
@@ -45,17 +46,59 @@ inline unsigned io_hits(const std::array<std::uint64_t, 8>& dr, std::uint32_t cr
   return hits;
 }
 
-// Whether DR7 enables a data breakpoint (not implemented: the VM stops).
-inline int first_data_breakpoint(std::uint64_t dr7) {
-  for (unsigned i = 0; i < 4; ++i) {
-    const BreakpointKind k = kind(dr7, i);
-    if (enabled(dr7, i) && (k == BreakpointKind::DataWrite || k == BreakpointKind::DataReadWrite))
-      return static_cast<int>(i);
-  }
-  return -1;
-}
-
 }  // namespace debug_registers
+
+// The enabled data breakpoints: DRn's address with its low bits cleared to
+// LENn's alignment (the range the hardware compares), hit by a write (R/W
+// 01) or any access but a fetch (R/W 11) that overlaps it.  The shadow MMU
+// keeps their pages unmapped, so every access to them is the monitor's.
+struct DataBreakpoints {
+  std::array<std::uint32_t, 4> first{};
+  std::array<std::uint32_t, 4> length{};
+  unsigned enabled = 0;     // bit i: DRi is an enabled data breakpoint
+  unsigned writes_only = 0;  // bit i: R/W 01
+
+  static DataBreakpoints from(const std::array<std::uint64_t, 8>& dr) {
+    DataBreakpoints d;
+    for (unsigned i = 0; i < 4; ++i) {
+      const BreakpointKind k = debug_registers::kind(dr[7], i);
+      if (!debug_registers::enabled(dr[7], i) || (k != BreakpointKind::DataWrite && k != BreakpointKind::DataReadWrite))
+        continue;
+      d.enabled |= 1u << i;
+      if (k == BreakpointKind::DataWrite) d.writes_only |= 1u << i;
+      d.length[i] = debug_registers::length(dr[7], i);
+      d.first[i] = static_cast<std::uint32_t>(dr[i]) & ~(d.length[i] - 1);
+    }
+    return d;
+  }
+  bool any() const { return enabled != 0; }
+  // DR6's B0-B3 for an access of `size` bytes at `la`.
+  unsigned hits(std::uint32_t la, unsigned size, bool write) const {
+    unsigned h = 0;
+    for (unsigned i = 0; i < 4; ++i) {
+      if (!(enabled >> i & 1) || (!write && (writes_only >> i & 1))) continue;
+      const std::uint64_t a = la, b = std::uint64_t{la} + size, c = first[i], d = std::uint64_t{first[i]} + length[i];
+      if (a < d && c < b) h |= 1u << i;
+    }
+    return h;
+  }
+  // The linear pages the ranges touch (at most 8), for the shadow MMU.
+  unsigned pages(std::uint32_t (&out)[8]) const {
+    unsigned n = 0;
+    auto add = [&](std::uint32_t page) {
+      for (unsigned j = 0; j < n; ++j)
+        if (out[j] == page) return;
+      out[n++] = page;
+    };
+    for (unsigned i = 0; i < 4; ++i) {
+      if (!(enabled >> i & 1)) continue;
+      add(first[i] & ~0xfffu);
+      add((first[i] + length[i] - 1) & ~0xfffu);
+    }
+    return n;
+  }
+  bool operator==(const DataBreakpoints&) const = default;
+};
 
 // The enabled instruction breakpoints, as the translator needs them: a
 // block ends before an instruction at one of these linear addresses, and a

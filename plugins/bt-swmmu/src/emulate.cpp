@@ -228,13 +228,17 @@ void Vcpu::write_dr(unsigned n, std::uint32_t v) {
   debug_registers_changed();
 }
 
-// After DR0-DR3 or DR7 changed: the translations follow the instruction
-// breakpoints (all are dropped); data breakpoints stop the VM (not
-// implemented).
+// After DR0-DR3 or DR7 changed: the shadow MMU stops mapping the data
+// breakpoints' pages, and the translations follow the instruction
+// breakpoints (all are dropped).
 void Vcpu::debug_registers_changed() {
-  if (const int i = debug_registers::first_data_breakpoint(dr_[7]); i >= 0)
-    throw std::runtime_error("bt-swmmu: the guest enabled a data breakpoint (DR" + std::to_string(i) +
-                             " in DR7), which bt-swmmu does not implement");
+  const DataBreakpoints data = DataBreakpoints::from(dr_);
+  if (!(data == data_breakpoints_)) {
+    data_breakpoints_ = data;
+    std::uint32_t pages[8];
+    const unsigned n = data.pages(pages);
+    shadow_->set_watched_pages(pages, n);
+  }
   const CodeBreakpoints now = CodeBreakpoints::from(dr_);
   if (now == code_breakpoints_) return;
   code_breakpoints_ = now;
@@ -312,7 +316,8 @@ void Vcpu::string_op(const ZydisDecodedInstruction& insn, const ZydisDecodedOper
   auto reg_a = [&](unsigned i) { return reg32(i) & amask; };
   auto set_a = [&](unsigned i, std::uint32_t v) { reg32(i) = (reg32(i) & ~amask) | (v & amask); };
   const bool trap_flag = ctx_->sysflags & kTF;  // one iteration per step (the general loop)
-  if (rep && (is_movs || is_stos) && !a16 && !limited_ && !trap_flag) {
+  // (Not under data breakpoints: their accesses are noted one by one.)
+  if (rep && (is_movs || is_stos) && !a16 && !limited_ && !trap_flag && !data_breakpoints_.any()) {
     for (int chunks = 0; chunks < 64 && reg32(1) != 0; ++chunks) {
       std::uint32_t& esi = reg32(6);
       std::uint32_t& edi = reg32(7);
@@ -421,6 +426,7 @@ void Vcpu::string_op(const ZydisDecodedInstruction& insn, const ZydisDecodedOper
     if (!rep) return;
     set_a(1, reg_a(1) - 1);
     if (stop || reg_a(1) == 0) return;
+    if (data_hits_) break;  // a data breakpoint: the trap comes after this iteration
   }
   throw 0;  // budget exhausted: caller resumes this instruction later
 }
@@ -431,6 +437,7 @@ void Vcpu::string_op(const ZydisDecodedInstruction& insn, const ZydisDecodedOper
 // physical addresses read as all ones and ignore writes (the platform's
 // answer, as on a PC and in QEMU).
 void Vcpu::read_linear(std::uint32_t la, std::uint8_t* bytes, unsigned size, bool user) {
+  note_data_access(la, size, false);
   unsigned done = 0;
   while (done < size) {
     const std::uint32_t at = la + done;
@@ -443,6 +450,7 @@ void Vcpu::read_linear(std::uint32_t la, std::uint8_t* bytes, unsigned size, boo
 }
 
 void Vcpu::write_linear(std::uint32_t la, const std::uint8_t* bytes, unsigned size, bool user) {
+  note_data_access(la, size, true);
   // Every page is checked before anything is written, as the CPU does.
   for (std::uint32_t at = la; at - la < size; at = (at & ~0xfffu) + 0x1000) lin_to_phys(at, true, user, false);
   unsigned done = 0;
@@ -778,6 +786,22 @@ void Vcpu::emulate_divide(const ZydisDecodedInstruction& insn, std::uint32_t div
 }
 
 void Vcpu::emulate(std::uint32_t eip, bool mmio, Block* block) {
+  if (!data_breakpoints_.any()) {
+    emulate_instruction(eip, mmio, block);
+    return;
+  }
+  data_hits_ = 0;
+  const std::uint64_t deliveries = deliveries_;
+  emulate_instruction(eip, mmio, block);
+  const unsigned hits = std::exchange(data_hits_, 0u);
+  if (!hits || deliveries_ != deliveries) return;
+  // A trap: the saved EIP is the next instruction's (a REP string
+  // instruction's own while iterations remain).
+  dr_[6] = (dr_[6] & ~0xfull) | hits;
+  deliver(1, false, 0, false, eip_);
+}
+
+void Vcpu::emulate_instruction(std::uint32_t eip, bool mmio, Block* block) {
   const bool user = cpl_ == 3;
   DecodedInsn scratch;
   const DecodedInsn& decoded = fetch_decoded(eip, block, scratch);

@@ -303,6 +303,10 @@ FillResult ShadowMmu::fill(Region* r, const PagingRegs& regs, std::uint32_t la, 
     *out = w.pa;
     return FillResult::Mmio;
   }
+  if (n_watched_ && watched(la_page)) {  // a data breakpoint's page: the monitor runs the access
+    *out = w.pa;
+    return FillResult::Mmio;
+  }
   if (write && gpa_page != wt_page_ && (is_code_page(gpa_page) || is_pt_page(gpa_page))) {
     *out = gpa_page;
     return FillResult::ProtectedWrite;
@@ -373,7 +377,8 @@ void ShadowMmu::fill_ahead_unpaged(Region* r, std::uint32_t la_page) {
     n = 0;
   };
   for (std::uint64_t la = start; la < std::uint64_t{start} + kSpan; la += 4096) {
-    const bool fill = la + 4096 <= phys_.size && !r->maps.count(static_cast<std::uint32_t>(la));
+    const bool fill = la + 4096 <= phys_.size && !r->maps.count(static_cast<std::uint32_t>(la)) &&
+                      !watched(static_cast<std::uint32_t>(la));
     if (!fill) {
       map_run();
       continue;
@@ -444,6 +449,15 @@ void ShadowMmu::invlpg(std::uint32_t la) {
   for (auto& r : regions_) {
     unmap(r.get(), la_page);
     drop_region_code_page(r.get(), la_page);
+  }
+}
+
+void ShadowMmu::set_watched_pages(const std::uint32_t* pages, unsigned n) {
+  for (unsigned i = 0; i < n_watched_; ++i) invlpg(watched_[i]);  // mapped again on their next access
+  n_watched_ = std::min(n, 8u);
+  for (unsigned i = 0; i < n_watched_; ++i) {
+    watched_[i] = pages[i] & ~0xfffu;
+    invlpg(watched_[i]);
   }
 }
 

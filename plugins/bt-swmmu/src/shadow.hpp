@@ -172,6 +172,14 @@ class ShadowMmu {
 
   // INVLPG: drop `la` in every region.  Drop everything: drop_all().
   void invlpg(std::uint32_t la);
+  // Linear pages no region maps (data breakpoints: every access to them
+  // faults and the monitor emulates it); at most 8 (4 ranges x 2 pages).
+  void set_watched_pages(const std::uint32_t* pages, unsigned n);
+  bool watched(std::uint32_t la_page) const {
+    for (unsigned i = 0; i < n_watched_; ++i)
+      if (watched_[i] == la_page) return true;
+    return false;
+  }
   void drop_all();
   // Forget dispatcher entries (translations were invalidated).
   void clear_block_maps();
@@ -236,6 +244,8 @@ class ShadowMmu {
     traced_[pfn] = static_cast<std::uint8_t>(on ? traced_[pfn] | what : traced_[pfn] & ~what);
   }
   std::uint64_t wt_page_ = ~0ull;
+  std::uint32_t watched_[8] = {};
+  unsigned n_watched_ = 0;
   bool dirty_logging_ = false;
   std::vector<std::uint64_t> dirty_;  // one bit per 4 KiB page of RAM
   bool is_dirty(std::uint64_t gpa_page) const {

@@ -834,6 +834,7 @@ std::uint32_t Vcpu::read(std::uint32_t la, unsigned size, bool user, bool fetch)
     for (unsigned i = 0; i < size; ++i) v |= read(la + i, 1, user, fetch) << (8 * i);
     return v;
   }
+  if (!fetch) note_data_access(la, size, false);
   return static_cast<std::uint32_t>(read_phys(lin_to_phys(la, false, user, fetch), size));
 }
 
@@ -845,6 +846,7 @@ void Vcpu::write(std::uint32_t la, unsigned size, std::uint32_t v, bool user) {
     for (unsigned i = 0; i < size; ++i) write(la + i, 1, (v >> (8 * i)) & 0xff, user);
     return;
   }
+  note_data_access(la, size, true);
   write_phys(lin_to_phys(la, true, user, false), size, v);
 }
 
@@ -898,6 +900,7 @@ void Vcpu::push_words(const std::uint32_t* words, unsigned n) {
     return;
   }
   const std::uint64_t pa = lin_to_phys(la, true, cpl_ == 3, false);
+  note_data_access(la, 4 * n, true);
   for (unsigned i = 0; i < n; ++i) write_phys(pa + 4 * (n - 1 - i), 4, words[i]);
   reg32(4) = esp;
 }
@@ -910,12 +913,14 @@ void Vcpu::pop_words(std::uint32_t* words, unsigned n) {
     return;
   }
   const std::uint64_t pa = lin_to_phys(la, false, cpl_ == 3, false);
+  note_data_access(la, 4 * n, false);
   for (unsigned i = 0; i < n; ++i) words[i] = static_cast<std::uint32_t>(read_phys(pa + 4 * i, 4));
   reg32(4) += 4 * n;
 }
 
 std::uint64_t Vcpu::read_qword(std::uint32_t la, bool user) {
   if ((la & 0xfff) > 0xff8) return read(la, 4, user) | (static_cast<std::uint64_t>(read(la + 4, 4, user)) << 32);
+  note_data_access(la, 8, false);
   return read_phys(lin_to_phys(la, false, user, false), 8);
 }
 

@@ -206,7 +206,9 @@ class Vcpu {
   DecodedDescriptors decoded_;  // CS/SS descriptors of event delivery, IRET and segment loads
 
   // --- emulation
+  // One instruction, and the data-breakpoint #DB trap its accesses hit.
   void emulate(std::uint32_t eip, bool mmio, Block* block = nullptr);
+  void emulate_instruction(std::uint32_t eip, bool mmio, Block* block);
   void emulate_divide(const ZydisDecodedInstruction& insn, std::uint32_t divisor);
   // Adaptive translation: which instructions the monitor runs (see AdaptiveSites).
   AdaptiveSites sites_;
@@ -269,6 +271,12 @@ class Vcpu {
   std::optional<StepResult> code_breakpoint();
   void raise_task_trap(const Tss32& next);
   CodeBreakpoints code_breakpoints_;
+  DataBreakpoints data_breakpoints_;
+  unsigned data_hits_ = 0;  // DR6's B0-B3 of the instruction being emulated
+  // The monitor's accesses to guest-linear memory on an instruction's behalf.
+  void note_data_access(std::uint32_t la, unsigned size, bool write) {
+    if (data_breakpoints_.enabled) data_hits_ |= data_breakpoints_.hits(la, size, write);
+  }
   bool breakpoints_flush_pending_ = false;
   bool ss_load_shadow_ = false;  // the instruction just emulated loaded SS (MOV/POP): no single-step trap after it  // translations made before a breakpoint change
   void string_op(const ZydisDecodedInstruction& insn, const ZydisDecodedOperand* ops);
