@@ -683,6 +683,46 @@ TEST(BtVm, DataBreakpointsTrapAfterTheAccessThatHitThem) {
   EXPECT_EQ(m.mem.r32(0x6004), 0x22222222u);  // the REP went on after the handler
 }
 
+// A data breakpoint on a stack slot (R/W 01 on the dword at 0x7ffc): the
+// PUSH that writes it and the CALL that pushes its return address there
+// trap, the POP and the RET that read it do not; the stack page is emulated
+// meanwhile and the values come out right.  (With R/W 11 the handler's own
+// IRET would read the slot too, when the #DB frame lies on it.)
+BT_GUEST_PROGRAM(stackbp, 0x100000,
+  "  mov esp, 0x8000\n"
+  "  mov eax, 0x7ffc\n"
+  "  mov dr0, eax\n"
+  "  mov eax, 0xd0003\n"             // L0 G0; R/W0 01, LEN0 11
+  "  mov dr7, eax\n"
+  "  push 0x1234\n"
+  "  pop ebx\n"
+  "  call 1f\n"
+  "  mov eax, ebx\n"
+  "  out 0x80, eax\n"
+  "  out 0xf4, al\n"
+  "1: ret\n"
+  ".globl stackbp_db\n"
+  "stackbp_db: push eax\n"           // below 0x7ffc: no hit
+  "  mov eax, dr6\n"
+  "  and eax, 0xf\n"
+  "  out 0x80, eax\n"
+  "  xor eax, eax\n"
+  "  mov dr6, eax\n"
+  "  pop eax\n"
+  "  iretd\n")
+extern "C" const unsigned char stackbp_db[];
+
+TEST(BtVm, AWriteBreakpointOnTheStackSeesPushAndCallNotPopAndRet) {
+  Machine m;
+  m.load(stackbp_start, stackbp_end);
+  m.tables();
+  m.gate(1, stackbp_db, stackbp_start);
+  RunExit r = m.run();
+  ASSERT_EQ(r.kind, ExitKind::Stopped) << r.diagnostic;
+  const std::vector<std::uint32_t> expected = {1u, 1u, 0x1234u};
+  EXPECT_EQ(m.plat.post, expected);
+}
+
 BT_GUEST_PROGRAM(mmiorw, 0x100000,
   "  mov dword ptr [0xf0000000], 40\n"
   "  add dword ptr [0xf0000000], 2\n"
