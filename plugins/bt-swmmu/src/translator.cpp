@@ -1114,18 +1114,6 @@ TranslateStatus Translator::translate(std::uint32_t eip, TKey tkey, const CodeWi
       b->n_pages = 2;
     }
     const std::uint32_t next = pc + insn.length;
-    if (!transient && code_breakpoints_.at(linear(pc))) {
-      // An instruction breakpoint: the dispatcher's (the #DB fault, or RF).
-      if (b->n_insns == 0) {
-        b->special = true;
-        b->breakpoint = true;
-        status = TranslateStatus::Special;
-        b->end_eip = next;
-        break;
-      }
-      direct_exit(pc, pc - 1);
-      break;
-    }
     t_seg.a16 = insn.address_width == 16;
     InsnClass cls = classify(insn, ops, tkey);
     const bool monitor_site = !transient && sites_ && off < code.first_page_bytes &&
@@ -1155,6 +1143,11 @@ TranslateStatus Translator::translate(std::uint32_t eip, TKey tkey, const CodeWi
     }
     if (inline_pushf || inline_cli || inline_popf || inline_sti) cls = InsnClass::Stack;
     if (monitor_site) cls = InsnClass::Special;
+    // An instruction breakpoint: the dispatcher's (the #DB fault, or RF).  A
+    // block that starts there is a breakpoint block; one that reaches it
+    // calls the monitor there, which leaves for the dispatcher.
+    const bool at_breakpoint = !transient && code_breakpoints_.at(linear(pc));
+    if (at_breakpoint) cls = InsnClass::Special;
     // A LOOP whose (static) target lies beyond CS's limit: the monitor's,
     // whose #GP leaves ECX as it was (the native LOOP would count it down).
     if (t_seg.limits &&
@@ -1171,7 +1164,8 @@ TranslateStatus Translator::translate(std::uint32_t eip, TKey tkey, const CodeWi
     if (cls == InsnClass::Special) {
       if (b->n_insns == 0) {
         b->special = true;
-        b->monitor_site = monitor_site;
+        b->monitor_site = monitor_site && !at_breakpoint;
+        b->breakpoint = at_breakpoint;
         status = TranslateStatus::Special;
         b->end_eip = next;
         break;
