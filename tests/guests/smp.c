@@ -67,6 +67,10 @@ static void udelay(uint32_t us)
   lapic_write(LAPIC_TIMER_INIT, us * 1000);
   while (lapic_read(LAPIC_TIMER_CUR) != 0)
     __asm__ volatile("pause");
+  /* Stop it outright: a count that reads 0 may not have expired in the
+   * device model yet (QEMU's timer callback can run later on a loaded host),
+   * and a later divide change makes it count again. */
+  lapic_write(LAPIC_TIMER_INIT, 0);
 }
 
 /* ---- the APs ---- */
@@ -171,7 +175,10 @@ int main(void)
 
   const uint32_t aps = cpus - 1;
   say("smp: %u APs add 1 to one counter %u times each, under a spinlock\n", aps, iterations);
-  /* Sleep until the last AP's IPI; a one-shot APIC timer (divide by 16, ~8.6 s) ends a hang. */
+  /* Sleep until the last AP's IPI; a one-shot APIC timer (divide by 16, ~8.6 s) ends a hang.
+   * Stopped and masked while the divider changes, so no udelay leftover fires at this vector. */
+  lapic_write(LAPIC_LVT_TIMER, 0x10000 | TIMEOUT_VECTOR);
+  lapic_write(LAPIC_TIMER_INIT, 0);
   lapic_write(LAPIC_TIMER_DIV, 0x3);
   lapic_write(LAPIC_LVT_TIMER, TIMEOUT_VECTOR);
   lapic_write(LAPIC_TIMER_INIT, 0x20000000);
