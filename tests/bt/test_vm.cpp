@@ -1303,6 +1303,61 @@ TEST(BtVm, InlineStiAndPopfOpenTheInterruptWindowPrecisely) {
   EXPECT_EQ(m.counter("bt.irq_window_exits"), 2u);
 }
 
+// An instruction breakpoint on the instruction after STI: the #DB fault comes
+// first (code breakpoints outrank nothing STI's shadow blocks, and the
+// interrupt waits in the shadow), then the interrupt, on the handler's IRET,
+// before that instruction runs.  STI is inline only when its shadow holds
+// inside the block, which a breakpoint on the next instruction breaks.
+BT_GUEST_PROGRAM(stibp, 0x100000,
+  "  mov esp, 0x8000\n"
+  "  call 1f\n"
+  "1: pop eax\n"
+  "  lea eax, [eax + stibp_next - 1b]\n"
+  "  mov dr0, eax\n"
+  "  mov eax, 0x1\n"                 // L0, execute, one byte
+  "  mov dr7, eax\n"
+  "  mov al, 0x30\n"
+  "  out 0x81, al\n"                 // raised while IF=0
+  "  mov eax, 7\n"
+  "  sti\n"
+  ".globl stibp_next\n"
+  "stibp_next: mov eax, 8\n"
+  "  out 0x80, eax\n"
+  "  out 0xf4, al\n"
+  ".globl stibp_db\n"
+  "stibp_db: push eax\n"
+  "  mov eax, 0xdb\n"
+  "  out 0x80, eax\n"
+  "  mov eax, [esp+4]\n"
+  "  out 0x80, eax\n"
+  "  xor eax, eax\n"
+  "  mov dr7, eax\n"
+  "  mov dr6, eax\n"
+  "  pop eax\n"
+  "  iretd\n"
+  ".globl stibp_irq\n"
+  "stibp_irq: push eax\n"
+  "  mov eax, 0x30\n"
+  "  out 0x80, eax\n"
+  "  mov eax, [esp+4]\n"
+  "  out 0x80, eax\n"
+  "  pop eax\n"
+  "  iretd\n")
+extern "C" const unsigned char stibp_next[], stibp_db[], stibp_irq[];
+
+TEST(BtVm, AnInstructionBreakpointInTheStiShadowComesBeforeTheInterrupt) {
+  Machine m;
+  m.load(stibp_start, stibp_end);
+  m.tables();
+  m.gate(1, stibp_db, stibp_start);
+  m.gate(0x30, stibp_irq, stibp_start);
+  RunExit r = m.run();
+  ASSERT_EQ(r.kind, ExitKind::Stopped) << r.diagnostic;
+  const std::uint32_t next = kBase + static_cast<std::uint32_t>(stibp_next - stibp_start);
+  const std::vector<std::uint32_t> expected = {0xdbu, next, 0x30u, next, 8u};
+  EXPECT_EQ(m.plat.post, expected);
+}
+
 // CPUID answers from the VM's CPU model, less what the translator does not
 // implement (AVX here), which set_cpu_model names; the APIC ID is the vCPU's.
 BT_GUEST_PROGRAM(cpuid_model, 0x100000,

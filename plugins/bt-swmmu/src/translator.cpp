@@ -1139,7 +1139,10 @@ TranslateStatus Translator::translate(std::uint32_t eip, TKey tkey, const CodeWi
                    noff + nx.length <= code.first_page_bytes && classify(nx, nops, tkey) != InsnClass::Special &&
                    classify(nx, nops, tkey) != InsnClass::ControlFlow && nx.mnemonic != ZYDIS_MNEMONIC_STI &&
                    nx.mnemonic != ZYDIS_MNEMONIC_POPFD &&
-                   !(sites_ && !transient && sites_->marked(code.pa_page[0] | (linear(pc + insn.length) & 0xfff)));
+                   !(sites_ && !transient && sites_->marked(code.pa_page[0] | (linear(pc + insn.length) & 0xfff))) &&
+                   // a breakpoint there leaves for the dispatcher inside the shadow:
+                   // only the monitor's STI records the shadow, so #DB goes first
+                   !(!transient && code_breakpoints_.at(linear(pc + insn.length)));
     }
     if (inline_pushf || inline_cli || inline_popf || inline_sti) cls = InsnClass::Stack;
     if (monitor_site) cls = InsnClass::Special;
