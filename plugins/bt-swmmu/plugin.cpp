@@ -20,11 +20,11 @@ PluginDescriptor describe() {
   d.deterministic = true;  // no hardware nondeterminism: the translator sees every event
   d.summary = "binary translation with shadow page tables; needs no hardware virtualization";
   d.guests.bits32 = true;
-  // BT64 is efficient only where long mode keeps segment limits (the seed).
-  // Declared as the seed's BT64 (the selector models it); create_vm refuses
-  // 64-bit guests until BT64 is implemented.
-  d.guests.bits64 = true;
-  d.guests.bits64_needs_segment_limits = true;
+  // BT64 is not built, so 64-bit guests are not claimed: the selector never
+  // picks BT for one, and a BT32 guest entering long mode needs a hardware
+  // mode.  (The seed's BT64 ran only where long mode keeps segment limits;
+  // that rule stays in the esx-4.0 policy.)
+  d.guests.bits64 = false;
   // One translator and shadow MMU per VM, not yet safe for concurrent vCPUs.
   d.guests.max_vcpus = 1;
   return d;

@@ -50,10 +50,6 @@ for vm in "$src"/configs/vms/*.yaml; do
     fail "$name: the log does not name its $vcpus vCPUs"
   elif [ "$status" = 1 ] && [ "$used" = "$expected" ] && grep -q "RESULT: PASS" "$work/$name.out"; then
     echo "PASS $name under $used ($vcpus vCPUs)"
-  elif [ "$status" = 4 ] && grep -q "BT64 is not implemented" "$work/logs/$name.log"; then
-    # bt-swmmu's descriptor declares the seed's BT64 (where the CPU keeps
-    # long-mode segment limits), which the engine does not implement yet.
-    echo "KNOWN GAP $name: selected ${used}, which refuses: BT64 is not implemented"
   else
     fail "$name: run exited $status under '${used:-nothing}' (explain selected '$expected')"
     tail -5 "$work/$name.out"

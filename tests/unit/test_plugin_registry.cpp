@@ -63,7 +63,8 @@ TEST(PluginRegistryReal, LoadsTheThreeModesWithTheirDescriptors) {
   EXPECT_EQ(bt->descriptor.mmu, Technique::Software);
   EXPECT_TRUE(bt->descriptor.deterministic);
   EXPECT_FALSE(bt->descriptor.host.hardware_virtualization);
-  EXPECT_TRUE(bt->descriptor.guests.bits64_needs_segment_limits);
+  EXPECT_TRUE(bt->descriptor.guests.bits32);
+  EXPECT_FALSE(bt->descriptor.guests.bits64);  // BT64 is not built
 
   const LoadedPlugin* hv = registry.find("hv-swmmu");
   ASSERT_NE(hv, nullptr);

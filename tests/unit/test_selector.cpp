@@ -1,5 +1,9 @@
 // The selector against the seed's "Choice of Monitor Mode" examples, on the
-// shipped CPU profiles and policies, with the real plugins' descriptors.
+// shipped CPU profiles and policies, with the real plugins' descriptors.  The
+// seed's ESX had BT64 where long mode keeps segment limits; bt-swmmu has not
+// built it yet and its descriptor says so.  The tests that reproduce the
+// seed's decisions give bt-swmmu the seed's BT64 claim (seed_candidates); the
+// ones that say "shipped" take the descriptors as they are.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <unistd.h>
@@ -53,11 +57,31 @@ class SelectorTest : public ::testing::Test {
     return config;
   }
 
-  static Selection select(const api::HostCapabilities& host, const std::string& policy, const VmConfig& config) {
+  // The installed plugins as they describe themselves.
+  static std::vector<PluginCandidate> shipped_candidates(const api::HostCapabilities& host) {
     std::vector<PluginCandidate> candidates;
     for (const auto& plugin : registry_->plugins())
       candidates.push_back({plugin->file, plugin->descriptor, host_problems(*plugin, host)});
-    return select_monitor_mode(host, candidates, load_policy(find_policy(kConfigs, policy)), config);
+    return candidates;
+  }
+  // The same, with bt-swmmu claiming the seed's BT64 (64-bit guests where long
+  // mode keeps segment limits): the plugin set ESX 4.0 chose from.
+  static std::vector<PluginCandidate> seed_candidates(const api::HostCapabilities& host) {
+    std::vector<PluginCandidate> candidates = shipped_candidates(host);
+    for (auto& c : candidates)
+      if (c.descriptor.name == "bt-swmmu") {
+        c.descriptor.guests.bits64 = true;
+        c.descriptor.guests.bits64_needs_segment_limits = true;
+      }
+    return candidates;
+  }
+
+  static Selection select(const api::HostCapabilities& host, const std::string& policy, const VmConfig& config) {
+    return select_monitor_mode(host, seed_candidates(host), load_policy(find_policy(kConfigs, policy)), config);
+  }
+  static Selection select_shipped(const api::HostCapabilities& host, const std::string& policy,
+                                  const VmConfig& config) {
+    return select_monitor_mode(host, shipped_candidates(host), load_policy(find_policy(kConfigs, policy)), config);
   }
 
   static Selection select(const std::string& profile, const std::string& policy, const VmConfig& config) {
@@ -286,6 +310,30 @@ TEST_F(SelectorTest, PluginsDeclareTheirVcpuLimit) {
         << plugin->descriptor.name;
 }
 
+// bt-swmmu as shipped does not claim 64-bit guests (BT64 is not built): where
+// the seed's ESX would pick BT64 the selection says the plugin cannot, and a
+// host without a hardware mode has no mode for the 64-bit VM.
+TEST_F(SelectorTest, ShippedBtSwmmuDoesNotClaim64BitGuests) {
+  for (const auto& plugin : registry_->plugins())
+    if (plugin->descriptor.name == "bt-swmmu") {
+      EXPECT_TRUE(plugin->descriptor.guests.bits32);
+      EXPECT_FALSE(plugin->descriptor.guests.bits64);
+    }
+  const Selection shanghai = select_shipped(cpu("amd-shanghai"), "esx-4.0", vm("linux-64"));
+  EXPECT_THAT(shanghai.allowed, ElementsAre("HV", "HWMMU"));
+  ASSERT_EQ(shanghai.verdicts[0].mode, "BT");
+  EXPECT_THAT(shanghai.verdicts[0].reasons, ElementsAre("bt-swmmu does not run 64-bit guests"));
+  EXPECT_EQ(shanghai.selected, "HWMMU");
+  // Opteron Rev F: the seed's BT64 would be the only mode; bt-swmmu is not it.
+  const Selection revf = select_shipped(cpu("amd-opteron-revf"), "esx-4.0", vm("linux-64"));
+  EXPECT_TRUE(revf.allowed.empty());
+  EXPECT_FALSE(revf.selected);
+  EXPECT_THAT(monitor_mode_lines(revf),
+              Contains("MONITOR MODE: not allowed            : BT (bt-swmmu does not run 64-bit guests)"));
+  // 32-bit guests are unchanged.
+  EXPECT_EQ(select_shipped(cpu("amd-opteron-revf"), "esx-4.0", vm("linux-32")).selected, "BT");
+}
+
 TEST_F(SelectorTest, AnSmpVmRulesOutBtByItsPluginsVcpuLimitAndSaysSoInPlainWords) {
   VmConfig smp = vm("linux-64");
   smp.vcpus = 4;
@@ -338,11 +386,10 @@ TEST_F(SelectorTest, JsonCarriesTheSameDecision) {
 
 class ModeSwitchTest : public SelectorTest {
  protected:
-  static ModeSwitch change(const api::HostCapabilities& host, const std::string& policy, const VmConfig& config) {
-    std::vector<PluginCandidate> candidates;
-    for (const auto& plugin : registry_->plugins())
-      candidates.push_back({plugin->file, plugin->descriptor, host_problems(*plugin, host)});
-    return select_mode_switch(host, candidates, load_policy(find_policy(kConfigs, policy)), config, "BT",
+  static ModeSwitch change(const api::HostCapabilities& host, const std::string& policy, const VmConfig& config,
+                           bool shipped = false) {
+    return select_mode_switch(host, shipped ? shipped_candidates(host) : seed_candidates(host),
+                              load_policy(find_policy(kConfigs, policy)), config, "BT",
                               "the guest activated long mode");
   }
   static api::HostCapabilities without_hardware(const std::string& profile) {
@@ -421,6 +468,17 @@ TEST_F(ModeSwitchTest, WhereBt64IsTheOnlyModeTheVmStopsBecauseBt64IsNotImplement
   ASSERT_TRUE(c.selection.selected);
   EXPECT_EQ(*c.selection.selected, "BT");
   EXPECT_THAT(c.reason, HasSubstr("BT64, which is not implemented yet"));
+}
+
+TEST_F(ModeSwitchTest, WithTheShippedBtSwmmuABt32GuestEnteringLongModeNeedsAHardwareMode) {
+  // The seed's BT64 would take it on Shanghai without AMD-V; bt-swmmu cannot.
+  const ModeSwitch c = change(without_hardware("amd-shanghai"), "esx-4.0", bt_guest(), /*shipped=*/true);
+  EXPECT_FALSE(c.to);
+  EXPECT_FALSE(c.selection.selected);
+  EXPECT_THAT(c.reason, HasSubstr("stops it"));
+  const ModeSwitch hw = change(cpu("amd-shanghai"), "esx-4.0", bt_guest(), /*shipped=*/true);
+  ASSERT_TRUE(hw.to);
+  EXPECT_EQ(*hw.to, "HWMMU");
 }
 
 TEST_F(ModeSwitchTest, TheLogSaysBt32ToHvAndWhy) {
