@@ -334,6 +334,55 @@ TEST(BtPaging, UserModeSystemCallAndSupervisorPageProtection) {
   EXPECT_GE(m.counter("swmmu.space_switches"), 2u);
 }
 
+// Paging on, a hidden fault maps the faulting page's aligned 64 KiB
+// neighbours whose entries the guest has used (A set), read-only unless D is
+// set: the guest sees no A bit it did not cause, the first write to a clean
+// prefetched page still sets D, and a changed entry of a prefetched page
+// takes effect.  LA 0x200000 + k pages -> PA 0x300000 + k pages.
+BT_GUEST_PROGRAM(ahead_pg, 0x100000,
+  "  mov eax, 0x10000\n"
+  "  mov cr3, eax\n"
+  "  mov eax, cr0\n"
+  "  or eax, 0x80000000\n"
+  "  mov cr0, eax\n"
+  "  mov eax, [0x200000]\n"          // k=0 (A clear): the hidden fault
+  "  mov eax, [0x201000]\n"          // k=1 (A): prefetched, read-only
+  "  out 0x80, eax\n"
+  "  mov eax, [0x202000]\n"          // k=2 (A, D): prefetched, writable
+  "  out 0x80, eax\n"
+  "  mov dword ptr [0x201000], 0x55\n"
+  "  mov dword ptr [0x202000], 0x66\n"
+  "  mov eax, [0x204000]\n"          // k=4 (A clear): not prefetched, so this sets A
+  "  mov dword ptr [0x11000 + 0x203 * 4], 0x400027\n"  // k=3 -> PA 0x400000
+  "  invlpg [0x203000]\n"
+  "  mov eax, [0x203000]\n"
+  "  out 0x80, eax\n"
+  "  out 0xf4, al\n")
+
+TEST(BtPaging, AHiddenFaultMapsTheNeighboursTheGuestHasUsedWithoutTouchingTheirBits) {
+  PagedMachine m;
+  m.mem.load(kBase, ahead_pg_start, static_cast<std::size_t>(ahead_pg_end - ahead_pg_start));
+  auto pte = [](unsigned k) { return 0x11000u + (0x200u + k) * 4; };
+  std::uint32_t flags[16];
+  for (unsigned k = 0; k < 16; ++k) {
+    flags[k] = k == 0 ? 0x07 : (k % 4 == 0) ? 0x07 : (k % 4 == 2) ? 0x67 : 0x27;
+    m.mem.w32(pte(k), ((0x300u + k) << 12) | flags[k]);
+    m.mem.w32((0x300u + k) << 12, 0x1000 + k);
+  }
+  m.mem.w32(0x400000, 0xabcd);
+  RunExit r = m.run();
+  ASSERT_EQ(r.kind, ExitKind::Stopped) << r.diagnostic;
+  EXPECT_EQ(m.plat.post, (std::vector<std::uint32_t>{0x1001, 0x1002, 0xabcd}));
+  EXPECT_EQ(m.mem.r32(0x301000), 0x55u);
+  EXPECT_EQ(m.mem.r32(0x302000), 0x66u);
+  EXPECT_EQ(m.mem.r32(pte(0)) & 0x60, 0x20u);  // read: A
+  EXPECT_EQ(m.mem.r32(pte(1)) & 0x60, 0x60u);  // written after its prefetch: D set then
+  EXPECT_EQ(m.mem.r32(pte(4)) & 0x60, 0x20u);  // read after the prefetch: A set then
+  for (unsigned k = 5; k < 16; ++k)            // untouched: exactly as the guest left them
+    EXPECT_EQ(m.mem.r32(pte(k)) & 0xfff, flags[k]) << "k=" << k;
+  EXPECT_GE(m.counter("swmmu.prefilled_pages"), 12u);  // 15 neighbours, 3 with A clear
+}
+
 BT_GUEST_PROGRAM(sw, 0x100000,
   "  mov eax, 0x10000\n"
   "  mov cr3, eax\n"

@@ -56,6 +56,8 @@ struct WalkResult {
   bool user = true;             // page reachable from CPL 3
   bool writable = true;         // guest entries allow writes (R/W chain)
   bool dirty = true;            // final entry has D set (after this walk)
+  bool accessed = true;         // every entry used had A set before this walk
+  bool large = false;           // a 4 MiB or 2 MiB page
   std::uint64_t pt_pages[3] = {};  // guest-physical pages of the tables used
   int n_pt = 0;
 };
@@ -96,6 +98,7 @@ struct Region {
   struct Map {
     std::uint64_t gpa_page;
     bool guest_writable;  // the guest's tables (incl. D) allow writes now
+    int prot = -1;        // the host protection it has (set_prot_all skips an unchanged one)
   };
   std::unordered_map<std::uint32_t, Map> maps;             // LA page -> mapping
   std::unordered_map<std::uint32_t, void*> blocks;          // guest EIP -> Block* (dispatcher)
@@ -108,7 +111,7 @@ enum class FillResult { Mapped, GuestFault, Mmio, ProtectedWrite, Repeat };
 struct ShadowStats {
   std::uint64_t hidden_faults = 0, true_faults = 0, pt_writes = 0;
   std::uint64_t switches = 0, switch_hits = 0, rebuilds = 0, evictions = 0, map_resets = 0, dirty_log_faults = 0;
-  std::uint64_t prefilled = 0;  // pages mapped ahead of a hidden fault (paging off)
+  std::uint64_t prefilled = 0;  // pages mapped ahead of a hidden fault
 };
 
 class ShadowMmu {
@@ -214,9 +217,14 @@ class ShadowMmu {
 
  private:
   void unmap(Region* r, std::uint32_t la_page);
+  bool forget(Region* r, std::uint32_t la_page);  // unmap's bookkeeping: true if it was mapped
   void drop_region_code_page(Region* r, std::uint32_t la_page);
   bool map_page(Region* r, std::uint32_t la_page, std::uint64_t gpa_page, int prot);
   void fill_ahead_unpaged(Region* r, std::uint32_t la_page);
+  void fill_ahead_paged(Region* r, const PagingRegs& regs, std::uint32_t la_page);
+  // Traces the guest tables `w` went through: a write to one of them drops
+  // `la_page`'s mapping in `r`.
+  void trace_tables(Region* r, std::uint32_t la_page, const WalkResult& w);
   void set_prot_all(std::uint64_t gpa_page);
   void destroy(Region* r);
   int prot_for(const Region::Map& m) const;
