@@ -683,6 +683,41 @@ TEST(BtVm, DataBreakpointsTrapAfterTheAccessThatHitThem) {
   EXPECT_EQ(m.mem.r32(0x6004), 0x22222222u);  // the REP went on after the handler
 }
 
+// DR7.GD: a MOV from a debug register is a #DB fault before it runs
+// (DR6.BD, the saved EIP the MOV's); entering the handler clears GD, so the
+// handler reads DR6 and DR7 and the MOV after the IRET runs.
+BT_GUEST_PROGRAM(gdetect, 0x100000,
+  "  mov esp, 0x8000\n"
+  "  mov eax, 0x2400\n"              // GD
+  "  mov dr7, eax\n"
+  ".globl gdetect_mov\n"
+  "gdetect_mov: mov eax, dr0\n"      // #DB; the handler lets it run again
+  "  mov eax, 0x11\n"
+  "  out 0x80, eax\n"
+  "  out 0xf4, al\n"
+  ".globl gdetect_db\n"
+  "gdetect_db: mov eax, dr6\n"
+  "  and eax, 0xe00f\n"
+  "  out 0x80, eax\n"
+  "  mov eax, [esp]\n"
+  "  out 0x80, eax\n"
+  "  mov eax, dr7\n"
+  "  out 0x80, eax\n"
+  "  iretd\n")
+extern "C" const unsigned char gdetect_mov[], gdetect_db[];
+
+TEST(BtVm, GeneralDetectMakesAMovFromADebugRegisterFaultOnce) {
+  Machine m;
+  m.load(gdetect_start, gdetect_end);
+  m.tables();
+  m.gate(1, gdetect_db, gdetect_start);
+  RunExit r = m.run();
+  ASSERT_EQ(r.kind, ExitKind::Stopped) << r.diagnostic;
+  const std::uint32_t mov = kBase + static_cast<std::uint32_t>(gdetect_mov - gdetect_start);
+  const std::vector<std::uint32_t> expected = {0x2000u, mov, 0x400u, 0x11u};
+  EXPECT_EQ(m.plat.post, expected);
+}
+
 // A data breakpoint on a stack slot (R/W 01 on the dword at 0x7ffc): the
 // PUSH that writes it and the CALL that pushes its return address there
 // trap, the POP and the RET that read it do not; the stack page is emulated

@@ -19,6 +19,8 @@ constexpr std::uint64_t kDr6Fixed = 0xffff0ff0;  // what DR6 reads as with no co
 constexpr std::uint64_t kDr7Fixed = 0x400;
 constexpr std::uint64_t kDr6TaskSwitch = 0x8000;  // BT: the incoming TSS's T bit
 constexpr std::uint64_t kDr7LocalEnables = 0x55;  // L0-L3: cleared by a task switch
+constexpr std::uint64_t kDr7GeneralDetect = 1u << 13;  // GD: a MOV DRn is a #DB fault (cleared by #DB entry)
+constexpr std::uint64_t kDr6GeneralDetect = 1u << 13;  // BD: that #DB's status bit
 constexpr std::uint32_t kCr4De = 1u << 3;         // debugging extensions: I/O breakpoints, DR4/DR5 #UD
 
 inline bool enabled(std::uint64_t dr7, unsigned i) { return (dr7 >> (2 * i)) & 3; }

@@ -208,9 +208,10 @@ void Vcpu::do_wrmsr() {
   }
 }
 
-// MOV to/from DRn: DR4 and DR5 are DR6 and DR7 while CR4.DE is clear, #UD
-// while it is set.  (DR7.GD, the general-detect #DB, is not modelled: QEMU
-// 7.2 does not either.)
+// MOV to/from DRn (after the CPL check): DR4 and DR5 are DR6 and DR7 while
+// CR4.DE is clear, #UD while it is set; then, with DR7.GD set, the
+// general-detect #DB fault (DR6.BD) instead of the access.  (QEMU 7.2 has
+// no GD; KVM and the SDM do.)
 unsigned Vcpu::debug_register_index(ZydisRegister reg) {
   unsigned n = reg - ZYDIS_REGISTER_DR0;
   if (n == 4 || n == 5) {
@@ -218,6 +219,10 @@ unsigned Vcpu::debug_register_index(ZydisRegister reg) {
     n += 2;
   }
   if (n > 7) raise(6);
+  if (dr_[7] & debug_registers::kDr7GeneralDetect) {
+    dr_[6] |= debug_registers::kDr6GeneralDetect;
+    raise(1);
+  }
   return n;
 }
 

@@ -35,6 +35,9 @@ bool Vcpu::deliver_exception(const GuestException& ex) {
 
 void Vcpu::deliver(std::uint8_t vec, bool has_error, std::uint32_t error, bool software, std::uint32_t ret_eip) {
   ++deliveries_;
+  // A debug exception clears DR7.GD, so that its handler may use the debug
+  // registers (not INT 1, a software interrupt).
+  if (vec == 1 && !software) dr_[7] &= ~debug_registers::kDr7GeneralDetect;
   if (real_mode()) {
     deliver_real_mode(vec, ret_eip);
     return;
