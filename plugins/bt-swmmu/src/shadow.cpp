@@ -389,14 +389,13 @@ void ShadowMmu::fill_ahead_paged(Region* r, const PagingRegs& regs, std::uint32_
   struct Page {
     std::uint32_t la;
     Region::Map m;
-    int prot;
     WalkResult w;
   };
   Page run[16];
   unsigned n = 0;
   auto map_run = [&] {
     if (n == 0) return;
-    void* p = mmap(r->base + run[0].la, std::size_t{n} * 4096, run[0].prot, MAP_SHARED | MAP_FIXED, fd_,
+    void* p = mmap(r->base + run[0].la, std::size_t{n} * 4096, run[0].m.prot, MAP_SHARED | MAP_FIXED, fd_,
                    static_cast<off_t>(run[0].m.gpa_page));
     if (p != MAP_FAILED) {
       for (unsigned i = 0; i < n; ++i) {
@@ -420,9 +419,9 @@ void ShadowMmu::fill_ahead_paged(Region* r, const PagingRegs& regs, std::uint32_
       continue;
     }
     Region::Map m{gpa, (w.writable || (!acc.user && !regs.wp())) && w.dirty};
-    const int prot = m.prot = prot_for(m);
-    if (n && (prot != run[0].prot || gpa != run[n - 1].m.gpa_page + 4096)) map_run();
-    run[n++] = Page{la, m, prot, w};
+    m.prot = prot_for(m);
+    if (n && (m.prot != run[0].m.prot || gpa != run[n - 1].m.gpa_page + 4096)) map_run();
+    run[n++] = Page{la, m, w};
   }
   map_run();
 }
