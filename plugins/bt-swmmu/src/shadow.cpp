@@ -391,7 +391,7 @@ void ShadowMmu::fill_ahead_paged(Region* r, const PagingRegs& regs, std::uint32_
     Region::Map m;
     WalkResult w;
   };
-  Page run[16];
+  Page run[kSpan / 4096];
   unsigned n = 0;
   auto map_run = [&] {
     if (n == 0) return;
