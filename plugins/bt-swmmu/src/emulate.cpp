@@ -118,7 +118,7 @@ std::uint32_t Vcpu::linear_unchecked(const ZydisDecodedInstruction& insn, const 
 }
 
 void Vcpu::check_segment_access(int sreg, std::uint32_t offset, unsigned size, bool write) {
-  if (!limited_) {  // the flat flavour's rule: nothing limits an offset, but a null FS/GS refuses it
+  if (!limited()) {  // the flat flavour's rule: nothing limits an offset, but a null FS/GS refuses it
     if (sreg >= 4 && ctx_->null_fs_gs_bias[sreg - 4] != 0) raise(13, true, 0);
     return;
   }
@@ -322,7 +322,7 @@ void Vcpu::string_op(const ZydisDecodedInstruction& insn, const ZydisDecodedOper
   auto set_a = [&](unsigned i, std::uint32_t v) { reg32(i) = (reg32(i) & ~amask) | (v & amask); };
   const bool trap_flag = ctx_->sysflags & kTF;  // one iteration per step (the general loop)
   // (Not under data breakpoints: their accesses are noted one by one.)
-  if (rep && (is_movs || is_stos) && !a16 && !limited_ && !trap_flag && !data_breakpoints_.any()) {
+  if (rep && (is_movs || is_stos) && !a16 && !limited() && !trap_flag && !data_breakpoints_.any()) {
     for (int chunks = 0; chunks < 64 && reg32(1) != 0; ++chunks) {
       std::uint32_t& esi = reg32(6);
       std::uint32_t& edi = reg32(7);
@@ -362,7 +362,7 @@ void Vcpu::string_op(const ZydisDecodedInstruction& insn, const ZydisDecodedOper
     if (rep && reg_a(1) == 0) return;
     std::uint32_t esi = reg_a(6), edi = reg_a(7);  // written back once the iteration has succeeded
     bool stop = false;
-    if (limited_) {  // the element's source and destination within their segments' limits
+    if (limited()) {  // the element's source and destination within their segments' limits
       const bool reads_src = !(is_stos || m == ZYDIS_MNEMONIC_SCASB || m == ZYDIS_MNEMONIC_SCASW ||
                                m == ZYDIS_MNEMONIC_SCASD || m == ZYDIS_MNEMONIC_INSB || m == ZYDIS_MNEMONIC_INSW ||
                                m == ZYDIS_MNEMONIC_INSD);
@@ -664,6 +664,7 @@ bool Vcpu::emulate_mmio_native(std::uint32_t eip, const ZydisDecodedInstruction&
   std::uint64_t reason;
   do {
     if (poll_blocked_.exchange(false)) mprotect(poll_page(), 4096, PROT_READ);
+    refresh_windows();
     in_guest_ = true;
     reason = translator_->enter(ctx_, b->entry);
     in_guest_ = false;

@@ -55,6 +55,7 @@ std::uint64_t Vcpu::monitor_call() noexcept {
   }
   ctx_->host_rsp = host_rsp;
   if (target) {
+    refresh_windows();
     // Back to translated code: from now on a tick blocks the poll page (the
     // next block entry leaves); one that came before is seen here.
     in_guest_ = true;

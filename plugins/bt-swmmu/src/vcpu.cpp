@@ -108,11 +108,20 @@ void Vcpu::sync_seg_bases() {
   ctx_->seg_base[3] = base(ds_);
   ctx_->seg_base[4] = base(fs_);
   ctx_->seg_base[5] = base(gs_);
-  // The windows follow the segment registers and the mode: recomputed only
-  // when those changed (this runs after every emulated instruction).
   const bool pm = !real_mode() && !v86();
   ctx_->null_fs_gs_bias[0] = pm && fs_.unusable ? kNullSegmentBias : 0;
   ctx_->null_fs_gs_bias[1] = pm && gs_.unusable ? kNullSegmentBias : 0;
+  // The windows are looked up when next read (event delivery and IRET load
+  // CS and SS one after the other: only the last set is ever used).
+  windows_stale_ = true;
+}
+
+// The windows follow the segment registers and the mode: recomputed only
+// when those changed since they were last computed.
+void Vcpu::refresh_windows() const {
+  if (!windows_stale_) return;
+  windows_stale_ = false;
+  const bool pm = !real_mode() && !v86();
   const api::Segment* regs[6] = {&es_, &cs_, &ss_, &ds_, &fs_, &gs_};
   // The windows' inputs packed (api::Segment has padding, which differs
   // between equal segments built in different places); the entry in use first.
@@ -154,7 +163,7 @@ void Vcpu::sync_seg_bases() {
 
 bool Vcpu::flat() const {
   auto ok = [](const api::Segment& s) { return s.unusable || s.base == 0; };
-  return ok(es_) && ok(cs_) && ok(ss_) && ok(ds_) && !limited_;
+  return ok(es_) && ok(cs_) && ok(ss_) && ok(ds_) && !limited();
 }
 
 void Vcpu::load(const api::VcpuState& s) {
@@ -654,6 +663,7 @@ Vcpu::StepResult Vcpu::step_instructions(bool traced_write_step, bool* executed)
     return StepResult::Continue;
   }
   sync_seg_bases();
+  refresh_windows();
   in_guest_ = true;
   const std::uint64_t reason = translator_->enter(ctx_, b->entry);
   in_guest_ = false;

@@ -113,7 +113,7 @@ class Vcpu {
     if (segmented()) {
       k |= kTKeySegmented | (cs_.db ? 0 : kTKeyCode16) | (!ss_.unusable && !ss_.db ? kTKeyStack16 : 0);
       if (v86()) k |= kTKeyV86;
-      if (limited_) k |= kTKeyLimits;
+      if (limited()) k |= kTKeyLimits;
     }
     return k;
   }
@@ -203,6 +203,14 @@ class Vcpu {
   void null_inaccessible_data_segments();
   api::Segment& seg(int i);
   void sync_seg_bases();
+  // The Context's segment windows and limited_ for the segment registers as
+  // they are now (sync_seg_bases marks them stale; translated code and the
+  // monitor's limit checks read them).
+  void refresh_windows() const;
+  bool limited() const {
+    refresh_windows();
+    return limited_;
+  }
   DecodedDescriptors decoded_;  // CS/SS descriptors of event delivery, IRET and segment loads
 
   // --- emulation
@@ -388,10 +396,11 @@ class Vcpu {
   };
   std::array<RecentLookup, 16> recent_lookups_{};
   TKey tkey_ = 0;
-  bool limited_ = false;  // a segment register limits its offsets (kTKeyLimits; sync_seg_bases)
+  mutable bool limited_ = false;  // a segment register limits its offsets (kTKeyLimits; refresh_windows)
+  mutable bool windows_stale_ = true;
   // The Context's windows for the segment registers and mode they were
-  // computed for, the last four sets: a system call goes through the user's,
-  // the kernel's and, inside IRET, a mixed set (CS loaded, SS not yet).
+  // computed for, the last four sets (a system call goes through the user's
+  // and the kernel's; task switches and v86 add more).
   // What shapes the windows of ES, CS, SS, DS, FS, GS (segments_key).
   struct SegmentsKey {
     std::uint64_t attrs;
@@ -407,9 +416,9 @@ class Vcpu {
     bool limited = false;
     std::uint64_t last_use = 0;
   };
-  std::array<WindowsFor, 4> windows_for_{};
-  std::size_t windows_current_ = 0;  // the entry the Context holds
-  std::uint64_t windows_clock_ = 0;
+  mutable std::array<WindowsFor, 4> windows_for_{};
+  mutable std::size_t windows_current_ = 0;  // the entry the Context holds
+  mutable std::uint64_t windows_clock_ = 0;
   std::uint32_t translated_cs_limit_ = 0;  // the largest CS limit a cached kTKeyLimits block was translated under
   HostTick tick_;
   VcpuCounters counters_;
