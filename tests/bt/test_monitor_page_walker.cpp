@@ -99,6 +99,25 @@ TEST(BtMonitorPageWalker, AccessKindsAreRememberedSeparately) {
   EXPECT_EQ(w.fault(), (Fault{14, true, kPfP | kPfW}));
 }
 
+TEST(BtMonitorPageWalker, AWriteWalkAlsoServesReadsButNotFetches) {
+  GuestRam ram;
+  map(ram, 0x9000);
+  MonitorPageWalker walker;
+  // A stack page: pushes (a write walk, setting A and D) ...
+  ASSERT_EQ(walker.translate(ram.pm, paging_on(), kLa, Access{true, false, false}).value(), 0x9000u);
+  EXPECT_TRUE(ram.r32(kTable + 3 * 4) & 0x40);
+  // ... then pops: the write's walk serves the read (the table is changed
+  // behind the walker's back to show it is not walked again) ...
+  map(ram, 0xa000);
+  EXPECT_EQ(walker.translate(ram.pm, paging_on(), kLa, Access{false, false, false}).value(), 0x9000u);
+  EXPECT_EQ(walker.translate(ram.pm, paging_on(), kLa, Access{true, false, false}).value(), 0x9000u);
+  // ... but neither a fetch (NX, SMEP) nor a user access (U/S) of that page.
+  EXPECT_EQ(walker.translate(ram.pm, paging_on(), kLa, Access{false, false, true}).value(), 0xa000u);
+  map(ram, 0xb000, 7);
+  ram.w32(kDir + 1 * 4, kTable | 7);
+  EXPECT_EQ(walker.translate(ram.pm, paging_on(), kLa, Access{false, true, false}).value(), 0xb000u);
+}
+
 TEST(BtMonitorPageWalker, AWalkThroughUntracedTablesLastsOneIteration) {
   GuestRam ram;
   map(ram, 0x9000);

@@ -35,13 +35,19 @@ class MonitorPageWalker {
     }
     Entry& e = entries_[(la >> 12) % entries_.size()];
     const std::uint32_t tag = tag_of(la, acc);
-    if (e.tag == tag && e.gen == gen_ && (e.lasting || e.iteration == iteration_)) return e.pa_page | (la & 0xfff);
+    const std::uint8_t need = rights_of(acc);
+    const bool known = e.tag == tag && e.gen == gen_ && (e.lasting || e.iteration == iteration_);
+    if (known && (e.rights & need) == need) return e.pa_page | (la & 0xfff);
     const WalkResult w = walk(mem, regs, la, acc, true);
     if (!w.ok) return Fault{14, true, w.error};
     // Only 4 KiB granules are remembered, whatever the guest page size.
     bool lasting = true;
     for (int i = 0; i < w.n_pt; ++i) lasting = lasting && traced(w.pt_pages[i]);
-    e = Entry{tag, gen_, iteration_, lasting, w.pa & ~0xfffull, {w.pt_pages[0], w.pt_pages[1], w.pt_pages[2]}, w.n_pt};
+    // The same page read and written (a stack: pushes, then IRET's pops)
+    // keeps one entry that knows both.
+    const std::uint8_t rights = static_cast<std::uint8_t>((known ? e.rights : 0) | need);
+    e = Entry{tag, gen_, iteration_, lasting, rights, w.pa & ~0xfffull, {w.pt_pages[0], w.pt_pages[1], w.pt_pages[2]},
+              w.n_pt};
     for (int i = 0; i < w.n_pt; ++i) tables_ |= table_bit(w.pt_pages[i]);
     return w.pa;
   }
@@ -80,18 +86,24 @@ class MonitorPageWalker {
   }
 
  private:
-  static std::uint32_t tag_of(std::uint32_t la, Access acc) {
-    return (la & ~0xfffu) | (acc.fetch ? 4 : 0) | (acc.write ? 2 : 0) | (acc.user ? 1 : 0);
+  static std::uint32_t tag_of(std::uint32_t la, Access acc) { return (la & ~0xfffu) | (acc.user ? 1 : 0); }
+  // What a successful walk proves: a write walk, that a read passes too (and
+  // that A and D are set); a fetch walk is its own (NX, SMEP against SMAP).
+  static constexpr std::uint8_t kRead = 1, kWrite = 2, kFetch = 4;
+  static std::uint8_t rights_of(Access acc) {
+    if (acc.fetch) return kFetch;
+    return acc.write ? kRead | kWrite : kRead;
   }
   bool same_regs(const PagingRegs& r) const {
     return r.cr0 == regs_.cr0 && r.cr3 == regs_.cr3 && r.cr4 == regs_.cr4 && r.efer == regs_.efer &&
            r.smap_suspended == regs_.smap_suspended;
   }
   struct Entry {
-    std::uint32_t tag = 0;  // LA page | fetch 4 | write 2 | user 1
+    std::uint32_t tag = 0;  // LA page | user 1
     std::uint32_t gen = 0;
     std::uint32_t iteration = 0;
     bool lasting = false;  // every table of the walk was traced
+    std::uint8_t rights = 0;  // kRead, kWrite, kFetch: the accesses a walk allowed
     std::uint64_t pa_page = 0;
     std::uint64_t pt[3] = {};
     int n_pt = 0;
