@@ -129,6 +129,16 @@ Outcome<std::uint64_t> MsrFile::read(std::uint32_t index, std::uint64_t host_tsc
   }
 }
 
+MsrFile::SysenterTarget MsrFile::sysenter_target() const {
+  SysenterTarget t;
+  for (auto& m : written_) {
+    if (m.index == 0x174) t.cs = m.value;
+    else if (m.index == 0x175) t.esp = m.value;
+    else if (m.index == 0x176) t.eip = m.value;
+  }
+  return t;
+}
+
 std::uint32_t MsrFile::tsc_aux() const {
   for (auto& m : written_)
     if (m.index == kTscAux) return static_cast<std::uint32_t>(m.value);

@@ -69,6 +69,11 @@ class MsrFile {
   Outcome<std::uint64_t> read(std::uint32_t index, std::uint64_t host_tsc_now) const;
   // WRMSR of a held MSR; #GP(0) for one not held.
   Check write(std::uint32_t index, std::uint64_t value, std::uint64_t host_tsc_now);
+  // IA32_SYSENTER_CS, _ESP and _EIP in one pass (SYSENTER and SYSEXIT).
+  struct SysenterTarget {
+    std::uint64_t cs = 0, esp = 0, eip = 0;
+  };
+  SysenterTarget sysenter_target() const;
 
   void load(const std::vector<api::Msr>& saved, std::uint64_t host_tsc_now);
   // The written MSRs (the TSC is saved by the caller at save time).

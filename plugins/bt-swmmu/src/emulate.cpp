@@ -100,6 +100,15 @@ std::uint32_t Vcpu::effective_offset(const ZydisDecodedInstruction& insn, const 
   return insn.address_width == 16 ? a & 0xffff : a;
 }
 
+namespace {
+// The flat 4 GiB code (type 0xb) or data (type 3) segment SYSENTER and
+// SYSEXIT load, built in one piece (no field-by-field copy on this path).
+api::Segment flat_segment(std::uint16_t selector, std::uint8_t type, std::uint8_t dpl) {
+  return api::Segment{.selector = selector, .base = 0, .limit = 0xffffffffu, .type = type, .s = true, .dpl = dpl,
+                      .present = true, .avl = false, .l = false, .db = true, .g = true, .unusable = false};
+}
+}  // namespace
+
 std::uint32_t Vcpu::ea(const ZydisDecodedInstruction& insn, const ZydisDecodedOperand& op) {
   std::uint32_t a = effective_offset(insn, op);
   int s = op.mem.segment - ZYDIS_REGISTER_ES;
@@ -924,32 +933,25 @@ void Vcpu::emulate_instruction(std::uint32_t eip, bool mmio, Block* block) {
       return;
     case ZYDIS_MNEMONIC_SYSENTER: {
       if (real_mode()) raise(13, true, 0);
-      const std::uint64_t cs = msrs_.read(0x174, 0).value(), esp = msrs_.read(0x175, 0).value(),
-                          eip2 = msrs_.read(0x176, 0).value();
-      if ((cs & 0xfffc) == 0) raise(13, true, 0);
-      api::Segment c;
-      c.selector = static_cast<std::uint16_t>(cs & 0xfffc);
-      c.limit = 0xffffffff; c.type = 0xb; c.s = true; c.dpl = 0; c.present = true; c.db = true; c.g = true;
-      api::Segment s = c;
-      s.selector = static_cast<std::uint16_t>((cs & 0xfffc) + 8);
-      s.type = 3;
-      cs_ = c; ss_ = s; cpl_ = 0;
+      const MsrFile::SysenterTarget t = msrs_.sysenter_target();
+      if ((t.cs & 0xfffc) == 0) raise(13, true, 0);
+      const auto sel = static_cast<std::uint16_t>(t.cs & 0xfffc);
+      cs_ = flat_segment(sel, 0xb, 0);
+      ss_ = flat_segment(static_cast<std::uint16_t>(sel + 8), 3, 0);
+      cpl_ = 0;
       ctx_->sysflags &= ~(kIF | kVM | kRF);
-      reg32(4) = static_cast<std::uint32_t>(esp);
+      reg32(4) = static_cast<std::uint32_t>(t.esp);
       sync_seg_bases();
-      new_eip = static_cast<std::uint32_t>(eip2);
+      new_eip = static_cast<std::uint32_t>(t.eip);
       break;
     }
     case ZYDIS_MNEMONIC_SYSEXIT: {
-      const std::uint64_t cs = msrs_.read(0x174, 0).value();
+      const std::uint64_t cs = msrs_.sysenter_target().cs;
       if (real_mode() || cpl_ != 0 || (cs & 0xfffc) == 0) raise(13, true, 0);
-      api::Segment c;
-      c.selector = static_cast<std::uint16_t>(((cs & 0xfffc) + 16) | 3);
-      c.limit = 0xffffffff; c.type = 0xb; c.s = true; c.dpl = 3; c.present = true; c.db = true; c.g = true;
-      api::Segment s = c;
-      s.selector = static_cast<std::uint16_t>(((cs & 0xfffc) + 24) | 3);
-      s.type = 3;
-      cs_ = c; ss_ = s; cpl_ = 3;
+      const auto sel = static_cast<std::uint16_t>(cs & 0xfffc);
+      cs_ = flat_segment(static_cast<std::uint16_t>((sel + 16) | 3), 0xb, 3);
+      ss_ = flat_segment(static_cast<std::uint16_t>((sel + 24) | 3), 3, 3);
+      cpl_ = 3;
       reg32(4) = reg32(1);
       new_eip = reg32(2);
       sync_seg_bases();

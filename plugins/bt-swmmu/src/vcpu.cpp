@@ -971,11 +971,11 @@ void Vcpu::load_segment(int sreg, std::uint16_t sel) {
 void Vcpu::load_cs(std::uint16_t sel, unsigned new_cpl) { load_cs_descriptor(sel, read_descriptor(sel, sel & 0xfffc), new_cpl); }
 
 void Vcpu::load_cs_descriptor(std::uint16_t sel, std::uint64_t raw, unsigned new_cpl) {
-  api::Segment s = decoded_.decode(raw, static_cast<std::uint16_t>((sel & ~3u) | new_cpl));
+  const api::Segment& s = decoded_.decode(raw, static_cast<std::uint16_t>((sel & ~3u) | new_cpl));
   require(check_code_segment(s, sel));
   if (s.l) throw std::runtime_error("bt-swmmu: 64-bit code segment: BT64 is not implemented");
-  s.type |= 1;
-  cs_ = s;
+  cs_ = s;  // copied whole, then the accessed bit (not the other way round: a store-forwarding stall)
+  cs_.type |= 1;
   cpl_ = new_cpl;
   sync_seg_bases();
 }
