@@ -349,7 +349,7 @@ void Vcpu::string_op(const ZydisDecodedInstruction& insn, const ZydisDecodedOper
       const std::uint64_t dpa = lin_to_phys(dla, true, user, false);
       const std::uint64_t spa = is_movs ? lin_to_phys(sla, false, user, false) : 0;
       if (dpa + size > mem_.size() || (is_movs && spa + size > mem_.size())) break;
-      note_guest_write(dpa & ~0xfffull);
+      note_guest_write(dpa & ~0xfffull, 4096);  // the page's rest may be written: all of it
       std::uint8_t* base = mem_.host_base();
       for (std::uint32_t i = 0; i < n; ++i) {
         const std::int64_t off = static_cast<std::int64_t>(i) * step;

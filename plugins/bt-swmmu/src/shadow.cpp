@@ -506,8 +506,14 @@ void ShadowMmu::release_pt_page(std::uint64_t gpa_page, bool count) {
   derived_.erase(it);
   set_traced(gpa_page, kTracedTable, false);
   ++pt_release_gen_;
-  // One PROT_NONE mmap per run of neighbouring pages of a region (the
-  // mappings fill-ahead made come in runs).
+  drop_derived(list);
+  set_prot_all(gpa_page);
+}
+
+// Drops the shadow mappings `list` names (and the translations keyed by
+// them), one PROT_NONE mmap per run of neighbouring pages of a region (the
+// mappings fill-ahead made come in runs).
+void ShadowMmu::drop_derived(std::vector<std::pair<Region*, std::uint32_t>>& list) {
   std::sort(list.begin(), list.end(), [](const auto& a, const auto& b) {
     return std::less<Region*>{}(a.first, b.first) || (a.first == b.first && a.second < b.second);
   });
@@ -534,7 +540,38 @@ void ShadowMmu::release_pt_page(std::uint64_t gpa_page, bool count) {
     }
     close_run();
   }
-  set_prot_all(gpa_page);
+}
+
+// Whether the shadow mapping of `la` in `r`, derived (among others) from the
+// table on `gpa_page`, used an entry in bytes [lo, hi) of that page.  Classic
+// 32-bit paging: the page is r's directory (entry la >> 22; a directory can
+// double as a table, so both entries count) or la's table (entry la >> 12).
+// PAE tables are not told apart here: every mapping counts.
+bool ShadowMmu::derived_from_entries(const Region& r, std::uint32_t la, std::uint64_t gpa_page, std::uint32_t lo,
+                                     std::uint32_t hi) {
+  if ((r.key.mode & 1) == 0 || (r.key.mode & 2) != 0) return true;
+  auto hits = [&](std::uint32_t entry) { return entry < hi && lo < entry + 4; };
+  const bool directory = (r.key.cr3 & ~0xfffull) == gpa_page;
+  return hits(((la >> 12) & 1023) * 4) || (directory && hits((la >> 22) * 4));
+}
+
+void ShadowMmu::pt_entries_written(std::uint64_t gpa_page, std::uint32_t offset, unsigned size) {
+  auto it = derived_.find(gpa_page);
+  if (it == derived_.end()) return;
+  auto& list = it->second;
+  const std::uint32_t hi = offset + size;
+  const auto kept = std::partition(list.begin(), list.end(), [&](const auto& d) {
+    return !derived_from_entries(*d.first, d.second, gpa_page, offset, hi);
+  });
+  if (kept == list.begin()) {  // every mapping used the entries written
+    release_pt_page(gpa_page);
+    return;
+  }
+  ++stats.pt_writes;
+  ++pt_release_gen_;  // the monitor's remembered walks through this table
+  std::vector<std::pair<Region*, std::uint32_t>> dropped(kept, list.end());
+  list.erase(kept, list.end());
+  drop_derived(dropped);
 }
 
 void ShadowMmu::note_code_derivation(Region* r, std::uint32_t la, const WalkResult& w) {

@@ -154,6 +154,11 @@ class ShadowMmu {
   // The guest writes a traced page-table page: drop every shadow mapping
   // derived from it and stop tracing it (re-traced on the next walk through it).
   void release_pt_page(std::uint64_t gpa_page, bool count = true);
+  // The monitor wrote `size` bytes at `offset` of the traced page-table page
+  // `gpa_page` on the guest's behalf: drop only the shadow mappings derived
+  // from the entries written; the table stays traced for the others (a
+  // kernel filling in one PTE no longer unmaps every page of its table).
+  void pt_entries_written(std::uint64_t gpa_page, std::uint32_t offset, unsigned size);
   // Changes whenever a page stops being traced as a page table (a guest or
   // monitor write released it, or every shadow was dropped): a walk whose
   // tables were all traced is still exact while this stays the same.
@@ -238,6 +243,9 @@ class ShadowMmu {
   std::unordered_map<std::uint64_t, std::vector<std::pair<Region*, std::uint32_t>>> rmap_;
   // traced page-table page -> (region, LA page) derived from it
   std::unordered_map<std::uint64_t, std::vector<std::pair<Region*, std::uint32_t>>> derived_;
+  void drop_derived(std::vector<std::pair<Region*, std::uint32_t>>& list);
+  static bool derived_from_entries(const Region& r, std::uint32_t la, std::uint64_t gpa_page, std::uint32_t lo,
+                                   std::uint32_t hi);
   std::unordered_set<std::uint64_t> code_pages_;
   // The same two facts per page of RAM, for the monitor's writes (one load
   // each instead of a hash lookup): kTracedTable = in derived_, kTracedCode =

@@ -810,11 +810,12 @@ std::uint64_t Vcpu::read_phys(std::uint64_t pa, unsigned size) {
   return platform_read().mmio_read(index_, pa, size);
 }
 
-void Vcpu::note_guest_write(std::uint64_t pa_page) {
+void Vcpu::note_guest_write(std::uint64_t pa, unsigned size) {
+  const std::uint64_t pa_page = pa & ~0xfffull;
   walker_.drop_table(pa_page);
   if (shadow_->dirty_logging()) shadow_->mark_dirty(pa_page);
   if (shadow_->is_pt_page(pa_page) || shadow_->is_code_page(pa_page)) monitor_needed_ = true;
-  if (shadow_->is_pt_page(pa_page)) shadow_->release_pt_page(pa_page);
+  if (shadow_->is_pt_page(pa_page)) shadow_->pt_entries_written(pa_page, static_cast<std::uint32_t>(pa & 0xfff), size);
   if (shadow_->is_code_page(pa_page)) {
     drop_translations_of(pa_page);
     shadow_->release_code_page(pa_page);
@@ -824,7 +825,7 @@ void Vcpu::note_guest_write(std::uint64_t pa_page) {
 void Vcpu::write_phys(std::uint64_t pa, unsigned size, std::uint64_t v) {
   const PhysMem& pm = shadow_->phys();
   if (pa + size <= pm.size) {
-    note_guest_write(pa & ~0xfffull);
+    note_guest_write(pa, size);
     std::uint8_t* p = pm.base + pa;
     switch (size) {
       case 1: *p = static_cast<std::uint8_t>(v); break;

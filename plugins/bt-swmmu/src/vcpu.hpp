@@ -141,7 +141,7 @@ class Vcpu {
   void write(std::uint32_t la, unsigned size, std::uint32_t v, bool user);
   std::uint64_t read_phys(std::uint64_t pa, unsigned size);
   void write_phys(std::uint64_t pa, unsigned size, std::uint64_t v);
-  void note_guest_write(std::uint64_t pa_page);
+  void note_guest_write(std::uint64_t pa, unsigned size);  // before the monitor writes [pa, pa + size), within a page
   std::uint32_t stack_mask() const { return (ss_.unusable || ss_.db) ? 0xffffffffu : 0xffffu; }
   void push32(std::uint32_t v);
   std::uint32_t pop32();
