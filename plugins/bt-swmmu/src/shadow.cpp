@@ -333,6 +333,17 @@ FillResult ShadowMmu::fill(Region* r, const PagingRegs& regs, std::uint32_t la, 
   if (it != r->maps.end() && it->second.gpa_page == m.gpa_page && it->second.guest_writable == m.guest_writable) {
     if (!write || m.guest_writable) return FillResult::Repeat;
   }
+  if (it != r->maps.end() && it->second.gpa_page == gpa_page) {
+    // The same frame, now writable (a first write set D): a protection
+    // change, not a new mapping (its tables still trace it: a write to one
+    // would have dropped it).
+    trace_tables(r, la_page, w);
+    m.prot = prot_for(m);
+    if (m.prot != it->second.prot) mprotect(r->base + la_page, 4096, m.prot);
+    it->second = m;
+    ++stats.hidden_faults;
+    return FillResult::Mapped;
+  }
   if (it != r->maps.end()) unmap(r, la_page);
   // Trace the tables this mapping was derived from.
   trace_tables(r, la_page, w);
