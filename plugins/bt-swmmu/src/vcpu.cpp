@@ -85,21 +85,6 @@ api::Segment& Vcpu::seg(int i) {
   }
 }
 
-// What segment_windows() and the flavour's `limited` read: limit, type, S,
-// B and usability, and the mode (selectors and bases do not shape windows).
-Vcpu::SegmentsKey Vcpu::segments_key(const api::Segment* const (&regs)[6], bool protected_mode) {
-  SegmentsKey k;
-  std::uint64_t attrs = std::uint64_t{protected_mode} << 63;
-  for (int i = 0; i < 6; ++i) {
-    const api::Segment& s = *regs[i];
-    k.limits[i] = s.limit;
-    attrs |= ((std::uint64_t{s.type} & 0xf) | std::uint64_t{s.s} << 4 | std::uint64_t{s.db} << 5 |
-              std::uint64_t{s.unusable} << 6) << (7 * i);
-  }
-  k.attrs = attrs;
-  return k;
-}
-
 void Vcpu::sync_seg_bases() {
   auto base = [](const api::Segment& s) { return s.unusable ? 0u : static_cast<std::uint32_t>(s.base); };
   ctx_->seg_base[0] = base(es_);
@@ -116,49 +101,19 @@ void Vcpu::sync_seg_bases() {
   windows_stale_ = true;
 }
 
-// The windows follow the segment registers and the mode: recomputed only
-// when those changed since they were last computed.
+// The windows follow the segment registers and the mode; the Context holds
+// the set in use (its copy changes with the set).
 void Vcpu::refresh_windows() const {
   if (!windows_stale_) return;
   windows_stale_ = false;
-  const bool pm = !real_mode() && !v86();
   const api::Segment* regs[6] = {&es_, &cs_, &ss_, &ds_, &fs_, &gs_};
-  // The windows' inputs packed (api::Segment has padding, which differs
-  // between equal segments built in different places); the entry in use first.
-  const SegmentsKey key = segments_key(regs, pm);
-  auto matches = [&](const WindowsFor& w) { return w.valid && w.key == key; };
-  if (matches(windows_for_[windows_current_])) return;  // the Context holds these already
-  std::size_t pick = 0;
-  while (pick < windows_for_.size() && !matches(windows_for_[pick])) ++pick;
-  if (pick == windows_for_.size()) {  // compute them into the least recently used entry
-    pick = 0;
-    for (std::size_t i = 1; i < windows_for_.size(); ++i)
-      if (windows_for_[i].last_use < windows_for_[pick].last_use) pick = i;
-    WindowsFor& w = windows_for_[pick];
-    w.valid = true;
-    w.key = key;
-    w.code = cs_.limit == 0xffffffffu ? OffsetWindow::range(0, OffsetWindow::kWrapEnd)
-                                      : OffsetWindow::range(0, std::uint64_t{cs_.limit} + 1);
-    w.limited = false;
-    for (int i = 0; i < 6; ++i) {
-      const api::Segment& seg = *regs[i];
-      const SegmentWindows sw = segment_windows(seg, pm);
-      w.windows[0][i] = sw.read;
-      w.windows[1][i] = sw.write;
-      // A null FS/GS keeps the flavour flat (common: its accesses are refused
-      // through null_fs_gs_bias instead); a null DS/ES/SS limits.  A code
-      // segment's window only matters for CS-override reads.
-      if (pm && seg.unusable && i >= 4) continue;
-      if (i == 1) w.limited |= !sw.read.unrestricted() && (seg.type & 2);
-      else w.limited |= !sw.read.unrestricted() || !sw.write.unrestricted();
-    }
-  }
-  windows_current_ = pick;
-  WindowsFor& w = windows_for_[pick];
-  w.last_use = ++windows_clock_;
-  std::memcpy(ctx_->seg_window, w.windows, sizeof(w.windows));
-  ctx_->code_window = w.code;
-  limited_ = w.limited;
+  bool fresh = false;  // computed now, maybe into the entry the Context held
+  const SegmentWindowsCache::Set& set = windows_.lookup(regs, !real_mode() && !v86(), &fresh);
+  if (&set == windows_in_context_ && !fresh) return;
+  std::memcpy(ctx_->seg_window, set.windows, sizeof(set.windows));
+  ctx_->code_window = set.code;
+  limited_ = set.limited;
+  windows_in_context_ = &set;
 }
 
 bool Vcpu::flat() const {

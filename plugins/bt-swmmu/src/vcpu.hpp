@@ -25,6 +25,7 @@
 #include "host_tick.hpp"
 #include "monitor_page_walker.hpp"
 #include "segment_descriptor.hpp"
+#include "segment_windows_cache.hpp"
 #include "shadow.hpp"
 #include "mmio_stage.hpp"
 #include "task_state.hpp"
@@ -398,27 +399,9 @@ class Vcpu {
   TKey tkey_ = 0;
   mutable bool limited_ = false;  // a segment register limits its offsets (kTKeyLimits; refresh_windows)
   mutable bool windows_stale_ = true;
-  // The Context's windows for the segment registers and mode they were
-  // computed for, the last four sets (a system call goes through the user's
-  // and the kernel's; task switches and v86 add more).
-  // What shapes the windows of ES, CS, SS, DS, FS, GS (segments_key).
-  struct SegmentsKey {
-    std::uint64_t attrs;
-    std::uint32_t limits[6];
-    bool operator==(const SegmentsKey&) const = default;
-  };
-  static SegmentsKey segments_key(const api::Segment* const (&regs)[6], bool protected_mode);
-  struct WindowsFor {
-    bool valid = false;
-    SegmentsKey key{};
-    OffsetWindow windows[2][6];
-    OffsetWindow code;
-    bool limited = false;
-    std::uint64_t last_use = 0;
-  };
-  mutable std::array<WindowsFor, 4> windows_for_{};
-  mutable std::size_t windows_current_ = 0;  // the entry the Context holds
-  mutable std::uint64_t windows_clock_ = 0;
+  mutable SegmentWindowsCache windows_;
+  // The set the Context holds (an entry of windows_, which keeps its sets in place).
+  mutable const SegmentWindowsCache::Set* windows_in_context_ = nullptr;
   std::uint32_t translated_cs_limit_ = 0;  // the largest CS limit a cached kTKeyLimits block was translated under
   HostTick tick_;
   VcpuCounters counters_;
