@@ -251,8 +251,8 @@ void ShadowMmu::destroy(Region* r) {
     auto& v = rmap_[m.gpa_page];
     v.erase(std::remove(v.begin(), v.end(), std::make_pair(r, la)), v.end());
   }
-  for (auto& [pt, v] : derived_)
-    v.erase(std::remove_if(v.begin(), v.end(), [&](auto& e) { return e.first == r; }), v.end());
+  for (auto& [pt, d] : derived_)
+    d.list.erase(std::remove_if(d.list.begin(), d.list.end(), [&](auto& e) { return e.first == r; }), d.list.end());
   munmap(r->base - kGuardBelow, kReservation);
   munmap(r->fast, kFastTableBytes);
   if (active_ == r) active_ = nullptr;
@@ -352,7 +352,7 @@ FillResult ShadowMmu::fill(Region* r, const PagingRegs& regs, std::uint32_t la, 
     ++stats.map_resets;
     drop_all();
     for (int i = 0; i < w.n_pt; ++i) {
-      derived_[w.pt_pages[i]].emplace_back(r, la_page);
+      derived_[w.pt_pages[i]].list.emplace_back(r, la_page);
       set_traced(w.pt_pages[i], kTracedTable, true);
     }
     if (!map_page(r, la_page, gpa_page, prot_for(m))) throw std::runtime_error("bt-swmmu: mmap into a shadow region failed");
@@ -368,10 +368,24 @@ FillResult ShadowMmu::fill(Region* r, const PagingRegs& regs, std::uint32_t la, 
   return FillResult::Mapped;
 }
 
+void ShadowMmu::weed(Derivations& d) {
+  auto& v = d.list;
+  std::sort(v.begin(), v.end(), [](const auto& a, const auto& b) {
+    return std::less<Region*>{}(a.first, b.first) || (a.first == b.first && a.second < b.second);
+  });
+  v.erase(std::unique(v.begin(), v.end()), v.end());
+  v.erase(std::remove_if(v.begin(), v.end(),
+                         [](const auto& e) { return !e.first->maps.count(e.second) && !e.first->code_pages.count(e.second); }),
+          v.end());
+  d.weed_at = std::max<std::size_t>(64, 2 * v.size());
+}
+
 void ShadowMmu::trace_tables(Region* r, std::uint32_t la_page, const WalkResult& w) {
   for (int i = 0; i < w.n_pt; ++i) {
     auto [dit, fresh] = derived_.try_emplace(w.pt_pages[i]);
-    dit->second.emplace_back(r, la_page);
+    Derivations& d = dit->second;
+    d.list.emplace_back(r, la_page);
+    if (d.list.size() >= d.weed_at) weed(d);
     if (fresh) {
       set_traced(w.pt_pages[i], kTracedTable, true);
       set_prot_all(w.pt_pages[i]);
@@ -513,7 +527,7 @@ void ShadowMmu::release_pt_page(std::uint64_t gpa_page, bool count) {
   auto it = derived_.find(gpa_page);
   if (it == derived_.end()) return;
   if (count) ++stats.pt_writes;
-  auto list = std::move(it->second);
+  auto list = std::move(it->second.list);
   derived_.erase(it);
   set_traced(gpa_page, kTracedTable, false);
   ++pt_release_gen_;
@@ -569,7 +583,7 @@ bool ShadowMmu::derived_from_entries(const Region& r, std::uint32_t la, std::uin
 void ShadowMmu::pt_entries_written(std::uint64_t gpa_page, std::uint32_t offset, unsigned size) {
   auto it = derived_.find(gpa_page);
   if (it == derived_.end()) return;
-  auto& list = it->second;
+  auto& list = it->second.list;
   const std::uint32_t hi = offset + size;
   const auto kept = std::partition(list.begin(), list.end(), [&](const auto& d) {
     return !derived_from_entries(*d.first, d.second, gpa_page, offset, hi);

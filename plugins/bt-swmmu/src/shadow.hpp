@@ -159,6 +159,11 @@ class ShadowMmu {
   // from the entries written; the table stays traced for the others (a
   // kernel filling in one PTE no longer unmaps every page of its table).
   void pt_entries_written(std::uint64_t gpa_page, std::uint32_t offset, unsigned size);
+  // How many (region, LA page) derivations the table page lists (stale ones included).
+  std::size_t derivations(std::uint64_t gpa_page) const {
+    auto it = derived_.find(gpa_page);
+    return it == derived_.end() ? 0 : it->second.list.size();
+  }
   // Changes whenever a page stops being traced as a page table (a guest or
   // monitor write released it, or every shadow was dropped): a walk whose
   // tables were all traced is still exact while this stays the same.
@@ -242,7 +247,17 @@ class ShadowMmu {
   // gpa page -> shadow mappings of it (reverse map)
   std::unordered_map<std::uint64_t, std::vector<std::pair<Region*, std::uint32_t>>> rmap_;
   // traced page-table page -> (region, LA page) derived from it
-  std::unordered_map<std::uint64_t, std::vector<std::pair<Region*, std::uint32_t>>> derived_;
+  // Per traced table page, the (region, LA page) mappings derived from it.
+  // A mapping dropped through another of its tables stays listed here (a
+  // stale entry only drops a mapping early); the list is weeded of those and
+  // of duplicates whenever it has doubled since the last weeding, so a table
+  // that stays traced while the pages it maps come and go stays small.
+  struct Derivations {
+    std::vector<std::pair<Region*, std::uint32_t>> list;
+    std::size_t weed_at = 64;
+  };
+  std::unordered_map<std::uint64_t, Derivations> derived_;
+  static void weed(Derivations& d);
   void drop_derived(std::vector<std::pair<Region*, std::uint32_t>>& list);
   static bool derived_from_entries(const Region& r, std::uint32_t la, std::uint64_t gpa_page, std::uint32_t lo,
                                    std::uint32_t hi);
