@@ -11,6 +11,11 @@
 namespace modevisor::bt {
 
 namespace {
+// Derivation lists sorted this way put a region's pages together, in order
+// (runs for one PROT_NONE mmap each; duplicates next to each other).
+bool by_region_then_page(const std::pair<Region*, std::uint32_t>& a, const std::pair<Region*, std::uint32_t>& b) {
+  return std::less<Region*>{}(a.first, b.first) || (a.first == b.first && a.second < b.second);
+}
 constexpr std::uint64_t kPageMask = ~0xfffull;
 constexpr std::uint64_t kPaeAddr = 0x000ffffffffff000ull;
 }  // namespace
@@ -370,9 +375,7 @@ FillResult ShadowMmu::fill(Region* r, const PagingRegs& regs, std::uint32_t la, 
 
 void ShadowMmu::weed(Derivations& d) {
   auto& v = d.list;
-  std::sort(v.begin(), v.end(), [](const auto& a, const auto& b) {
-    return std::less<Region*>{}(a.first, b.first) || (a.first == b.first && a.second < b.second);
-  });
+  std::sort(v.begin(), v.end(), by_region_then_page);
   v.erase(std::unique(v.begin(), v.end()), v.end());
   v.erase(std::remove_if(v.begin(), v.end(),
                          [](const auto& e) { return !e.first->maps.count(e.second) && !e.first->code_pages.count(e.second); }),
@@ -539,9 +542,7 @@ void ShadowMmu::release_pt_page(std::uint64_t gpa_page, bool count) {
 // them), one PROT_NONE mmap per run of neighbouring pages of a region (the
 // mappings fill-ahead made come in runs).
 void ShadowMmu::drop_derived(std::vector<std::pair<Region*, std::uint32_t>>& list) {
-  std::sort(list.begin(), list.end(), [](const auto& a, const auto& b) {
-    return std::less<Region*>{}(a.first, b.first) || (a.first == b.first && a.second < b.second);
-  });
+  std::sort(list.begin(), list.end(), by_region_then_page);
   std::size_t i = 0;
   while (i < list.size()) {
     Region* r = list[i].first;

@@ -112,7 +112,6 @@ void Vcpu::refresh_windows() const {
   if (&set == windows_in_context_ && !fresh) return;
   std::memcpy(ctx_->seg_window, set.windows, sizeof(set.windows));
   ctx_->code_window = set.code;
-  limited_ = set.limited;
   windows_in_context_ = &set;
 }
 

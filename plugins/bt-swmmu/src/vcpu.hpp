@@ -204,13 +204,13 @@ class Vcpu {
   void null_inaccessible_data_segments();
   api::Segment& seg(int i);
   void sync_seg_bases();
-  // The Context's segment windows and limited_ for the segment registers as
-  // they are now (sync_seg_bases marks them stale; translated code and the
-  // monitor's limit checks read them).
+  // The Context's segment windows for the segment registers as they are now
+  // (sync_seg_bases marks them stale; translated code and the monitor's
+  // limit checks read them), and whether they limit any offset (kTKeyLimits).
   void refresh_windows() const;
   bool limited() const {
     refresh_windows();
-    return limited_;
+    return windows_in_context_->limited;
   }
   DecodedDescriptors decoded_;  // CS/SS descriptors of event delivery, IRET and segment loads
 
@@ -397,10 +397,10 @@ class Vcpu {
   };
   std::array<RecentLookup, 16> recent_lookups_{};
   TKey tkey_ = 0;
-  mutable bool limited_ = false;  // a segment register limits its offsets (kTKeyLimits; refresh_windows)
   mutable bool windows_stale_ = true;
   mutable SegmentWindowsCache windows_;
-  // The set the Context holds (an entry of windows_, which keeps its sets in place).
+  // The set the Context holds (an entry of windows_, which keeps its sets in
+  // place); set by every refresh_windows().
   mutable const SegmentWindowsCache::Set* windows_in_context_ = nullptr;
   std::uint32_t translated_cs_limit_ = 0;  // the largest CS limit a cached kTKeyLimits block was translated under
   HostTick tick_;
