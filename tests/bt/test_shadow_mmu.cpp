@@ -30,28 +30,33 @@ struct Ram {
   void w32(std::uint64_t a, std::uint32_t v) { std::memcpy(base + a, &v, 4); }
 };
 
-PagingRegs paging_on() {
-  PagingRegs r;
-  r.cr0 = 0x80000011u;
-  r.cr3 = kDir;
-  return r;
-}
-
-// LA page n -> PA 0x400000 + n pages, user, writable, A and D clear.
-void map_identity_ish(Ram& ram) {
-  ram.w32(kDir, kTable | 7);
-  for (std::uint32_t n = 0; n < 1024; ++n) ram.w32(kTable + 4 * n, (0x400000 + n * 4096) | 7);
-}
+// Paging on over a directory at kDir whose one table maps LA page n to PA
+// 0x400000 + n pages (user, writable, A and D clear); the supervisor view's
+// region active.
+struct PagedShadow {
+  Ram ram;
+  ShadowMmu mmu{ram.base, kRam, ram.fd};
+  PagingRegs regs;
+  Region* r = nullptr;
+  PagedShadow() {
+    ram.w32(kDir, kTable | 7);
+    for (std::uint32_t n = 0; n < 1024; ++n) ram.w32(kTable + 4 * n, (0x400000 + n * 4096) | 7);
+    regs.cr0 = 0x80000011u;
+    regs.cr3 = kDir;
+    r = mmu.activate(make_region_key(regs, false));
+  }
+  FillResult fill(std::uint32_t la) {
+    std::uint64_t out = 0;
+    return mmu.fill(r, regs, la, false, &out);
+  }
+};
 
 TEST(BtShadowMmu, AWrittenEntryDropsOnlyItsOwnMapping) {
-  Ram ram;
-  map_identity_ish(ram);
-  ShadowMmu mmu(ram.base, kRam, ram.fd);
-  const PagingRegs regs = paging_on();
-  Region* r = mmu.activate(make_region_key(regs, false));
-  std::uint64_t out = 0;
-  ASSERT_EQ(mmu.fill(r, regs, 0x5000, false, &out), FillResult::Mapped);
-  ASSERT_EQ(mmu.fill(r, regs, 0x90000, false, &out), FillResult::Mapped);
+  PagedShadow p;
+  ShadowMmu& mmu = p.mmu;
+  Region* r = p.r;
+  ASSERT_EQ(p.fill(0x5000), FillResult::Mapped);
+  ASSERT_EQ(p.fill(0x90000), FillResult::Mapped);
   ASSERT_TRUE(mmu.is_pt_page(kTable));
   // The monitor writes the entry of LA 0x5000 for the guest.
   mmu.pt_entries_written(kTable, 5 * 4, 4);
@@ -60,7 +65,7 @@ TEST(BtShadowMmu, AWrittenEntryDropsOnlyItsOwnMapping) {
   EXPECT_TRUE(mmu.is_pt_page(kTable));  // still traced for the other entries
   // A write to the directory entry that maps the whole table drops both
   // (and, every mapping gone, releases the table's tracing too).
-  ASSERT_EQ(mmu.fill(r, regs, 0x5000, false, &out), FillResult::Mapped);
+  ASSERT_EQ(p.fill(0x5000), FillResult::Mapped);
   mmu.pt_entries_written(kDir, 0, 4);
   EXPECT_FALSE(r->maps.count(0x5000));
   EXPECT_FALSE(r->maps.count(0x90000));
@@ -68,23 +73,19 @@ TEST(BtShadowMmu, AWrittenEntryDropsOnlyItsOwnMapping) {
 }
 
 TEST(BtShadowMmu, ADirectoryThatStaysTracedKeepsItsDerivationListSmall) {
-  Ram ram;
-  map_identity_ish(ram);
-  ShadowMmu mmu(ram.base, kRam, ram.fd);
-  const PagingRegs regs = paging_on();
-  Region* r = mmu.activate(make_region_key(regs, false));
-  std::uint64_t out = 0;
-  ASSERT_EQ(mmu.fill(r, regs, 0x90000, false, &out), FillResult::Mapped);  // keeps the table traced
+  PagedShadow p;
+  ShadowMmu& mmu = p.mmu;
+  ASSERT_EQ(p.fill(0x90000), FillResult::Mapped);  // keeps the table traced
   // A kernel demand-paging one page over and over: each round its PTE is
   // rewritten (dropping the mapping through the table) and the page faults
   // back in (listed again under the directory).
   for (int round = 0; round < 5000; ++round) {
     mmu.pt_entries_written(kTable, 5 * 4, 4);
-    ASSERT_EQ(mmu.fill(r, regs, 0x5000, false, &out), FillResult::Mapped) << round;
+    ASSERT_EQ(p.fill(0x5000), FillResult::Mapped) << round;
   }
   EXPECT_LE(mmu.derivations(kDir), 128u);
   EXPECT_LE(mmu.derivations(kTable), 128u);
-  EXPECT_TRUE(r->maps.count(0x90000));
+  EXPECT_TRUE(p.r->maps.count(0x90000));
 }
 
 }  // namespace
