@@ -593,7 +593,7 @@ void Daemon::vm_start_owned(const json& id, const host::VmConfig& vm, const host
       return;
     }
     handle->update_status(reply["result"]);
-    handle->set_state(reply["result"].value("state", "running"));
+    handle->take_started_state(reply["result"].value("state", "running"));
     write_record(*handle);
     client->reply(control::reply_ok(id, handle->summary()));
   });
@@ -654,7 +654,7 @@ void Daemon::vm_restore(const json& id, const json& args, const std::shared_ptr<
               return;
             }
             handle->update_status(reply["result"]);
-            handle->set_state(reply["result"].value("state", "paused"));
+            handle->take_started_state(reply["result"].value("state", "paused"));
             write_record(*handle);
             client->reply(control::reply_ok(id, handle->summary()));
           });

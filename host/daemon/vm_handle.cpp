@@ -107,6 +107,14 @@ void VmHandle::set_state(const std::string& state, const std::string& reason) {
   if (changed_) changed_(*this);
 }
 
+// A start's or restore's answer: running or paused.  An end (stopped,
+// failed) is taken from the "ended" event or the exit status, which carry
+// the reason; one that came before this answer stands (a VM that failed at
+// once was left failed with no reason when the answer came second).
+void VmHandle::take_started_state(const std::string& state) {
+  if (active() && (state == "running" || state == "paused")) set_state(state);
+}
+
 void VmHandle::on_message(const json& message) {
   if (message.contains("id") && message.contains("ok")) {
     const auto id = message["id"].get<std::uint64_t>();

@@ -66,6 +66,8 @@ class VmHandle : public std::enable_shared_from_this<VmHandle> {
   // Merges a status reply of the monitor process (uptime, counters).
   void update_status(const json& status);
   void set_state(const std::string& state, const std::string& reason = "");
+  // The state a start or restore answered with, unless the VM has ended meanwhile.
+  void take_started_state(const std::string& state);
 
  private:
   void on_message(const json& message);
