@@ -541,7 +541,7 @@ void ShadowMmu::release_pt_page(std::uint64_t gpa_page, bool count) {
 // Drops the shadow mappings `list` names (and the translations keyed by
 // them), one PROT_NONE mmap per run of neighbouring pages of a region (the
 // mappings fill-ahead made come in runs).
-void ShadowMmu::drop_derived(std::vector<std::pair<Region*, std::uint32_t>>& list) {
+void ShadowMmu::drop_derived(std::vector<Derivation>& list) {
   std::sort(list.begin(), list.end(), by_region_then_page);
   std::size_t i = 0;
   while (i < list.size()) {
@@ -595,7 +595,7 @@ void ShadowMmu::pt_entries_written(std::uint64_t gpa_page, std::uint32_t offset,
   }
   ++stats.pt_writes;
   ++pt_release_gen_;  // the monitor's remembered walks through this table
-  std::vector<std::pair<Region*, std::uint32_t>> dropped(kept, list.end());
+  std::vector<Derivation> dropped(kept, list.end());
   list.erase(kept, list.end());
   drop_derived(dropped);
 }

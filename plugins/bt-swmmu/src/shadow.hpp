@@ -246,19 +246,19 @@ class ShadowMmu {
   std::uint64_t clock_ = 0;
   // gpa page -> shadow mappings of it (reverse map)
   std::unordered_map<std::uint64_t, std::vector<std::pair<Region*, std::uint32_t>>> rmap_;
-  // traced page-table page -> (region, LA page) derived from it
   // Per traced table page, the (region, LA page) mappings derived from it.
   // A mapping dropped through another of its tables stays listed here (a
   // stale entry only drops a mapping early); the list is weeded of those and
   // of duplicates whenever it has doubled since the last weeding, so a table
   // that stays traced while the pages it maps come and go stays small.
+  using Derivation = std::pair<Region*, std::uint32_t>;  // (region, LA page)
   struct Derivations {
-    std::vector<std::pair<Region*, std::uint32_t>> list;
+    std::vector<Derivation> list;
     std::size_t weed_at = 64;
   };
   std::unordered_map<std::uint64_t, Derivations> derived_;
   static void weed(Derivations& d);
-  void drop_derived(std::vector<std::pair<Region*, std::uint32_t>>& list);
+  void drop_derived(std::vector<Derivation>& list);
   static bool derived_from_entries(const Region& r, std::uint32_t la, std::uint64_t gpa_page, std::uint32_t lo,
                                    std::uint32_t hi);
   std::unordered_set<std::uint64_t> code_pages_;
