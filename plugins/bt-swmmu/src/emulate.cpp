@@ -936,12 +936,10 @@ void Vcpu::emulate_instruction(std::uint32_t eip, bool mmio, Block* block) {
       const MsrFile::SysenterTarget t = msrs_.sysenter_target();
       if ((t.cs & 0xfffc) == 0) raise(13, true, 0);
       const auto sel = static_cast<std::uint16_t>(t.cs & 0xfffc);
-      cs_ = flat_segment(sel, 0xb, 0);
-      ss_ = flat_segment(static_cast<std::uint16_t>(sel + 8), 3, 0);
       cpl_ = 0;
       ctx_->sysflags &= ~(kIF | kVM | kRF);
       reg32(4) = static_cast<std::uint32_t>(t.esp);
-      sync_seg_bases();
+      set_flat_code_and_stack(flat_segment(sel, 0xb, 0), flat_segment(static_cast<std::uint16_t>(sel + 8), 3, 0));
       new_eip = static_cast<std::uint32_t>(t.eip);
       break;
     }
@@ -949,12 +947,11 @@ void Vcpu::emulate_instruction(std::uint32_t eip, bool mmio, Block* block) {
       const std::uint64_t cs = msrs_.sysenter_target().cs;
       if (real_mode() || cpl_ != 0 || (cs & 0xfffc) == 0) raise(13, true, 0);
       const auto sel = static_cast<std::uint16_t>(cs & 0xfffc);
-      cs_ = flat_segment(static_cast<std::uint16_t>((sel + 16) | 3), 0xb, 3);
-      ss_ = flat_segment(static_cast<std::uint16_t>((sel + 24) | 3), 3, 3);
       cpl_ = 3;
       reg32(4) = reg32(1);
       new_eip = reg32(2);
-      sync_seg_bases();
+      set_flat_code_and_stack(flat_segment(static_cast<std::uint16_t>((sel + 16) | 3), 0xb, 3),
+                              flat_segment(static_cast<std::uint16_t>((sel + 24) | 3), 3, 3));
       break;
     }
     case ZYDIS_MNEMONIC_LGDT:

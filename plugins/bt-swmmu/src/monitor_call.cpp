@@ -78,15 +78,21 @@ std::uint64_t Vcpu::monitor_call() noexcept {
 std::uint64_t Vcpu::emulate_and_continue() {
   // On entry the guest has run only translated code since the view was set
   // up (segment loads, CPL and paging-register changes are special
-  // instructions): only what other threads and the platform did is new.
-  bool view_may_have_changed = false;
+  // instructions), and the dispatcher or a block entry's poll looked at
+  // everything else just before: the instruction is emulated at once.  What
+  // other threads or the host tick did meanwhile is seen after it, as at the
+  // next block boundary (an interrupt is taken one instruction later).  No
+  // event or interrupt shadow is pending here: the dispatcher clears the
+  // shadow before it enters translated code, and each emulation that sets
+  // one (or an event) is followed by the check below, which leaves.
   for (unsigned n = 0; n < kMaxEmulatedPerCall; ++n) {
-    if (!may_stay_in_cache(view_may_have_changed)) return 0;
+    monitor_walks_next_iteration();  // guest code or the last emulation may have changed page tables
     Block* b = lookup(eip_);
     if (b->breakpoint) return 0;  // the dispatcher's (code_breakpoint)
     ctx_->sysflags &= ~kRF;        // (an IRET may have set it: it lasts one instruction)
     if (!b->special) return reinterpret_cast<std::uint64_t>(b->entry);
     ++counters_.special_exits;
+    bool view_may_have_changed;
     if (b->monitor_site) {
       const auto delivered_before = deliveries_;
       if (run_monitor_site(b) == StepResult::Shutdown) return kShutdown;
@@ -95,6 +101,7 @@ std::uint64_t Vcpu::emulate_and_continue() {
       emulate(eip_, false, b);
       view_may_have_changed = !keeps_view(*b);
     }
+    if (!may_stay_in_cache(view_may_have_changed)) return 0;
   }
   return 0;
 }
@@ -133,7 +140,6 @@ bool Vcpu::keeps_view(const Block& b) {
 // What run() checks before it runs guest code, for a monitor call: true
 // when the next block may run right away (the view is set up for it).
 bool Vcpu::may_stay_in_cache(bool after_emulation) {
-  monitor_walks_next_iteration();
   if (single_step_ || kicked_.load(std::memory_order_relaxed) || poll_blocked_.load(std::memory_order_relaxed) ||
       dirty_.requested() || !long_mode_entered_.empty() || breakpoints_flush_pending_)
     return false;
@@ -159,7 +165,7 @@ bool Vcpu::may_stay_in_cache(bool after_emulation) {
   if ((ctx_->sysflags & kIF) && irq_waits) return false;
   ctx_->irq_hint = irq_waits;  // IF is clear here
   if (!after_emulation) return true;
-  sync_seg_bases();
+  write_seg_bases();  // (every segment load marked the windows stale; a CR0.PE write did not)
   // The translation flavour follows the segments too (a far jump between
   // 16- and 32-bit code, a segment load): the block maps hold one flavour.
   const TKey tk = flavour_key();

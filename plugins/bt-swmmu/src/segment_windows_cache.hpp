@@ -9,7 +9,9 @@
 #include <modevisor/api/arch_state.hpp>
 
 #include <array>
+#include <cstddef>
 #include <cstdint>
+#include <cstring>
 
 #include "segment_limits.hpp"
 
@@ -45,6 +47,13 @@ class SegmentWindowsCache {
     return entries_[pick].set;
   }
 
+  // Whether two segments give the same windows (what the key holds of them);
+  // `b_type_set`: type bits b gets when loaded (the accessed bit).
+  static bool same_shape(const api::Segment& a, const api::Segment& b, std::uint8_t b_type_set = 0) {
+    return a.limit == b.limit && (a.type & 0xf) == ((b.type | b_type_set) & 0xf) && a.s == b.s && a.db == b.db &&
+           a.unusable == b.unusable;
+  }
+
   static Set compute(const api::Segment* const (&regs)[6], bool protected_mode) {
     Set s;
     const api::Segment& cs = *regs[1];
@@ -66,24 +75,32 @@ class SegmentWindowsCache {
   }
 
  private:
-  // The windows' inputs packed (api::Segment has padding, which differs
-  // between equal segments built in different places).
+  // The windows' inputs packed, one word per register: limit, type, S, D/B
+  // and "unusable".  Read as two words straight from api::Segment (whose
+  // padding differs between equal segments built in different places, so it
+  // is masked out): a system call looks its sets up twice, and packing the
+  // fields one by one was most of the lookup.
   struct Key {
-    std::uint64_t attrs = 0;
-    std::uint32_t limits[6] = {};
+    std::uint64_t shape[6] = {};
+    bool protected_mode = false;
     bool operator==(const Key&) const = default;
   };
+  static_assert(offsetof(api::Segment, limit) == 16 && offsetof(api::Segment, type) == 20 &&
+                    offsetof(api::Segment, s) == 21 && offsetof(api::Segment, db) == 26 &&
+                    offsetof(api::Segment, unusable) == 28 && sizeof(bool) == 1,
+                "key_of reads api::Segment's fields as two words");
   static Key key_of(const api::Segment* const (&regs)[6], bool protected_mode) {
     Key k;
-    std::uint64_t attrs = std::uint64_t{protected_mode} << 63;
+    k.protected_mode = protected_mode;
     for (int i = 0; i < 6; ++i) {
-      const api::Segment& s = *regs[i];
-      k.limits[i] = s.limit;
-      attrs |= ((std::uint64_t{s.type} & 0xf) | std::uint64_t{s.s} << 4 | std::uint64_t{s.db} << 5 |
-                std::uint64_t{s.unusable} << 6)
-               << (7 * i);
+      const auto* bytes = reinterpret_cast<const unsigned char*>(regs[i]);
+      std::uint64_t lo, hi;
+      std::memcpy(&lo, bytes + 16, 8);  // limit, type, s, dpl, present
+      std::memcpy(&hi, bytes + 24, 8);  // avl, l, db, g, unusable, padding
+      // limit (bits 0-31), type (32-35), S (40-47), D/B (48-55), unusable (56-63)
+      k.shape[i] = (lo & 0x0000'ff0f'ffff'ffffull) | ((hi & 0x0000'0000'00ff'0000ull) << 32) |
+                   ((hi & 0x0000'00ff'0000'0000ull) << 24);
     }
-    k.attrs = attrs;
     return k;
   }
   struct Entry {

@@ -86,6 +86,15 @@ api::Segment& Vcpu::seg(int i) {
 }
 
 void Vcpu::sync_seg_bases() {
+  write_seg_bases();
+  // The windows are looked up when next read (event delivery and IRET load
+  // CS and SS one after the other: only the last set is ever used).
+  windows_stale_ = true;
+}
+
+// The Context's segment bases and null FS/GS biases from the registers; the
+// windows only when the mode changed under them (a CR0.PE write).
+void Vcpu::write_seg_bases() {
   auto base = [](const api::Segment& s) { return s.unusable ? 0u : static_cast<std::uint32_t>(s.base); };
   ctx_->seg_base[0] = base(es_);
   ctx_->seg_base[1] = base(cs_);
@@ -96,9 +105,27 @@ void Vcpu::sync_seg_bases() {
   const bool pm = !real_mode() && !v86();
   ctx_->null_fs_gs_bias[0] = pm && fs_.unusable ? kNullSegmentBias : 0;
   ctx_->null_fs_gs_bias[1] = pm && gs_.unusable ? kNullSegmentBias : 0;
-  // The windows are looked up when next read (event delivery and IRET load
-  // CS and SS one after the other: only the last set is ever used).
-  windows_stale_ = true;
+  if (pm != windows_protected_mode_) windows_stale_ = true;
+}
+
+// A segment load: the windows are looked up again only when the register's
+// shape changed (event delivery and IRET load the same few segments again
+// and again).
+void Vcpu::replace_segment(api::Segment& reg, const api::Segment& value) {
+  if (!SegmentWindowsCache::same_shape(reg, value)) windows_stale_ = true;
+  reg = value;
+  write_seg_bases();
+}
+
+// SYSENTER's and SYSEXIT's CS and SS (the mode already set).  Their windows
+// are looked up again only when the pair's shape changes: a system call
+// swaps flat segments for flat segments, and looking the set up reads back
+// the segments just written (a store-forwarding stall per word).
+void Vcpu::set_flat_code_and_stack(const api::Segment& cs, const api::Segment& ss) {
+  if (!SegmentWindowsCache::same_shape(cs_, cs) || !SegmentWindowsCache::same_shape(ss_, ss)) windows_stale_ = true;
+  cs_ = cs;
+  ss_ = ss;
+  write_seg_bases();
 }
 
 // The windows follow the segment registers and the mode; the Context holds
@@ -108,7 +135,8 @@ void Vcpu::refresh_windows() const {
   windows_stale_ = false;
   const api::Segment* regs[6] = {&es_, &cs_, &ss_, &ds_, &fs_, &gs_};
   bool fresh = false;  // computed now, maybe into the entry the Context held
-  const SegmentWindowsCache::Set& set = windows_.lookup(regs, !real_mode() && !v86(), &fresh);
+  windows_protected_mode_ = !real_mode() && !v86();
+  const SegmentWindowsCache::Set& set = windows_.lookup(regs, windows_protected_mode_, &fresh);
   if (&set == windows_in_context_ && !fresh) return;
   std::memcpy(ctx_->seg_window, set.windows, sizeof(set.windows));
   ctx_->code_window = set.code;
@@ -421,7 +449,7 @@ void Vcpu::activate_region() {
   ctx_->region_base = reinterpret_cast<std::uint64_t>(region_->base);  // translated code's r12
 }
 
-Block* Vcpu::lookup(std::uint32_t eip) {
+Block* Vcpu::lookup_slow(std::uint32_t eip) {
   ++counters_.dispatches;
   if (tkey_ & kTKeyLimits) {
     // Code at an offset beyond CS's limit: #GP(0) there.  Blocks (and their
@@ -907,8 +935,7 @@ void Vcpu::load_segment(int sreg, std::uint16_t sel) {
     api::Segment s;
     s.selector = sel;
     s.unusable = true;
-    seg(sreg) = s;
-    sync_seg_bases();
+    replace_segment(seg(sreg), s);
     return;
   }
   std::uint64_t raw = read_descriptor(sel, sel & 0xfffc);
@@ -919,8 +946,7 @@ void Vcpu::load_segment(int sreg, std::uint16_t sel) {
     write(la, 1, static_cast<std::uint32_t>((raw >> 40) & 0xff) | 1, false);
     s.type |= 1;
   }
-  seg(sreg) = s;
-  sync_seg_bases();
+  replace_segment(seg(sreg), s);
 }
 
 void Vcpu::load_cs(std::uint16_t sel, unsigned new_cpl) { load_cs_descriptor(sel, read_descriptor(sel, sel & 0xfffc), new_cpl); }
@@ -929,10 +955,11 @@ void Vcpu::load_cs_descriptor(std::uint16_t sel, std::uint64_t raw, unsigned new
   const api::Segment& s = decoded_.decode(raw, static_cast<std::uint16_t>((sel & ~3u) | new_cpl));
   require(check_code_segment(s, sel));
   if (s.l) throw std::runtime_error("bt-swmmu: 64-bit code segment: BT64 is not implemented");
+  if (!SegmentWindowsCache::same_shape(cs_, s, 1)) windows_stale_ = true;
   cs_ = s;  // copied whole, then the accessed bit (not the other way round: a store-forwarding stall)
   cs_.type |= 1;
   cpl_ = new_cpl;
-  sync_seg_bases();
+  write_seg_bases();
 }
 
 // ---------------------------------------------------------------- far transfers
@@ -944,9 +971,10 @@ void Vcpu::null_inaccessible_data_segments() {
     if (!s.unusable && !conforming_code && s.dpl < cpl_) {
       s = api::Segment{};
       s.unusable = true;
+      windows_stale_ = true;
     }
   }
-  sync_seg_bases();
+  write_seg_bases();
 }
 
 void Vcpu::far_transfer(std::uint16_t sel, std::uint32_t off, bool call, std::uint32_t ret_eip, unsigned opsize) {

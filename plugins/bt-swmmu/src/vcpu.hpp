@@ -129,7 +129,24 @@ class Vcpu {
     bool operator==(const CachedView&) const = default;
   };
   CachedView view_;
-  Block* lookup(std::uint32_t eip);
+  // The block at `eip` (translated now if need be).  The last lookups are
+  // checked here, inline: a monitor call looks up two blocks, and the
+  // out-of-line path's frame (a page of code bytes) and saved registers
+  // cost more than the check.
+  Block* lookup(std::uint32_t eip) {
+    if (!(tkey_ & kTKeyLimits) && !single_step_) {
+      const std::uint32_t la = static_cast<std::uint32_t>(cs_.base) + eip;
+      const RecentLookup& recent = recent_lookups_[la % recent_lookups_.size()];
+      if (recent.gen == shadow_->block_map_generation() && recent.region == region_ && recent.la == la &&
+          recent.block->valid && recent.block->eip == eip) {
+        ++counters_.dispatches;
+        ++counters_.cache_hits;
+        return recent.block;
+      }
+    }
+    return lookup_slow(eip);
+  }
+  Block* lookup_slow(std::uint32_t eip);
   static bool keeps_view(const Block& b);
   void activate_region();
 
@@ -208,6 +225,9 @@ class Vcpu {
   // (sync_seg_bases marks them stale; translated code and the monitor's
   // limit checks read them), and whether they limit any offset (kTKeyLimits).
   void refresh_windows() const;
+  void set_flat_code_and_stack(const api::Segment& cs, const api::Segment& ss);
+  void write_seg_bases();
+  void replace_segment(api::Segment& reg, const api::Segment& value);
   bool limited() const {
     refresh_windows();
     return windows_in_context_->limited;
@@ -398,6 +418,7 @@ class Vcpu {
   std::array<RecentLookup, 16> recent_lookups_{};
   TKey tkey_ = 0;
   mutable bool windows_stale_ = true;
+  mutable bool windows_protected_mode_ = false;  // the mode the Context's windows were looked up in
   mutable SegmentWindowsCache windows_;
   // The set the Context holds (an entry of windows_, which keeps its sets in
   // place); set by every refresh_windows().
