@@ -3,6 +3,8 @@
 // once and remembered among the last four.
 #include <gtest/gtest.h>
 
+#include <vector>
+
 #include "segment_windows_cache.hpp"
 
 namespace modevisor::bt {
@@ -87,6 +89,47 @@ TEST(BtSegmentWindowsCache, ASetIsComputedOnceAndRememberedAmongTheLastFour) {
   EXPECT_FALSE(fresh);
   cache.lookup(kernel.regs, true, &fresh);
   EXPECT_TRUE(fresh);
+}
+
+// A segment load skips the lookup when the loaded segment has the same
+// shape as the one it replaces: same_shape must agree with the key, field by
+// field, or a load would leave the Context with another shape's windows.
+TEST(BtSegmentWindowsCache, SameShapeAgreesWithTheKeyFieldByField) {
+  const api::Segment base = flat(3, 0);
+  auto differs_in_key = [&](const api::Segment& other) {
+    Registers a, b;
+    a.ds = base;
+    b.ds = other;
+    SegmentWindowsCache cache;
+    const auto* first = &cache.lookup(a.regs, true);
+    return &cache.lookup(b.regs, true) != first;
+  };
+  std::vector<api::Segment> changed(5, base);
+  changed[0].limit = 0xfffff;
+  changed[1].type = 1;  // read-only
+  changed[2].s = false;
+  changed[3].db = false;
+  changed[4].unusable = true;
+  for (const auto& c : changed) {
+    EXPECT_TRUE(differs_in_key(c));
+    EXPECT_FALSE(SegmentWindowsCache::same_shape(base, c));
+  }
+  std::vector<api::Segment> same(5, base);
+  same[0].selector = 0x2b;
+  same[1].base = 0x1000;
+  same[2].dpl = 3;
+  same[3].present = false;
+  same[4].g = false;
+  for (const auto& c : same) {
+    EXPECT_FALSE(differs_in_key(c));
+    EXPECT_TRUE(SegmentWindowsCache::same_shape(base, c));
+  }
+  // The accessed bit a load sets: an unaccessed descriptor has the shape of
+  // the accessed segment it becomes.
+  api::Segment unaccessed = base;
+  unaccessed.type = 2;
+  EXPECT_FALSE(SegmentWindowsCache::same_shape(base, unaccessed));
+  EXPECT_TRUE(SegmentWindowsCache::same_shape(base, unaccessed, 1));
 }
 
 }  // namespace
