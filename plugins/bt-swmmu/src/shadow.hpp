@@ -132,6 +132,15 @@ class ShadowMmu {
 
   // Find or create the region for the key (counts switches/rebuilds).
   Region* activate(const RegionKey& key);
+  // Makes `r` (found by its key earlier, and not evicted since: see
+  // stats.evictions) the active region again, as activate would.
+  void reactivate(Region* r) {
+    r->last_use = ++clock_;
+    if (active_ == r) return;
+    ++stats.switches;
+    ++stats.switch_hits;
+    active_ = r;
+  }
   Region* active() const { return active_; }
   bool contains(const void* host_addr, Region** region, std::uint32_t* la) const;
   // Whether `host_addr` is in a guard of `r`; `la` = the guest linear address it wraps to.

@@ -444,7 +444,26 @@ bool Vcpu::poll_platform() {
 }
 
 void Vcpu::activate_region() {
-  region_ = shadow_->activate(make_region_key(paging(), cpl_ == 3));
+  const bool user = cpl_ == 3;
+  const RecentRegion view{(user ? 1u : 0u) | (paging().smap_suspended ? 2u : 0u), cr0_, cr3_, cr4_, efer_,
+                          shadow_->stats.evictions, nullptr};
+  region_ = nullptr;
+  for (const RecentRegion& r : recent_regions_) {
+    if (r.same_view(view)) {
+      region_ = r.region;
+      break;
+    }
+  }
+  if (region_) {
+    shadow_->reactivate(region_);
+  } else {
+    region_ = shadow_->activate(make_region_key(paging(), user));
+    RecentRegion& slot = recent_regions_[recent_region_next_];
+    recent_region_next_ ^= 1;
+    slot = view;
+    slot.region = region_;
+    slot.evictions = shadow_->stats.evictions;  // (activate may have evicted another)
+  }
   ctx_->fast_table = reinterpret_cast<std::uint64_t>(region_->fast);
   ctx_->region_base = reinterpret_cast<std::uint64_t>(region_->base);  // translated code's r12
 }

@@ -416,6 +416,24 @@ class Vcpu {
     Block* block = nullptr;
   };
   std::array<RecentLookup, 16> recent_lookups_{};
+  // The last two views activated and their regions (a system call flips
+  // between the user's and the kernel's view of one address space): the
+  // region key built and searched for only when neither matches.  A region
+  // is destroyed only by an eviction, which the count tells.
+  struct RecentRegion {
+    // bit 0: the user view; bit 1: SMAP suspended (one word: two bools
+    // compared as one were a store-forwarding stall)
+    std::uint32_t view_bits = 0;
+    std::uint64_t cr0 = 0, cr3 = 0, cr4 = 0, efer = 0;
+    std::uint64_t evictions = 0;
+    Region* region = nullptr;
+    bool same_view(const RecentRegion& v) const {
+      return region && view_bits == v.view_bits && cr0 == v.cr0 && cr3 == v.cr3 && cr4 == v.cr4 &&
+             efer == v.efer && evictions == v.evictions;
+    }
+  };
+  std::array<RecentRegion, 2> recent_regions_{};
+  unsigned recent_region_next_ = 0;  // the entry a miss replaces
   TKey tkey_ = 0;
   mutable bool windows_stale_ = true;
   mutable bool windows_protected_mode_ = false;  // the mode the Context's windows were looked up in
