@@ -1,15 +1,16 @@
 /* lm64syscall: SYSCALL/SYSRET between a 64-bit kernel and a 64-bit ring-3
  * program (EFER.SCE, STAR, LSTAR, SFMASK masking RFLAGS, RCX/R11), SWAPGS
- * with KERNEL_GS_BASE, FS and GS bases written as MSRs, int $0x80 from ring 3
- * onto the TSS's RSP0 stack with SS null, and faults from ring 3 (#GP(0) for
- * CLI, #PF(5) for a supervisor page).  Expected output recorded from
+ * with KERNEL_GS_BASE, FS and GS bases written as MSRs, int $0x80 and the
+ * PIT's IRQ0 from ring 3 onto the TSS's RSP0 stack with SS null, SYSRET to
+ * 32-bit ring 3 (compatibility mode), and faults from ring 3 (#GP(0) for CLI,
+ * #PF(5) for a supervisor page).  Expected output recorded from
  * qemu-system-x86_64 (-cpu qemu64). */
 #include "lm64.h"
 
 extern char sys_entry[], sys_run_user[], user_main[], user_int80_after[], user_cli[], user_cli_at[];
-extern char user_read_super[], user_read_super_at[];
+extern char user_read_super[], user_read_super_at[], user_spin[], sys_run_user32[], user32_main[], user32_int81_after[];
 extern volatile uint64_t sys_kflags, sys_uflags, sys_gs_base, sys_kernel_gs_base, sys_exit_code;
-extern volatile uint64_t sys_out_len, u_fs, u_gs, u_sum, u_rcx_ok, u_r11, u_flags_after, u_rsp;
+extern volatile uint64_t sys_out_len, u_fs, u_gs, u_sum, u_rcx_ok, u_r11, u_flags_after, u_rsp, u32_value;
 extern char sys_out[];
 
 #define SFMASK (EFL_TF | EFL_IF | EFL_DF | 0x40000u /* AC */ | 0x3000u /* IOPL */ | 0x4000u /* NT */)
@@ -101,6 +102,48 @@ static void user_fault(const char *what, void *fn, const void *at, int vec, uint
   CHECK_EQ(lm64_last.frame_at, lm64_tss.rsp[0] - 40);
 }
 
+/* The PIT's IRQ0 while ring 3 spins: the frame on RSP0, as for int $0x80. */
+static void test_irq_in_ring3(void)
+{
+  set_bases();
+  lm64_action[0x20] = LM64_IRQ;
+  pit_periodic(1000);
+  pic_unmask(0);
+  int v = lm64_try(sys_run_user, (uint32_t)user_spin);
+  pic_mask_all();
+  printf("IRQ0 x3 in ring 3: exit(%llu), last vector 0x%llx, CS 0x%llx, SS 0x%llx, frame at the top of RSP0 %s, "
+         "handler SS 0x%llx\n",
+         sys_exit_code, lm64_last.vec, lm64_last.cs, lm64_last.ss,
+         lm64_last.frame_at == lm64_tss.rsp[0] - 40 ? "yes" : "no", lm64_last.handler_ss);
+  CHECK_EQ(v, -1);
+  CHECK_EQ(sys_exit_code, 3);
+  CHECK_EQ(lm64_last.vec, 0x20);
+  CHECK_EQ(lm64_last.cs, LM64_UCODE64);
+  CHECK_EQ(lm64_last.ss, LM64_UDATA);
+  CHECK_EQ(lm64_last.frame_at, lm64_tss.rsp[0] - 40);
+  CHECK_EQ(lm64_last.handler_ss, 0);
+}
+
+/* SYSRET without REX.W: 32-bit ring 3 (compatibility mode, CS 0x2b). */
+static void test_sysret32(void)
+{
+  set_bases();
+  lm64_gate(0x81, 3, 0);
+  int v = lm64_try(sys_run_user32, (uint32_t)user32_main);
+  printf("sysretl to 32-bit ring 3: inc %%eax gave %llu; int $0x81 from it: vector %d, CS 0x%llx, SS:RSP "
+         "0x%llx:%s, RIP after it %s, frame at the top of RSP0 %s\n",
+         u32_value, v, lm64_last.cs, lm64_last.ss, lm64_last.rsp == u_rsp ? "the user's" : "other",
+         lm64_last.rip == (uint32_t)user32_int81_after ? "yes" : "no",
+         lm64_last.frame_at == lm64_tss.rsp[0] - 40 ? "yes" : "no");
+  CHECK_EQ(u32_value, 42);
+  CHECK_EQ(v, 0x81);
+  CHECK_EQ(lm64_last.cs, LM64_UCODE32);
+  CHECK_EQ(lm64_last.ss, LM64_UDATA);
+  CHECK_EQ(lm64_last.rsp, u_rsp);
+  CHECK_EQ(lm64_last.rip, (uint32_t)user32_int81_after);
+  CHECK_EQ(lm64_last.frame_at, lm64_tss.rsp[0] - 40);
+}
+
 int main(void)
 {
   printf("lm64syscall: syscall/sysret, swapgs, FS/GS bases, ring 3 -> 0\n");
@@ -118,6 +161,8 @@ int main(void)
   lm64_pd[511] &= ~PTE_U;
   write_cr3(read_cr3());
   test_syscall();
+  test_irq_in_ring3();
+  test_sysret32();
   user_fault("ring 3 cli", user_cli, user_cli_at, 13, 0);
   user_fault("ring 3 read of a supervisor page", user_read_super, user_read_super_at, 14, 5);
   printf("  CR2 0x%llx\n", lm64_last.cr2);

@@ -21,7 +21,7 @@ sys_exit_code:  .quad 0
 sys_out_len:    .quad 0
 sys_out:        .skip 256               /* SYS_WRITE's bytes, NUL-terminated by the C side */
 
-        .globl u_fs, u_gs, u_sum, u_rcx_ok, u_r11, u_flags_after, u_rsp, u_hello
+        .globl u_fs, u_gs, u_sum, u_rcx_ok, u_r11, u_flags_after, u_rsp, u_hello, u32_value
 u_fs:           .quad 0
 u_gs:           .quad 0
 u_sum:          .quad 0
@@ -29,6 +29,7 @@ u_rcx_ok:       .quad 0
 u_r11:          .quad 0
 u_flags_after:  .quad 0
 u_rsp:          .quad 0
+u32_value:      .quad 0
 u_hello:        .ascii "hello from ring 3 (64-bit) through syscall\n"
 u_hello_end:
 
@@ -154,6 +155,42 @@ user_read_super:
 user_read_super_at:
         mov 0x3fe00010, %rax
         ud2
+
+/* Ring 3: spin until three interrupts have come (lm64_last.count), then exit. */
+        .globl user_spin
+user_spin:
+        mov lm64_last+80(%rip), %rdx
+        add $3, %rdx
+1:      cmp lm64_last+80(%rip), %rdx
+        ja 1b
+        mov $SYS_EXIT, %eax
+        mov $3, %edi
+        syscall
+        ud2
+
+        .code32
+/* Ring 3 in compatibility mode (SYSRETL): 0x40 is INC EAX here; int $0x81
+ * (a DPL-3 gate lm64_try catches) ends it. */
+        .globl user32_main, user32_int81_after
+user32_main:
+        mov %esp, u_rsp
+        movl $0, u_rsp + 4
+        mov $41, %eax
+        .byte 0x40
+        mov %eax, u32_value
+        int $0x81
+user32_int81_after:
+        ud2
+        .code64
+
+/* sys_run_user32(rip): SYSRETL to 32-bit ring 3 (CS 0x2b) at rip. */
+        .globl sys_run_user32
+sys_run_user32:
+        mov %rdi, %rcx
+        mov $0x202, %r11d
+        swapgs
+        lea user_stack_top(%rip), %rsp
+        sysretl
 
 /* sys_run_user(rip): ring 3 at rip on the user stack, under lm64_try. */
         .globl sys_run_user
