@@ -57,12 +57,13 @@ extern struct tss64 lm64_tss;
 extern uint64_t lm64_pml4[512], lm64_pdpt[512], lm64_pd[512];
 
 /* What a 64-bit interrupt handler saw: the frame the CPU pushed (error code
- * 0 where it pushes none), CR2, SS at handler entry, and where the frame was
- * (its RIP slot: the CPU's stack pointer after its pushes). */
+ * 0 where it pushes none), CR2, SS and RFLAGS at handler entry, and where the
+ * frame was (its RIP slot: the CPU's stack pointer after its pushes). */
 struct lm64_frame {
   uint64_t vec, err, rip, cs, rflags, rsp, ss;
   uint64_t cr2, handler_ss, frame_at;
   uint64_t count; /* interrupts taken since lm64_init */
+  uint64_t handler_rflags;
 };
 extern volatile struct lm64_frame lm64_last;
 
@@ -75,6 +76,8 @@ enum {
 extern uint8_t lm64_action[256];
 /* Point IDT vector vec at its stub with gate DPL dpl and IST index ist (0: none). */
 void lm64_gate(int vec, int dpl, int ist);
+/* Set a gate's access byte (P, DPL, type: 0x8e an interrupt gate, 0x8f a trap gate). */
+void lm64_gate_access(int vec, uint8_t access);
 
 /* Enter long mode with EFER | efer_bits (e.g. EFER_NXE), print the
  * lines up to "entering long mode", return in compatibility mode. */

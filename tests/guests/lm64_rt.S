@@ -164,6 +164,8 @@ lm64_isr_common:
         lea 88(%rsp), %rax              /* where the CPU's frame starts */
         mov %rax, 72(%rdi)
         incq 80(%rdi)
+        pushfq
+        popq 88(%rdi)
         mov 72(%rsp), %rax
         lea lm64_action(%rip), %rcx
         movzbl (%rcx,%rax), %ecx

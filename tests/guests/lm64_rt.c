@@ -25,6 +25,11 @@ void lm64_gate(int vec, int dpl, int ist)
   idt[2 * vec + 1] = 0; /* offset bits 63:32 */
 }
 
+void lm64_gate_access(int vec, uint8_t access)
+{
+  idt[2 * vec] = (idt[2 * vec] & ~(0xffull << 40)) | (uint64_t)access << 40;
+}
+
 void lm64_init(uint32_t efer_bits)
 {
   uint32_t a, b, c, d;

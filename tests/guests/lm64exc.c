@@ -1,6 +1,7 @@
 /* lm64exc: the 64-bit IDT.  Exceptions from 64-bit code (#DE, #UD, #GP with
  * an error code, #PF with CR2 and an error code, #BP) and the 64-bit frame
- * (SS:RSP always pushed, RSP aligned to 16 first); IST stacks (int $2 on an
+ * (SS:RSP always pushed, RSP aligned to 16 first); gates: not present (#NP),
+ * a 16-bit type (#GP), a trap gate leaving IF set; IST stacks (int $2 on an
  * IST gate, a #DF from a stack overflow); compatibility-mode code (32-bit
  * instructions, int n, #DE and a PIT interrupt taken into 64-bit handlers and
  * returned from).  Expected output recorded from qemu-system-x86_64 (-cpu qemu64). */
@@ -12,6 +13,7 @@ extern char exc_ud2[], exc_ud2_at[], exc_pushds[], exc_pushds_at[], exc_badsel[]
 extern char exc_noncanon[], exc_noncanon_at[], exc_pf_read[], exc_pf_read_at[], exc_pf_write[], exc_pf_write_at[];
 extern char exc_int3[], exc_int3_after[], exc_int2[], exc_int2_after[], exc_df[], exc_sti_hlt[], exc_hlt_after[];
 extern char exc_compat_call[], compat_work[], compat_div0[], compat_div0_at[];
+extern char exc_int50[], exc_int50_at[], exc_int51[], exc_int51_at[], exc_int_if[];
 
 static uint8_t ist1_stack[4096] __attribute__((aligned(16)));
 static uint8_t ist2_stack[4096] __attribute__((aligned(16)));
@@ -53,6 +55,39 @@ static void test_faults(void)
   printf("  CR2 0x%llx\n", lm64_last.cr2);
   CHECK_EQ(lm64_last.err, 2);
   CHECK_EQ(lm64_last.cr2, 0x123456788ull);
+}
+
+/* int n through a gate the CPU refuses: vector vec, an error code naming the
+ * IDT.  Only its low bits are printed: QEMU 7.2 puts the gate's byte offset
+ * in it (vector * 16 + 2), the SDM the vector as an index (vector * 8 + 2). */
+static void gate_fault(const char *what, void *fn, int vec, const void *at)
+{
+  int v = lm64_try(fn, 0);
+  printf("%s: vector %d, IDT bit %u, EXT %u, RIP %s, RSP %s\n", what, v, (unsigned)(lm64_last.err >> 1) & 1,
+         (unsigned)lm64_last.err & 1, lm64_last.rip == (uint32_t)at ? "at it" : "elsewhere",
+         lm64_last.rsp == exc_rsp ? "as before" : "changed");
+  CHECK_EQ(v, vec);
+  CHECK_EQ(lm64_last.err & 3, 2);
+  CHECK_EQ(lm64_last.rip, (uint32_t)at);
+  CHECK_EQ(lm64_last.rsp, exc_rsp);
+}
+
+/* Gates the CPU refuses to use, and the IF a trap gate leaves set. */
+static void test_gates(void)
+{
+  lm64_gate_access(0x50, 0x0e); /* not present */
+  gate_fault("int $0x50, gate not present: #NP", exc_int50, 11, exc_int50_at);
+  lm64_gate_access(0x51, 0x86); /* a 16-bit interrupt gate: not valid in long mode */
+  gate_fault("int $0x51, 16-bit gate type: #GP", exc_int51, 13, exc_int51_at);
+  lm64_gate_access(0x52, 0x8f);
+  lm64_action[0x52] = lm64_action[0x53] = LM64_RESUME;
+  lm64_call(exc_int_if, 0x52, 0);
+  unsigned trap_if = (lm64_last.handler_rflags & EFL_IF) != 0;
+  lm64_call(exc_int_if, 0x53, 0);
+  unsigned intr_if = (lm64_last.handler_rflags & EFL_IF) != 0;
+  printf("IF in the handler with IF set before: trap gate %u, interrupt gate %u\n", trap_if, intr_if);
+  CHECK_EQ(trap_if, 1);
+  CHECK_EQ(intr_if, 0);
 }
 
 static void test_traps(void)
@@ -133,7 +168,6 @@ static void test_compat(void)
   CHECK_EQ(lm64_last.rsp, exc_rsp);
 
   /* The PIT's IRQ0, taken in compatibility mode and in 64-bit mode. */
-  pic_init(0x20, 0x28);
   lm64_action[0x20] = LM64_IRQ;
   pit_periodic(1000);
   pic_unmask(0);
@@ -156,10 +190,12 @@ static void test_compat(void)
 int main(void)
 {
   printf("lm64exc: the 64-bit IDT, IST stacks, compatibility mode\n");
+  pic_init(0x20, 0x28); /* all masked: some tests run with IF set */
   lm64_init(0);
   printf("long mode: EFER.LMA=%u, CS 0x%x (compatibility mode)\n", (unsigned)(rdmsr(MSR_EFER) >> 10) & 1,
          ({ uint32_t cs; __asm__ volatile("mov %%cs, %0" : "=r"(cs)); cs; }));
   test_faults();
+  test_gates();
   test_traps();
   test_ist();
   test_compat();

@@ -126,6 +126,33 @@ exc_df:
         mov exc_rsp(%rip), %rsp
         ret
 
+/* int n through gates lm64exc makes not present (0x50) or of a 16-bit type (0x51). */
+        .globl exc_int50, exc_int50_at, exc_int51, exc_int51_at
+exc_int50:
+        mov %rsp, exc_rsp(%rip)
+exc_int50_at:
+        int $0x50
+        ret
+
+exc_int51:
+        mov %rsp, exc_rsp(%rip)
+exc_int51_at:
+        int $0x51
+        ret
+
+/* int $n (RDI: 0x52, a trap gate, or 0x53, an interrupt gate) with IF set. */
+        .globl exc_int_if
+exc_int_if:
+        cmp $0x52, %edi
+        sti
+        jne 1f
+        int $0x52
+        cli
+        ret
+1:      int $0x53
+        cli
+        ret
+
 /* sti; hlt in 64-bit code until an interrupt has come. */
         .globl exc_sti_hlt, exc_hlt_after
 exc_sti_hlt:
