@@ -1,6 +1,8 @@
 #!/bin/sh
-# ctest driver: check-bt32-long-mode.sh MODEVISOR longmode.elf EXPECTED.out
-# The seed's BT32 with no hardware mode to switch to: the longmode guest runs
+# ctest driver: check-bt32-long-mode.sh MODEVISOR GUEST.elf EXPECTED.out
+# (longmode and the lm64* guests: each prints "entering long mode" just before
+# it activates long mode)
+# The seed's BT32 with no hardware mode to switch to: the guest runs
 # under bt-swmmu (BT32, on a host whose hardware virtualization is masked)
 # until it activates long mode; then the VM must stop with the reason its
 # policy gives (default: it would continue under BT64, which is not
