@@ -813,6 +813,26 @@ void Translator::emit_routines() {
     e.ins(ZYDIS_MNEMONIC_MOV, {M(ZYDIS_REGISTER_R15, offsetof(Context, fpu_load), 8), R(ZYDIS_REGISTER_RAX)});
     *not_loaded = static_cast<std::uint8_t>(e.pos() - (not_loaded + 1));
   };
+  // The guest's arithmetic flags and DF (Context::rflags) into the host's
+  // RFLAGS without POPFQ, which is microcoded and slow on the hosts measured
+  // (it was a tenth of an `in` monitor call): DF by STD, OF by an ADD that
+  // overflows or not, the rest by SAHF.  Clobbers RAX and RCX; DF is clear
+  // here (C++ or CLD ran last).
+  auto restore_host_flags = [&] {
+    e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_EAX), M(ZYDIS_REGISTER_R15, offsetof(Context, rflags), 4)});
+    e.ins(ZYDIS_MNEMONIC_TEST, {R(ZYDIS_REGISTER_EAX), I(0x400)});
+    e.b(0x74);  // jz df_clear
+    std::uint8_t* df_clear = e.pos();
+    e.b(0);
+    e.b(0xfd);  // std
+    *df_clear = static_cast<std::uint8_t>(e.pos() - (df_clear + 1));
+    e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_ECX), R(ZYDIS_REGISTER_EAX)});
+    e.ins(ZYDIS_MNEMONIC_SHR, {R(ZYDIS_REGISTER_ECX), I(4)});  // OF (bit 11) to bit 7
+    e.ins(ZYDIS_MNEMONIC_AND, {R(ZYDIS_REGISTER_ECX), I(0x80)});
+    e.ins(ZYDIS_MNEMONIC_ADD, {R(ZYDIS_REGISTER_CL), R(ZYDIS_REGISTER_CL)});  // 0x80 + 0x80 overflows
+    e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_AH), R(ZYDIS_REGISTER_AL)});
+    e.b(0x9e);  // sahf: SF, ZF, AF, PF, CF from AH
+  };
   // entry(rdi = ctx, rsi = host code)
   entry_ = e.pos();
   for (auto r : saved) e.ins(ZYDIS_MNEMONIC_PUSH, {R(r)});
@@ -824,8 +844,7 @@ void Translator::emit_routines() {
   e.ins(ZYDIS_MNEMONIC_MOV, {M(ZYDIS_REGISTER_R15, offsetof(Context, fpu_load), 8), R(ZYDIS_REGISTER_RAX)});
   store_ctx64(e, offsetof(Context, fpu_live), 0);
   e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_R13), R(ZYDIS_REGISTER_RSI)});
-  e.ins(ZYDIS_MNEMONIC_PUSH, {M(ZYDIS_REGISTER_R15, offsetof(Context, rflags), 8)});
-  e.ins(ZYDIS_MNEMONIC_POPFQ, {});
+  restore_host_flags();
   for (int i = 0; i < 8; ++i) e.ins(ZYDIS_MNEMONIC_MOV, {R(g32[i]), M(ZYDIS_REGISTER_R15, gpr(i), 4)});
   load_region_base();
   e.ins(ZYDIS_MNEMONIC_JMP, {R(ZYDIS_REGISTER_R13)});
@@ -872,8 +891,7 @@ void Translator::emit_routines() {
   e.b(0x84);
   e.rel32(exit_signal_);
   e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_R13), R(ZYDIS_REGISTER_RAX)});
-  e.ins(ZYDIS_MNEMONIC_PUSH, {M(ZYDIS_REGISTER_R15, offsetof(Context, rflags), 8)});
-  e.ins(ZYDIS_MNEMONIC_POPFQ, {});
+  restore_host_flags();
   for (int i = 0; i < 8; ++i) e.ins(ZYDIS_MNEMONIC_MOV, {R(g32[i]), M(ZYDIS_REGISTER_R15, gpr(i), 4)});
   load_region_base();  // the monitor may have switched regions (a CPL change)
   e.ins(ZYDIS_MNEMONIC_JMP, {R(ZYDIS_REGISTER_R13)});
