@@ -92,18 +92,47 @@ std::uint64_t Vcpu::emulate_and_continue() {
     ctx_->sysflags &= ~kRF;        // (an IRET may have set it: it lasts one instruction)
     if (!b->special) return reinterpret_cast<std::uint64_t>(b->entry);
     ++counters_.special_exits;
-    bool view_may_have_changed;
+    // An event delivered (a #DE or #PF of a monitor site, an I/O
+    // breakpoint's #DB) may change anything.
+    const auto delivered_before = deliveries_;
     if (b->monitor_site) {
-      const auto delivered_before = deliveries_;
       if (run_monitor_site(b) == StepResult::Shutdown) return kShutdown;
-      view_may_have_changed = deliveries_ != delivered_before || !keeps_view(*b);
+    } else if (is_port_io(*b) && !data_breakpoints_.any()) {
+      emulate_port_io(*b->decoded);
     } else {
       emulate(eip_, false, b);
-      view_may_have_changed = !keeps_view(*b);
     }
+    const bool view_may_have_changed = deliveries_ != delivered_before || !keeps_view(*b);
     if (!may_stay_in_cache(view_may_have_changed)) return 0;
   }
   return 0;
+}
+
+// IN and OUT (decoded once, kept with their block): the commonest monitor
+// call of device drivers, straight to the platform instead of through the
+// emulator's switch.  The same rules as there: the I/O permission checks,
+// the port's breakpoints.
+bool Vcpu::is_port_io(const Block& b) {
+  return b.decoded && (b.decoded->insn.mnemonic == ZYDIS_MNEMONIC_IN || b.decoded->insn.mnemonic == ZYDIS_MNEMONIC_OUT);
+}
+
+void Vcpu::emulate_port_io(const DecodedInsn& d) {
+  const bool in = d.insn.mnemonic == ZYDIS_MNEMONIC_IN;
+  const ZydisDecodedOperand& port_operand = d.ops[in ? 1 : 0];
+  const ZydisDecodedOperand& data = d.ops[in ? 0 : 1];
+  const auto port = static_cast<std::uint16_t>(port_operand.type == ZYDIS_OPERAND_TYPE_IMMEDIATE
+                                                   ? port_operand.imm.value.u
+                                                   : get_reg(port_operand.reg.value));
+  const unsigned size = data.size / 8;
+  check_io_permission(port, size);
+  ++counters_.io_exits;
+  if (in)
+    set_reg(data.reg.value, platform_read().io_in(index_, port, size));
+  else
+    platform_write().io_out(index_, port, size, get_reg(data.reg.value));
+  const std::uint32_t next = eip_ + d.insn.length;
+  if (io_breakpoint(port, size, next)) return;
+  eip_ = next;
 }
 
 // Whether the block's instruction, emulated without delivering an event,
