@@ -40,16 +40,33 @@ class MonitorPageWalker {
     if (known && (e.rights & need) == need) return e.pa_page | (la & 0xfff);
     const WalkResult w = walk(mem, regs, la, acc, true);
     if (!w.ok) return Fault{14, true, w.error};
-    // Only 4 KiB granules are remembered, whatever the guest page size.
-    bool lasting = true;
-    for (int i = 0; i < w.n_pt; ++i) lasting = lasting && traced(w.pt_pages[i]);
-    // The same page read and written (a stack: pushes, then IRET's pops)
-    // keeps one entry that knows both.
-    const std::uint8_t rights = static_cast<std::uint8_t>((known ? e.rights : 0) | need);
-    e = Entry{tag, gen_, iteration_, lasting, rights, w.pa & ~0xfffull, {w.pt_pages[0], w.pt_pages[1], w.pt_pages[2]},
-              w.n_pt};
-    for (int i = 0; i < w.n_pt; ++i) tables_ |= table_bit(w.pt_pages[i]);
+    remember(e, known, la, acc, w, traced);
     return w.pa;
+  }
+
+  // A successful walk made without setting Accessed/Dirty (a check before
+  // the access): remembered when it found them set already, so that the
+  // access's own translate, which would change nothing, is not another walk.
+  template <class IsTraced>
+  void note_check(const PagingRegs& regs, std::uint32_t la, Access acc, const WalkResult& w, IsTraced&& traced) {
+    if (!w.ok || !w.accessed || (acc.write && !w.dirty)) return;
+    if (!same_regs(regs)) {
+      flush();
+      regs_ = regs;
+    }
+    Entry& e = entries_[(la >> 12) % entries_.size()];
+    const bool known = e.tag == tag_of(la, acc) && e.gen == gen_ && (e.lasting || e.iteration == iteration_);
+    remember(e, known, la, acc, w, traced);
+  }
+
+  // Whether a remembered walk already proves that `acc` to `la` passes (no
+  // walk, nothing changed: a check before the access itself).
+  bool allows(const PagingRegs& regs, std::uint32_t la, Access acc) const {
+    if (!same_regs(regs)) return false;
+    const Entry& e = entries_[(la >> 12) % entries_.size()];
+    const std::uint8_t need = rights_of(acc);
+    return e.tag == tag_of(la, acc) && e.gen == gen_ && (e.lasting || e.iteration == iteration_) &&
+           (e.rights & need) == need;
   }
 
   Outcome<std::uint64_t> translate(const PhysMem& mem, const PagingRegs& regs, std::uint32_t la, Access acc) {
@@ -108,6 +125,18 @@ class MonitorPageWalker {
     std::uint64_t pt[3] = {};
     int n_pt = 0;
   };
+  template <class IsTraced>
+  void remember(Entry& e, bool known, std::uint32_t la, Access acc, const WalkResult& w, IsTraced&& traced) {
+    // Only 4 KiB granules are remembered, whatever the guest page size.
+    bool lasting = true;
+    for (int i = 0; i < w.n_pt; ++i) lasting = lasting && traced(w.pt_pages[i]);
+    // The same page read and written (a stack: pushes, then IRET's pops)
+    // keeps one entry that knows both.
+    const std::uint8_t rights = static_cast<std::uint8_t>((known ? e.rights : 0) | rights_of(acc));
+    e = Entry{tag_of(la, acc), gen_, iteration_, lasting, rights, w.pa & ~0xfffull,
+              {w.pt_pages[0], w.pt_pages[1], w.pt_pages[2]}, w.n_pt};
+    for (int i = 0; i < w.n_pt; ++i) tables_ |= table_bit(w.pt_pages[i]);
+  }
   std::array<Entry, 16> entries_{};
   std::uint32_t gen_ = 1;
   std::uint32_t iteration_ = 0;

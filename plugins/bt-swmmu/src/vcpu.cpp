@@ -764,12 +764,16 @@ std::optional<GuestException> Vcpu::monitor_site_fault(const DecodedInsn& d) {
     if (size == 0) return std::nullopt;
     const bool writes = op.actions & ZYDIS_OPERAND_ACTION_MASK_WRITE;
     const std::uint32_t la = ea(d.insn, op);
+    const PagingRegs regs = paging();
+    const Access access{writes, cpl_ == 3, false};
     for (std::uint32_t at = la; at - la < size; at = (at & ~0xfffu) + 0x1000) {
-      const WalkResult w = walk(shadow_->phys(), paging(), at, Access{writes, cpl_ == 3, false}, false);
+      if (walker_.allows(regs, at, access)) continue;  // the site's last run walked it (traced tables)
+      const WalkResult w = walk(shadow_->phys(), regs, at, access, false);
       if (!w.ok) {
         cr2_ = at;
         return GuestException{14, true, w.error};
       }
+      walker_.note_check(regs, at, access, w, [&](std::uint64_t page) { return shadow_->is_pt_page(page); });
     }
     return std::nullopt;
   }
