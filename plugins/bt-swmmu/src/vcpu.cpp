@@ -485,23 +485,21 @@ Block* Vcpu::lookup_slow(std::uint32_t eip) {
   // EIP); an alias of the same linear address under another CS base is a miss.
   const std::uint32_t cs_base = static_cast<std::uint32_t>(cs_.base);
   const std::uint32_t la = cs_base + eip;
-  // The last lookups, in front of the region's hash map (a system call
-  // looks up the same four blocks every time).
-  // A single step (TF, or an instruction breakpoint passed with RF) needs a
-  // one-instruction translation of its own.
-  RecentLookup& recent = recent_lookups_[la % recent_lookups_.size()];
-  const std::uint64_t gen = shadow_->block_map_generation();
-  if (recent.gen == gen && recent.region == region_ && recent.la == la && recent.block->valid &&
-      recent.block->eip == eip && !single_step_) {
-    ++counters_.cache_hits;
-    return recent.block;
+  // The last lookups, in front of the region's hash map (the limits
+  // flavour comes here first).  A single step (TF, or an instruction
+  // breakpoint passed with RF) needs a one-instruction translation of its own.
+  if (!single_step_) {
+    if (Block* b = recent_lookup(la, eip)) {
+      ++counters_.cache_hits;
+      return b;
+    }
   }
   auto it = single_step_ ? region_->blocks.end() : region_->blocks.find(la);
   if (it != region_->blocks.end()) {
     Block* b = static_cast<Block*>(it->second);
     if (b->valid && b->eip == eip) {
       ++counters_.cache_hits;
-      recent = RecentLookup{gen, region_, la, b};
+      remember_lookup(la, b);
       return b;
     }
   }

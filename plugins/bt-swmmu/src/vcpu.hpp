@@ -135,16 +135,29 @@ class Vcpu {
   // cost more than the check.
   Block* lookup(std::uint32_t eip) {
     if (!(tkey_ & kTKeyLimits) && !single_step_) {
-      const std::uint32_t la = static_cast<std::uint32_t>(cs_.base) + eip;
-      const RecentLookup& recent = recent_lookups_[la % recent_lookups_.size()];
-      if (recent.gen == shadow_->block_map_generation() && recent.region == region_ && recent.la == la &&
-          recent.block->valid && recent.block->eip == eip) {
+      if (Block* b = recent_lookup(static_cast<std::uint32_t>(cs_.base) + eip, eip)) {
         ++counters_.dispatches;
         ++counters_.cache_hits;
-        return recent.block;
+        return b;
       }
     }
     return lookup_slow(eip);
+  }
+  // The block a recent lookup found at linear address `la` in this region,
+  // if no block map changed since.
+  Block* recent_lookup(std::uint32_t la, std::uint32_t eip) const {
+    const std::uint64_t gen = shadow_->block_map_generation();
+    const RecentLookup* set = &recent_lookups_[recent_lookup_set(la)];
+    for (int way = 0; way < 2; ++way) {
+      const RecentLookup& r = set[way];
+      if (r.gen == gen && r.region == region_ && r.la == la && r.block->valid && r.block->eip == eip) return r.block;
+    }
+    return nullptr;
+  }
+  void remember_lookup(std::uint32_t la, Block* b) {
+    RecentLookup* set = &recent_lookups_[recent_lookup_set(la)];
+    set[1] = set[0];
+    set[0] = RecentLookup{shadow_->block_map_generation(), region_, la, b};
   }
   Block* lookup_slow(std::uint32_t eip);
   static bool keeps_view(const Block& b);
@@ -417,7 +430,11 @@ class Vcpu {
     std::uint32_t la = 0;  // linear address: CS base + EIP
     Block* block = nullptr;
   };
-  std::array<RecentLookup, 16> recent_lookups_{};
+  // 32 sets of two (a system call looks up the same four blocks every time,
+  // two of which may share a set), a set by a multiplicative hash of the
+  // linear address (the blocks' low address bits are often alike).
+  std::array<RecentLookup, 64> recent_lookups_{};
+  static unsigned recent_lookup_set(std::uint32_t la) { return ((la * 0x9e3779b1u) >> 27) & ~1u; }
   // The last two views activated and their regions (a system call flips
   // between the user's and the kernel's view of one address space): the
   // region key built and searched for only when neither matches.  A region
