@@ -29,6 +29,7 @@ import errno
 import json
 import math
 import os
+import pathlib
 import platform
 import re
 import shutil
@@ -625,8 +626,28 @@ def nano_suite(args, mv_runners):
             notes.append("%s: no counters in `modevisor run --stats --json` output" % mv.label)
             per_op = None
         counters[mv.label] = per_op
+    # Host-kernel entries per op under BT (system calls and host signals,
+    # which show up as rt_sigreturn), counted by strace the same way:
+    # (calls(2N) - calls(N)) / N with only=<op>.
+    entries = {}
+    if columns.get("BT") and shutil.which("strace"):
+        import kernel_entries
+        n = args.kernel_entries_count
+        with tempfile.TemporaryDirectory(dir=args.work_dir) as d:
+            for op in NANO_OPS:
+                try:
+                    c1 = kernel_entries.run(os.path.abspath(args.build), pathlib.Path(d), op, n)
+                    c2 = kernel_entries.run(os.path.abspath(args.build), pathlib.Path(d), op, 2 * n)
+                except SystemExit as e:
+                    notes.append("kernel entries of %s: %s" % (op, str(e)[:200]))
+                    continue
+                entries[op] = {k: (c2.get(k, 0) - c1.get(k, 0)) / n for k in set(c1) | set(c2)}
+    elif columns.get("BT"):
+        notes.append("BT kernel entries/op: strace not found")
     labels = list(columns)
-    header = ["op"] + ["%s cyc/op" % l for l in labels] + ["%s counters/op" % m for m in counters]
+    ratio = "BT" in columns and "QEMU" in columns
+    header = (["op"] + ["%s cyc/op" % l for l in labels] + (["BT/QEMU"] if ratio else []) +
+              (["BT kernel entries/op"] if entries else []) + ["%s counters/op" % m for m in counters])
     rows = []
     for op in NANO_OPS:
         row = [op]
@@ -641,6 +662,18 @@ def nano_suite(args, mv_runners):
                 row.append("-")
             else:
                 row.append("%.1f" % c["cycles"])
+        if ratio:
+            bt, q = columns["BT"].get(op) or {}, columns["QEMU"].get(op) or {}
+            row.append("%.2f" % (bt["cycles"] / q["cycles"]) if bt.get("cycles") and q.get("cycles") else "-")
+        if entries:
+            e = entries.get(op)
+            if e is None:
+                row.append("-")
+            else:
+                detail = " ".join("%s=%.2f" % (k, v) for k, v in sorted(e.items(), key=lambda kv: -kv[1])
+                                  if abs(v) >= 0.05)
+                total = sum(e.values())
+                row.append("%.2f%s" % (total if abs(total) >= 0.005 else 0.0, " (" + detail + ")" if detail else ""))
         for m, per_op in counters.items():
             v = (per_op or {}).get(op)
             row.append(" ".join("%s=%.2f" % (k, x) for k, x in sorted(v.items()) if abs(x) >= 0.005) if v else "-")
@@ -661,7 +694,8 @@ def nano_suite(args, mv_runners):
     for n in notes:
         print("note: " + n)
     return {"cmdline": cmdline, "runs": args.nano_runs, "all_runs": all_runs,
-            "tsc_ghz": getattr(args, "tsc_ghz", None), "columns": columns, "counters": counters, "notes": notes}
+            "tsc_ghz": getattr(args, "tsc_ghz", None), "columns": columns, "counters": counters,
+            "bt_kernel_entries": entries, "notes": notes}
 
 
 # ------------------------------------------------------------------ main
@@ -714,6 +748,8 @@ def main():
     ap.add_argument("--nano-runs", type=int, default=None,
                     help="nanobench guest runs per column, per-op minimum reported (default 3; 1 with --quick)")
     ap.add_argument("--counter-count", type=int, default=10000, help="iterations for the per-op counter runs")
+    ap.add_argument("--kernel-entries-count", type=int, default=2000,
+                    help="iterations for the per-op host-kernel entry counts under strace (BT)")
     ap.add_argument("--modevisor", default=None, help="modevisor binary (default <build>/bin/modevisor)")
     ap.add_argument("--out", default=None, help="JSON output file (default bench/results/bench-<time>.json)")
     args = ap.parse_args()
