@@ -445,24 +445,13 @@ bool Vcpu::poll_platform() {
 
 void Vcpu::activate_region() {
   const bool user = cpl_ == 3;
-  const RecentRegion view{(user ? 1u : 0u) | (paging().smap_suspended ? 2u : 0u), cr0_, cr3_, cr4_, efer_,
-                          shadow_->stats.evictions, nullptr};
-  region_ = nullptr;
-  for (const RecentRegion& r : recent_regions_) {
-    if (r.same_view(view)) {
-      region_ = r.region;
-      break;
-    }
-  }
+  const RecentRegions::View view = RecentRegions::view(user, paging().smap_suspended, cr0_, cr3_, cr4_, efer_);
+  region_ = recent_regions_.find(view, shadow_->stats.evictions);
   if (region_) {
     shadow_->reactivate(region_);
   } else {
     region_ = shadow_->activate(make_region_key(paging(), user));
-    RecentRegion& slot = recent_regions_[recent_region_next_];
-    recent_region_next_ ^= 1;
-    slot = view;
-    slot.region = region_;
-    slot.evictions = shadow_->stats.evictions;  // (activate may have evicted another)
+    recent_regions_.remember(view, region_, shadow_->stats.evictions);  // (activate may have evicted another)
   }
   ctx_->fast_table = reinterpret_cast<std::uint64_t>(region_->fast);
   ctx_->region_base = reinterpret_cast<std::uint64_t>(region_->base);  // translated code's r12
@@ -489,7 +478,7 @@ Block* Vcpu::lookup_slow(std::uint32_t eip) {
   // flavour comes here first).  A single step (TF, or an instruction
   // breakpoint passed with RF) needs a one-instruction translation of its own.
   if (!single_step_) {
-    if (Block* b = recent_lookup(la, eip)) {
+    if (Block* b = recent_lookups_.find(shadow_->block_map_generation(), region_, la, eip)) {
       ++counters_.cache_hits;
       return b;
     }
@@ -499,7 +488,7 @@ Block* Vcpu::lookup_slow(std::uint32_t eip) {
     Block* b = static_cast<Block*>(it->second);
     if (b->valid && b->eip == eip) {
       ++counters_.cache_hits;
-      remember_lookup(la, b);
+      recent_lookups_.remember(shadow_->block_map_generation(), region_, la, b);
       return b;
     }
   }

@@ -24,6 +24,8 @@
 #include "guest_fault.hpp"
 #include "host_tick.hpp"
 #include "monitor_page_walker.hpp"
+#include "recent_lookups.hpp"
+#include "recent_regions.hpp"
 #include "segment_descriptor.hpp"
 #include "segment_windows_cache.hpp"
 #include "shadow.hpp"
@@ -135,29 +137,14 @@ class Vcpu {
   // cost more than the check.
   Block* lookup(std::uint32_t eip) {
     if (!(tkey_ & kTKeyLimits) && !single_step_) {
-      if (Block* b = recent_lookup(static_cast<std::uint32_t>(cs_.base) + eip, eip)) {
+      if (Block* b = recent_lookups_.find(shadow_->block_map_generation(), region_,
+                                          static_cast<std::uint32_t>(cs_.base) + eip, eip)) {
         ++counters_.dispatches;
         ++counters_.cache_hits;
         return b;
       }
     }
     return lookup_slow(eip);
-  }
-  // The block a recent lookup found at linear address `la` in this region,
-  // if no block map changed since.
-  Block* recent_lookup(std::uint32_t la, std::uint32_t eip) const {
-    const std::uint64_t gen = shadow_->block_map_generation();
-    const RecentLookup* set = &recent_lookups_[recent_lookup_set(la)];
-    for (int way = 0; way < 2; ++way) {
-      const RecentLookup& r = set[way];
-      if (r.gen == gen && r.region == region_ && r.la == la && r.block->valid && r.block->eip == eip) return r.block;
-    }
-    return nullptr;
-  }
-  void remember_lookup(std::uint32_t la, Block* b) {
-    RecentLookup* set = &recent_lookups_[recent_lookup_set(la)];
-    set[1] = set[0];
-    set[0] = RecentLookup{shadow_->block_map_generation(), region_, la, b};
   }
   Block* lookup_slow(std::uint32_t eip);
   static bool keeps_view(const Block& b);
@@ -423,36 +410,8 @@ class Vcpu {
   std::uint32_t pending_patch_target_ = 0;
   std::uint32_t pending_patch_cs_base_ = 0;
   Region* region_ = nullptr;
-  // lookup()'s recent answers, exact while ShadowMmu::block_map_generation stays.
-  struct RecentLookup {
-    std::uint64_t gen = ~0ull;
-    const Region* region = nullptr;
-    std::uint32_t la = 0;  // linear address: CS base + EIP
-    Block* block = nullptr;
-  };
-  // 32 sets of two (a system call looks up the same four blocks every time,
-  // two of which may share a set), a set by a multiplicative hash of the
-  // linear address (the blocks' low address bits are often alike).
-  std::array<RecentLookup, 64> recent_lookups_{};
-  static unsigned recent_lookup_set(std::uint32_t la) { return ((la * 0x9e3779b1u) >> 27) & ~1u; }
-  // The last two views activated and their regions (a system call flips
-  // between the user's and the kernel's view of one address space): the
-  // region key built and searched for only when neither matches.  A region
-  // is destroyed only by an eviction, which the count tells.
-  struct RecentRegion {
-    // bit 0: the user view; bit 1: SMAP suspended (one word: two bools
-    // compared as one were a store-forwarding stall)
-    std::uint32_t view_bits = 0;
-    std::uint64_t cr0 = 0, cr3 = 0, cr4 = 0, efer = 0;
-    std::uint64_t evictions = 0;
-    Region* region = nullptr;
-    bool same_view(const RecentRegion& v) const {
-      return region && view_bits == v.view_bits && cr0 == v.cr0 && cr3 == v.cr3 && cr4 == v.cr4 &&
-             efer == v.efer && evictions == v.evictions;
-    }
-  };
-  std::array<RecentRegion, 2> recent_regions_{};
-  unsigned recent_region_next_ = 0;  // the entry a miss replaces
+  RecentLookups recent_lookups_;  // lookup()'s last answers
+  RecentRegions recent_regions_;  // activate_region()'s last two views
   TKey tkey_ = 0;
   mutable bool windows_stale_ = true;
   mutable bool windows_protected_mode_ = false;  // the mode the Context's windows were looked up in
