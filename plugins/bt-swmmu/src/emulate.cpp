@@ -939,7 +939,7 @@ void Vcpu::emulate_instruction(std::uint32_t eip, bool mmio, Block* block) {
       cpl_ = 0;
       ctx_->sysflags &= ~(kIF | kVM | kRF);
       reg32(4) = static_cast<std::uint32_t>(t.esp);
-      set_flat_code_and_stack(flat_segment(sel, 0xb, 0), flat_segment(static_cast<std::uint16_t>(sel + 8), 3, 0));
+      replace_code_and_stack(flat_segment(sel, 0xb, 0), flat_segment(static_cast<std::uint16_t>(sel + 8), 3, 0));
       new_eip = static_cast<std::uint32_t>(t.eip);
       break;
     }
@@ -950,8 +950,8 @@ void Vcpu::emulate_instruction(std::uint32_t eip, bool mmio, Block* block) {
       cpl_ = 3;
       reg32(4) = reg32(1);
       new_eip = reg32(2);
-      set_flat_code_and_stack(flat_segment(static_cast<std::uint16_t>((sel + 16) | 3), 0xb, 3),
-                              flat_segment(static_cast<std::uint16_t>((sel + 24) | 3), 3, 3));
+      replace_code_and_stack(flat_segment(static_cast<std::uint16_t>((sel + 16) | 3), 0xb, 3),
+                             flat_segment(static_cast<std::uint16_t>((sel + 24) | 3), 3, 3));
       break;
     }
     case ZYDIS_MNEMONIC_LGDT:

@@ -89,7 +89,7 @@ void Vcpu::deliver(std::uint8_t vec, bool has_error, std::uint32_t error, bool s
     const unsigned saved_cpl = cpl_;
     const api::Segment saved_ss = ss_;
     cpl_ = new_cpl;
-    if (!SegmentWindowsCache::same_shape(ss_, nss)) windows_stale_ = true;  // (bases: load_cs_descriptor below)
+    note_segment_shape(ss_, nss);  // (the bases: load_cs_descriptor below)
     ss_ = nss;
     reg32(4) = new_esp;
     try {

@@ -108,21 +108,17 @@ void Vcpu::write_seg_bases() {
   if (pm != windows_protected_mode_) windows_stale_ = true;
 }
 
-// A segment load: the windows are looked up again only when the register's
-// shape changed (event delivery and IRET load the same few segments again
-// and again).
+// A segment load (data or stack segment).
 void Vcpu::replace_segment(api::Segment& reg, const api::Segment& value) {
-  if (!SegmentWindowsCache::same_shape(reg, value)) windows_stale_ = true;
+  note_segment_shape(reg, value);
   reg = value;
   write_seg_bases();
 }
 
-// SYSENTER's and SYSEXIT's CS and SS (the mode already set).  Their windows
-// are looked up again only when the pair's shape changes: a system call
-// swaps flat segments for flat segments, and looking the set up reads back
-// the segments just written (a store-forwarding stall per word).
-void Vcpu::set_flat_code_and_stack(const api::Segment& cs, const api::Segment& ss) {
-  if (!SegmentWindowsCache::same_shape(cs_, cs) || !SegmentWindowsCache::same_shape(ss_, ss)) windows_stale_ = true;
+// SYSENTER's and SYSEXIT's CS and SS (the mode already set).
+void Vcpu::replace_code_and_stack(const api::Segment& cs, const api::Segment& ss) {
+  note_segment_shape(cs_, cs);
+  note_segment_shape(ss_, ss);
   cs_ = cs;
   ss_ = ss;
   write_seg_bases();
@@ -474,10 +470,11 @@ Block* Vcpu::lookup_slow(std::uint32_t eip) {
   // EIP); an alias of the same linear address under another CS base is a miss.
   const std::uint32_t cs_base = static_cast<std::uint32_t>(cs_.base);
   const std::uint32_t la = cs_base + eip;
-  // The last lookups, in front of the region's hash map (the limits
-  // flavour comes here first).  A single step (TF, or an instruction
-  // breakpoint passed with RF) needs a one-instruction translation of its own.
-  if (!single_step_) {
+  // The last lookups, in front of the region's hash map (lookup() probed
+  // them already, except in the limits flavour).  A single step (TF, or an
+  // instruction breakpoint passed with RF) needs a one-instruction
+  // translation of its own.
+  if ((tkey_ & kTKeyLimits) && !single_step_) {
     if (Block* b = recent_lookups_.find(shadow_->block_map_generation(), region_, la, eip)) {
       ++counters_.cache_hits;
       return b;
@@ -965,7 +962,7 @@ void Vcpu::load_cs_descriptor(std::uint16_t sel, std::uint64_t raw, unsigned new
   const api::Segment& s = decoded_.decode(raw, static_cast<std::uint16_t>((sel & ~3u) | new_cpl));
   require(check_code_segment(s, sel));
   if (s.l) throw std::runtime_error("bt-swmmu: 64-bit code segment: BT64 is not implemented");
-  if (!SegmentWindowsCache::same_shape(cs_, s, 1)) windows_stale_ = true;
+  note_segment_shape(cs_, s, 1);
   cs_ = s;  // copied whole, then the accessed bit (not the other way round: a store-forwarding stall)
   cs_.type |= 1;
   cpl_ = new_cpl;

@@ -227,7 +227,15 @@ class Vcpu {
   // (sync_seg_bases marks them stale; translated code and the monitor's
   // limit checks read them), and whether they limit any offset (kTKeyLimits).
   void refresh_windows() const;
-  void set_flat_code_and_stack(const api::Segment& cs, const api::Segment& ss);
+  void replace_code_and_stack(const api::Segment& cs, const api::Segment& ss);
+  // A segment register is about to hold `next` (its type with `type_set`
+  // set as it is loaded): the windows are looked up again only when its
+  // shape changes.  Event delivery, IRET, SYSENTER and SYSEXIT load the same
+  // few shapes again and again, and looking the set up reads back segments
+  // just written (a store-forwarding stall per word).
+  void note_segment_shape(const api::Segment& current, const api::Segment& next, std::uint8_t type_set = 0) {
+    if (!SegmentWindowsCache::same_shape(current, next, type_set)) windows_stale_ = true;
+  }
   void write_seg_bases();
   void replace_segment(api::Segment& reg, const api::Segment& value);
   bool limited() const {
