@@ -871,22 +871,10 @@ void Vcpu::emulate_instruction(std::uint32_t eip, bool mmio, Block* block) {
       set_eflags((eflags() & ~mask) | (v & mask));
       break;
     }
-    case ZYDIS_MNEMONIC_IN: {
-      const std::uint16_t port = static_cast<std::uint16_t>(operand_value(ops[1]));
-      check_io_permission(port, ops[0].size / 8);
-      ++counters_.io_exits;
-      set_reg(ops[0].reg.value, platform_read().io_in(index_, port, ops[0].size / 8));
-      if (io_breakpoint(port, ops[0].size / 8, next)) return;
-      break;
-    }
-    case ZYDIS_MNEMONIC_OUT: {
-      const std::uint16_t port = static_cast<std::uint16_t>(operand_value(ops[0]));
-      check_io_permission(port, ops[1].size / 8);
-      ++counters_.io_exits;
-      platform_write().io_out(index_, port, ops[1].size / 8, get_reg(ops[1].reg.value));
-      if (io_breakpoint(port, ops[1].size / 8, next)) return;
-      break;
-    }
+    case ZYDIS_MNEMONIC_IN:
+    case ZYDIS_MNEMONIC_OUT:
+      emulate_port_io(decoded, eip);
+      return;
     case ZYDIS_MNEMONIC_HLT:
       need_cpl0();
       ++counters_.hlt_exits;

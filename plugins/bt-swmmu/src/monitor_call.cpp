@@ -98,7 +98,7 @@ std::uint64_t Vcpu::emulate_and_continue() {
     if (b->monitor_site) {
       if (run_monitor_site(b) == StepResult::Shutdown) return kShutdown;
     } else if (is_port_io(*b) && !data_breakpoints_.any()) {
-      emulate_port_io(*b->decoded);
+      emulate_port_io(*b->decoded, eip_);
     } else {
       emulate(eip_, false, b);
     }
@@ -108,15 +108,15 @@ std::uint64_t Vcpu::emulate_and_continue() {
   return 0;
 }
 
-// IN and OUT (decoded once, kept with their block): the commonest monitor
-// call of device drivers, straight to the platform instead of through the
-// emulator's switch.  The same rules as there: the I/O permission checks,
-// the port's breakpoints.
+// IN and OUT at `eip`: the I/O permission checks, the platform, the port's
+// breakpoints.  The commonest monitor call of device drivers comes here
+// straight (decoded once, kept with its block), not through the emulator's
+// switch, whose IN/OUT cases come here too.
 bool Vcpu::is_port_io(const Block& b) {
   return b.decoded && (b.decoded->insn.mnemonic == ZYDIS_MNEMONIC_IN || b.decoded->insn.mnemonic == ZYDIS_MNEMONIC_OUT);
 }
 
-void Vcpu::emulate_port_io(const DecodedInsn& d) {
+void Vcpu::emulate_port_io(const DecodedInsn& d, std::uint32_t eip) {
   const bool in = d.insn.mnemonic == ZYDIS_MNEMONIC_IN;
   const ZydisDecodedOperand& port_operand = d.ops[in ? 1 : 0];
   const ZydisDecodedOperand& data = d.ops[in ? 0 : 1];
@@ -130,7 +130,7 @@ void Vcpu::emulate_port_io(const DecodedInsn& d) {
     set_reg(data.reg.value, platform_read().io_in(index_, port, size));
   else
     platform_write().io_out(index_, port, size, get_reg(data.reg.value));
-  const std::uint32_t next = eip_ + d.insn.length;
+  const std::uint32_t next = eip + d.insn.length;
   if (io_breakpoint(port, size, next)) return;
   eip_ = next;
 }

@@ -149,7 +149,7 @@ class Vcpu {
   Block* lookup_slow(std::uint32_t eip);
   static bool keeps_view(const Block& b);
   static bool is_port_io(const Block& b);
-  void emulate_port_io(const DecodedInsn& d);
+  void emulate_port_io(const DecodedInsn& d, std::uint32_t eip);
   void activate_region();
 
   // --- guest memory through the guest's page tables (monitor side)
