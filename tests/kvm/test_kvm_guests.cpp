@@ -911,16 +911,18 @@ TEST_F(KvmGuest, Xcr0AndXsaveStateRoundTripAndTheGuestsXsetbvSticks) {
     ASSERT_EQ(exit.kind, ExitKind::Stopped) << "XCR0 " << xcr0 << ": " << exit.diagnostic;
     const auto read = pf.values_on(0x14);
     ASSERT_EQ(read.size(), 2u);
-    EXPECT_EQ(read[0], xcr0) << "XGETBV right after XSETBV " << xcr0;
     const std::uint64_t saved = vm->save_vcpu(0).fpu.xcr0;
     std::printf("[kvm] guest XSETBV %u: XGETBV %u at once, %u after an exit; saved XCR0 %llu\n", xcr0, read[0],
                 read[1], static_cast<unsigned long long>(saved));
-    if (read[0] == xcr0 && read[1] == 1 && saved == 1) {
+    if ((read[0] == xcr0 || read[0] == 1) && read[1] == 1 && saved == 1) {
       // KVM never saw the XSETBV: the (emulated) CPU ran it without the SVM
-      // intercept KVM sets, and KVM reloads its own XCR0 on the next entry.
+      // intercept KVM sets, and KVM reloads its own XCR0 on the next entry,
+      // which can come before the first XGETBV too (a host interrupt's exit:
+      // seen once in a fresh-clone run, XGETBV 1 at once).
       xsetbv_lost = true;
       continue;
     }
+    EXPECT_EQ(read[0], xcr0) << "XGETBV right after XSETBV " << xcr0;
     EXPECT_EQ(read[1], xcr0) << "XGETBV after an exit";
     EXPECT_EQ(saved, xcr0) << "the saved XCR0";
   }
