@@ -1,5 +1,7 @@
 #include "translator.hpp"
 
+#include "emitter.hpp"
+#include "sensitive_instructions.hpp"
 #include "encoder_operands.hpp"
 
 #include <sys/mman.h>
@@ -25,110 +27,6 @@ using encode::I;
 using encode::M;
 using encode::Op;
 using encode::R;
-
-// Translated code holds the active shadow region's base in r12 (loaded from
-// Context::region_base on every entry into the cache and after a monitor call).
-constexpr ZydisRegister kRegionBase = ZYDIS_REGISTER_R12;
-
-class Emitter {
- public:
-  Emitter(std::uint8_t* p, std::uint8_t* end) : start_(p), p_(p), end_(end) {}
-  std::uint8_t* pos() const { return p_; }
-  std::uint32_t off() const { return static_cast<std::uint32_t>(p_ - start_); }
-  bool ok() const { return ok_; }
-  bool enc_failed() const { return enc_failed_; }
-  void reset_to(std::uint8_t* p) {
-    p_ = p;
-    enc_failed_ = false;
-  }
-  void b(std::uint8_t v) {
-    if (p_ < end_) *p_++ = v; else ok_ = false;
-  }
-  void d(std::uint32_t v) {
-    for (int i = 0; i < 4; ++i) b(static_cast<std::uint8_t>(v >> (8 * i)));
-  }
-  // Encode one instruction.  `guest`: its memory operand is guest memory, an
-  // offset [r32 + disp] (zero-extended in a host register) into the active
-  // shadow region, which becomes [r12 + r64 + disp].  `a32`: the 32-bit
-  // address size (LEA).
-  bool ins(ZydisMnemonic m, std::initializer_list<Op> ops, bool guest = false, bool a32 = false) {
-    ZydisEncoderRequest req;
-    std::memset(&req, 0, sizeof(req));
-    req.machine_mode = ZYDIS_MACHINE_MODE_LONG_64;
-    req.mnemonic = m;
-    req.operand_count = static_cast<ZyanU8>(ops.size());
-    int i = 0;
-    for (auto& o : ops) {
-      req.operands[i] = o.o;
-      if (guest) in_region(req.operands[i]);
-      ++i;
-    }
-    if (a32) req.address_size_hint = ZYDIS_ADDRESS_SIZE_HINT_32;
-    if (m == ZYDIS_MNEMONIC_LEA && req.operands[1].mem.size == 0) {
-      // The encoder wants the memory operand size of LEA to match the address size.
-      for (ZyanU16 sz : {8, 4, 2}) {
-        req.operands[1].mem.size = sz;
-        ZyanUSize len = static_cast<ZyanUSize>(end_ - p_);
-        if (p_ < end_ && ZYAN_SUCCESS(ZydisEncoderEncodeInstruction(&req, p_, &len))) {
-          p_ += len;
-          return true;
-        }
-      }
-    }
-    return raw(req);
-  }
-  bool raw(const ZydisEncoderRequest& req) {
-    ZyanUSize len = static_cast<ZyanUSize>(end_ - p_);
-    if (p_ >= end_ || !ZYAN_SUCCESS(ZydisEncoderEncodeInstruction(&req, p_, &len))) {
-      if (end_ - p_ < 16) ok_ = false; else enc_failed_ = true;
-      return false;
-    }
-    p_ += len;
-    return true;
-  }
-  // jmp rel32 to an absolute target; returns the address of the rel32 field.
-  std::uint8_t* jmp(const void* target) {
-    b(0xe9);
-    std::uint8_t* site = p_;
-    rel32(target);
-    return site;
-  }
-  std::uint8_t* jcc(unsigned cc, const void* target) {
-    b(0x0f);
-    b(static_cast<std::uint8_t>(0x80 | cc));
-    std::uint8_t* site = p_;
-    rel32(target);
-    return site;
-  }
-  void rel32(const void* target) {
-    auto t = reinterpret_cast<std::intptr_t>(target);
-    auto next = reinterpret_cast<std::intptr_t>(p_) + 4;
-    d(static_cast<std::uint32_t>(static_cast<std::int32_t>(t - next)));
-  }
-  // [r32 + disp] -> [r12 + r64 + disp] (r12: the region base); operands
-  // already region-relative (host_mem's) or host addresses stay.
-  static void in_region(ZydisEncoderOperand& o) {
-    if (o.type != ZYDIS_OPERAND_TYPE_MEMORY || o.mem.index != ZYDIS_REGISTER_NONE ||
-        ZydisRegisterGetClass(o.mem.base) != ZYDIS_REGCLASS_GPR32)
-      return;
-    o.mem.index = ZydisRegisterGetLargestEnclosing(ZYDIS_MACHINE_MODE_LONG_64, o.mem.base);
-    o.mem.scale = 1;
-    o.mem.base = kRegionBase;
-  }
-  static void patch_rel32(std::uint8_t* site, const void* target) {
-    auto t = reinterpret_cast<std::intptr_t>(target);
-    auto next = reinterpret_cast<std::intptr_t>(site) + 4;
-    std::int32_t v = static_cast<std::int32_t>(t - next);
-    std::memcpy(site, &v, 4);
-  }
-
- private:
-  std::uint8_t* start_;
-  std::uint8_t* p_;
-  std::uint8_t* end_;
-  bool ok_ = true;
-  bool enc_failed_ = false;
-};
 
 // mov [r15+off], imm32 (dword) / qword sign-extended
 void store_ctx32(Emitter& e, std::int32_t off, std::uint32_t v) {
@@ -294,38 +192,7 @@ std::optional<InsnClass> classify_common(const ZydisDecodedInstruction& insn, co
   if (insn.encoding != ZYDIS_INSTRUCTION_ENCODING_LEGACY && insn.encoding != ZYDIS_INSTRUCTION_ENCODING_3DNOW)
     return InsnClass::Special;
   if ((tkey & kTKeyFpuTrap) && is_fpu_like(insn)) return InsnClass::Special;
-  switch (insn.mnemonic) {
-    // Sensitive, privileged-in-effect or invalid in 64-bit mode: the monitor emulates.
-    case ZYDIS_MNEMONIC_CLI: case ZYDIS_MNEMONIC_STI: case ZYDIS_MNEMONIC_PUSHFD: case ZYDIS_MNEMONIC_POPFD:
-    case ZYDIS_MNEMONIC_PUSHF: case ZYDIS_MNEMONIC_POPF:
-    case ZYDIS_MNEMONIC_IN: case ZYDIS_MNEMONIC_OUT: case ZYDIS_MNEMONIC_HLT: case ZYDIS_MNEMONIC_CPUID:
-    case ZYDIS_MNEMONIC_RDTSC: case ZYDIS_MNEMONIC_RDTSCP: case ZYDIS_MNEMONIC_RDMSR: case ZYDIS_MNEMONIC_WRMSR:
-    case ZYDIS_MNEMONIC_RDPMC:
-    case ZYDIS_MNEMONIC_INT: case ZYDIS_MNEMONIC_INT1: case ZYDIS_MNEMONIC_INT3: case ZYDIS_MNEMONIC_INTO:
-    case ZYDIS_MNEMONIC_IRET: case ZYDIS_MNEMONIC_IRETD: case ZYDIS_MNEMONIC_SYSENTER: case ZYDIS_MNEMONIC_SYSEXIT:
-    case ZYDIS_MNEMONIC_SYSCALL: case ZYDIS_MNEMONIC_SYSRET:
-    case ZYDIS_MNEMONIC_SGDT: case ZYDIS_MNEMONIC_SIDT: case ZYDIS_MNEMONIC_SLDT: case ZYDIS_MNEMONIC_STR:
-    case ZYDIS_MNEMONIC_SMSW: case ZYDIS_MNEMONIC_LAR: case ZYDIS_MNEMONIC_LSL: case ZYDIS_MNEMONIC_VERR:
-    case ZYDIS_MNEMONIC_VERW: case ZYDIS_MNEMONIC_ARPL:
-    case ZYDIS_MNEMONIC_LDS: case ZYDIS_MNEMONIC_LES: case ZYDIS_MNEMONIC_LFS: case ZYDIS_MNEMONIC_LGS:
-    case ZYDIS_MNEMONIC_LSS:
-    case ZYDIS_MNEMONIC_PUSHA: case ZYDIS_MNEMONIC_PUSHAD: case ZYDIS_MNEMONIC_POPA: case ZYDIS_MNEMONIC_POPAD:
-    case ZYDIS_MNEMONIC_DAA: case ZYDIS_MNEMONIC_DAS: case ZYDIS_MNEMONIC_AAA: case ZYDIS_MNEMONIC_AAS:
-    case ZYDIS_MNEMONIC_AAM: case ZYDIS_MNEMONIC_AAD: case ZYDIS_MNEMONIC_BOUND: case ZYDIS_MNEMONIC_SALC:
-    case ZYDIS_MNEMONIC_XLAT: case ZYDIS_MNEMONIC_ENTER: case ZYDIS_MNEMONIC_UD0: case ZYDIS_MNEMONIC_UD1:
-    case ZYDIS_MNEMONIC_UD2: case ZYDIS_MNEMONIC_MONITOR: case ZYDIS_MNEMONIC_MWAIT: case ZYDIS_MNEMONIC_XGETBV:
-    case ZYDIS_MNEMONIC_XSETBV: case ZYDIS_MNEMONIC_RSM: case ZYDIS_MNEMONIC_MASKMOVQ:
-    case ZYDIS_MNEMONIC_MASKMOVDQU: case ZYDIS_MNEMONIC_VMASKMOVDQU:
-    case ZYDIS_MNEMONIC_RDFSBASE: case ZYDIS_MNEMONIC_RDGSBASE: case ZYDIS_MNEMONIC_WRFSBASE:
-    case ZYDIS_MNEMONIC_WRGSBASE: case ZYDIS_MNEMONIC_SWAPGS: case ZYDIS_MNEMONIC_RDPID:
-    case ZYDIS_MNEMONIC_STAC: case ZYDIS_MNEMONIC_CLAC:  // EFLAGS.AC: the SMAP view
-    case ZYDIS_MNEMONIC_XSAVE: case ZYDIS_MNEMONIC_XRSTOR: case ZYDIS_MNEMONIC_XSAVEOPT:
-    case ZYDIS_MNEMONIC_XSAVEC: case ZYDIS_MNEMONIC_XSAVES: case ZYDIS_MNEMONIC_XRSTORS:
-    case ZYDIS_MNEMONIC_FXSAVE64: case ZYDIS_MNEMONIC_FXRSTOR64:
-      return InsnClass::Special;
-    default:
-      break;
-  }
+  if (monitor_emulates(insn.mnemonic)) return InsnClass::Special;
   if (is_string_op(insn)) return InsnClass::Special;
   // Anything touching segment, control or debug registers, or an implicit memory operand.
   for (unsigned i = 0; i < insn.operand_count; ++i) {
