@@ -1,0 +1,698 @@
+#include "bt64/translator64.hpp"
+
+#include <sys/mman.h>
+
+#include <array>
+#include <cstddef>
+#include <cstring>
+#include <optional>
+#include <stdexcept>
+
+#include "emitter.hpp"
+#include "encoder_operands.hpp"
+#include "sensitive_instructions.hpp"
+
+namespace modevisor::bt::bt64 {
+
+namespace {
+
+using encode::I;
+using encode::M;
+using encode::R;
+
+// Host registers translated code reserves (the guest's R12-R15 live in the
+// context; its RSP in r14).
+constexpr ZydisRegister kCtx = ZYDIS_REGISTER_R15;
+constexpr ZydisRegister kA = ZYDIS_REGISTER_R12;  // scratch: slot bias, stand-in, branch target
+constexpr ZydisRegister kB = ZYDIS_REGISTER_R13;  // scratch: guest address, host address
+constexpr ZydisRegister kGuestRsp = ZYDIS_REGISTER_R14;
+
+constexpr std::int32_t kOffGpr = offsetof(Context64, gpr);
+constexpr std::int32_t kOffNext = offsetof(Context64, next_rip);
+constexpr std::int32_t kOffPatch = offsetof(Context64, patch_site);
+constexpr std::int32_t kOffReason = offsetof(Context64, exit_reason);
+constexpr std::int32_t kOffSpill = offsetof(Context64, spill);
+constexpr std::int32_t kOffRcxSpill = offsetof(Context64, rcx_spill);
+constexpr std::int32_t kOffHits = offsetof(Context64, indirect_hits);
+constexpr std::int32_t gpr_slot(unsigned i) { return kOffGpr + static_cast<std::int32_t>(8 * i); }
+
+// General registers by encoding, by width.
+constexpr std::array<ZydisRegister, 16> kGpr64 = {
+    ZYDIS_REGISTER_RAX, ZYDIS_REGISTER_RCX, ZYDIS_REGISTER_RDX, ZYDIS_REGISTER_RBX,
+    ZYDIS_REGISTER_RSP, ZYDIS_REGISTER_RBP, ZYDIS_REGISTER_RSI, ZYDIS_REGISTER_RDI,
+    ZYDIS_REGISTER_R8,  ZYDIS_REGISTER_R9,  ZYDIS_REGISTER_R10, ZYDIS_REGISTER_R11,
+    ZYDIS_REGISTER_R12, ZYDIS_REGISTER_R13, ZYDIS_REGISTER_R14, ZYDIS_REGISTER_R15};
+constexpr std::array<ZydisRegister, 16> kGpr32 = {
+    ZYDIS_REGISTER_EAX,  ZYDIS_REGISTER_ECX,  ZYDIS_REGISTER_EDX,  ZYDIS_REGISTER_EBX,
+    ZYDIS_REGISTER_ESP,  ZYDIS_REGISTER_EBP,  ZYDIS_REGISTER_ESI,  ZYDIS_REGISTER_EDI,
+    ZYDIS_REGISTER_R8D,  ZYDIS_REGISTER_R9D,  ZYDIS_REGISTER_R10D, ZYDIS_REGISTER_R11D,
+    ZYDIS_REGISTER_R12D, ZYDIS_REGISTER_R13D, ZYDIS_REGISTER_R14D, ZYDIS_REGISTER_R15D};
+constexpr std::array<ZydisRegister, 16> kGpr16 = {
+    ZYDIS_REGISTER_AX,   ZYDIS_REGISTER_CX,   ZYDIS_REGISTER_DX,   ZYDIS_REGISTER_BX,
+    ZYDIS_REGISTER_SP,   ZYDIS_REGISTER_BP,   ZYDIS_REGISTER_SI,   ZYDIS_REGISTER_DI,
+    ZYDIS_REGISTER_R8W,  ZYDIS_REGISTER_R9W,  ZYDIS_REGISTER_R10W, ZYDIS_REGISTER_R11W,
+    ZYDIS_REGISTER_R12W, ZYDIS_REGISTER_R13W, ZYDIS_REGISTER_R14W, ZYDIS_REGISTER_R15W};
+constexpr std::array<ZydisRegister, 16> kGpr8 = {
+    ZYDIS_REGISTER_AL,   ZYDIS_REGISTER_CL,   ZYDIS_REGISTER_DL,   ZYDIS_REGISTER_BL,
+    ZYDIS_REGISTER_SPL,  ZYDIS_REGISTER_BPL,  ZYDIS_REGISTER_SIL,  ZYDIS_REGISTER_DIL,
+    ZYDIS_REGISTER_R8B,  ZYDIS_REGISTER_R9B,  ZYDIS_REGISTER_R10B, ZYDIS_REGISTER_R11B,
+    ZYDIS_REGISTER_R12B, ZYDIS_REGISTER_R13B, ZYDIS_REGISTER_R14B, ZYDIS_REGISTER_R15B};
+
+// The encoding index (0-15) of a general register and its width in bits;
+// -1 for AH..BH and anything that is not a general register.
+int gpr_index(ZydisRegister r, unsigned* bits = nullptr) {
+  for (unsigned i = 0; i < 16; ++i) {
+    if (kGpr64[i] == r) { if (bits) *bits = 64; return static_cast<int>(i); }
+    if (kGpr32[i] == r) { if (bits) *bits = 32; return static_cast<int>(i); }
+    if (kGpr16[i] == r) { if (bits) *bits = 16; return static_cast<int>(i); }
+    if (kGpr8[i] == r) { if (bits) *bits = 8; return static_cast<int>(i); }
+  }
+  return -1;
+}
+
+ZydisRegister gpr_of_width(unsigned index, unsigned bits) {
+  switch (bits) {
+    case 64: return kGpr64[index];
+    case 32: return kGpr32[index];
+    case 16: return kGpr16[index];
+    default: return kGpr8[index];
+  }
+}
+
+bool is_context_register(int index) { return index >= 12; }  // guest R12-R15 live in the context
+bool is_high_byte(ZydisRegister r) {
+  return r == ZYDIS_REGISTER_AH || r == ZYDIS_REGISTER_CH || r == ZYDIS_REGISTER_DH || r == ZYDIS_REGISTER_BH;
+}
+
+// A guest register the host holds as is, or in r14 (RSP).
+ZydisRegister host_register(ZydisRegister guest) {
+  unsigned bits = 0;
+  const int i = gpr_index(guest, &bits);
+  if (i == 4) return gpr_of_width(14, bits);
+  return guest;
+}
+
+enum class Kind { Plain, Special, Jump, Jcc, Loop, Call, Ret, IndirectJump, IndirectCall, Push, Pop, Leave };
+
+Kind classify(const ZydisDecodedInstruction& insn, const ZydisDecodedOperand* ops) {
+  if (insn.attributes & ZYDIS_ATTRIB_IS_PRIVILEGED) return Kind::Special;
+  if (insn.encoding != ZYDIS_INSTRUCTION_ENCODING_LEGACY) return Kind::Special;  // VEX/EVEX: no AVX offered
+  if (monitor_emulates(insn.mnemonic)) return Kind::Special;
+  // Integer instructions only: the FPU/MMX/SSE state is not switched yet
+  // (the monitor's, like every category not named here).
+  switch (insn.mnemonic == ZYDIS_MNEMONIC_POPCNT ? ZYDIS_CATEGORY_BITBYTE : insn.meta.category) {  // Zydis files POPCNT under SSE
+    case ZYDIS_CATEGORY_BINARY: case ZYDIS_CATEGORY_BITBYTE: case ZYDIS_CATEGORY_CALL:
+    case ZYDIS_CATEGORY_CMOV: case ZYDIS_CATEGORY_COND_BR: case ZYDIS_CATEGORY_CONVERT:
+    case ZYDIS_CATEGORY_DATAXFER: case ZYDIS_CATEGORY_FLAGOP: case ZYDIS_CATEGORY_LOGICAL:
+    case ZYDIS_CATEGORY_MISC: case ZYDIS_CATEGORY_NOP: case ZYDIS_CATEGORY_WIDENOP: case ZYDIS_CATEGORY_POP:
+    case ZYDIS_CATEGORY_PUSH: case ZYDIS_CATEGORY_RET: case ZYDIS_CATEGORY_ROTATE:
+    case ZYDIS_CATEGORY_SEMAPHORE: case ZYDIS_CATEGORY_SETCC: case ZYDIS_CATEGORY_SHIFT:
+    case ZYDIS_CATEGORY_UNCOND_BR: case ZYDIS_CATEGORY_LZCNT: case ZYDIS_CATEGORY_PREFETCH:
+    // TZCNT (the VEX forms of BMI1 are refused above).  LZCNT and TZCNT run as the
+    // host runs them, so the CPU model must offer ABM and BMI1 where the host has them.
+    case ZYDIS_CATEGORY_BMI1:
+      break;
+    default:
+      return Kind::Special;
+  }
+  if (insn.meta.category == ZYDIS_CATEGORY_STRINGOP) return Kind::Special;
+  switch (insn.mnemonic) {
+    case ZYDIS_MNEMONIC_JMP:
+      if (ops[0].type == ZYDIS_OPERAND_TYPE_IMMEDIATE) return Kind::Jump;
+      if (ops[0].type == ZYDIS_OPERAND_TYPE_POINTER || insn.operand_width != 64) return Kind::Special;  // far
+      return (ops[0].type == ZYDIS_OPERAND_TYPE_MEMORY && ops[0].size != 64) ? Kind::Special
+                                                                                : Kind::IndirectJump;
+    case ZYDIS_MNEMONIC_CALL:
+      if (ops[0].type == ZYDIS_OPERAND_TYPE_IMMEDIATE) return Kind::Call;
+      if (ops[0].type == ZYDIS_OPERAND_TYPE_POINTER || insn.operand_width != 64) return Kind::Special;
+      if (ops[0].type == ZYDIS_OPERAND_TYPE_MEMORY && ops[0].size != 64) return Kind::Special;
+      return Kind::IndirectCall;
+    case ZYDIS_MNEMONIC_RET: return insn.operand_width == 64 ? Kind::Ret : Kind::Special;
+    case ZYDIS_MNEMONIC_LOOP: case ZYDIS_MNEMONIC_LOOPE: case ZYDIS_MNEMONIC_LOOPNE:
+    case ZYDIS_MNEMONIC_JRCXZ: case ZYDIS_MNEMONIC_JECXZ:
+      return Kind::Loop;
+    case ZYDIS_MNEMONIC_PUSH:
+      if (insn.operand_width != 64) return Kind::Special;
+      if (ops[0].type == ZYDIS_OPERAND_TYPE_MEMORY || ops[0].type == ZYDIS_OPERAND_TYPE_IMMEDIATE) return Kind::Push;
+      return ZydisRegisterGetClass(ops[0].reg.value) == ZYDIS_REGCLASS_GPR64 ? Kind::Push : Kind::Special;
+    case ZYDIS_MNEMONIC_POP:
+      // POP to memory forms its address with RSP already moved: the monitor's.
+      return insn.operand_width == 64 && ops[0].type == ZYDIS_OPERAND_TYPE_REGISTER &&
+                     ZydisRegisterGetClass(ops[0].reg.value) == ZYDIS_REGCLASS_GPR64
+                 ? Kind::Pop : Kind::Special;
+    case ZYDIS_MNEMONIC_LEAVE: return insn.operand_width == 64 ? Kind::Leave : Kind::Special;
+    default: break;
+  }
+  if (insn.meta.category == ZYDIS_CATEGORY_COND_BR) return Kind::Jcc;
+  for (unsigned i = 0; i < insn.operand_count; ++i) {
+    const auto& o = ops[i];
+    if (o.type == ZYDIS_OPERAND_TYPE_REGISTER) {
+      const auto c = ZydisRegisterGetClass(o.reg.value);
+      if (c == ZYDIS_REGCLASS_SEGMENT || c == ZYDIS_REGCLASS_CONTROL || c == ZYDIS_REGCLASS_DEBUG ||
+          c == ZYDIS_REGCLASS_X87 || c == ZYDIS_REGCLASS_MMX || c == ZYDIS_REGCLASS_XMM)
+        return Kind::Special;
+      if (o.reg.value == ZYDIS_REGISTER_RIP || o.reg.value == ZYDIS_REGISTER_EIP) return Kind::Special;
+      // An implicit stack pointer (other than the branches and stack
+      // operations above) is the monitor's.
+      if (gpr_index(o.reg.value) == 4 && o.visibility == ZYDIS_OPERAND_VISIBILITY_HIDDEN) return Kind::Special;
+    }
+    if (o.type == ZYDIS_OPERAND_TYPE_MEMORY && o.visibility != ZYDIS_OPERAND_VISIBILITY_EXPLICIT)
+      return Kind::Special;
+    if (o.type == ZYDIS_OPERAND_TYPE_POINTER) return Kind::Special;
+  }
+  return Kind::Plain;
+}
+
+// Emission of one block.  Every sequence below keeps the host's RFLAGS,
+// which hold the guest's arithmetic flags: LEA, MOV, SHRX, MOVZX, JRCXZ.
+class BlockEmitter {
+ public:
+  BlockEmitter(Emitter& e, std::uint8_t* exit) : e_(e), exit_(exit) {}
+
+  // kB = the guest-linear address of memory operand `op` of an instruction
+  // whose next RIP is `next_rip` (kA may be used).
+  bool guest_address(const ZydisDecodedInstruction& insn, const ZydisDecodedOperand& op, std::uint64_t next_rip) {
+    const bool segment_base = insn.mnemonic != ZYDIS_MNEMONIC_LEA;  // LEA ignores segments
+    const bool a32 = insn.address_width == 32;
+    const std::int64_t disp = op.mem.disp.has_displacement ? op.mem.disp.value : 0;
+    if (op.mem.base == ZYDIS_REGISTER_RIP || op.mem.base == ZYDIS_REGISTER_EIP) {
+      std::uint64_t la = next_rip + static_cast<std::uint64_t>(disp);
+      if (a32) la = static_cast<std::uint32_t>(la);
+      load_constant(kB, la);
+    } else if (op.mem.base == ZYDIS_REGISTER_NONE && op.mem.index == ZYDIS_REGISTER_NONE) {
+      load_constant(kB, a32 ? static_cast<std::uint32_t>(disp) : static_cast<std::uint64_t>(disp));
+    } else {
+      const unsigned width = a32 ? 32 : 64;
+      ZydisRegister base = ZYDIS_REGISTER_NONE, index = ZYDIS_REGISTER_NONE;
+      if (op.mem.base != ZYDIS_REGISTER_NONE) {
+        const int b = gpr_index(op.mem.base);
+        if (b < 0) return false;
+        if (is_context_register(b)) {
+          e_.ins(ZYDIS_MNEMONIC_MOV, {R(kB), M(kCtx, gpr_slot(b), 8)});
+          base = a32 ? ZYDIS_REGISTER_R13D : kB;
+        } else {
+          base = host_register(gpr_of_width(static_cast<unsigned>(b), width));
+        }
+      }
+      if (op.mem.index != ZYDIS_REGISTER_NONE) {
+        const int x = gpr_index(op.mem.index);
+        if (x < 0) return false;
+        if (is_context_register(x)) {
+          e_.ins(ZYDIS_MNEMONIC_MOV, {R(kA), M(kCtx, gpr_slot(x), 8)});
+          index = a32 ? ZYDIS_REGISTER_R12D : kA;
+        } else {
+          index = gpr_of_width(static_cast<unsigned>(x), width);
+        }
+      }
+      if (!e_.ins(ZYDIS_MNEMONIC_LEA, {R(a32 ? ZYDIS_REGISTER_R13D : kB), M(base, disp, 0, index, op.mem.scale)},
+                  false, a32))
+        return false;
+    }
+    if (segment_base && (op.mem.segment == ZYDIS_REGISTER_FS || op.mem.segment == ZYDIS_REGISTER_GS)) {
+      const std::int32_t s = op.mem.segment == ZYDIS_REGISTER_FS ? 0 : 1;
+      e_.ins(ZYDIS_MNEMONIC_MOV, {R(kA), M(kCtx, offsetof(Context64, seg_base) + 8 * s, 8)});
+      e_.ins(ZYDIS_MNEMONIC_LEA, {R(kB), M(kB, 0, 0, kA, 1)});
+    }
+    return e_.ok();
+  }
+
+  // kA = the slot bias of the guest address in `at` (kB or r14): the host
+  // address is then kA + at.
+  void slot_bias(ZydisRegister at) {
+    e_.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_R12D), I(kSlotShift)});
+    e_.ins(ZYDIS_MNEMONIC_SHRX, {R(kA), R(at), R(kA)});
+    e_.ins(ZYDIS_MNEMONIC_MOV, {R(kA), M(kCtx, kSlotTableOffset, 8, kA, 8)});
+  }
+
+  // kB = the host address of the guest address in `at`.
+  void host_address(ZydisRegister at) {
+    slot_bias(at);
+    e_.ins(ZYDIS_MNEMONIC_LEA, {R(kB), M(kA, 0, 0, at, 1)});
+  }
+
+  void load_constant(ZydisRegister r, std::uint64_t v) {
+    if (v <= 0xffffffffu) {
+      // A 32-bit move zero-extends.
+      e_.ins(ZYDIS_MNEMONIC_MOV, {R(gpr_of_width(static_cast<unsigned>(gpr_index(r)), 32)),
+                                  I(static_cast<std::int64_t>(static_cast<std::uint32_t>(v)))});
+    } else {
+      e_.ins(ZYDIS_MNEMONIC_MOV, {R(r), I(static_cast<std::int64_t>(v))});
+    }
+  }
+
+  // A plain instruction: registers renamed (RSP -> r14, R12-R15 through a
+  // stand-in loaded from and stored back to the context), its memory operand
+  // confined.
+  bool plain(const ZydisDecodedInstruction& insn, const ZydisDecodedOperand* ops, std::uint64_t next_rip) {
+    ZydisEncoderRequest req;
+    if (!ZYAN_SUCCESS(ZydisEncoderDecodedInstructionToEncoderRequest(&insn, ops, insn.operand_count_visible, &req)))
+      return false;
+    req.machine_mode = ZYDIS_MACHINE_MODE_LONG_64;
+    req.address_size_hint = ZYDIS_ADDRESS_SIZE_HINT_NONE;
+    req.prefixes &= ~(ZYDIS_ATTRIB_HAS_SEGMENT | ZYDIS_ATTRIB_HAS_SEGMENT_CS | ZYDIS_ATTRIB_HAS_SEGMENT_SS |
+                      ZYDIS_ATTRIB_HAS_SEGMENT_DS | ZYDIS_ATTRIB_HAS_SEGMENT_ES | ZYDIS_ATTRIB_HAS_SEGMENT_FS |
+                      ZYDIS_ATTRIB_HAS_SEGMENT_GS | ZYDIS_ATTRIB_HAS_ADDRESSSIZE);
+    int mem = -1;
+    bool high_byte = false;
+    struct StandIn { int guest; ZydisRegister host; bool written; };
+    std::array<StandIn, 2> stand_ins{};
+    unsigned n_stand_ins = 0;
+    for (unsigned i = 0; i < req.operand_count; ++i) {
+      if (ops[i].type == ZYDIS_OPERAND_TYPE_MEMORY) mem = static_cast<int>(i);
+      if (ops[i].type == ZYDIS_OPERAND_TYPE_REGISTER && is_high_byte(ops[i].reg.value)) high_byte = true;
+    }
+    // [r12 + r13] needs REX, which AH..BH cannot sit beside.
+    if (high_byte && mem >= 0) return false;
+    const bool lea = insn.mnemonic == ZYDIS_MNEMONIC_LEA;
+    if (mem >= 0 && !lea) {
+      if (!guest_address(insn, ops[mem], next_rip)) return false;
+      slot_bias(kB);
+    }
+    // The stand-ins: kA once the host address is folded into kB; kA and kB
+    // when there is no memory operand.
+    for (unsigned i = 0; i < req.operand_count; ++i) {
+      if (ops[i].type != ZYDIS_OPERAND_TYPE_REGISTER) continue;
+      unsigned bits = 0;
+      const int g = gpr_index(ops[i].reg.value, &bits);
+      if (g < 0 || !is_context_register(g)) continue;
+      StandIn* s = nullptr;
+      for (unsigned k = 0; k < n_stand_ins; ++k)
+        if (stand_ins[k].guest == g) s = &stand_ins[k];
+      if (!s) {
+        const unsigned limit = (mem >= 0 && !lea) ? 1 : 2;
+        if (n_stand_ins == limit) return false;
+        s = &stand_ins[n_stand_ins++];
+        s->guest = g;
+        s->host = n_stand_ins == 1 ? kA : kB;
+        s->written = false;
+      }
+      s->written |= (ops[i].actions & ZYDIS_OPERAND_ACTION_MASK_WRITE) != 0;
+      req.operands[i].reg.value = gpr_of_width(s->host == kA ? 12 : 13, bits);
+    }
+    if (lea && n_stand_ins == 2) return false;
+    for (unsigned i = 0; i < req.operand_count; ++i) {
+      auto& o = req.operands[i];
+      if (o.type == ZYDIS_OPERAND_TYPE_REGISTER && gpr_index(ops[i].reg.value) >= 0 &&
+          !is_context_register(gpr_index(ops[i].reg.value)))
+        o.reg.value = host_register(o.reg.value);
+    }
+    if (mem >= 0 && !lea) {
+      auto& o = req.operands[mem].mem;
+      if (n_stand_ins > 0) {
+        e_.ins(ZYDIS_MNEMONIC_LEA, {R(kB), M(kA, 0, 0, kB, 1)});
+        o.base = kB;
+        o.index = ZYDIS_REGISTER_NONE;
+        o.scale = 0;
+      } else {
+        o.base = kA;
+        o.index = kB;
+        o.scale = 1;
+      }
+      o.displacement = 0;
+    } else if (lea) {
+      // LEA computes a guest address without touching memory: kB holds it,
+      // then it goes to the destination.
+      if (!guest_address(insn, ops[1], next_rip)) return false;
+      // Only the destination can be a stand-in here (the address is formed).
+      req.operands[1].mem.base = kB;
+      req.operands[1].mem.index = ZYDIS_REGISTER_NONE;
+      req.operands[1].mem.scale = 0;
+      req.operands[1].mem.displacement = 0;
+    }
+    for (unsigned k = 0; k < n_stand_ins; ++k)
+      e_.ins(ZYDIS_MNEMONIC_MOV, {R(stand_ins[k].host), M(kCtx, gpr_slot(stand_ins[k].guest), 8)});
+    if (!e_.raw(req)) return false;
+    for (unsigned k = 0; k < n_stand_ins; ++k)
+      if (stand_ins[k].written)
+        e_.ins(ZYDIS_MNEMONIC_MOV, {M(kCtx, gpr_slot(stand_ins[k].guest), 8), R(stand_ins[k].host)});
+    return e_.ok();
+  }
+
+  // kA = the value of a 64-bit register or memory operand (kB scratch).
+  bool operand_value(const ZydisDecodedInstruction& insn, const ZydisDecodedOperand& op, std::uint64_t next_rip) {
+    if (op.type == ZYDIS_OPERAND_TYPE_REGISTER) {
+      const int g = gpr_index(op.reg.value);
+      if (g < 0) return false;
+      if (is_context_register(g)) return e_.ins(ZYDIS_MNEMONIC_MOV, {R(kA), M(kCtx, gpr_slot(g), 8)});
+      return e_.ins(ZYDIS_MNEMONIC_MOV, {R(kA), R(host_register(op.reg.value))});
+    }
+    if (op.type != ZYDIS_OPERAND_TYPE_MEMORY || !guest_address(insn, op, next_rip)) return false;
+    slot_bias(kB);
+    return e_.ins(ZYDIS_MNEMONIC_MOV, {R(kA), M(kA, 0, 8, kB, 1)});
+  }
+
+  // Push the 8 bytes `store` writes at [kB] (kA free for it); RSP moves last,
+  // so a fault leaves the guest's RSP as it was.
+  template <class Store>
+  bool push(Store&& store) {
+    e_.ins(ZYDIS_MNEMONIC_LEA, {R(kB), M(kGuestRsp, -8, 0)});
+    host_address(kB);
+    store();
+    return e_.ins(ZYDIS_MNEMONIC_LEA, {R(kGuestRsp), M(kGuestRsp, -8, 0)});
+  }
+
+  // kA = the 8 bytes at the stack top (RSP not moved yet).
+  void load_stack_top() {
+    slot_bias(kGuestRsp);
+    e_.ins(ZYDIS_MNEMONIC_MOV, {R(kA), M(kA, 0, 8, kGuestRsp, 1)});
+  }
+
+  // Leave for `target`: a jmp rel32 the dispatcher may patch to the target's
+  // block, first pointing at the exit stub right after it.
+  void direct_exit(std::uint64_t target) {
+    std::uint8_t* site = e_.jmp(e_.pos() + 5);
+    load_constant(kB, target);
+    e_.ins(ZYDIS_MNEMONIC_MOV, {M(kCtx, kOffNext, 8), R(kB)});
+    rip_relative_lea(kB, site);
+    e_.ins(ZYDIS_MNEMONIC_MOV, {M(kCtx, kOffPatch, 8), R(kB)});
+    e_.ins(ZYDIS_MNEMONIC_MOV, {M(kCtx, kOffReason, 8), I(kExit64Dispatch)});
+    e_.jmp(exit_);
+  }
+
+  // An exit without chaining (kExit64Special: the instruction at `rip`).
+  void exit_to(std::uint64_t rip, std::uint64_t reason) {
+    load_constant(kB, rip);
+    e_.ins(ZYDIS_MNEMONIC_MOV, {M(kCtx, kOffNext, 8), R(kB)});
+    e_.ins(ZYDIS_MNEMONIC_MOV, {M(kCtx, kOffPatch, 8), I(0)});
+    e_.ins(ZYDIS_MNEMONIC_MOV, {M(kCtx, kOffReason, 8), I(static_cast<std::int64_t>(reason))});
+    e_.jmp(exit_);
+  }
+
+  // Continue at the guest RIP in kA through the indirect-branch table: an
+  // entry holds -(rip + 1), so entry + rip + 1 == 0 on a hit, tested with
+  // JRCXZ on a borrowed RCX (the flags stay the guest's).
+  void indirect(std::uint64_t /*from*/) {
+    e_.ins(ZYDIS_MNEMONIC_MOVZX, {R(ZYDIS_REGISTER_R13D), R(ZYDIS_REGISTER_R12W)});
+    e_.ins(ZYDIS_MNEMONIC_LEA, {R(kB), M(kB, 0, 0, kB, 1)});  // entries are 16 bytes: index * 2 * 8
+    e_.ins(ZYDIS_MNEMONIC_LEA, {R(kB), M(kCtx, kFastOffset64, 0, kB, 8)});
+    e_.ins(ZYDIS_MNEMONIC_MOV, {M(kCtx, kOffRcxSpill, 8), R(ZYDIS_REGISTER_RCX)});
+    e_.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_RCX), M(kB, 0, 8)});
+    e_.ins(ZYDIS_MNEMONIC_LEA, {R(ZYDIS_REGISTER_RCX), M(ZYDIS_REGISTER_RCX, 1, 0, kA, 1)});
+    e_.b(0xe3);  // jrcxz hit
+    std::uint8_t* hit = e_.pos();
+    e_.b(0);
+    e_.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_RCX), M(kCtx, kOffRcxSpill, 8)});
+    e_.ins(ZYDIS_MNEMONIC_MOV, {M(kCtx, kOffNext, 8), R(kA)});
+    e_.ins(ZYDIS_MNEMONIC_MOV, {M(kCtx, kOffPatch, 8), I(0)});
+    e_.ins(ZYDIS_MNEMONIC_MOV, {M(kCtx, kOffReason, 8), I(kExit64Indirect)});
+    e_.jmp(exit_);
+    *hit = static_cast<std::uint8_t>(e_.pos() - (hit + 1));
+    e_.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_RCX), M(kCtx, kOffRcxSpill, 8)});
+    e_.ins(ZYDIS_MNEMONIC_JMP, {M(kB, 8, 8)});
+  }
+
+  void rip_relative_lea(ZydisRegister r, const void* target) {
+    // lea r, [rip + rel32]: REX.W (+R for r8-r15), 8D, modrm 00 reg 101
+    const int idx = gpr_index(r);
+    e_.b(static_cast<std::uint8_t>(0x48 | (idx >= 8 ? 4 : 0)));
+    e_.b(0x8d);
+    e_.b(static_cast<std::uint8_t>(0x05 | ((idx & 7) << 3)));
+    e_.rel32(target);
+  }
+
+  Emitter& e() { return e_; }
+
+ private:
+  Emitter& e_;
+  std::uint8_t* exit_;
+};
+
+}  // namespace
+
+Translator64::Translator64(std::size_t cache_bytes) {
+  void* p = mmap(nullptr, cache_bytes, PROT_READ | PROT_WRITE | PROT_EXEC, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) throw std::runtime_error("bt64: cannot allocate the translation cache");
+  cache_ = static_cast<std::uint8_t*>(p);
+  cache_end_ = cache_ + cache_bytes;
+  cur_ = cache_;
+  ZydisDecoderInit(&decoder_, ZYDIS_MACHINE_MODE_LONG_64, ZYDIS_STACK_WIDTH_64);
+  emit_routines();
+}
+
+Translator64::~Translator64() { munmap(cache_, static_cast<std::size_t>(cache_end_ - cache_)); }
+
+void Translator64::emit_routines() {
+  Emitter e(cur_, cache_end_);
+  const ZydisRegister saved[6] = {ZYDIS_REGISTER_RBX, ZYDIS_REGISTER_RBP, ZYDIS_REGISTER_R12,
+                                  ZYDIS_REGISTER_R13, ZYDIS_REGISTER_R14, ZYDIS_REGISTER_R15};
+  // entry(rdi = context, rsi = host code): host callee-saved registers on
+  // the host stack, the guest's registers and flags loaded.
+  entry_ = e.pos();
+  for (auto r : saved) e.ins(ZYDIS_MNEMONIC_PUSH, {R(r)});
+  e.ins(ZYDIS_MNEMONIC_MOV, {R(kCtx), R(ZYDIS_REGISTER_RDI)});
+  e.ins(ZYDIS_MNEMONIC_MOV, {M(kCtx, offsetof(Context64, host_rsp), 8), R(ZYDIS_REGISTER_RSP)});
+  e.ins(ZYDIS_MNEMONIC_MOV, {R(kB), R(ZYDIS_REGISTER_RSI)});
+  e.ins(ZYDIS_MNEMONIC_PUSH, {M(kCtx, offsetof(Context64, rflags), 8)});
+  e.ins(ZYDIS_MNEMONIC_POPFQ, {});
+  for (unsigned i = 0; i < 12; ++i) {
+    if (i == 4) continue;
+    e.ins(ZYDIS_MNEMONIC_MOV, {R(kGpr64[i]), M(kCtx, gpr_slot(i), 8)});
+  }
+  e.ins(ZYDIS_MNEMONIC_MOV, {R(kGuestRsp), M(kCtx, gpr_slot(4), 8)});
+  e.ins(ZYDIS_MNEMONIC_JMP, {R(kB)});
+  // exit: the guest's registers and flags to the context, the host's back.
+  exit_ = e.pos();
+  e.ins(ZYDIS_MNEMONIC_PUSHFQ, {});
+  e.ins(ZYDIS_MNEMONIC_POP, {M(kCtx, offsetof(Context64, rflags), 8)});
+  for (unsigned i = 0; i < 12; ++i) {
+    if (i == 4) continue;
+    e.ins(ZYDIS_MNEMONIC_MOV, {M(kCtx, gpr_slot(i), 8), R(kGpr64[i])});
+  }
+  e.ins(ZYDIS_MNEMONIC_MOV, {M(kCtx, gpr_slot(4), 8), R(kGuestRsp)});
+  e.ins(ZYDIS_MNEMONIC_CLD, {});
+  e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_RSP), M(kCtx, offsetof(Context64, host_rsp), 8)});
+  e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_RAX), M(kCtx, kOffReason, 8)});
+  for (int i = 5; i >= 0; --i) e.ins(ZYDIS_MNEMONIC_POP, {R(saved[i])});
+  e.ins(ZYDIS_MNEMONIC_RET, {});
+  if (!e.ok()) throw std::runtime_error("bt64: emitting the entry/exit routines failed");
+  cur_ = reinterpret_cast<std::uint8_t*>((reinterpret_cast<std::uintptr_t>(e.pos()) + 63) & ~std::uintptr_t(63));
+  blocks_start_ = cur_;
+}
+
+std::uint64_t Translator64::enter(ContextBlock& block, const void* host) {
+  using EntryFn = std::uint64_t (*)(Context64*, const void*);
+  return reinterpret_cast<EntryFn>(entry_)(block.ctx(), host);
+}
+
+Block64* Translator64::find(std::uint64_t rip) const {
+  auto it = blocks_.find(rip);
+  return it == blocks_.end() ? nullptr : it->second;
+}
+
+void Translator64::chain(std::uint64_t site, const Block64* b) {
+  Emitter::patch_rel32(reinterpret_cast<std::uint8_t*>(site), b->entry);
+  ++stats.chains;
+}
+
+void Translator64::flush() {
+  blocks_.clear();
+  by_host_.clear();
+  all_.clear();
+  cur_ = blocks_start_;
+  ++stats.flushes;
+}
+
+Block64* Translator64::block_at(std::uintptr_t pc) const {
+  auto it = by_host_.upper_bound(pc);
+  if (it == by_host_.begin()) return nullptr;
+  --it;
+  Block64* b = it->second;
+  return pc < reinterpret_cast<std::uintptr_t>(b->entry) + b->host_size ? b : nullptr;
+}
+
+std::uint64_t Translator64::guest_rip_at(const Block64* b, std::uintptr_t pc) const {
+  const auto off = static_cast<std::uint32_t>(pc - reinterpret_cast<std::uintptr_t>(b->entry));
+  std::uint64_t rip = b->rip;
+  for (const auto& [host_off, guest] : b->side) {
+    if (host_off > off) break;
+    rip = guest;
+  }
+  return rip;
+}
+
+Translate64Status Translator64::translate(const CodeBytes& code, Block64** out, std::uint32_t max_insns) {
+  *out = nullptr;
+  auto block = std::make_unique<Block64>();
+  block->rip = code.rip;
+  Emitter e(cur_, cache_end_);
+  BlockEmitter be(e, exit_);
+  block->entry = e.pos();
+  // The poll: a load from the poll page, which faults when revoked.
+  e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_R13D), M(kCtx, kPollOffset64, 4)});
+  std::size_t off = 0;
+  std::uint32_t n = 0;
+  bool ended = false;
+  while (!ended) {
+    const std::uint64_t rip = code.rip + off;
+    if (n == max_insns) {
+      be.direct_exit(rip);
+      break;
+    }
+    ZydisDecodedInstruction insn;
+    ZydisDecodedOperand ops[ZYDIS_MAX_OPERAND_COUNT];
+    const ZyanStatus st = ZydisDecoderDecodeFull(&decoder_, code.bytes + off, code.size - off, &insn, ops);
+    if (!ZYAN_SUCCESS(st)) {
+      // Bytes that run past what was fetched end the block before them; at
+      // the start they are the caller's (a fetch fault or #UD).
+      const bool truncated = st == ZYDIS_STATUS_NO_MORE_DATA;
+      if (n == 0) {
+        cur_ = block->entry;
+        return truncated ? Translate64Status::FetchFault : Translate64Status::Undefined;
+      }
+      be.direct_exit(rip);
+      break;
+    }
+    const std::uint64_t next = rip + insn.length;
+    std::uint8_t* const insn_start = e.pos();
+    block->side.emplace_back(static_cast<std::uint32_t>(insn_start - block->entry), rip);
+    Kind kind = classify(insn, ops);
+    bool ok = true;
+    switch (kind) {
+      case Kind::Plain:
+        ok = be.plain(insn, ops, next);
+        break;
+      case Kind::Jump:
+        be.direct_exit(next + static_cast<std::uint64_t>(ops[0].imm.value.s));
+        ended = true;
+        break;
+      case Kind::Jcc: {
+        const std::uint64_t target = next + static_cast<std::uint64_t>(ops[0].imm.value.s);
+        const unsigned cc = insn.opcode & 0x0f;  // 7x and 0F 8x share the condition nibble
+        std::uint8_t* taken = e.jcc(cc, e.pos());
+        be.direct_exit(next);
+        Emitter::patch_rel32(taken, e.pos());
+        be.direct_exit(target);
+        ended = true;
+        break;
+      }
+      case Kind::Loop: {
+        const std::uint64_t target = next + static_cast<std::uint64_t>(ops[0].imm.value.s);
+        if (insn.address_width == 32) e.b(0x67);
+        const std::uint8_t opcode = insn.mnemonic == ZYDIS_MNEMONIC_LOOPNE  ? 0xe0
+                                    : insn.mnemonic == ZYDIS_MNEMONIC_LOOPE ? 0xe1
+                                    : insn.mnemonic == ZYDIS_MNEMONIC_LOOP  ? 0xe2
+                                                                            : 0xe3;
+        e.b(opcode);
+        e.b(5);  // over the jmp to the fall-through exit
+        std::uint8_t* fall = e.jmp(e.pos());
+        std::uint8_t* taken = e.jmp(e.pos());
+        Emitter::patch_rel32(taken, e.pos());
+        be.direct_exit(target);
+        Emitter::patch_rel32(fall, e.pos());
+        be.direct_exit(next);
+        ended = true;
+        break;
+      }
+      case Kind::Call:
+        be.push([&] {
+          be.load_constant(kA, next);
+          e.ins(ZYDIS_MNEMONIC_MOV, {M(kB, 0, 8), R(kA)});
+        });
+        be.direct_exit(next + static_cast<std::uint64_t>(ops[0].imm.value.s));
+        ended = true;
+        break;
+      case Kind::IndirectCall:
+        // The target first (its operand may be addressed through RSP).
+        ok = be.operand_value(insn, ops[0], next);
+        e.ins(ZYDIS_MNEMONIC_MOV, {M(kCtx, kOffSpill, 8), R(kA)});
+        be.push([&] {
+          be.load_constant(kA, next);
+          e.ins(ZYDIS_MNEMONIC_MOV, {M(kB, 0, 8), R(kA)});
+        });
+        e.ins(ZYDIS_MNEMONIC_MOV, {R(kA), M(kCtx, kOffSpill, 8)});
+        be.indirect(rip);
+        ended = true;
+        break;
+      case Kind::IndirectJump:
+        ok = be.operand_value(insn, ops[0], next);
+        be.indirect(rip);
+        ended = true;
+        break;
+      case Kind::Ret: {
+        be.load_stack_top();
+        const std::int64_t release = insn.operand_count_visible > 0 ? ops[0].imm.value.u : 0;
+        e.ins(ZYDIS_MNEMONIC_LEA, {R(kGuestRsp), M(kGuestRsp, 8 + release, 0)});
+        be.indirect(rip);
+        ended = true;
+        break;
+      }
+      case Kind::Push: {
+        const auto& o = ops[0];
+        if (o.type == ZYDIS_OPERAND_TYPE_MEMORY) {
+          ok = be.operand_value(insn, o, next);
+          e.ins(ZYDIS_MNEMONIC_MOV, {M(kCtx, kOffSpill, 8), R(kA)});
+        }
+        be.push([&] {
+          if (o.type == ZYDIS_OPERAND_TYPE_IMMEDIATE) {
+            e.ins(ZYDIS_MNEMONIC_MOV, {M(kB, 0, 8), I(o.imm.value.s)});
+          } else if (o.type == ZYDIS_OPERAND_TYPE_MEMORY) {
+            e.ins(ZYDIS_MNEMONIC_MOV, {R(kA), M(kCtx, kOffSpill, 8)});
+            e.ins(ZYDIS_MNEMONIC_MOV, {M(kB, 0, 8), R(kA)});
+          } else if (is_context_register(gpr_index(o.reg.value))) {
+            e.ins(ZYDIS_MNEMONIC_MOV, {R(kA), M(kCtx, gpr_slot(gpr_index(o.reg.value)), 8)});
+            e.ins(ZYDIS_MNEMONIC_MOV, {M(kB, 0, 8), R(kA)});
+          } else {
+            e.ins(ZYDIS_MNEMONIC_MOV, {M(kB, 0, 8), R(host_register(o.reg.value))});
+          }
+        });
+        break;
+      }
+      case Kind::Pop: {
+        be.load_stack_top();
+        e.ins(ZYDIS_MNEMONIC_LEA, {R(kGuestRsp), M(kGuestRsp, 8, 0)});
+        const int g = gpr_index(ops[0].reg.value);
+        if (is_context_register(g))
+          e.ins(ZYDIS_MNEMONIC_MOV, {M(kCtx, gpr_slot(g), 8), R(kA)});
+        else
+          e.ins(ZYDIS_MNEMONIC_MOV, {R(host_register(ops[0].reg.value)), R(kA)});  // POP RSP: the value wins
+        break;
+      }
+      case Kind::Leave:
+        // RSP = RBP, then RBP popped: formed in scratch so a fault changes nothing.
+        e.ins(ZYDIS_MNEMONIC_MOV, {R(kB), R(ZYDIS_REGISTER_RBP)});
+        be.slot_bias(kB);
+        e.ins(ZYDIS_MNEMONIC_MOV, {R(kA), M(kA, 0, 8, kB, 1)});
+        e.ins(ZYDIS_MNEMONIC_LEA, {R(kGuestRsp), M(ZYDIS_REGISTER_RBP, 8, 0)});
+        e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_RBP), R(kA)});
+        break;
+      case Kind::Special:
+        ok = false;
+        break;
+    }
+    if (!ok || !e.ok()) {
+      // Not translatable here: the block ends before it, and the monitor
+      // runs it (a block of its own that is only that exit).
+      e.reset_to(insn_start);
+      block->side.pop_back();
+      // (Also what the translator cannot rewrite yet, e.g. AH..BH beside a
+      // memory operand: the monitor's too.)
+      if (n == 0) {
+        cur_ = block->entry;
+        return Translate64Status::Special;
+      }
+      be.exit_to(rip, kExit64Special);
+      break;
+    }
+    ++n;
+    off += insn.length;
+    if (!ended && off >= code.size) {
+      be.direct_exit(code.rip + off);
+      break;
+    }
+  }
+  if (!e.ok()) throw std::runtime_error("bt64: the translation cache is full");
+  block->end_rip = code.rip + off;
+  block->n_insns = n;
+  block->host_size = static_cast<std::uint32_t>(e.pos() - block->entry);
+  cur_ = reinterpret_cast<std::uint8_t*>((reinterpret_cast<std::uintptr_t>(e.pos()) + 15) & ~std::uintptr_t(15));
+  ++stats.blocks;
+  stats.guest_insns += n;
+  Block64* b = block.get();
+  all_.push_back(std::move(block));
+  blocks_[b->rip] = b;
+  by_host_[reinterpret_cast<std::uintptr_t>(b->entry)] = b;
+  *out = b;
+  return Translate64Status::Ok;
+}
+
+}  // namespace modevisor::bt::bt64

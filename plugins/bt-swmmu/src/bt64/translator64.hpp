@@ -1,0 +1,92 @@
+// BT64: guest 64-bit code -> host x86-64 code.  Most instructions are copied
+// with their memory operand confined through the slot table; control flow
+// leaves through chainable exits and the indirect-branch table; what the
+// monitor must emulate ends the block (DESIGN.md, "BT64").
+#pragma once
+
+#include <Zydis/Zydis.h>
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "bt64/context_block.hpp"
+
+namespace modevisor::bt::bt64 {
+
+struct Block64 {
+  std::uint64_t rip = 0;      // guest RIP of the first instruction
+  std::uint64_t end_rip = 0;  // first byte after the last translated instruction
+  std::uint8_t* entry = nullptr;
+  std::uint32_t host_size = 0;
+  std::uint32_t n_insns = 0;
+  // Host offset of each guest instruction's code -> its guest RIP (faults in
+  // translated code are reported at the guest instruction).
+  std::vector<std::pair<std::uint32_t, std::uint64_t>> side;
+};
+
+// Guest code bytes at `rip` (what the caller could fetch: up to the end of
+// the page, or further when the next page is mapped).
+struct CodeBytes {
+  std::uint64_t rip = 0;
+  const std::uint8_t* bytes = nullptr;
+  std::size_t size = 0;
+};
+
+enum class Translate64Status {
+  Ok,
+  Special,     // the first instruction is the monitor's (a block would be empty)
+  FetchFault,  // the first instruction runs past the bytes given
+  Undefined,   // the first bytes do not decode (#UD)
+};
+
+struct Translator64Stats {
+  std::uint64_t blocks = 0, guest_insns = 0, chains = 0, flushes = 0;
+};
+
+class Translator64 {
+ public:
+  static constexpr std::size_t kDefaultCacheSize = 32u << 20;
+  static constexpr std::uint32_t kMaxInsns = 64;
+
+  explicit Translator64(std::size_t cache_bytes = kDefaultCacheSize);
+  ~Translator64();
+  Translator64(const Translator64&) = delete;
+  Translator64& operator=(const Translator64&) = delete;
+
+  Translate64Status translate(const CodeBytes& code, Block64** out, std::uint32_t max_insns = kMaxInsns);
+  Block64* find(std::uint64_t rip) const;
+  // Run translated code from `host` until it exits; returns the exit reason.
+  std::uint64_t enter(ContextBlock& block, const void* host);
+  // Point the chainable exit whose rel32 is at `site` at `b`.
+  void chain(std::uint64_t site, const Block64* b);
+  void flush();
+  bool needs_flush() const { return cache_end_ - cur_ < 64 * 1024; }
+
+  bool in_cache(std::uintptr_t pc) const {
+    return pc >= reinterpret_cast<std::uintptr_t>(cache_) && pc < reinterpret_cast<std::uintptr_t>(cache_end_);
+  }
+  Block64* block_at(std::uintptr_t pc) const;
+  std::uint64_t guest_rip_at(const Block64* b, std::uintptr_t pc) const;
+
+  Translator64Stats stats;
+
+ private:
+  void emit_routines();
+
+  std::uint8_t* cache_ = nullptr;
+  std::uint8_t* cache_end_ = nullptr;
+  std::uint8_t* cur_ = nullptr;
+  std::uint8_t* blocks_start_ = nullptr;
+  std::uint8_t* entry_ = nullptr;  // std::uint64_t entry(Context64*, const void* host)
+  std::uint8_t* exit_ = nullptr;   // translated code jumps here to leave (reason and next_rip set)
+  ZydisDecoder decoder_;
+  std::unordered_map<std::uint64_t, Block64*> blocks_;
+  std::map<std::uintptr_t, Block64*> by_host_;
+  std::vector<std::unique_ptr<Block64>> all_;
+};
+
+}  // namespace modevisor::bt::bt64
