@@ -92,7 +92,7 @@ ZydisRegister host_register(ZydisRegister guest) {
   return guest;
 }
 
-enum class Kind { Plain, Special, Jump, Jcc, Loop, Call, Ret, IndirectJump, IndirectCall, Push, Pop, Leave };
+enum class Kind { Nothing, Plain, Special, Jump, Jcc, Loop, Call, Ret, IndirectJump, IndirectCall, Push, Pop, Leave };
 
 Kind classify(const ZydisDecodedInstruction& insn, const ZydisDecodedOperand* ops) {
   if (insn.attributes & ZYDIS_ATTRIB_IS_PRIVILEGED) return Kind::Special;
@@ -116,6 +116,11 @@ Kind classify(const ZydisDecodedInstruction& insn, const ZydisDecodedOperand* op
       return Kind::Special;
   }
   if (insn.meta.category == ZYDIS_CATEGORY_STRINGOP) return Kind::Special;
+  // Hints with an address they never access (multi-byte NOPs, prefetches):
+  // nothing to run, and their address must not be confined (it may be any value).
+  if (insn.meta.category == ZYDIS_CATEGORY_NOP || insn.meta.category == ZYDIS_CATEGORY_WIDENOP ||
+      insn.meta.category == ZYDIS_CATEGORY_PREFETCH)
+    return Kind::Nothing;
   switch (insn.mnemonic) {
     case ZYDIS_MNEMONIC_JMP:
       if (ops[0].type == ZYDIS_OPERAND_TYPE_IMMEDIATE) return Kind::Jump;
@@ -167,7 +172,8 @@ Kind classify(const ZydisDecodedInstruction& insn, const ZydisDecodedOperand* op
 // which hold the guest's arithmetic flags: LEA, MOV, SHRX, MOVZX, JRCXZ.
 class BlockEmitter {
  public:
-  BlockEmitter(Emitter& e, std::uint8_t* exit) : e_(e), exit_(exit) {}
+  BlockEmitter(Emitter& e, std::uint8_t* exit, Block64& block)
+      : e_(e), exit_(exit), block_entry_(block.entry), swaps_(&block.swaps) {}
 
   // kB = the guest-linear address of memory operand `op` of an instruction
   // whose next RIP is `next_rip` (kA may be used).
@@ -261,8 +267,20 @@ class BlockEmitter {
       if (ops[i].type == ZYDIS_OPERAND_TYPE_MEMORY) mem = static_cast<int>(i);
       if (ops[i].type == ZYDIS_OPERAND_TYPE_REGISTER && is_high_byte(ops[i].reg.value)) high_byte = true;
     }
-    // [r12 + r13] needs REX, which AH..BH cannot sit beside.
-    if (high_byte && mem >= 0) return false;
+    // [r12 + r13] needs REX, which AH..BH cannot sit beside: the host
+    // address goes into a legacy register the instruction does not name,
+    // its guest value in the context's spill slot meanwhile.
+    ZydisRegister borrowed = ZYDIS_REGISTER_NONE;
+    if (high_byte && mem >= 0) {
+      for (ZydisRegister c : {ZYDIS_REGISTER_RSI, ZYDIS_REGISTER_RDI, ZYDIS_REGISTER_RBP, ZYDIS_REGISTER_RBX,
+                              ZYDIS_REGISTER_RDX, ZYDIS_REGISTER_RCX, ZYDIS_REGISTER_RAX}) {
+        if (!names(insn, ops, c)) {
+          borrowed = c;
+          break;
+        }
+      }
+      if (borrowed == ZYDIS_REGISTER_NONE) return false;
+    }
     const bool lea = insn.mnemonic == ZYDIS_MNEMONIC_LEA;
     if (mem >= 0 && !lea) {
       if (!guest_address(insn, ops[mem], next_rip)) return false;
@@ -295,6 +313,20 @@ class BlockEmitter {
       if (o.type == ZYDIS_OPERAND_TYPE_REGISTER && gpr_index(ops[i].reg.value) >= 0 &&
           !is_context_register(gpr_index(ops[i].reg.value)))
         o.reg.value = host_register(o.reg.value);
+    }
+    if (borrowed != ZYDIS_REGISTER_NONE) {
+      e_.ins(ZYDIS_MNEMONIC_LEA, {R(kB), M(kA, 0, 0, kB, 1)});
+      e_.ins(ZYDIS_MNEMONIC_MOV, {M(kCtx, offsetof(Context64, spill), 8), R(borrowed)});
+      e_.ins(ZYDIS_MNEMONIC_MOV, {R(borrowed), R(kB)});
+      auto& o = req.operands[mem].mem;
+      o.base = borrowed;
+      o.index = ZYDIS_REGISTER_NONE;
+      o.scale = 0;
+      o.displacement = 0;
+      const auto begin = static_cast<std::uint32_t>(e_.pos() - block_entry_);
+      if (!e_.raw(req)) return false;
+      swaps_->push_back({begin, static_cast<std::uint32_t>(e_.pos() - block_entry_), gpr_index(borrowed)});
+      return e_.ins(ZYDIS_MNEMONIC_MOV, {R(borrowed), M(kCtx, offsetof(Context64, spill), 8)});
     }
     if (mem >= 0 && !lea) {
       auto& o = req.operands[mem].mem;
@@ -413,8 +445,22 @@ class BlockEmitter {
   Emitter& e() { return e_; }
 
  private:
+  // Whether the instruction names `r64` or a part of it, explicitly or not.
+  static bool names(const ZydisDecodedInstruction& insn, const ZydisDecodedOperand* ops, ZydisRegister r64) {
+    auto is = [&](ZydisRegister r) {
+      return r != ZYDIS_REGISTER_NONE && ZydisRegisterGetLargestEnclosing(ZYDIS_MACHINE_MODE_LONG_64, r) == r64;
+    };
+    for (unsigned i = 0; i < insn.operand_count; ++i) {
+      if (ops[i].type == ZYDIS_OPERAND_TYPE_REGISTER && is(ops[i].reg.value)) return true;
+      if (ops[i].type == ZYDIS_OPERAND_TYPE_MEMORY && (is(ops[i].mem.base) || is(ops[i].mem.index))) return true;
+    }
+    return false;
+  }
+
   Emitter& e_;
   std::uint8_t* exit_;
+  std::uint8_t* block_entry_;
+  std::vector<Block64::Swap>* swaps_;
 };
 
 }  // namespace
@@ -515,8 +561,8 @@ Translate64Status Translator64::translate(const CodeBytes& code, Block64** out, 
   auto block = std::make_unique<Block64>();
   block->rip = code.rip;
   Emitter e(cur_, cache_end_);
-  BlockEmitter be(e, exit_);
   block->entry = e.pos();
+  BlockEmitter be(e, exit_, *block);
   // The poll: a load from the poll page, which faults when revoked.
   e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_R13D), M(kCtx, kPollOffset64, 4)});
   std::size_t off = 0;
@@ -548,6 +594,8 @@ Translate64Status Translator64::translate(const CodeBytes& code, Block64** out, 
     Kind kind = classify(insn, ops);
     bool ok = true;
     switch (kind) {
+      case Kind::Nothing:
+        break;
       case Kind::Plain:
         ok = be.plain(insn, ops, next);
         break;

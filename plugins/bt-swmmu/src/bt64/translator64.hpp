@@ -26,6 +26,14 @@ struct Block64 {
   // Host offset of each guest instruction's code -> its guest RIP (faults in
   // translated code are reported at the guest instruction).
   std::vector<std::pair<std::uint32_t, std::uint64_t>> side;
+  // An instruction with AH..BH and a memory operand runs with the host
+  // address in a borrowed legacy register (host offsets [begin, end)); the
+  // guest's value of register `reg` is in Context64::spill meanwhile.
+  struct Swap {
+    std::uint32_t begin, end;
+    int reg;
+  };
+  std::vector<Swap> swaps;
 };
 
 // Guest code bytes at `rip` (what the caller could fetch: up to the end of
