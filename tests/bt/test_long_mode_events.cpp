@@ -347,6 +347,25 @@ TEST_F(BtLongModeEvents, FromRing3TheFrameGoesOnRsp0AndSsBecomesNull) {
   for (Privilege p : mem.write_privileges) EXPECT_EQ(p, Privilege::Supervisor);
 }
 
+// SDM vol. 3 4.6: the IDT, GDT and TSS are read as implicit supervisor
+// accesses at any CPL; IRET pops at the CPL it runs at.
+TEST_F(BtLongModeEvents, TablesAreReadAsImplicitSupervisorAccessesAndIretPopsAtItsCpl) {
+  gate(0x80, 0xee);
+  api::VcpuState s = user64();
+  ASSERT_FALSE(deliver(s, mem, 0x80, false, 0, EventKind::SoftwareInterrupt));
+  ASSERT_EQ(mem.read_privileges.size(), 4u);  // the gate's two halves, the code descriptor, TSS.RSP0
+  for (Privilege p : mem.read_privileges) EXPECT_EQ(p, Privilege::ImplicitSupervisor);
+
+  api::VcpuState user = user64();
+  iret_frame(0x5008, {0x400000, kUcode64, 0x202, 0x5800, kUdata});
+  mem.read_privileges.clear();
+  ASSERT_FALSE(iret64(user, mem, 8));
+  using enum Privilege;
+  // RIP, CS, RFLAGS, the CS descriptor, RSP, SS, the SS descriptor.
+  const std::vector<Privilege> expected{User, User, User, ImplicitSupervisor, User, User, ImplicitSupervisor};
+  EXPECT_EQ(mem.read_privileges, expected);
+}
+
 // lm64syscall: "ring 3 read of a supervisor page: vector 14 error 0x5, CS
 // 0x3b, SS:RSP 0x33:the user's, RIP at it, frame at the top of RSP0 yes", and
 // "IRQ0 x3 in ring 3: ... CS 0x3b, SS 0x33, frame at the top of RSP0 yes".
