@@ -11,6 +11,8 @@
 //    instruction's for a fault, the next instruction's for a trap, INT n,
 //    INT3, INTO, ICEBP and an interrupt, and SYSCALL's next instruction (the
 //    caller advances RIP past the instruction before calling).
+//  * The frame saves state.rflags as it is: a caller delivering a fault sets
+//    RF in it first (SDM vol. 3 17.3.1.1); the handler starts with RF clear.
 //  * CPL is CS.RPL, or SS.DPL while SS is usable (the 32-bit engine's rule,
 //    and what VMX and KVM call the CPL).
 //  * What is not an architectural-state change of the operation itself stays
