@@ -113,7 +113,8 @@ class MonitorPageWalker {
   }
   bool same_regs(const PagingRegs& r) const {
     return r.cr0 == regs_.cr0 && r.cr3 == regs_.cr3 && r.cr4 == regs_.cr4 && r.efer == regs_.efer &&
-           r.smap_suspended == regs_.smap_suspended;
+           r.smap_suspended == regs_.smap_suspended && r.pages_1g == regs_.pages_1g &&
+           r.max_phys_bits == regs_.max_phys_bits;
   }
   struct Entry {
     std::uint32_t tag = 0;  // LA page | user 1
@@ -122,9 +123,10 @@ class MonitorPageWalker {
     bool lasting = false;  // every table of the walk was traced
     std::uint8_t rights = 0;  // kRead, kWrite, kFetch: the accesses a walk allowed
     std::uint64_t pa_page = 0;
-    std::uint64_t pt[3] = {};
+    std::uint64_t pt[4] = {};
     int n_pt = 0;
   };
+  static_assert(sizeof(Entry::pt) == sizeof(WalkResult::pt_pages), "an entry keeps every table of a walk");
   template <class IsTraced>
   void remember(Entry& e, bool known, std::uint32_t la, Access acc, const WalkResult& w, IsTraced&& traced) {
     // Only 4 KiB granules are remembered, whatever the guest page size.
@@ -134,7 +136,7 @@ class MonitorPageWalker {
     // keeps one entry that knows both.
     const std::uint8_t rights = static_cast<std::uint8_t>((known ? e.rights : 0) | rights_of(acc));
     e = Entry{tag_of(la, acc), gen_, iteration_, lasting, rights, w.pa & ~0xfffull,
-              {w.pt_pages[0], w.pt_pages[1], w.pt_pages[2]}, w.n_pt};
+              {w.pt_pages[0], w.pt_pages[1], w.pt_pages[2], w.pt_pages[3]}, w.n_pt};
     for (int i = 0; i < w.n_pt; ++i) tables_ |= table_bit(w.pt_pages[i]);
   }
   std::array<Entry, 16> entries_{};
