@@ -156,5 +156,39 @@ TEST(BtMonitorPageWalker, AWalkThroughTracedTablesLastsUntilATableIsReleased) {
   EXPECT_EQ(walker.translate(ram.pm, other, kLa, Access{}, traced).value(), 0xc000u);
 }
 
+// Long mode: addresses above 4 GiB are remembered apart from their low
+// halves, and a walk through four tables is forgotten when the last of them
+// (the page table) is written.
+TEST(BtMonitorPageWalker, LongModeAddressesAndFourLevelWalks) {
+  GuestRam ram;
+  auto w64 = [&](std::uint64_t a, std::uint64_t v) { std::memcpy(&ram.bytes[a], &v, 8); };
+  constexpr std::uint64_t kPml4 = 0x1000, kPdpt = 0x2000, kPd = 0x3000, kLow = 0x5000, kHigh = 0x6000;
+  constexpr std::uint64_t kLaLow = 0x0000000000003000, kLaHigh = 0x0000000100003000;  // same slot, PDPT 0 and 4
+  w64(kPml4, kPdpt | 3);
+  w64(kPdpt + 0 * 8, kPd | 3);
+  w64(kPd, kLow | 3);
+  w64(kLow + 3 * 8, 0x9000 | 3);
+  w64(kPdpt + 4 * 8, 0x4000 | 3);
+  w64(0x4000, kHigh | 3);
+  w64(kHigh + 3 * 8, 0xa000 | 3);
+  PagingRegs regs;
+  regs.cr0 = 0x80000011u;
+  regs.cr3 = kPml4;
+  regs.cr4 = 0x20;
+  regs.efer = 0xd00;  // LME, LMA, NXE
+  MonitorPageWalker walker;
+  EXPECT_EQ(walker.translate(ram.pm, regs, kLaLow + 8, Access{}).value(), 0x9008u);
+  EXPECT_EQ(walker.translate(ram.pm, regs, kLaHigh + 8, Access{}).value(), 0xa008u);
+  EXPECT_EQ(walker.translate(ram.pm, regs, kLaLow, Access{}).value(), 0x9000u);
+  EXPECT_TRUE(walker.allows(regs, kLaLow, Access{}));
+  EXPECT_FALSE(walker.allows(regs, kLaHigh, Access{})) << "the low address's walk took the slot";
+  // Remapped behind the walker's back: the remembered walk stands until its
+  // fourth-level table is written.
+  w64(kLow + 3 * 8, 0xb000 | 3);
+  EXPECT_EQ(walker.translate(ram.pm, regs, kLaLow, Access{}).value(), 0x9000u);
+  walker.drop_table(kLow);
+  EXPECT_EQ(walker.translate(ram.pm, regs, kLaLow, Access{}).value(), 0xb000u);
+}
+
 }  // namespace
 }  // namespace modevisor::bt

@@ -27,14 +27,14 @@ class MonitorPageWalker {
   // it is seen and releases it); by default none is, and every walk lasts
   // one iteration.
   template <class IsTraced>
-  Outcome<std::uint64_t> translate(const PhysMem& mem, const PagingRegs& regs, std::uint32_t la, Access acc,
+  Outcome<std::uint64_t> translate(const PhysMem& mem, const PagingRegs& regs, std::uint64_t la, Access acc,
                                    IsTraced&& traced) {
     if (!same_regs(regs)) {
       flush();
       regs_ = regs;
     }
     Entry& e = entries_[(la >> 12) % entries_.size()];
-    const std::uint32_t tag = tag_of(la, acc);
+    const std::uint64_t tag = tag_of(la, acc);
     const std::uint8_t need = rights_of(acc);
     const bool known = e.tag == tag && e.gen == gen_ && (e.lasting || e.iteration == iteration_);
     if (known && (e.rights & need) == need) return e.pa_page | (la & 0xfff);
@@ -48,7 +48,7 @@ class MonitorPageWalker {
   // the access): remembered when it found them set already, so that the
   // access's own translate, which would change nothing, is not another walk.
   template <class IsTraced>
-  void note_check(const PagingRegs& regs, std::uint32_t la, Access acc, const WalkResult& w, IsTraced&& traced) {
+  void note_check(const PagingRegs& regs, std::uint64_t la, Access acc, const WalkResult& w, IsTraced&& traced) {
     if (!w.ok || !w.accessed || (acc.write && !w.dirty)) return;
     if (!same_regs(regs)) {
       flush();
@@ -61,7 +61,7 @@ class MonitorPageWalker {
 
   // Whether a remembered walk already proves that `acc` to `la` passes (no
   // walk, nothing changed: a check before the access itself).
-  bool allows(const PagingRegs& regs, std::uint32_t la, Access acc) const {
+  bool allows(const PagingRegs& regs, std::uint64_t la, Access acc) const {
     if (!same_regs(regs)) return false;
     const Entry& e = entries_[(la >> 12) % entries_.size()];
     const std::uint8_t need = rights_of(acc);
@@ -69,7 +69,7 @@ class MonitorPageWalker {
            (e.rights & need) == need;
   }
 
-  Outcome<std::uint64_t> translate(const PhysMem& mem, const PagingRegs& regs, std::uint32_t la, Access acc) {
+  Outcome<std::uint64_t> translate(const PhysMem& mem, const PagingRegs& regs, std::uint64_t la, Access acc) {
     return translate(mem, regs, la, acc, [](std::uint64_t) { return false; });
   }
 
@@ -103,7 +103,7 @@ class MonitorPageWalker {
   }
 
  private:
-  static std::uint32_t tag_of(std::uint32_t la, Access acc) { return (la & ~0xfffu) | (acc.user ? 1 : 0); }
+  static std::uint64_t tag_of(std::uint64_t la, Access acc) { return (la & ~0xfffull) | (acc.user ? 1 : 0); }
   // What a successful walk proves: a write walk, that a read passes too (and
   // that A and D are set); a fetch walk is its own (NX, SMEP against SMAP).
   static constexpr std::uint8_t kRead = 1, kWrite = 2, kFetch = 4;
@@ -113,20 +113,22 @@ class MonitorPageWalker {
   }
   bool same_regs(const PagingRegs& r) const {
     return r.cr0 == regs_.cr0 && r.cr3 == regs_.cr3 && r.cr4 == regs_.cr4 && r.efer == regs_.efer &&
-           r.smap_suspended == regs_.smap_suspended;
+           r.smap_suspended == regs_.smap_suspended && r.pages_1g == regs_.pages_1g &&
+           r.max_phys_bits == regs_.max_phys_bits;
   }
   struct Entry {
-    std::uint32_t tag = 0;  // LA page | user 1
+    std::uint64_t tag = 0;  // LA page | user 1
     std::uint32_t gen = 0;
     std::uint32_t iteration = 0;
     bool lasting = false;  // every table of the walk was traced
     std::uint8_t rights = 0;  // kRead, kWrite, kFetch: the accesses a walk allowed
     std::uint64_t pa_page = 0;
-    std::uint64_t pt[3] = {};
+    std::uint64_t pt[4] = {};
     int n_pt = 0;
   };
+  static_assert(sizeof(Entry::pt) == sizeof(WalkResult::pt_pages), "an entry keeps every table of a walk");
   template <class IsTraced>
-  void remember(Entry& e, bool known, std::uint32_t la, Access acc, const WalkResult& w, IsTraced&& traced) {
+  void remember(Entry& e, bool known, std::uint64_t la, Access acc, const WalkResult& w, IsTraced&& traced) {
     // Only 4 KiB granules are remembered, whatever the guest page size.
     bool lasting = true;
     for (int i = 0; i < w.n_pt; ++i) lasting = lasting && traced(w.pt_pages[i]);
@@ -134,7 +136,7 @@ class MonitorPageWalker {
     // keeps one entry that knows both.
     const std::uint8_t rights = static_cast<std::uint8_t>((known ? e.rights : 0) | rights_of(acc));
     e = Entry{tag_of(la, acc), gen_, iteration_, lasting, rights, w.pa & ~0xfffull,
-              {w.pt_pages[0], w.pt_pages[1], w.pt_pages[2]}, w.n_pt};
+              {w.pt_pages[0], w.pt_pages[1], w.pt_pages[2], w.pt_pages[3]}, w.n_pt};
     for (int i = 0; i < w.n_pt; ++i) tables_ |= table_bit(w.pt_pages[i]);
   }
   std::array<Entry, 16> entries_{};

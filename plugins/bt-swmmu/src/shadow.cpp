@@ -40,9 +40,10 @@ void PhysMem::or32(std::uint64_t pa, std::uint32_t bits) {
   if (on_write) on_write(on_write_ctx, pa & ~0xfffull);
 }
 
-WalkResult walk(const PhysMem& mem_in, const PagingRegs& regs, std::uint32_t la, Access acc, bool set_ad) {
+WalkResult walk(const PhysMem& mem_in, const PagingRegs& regs, std::uint64_t la, Access acc, bool set_ad) {
   PhysMem& mem = const_cast<PhysMem&>(mem_in);
   WalkResult r;
+  if (!regs.long_mode()) la = static_cast<std::uint32_t>(la);
   if (!regs.paging()) {
     r.ok = true;
     r.pa = la;
@@ -57,15 +58,58 @@ WalkResult walk(const PhysMem& mem_in, const PagingRegs& regs, std::uint32_t la,
     r.error = (present ? kPfP : 0) | ubit | wbit | ibit;
     return r;
   };
+  auto reserved_bit_fault = [&] {
+    r.ok = false;
+    r.error = kPfP | kPfRsvd | ubit | wbit | ibit;
+    return r;
+  };
   bool user = true, writable = true, nx = false;
   // Entries to mark accessed / dirty once the walk succeeds (address of the low dword).
-  std::uint64_t a_addrs[3];
+  std::uint64_t a_addrs[4];
   int n_a = 0;
   std::uint64_t final_addr = 0;
   std::uint64_t pa_page = 0, page_offset_mask = 0xfff;
-  bool final_dirty = false;
+  bool final_dirty = false, global = false;
 
-  if (!regs.pae()) {
+  if (regs.long_mode()) {
+    // PML4 -> PDPT -> PD -> PT, 9 bits of `la` each (SDM vol. 3 4.5).
+    // Reserved in every entry: address bits from MAXPHYADDR up to 51, and XD
+    // without EFER.NXE.  Bits 62:52 are ignored (or protection keys, not offered).
+    const std::uint64_t above_max_phys =
+        regs.max_phys_bits >= 52 ? 0 : kPaeAddr & ~((1ull << regs.max_phys_bits) - 1);
+    const std::uint64_t reserved_always = above_max_phys | (regs.nxe() ? 0 : 1ull << 63);
+    std::uint64_t table = regs.cr3 & kPaeAddr;  // bits 11:0 are PCD/PWT or the PCID
+    for (int level = 4; level >= 1; --level) {
+      r.pt_pages[r.n_pt++] = table;
+      const unsigned shift = 12 + 9 * (level - 1);
+      const std::uint64_t entry_addr = table + (((la >> shift) & 0x1ff) << 3);
+      const std::uint64_t entry = mem.read64(entry_addr);
+      if (!(entry & 1)) return fault(false);
+      const bool ps = (entry >> 7) & 1;
+      // PS maps a page from a PDE, from a PDPTE only where 1 GiB pages are
+      // offered; elsewhere above the PT it is reserved (in a PTE it is PAT).
+      const bool ps_reserved = level == 4 || (level == 3 && !regs.pages_1g);
+      const bool leaf = level == 1 || (ps && !ps_reserved);
+      std::uint64_t reserved = reserved_always | (ps_reserved ? 0x80 : 0);
+      // A large page's frame is aligned: the bits between PAT (12) and it are reserved.
+      if (leaf && level > 1) reserved |= ((1ull << shift) - 1) & ~0x1fffull;
+      if (entry & reserved) return reserved_bit_fault();
+      r.accessed &= (entry >> 5) & 1;
+      user &= (entry >> 2) & 1;
+      writable &= (entry >> 1) & 1;
+      nx |= regs.nxe() && (entry >> 63);
+      a_addrs[n_a++] = entry_addr;
+      if (leaf) {
+        page_offset_mask = (1ull << shift) - 1;
+        pa_page = entry & kPaeAddr & ~page_offset_mask;
+        final_addr = entry_addr;
+        final_dirty = (entry >> 6) & 1;
+        global = (entry >> 8) & 1;
+        break;
+      }
+      table = entry & kPaeAddr;
+    }
+  } else if (!regs.pae()) {
     const std::uint64_t pd = regs.cr3 & 0xfffff000u;
     r.pt_pages[r.n_pt++] = pd;
     const std::uint64_t pde_addr = pd + ((la >> 22) << 2);
@@ -80,6 +124,7 @@ WalkResult walk(const PhysMem& mem_in, const PagingRegs& regs, std::uint32_t la,
       page_offset_mask = 0x3fffff;
       final_addr = pde_addr;
       final_dirty = (pde >> 6) & 1;
+      global = (pde >> 8) & 1;
     } else {
       const std::uint64_t pt = pde & 0xfffff000u;
       r.pt_pages[r.n_pt++] = pt;
@@ -93,19 +138,20 @@ WalkResult walk(const PhysMem& mem_in, const PagingRegs& regs, std::uint32_t la,
       pa_page = pte & 0xfffff000u;
       final_addr = pte_addr;
       final_dirty = (pte >> 6) & 1;
+      global = (pte >> 8) & 1;
     }
   } else {
     const std::uint64_t pdpt = regs.cr3 & 0xffffffe0u;
     r.pt_pages[r.n_pt++] = pdpt & kPageMask;
     const std::uint64_t pdpte = mem.read64(pdpt + ((la >> 30) << 3));
     if (!(pdpte & 1)) return fault(false);
-    if (pdpte & 0x1e6) { r.ok = false; r.error = kPfP | kPfRsvd | ubit | wbit | ibit; return r; }
+    if (pdpte & 0x1e6) return reserved_bit_fault();
     const std::uint64_t pd = pdpte & kPaeAddr;
     r.pt_pages[r.n_pt++] = pd;
     const std::uint64_t pde_addr = pd + (((la >> 21) & 0x1ff) << 3);
     const std::uint64_t pde = mem.read64(pde_addr);
     if (!(pde & 1)) return fault(false);
-    if (!regs.nxe() && (pde >> 63)) { r.ok = false; r.error = kPfP | kPfRsvd | ubit | wbit | ibit; return r; }
+    if (!regs.nxe() && (pde >> 63)) return reserved_bit_fault();
     r.accessed &= (pde >> 5) & 1;
     user &= (pde >> 2) & 1;
     writable &= (pde >> 1) & 1;
@@ -116,13 +162,14 @@ WalkResult walk(const PhysMem& mem_in, const PagingRegs& regs, std::uint32_t la,
       page_offset_mask = 0x1fffff;
       final_addr = pde_addr;
       final_dirty = (pde >> 6) & 1;
+      global = (pde >> 8) & 1;
     } else {
       const std::uint64_t pt = pde & kPaeAddr;
       r.pt_pages[r.n_pt++] = pt;
       const std::uint64_t pte_addr = pt + (((la >> 12) & 0x1ff) << 3);
       const std::uint64_t pte = mem.read64(pte_addr);
       if (!(pte & 1)) return fault(false);
-      if (!regs.nxe() && (pte >> 63)) { r.ok = false; r.error = kPfP | kPfRsvd | ubit | wbit | ibit; return r; }
+      if (!regs.nxe() && (pte >> 63)) return reserved_bit_fault();
       r.accessed &= (pte >> 5) & 1;
       user &= (pte >> 2) & 1;
       writable &= (pte >> 1) & 1;
@@ -131,6 +178,7 @@ WalkResult walk(const PhysMem& mem_in, const PagingRegs& regs, std::uint32_t la,
       pa_page = pte & kPaeAddr;
       final_addr = pte_addr;
       final_dirty = (pte >> 6) & 1;
+      global = (pte >> 8) & 1;
     }
   }
   // Permission checks.
@@ -151,6 +199,8 @@ WalkResult walk(const PhysMem& mem_in, const PagingRegs& regs, std::uint32_t la,
   r.user = user;
   r.writable = writable;
   r.dirty = final_dirty;
+  r.global = global;
+  r.nx = nx;
   r.pa = pa_page + (la & page_offset_mask);
   return r;
 }

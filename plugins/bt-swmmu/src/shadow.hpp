@@ -29,7 +29,15 @@ struct PagingRegs {
   // SMAP.  (QEMU's rule, for implicit supervisor accesses too; at CPL 3 every
   // supervisor access is implicit and checked.)
   bool smap_suspended = false;
+  // CPU-model facts the 4-level walk needs (CPUID 0x80000001 EDX.Page1GB and
+  // 0x80000008 EAX[7:0]).  52 is the width the PAE walk's address masks
+  // assume (bits 51:12); the long-mode walk treats entry bits 51:max_phys_bits
+  // as reserved, so a model with fewer bits must say so.
+  bool pages_1g = false;
+  unsigned max_phys_bits = 52;
   bool paging() const { return (cr0 & 0x80000001u) == 0x80000001u; }
+  // IA-32e paging: 4-level tables, 64-bit linear addresses.
+  bool long_mode() const { return paging() && ((efer >> 10) & 1); }
   bool pae() const { return (cr4 >> 5) & 1; }
   bool pse() const { return (cr4 >> 4) & 1; }
   bool wp() const { return (cr0 >> 16) & 1; }
@@ -57,8 +65,10 @@ struct WalkResult {
   bool writable = true;         // guest entries allow writes (R/W chain)
   bool dirty = true;            // final entry has D set (after this walk)
   bool accessed = true;         // every entry used had A set before this walk
-  bool large = false;           // a 4 MiB or 2 MiB page
-  std::uint64_t pt_pages[3] = {};  // guest-physical pages of the tables used
+  bool large = false;           // a 4 MiB, 2 MiB or 1 GiB page
+  bool global = false;          // the final entry's G bit (takes effect only under CR4.PGE)
+  bool nx = false;              // execute-disable somewhere on the chain (under EFER.NXE)
+  std::uint64_t pt_pages[4] = {};  // guest-physical pages of the tables used, root first
   int n_pt = 0;
 };
 
@@ -76,8 +86,16 @@ struct PhysMem {
 };
 
 // Walk the guest tables for `la`; with set_ad, set Accessed (and Dirty on a
-// write) in the guest entries like the hardware does.
-WalkResult walk(const PhysMem& mem, const PagingRegs& regs, std::uint32_t la, Access acc, bool set_ad);
+// write) in the guest entries like the hardware does, once the walk succeeds.
+// Outside long mode a linear address has 32 bits: the upper half of `la` is
+// ignored.  In long mode bits 63:48 are ignored too: a non-canonical address
+// is #GP or #SS, never #PF, so the caller checks it first (canonical48).
+WalkResult walk(const PhysMem& mem, const PagingRegs& regs, std::uint64_t la, Access acc, bool set_ad);
+
+// Bits 63:47 all equal (4-level paging's 48-bit linear addresses).
+inline bool canonical48(std::uint64_t la) {
+  return static_cast<std::uint64_t>(static_cast<std::int64_t>(la << 16) >> 16) == la;
+}
 
 // Region key: page-table root plus everything that changes the meaning of
 // the tables or the view.
