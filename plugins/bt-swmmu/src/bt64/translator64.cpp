@@ -94,7 +94,10 @@ ZydisRegister host_register(ZydisRegister guest) {
 
 enum class Kind { Nothing, Plain, Special, Jump, Jcc, Loop, Call, Ret, IndirectJump, IndirectCall, Push, Pop, Leave };
 
-Kind classify(const ZydisDecodedInstruction& insn, const ZydisDecodedOperand* ops) {
+// `stack_bits`: 64 in 64-bit mode, 32 in compatibility mode (flat 32-bit
+// stack, SS.B = 1): the near branches and stack operations translated.
+Kind classify(const ZydisDecodedInstruction& insn, const ZydisDecodedOperand* ops, unsigned stack_bits) {
+  const bool stack_width = insn.operand_width == stack_bits;
   if (insn.attributes & ZYDIS_ATTRIB_IS_PRIVILEGED) return Kind::Special;
   if (insn.encoding != ZYDIS_INSTRUCTION_ENCODING_LEGACY) return Kind::Special;  // VEX/EVEX: no AVX offered
   if (monitor_emulates(insn.mnemonic)) return Kind::Special;
@@ -124,28 +127,27 @@ Kind classify(const ZydisDecodedInstruction& insn, const ZydisDecodedOperand* op
   switch (insn.mnemonic) {
     case ZYDIS_MNEMONIC_JMP:
       if (ops[0].type == ZYDIS_OPERAND_TYPE_IMMEDIATE) return Kind::Jump;
-      if (ops[0].type == ZYDIS_OPERAND_TYPE_POINTER || insn.operand_width != 64) return Kind::Special;  // far
-      return (ops[0].type == ZYDIS_OPERAND_TYPE_MEMORY && ops[0].size != 64) ? Kind::Special
-                                                                                : Kind::IndirectJump;
+      if (ops[0].type == ZYDIS_OPERAND_TYPE_POINTER || !stack_width) return Kind::Special;  // far
+      return (ops[0].type == ZYDIS_OPERAND_TYPE_MEMORY && ops[0].size != stack_bits) ? Kind::Special
+                                                                                      : Kind::IndirectJump;
     case ZYDIS_MNEMONIC_CALL:
       if (ops[0].type == ZYDIS_OPERAND_TYPE_IMMEDIATE) return Kind::Call;
-      if (ops[0].type == ZYDIS_OPERAND_TYPE_POINTER || insn.operand_width != 64) return Kind::Special;
-      if (ops[0].type == ZYDIS_OPERAND_TYPE_MEMORY && ops[0].size != 64) return Kind::Special;
+      if (ops[0].type == ZYDIS_OPERAND_TYPE_POINTER || !stack_width) return Kind::Special;
+      if (ops[0].type == ZYDIS_OPERAND_TYPE_MEMORY && ops[0].size != stack_bits) return Kind::Special;
       return Kind::IndirectCall;
-    case ZYDIS_MNEMONIC_RET: return insn.operand_width == 64 ? Kind::Ret : Kind::Special;
+    case ZYDIS_MNEMONIC_RET: return stack_width ? Kind::Ret : Kind::Special;
     case ZYDIS_MNEMONIC_LOOP: case ZYDIS_MNEMONIC_LOOPE: case ZYDIS_MNEMONIC_LOOPNE:
     case ZYDIS_MNEMONIC_JRCXZ: case ZYDIS_MNEMONIC_JECXZ:
       return Kind::Loop;
     case ZYDIS_MNEMONIC_PUSH:
-      if (insn.operand_width != 64) return Kind::Special;
+      if (!stack_width) return Kind::Special;
       if (ops[0].type == ZYDIS_OPERAND_TYPE_MEMORY || ops[0].type == ZYDIS_OPERAND_TYPE_IMMEDIATE) return Kind::Push;
-      return ZydisRegisterGetClass(ops[0].reg.value) == ZYDIS_REGCLASS_GPR64 ? Kind::Push : Kind::Special;
+      return gpr_index(ops[0].reg.value) >= 0 ? Kind::Push : Kind::Special;  // not a segment register
     case ZYDIS_MNEMONIC_POP:
       // POP to memory forms its address with RSP already moved: the monitor's.
-      return insn.operand_width == 64 && ops[0].type == ZYDIS_OPERAND_TYPE_REGISTER &&
-                     ZydisRegisterGetClass(ops[0].reg.value) == ZYDIS_REGCLASS_GPR64
+      return stack_width && ops[0].type == ZYDIS_OPERAND_TYPE_REGISTER && gpr_index(ops[0].reg.value) >= 0
                  ? Kind::Pop : Kind::Special;
-    case ZYDIS_MNEMONIC_LEAVE: return insn.operand_width == 64 ? Kind::Leave : Kind::Special;
+    case ZYDIS_MNEMONIC_LEAVE: return stack_width ? Kind::Leave : Kind::Special;
     default: break;
   }
   if (insn.meta.category == ZYDIS_CATEGORY_COND_BR) return Kind::Jcc;
@@ -173,7 +175,18 @@ Kind classify(const ZydisDecodedInstruction& insn, const ZydisDecodedOperand* op
 class BlockEmitter {
  public:
   BlockEmitter(Emitter& e, std::uint8_t* exit, Block64& block)
-      : e_(e), exit_(exit), block_entry_(block.entry), swaps_(&block.swaps) {}
+      : e_(e), exit_(exit), block_entry_(block.entry), swaps_(&block.swaps), compat_(block.compat) {}
+
+  // A stack slot's bytes, and kA / RSP at that width.
+  unsigned slot() const { return compat_ ? 4 : 8; }
+  bool compat() const { return compat_; }
+  ZydisRegister a_slot() const { return compat_ ? ZYDIS_REGISTER_R12D : kA; }
+  ZydisRegister rsp_slot() const { return compat_ ? ZYDIS_REGISTER_R14D : kGuestRsp; }
+  // A near branch target: EIP wraps at 4 GiB in compatibility mode.
+  std::uint64_t target(std::uint64_t next, std::int64_t rel) const {
+    const std::uint64_t t = next + static_cast<std::uint64_t>(rel);
+    return compat_ ? static_cast<std::uint32_t>(t) : t;
+  }
 
   // kB = the guest-linear address of memory operand `op` of an instruction
   // whose next RIP is `next_rip` (kA may be used).
@@ -360,34 +373,46 @@ class BlockEmitter {
     return e_.ok();
   }
 
-  // kA = the value of a 64-bit register or memory operand (kB scratch).
+  // kA = the value of a stack-width register or memory operand (kB scratch).
   bool operand_value(const ZydisDecodedInstruction& insn, const ZydisDecodedOperand& op, std::uint64_t next_rip) {
     if (op.type == ZYDIS_OPERAND_TYPE_REGISTER) {
       const int g = gpr_index(op.reg.value);
       if (g < 0) return false;
       if (is_context_register(g)) return e_.ins(ZYDIS_MNEMONIC_MOV, {R(kA), M(kCtx, gpr_slot(g), 8)});
-      return e_.ins(ZYDIS_MNEMONIC_MOV, {R(kA), R(host_register(op.reg.value))});
+      return e_.ins(ZYDIS_MNEMONIC_MOV, {R(a_slot()), R(host_register(op.reg.value))});
     }
     if (op.type != ZYDIS_OPERAND_TYPE_MEMORY || !guest_address(insn, op, next_rip)) return false;
     slot_bias(kB);
-    return e_.ins(ZYDIS_MNEMONIC_MOV, {R(kA), M(kA, 0, 8, kB, 1)});
+    return e_.ins(ZYDIS_MNEMONIC_MOV, {R(a_slot()), M(kA, 0, slot(), kB, 1)});
   }
 
-  // Push the 8 bytes `store` writes at [kB] (kA free for it); RSP moves last,
-  // so a fault leaves the guest's RSP as it was.
+  // Push the stack slot `store` writes at [kB] (kA free for it); RSP moves
+  // last, so a fault leaves the guest's RSP as it was.  (A 32-bit stack
+  // wraps at 4 GiB: its addresses are formed with 32-bit LEAs.)
   template <class Store>
   bool push(Store&& store) {
-    e_.ins(ZYDIS_MNEMONIC_LEA, {R(kB), M(kGuestRsp, -8, 0)});
+    const auto down = -static_cast<std::int64_t>(slot());
+    e_.ins(ZYDIS_MNEMONIC_LEA, {R(compat_ ? ZYDIS_REGISTER_R13D : kB), M(kGuestRsp, down, 0)});
     host_address(kB);
     store();
-    return e_.ins(ZYDIS_MNEMONIC_LEA, {R(kGuestRsp), M(kGuestRsp, -8, 0)});
+    return e_.ins(ZYDIS_MNEMONIC_LEA, {R(rsp_slot()), M(kGuestRsp, down, 0)});
   }
+  // Store kA's stack slot at [kB] (push's store).
+  void store_a() { e_.ins(ZYDIS_MNEMONIC_MOV, {M(kB, 0, slot()), R(a_slot())}); }
 
-  // kA = the 8 bytes at the stack top (RSP not moved yet).
+  // kA = the stack slot at the stack top (RSP not moved yet).
   void load_stack_top() {
+    if (compat_) {
+      e_.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_R13D), R(ZYDIS_REGISTER_R14D)});
+      slot_bias(kB);
+      e_.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_R12D), M(kA, 0, 4, kB, 1)});
+      return;
+    }
     slot_bias(kGuestRsp);
     e_.ins(ZYDIS_MNEMONIC_MOV, {R(kA), M(kA, 0, 8, kGuestRsp, 1)});
   }
+  // RSP moved up by `bytes`.
+  void release_stack(std::int64_t bytes) { e_.ins(ZYDIS_MNEMONIC_LEA, {R(rsp_slot()), M(kGuestRsp, bytes, 0)}); }
 
   // Leave for `target`: a jmp rel32 the dispatcher may patch to the target's
   // block, first pointing at the exit stub right after it.
@@ -461,6 +486,7 @@ class BlockEmitter {
   std::uint8_t* exit_;
   std::uint8_t* block_entry_;
   std::vector<Block64::Swap>* swaps_;
+  bool compat_;
 };
 
 }  // namespace
@@ -472,6 +498,7 @@ Translator64::Translator64(std::size_t cache_bytes) {
   cache_end_ = cache_ + cache_bytes;
   cur_ = cache_;
   ZydisDecoderInit(&decoder_, ZYDIS_MACHINE_MODE_LONG_64, ZYDIS_STACK_WIDTH_64);
+  ZydisDecoderInit(&decoder_compat_, ZYDIS_MACHINE_MODE_LONG_COMPAT_32, ZYDIS_STACK_WIDTH_32);
   emit_routines();
 }
 
@@ -520,8 +547,8 @@ std::uint64_t Translator64::enter(ContextBlock& block, const void* host) {
   return reinterpret_cast<EntryFn>(entry_)(block.ctx(), host);
 }
 
-Block64* Translator64::find(std::uint64_t rip) const {
-  auto it = blocks_.find(rip);
+Block64* Translator64::find(std::uint64_t rip, bool compat) const {
+  auto it = blocks_.find(key_of(rip, compat));
   return it == blocks_.end() ? nullptr : it->second;
 }
 
@@ -560,6 +587,7 @@ Translate64Status Translator64::translate(const CodeBytes& code, Block64** out, 
   *out = nullptr;
   auto block = std::make_unique<Block64>();
   block->rip = code.rip;
+  block->compat = code.compat;
   Emitter e(cur_, cache_end_);
   block->entry = e.pos();
   BlockEmitter be(e, exit_, *block);
@@ -576,7 +604,8 @@ Translate64Status Translator64::translate(const CodeBytes& code, Block64** out, 
     }
     ZydisDecodedInstruction insn;
     ZydisDecodedOperand ops[ZYDIS_MAX_OPERAND_COUNT];
-    const ZyanStatus st = ZydisDecoderDecodeFull(&decoder_, code.bytes + off, code.size - off, &insn, ops);
+    const ZyanStatus st = ZydisDecoderDecodeFull(code.compat ? &decoder_compat_ : &decoder_, code.bytes + off,
+                                                 code.size - off, &insn, ops);
     if (!ZYAN_SUCCESS(st)) {
       // Bytes that run past what was fetched end the block before them; at
       // the start they are the caller's (a fetch fault or #UD).
@@ -591,7 +620,7 @@ Translate64Status Translator64::translate(const CodeBytes& code, Block64** out, 
     const std::uint64_t next = rip + insn.length;
     std::uint8_t* const insn_start = e.pos();
     block->side.emplace_back(static_cast<std::uint32_t>(insn_start - block->entry), rip);
-    Kind kind = classify(insn, ops);
+    Kind kind = classify(insn, ops, code.compat ? 32 : 64);
     bool ok = true;
     switch (kind) {
       case Kind::Nothing:
@@ -600,11 +629,11 @@ Translate64Status Translator64::translate(const CodeBytes& code, Block64** out, 
         ok = be.plain(insn, ops, next);
         break;
       case Kind::Jump:
-        be.direct_exit(next + static_cast<std::uint64_t>(ops[0].imm.value.s));
+        be.direct_exit(be.target(next, ops[0].imm.value.s));
         ended = true;
         break;
       case Kind::Jcc: {
-        const std::uint64_t target = next + static_cast<std::uint64_t>(ops[0].imm.value.s);
+        const std::uint64_t target = be.target(next, ops[0].imm.value.s);
         const unsigned cc = insn.opcode & 0x0f;  // 7x and 0F 8x share the condition nibble
         std::uint8_t* taken = e.jcc(cc, e.pos());
         be.direct_exit(next);
@@ -614,8 +643,8 @@ Translate64Status Translator64::translate(const CodeBytes& code, Block64** out, 
         break;
       }
       case Kind::Loop: {
-        const std::uint64_t target = next + static_cast<std::uint64_t>(ops[0].imm.value.s);
-        if (insn.address_width == 32) e.b(0x67);
+        const std::uint64_t target = be.target(next, ops[0].imm.value.s);
+        if (insn.address_width == 32) e.b(0x67);  // ECX as the count
         const std::uint8_t opcode = insn.mnemonic == ZYDIS_MNEMONIC_LOOPNE  ? 0xe0
                                     : insn.mnemonic == ZYDIS_MNEMONIC_LOOPE ? 0xe1
                                     : insn.mnemonic == ZYDIS_MNEMONIC_LOOP  ? 0xe2
@@ -634,9 +663,9 @@ Translate64Status Translator64::translate(const CodeBytes& code, Block64** out, 
       case Kind::Call:
         be.push([&] {
           be.load_constant(kA, next);
-          e.ins(ZYDIS_MNEMONIC_MOV, {M(kB, 0, 8), R(kA)});
+          be.store_a();
         });
-        be.direct_exit(next + static_cast<std::uint64_t>(ops[0].imm.value.s));
+        be.direct_exit(be.target(next, ops[0].imm.value.s));
         ended = true;
         break;
       case Kind::IndirectCall:
@@ -645,7 +674,7 @@ Translate64Status Translator64::translate(const CodeBytes& code, Block64** out, 
         e.ins(ZYDIS_MNEMONIC_MOV, {M(kCtx, kOffSpill, 8), R(kA)});
         be.push([&] {
           be.load_constant(kA, next);
-          e.ins(ZYDIS_MNEMONIC_MOV, {M(kB, 0, 8), R(kA)});
+          be.store_a();
         });
         e.ins(ZYDIS_MNEMONIC_MOV, {R(kA), M(kCtx, kOffSpill, 8)});
         be.indirect(rip);
@@ -659,7 +688,7 @@ Translate64Status Translator64::translate(const CodeBytes& code, Block64** out, 
       case Kind::Ret: {
         be.load_stack_top();
         const std::int64_t release = insn.operand_count_visible > 0 ? ops[0].imm.value.u : 0;
-        e.ins(ZYDIS_MNEMONIC_LEA, {R(kGuestRsp), M(kGuestRsp, 8 + release, 0)});
+        be.release_stack(be.slot() + release);
         be.indirect(rip);
         ended = true;
         break;
@@ -672,35 +701,36 @@ Translate64Status Translator64::translate(const CodeBytes& code, Block64** out, 
         }
         be.push([&] {
           if (o.type == ZYDIS_OPERAND_TYPE_IMMEDIATE) {
-            e.ins(ZYDIS_MNEMONIC_MOV, {M(kB, 0, 8), I(o.imm.value.s)});
+            e.ins(ZYDIS_MNEMONIC_MOV, {M(kB, 0, be.slot()), I(static_cast<std::int32_t>(o.imm.value.s))});
           } else if (o.type == ZYDIS_OPERAND_TYPE_MEMORY) {
             e.ins(ZYDIS_MNEMONIC_MOV, {R(kA), M(kCtx, kOffSpill, 8)});
-            e.ins(ZYDIS_MNEMONIC_MOV, {M(kB, 0, 8), R(kA)});
+            be.store_a();
           } else if (is_context_register(gpr_index(o.reg.value))) {
             e.ins(ZYDIS_MNEMONIC_MOV, {R(kA), M(kCtx, gpr_slot(gpr_index(o.reg.value)), 8)});
-            e.ins(ZYDIS_MNEMONIC_MOV, {M(kB, 0, 8), R(kA)});
+            be.store_a();
           } else {
-            e.ins(ZYDIS_MNEMONIC_MOV, {M(kB, 0, 8), R(host_register(o.reg.value))});
+            e.ins(ZYDIS_MNEMONIC_MOV, {M(kB, 0, be.slot()), R(host_register(o.reg.value))});  // PUSH RSP: the old value
           }
         });
         break;
       }
       case Kind::Pop: {
         be.load_stack_top();
-        e.ins(ZYDIS_MNEMONIC_LEA, {R(kGuestRsp), M(kGuestRsp, 8, 0)});
+        be.release_stack(be.slot());
         const int g = gpr_index(ops[0].reg.value);
         if (is_context_register(g))
           e.ins(ZYDIS_MNEMONIC_MOV, {M(kCtx, gpr_slot(g), 8), R(kA)});
         else
-          e.ins(ZYDIS_MNEMONIC_MOV, {R(host_register(ops[0].reg.value)), R(kA)});  // POP RSP: the value wins
+          e.ins(ZYDIS_MNEMONIC_MOV, {R(host_register(ops[0].reg.value)), R(be.a_slot())});  // POP RSP: the value wins
         break;
       }
       case Kind::Leave:
         // RSP = RBP, then RBP popped: formed in scratch so a fault changes nothing.
-        e.ins(ZYDIS_MNEMONIC_MOV, {R(kB), R(ZYDIS_REGISTER_RBP)});
+        e.ins(ZYDIS_MNEMONIC_MOV, {R(be.compat() ? ZYDIS_REGISTER_R13D : kB),
+                                   R(be.compat() ? ZYDIS_REGISTER_EBP : ZYDIS_REGISTER_RBP)});
         be.slot_bias(kB);
-        e.ins(ZYDIS_MNEMONIC_MOV, {R(kA), M(kA, 0, 8, kB, 1)});
-        e.ins(ZYDIS_MNEMONIC_LEA, {R(kGuestRsp), M(ZYDIS_REGISTER_RBP, 8, 0)});
+        e.ins(ZYDIS_MNEMONIC_MOV, {R(be.a_slot()), M(kA, 0, be.slot(), kB, 1)});
+        e.ins(ZYDIS_MNEMONIC_LEA, {R(be.rsp_slot()), M(ZYDIS_REGISTER_RBP, be.slot(), 0)});
         e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_RBP), R(kA)});
         break;
       case Kind::Special:
@@ -737,7 +767,7 @@ Translate64Status Translator64::translate(const CodeBytes& code, Block64** out, 
   stats.guest_insns += n;
   Block64* b = block.get();
   all_.push_back(std::move(block));
-  blocks_[b->rip] = b;
+  blocks_[key_of(b->rip, b->compat)] = b;
   by_host_[reinterpret_cast<std::uintptr_t>(b->entry)] = b;
   *out = b;
   return Translate64Status::Ok;

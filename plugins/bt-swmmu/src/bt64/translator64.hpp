@@ -19,6 +19,7 @@ namespace modevisor::bt::bt64 {
 
 struct Block64 {
   std::uint64_t rip = 0;      // guest RIP of the first instruction
+  bool compat = false;        // compatibility-mode code (32-bit, CS.L = 0 under EFER.LMA)
   std::uint64_t end_rip = 0;  // first byte after the last translated instruction
   std::uint8_t* entry = nullptr;
   std::uint32_t host_size = 0;
@@ -42,6 +43,9 @@ struct CodeBytes {
   std::uint64_t rip = 0;
   const std::uint8_t* bytes = nullptr;
   std::size_t size = 0;
+  // Compatibility mode: 32-bit code with flat CS, DS, ES and SS (the caller
+  // checks; FS and GS bases come from the context at run time).
+  bool compat = false;
 };
 
 enum class Translate64Status {
@@ -66,7 +70,7 @@ class Translator64 {
   Translator64& operator=(const Translator64&) = delete;
 
   Translate64Status translate(const CodeBytes& code, Block64** out, std::uint32_t max_insns = kMaxInsns);
-  Block64* find(std::uint64_t rip) const;
+  Block64* find(std::uint64_t rip, bool compat = false) const;
   // Run translated code from `host` until it exits; returns the exit reason.
   std::uint64_t enter(ContextBlock& block, const void* host);
   // Point the chainable exit whose rel32 is at `site` at `b`.
@@ -91,7 +95,9 @@ class Translator64 {
   std::uint8_t* blocks_start_ = nullptr;
   std::uint8_t* entry_ = nullptr;  // std::uint64_t entry(Context64*, const void* host)
   std::uint8_t* exit_ = nullptr;   // translated code jumps here to leave (reason and next_rip set)
+  static std::uint64_t key_of(std::uint64_t rip, bool compat) { return compat ? rip | (1ull << 63) : rip; }
   ZydisDecoder decoder_;
+  ZydisDecoder decoder_compat_;
   std::unordered_map<std::uint64_t, Block64*> blocks_;
   std::map<std::uintptr_t, Block64*> by_host_;
   std::vector<std::unique_ptr<Block64>> all_;
