@@ -335,6 +335,16 @@ TEST_F(BtEmulator64, NonCanonicalAddressesAreGpOrSs) {
   EXPECT_EQ(s.gpr[rsp], 0x0000800000000004ull);
 }
 
+TEST_F(BtEmulator64, StringSourceOverrideEvenWithEs) {
+  to_compat();
+  s.es = segment(kData16Base);  // base 0x100000: es:[esi] -> es:[edi]
+  mem.poke(0x100010, 0x77, 1);
+  s.gpr[rsi] = 0x10;
+  s.gpr[rdi] = 0x20;
+  expect_next(run({0x26, 0xa4}), 0x2000f0, 2);
+  EXPECT_EQ(mem.peek(0x100020, 1), 0x77u);
+}
+
 TEST_F(BtEmulator64, CompatibilityModeStringsAddSegmentBasesAndCheckLimits) {
   to_compat();
   s.ds = segment(kData16Base);  // base 0x100000
@@ -716,7 +726,9 @@ TEST_F(BtEmulator64, LssLoadsStackAndPointer) {
   mem.poke(0x6004, kKdata, 2);
   s.gpr[rax] = 0x6000;
   s.ss = null_stack_segment(0, 0);
-  expect_next(run({0x0f, 0xb2, 0x20}), kCode, 3);  // lss (%rax), %esp
+  const StepResult r = run({0x0f, 0xb2, 0x20});  // lss (%rax), %esp
+  expect_next(r, kCode, 3);
+  EXPECT_FALSE(r.interrupt_shadow);  // only MOV and POP SS block interrupts
   EXPECT_EQ(s.gpr[rsp], 0x7000u);
   EXPECT_EQ(s.ss.selector, kKdata);
 }

@@ -67,8 +67,7 @@ struct StepResult {
   std::optional<std::uint64_t> fault_address;
   // STI that set IF, MOV SS, POP SS: no interrupt before the next instruction.
   bool interrupt_shadow = false;
-  // IRET completed (it ends NMI blocking; a faulting IRET does too: the caller
-  // sees the fault and the mnemonic).
+  // An IRET ran, completed or faulted: either way it ends NMI blocking.
   bool iret = false;
   // A REP string instruction stopped after a bounded number of iterations with
   // RIP unchanged: running it again continues (as after an interrupt).

@@ -75,9 +75,11 @@ StringShape string_shape(const Step& st) {
   sh.address_size = st.insn.address_width / 8;
   sh.delta = (st.s.rflags & kDF) ? std::uint64_t{0} - sh.size : sh.size;
   sh.source_segment = ZYDIS_REGISTER_DS;
-  for (unsigned i = 0; i < st.insn.operand_count; ++i) {
+  for (unsigned i = 0; i < st.insn.operand_count; ++i) {  // the operand addressed by rSI
     const ZydisDecodedOperand& o = st.ops[i];
-    if (o.type == ZYDIS_OPERAND_TYPE_MEMORY && o.mem.segment != ZYDIS_REGISTER_ES) sh.source_segment = o.mem.segment;
+    if (o.type == ZYDIS_OPERAND_TYPE_MEMORY &&
+        ZydisRegisterGetLargestEnclosing(ZYDIS_MACHINE_MODE_LONG_64, o.mem.base) == ZYDIS_REGISTER_RSI)
+      sh.source_segment = o.mem.segment;
   }
   return sh;
 }

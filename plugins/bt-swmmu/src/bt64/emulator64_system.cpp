@@ -374,10 +374,11 @@ api::Segment loaded_segment(Step& st, ZydisRegister sreg, std::uint16_t sel) {
   return sreg == ZYDIS_REGISTER_SS ? stack_segment(st, sel) : data_segment(st, sreg, sel);
 }
 
-void commit_segment(Step& st, ZydisRegister sreg, const api::Segment& seg) {
+// `shadowing`: MOV and POP to SS make interrupts wait until after the next
+// instruction (SDM MOV, POP); LSS does not.
+void commit_segment(Step& st, ZydisRegister sreg, const api::Segment& seg, bool shadowing = true) {
   st.segment(sreg) = seg;
-  // SDM MOV/POP SS: interrupts wait until after the next instruction.
-  if (sreg == ZYDIS_REGISTER_SS) st.result.interrupt_shadow = true;
+  if (sreg == ZYDIS_REGISTER_SS && shadowing) st.result.interrupt_shadow = true;
 }
 
 }  // namespace
@@ -493,7 +494,7 @@ void load_far_pointer(Step& st) {
   const ZydisRegister sreg = far_pointer_register(st.insn.mnemonic);
   const api::Segment seg = loaded_segment(st, sreg, p.selector);
   st.set_reg(st.ops[0].reg.value, p.offset);
-  commit_segment(st, sreg, seg);
+  commit_segment(st, sreg, seg, false);
 }
 
 void far_jump_or_call(Step& st) {
