@@ -205,9 +205,14 @@ WalkResult walk(const PhysMem& mem_in, const PagingRegs& regs, std::uint64_t la,
   return r;
 }
 
-RegionKey make_region_key(const PagingRegs& regs, bool user_view) {
+RegionKey make_region_key(const PagingRegs& regs, bool user_view, std::uint32_t la_high) {
   RegionKey k;
-  if (regs.paging()) {
+  if (regs.long_mode()) {
+    // The PML4's frame (bits 11:0 are PCD/PWT or the PCID); PSE means nothing here.
+    k.cr3 = regs.cr3 & kPaeAddr;
+    k.mode = 1 | 2 | kModeLong | (regs.wp() ? 8 : 0) | (regs.nxe() ? 16 : 0);
+    k.la_high = la_high;
+  } else if (regs.paging()) {
     k.cr3 = regs.pae() ? (regs.cr3 & 0xffffffe0u) : (regs.cr3 & 0xfffff000u);
     k.mode = 1 | (regs.pae() ? 2 : 0) | (regs.pse() ? 4 : 0) | (regs.wp() ? 8 : 0) | (regs.nxe() ? 16 : 0);
   }
@@ -300,6 +305,18 @@ bool ShadowMmu::in_guard(const Region* r, const void* host_addr, std::uint32_t* 
   return true;
 }
 
+bool ShadowMmu::in_guard(const Region* r, const void* host_addr, std::uint64_t* la) {
+  std::uint32_t la32 = 0;
+  if (!in_guard(r, host_addr, &la32)) return false;
+  if (!r->long_mode()) {
+    *la = la32;
+    return true;
+  }
+  const auto offset = reinterpret_cast<std::uintptr_t>(host_addr) - reinterpret_cast<std::uintptr_t>(r->base);
+  *la = r->linear(0) + offset;  // modulo 2^64: below the base it is the range before
+  return true;
+}
+
 void ShadowMmu::destroy(Region* r) {
   note_block_maps_changed();
   for (auto& [la, m] : r->maps) {
@@ -357,7 +374,7 @@ FillResult ShadowMmu::fill(Region* r, const PagingRegs& regs, std::uint32_t la, 
   Access acc;
   acc.write = write;
   acc.user = r->user_view();
-  WalkResult w = walk(phys_, regs, la, acc, true);
+  WalkResult w = walk(phys_, regs, r->linear(la), acc, true);
   if (!w.ok) {
     ++stats.true_faults;
     *out = w.error;
@@ -368,7 +385,7 @@ FillResult ShadowMmu::fill(Region* r, const PagingRegs& regs, std::uint32_t la, 
     *out = w.pa;
     return FillResult::Mmio;
   }
-  if (n_watched_ && watched(la_page)) {  // a data breakpoint's page: the monitor runs the access
+  if (n_watched_ && watched(r->linear(la_page))) {  // a data breakpoint's page: the monitor runs the access
     *out = w.pa;
     return FillResult::Mmio;
   }
@@ -417,7 +434,7 @@ FillResult ShadowMmu::fill(Region* r, const PagingRegs& regs, std::uint32_t la, 
   rmap_[gpa_page].emplace_back(r, la_page);
   ++stats.hidden_faults;
   if (!dirty_logging_) {
-    if (!regs.paging()) fill_ahead_unpaged(r, la_page);
+    if (!regs.paging()) fill_ahead_unpaged(r, la_page);  // never in long mode (paging is on there)
     else fill_ahead_paged(r, regs, la_page);
   }
   return FillResult::Mapped;
@@ -486,11 +503,11 @@ void ShadowMmu::fill_ahead_paged(Region* r, const PagingRegs& regs, std::uint32_
     n = 0;
   };
   for (std::uint32_t la = start; la - start < kSpan; la += 4096) {
-    if (la == la_page || r->maps.count(la) || (n_watched_ && watched(la))) {
+    if (la == la_page || r->maps.count(la) || (n_watched_ && watched(r->linear(la)))) {
       map_run();
       continue;
     }
-    const WalkResult w = walk(phys_, regs, la, acc, false);
+    const WalkResult w = walk(phys_, regs, r->linear(la), acc, false);
     const std::uint64_t gpa = w.pa & kPageMask;
     if (!w.ok || !w.accessed || w.large || gpa >= phys_.size || is_code_page(gpa) || is_pt_page(gpa)) {
       map_run();
@@ -510,6 +527,7 @@ void ShadowMmu::fill_ahead_paged(Region* r, const PagingRegs& regs, std::uint32_
 // walking through memory takes one hidden fault per 64 pages, not per page.
 // Traced pages (code) keep their own protection.
 void ShadowMmu::fill_ahead_unpaged(Region* r, std::uint32_t la_page) {
+  if (r->key.la_high != 0) return;  // linear = physical only in the low 4 GiB
   constexpr std::uint32_t kSpan = 64 * 4096;
   const std::uint32_t start = la_page & ~(kSpan - 1);
   std::uint32_t run_start = 0, n = 0;
@@ -622,13 +640,21 @@ void ShadowMmu::drop_derived(std::vector<Derivation>& list) {
 // table on `gpa_page`, used an entry in bytes [lo, hi) of that page.  Classic
 // 32-bit paging: the page is r's directory (entry la >> 22; a directory can
 // double as a table, so both entries count) or la's table (entry la >> 12).
-// PAE tables are not told apart here: every mapping counts.
+// 4-level paging: which level the page served is not recorded (one page can
+// serve at several), so the entry of the whole linear address at any of the
+// four levels counts.  PAE tables are not told apart here: every mapping counts.
 bool ShadowMmu::derived_from_entries(const Region& r, std::uint32_t la, std::uint64_t gpa_page, std::uint32_t lo,
                                      std::uint32_t hi) {
+  auto hits = [&](std::uint32_t entry, std::uint32_t size) { return entry < hi && lo < entry + size; };
+  if (r.long_mode()) {
+    const std::uint64_t linear = r.linear(la);
+    for (unsigned shift = 12; shift <= 39; shift += 9)
+      if (hits(static_cast<std::uint32_t>((linear >> shift) & 0x1ff) * 8, 8)) return true;
+    return false;
+  }
   if ((r.key.mode & 1) == 0 || (r.key.mode & 2) != 0) return true;
-  auto hits = [&](std::uint32_t entry) { return entry < hi && lo < entry + 4; };
   const bool directory = (r.key.cr3 & ~0xfffull) == gpa_page;
-  return hits(((la >> 12) & 1023) * 4) || (directory && hits((la >> 22) * 4));
+  return hits(((la >> 12) & 1023) * 4, 4) || (directory && hits((la >> 22) * 4, 4));
 }
 
 void ShadowMmu::pt_entries_written(std::uint64_t gpa_page, std::uint32_t offset, unsigned size) {
@@ -656,19 +682,21 @@ void ShadowMmu::note_code_derivation(Region* r, std::uint32_t la, const WalkResu
   trace_tables(r, la_page, w);
 }
 
-void ShadowMmu::invlpg(std::uint32_t la) {
-  const std::uint32_t la_page = la & ~0xfffu;
+void ShadowMmu::invlpg(std::uint64_t la) {
+  const auto la_high = static_cast<std::uint32_t>(la >> 32);
+  const std::uint32_t la_page = static_cast<std::uint32_t>(la) & ~0xfffu;
   for (auto& r : regions_) {
+    if (r->key.la_high != la_high) continue;
     unmap(r.get(), la_page);
     drop_region_code_page(r.get(), la_page);
   }
 }
 
-void ShadowMmu::set_watched_pages(const std::uint32_t* pages, unsigned n) {
+void ShadowMmu::set_watched_pages(const std::uint64_t* pages, unsigned n) {
   for (unsigned i = 0; i < n_watched_; ++i) invlpg(watched_[i]);  // mapped again on their next access
   n_watched_ = std::min(n, 8u);
   for (unsigned i = 0; i < n_watched_; ++i) {
-    watched_[i] = pages[i] & ~0xfffu;
+    watched_[i] = pages[i] & kPageMask;
     invlpg(watched_[i]);
   }
 }

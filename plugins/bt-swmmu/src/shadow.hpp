@@ -9,8 +9,12 @@
 // does the work.  Guards of 2 GiB on either side, never mapped, catch a
 // register + displacement whose 32-bit sum would wrap (the host adds in 64
 // bits): the fault handler has the monitor emulate that instruction.
+// A long-mode guest's linear space has one region per 4 GiB-aligned range it
+// uses (RegionKey::la_high), which maps linear address (la_high << 32) + LA
+// at region_base + LA; BT64 points its confinement table there.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -98,15 +102,25 @@ inline bool canonical48(std::uint64_t la) {
 }
 
 // Region key: page-table root plus everything that changes the meaning of
-// the tables or the view.
+// the tables or the view, and which 4 GiB of the linear space it maps.
 struct RegionKey {
   std::uint64_t cr3 = 0;
   // bit0 paging, bit1 PAE, bit2 PSE, bit3 WP, bit4 NXE, bit5 user view,
-  // bit6 SMEP and bit7 SMAP enforced (supervisor view with paging only)
+  // bit6 SMEP and bit7 SMAP enforced (supervisor view with paging only),
+  // bit8 long mode (4-level tables: never the same view as a 32-bit one)
   std::uint32_t mode = 0;
+  // Bits 63:32 of the linear addresses the region maps (BT64 gives each
+  // 4 GiB-aligned range of the 64-bit space it uses a region of its own).
+  // Always 0 outside long mode.
+  std::uint32_t la_high = 0;
   bool operator==(const RegionKey&) const = default;
 };
-RegionKey make_region_key(const PagingRegs& regs, bool user_view);
+inline constexpr std::uint32_t kModeLong = 1u << 8;
+// la_high counts only in long mode (a 32-bit view has no other range).  In
+// long mode it must name a canonical range: the walk ignores bits 63:48, so
+// a region for a non-canonical range would alias a canonical one (those
+// addresses are #GP or #SS, which the caller raises before any fill).
+RegionKey make_region_key(const PagingRegs& regs, bool user_view, std::uint32_t la_high = 0);
 
 struct Region {
   RegionKey key;
@@ -118,10 +132,15 @@ struct Region {
     bool guest_writable;  // the guest's tables (incl. D) allow writes now
     int prot = -1;        // the host protection it has (set_prot_all skips an unchanged one)
   };
+  // Keyed by the low 32 bits of the linear address (the offset from `base`;
+  // the whole address where la_high is 0): linear() gives the rest.
   std::unordered_map<std::uint32_t, Map> maps;             // LA page -> mapping
   std::unordered_map<std::uint32_t, void*> blocks;          // guest EIP -> Block* (dispatcher)
   std::unordered_set<std::uint32_t> code_pages;             // LA pages with entries in `blocks`
   bool user_view() const { return (key.mode >> 5) & 1; }
+  bool long_mode() const { return (key.mode & kModeLong) != 0; }
+  // The guest linear address at offset `la32` of the region.
+  std::uint64_t linear(std::uint32_t la32) const { return (std::uint64_t{key.la_high} << 32) | la32; }
 };
 
 enum class FillResult { Mapped, GuestFault, Mmio, ProtectedWrite, Repeat };
@@ -160,12 +179,21 @@ class ShadowMmu {
     active_ = r;
   }
   Region* active() const { return active_; }
+  // The region whose 4 GiB hold `host_addr`; `la` = the offset in it (the
+  // low half of the linear address: r->linear(*la) is all of it).
   bool contains(const void* host_addr, Region** region, std::uint32_t* la) const;
-  // Whether `host_addr` is in a guard of `r`; `la` = the guest linear address it wraps to.
+  // Whether `host_addr` is in a guard of `r`; `la` = the guest linear address
+  // it wraps to: the 32-bit sum the guest formed (BT32's meaning, for any region).
   static bool in_guard(const Region* r, const void* host_addr, std::uint32_t* la);
+  // The same with all of the address: in a long-mode region, the range's
+  // start plus the (signed) offset from `base`, as 64-bit addresses do not
+  // wrap at 4 GiB (an access that crossed the end of its range reached the
+  // next one); in a 32-bit region the 32-bit sum, zero-extended.
+  static bool in_guard(const Region* r, const void* host_addr, std::uint64_t* la);
 
-  // Handle an access fault at `la` in `r`.  On GuestFault, *out is the #PF
-  // error code; on Mmio/ProtectedWrite, *out is the guest-physical address.
+  // Handle an access fault at offset `la` of `r` (linear address
+  // r->linear(la)).  On GuestFault, *out is the #PF error code; on
+  // Mmio/ProtectedWrite, *out is the guest-physical address.
   FillResult fill(Region* r, const PagingRegs& regs, std::uint32_t la, bool write, std::uint64_t* out);
 
   // Translated code lives on this guest-physical page: write-protect it.
@@ -207,15 +235,26 @@ class ShadowMmu {
   void end_write_through();
   // Self-modifying code: the code page is no longer protected.
   void release_code_page(std::uint64_t gpa_page);
-  // A code fetch walk through these tables produced translations at `la` in `r`.
+  // A code fetch walk through these tables produced translations at offset
+  // `la` of `r` (the walk was for r->linear(la)).
   void note_code_derivation(Region* r, std::uint32_t la, const WalkResult& w);
 
-  // INVLPG: drop `la` in every region.  Drop everything: drop_all().
-  void invlpg(std::uint32_t la);
+  // INVLPG: drop linear address `la` in every region that maps it (those
+  // whose la_high is its upper half: a 32-bit address reaches only la_high 0
+  // regions, as before).  Drop everything: drop_all().
+  void invlpg(std::uint64_t la);
   // Linear pages no region maps (data breakpoints: every access to them
   // faults and the monitor emulates it); at most 8 (4 ranges x 2 pages).
-  void set_watched_pages(const std::uint32_t* pages, unsigned n);
-  bool watched(std::uint32_t la_page) const {
+  // Whole linear addresses: a page watches only the regions of its range,
+  // so 32-bit pages watch the la_high 0 regions as before.
+  void set_watched_pages(const std::uint64_t* pages, unsigned n);
+  void set_watched_pages(const std::uint32_t* pages, unsigned n) {
+    std::uint64_t wide[8];
+    n = std::min(n, 8u);
+    for (unsigned i = 0; i < n; ++i) wide[i] = pages[i];
+    set_watched_pages(wide, n);
+  }
+  bool watched(std::uint64_t la_page) const {
     for (unsigned i = 0; i < n_watched_; ++i)
       if (watched_[i] == la_page) return true;
     return false;
@@ -250,6 +289,7 @@ class ShadowMmu {
   void collect_dirty(std::vector<std::uint64_t>& bitmap);
 
   ShadowStats stats;
+  // `la_page` is an offset in the region, like the keys of its maps.
   std::function<void(Region*, std::uint32_t la_page)> on_code_page_dropped;
 
  private:
@@ -302,7 +342,7 @@ class ShadowMmu {
     traced_[pfn] = static_cast<std::uint8_t>(on ? traced_[pfn] | what : traced_[pfn] & ~what);
   }
   std::uint64_t wt_page_ = ~0ull;
-  std::uint32_t watched_[8] = {};
+  std::uint64_t watched_[8] = {};
   unsigned n_watched_ = 0;
   bool dirty_logging_ = false;
   std::vector<std::uint64_t> dirty_;  // one bit per 4 KiB page of RAM
