@@ -615,3 +615,35 @@ TEST(Bt64Confinement, SlotsAreSetClearedAndReadBack) {
 
 }  // namespace
 }  // namespace modevisor::bt::bt64
+
+namespace modevisor::bt::bt64 {
+namespace {
+
+// Far branches load CS (a mode change): never translated, in either flavour.
+TEST(Bt64Translator, FarBranchesEndTheBlockForTheMonitor) {
+  Translator64 tr;
+  struct Case {
+    std::vector<std::uint8_t> bytes;
+    bool compat;
+  };
+  const Case cases[] = {
+      {{0x50, 0xcb}, true},                    // push eax; retf
+      {{0x50, 0x48, 0xcb}, false},             // push rax; retfq
+      {{0x50, 0xff, 0x1d, 0, 0, 0, 0}, false}, // push rax; call far [rip]
+      {{0x50, 0xea, 0, 0, 0, 0, 8, 0}, true},  // push eax; jmp far 0x8:0
+  };
+  for (const auto& c : cases) {
+    Block64* b = nullptr;
+    ASSERT_EQ(tr.translate(CodeBytes{0x1000, c.bytes.data(), c.bytes.size(), c.compat}, &b),
+              Translate64Status::Ok);
+    EXPECT_EQ(b->n_insns, 1u);  // the PUSH; the far branch is the monitor's
+    EXPECT_EQ(b->end_rip, 0x1001u);
+    Block64* far = nullptr;
+    EXPECT_EQ(tr.translate(CodeBytes{0x1001, c.bytes.data() + 1, c.bytes.size() - 1, c.compat}, &far),
+              Translate64Status::Special);
+    tr.flush();
+  }
+}
+
+}  // namespace
+}  // namespace modevisor::bt::bt64

@@ -49,7 +49,7 @@ TEST(BtPlugin, DescriptorAndCreateVmRunAGuest) {
   VmSpec spec;
   spec.name = "t";
   spec.memory_bytes = mem.size();
-  spec.guest_bits = 64;
+  spec.guest_bits = 16;
   EXPECT_THROW(monitor->create_vm(spec, VmServices{mem, plat, log}), MonitorError);
   spec.guest_bits = 32;
   auto vm = monitor->create_vm(spec, VmServices{mem, plat, log});
@@ -67,7 +67,15 @@ TEST(BtPlugin, DescriptorAndCreateVmRunAGuest) {
   EXPECT_TRUE(vm->collect_dirty_pages(bitmap));  // first call: everything
   EXPECT_EQ(bitmap.size(), (mem.size() / 4096 + 63) / 64);
   EXPECT_EQ(bitmap[0], ~0ull);
+  // A state with EFER.LMA goes to BT64, which checks it is long mode indeed.
   VcpuState lm = s;
   lm.efer = 0x500;
   EXPECT_THROW(vm->load_vcpu(0, lm), MonitorError);
+  lm.cr0 |= 0x80000000u;
+  lm.cr4 |= 0x20;
+  vm->load_vcpu(0, lm);
+  EXPECT_EQ(vm->save_vcpu(0).efer, 0x500u);
+  EXPECT_FALSE(vm->collect_dirty_pages(bitmap));  // BT64 keeps no dirty log yet
+  EXPECT_TRUE(d.guests.bits64);
+  EXPECT_FALSE(d.guests.bits64_needs_segment_limits);
 }

@@ -17,7 +17,9 @@ constexpr std::uint32_t kLeaf1Edx = (1u << 0) | (1u << 3) | (1u << 4) | (1u << 5
 constexpr std::uint32_t kLeaf1Ecx = 1u << 31;
 constexpr std::uint32_t kLeaf7Ebx = (1u << 7) | (1u << 20);  // SMEP, SMAP
 constexpr std::uint32_t kLeaf7Ecx = (1u << 2) | (1u << 22);  // UMIP, RDPID
-constexpr std::uint32_t kExt1Edx = (1u << 20) | (1u << 27) | (1u << 29);  // NX, RDTSCP, LM
+// SYSCALL (bit 11): BT64 runs it; under BT32 (legacy mode) it is #UD, as on
+// Intel CPUs (only AMD's run it outside long mode).
+constexpr std::uint32_t kExt1Edx = (1u << 11) | (1u << 20) | (1u << 27) | (1u << 29);  // SYSCALL, NX, RDTSCP, LM
 // The engine's own model (no cpu_model) stays a 32-bit CPU.
 constexpr std::uint32_t kOwnExt1Edx = (1u << 20) | (1u << 27);
 
@@ -71,6 +73,7 @@ CpuFeatures CpuidModel::derive_features() const {
   f.rdpid = seven.ecx >> 22 & 1;
   f.rdtscp = ext1.edx >> 27 & 1;
   f.long_mode = ext1.edx >> 29 & 1;
+  f.syscall = ext1.edx >> 11 & 1;
   return f;
 }
 

@@ -29,6 +29,7 @@ struct CpuFeatures {
   bool rdpid = false;   // leaf 7 ecx 22: RDPID
   bool rdtscp = false;  // leaf 0x80000001 edx 27: RDTSCP
   bool long_mode = false;  // leaf 0x80000001 edx 29: EFER.LME (entering it ends BT32's run: ModeChange)
+  bool syscall = false;    // leaf 0x80000001 edx 11: EFER.SCE (SYSCALL/SYSRET: BT64's; #UD in legacy mode)
   bool tsc_aux() const { return rdpid || rdtscp; }  // IA32_TSC_AUX exists
   // CR4 bits a MOV to CR4 may set (others: #GP(0)).
   std::uint32_t cr4_mask() const {

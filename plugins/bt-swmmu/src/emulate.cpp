@@ -205,9 +205,11 @@ void Vcpu::do_wrmsr() {
   if (idx == 0x1b) {
     platform_.set_apic_base(index_, v);
   } else if (idx == 0xc0000080) {
-    // NXE, and LME where the CPU model offers long mode; no SYSCALL.  LMA is
-    // the CPU's (read-only); LME cannot change while paging is on.
-    const std::uint64_t writable = 0x800ull | (cpuid_.features().long_mode ? 0x100ull : 0);
+    // NXE, and LME and SCE where the CPU model offers long mode and SYSCALL
+    // (for BT64 to use; SYSCALL itself is #UD under BT32).  LMA is the CPU's
+    // (read-only); LME cannot change while paging is on.
+    const std::uint64_t writable = 0x800ull | (cpuid_.features().long_mode ? 0x100ull : 0) |
+                                   (cpuid_.features().syscall ? 0x1ull : 0);
     if (v & ~(writable | 0x400ull)) raise(13, true, 0);
     if ((cr0_ & 0x80000000u) && ((v ^ efer_) & 0x100)) raise(13, true, 0);
     efer_ = (v & writable) | (efer_ & 0x400);

@@ -5,18 +5,17 @@
 #include <cstring>
 #include <mutex>
 
-#include "vcpu.hpp"
 
 namespace modevisor::bt {
 
 namespace {
 
 // initial-exec: the handler must not trigger lazy TLS allocation (dlopen'ed module).
-__attribute__((tls_model("initial-exec"))) thread_local Vcpu* t_current = nullptr;
+__attribute__((tls_model("initial-exec"))) thread_local SignalTarget* t_current = nullptr;
 struct sigaction g_old[65];
 
 void on_signal(int sig, siginfo_t* si, void* uc) {
-  Vcpu* v = t_current;
+  SignalTarget* v = t_current;
   if (v && v->handle_signal(sig, si, uc)) return;
   if (sig == kKickSignal) return;
   // Not ours: hand it to whoever had it before.
@@ -46,7 +45,7 @@ void install_host_signal_handlers() {
   });
 }
 
-void bind_running_vcpu(Vcpu* vcpu) { t_current = vcpu; }
-Vcpu* running_vcpu() { return t_current; }
+void bind_running_vcpu(SignalTarget* vcpu) { t_current = vcpu; }
+SignalTarget* running_vcpu() { return t_current; }
 
 }  // namespace modevisor::bt

@@ -6,7 +6,13 @@
 
 namespace modevisor::bt {
 
-class Vcpu;
+// An engine's vCPU (BT32's or BT64's) as the signal handlers see it: the
+// host signal taken on its thread, true when it was the vCPU's.
+class SignalTarget {
+ public:
+  virtual ~SignalTarget() = default;
+  virtual bool handle_signal(int sig, void* info, void* uctx) = 0;
+};
 
 // SIGRTMIN+6 on glibc (34+6): the per-thread tick and kick.
 inline constexpr int kKickSignal = 40;
@@ -16,7 +22,7 @@ void install_host_signal_handlers();
 
 // The vCPU whose run() this thread is in (nullptr outside run()); the
 // handlers pass signals to it.
-void bind_running_vcpu(Vcpu* vcpu);
-Vcpu* running_vcpu();
+void bind_running_vcpu(SignalTarget* vcpu);
+SignalTarget* running_vcpu();
 
 }  // namespace modevisor::bt

@@ -22,6 +22,7 @@
 #include "cpu_identity.hpp"
 #include "dirty_page_handoff.hpp"
 #include "guest_fault.hpp"
+#include "host_signals.hpp"
 #include "host_tick.hpp"
 #include "monitor_page_walker.hpp"
 #include "recent_lookups.hpp"
@@ -46,7 +47,7 @@ struct VcpuCounters {
   std::uint64_t monitor_calls = 0, monitor_calls_in_cache = 0;
 };
 
-class Vcpu {
+class Vcpu final : public SignalTarget {
  public:
   Vcpu(api::GuestMemory& mem, api::Platform& platform, api::Logger& log, unsigned index,
        std::size_t translation_cache_bytes = Translator::kDefaultCacheSize);
@@ -71,7 +72,7 @@ class Vcpu {
   std::uint64_t indirect_hits() const { return ctx_->indirect_hits; }
 
   // Called by the process-wide signal handler.
-  bool handle_signal(int sig, void* info, void* uctx);
+  bool handle_signal(int sig, void* info, void* uctx) override;
 
  private:
   // --- state helpers

@@ -265,10 +265,11 @@ void dispatch(Step& st) {
       return load_far_pointer(st);
     case ZYDIS_MNEMONIC_JMP: case ZYDIS_MNEMONIC_CALL:
       if (far_branch(st.insn)) return far_jump_or_call(st);
-      break;
+      return near_branch(st);
     case ZYDIS_MNEMONIC_RET:
       if (far_branch(st.insn)) return far_return(st);
-      break;
+      return near_branch(st);
+    case ZYDIS_MNEMONIC_LEAVE: return near_branch(st);
     default: break;
   }
   Step::not_emulated("not emulated in long mode");

@@ -10,6 +10,7 @@ namespace modevisor::bt::bt64::detail {
 namespace {
 
 using api::gpr::rax;
+using api::gpr::rbp;
 using api::gpr::rcx;
 using api::gpr::rdi;
 using api::gpr::rdx;
@@ -420,6 +421,48 @@ void push_pop(Step& st) {
   } catch (const Fault&) {
     st.s.gpr[rsp] = old_rsp;
     throw;
+  }
+}
+
+// Near JMP/CALL/RET and LEAVE: translated code runs them, but one whose
+// stack access hits a page it cannot touch itself (a traced page table, a
+// code page, a device) comes here.  64-bit mode: the target must be
+// canonical (#GP(0)); compatibility mode: within CS's limit.
+void near_branch(Step& st) {
+  const unsigned size = st.operand_bytes();
+  auto check_target = [&](std::uint64_t target) {
+    if (st.mode64 ? !is_canonical(target) : target > st.s.cs.limit) Step::raise(Fault::gp(0));
+  };
+  std::uint64_t sp = st.stack_pointer();
+  switch (st.insn.mnemonic) {
+    case ZYDIS_MNEMONIC_LEAVE: {
+      sp = st.gpr(rbp, st.stack_address_size());
+      const std::uint64_t frame = st.pop_at(sp, size);
+      st.set_stack_pointer(sp);
+      st.set_gpr(rbp, size, frame);
+      return;
+    }
+    case ZYDIS_MNEMONIC_RET: {
+      const std::uint64_t target = st.pop_at(sp, size);
+      check_target(target);
+      if (st.insn.operand_count_visible > 0) sp += st.ops[0].imm.value.u;
+      st.set_stack_pointer(sp);
+      st.s.rip = target;
+      st.rip_set = true;
+      return;
+    }
+    default: {  // JMP, CALL: relative or through a register or memory
+      const ZydisDecodedOperand& op = st.ops[0];
+      const std::uint64_t target =
+          op.type == ZYDIS_OPERAND_TYPE_IMMEDIATE
+              ? (st.next_rip + static_cast<std::uint64_t>(op.imm.value.s)) & (size == 8 ? ~0ull : 0xffffffffull)
+              : st.read_operand(op, size);
+      check_target(target);
+      if (st.insn.mnemonic == ZYDIS_MNEMONIC_CALL) st.push(st.next_rip, size);
+      st.s.rip = target;
+      st.rip_set = true;
+      return;
+    }
   }
 }
 

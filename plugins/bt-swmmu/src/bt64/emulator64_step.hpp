@@ -184,5 +184,6 @@ void pop_segment(Step& st);
 void load_far_pointer(Step& st);
 void far_jump_or_call(Step& st);
 void far_return(Step& st);
+void near_branch(Step& st);
 
 }  // namespace modevisor::bt::bt64::detail

@@ -101,6 +101,8 @@ Kind classify(const ZydisDecodedInstruction& insn, const ZydisDecodedOperand* op
   if (insn.attributes & ZYDIS_ATTRIB_IS_PRIVILEGED) return Kind::Special;
   if (insn.encoding != ZYDIS_INSTRUCTION_ENCODING_LEGACY) return Kind::Special;  // VEX/EVEX: no AVX offered
   if (monitor_emulates(insn.mnemonic)) return Kind::Special;
+  // ENDBR32/64 are NOPs while CET is off (the CPU model offers no CET).
+  if (insn.mnemonic == ZYDIS_MNEMONIC_ENDBR32 || insn.mnemonic == ZYDIS_MNEMONIC_ENDBR64) return Kind::Nothing;
   // Integer instructions only: the FPU/MMX/SSE state is not switched yet
   // (the monitor's, like every category not named here).
   switch (insn.mnemonic == ZYDIS_MNEMONIC_POPCNT ? ZYDIS_CATEGORY_BITBYTE : insn.meta.category) {  // Zydis files POPCNT under SSE
@@ -124,6 +126,8 @@ Kind classify(const ZydisDecodedInstruction& insn, const ZydisDecodedOperand* op
   if (insn.meta.category == ZYDIS_CATEGORY_NOP || insn.meta.category == ZYDIS_CATEGORY_WIDENOP ||
       insn.meta.category == ZYDIS_CATEGORY_PREFETCH)
     return Kind::Nothing;
+  // Far JMP/CALL/RET load CS: the monitor's.
+  if (insn.meta.branch_type == ZYDIS_BRANCH_TYPE_FAR) return Kind::Special;
   switch (insn.mnemonic) {
     case ZYDIS_MNEMONIC_JMP:
       if (ops[0].type == ZYDIS_OPERAND_TYPE_IMMEDIATE) return Kind::Jump;
@@ -180,6 +184,8 @@ class BlockEmitter {
   // A stack slot's bytes, and kA / RSP at that width.
   unsigned slot() const { return compat_ ? 4 : 8; }
   bool compat() const { return compat_; }
+  // Stage mode: memory operands address this host buffer instead.
+  void set_stage(const void* stage) { stage_ = stage; }
   ZydisRegister a_slot() const { return compat_ ? ZYDIS_REGISTER_R12D : kA; }
   ZydisRegister rsp_slot() const { return compat_ ? ZYDIS_REGISTER_R14D : kGuestRsp; }
   // A near branch target: EIP wraps at 4 GiB in compatibility mode.
@@ -295,7 +301,12 @@ class BlockEmitter {
       if (borrowed == ZYDIS_REGISTER_NONE) return false;
     }
     const bool lea = insn.mnemonic == ZYDIS_MNEMONIC_LEA;
-    if (mem >= 0 && !lea) {
+    if (mem >= 0 && !lea && stage_) {
+      // On the stage: the operand's bytes are at a host address the monitor
+      // filled (no guest address, no confinement); kA = 0 so [kA + kB] is it.
+      load_constant(kB, reinterpret_cast<std::uint64_t>(stage_));
+      e_.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_R12D), I(0)});
+    } else if (mem >= 0 && !lea) {
       if (!guest_address(insn, ops[mem], next_rip)) return false;
       slot_bias(kB);
     }
@@ -363,6 +374,7 @@ class BlockEmitter {
       req.operands[1].mem.index = ZYDIS_REGISTER_NONE;
       req.operands[1].mem.scale = 0;
       req.operands[1].mem.displacement = 0;
+      req.operands[1].mem.size = 8;  // the encoder wants LEA's operand as wide as its address (r13: 64-bit)
     }
     for (unsigned k = 0; k < n_stand_ins; ++k)
       e_.ins(ZYDIS_MNEMONIC_MOV, {R(stand_ins[k].host), M(kCtx, gpr_slot(stand_ins[k].guest), 8)});
@@ -487,6 +499,7 @@ class BlockEmitter {
   std::uint8_t* block_entry_;
   std::vector<Block64::Swap>* swaps_;
   bool compat_;
+  const void* stage_ = nullptr;
 };
 
 }  // namespace
@@ -532,6 +545,8 @@ void Translator64::emit_routines() {
     e.ins(ZYDIS_MNEMONIC_MOV, {M(kCtx, gpr_slot(i), 8), R(kGpr64[i])});
   }
   e.ins(ZYDIS_MNEMONIC_MOV, {M(kCtx, gpr_slot(4), 8), R(kGuestRsp)});
+  // The fault handler resumes here: it stored the guest's registers itself.
+  exit_from_signal_ = e.pos();
   e.ins(ZYDIS_MNEMONIC_CLD, {});
   e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_RSP), M(kCtx, offsetof(Context64, host_rsp), 8)});
   e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_RAX), M(kCtx, kOffReason, 8)});
@@ -559,6 +574,7 @@ void Translator64::chain(std::uint64_t site, const Block64* b) {
 
 void Translator64::flush() {
   blocks_.clear();
+  staged_.clear();
   by_host_.clear();
   all_.clear();
   cur_ = blocks_start_;
@@ -581,6 +597,51 @@ std::uint64_t Translator64::guest_rip_at(const Block64* b, std::uintptr_t pc) co
     rip = guest;
   }
   return rip;
+}
+
+Translate64Status Translator64::translate_staged(const CodeBytes& code, const void* stage, Block64** out) {
+  *out = nullptr;
+  const std::uint64_t key = key_of(code.rip, code.compat);
+  auto it = staged_.find(key);
+  if (it != staged_.end()) {
+    *out = it->second;
+    return Translate64Status::Ok;
+  }
+  ZydisDecodedInstruction insn;
+  ZydisDecodedOperand ops[ZYDIS_MAX_OPERAND_COUNT];
+  if (!ZYAN_SUCCESS(ZydisDecoderDecodeFull(code.compat ? &decoder_compat_ : &decoder_, code.bytes, code.size, &insn,
+                                           ops)))
+    return Translate64Status::Undefined;
+  bool has_memory = false;
+  for (unsigned i = 0; i < insn.operand_count_visible; ++i)
+    has_memory |= ops[i].type == ZYDIS_OPERAND_TYPE_MEMORY;
+  if (classify(insn, ops, code.compat ? 32 : 64) != Kind::Plain || !has_memory ||
+      insn.mnemonic == ZYDIS_MNEMONIC_LEA)
+    return Translate64Status::Special;
+  auto block = std::make_unique<Block64>();
+  block->rip = code.rip;
+  block->compat = code.compat;
+  Emitter e(cur_, cache_end_);
+  block->entry = e.pos();
+  BlockEmitter be(e, exit_, *block);
+  be.set_stage(stage);
+  block->side.emplace_back(0, code.rip);
+  if (!be.plain(insn, ops, code.rip + insn.length)) {
+    e.reset_to(block->entry);
+    return Translate64Status::Special;
+  }
+  be.exit_to(code.rip + insn.length, kExit64Dispatch);
+  if (!e.ok()) throw std::runtime_error("bt64: the translation cache is full");
+  block->end_rip = code.rip + insn.length;
+  block->n_insns = 1;
+  block->host_size = static_cast<std::uint32_t>(e.pos() - block->entry);
+  cur_ = reinterpret_cast<std::uint8_t*>((reinterpret_cast<std::uintptr_t>(e.pos()) + 15) & ~std::uintptr_t(15));
+  Block64* b = block.get();
+  all_.push_back(std::move(block));
+  staged_[key] = b;
+  by_host_[reinterpret_cast<std::uintptr_t>(b->entry)] = b;
+  *out = b;
+  return Translate64Status::Ok;
 }
 
 Translate64Status Translator64::translate(const CodeBytes& code, Block64** out, std::uint32_t max_insns) {

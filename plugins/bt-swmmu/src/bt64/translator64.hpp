@@ -71,6 +71,12 @@ class Translator64 {
 
   Translate64Status translate(const CodeBytes& code, Block64** out, std::uint32_t max_insns = kMaxInsns);
   Block64* find(std::uint64_t rip, bool compat = false) const;
+  // The instruction at code.rip alone, its memory operand on the host
+  // buffer `stage` (the same for every call): for an access translated code
+  // cannot make itself (a traced page, a device, a code page).  Special: the
+  // instruction is not one translated code runs (the emulator's).  Kept until
+  // flush(), apart from the blocks.
+  Translate64Status translate_staged(const CodeBytes& code, const void* stage, Block64** out);
   // Run translated code from `host` until it exits; returns the exit reason.
   std::uint64_t enter(ContextBlock& block, const void* host);
   // Point the chainable exit whose rel32 is at `site` at `b`.
@@ -82,6 +88,9 @@ class Translator64 {
     return pc >= reinterpret_cast<std::uintptr_t>(cache_) && pc < reinterpret_cast<std::uintptr_t>(cache_end_);
   }
   Block64* block_at(std::uintptr_t pc) const;
+  // Where a fault handler that stored the guest's registers (and RFLAGS) in
+  // the context resumes, to leave translated code with Context64::exit_reason.
+  std::uintptr_t exit_from_signal() const { return reinterpret_cast<std::uintptr_t>(exit_from_signal_); }
   std::uint64_t guest_rip_at(const Block64* b, std::uintptr_t pc) const;
 
   Translator64Stats stats;
@@ -95,10 +104,12 @@ class Translator64 {
   std::uint8_t* blocks_start_ = nullptr;
   std::uint8_t* entry_ = nullptr;  // std::uint64_t entry(Context64*, const void* host)
   std::uint8_t* exit_ = nullptr;   // translated code jumps here to leave (reason and next_rip set)
+  std::uint8_t* exit_from_signal_ = nullptr;  // the same with the guest's registers stored already
   static std::uint64_t key_of(std::uint64_t rip, bool compat) { return compat ? rip | (1ull << 63) : rip; }
   ZydisDecoder decoder_;
   ZydisDecoder decoder_compat_;
   std::unordered_map<std::uint64_t, Block64*> blocks_;
+  std::unordered_map<std::uint64_t, Block64*> staged_;
   std::map<std::uintptr_t, Block64*> by_host_;
   std::vector<std::unique_ptr<Block64>> all_;
 };
