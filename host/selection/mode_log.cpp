@@ -40,6 +40,7 @@ std::vector<std::string> monitor_mode_lines(const Selection& s) {
                              ? fmt::format(" ({} {})", s.selected_plugin->descriptor.name, s.selected_plugin->descriptor.version)
                              : "";
     out.push_back(line("selected", s.display(*s.selected) + plugin));
+    if (*s.selected == "BT" && !s.bt64_checks.empty()) out.push_back(line("BT64 confinement", s.bt64_checks));
   } else {
     out.push_back(line("selected", fmt::format("none ({})", s.none_reason)));
   }

@@ -157,7 +157,18 @@ Selection select_monitor_mode(const api::HostCapabilities& host, const std::vect
   s.vm_name = vm.name;
   s.host_source = host.source;
   s.policy_name = policy.name;
-  s.bt_limited_to_32bit = !host.long_mode_segment_limits;
+  // BT is listed as BT32 where it runs 32-bit guests only: on CPUs without
+  // long-mode segment limits for a 32-bit guest (the seed's BT32), and for a
+  // 64-bit guest where no installed BT plugin runs one here.
+  const bool software_bt64 = std::any_of(plugins.begin(), plugins.end(), [&](const PluginCandidate& p) {
+    const char* token = api::mode_token(p.descriptor.execution, p.descriptor.mmu);
+    return token && std::string_view(token) == "BT" && p.descriptor.guests.bits64 &&
+           !p.descriptor.guests.bits64_needs_segment_limits;
+  });
+  s.bt_limited_to_32bit = !host.long_mode_segment_limits && (vm.guest.os.bits == 32 || !software_bt64);
+  if (vm.guest.os.bits == 64 && software_bt64 && !host.long_mode_segment_limits)
+    s.bt64_checks = "software checks (a table per 1 GiB of the guest's address space) instead of segment limits, "
+                    "which this CPU does not have in long mode";
   const unsigned bits = vm.guest.os.bits;
 
   // 1. Allowed: the policy implements the mode here and an installed plugin can run it.
@@ -309,8 +320,8 @@ ModeSwitch select_mode_switch(const api::HostCapabilities& host, const std::vect
   out.from = current_mode == "BT" && !host.long_mode_segment_limits ? "BT32" : current_mode;
 
   // The plugin gave the guest up: the first hardware mode of the candidates
-  // takes it (BT64, where a policy allows it, would be first only if a
-  // plugin implemented it; bt-swmmu does not).
+  // takes it (the seed's rule: software for as long as possible, then
+  // hardware); BT64 only where no hardware mode is allowed.
   // A hint that kept only BT cannot hold either: the guest OS's order of
   // the allowed modes is next.
   auto first_hardware = [&](const std::vector<std::string>& modes) {
@@ -347,12 +358,27 @@ ModeSwitch select_mode_switch(const api::HostCapabilities& host, const std::vect
   const std::string no_hardware =
       why_not.empty() ? "no hardware mode is allowed"
                       : fmt::format("no hardware mode is allowed ({})", fmt::join(why_not, "; "));
-  const bool bt64_selected = s.selected && *s.selected == "BT";
-  if (bt64_selected || policy.bt32_long_mode.otherwise == Bt32LongModePolicy::Otherwise::Bt64) {
-    const std::string plugin = s.selected_plugin ? s.selected_plugin->descriptor.name : "bt-swmmu";
-    out.reason = fmt::format("{} for the 64-bit guest, so {} continues under BT64, which is not implemented yet "
-                             "({} runs 32-bit code only)",
-                             no_hardware, policy.name, plugin);
+  // BT64: a BT plugin that claims 64-bit guests, where the policy allows BT
+  // for them, takes the guest over (the same plugin, its BT64 engine).
+  const bool bt64_selected = s.selected && *s.selected == "BT" && s.selected_plugin;
+  if (bt64_selected) {
+    out.to = "BT64";
+    out.plugin = s.selected_plugin;
+    out.reason = fmt::format("{} for the 64-bit guest, so {} continues under BT64{}", no_hardware, policy.name,
+                             host.long_mode_segment_limits
+                                 ? ""
+                                 : " (each guest address confined by software checks: this CPU has no long-mode "
+                                   "segment limits)");
+    return out;
+  }
+  if (policy.bt32_long_mode.otherwise == Bt32LongModePolicy::Otherwise::Bt64) {
+    std::string bt_reason;
+    for (const auto& verdict : s.verdicts)
+      if (verdict.mode == "BT" && !verdict.reasons.empty())
+        bt_reason = fmt::format("{}", fmt::join(verdict.reasons, "; "));
+    out.reason = fmt::format("{} for the 64-bit guest, and {} would continue under BT64, which no installed plugin "
+                             "allowed here provides{}",
+                             no_hardware, policy.name, bt_reason.empty() ? "" : " (BT: " + bt_reason + ")");
     return out;
   }
   std::string bt_reason;

@@ -43,6 +43,9 @@ struct Selection {
   std::string host_source;   // HostCapabilities::source
   std::string policy_name;
   bool bt_limited_to_32bit = false;  // list BT as BT32 (the seed, on Intel CPUs)
+  // A 64-bit guest BT may run without long-mode segment limits: how its
+  // addresses are confined instead (logged when BT is selected).
+  std::string bt64_checks;
 
   std::vector<ModeVerdict> verdicts;      // one per mode, in log order
   std::vector<std::string> allowed;

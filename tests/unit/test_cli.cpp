@@ -66,14 +66,14 @@ class CliTest : public ::testing::Test {
 
 // The seed's VM has one vCPU here: ESX's BT ran SMP guests, bt-swmmu does not
 // (configs/vms/seed-linux-64.yaml says so; the next test shows the 2-vCPU VM).
-// The seed's example allowed BT HV HWMMU; bt-swmmu has no BT64 yet and says
-// so, and the selection is the seed's (the unit tests reproduce the seed's
-// lines with its BT64 claim).
-TEST_F(CliTest, ExplainOfTheSeedsEsx40ShanghaiExampleSelectsHwMmuAndSaysBtHasNo64Bit) {
+// The seed's example allowed BT HV HWMMU and selected HWMMU: with bt-swmmu's
+// BT64 (software checks) and esx-4.0's rule (BT64 on AMD with long-mode
+// segment limits, which Shanghai has) it is the seed's selection exactly.
+TEST_F(CliTest, ExplainOfTheSeedsEsx40ShanghaiExampleIsTheSeeds) {
   Result r = run("explain configs/vms/seed-linux-64.yaml --cpu amd-shanghai --policy esx-4.0");
   EXPECT_EQ(r.status, 0) << r.out;
-  EXPECT_THAT(r.out, HasSubstr("MONITOR MODE: allowed modes          : HV HWMMU\n"));
-  EXPECT_THAT(r.out, HasSubstr("MONITOR MODE: not allowed            : BT (bt-swmmu does not run 64-bit guests)\n"));
+  EXPECT_THAT(r.out, HasSubstr("MONITOR MODE: allowed modes          : BT HV HWMMU\n"));
+  EXPECT_THAT(r.out, HasSubstr("MONITOR MODE: guestOS preferred modes: HWMMU HV BT\n"));
   EXPECT_THAT(r.out, HasSubstr("MONITOR MODE: selected               : HWMMU (hv-hwmmu 0.1.0)\n"));
 }
 
@@ -81,8 +81,8 @@ TEST_F(CliTest, ExplainOfAnSmpVmSaysWhyBtIsNotAllowed) {
   Result r = run("explain configs/vms/nested-hint-64.yaml --cpu amd-shanghai --policy esx-4.0");
   EXPECT_EQ(r.status, 0) << r.out;
   EXPECT_THAT(r.out, HasSubstr("MONITOR MODE: allowed modes          : HV HWMMU\n"));
-  EXPECT_THAT(r.out, HasSubstr("MONITOR MODE: not allowed            : BT (bt-swmmu does not run 64-bit guests; "
-                               "bt-swmmu runs only VMs with one vCPU; this VM has 4)\n"));
+  EXPECT_THAT(r.out, HasSubstr("MONITOR MODE: not allowed            : BT (bt-swmmu runs only VMs with one vCPU; "
+                               "this VM has 4)\n"));
   EXPECT_THAT(r.out, HasSubstr("MONITOR MODE: selected               : HWMMU (hv-hwmmu 0.1.0)\n"));
   Result two = run("explain configs/vms/linux-64.yaml --cpu amd-shanghai --policy esx-4.0");
   EXPECT_THAT(two.out, HasSubstr("bt-swmmu runs only VMs with one vCPU; this VM has 2)"));
@@ -216,15 +216,19 @@ TEST_F(CliTest, AnUnwritableLogDirectoryIsABadInputNotACrash) {
   fs::remove(log_dir_);
 }
 
-TEST_F(CliTest, TheLinuxGuestNeedsA64BitModeAndSaysSoWhereThereIsNone) {
+// Without a usable KVM the 64-bit Linux VM is selected for BT (BT64, with
+// its software checks named).  Whether Debian's kernel boots there is not
+// asserted: it does not yet (README, "BT64"); the VM must end cleanly.
+TEST_F(CliTest, TheLinuxGuestIsSelectedForBt64WhereThereIsNoHardwareMode) {
   if (!fs::exists(fs::path(MODEVISOR_BINARY_DIR) / "guests/busybox-initramfs.cpio.gz"))
     GTEST_SKIP() << "the Linux guest is not built (needs linux-image-amd64 and busybox-static)";
   Result host = run("--json host");
   const auto j = nlohmann::json::parse(host.out.substr(host.out.find('{')));
   if (j["driver"]["usable"].get<bool>()) GTEST_SKIP() << "this host has a usable KVM: the HV modes run it";
-  Result r = run("run configs/vms/linux-busybox.yaml");
-  EXPECT_EQ(r.status, 8) << r.out;  // no mode: BT here runs 32-bit guests only
-  EXPECT_THAT(read_log("linux-busybox.log"), HasSubstr("MONITOR MODE: not allowed"));
+  Result r = run("explain configs/vms/linux-busybox.yaml");
+  EXPECT_EQ(r.status, 0) << r.out;
+  EXPECT_THAT(r.out, HasSubstr("MONITOR MODE: selected               : BT (bt-swmmu"));
+  EXPECT_THAT(r.out, HasSubstr("MONITOR MODE: BT64 confinement       : software checks"));
 }
 
 TEST_F(CliTest, EveryExample32BitVmRunsToItsPassLine) {

@@ -23,6 +23,7 @@ namespace {
 using ::testing::Contains;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
+using ::testing::Not;
 using Modes = std::vector<std::string>;
 
 const std::filesystem::path kConfigs = std::filesystem::path(MODEVISOR_SOURCE_DIR) / "configs";
@@ -310,26 +311,34 @@ TEST_F(SelectorTest, PluginsDeclareTheirVcpuLimit) {
         << plugin->descriptor.name;
 }
 
-// bt-swmmu as shipped does not claim 64-bit guests (BT64 is not built): where
-// the seed's ESX would pick BT64 the selection says the plugin cannot, and a
-// host without a hardware mode has no mode for the 64-bit VM.
-TEST_F(SelectorTest, ShippedBtSwmmuDoesNotClaim64BitGuests) {
+// bt-swmmu as shipped claims 64-bit guests (BT64) without long-mode segment
+// limits: its software checks confine each guest address.  What a policy
+// allows is the policy's: esx-4.0 keeps the seed's rule (BT64 only on AMD with
+// segment limits), default allows it on any CPU.
+TEST_F(SelectorTest, ShippedBtSwmmuClaims64BitGuestsWithSoftwareChecks) {
   for (const auto& plugin : registry_->plugins())
     if (plugin->descriptor.name == "bt-swmmu") {
       EXPECT_TRUE(plugin->descriptor.guests.bits32);
-      EXPECT_FALSE(plugin->descriptor.guests.bits64);
+      EXPECT_TRUE(plugin->descriptor.guests.bits64);
+      EXPECT_FALSE(plugin->descriptor.guests.bits64_needs_segment_limits);
     }
+  // The seed's example again: Shanghai allows BT HV HWMMU and picks HWMMU.
   const Selection shanghai = select_shipped(cpu("amd-shanghai"), "esx-4.0", vm("linux-64"));
-  EXPECT_THAT(shanghai.allowed, ElementsAre("HV", "HWMMU"));
-  ASSERT_EQ(shanghai.verdicts[0].mode, "BT");
-  EXPECT_THAT(shanghai.verdicts[0].reasons, ElementsAre("bt-swmmu does not run 64-bit guests"));
+  EXPECT_THAT(shanghai.allowed, ElementsAre("BT", "HV", "HWMMU"));
   EXPECT_EQ(shanghai.selected, "HWMMU");
-  // Opteron Rev F: the seed's BT64 would be the only mode; bt-swmmu is not it.
+  // Opteron Rev F (segment limits, no usable AMD-V): BT64 is the only mode.
   const Selection revf = select_shipped(cpu("amd-opteron-revf"), "esx-4.0", vm("linux-64"));
-  EXPECT_TRUE(revf.allowed.empty());
-  EXPECT_FALSE(revf.selected);
-  EXPECT_THAT(monitor_mode_lines(revf),
-              Contains("MONITOR MODE: not allowed            : BT (bt-swmmu does not run 64-bit guests)"));
+  EXPECT_THAT(revf.allowed, ElementsAre("BT"));
+  EXPECT_EQ(revf.selected, "BT");
+  // Nehalem without VT-x: esx-4.0 refuses BT64 on Intel, default allows it.
+  api::HostCapabilities nehalem = cpu("intel-nehalem");
+  nehalem.hardware_virtualization = false;
+  nehalem.nested_paging = false;
+  EXPECT_FALSE(select_shipped(nehalem, "esx-4.0", vm("linux-64")).selected);
+  const Selection dflt = select_shipped(nehalem, "default", vm("linux-64"));
+  EXPECT_EQ(dflt.selected, "BT");
+  ASSERT_TRUE(dflt.selected_plugin);
+  EXPECT_EQ(dflt.selected_plugin->descriptor.name, "bt-swmmu");
   // 32-bit guests are unchanged.
   EXPECT_EQ(select_shipped(cpu("amd-opteron-revf"), "esx-4.0", vm("linux-32")).selected, "BT");
 }
@@ -434,13 +443,26 @@ TEST_F(ModeSwitchTest, Esx40SwitchesBt32ToHvWhereThereIsNoNestedPaging) {
   EXPECT_EQ(c.plugin->descriptor.name, "hv-swmmu");
 }
 
-TEST_F(ModeSwitchTest, DefaultWithoutAHardwareModeWouldGoOnUnderBt64WhichIsNotImplemented) {
+TEST_F(ModeSwitchTest, DefaultWithoutAHardwareModeGoesOnUnderBt64) {
+  const ModeSwitch c = change(without_hardware("intel-nehalem"), "default", bt_guest(), /*shipped=*/true);
+  ASSERT_TRUE(c.to);
+  EXPECT_EQ(*c.to, "BT64");
+  ASSERT_TRUE(c.plugin);
+  EXPECT_EQ(c.plugin->descriptor.name, "bt-swmmu");
+  EXPECT_THAT(c.reason, HasSubstr("no hardware mode is allowed"));
+  EXPECT_THAT(c.reason, HasSubstr("the CPU has no hardware virtualization"));
+  EXPECT_THAT(c.reason, HasSubstr("default continues under BT64 (each guest address confined by software checks"));
+  EXPECT_THAT(mode_switch_lines(c).back(),
+              HasSubstr("MONITOR MODE: switch                 : BT32 -> BT64 (bt-swmmu "));
+}
+
+TEST_F(ModeSwitchTest, DefaultStopsWhenNoInstalledPluginProvidesBt64) {
+  // The seed's plugin set: bt-swmmu's BT64 needs segment limits, which Nehalem has not.
   const ModeSwitch c = change(without_hardware("intel-nehalem"), "default", bt_guest());
   EXPECT_FALSE(c.to);
   EXPECT_FALSE(c.plugin);
-  EXPECT_THAT(c.reason, HasSubstr("no hardware mode is allowed"));
-  EXPECT_THAT(c.reason, HasSubstr("the CPU has no hardware virtualization"));
-  EXPECT_THAT(c.reason, HasSubstr("default continues under BT64, which is not implemented yet"));
+  EXPECT_THAT(c.reason, HasSubstr("default would continue under BT64, which no installed plugin allowed here provides"));
+  EXPECT_THAT(c.reason, HasSubstr("runs 64-bit guests only where long mode keeps segment limits"));
 }
 
 TEST_F(ModeSwitchTest, Esx40WithoutAHardwareModeStopsWithTheSeedsReason) {
@@ -462,20 +484,16 @@ TEST_F(ModeSwitchTest, WhereBt64IsAllowedAHardwareModeStillTakesTheGuestBtGaveUp
   EXPECT_EQ(*c.to, "HWMMU");
 }
 
-TEST_F(ModeSwitchTest, WhereBt64IsTheOnlyModeTheVmStopsBecauseBt64IsNotImplemented) {
-  const ModeSwitch c = change(without_hardware("amd-shanghai"), "esx-4.0", bt_guest());
-  EXPECT_FALSE(c.to);
+TEST_F(ModeSwitchTest, WhereBt64IsTheOnlyModeTheGuestContinuesUnderIt) {
+  // Shanghai without AMD-V under esx-4.0: the seed's BT64 case (segment limits).
+  const ModeSwitch c = change(without_hardware("amd-shanghai"), "esx-4.0", bt_guest(), /*shipped=*/true);
+  ASSERT_TRUE(c.to);
+  EXPECT_EQ(*c.to, "BT64");
   ASSERT_TRUE(c.selection.selected);
   EXPECT_EQ(*c.selection.selected, "BT");
-  EXPECT_THAT(c.reason, HasSubstr("BT64, which is not implemented yet"));
-}
-
-TEST_F(ModeSwitchTest, WithTheShippedBtSwmmuABt32GuestEnteringLongModeNeedsAHardwareMode) {
-  // The seed's BT64 would take it on Shanghai without AMD-V; bt-swmmu cannot.
-  const ModeSwitch c = change(without_hardware("amd-shanghai"), "esx-4.0", bt_guest(), /*shipped=*/true);
-  EXPECT_FALSE(c.to);
-  EXPECT_FALSE(c.selection.selected);
-  EXPECT_THAT(c.reason, HasSubstr("stops it"));
+  EXPECT_THAT(c.reason, HasSubstr("continues under BT64"));
+  EXPECT_THAT(c.reason, Not(HasSubstr("software checks")));  // this CPU keeps segment limits
+  // With AMD-V the hardware mode still takes it (software for as long as possible).
   const ModeSwitch hw = change(cpu("amd-shanghai"), "esx-4.0", bt_guest(), /*shipped=*/true);
   ASSERT_TRUE(hw.to);
   EXPECT_EQ(*hw.to, "HWMMU");
