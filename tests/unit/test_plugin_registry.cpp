@@ -64,7 +64,8 @@ TEST(PluginRegistryReal, LoadsTheThreeModesWithTheirDescriptors) {
   EXPECT_TRUE(bt->descriptor.deterministic);
   EXPECT_FALSE(bt->descriptor.host.hardware_virtualization);
   EXPECT_TRUE(bt->descriptor.guests.bits32);
-  EXPECT_FALSE(bt->descriptor.guests.bits64);  // BT64 is not built
+  EXPECT_TRUE(bt->descriptor.guests.bits64);  // BT64
+  EXPECT_FALSE(bt->descriptor.guests.bits64_needs_segment_limits);  // its software checks
 
   const LoadedPlugin* hv = registry.find("hv-swmmu");
   ASSERT_NE(hv, nullptr);
