@@ -253,8 +253,13 @@ void Vcpu64::add_counters(api::Counters& out) const {
 
 // ---------------------------------------------------------------- memory views
 
+Vcpu64::View Vcpu64::current_view() const {
+  const PagingRegs r = paging();
+  return View{r.cr0, r.cr3, r.cr4, r.efer, cpl() == 3 ? 3u : 0u, r.smap_suspended};
+}
+
 void Vcpu64::check_view() {
-  const View now{state_.cr0, state_.cr3, state_.cr4, state_.efer, cpl() == 3 ? 3u : 0u};
+  const View now = current_view();
   if (now == view_) return;
   forget_ranges();
   view_ = now;
@@ -270,7 +275,7 @@ void Vcpu64::forget_ranges() {
 bool Vcpu64::map_range(std::uint32_t high) {
   if (!is_canonical(std::uint64_t{high} << 32)) return false;
   if (std::find(mapped_ranges_.begin(), mapped_ranges_.end(), high) != mapped_ranges_.end()) return true;
-  if (view_ == View{~0ull}) view_ = View{state_.cr0, state_.cr3, state_.cr4, state_.efer, cpl() == 3 ? 3u : 0u};
+  if (view_ == View{~0ull}) view_ = current_view();
   Region* r = shadow_->activate(make_region_key(paging(), cpl() == 3, high));
   if (shadow_->stats.evictions != evictions_seen_) {
     // A region went: the table may name its host addresses no more.

@@ -110,11 +110,15 @@ class Vcpu64 final : public SignalTarget {
   bool trace_ = false;
   bool interrupt_shadow_ = false;
   // The view the slot table was filled for, and the ranges filled.
+  // The regions depend on the user/supervisor view and, below CPL 3, on
+  // EFLAGS.AC (SMAP suspended: STAC/CLAC, POPF); a change forgets the ranges.
   struct View {
     std::uint64_t cr0 = 0, cr3 = 0, cr4 = 0, efer = 0;
     unsigned cpl = 0;
+    bool smap_suspended = false;
     bool operator==(const View&) const = default;
   };
+  View current_view() const;
   View view_{~0ull};
   std::vector<std::uint32_t> mapped_ranges_;
   std::uint64_t evictions_seen_ = 0;
