@@ -504,12 +504,16 @@ Vcpu64::Step Vcpu64::monitor_step() {
     }
   }
   const bool was_compat = compat();
-  // A plain instruction (its access hit a traced page, a code page or a
-  // device): run it alone on the stage.
-  bool staged = false;
-  const Step on_stage = run_staged(bytes, got, &staged);
-  if (staged) return on_stage;
   const StepResult r = emulate_one(state_, *monitor_, bytes, got, vendor_);
+  if (r.kind == StepKind::Unsupported) {
+    // Not the emulator's (which changed nothing): a plain instruction whose
+    // access hit a traced page, a code page or a device runs alone on the
+    // stage.  The emulator goes first: the monitor's own instructions (I/O,
+    // CPUID, ...) are the common case and need one decoding only.
+    bool staged = false;
+    const Step on_stage = run_staged(bytes, got, &staged);
+    if (staged) return on_stage;
+  }
   Step s = Step::Continue;
   switch (r.kind) {
     case StepKind::Next:
