@@ -378,14 +378,16 @@ Block64* Vcpu64::block_at_rip(Step* failed) {
     block_->clear_fast();
     last_compat_ = flavour;
   }
-  if (Block64* b = translator_->find(state_.rip, flavour)) {
-    ++counters_.cache_hits;
-    return b;
-  }
+  // Translated compatibility-mode code assumes flat CS/DS/ES/SS (checked at
+  // every step: a segment load may have changed a base since translation).
   if (flavour && (state_.cs.base || state_.ds.base || state_.es.base || state_.ss.base)) {
     bug_message_ = "bt64: compatibility-mode code with segment bases is not translated yet";
     *failed = Step::Error;
     return nullptr;
+  }
+  if (Block64* b = translator_->find(state_.rip, flavour)) {
+    ++counters_.cache_hits;
+    return b;
   }
   const std::uint64_t la = flavour ? static_cast<std::uint32_t>(state_.rip) : state_.rip;
   std::uint8_t bytes[2 * kPage];
