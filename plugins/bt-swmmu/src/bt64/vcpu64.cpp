@@ -596,6 +596,13 @@ Vcpu64::Step Vcpu64::run_staged(const std::uint8_t* bytes, std::size_t size, boo
       return s;
     }
   }
+  // The write-back above may have written a code page, which drops every
+  // translation, the staged one too: look it up (or translate it) again.
+  if (translator_->translate_staged(CodeBytes{state_.rip, bytes, size, compat()}, stage_, &b) !=
+      Translate64Status::Ok) {
+    bug_message_ = "bt64: the staged instruction could not be translated again";
+    return Step::Error;
+  }
   in_guest_ = true;
   translator_->enter(*block_, b->entry);
   in_guest_ = false;
