@@ -4,10 +4,13 @@
 #pragma once
 
 #include <Zydis/Zydis.h>
+#include <sys/mman.h>
 
 #include <cstdint>
 #include <cstring>
 #include <initializer_list>
+#include <stdexcept>
+#include <string>
 
 #include "encoder_operands.hpp"
 
@@ -18,6 +21,14 @@ namespace modevisor::bt {
 constexpr ZydisRegister kRegionBase = ZYDIS_REGISTER_R12;
 
 using encode::Op;
+
+// A translation cache: `bytes` of readable, writable, executable memory
+// (freed with munmap by its translator).  `engine` names it in the error.
+inline std::uint8_t* map_code_cache(std::size_t bytes, const char* engine) {
+  void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE | PROT_EXEC, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) throw std::runtime_error(std::string(engine) + ": cannot allocate the translation cache");
+  return static_cast<std::uint8_t*>(p);
+}
 
 class Emitter {
  public:

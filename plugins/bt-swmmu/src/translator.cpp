@@ -614,9 +614,7 @@ bool uses_fpu_state(const ZydisDecodedInstruction& insn, const ZydisDecodedOpera
 }  // namespace
 
 Translator::Translator(std::size_t cache_bytes) {
-  void* p = mmap(nullptr, cache_bytes, PROT_READ | PROT_WRITE | PROT_EXEC, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (p == MAP_FAILED) throw std::runtime_error("bt-swmmu: cannot allocate the translation cache");
-  cache_ = static_cast<std::uint8_t*>(p);
+  cache_ = map_code_cache(cache_bytes, "bt-swmmu");
   cache_end_ = cache_ + cache_bytes;
   cur_ = cache_;
   ZydisDecoderInit(&decoder_, ZYDIS_MACHINE_MODE_LEGACY_32, ZYDIS_STACK_WIDTH_32);

@@ -505,9 +505,7 @@ class BlockEmitter {
 }  // namespace
 
 Translator64::Translator64(std::size_t cache_bytes) {
-  void* p = mmap(nullptr, cache_bytes, PROT_READ | PROT_WRITE | PROT_EXEC, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (p == MAP_FAILED) throw std::runtime_error("bt64: cannot allocate the translation cache");
-  cache_ = static_cast<std::uint8_t*>(p);
+  cache_ = map_code_cache(cache_bytes, "bt64");
   cache_end_ = cache_ + cache_bytes;
   cur_ = cache_;
   ZydisDecoderInit(&decoder_, ZYDIS_MACHINE_MODE_LONG_64, ZYDIS_STACK_WIDTH_64);
