@@ -29,6 +29,9 @@ std::uint32_t supported_mask(std::uint32_t function, int reg) {
     case 1: return reg == 2 ? kLeaf1Ecx : reg == 3 ? kLeaf1Edx : ~0u;
     case 7: return reg == 0 ? ~0u : reg == 1 ? kLeaf7Ebx : reg == 2 ? kLeaf7Ecx : 0;
     case 0x80000001: return reg == 2 ? 0 : reg == 3 ? kExt1Edx : ~0u;
+    // A model from KVM (kvm64, host on KVM) names KVM's paravirtual features
+    // here (kvm-clock, async page faults, PV EOI...): none is the engine's.
+    case 0x40000001: return 0;
     default: return ~0u;
   }
 }

@@ -1,6 +1,7 @@
 #include "translator.hpp"
 
 #include "emitter.hpp"
+#include "fpu_instructions.hpp"
 #include "sensitive_instructions.hpp"
 #include "encoder_operands.hpp"
 
@@ -74,18 +75,6 @@ ZydisRegister rename(ZydisRegister r) {
 // and CMPSD (F2 0F 10/11, F2 0F C2) like the string MOVSD/CMPSD, and those
 // must be translated as SSE instructions, not emulated as string moves.
 bool is_string_op(const ZydisDecodedInstruction& insn) { return insn.meta.category == ZYDIS_CATEGORY_STRINGOP; }
-
-bool is_fpu_like(const ZydisDecodedInstruction& insn) {
-  switch (insn.meta.isa_ext) {
-    case ZYDIS_ISA_EXT_X87: case ZYDIS_ISA_EXT_MMX: case ZYDIS_ISA_EXT_SSE: case ZYDIS_ISA_EXT_SSE2:
-    case ZYDIS_ISA_EXT_SSE3: case ZYDIS_ISA_EXT_SSSE3: case ZYDIS_ISA_EXT_SSE4: case ZYDIS_ISA_EXT_SSE4A:
-    case ZYDIS_ISA_EXT_AMD3DNOW: case ZYDIS_ISA_EXT_AVX: case ZYDIS_ISA_EXT_AVX2:
-      return true;
-    default:
-      return insn.mnemonic == ZYDIS_MNEMONIC_FWAIT || insn.mnemonic == ZYDIS_MNEMONIC_FXSAVE ||
-             insn.mnemonic == ZYDIS_MNEMONIC_FXRSTOR;
-  }
-}
 
 // The rules every flavour shares: sensitive, privileged-in-effect or
 // 64-bit-invalid instructions, segment/control/debug registers, implicit
@@ -580,35 +569,6 @@ bool seg_branch_target_r11(Emitter& e, const ZydisDecodedOperand& o, unsigned by
   mo.o = m;
   return bytes == 2 ? e.ins(ZYDIS_MNEMONIC_MOVZX, {R(kR11D), mo}, true)
                     : e.ins(ZYDIS_MNEMONIC_MOV, {R(kR11D), mo}, true);
-}
-
-// Whether the instruction reads or writes x87/MMX/SSE state (registers,
-// control/status words, MXCSR), i.e. needs the guest's FPU state loaded.
-bool uses_fpu_state(const ZydisDecodedInstruction& insn, const ZydisDecodedOperand* ops) {
-  switch (insn.meta.isa_ext) {
-    case ZYDIS_ISA_EXT_X87: case ZYDIS_ISA_EXT_MMX: case ZYDIS_ISA_EXT_SSE: case ZYDIS_ISA_EXT_SSE2:
-    case ZYDIS_ISA_EXT_SSE3: case ZYDIS_ISA_EXT_SSSE3: case ZYDIS_ISA_EXT_SSE4: case ZYDIS_ISA_EXT_SSE4A:
-    case ZYDIS_ISA_EXT_AMD3DNOW:
-      return true;
-    default: break;
-  }
-  if (insn.mnemonic == ZYDIS_MNEMONIC_FWAIT || insn.mnemonic == ZYDIS_MNEMONIC_FXSAVE ||
-      insn.mnemonic == ZYDIS_MNEMONIC_FXRSTOR || insn.mnemonic == ZYDIS_MNEMONIC_EMMS)
-    return true;
-  for (unsigned i = 0; i < insn.operand_count; ++i) {
-    if (ops[i].type != ZYDIS_OPERAND_TYPE_REGISTER) continue;
-    const ZydisRegister r = ops[i].reg.value;
-    switch (ZydisRegisterGetClass(r)) {
-      case ZYDIS_REGCLASS_X87: case ZYDIS_REGCLASS_MMX: case ZYDIS_REGCLASS_XMM: case ZYDIS_REGCLASS_YMM:
-      case ZYDIS_REGCLASS_ZMM:
-        return true;
-      default: break;
-    }
-    if (r == ZYDIS_REGISTER_MXCSR || r == ZYDIS_REGISTER_X87CONTROL || r == ZYDIS_REGISTER_X87STATUS ||
-        r == ZYDIS_REGISTER_X87TAG)
-      return true;
-  }
-  return false;
 }
 
 }  // namespace

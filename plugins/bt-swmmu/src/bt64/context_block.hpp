@@ -33,7 +33,18 @@ struct alignas(64) Context64 {
   std::uint64_t spill;          // 0xc0 translated code's one spill slot (an indirect call's target)
   std::uint64_t rcx_spill;      // 0xc8 guest RCX while the indirect lookup borrows it
   std::uint64_t host_saved[6];  // 0xd0 unused by code; keeps the layout open
+  // The guest's x87/MMX/SSE state.  It is loaded into the host FPU lazily:
+  // a block's first FPU/SSE instruction is preceded by `call [r15 +
+  // fpu_load]`, which runs FXRSTOR64 once per entry and then points at a bare
+  // RET; leaving translated code saves it back (FXSAVE64) only if loaded.
+  std::uint64_t fpu_load;       // 0x100
+  std::uint64_t fpu_live;       // 0x108 nonzero: the guest's state is in the host FPU
+  std::uint32_t host_mxcsr;     // 0x110 the host's MXCSR and x87 control word, given back at exits
+  std::uint16_t host_fcw;       // 0x114
+  alignas(64) std::uint8_t guest_fx[512];  // 0x140 FXSAVE image (the VCPU's owner while it runs)
 };
+static_assert(offsetof(Context64, fpu_load) == 0x100);
+static_assert(offsetof(Context64, guest_fx) % 16 == 0);
 static_assert(offsetof(Context64, rflags) == 0x80);
 static_assert(offsetof(Context64, seg_base) == 0xb0);
 static_assert(sizeof(Context64) <= 4096);

@@ -10,6 +10,7 @@
 
 #include "emitter.hpp"
 #include "encoder_operands.hpp"
+#include "fpu_instructions.hpp"
 #include "sensitive_instructions.hpp"
 
 namespace modevisor::bt::bt64 {
@@ -96,16 +97,23 @@ enum class Kind { Nothing, Plain, Special, Jump, Jcc, Loop, Call, Ret, IndirectJ
 
 // `stack_bits`: 64 in 64-bit mode, 32 in compatibility mode (flat 32-bit
 // stack, SS.B = 1): the near branches and stack operations translated.
-Kind classify(const ZydisDecodedInstruction& insn, const ZydisDecodedOperand* ops, unsigned stack_bits) {
+// `gate`: which FPU/SIMD instructions the guest's CR0/CR4 let run as they
+// are (the others, and what the CPU model does not offer, are the monitor's).
+Kind classify(const ZydisDecodedInstruction& insn, const ZydisDecodedOperand* ops, unsigned stack_bits,
+              FpuGate gate) {
   const bool stack_width = insn.operand_width == stack_bits;
   if (insn.attributes & ZYDIS_ATTRIB_IS_PRIVILEGED) return Kind::Special;
+  const FpuIsa isa = insn.mnemonic == ZYDIS_MNEMONIC_POPCNT ? FpuIsa::None : fpu_isa(insn, ops);
+  if (isa != FpuIsa::None && !gate_open(gate, isa)) return Kind::Special;
   if (insn.encoding != ZYDIS_INSTRUCTION_ENCODING_LEGACY) return Kind::Special;  // VEX/EVEX: no AVX offered
-  if (monitor_emulates(insn.mnemonic)) return Kind::Special;
+  // FXSAVE64/FXRSTOR64 are on the shared list for BT32 (invalid outside 64-bit mode).
+  if (monitor_emulates(insn.mnemonic) && isa != FpuIsa::Fxsr) return Kind::Special;
   // ENDBR32/64 are NOPs while CET is off (the CPU model offers no CET).
   if (insn.mnemonic == ZYDIS_MNEMONIC_ENDBR32 || insn.mnemonic == ZYDIS_MNEMONIC_ENDBR64) return Kind::Nothing;
-  // Integer instructions only: the FPU/MMX/SSE state is not switched yet
-  // (the monitor's, like every category not named here).
-  switch (insn.mnemonic == ZYDIS_MNEMONIC_POPCNT ? ZYDIS_CATEGORY_BITBYTE : insn.meta.category) {  // Zydis files POPCNT under SSE
+  // x87/MMX/SSE/SSE2 and FXSAVE/FXRSTOR run on the guest's FPU state (loaded
+  // lazily, see Context64::fpu_load): only their operands are checked below.
+  const bool fpu = isa != FpuIsa::None;
+  if (!fpu) switch (insn.mnemonic == ZYDIS_MNEMONIC_POPCNT ? ZYDIS_CATEGORY_BITBYTE : insn.meta.category) {  // Zydis files POPCNT under SSE
     case ZYDIS_CATEGORY_BINARY: case ZYDIS_CATEGORY_BITBYTE: case ZYDIS_CATEGORY_CALL:
     case ZYDIS_CATEGORY_CMOV: case ZYDIS_CATEGORY_COND_BR: case ZYDIS_CATEGORY_CONVERT:
     case ZYDIS_CATEGORY_DATAXFER: case ZYDIS_CATEGORY_FLAGOP: case ZYDIS_CATEGORY_LOGICAL:
@@ -159,8 +167,9 @@ Kind classify(const ZydisDecodedInstruction& insn, const ZydisDecodedOperand* op
     const auto& o = ops[i];
     if (o.type == ZYDIS_OPERAND_TYPE_REGISTER) {
       const auto c = ZydisRegisterGetClass(o.reg.value);
-      if (c == ZYDIS_REGCLASS_SEGMENT || c == ZYDIS_REGCLASS_CONTROL || c == ZYDIS_REGCLASS_DEBUG ||
-          c == ZYDIS_REGCLASS_X87 || c == ZYDIS_REGCLASS_MMX || c == ZYDIS_REGCLASS_XMM)
+      if (c == ZYDIS_REGCLASS_SEGMENT || c == ZYDIS_REGCLASS_CONTROL || c == ZYDIS_REGCLASS_DEBUG)
+        return Kind::Special;
+      if (!fpu && (c == ZYDIS_REGCLASS_X87 || c == ZYDIS_REGCLASS_MMX || c == ZYDIS_REGCLASS_XMM))
         return Kind::Special;
       if (o.reg.value == ZYDIS_REGISTER_RIP || o.reg.value == ZYDIS_REGISTER_EIP) return Kind::Special;
       // An implicit stack pointer (other than the branches and stack
@@ -519,12 +528,35 @@ void Translator64::emit_routines() {
   Emitter e(cur_, cache_end_);
   const ZydisRegister saved[6] = {ZYDIS_REGISTER_RBX, ZYDIS_REGISTER_RBP, ZYDIS_REGISTER_R12,
                                   ZYDIS_REGISTER_R13, ZYDIS_REGISTER_R14, ZYDIS_REGISTER_R15};
+  auto movabs_rax = [&](const void* p) {
+    e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_RAX), I(static_cast<std::int64_t>(reinterpret_cast<std::uintptr_t>(p)))});
+  };
+  constexpr std::int32_t kOffFpuLoad = offsetof(Context64, fpu_load), kOffFpuLive = offsetof(Context64, fpu_live);
+  // The guest's FPU/SSE state, loaded on a block's first use: FXRSTOR64,
+  // then fpu_load points at a bare RET until the next exit.  Preserves the
+  // guest's registers and flags (it runs between guest instructions).
+  std::uint8_t* const fpu_ret = e.pos();
+  e.ins(ZYDIS_MNEMONIC_RET, {});
+  fpu_load_ = e.pos();
+  e.ins(ZYDIS_MNEMONIC_FXRSTOR64, {M(kCtx, offsetof(Context64, guest_fx), 512)});
+  e.ins(ZYDIS_MNEMONIC_MOV, {M(kCtx, kOffFpuLive, 8), I(1)});
+  e.ins(ZYDIS_MNEMONIC_PUSH, {R(ZYDIS_REGISTER_RAX)});
+  movabs_rax(fpu_ret);
+  e.ins(ZYDIS_MNEMONIC_MOV, {M(kCtx, kOffFpuLoad, 8), R(ZYDIS_REGISTER_RAX)});
+  e.ins(ZYDIS_MNEMONIC_POP, {R(ZYDIS_REGISTER_RAX)});
+  e.ins(ZYDIS_MNEMONIC_RET, {});
   // entry(rdi = context, rsi = host code): host callee-saved registers on
-  // the host stack, the guest's registers and flags loaded.
+  // the host stack, the host's FPU control words kept, the guest's FPU
+  // state unloaded, the guest's registers and flags loaded.
   entry_ = e.pos();
   for (auto r : saved) e.ins(ZYDIS_MNEMONIC_PUSH, {R(r)});
   e.ins(ZYDIS_MNEMONIC_MOV, {R(kCtx), R(ZYDIS_REGISTER_RDI)});
   e.ins(ZYDIS_MNEMONIC_MOV, {M(kCtx, offsetof(Context64, host_rsp), 8), R(ZYDIS_REGISTER_RSP)});
+  e.ins(ZYDIS_MNEMONIC_STMXCSR, {M(kCtx, offsetof(Context64, host_mxcsr), 4)});
+  e.ins(ZYDIS_MNEMONIC_FNSTCW, {M(kCtx, offsetof(Context64, host_fcw), 2)});
+  movabs_rax(fpu_load_);
+  e.ins(ZYDIS_MNEMONIC_MOV, {M(kCtx, kOffFpuLoad, 8), R(ZYDIS_REGISTER_RAX)});
+  e.ins(ZYDIS_MNEMONIC_MOV, {M(kCtx, kOffFpuLive, 8), I(0)});
   e.ins(ZYDIS_MNEMONIC_MOV, {R(kB), R(ZYDIS_REGISTER_RSI)});
   e.ins(ZYDIS_MNEMONIC_PUSH, {M(kCtx, offsetof(Context64, rflags), 8)});
   e.ins(ZYDIS_MNEMONIC_POPFQ, {});
@@ -546,6 +578,18 @@ void Translator64::emit_routines() {
   // The fault handler resumes here: it stored the guest's registers itself.
   exit_from_signal_ = e.pos();
   e.ins(ZYDIS_MNEMONIC_CLD, {});
+  // The guest's FPU state back to the context if a block loaded it, and the
+  // host's control words (the monitor is C++).  The guest's flags are saved.
+  e.ins(ZYDIS_MNEMONIC_CMP, {M(kCtx, kOffFpuLive, 8), I(0)});
+  e.b(0x74);  // je not_loaded
+  std::uint8_t* const not_loaded = e.pos();
+  e.b(0);
+  e.ins(ZYDIS_MNEMONIC_FXSAVE64, {M(kCtx, offsetof(Context64, guest_fx), 512)});
+  e.ins(ZYDIS_MNEMONIC_FNINIT, {});
+  e.ins(ZYDIS_MNEMONIC_LDMXCSR, {M(kCtx, offsetof(Context64, host_mxcsr), 4)});
+  e.ins(ZYDIS_MNEMONIC_FLDCW, {M(kCtx, offsetof(Context64, host_fcw), 2)});
+  e.ins(ZYDIS_MNEMONIC_MOV, {M(kCtx, kOffFpuLive, 8), I(0)});
+  *not_loaded = static_cast<std::uint8_t>(e.pos() - (not_loaded + 1));
   e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_RSP), M(kCtx, offsetof(Context64, host_rsp), 8)});
   e.ins(ZYDIS_MNEMONIC_MOV, {R(ZYDIS_REGISTER_RAX), M(kCtx, kOffReason, 8)});
   for (int i = 5; i >= 0; --i) e.ins(ZYDIS_MNEMONIC_POP, {R(saved[i])});
@@ -613,7 +657,7 @@ Translate64Status Translator64::translate_staged(const CodeBytes& code, const vo
   bool has_memory = false;
   for (unsigned i = 0; i < insn.operand_count_visible; ++i)
     has_memory |= ops[i].type == ZYDIS_OPERAND_TYPE_MEMORY;
-  if (classify(insn, ops, code.compat ? 32 : 64) != Kind::Plain || !has_memory ||
+  if (classify(insn, ops, code.compat ? 32 : 64, fpu_gate_) != Kind::Plain || !has_memory ||
       insn.mnemonic == ZYDIS_MNEMONIC_LEA)
     return Translate64Status::Special;
   auto block = std::make_unique<Block64>();
@@ -624,6 +668,7 @@ Translate64Status Translator64::translate_staged(const CodeBytes& code, const vo
   BlockEmitter be(e, exit_, *block);
   be.set_stage(stage);
   block->side.emplace_back(0, code.rip);
+  if (uses_fpu_state(insn, ops)) e.ins(ZYDIS_MNEMONIC_CALL, {M(kCtx, offsetof(Context64, fpu_load), 8)});
   if (!be.plain(insn, ops, code.rip + insn.length)) {
     e.reset_to(block->entry);
     return Translate64Status::Special;
@@ -655,6 +700,7 @@ Translate64Status Translator64::translate(const CodeBytes& code, Block64** out, 
   std::size_t off = 0;
   std::uint32_t n = 0;
   bool ended = false;
+  bool fpu_ready = false;  // the block called fpu_load already
   while (!ended) {
     const std::uint64_t rip = code.rip + off;
     if (n == max_insns) {
@@ -679,14 +725,18 @@ Translate64Status Translator64::translate(const CodeBytes& code, Block64** out, 
     const std::uint64_t next = rip + insn.length;
     std::uint8_t* const insn_start = e.pos();
     block->side.emplace_back(static_cast<std::uint32_t>(insn_start - block->entry), rip);
-    Kind kind = classify(insn, ops, code.compat ? 32 : 64);
+    Kind kind = classify(insn, ops, code.compat ? 32 : 64, fpu_gate_);
     bool ok = true;
     switch (kind) {
       case Kind::Nothing:
         break;
-      case Kind::Plain:
+      case Kind::Plain: {
+        const bool load_fpu = !fpu_ready && uses_fpu_state(insn, ops);
+        if (load_fpu) e.ins(ZYDIS_MNEMONIC_CALL, {M(kCtx, offsetof(Context64, fpu_load), 8)});
         ok = be.plain(insn, ops, next);
+        fpu_ready |= ok && load_fpu;
         break;
+      }
       case Kind::Jump:
         be.direct_exit(be.target(next, ops[0].imm.value.s));
         ended = true;

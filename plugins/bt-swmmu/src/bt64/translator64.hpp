@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "bt64/context_block.hpp"
+#include "fpu_instructions.hpp"
 
 namespace modevisor::bt::bt64 {
 
@@ -82,6 +83,10 @@ class Translator64 {
   // Point the chainable exit whose rel32 is at `site` at `b`.
   void chain(std::uint64_t site, const Block64* b);
   void flush();
+  // Which FPU/SIMD instructions blocks translated from now run themselves
+  // (the guest's CR0/CR4 decide; the caller flushes when it changes).
+  void set_fpu_gate(FpuGate g) { fpu_gate_ = g; }
+  FpuGate fpu_gate() const { return fpu_gate_; }
   bool needs_flush() const { return cache_end_ - cur_ < 64 * 1024; }
 
   bool in_cache(std::uintptr_t pc) const {
@@ -105,6 +110,8 @@ class Translator64 {
   std::uint8_t* entry_ = nullptr;  // std::uint64_t entry(Context64*, const void* host)
   std::uint8_t* exit_ = nullptr;   // translated code jumps here to leave (reason and next_rip set)
   std::uint8_t* exit_from_signal_ = nullptr;  // the same with the guest's registers stored already
+  std::uint8_t* fpu_load_ = nullptr;  // loads the guest's FPU/SSE state (Context64::fpu_load)
+  FpuGate fpu_gate_;
   static std::uint64_t key_of(std::uint64_t rip, bool compat) { return compat ? rip | (1ull << 63) : rip; }
   ZydisDecoder decoder_;
   ZydisDecoder decoder_compat_;

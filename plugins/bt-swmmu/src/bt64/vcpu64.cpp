@@ -101,7 +101,13 @@ class Vcpu64::Monitor final : public LinearMemory, public Emulator64Env {
     if (index == 0x10) return __rdtsc();
     for (const auto& m : v_.state_.msrs)
       if (m.index == index) return m.value;
-    if (index == 0x277) return 0x0007040600070406ull;  // PAT at reset
+    // Never written: what BT32's MSR file answers (MISC_ENABLE's fast
+    // strings, PAT's power-on value, SYSENTER_* zero).
+    if (MsrFile::holds(index)) {
+      static const MsrFile power_on(0);
+      const auto v = power_on.read(index, 0);
+      if (v.ok()) return v.value();
+    }
     return std::nullopt;
   }
   bool wrmsr(std::uint32_t index, std::uint64_t value) override {
@@ -181,6 +187,7 @@ Vcpu64::Vcpu64(api::GuestMemory& mem, api::Platform& platform, api::Logger& log,
   block_ = std::make_unique<ContextBlock>();
   translator_ = std::make_unique<Translator64>();
   monitor_ = std::make_unique<Monitor>(*this);
+  load_fpu_image(api::FpuState{}.fxsave);
   // SYSCALL/SYSRET differ by vendor: the CPU model's (leaf 0's "AuthenticAMD").
   vendor_ = cpuid.answer(0, 0, index).ebx == 0x68747541 ? Vendor::Amd : Vendor::Intel;
   trace_ = std::getenv("MODEVISOR_BT_TRACE") != nullptr;
@@ -220,6 +227,7 @@ void Vcpu64::load(const api::VcpuState& s) {
     throw api::MonitorError("bt64: the state is not in long mode (EFER.LMA needs CR0.PG, CR0.PE and CR4.PAE)");
   state_ = s;
   halted_ = s.run_state == api::RunState::Halted;
+  load_fpu_image(s.fpu.fxsave);
   state_to_context();
   forget_ranges();
   flush_translations();
@@ -231,7 +239,29 @@ api::VcpuState Vcpu64::save() const {
   for (int i = 0; i < 16; ++i) s.gpr[i] = c->gpr[i];
   s.rflags = (state_.rflags & ~kArithmeticFlags) | (c->rflags & kArithmeticFlags) | 2;
   s.run_state = halted_ ? api::RunState::Halted : api::RunState::Runnable;
+  std::memcpy(s.fpu.fxsave.data(), c->guest_fx, sizeof c->guest_fx);
   return s;
+}
+
+void Vcpu64::load_fpu_image(const std::array<std::uint8_t, 512>& fxsave) {
+  Context64* c = block_->ctx();
+  bool zero = true;
+  for (auto b : fxsave) zero &= b == 0;
+  if (zero) {
+    // A state that never held one: the FPU after RESET (FCW 0x37f, MXCSR 0x1f80).
+    std::memset(c->guest_fx, 0, sizeof c->guest_fx);
+    const std::uint16_t fcw = 0x37f;
+    const std::uint32_t mxcsr = 0x1f80;
+    std::memcpy(c->guest_fx, &fcw, 2);
+    std::memcpy(c->guest_fx + 24, &mxcsr, 4);
+    return;
+  }
+  std::memcpy(c->guest_fx, fxsave.data(), sizeof c->guest_fx);
+  // MXCSR's reserved bits would make FXRSTOR64 fault in translated code.
+  std::uint32_t mxcsr;
+  std::memcpy(&mxcsr, c->guest_fx + 24, 4);
+  mxcsr &= 0xffff;
+  std::memcpy(c->guest_fx + 24, &mxcsr, 4);
 }
 
 void Vcpu64::kick() {
@@ -422,6 +452,13 @@ Block64* Vcpu64::block_at_rip(Step* failed) {
 
 Vcpu64::Step Vcpu64::step() {
   check_view();
+  // CR0.TS/EM or CR4.OSFXSR changed: translations made under the old gate
+  // run (or leave to the monitor) FPU/SIMD instructions the new one does not.
+  const FpuGate gate = fpu_gate(state_.cr0, state_.cr4);
+  if (!(gate == translator_->fpu_gate())) {
+    flush_translations();
+    translator_->set_fpu_gate(gate);
+  }
   Step failed = Step::Continue;
   Block64* b = block_at_rip(&failed);
   if (!b) return failed;
@@ -472,6 +509,25 @@ Vcpu64::Step Vcpu64::run_block(Block64* b) {
           state_to_context();
           return s;
         }
+        case FaultKind::FpuError: {
+          // x87 exceptions are #MF (CR0.NE; Linux sets it), SIMD ones #XM
+          // with CR4.OSXMMEXCPT, else #UD (SDM vol. 3 table 13-1).
+          context_to_state();
+          std::uint8_t bytes[16];
+          const std::uint64_t la = compat() ? static_cast<std::uint32_t>(state_.rip) : state_.rip;
+          const std::size_t got = monitor_->fetch(la, bytes, sizeof bytes);
+          ZydisDecoder decoder;
+          ZydisDecoderInit(&decoder, compat() ? ZYDIS_MACHINE_MODE_LONG_COMPAT_32 : ZYDIS_MACHINE_MODE_LONG_64,
+                           compat() ? ZYDIS_STACK_WIDTH_32 : ZYDIS_STACK_WIDTH_64);
+          ZydisDecodedInstruction insn;
+          ZydisDecodedOperand ops[ZYDIS_MAX_OPERAND_COUNT];
+          const bool simd = got && ZYAN_SUCCESS(ZydisDecoderDecodeFull(&decoder, bytes, got, &insn, ops)) &&
+                            fpu_isa(insn, ops) == FpuIsa::Sse;
+          const std::uint8_t vector = !simd ? 16 : (state_.cr4 & kCr4OsXmmExcpt) ? 19 : 6;
+          const Step s = deliver(vector, false, 0, EventKind::Exception);
+          state_to_context();
+          return s;
+        }
         case FaultKind::None:
           break;
       }
@@ -508,6 +564,10 @@ Vcpu64::Step Vcpu64::monitor_step() {
   const bool was_compat = compat();
   const StepResult r = emulate_one(state_, *monitor_, bytes, got, vendor_);
   if (r.kind == StepKind::Unsupported) {
+    // An FPU/SIMD instruction the guest's CR0/CR4 or the CPU model do not let run.
+    bool is_fpu = false;
+    const Step fpu = fpu_step(bytes, got, &is_fpu);
+    if (is_fpu) return fpu;
     // Not the emulator's (which changed nothing): a plain instruction whose
     // access hit a traced page, a code page or a device runs alone on the
     // stage.  The emulator goes first: the monitor's own instructions (I/O,
@@ -533,6 +593,33 @@ Vcpu64::Step Vcpu64::monitor_step() {
       break;
   }
   if (compat() != was_compat) block_->clear_fast();
+  state_to_context();
+  return s;
+}
+
+Vcpu64::Step Vcpu64::fpu_step(const std::uint8_t* bytes, std::size_t size, bool* handled) {
+  *handled = false;
+  ZydisDecoder decoder;
+  ZydisDecoderInit(&decoder, compat() ? ZYDIS_MACHINE_MODE_LONG_COMPAT_32 : ZYDIS_MACHINE_MODE_LONG_64,
+                   compat() ? ZYDIS_STACK_WIDTH_32 : ZYDIS_STACK_WIDTH_64);
+  ZydisDecodedInstruction insn;
+  ZydisDecodedOperand ops[ZYDIS_MAX_OPERAND_COUNT];
+  if (!ZYAN_SUCCESS(ZydisDecoderDecodeFull(&decoder, bytes, size, &insn, ops))) return Step::Continue;
+  const FpuIsa isa = fpu_isa(insn, ops);
+  if (isa == FpuIsa::None) return Step::Continue;
+  const auto fault = fpu_fault(isa, insn.mnemonic == ZYDIS_MNEMONIC_FWAIT, state_.cr0, state_.cr4);
+  if (!fault) {
+    if (insn.mnemonic != ZYDIS_MNEMONIC_FWAIT) return Step::Continue;  // it runs (on the stage, if it can)
+    // FWAIT with CR0.TS set and MP clear: it only checks for pending x87
+    // exceptions, which the saved state keeps for the next x87 instruction.
+    *handled = true;
+    state_.rip += insn.length;
+    if (compat()) state_.rip = static_cast<std::uint32_t>(state_.rip);
+    state_to_context();
+    return Step::Continue;
+  }
+  *handled = true;
+  const Step s = deliver_fault(*fault, 0);
   state_to_context();
   return s;
 }
@@ -636,6 +723,13 @@ Vcpu64::Step Vcpu64::deliver_fault(const Fault& f, std::uint64_t cr2) {
 Vcpu64::Step Vcpu64::deliver(std::uint8_t vector, bool has_error, std::uint32_t error, EventKind kind) {
   ++counters_.events;
   halted_ = false;
+  if (trace_) {  // MODEVISOR_BT_TRACE: each event, where the guest was
+    char line[160];
+    std::snprintf(line, sizeof line, "bt64: event vector %u error %#x at RIP %#llx (CS %#x, CR2 %#llx)", vector,
+                  has_error ? error : 0u, static_cast<unsigned long long>(state_.rip), state_.cs.selector,
+                  static_cast<unsigned long long>(state_.cr2));
+    log_.log(api::LogLevel::Trace, line);
+  }
   Check c = bt64::deliver(state_, *monitor_, vector, has_error, error, kind);
   if (!c) return Step::Continue;
   // A fault while delivering: #DF (SDM vol. 3 table 6-5, simplified as the
@@ -694,7 +788,11 @@ bool Vcpu64::handle_signal(int sig, void* info, void* uctx) {
     return true;
   };
   // #DE in translated code (DIV/IDIV): the guest's, at the instruction.
-  if (sig == SIGFPE) return leave(FaultKind::DivideError);
+  // SIGFPE: #DE from DIV/IDIV, else an unmasked x87 (#MF) or SIMD (#XM)
+  // exception of the guest's FPU state.
+  if (sig == SIGFPE)
+    return leave(si->si_code == FPE_INTDIV || si->si_code == FPE_INTOVF ? FaultKind::DivideError
+                                                                         : FaultKind::FpuError);
   if (sig != SIGSEGV && sig != SIGBUS) return leave(FaultKind::Emulate);  // the emulator raises it
   const auto addr = reinterpret_cast<std::uintptr_t>(si->si_addr);
   const auto poll = reinterpret_cast<std::uintptr_t>(block_->base()) + kPollOffset64;

@@ -10,6 +10,7 @@
 
 #include <modevisor/api/monitor.hpp>
 
+#include <array>
 #include <atomic>
 #include <csetjmp>
 #include <cstdint>
@@ -55,7 +56,7 @@ class Vcpu64 final : public SignalTarget {
 
   enum class Step { Continue, Stop, Shutdown, Error };
   // What the fault handler found in translated code (see handle_signal).
-  enum class FaultKind : std::uint8_t { None, PageFault, Emulate, Interrupt, DivideError };
+  enum class FaultKind : std::uint8_t { None, PageFault, Emulate, Interrupt, DivideError, FpuError };
 
   unsigned cpl() const { return state_.cs.selector & 3u; }
   bool compat() const { return !state_.cs.l; }
@@ -78,6 +79,11 @@ class Vcpu64 final : public SignalTarget {
   Step monitor_step();  // the instruction at RIP, emulated
   // A plain instruction run alone by translated code with its memory operand
   // on stage_ (handled = false: not such an instruction).
+  // An FPU/SIMD instruction at the monitor: the fault CR0/CR4 or the CPU
+  // model give it (handled = false: not one, or one that runs).
+  Step fpu_step(const std::uint8_t* bytes, std::size_t size, bool* handled);
+  // The guest's FXSAVE image into the context (RESET's state if empty).
+  void load_fpu_image(const std::array<std::uint8_t, 512>& fxsave);
   Step run_staged(const std::uint8_t* bytes, std::size_t size, bool* handled);
   alignas(64) std::uint8_t stage_[64] = {};
   Step deliver(std::uint8_t vector, bool has_error, std::uint32_t error, EventKind kind);
