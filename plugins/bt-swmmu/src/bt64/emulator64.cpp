@@ -229,6 +229,7 @@ void dispatch(Step& st) {
     case ZYDIS_MNEMONIC_IRET: case ZYDIS_MNEMONIC_IRETD: case ZYDIS_MNEMONIC_IRETQ: return iret(st);
     case ZYDIS_MNEMONIC_SYSCALL: case ZYDIS_MNEMONIC_SYSRET: case ZYDIS_MNEMONIC_SWAPGS: return system_call(st);
     case ZYDIS_MNEMONIC_CPUID: return cpuid(st);
+    case ZYDIS_MNEMONIC_STAC: case ZYDIS_MNEMONIC_CLAC: return stac_clac(st);
     case ZYDIS_MNEMONIC_RDMSR: return rdmsr(st);
     case ZYDIS_MNEMONIC_WRMSR: return wrmsr(st);
     case ZYDIS_MNEMONIC_RDTSC: case ZYDIS_MNEMONIC_RDTSCP: return read_tsc(st);

@@ -277,6 +277,14 @@ void system_call(Step& st) {
   st.rip_set = st.flags_loaded = true;
 }
 
+void stac_clac(Step& st) {
+  // SDM STAC/CLAC: #UD above CPL 0 or where CPUID does not offer SMAP.
+  if (st.cpl != 0 || !((st.env.cpuid(7, 0)[1] >> 20) & 1)) Step::raise(Fault::ud());
+  constexpr std::uint64_t kAc = 1u << 18;
+  if (st.insn.mnemonic == ZYDIS_MNEMONIC_STAC) st.s.rflags |= kAc;
+  else st.s.rflags &= ~kAc;
+}
+
 void cpuid(Step& st) {
   const auto r = st.env.cpuid(static_cast<std::uint32_t>(st.gpr(rax, 4)), static_cast<std::uint32_t>(st.gpr(rcx, 4)));
   st.set_gpr(rax, 4, r[0]);

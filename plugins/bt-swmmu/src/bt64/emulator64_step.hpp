@@ -157,6 +157,7 @@ void software_interrupt(Step& st);
 void iret(Step& st);
 void system_call(Step& st);
 void cpuid(Step& st);
+void stac_clac(Step& st);  // EFLAGS.AC: SMAP suspended or not
 void rdmsr(Step& st);
 void wrmsr(Step& st);
 void read_tsc(Step& st);

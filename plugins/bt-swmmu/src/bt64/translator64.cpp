@@ -4,6 +4,7 @@
 
 #include <array>
 #include <cstddef>
+#include <cstdio>
 #include <cstring>
 #include <optional>
 #include <stdexcept>
@@ -639,6 +640,22 @@ std::uint64_t Translator64::guest_rip_at(const Block64* b, std::uintptr_t pc) co
     rip = guest;
   }
   return rip;
+}
+
+std::string Translator64::routine_at(std::uintptr_t pc) const {
+  const std::pair<const char*, const std::uint8_t*> routines[] = {
+      {"fpu_load", fpu_load_}, {"entry", entry_}, {"exit", exit_}, {"exit_from_signal", exit_from_signal_},
+      {"blocks", blocks_start_}};
+  const char* name = "before the routines";
+  std::uintptr_t start = reinterpret_cast<std::uintptr_t>(cache_);
+  for (const auto& [n, p] : routines)
+    if (pc >= reinterpret_cast<std::uintptr_t>(p)) {
+      name = n;
+      start = reinterpret_cast<std::uintptr_t>(p);
+    }
+  char text[96];
+  std::snprintf(text, sizeof text, "%s+%#lx", name, static_cast<unsigned long>(pc - start));
+  return text;
 }
 
 Translate64Status Translator64::translate_staged(const CodeBytes& code, const void* stage, Block64** out) {

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <string>
 #include <unordered_map>
 #include <utility>
 #include <vector>
@@ -97,6 +98,9 @@ class Translator64 {
   // the context resumes, to leave translated code with Context64::exit_reason.
   std::uintptr_t exit_from_signal() const { return reinterpret_cast<std::uintptr_t>(exit_from_signal_); }
   std::uint64_t guest_rip_at(const Block64* b, std::uintptr_t pc) const;
+  // Which of the engine's routines holds host code address `pc` ("fpu_load
+  // +0x4"), for messages about faults outside blocks.
+  std::string routine_at(std::uintptr_t pc) const;
 
   Translator64Stats stats;
 

@@ -1,5 +1,6 @@
 #include "bt64/vcpu64.hpp"
 
+#include <dlfcn.h>
 #include <signal.h>
 #include <sys/mman.h>
 #include <ucontext.h>
@@ -366,7 +367,12 @@ api::RunExit Vcpu64::run() {
     }
     Step s = take_interrupt_if_any();
     if (s == Step::Continue && halted_) {
-      platform_.wait_for_interrupt(index_);
+      // With IF clear only an NMI or INIT could wake it: the platform's to
+      // judge (a uniprocessor VM halted so stops with reason "halted").
+      if (state_.rflags & kIf)
+        platform_.wait_for_interrupt(index_);
+      else
+        platform_.wait_for_cpu_event(index_);
       poll_needed_.store(true);
       if (platform_.interrupt_pending(index_)) halted_ = false;
       continue;
@@ -641,6 +647,10 @@ Vcpu64::Step Vcpu64::run_staged(const std::uint8_t* bytes, std::size_t size, boo
   for (unsigned i = 0; i < insn.operand_count_visible; ++i)
     if (ops[i].type == ZYDIS_OPERAND_TYPE_MEMORY) op = &ops[i];
   const unsigned bytes_n = op->size / 8;
+  if (bytes_n > sizeof stage_) {  // never for the instructions translated code runs
+    bug_message_ = "bt64: a staged operand of " + std::to_string(bytes_n) + " bytes does not fit the stage";
+    return Step::Error;
+  }
   const bool reads = (op->actions & (ZYDIS_OPERAND_ACTION_READ | ZYDIS_OPERAND_ACTION_CONDREAD)) != 0;
   const bool writes = (op->actions & (ZYDIS_OPERAND_ACTION_WRITE | ZYDIS_OPERAND_ACTION_CONDWRITE)) != 0;
   const Privilege who = privilege_at(cpl());
@@ -760,9 +770,17 @@ bool Vcpu64::handle_signal(int sig, void* info, void* uctx) {
   const auto pc = static_cast<std::uintptr_t>(g[REG_RIP]);
   Block64* b = in_guest_ && translator_->in_cache(pc) ? translator_->block_at(pc) : nullptr;
   if (!b) {
-    char msg[160];
-    std::snprintf(msg, sizeof msg, "bt64: host signal %d in monitor code at %#lx (fault address %p)", sig,
-                  static_cast<unsigned long>(pc), si->si_addr);
+    // Where: a translator routine, or the module and offset (for addr2line).
+    char where[160] = "";
+    Dl_info dl{};
+    if (translator_->in_cache(pc))
+      std::snprintf(where, sizeof where, ", translator routine %s", translator_->routine_at(pc).c_str());
+    else if (dladdr(reinterpret_cast<void*>(pc), &dl) && dl.dli_fname)
+      std::snprintf(where, sizeof where, " (%s+%#lx)", dl.dli_fname,
+                    static_cast<unsigned long>(pc - reinterpret_cast<std::uintptr_t>(dl.dli_fbase)));
+    char msg[320];
+    std::snprintf(msg, sizeof msg, "bt64: host signal %d in monitor code at %#lx%s (fault address %p)", sig,
+                  static_cast<unsigned long>(pc), where, si->si_addr);
     bug_message_ = msg;
     siglongjmp(bug_jmp_, 1);
   }

@@ -85,7 +85,8 @@ class Vcpu64 final : public SignalTarget {
   // The guest's FXSAVE image into the context (RESET's state if empty).
   void load_fpu_image(const std::array<std::uint8_t, 512>& fxsave);
   Step run_staged(const std::uint8_t* bytes, std::size_t size, bool* handled);
-  alignas(64) std::uint8_t stage_[64] = {};
+  // As large as the largest operand a plain instruction has (FXSAVE64's 512 bytes).
+  alignas(64) std::uint8_t stage_[512] = {};
   Step deliver(std::uint8_t vector, bool has_error, std::uint32_t error, EventKind kind);
   Step deliver_fault(const Fault& f, std::uint64_t cr2);
   // The same from the dispatcher, where the registers are in the context.
