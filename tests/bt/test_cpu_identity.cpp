@@ -32,10 +32,12 @@ TEST(BtCpuIdentity, OwnModelNamesTheEngineAndEachCpu) {
   EXPECT_EQ(seven.eax, 0u);
   EXPECT_EQ(seven.ebx, (1u << 7) | (1u << 20));
   EXPECT_EQ(seven.ecx, (1u << 2) | (1u << 22));
-  EXPECT_EQ(seven.edx, 0u);
+  EXPECT_EQ(seven.edx, 1u << 29);  // ARCH_CAPABILITIES, which says RDCL_NO
   const CpuidAnswer sub1 = model.answer(7, 1, 0);
   EXPECT_EQ(sub1.eax | sub1.ebx | sub1.ecx | sub1.edx, 0u);
   EXPECT_TRUE(model.answer(0x80000001, 0, 0).edx & (1u << 27));  // RDTSCP
+  EXPECT_TRUE(model.answer(0x80000001, 0, 0).edx & (1u << 29));  // LM: BT64 runs long mode
+  EXPECT_TRUE(model.answer(0x80000001, 0, 0).edx & (1u << 11));  // SYSCALL
   const CpuFeatures& f = model.features();
   EXPECT_TRUE(f.smep && f.smap && f.umip && f.rdpid && f.rdtscp);
   EXPECT_EQ(f.cr4_mask(), 0x7ffu | (1u << 11) | (1u << 20) | (1u << 21));
@@ -137,6 +139,16 @@ TEST(BtMsrFile, TscAuxIsKeptAndSaved) {
   MsrFile restored(0);
   restored.load(msrs.saved(), 0);
   EXPECT_EQ(restored.tsc_aux(), 0x89abcdefu);
+}
+
+// RDCL_NO: the guest kernel need not isolate its page tables (PTI) under
+// the engine; the MSR cannot be written.
+TEST(BtMsrFile, ArchCapabilitiesSayRdclNoAndAreReadOnly) {
+  MsrFile msrs(0);
+  ASSERT_TRUE(MsrFile::holds(MsrFile::kArchCaps));
+  EXPECT_EQ(msrs.read(MsrFile::kArchCaps, 0).value(), 1u);
+  EXPECT_EQ(msrs.write(MsrFile::kArchCaps, 0, 0), Fault::gp(0));
+  EXPECT_TRUE(msrs.saved().empty());
 }
 
 TEST(BtMsrFile, TscFollowsTheHostClockFromTheWrittenValue) {

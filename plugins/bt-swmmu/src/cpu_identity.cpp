@@ -17,17 +17,24 @@ constexpr std::uint32_t kLeaf1Edx = (1u << 0) | (1u << 3) | (1u << 4) | (1u << 5
 constexpr std::uint32_t kLeaf1Ecx = 1u << 31;
 constexpr std::uint32_t kLeaf7Ebx = (1u << 7) | (1u << 20);  // SMEP, SMAP
 constexpr std::uint32_t kLeaf7Ecx = (1u << 2) | (1u << 22);  // UMIP, RDPID
+// IA32_ARCH_CAPABILITIES (read-only): RDCL_NO, which is true of the engine
+// whatever the host CPU: guest user code runs on a shadow region that maps
+// no supervisor page at all, so there is nothing for Meltdown to read, and
+// a guest kernel need not split its page tables (PTI) to hide itself.
+constexpr std::uint32_t kLeaf7Edx = 1u << 29;
+constexpr std::uint64_t kArchCapabilities = 1u << 0;  // RDCL_NO
 // SYSCALL (bit 11): BT64 runs it; under BT32 (legacy mode) it is #UD, as on
 // Intel CPUs (only AMD's run it outside long mode).
 constexpr std::uint32_t kExt1Edx = (1u << 11) | (1u << 20) | (1u << 27) | (1u << 29);  // SYSCALL, NX, RDTSCP, LM
-// The engine's own model (no cpu_model) stays a 32-bit CPU.
-constexpr std::uint32_t kOwnExt1Edx = (1u << 20) | (1u << 27);
+// The engine's own model (no cpu_model) is a 64-bit CPU since BT64: the
+// same extended features.
+constexpr std::uint32_t kOwnExt1Edx = kExt1Edx;
 
 // The mask of a feature register (reg 0-3: eax..edx); ~0 for non-feature values.
 std::uint32_t supported_mask(std::uint32_t function, int reg) {
   switch (function) {
     case 1: return reg == 2 ? kLeaf1Ecx : reg == 3 ? kLeaf1Edx : ~0u;
-    case 7: return reg == 0 ? ~0u : reg == 1 ? kLeaf7Ebx : reg == 2 ? kLeaf7Ecx : 0;
+    case 7: return reg == 0 ? ~0u : reg == 1 ? kLeaf7Ebx : reg == 2 ? kLeaf7Ecx : kLeaf7Edx;
     case 0x80000001: return reg == 2 ? 0 : reg == 3 ? kExt1Edx : ~0u;
     // A model from KVM (kvm64, host on KVM) names KVM's paravirtual features
     // here (kvm-clock, async page faults, PV EOI...): none is the engine's.
@@ -102,11 +109,12 @@ CpuidAnswer CpuidModel::answer(std::uint32_t leaf, std::uint32_t sub, unsigned c
       if (sub == 0) {
         a.ebx = kLeaf7Ebx;
         a.ecx = kLeaf7Ecx;
+        a.edx = kLeaf7Edx;
       }
       break;
     case 0x40000000: a.eax = 0x40000000; vendor("ModevisorBT ", a.ebx, a.ecx, a.edx); break;
     case 0x80000000: a.eax = 0x80000001; break;
-    case 0x80000001: a.edx = kOwnExt1Edx; break;  // NX, RDTSCP
+    case 0x80000001: a.edx = kOwnExt1Edx; break;  // SYSCALL, NX, RDTSCP, LM
     default: break;
   }
   return a;
@@ -114,7 +122,8 @@ CpuidAnswer CpuidModel::answer(std::uint32_t leaf, std::uint32_t sub, unsigned c
 
 bool MsrFile::holds(std::uint32_t index) {
   switch (index) {
-    case kTsc: case kTscAux: case 0x1a0: case 0x174: case 0x175: case 0x176: case 0x277: return true;
+    case kTsc: case kTscAux: case 0x1a0: case 0x174: case 0x175: case 0x176: case 0x277: case kArchCaps:
+      return true;
     default: return false;
   }
 }
@@ -131,6 +140,7 @@ Outcome<std::uint64_t> MsrFile::read(std::uint32_t index, std::uint64_t host_tsc
     case 0x174: case 0x175: case 0x176: return find(0);  // SYSENTER CS/ESP/EIP
     case 0x277: return find(0x0007040600070406ull);  // PAT: power-on default
     case kTscAux: return find(0);
+    case kArchCaps: return kArchCapabilities;
     default: return Fault::gp(0);
   }
 }
@@ -152,7 +162,7 @@ std::uint32_t MsrFile::tsc_aux() const {
 }
 
 Check MsrFile::write(std::uint32_t index, std::uint64_t value, std::uint64_t host_tsc_now) {
-  if (!holds(index)) return Fault::gp(0);
+  if (!holds(index) || index == kArchCaps) return Fault::gp(0);  // ARCH_CAPABILITIES is read-only
   if (index == kTscAux && value >> 32) return Fault::gp(0);  // bits 63:32 reserved
   if (index == kTsc) {
     tsc_offset_ = host_tsc_now - value;

@@ -59,6 +59,7 @@ class MsrFile {
  public:
   static constexpr std::uint32_t kTsc = 0x10;
   static constexpr std::uint32_t kTscAux = 0xc0000103;  // RDTSCP's ECX, RDPID's result
+  static constexpr std::uint32_t kArchCaps = 0x10a;     // IA32_ARCH_CAPABILITIES (CPUID 7 EDX bit 29)
 
   // The guest TSC runs with the host's, from `tsc` at load.
   explicit MsrFile(std::uint64_t host_tsc_now) : tsc_offset_(host_tsc_now) {}
