@@ -56,7 +56,7 @@ ROOT=$(pwd)
 if command -v qemu-system-x86_64 >/dev/null && scripts/kvm-host/build.sh "$ROOT/build/kvm-host" >/dev/null 2>&1; then
   mkdir -p "$ROOT/build/kvm-host/demo"
   run scripts/kvm-host/run.sh -o "$ROOT/build/kvm-host" -w "$ROOT/build/kvm-host/demo" -- sh -c \
-    "'$ROOT/$MV' --log-dir '$ROOT/build/kvm-host/demo/logs' explain '$ROOT/configs/vms/linux-busybox.yaml'; '$ROOT/tests/kvm/run-linux-under-hv.sh' '$ROOT/build' '$ROOT'"
+    "'$ROOT/$MV' --log-dir '$ROOT/build/kvm-host/demo/logs' explain '$ROOT/configs/vms/linux-busybox.yaml'; '$ROOT/tests/guests/run-linux.sh' '$ROOT/build' '$ROOT'"
 else
   echo "(the KVM test host cannot be built here: see scripts/kvm-host/README.md)"
 fi

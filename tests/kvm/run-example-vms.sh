@@ -5,7 +5,7 @@
 #     one is not offered (naming the module parameter), and selects as the
 #     policy says: HWMMU with nested paging, HV with shadow paging.
 #  2. `modevisor run` of every example VM in configs/vms (except the Linux
-#     guests: run-linux-under-hv.sh) uses the mode `explain` selected and
+#     guests: run-linux.sh) uses the mode `explain` selected and
 #     reaches the guest's PASS line (exit status 1, the guest's exit code 0),
 #     or, when `explain` finds no mode, refuses with status 8 (no monitor mode; every host status is even, a guest's odd).
 #   usage: run-example-vms.sh BUILD_DIR SOURCE_DIR

@@ -6,7 +6,7 @@
 # enters long mode (run-bt32-switch.sh, the seed's BT32),
 # check `explain` and run every example VM (run-example-vms.sh),
 # then boot Debian's kernel with a busybox initramfs to its shell prompt and
-# run a command over the serial console (run-linux-under-hv.sh), with 1 vCPU
+# run a command over the serial console (run-linux.sh), with 1 vCPU
 # and with 2 (linux-busybox-smp: the kernel starts its second CPU).
 #   - /dev/kvm on this machine usable (per `modevisor host`): run them here.
 #   - otherwise: build the KVM test host (scripts/kvm-host: QEMU TCG, AMD EPYC
@@ -33,8 +33,8 @@ if [ "$usable" = yes ]; then
   "$SRC/tests/kvm/run-guests-under-hv.sh" "$BUILD" "$SRC" || exit 1
   "$SRC/tests/kvm/run-bt32-switch.sh" "$BUILD" "$SRC" || exit 1
   "$SRC/tests/kvm/run-example-vms.sh" "$BUILD" "$SRC" || exit 1
-  "$SRC/tests/kvm/run-linux-under-hv.sh" "$BUILD" "$SRC" || exit 1
-  "$SRC/tests/kvm/run-linux-under-hv.sh" "$BUILD" "$SRC" 420 linux-busybox-smp poweroff
+  "$SRC/tests/guests/run-linux.sh" "$BUILD" "$SRC" || exit 1
+  "$SRC/tests/guests/run-linux.sh" "$BUILD" "$SRC" 420 linux-busybox-smp poweroff
   exit $?
 fi
 echo "this machine's KVM is not usable ($usable); using the nested-SVM test host"
@@ -47,7 +47,7 @@ fi
 
 start=$(date +%s)
 NPTS="1 0" "$SRC/scripts/kvm-host/run.sh" -o "$OUT" -w "$OUT/work" -t "${KVM_HOST_TIMEOUT:-1500}" -- \
-  sh -c "stat -f -c 'test host: TMPDIR %n is %T' \"\$TMPDIR\"; [ \"\$(stat -f -c %T \"\$TMPDIR\")\" = tmpfs ] || { echo 'FAIL: TMPDIR is not on the test host tmpfs'; exit 1; }; '$BUILD/bin/modevisor' plugins; MODEVISOR_KVM_REQUIRED=1 MODEVISOR_KVM_HANDOFF_DIR=$OUT/work timeout 150 '$TESTS' --gtest_color=no && timeout 600 '$SRC/tests/kvm/run-guests-under-hv.sh' '$BUILD' '$SRC' && timeout 240 '$SRC/tests/kvm/run-bt32-switch.sh' '$BUILD' '$SRC' && timeout 300 '$SRC/tests/kvm/run-example-vms.sh' '$BUILD' '$SRC' && timeout 480 '$SRC/tests/kvm/run-linux-under-hv.sh' '$BUILD' '$SRC' 420 && timeout 480 '$SRC/tests/kvm/run-linux-under-hv.sh' '$BUILD' '$SRC' 420 linux-busybox-smp poweroff"
+  sh -c "stat -f -c 'test host: TMPDIR %n is %T' \"\$TMPDIR\"; [ \"\$(stat -f -c %T \"\$TMPDIR\")\" = tmpfs ] || { echo 'FAIL: TMPDIR is not on the test host tmpfs'; exit 1; }; '$BUILD/bin/modevisor' plugins; MODEVISOR_KVM_REQUIRED=1 MODEVISOR_KVM_HANDOFF_DIR=$OUT/work timeout 150 '$TESTS' --gtest_color=no && timeout 600 '$SRC/tests/kvm/run-guests-under-hv.sh' '$BUILD' '$SRC' && timeout 240 '$SRC/tests/kvm/run-bt32-switch.sh' '$BUILD' '$SRC' && timeout 300 '$SRC/tests/kvm/run-example-vms.sh' '$BUILD' '$SRC' && timeout 480 '$SRC/tests/guests/run-linux.sh' '$BUILD' '$SRC' 420 && timeout 480 '$SRC/tests/guests/run-linux.sh' '$BUILD' '$SRC' 420 linux-busybox-smp poweroff"
 rc=$?
 echo "test host: $(( $(date +%s) - start ))s wall"
 case $rc in
