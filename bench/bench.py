@@ -265,6 +265,12 @@ class Modevisor:
         cmd = [self.exe, "--json", "--log-dir", os.path.join(self.work_dir, "logs"), "run", path]
         if stats:
             cmd.append("--stats")
+        # The VM log is appended to across runs of the same VM name: this run's part starts here.
+        log_path = os.path.join(self.work_dir, "logs", name + ".log")
+        try:
+            log_start = os.path.getsize(log_path)
+        except OSError:
+            log_start = 0
         rc, dt, out, err = run_timed(cmd, timeout)
         docs, serial = json_documents(out)
         # `modevisor --json run` prints one document: {"selection": {...},
@@ -296,8 +302,9 @@ class Modevisor:
         bad = check_transcript(serial)
         if self.log_must and not bad:
             try:
-                with open(os.path.join(self.work_dir, "logs", name + ".log"), errors="replace") as f:
-                    vm_log = f.read()
+                with open(log_path, "rb") as f:
+                    f.seek(log_start)
+                    vm_log = f.read().decode("utf-8", "replace")
             except OSError:
                 vm_log = ""
             if not re.search(self.log_must[0], vm_log):
