@@ -160,21 +160,33 @@ class Native:
 
 
 class Qemu:
-    """tests/guests/run-qemu.sh: qemu-system-i386 -accel tcg, the oracle's exact invocation."""
+    """tests/guests/run-qemu.sh: qemu-system-i386 -accel tcg, the oracle's exact invocation
+    (qemu and cpu: another binary and -cpu model, as the 64-bit guests' oracle runs;
+    elf_names: guest -> ELF base name where they differ)."""
 
     label = "QEMU"
 
-    def __init__(self, guest_dir):
+    def __init__(self, guest_dir, qemu=None, cpu=None, label=None, elf_names=None):
         self.guest_dir = guest_dir
         self.script = os.path.join(REPO, "tests", "guests", "run-qemu.sh")
+        self.qemu, self.cpu, self.elf_names = qemu, cpu, elf_names or {}
+        if label:
+            self.label = label
+
+    def binary(self):
+        return self.qemu or os.environ.get("QEMU", "qemu-system-i386")
 
     def available(self):
-        return shutil.which(os.environ.get("QEMU", "qemu-system-i386")) is not None
+        return shutil.which(self.binary()) is not None
 
     def run(self, guest, args, timeout):
         env = dict(os.environ, GUEST_TIMEOUT=str(timeout))
-        rc, dt, out, err = run_timed([self.script, os.path.join(self.guest_dir, guest + ".elf"), args], timeout + 30,
-                                     env=env)
+        if self.qemu:
+            env["QEMU"] = self.qemu
+        if self.cpu:
+            env["QEMU_CPU"] = self.cpu
+        elf = os.path.join(self.guest_dir, self.elf_names.get(guest, guest) + ".elf")
+        rc, dt, out, err = run_timed([self.script, elf, args], timeout + 30, env=env)
         bad = check_transcript(out)
         if rc != 1 or bad:
             return RunResult(False, dt, out, "QEMU status %s%s" % (rc, (", " + bad) if bad else ""), status=rc)
@@ -222,14 +234,19 @@ def find_counters(docs):
 class Modevisor:
     """build/bin/modevisor run VM.yaml for one mode (BT, HV, HWMMU)."""
 
-    def __init__(self, exe, mode, plugin, work_dir, memory="128MiB"):
+    def __init__(self, exe, mode, plugin, work_dir, memory="128MiB", label=None, cpu_model=None, elf_names=None,
+                 log_must=None):
         self.exe, self.mode, self.plugin, self.work_dir, self.memory = exe, mode, plugin, work_dir, memory
-        self.label = mode
+        self.label = label or mode
+        self.cpu_model, self.elf_names = cpu_model, elf_names or {}
+        # (regex, what): a line the VM's log must have for the run to count
+        # (BT64: the BT32 -> BT64 switch, so that no run under another engine is timed as BT64)
+        self.log_must = log_must
         self.not_runnable = None  # message once the plugin refused to run a guest
 
     def vm_yaml(self, guest_elf, guest, args, tag):
         exec_hint, mmu_hint = MODE_HINTS[self.mode]
-        name = "bench-%s-%s-%s" % (guest, self.mode.lower(), tag)
+        name = "bench-%s-%s-%s" % (guest, self.label.lower(), tag)
         name = re.sub(r"[^A-Za-z0-9._-]", "_", name)
         path = os.path.join(self.work_dir, "vms", name + ".yaml")
         os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -238,6 +255,8 @@ class Modevisor:
             f.write("name: %s\n" % name)
             f.write("guest:\n  os: other-32\n  kernel: %s\n  cmdline: %s\n" % (json.dumps(guest_elf), json.dumps(args)))
             f.write("memory: %s\n" % self.memory)
+            if self.cpu_model:
+                f.write("cpu_model: %s\n" % self.cpu_model)
             f.write("monitor:\n  virtual_exec: %s\n  virtual_mmu: %s\n" % (exec_hint, mmu_hint))
         return name, path
 
@@ -246,6 +265,12 @@ class Modevisor:
         cmd = [self.exe, "--json", "--log-dir", os.path.join(self.work_dir, "logs"), "run", path]
         if stats:
             cmd.append("--stats")
+        # The VM log is appended to across runs of the same VM name: this run's part starts here.
+        log_path = os.path.join(self.work_dir, "logs", name + ".log")
+        try:
+            log_start = os.path.getsize(log_path)
+        except OSError:
+            log_start = 0
         rc, dt, out, err = run_timed(cmd, timeout)
         docs, serial = json_documents(out)
         # `modevisor --json run` prints one document: {"selection": {...},
@@ -275,6 +300,15 @@ class Modevisor:
             self.not_runnable = "%s (%s)" % (what, msg or "exit status %d" % rc)
             return RunResult(False, dt, "", self.not_runnable, status=rc)
         bad = check_transcript(serial)
+        if self.log_must and not bad:
+            try:
+                with open(log_path, "rb") as f:
+                    f.seek(log_start)
+                    vm_log = f.read().decode("utf-8", "replace")
+            except OSError:
+                vm_log = ""
+            if not re.search(self.log_must[0], vm_log):
+                bad = "no '%s' line in the VM log" % self.log_must[1]
         # `modevisor run` returns the guest's debug-exit status as QEMU does:
         # (code << 1) | 1, so 1 is a guest that exited with code 0.
         if rc != 1 or bad:
@@ -284,7 +318,7 @@ class Modevisor:
         return RunResult(True, dt, serial, value=m.group(1) if m else None, counters=find_counters(docs), status=rc)
 
     def run(self, guest, args, timeout):
-        return self.run_elf(os.path.join(GUEST_DIR, guest + ".elf"), guest, args, timeout)
+        return self.run_elf(os.path.join(GUEST_DIR, self.elf_names.get(guest, guest) + ".elf"), guest, args, timeout)
 
 
 def modevisor_modes(exe, work_dir, want):
@@ -485,6 +519,132 @@ def compute_suite(args, mv_runners):
     return {"sizes": {g: sizes[g] for g in args.guests}, "k": args.k, "results": results, "startup": startup,
             "counters": counters,
             "geomean": {h: geomean(v) for h, v in ratios.items()}, "notes": notes}
+
+
+# ------------------------------------------------------------------ compute64 suite
+# The 64-bit builds of the compute guests (tests/guests/compute64.c): the same
+# cmdline, checks and result lines, their work x86-64 code without x87/SSE.
+GUESTS64 = {"sieve": "sieve64", "crc32": "crc32_64", "sha256": "sha256_64", "matmul": "matmul64", "sort": "sort64"}
+BT64_SWITCH = (r"MONITOR MODE: switch +: BT32 -> BT64 \(bt-swmmu .*continues under BT64", "switch: BT32 -> BT64")
+
+
+def compute64_suite(args, mv_exe):
+    """BT64 (the 64-bit guests under bt-swmmu, which switches BT32 -> BT64 at
+    long mode) against native x86-64 built with the guests' flags
+    (native_bench_gr: -mgeneral-regs-only) and QEMU TCG x86_64 on the same
+    64-bit guests; and BT32 (the 32-bit guests) against BT64 on the same
+    workload.  native_bench (SSE allowed) and native_bench32 (i686) are
+    measured beside them for reference: native_gr/native32 is what the same
+    change of code costs natively."""
+    sizes = QUICK_ARGS if args.quick else FULL_ARGS
+    notes, runners = [], []
+    for exe, label in (("native_bench_gr", "native_gr"), ("native_bench", "native"), ("native_bench32", "native32")):
+        n = Native(os.path.join(GUEST_DIR, exe), label)
+        if not n.available():
+            notes.append("%s: %s not built" % (label, n.exe))
+        elif n.why_not_runnable():
+            notes.append("%s: %s %s" % (label, NOT_RUNNABLE_HERE, n.why_not_runnable()))
+        else:
+            runners.append(n)
+    qemu = Qemu(GUEST_DIR, qemu="qemu-system-x86_64", cpu="qemu64", label="TCG64", elf_names=GUESTS64)
+    if qemu.available():
+        runners.append(qemu)
+    else:
+        notes.append("TCG64: qemu-system-x86_64 not found")
+    bt_plugin = None
+    if os.access(mv_exe, os.X_OK):
+        p = subprocess.run([mv_exe, "--json", "--log-dir", os.path.join(args.work_dir, "logs"), "plugins"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            for pl in json.loads(p.stdout.decode()).get("plugins", []):
+                if pl.get("mode") == "BT":
+                    if pl.get("runs_here"):
+                        bt_plugin = pl.get("name")
+                    else:
+                        notes.append("BT: %s %s: %s" % (NOT_RUNNABLE_HERE, pl.get("name"),
+                                                         "; ".join(pl.get("why_not", [])) or "?"))
+                    break
+            else:
+                notes.append("BT: no plugin installed")
+        except ValueError:
+            notes.append("modevisor plugins --json: unreadable output (exit %d)" % p.returncode)
+    else:
+        notes.append("modevisor: %s not built" % mv_exe)
+    mv = []
+    if bt_plugin:
+        # BT64: the 64-bit guest with a CPU model that offers long mode (check-bt64.sh's);
+        # the run counts only if the VM log shows the switch to BT64.
+        mv.append(Modevisor(mv_exe, "BT", bt_plugin, args.work_dir, label="BT64", cpu_model="kvm64",
+                            elf_names=GUESTS64, log_must=BT64_SWITCH))
+        mv.append(Modevisor(mv_exe, "BT", bt_plugin, args.work_dir, label="BT32"))
+    runners += mv
+    results = {}
+    for g in args.guests:
+        results[g] = {}
+        for r in runners:
+            log("compute64: %-7s %-9s %s (k=%d)" % (g, r.label, sizes[g], args.k))
+            results[g][r.label] = best_of(r, g, sizes[g], args.k, args.timeout)
+        vals = {lbl: c.get("value") for lbl, c in results[g].items() if c["ok"] and c.get("value") is not None}
+        if len(set(vals.values())) > 1:
+            notes.append("%s: result values differ between runners: %s" % (g, vals))
+            for c in results[g].values():
+                c["mismatch"] = True
+    labels = [r.label for r in runners]
+    # Start-up: a tiny sieve (n=1000) through each guest runner (process, boot, and for
+    # BT64 the BT32 start and the switch), part of every time above.
+    startup = {}
+    for r in runners:
+        if isinstance(r, (Qemu, Modevisor)):
+            log("compute64: startup %-9s sieve n=1000 r=1 (k=%d)" % (r.label, args.k))
+            startup[r.label] = best_of(r, "sieve", "n=1000 r=1", args.k, args.timeout)
+
+    def best(g, lbl):
+        c = results[g].get(lbl)
+        return c["best"] if c and c["ok"] and not c.get("mismatch") else None
+
+    def ratio(a, b):
+        return a / b if a is not None and b else None
+
+    def cell(g, lbl):
+        c = results[g][lbl]
+        if not c["ok"]:
+            return c["note"].split(" (")[0][:60]
+        return fmt_s(c["best"]) + (" MISMATCH" if c.get("mismatch") else "")
+
+    ratio_defs = [("BT64/native_gr", "BT64", "native_gr"), ("TCG64/BT64", "TCG64", "BT64"),
+                  ("BT64/BT32", "BT64", "BT32"), ("native_gr/native32", "native_gr", "native32"),
+                  ("native_gr/native", "native_gr", "native")]
+    header = ["guest", "args"] + ["%s s" % l for l in labels] + [d[0] for d in ratio_defs]
+    rows, ratios = [], {d[0]: [] for d in ratio_defs}
+    for g in args.guests:
+        row = [g, sizes[g]] + [cell(g, l) for l in labels]
+        for name, a, b in ratio_defs:
+            v = ratio(best(g, a), best(g, b))
+            ratios[name].append(v)
+            row.append(fmt_ratio(v))
+        rows.append(row)
+    rows.append(["geomean", ""] + [""] * len(labels) + [fmt_ratio(geomean(ratios[d[0]])) for d in ratio_defs])
+    print("\n== compute64: 64-bit compute guests, wall-clock seconds, best of %d (%s sizes, start-up included) ==" % (
+        args.k, "quick" if args.quick else "benchmark"))
+    print_table(header, rows)
+    if startup:
+        print("start-up (sieve n=1000 r=1, included in the times above): " + ", ".join(
+            "%s %s" % (l, fmt_s(c["best"]) + " s" if c["ok"] else c["note"].split(" (")[0])
+            for l, c in startup.items()))
+    print("BT64 = the 64-bit guest under %s (BT32 until long mode, then BT64; the switch is checked in each run's "
+          "log); TCG64 = the same ELF under qemu-system-x86_64 -cpu qemu64; BT32 = the 32-bit guest under %s; "
+          "native_gr = native_bench with the cores built -mgeneral-regs-only like the guests' 64-bit code, native "
+          "= with SSE, native32 = -m32 -march=i686." % (bt_plugin or "bt-swmmu", bt_plugin or "bt-swmmu"))
+    print("Targets (issue 14): BT64/native_gr <= 2.0 (half native), TCG64/BT64 >= 3.0 (3x QEMU TCG). "
+          "BT64/BT32: > 1 means the 64-bit guest under BT64 takes longer than the 32-bit one under BT32; "
+          "native_gr/native32 is the same change of code natively.")
+    for r in mv:
+        if r.not_runnable:
+            notes.append("%s: %s" % (r.label, r.not_runnable))
+    for n in notes:
+        print("note: " + n)
+    return {"sizes": {g: sizes[g] for g in args.guests}, "elf": {g: GUESTS64[g] for g in args.guests}, "k": args.k,
+            "results": results, "startup": startup, "geomean": {h: geomean(v) for h, v in ratios.items()}, "notes": notes}
 
 
 # Counters the table shows when a monitor reports them (all go to the JSON).
@@ -738,8 +898,10 @@ def main():
     ap.add_argument("--build", default=os.path.join(REPO, "build"), help="build tree (default: <repo>/build)")
     ap.add_argument("--quick", action="store_true", help="ctest-sized compute runs, k=1, short nanobench")
     ap.add_argument("-k", type=int, default=None, help="runs per cell, best is reported (default 3; 1 with --quick)")
-    ap.add_argument("--suite", choices=["all", "compute", "nano", "macro", "exits"], default="all",
-                    help="all = compute + nano + macro (forkwait); exits: exits per op (bench/exits.py, own options)")
+    ap.add_argument("--suite", choices=["all", "compute", "compute64", "nano", "macro", "exits"], default="all",
+                    help="all = compute + nano + macro (forkwait); compute64: the 64-bit compute guests under BT64 "
+                         "vs native and QEMU TCG x86_64, and BT32 vs BT64 (not in all); exits: exits per op "
+                         "(bench/exits.py, own options)")
     ap.add_argument("--guests", default=",".join(GUESTS), help="comma-separated compute guests")
     ap.add_argument("--modes", default="BT,HV,HWMMU", help="modevisor modes to try (comma-separated, '' for none)")
     ap.add_argument("--timeout", type=int, default=600, help="seconds per run")
@@ -785,6 +947,8 @@ def main():
     report = {"machine": info, "modes": [m.label for m in mv_runners], "mode_notes": mv_notes}
     if args.suite in ("all", "compute"):
         report["compute"] = compute_suite(args, mv_runners)
+    if args.suite == "compute64":
+        report["compute64"] = compute64_suite(args, mv_exe)
     if args.suite in ("all", "nano"):
         report["nano"] = nano_suite(args, mv_runners)
     if args.suite in ("all", "macro"):
@@ -800,7 +964,7 @@ def main():
     print("\nJSON: %s" % os.path.relpath(out))
     refused = ("not runnable yet", "no monitor mode can run it")
     failed = any(not c["ok"] and not c.get("note", "").startswith(refused)
-                 for suite in ("compute", "macro")
+                 for suite in ("compute", "compute64", "macro")
                  for g in report.get(suite, {}).get("results", {}).values() for c in g.values())
     failed = failed or any(": " in n and not n.split(": ", 1)[1].startswith(refused) and not n.startswith("host")
                            for n in report.get("nano", {}).get("notes", []))
