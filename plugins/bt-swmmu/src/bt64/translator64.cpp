@@ -612,10 +612,38 @@ Block64* Translator64::find(std::uint64_t rip, bool compat) const {
 
 void Translator64::chain(std::uint64_t site, const Block64* b) {
   Emitter::patch_rel32(reinterpret_cast<std::uint8_t*>(site), b->entry);
+  chained_sites_.push_back(site);
   ++stats.chains;
 }
 
+void Translator64::unchain_all() {
+  // A chainable exit's stub follows its rel32 (BlockEmitter::direct_exit).
+  for (std::uint64_t site : chained_sites_) {
+    auto* rel32 = reinterpret_cast<std::uint8_t*>(site);
+    Emitter::patch_rel32(rel32, rel32 + 4);
+  }
+  chained_sites_.clear();
+}
+
+std::size_t Translator64::drop_code_page(std::uint64_t page) {
+  std::size_t dropped = 0;
+  auto on_page = [page](const Block64* b) { return b->code_pages[0] == page || b->code_pages[1] == page; };
+  for (auto* map : {&blocks_, &staged_})
+    for (auto it = map->begin(); it != map->end();) {
+      if (on_page(it->second)) {
+        it = map->erase(it);  // its code stays in the cache (unreachable) until flush()
+        ++dropped;
+      } else {
+        ++it;
+      }
+    }
+  unchain_all();
+  stats.dropped_blocks += dropped;
+  return dropped;
+}
+
 void Translator64::flush() {
+  chained_sites_.clear();
   blocks_.clear();
   staged_.clear();
   by_host_.clear();
@@ -662,7 +690,7 @@ Translate64Status Translator64::translate_staged(const CodeBytes& code, const vo
   *out = nullptr;
   const std::uint64_t key = key_of(code.rip, code.compat);
   auto it = staged_.find(key);
-  if (it != staged_.end()) {
+  if (it != staged_.end() && it->second->code_pages[0] == code.page) {
     *out = it->second;
     return Translate64Status::Ok;
   }
@@ -698,6 +726,7 @@ Translate64Status Translator64::translate_staged(const CodeBytes& code, const vo
   cur_ = reinterpret_cast<std::uint8_t*>((reinterpret_cast<std::uintptr_t>(e.pos()) + 15) & ~std::uintptr_t(15));
   Block64* b = block.get();
   all_.push_back(std::move(block));
+  b->code_pages[0] = code.page;
   staged_[key] = b;
   by_host_[reinterpret_cast<std::uintptr_t>(b->entry)] = b;
   *out = b;

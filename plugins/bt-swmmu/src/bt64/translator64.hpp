@@ -37,6 +37,11 @@ struct Block64 {
     int reg;
   };
   std::vector<Swap> swaps;
+  // Guest-physical pages its code came from (the second when it crosses a
+  // page; kNoPage otherwise), set by the vCPU: a block is used only while
+  // its RIP still maps there, and dropped when one of them is written.
+  static constexpr std::uint64_t kNoPage = ~0ull;
+  std::uint64_t code_pages[2] = {kNoPage, kNoPage};
 };
 
 // Guest code bytes at `rip` (what the caller could fetch: up to the end of
@@ -48,6 +53,9 @@ struct CodeBytes {
   // Compatibility mode: 32-bit code with flat CS, DS, ES and SS (the caller
   // checks; FS and GS bases come from the context at run time).
   bool compat = false;
+  // The guest-physical page of code.rip (staged translations are kept per
+  // RIP and redone when it maps elsewhere).
+  std::uint64_t page = ~0ull;
 };
 
 enum class Translate64Status {
@@ -58,7 +66,7 @@ enum class Translate64Status {
 };
 
 struct Translator64Stats {
-  std::uint64_t blocks = 0, guest_insns = 0, chains = 0, flushes = 0;
+  std::uint64_t blocks = 0, guest_insns = 0, chains = 0, flushes = 0, dropped_blocks = 0;
 };
 
 class Translator64 {
@@ -83,6 +91,13 @@ class Translator64 {
   std::uint64_t enter(ContextBlock& block, const void* host);
   // Point the chainable exit whose rel32 is at `site` at `b`.
   void chain(std::uint64_t site, const Block64* b);
+  // Every chained exit back to its exit stub (a chain is valid only under
+  // the mappings it was made with: after a CR3 write or INVLPG each block
+  // is found, and its code pages checked, by the dispatcher again).
+  void unchain_all();
+  // Drop the blocks (and staged translations) whose code is on
+  // guest-physical page `page` (it was written), and every chain.
+  std::size_t drop_code_page(std::uint64_t page);
   void flush();
   // Which FPU/SIMD instructions blocks translated from now run themselves
   // (the guest's CR0/CR4 decide; the caller flushes when it changes).
@@ -122,6 +137,7 @@ class Translator64 {
   std::unordered_map<std::uint64_t, Block64*> blocks_;
   std::unordered_map<std::uint64_t, Block64*> staged_;
   std::map<std::uintptr_t, Block64*> by_host_;
+  std::vector<std::uint64_t> chained_sites_;  // rel32s patched to a block since the last unchain_all
   std::vector<std::unique_ptr<Block64>> all_;
 };
 

@@ -124,16 +124,17 @@ class Vcpu64::Monitor final : public LinearMemory, public Emulator64Env {
     return false;
   }
   std::uint64_t tsc() override { return __rdtsc(); }
-  // Translations are keyed by RIP alone: a new mapping of code (another
-  // CR3, an INVLPG after a PTE change, NX set) drops them all.  (A first
-  // version: BT32 keeps per-view block maps instead.)
+  // Translations are keyed by RIP and checked against the guest-physical
+  // pages of their code when the dispatcher finds them; a new mapping
+  // (another CR3, an INVLPG after a PTE change, NX set) only undoes the
+  // chains and the indirect-branch table, which skip that check.
   void paging_changed() override {
     v_.forget_ranges();
-    v_.flush_translations();
+    v_.unchain_translations();
   }
   void invlpg(std::uint64_t la) override {
     v_.shadow_->invlpg(la);
-    v_.flush_translations();
+    v_.unchain_translations();
   }
 
  private:
@@ -157,7 +158,7 @@ class Vcpu64::Monitor final : public LinearMemory, public Emulator64Env {
           v_.mem_.mark_dirty(w.pa, chunk);
           if (v_.shadow_->is_pt_page(page))
             v_.shadow_->pt_entries_written(page, static_cast<std::uint32_t>(w.pa & (kPage - 1)), chunk);
-          if (v_.shadow_->is_code_page(page)) v_.flush_translations();
+          if (v_.shadow_->is_code_page(page)) v_.code_page_written(page);
         } else {
           std::memcpy(bytes + done, host, chunk);
         }
@@ -280,6 +281,11 @@ void Vcpu64::add_counters(api::Counters& out) const {
   out.emplace_back("bt64.shadow_fills", counters_.shadow_fills);
   out.emplace_back("bt64.guest_page_faults", counters_.guest_page_faults);
   out.emplace_back("bt64.events", counters_.events);
+  out.emplace_back("bt64.full_flushes", counters_.code_flushes);
+  out.emplace_back("bt64.unchains", counters_.unchains);
+  out.emplace_back("bt64.code_page_writes", counters_.code_page_writes);
+  out.emplace_back("bt64.blocks_dropped", translator_->stats.dropped_blocks);
+  out.emplace_back("bt64.remapped_code", counters_.remapped_code);
 }
 
 // ---------------------------------------------------------------- memory views
@@ -328,6 +334,22 @@ void Vcpu64::flush_translations() {
   block_->clear_fast();
   pending_patch_ = 0;
   ++counters_.code_flushes;
+}
+
+void Vcpu64::unchain_translations() {
+  translator_->unchain_all();
+  block_->clear_fast();
+  pending_patch_ = 0;
+  ++counters_.unchains;
+}
+
+void Vcpu64::code_page_written(std::uint64_t page) {
+  translator_->drop_code_page(page);
+  block_->clear_fast();
+  pending_patch_ = 0;
+  shadow_->release_code_page(page);
+  code_pages_.erase(std::remove(code_pages_.begin(), code_pages_.end(), page), code_pages_.end());
+  ++counters_.code_page_writes;
 }
 
 void Vcpu64::protect_code_page(std::uint64_t page) {
@@ -421,27 +443,42 @@ Block64* Vcpu64::block_at_rip(Step* failed) {
     *failed = Step::Error;
     return nullptr;
   }
-  if (Block64* b = translator_->find(state_.rip, flavour)) {
-    ++counters_.cache_hits;
-    return b;
-  }
   const std::uint64_t la = flavour ? static_cast<std::uint32_t>(state_.rip) : state_.rip;
-  std::uint8_t bytes[2 * kPage];
   const std::size_t first = kPage - (la & (kPage - 1));
   std::uint32_t error = 0;
+  // The fetch's walk (CPL, NX) every time: a block is used only where its
+  // RIP still maps to the pages it was translated from.
   const auto page = monitor_->code_page(la, &error);
   if (!page) {
     *failed = deliver_with_context(Fault{14, true, error}, la);
     return nullptr;
   }
+  if (Block64* b = translator_->find(state_.rip, flavour)) {
+    bool same = b->code_pages[0] == *page;
+    if (same && b->code_pages[1] != Block64::kNoPage) {
+      std::uint32_t err2 = 0;
+      const auto next = monitor_->code_page(la + first, &err2);
+      same = next && *next == b->code_pages[1];
+    }
+    if (same) {
+      ++counters_.cache_hits;
+      return b;
+    }
+    ++counters_.remapped_code;  // translated again below, replacing it
+  }
+  std::uint8_t bytes[2 * kPage];
   std::size_t got = monitor_->fetch(la, bytes, first + 15);
   if (translator_->needs_flush()) flush_translations();
   Block64* b = nullptr;
   const auto st = translator_->translate(CodeBytes{state_.rip, bytes, got, flavour}, &b);
   if (st == Translate64Status::Ok) {
     protect_code_page(*page);
+    b->code_pages[0] = *page;
     if (b->end_rip - state_.rip > first) {
-      if (auto next = monitor_->code_page(la + first, &error)) protect_code_page(*next);
+      if (auto next = monitor_->code_page(la + first, &error)) {
+        protect_code_page(*next);
+        b->code_pages[1] = *next;
+      }
     }
     return b;
   }
@@ -633,9 +670,11 @@ Vcpu64::Step Vcpu64::fpu_step(const std::uint8_t* bytes, std::size_t size, bool*
 Vcpu64::Step Vcpu64::run_staged(const std::uint8_t* bytes, std::size_t size, bool* handled) {
   *handled = false;
   Block64* b = nullptr;
-  if (translator_->translate_staged(CodeBytes{state_.rip, bytes, size, compat()}, stage_, &b) !=
-      Translate64Status::Ok)
-    return Step::Continue;
+  std::uint32_t fetch_error = 0;
+  const std::uint64_t la_rip = compat() ? static_cast<std::uint32_t>(state_.rip) : state_.rip;
+  const std::uint64_t code_page = monitor_->code_page(la_rip, &fetch_error).value_or(Block64::kNoPage);
+  const CodeBytes code{state_.rip, bytes, size, compat(), code_page};
+  if (translator_->translate_staged(code, stage_, &b) != Translate64Status::Ok) return Step::Continue;
   *handled = true;
   ZydisDecoder decoder;
   ZydisDecoderInit(&decoder, compat() ? ZYDIS_MACHINE_MODE_LONG_COMPAT_32 : ZYDIS_MACHINE_MODE_LONG_64,
@@ -695,8 +734,7 @@ Vcpu64::Step Vcpu64::run_staged(const std::uint8_t* bytes, std::size_t size, boo
   }
   // The write-back above may have written a code page, which drops every
   // translation, the staged one too: look it up (or translate it) again.
-  if (translator_->translate_staged(CodeBytes{state_.rip, bytes, size, compat()}, stage_, &b) !=
-      Translate64Status::Ok) {
+  if (translator_->translate_staged(code, stage_, &b) != Translate64Status::Ok) {
     bug_message_ = "bt64: the staged instruction could not be translated again";
     return Step::Error;
   }

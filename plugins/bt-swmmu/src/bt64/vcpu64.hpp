@@ -32,6 +32,7 @@ namespace modevisor::bt::bt64 {
 struct Vcpu64Counters {
   std::uint64_t dispatches = 0, cache_hits = 0, monitor_steps = 0, table_misses = 0, guard_faults = 0;
   std::uint64_t shadow_fills = 0, guest_page_faults = 0, events = 0, interrupts = 0, code_flushes = 0;
+  std::uint64_t unchains = 0, code_page_writes = 0, remapped_code = 0;
 };
 
 class Vcpu64 final : public SignalTarget {
@@ -93,9 +94,14 @@ class Vcpu64 final : public SignalTarget {
   Step deliver_with_context(const Fault& f, std::uint64_t cr2);
   Step take_interrupt_if_any();
   Block64* block_at_rip(Step* failed);
-  // Translations are dropped whole when a code page is written (a first
-  // version: no per-page invalidation yet), and their pages released.
+  // Every translation dropped and its pages released (a full cache, the
+  // FPU gate changed, a new state loaded).
   void flush_translations();
+  // A new mapping: chains and the indirect-branch table undone (blocks stay,
+  // checked against their code pages when found).
+  void unchain_translations();
+  // A code page written: its blocks dropped, the page released.
+  void code_page_written(std::uint64_t page);
   void protect_code_page(std::uint64_t page);
   std::vector<std::uint64_t> code_pages_;
 
