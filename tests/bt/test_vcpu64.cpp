@@ -157,4 +157,89 @@ TEST(BtVcpu64, AGuestPageFaultGoesThroughTheSixtyFourBitIdt) {
   EXPECT_EQ(m.r64(kStack - 40), kCode + 10);  // RIP of the faulting MOV
 }
 
+// An interrupt gate for `vector` to `handler` (64-bit code segment 0x08).
+void set_gate(LongModeMachine& m, unsigned vector, std::uint64_t handler) {
+  const std::uint64_t lo = (handler & 0xffff) | (0x08ull << 16) | (0x8eull << 40) | ((handler >> 16 & 0xffff) << 48);
+  const std::uint64_t hi = handler >> 32;
+  m.mem.load(kIdt + vector * 16, &lo, 8);
+  m.mem.load(kIdt + vector * 16 + 8, &hi, 8);
+}
+
+constexpr std::uint64_t kData = 0x200000;  // a page apart from the code
+constexpr std::uint64_t kCr4Pae = 0x20, kCr4OsFxsr = 0x200;
+
+// The guest's x87/SSE state is its own in translated code: loaded lazily,
+// saved at the monitor's exits (port I/O here) and loaded again, with the
+// guest's MXCSR; the host's MXCSR is untouched by the run.
+TEST(BtVcpu64, TranslatedSseAndX87KeepTheGuestsStateAcrossMonitorExits) {
+  LongModeMachine m;
+  m.state.cr4 = kCr4Pae | kCr4OsFxsr;
+  const std::uint32_t lanes[4] = {1, 2, 3, 4};
+  const std::uint32_t mxcsr = 0x7f80;  // round toward zero, all masked
+  m.mem.load(kData + 32, lanes, sizeof lanes);
+  m.mem.load(kData + 48, &mxcsr, 4);
+  std::vector<std::uint8_t> c = {0x48, 0xbb};  // movabs rbx, kData
+  le(c, kData, 8);
+  c.insert(c.end(), {0x0f, 0xae, 0x53, 0x30});        // ldmxcsr [rbx+48]
+  c.insert(c.end(), {0xf3, 0x0f, 0x6f, 0x43, 0x20});  // movdqu xmm0, [rbx+32]
+  c.insert(c.end(), {0x66, 0x0f, 0xfe, 0xc0});        // paddd xmm0, xmm0
+  c.insert(c.end(), {0xd9, 0xe8});                    // fld1
+  c.insert(c.end(), {0x66, 0xba, 0xf8, 0x03});        // mov dx, 0x3f8
+  c.insert(c.end(), {0xb0, 'A'});                     // mov al, 'A'
+  c.insert(c.end(), {0xee});                          // out dx, al: the monitor's
+  c.insert(c.end(), {0x66, 0x0f, 0xfe, 0xc0});        // paddd xmm0, xmm0
+  c.insert(c.end(), {0xd8, 0xc0});                    // fadd st0, st0
+  c.insert(c.end(), {0xf3, 0x0f, 0x7f, 0x03});        // movdqu [rbx], xmm0
+  c.insert(c.end(), {0xdb, 0x5b, 0x10});              // fistp dword [rbx+16]
+  c.insert(c.end(), {0xe6, 0xf4});                    // exit
+  m.code(c);
+  const unsigned host_mxcsr = __builtin_ia32_stmxcsr();
+  const RunExit r = m.run();
+  ASSERT_EQ(r.kind, ExitKind::Stopped) << r.diagnostic;
+  EXPECT_EQ(m.plat.serial, "A");
+  std::uint32_t out[5];
+  std::memcpy(out, m.mem.host_base() + kData, sizeof out);
+  EXPECT_EQ(out[0], 4u);
+  EXPECT_EQ(out[1], 8u);
+  EXPECT_EQ(out[2], 12u);
+  EXPECT_EQ(out[3], 16u);
+  EXPECT_EQ(out[4], 2u);  // 1.0 + 1.0
+  const VcpuState s = m.cpu.save();
+  std::uint32_t saved_mxcsr, xmm0[4];
+  std::memcpy(&saved_mxcsr, s.fpu.fxsave.data() + 24, 4);
+  std::memcpy(xmm0, s.fpu.fxsave.data() + 160, 16);
+  EXPECT_EQ(saved_mxcsr, mxcsr);
+  EXPECT_EQ(xmm0[3], 16u);
+  EXPECT_EQ(__builtin_ia32_stmxcsr(), host_mxcsr);
+}
+
+// What CR0.TS and CR4.OSFXSR say about an SSE instruction: #NM, #UD.
+TEST(BtVcpu64, SseRaisesNmUnderCr0TsAndUdWithoutCr4Osfxsr) {
+  struct Case { std::uint64_t cr0, cr4; std::uint32_t vector; } cases[] = {
+      {0x80000011 | 0x8, kCr4Pae | kCr4OsFxsr, 7},  // TS: #NM
+      {0x80000011, kCr4Pae, 6},                      // no OSFXSR: #UD
+      {0x80000011 | 0x8, kCr4Pae, 6},                // both: #UD first
+  };
+  for (const auto& k : cases) {
+    LongModeMachine m;
+    m.state.cr0 = k.cr0;
+    m.state.cr4 = k.cr4;
+    std::vector<std::uint8_t> c = {0x48, 0xbb};  // movabs rbx, kData
+    le(c, kData, 8);
+    c.insert(c.end(), {0xf3, 0x0f, 0x6f, 0x03});  // movdqu xmm0, [rbx]
+    c.resize(0x800, 0x90);
+    c.insert(c.end(), {0xb9, 7, 0, 0, 0, 0xe6, 0xf4});  // #NM: mov ecx, 7; exit
+    c.resize(0x900, 0x90);
+    c.insert(c.end(), {0xb9, 6, 0, 0, 0, 0xe6, 0xf4});  // #UD: mov ecx, 6; exit
+    m.code(c);
+    set_gate(m, 7, kCode + 0x800);
+    set_gate(m, 6, kCode + 0x900);
+    const RunExit r = m.run();
+    ASSERT_EQ(r.kind, ExitKind::Stopped) << r.diagnostic;
+    const VcpuState s = m.cpu.save();
+    EXPECT_EQ(s.gpr[1], k.vector) << "cr0 " << std::hex << k.cr0 << " cr4 " << k.cr4;
+    EXPECT_EQ(m.r64(kStack - 40), kCode + 10);  // at the SSE instruction
+  }
+}
+
 }  // namespace
