@@ -213,6 +213,31 @@ TEST(BtVcpu64, TranslatedSseAndX87KeepTheGuestsStateAcrossMonitorExits) {
   EXPECT_EQ(__builtin_ia32_stmxcsr(), host_mxcsr);
 }
 
+// CLI (at CPL 0) and PUSHFQ run in translated code against the context's
+// IF: the pushed images show IF before and after, with the arithmetic flags
+// and IOPL, and the state saved afterwards has IF clear.
+TEST(BtVcpu64, CliAndPushfqInTranslatedCodeKeepTheGuestsIf) {
+  LongModeMachine m;
+  m.state.rflags = 0x3202;  // IF, IOPL 3
+  std::vector<std::uint8_t> c = {
+      0x31, 0xc9,        // xor ecx, ecx: ZF PF set
+      0x9c, 0x58,        // pushfq; pop rax
+      0xfa,              // cli
+      0x83, 0xf9, 0x01,  // cmp ecx, 1: CF SF AF set
+      0x9c, 0x5b,        // pushfq; pop rbx
+      0xe6, 0xf4,        // exit
+  };
+  m.code(c);
+  const RunExit r = m.run();
+  ASSERT_EQ(r.kind, ExitKind::Stopped) << r.diagnostic;
+  const VcpuState s = m.cpu.save();
+  EXPECT_EQ(s.gpr[0], 0x3202u | 0x44u);          // IF IOPL | ZF PF
+  EXPECT_EQ(s.gpr[3], 0x3002u | 0x95u);          // IOPL | CF PF AF SF, IF clear
+  EXPECT_EQ(s.rflags & 0x200, 0u);
+  EXPECT_EQ(s.gpr[4], kStack);
+  EXPECT_LT(m.cpu.counters().monitor_steps, 2u);  // the exit only
+}
+
 // What CR0.TS and CR4.OSFXSR say about an SSE instruction: #NM, #UD.
 TEST(BtVcpu64, SseRaisesNmUnderCr0TsAndUdWithoutCr4Osfxsr) {
   struct Case { std::uint64_t cr0, cr4; std::uint32_t vector; } cases[] = {

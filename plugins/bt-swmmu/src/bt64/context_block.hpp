@@ -6,6 +6,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <vector>
 
 namespace modevisor::bt::bt64 {
 
@@ -32,7 +33,12 @@ struct alignas(64) Context64 {
   std::uint64_t seg_base[2];    // 0xb0 FS, GS bases (added to FS:/GS: operands at run time)
   std::uint64_t spill;          // 0xc0 translated code's one spill slot (an indirect call's target)
   std::uint64_t rcx_spill;      // 0xc8 guest RCX while the indirect lookup borrows it
-  std::uint64_t host_saved[6];  // 0xd0 unused by code; keeps the layout open
+  // The guest's RFLAGS beyond the arithmetic flags and DF: IF alone (0 or
+  // 0x200; CLI at CPL 0 clears it in translated code), and the rest (IOPL,
+  // AC, ID, ..., bit 1), which PUSHFQ merges into the image it pushes.
+  std::uint64_t vif;            // 0xd0
+  std::uint64_t sysflags;       // 0xd8
+  std::uint64_t host_saved[4];  // 0xe0 unused by code; keeps the layout open
   // The guest's x87/MMX/SSE state.  It is loaded into the host FPU lazily:
   // a block's first FPU/SSE instruction is preceded by `call [r15 +
   // fpu_load]`, which runs FXRSTOR64 once per entry and then points at a bare
@@ -109,6 +115,9 @@ class ContextBlock {
   void back_table_page(std::uint64_t slot);
   std::uint8_t* base_ = nullptr;
   std::size_t size_ = 0;
+  // Fast-table entries set since the last clear_fast (overflow: too many to list).
+  std::vector<std::uint32_t> fast_used_;
+  bool fast_overflow_ = false;
   // Table pages backed so far (bit per 4 KiB page of the table: 2^34 * 8 / 4096 = 2^25 pages).
   std::uint64_t* backed_ = nullptr;
 };

@@ -94,15 +94,24 @@ ZydisRegister host_register(ZydisRegister guest) {
   return guest;
 }
 
-enum class Kind { Nothing, Plain, Special, Jump, Jcc, Loop, Call, Ret, IndirectJump, IndirectCall, Push, Pop, Leave };
+enum class Kind {
+  Nothing, Plain, Special, Jump, Jcc, Loop, Call, Ret, IndirectJump, IndirectCall, Push, Pop, Leave,
+  ClearIf,    // CLI at CPL 0: Context64::vif = 0
+  PushFlags,  // PUSHFQ: the guest's RFLAGS image from the host's flags and the context
+};
 
 // `stack_bits`: 64 in 64-bit mode, 32 in compatibility mode (flat 32-bit
 // stack, SS.B = 1): the near branches and stack operations translated.
 // `gate`: which FPU/SIMD instructions the guest's CR0/CR4 let run as they
 // are (the others, and what the CPU model does not offer, are the monitor's).
+// `supervisor`: the block is for CPL 0 (CLI allowed whatever IOPL is).
 Kind classify(const ZydisDecodedInstruction& insn, const ZydisDecodedOperand* ops, unsigned stack_bits,
-              FpuGate gate) {
+              FpuGate gate, bool supervisor) {
   const bool stack_width = insn.operand_width == stack_bits;
+  // IF is the context's (Context64::vif): CLI and PUSHFQ need no monitor.
+  // (STI, POPFQ and IRETQ may open an interrupt window: still the monitor's.)
+  if (insn.mnemonic == ZYDIS_MNEMONIC_CLI && supervisor) return Kind::ClearIf;
+  if (insn.mnemonic == ZYDIS_MNEMONIC_PUSHFQ && stack_bits == 64) return Kind::PushFlags;
   if (insn.attributes & ZYDIS_ATTRIB_IS_PRIVILEGED) return Kind::Special;
   const FpuIsa isa = insn.mnemonic == ZYDIS_MNEMONIC_POPCNT ? FpuIsa::None : fpu_isa(insn, ops);
   if (isa != FpuIsa::None && !gate_open(gate, isa)) return Kind::Special;
@@ -605,8 +614,8 @@ std::uint64_t Translator64::enter(ContextBlock& block, const void* host) {
   return reinterpret_cast<EntryFn>(entry_)(block.ctx(), host);
 }
 
-Block64* Translator64::find(std::uint64_t rip, bool compat) const {
-  auto it = blocks_.find(key_of(rip, compat));
+Block64* Translator64::find(std::uint64_t rip, bool compat, bool supervisor) const {
+  auto it = blocks_.find(key_of(rip, compat, supervisor));
   return it == blocks_.end() ? nullptr : it->second;
 }
 
@@ -688,7 +697,7 @@ std::string Translator64::routine_at(std::uintptr_t pc) const {
 
 Translate64Status Translator64::translate_staged(const CodeBytes& code, const void* stage, Block64** out) {
   *out = nullptr;
-  const std::uint64_t key = key_of(code.rip, code.compat);
+  const std::uint64_t key = key_of(code.rip, code.compat, code.supervisor);
   auto it = staged_.find(key);
   if (it != staged_.end() && it->second->code_pages[0] == code.page) {
     *out = it->second;
@@ -702,12 +711,13 @@ Translate64Status Translator64::translate_staged(const CodeBytes& code, const vo
   bool has_memory = false;
   for (unsigned i = 0; i < insn.operand_count_visible; ++i)
     has_memory |= ops[i].type == ZYDIS_OPERAND_TYPE_MEMORY;
-  if (classify(insn, ops, code.compat ? 32 : 64, fpu_gate_) != Kind::Plain || !has_memory ||
+  if (classify(insn, ops, code.compat ? 32 : 64, fpu_gate_, code.supervisor) != Kind::Plain || !has_memory ||
       insn.mnemonic == ZYDIS_MNEMONIC_LEA)
     return Translate64Status::Special;
   auto block = std::make_unique<Block64>();
   block->rip = code.rip;
   block->compat = code.compat;
+  block->supervisor = code.supervisor;
   Emitter e(cur_, cache_end_);
   block->entry = e.pos();
   BlockEmitter be(e, exit_, *block);
@@ -738,6 +748,7 @@ Translate64Status Translator64::translate(const CodeBytes& code, Block64** out, 
   auto block = std::make_unique<Block64>();
   block->rip = code.rip;
   block->compat = code.compat;
+  block->supervisor = code.supervisor;
   Emitter e(cur_, cache_end_);
   block->entry = e.pos();
   BlockEmitter be(e, exit_, *block);
@@ -771,7 +782,7 @@ Translate64Status Translator64::translate(const CodeBytes& code, Block64** out, 
     const std::uint64_t next = rip + insn.length;
     std::uint8_t* const insn_start = e.pos();
     block->side.emplace_back(static_cast<std::uint32_t>(insn_start - block->entry), rip);
-    Kind kind = classify(insn, ops, code.compat ? 32 : 64, fpu_gate_);
+    Kind kind = classify(insn, ops, code.compat ? 32 : 64, fpu_gate_, code.supervisor);
     bool ok = true;
     switch (kind) {
       case Kind::Nothing:
@@ -879,6 +890,27 @@ Translate64Status Translator64::translate(const CodeBytes& code, Block64** out, 
           e.ins(ZYDIS_MNEMONIC_MOV, {R(host_register(ops[0].reg.value)), R(be.a_slot())});  // POP RSP: the value wins
         break;
       }
+      case Kind::ClearIf:
+        e.ins(ZYDIS_MNEMONIC_MOV, {M(kCtx, offsetof(Context64, vif), 8), I(0)});
+        break;
+      case Kind::PushFlags:
+        // The image = host arithmetic flags and DF | the context's other
+        // flags | IF, formed with the host's flags put back before the push
+        // (which may fault: the handler takes the guest's flags from the host's).
+        e.ins(ZYDIS_MNEMONIC_PUSHFQ, {});
+        e.ins(ZYDIS_MNEMONIC_POP, {M(kCtx, kOffRcxSpill, 8)});
+        e.ins(ZYDIS_MNEMONIC_MOV, {R(kA), M(kCtx, kOffRcxSpill, 8)});
+        e.ins(ZYDIS_MNEMONIC_AND, {R(ZYDIS_REGISTER_R12D), I(0xcd5)});
+        e.ins(ZYDIS_MNEMONIC_OR, {R(kA), M(kCtx, offsetof(Context64, sysflags), 8)});
+        e.ins(ZYDIS_MNEMONIC_OR, {R(kA), M(kCtx, offsetof(Context64, vif), 8)});
+        e.ins(ZYDIS_MNEMONIC_MOV, {M(kCtx, kOffSpill, 8), R(kA)});
+        e.ins(ZYDIS_MNEMONIC_PUSH, {M(kCtx, kOffRcxSpill, 8)});
+        e.ins(ZYDIS_MNEMONIC_POPFQ, {});
+        be.push([&] {
+          e.ins(ZYDIS_MNEMONIC_MOV, {R(kA), M(kCtx, kOffSpill, 8)});
+          be.store_a();
+        });
+        break;
       case Kind::Leave:
         // RSP = RBP, then RBP popped: formed in scratch so a fault changes nothing.
         e.ins(ZYDIS_MNEMONIC_MOV, {R(be.compat() ? ZYDIS_REGISTER_R13D : kB),
@@ -922,7 +954,7 @@ Translate64Status Translator64::translate(const CodeBytes& code, Block64** out, 
   stats.guest_insns += n;
   Block64* b = block.get();
   all_.push_back(std::move(block));
-  blocks_[key_of(b->rip, b->compat)] = b;
+  blocks_[key_of(b->rip, b->compat, b->supervisor)] = b;
   by_host_[reinterpret_cast<std::uintptr_t>(b->entry)] = b;
   *out = b;
   return Translate64Status::Ok;

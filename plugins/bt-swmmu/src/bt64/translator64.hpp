@@ -22,6 +22,7 @@ namespace modevisor::bt::bt64 {
 struct Block64 {
   std::uint64_t rip = 0;      // guest RIP of the first instruction
   bool compat = false;        // compatibility-mode code (32-bit, CS.L = 0 under EFER.LMA)
+  bool supervisor = false;    // translated for CPL 0 (CLI runs in translated code)
   std::uint64_t end_rip = 0;  // first byte after the last translated instruction
   std::uint8_t* entry = nullptr;
   std::uint32_t host_size = 0;
@@ -56,6 +57,8 @@ struct CodeBytes {
   // The guest-physical page of code.rip (staged translations are kept per
   // RIP and redone when it maps elsewhere).
   std::uint64_t page = ~0ull;
+  // CPL 0: CLI is translated (clears Context64::vif); elsewhere the monitor's.
+  bool supervisor = false;
 };
 
 enum class Translate64Status {
@@ -80,7 +83,7 @@ class Translator64 {
   Translator64& operator=(const Translator64&) = delete;
 
   Translate64Status translate(const CodeBytes& code, Block64** out, std::uint32_t max_insns = kMaxInsns);
-  Block64* find(std::uint64_t rip, bool compat = false) const;
+  Block64* find(std::uint64_t rip, bool compat = false, bool supervisor = false) const;
   // The instruction at code.rip alone, its memory operand on the host
   // buffer `stage` (the same for every call): for an access translated code
   // cannot make itself (a traced page, a device, a code page).  Special: the
@@ -131,7 +134,11 @@ class Translator64 {
   std::uint8_t* exit_from_signal_ = nullptr;  // the same with the guest's registers stored already
   std::uint8_t* fpu_load_ = nullptr;  // loads the guest's FPU/SSE state (Context64::fpu_load)
   FpuGate fpu_gate_;
-  static std::uint64_t key_of(std::uint64_t rip, bool compat) { return compat ? rip | (1ull << 63) : rip; }
+  // Distinct for every (RIP, flavour, CPL 0 or not): compatibility-mode RIPs
+  // have bit 63 free, and flipping bit 62 of any of them is non-canonical.
+  static std::uint64_t key_of(std::uint64_t rip, bool compat, bool supervisor) {
+    return (compat ? rip | (1ull << 63) : rip) ^ (supervisor ? 0 : 1ull << 62);
+  }
   ZydisDecoder decoder_;
   ZydisDecoder decoder_compat_;
   std::unordered_map<std::uint64_t, Block64*> blocks_;

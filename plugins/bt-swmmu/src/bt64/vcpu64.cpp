@@ -20,6 +20,7 @@ namespace modevisor::bt::bt64 {
 namespace {
 constexpr std::uint64_t kArithmeticFlags = 0xcd5;  // CF PF AF ZF SF OF DF: the host's RFLAGS while translated code runs
 constexpr std::uint64_t kIf = 0x200;
+constexpr std::uint64_t kRf = 0x10000;  // never in a pushed image (PUSHFQ clears it)
 constexpr std::uint64_t kPage = 4096;
 }  // namespace
 
@@ -213,6 +214,8 @@ void Vcpu64::state_to_context() {
   Context64* c = block_->ctx();
   for (int i = 0; i < 16; ++i) c->gpr[i] = state_.gpr[i];
   c->rflags = (state_.rflags & kArithmeticFlags) | 2;
+  c->vif = state_.rflags & kIf;
+  c->sysflags = (state_.rflags & ~(kArithmeticFlags | kIf | kRf)) | 2;
   c->seg_base[0] = state_.fs.base;
   c->seg_base[1] = state_.gs.base;
 }
@@ -220,7 +223,7 @@ void Vcpu64::state_to_context() {
 void Vcpu64::context_to_state() {
   const Context64* c = block_->ctx();
   for (int i = 0; i < 16; ++i) state_.gpr[i] = c->gpr[i];
-  state_.rflags = (state_.rflags & ~kArithmeticFlags) | (c->rflags & kArithmeticFlags) | 2;
+  state_.rflags = (state_.rflags & ~(kArithmeticFlags | kIf)) | (c->rflags & kArithmeticFlags) | (c->vif & kIf) | 2;
 }
 
 void Vcpu64::load(const api::VcpuState& s) {
@@ -239,7 +242,7 @@ api::VcpuState Vcpu64::save() const {
   api::VcpuState s = state_;
   const Context64* c = block_->ctx();
   for (int i = 0; i < 16; ++i) s.gpr[i] = c->gpr[i];
-  s.rflags = (state_.rflags & ~kArithmeticFlags) | (c->rflags & kArithmeticFlags) | 2;
+  s.rflags = (state_.rflags & ~(kArithmeticFlags | kIf)) | (c->rflags & kArithmeticFlags) | (c->vif & kIf) | 2;
   s.run_state = halted_ ? api::RunState::Halted : api::RunState::Runnable;
   std::memcpy(s.fpu.fxsave.data(), c->guest_fx, sizeof c->guest_fx);
   return s;
@@ -299,6 +302,9 @@ void Vcpu64::check_view() {
   const View now = current_view();
   if (now == view_) return;
   forget_ranges();
+  // The indirect-branch table skips the fetch's walk: entries found under
+  // another CPL or mapping must not be reached from this one.
+  block_->clear_fast();
   view_ = now;
 }
 
@@ -453,7 +459,7 @@ Block64* Vcpu64::block_at_rip(Step* failed) {
     *failed = deliver_with_context(Fault{14, true, error}, la);
     return nullptr;
   }
-  if (Block64* b = translator_->find(state_.rip, flavour)) {
+  if (Block64* b = translator_->find(state_.rip, flavour, cpl() == 0)) {
     bool same = b->code_pages[0] == *page;
     if (same && b->code_pages[1] != Block64::kNoPage) {
       std::uint32_t err2 = 0;
@@ -470,7 +476,9 @@ Block64* Vcpu64::block_at_rip(Step* failed) {
   std::size_t got = monitor_->fetch(la, bytes, first + 15);
   if (translator_->needs_flush()) flush_translations();
   Block64* b = nullptr;
-  const auto st = translator_->translate(CodeBytes{state_.rip, bytes, got, flavour}, &b);
+  CodeBytes code{state_.rip, bytes, got, flavour};
+  code.supervisor = cpl() == 0;
+  const auto st = translator_->translate(code, &b);
   if (st == Translate64Status::Ok) {
     protect_code_page(*page);
     b->code_pages[0] = *page;
@@ -523,6 +531,7 @@ Vcpu64::Step Vcpu64::run_block(Block64* b) {
   in_guest_ = false;
   Context64* c = block_->ctx();
   state_.rip = c->next_rip;
+  state_.rflags = (state_.rflags & ~kIf) | (c->vif & kIf);  // a translated CLI
   switch (reason) {
     case kExit64Dispatch:
       pending_patch_ = c->patch_site;
@@ -673,7 +682,7 @@ Vcpu64::Step Vcpu64::run_staged(const std::uint8_t* bytes, std::size_t size, boo
   std::uint32_t fetch_error = 0;
   const std::uint64_t la_rip = compat() ? static_cast<std::uint32_t>(state_.rip) : state_.rip;
   const std::uint64_t code_page = monitor_->code_page(la_rip, &fetch_error).value_or(Block64::kNoPage);
-  const CodeBytes code{state_.rip, bytes, size, compat(), code_page};
+  const CodeBytes code{state_.rip, bytes, size, compat(), code_page, cpl() == 0};
   if (translator_->translate_staged(code, stage_, &b) != Translate64Status::Ok) return Step::Continue;
   *handled = true;
   ZydisDecoder decoder;
