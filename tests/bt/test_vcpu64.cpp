@@ -238,6 +238,74 @@ TEST(BtVcpu64, CliAndPushfqInTranslatedCodeKeepTheGuestsIf) {
   EXPECT_LT(m.cpu.counters().monitor_steps, 2u);  // the exit only
 }
 
+// REP MOVS/STOS through the monitor's page-at-a-time path: what element-by-
+// element semantics give, overlapping moves included, and a fault in the
+// middle leaves RCX/RDI at the faulting element.
+std::vector<std::uint8_t> rep_program(std::uint64_t rsi, std::uint64_t rdi, std::uint32_t rcx, std::uint64_t rax,
+                                      std::vector<std::uint8_t> insn) {
+  std::vector<std::uint8_t> c = {0x48, 0xbe};  // movabs rsi
+  le(c, rsi, 8);
+  c.insert(c.end(), {0x48, 0xbf});  // movabs rdi
+  le(c, rdi, 8);
+  c.push_back(0xb9);  // mov ecx
+  le(c, rcx, 4);
+  c.insert(c.end(), {0x48, 0xb8});  // movabs rax
+  le(c, rax, 8);
+  c.insert(c.end(), insn.begin(), insn.end());
+  c.insert(c.end(), {0xe6, 0xf4});  // exit
+  return c;
+}
+
+TEST(BtVcpu64, RepMovsAndStosInBulkGiveTheElementsResults) {
+  {  // 10000 bytes between unaligned addresses, across pages
+    LongModeMachine m;
+    std::vector<std::uint8_t> src(10000);
+    for (std::size_t i = 0; i < src.size(); ++i) src[i] = static_cast<std::uint8_t>(i * 7 + 3);
+    m.mem.load(0x200005, src.data(), src.size());
+    m.code(rep_program(0x200005, 0x300123, 10000, 0, {0xf3, 0xa4}));  // rep movsb
+    ASSERT_EQ(m.run().kind, ExitKind::Stopped);
+    EXPECT_EQ(std::memcmp(m.mem.host_base() + 0x300123, src.data(), src.size()), 0);
+    const VcpuState s = m.cpu.save();
+    EXPECT_EQ(s.gpr[1], 0u);
+    EXPECT_EQ(s.gpr[6], 0x200005u + 10000);
+    EXPECT_EQ(s.gpr[7], 0x300123u + 10000);
+  }
+  {  // overlapping forward move: the first byte repeated
+    LongModeMachine m;
+    const std::uint8_t ab[2] = {'a', 'b'};
+    m.mem.load(0x210000, ab, 2);
+    m.code(rep_program(0x210000, 0x210001, 50, 0, {0xf3, 0xa4}));
+    ASSERT_EQ(m.run().kind, ExitKind::Stopped);
+    for (unsigned i = 0; i <= 50; ++i) EXPECT_EQ(m.mem.host_base()[0x210000 + i], 'a') << i;
+  }
+  {  // rep stosq of 1000 quadwords
+    LongModeMachine m;
+    m.code(rep_program(0, 0x220008, 1000, 0x1122334455667788ull, {0xf3, 0x48, 0xab}));
+    ASSERT_EQ(m.run().kind, ExitKind::Stopped);
+    for (unsigned i = 0; i < 1000; ++i) ASSERT_EQ(m.r64(0x220008 + 8 * i), 0x1122334455667788ull) << i;
+    EXPECT_EQ(m.r64(0x220008 + 8 * 1000), 0u);
+  }
+  {  // rep stosb running into an unmapped page (16 MiB: its PD entry cleared)
+    LongModeMachine m;
+    const std::uint64_t none = 0;
+    m.mem.load(kPd + 8 * 8, &none, 8);
+    constexpr std::uint64_t kHole = 0x1000000;
+    std::vector<std::uint8_t> c = rep_program(0, kHole - 100, 300, 0x5a, {0xf3, 0xaa});
+    c.resize(0x800, 0x90);
+    c.insert(c.end(), {0xe6, 0xf4});  // #PF handler: exit
+    m.code(c);
+    set_gate(m, 14, kCode + 0x800);
+    ASSERT_EQ(m.run().kind, ExitKind::Stopped);
+    const VcpuState s = m.cpu.save();
+    EXPECT_EQ(s.cr2, kHole);
+    EXPECT_EQ(s.gpr[7], kHole);  // RDI at the faulting element
+    EXPECT_EQ(s.gpr[1], 200u);   // RCX: 100 elements done
+    EXPECT_EQ(m.mem.host_base()[kHole - 1], 0x5a);
+    EXPECT_EQ(m.mem.host_base()[kHole - 100], 0x5a);
+    EXPECT_EQ(m.mem.host_base()[kHole - 101], 0);
+  }
+}
+
 // What CR0.TS and CR4.OSFXSR say about an SSE instruction: #NM, #UD.
 TEST(BtVcpu64, SseRaisesNmUnderCr0TsAndUdWithoutCr4Osfxsr) {
   struct Case { std::uint64_t cr0, cr4; std::uint32_t vector; } cases[] = {

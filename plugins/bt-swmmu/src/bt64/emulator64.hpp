@@ -50,6 +50,18 @@ struct Emulator64Env {
   // changed: drop the shadow state built from the old values.
   virtual void paging_changed() = 0;
   virtual void invlpg(std::uint64_t la) = 0;
+  // REP MOVS/STOS in bulk: `bytes` (within one page at each address, the
+  // ranges not overlapping) copied from `src`, or filled with the `size`-byte
+  // `pattern`, as the elements one by one would.  False: not done, nothing
+  // changed (not RAM, or an element would fault): the emulator goes element
+  // by element, which raises the fault where it belongs.
+  virtual bool copy_block(std::uint64_t /*dst*/, std::uint64_t /*src*/, unsigned /*bytes*/, Privilege) {
+    return false;
+  }
+  virtual bool fill_block(std::uint64_t /*dst*/, std::uint64_t /*pattern*/, unsigned /*size*/, unsigned /*bytes*/,
+                          Privilege) {
+    return false;
+  }
 };
 
 enum class StepKind : std::uint8_t {

@@ -161,9 +161,48 @@ void string_instruction(Step& st) {
   const bool rep = repe || repne || (attrs & ZYDIS_ATTRIB_HAS_REP);
   const bool compares = sh.op == StringOp::Cmps || sh.op == StringOp::Scas;
   if (!rep) return string_element(st, sh);
+  std::uint64_t n = 0;
+  // Forward REP MOVS/STOS: up to a page's worth of elements per step of the
+  // environment (one walk per page, not per element).
+  if ((sh.op == StringOp::Movs || sh.op == StringOp::Stos) && !(st.s.rflags & kDF)) {
+    const Privilege who = st.data_privilege();
+    const std::uint64_t wrap = sh.address_size == 8 ? 0 : (std::uint64_t{1} << (8 * sh.address_size));
+    while (st.gpr(rcx, sh.address_size) != 0 && n < kMaxStringIterations) {
+      const std::uint64_t di = st.gpr(rdi, sh.address_size), si = st.gpr(rsi, sh.address_size);
+      const std::uint64_t dst = st.linear(ZYDIS_REGISTER_ES, di, sh.size, true);
+      const std::uint64_t src = sh.op == StringOp::Movs ? st.linear(sh.source_segment, si, sh.size, false) : 0;
+      constexpr std::uint64_t kPageBytes = 4096;
+      std::uint64_t room = kPageBytes - (dst & (kPageBytes - 1));
+      if (sh.op == StringOp::Movs) room = std::min(room, kPageBytes - (src & (kPageBytes - 1)));
+      std::uint64_t k = std::min(std::min(room / sh.size, st.gpr(rcx, sh.address_size)), kMaxStringIterations - n);
+      const std::uint64_t bytes = k * sh.size;
+      const bool wraps = wrap && (di + bytes > wrap || (sh.op == StringOp::Movs && si + bytes > wrap));
+      const bool overlaps = sh.op == StringOp::Movs && dst > src && dst < src + bytes;
+      bool done = false;
+      if (k >= 2 && !wraps && !overlaps)
+        done = sh.op == StringOp::Movs
+                   ? st.env.copy_block(dst, src, static_cast<unsigned>(bytes), who)
+                   : st.env.fill_block(dst, st.gpr(rax, sh.size), sh.size, static_cast<unsigned>(bytes), who);
+      if (!done) {
+        k = 1;  // element by element (it faults where the SDM says)
+        string_element(st, sh);
+      } else {
+        st.set_gpr(rdi, sh.address_size, di + bytes);
+        if (sh.op == StringOp::Movs) st.set_gpr(rsi, sh.address_size, si + bytes);
+      }
+      if (done) st.set_gpr(rcx, sh.address_size, st.gpr(rcx, sh.address_size) - k);
+      else st.set_gpr(rcx, sh.address_size, st.gpr(rcx, sh.address_size) - 1);
+      n += k;
+    }
+    if (st.gpr(rcx, sh.address_size) != 0) {  // as if interrupted: RIP stays at the instruction
+      st.rip_set = true;
+      st.result.string_interrupted = true;
+    }
+    return;
+  }
   // SDM REP: the count register is the address size's; CMPS and SCAS also
   // stop on ZF (REPE while equal, REPNE while different).
-  for (std::uint64_t n = 0; st.gpr(rcx, sh.address_size) != 0; ++n) {
+  for (; st.gpr(rcx, sh.address_size) != 0; ++n) {
     if (n == kMaxStringIterations) {  // as if interrupted: RIP stays at the instruction
       st.rip_set = true;
       st.result.string_interrupted = true;

@@ -80,6 +80,21 @@ class Vcpu64::Monitor final : public LinearMemory, public Emulator64Env {
     return std::nullopt;
   }
   // Whether `la` is guest RAM (not a device) for an access of this kind.
+  bool copy_block(std::uint64_t dst, std::uint64_t src, unsigned bytes, Privilege who) override {
+    if (bytes > kPage || !block_allowed(src, bytes, false, who) || !block_allowed(dst, bytes, true, who)) return false;
+    std::uint8_t buffer[kPage];
+    return !access(src, buffer, bytes, who, false) && !access(dst, buffer, bytes, who, true);
+  }
+  bool fill_block(std::uint64_t dst, std::uint64_t pattern, unsigned size, unsigned bytes, Privilege who) override {
+    if (bytes > kPage || !block_allowed(dst, bytes, true, who)) return false;
+    std::uint8_t buffer[kPage];
+    for (unsigned at = 0; at < bytes; at += size) std::memcpy(buffer + at, &pattern, size);
+    return !access(dst, buffer, bytes, who, true);
+  }
+  // RAM the access is allowed to (one page: the callers' ranges do not cross one).
+  bool block_allowed(std::uint64_t la, unsigned bytes, bool write, Privilege who) {
+    return is_ram(la, write, who) && !check_access(la, bytes, write, who);
+  }
   bool is_ram(std::uint64_t la, bool write, Privilege who) {
     const WalkResult w = walk(v_.shadow_->phys(), v_.paging(), la, Access{write, who == Privilege::User, false}, false);
     return w.ok && w.pa < v_.mem_.size();
