@@ -416,6 +416,23 @@ def macro_suite(args, mv_runners):
 
 
 # ------------------------------------------------------------------ compute suite
+def run_guests(suite, args, runners, sizes, notes):
+    """Best of k of every guest under every runner; every successful run must
+    agree on the result value (a mismatch is noted and marks the cells)."""
+    results = {}
+    for g in args.guests:
+        results[g] = {}
+        for r in runners:
+            log("%s: %-7s %-9s %s (k=%d)" % (suite, g, r.label, sizes[g], args.k))
+            results[g][r.label] = best_of(r, g, sizes[g], args.k, args.timeout)
+        vals = {lbl: c.get("value") for lbl, c in results[g].items() if c["ok"] and c.get("value") is not None}
+        if len(set(vals.values())) > 1:
+            notes.append("%s: result values differ between runners: %s" % (g, vals))
+            for c in results[g].values():
+                c["mismatch"] = True
+    return results
+
+
 def best_of(runner, guest, args, k, timeout):
     """Best (minimum) wall time of k runs; any failed run fails the cell."""
     times, value, first = [], None, None
@@ -446,18 +463,7 @@ def compute_suite(args, mv_runners):
     else:
         notes.append("QEMU: qemu-system-i386 not found")
     runners += mv_runners
-    results = {}
-    for g in args.guests:
-        results[g] = {}
-        for r in runners:
-            log("compute: %-7s %-9s %s (k=%d)" % (g, r.label, sizes[g], args.k))
-            results[g][r.label] = best_of(r, g, sizes[g], args.k, args.timeout)
-        # every successful run must agree on the result value
-        vals = {lbl: c.get("value") for lbl, c in results[g].items() if c["ok"] and c.get("value") is not None}
-        if len(set(vals.values())) > 1:
-            notes.append("%s: result values differ between runners: %s" % (g, vals))
-            for c in results[g].values():
-                c["mismatch"] = True
+    results = run_guests("compute", args, runners, sizes, notes)
 
     # Start-up cost (process + firmware + boot of the tiny hello guest), part of every time above.
     startup = {}
@@ -578,17 +584,7 @@ def compute64_suite(args, mv_exe):
                             elf_names=GUESTS64, log_must=BT64_SWITCH))
         mv.append(Modevisor(mv_exe, "BT", bt_plugin, args.work_dir, label="BT32"))
     runners += mv
-    results = {}
-    for g in args.guests:
-        results[g] = {}
-        for r in runners:
-            log("compute64: %-7s %-9s %s (k=%d)" % (g, r.label, sizes[g], args.k))
-            results[g][r.label] = best_of(r, g, sizes[g], args.k, args.timeout)
-        vals = {lbl: c.get("value") for lbl, c in results[g].items() if c["ok"] and c.get("value") is not None}
-        if len(set(vals.values())) > 1:
-            notes.append("%s: result values differ between runners: %s" % (g, vals))
-            for c in results[g].values():
-                c["mismatch"] = True
+    results = run_guests("compute64", args, runners, sizes, notes)
     labels = [r.label for r in runners]
     # Start-up: a tiny sieve (n=1000) through each guest runner (process, boot, and for
     # BT64 the BT32 start and the switch), part of every time above.
