@@ -74,3 +74,23 @@ static inline const uint32_t *sort_known(uint32_t n)
       return &known[i].wsum;
   return NULL;
 }
+
+/* FIPS 180-2's SHA-256 examples, "abc" first (the last is 10^6 x 'a' as 20000 x 50). */
+struct sha256_vector {
+  const char *msg;
+  uint32_t len, reps;
+  const char *hex;
+};
+static inline const struct sha256_vector *sha256_vectors(unsigned *count)
+{
+  static const struct sha256_vector v[] = {
+    { "abc", 3, 1, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad" },
+    { "", 0, 1, "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855" },
+    { "abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq", 56, 1,
+      "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1" },
+    { "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", 50, 20000,
+      "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0" },
+  };
+  *count = sizeof v / sizeof v[0];
+  return v;
+}
