@@ -576,25 +576,8 @@ Vcpu64::Step Vcpu64::run_block(Block64* b) {
           state_to_context();
           return s;
         }
-        case FaultKind::FpuError: {
-          // x87 exceptions are #MF (CR0.NE; Linux sets it), SIMD ones #XM
-          // with CR4.OSXMMEXCPT, else #UD (SDM vol. 3 table 13-1).
-          context_to_state();
-          std::uint8_t bytes[16];
-          const std::uint64_t la = compat() ? static_cast<std::uint32_t>(state_.rip) : state_.rip;
-          const std::size_t got = monitor_->fetch(la, bytes, sizeof bytes);
-          ZydisDecoder decoder;
-          ZydisDecoderInit(&decoder, compat() ? ZYDIS_MACHINE_MODE_LONG_COMPAT_32 : ZYDIS_MACHINE_MODE_LONG_64,
-                           compat() ? ZYDIS_STACK_WIDTH_32 : ZYDIS_STACK_WIDTH_64);
-          ZydisDecodedInstruction insn;
-          ZydisDecodedOperand ops[ZYDIS_MAX_OPERAND_COUNT];
-          const bool simd = got && ZYAN_SUCCESS(ZydisDecoderDecodeFull(&decoder, bytes, got, &insn, ops)) &&
-                            fpu_isa(insn, ops) == FpuIsa::Sse;
-          const std::uint8_t vector = !simd ? 16 : (state_.cr4 & kCr4OsXmmExcpt) ? 19 : 6;
-          const Step s = deliver(vector, false, 0, EventKind::Exception);
-          state_to_context();
-          return s;
-        }
+        case FaultKind::FpuError:
+          return fpu_exception();
         case FaultKind::None:
           break;
       }
@@ -609,7 +592,7 @@ Vcpu64::Step Vcpu64::monitor_step() {
   ++counters_.monitor_steps;
   context_to_state();
   std::uint8_t bytes[16];
-  const std::uint64_t la = compat() ? static_cast<std::uint32_t>(state_.rip) : state_.rip;
+  const std::uint64_t la = linear_rip();
   const std::size_t got = monitor_->fetch(la, bytes, sizeof bytes);
   if (got == 0) {
     std::uint32_t error = 0;
@@ -664,14 +647,34 @@ Vcpu64::Step Vcpu64::monitor_step() {
   return s;
 }
 
-Vcpu64::Step Vcpu64::fpu_step(const std::uint8_t* bytes, std::size_t size, bool* handled) {
-  *handled = false;
+bool Vcpu64::decode(const std::uint8_t* bytes, std::size_t size, ZydisDecodedInstruction* insn,
+                    ZydisDecodedOperand* ops) const {
   ZydisDecoder decoder;
   ZydisDecoderInit(&decoder, compat() ? ZYDIS_MACHINE_MODE_LONG_COMPAT_32 : ZYDIS_MACHINE_MODE_LONG_64,
                    compat() ? ZYDIS_STACK_WIDTH_32 : ZYDIS_STACK_WIDTH_64);
+  return ZYAN_SUCCESS(ZydisDecoderDecodeFull(&decoder, bytes, size, insn, ops));
+}
+
+Vcpu64::Step Vcpu64::fpu_exception() {
+  // x87 exceptions are #MF (CR0.NE; Linux sets it), SIMD ones #XM with
+  // CR4.OSXMMEXCPT, else #UD (SDM vol. 3 table 13-1).
+  context_to_state();
+  std::uint8_t bytes[16];
+  const std::size_t got = monitor_->fetch(linear_rip(), bytes, sizeof bytes);
   ZydisDecodedInstruction insn;
   ZydisDecodedOperand ops[ZYDIS_MAX_OPERAND_COUNT];
-  if (!ZYAN_SUCCESS(ZydisDecoderDecodeFull(&decoder, bytes, size, &insn, ops))) return Step::Continue;
+  const bool simd = got && decode(bytes, got, &insn, ops) && fpu_isa(insn, ops) == FpuIsa::Sse;
+  const std::uint8_t vector = !simd ? 16 : (state_.cr4 & kCr4OsXmmExcpt) ? 19 : 6;
+  const Step s = deliver(vector, false, 0, EventKind::Exception);
+  state_to_context();
+  return s;
+}
+
+Vcpu64::Step Vcpu64::fpu_step(const std::uint8_t* bytes, std::size_t size, bool* handled) {
+  *handled = false;
+  ZydisDecodedInstruction insn;
+  ZydisDecodedOperand ops[ZYDIS_MAX_OPERAND_COUNT];
+  if (!decode(bytes, size, &insn, ops)) return Step::Continue;
   const FpuIsa isa = fpu_isa(insn, ops);
   if (isa == FpuIsa::None) return Step::Continue;
   const auto fault = fpu_fault(isa, insn.mnemonic == ZYDIS_MNEMONIC_FWAIT, state_.cr0, state_.cr4);
@@ -695,17 +698,13 @@ Vcpu64::Step Vcpu64::run_staged(const std::uint8_t* bytes, std::size_t size, boo
   *handled = false;
   Block64* b = nullptr;
   std::uint32_t fetch_error = 0;
-  const std::uint64_t la_rip = compat() ? static_cast<std::uint32_t>(state_.rip) : state_.rip;
-  const std::uint64_t code_page = monitor_->code_page(la_rip, &fetch_error).value_or(Block64::kNoPage);
+  const std::uint64_t code_page = monitor_->code_page(linear_rip(), &fetch_error).value_or(Block64::kNoPage);
   const CodeBytes code{state_.rip, bytes, size, compat(), code_page, cpl() == 0};
   if (translator_->translate_staged(code, stage_, &b) != Translate64Status::Ok) return Step::Continue;
   *handled = true;
-  ZydisDecoder decoder;
-  ZydisDecoderInit(&decoder, compat() ? ZYDIS_MACHINE_MODE_LONG_COMPAT_32 : ZYDIS_MACHINE_MODE_LONG_64,
-                   compat() ? ZYDIS_STACK_WIDTH_32 : ZYDIS_STACK_WIDTH_64);
   ZydisDecodedInstruction insn;
   ZydisDecodedOperand ops[ZYDIS_MAX_OPERAND_COUNT];
-  ZydisDecoderDecodeFull(&decoder, bytes, size, &insn, ops);
+  decode(bytes, size, &insn, ops);
   const ZydisDecodedOperand* op = nullptr;
   for (unsigned i = 0; i < insn.operand_count_visible; ++i)
     if (ops[i].type == ZYDIS_OPERAND_TYPE_MEMORY) op = &ops[i];

@@ -61,6 +61,11 @@ class Vcpu64 final : public SignalTarget {
 
   unsigned cpl() const { return state_.cs.selector & 3u; }
   bool compat() const { return !state_.cs.l; }
+  // RIP as a linear address (EIP in compatibility mode: CS is flat there).
+  std::uint64_t linear_rip() const { return compat() ? static_cast<std::uint32_t>(state_.rip) : state_.rip; }
+  // The instruction at `bytes` in the current flavour (64-bit or compatibility mode).
+  bool decode(const std::uint8_t* bytes, std::size_t size, ZydisDecodedInstruction* insn,
+              ZydisDecodedOperand* ops) const;
   PagingRegs paging() const;
 
   // The context <-> state_ (general registers, RFLAGS, FS/GS bases).
@@ -83,6 +88,8 @@ class Vcpu64 final : public SignalTarget {
   // An FPU/SIMD instruction at the monitor: the fault CR0/CR4 or the CPU
   // model give it (handled = false: not one, or one that runs).
   Step fpu_step(const std::uint8_t* bytes, std::size_t size, bool* handled);
+  // An unmasked x87/SIMD exception in translated code (host SIGFPE): #MF, #XM or #UD.
+  Step fpu_exception();
   // The guest's FXSAVE image into the context (RESET's state if empty).
   void load_fpu_image(const std::array<std::uint8_t, 512>& fxsave);
   Step run_staged(const std::uint8_t* bytes, std::size_t size, bool* handled);
